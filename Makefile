@@ -1,0 +1,36 @@
+# Two commands for a new user:  `make run` (set up + start the app)   `make test` (set up + run the tests)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 8501
+
+.PHONY: setup run test test-fast test-browser bench clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/streamlit run app.py --server.port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not browser"
+
+test-browser: $(STAMP)
+	HISTO_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m browser
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_speed.py --json
+	$(BIN)/python benchmarks/infer_speed.py --json
+	$(BIN)/python benchmarks/pcam_memory.py --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache

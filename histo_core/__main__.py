@@ -1,0 +1,3 @@
+from histo_core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""`TrainConfig`: the one description of a training run.
+
+Built by the CLI (`python -m histo_core train ...`) and by the Train page alike, validated here once
+(`validate()` raises `ConfigError` naming the option and the allowed values), and saved as config.json in
+the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from histo_core.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+NOISE_MODES = ("batch", "fixed", "pair")
+LOSSES = ("ce", "smooth", "sce")  # cross-entropy, label smoothing, symmetric cross-entropy
+MODES = ("scratch", "finetune", "frozen", "fine_tune")  # fine_tune: fastai-style head first, then unfreeze
+MONITORS = ("val_loss", "val_acc", "val_auc")
+DEVICES = ("auto", "cpu", "cuda")
+MAX_NOISE = 0.9
+
+
+@dataclass
+class Augment:
+    flip: bool = True
+    rot90: bool = True
+    rotate: float = 0.0  # max degrees of small random rotation; 0 = off
+    resized_crop: bool = False
+    crop_scale: float = 0.8  # min area fraction for random resized crop
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "synthetic"
+    size: int | None = None  # tile size fed to the model; None = the dataset's native size
+    as_rgb: bool = False  # expand 1-channel sets to 3 channels
+    arch: str = "simplecnn"
+    mode: str = "scratch"
+    pretrained: bool = False
+    head_epochs: int = 1  # fine_tune: epochs with the backbone frozen first
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    step_size: int = 5
+    gamma: float = 0.1
+    loss: str = "ce"
+    label_smoothing: float = 0.1
+    sce_alpha: float = 0.1
+    sce_beta: float = 1.0
+    noise: float = 0.0
+    noise_mode: str = "batch"
+    augment: Augment = field(default_factory=Augment)
+    early_stopping: bool = False
+    monitor: str = "val_loss"
+    patience: int = 5
+    min_delta: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    channels_last: bool = True  # only applied where it helps (CUDA)
+    compile: bool = False
+    threads: int = 0  # CPU threads; 0 = all cores
+    tta: bool = False  # flip/rot90 test-time augmentation at evaluation
+    max_train_samples: int = 0  # 0 = all; for quick tries on big sets
+    data_dir: str | None = None
+    name: str = ""  # optional human label for the run
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+        aug = d.pop("augment", None) or {}
+        if isinstance(aug, Augment):
+            aug = asdict(aug)
+        aug_known = {f.name for f in fields(Augment)}
+        bad = sorted(set(aug) - aug_known)
+        if bad:
+            raise ConfigError(f"unknown augmentation option(s): {', '.join(bad)}")
+        return cls(augment=Augment(**aug), **d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    # -- validation ---------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Check every value that does not need the dataset or the model. Raises ConfigError."""
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("noise-mode", self.noise_mode, NOISE_MODES)
+        _choice("loss", self.loss, LOSSES)
+        _choice("mode", self.mode, MODES)
+        _choice("monitor", self.monitor, MONITORS)
+        _choice("device", self.device, DEVICES)
+        from histo_core.models import ARCHITECTURES
+
+        _choice("arch", self.arch, tuple(ARCHITECTURES))
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch-size", self.batch_size)
+        _positive_float("lr", self.lr)
+        if not 0.0 <= self.noise <= MAX_NOISE:
+            raise ConfigError(f"--noise must be between 0 and {MAX_NOISE}, got {self.noise}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.schedule == "step":
+            _positive_int("step-size", self.step_size)
+            if not 0.0 < self.gamma <= 1.0:
+                raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.patience < 1:
+            raise ConfigError(f"--patience must be >= 1, got {self.patience}")
+        if self.min_delta < 0:
+            raise ConfigError(f"--min-delta must be >= 0, got {self.min_delta}")
+        if self.size is not None:
+            _positive_int("size", self.size)
+        if self.threads < 0:
+            raise ConfigError(f"--threads must be >= 0, got {self.threads}")
+        if self.max_train_samples < 0:
+            raise ConfigError(f"--max-train-samples must be >= 0, got {self.max_train_samples}")
+        if self.mode in ("frozen", "fine_tune") and self.arch in ("simplecnn", "cnn3"):
+            raise ConfigError(f"--mode {self.mode} needs a backbone architecture (resnet18, resnet50, densenet121), not {self.arch}")
+        if self.mode == "fine_tune":
+            if not 0 <= self.head_epochs < self.epochs:
+                raise ConfigError(f"--head-epochs must be in 0..{self.epochs - 1} (less than --epochs), got {self.head_epochs}")
+        a = self.augment
+        if not 0.0 <= a.rotate <= 180.0:
+            raise ConfigError(f"--rotate must be between 0 and 180 degrees, got {a.rotate}")
+        if not 0.05 <= a.crop_scale <= 1.0:
+            raise ConfigError(f"--crop-scale must be between 0.05 and 1, got {a.crop_scale}")
+        for k in ("brightness", "contrast", "saturation"):
+            v = getattr(a, k)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"--{k} must be between 0 and 1, got {v}")
+        if not 0.0 <= a.hue <= 0.5:
+            raise ConfigError(f"--hue must be between 0 and 0.5, got {a.hue}")
+        return self
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
+
+
+def _positive_float(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value != value:
+        raise ConfigError(f"--{name} must be a positive number, got {value!r}")

@@ -1,0 +1,137 @@
+"""Dataset registry: a dataset is named by a registered name or by a path.
+
+    open_dataset("synthetic")                     # built-in demo, no download
+    open_dataset("pathmnist", size=28)            # MedMNIST 2D flag, from the data dir
+    open_dataset("../shared/data/pathmnist-mini/pathmnist.npz")
+    open_dataset("/data/Kather_texture_2016_image_tiles_5000", size=64)   # class folders
+    open_dataset("/data/quilt_subset.csv")        # CSV manifest
+    open_dataset("/data/pcam")                    # folder of PatchCamelyon .h5 files
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from histo_core import paths
+from histo_core.datasets.base import SPLITS, DatasetInfo, Split, TileDataset, stratified_split
+from histo_core.errors import DatasetError
+
+__all__ = [
+    "SPLITS", "DatasetInfo", "Split", "TileDataset", "stratified_split",
+    "open_dataset", "registered_names", "dataset_entries", "DatasetEntry", "describe_spec",
+]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    title: str
+    source: str  # medmnist | pcam | synthetic
+    sizes: tuple[int, ...]
+    description: str = ""
+
+
+def dataset_entries() -> list[DatasetEntry]:
+    """Every registered dataset, in display order: synthetic first, then MedMNIST 2D, then PCam."""
+    from histo_core.datasets.medmnist_source import SIZES, flags_2d, medmnist_info
+
+    info = medmnist_info()
+    entries = [DatasetEntry("synthetic", "Synthetic H&E demo (SYNTHETIC)", "synthetic", (28, 32, 64, 96, 128, 224),
+                            "Procedurally generated H&E-like tiles; needs no download.")]
+    for flag in flags_2d():
+        entries.append(DatasetEntry(flag, info[flag]["python_class"], "medmnist", SIZES, info[flag]["description"]))
+    entries.append(DatasetEntry("pcam", "PatchCamelyon", "pcam", (96,),
+                                "327,680 96x96 lymph-node tiles, binary (metastasis or not), official HDF5 files."))
+    return entries
+
+
+def registered_names() -> list[str]:
+    return [e.name for e in dataset_entries()]
+
+
+def describe_spec(spec: str) -> str:
+    """What a spec points at, for messages: 'registered dataset', 'MedMNIST npz', 'image folder', ..."""
+    if spec in registered_names():
+        return "registered dataset"
+    p = Path(spec).expanduser()
+    if p.suffix.lower() == ".npz":
+        return "MedMNIST-layout npz"
+    if p.suffix.lower() == ".csv":
+        return "CSV manifest"
+    if p.is_dir():
+        return "PCam folder" if _looks_like_pcam(p) else "image folder"
+    return "path"
+
+
+def _looks_like_pcam(p: Path) -> bool:
+    return any(p.glob("camelyonpatch_level_2_split_*_x.h5*"))
+
+
+def open_dataset(spec: str | os.PathLike, *, size: int | None = None, as_rgb: bool = False,
+                 data_dir: str | os.PathLike | None = None, seed: int = 0) -> TileDataset:
+    """Open a dataset by registered name or path. Raises `DatasetError` with a specific message."""
+    spec = str(spec).strip()
+    if not spec:
+        raise DatasetError("no dataset given: name a registered dataset (e.g. 'synthetic') or a path")
+    opener = _registered_opener(spec, size=size, as_rgb=as_rgb, data_dir=data_dir)
+    if opener is not None:
+        return opener()
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DatasetError(
+            f"{spec}: not a registered dataset and no such file or folder "
+            f"(registered: {', '.join(registered_names()[:6])}, ...; see `python -m histo_core datasets`)"
+        )
+    if path.is_file() and path.suffix.lower() == ".npz":
+        from histo_core.datasets.medmnist_source import open_medmnist_npz
+
+        return open_medmnist_npz(path, as_rgb=as_rgb)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        from histo_core.datasets.csv_manifest import open_csv_manifest
+
+        return open_csv_manifest(path, size=size, seed=seed, as_rgb=as_rgb)
+    if path.is_dir() and _looks_like_pcam(path):
+        from histo_core.datasets.pcam import open_pcam
+
+        return open_pcam(path)
+    if path.is_dir():
+        from histo_core.datasets.image_folder import open_image_folder
+
+        return open_image_folder(path, size=size, seed=seed, as_rgb=as_rgb)
+    if path.suffix.lower() in (".h5", ".gz"):
+        from histo_core.datasets.pcam import open_pcam
+
+        return open_pcam(path.parent)
+    raise DatasetError(
+        f"{spec}: unsupported dataset file; use a MedMNIST .npz, a .csv manifest, a folder of class folders, "
+        "or a folder of PatchCamelyon .h5 files"
+    )
+
+
+def _registered_opener(spec: str, *, size, as_rgb, data_dir) -> Callable[[], TileDataset] | None:
+    name = spec.lower()
+    if name == "synthetic":
+        from histo_core.datasets.synthetic import open_synthetic
+
+        return lambda: open_synthetic(size)
+    if name == "pcam":
+        from histo_core.datasets.pcam import open_pcam
+
+        return lambda: open_pcam(paths.data_dir(data_dir) / "pcam")
+    from histo_core.datasets.medmnist_source import SIZES, flags_2d, npz_filename, open_medmnist_npz
+
+    if name in flags_2d():
+        size_ = int(size or 28)
+        if size_ not in SIZES:
+            raise DatasetError(f"{name}: size must be one of {', '.join(map(str, SIZES))}, got {size_}")
+        file = paths.data_dir(data_dir) / npz_filename(name, size_)
+        if not file.exists():
+            raise DatasetError(
+                f"{name} ({size_} px) is not downloaded: run `python -m histo_core datasets --download {name}"
+                f" --size {size_}` (needs internet) or put {file.name} in {file.parent}"
+            )
+        return lambda: open_medmnist_npz(file, flag=name, as_rgb=as_rgb, name=name)
+    return None

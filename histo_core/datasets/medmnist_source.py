@@ -1,0 +1,150 @@
+"""MedMNIST 2D sets read straight from their npz files.
+
+Metadata comes from `medmnist.INFO`. Files are read with numpy (memory-mapped when the npz members are
+stored uncompressed and large), not through the `medmnist` Dataset classes, which assert the official
+sample counts and so refuse subsets such as ../shared/data/pathmnist-mini.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from histo_core.datasets.base import DatasetInfo, Split, TileDataset, check_labels
+from histo_core.errors import DatasetError
+
+NPZ_SPLITS = {"train": "train", "val": "val", "test": "test"}
+SIZES = (28, 64, 128, 224)
+MMAP_THRESHOLD = 64 * 1024 * 1024  # members larger than this are memory-mapped when stored uncompressed
+
+
+def medmnist_info() -> dict:
+    from medmnist import INFO
+
+    return INFO
+
+
+def flags_2d() -> list[str]:
+    """All MedMNIST 2D flags (3D volumes are not tiles)."""
+    return [f for f in medmnist_info() if not f.endswith("3d")]
+
+
+def npz_filename(flag: str, size: int) -> str:
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def _load_member(zf: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
+    member = f"{key}.npy"
+    zi = zf.getinfo(member)
+    if zi.compress_type == zipfile.ZIP_STORED and zi.file_size > MMAP_THRESHOLD:
+        with zf.open(member) as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            header_len = fh.tell()
+        # The data starts after the zip local header (30 bytes + name + its own extra field) and the npy header.
+        with open(path, "rb") as raw:
+            raw.seek(zi.header_offset + 26)
+            name_len, extra_len = np.frombuffer(raw.read(4), "<u2")
+        offset = zi.header_offset + 30 + int(name_len) + int(extra_len) + header_len
+        return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset,
+                         order="F" if fortran else "C")
+    with zf.open(member) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def read_medmnist_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (images uint8 (N,H,W[,C]), labels (N,))} from a MedMNIST-layout npz, with specific errors."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
+    with zf:
+        keys = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+        present = [s for s in NPZ_SPLITS if f"{s}_images" in keys]
+        if not present:
+            raise DatasetError(
+                f"{path}: not a MedMNIST-layout npz: expected keys like 'train_images'/'train_labels', "
+                f"found {sorted(keys) or 'none'}"
+            )
+        out = {}
+        for split in present:
+            if f"{split}_labels" not in keys:
+                raise DatasetError(f"{path}: has '{split}_images' but no '{split}_labels'")
+            try:
+                images = _load_member(zf, path, f"{split}_images")
+                labels = _load_member(zf, path, f"{split}_labels")
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+                raise DatasetError(f"{path}: cannot read '{split}' arrays ({exc})") from None
+            if images.ndim not in (3, 4) or images.dtype != np.uint8:
+                raise DatasetError(
+                    f"{path}: '{split}_images' must be uint8 (N,H,W) or (N,H,W,C), got {images.dtype} {images.shape}"
+                )
+            if images.shape[0] != labels.shape[0]:
+                raise DatasetError(
+                    f"{path}: '{split}_images' has {images.shape[0]} images but '{split}_labels' has {labels.shape[0]} labels"
+                )
+            if labels.ndim == 2 and labels.shape[1] != 1:
+                raise DatasetError(
+                    f"{path}: '{split}_labels' is multi-label ({labels.shape[1]} columns); only single-label "
+                    "classification is supported"
+                )
+            out[split] = (images, np.asarray(labels).reshape(-1).astype(np.int64))
+        return out
+
+
+def _guess_flag(path: Path) -> str | None:
+    stem = path.stem.split("_")[0].lower()
+    return stem if stem in medmnist_info() else None
+
+
+def open_medmnist_npz(path: Path, flag: str | None = None, *, as_rgb: bool = False,
+                      name: str | None = None) -> TileDataset:
+    """Open a MedMNIST-layout npz. `flag` (e.g. 'pathmnist') supplies metadata; guessed from the file name."""
+    path = Path(path)
+    arrays = read_medmnist_npz(path)
+    flag = flag or _guess_flag(path)
+    meta = medmnist_info().get(flag, {}) if flag else {}
+    first = next(iter(arrays.values()))[0]
+    size = int(first.shape[1])
+    channels = int(first.shape[3]) if first.ndim == 4 else 1
+    max_label = max((int(l.max()) for _, l in arrays.values() if l.size), default=0)
+    if meta:
+        classes = [meta["label"][k] for k in sorted(meta["label"], key=int)]
+        task = "binary" if len(classes) == 2 else "multi-class"
+    else:
+        classes = [f"class {i}" for i in range(max_label + 1)]
+        task = "binary" if len(classes) == 2 else "multi-class"
+    for split, (_, labels) in arrays.items():
+        check_labels(labels, len(classes), f"{path} '{split}_labels'")
+    info = DatasetInfo(
+        name=name or str(path),
+        title=f"{meta.get('python_class', flag or path.stem)} ({size} px)" if meta else f"{path.name} ({size} px)",
+        source="medmnist",
+        classes=classes,
+        channels=3 if (as_rgb and channels == 1) else channels,
+        size=size,
+        task=task,
+        license=meta.get("license", ""),
+        citation=_citation(meta),
+        location=str(path),
+        description=meta.get("description", ""),
+        native_channels=channels,
+        extra={"flag": flag} if flag else {},
+    )
+    splits = {s: Split(s, imgs, labels, expand_to_rgb=as_rgb and channels == 1) for s, (imgs, labels) in arrays.items()}
+    return TileDataset(info, splits)
+
+
+def _citation(meta: dict) -> str:
+    if not meta:
+        return ""
+    return (
+        "Yang, J. et al. MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image "
+        "classification. Scientific Data 10, 41 (2023). " + meta.get("publication", "")
+    ).strip()

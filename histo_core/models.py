@@ -1,0 +1,255 @@
+"""Architecture registry: name -> builder that knows its input sizes, channels and Grad-CAM layer.
+
+    model = build_model("resnet18", num_classes=9, in_channels=3, input_size=28)
+    layer = cam_target_layer(model, "resnet18", input_size=28)
+
+ResNets and DenseNet get a MedMNIST-style stem (3x3 stride-1 first conv, no max-pool) for tiles smaller
+than 64 px, so feature maps, and Grad-CAM, keep spatial detail. Adding an `ArchSpec` here makes an
+architecture appear in the CLI, the Train page and the Classify page.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from histo_core.errors import ConfigError, HistoError
+
+SMALL_STEM_BELOW = 64  # input sizes below this get the 3x3 stride-1 stem without max-pool
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    title: str
+    min_size: int
+    max_size: int
+    has_backbone: bool  # supports pretrained weights and frozen / fine_tune modes
+    builder: Callable[..., nn.Module]
+    head_attr: str  # attribute holding the classifier head
+    description: str = ""
+
+
+class SimpleCNN(nn.Module):
+    """The two-conv network of the TissueMNIST course project: conv 10 and 20 (3x3), 2x2 max-pools,
+    FC 980-100-50-classes at 28 px (980 = 20 * 7 * 7; the FC input scales with the tile size)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 28):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 10, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(10, 20, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        side = input_size // 4
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(20 * side * side, 100), nn.ReLU(inplace=True),
+            nn.Linear(100, 50), nn.ReLU(inplace=True), nn.Linear(50, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class CNN3(nn.Module):
+    """Three conv blocks (conv 3x3 + ReLU + 2x2 max-pool + dropout; 32/64/128 channels), FC 128, dropout 0.5:
+    the custom CNN of the Quilt-1M project."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 28, dropout: float = 0.25):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                                 nn.MaxPool2d(2), nn.Dropout(dropout))
+
+        self.features = nn.Sequential(block(in_channels, 32), block(32, 64), block(64, 128))
+        side = input_size // 8
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True),
+                                  nn.Dropout(0.5), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _mlp_head(in_features: int, num_classes: int) -> nn.Module:
+    """The head used with a frozen backbone: (GAP done by the backbone) + FC 512 + classes."""
+    return nn.Sequential(nn.Linear(in_features, 512), nn.ReLU(inplace=True), nn.Dropout(0.2),
+                         nn.Linear(512, num_classes))
+
+
+def _adapt_first_conv(conv: nn.Conv2d, in_channels: int, small: bool) -> nn.Conv2d:
+    """A first conv for `in_channels` (and a 3x3 stride-1 kernel for small tiles), keeping pretrained
+    weights where shapes allow (grayscale: the RGB kernels summed)."""
+    if small:
+        new = nn.Conv2d(in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
+        return new  # a 7x7 kernel has no faithful 3x3 counterpart: learned afresh
+    if in_channels == conv.in_channels:
+        return conv
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    with torch.no_grad():
+        w = conv.weight.sum(dim=1, keepdim=True)
+        new.weight.copy_(w.repeat(1, in_channels, 1, 1) / in_channels)
+    return new
+
+
+def _tv_weights(name: str):
+    import torchvision.models as tvm
+
+    return {"resnet18": tvm.ResNet18_Weights.IMAGENET1K_V1, "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
+            "densenet121": tvm.DenseNet121_Weights.IMAGENET1K_V1}[name]
+
+
+def load_pretrained_state(name: str) -> dict:
+    """ImageNet weights from the torchvision cache, downloading them when online. Never falls back silently."""
+    weights = _tv_weights(name)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, timeouts, hash mismatch: all mean "no weights here"
+        from torch.hub import get_dir
+
+        fname = weights.url.rsplit("/", 1)[-1]
+        raise HistoError(
+            f"--pretrained: ImageNet weights for {name} are not cached and could not be downloaded "
+            f"({type(exc).__name__}: {str(exc)[:120]}). Connect to the internet once, or copy {fname} into "
+            f"{get_dir()}/checkpoints/, or train without --pretrained."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _resnet(depth: str):
+    def build(num_classes: int, in_channels: int, input_size: int, pretrained: bool = False,
+              mlp_head: bool = False) -> nn.Module:
+        import torchvision.models as tvm
+
+        model = getattr(tvm, depth)(weights=None)
+        if pretrained:
+            model.load_state_dict(load_pretrained_state(depth))
+        small = input_size < SMALL_STEM_BELOW
+        model.conv1 = _adapt_first_conv(model.conv1, in_channels, small)
+        if small:
+            model.maxpool = nn.Identity()
+        feats = model.fc.in_features
+        model.fc = _mlp_head(feats, num_classes) if mlp_head else nn.Linear(feats, num_classes)
+        return model
+
+    return build
+
+
+def _densenet(num_classes: int, in_channels: int, input_size: int, pretrained: bool = False,
+              mlp_head: bool = False) -> nn.Module:
+    import torchvision.models as tvm
+
+    model = tvm.densenet121(weights=None)
+    if pretrained:
+        state = load_pretrained_state("densenet121")
+        model.load_state_dict(_fix_densenet_keys(state))
+    small = input_size < SMALL_STEM_BELOW
+    model.features.conv0 = _adapt_first_conv(model.features.conv0, in_channels, small)
+    if small:
+        model.features.pool0 = nn.Identity()
+    feats = model.classifier.in_features
+    model.classifier = _mlp_head(feats, num_classes) if mlp_head else nn.Linear(feats, num_classes)
+    return model
+
+
+def _fix_densenet_keys(state: dict) -> dict:
+    # torchvision's DenseNet checkpoints use old key names ("norm.1" for "norm1"); its own loader remaps them.
+    import re
+
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    out = {}
+    for k, v in state.items():
+        m = pattern.match(k)
+        out[(m.group(1) + m.group(2)) if m else k] = v
+    return out
+
+
+def _custom(cls):
+    def build(num_classes: int, in_channels: int, input_size: int, pretrained: bool = False,
+              mlp_head: bool = False) -> nn.Module:
+        if pretrained:
+            raise ConfigError(f"--pretrained: no ImageNet weights exist for {cls.__name__}; use resnet18, resnet50 or densenet121")
+        return cls(num_classes, in_channels, input_size)
+
+    return build
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in (
+        ArchSpec("simplecnn", "SimpleCNN (2 conv, course project)", 8, 512, False, _custom(SimpleCNN), "head",
+                 "Two 3x3 convs (10, 20 ch) + FC 100-50; fastest, good for 28 px."),
+        ArchSpec("cnn3", "CNN3 (3 conv blocks + FC 128)", 8, 512, False, _custom(CNN3), "head",
+                 "Three conv/BN/pool/dropout blocks + FC 128; a strong small baseline."),
+        ArchSpec("resnet18", "ResNet-18 (torchvision)", 16, 1024, True, _resnet("resnet18"), "fc",
+                 "11M parameters; small-input stem below 64 px."),
+        ArchSpec("resnet50", "ResNet-50 (torchvision)", 16, 1024, True, _resnet("resnet50"), "fc",
+                 "25M parameters; slow on CPU."),
+        ArchSpec("densenet121", "DenseNet-121 (torchvision)", 16, 1024, True, _densenet, "classifier",
+                 "8M parameters; slow on CPU."),
+    )
+}
+
+
+def get_arch(name: str) -> ArchSpec:
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {name!r}")
+    return ARCHITECTURES[name]
+
+
+def check_input(name: str, input_size: int, in_channels: int) -> None:
+    spec = get_arch(name)
+    if not spec.min_size <= int(input_size) <= spec.max_size:
+        raise ConfigError(
+            f"{name} takes tiles of {spec.min_size}..{spec.max_size} px, got {input_size} px (choose --size in that range)"
+        )
+    if in_channels not in (1, 3):
+        raise ConfigError(f"{name}: tiles must have 1 or 3 channels, got {in_channels}")
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, input_size: int = 28, *,
+                pretrained: bool = False, mlp_head: bool = False) -> nn.Module:
+    spec = get_arch(name)
+    check_input(name, input_size, in_channels)
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    return spec.builder(num_classes, in_channels, input_size, pretrained=pretrained, mlp_head=mlp_head)
+
+
+def head_module(model: nn.Module, name: str) -> nn.Module:
+    return getattr(model, get_arch(name).head_attr)
+
+
+def set_backbone_trainable(model: nn.Module, name: str, trainable: bool) -> None:
+    """Freeze (or unfreeze) everything but the classifier head. BatchNorm statistics follow model.train()."""
+    head = head_module(model, name)
+    head_ids = {id(p) for p in head.parameters()}
+    for p in model.parameters():
+        p.requires_grad = trainable or id(p) in head_ids
+
+
+def cam_target_layer(model: nn.Module, name: str, input_size: int) -> nn.Module:
+    """The deepest layer whose feature map is still at least 4x4 at `input_size` (a 1x1 map gives a flat CAM)."""
+    if name == "simplecnn":
+        return model.features[3]  # second conv: input/2 per side (14x14 at 28 px)
+    if name == "cnn3":
+        return model.features[2][0]  # third block's conv: input/4 per side (7x7 at 28 px)
+    small = input_size < SMALL_STEM_BELOW
+    if name.startswith("resnet"):
+        strides = {"layer4": 8, "layer3": 4, "layer2": 2} if small else {"layer4": 32, "layer3": 16, "layer2": 8}
+        for layer in ("layer4", "layer3", "layer2"):
+            if input_size / strides[layer] >= 7 or layer == "layer2":
+                return getattr(model, layer)[-1]
+    if name == "densenet121":
+        strides = {"denseblock4": 8, "denseblock3": 4, "denseblock2": 2} if small else \
+            {"denseblock4": 32, "denseblock3": 16, "denseblock2": 8}
+        for layer in ("denseblock4", "denseblock3", "denseblock2"):
+            if input_size / strides[layer] >= 7 or layer == "denseblock2":
+                return getattr(model.features, layer)
+    raise ConfigError(f"no Grad-CAM layer registered for {name}")

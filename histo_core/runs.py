@@ -1,0 +1,200 @@
+"""The run directory: the contract between a training process and everything that reads it.
+
+    runs/<run_id>/
+      config.json          TrainConfig.to_dict()
+      dataset.json         DatasetInfo.to_dict() of the dataset trained on (classes, size, channels...)
+      status.json          RunStatus: state, pid, heartbeat, progress, error   (rewritten atomically)
+      metrics.jsonl        one JSON object per finished epoch                   (append-only; a reader
+                           ignores a partial last line)
+      last.pt / best.pt    checkpoints (see histo_core.checkpoint)             (written atomically)
+      results.json         final test evaluation (accuracy, auc, loss, ece, per_class, confusion, roc)
+      predictions_<split>.npz   probs (N,K) float32, labels (N,), indices (N,) for the gallery
+      noise.npz            for --noise-mode fixed: noisy_labels and flipped (bool) of the train split
+      log.txt              the process's stdout/stderr
+      cancel               present when a cancel was requested (the trainer stops at a safe point)
+
+Every file except metrics.jsonl and log.txt is written with temp file + rename, so the UI never reads half
+a file. The UI holds no training state: it reads these files on every refresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from histo_core import paths
+from histo_core.errors import HistoError
+from histo_core.fsutil import read_json, write_json_atomic
+
+STATES = ("queued", "running", "completed", "failed", "cancelled")
+FINAL_STATES = ("completed", "failed", "cancelled")
+HEARTBEAT_STALE_S = 60.0  # a running run whose heartbeat is older than this and whose pid is gone is dead
+
+
+@dataclass
+class RunStatus:
+    state: str = "queued"
+    pid: int | None = None
+    host: str = field(default_factory=socket.gethostname)
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    heartbeat: float | None = None
+    finished_at: float | None = None
+    epoch: int = 0  # epochs finished
+    epochs: int = 0  # epochs planned
+    step: int = 0  # batches done in the current epoch
+    steps_per_epoch: int = 0
+    images_per_s: float | None = None
+    eta_s: float | None = None
+    phase: str = ""  # "train", "validate", "test", "lr-find" ...
+    error: str | None = None
+    device: str = ""
+
+    @property
+    def progress(self) -> float:
+        if self.state == "completed":
+            return 1.0
+        if not self.epochs:
+            return 0.0
+        frac = self.step / self.steps_per_epoch if self.steps_per_epoch else 0.0
+        return min(1.0, (self.epoch + frac) / self.epochs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunStatus":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class RunDir:
+    """Paths and readers/writers of one run directory."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # paths
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    config_path = property(lambda self: self.path / "config.json")
+    dataset_path = property(lambda self: self.path / "dataset.json")
+    status_path = property(lambda self: self.path / "status.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    results_path = property(lambda self: self.path / "results.json")
+    last_ckpt = property(lambda self: self.path / "last.pt")
+    best_ckpt = property(lambda self: self.path / "best.pt")
+    log_path = property(lambda self: self.path / "log.txt")
+    cancel_path = property(lambda self: self.path / "cancel")
+    noise_path = property(lambda self: self.path / "noise.npz")
+
+    def predictions_path(self, split: str) -> Path:
+        return self.path / f"predictions_{split}.npz"
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    # readers
+    def config(self) -> dict[str, Any]:
+        return read_json(self.config_path, {}) or {}
+
+    def dataset(self) -> dict[str, Any]:
+        return read_json(self.dataset_path, {}) or {}
+
+    def status(self) -> RunStatus:
+        d = read_json(self.status_path)
+        return RunStatus.from_dict(d) if d else RunStatus(state="queued")
+
+    def results(self) -> dict[str, Any] | None:
+        return read_json(self.results_path)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Per-epoch metric rows; a partial last line (being written) is skipped."""
+        try:
+            text = self.metrics_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        rows = []
+        for line in text.splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    # writers
+    def write_status(self, status: RunStatus) -> None:
+        write_json_atomic(self.status_path, status.to_dict())
+
+    def update_status(self, **changes: Any) -> RunStatus:
+        st = self.status()
+        for k, v in changes.items():
+            setattr(st, k, v)
+        self.write_status(st)
+        return st
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row) + "\n"
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def truncate_metrics(self, epochs: int) -> None:
+        """Keep the rows of the first `epochs` epochs (resume after a crash rewrites what follows)."""
+        rows = [r for r in self.metrics() if int(r.get("epoch", 0)) <= epochs]
+        from histo_core.fsutil import write_text_atomic
+
+        write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def cancel_requested(self) -> bool:
+        return self.cancel_path.exists()
+
+
+def new_run_id(config_name: str = "", arch: str = "", dataset: str = "") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    label = "-".join(p for p in (config_name or "", arch, Path(dataset).stem if dataset else "") if p)
+    label = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)[:40].strip("-")
+    return f"{stamp}-{label}-{secrets.token_hex(2)}" if label else f"{stamp}-{secrets.token_hex(2)}"
+
+
+def create_run_dir(root: str | os.PathLike | None = None, run_id: str | None = None) -> RunDir:
+    root = paths.runs_dir(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        run = RunDir(root / (run_id or new_run_id()))
+        run.path.mkdir(parents=False, exist_ok=False)
+    except OSError as exc:
+        raise HistoError(f"cannot create a run directory in {root}: {exc.strerror or exc}") from None
+    return run
+
+
+def list_runs(root: str | os.PathLike | None = None) -> list[RunDir]:
+    """Run directories under `root`, newest first."""
+    root = paths.runs_dir(root)
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    return sorted(runs, key=lambda r: r.id, reverse=True)
+
+
+def resolve_run(spec: str | os.PathLike, root: str | os.PathLike | None = None) -> RunDir:
+    """A run by directory path or by id under the runs root."""
+    p = Path(spec).expanduser()
+    if (p / "config.json").exists():
+        return RunDir(p)
+    q = paths.runs_dir(root) / str(spec)
+    if (q / "config.json").exists():
+        return RunDir(q)
+    raise HistoError(f"{spec}: no such run (give a run directory or an id under {paths.runs_dir(root)})")
