@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 "checkpoints made by Histo Explorer can be loaded."
             ) from None
         raise ModelFileError(f"{path}: not a PyTorch checkpoint ({msg})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch.load raises KeyError, EOFError, RuntimeError... on arbitrary bytes
         raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ModelFileError(
