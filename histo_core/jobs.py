@@ -1,0 +1,374 @@
+"""Background training jobs: one detached OS process per run, controlled through its run directory.
+
+    run = submit(config)          # prepare the run dir, start `python -m histo_core train --run-dir DIR`
+    refresh_status(run)           # notices a process that died without saying so (killed, OOM, crash)
+    cancel(run); resume(run); delete(run)
+
+The process is started in its own session, so it outlives the Streamlit server, a browser refresh or an
+app restart; nothing here keeps state in memory. The concurrency limit per device is the trainer's own
+slot lock (histo_core/slots.py): every submitted process starts at once and stays "queued" until a slot
+frees.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from histo_core import paths
+from histo_core.errors import HistoError
+from histo_core.runs import FINAL_STATES, HEARTBEAT_STALE_S, RunDir, RunStatus, list_runs, resolve_run
+
+ACTIVE_STATES = ("queued", "running")
+STALE = "stale"  # shown for a run on another host whose heartbeat stopped; never written to disk
+
+
+# -- starting processes ------------------------------------------------------------------------------
+
+def submit(config, runs_root: str | os.PathLike | None = None) -> RunDir:
+    """Validate `config`, create its run directory and start training it in a background process."""
+    from histo_core.train import prepare_run
+
+    run = prepare_run(config, runs_root=runs_root)
+    _start_training_process(run, resume=False)
+    return run
+
+
+def _train_command(run: RunDir, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "histo_core", "train", "--run-dir", str(run.path.resolve())]
+    return cmd + ["--resume"] if resume else cmd
+
+
+def _child_env() -> dict[str, str]:
+    # The child must import this checkout's histo_core whatever the caller's cwd and sys.path were, and must
+    # see the same HISTO_* locations (runs, data, weights, slot limits) as the caller.
+    env = dict(os.environ)
+    root = str(paths.PROJECT_ROOT)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in parts if p != root])
+    env.setdefault("PYTHONUNBUFFERED", "1")  # log.txt shows progress lines as they happen
+    return env
+
+
+def _start_training_process(run: RunDir, resume: bool) -> int:
+    """Start the trainer detached from us; record its pid at once so a crash before the trainer writes its
+    first status is still noticed by refresh_status."""
+    cmd = _train_command(run, resume)
+    try:
+        with open(run.log_path, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd[1:])}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(cmd, cwd=paths.PROJECT_ROOT, env=_child_env(), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        run.update_status(state="failed", error=f"could not start the training process: {exc}")
+        raise HistoError(f"{run.id}: could not start the training process ({exc})") from None
+    # Reap the child when it exits so it never lingers as a zombie in a long-lived server process.
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    # The trainer needs a second or more to import torch before it writes status.json, so this write does
+    # not race with it in practice; the trainer records its own pid too.
+    run.update_status(pid=proc.pid, host=socket.gethostname(), state="queued", error=None,
+                      finished_at=None)
+    return proc.pid
+
+
+# -- liveness ----------------------------------------------------------------------------------------
+
+def _proc_file(pid: int, name: str) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True while process `pid` exists and is not a zombie (a zombie has finished; it only awaits reaping)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    stat = _proc_file(pid, "stat")
+    if stat is not None:
+        # /proc/<pid>/stat: "pid (comm) S ..."; comm may contain spaces or parentheses, so split after the last ')'
+        state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
+        if state in (b"Z", b"X"):
+            return False
+    return True
+
+
+def _is_run_process(pid: int, run: RunDir, status: RunStatus) -> bool:
+    """Is live process `pid` really this run's trainer (and not a process that reused its pid)?"""
+    cmdline = _proc_file(pid, "cmdline")
+    if cmdline is None:  # no /proc (not Linux): trust the pid
+        return True
+    if run.id.encode() in cmdline:
+        return True
+    # A foreground `python -m histo_core train --dataset ...` names no run dir; accept it while it beats.
+    return b"histo_core" in cmdline and not _heartbeat_stale(status)
+
+
+def _heartbeat_stale(status: RunStatus, now: float | None = None) -> bool:
+    beat = status.heartbeat or status.started_at or status.created_at
+    return beat is None or (now or time.time()) - beat > HEARTBEAT_STALE_S
+
+
+def process_alive(run: RunDir, status: RunStatus | None = None) -> bool:
+    status = status or run.status()
+    return pid_alive(status.pid) and _is_run_process(int(status.pid), run, status)
+
+
+# -- status ------------------------------------------------------------------------------------------
+
+def refresh_status(run: RunDir) -> RunStatus:
+    """The run's status, with a queued/running run whose process is gone marked failed (written to disk).
+
+    Cheap enough to call on every page refresh: a few small file reads. A run on another host cannot be
+    checked by pid; when its heartbeat is older than HEARTBEAT_STALE_S it is reported as "stale" (not written).
+    """
+    status = run.status()
+    if status.state not in ACTIVE_STATES:
+        return status
+    if status.host and status.host != socket.gethostname():
+        if _heartbeat_stale(status):
+            status.state = STALE
+        return status
+    if status.pid is None:
+        # prepare_run wrote "queued" and submit is about to record the pid; give it a moment.
+        if time.time() - (status.created_at or 0) > HEARTBEAT_STALE_S:
+            return _mark_failed(run, status, "the training process was never started — resume to start it")
+        return status
+    if process_alive(run, status):
+        return status
+    fresh = run.status()  # the trainer may have written its final state just before it exited
+    if fresh.state not in ACTIVE_STATES:
+        return fresh
+    return _mark_failed(run, fresh, _unexpected_end_message(run, fresh))
+
+
+def _unexpected_end_message(run: RunDir, status: RunStatus) -> str:
+    if run.last_ckpt.exists():
+        epochs = len(run.metrics())
+        where = f"last checkpoint: epoch {epochs}" if epochs else "last checkpoint: before the first epoch ended"
+        advice = "resume to continue"
+    else:
+        where, advice = "no checkpoint yet", "resume to start again from scratch"
+    msg = f"training process {status.pid} ended unexpectedly (killed or crashed); {where} — {advice}"
+    last = last_log_line(run)
+    return f"{msg}. Log: {last}" if last else msg
+
+
+def _mark_failed(run: RunDir, status: RunStatus, error: str) -> RunStatus:
+    status.state = "failed"
+    status.error = error
+    status.finished_at = time.time()
+    status.eta_s = None
+    run.write_status(status)
+    return status
+
+
+def log_tail(run: RunDir, lines: int = 40, max_bytes: int = 64_000) -> str:
+    """The last `lines` lines of log.txt (reads at most `max_bytes` from its end)."""
+    try:
+        with open(run.log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def last_log_line(run: RunDir) -> str:
+    """The last non-empty log line that is not our own start banner, trimmed for a one-line message."""
+    for line in reversed(log_tail(run, 20).splitlines()):
+        line = line.strip()
+        if line and not line.startswith("==="):
+            return line[:200]
+    return ""
+
+
+# -- control -----------------------------------------------------------------------------------------
+
+def cancel(run: RunDir) -> RunStatus:
+    """Ask a queued or running run to stop. A running trainer stops at a safe point, saves last.pt and writes
+    "cancelled" itself; a queued run is marked cancelled at once."""
+    status = refresh_status(run)
+    if status.state not in ACTIVE_STATES:
+        raise HistoError(f"{run.id}: the run is {status.state}; only a queued or running run can be cancelled")
+    run.cancel_path.touch()
+    if status.pid and process_alive(run, status):
+        try:
+            os.kill(int(status.pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    if status.state == "queued":
+        status = run.status()
+        if status.state == "queued":
+            status.state = "cancelled"
+            status.finished_at = time.time()
+            status.eta_s = None
+            run.write_status(status)
+    return status
+
+
+def resume(run: RunDir) -> str:
+    """Restart a cancelled or failed run in a new background process, from last.pt when there is one.
+    Returns a sentence saying what will happen."""
+    status = refresh_status(run)
+    if status.state in ACTIVE_STATES:
+        raise HistoError(f"{run.id}: the run is {status.state}; cancel it before resuming")
+    if status.state == STALE:
+        raise HistoError(f"{run.id}: the run is still marked running on {status.host}; resume it there")
+    if status.state == "completed":
+        raise HistoError(f"{run.id}: the run has completed; start a new run to train longer")
+    run.cancel_path.unlink(missing_ok=True)
+    if run.last_ckpt.exists():
+        epochs = len(run.metrics())
+        note = f"resuming {run.id} from epoch {epochs} of {status.epochs or '?'}"
+    else:
+        note = f"{run.id} has no checkpoint (last.pt): restarting it from scratch"
+    run.update_status(state="queued", error=None, finished_at=None, eta_s=None, phase="")
+    _start_training_process(run, resume=True)
+    return note
+
+
+def delete(run: RunDir) -> None:
+    """Remove a run directory; refused while its process is alive."""
+    status = refresh_status(run)
+    if status.state in ACTIVE_STATES or status.state == STALE:
+        raise HistoError(f"{run.id}: the run is {status.state}; cancel it before deleting it")
+    if status.pid and process_alive(run, status):
+        raise HistoError(f"{run.id}: its training process {status.pid} is still exiting; try again in a moment")
+    try:
+        shutil.rmtree(run.path)
+    except OSError as exc:
+        raise HistoError(f"{run.path}: could not delete the run ({exc.strerror or exc})") from None
+
+
+def wait(run: RunDir, timeout_s: float, states: tuple[str, ...] = FINAL_STATES, poll_s: float = 0.25) -> RunStatus:
+    """Poll until the run reaches one of `states` (refreshing liveness); raises TimeoutError after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = refresh_status(run)
+        if status.state in states:
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run.id}: still {status.state} after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+# -- summaries ---------------------------------------------------------------------------------------
+
+def best_val(run: RunDir, rows: list[dict[str, Any]] | None = None) -> tuple[str, float | None, int | None]:
+    """(monitored metric, its best value, epoch) over the finished epochs."""
+    monitor = run.config().get("monitor", "val_loss")
+    rows = run.metrics() if rows is None else rows
+    scored = [(r[monitor], r.get("epoch")) for r in rows if isinstance(r.get(monitor), (int, float))]
+    if not scored:
+        return monitor, None, None
+    pick = min if monitor == "val_loss" else max
+    value, epoch = pick(scored, key=lambda t: t[0])
+    return monitor, float(value), epoch
+
+
+def run_summary(run: RunDir, status: RunStatus | None = None) -> dict[str, Any]:
+    """One flat row describing a run, for tables and `runs list`."""
+    status = status or refresh_status(run)
+    config, dataset = run.config(), run.dataset()
+    rows = run.metrics()
+    monitor, best, best_epoch = best_val(run, rows)
+    test = (run.results() or {}).get("test") or {}
+    end = status.finished_at or (time.time() if status.state in ACTIVE_STATES else status.heartbeat)
+    duration = (end - status.started_at) if (status.started_at and end) else None
+    noise = float(config.get("noise") or 0.0)
+    return {
+        "id": run.id,
+        "name": config.get("name") or "",
+        "dataset": dataset.get("title") or dataset.get("name") or config.get("dataset", ""),
+        "dataset_spec": config.get("dataset", ""),
+        "synthetic": bool(dataset.get("synthetic")),
+        "arch": config.get("arch", ""),
+        "noise": noise,
+        "noise_mode": config.get("noise_mode", "") if noise else "",
+        "state": status.state,
+        "progress": status.progress,
+        "epoch": status.epoch or len(rows),
+        "epochs": status.epochs or config.get("epochs") or 0,
+        "monitor": monitor,
+        "best_val": best,
+        "best_epoch": best_epoch,
+        "test_accuracy": test.get("accuracy"),
+        "test_auc": test.get("auc"),
+        "test_ece": test.get("ece"),
+        "duration_s": duration,
+        "created_at": status.created_at,
+        "error": status.error,
+        "path": str(run.path),
+    }
+
+
+def augmentation_label(augment: dict[str, Any]) -> str:
+    """"flip+rot90+rotate 15°+jitter b0.1" style short description of a config's augmentation."""
+    parts = [k for k in ("flip", "rot90") if augment.get(k)]
+    if augment.get("rotate"):
+        parts.append(f"rotate {augment['rotate']:g}°")
+    if augment.get("resized_crop"):
+        parts.append(f"crop {augment.get('crop_scale', 0):g}")
+    jitter = " ".join(f"{k[0]}{augment[k]:g}" for k in ("brightness", "contrast", "saturation", "hue")
+                      if augment.get(k))
+    if jitter:
+        parts.append(f"jitter {jitter}")
+    return "+".join(parts) or "none"
+
+
+def comparison_row(run: RunDir, status: RunStatus | None = None) -> dict[str, Any]:
+    """The settings and final metrics of a run: one row of a course-project style hyper-parameter table."""
+    s = run_summary(run, status)
+    c = run.config()
+    results = run.results() or {}
+    schedule = c.get("schedule", "")
+    if schedule == "step":
+        schedule = f"step {c.get('step_size')}x{c.get('gamma')}"
+    loss = c.get("loss", "")
+    if loss == "smooth":
+        loss = f"smooth {c.get('label_smoothing')}"
+    elif loss == "sce":
+        loss = f"sce a{c.get('sce_alpha')} b{c.get('sce_beta')}"
+    return {
+        "run": s["id"], "name": s["name"], "dataset": s["dataset"] + (" (SYNTHETIC)" if s["synthetic"] else ""),
+        "arch": s["arch"], "mode": c.get("mode", "") + (" +ImageNet" if c.get("pretrained") else ""),
+        "optimizer": c.get("optimizer"), "lr": c.get("lr"), "weight decay": c.get("weight_decay"),
+        "batch": c.get("batch_size"), "epochs": f"{results.get('epochs_run', s['epoch'])}/{c.get('epochs')}",
+        "schedule": schedule,
+        "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
+        "augmentation": augmentation_label(c.get("augment") or {}), "loss": loss,
+        "early stop": f"{c.get('monitor')} p{c.get('patience')}" if c.get("early_stopping") else "no",
+        "state": s["state"], "best epoch": results.get("best_epoch", s["best_epoch"]),
+        "test acc": s["test_accuracy"], "test AUC": s["test_auc"], "test ECE": s["test_ece"],
+        "time (s)": round(s["duration_s"], 1) if s["duration_s"] is not None else None,
+    }
+
+
+def summaries(runs_root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """run_summary of every run under the runs root, newest first."""
+    return [run_summary(r) for r in list_runs(runs_root)]
+
+
+__all__ = [
+    "submit", "cancel", "resume", "delete", "refresh_status", "run_summary", "summaries", "wait",
+    "log_tail", "last_log_line", "comparison_row", "augmentation_label", "pid_alive", "process_alive", "best_val", "resolve_run", "ACTIVE_STATES", "STALE",
+]

@@ -1,0 +1,134 @@
+"""Plotly figures for runs, built from the plain dicts of a run directory (metrics rows, reports).
+
+No Streamlit here: every function returns a `go.Figure`, so the figures are unit-testable and the CLI or a
+notebook could reuse them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+# metric key in a metrics.jsonl row -> (train key or None, val key, axis title)
+CURVE_METRICS: dict[str, tuple[str | None, str, str]] = {
+    "loss": ("train_loss", "val_loss", "loss"),
+    "accuracy": ("train_acc", "val_acc", "accuracy"),
+    "auc": (None, "val_auc", "AUC"),
+}
+TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#d62728"
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 340) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height,
+                      margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and "epoch" in r]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def curve_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> go.Figure:
+    """Train vs validation `metric` ("loss", "accuracy", "auc") per epoch."""
+    train_key, val_key, label = CURVE_METRICS[metric]
+    fig = go.Figure()
+    for key, name, colour in ((train_key, "train", TRAIN_COLOUR), (val_key, "validation", VAL_COLOUR)):
+        if key is None:
+            continue
+        xs, ys = _series(rows, key)
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, line=dict(color=colour)))
+    fig.update_xaxes(dtick=1 if len(rows) <= 20 else None)
+    return _layout(fig, f"{label} per epoch", "epoch", label)
+
+
+def overlay_figure(series: Mapping[str, Sequence[Mapping[str, Any]]], key: str, title: str | None = None) -> go.Figure:
+    """One line per run: `key` (a metrics.jsonl column, e.g. "val_acc") per epoch. `series`: label -> rows."""
+    fig = go.Figure()
+    for label, rows in series.items():
+        xs, ys = _series(rows, key)
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label))
+    return _layout(fig, title or f"{key} per epoch", "epoch", key, height=420)
+
+
+def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str], normalize: bool = False,
+                     title: str = "Confusion matrix") -> go.Figure:
+    """Heat map, rows = true class, columns = predicted. normalize=True divides each row by its total (recall)."""
+    counts = np.asarray(confusion, dtype=float)
+    if normalize:
+        totals = counts.sum(axis=1, keepdims=True)
+        values = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+        text = [[f"{v:.2f}" for v in row] for row in values]
+    else:
+        values = counts
+        text = [[f"{int(v)}" for v in row] for row in values]
+    names = [str(c) for c in classes]
+    fig = go.Figure(go.Heatmap(z=values, x=names, y=names, text=text, texttemplate="%{text}",
+                               colorscale="Blues", zmin=0, zmax=1 if normalize else None,
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    size = max(360, 60 + 38 * len(names))
+    return _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true",
+                   height=size)
+
+
+def roc_figure(roc: Mapping[str, Mapping[str, Any]], title: str = "ROC curves") -> go.Figure:
+    """One curve per class (one-vs-rest) from a report's "roc" dict; the chance diagonal dashed."""
+    fig = go.Figure()
+    for cls, curve in roc.items():
+        if not curve or not curve.get("fpr"):
+            continue
+        auc = curve.get("auc")
+        label = f"{cls} (AUC {auc:.3f})" if isinstance(auc, (int, float)) else f"{cls}"
+        fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=label))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
+                             line=dict(dash="dash", color="grey"), showlegend=False))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(fig, title, "false positive rate", "true positive rate", height=420)
+
+
+def reliability_figure(reliability: Mapping[str, Sequence[float]], ece: float | None = None,
+                       title: str = "Reliability diagram") -> go.Figure:
+    """Accuracy per confidence bin (bars at the bin centres; empty bins left out) against the diagonal."""
+    edges = np.asarray(reliability.get("bin_edges") or [], dtype=float)
+    conf = reliability.get("confidence") or []
+    acc = reliability.get("accuracy") or []
+    count = reliability.get("count") or []
+    centres, widths, accs, confs, counts = [], [], [], [], []
+    for i in range(min(len(edges) - 1, len(acc))):
+        n = count[i] if i < len(count) else None
+        if acc[i] is None or (n is not None and n == 0):
+            continue
+        centres.append((edges[i] + edges[i + 1]) / 2)
+        widths.append(edges[i + 1] - edges[i])
+        accs.append(acc[i])
+        confs.append(conf[i] if i < len(conf) else None)
+        counts.append(n)
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=centres, y=accs, width=widths, name="accuracy", marker_color=TRAIN_COLOUR,
+                         customdata=np.array([confs, counts], dtype=object).T if centres else None,
+                         hovertemplate="accuracy %{y:.3f}<br>mean confidence %{customdata[0]:.3f}"
+                                       "<br>%{customdata[1]} tiles<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line=dict(dash="dash", color="grey")))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    label = f"{title} (ECE {ece:.3f})" if isinstance(ece, (int, float)) else title
+    return _layout(fig, label, "confidence", "accuracy", height=380)
+
+
+def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested_lr: float | None = None) -> go.Figure:
+    """Loss against learning rate on a log axis, the suggested rate marked."""
+    fig = go.Figure(go.Scatter(x=list(lrs), y=list(losses), mode="lines", name="loss"))
+    if suggested_lr:
+        # shapes and annotations on a log axis take log10 coordinates
+        fig.add_vline(x=float(np.log10(suggested_lr)), line_dash="dash", line_color=VAL_COLOUR)
+        fig.add_annotation(x=float(np.log10(suggested_lr)), y=1, yref="paper", text=f"suggested {suggested_lr:.2g}",
+                           showarrow=False, yanchor="bottom")
+    fig.update_xaxes(type="log")
+    return _layout(fig, "Learning-rate finder", "learning rate (log scale)", "loss", height=360)

@@ -1,0 +1,90 @@
+"""export_run / list_exports: weights/<name>.pt (loadable, no train_state) + model card."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from histo_core import paths
+from histo_core.checkpoint import load_checkpoint, model_from_checkpoint
+from histo_core.errors import HistoError
+from histo_core.export import check_export_name, delete_export, export_run, list_exports
+from tests.runfiles import CLASSES, write_run
+
+
+def test_export_writes_loadable_weights_and_card():
+    run = write_run("completed", name="demo")
+    path = export_run(run, "demo-simplecnn_v1.0")
+    assert path == paths.weights_dir() / "demo-simplecnn_v1.0.pt"
+
+    ckpt = load_checkpoint(path)
+    assert "train_state" not in ckpt
+    assert ckpt["classes"] == CLASSES and ckpt["input_size"] == 28 and ckpt["in_channels"] == 3
+    exported = model_from_checkpoint(ckpt, path)
+    original = model_from_checkpoint(load_checkpoint(run.best_ckpt))
+    x = torch.rand(2, 3, 28, 28)
+    assert torch.allclose(exported(x), original(x))
+
+    card = json.loads(path.with_suffix(".json").read_text())
+    test = run.results()["test"]
+    assert card["arch"] == "simplecnn" and card["classes"] == CLASSES
+    assert card["input_size"] == 28 and card["in_channels"] == 3
+    assert card["mean"] == [0.5, 0.5, 0.5] and card["std"] == [0.25, 0.25, 0.25]
+    assert card["dataset"]["synthetic"] is True and card["dataset"]["name"] == "synthetic"
+    assert card["metrics"]["test_accuracy"] == pytest.approx(test["accuracy"])
+    assert card["metrics"]["test_auc"] == pytest.approx(test["auc"])
+    assert card["metrics"]["test_ece"] == pytest.approx(test["ece"])
+    assert card["training_config"]["arch"] == "simplecnn" and card["training_config"]["epochs"] == 3
+    assert card["run_id"] == run.id and card["exported_at"]
+
+
+def test_export_refuses_overwrite_unless_asked():
+    run = write_run("completed")
+    export_run(run, "m1")
+    with pytest.raises(HistoError, match="exists; choose another name or overwrite"):
+        export_run(run, "m1")
+    other = write_run("completed", seed=3)
+    export_run(other, "m1", overwrite=True)
+    assert json.loads((paths.weights_dir() / "m1.json").read_text())["run_id"] == other.id
+
+
+@pytest.mark.parametrize("bad", ["", "../evil", "a/b", "has space", "-lead", "x" * 101, "é"])
+def test_bad_export_names_are_refused(bad):
+    with pytest.raises(HistoError, match="letters, digits"):
+        check_export_name(bad)
+
+
+def test_export_name_may_end_in_pt():
+    assert check_export_name("model.pt") == "model"
+
+
+def test_only_completed_runs_export():
+    run = write_run("failed", error="boom")
+    with pytest.raises(HistoError, match="failed; only a completed run can be exported"):
+        export_run(run, "x")
+    assert not (paths.weights_dir() / "x.pt").exists()
+
+
+def test_list_exports_skips_broken_cards_with_a_note():
+    run = write_run("completed")
+    export_run(run, "good")
+    weights = paths.weights_dir()
+    (weights / "broken.json").write_text("{not json")
+    (weights / "orphan.json").write_text(json.dumps({"arch": "simplecnn", "classes": ["a", "b"], "input_size": 28,
+                                                     "in_channels": 3}))
+    notes: list[str] = []
+    cards = list_exports(notes=notes)
+    assert [c["name"] for c in cards] == ["good"]
+    assert cards[0]["path"] == str(weights / "good.pt")
+    assert any("broken.json" in n and "invalid JSON" in n for n in notes)
+    assert any("orphan.json" in n and "orphan.pt is missing" in n for n in notes)
+
+
+def test_delete_export():
+    export_run(write_run("completed"), "gone")
+    delete_export("gone")
+    assert list_exports() == []
+    with pytest.raises(HistoError, match="no such export"):
+        delete_export("gone")
