@@ -1,0 +1,268 @@
+"""Streamlit views of one run (status, live curves, evaluation report, actions), used by the Runs page.
+
+Everything shown is read from the run directory on each rerun; the figures come from pages/ui/charts.py.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from histo_core import jobs
+from histo_core.fsutil import read_json
+from histo_core.runs import RunDir, RunStatus
+from pages.ui import charts
+from pages.ui.common import synthetic_badge, user_errors
+
+LIVE_REFRESH_S = 2.0
+STATE_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️", jobs.STALE: "❔"}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(max(0, seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def run_label(summary: dict[str, Any]) -> str:
+    name = f"{summary['name']} · " if summary["name"] else ""
+    return f"{STATE_ICONS.get(summary['state'], '')} {name}{summary['id']}"
+
+
+def summary_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+    """The runs table: one row per run, readable column names."""
+    rows = []
+    for s in summaries:
+        rows.append({
+            "run": s["id"],
+            "name": s["name"],
+            "dataset": s["dataset"] + (" (SYNTHETIC)" if s["synthetic"] else ""),
+            "architecture": s["arch"],
+            "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
+            "state": s["state"],
+            "progress": round(100 * s["progress"]),
+            "epoch": f"{s['epoch']}/{s['epochs']}",
+            f"best val": _metric_text(s["monitor"], s["best_val"]),
+            "test acc": s["test_accuracy"],
+            "test AUC": s["test_auc"],
+            "duration": fmt_duration(s["duration_s"]),
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"])) if s["created_at"] else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def _metric_text(name: str, value: float | None) -> str:
+    return f"{name} {value:.4f}" if value is not None else "-"
+
+
+def render_summary_table(summaries: list[dict[str, Any]]) -> None:
+    st.dataframe(
+        summary_table(summaries), hide_index=True, width="stretch",
+        column_config={
+            "progress": st.column_config.ProgressColumn("progress", format="%d%%", min_value=0, max_value=100),
+            "test acc": st.column_config.NumberColumn(format="%.4f"),
+            "test AUC": st.column_config.NumberColumn(format="%.4f"),
+        },
+    )
+
+
+def link_to_page(page: str, label: str, icon: str | None = None, query_params: dict[str, str] | None = None) -> None:
+    """st.page_link, degrading to a hint when this page runs on its own (`streamlit run pages/X.py`, AppTest),
+    where the other pages are not registered."""
+    from streamlit.errors import StreamlitPageNotFoundError
+
+    try:
+        st.page_link(page, label=label, icon=icon, query_params=query_params)
+    except StreamlitPageNotFoundError:
+        st.caption(f"{label}: open the {page.rsplit('_', 1)[-1].removesuffix('.py')} page from the sidebar")
+
+
+# -- one run -----------------------------------------------------------------------------------------
+
+def render_run(run: RunDir) -> None:
+    """Header, then a live panel (re-run every LIVE_REFRESH_S by a fragment) while the run is active, else the
+    finished view; actions at the end."""
+    status = jobs.refresh_status(run)
+    config, dataset = run.config(), run.dataset()
+    title = config.get("name") or run.id
+    st.subheader(title)
+    st.caption(f"`{run.id}` · {dataset.get('title') or config.get('dataset')} · {config.get('arch')} · "
+               f"{config.get('epochs')} epochs · batch {config.get('batch_size')} · {config.get('optimizer')} "
+               f"lr {config.get('lr')} · noise {config.get('noise', 0):g}"
+               + (f" ({config.get('noise_mode')})" if config.get("noise") else ""))
+    synthetic_badge(dataset)
+    if status.state in jobs.ACTIVE_STATES:
+        _live_panel(run)
+    else:
+        _finished_view(run, status)
+    _actions(run)
+
+
+@st.fragment(run_every=LIVE_REFRESH_S)
+def _live_panel(run: RunDir) -> None:
+    status = jobs.refresh_status(run)
+    if status.state not in jobs.ACTIVE_STATES:
+        st.rerun(scope="app")  # the run just ended: redraw the whole page in its finished form
+    render_progress(run, status)
+    rows = run.metrics()
+    render_curves(rows)
+    val = read_json(run.file("val_latest.json"))
+    if val:
+        st.markdown(f"**Validation after epoch {len(rows)}** (the test set is evaluated at the end)")
+        render_report(val, key=f"live-{run.id}")
+
+
+def render_progress(run: RunDir, status: RunStatus) -> None:
+    if status.state == "queued":
+        st.info(f"⏳ Queued: waiting for a free {status.device or 'device'} slot. It starts by itself when a "
+                "running run ends (limit per device: HISTO_MAX_RUNS_CPU / HISTO_MAX_RUNS_CUDA).")
+        return
+    if status.state == jobs.STALE:
+        st.warning(f"No heartbeat from {status.host} for a while: the run may have died there.")
+    if run.cancel_requested():
+        st.warning("Cancel requested: the run stops after the current batch and saves last.pt.")
+    phase = f" · {status.phase}" if status.phase else ""
+    step = f" · batch {status.step}/{status.steps_per_epoch}" if status.steps_per_epoch else ""
+    st.progress(min(1.0, status.progress),
+                text=f"epoch {status.epoch}/{status.epochs}{step}{phase} · {status.progress:.0%}")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("images / s", f"{status.images_per_s:,.0f}" if status.images_per_s else "-")
+    c2.metric("ETA", fmt_duration(status.eta_s))
+    c3.metric("elapsed", fmt_duration(time.time() - status.started_at if status.started_at else None))
+    c4.metric("device", status.device or "-")
+
+
+def render_curves(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        st.caption("Curves appear after the first epoch.")
+        return
+    cols = st.columns(3)
+    for col, metric in zip(cols, charts.CURVE_METRICS):
+        col.plotly_chart(charts.curve_figure(rows, metric), width="stretch")
+
+
+def render_report(report: dict[str, Any], key: str) -> None:
+    """Confusion matrix (counts / row-normalised), per-class table, ROC curves and reliability diagram."""
+    classes = report.get("classes") or []
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("accuracy", _num(report.get("accuracy")))
+    c2.metric(f"AUC ({report.get('auc_kind', '')})", _num(report.get("auc")))
+    c3.metric("loss", _num(report.get("loss")))
+    c4.metric("ECE", _num(report.get("ece")))
+    tabs = st.tabs(["Confusion matrix", "Per class", "ROC", "Reliability"])
+    with tabs[0]:
+        if report.get("confusion"):
+            normalise = st.toggle("row-normalised (recall per class)", key=f"norm-{key}")
+            st.plotly_chart(charts.confusion_figure(report["confusion"], classes, normalize=normalise),
+                            width="stretch", key=f"cm-{key}")
+    with tabs[1]:
+        per_class = pd.DataFrame(report.get("per_class") or [])
+        if not per_class.empty:
+            st.dataframe(per_class, hide_index=True, width="stretch",
+                         column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                        for k in ("precision", "recall", "f1", "auc")})
+    with tabs[2]:
+        if report.get("roc"):
+            st.plotly_chart(charts.roc_figure(report["roc"]), width="stretch", key=f"roc-{key}")
+    with tabs[3]:
+        if report.get("reliability"):
+            st.plotly_chart(charts.reliability_figure(report["reliability"], report.get("ece")),
+                            width="stretch", key=f"rel-{key}")
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
+def _finished_view(run: RunDir, status: RunStatus) -> None:
+    icon = STATE_ICONS.get(status.state, "")
+    took = fmt_duration((status.finished_at - status.started_at)
+                        if status.finished_at and status.started_at else None)
+    results = run.results() or {}
+    if status.state == "failed":
+        st.error(f"Run failed: {status.error or 'no error recorded'}")
+    elif status.state == "cancelled":
+        st.warning(f"{icon} Cancelled after epoch {status.epoch} of {status.epochs}"
+                   + (" (last.pt saved: resume continues from there)." if run.last_ckpt.exists() else "."))
+    else:
+        early = " (stopped early)" if results.get("stopped_early") else ""
+        st.success(f"{icon} Completed {results.get('epochs_run', status.epoch)} epochs{early} in {took} on "
+                   f"{results.get('device') or status.device or '?'}; best epoch {results.get('best_epoch', '-')}")
+    render_curves(run.metrics())
+    if status.state == "completed" and results.get("test"):
+        split = st.radio("Evaluation split", ["test", "val"], horizontal=True, key=f"split-{run.id}",
+                         format_func={"test": "test", "val": "validation"}.get)
+        report = results.get(split) or {}
+        st.markdown(f"**{split} set** ({report.get('n', '?')} tiles, best checkpoint)")
+        render_report(report, key=f"{split}-{run.id}")
+    elif (val := read_json(run.file("val_latest.json"))):
+        st.markdown(f"**Validation after the last finished epoch** ({val.get('n', '?')} tiles)")
+        render_report(val, key=f"val-{run.id}")
+    if status.state in ("failed", "cancelled"):
+        with st.expander("log.txt (last lines)", expanded=status.state == "failed"):
+            st.code(jobs.log_tail(run, 40) or "(empty log)", language=None)
+
+
+def _actions(run: RunDir) -> None:
+    status = jobs.refresh_status(run)
+    st.divider()
+    cols = st.columns(4)
+    if status.state in jobs.ACTIVE_STATES:
+        if cols[0].button("Cancel run", key=f"cancel-{run.id}", type="primary"):
+            with user_errors():
+                jobs.cancel(run)
+                st.rerun()
+    if status.state in ("failed", "cancelled"):
+        if cols[0].button("Resume", key=f"resume-{run.id}", type="primary",
+                          help="continue from last.pt in a new background process"):
+            with user_errors():
+                st.session_state["runs_notice"] = jobs.resume(run)
+                st.rerun()
+    if run.best_ckpt.exists():
+        cols[1].download_button("Download best.pt", data=lambda p=run.best_ckpt: p.read_bytes(),
+                                file_name=f"{run.id}-best.pt", mime="application/octet-stream",
+                                key=f"dl-{run.id}", on_click="ignore")
+    if status.state not in jobs.ACTIVE_STATES:
+        _delete_control(run, cols[3])
+    if status.state == "completed":
+        _export_form(run)
+
+
+def _delete_control(run: RunDir, col) -> None:
+    confirm_key = f"confirm-delete-{run.id}"
+    if not st.session_state.get(confirm_key):
+        if col.button("Delete run…", key=f"delete-{run.id}"):
+            st.session_state[confirm_key] = True
+            st.rerun()
+        return
+    col.warning(f"Delete {run.id} and all its files?")
+    yes, no = col.columns(2)
+    if yes.button("Yes, delete", key=f"delete-yes-{run.id}", type="primary"):
+        with user_errors():
+            jobs.delete(run)
+            st.session_state.pop(confirm_key, None)
+            st.session_state["runs_notice"] = f"deleted {run.id}"
+            st.rerun()
+    if no.button("Keep it", key=f"delete-no-{run.id}"):
+        st.session_state.pop(confirm_key, None)
+        st.rerun()
+
+
+def _export_form(run: RunDir) -> None:
+    from histo_core.export import export_run
+
+    with st.expander("Export to weights/ (for Classify and `predict`)"):
+        with st.form(key=f"export-{run.id}"):
+            default = (run.config().get("name") or f"{run.config().get('arch')}-{run.id[-4:]}").replace(" ", "-")
+            name = st.text_input("Export name", value=default, help="letters, digits, '-', '_', '.'")
+            overwrite = st.checkbox("Overwrite an export with this name")
+            if st.form_submit_button("Export"):
+                with user_errors():
+                    path = export_run(run, name, overwrite=overwrite)
+                    st.success(f"Exported to {path} (model card {path.with_suffix('.json').name})")

@@ -1,0 +1,146 @@
+"""Runs page (AppTest): table, curves/confusion/ROC/reliability of a completed run, failed and queued runs,
+delete with confirmation, export form."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import plotly.io
+from streamlit.testing.v1 import AppTest
+
+from histo_core import paths
+from histo_core.runs import RunDir
+from tests.runfiles import CLASSES, write_run
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Runs.py")
+
+
+def _app(run_id: str | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    if run_id:
+        at.query_params["run"] = run_id
+    return at.run()
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
+    parts += [i.value for i in at.info] + [s.value for s in at.success] + [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def _plotly_titles(at: AppTest) -> list[str]:
+    titles = []
+    for chart in at.get("plotly_chart"):
+        fig = json.loads(chart.proto.spec)
+        titles.append(fig["layout"].get("title", {}).get("text", ""))
+    return titles
+
+
+def _figure(at: AppTest, title: str):
+    for chart in at.get("plotly_chart"):
+        fig = plotly.io.from_json(chart.proto.spec)
+        if fig.layout.title.text == title:
+            return fig
+    raise AssertionError(f"no figure titled {title!r} in {_plotly_titles(at)}")
+
+
+def _array(v) -> np.ndarray:
+    """Plotly serialises numpy arrays as {"dtype", "bdata" (base64), "shape"}."""
+    if isinstance(v, dict) and "bdata" in v:
+        shape = tuple(int(x) for x in str(v.get("shape", "-1")).split(","))
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).reshape(shape)
+    return np.asarray(v, dtype=float)
+
+
+def test_empty_runs_dir_points_to_train():
+    at = _app()
+    assert not at.exception
+    assert "No runs" in _texts(at)
+
+
+def test_completed_run_shows_table_curves_and_test_report():
+    done = write_run("completed", name="clean-baseline", epochs=3)
+    write_run("failed", error="CUDA out of memory", seed=1)
+    at = _app(done.id)
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 2 and set(table["state"]) == {"completed", "failed"}
+    row = table[table["run"] == done.id].iloc[0]
+    assert row["architecture"] == "simplecnn" and "SYNTHETIC" in row["dataset"] and row["epoch"] == "3/3"
+    assert row["test acc"] == done.results()["test"]["accuracy"]
+    assert at.selectbox(key="runs_select").value == done.id
+
+    titles = _plotly_titles(at)
+    assert {"loss per epoch", "accuracy per epoch", "AUC per epoch"} <= set(titles)
+    assert "Confusion matrix (counts)" in titles and "ROC curves" in titles
+    assert any(t.startswith("Reliability diagram (ECE") for t in titles)
+    assert any("Completed 3 epochs" in s.value for s in at.success)
+    assert any("SYNTHETIC" in w.value for w in at.warning)
+    # the per-class table lists every class with its support
+    per_class = [d.value for d in at.dataframe if "precision" in d.value.columns][0]
+    assert list(per_class["class"]) == CLASSES and per_class["support"].sum() == 60
+
+    # the confusion matrix's counts sum to the test set; row-normalised rows sum to 1
+    cm = _figure(at, "Confusion matrix (counts)")
+    assert _array(cm.data[0].z).sum() == 60
+    at.toggle(key=f"norm-test-{done.id}").set_value(True).run()
+    cm = _figure(at, "Confusion matrix (row-normalised)")
+    assert np.allclose(_array(cm.data[0].z).sum(axis=1), 1.0)
+
+
+def test_failed_run_shows_error_and_log_tail():
+    run = write_run("failed", error="CUDA out of memory while allocating 2.00 GiB", epochs_done=1)
+    at = _app(run.id)
+    assert not at.exception
+    assert any("Run failed: CUDA out of memory" in e.value for e in at.error)
+    assert any("RuntimeError: CUDA out of memory" in c.value for c in at.code)
+    assert at.button(key=f"resume-{run.id}")  # failed runs offer resume
+
+
+def test_dead_running_run_is_marked_failed_on_view():
+    run = write_run("running", pid=2 ** 22 + 12345)  # no such process
+    at = _app(run.id)
+    assert not at.exception
+    assert any("ended unexpectedly" in e.value for e in at.error)
+    assert RunDir(run.path).status().state == "failed"
+
+
+def test_queued_run_says_it_waits_for_a_slot(monkeypatch):
+    import os
+
+    run = write_run("queued", pid=os.getpid(), epochs_done=0)
+    # our own pid is alive but its cmdline is pytest's: give the check something that names this run
+    monkeypatch.setattr("histo_core.jobs._is_run_process", lambda pid, r, s: True)
+    at = _app(run.id)
+    assert not at.exception, at.exception
+    assert "waiting for a free" in _texts(at)
+    assert at.button(key=f"cancel-{run.id}")
+
+
+def test_delete_needs_confirmation():
+    keep = write_run("completed", seed=1)
+    gone = write_run("cancelled", seed=2)
+    at = _app(gone.id)
+    at.button(key=f"delete-{gone.id}").click().run()
+    assert gone.path.exists()
+    at.button(key=f"delete-no-{gone.id}").click().run()
+    assert gone.path.exists()
+    at.button(key=f"delete-{gone.id}").click().run()
+    at.button(key=f"delete-yes-{gone.id}").click().run()
+    assert not at.exception
+    assert not gone.path.exists() and keep.path.exists()
+    assert any(f"deleted {gone.id}" in s.value for s in at.success)
+
+
+def test_export_form_writes_weights():
+    run = write_run("completed", name="for export")
+    at = _app(run.id)
+    form_inputs = [t for t in at.text_input if t.label == "Export name"]
+    form_inputs[0].set_value("my-model")
+    at.button[[b.label for b in at.button].index("Export")].click().run()
+    assert not at.exception
+    assert (paths.weights_dir() / "my-model.pt").exists()
+    assert any("Exported to" in s.value for s in at.success)
