@@ -19,6 +19,7 @@ NOISE_MODES = ("batch", "fixed", "pair")
 LOSSES = ("ce", "smooth", "sce")  # cross-entropy, label smoothing, symmetric cross-entropy
 MODES = ("scratch", "finetune", "frozen", "fine_tune")  # fine_tune: fastai-style head first, then unfreeze
 MONITORS = ("val_loss", "val_acc", "val_auc")
+TRAIN_SPLITS = ("train", "train+val")  # train+val: no validation split; the last epoch is the model
 DEVICES = ("auto", "cpu", "cuda")
 MAX_NOISE = 0.9
 
@@ -45,7 +46,9 @@ class TrainConfig:
     mode: str = "scratch"
     pretrained: bool = False
     head_epochs: int = 1  # fine_tune: epochs with the backbone frozen first
+    backbone_lr_mult: float = 0.1  # fine_tune: backbone LR = lr * this once unfrozen
     epochs: int = 10
+    train_splits: str = "train"
     batch_size: int = 128
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -109,6 +112,7 @@ class TrainConfig:
         _choice("mode", self.mode, MODES)
         _choice("monitor", self.monitor, MONITORS)
         _choice("device", self.device, DEVICES)
+        _choice("train-splits", self.train_splits, TRAIN_SPLITS)
         from histo_core.models import ARCHITECTURES
 
         _choice("arch", self.arch, tuple(ARCHITECTURES))
@@ -139,6 +143,16 @@ class TrainConfig:
             raise ConfigError(f"--max-train-samples must be >= 0, got {self.max_train_samples}")
         if self.mode in ("frozen", "fine_tune") and self.arch in ("simplecnn", "cnn3"):
             raise ConfigError(f"--mode {self.mode} needs a backbone architecture (resnet18, resnet50, densenet121), not {self.arch}")
+        if self.pretrained and self.mode == "scratch":
+            raise ConfigError("--pretrained loads ImageNet weights, --mode scratch starts from random ones: "
+                              "choose --mode finetune, frozen or fine_tune, or drop --pretrained")
+        if not 0.0 < self.backbone_lr_mult <= 1.0:
+            raise ConfigError(f"--backbone-lr-mult must be in (0, 1], got {self.backbone_lr_mult}")
+        if self.sce_alpha < 0 or self.sce_beta < 0 or self.sce_alpha + self.sce_beta == 0:
+            raise ConfigError(f"--sce-alpha and --sce-beta must be >= 0 and not both 0, got {self.sce_alpha}, {self.sce_beta}")
+        if self.early_stopping and self.train_splits == "train+val":
+            raise ConfigError("--early-stopping needs a validation split, but --train-splits train+val trains on it; "
+                              "use --train-splits train or drop --early-stopping")
         if self.mode == "fine_tune":
             if not 0 <= self.head_epochs < self.epochs:
                 raise ConfigError(f"--head-epochs must be in 0..{self.epochs - 1} (less than --epochs), got {self.head_epochs}")

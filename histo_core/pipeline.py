@@ -31,8 +31,14 @@ CUDA_RESIDENT_FRACTION = 0.4  # of free GPU memory a split may take to live on t
 # -- conversion ------------------------------------------------------------------------------------
 def _as_tensor(batch_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(batch_uint8, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(batch_uint8))
+        return _from_numpy(batch_uint8)
     return batch_uint8
+
+
+def _from_numpy(arr: np.ndarray) -> torch.Tensor:
+    """torch.from_numpy without the warning (and the hazard) of sharing a read-only array."""
+    arr = np.ascontiguousarray(arr)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def to_float01(batch_uint8: np.ndarray | torch.Tensor, device: str | torch.device,
@@ -251,12 +257,13 @@ class TileSource:
         nbytes = self.n * h * w * c
         self.placement = self._place(nbytes, resident_max_bytes)
         self._tiles: torch.Tensor | None = None
+        self._chunks: dict[int, torch.Tensor] = {}  # lazy splits: the (at most 2) chunks read last
         if self.placement.resident:
             arr = split.get(self.indices) if self.indices is not None else split.load_all()
-            t = torch.from_numpy(arr)
+            t = _from_numpy(arr)
             self._tiles = t.to(self.device) if self.placement.on_device else t
         all_labels = split.labels if self.indices is None else split.labels[self.indices]
-        self.labels = torch.from_numpy(np.ascontiguousarray(all_labels, dtype=np.int64))
+        self.labels = torch.from_numpy(np.array(all_labels, dtype=np.int64))
 
     def _place(self, nbytes: int, limit: int | None) -> _Placement:
         if self.lazy:
@@ -280,16 +287,39 @@ class TileSource:
             t_idx = torch.as_tensor(idx, dtype=torch.long)
             return self._tiles[t_idx.to(self._tiles.device)]
         pos = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
+        if self.lazy:
+            return self._gather_chunked(pos)
         rows = self.indices[pos] if self.indices is not None else pos
-        return torch.from_numpy(self.split.get(rows))
+        return _from_numpy(self.split.get(rows))
+
+    def _gather_chunked(self, pos: np.ndarray) -> torch.Tensor:
+        """Batches drawn by `chunk_order` lie in one or two chunks: each chunk is read once, in one
+        sequential read, and kept until two newer chunks have been read."""
+        chunk_ids = pos // LAZY_CHUNK
+        parts = []
+        for cid in np.unique(chunk_ids):
+            if int(cid) not in self._chunks:
+                start = int(cid) * LAZY_CHUNK
+                self._chunks[int(cid)] = self.read_range(start, min(self.n, start + LAZY_CHUNK))
+                while len(self._chunks) > 2:
+                    self._chunks.pop(next(iter(self._chunks)))
+            parts.append(int(cid))
+        out = None
+        for cid in parts:
+            sel = np.flatnonzero(chunk_ids == cid)
+            block = self._chunks[cid][torch.from_numpy(pos[sel] - cid * LAZY_CHUNK)]
+            if out is None:
+                out = torch.empty((len(pos), *block.shape[1:]), dtype=block.dtype)
+            out[torch.from_numpy(sel)] = block
+        return out
 
     def read_range(self, start: int, stop: int) -> torch.Tensor:
         """Contiguous positions [start, stop): one sequential read for lazy splits."""
         if self._tiles is not None:
             return self._tiles[start:stop]
         if self.indices is None:
-            return torch.from_numpy(self.split.get(slice(start, stop)))
-        return torch.from_numpy(self.split.get(self.indices[start:stop]))
+            return _from_numpy(self.split.get(slice(start, stop)))
+        return _from_numpy(self.split.get(self.indices[start:stop]))
 
     def gather_labels(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.labels[torch.as_tensor(idx, dtype=torch.long).cpu()]
