@@ -9,7 +9,7 @@ is in memory.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class Split:
     """One split of a dataset. `images` is any array-like supporting integer/slice/sorted-index reads."""
 
     def __init__(self, name: str, images: ArrayLike, labels: np.ndarray, *, expand_to_rgb: bool = False,
-                 lazy: bool = False):
+                 lazy: bool = False, tile_names: Sequence[str] | None = None):
         labels = np.asarray(labels).reshape(-1).astype(np.int64)
         if len(labels) != images.shape[0]:
             raise DatasetError(f"split {name!r}: {images.shape[0]} images but {len(labels)} labels")
@@ -64,6 +64,8 @@ class Split:
         self.labels = labels
         self.expand_to_rgb = expand_to_rgb
         self.lazy = lazy  # True when reads go to disk (HDF5): read in sorted chunks
+        # Where each tile came from (file names for folders/CSV), for viewers; None when tiles are anonymous.
+        self.tile_names = list(tile_names) if tile_names is not None else None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_core.datasets import npzio
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset, check_labels
 from histo_core.errors import DatasetError
 
 NPZ_SPLITS = {"train": "train", "val": "val", "test": "test"}
 SIZES = (28, 64, 128, 224)
-MMAP_THRESHOLD = 64 * 1024 * 1024  # members larger than this are memory-mapped when stored uncompressed
 
 
 def medmnist_info() -> dict:
@@ -35,24 +35,26 @@ def npz_filename(flag: str, size: int) -> str:
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
-def _load_member(zf: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
-    member = f"{key}.npy"
-    zi = zf.getinfo(member)
-    if zi.compress_type == zipfile.ZIP_STORED and zi.file_size > MMAP_THRESHOLD:
-        with zf.open(member) as fh:
-            major, _ = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(fh)
-            header_len = fh.tell()
-        # The data starts after the zip local header (30 bytes + name + its own extra field) and the npy header.
-        with open(path, "rb") as raw:
-            raw.seek(zi.header_offset + 26)
-            name_len, extra_len = np.frombuffer(raw.read(4), "<u2")
-        offset = zi.header_offset + 30 + int(name_len) + int(extra_len) + header_len
-        return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset,
-                         order="F" if fortran else "C")
-    with zf.open(member) as fh:
-        return np.lib.format.read_array(fh, allow_pickle=False)
+def is_multi_label(flag: str) -> bool:
+    """ChestMNIST is multi-label (14 findings per image); the tile classifiers here are single-label."""
+    return medmnist_info()[flag]["task"].startswith("multi-label")
+
+
+def download_source(flag: str, size: int) -> tuple[str, str]:
+    """(url, md5) of the official file for `flag` at `size`, from medmnist.INFO (`url`/`MD5`, `url_64`/`MD5_64`...)."""
+    meta = medmnist_info()[flag]
+    suffix = "" if size == 28 else f"_{size}"
+    return meta[f"url{suffix}"], meta[f"MD5{suffix}"]
+
+
+def npz_split_sizes(path: Path) -> dict[str, int]:
+    """{split: number of tiles} read from the npz headers only (no image data is decompressed)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            return {s: npzio.member_shape(zf, f"{s}_labels")[0] for s in NPZ_SPLITS if f"{s}_labels.npy" in names}
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
 
 
 def read_medmnist_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -77,22 +79,30 @@ def read_medmnist_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             if f"{split}_labels" not in keys:
                 raise DatasetError(f"{path}: has '{split}_images' but no '{split}_labels'")
             try:
-                images = _load_member(zf, path, f"{split}_images")
-                labels = _load_member(zf, path, f"{split}_labels")
+                images = npzio.load_member(zf, path, f"{split}_images")
+                labels = npzio.load_member(zf, path, f"{split}_labels")
             except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
                 raise DatasetError(f"{path}: cannot read '{split}' arrays ({exc})") from None
             if images.ndim not in (3, 4) or images.dtype != np.uint8:
                 raise DatasetError(
                     f"{path}: '{split}_images' must be uint8 (N,H,W) or (N,H,W,C), got {images.dtype} {images.shape}"
                 )
-            if images.shape[0] != labels.shape[0]:
+            if images.ndim == 4 and images.shape[3] not in (1, 3):
                 raise DatasetError(
-                    f"{path}: '{split}_images' has {images.shape[0]} images but '{split}_labels' has {labels.shape[0]} labels"
+                    f"{path}: '{split}_images' must have 1 or 3 channels, got {images.shape[3]} ({images.shape})"
                 )
-            if labels.ndim == 2 and labels.shape[1] != 1:
+            if images.shape[1] != images.shape[2]:
                 raise DatasetError(
-                    f"{path}: '{split}_labels' is multi-label ({labels.shape[1]} columns); only single-label "
-                    "classification is supported"
+                    f"{path}: '{split}_images' tiles must be square, got {images.shape[1]}x{images.shape[2]}"
+                )
+            if labels.ndim == 0 or images.shape[0] != labels.shape[0]:
+                raise DatasetError(
+                    f"{path}: '{split}_images' has {images.shape[0]} images but '{split}_labels' has {labels.shape[0] if labels.ndim else 0} labels"
+                )
+            if labels.ndim == 0 or labels.size != labels.shape[0]:
+                raise DatasetError(
+                    f"{path}: '{split}_labels' has shape {labels.shape}: multi-label data is not supported; "
+                    "expected one class index per image, shaped (N,) or (N, 1)"
                 )
             out[split] = (images, np.asarray(labels).reshape(-1).astype(np.int64))
         return out

@@ -1,0 +1,133 @@
+"""Which datasets can be opened here: the synthetic demo, downloaded MedMNIST sets, PCam if present, and
+local paths the user added (kept in `<data dir>/histo_datasets.json`).
+
+The Train, Evaluate and Datasets pages list `available_datasets()`; adding a path validates it by
+opening it, so the list never offers something that fails to open for a reason known at add time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from histo_core import paths
+from histo_core.datasets.imagefiles import Progress
+from histo_core.errors import DatasetError
+from histo_core.fsutil import read_json, write_json_atomic
+
+CATALOG_FILE = "histo_datasets.json"
+SYNTHETIC_SIZES = (28, 32, 64, 96, 128, 224)
+DECODE_SIZES = (None, 28, 32, 64, 96, 128, 224)  # folders/CSV: None = automatic (min(64, native))
+
+
+@dataclass(frozen=True)
+class AvailableDataset:
+    spec: str  # what open_dataset() takes
+    title: str
+    source: str  # synthetic | medmnist | pcam | npz | folder | csv
+    sizes: tuple[int | None, ...]  # sizes it can be opened at; () = its native size only
+    channels: int | None = None  # 1 for grayscale sets (offer as_rgb), None when unknown
+    location: str = ""
+    synthetic: bool = False
+    user_added: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _catalog_path(data_dir) -> Path:
+    return paths.data_dir(data_dir) / CATALOG_FILE
+
+
+def _entries(data_dir) -> list[dict]:
+    data = read_json(_catalog_path(data_dir), {}) or {}
+    return [e for e in data.get("datasets", []) if isinstance(e, dict) and e.get("path")]
+
+
+def local_datasets(data_dir: str | os.PathLike | None = None) -> list[str]:
+    """Paths the user added, in the order added."""
+    return [e["path"] for e in _entries(data_dir)]
+
+
+def add_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
+                      progress: Progress | None = None):
+    """Open `path` (npz, image folder, CSV manifest, PCam folder) to validate it, then remember it.
+
+    Returns the opened TileDataset. Raises DatasetError with the reason it cannot be used.
+    """
+    from histo_core.datasets import describe_spec, open_dataset, parse_spec
+
+    text = str(path).strip()
+    if not text:
+        raise DatasetError("no path given: type the path of an .npz, a .csv manifest, an image folder or a PCam folder")
+    base, options = parse_spec(text)
+    resolved = Path(base).expanduser()
+    if not resolved.exists():
+        raise DatasetError(f"{base}: no such file or folder")
+    resolved = resolved.resolve()
+    spec = str(resolved) + (f"?{text.split('?', 1)[1]}" if options else "")
+    ds = open_dataset(spec, data_dir=data_dir, progress=progress)
+    entries = [e for e in _entries(data_dir) if e["path"] != spec]
+    entries.append({"path": spec, "title": ds.info.title, "source": ds.info.source,
+                    "kind": describe_spec(spec), "channels": ds.info.native_channels or ds.info.channels})
+    write_json_atomic(_catalog_path(data_dir), {"datasets": entries})
+    return ds
+
+
+def remove_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> bool:
+    """Forget a user-added path (files are not touched). True when it was in the list."""
+    text = str(path).strip()
+    entries = _entries(data_dir)
+    keep = [e for e in entries if e["path"] != text and e["path"] != _resolved_or_same(text)]
+    if len(keep) == len(entries):
+        return False
+    write_json_atomic(_catalog_path(data_dir), {"datasets": keep})
+    return True
+
+
+def _resolved_or_same(text: str) -> str:
+    try:
+        return str(Path(text).expanduser().resolve())
+    except OSError:
+        return text
+
+
+def downloaded_sizes(flag: str, data_dir: str | os.PathLike | None = None) -> tuple[int, ...]:
+    from histo_core.datasets.medmnist_source import SIZES, npz_filename
+
+    folder = paths.data_dir(data_dir)
+    return tuple(s for s in SIZES if (folder / npz_filename(flag, s)).is_file())
+
+
+def available_datasets(data_dir: str | os.PathLike | None = None) -> list[AvailableDataset]:
+    """Synthetic demo, then downloaded MedMNIST sets, PCam when present, then user-added paths."""
+    from histo_core.datasets.medmnist_source import flags_2d, is_multi_label, medmnist_info
+    from histo_core.datasets.pcam import looks_like_pcam
+
+    out = [AvailableDataset("synthetic", "Synthetic H&E demo (SYNTHETIC)", "synthetic", SYNTHETIC_SIZES, 3,
+                            "generated in memory", synthetic=True)]
+    info = medmnist_info()
+    for flag in flags_2d():
+        sizes = downloaded_sizes(flag, data_dir)
+        if sizes and not is_multi_label(flag):
+            out.append(AvailableDataset(flag, info[flag]["python_class"], "medmnist", sizes,
+                                        info[flag]["n_channels"], str(paths.data_dir(data_dir))))
+    pcam_dir = paths.data_dir(data_dir) / "pcam"
+    if pcam_dir.is_dir() and looks_like_pcam(pcam_dir):
+        out.append(AvailableDataset("pcam", "PatchCamelyon", "pcam", (), 3, str(pcam_dir)))
+    for e in _entries(data_dir):
+        base = e["path"].split("?", 1)[0]
+        if not Path(base).exists():
+            continue  # moved or deleted since it was added; still in the file, so it reappears if restored
+        source = e.get("source", "")
+        sizes = DECODE_SIZES if source in ("folder", "csv") else ()
+        out.append(AvailableDataset(e["path"], e.get("title") or Path(base).name, source or "path", sizes,
+                                    e.get("channels"), base, user_added=True))
+    return out
+
+
+def default_dataset_spec(data_dir: str | os.PathLike | None = None) -> str:
+    """The first real dataset available here; the synthetic demo when there is none."""
+    real = [d for d in available_datasets(data_dir) if not d.synthetic]
+    return real[0].spec if real else "synthetic"

@@ -1,0 +1,148 @@
+"""A folder of class folders, optionally inside train/val/test folders.
+
+    kather2016/01_TUMOR/*.tif, kather2016/02_STROMA/*.tif, ...          -> seeded stratified 70/15/15 split
+    NCT-CRC-HE/train/ADI/*.tif, NCT-CRC-HE/test/ADI/*.tif, ...           -> the given splits
+
+Split folders may be named train/training, val/valid/validation, test/testing. A split folder that is
+missing (e.g. only train/ and test/) is carved from train, stratified and seeded. Images are read from
+the class folder itself (not from deeper folders, so that a folder of datasets is not mistaken for a
+dataset). Decoding, resizing and caching: `histo_core.datasets.imagefiles`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from histo_core.datasets.base import SPLITS, DatasetInfo, Split, TileDataset, stratified_split
+from histo_core.datasets.imagefiles import Progress, decode_image_files, is_image_file, rows
+from histo_core.errors import DatasetError
+
+SPLIT_FOLDER_NAMES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}
+ABOUT_FILES = ("PROVENANCE.md", "README.md", "README.txt", "README", "LICENSE", "LICENSE.txt")
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _class_files(class_dir: Path, skipped: list[str], root: Path) -> list[Path]:
+    images = []
+    for p in sorted(class_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and is_image_file(p):
+            images.append(p)
+        else:
+            what = "folder inside a class folder" if p.is_dir() else "not an image file"
+            skipped.append(f"{p.relative_to(root)}: {what}")
+    return images
+
+
+def _scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str], str]:
+    """{split or '': {class: files}}, skipped entries, layout description."""
+    skipped: list[str] = [f"{p.name}: not in a class folder" for p in sorted(root.iterdir())
+                          if p.is_file() and not p.name.startswith(".")]
+    subs = _subfolders(root)
+    if not subs:
+        raise DatasetError(
+            f"{root}: no class sub-folders; put each class's images in its own folder, "
+            f"e.g. {root.name}/TUMOR/*.png and {root.name}/STROMA/*.png"
+        )
+    split_dirs = [s for s in subs if s.name.lower() in SPLIT_FOLDER_NAMES]
+    if split_dirs:
+        layout = {}
+        for s in split_dirs:
+            split = SPLIT_FOLDER_NAMES[s.name.lower()]
+            if split in layout:
+                raise DatasetError(f"{root}: two folders for the {split} split ({s.name} and another); keep one")
+            layout[split] = {c.name: _class_files(c, skipped, root) for c in _subfolders(s)}
+        skipped += [f"{s.name}/: not a train/val/test folder" for s in subs if s not in split_dirs]
+        return layout, skipped, "train/val/test folders"
+    return {"": {c.name: _class_files(c, skipped, root) for c in subs}}, skipped, "class folders"
+
+
+def _check_classes(root: Path, layout: dict[str, dict[str, list[Path]]]) -> list[str]:
+    for split, classes in layout.items():
+        for name, files in classes.items():
+            if not files:
+                where = root / split / name if split else root / name
+                nested = [p.name for p in _subfolders(where)][:4]
+                hint = (f" (it holds folders {', '.join(nested)}: open {where} itself if it is a dataset)"
+                        if nested else "; remove the folder or add images")
+                raise DatasetError(f"{where}: no images{hint}")
+    classes = sorted({c for cl in layout.values() for c in cl})
+    if len(classes) < 2:
+        found = f"only one class folder ({classes[0]})" if classes else "no class folders"
+        raise DatasetError(f"{root}: {found}; a classifier needs at least 2 class sub-folders")
+    return classes
+
+
+def open_image_folder(path: str | os.PathLike, *, size: int | None = None, seed: int = 0, as_rgb: bool = False,
+                      data_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> TileDataset:
+    root = Path(path).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{path}: no such folder")
+    layout, skipped, layout_name = _scan(root)
+    classes = _check_classes(root, layout)
+    files, labels, split_of = [], [], []
+    for split, by_class in layout.items():
+        for name, class_files in by_class.items():
+            files += class_files
+            labels += [classes.index(name)] * len(class_files)
+            split_of += [split] * len(class_files)
+    decoded = decode_image_files(files, size=size, data_dir=data_dir, label=root.name, progress=progress)
+    kept = decoded.kept
+    labels_kept = np.asarray(labels, np.int64)[kept]
+    split_kept = np.asarray(split_of)[kept]
+    names = [str(files[i].relative_to(root)) for i in kept]
+    notes: list[str] = []
+    split_indices = _split_indices(labels_kept, split_kept, seed, notes)
+    channels = decoded.channels
+    splits = {
+        s: Split(s, rows(decoded.images, idx), labels_kept[idx], expand_to_rgb=as_rgb and channels == 1,
+                 tile_names=[names[i] for i in idx])
+        for s, idx in split_indices.items()
+    }
+    about = next((root / f for f in ABOUT_FILES if (root / f).is_file()), None)
+    info = DatasetInfo(
+        name=str(root),
+        title=f"{root.name} (image folder, {decoded.size} px)",
+        source="folder",
+        classes=classes,
+        channels=3 if as_rgb and channels == 1 else channels,
+        size=decoded.size,
+        task="binary" if len(classes) == 2 else "multi-class",
+        citation=f"See {about}" if about else "",
+        location=str(root),
+        description=f"{len(kept)} images in {len(classes)} class folders ({layout_name}), "
+                    f"decoded to {decoded.size} px and cached.",
+        native_channels=channels,
+        extra={"skipped": skipped + decoded.skipped, "layout": layout_name, "cache": str(decoded.cache_file),
+               "notes": notes, "about_file": str(about) if about else ""},
+    )
+    return TileDataset(info, splits)
+
+
+def _split_indices(labels: np.ndarray, split_of: np.ndarray, seed: int, notes: list[str]) -> dict[str, np.ndarray]:
+    """Indices per split: the folders' own splits (missing val/test carved from train), else stratified."""
+    if (split_of == "").all():
+        notes.append(f"no train/val/test folders: split 70/15/15 per class (stratified, seed {seed})")
+        return stratified_split(labels, seed=seed)
+    given = {s: np.flatnonzero(split_of == s) for s in SPLITS if (split_of == s).any()}
+    missing = [s for s in SPLITS if s not in given]
+    if missing and "train" in given:
+        train = given["train"]
+        parts = stratified_split(labels[train], fractions=(0.7, 0.15, 0.15), seed=seed)
+        kept_train = [parts["train"]] + [parts[s] for s in SPLITS[1:] if s not in missing]
+        given["train"] = train[np.sort(np.concatenate(kept_train))]
+        for s in missing:
+            given[s] = train[parts[s]]
+            notes.append(f"no {s} folder: {s} split carved from train (15% per class, seed {seed})")
+    return {s: given[s] for s in SPLITS if s in given}

@@ -1,0 +1,193 @@
+"""PatchCamelyon from its official HDF5 files, read lazily.
+
+A PCam folder holds `camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5` (x: (N, 96, 96, 3) uint8
+tiles, y: (N, 1, 1, 1) uint8 labels), or the same files gzipped (`.h5.gz`, as distributed). The 7 GB
+train split is never loaded: tiles are read per batch. An uncompressed, contiguous HDF5 dataset (what
+the official files contain) is memory-mapped at its byte offset, the fastest way to read random rows;
+chunked or compressed ones are read through h5py, one File per process (re-opened after a fork, so
+DataLoader workers never share a handle). `.h5.gz` files are decompressed once, next to the .gz when
+that folder is writable, else under `<data dir>/cache/pcam/`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histo_core import paths
+from histo_core.datasets.base import DatasetInfo, Split, TileDataset
+from histo_core.datasets.imagefiles import Progress
+from histo_core.errors import DatasetError
+
+FILE_SPLITS = {"train": "train", "valid": "val", "test": "test"}  # file name part -> our split name
+CLASSES = ["no tumour", "metastatic tumour"]
+TILE_SIZE = 96
+PCAM_URL = "https://github.com/basveeling/pcam (files on Zenodo: https://zenodo.org/records/2546921)"
+CITATION = (
+    "Veeling, B. S., Linmans, J., Winkens, J., Cohen, T., Welling, M. Rotation Equivariant CNNs for Digital "
+    "Pathology. MICCAI 2018. arXiv:1806.03962. Tiles from Camelyon16: Ehteshami Bejnordi, B. et al. "
+    "Diagnostic Assessment of Deep Learning Algorithms for Detection of Lymph Node Metastases in Women With "
+    "Breast Cancer. JAMA 318(22), 2199-2210 (2017)."
+)
+
+
+def file_name(file_split: str, xy: str) -> str:
+    return f"camelyonpatch_level_2_split_{file_split}_{xy}.h5"
+
+
+def looks_like_pcam(folder: Path) -> bool:
+    return any(Path(folder).glob("camelyonpatch_level_2_split_*_x.h5*"))
+
+
+class H5Rows:
+    """Rows of an HDF5 dataset, opened lazily once per process; pickles without its file handle."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...]):
+        self.path, self.key, self.shape = Path(path), key, tuple(shape)
+        self._file: Any = None
+        self._pid: int | None = None
+
+    def _dataset(self):
+        import h5py
+
+        if self._file is None or self._pid != os.getpid():
+            # After a fork the parent's handle must not be used (HDF5 state is not fork-safe): open anew.
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file[self.key]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self._dataset()[idx]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "key": self.key, "shape": self.shape, "_file": None, "_pid": None}
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+
+def _h5_array(path: Path, key: str, what: str) -> tuple[Any, tuple[int, ...], np.dtype]:
+    """(array-like, shape, dtype) for dataset `key` of `path`: a memmap when contiguous and uncompressed."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise DatasetError(f"{path}: no dataset {key!r} for the {what} (found: {', '.join(f.keys()) or 'none'})")
+            ds = f[key]
+            shape, dtype = tuple(ds.shape), ds.dtype
+            offset = ds.id.get_offset() if ds.chunks is None and ds.compression is None else None
+    except OSError as exc:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if offset is not None and dtype == np.uint8 and np.prod(shape) > 0:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape), shape, dtype
+    return H5Rows(path, key, shape), shape, dtype
+
+
+def _decompressed(gz: Path, data_dir, progress: Progress | None, notes: list[str]) -> Path:
+    """The .h5 for `gz`, decompressed once (streamed to disk, never held in memory)."""
+    target = gz.with_suffix("")  # strip .gz
+    if not os.access(gz.parent, os.W_OK):
+        target = paths.data_dir(data_dir) / "cache" / "pcam" / target.name
+    if target.exists() and target.stat().st_mtime >= gz.stat().st_mtime:
+        notes.append(f"{gz.name}: using the copy decompressed earlier at {target}")
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    total = gz.stat().st_size
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+                if progress is not None:
+                    progress(min(src.fileobj.tell(), total), total)  # compressed bytes read so far
+        os.replace(tmp, target)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DatasetError(f"{gz}: cannot decompress ({exc}); download the file again") from None
+    notes.append(f"{gz.name}: decompressed once to {target} ({target.stat().st_size / 1e9:.2f} GB); "
+                 "later opens use that copy")
+    return target
+
+
+def _existing(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _usable(path: Path, data_dir, progress, notes) -> Path:
+    return _decompressed(path, data_dir, progress, notes) if path.suffix == ".gz" else path
+
+
+def _open_split(folder: Path, file_split: str, data_dir, progress, notes) -> Split | None:
+    x_name, y_name = file_name(file_split, "x"), file_name(file_split, "y")
+    x_found = _existing(folder, x_name)
+    if x_found is None:
+        return None
+    y_found = _existing(folder, y_name)
+    if y_found is None:  # checked before decompressing x: that can take minutes
+        raise DatasetError(f"{folder / y_name}: missing (or {y_name}.gz): it holds the labels for {x_found.name}")
+    x_path = _usable(x_found, data_dir, progress, notes)
+    y_path = _usable(y_found, data_dir, progress, notes)
+    images, x_shape, x_dtype = _h5_array(x_path, "x", "tiles")
+    if len(x_shape) != 4 or x_shape[1] != x_shape[2] or x_shape[3] != 3 or x_dtype != np.uint8:
+        raise DatasetError(
+            f"{x_path}: 'x' must be uint8 tiles shaped (N, 96, 96, 3), got {x_dtype} {x_shape}"
+        )
+    labels, y_shape, _ = _h5_array(y_path, "y", "labels")
+    if len(y_shape) == 0 or int(np.prod(y_shape[1:])) != 1:
+        raise DatasetError(f"{y_path}: 'y' must hold one label per tile, shaped (N, 1, 1, 1), got {y_shape}")
+    if y_shape[0] != x_shape[0]:
+        raise DatasetError(
+            f"{y_path}: {y_shape[0]} labels but {x_path.name} has {x_shape[0]} tiles; the x and y files must match"
+        )
+    y = np.asarray(labels[:]).reshape(-1).astype(np.int64)  # labels are small: 1 byte per tile
+    if y.size and (y.min() < 0 or y.max() > 1):
+        raise DatasetError(f"{y_path}: labels must be 0 or 1, found {int(y.min())}..{int(y.max())}")
+    return Split(FILE_SPLITS[file_split], images, y, lazy=isinstance(images, H5Rows))
+
+
+def open_pcam(folder: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
+              progress: Progress | None = None) -> TileDataset:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir() or not looks_like_pcam(folder):
+        raise DatasetError(
+            f"{folder}: no PatchCamelyon files; download camelyonpatch_level_2_split_*_{{x,y}}.h5.gz from "
+            f"{PCAM_URL} and put them in {folder}"
+        )
+    notes: list[str] = []
+    splits = {}
+    for file_split, split in FILE_SPLITS.items():
+        s = _open_split(folder, file_split, data_dir, progress, notes)
+        if s is not None:
+            splits[split] = s
+    size = next(iter(splits.values())).tile_shape[0]
+    info = DatasetInfo(
+        name=str(folder),
+        title=f"PatchCamelyon ({size} px)",
+        source="pcam",
+        classes=list(CLASSES),
+        channels=3,
+        size=size,
+        task="binary",
+        license="CC0 1.0",
+        citation=CITATION,
+        location=str(folder),
+        description="96x96 px tiles from Camelyon16 lymph-node sections at 10x; label 1 when the centre "
+                    "32x32 px region holds at least one pixel of metastatic tumour.",
+        native_channels=3,
+        extra={"notes": notes, "lazy": True},
+    )
+    return TileDataset(info, splits)
