@@ -52,7 +52,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc).splitlines()[0][:200]
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc):  # other weights-only failures (bad opcode) are just junk files
             raise ModelFileError(
                 f"{path}: refused: the file needs arbitrary code to unpickle ({msg}). Only weights-only "
                 "checkpoints made by Histo Explorer can be loaded."
