@@ -1,0 +1,320 @@
+"""Load a trained model and classify tiles.
+
+    loaded = load_model("runs/20250101-120000-simplecnn-ab12")   # or a run id, a weights/*.pt file, an export name
+    tile = preprocess(decode_image(data, "tile.png"), loaded.meta, notes)   # uint8 at the model's size/channels
+    probs = predict(loaded, np.stack([tile]), tta=True)                      # (N, K) float32
+
+Checkpoints are read weights-only (histo_core.checkpoint). Loaded models are cached in-process by
+(resolved path, mtime, size), so every page session and CLI call in one process shares one copy per file
+and a retrained or re-exported file is picked up. Forward passes on one model are serialised by a lock
+(`model_lock`): Grad-CAM attaches hooks to the model, and a concurrent prediction must not trigger them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from histo_core import paths
+from histo_core.checkpoint import load_checkpoint, model_from_checkpoint
+from histo_core.errors import HistoError, ModelFileError
+from histo_core.images import DecodedImage
+
+CACHE_SIZE = 4  # models kept loaded at once
+SCALE_NOTE_FACTOR = 4.0  # a tile this many times larger/smaller than the training tiles gets a note
+SQUARE_TOLERANCE = 1.1  # images more oblong than this are centre-cropped to a square before resizing
+# Source tile size (pixels at the scanner's resolution) of sets whose tiles were downsampled: a model
+# trained on them sees this field of view, whatever its input size in pixels.
+NATIVE_TILE_PX = {"pathmnist": 224}
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a caller needs to feed a model: classes, input geometry, normalisation, provenance."""
+    arch: str
+    classes: tuple[str, ...]
+    input_size: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dataset: dict = field(default_factory=dict, hash=False, compare=False)  # name, title, source, synthetic
+    native_tile_px: int | None = None  # source pixels one training tile covered, when known
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.dataset.get("synthetic"))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any], dataset: dict | None = None) -> "ModelMeta":
+        ds = dict(ckpt.get("dataset") or {})
+        ds.update({k: v for k, v in (dataset or {}).items() if k in ("name", "title", "source", "synthetic", "extra", "size")})
+        return cls(
+            arch=str(ckpt["arch"]),
+            classes=tuple(str(c) for c in ckpt["classes"]),
+            input_size=int(ckpt["input_size"]),
+            in_channels=int(ckpt["in_channels"]),
+            mean=tuple(float(v) for v in np.asarray(ckpt["mean"]).reshape(-1)),
+            std=tuple(float(v) for v in np.asarray(ckpt["std"]).reshape(-1)),
+            dataset=ds,
+            native_tile_px=native_tile_px(ds),
+        )
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # eval mode, on `device`
+    meta: ModelMeta
+    source: str  # the checkpoint file
+    label: str = ""  # for display: run id or export name
+    device: str = "cpu"
+
+
+def native_tile_px(dataset: dict) -> int | None:
+    """The source-pixel size of one training tile, when the dataset records it or is a known downsampled set."""
+    extra = dataset.get("extra") or {}
+    for key in ("native_tile_px", "native_size"):
+        if extra.get(key):
+            return int(extra[key])
+    flag = str(extra.get("flag") or dataset.get("name") or "").lower()
+    flag = Path(flag).stem.split("_")[0] if flag else flag
+    return NATIVE_TILE_PX.get(flag)
+
+
+# -- finding and loading ---------------------------------------------------------------------------
+def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
+    """(checkpoint file, display label, dataset dict) for a run directory, a run id, a .pt file or an export name."""
+    from histo_core.runs import RunDir, resolve_run
+
+    text = str(spec).strip()
+    if not text:
+        raise ModelFileError("no model given: name a run directory, a run id, a weights .pt file or an export name")
+    p = Path(text).expanduser()
+    if p.is_file():
+        run = RunDir(p.parent)
+        return p, (run.id if run.exists() else p.stem), (run.dataset() if run.exists() else {})
+    try:
+        run = resolve_run(text)
+    except HistoError:
+        run = None
+    if run is not None:
+        for ckpt in (run.best_ckpt, run.last_ckpt):
+            if ckpt.is_file():
+                return ckpt, run.id, run.dataset()
+        raise ModelFileError(f"{text}: the run has no best.pt or last.pt yet (state: {run.status().state}); "
+                             "wait until it has finished an epoch")
+    if p.suffix == "" and "/" not in text:
+        exported = paths.weights_dir() / f"{text}.pt"
+        if exported.is_file():
+            return exported, text, {}
+    if p.suffix == ".pt":
+        raise ModelFileError(f"{text}: no such model file")
+    raise ModelFileError(
+        f"{text}: not a run directory, run id, model file or export name (runs live in {paths.runs_dir()}, "
+        f"exports in {paths.weights_dir()})"
+    )
+
+
+_cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def load_model(spec: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """Load (or fetch from the in-process cache) the model named by `spec`. Raises ModelFileError."""
+    path, label, dataset = resolve_model_path(spec)
+    resolved = path.resolve()
+    st = resolved.stat()
+    device = _pick_device(device)
+    key = (str(resolved), st.st_mtime_ns, st.st_size, device)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    ckpt = load_checkpoint(resolved)
+    model = model_from_checkpoint(ckpt, path).to(device)
+    loaded = LoadedModel(model=model, meta=ModelMeta.from_checkpoint(ckpt, dataset), source=str(resolved),
+                         label=label, device=device)
+    with _cache_lock:
+        _cache[key] = loaded
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return loaded
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def _pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """One lock per model object: held for every forward pass and while Grad-CAM hooks are attached."""
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+        return lock
+
+
+# -- preprocessing ---------------------------------------------------------------------------------
+def preprocess(decoded: DecodedImage | np.ndarray, meta: ModelMeta, notes: list[str] | None = None) -> np.ndarray:
+    """A decoded image -> uint8 (S, S, C) at the model's input size S and channel count C.
+
+    Oblong images are centre-cropped to a square first (resizing would distort cell shapes); images much
+    larger or smaller than the training tiles' field of view get a note, because the model then sees
+    tissue at a scale it was not trained on. Lines describing what was done are appended to `notes`."""
+    notes = notes if notes is not None else []
+    arr = decoded.array if isinstance(decoded, DecodedImage) else np.asarray(decoded)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3):
+        raise ValueError(f"expected a uint8 (H, W, 1 or 3) image, got {arr.dtype} {arr.shape}")
+    h, w = arr.shape[:2]
+    if max(h, w) / min(h, w) > SQUARE_TOLERANCE:
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        arr = arr[top:top + side, left:left + side]
+        notes.append(f"{w}x{h} image centre-cropped to {side}x{side} (use the large-image mode to classify all of it)")
+    side = arr.shape[0]
+    reference = meta.native_tile_px or meta.input_size
+    ratio = side / reference
+    if ratio > SCALE_NOTE_FACTOR or ratio < 1 / SCALE_NOTE_FACTOR:
+        what = "source tiles" if meta.native_tile_px else "training tiles"
+        notes.append(
+            f"the image is {side} px across, {max(ratio, 1 / ratio):.0f}x {'larger' if ratio > 1 else 'smaller'} "
+            f"than the {what} ({reference} px): tissue appears at a scale the model was not trained on"
+            + (" (try the large-image mode)" if ratio > 1 else "")
+        )
+    arr = _match_channels(arr, meta.in_channels, notes)
+    if side != meta.input_size:
+        im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+        im = im.resize((meta.input_size, meta.input_size), Image.Resampling.LANCZOS)
+        arr = np.asarray(im, dtype=np.uint8)
+        arr = arr[..., None] if arr.ndim == 2 else arr
+    return np.ascontiguousarray(arr)
+
+
+def _match_channels(arr: np.ndarray, channels: int, notes: list[str]) -> np.ndarray:
+    if arr.shape[2] == channels:
+        return arr
+    if channels == 1:
+        notes.append("colour image converted to grayscale for a grayscale model")
+        gray = np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)
+        return gray[..., None]
+    notes.append("grayscale image repeated to 3 channels; the model was trained on colour tiles")
+    return np.repeat(arr, 3, axis=2)
+
+
+# -- prediction ------------------------------------------------------------------------------------
+def model_input(tiles_uint8: np.ndarray | torch.Tensor, meta: ModelMeta, device: str | torch.device) -> torch.Tensor:
+    """uint8 NHWC tiles at the model's size -> the normalised NCHW float tensor the model was trained on."""
+    from histo_core.pipeline import to_model_input
+
+    return to_model_input(tiles_uint8, meta.mean, meta.std, device)
+
+
+def predict(loaded: LoadedModel, tiles_uint8: np.ndarray, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, K) float32 for uint8 tiles (N, S, S, C) already at the model's input size.
+
+    With `tta`, the probabilities are averaged over the 8 dihedral views (flips and 90-degree rotations),
+    all label-preserving for tissue."""
+    from histo_core.pipeline import dihedral_views
+
+    tiles = np.asarray(tiles_uint8)
+    _check_tiles(tiles, loaded.meta)
+    out = np.empty((len(tiles), loaded.meta.num_classes), np.float32)
+    with model_lock(loaded.model), torch.inference_mode():
+        for start in range(0, len(tiles), batch_size):
+            x = model_input(tiles[start:start + batch_size], loaded.meta, loaded.device)
+            views = dihedral_views(x) if tta else [x]
+            probs = sum(torch.softmax(loaded.model(v).float(), dim=1) for v in views) / len(views)
+            out[start:start + len(x)] = probs.cpu().numpy()
+    return out
+
+
+def _check_tiles(tiles: np.ndarray, meta: ModelMeta) -> None:
+    expected = (meta.input_size, meta.input_size, meta.in_channels)
+    if tiles.ndim != 4 or tiles.dtype != np.uint8 or tuple(tiles.shape[1:]) != expected:
+        raise ValueError(f"expected uint8 tiles (N, {expected[0]}, {expected[1]}, {expected[2]}), "
+                         f"got {tiles.dtype} {tiles.shape}; run preprocess() first")
+
+
+def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
+    """Per row, the k most probable (class, probability) pairs, most probable first."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(str(classes[j]), float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+# -- what can be picked ----------------------------------------------------------------------------
+@dataclass
+class ModelEntry:
+    """One model a user can pick: a completed run or an export, described without loading its weights."""
+    kind: str  # "run" | "export"
+    ref: str  # what load_model() takes
+    name: str  # run id or export name
+    arch: str
+    dataset: str  # dataset title
+    synthetic: bool
+    classes: list[str]
+    input_size: int | None
+    test_accuracy: float | None
+    test_auc: float | None
+
+    @property
+    def label(self) -> str:
+        acc = f"test acc {self.test_accuracy:.3f}" if self.test_accuracy is not None else "no test metrics"
+        tag = "SYNTHETIC · " if self.synthetic else ""
+        size = f"{self.input_size} px" if self.input_size else "? px"
+        return f"{tag}{self.name} · {self.kind} · {self.arch} · {self.dataset} · {size} · {len(self.classes)} classes · {acc}"
+
+
+def list_models(notes: list[str] | None = None) -> list[ModelEntry]:
+    """Completed runs with a checkpoint (newest first), then exports in weights/ (by name)."""
+    from histo_core.export import list_exports
+    from histo_core.runs import list_runs
+
+    entries = []
+    for run in list_runs():
+        if run.status().state != "completed" or not (run.best_ckpt.is_file() or run.last_ckpt.is_file()):
+            continue
+        cfg, ds = run.config(), run.dataset()
+        test = (run.results() or {}).get("test") or {}
+        entries.append(ModelEntry(
+            kind="run", ref=str(run.path), name=run.id, arch=str(cfg.get("arch", "?")),
+            dataset=str(ds.get("title") or ds.get("name") or cfg.get("dataset", "?")),
+            synthetic=bool(ds.get("synthetic")), classes=[str(c) for c in ds.get("classes", [])],
+            input_size=cfg.get("size") or ds.get("size"), test_accuracy=test.get("accuracy"), test_auc=test.get("auc"),
+        ))
+    for card in list_exports(notes=notes):
+        ds = card.get("dataset") or {}
+        metrics = card.get("metrics") or {}
+        entries.append(ModelEntry(
+            kind="export", ref=str(card["path"]), name=str(card.get("name", Path(card["path"]).stem)),
+            arch=str(card["arch"]), dataset=str(ds.get("title") or ds.get("name") or "?"),
+            synthetic=bool(ds.get("synthetic")), classes=[str(c) for c in card["classes"]],
+            input_size=card.get("input_size"), test_accuracy=metrics.get("test_accuracy"),
+            test_auc=metrics.get("test_auc"),
+        ))
+    return entries
