@@ -40,14 +40,15 @@ def _catalog_path(data_dir) -> Path:
     return paths.data_dir(data_dir) / CATALOG_FILE
 
 
-def _entries(data_dir) -> list[dict]:
+def local_dataset_entries(data_dir: str | os.PathLike | None = None) -> list[dict]:
+    """The user-added datasets as stored: {path, title, source, kind, channels}."""
     data = read_json(_catalog_path(data_dir), {}) or {}
     return [e for e in data.get("datasets", []) if isinstance(e, dict) and e.get("path")]
 
 
 def local_datasets(data_dir: str | os.PathLike | None = None) -> list[str]:
     """Paths the user added, in the order added."""
-    return [e["path"] for e in _entries(data_dir)]
+    return [e["path"] for e in local_dataset_entries(data_dir)]
 
 
 def add_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
@@ -68,7 +69,7 @@ def add_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | Non
     resolved = resolved.resolve()
     spec = str(resolved) + (f"?{text.split('?', 1)[1]}" if options else "")
     ds = open_dataset(spec, data_dir=data_dir, progress=progress)
-    entries = [e for e in _entries(data_dir) if e["path"] != spec]
+    entries = [e for e in local_dataset_entries(data_dir) if e["path"] != spec]
     entries.append({"path": spec, "title": ds.info.title, "source": ds.info.source,
                     "kind": describe_spec(spec), "channels": ds.info.native_channels or ds.info.channels})
     write_json_atomic(_catalog_path(data_dir), {"datasets": entries})
@@ -78,7 +79,7 @@ def add_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | Non
 def remove_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> bool:
     """Forget a user-added path (files are not touched). True when it was in the list."""
     text = str(path).strip()
-    entries = _entries(data_dir)
+    entries = local_dataset_entries(data_dir)
     keep = [e for e in entries if e["path"] != text and e["path"] != _resolved_or_same(text)]
     if len(keep) == len(entries):
         return False
@@ -116,7 +117,7 @@ def available_datasets(data_dir: str | os.PathLike | None = None) -> list[Availa
     pcam_dir = paths.data_dir(data_dir) / "pcam"
     if pcam_dir.is_dir() and looks_like_pcam(pcam_dir):
         out.append(AvailableDataset("pcam", "PatchCamelyon", "pcam", (), 3, str(pcam_dir)))
-    for e in _entries(data_dir):
+    for e in local_dataset_entries(data_dir):
         base = e["path"].split("?", 1)[0]
         if not Path(base).exists():
             continue  # moved or deleted since it was added; still in the file, so it reappears if restored

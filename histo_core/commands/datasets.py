@@ -1,0 +1,262 @@
+"""`python -m histo_core datasets`: list, download, describe and add datasets.
+
+    python -m histo_core datasets [--json] [--data-dir D]          every dataset and whether it is here
+    python -m histo_core datasets --download pathmnist --size 28   download with a progress bar (stderr)
+    python -m histo_core datasets --info SPEC [--size N] [--json]  split sizes and class counts of any spec
+    python -m histo_core datasets --add PATH | --remove PATH       remember / forget a local dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from histo_core import paths
+from histo_core.cli import emit
+
+PCAM_OFFICIAL_SIZES = {"train": 262144, "val": 32768, "test": 32768}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "datasets", help="list, download and describe datasets",
+        description="Without options: list every registered dataset and whether it is available here.",
+    )
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--download", metavar="FLAG", help="download a MedMNIST 2D set (e.g. pathmnist)")
+    action.add_argument("--info", metavar="SPEC", help="describe a dataset: registered name or path "
+                        "(.npz, .csv manifest, image folder, PCam folder)")
+    action.add_argument("--add", metavar="PATH", help="validate a local dataset path and add it to the list")
+    action.add_argument("--remove", metavar="PATH", help="forget a local dataset path (files are kept)")
+    p.add_argument("--size", type=int, help="MedMNIST size (28, 64, 128, 224) or the tile size image folders "
+                   "and CSV manifests are decoded to (default: min(64, native))")
+    p.add_argument("--as-rgb", action="store_true", help="with --info: expand grayscale sets to 3 channels")
+    p.add_argument("--seed", type=int, default=0, help="with --info: seed of the stratified split (folders, CSV)")
+    p.add_argument("--timeout", type=float, default=10.0, help="with --download: network timeout in seconds")
+    p.add_argument("--data-dir", help="dataset cache (default: $HISTO_DATA_DIR, else ~/.medmnist)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.download:
+        return _download(args)
+    if args.info:
+        return _info(args)
+    if args.add:
+        return _add(args)
+    if args.remove:
+        return _remove(args)
+    return _list(args)
+
+
+# -- progress -------------------------------------------------------------------------------------------
+
+class ProgressBar:
+    """A one-line text progress bar on stderr, redrawn at most 10 times a second."""
+
+    def __init__(self, label: str, unit: str = ""):
+        self.label, self.unit, self._last, self._drawn = label, unit, 0.0, False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.1 and done != total:
+            return
+        self._last, self._drawn = now, True
+        if total:
+            frac = min(done / total, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"{self.label} [{bar:<30}] {frac:4.0%} {self._fmt(done)}/{self._fmt(total)}"
+        else:
+            text = f"{self.label} {self._fmt(done)}"
+        print(f"\r{text}", end="", file=sys.stderr, flush=True)
+
+    def _fmt(self, n: int) -> str:
+        return f"{n / 1e6:.1f} MB" if self.unit == "bytes" else str(n)
+
+    def close(self) -> None:
+        if self._drawn:
+            print(file=sys.stderr, flush=True)
+
+
+# -- actions --------------------------------------------------------------------------------------------
+
+def _download(args: argparse.Namespace) -> int:
+    from histo_core.datasets.download import download_medmnist, medmnist_file
+
+    size = args.size or 28
+    existed = medmnist_file(args.download.lower(), size, args.data_dir).exists()
+    bar = ProgressBar(f"{args.download} {size}px", unit="bytes")
+    try:
+        path = download_medmnist(args.download, size, data_dir=args.data_dir, progress=bar, timeout=args.timeout)
+    finally:
+        bar.close()
+    payload = {"dataset": args.download.lower(), "size": size, "path": str(path), "already_present": existed}
+    emit(args, payload, f"{path} already present" if existed else f"downloaded {path}")
+    return 0
+
+
+def _open(args: argparse.Namespace, spec: str):
+    from histo_core.datasets import open_dataset
+
+    bar = ProgressBar("decoding images")
+    try:
+        return open_dataset(spec, size=args.size, as_rgb=args.as_rgb, data_dir=args.data_dir, seed=args.seed,
+                            progress=bar)
+    finally:
+        bar.close()
+
+
+def _info(args: argparse.Namespace) -> int:
+    from histo_core.datasets.stats import dataset_summary
+
+    summary = dataset_summary(_open(args, args.info))
+    emit(args, summary, describe_text(summary))
+    return 0
+
+
+def describe_text(summary: dict[str, Any]) -> str:
+    info = summary["info"]
+    h, w, c = summary["tile_shape"] or (info["size"], info["size"], info["channels"])
+    lines = [
+        f"{info['title']}" + ("  [SYNTHETIC]" if info["synthetic"] else ""),
+        f"  source: {info['source']}  location: {info['location']}",
+        f"  task: {info['task']}, {info['num_classes']} classes, tiles {h}x{w}x{c}",
+        "  splits: " + ", ".join(f"{s} {n}" for s, n in summary["split_sizes"].items()),
+    ]
+    splits = list(summary["class_counts"])
+    width = max(len(name) for name in info["classes"]) + 2
+    lines.append("  " + "class".ljust(width) + "".join(s.rjust(8) for s in splits))
+    for name in info["classes"]:
+        lines.append("  " + name.ljust(width) + "".join(str(summary["class_counts"][s][name]).rjust(8) for s in splits))
+    extra = info.get("extra") or {}
+    for note in extra.get("notes", []):
+        lines.append(f"  note: {note}")
+    if extra.get("skipped"):
+        shown = "; ".join(extra["skipped"][:5])
+        more = f" (+{len(extra['skipped']) - 5} more)" if len(extra["skipped"]) > 5 else ""
+        lines.append(f"  skipped {len(extra['skipped'])} file(s): {shown}{more}")
+    if info["license"]:
+        lines.append(f"  license: {info['license']}")
+    if info["citation"]:
+        lines.append(f"  cite: {info['citation']}")
+    return "\n".join(lines)
+
+
+def _add(args: argparse.Namespace) -> int:
+    from histo_core.datasets.catalog import add_local_dataset
+
+    bar = ProgressBar("decoding images")
+    try:
+        ds = add_local_dataset(args.add, args.data_dir, progress=bar)
+    finally:
+        bar.close()
+    payload = {"added": ds.info.name, "title": ds.info.title, "split_sizes": ds.split_sizes()}
+    emit(args, payload, f"added {ds.info.title}: {ds.info.name}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from histo_core.datasets.catalog import remove_local_dataset
+    from histo_core.errors import DatasetError
+
+    if not remove_local_dataset(args.remove, args.data_dir):
+        raise DatasetError(f"{args.remove}: not in the list of added datasets (see `python -m histo_core datasets`)")
+    emit(args, {"removed": args.remove}, f"removed {args.remove} from the list (files untouched)")
+    return 0
+
+
+# -- listing --------------------------------------------------------------------------------------------
+
+def dataset_listing(data_dir: str | None = None) -> dict[str, Any]:
+    """Every registered dataset with its availability here (per size), classes and split sizes."""
+    from histo_core.datasets import dataset_entries
+    from histo_core.datasets.catalog import local_dataset_entries
+    from histo_core.datasets.medmnist_source import is_multi_label, medmnist_info, npz_filename, npz_split_sizes
+    from histo_core.datasets.synthetic import CLASSES as SYNTH_CLASSES, SPLIT_SIZES as SYNTH_SPLITS
+
+    folder = paths.data_dir(data_dir)
+    info = medmnist_info()
+    rows = []
+    for entry in dataset_entries():
+        row: dict[str, Any] = {"name": entry.name, "title": entry.title, "source": entry.source, "supported": True}
+        if entry.source == "synthetic":
+            row.update(available=True, classes=list(SYNTH_CLASSES), synthetic=True,
+                       sizes={str(s): {"available": True} for s in entry.sizes},
+                       split_sizes={s: n * len(SYNTH_CLASSES) for s, n in SYNTH_SPLITS.items()})
+        elif entry.source == "medmnist":
+            meta = info[entry.name]
+            sizes = {}
+            for s in entry.sizes:
+                file = folder / npz_filename(entry.name, s)
+                if file.is_file():
+                    sizes[str(s)] = {"available": True, "file": str(file), "split_sizes": npz_split_sizes(file)}
+                else:
+                    sizes[str(s)] = {"available": False, "file": str(file)}
+            row.update(available=any(v["available"] for v in sizes.values()), sizes=sizes,
+                       classes=[meta["label"][k] for k in sorted(meta["label"], key=int)],
+                       channels=meta["n_channels"], license=meta.get("license", ""),
+                       split_sizes=dict(meta["n_samples"]))
+            if is_multi_label(entry.name):
+                row.update(supported=False, note="multi-label; Histo Explorer trains single-label classifiers")
+        else:  # pcam
+            row.update(_pcam_row(folder / "pcam"))
+        rows.append(row)
+    local = [{"spec": e["path"], "title": e.get("title", ""), "source": e.get("source", ""),
+              "available": Path(e["path"].split("?", 1)[0]).exists()} for e in local_dataset_entries(data_dir)]
+    return {"data_dir": str(folder), "datasets": rows, "local": local}
+
+
+def _pcam_row(folder: Path) -> dict[str, Any]:
+    from histo_core.datasets.pcam import CLASSES, FILE_SPLITS, file_name
+
+    files = {}
+    for file_split, split in FILE_SPLITS.items():
+        x = folder / file_name(file_split, "x")
+        files[split] = "h5" if x.is_file() else "h5.gz" if x.with_name(x.name + ".gz").is_file() else None
+    available = any(files.values())
+    row = {"available": available, "classes": list(CLASSES), "location": str(folder),
+           "sizes": {"96": {"available": available}}, "split_sizes": dict(PCAM_OFFICIAL_SIZES), "files": files}
+    if available:
+        import h5py
+
+        for split, kind in files.items():
+            if kind == "h5":  # header only; .h5.gz ones are decompressed on first open, not by a listing
+                try:
+                    with h5py.File(folder / file_name({"val": "valid"}.get(split, split), "x"), "r") as f:
+                        row["split_sizes"][split] = int(f["x"].shape[0])
+                except (OSError, KeyError):
+                    row["split_sizes"][split] = None
+    return row
+
+
+def listing_text(listing: dict[str, Any]) -> str:
+    lines = [f"data dir: {listing['data_dir']}", "",
+             f"{'NAME':<16}{'SOURCE':<11}{'AVAILABLE HERE':<22}{'CLASSES':>8}  TRAIN/VAL/TEST"]
+    for row in listing["datasets"]:
+        if row["source"] == "medmnist":
+            have = [s for s, v in row["sizes"].items() if v["available"]]
+            where = ("sizes " + ",".join(have)) if have else "not downloaded"
+        elif row["source"] == "synthetic":
+            where = "yes (generated)"
+        else:
+            where = "yes" if row["available"] else "not present"
+        sizes = "/".join(str(row["split_sizes"].get(s, "-")) for s in ("train", "val", "test"))
+        note = f"  ({row['note']})" if row.get("note") else ""
+        lines.append(f"{row['name']:<16}{row['source']:<11}{where:<22}{len(row['classes']):>8}  {sizes}{note}")
+    if listing["local"]:
+        lines += ["", "added locally:"]
+        for e in listing["local"]:
+            lines.append(f"  {e['spec']}  ({e['title']}{'' if e['available'] else ', MISSING'})")
+    lines += ["", "download: python -m histo_core datasets --download FLAG --size 28|64|128|224",
+              "describe: python -m histo_core datasets --info NAME_OR_PATH"]
+    return "\n".join(lines)
+
+
+def _list(args: argparse.Namespace) -> int:
+    listing = dataset_listing(args.data_dir)
+    emit(args, listing, listing_text(listing))
+    return 0
