@@ -586,10 +586,19 @@ class _CancelFlag:
         self._file = False
 
     def install(self) -> None:
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signalled:
+            raise KeyboardInterrupt  # a second Ctrl-C does not wait for the batch to end
         self.signalled = True
 
     def requested(self) -> bool:
@@ -684,6 +693,7 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
         return {"run_dir": str(run.path), "state": "failed", "error": line, "test": None}
     finally:
         writer.stop()
+        cancel.restore()
 
 
 def _train_when_slot_free(run: RunDir, config: TrainConfig, writer: _StatusWriter, cancel: _CancelFlag, resume: bool,

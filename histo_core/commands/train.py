@@ -1,0 +1,211 @@
+"""`train`, `evaluate` and `lr-find` commands.
+
+    python -m histo_core train --dataset pathmnist --arch resnet18 --epochs 5 [--json]
+    python -m histo_core train --run-dir runs/<id> [--resume]      # how the app starts background runs
+    torchrun --nproc_per_node=2 -m histo_core train --dataset ...   # DistributedDataParallel
+    python -m histo_core evaluate runs/<id> --dataset other.npz [--split test] [--json]
+    python -m histo_core lr-find --dataset pathmnist --arch cnn3 [--json]
+
+The option flags are generated from the TrainConfig / Augment dataclass fields (help from
+config.FIELD_HELP), so the CLI and the config cannot drift apart. Values left out come from
+`train.default_config(dataset, device)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from typing import Any
+
+from histo_core.config import FIELD_HELP, Augment, TrainConfig
+from histo_core.errors import ConfigError, HistoError
+
+_AUG_FIELDS = [f.name for f in fields(Augment)]
+_CONFIG_FIELDS = [f for f in fields(TrainConfig) if f.name != "augment"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _arg_type(type_str: str):
+    t = str(type_str).replace(" ", "")
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    return str
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig (and Augment) field; booleans get --x/--no-x. Unset flags stay absent."""
+    group = parser.add_argument_group("training options (defaults depend on the dataset and device)")
+    for f in _CONFIG_FIELDS + list(fields(Augment)):
+        help_text = FIELD_HELP.get(f.name, "")
+        if str(f.type) == "bool":
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            metavar = f.name.upper()
+            group.add_argument(_flag(f.name), dest=f.name, type=_arg_type(f.type), default=argparse.SUPPRESS,
+                               metavar=metavar, help=help_text)
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in _CONFIG_FIELDS} | set(_AUG_FIELDS)
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """default_config(dataset, device) with every given flag applied, validated."""
+    from histo_core.train import default_config
+
+    opts = given_options(args)
+    if "dataset" not in opts:
+        raise ConfigError("give --dataset (a registered name such as 'synthetic' or 'pathmnist', or a path)")
+    cfg = default_config(opts["dataset"], opts.get("device", "auto"))
+    for k, v in opts.items():
+        setattr(cfg.augment if k in _AUG_FIELDS else cfg, k, v)
+    return cfg.validate()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (foreground, or execute a prepared run with --run-dir)",
+                       description="Train a tile classifier. Progress goes to stderr; --json prints the result.")
+    add_config_options(p)
+    p.add_argument("--run-dir", help="execute this already-prepared run directory (options come from its config.json)")
+    p.add_argument("--resume", action="store_true", help="with --run-dir: continue from its last.pt")
+    p.add_argument("--runs-dir", help="where new run directories go (default $HISTO_RUNS_DIR or ./runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON document with the results on stdout")
+    p.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a run's model on a dataset split",
+                       description="Evaluate a run's best.pt (else last.pt) on any dataset with the same classes.")
+    e.add_argument("run", help="run directory or run id")
+    e.add_argument("--dataset", help="dataset to evaluate on (default: the run's own)")
+    e.add_argument("--split", default="test", help="split to evaluate (default test)")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip/rotation test-time augmentation (default: as the run was configured)")
+    e.add_argument("--runs-dir", help="where run ids are looked up")
+    e.add_argument("--json", action="store_true", help="print the full report as JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    lf = sub.add_parser("lr-find", help="learning-rate range test", description="Learning-rate range test.")
+    add_config_options(lf)
+    lf.add_argument("--min-lr", type=float, default=1e-6, help="first learning rate (default 1e-6)")
+    lf.add_argument("--max-lr", type=float, default=1.0, help="last learning rate (default 1)")
+    lf.add_argument("--steps", type=int, default=100, help="number of batches (default 100)")
+    lf.add_argument("--json", action="store_true", help="print lrs, losses and the suggestion as JSON")
+    lf.set_defaults(func=cmd_lr_find)
+
+
+# -- train ------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from histo_core import train as T
+    from histo_core.cli import emit
+    from histo_core.runs import RunDir
+
+    rank, world, _ = T.dist_env()
+    if args.run_dir:
+        extra = sorted(given_options(args))
+        if extra:
+            raise ConfigError(f"--run-dir executes a prepared run with its own config.json; drop {', '.join(_flag(x) for x in extra)}")
+        run = RunDir(args.run_dir)
+        if not run.exists():
+            raise HistoError(f"{args.run_dir}: not a run directory (no config.json); prepare one with the Train page "
+                             "or run `train` with options")
+        if world > 1:
+            T.init_distributed(run.config().get("device", "auto"))
+    else:
+        if args.resume:
+            raise ConfigError("--resume needs --run-dir DIR (the run to continue)")
+        config = config_from_args(args)
+        if world > 1:
+            run = _prepare_distributed(config, args.runs_dir)
+        else:
+            run = T.prepare_run(config, args.runs_dir)
+            print(f"run {run.path}", file=sys.stderr, flush=True)
+    result = T.run_training(run, resume=args.resume)
+    if rank == 0:
+        payload = {"run_dir": str(run.path), "state": result["state"], "error": result.get("error"),
+                   "test": result.get("test"), "val": result.get("val"), "best_epoch": result.get("best_epoch"),
+                   "epochs_run": result.get("epochs_run"), "train_seconds": result.get("train_seconds")}
+        test = result.get("test") or {}
+        text = f"{result['state']}: {run.path}"
+        if test:
+            text += f"\ntest accuracy {test['accuracy']:.4f}  auc {_fmt(test['auc'])}  loss {test['loss']:.4f}  n {test['n']}"
+        if result["state"] == "failed":
+            text += f"\nerror: {result.get('error')}"
+        emit(args, payload, text)
+    return {"completed": 0, "cancelled": 130}.get(result["state"], 1)
+
+
+def _prepare_distributed(config: TrainConfig, runs_dir: str | None):
+    """Rank 0 checks the config and creates the run; every rank learns its path (or the error)."""
+    from histo_core import train as T
+    from histo_core.runs import RunDir
+
+    rank, world = T.init_distributed(config.device)
+    msg: dict[str, Any] = {}
+    if rank == 0:
+        try:
+            run = T.prepare_run(config, runs_dir)
+            msg = {"path": str(run.path)}
+            print(f"run {run.path} ({world} processes)", file=sys.stderr, flush=True)
+        except HistoError as exc:
+            msg = {"error": str(exc)}
+    msg = T._broadcast(msg, world)
+    if "error" in msg:
+        raise HistoError(msg["error"])
+    return RunDir(msg["path"])
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+# -- evaluate ----------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from histo_core.cli import emit
+    from histo_core.runs import resolve_run
+    from histo_core.train import evaluate_run
+
+    run = resolve_run(args.run, args.runs_dir)
+    report = evaluate_run(run, args.dataset, args.split, tta=args.tta)
+    emit(args, report, format_report(report))
+    return 0
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"{r.get('dataset', '')} [{r.get('split', '')}]  n {r['n']}  accuracy {_fmt(r['accuracy'])}  "
+             f"auc {_fmt(r['auc'])} ({r['auc_kind']})  loss {_fmt(r['loss'])}  ece {_fmt(r['ece'])}", ""]
+    width = max(len(c["class"]) for c in r["per_class"])
+    lines.append(f"{'class':<{width}}  precision  recall     f1  support    auc")
+    for c in r["per_class"]:
+        lines.append(f"{c['class']:<{width}}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  "
+                     f"{c['support']:7d}  {'-' if c['auc'] is None else format(c['auc'], '.3f'):>5}")
+    lines += ["", "confusion (rows: true, columns: predicted)"]
+    k = len(r["confusion"])
+    lines.append(" " * (width + 2) + " ".join(f"{i:>5}" for i in range(k)))
+    for i, row in enumerate(r["confusion"]):
+        lines.append(f"{r['per_class'][i]['class']:<{width}}  " + " ".join(f"{v:>5}" for v in row))
+    return "\n".join(lines)
+
+
+# -- lr-find -----------------------------------------------------------------------------------------
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from histo_core.cli import emit
+    from histo_core.lr_find import lr_find
+
+    config = config_from_args(args)
+    res = lr_find(config, min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.steps)
+    lines = [f"{lr:10.2e}  {loss:.4f}" for lr, loss in zip(res["lrs"][::max(1, len(res["lrs"]) // 20)],
+                                                          res["losses"][::max(1, len(res["lrs"]) // 20)])]
+    text = "lr          smoothed loss\n" + "\n".join(lines) + f"\nsuggested lr: {_fmt_lr(res['suggested_lr'])}"
+    emit(args, res, text)
+    return 0
+
+
+def _fmt_lr(v) -> str:
+    return "-" if v is None else f"{v:.2e}"
