@@ -154,16 +154,24 @@ def refresh_status(run: RunDir) -> RunStatus:
     fresh = run.status()  # the trainer may have written its final state just before it exited
     if fresh.state not in ACTIVE_STATES:
         return fresh
+    if run.cancel_requested():  # asked to stop and stopped, just not cleanly: that is still a cancel
+        fresh.state, fresh.finished_at, fresh.eta_s = "cancelled", time.time(), None
+        fresh.error = f"cancelled; the process ended before it could save ({_checkpoint_note(run)})"
+        run.write_status(fresh)
+        return fresh
     return _mark_failed(run, fresh, _unexpected_end_message(run, fresh))
 
 
+def _checkpoint_note(run: RunDir) -> str:
+    if not run.last_ckpt.exists():
+        return "no checkpoint yet"
+    epochs = len(run.metrics())
+    return f"last checkpoint: epoch {epochs}" if epochs else "last checkpoint: before the first epoch ended"
+
+
 def _unexpected_end_message(run: RunDir, status: RunStatus) -> str:
-    if run.last_ckpt.exists():
-        epochs = len(run.metrics())
-        where = f"last checkpoint: epoch {epochs}" if epochs else "last checkpoint: before the first epoch ended"
-        advice = "resume to continue"
-    else:
-        where, advice = "no checkpoint yet", "resume to start again from scratch"
+    where = _checkpoint_note(run)
+    advice = "resume to continue" if run.last_ckpt.exists() else "resume to start again from scratch"
     msg = f"training process {status.pid} ended unexpectedly (killed or crashed); {where} — {advice}"
     last = last_log_line(run)
     return f"{msg}. Log: {last}" if last else msg
@@ -236,13 +244,13 @@ def resume(run: RunDir) -> str:
     if status.state == "completed":
         raise HistoError(f"{run.id}: the run has completed; start a new run to train longer")
     run.cancel_path.unlink(missing_ok=True)
-    if run.last_ckpt.exists():
-        epochs = len(run.metrics())
-        note = f"resuming {run.id} from epoch {epochs} of {status.epochs or '?'}"
-    else:
+    from_checkpoint = run.last_ckpt.exists()
+    if from_checkpoint:
+        note = f"resuming {run.id} from epoch {len(run.metrics())} of {status.epochs or '?'}"
+    else:  # the trainer refuses --resume without last.pt; a fresh start also clears the partial metrics
         note = f"{run.id} has no checkpoint (last.pt): restarting it from scratch"
     run.update_status(state="queued", error=None, finished_at=None, eta_s=None, phase="")
-    _start_training_process(run, resume=True)
+    _start_training_process(run, resume=from_checkpoint)
     return note
 
 

@@ -1,0 +1,282 @@
+"""Background jobs: real training processes (slow) and liveness / control logic with stand-in processes (fast)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from histo_core import jobs
+from histo_core.config import TrainConfig
+from histo_core.errors import HistoError
+from histo_core.runs import RunDir
+from tests.runfiles import write_run
+
+
+def tiny_config(**changes) -> TrainConfig:
+    """A synthetic run that trains in seconds on one CPU thread."""
+    base = dict(dataset="synthetic", arch="simplecnn", epochs=2, batch_size=32, max_train_samples=128,
+                device="cpu", threads=1, tta=False, schedule="none")
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def slow_config(**changes) -> TrainConfig:
+    """A run with many small batches (about a second per epoch) so a test can act while it trains."""
+    return tiny_config(**{"epochs": 40, "batch_size": 8, "max_train_samples": 1200, **changes})
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _stop(run: RunDir) -> None:
+    """Test cleanup: never leave a training process behind."""
+    pid = run.status().pid
+    if pid and jobs.pid_alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# -- real processes ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_submit_trains_to_completion_in_its_own_process():
+    run = jobs.submit(tiny_config(name="bg"))
+    try:
+        first = run.status()
+        assert first.pid and first.pid != os.getpid() and first.state in ("queued", "running")
+        status = jobs.wait(run, 90)
+        assert status.state == "completed", (status.error, jobs.log_tail(run))
+        rows = run.metrics()
+        assert [r["epoch"] for r in rows] == [1, 2]
+        results = run.results()
+        assert results["epochs_run"] == 2 and 0.0 <= results["test"]["accuracy"] <= 1.0
+        assert results["test"]["n"] == 300  # the synthetic test split
+        assert run.best_ckpt.exists() and run.last_ckpt.exists() and run.predictions_path("test").exists()
+        assert f"--run-dir {run.path}" in run.log_path.read_text()
+        wait_for(lambda: not jobs.pid_alive(first.pid), 10, "the process to exit")
+        summary = jobs.run_summary(run)
+        assert summary["state"] == "completed" and summary["epoch"] == 2 and summary["synthetic"]
+        assert summary["test_accuracy"] == results["test"]["accuracy"] and summary["duration_s"] > 0
+    finally:
+        _stop(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_killed_process_shows_as_failed_with_the_reason():
+    run = jobs.submit(slow_config())
+    try:
+        wait_for(lambda: run.status().state == "running" and run.metrics(), 60, "the first epoch")
+        pid = run.status().pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not jobs.pid_alive(pid), 10, "the process to die")
+        status = jobs.refresh_status(run)
+        assert status.state == "failed"
+        assert f"training process {pid} ended unexpectedly (killed or crashed)" in status.error
+        assert "last checkpoint: epoch" in status.error and "resume to continue" in status.error
+        assert RunDir(run.path).status().state == "failed"  # written to disk, not only returned
+    finally:
+        _stop(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_cancel_saves_last_checkpoint_and_resume_finishes_the_planned_epochs():
+    run = jobs.submit(slow_config(epochs=4))
+    try:
+        wait_for(lambda: len(run.metrics()) >= 1, 60, "the first epoch")
+        jobs.cancel(run)
+        status = jobs.wait(run, 30)
+        assert status.state == "cancelled", (status.error, jobs.log_tail(run))
+        assert run.last_ckpt.exists()
+        done = len(run.metrics())
+        assert 1 <= done < 4
+        with pytest.raises(HistoError, match="only a queued or running run can be cancelled"):
+            jobs.cancel(run)
+
+        note = jobs.resume(run)
+        assert f"from epoch {done}" in note
+        assert not run.cancel_path.exists()
+        status = jobs.wait(run, 90)
+        assert status.state == "completed", (status.error, jobs.log_tail(run))
+        assert [r["epoch"] for r in run.metrics()] == [1, 2, 3, 4]
+        assert run.results()["epochs_run"] == 4
+        with pytest.raises(HistoError, match="has completed"):
+            jobs.resume(run)
+    finally:
+        _stop(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_with_one_cpu_slot_a_second_run_waits_queued_then_starts_by_itself():
+    first = jobs.submit(slow_config(epochs=40, name="first"))
+    second = None
+    try:
+        wait_for(lambda: first.status().state == "running", 60, "the first run to start")
+        second = jobs.submit(tiny_config(name="second", seed=1))
+        time.sleep(4)  # the second process is up and polling for the slot by now
+        assert jobs.refresh_status(second).state == "queued"
+        assert not second.metrics()
+        jobs.cancel(first)
+        cancelled = jobs.wait(first, 30)
+        assert cancelled.state == "cancelled"
+        status = jobs.wait(second, 90)
+        assert status.state == "completed", (status.error, jobs.log_tail(second))
+        assert status.started_at >= cancelled.finished_at - 0.5  # it trained only once the slot was free
+    finally:
+        _stop(first)
+        if second is not None:
+            _stop(second)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_two_runs_at_once_do_not_disturb_each_other(monkeypatch):
+    monkeypatch.setenv("HISTO_MAX_RUNS_CPU", "2")
+    a = jobs.submit(tiny_config(name="a", epochs=2, seed=1, lr=1e-3))
+    b = jobs.submit(tiny_config(name="b", epochs=3, seed=2, lr=3e-3, arch="cnn3"))
+    try:
+        sa, sb = jobs.wait(a, 90), jobs.wait(b, 90)
+        assert sa.state == sb.state == "completed", (sa.error, sb.error)
+        assert sa.pid != sb.pid
+        assert [r["epoch"] for r in a.metrics()] == [1, 2]
+        assert [r["epoch"] for r in b.metrics()] == [1, 2, 3]
+        assert {r["lr"] for r in a.metrics()} == {1e-3} and {r["lr"] for r in b.metrics()} == {3e-3}
+        assert a.results()["epochs_run"] == 2 and b.results()["epochs_run"] == 3
+        assert a.id not in b.log_path.read_text() and b.id not in a.log_path.read_text()
+        # they overlapped in time: each started before the other finished
+        assert sa.started_at < sb.finished_at and sb.started_at < sa.finished_at
+    finally:
+        _stop(a)
+        _stop(b)
+
+
+# -- stand-in processes (fast) -------------------------------------------------------------------------
+
+def _sleeper(*marks: str) -> subprocess.Popen:
+    """A process that sleeps; its command line carries `marks` (e.g. a run id) for the liveness check."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *marks])
+
+
+def test_pid_alive_sees_zombies_and_missing_processes():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: open(f"/proc/{proc.pid}/stat").read().split(")")[-1].split()[0] == "Z", 10, "a zombie")
+    assert not jobs.pid_alive(proc.pid)  # exited, not yet reaped
+    proc.wait()
+    assert not jobs.pid_alive(proc.pid) and not jobs.pid_alive(None) and not jobs.pid_alive(0)
+    assert jobs.pid_alive(os.getpid())
+
+
+def test_live_process_keeps_its_run_running_and_blocks_delete():
+    run = write_run("running")
+    proc = _sleeper(run.id)
+    try:
+        run.update_status(pid=proc.pid)
+        assert jobs.refresh_status(run).state == "running"
+        with pytest.raises(HistoError, match="running; cancel it before deleting"):
+            jobs.delete(run)
+        with pytest.raises(HistoError, match="cancel it before resuming"):
+            jobs.resume(run)
+        assert run.path.exists()
+        jobs.cancel(run)  # SIGTERM ends the sleeper (no handler); the cancel file tells a trainer to stop
+        assert run.cancel_path.exists()
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+        status = jobs.refresh_status(run)
+        # it never wrote "cancelled" itself, but it was asked to stop and did: cancelled, with a note
+        assert status.state == "cancelled" and "ended before it could save (last checkpoint: epoch 1)" in status.error
+        jobs.delete(run)
+        assert not run.path.exists()
+    finally:
+        proc.kill()
+
+
+def test_reused_pid_is_not_mistaken_for_the_trainer():
+    run = write_run("running")
+    proc = _sleeper("unrelated-program")  # alive, but its command line names neither the run nor histo_core
+    try:
+        run.update_status(pid=proc.pid)
+        status = jobs.refresh_status(run)
+        assert status.state == "failed" and f"training process {proc.pid} ended unexpectedly" in status.error
+        assert proc.poll() is None  # and it was not killed
+    finally:
+        proc.kill()
+
+
+def test_failure_message_names_checkpoint_and_log_line():
+    run = write_run("running", epochs=5, epochs_done=2, pid=2 ** 22 + 777)
+    run.log_path.write_text("=== start\nepoch 2/5 ...\nMemoryError: cannot allocate 4 GiB\n")
+    status = jobs.refresh_status(run)
+    assert status.error.startswith(f"training process {2 ** 22 + 777} ended unexpectedly (killed or crashed); "
+                                   "last checkpoint: epoch 2 — resume to continue")
+    assert status.error.endswith("Log: MemoryError: cannot allocate 4 GiB")
+
+    fresh = write_run("running", epochs_done=0, pid=2 ** 22 + 778)
+    fresh.last_ckpt.unlink(missing_ok=True)
+    assert "no checkpoint yet — resume to start again from scratch" in jobs.refresh_status(fresh).error
+
+
+def test_queued_run_is_cancelled_at_once():
+    run = write_run("queued", epochs_done=0)
+    proc = _sleeper(run.id)
+    try:
+        run.update_status(pid=proc.pid)
+        status = jobs.cancel(run)
+        assert status.state == "cancelled" and run.status().state == "cancelled"
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        proc.kill()
+
+
+def test_run_on_another_host_with_stale_heartbeat_shows_stale_without_rewriting():
+    run = write_run("running", pid=1)
+    run.update_status(host="other-" + socket.gethostname(), heartbeat=time.time() - 3600)
+    assert jobs.refresh_status(run).state == jobs.STALE
+    assert run.status().state == "running"
+    with pytest.raises(HistoError, match="cancel it before deleting"):
+        jobs.delete(run)
+    run.update_status(heartbeat=time.time())
+    assert jobs.refresh_status(run).state == "running"
+
+
+def test_resume_without_checkpoint_restarts_from_scratch(monkeypatch):
+    started = []
+    monkeypatch.setattr(jobs, "_start_training_process", lambda run, resume: started.append(resume) or 1)
+    run = write_run("failed", epochs_done=0, error="boom")
+    run.last_ckpt.unlink(missing_ok=True)
+    note = jobs.resume(run)
+    assert "no checkpoint (last.pt): restarting it from scratch" in note and started == [False]
+    assert run.status().state == "queued" and run.status().error is None
+
+    with_ckpt = write_run("cancelled", epochs=5, epochs_done=2)
+    with_ckpt.cancel_path.touch()
+    assert "from epoch 2 of 5" in jobs.resume(with_ckpt) and started == [False, True]
+    assert not with_ckpt.cancel_path.exists()
+
+
+def test_run_summary_and_comparison_row():
+    run = write_run("completed", name="baseline", epochs=3, lr=2e-3, noise=0.2)
+    s = jobs.run_summary(run)
+    assert s["name"] == "baseline" and s["arch"] == "simplecnn" and s["state"] == "completed"
+    assert s["noise"] == 0.2 and s["noise_mode"] == "batch" and s["progress"] == 1.0
+    assert s["monitor"] == "val_loss" and s["best_val"] == pytest.approx(1.6 / 3) and s["best_epoch"] == 3
+    assert s["test_accuracy"] == run.results()["test"]["accuracy"]
+    row = jobs.comparison_row(run)
+    assert row["lr"] == 2e-3 and row["epochs"] == "3/3" and row["noise"] == "0.2 batch"
+    assert row["augmentation"] == "flip+rot90" and row["test AUC"] == run.results()["test"]["auc"]
