@@ -94,10 +94,14 @@ def _h5_array(path: Path, key: str, what: str) -> tuple[Any, tuple[int, ...], np
     return H5Rows(path, key, shape), shape, dtype
 
 
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
 def _decompressed(gz: Path, data_dir, progress: Progress | None, notes: list[str]) -> Path:
     """The .h5 for `gz`, decompressed once (streamed to disk, never held in memory)."""
     target = gz.with_suffix("")  # strip .gz
-    if not os.access(gz.parent, os.W_OK):
+    if not _writable(gz.parent):
         target = paths.data_dir(data_dir) / "cache" / "pcam" / target.name
     if target.exists() and target.stat().st_mtime >= gz.stat().st_mtime:
         notes.append(f"{gz.name}: using the copy decompressed earlier at {target}")
