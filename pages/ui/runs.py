@@ -190,6 +190,8 @@ def _finished_view(run: RunDir, status: RunStatus) -> None:
     elif status.state == "cancelled":
         st.warning(f"{icon} Cancelled after epoch {status.epoch} of {status.epochs}"
                    + (" (last.pt saved: resume continues from there)." if run.last_ckpt.exists() else "."))
+        if status.error:
+            st.caption(status.error)
     else:
         early = " (stopped early)" if results.get("stopped_early") else ""
         st.success(f"{icon} Completed {results.get('epochs_run', status.epoch)} epochs{early} in {took} on "

@@ -1,0 +1,148 @@
+"""Train page (AppTest): defaults per dataset/device, every option present, inline validation that starts
+nothing, launching, the LR finder and the time estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from histo_core import jobs, paths
+from histo_core.runs import list_runs
+from histo_core.train import default_config
+from pages.ui.train_form import FORM_FIELDS, OUTSIDE_FORM, all_config_fields
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """Replace the process start by a recorder: the real process is tested in test_jobs.py."""
+    calls = []
+
+    def fake_start(run, resume):
+        calls.append((run, resume))
+        run.update_status(pid=None)
+        return 0
+
+    monkeypatch.setattr(jobs, "_start_training_process", fake_start)
+    return calls
+
+
+def _app() -> AppTest:
+    return AppTest.from_file(PAGE, default_timeout=60).run()
+
+
+def _w(at: AppTest, field: str):
+    """The widget of a TrainConfig field."""
+    for getter in (at.selectbox, at.number_input, at.checkbox, at.text_input):
+        try:
+            return getter(key=f"train.{field}")
+        except KeyError:
+            continue
+    raise KeyError(field)
+
+
+def test_every_config_field_has_a_widget():
+    assert set(FORM_FIELDS) | set(OUTSIDE_FORM) == all_config_fields()
+    at = _app()
+    assert not at.exception, at.exception
+    for field in FORM_FIELDS:
+        _w(at, field)  # raises KeyError when a widget is missing
+
+
+def test_defaults_come_from_default_config_and_follow_the_dataset(pathmnist_mini):
+    at = _app()
+    expected = default_config("synthetic", "auto")
+    assert at.selectbox(key="train.dataset_choice").value == "synthetic"
+    for field in ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "tta",
+                  "augment.flip", "augment.brightness"):
+        value = expected
+        for part in field.split("."):
+            value = getattr(value, part)
+        assert _w(at, field).value == value, field
+    assert any("SYNTHETIC" in w.value for w in at.warning)
+    assert "1,200" in at.caption[0].value  # train split size shown
+
+    # the user's edits stay while the dataset is unchanged ...
+    _w(at, "epochs").set_value(3).run()
+    assert _w(at, "epochs").value == 3
+    # ... and a new dataset brings its own defaults and description
+    at.selectbox(key="train.dataset_choice").set_value("a file or folder path…").run()
+    at.text_input(key="train.dataset_path").set_value(str(pathmnist_mini)).run()
+    assert not at.exception, at.exception
+    assert _w(at, "epochs").value == default_config(str(pathmnist_mini)).epochs
+    assert any("9 classes" in c.value and "train 160" in c.value for c in at.caption)
+
+
+def test_invalid_value_shows_inline_error_and_starts_nothing(started):
+    at = _app()
+    _w(at, "lr").set_value(0.0).run()
+    assert not at.exception
+    assert any("--lr must be a positive number, got 0.0" in e.value for e in at.error)
+    assert at.button[[b.label for b in at.button].index("Start training")].disabled
+    _w(at, "lr").set_value(1e-3).run()
+    _w(at, "noise").set_value(0.95).run()
+    assert any("--noise must be between 0 and 0.9" in e.value for e in at.error)
+    assert list_runs() == [] and started == []
+
+
+def test_bad_dataset_path_shows_error_without_creating_a_run(started, tmp_path):
+    at = _app()
+    at.selectbox(key="train.dataset_choice").set_value("a file or folder path…").run()
+    at.text_input(key="train.dataset_path").set_value(str(tmp_path / "missing.npz")).run()
+    assert not at.exception, at.exception
+    assert any("missing.npz: not a registered dataset and no such file" in e.value for e in at.error)
+    assert at.button[[b.label for b in at.button].index("Start training")].disabled
+    assert list_runs() == [] and started == []
+
+
+def test_start_training_creates_a_run_and_links_to_it(started):
+    at = _app()
+    _w(at, "name").set_value("page launch").run()
+    _w(at, "arch").set_value("simplecnn").run()
+    _w(at, "epochs").set_value(2).run()
+    _w(at, "noise").set_value(0.2).run()
+    _w(at, "noise_mode").set_value("fixed").run()
+    _w(at, "augment.rotate").set_value(15.0).run()
+    at.button[[b.label for b in at.button].index("Start training")].click().run()
+    assert not at.exception, at.exception
+    runs = list_runs()
+    assert len(runs) == 1 and len(started) == 1 and started[0][1] is False
+    cfg = runs[0].config()
+    assert cfg["name"] == "page launch" and cfg["arch"] == "simplecnn" and cfg["epochs"] == 2
+    assert cfg["noise"] == 0.2 and cfg["noise_mode"] == "fixed" and cfg["augment"]["rotate"] == 15.0
+    assert runs[0].status().state == "queued" and runs[0].path.parent == paths.runs_dir()
+    assert any(runs[0].id in s.value for s in at.success)
+
+
+def test_estimate_and_lr_finder(monkeypatch):
+    import histo_core.lr_find
+    import histo_core.train
+
+    seen = {}
+
+    def fake_throughput(config, n_batches=3):
+        seen["throughput"] = config
+        return 600.0
+
+    def fake_lr_find(config, num_steps=100, on_step=None, **kw):
+        on_step(0, 1e-6, 2.0)
+        return {"lrs": [1e-6, 1e-4, 1e-2, 1.0], "losses": [2.0, 1.5, 0.9, 5.0], "suggested_lr": 0.004}
+
+    monkeypatch.setattr(histo_core.train, "measure_throughput", fake_throughput)
+    monkeypatch.setattr(histo_core.lr_find, "lr_find", fake_lr_find)
+    at = _app()
+    _w(at, "max_train_samples").set_value(600).run()
+    at.button[[b.label for b in at.button].index("Estimate time per epoch")].click().run()
+    assert seen["throughput"].max_train_samples == 600
+    assert any("600 training images/s" in i.value and "1 s per epoch of 600 tiles" in i.value for i in at.info)
+
+    at.button[[b.label for b in at.button].index("Run the LR finder")].click().run()
+    assert not at.exception, at.exception
+    fig = [c for c in at.get("plotly_chart")][0]
+    assert '"type":"log"' in fig.proto.spec.replace(" ", "")
+    use = [b for b in at.button if b.label.startswith("Use the suggested rate")][0]
+    use.click().run()
+    assert _w(at, "lr").value == pytest.approx(0.004)
