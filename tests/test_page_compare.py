@@ -1,0 +1,65 @@
+"""Compare page (AppTest): overlaid curves and the settings/results table with CSV download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.io
+from streamlit.testing.v1 import AppTest
+
+from tests.runfiles import write_run
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "4_Compare.py")
+
+
+def _app() -> AppTest:
+    return AppTest.from_file(PAGE, default_timeout=60).run()
+
+
+def test_needs_two_runs():
+    write_run("completed")
+    at = _app()
+    assert not at.exception
+    assert any("at least two runs" in i.value for i in at.info)
+
+
+def test_two_runs_table_curves_and_csv():
+    a = write_run("completed", name="clean", epochs=3, lr=1e-3, seed=1)
+    b = write_run("completed", name="noisy", epochs=2, lr=3e-3, noise=0.4, seed=2)
+    at = _app()
+    assert not at.exception, at.exception
+    assert set(at.multiselect(key="compare_runs").value) == {a.id, b.id}
+
+    table = at.dataframe[0].value
+    assert list(table["run"]) == [b.id, a.id] or list(table["run"]) == [a.id, b.id]
+    row_a = table[table["run"] == a.id].iloc[0]
+    row_b = table[table["run"] == b.id].iloc[0]
+    assert row_a["lr"] == 1e-3 and row_b["lr"] == 3e-3
+    assert row_a["noise"] == "0" and row_b["noise"] == "0.4 batch"
+    assert row_a["epochs"] == "3/3" and row_b["epochs"] == "2/2"
+    for col in ("arch", "optimizer", "batch", "schedule", "augmentation", "loss", "test acc", "test AUC",
+                "test ECE", "time (s)"):
+        assert col in table.columns
+    assert row_a["test acc"] == a.results()["test"]["accuracy"]
+    assert row_b["test ECE"] == b.results()["test"]["ece"]
+
+    fig = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec)
+    assert {t.name for t in fig.data} == {"clean", "noisy"}
+    lengths = {t.name: len(t.x) for t in fig.data}
+    assert lengths == {"clean": 3, "noisy": 2}
+
+    at.selectbox(key="compare_metric").set_value("train_loss").run()
+    fig = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec)
+    assert fig.layout.title.text == "training loss per epoch"
+
+    csv = at.get("download_button")[0]
+    assert csv.proto.label == "Download the table as CSV" and csv.proto.url.endswith(".csv")
+
+
+def test_deselecting_all_runs_asks_for_a_pick():
+    write_run("completed", seed=1)
+    write_run("failed", seed=2, error="x")
+    at = _app()
+    at.multiselect(key="compare_runs").set_value([]).run()
+    assert not at.exception
+    assert any("Pick runs" in i.value for i in at.info)
