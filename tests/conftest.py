@@ -37,3 +37,22 @@ def pathmnist_mini(shared_data) -> Path:
     if not p.exists():
         pytest.skip(f"{p} is absent")
     return p
+
+
+@pytest.fixture(scope="session")
+def trained_pathmnist_run(tmp_path_factory):
+    """A short real training run on pathmnist-mini, made once per session (about half a minute on 2 cores):
+    cnn3 with the CPU defaults, 12 epochs, 10% fixed label noise (so noise.npz exists). A RunDir with best.pt,
+    results.json and predictions_{val,test}.npz, living outside the per-test runs dir: link it in with
+    `(paths.runs_dir() / run.id).symlink_to(run.path)` where a test needs it listed."""
+    npz = SHARED / "pathmnist-mini" / "pathmnist.npz"
+    if not npz.exists():
+        pytest.skip(f"{npz} is absent")
+    from histo_core.train import default_config, prepare_run, run_training
+
+    cfg = default_config(str(npz), device="cpu")
+    cfg.epochs, cfg.threads, cfg.noise, cfg.noise_mode, cfg.name = 12, 2, 0.1, "fixed", "fixture"
+    run = prepare_run(cfg, runs_root=tmp_path_factory.mktemp("trained-runs"))
+    result = run_training(run)
+    assert result["state"] == "completed", run.log_path.read_text() if run.log_path.exists() else result
+    return run
