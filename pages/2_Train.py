@@ -10,35 +10,17 @@ import streamlit as st
 from histo_core import jobs
 from histo_core.errors import HistoError
 from pages.ui.common import page_setup, synthetic_badge, user_errors
+from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
 from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, render_fields
 
 page_setup("Train", "🏋️")
 
 
-@st.cache_resource(show_spinner="Opening the dataset…", max_entries=8)
-def open_cached(spec: str, size: int | None, as_rgb: bool, data_dir: str | None):
-    from histo_core.datasets import open_dataset
-
-    return open_dataset(spec, size=size, as_rgb=as_rgb, data_dir=data_dir)
-
-
 def pick_dataset() -> tuple[str | None, int | None, bool]:
-    """(spec, size or None for native, as_rgb). A registered name or a path."""
-    from histo_core.datasets import registered_names
-
-    path_option = "a file or folder path…"
-    cols = st.columns([2, 2, 1, 1])
-    choice = cols[0].selectbox("Dataset", registered_names() + [path_option], key=PREFIX + "dataset_choice")
-    spec = choice
-    if choice == path_option:
-        spec = cols[1].text_input("Path (MedMNIST .npz, class folders, CSV manifest, PCam .h5 folder)",
-                                  key=PREFIX + "dataset_path").strip()
-    size = cols[2].number_input("Tile size (0 = native)", min_value=0, max_value=1024, step=4,
-                                key=PREFIX + "size", help="tiles are resized to this size for the model")
-    as_rgb = cols[3].checkbox("Grayscale → RGB", key=PREFIX + "as_rgb",
-                              help="expand 1-channel sets to 3 channels (needed for ImageNet weights)")
-    return (spec or None), (int(size) or None), bool(as_rgb)
+    """(spec, size or None for native, as_rgb) from the shared picker; `?dataset=<spec>` preselects one."""
+    choice = dataset_picker("train_ds", default=st.query_params.get("dataset"))
+    return (choice.spec, choice.size, choice.as_rgb) if choice else (None, None, False)
 
 
 def refresh_defaults(spec: str, size: int | None, as_rgb: bool) -> "TrainConfig":  # noqa: F821
@@ -62,7 +44,7 @@ def refresh_defaults(spec: str, size: int | None, as_rgb: bool) -> "TrainConfig"
 def describe_dataset(spec: str, size: int | None, as_rgb: bool):
     """Title, classes and split sizes of the chosen dataset; None (with st.error) when it cannot be opened."""
     with user_errors():
-        ds = open_cached(spec, size, as_rgb, None)
+        ds = open_cached(spec, size, as_rgb)
         info = ds.info
         sizes = ds.split_sizes()
         st.caption(f"**{info.title}** · {info.num_classes} classes · {info.size} px · {info.channels} channel(s) · "

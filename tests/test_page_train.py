@@ -55,7 +55,7 @@ def test_every_config_field_has_a_widget():
 def test_defaults_come_from_default_config_and_follow_the_dataset(pathmnist_mini):
     at = _app()
     expected = default_config("synthetic", "auto")
-    assert at.selectbox(key="train.dataset_choice").value == "synthetic"
+    assert at.selectbox(key="train_ds_choice").value == "synthetic"
     for field in ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "tta",
                   "augment.flip", "augment.brightness"):
         value = expected
@@ -63,14 +63,14 @@ def test_defaults_come_from_default_config_and_follow_the_dataset(pathmnist_mini
             value = getattr(value, part)
         assert _w(at, field).value == value, field
     assert any("SYNTHETIC" in w.value for w in at.warning)
-    assert "1,200" in at.caption[0].value  # train split size shown
+    assert any("train 1,200" in c.value for c in at.caption)  # split sizes shown
 
     # the user's edits stay while the dataset is unchanged ...
     _w(at, "epochs").set_value(3).run()
     assert _w(at, "epochs").value == 3
     # ... and a new dataset brings its own defaults and description
-    at.selectbox(key="train.dataset_choice").set_value("a file or folder path…").run()
-    at.text_input(key="train.dataset_path").set_value(str(pathmnist_mini)).run()
+    at.selectbox(key="train_ds_choice").set_value("__path__").run()
+    at.text_input(key="train_ds_path").set_value(str(pathmnist_mini)).run()
     assert not at.exception, at.exception
     assert _w(at, "epochs").value == default_config(str(pathmnist_mini)).epochs
     assert any("9 classes" in c.value and "train 160" in c.value for c in at.caption)
@@ -90,8 +90,8 @@ def test_invalid_value_shows_inline_error_and_starts_nothing(started):
 
 def test_bad_dataset_path_shows_error_without_creating_a_run(started, tmp_path):
     at = _app()
-    at.selectbox(key="train.dataset_choice").set_value("a file or folder path…").run()
-    at.text_input(key="train.dataset_path").set_value(str(tmp_path / "missing.npz")).run()
+    at.selectbox(key="train_ds_choice").set_value("__path__").run()
+    at.text_input(key="train_ds_path").set_value(str(tmp_path / "missing.npz")).run()
     assert not at.exception, at.exception
     assert any("missing.npz: not a registered dataset and no such file" in e.value for e in at.error)
     assert at.button[[b.label for b in at.button].index("Start training")].disabled
