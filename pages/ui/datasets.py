@@ -1,0 +1,185 @@
+"""The dataset picker every page reuses, the cached dataset opener, and the Datasets page's figures.
+
+    choice = dataset_picker("train_ds")          # None until something usable is chosen
+    if choice:
+        ds = open_cached(*choice)                # choice is (spec, size, as_rgb)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from histo_core import paths
+
+OTHER_PATH = "__path__"
+SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
+CHANNEL_COLOURS = {1: ["#555555"], 3: ["#d62728", "#2ca02c", "#1f77b4"]}
+
+
+class DatasetChoice(NamedTuple):
+    """What the picker returns: pass it to `open_cached(*choice)` or unpack `spec, size, as_rgb = choice`."""
+
+    spec: str
+    size: int | None  # None: the dataset's native size (folders/CSV: min(64, native))
+    as_rgb: bool
+
+
+# -- opening, cached ------------------------------------------------------------------------------------
+
+def source_stamp(spec: str) -> tuple:
+    """Changes when a path dataset changes (the folder or its class folders gain/lose files), so the
+    cached open is refreshed; cheap (no walk over the files). The decode cache itself checks every file."""
+    from histo_core.datasets import parse_spec
+
+    base = Path(parse_spec(spec)[0]).expanduser()
+    try:
+        if base.is_dir():
+            return (base.stat().st_mtime_ns,) + tuple(p.stat().st_mtime_ns for p in sorted(base.iterdir()) if p.is_dir())
+        return (base.stat().st_mtime_ns, base.stat().st_size)
+    except OSError:
+        return ()
+
+
+@st.cache_resource(show_spinner="Opening the dataset…", max_entries=8)
+def _open(spec: str, size: int | None, as_rgb: bool, data_dir: str, stamp: tuple):
+    from histo_core.datasets import open_dataset
+
+    return open_dataset(spec, size=size, as_rgb=as_rgb, data_dir=data_dir)
+
+
+def open_cached(spec: str, size: int | None = None, as_rgb: bool = False, data_dir: str | None = None):
+    """open_dataset(), kept open across reruns and pages (memory maps, HDF5 handles stay valid).
+    Raises DatasetError like open_dataset: wrap the call in `user_errors()`."""
+    return _open(spec, size, as_rgb, str(paths.data_dir(data_dir)), source_stamp(spec))
+
+
+# -- the picker -----------------------------------------------------------------------------------------
+
+class _Option(NamedTuple):
+    spec: str
+    label: str
+    sizes: tuple  # choosable sizes; () = native only
+    channels: int | None
+    present: bool
+
+
+def _options(include_missing: bool, data_dir) -> list[_Option]:
+    from histo_core.datasets import dataset_entries
+    from histo_core.datasets.catalog import available_datasets
+
+    out, seen = [], set()
+    for d in available_datasets(data_dir):
+        tag = {"synthetic": "", "medmnist": " · MedMNIST", "pcam": ""}.get(d.source, f" · {d.source}")
+        label = d.title + tag + (f" — {d.spec}" if d.user_added else "")
+        out.append(_Option(d.spec, label, d.sizes, d.channels, True))
+        seen.add(d.spec)
+    if include_missing:
+        from histo_core.datasets.medmnist_source import is_multi_label, medmnist_info
+
+        info = medmnist_info()
+        for e in dataset_entries():
+            if e.name in seen or (e.source == "medmnist" and is_multi_label(e.name)):
+                continue
+            channels = info[e.name]["n_channels"] if e.source == "medmnist" else 3
+            where = "not downloaded" if e.source == "medmnist" else "not present"
+            out.append(_Option(e.name, f"{e.title} ({where})", e.sizes if e.source == "medmnist" else (),
+                               channels, False))
+    return out
+
+
+def _size_label(size: int | None) -> str:
+    return "auto (native, at most 64 px)" if size is None else f"{size} px"
+
+
+def dataset_picker(key: str, *, include_missing: bool = False, default: str | None = None,
+                   data_dir: str | None = None) -> DatasetChoice | None:
+    """Dataset, tile size and (for grayscale sets) grayscale→RGB widgets. Returns None until a usable
+    choice is made. `include_missing` also lists MedMNIST sets not downloaded yet (the Datasets page
+    offers their download). `default`: a spec to preselect (e.g. from `?dataset=`), used once per session."""
+    options = _options(include_missing, data_dir)
+    specs = [o.spec for o in options]
+    choice_key, path_key = f"{key}_choice", f"{key}_path"
+    applied_key = f"{key}_default_applied"
+    if default and st.session_state.get(applied_key) != default:
+        st.session_state[applied_key] = default
+        if default in specs:
+            st.session_state[choice_key] = default
+        else:
+            st.session_state[choice_key], st.session_state[path_key] = OTHER_PATH, default
+    if st.session_state.get(choice_key) not in specs + [OTHER_PATH]:
+        st.session_state.pop(choice_key, None)
+    labels = {o.spec: o.label for o in options} | {OTHER_PATH: "Another file or folder (type its path)…"}
+    cols = st.columns([3, 1, 1])
+    spec = cols[0].selectbox("Dataset", specs + [OTHER_PATH], format_func=labels.get, key=choice_key)
+    if spec == OTHER_PATH:
+        spec = st.text_input("Path: MedMNIST-layout .npz, folder of class folders, CSV manifest or PCam .h5 folder",
+                             key=path_key, placeholder="/data/Kather_texture_2016_image_tiles_5000").strip()
+        option = _Option(spec, spec, (None, 28, 32, 64, 96, 128, 224), None, True)
+    else:
+        option = options[specs.index(spec)]
+    size = None
+    if option.sizes:
+        size = cols[1].selectbox("Tile size", list(option.sizes), format_func=_size_label, key=f"{key}_size_{spec}",
+                                 help="MedMNIST: which file (28/64/128/224); folders and CSV: the size images are "
+                                      "decoded to")
+    else:
+        cols[1].caption("Tile size: native")
+    as_rgb = False
+    if option.channels in (1, None):
+        as_rgb = cols[2].checkbox("Grayscale → RGB", key=f"{key}_rgb",
+                                  help="serve 1-channel sets as 3 identical channels (for ImageNet-pretrained models)")
+    if not spec:
+        return None
+    return DatasetChoice(spec, size, bool(as_rgb))
+
+
+# -- figures --------------------------------------------------------------------------------------------
+
+def class_distribution_figure(classes: Sequence[str], counts: dict[str, Sequence[int]]) -> go.Figure:
+    """Grouped bars: tiles per class, one colour per split."""
+    fig = go.Figure()
+    for split, values in counts.items():
+        fig.add_bar(name=f"{split} ({sum(values):,})", x=list(classes), y=list(values),
+                    marker_color=SPLIT_COLOURS.get(split))
+    fig.update_layout(barmode="group", height=360, xaxis_title="class", yaxis_title="tiles",
+                      margin=dict(l=50, r=20, t=30, b=60), legend=dict(orientation="h", y=1.1))
+    return fig
+
+
+def histogram_figure(histograms: Sequence[Sequence[int]]) -> go.Figure:
+    """Per-channel intensity histograms (fraction of pixels per value 0..255)."""
+    fig = go.Figure()
+    names = ["gray"] if len(histograms) == 1 else ["red", "green", "blue"]
+    colours = CHANNEL_COLOURS.get(len(histograms), CHANNEL_COLOURS[3])
+    for name, colour, hist in zip(names, colours, histograms):
+        h = np.asarray(hist, np.float64)
+        fig.add_scatter(x=np.arange(256), y=h / max(h.sum(), 1), name=name, mode="lines", line=dict(color=colour))
+    fig.update_layout(height=320, xaxis_title="pixel value", yaxis_title="fraction of pixels",
+                      margin=dict(l=50, r=20, t=30, b=45), legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def upscale_nearest(tiles: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
+    """Tiles (..., H, W, C) enlarged by a whole factor with nearest neighbour (pixels stay crisp, nothing is
+    invented), so that they are at least `min_size` px; returns (tiles, factor)."""
+    factor = max(1, math.ceil(min_size / tiles.shape[-2]))
+    if factor == 1:
+        return tiles, 1
+    return tiles.repeat(factor, axis=-3).repeat(factor, axis=-2), factor
+
+
+def for_display(tile: np.ndarray) -> np.ndarray:
+    """(H, W, 1) grayscale -> (H, W) for st.image."""
+    return tile[..., 0] if tile.shape[-1] == 1 else tile
+
+
+def data_dir_caption(data_dir: str | os.PathLike | None = None) -> str:
+    return (f"Data dir `{paths.data_dir(data_dir)}` (set HISTO_DATA_DIR to change it): downloads, the decode "
+            "cache and the list of added datasets live there.")

@@ -1,0 +1,125 @@
+"""The Datasets page with AppTest: synthetic default, a real npz by path, bad paths, offline download, adding
+a local dataset, the sample grid and the tile viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import histo_core.datasets.download as download
+from tests.conftest import ROOT
+from tests.test_datasets_sources import make_class_folders, write_medmnist_npz
+
+PAGE = str(ROOT / "pages" / "1_Datasets.py")
+KEY = "datasets_page"
+
+
+def open_page(dataset: str | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    if dataset is not None:
+        at.query_params["dataset"] = dataset
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [img.caption for el in at.get("image") for img in el.proto.imgs]
+
+
+def test_synthetic_is_the_default_and_labelled():
+    at = open_page()
+    assert any("SYNTHETIC" in w.value for w in at.warning)
+    assert at.subheader[0].value.startswith("Synthetic H&E demo (SYNTHETIC")
+    assert metrics(at) == {"train": "1,200", "val": "300", "test": "300", "classes": "6", "tile size": "28 px",
+                           "channels": "3"}
+    assert not at.error
+
+
+def test_pathmnist_mini_by_path_shows_splits_classes_samples_and_stats(pathmnist_mini):
+    at = open_page(str(pathmnist_mini))
+    m = metrics(at)
+    assert (m["train"], m["val"], m["test"], m["classes"]) == ("160", "40", "40", "9")
+    assert not any("SYNTHETIC" in w.value for w in at.warning)
+    table = at.dataframe[0].value  # class counts per split
+    assert list(table.columns) == ["train", "val", "test"] and table["train"].sum() == 160 and len(table) == 9
+    stats = at.dataframe[1].value
+    assert list(stats["channel"]) == ["red", "green", "blue"] and 0.5 < stats["mean (0-1)"].iloc[0] < 0.9
+    captions = image_captions(at)
+    assert any("nearest-neighbour" in c for c in captions)  # 28 px tile in the viewer, enlarged
+    assert sum(c.startswith("#") for c in captions) >= 9  # at least one sample per class in the grid
+    assert any("CC BY 4.0" in md.value for md in at.markdown)
+    assert at.query_params["dataset"] == [str(pathmnist_mini)] or at.query_params["dataset"] == str(pathmnist_mini)
+
+
+def test_bad_path_shows_an_error_not_an_exception(tmp_path):
+    at = open_page(str(tmp_path / "nowhere.npz"))
+    assert any("nowhere.npz" in e.value and "no such file or folder" in e.value for e in at.error)
+    np.savez(tmp_path / "wrong.npz", a=np.zeros(2))
+    at = open_page(str(tmp_path / "wrong.npz"))
+    assert any("not a MedMNIST-layout npz" in e.value for e in at.error)
+
+
+def test_download_failure_offline_shows_a_message(monkeypatch):
+    monkeypatch.setattr(download, "download_source", lambda flag, size: ("http://127.0.0.1:9/pathmnist.npz", "x"))
+    at = open_page("pathmnist")
+    assert any("is not downloaded" in i.value for i in at.info)
+    at.button(key=f"{KEY}_download_selected").click().run()
+    assert not at.exception
+    messages = [e.value for e in at.error]
+    assert any("cannot reach" in m and "pathmnist.npz" in m and "put it at" in m for m in messages), messages
+
+
+def test_downloaded_medmnist_is_listed_and_opens(tmp_path, monkeypatch):
+    import os
+
+    write_medmnist_npz(os.path.join(os.environ["HISTO_DATA_DIR"], "pathmnist.npz"), sizes=(18, 9, 9))
+    at = open_page("pathmnist")
+    assert metrics(at)["train"] == "18" and at.subheader[0].value == "PathMNIST (28 px)"
+
+
+def test_add_local_folder_then_it_is_selected(tmp_path):
+    make_class_folders(tmp_path / "mine", classes=("ADI", "TUM"), per_class=10)
+    at = open_page()
+    at.text_input(key=f"{KEY}_add_path").input(str(tmp_path / "mine")).run()
+    at.button(key=f"{KEY}_add").click().run()
+    assert not at.exception and not at.error
+    assert any("Added mine" in s.value for s in at.success)
+    assert at.subheader[0].value == "mine (image folder, 40 px)"
+    assert metrics(at)["classes"] == "2" and metrics(at)["train"] == "12"
+    viewer = [c for c in image_captions(at) if c.startswith("train #0")]
+    assert viewer and "nearest-neighbour" in viewer[0]
+    assert any("file `" in md.value for md in at.markdown)  # the viewer names the file
+
+
+def test_add_invalid_path_shows_the_reason(tmp_path):
+    make_class_folders(tmp_path / "one", classes=("TUM",), per_class=2)
+    at = open_page()
+    at.text_input(key=f"{KEY}_add_path").input(str(tmp_path / "one")).run()
+    at.button(key=f"{KEY}_add").click().run()
+    assert not at.exception
+    assert any("only one class folder (TUM)" in e.value for e in at.error)
+
+
+def test_reshuffle_and_single_class_grid():
+    at = open_page()
+    before = [c for c in image_captions(at) if c.startswith("#")]
+    at.button(key=f"{KEY}_reshuffle").click().run()
+    after = [c for c in image_captions(at) if c.startswith("#")]
+    assert len(before) == len(after) == 6 * 8 and before != after
+    at.selectbox(key=f"{KEY}_grid_class").select("tumour").run()
+    at.slider(key=f"{KEY}_grid_count").set_value(5).run()
+    grid = [c for c in image_captions(at) if c.startswith("#")]
+    assert len(grid) == 5
+    assert any(md.value.startswith("**tumour**") for md in at.markdown)
+
+
+@pytest.mark.parametrize("spec", ["pcam"])
+def test_missing_registered_pcam_explains_where_to_put_files(spec):
+    at = open_page(spec)
+    assert any("pcam is not present" in e.value for e in at.error)
