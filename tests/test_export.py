@@ -88,3 +88,29 @@ def test_delete_export():
     assert list_exports() == []
     with pytest.raises(HistoError, match="no such export"):
         delete_export("gone")
+
+
+def test_export_of_a_real_run_predicts_like_the_run():
+    """A run trained by the real trainer, exported, then loaded by name the way Classify/predict do."""
+    import numpy as np
+
+    from histo_core.config import TrainConfig
+    from histo_core.inference import load_model, predict
+    from histo_core.train import prepare_run, run_training
+
+    threads = torch.get_num_threads()
+    try:
+        run = prepare_run(TrainConfig(dataset="synthetic", arch="simplecnn", epochs=1, batch_size=32,
+                                      max_train_samples=96, device="cpu", threads=1, tta=False))
+        assert run_training(run)["state"] == "completed"
+    finally:
+        torch.set_num_threads(threads)
+    export_run(run, "real-export")
+    card = list_exports()[0]
+    assert card["name"] == "real-export" and card["classes"] == run.dataset()["classes"]
+    assert card["metrics"]["test_accuracy"] == pytest.approx(run.results()["test"]["accuracy"])
+
+    tiles = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 3), dtype=np.uint8)
+    from_export = predict(load_model("real-export"), tiles)
+    from_run = predict(load_model(str(run.path)), tiles)
+    assert np.allclose(from_export, from_run, atol=1e-6)

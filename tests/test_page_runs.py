@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import plotly.io
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from histo_core import paths
@@ -144,3 +145,63 @@ def test_export_form_writes_weights():
     assert not at.exception
     assert (paths.weights_dir() / "my-model.pt").exists()
     assert any("Exported to" in s.value for s in at.success)
+
+
+def test_a_real_trained_run_renders(tmp_path):
+    """The page against what the trainer really writes (not the test helper's imitation)."""
+    import torch
+
+    from histo_core.config import TrainConfig
+    from histo_core.train import prepare_run, run_training
+
+    threads = torch.get_num_threads()
+    try:
+        run = prepare_run(TrainConfig(dataset="synthetic", arch="simplecnn", epochs=2, batch_size=32,
+                                      max_train_samples=128, device="cpu", threads=1, tta=False, name="real"))
+        assert run_training(run)["state"] == "completed"
+    finally:
+        torch.set_num_threads(threads)
+    at = _app(run.id)
+    assert not at.exception, at.exception
+    titles = _plotly_titles(at)
+    assert {"loss per epoch", "accuracy per epoch", "AUC per epoch", "Confusion matrix (counts)",
+            "ROC curves"} <= set(titles)
+    cm = _figure(at, "Confusion matrix (counts)")
+    assert _array(cm.data[0].z).sum() == run.results()["test"]["n"]
+    roc = _figure(at, "ROC curves")
+    assert len([t for t in roc.data if t.name != "chance"]) == len(run.dataset()["classes"])
+    table = at.dataframe[0].value
+    assert table.iloc[0]["epoch"] == "2/2" and table.iloc[0]["test acc"] == run.results()["test"]["accuracy"]
+
+
+# -- figures (pages/ui/charts.py) ------------------------------------------------------------------------
+
+def test_reliability_figure_skips_empty_bins():
+    from pages.ui.charts import reliability_figure
+
+    rel = {"bin_edges": [0.0, 0.25, 0.5, 0.75, 1.0], "confidence": [None, 0.4, None, 0.9],
+           "accuracy": [None, 0.3, None, 0.8], "count": [0, 5, 0, 20]}
+    fig = reliability_figure(rel, ece=0.07)
+    bars = fig.data[0]
+    assert list(bars.x) == [0.375, 0.875] and list(bars.y) == [0.3, 0.8]
+    assert fig.layout.title.text == "Reliability diagram (ECE 0.070)"
+
+
+def test_curve_figure_train_vs_validation():
+    from pages.ui.charts import curve_figure
+
+    rows = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "val_auc": 0.8},
+            {"epoch": 2, "train_loss": 0.5, "val_loss": 0.9, "val_auc": 0.9}]
+    fig = curve_figure(rows, "loss")
+    assert [t.name for t in fig.data] == ["train", "validation"]
+    assert list(fig.data[1].y) == [1.2, 0.9]
+    assert [t.name for t in curve_figure(rows, "auc").data] == ["validation"]  # no train AUC is logged
+
+
+def test_lr_find_figure_marks_the_suggestion_on_a_log_axis():
+    from pages.ui.charts import lr_find_figure
+
+    fig = lr_find_figure([1e-5, 1e-3, 1e-1], [2.0, 1.0, 4.0], suggested_lr=1e-3)
+    assert fig.layout.xaxis.type == "log"
+    assert fig.layout.shapes[0].x0 == pytest.approx(-3.0)  # log10 coordinates on a log axis
+    assert "suggested 0.001" in fig.layout.annotations[0].text
