@@ -1,0 +1,228 @@
+"""Class activation maps (pytorch-grad-cam) for tile classifiers, batched, and their rendering.
+
+    cams = compute_cams(loaded.model, loaded.meta, tiles, "GradCAM")       # (N, S, S) float32 in [0, 1]
+    flat = uniform_maps(cams)                                              # (N,) bool: nothing to show
+    rgb = overlay(tiles[0], cams[0], alpha=0.5, out_size=224)
+
+The target layer is the architecture's registered one (models.cam_target_layer), chosen so the map keeps
+at least 4x4 cells at small inputs. CAM objects are reused per (model, method), but their hooks are
+attached only while a batch is being explained and released right after (a long-running app must not
+accumulate hooks, nor store activations on every ordinary prediction). A map whose range is below 1e-6
+carries no information (e.g. a dead ReLU layer); `uniform_maps` flags it so the UI says so instead of
+painting a flat colour as if it meant something.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from histo_core.errors import HistoError
+from histo_core.inference import ModelMeta, model_input, model_lock
+from histo_core.models import cam_target_layer
+
+UNIFORM_RANGE = 1e-6
+DEFAULT_OVERLAY_PX = 224
+
+
+@dataclass(frozen=True)
+class CamMethod:
+    name: str
+    class_name: str  # in pytorch_grad_cam
+    uses_target: bool  # False: the map does not depend on the class asked for
+    batch_size: int  # images per call (ScoreCAM runs one forward pass per feature channel and image)
+    description: str
+
+
+CAM_METHODS: dict[str, CamMethod] = {m.name: m for m in (
+    CamMethod("GradCAM", "GradCAM", True, 64, "Gradient-weighted activations (Selvaraju et al. 2017)."),
+    CamMethod("GradCAM++", "GradCAMPlusPlus", True, 64, "Higher-order gradient weights; better for several instances."),
+    CamMethod("HiResCAM", "HiResCAM", True, 64, "Element-wise gradient x activation; faithful to the model."),
+    CamMethod("EigenCAM", "EigenCAM", False, 64, "First principal component of the activations; class-agnostic."),
+    CamMethod("LayerCAM", "LayerCAM", True, 64, "Positive gradients per location; finer detail."),
+    CamMethod("ScoreCAM", "ScoreCAM", True, 4, "Gradient-free, one forward pass per channel: slow (seconds per tile on CPU)."),
+)}
+
+
+def get_method(name: str) -> CamMethod:
+    if name not in CAM_METHODS:
+        raise HistoError(f"--cam must be one of {', '.join(CAM_METHODS)}, got {name!r}")
+    return CAM_METHODS[name]
+
+
+def _quiet_scorecam() -> None:
+    # ScoreCAM draws a tqdm bar per image on stderr; a page or `predict --json` must not be flooded.
+    from pytorch_grad_cam import score_cam
+
+    class _NoBar:
+        @staticmethod
+        def tqdm(iterable, *args, **kwargs):
+            return iterable
+
+    score_cam.tqdm = _NoBar
+
+
+def _clone(t: torch.Tensor) -> torch.Tensor:
+    # The saved activation must not be changed by an in-place op after the hooked layer (ReLU(inplace=True)).
+    return t.clone()
+
+
+def _cam_object(model: nn.Module, meta: ModelMeta, method: CamMethod):
+    import pytorch_grad_cam
+
+    # Kept on the model itself (a CAM object refers to its model, so a weak-keyed map would never let go).
+    per_model = model.__dict__.setdefault("_histo_cam_objects", {})
+    cam = per_model.get(method.name)
+    if cam is None:
+        if method.name == "ScoreCAM":
+            _quiet_scorecam()
+        layer = cam_target_layer(model, meta.arch, meta.input_size)
+        cam = getattr(pytorch_grad_cam, method.class_name)(model=model, target_layers=[layer],
+                                                            reshape_transform=_clone)
+        cam.activations_and_grads.release()  # hooks go on only while explaining (see _hooks_attached)
+        per_model[method.name] = cam
+    return cam
+
+
+@contextmanager
+def _hooks_attached(cam) -> Iterator[None]:
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+
+    cam.activations_and_grads = ActivationsAndGradients(cam.model, cam.target_layers, cam.reshape_transform)
+    try:
+        yield
+    finally:
+        cam.activations_and_grads.release()
+        cam.model.zero_grad(set_to_none=True)  # parameter gradients are a by-product; free them
+
+
+def hook_count(model: nn.Module) -> int:
+    """Forward hooks currently registered anywhere in `model` (tests check none are left behind)."""
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def compute_cams(model: nn.Module, meta: ModelMeta, tiles_uint8: np.ndarray, method: str = "GradCAM",
+                 targets: Sequence[int] | int | None = None, batch_size: int | None = None,
+                 device: str | torch.device | None = None) -> np.ndarray:
+    """Maps (N, S, S) float32 in [0, 1] for uint8 tiles (N, S, S, C) at the model's input size.
+
+    `targets`: None explains each tile's predicted class; an int explains that class for every tile; a
+    sequence gives one class per tile."""
+    spec = get_method(method)
+    tiles = np.asarray(tiles_uint8)
+    n = len(tiles)
+    if n == 0:
+        return np.zeros((0, meta.input_size, meta.input_size), np.float32)
+    per_tile = _targets(targets, n, meta)
+    device = device or next(model.parameters()).device
+    step = batch_size or spec.batch_size
+    out = np.empty((n, meta.input_size, meta.input_size), np.float32)
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with model_lock(model), torch.inference_mode(False), torch.enable_grad():
+        cam = _cam_object(model, meta, spec)
+        if spec.name == "ScoreCAM":
+            cam.batch_size = 64  # channel-masked copies per forward pass
+        with _hooks_attached(cam):
+            for start in range(0, n, step):
+                x = model_input(tiles[start:start + step], meta, device)
+                wanted = None if per_tile is None else \
+                    [ClassifierOutputTarget(c) for c in per_tile[start:start + step]]
+                maps = cam(input_tensor=x, targets=wanted)
+                out[start:start + len(x)] = np.nan_to_num(maps, nan=0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _targets(targets: Sequence[int] | int | None, n: int, meta: ModelMeta) -> list[int] | None:
+    if targets is None:
+        return None
+    values = [int(targets)] * n if np.isscalar(targets) else [int(t) for t in targets]
+    if len(values) != n:
+        raise ValueError(f"{len(values)} targets for {n} tiles")
+    bad = [t for t in values if not 0 <= t < meta.num_classes]
+    if bad:
+        raise HistoError(f"--target must name one of the model's {meta.num_classes} classes, got index {bad[0]}")
+    return values
+
+
+def class_index(meta: ModelMeta, name_or_index: str | int) -> int:
+    """A class given by name (case-insensitive) or by index, as an index. Raises HistoError."""
+    text = str(name_or_index).strip()
+    lowered = [c.lower() for c in meta.classes]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    if text.isdigit() and int(text) < meta.num_classes:
+        return int(text)
+    raise HistoError(f"--target {text!r}: not a class of this model; use one of {', '.join(meta.classes)} "
+                     f"or an index 0..{meta.num_classes - 1}")
+
+
+def uniform_maps(cams: np.ndarray) -> np.ndarray:
+    """(N,) bool: True where a map is flat (max - min < 1e-6) and so shows nothing."""
+    cams = np.asarray(cams)
+    if cams.ndim == 2:
+        cams = cams[None]
+    flat = cams.reshape(len(cams), -1)
+    return (flat.max(axis=1) - flat.min(axis=1)) < UNIFORM_RANGE
+
+
+# -- rendering -------------------------------------------------------------------------------------
+_LUT: np.ndarray | None = None
+
+
+def _colormap() -> np.ndarray:
+    global _LUT
+    if _LUT is None:
+        from matplotlib import colormaps
+
+        _LUT = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    return _LUT
+
+
+def _upscale_tile(tile: np.ndarray, out_size: int) -> np.ndarray:
+    tile = np.asarray(tile, dtype=np.uint8)
+    if tile.ndim == 2:
+        tile = tile[..., None]
+    if tile.shape[2] == 1:
+        tile = np.repeat(tile, 3, axis=2)
+    if tile.shape[:2] == (out_size, out_size):
+        return tile
+    # Nearest-neighbour keeps a 28 px tile's pixels crisp instead of inventing a blur.
+    small = max(tile.shape[:2]) < out_size
+    resample = Image.Resampling.NEAREST if small else Image.Resampling.LANCZOS
+    return np.asarray(Image.fromarray(tile).resize((out_size, out_size), resample), dtype=np.uint8)
+
+
+def _upscale_cam(cam: np.ndarray, out_size: int) -> np.ndarray:
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape == (out_size, out_size):
+        return cam
+    im = Image.fromarray(cam, mode="F").resize((out_size, out_size), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+
+
+def heatmap(cam: np.ndarray, out_size: int = DEFAULT_OVERLAY_PX) -> np.ndarray:
+    """The map alone, coloured (jet: blue = low, red = high), uint8 RGB (out_size, out_size, 3)."""
+    idx = np.rint(_upscale_cam(cam, out_size) * 255).astype(np.uint8)
+    return _colormap()[idx]
+
+
+def overlay(tile_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.5,
+            out_size: int = DEFAULT_OVERLAY_PX) -> np.ndarray:
+    """The tile with the coloured map blended in at opacity `alpha` (0 = tile only, 1 = map only)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    base = _upscale_tile(tile_uint8, out_size).astype(np.float32)
+    heat = heatmap(cam, out_size).astype(np.float32)
+    return np.clip(np.rint(base * (1.0 - alpha) + heat * alpha), 0, 255).astype(np.uint8)
+
+
+def upscale_tile(tile_uint8: np.ndarray, out_size: int = DEFAULT_OVERLAY_PX) -> np.ndarray:
+    """The tile alone at a viewable size (nearest-neighbour for small tiles), RGB."""
+    return _upscale_tile(tile_uint8, out_size)
