@@ -357,7 +357,7 @@ def comparison_row(run: RunDir, status: RunStatus | None = None) -> dict[str, An
     elif loss == "sce":
         loss = f"sce a{c.get('sce_alpha')} b{c.get('sce_beta')}"
     return {
-        "run": s["id"], "name": s["name"], "dataset": s["dataset"] + (" (SYNTHETIC)" if s["synthetic"] else ""),
+        "run": s["name"] or s["id"], "dataset": s["dataset"] + (" (SYNTHETIC)" if s["synthetic"] and "SYNTHETIC" not in s["dataset"] else ""),
         "arch": s["arch"], "mode": c.get("mode", "") + (" +ImageNet" if c.get("pretrained") else ""),
         "optimizer": c.get("optimizer"), "lr": c.get("lr"), "weight decay": c.get("weight_decay"),
         "batch": c.get("batch_size"), "epochs": f"{results.get('epochs_run', s['epoch'])}/{c.get('epochs')}",
@@ -368,6 +368,7 @@ def comparison_row(run: RunDir, status: RunStatus | None = None) -> dict[str, An
         "state": s["state"], "best epoch": results.get("best_epoch", s["best_epoch"]),
         "test acc": s["test_accuracy"], "test AUC": s["test_auc"], "test ECE": s["test_ece"],
         "time (s)": round(s["duration_s"], 1) if s["duration_s"] is not None else None,
+        "run id": s["id"],
     }
 
 

@@ -31,7 +31,7 @@ def test_list_text_and_json(capsys):
     lines = out.strip().splitlines()
     assert len(lines) == 2
     line = next(ln for ln in lines if done.id in ln)
-    assert "completed" in line and "3/3 ep" in line and "simplecnn" in line and "[SYNTHETIC]" in line
+    assert "completed" in line and "3/3 ep" in line and "simplecnn" in line and line.count("SYNTHETIC") == 1
     assert "noise 0.30 batch" in line and f"{done.results()['test']['accuracy']:.3f}" in line
 
     code, out, _ = cli(capsys, "runs", "list", "--json")

@@ -31,9 +31,10 @@ def test_two_runs_table_curves_and_csv():
     assert set(at.multiselect(key="compare_runs").value) == {a.id, b.id}
 
     table = at.dataframe[0].value
-    assert list(table["run"]) == [b.id, a.id] or list(table["run"]) == [a.id, b.id]
-    row_a = table[table["run"] == a.id].iloc[0]
-    row_b = table[table["run"] == b.id].iloc[0]
+    assert set(table["run id"]) == {a.id, b.id}
+    row_a = table[table["run id"] == a.id].iloc[0]
+    row_b = table[table["run id"] == b.id].iloc[0]
+    assert row_a["run"] == "clean" and row_b["run"] == "noisy"
     assert row_a["lr"] == 1e-3 and row_b["lr"] == 3e-3
     assert row_a["noise"] == "0" and row_b["noise"] == "0.4 batch"
     assert row_a["epochs"] == "3/3" and row_b["epochs"] == "2/2"

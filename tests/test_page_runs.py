@@ -70,7 +70,7 @@ def test_completed_run_shows_table_curves_and_test_report():
     table = at.dataframe[0].value
     assert len(table) == 2 and set(table["state"]) == {"completed", "failed"}
     row = table[table["run"] == done.id].iloc[0]
-    assert row["architecture"] == "simplecnn" and "SYNTHETIC" in row["dataset"] and row["epoch"] == "3/3"
+    assert row["architecture"] == "simplecnn" and row["dataset"].count("SYNTHETIC") == 1 and row["epoch"] == "3/3"
     assert row["test acc"] == done.results()["test"]["accuracy"]
     assert at.selectbox(key="runs_select").value == done.id
 

@@ -70,7 +70,7 @@ def _duration(seconds: float | None) -> str:
 
 def summary_line(s: dict[str, Any]) -> str:
     noise = f"noise {s['noise']:.2f} {s['noise_mode']}" if s["noise"] else "clean"
-    dataset = s["dataset"] + (" [SYNTHETIC]" if s["synthetic"] else "")
+    dataset = s["dataset"] + (" [SYNTHETIC]" if s["synthetic"] and "SYNTHETIC" not in s["dataset"] else "")
     return (f"{s['id']}  {s['state']:<9} {s['epoch']}/{s['epochs']} ep  {s['arch']:<11} {dataset}  {noise}  "
             f"best {s['monitor']} {_fmt(s['best_val'])}  test acc {_fmt(s['test_accuracy'])} "
             f"auc {_fmt(s['test_auc'])}  {_duration(s['duration_s'])}")

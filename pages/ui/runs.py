@@ -42,19 +42,25 @@ def summary_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
         rows.append({
             "run": s["id"],
             "name": s["name"],
-            "dataset": s["dataset"] + (" (SYNTHETIC)" if s["synthetic"] else ""),
-            "architecture": s["arch"],
-            "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
             "state": s["state"],
             "progress": round(100 * s["progress"]),
             "epoch": f"{s['epoch']}/{s['epochs']}",
-            f"best val": _metric_text(s["monitor"], s["best_val"]),
             "test acc": s["test_accuracy"],
             "test AUC": s["test_auc"],
+            "best val": _metric_text(s["monitor"], s["best_val"]),
+            "architecture": s["arch"],
+            "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
+            "dataset": dataset_label(s),
             "duration": fmt_duration(s["duration_s"]),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"])) if s["created_at"] else "",
         })
     return pd.DataFrame(rows)
+
+
+def dataset_label(summary: dict[str, Any]) -> str:
+    """The dataset's title, marked SYNTHETIC once (the synthetic set's own title already says so)."""
+    title = summary["dataset"]
+    return title if not summary["synthetic"] or "SYNTHETIC" in title else f"{title} (SYNTHETIC)"
 
 
 def _metric_text(name: str, value: float | None) -> str:
@@ -212,39 +218,55 @@ def _finished_view(run: RunDir, status: RunStatus) -> None:
 
 
 def _actions(run: RunDir) -> None:
+    """The buttons that apply to the run's state, side by side."""
     status = jobs.refresh_status(run)
     st.divider()
-    cols = st.columns(4)
+    actions = []
     if status.state in jobs.ACTIVE_STATES:
-        if cols[0].button("Cancel run", key=f"cancel-{run.id}", type="primary"):
-            with user_errors():
-                jobs.cancel(run)
-                st.rerun()
+        actions.append(_cancel_button)
     if status.state in ("failed", "cancelled"):
-        if cols[0].button("Resume", key=f"resume-{run.id}", type="primary",
-                          help="continue from last.pt in a new background process"):
-            with user_errors():
-                st.session_state["runs_notice"] = jobs.resume(run)
-                st.rerun()
+        actions.append(_resume_button)
     if run.best_ckpt.exists():
-        cols[1].download_button("Download best.pt", data=lambda p=run.best_ckpt: p.read_bytes(),
-                                file_name=f"{run.id}-best.pt", mime="application/octet-stream",
-                                key=f"dl-{run.id}", on_click="ignore")
+        actions.append(_download_button)
     if status.state not in jobs.ACTIVE_STATES:
-        _delete_control(run, cols[3])
+        actions.append(_delete_control)
+    for col, action in zip(st.columns(4), actions):
+        with col:
+            action(run)
     if status.state == "completed":
         _export_form(run)
 
 
-def _delete_control(run: RunDir, col) -> None:
+def _cancel_button(run: RunDir) -> None:
+    if st.button("Cancel run", key=f"cancel-{run.id}", type="primary"):
+        with user_errors():
+            jobs.cancel(run)
+            st.rerun()
+
+
+def _resume_button(run: RunDir) -> None:
+    if st.button("Resume", key=f"resume-{run.id}", type="primary",
+                 help="continue from last.pt in a new background process"):
+        with user_errors():
+            st.session_state["runs_notice"] = jobs.resume(run)
+            st.rerun()
+
+
+def _download_button(run: RunDir) -> None:
+    st.download_button("Download best.pt", data=lambda p=run.best_ckpt: p.read_bytes(),
+                       file_name=f"{run.id}-best.pt", mime="application/octet-stream",
+                       key=f"dl-{run.id}", on_click="ignore")
+
+
+def _delete_control(run: RunDir) -> None:
     confirm_key = f"confirm-delete-{run.id}"
     if not st.session_state.get(confirm_key):
-        if col.button("Delete run…", key=f"delete-{run.id}"):
+        if st.button("Delete run…", key=f"delete-{run.id}"):
             st.session_state[confirm_key] = True
             st.rerun()
         return
-    col.warning(f"Delete {run.id} and all its files?")
-    yes, no = col.columns(2)
+    st.warning(f"Delete {run.id} and all its files?")
+    yes, no = st.columns(2)
     if yes.button("Yes, delete", key=f"delete-yes-{run.id}", type="primary"):
         with user_errors():
             jobs.delete(run)

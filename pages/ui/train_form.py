@@ -167,8 +167,10 @@ def field_widget(path: str, label: str, kwargs: dict[str, Any]) -> None:
         options = list(CHOICES[path])
         labels = CHOICE_LABELS.get(path, {})
         if path == "arch":
-            labels = {n: f"{a.title} — {a.description}" for n, a in ARCHITECTURES.items()}
-        st.selectbox(label, options, key=key, format_func=lambda v, labels=labels: labels.get(v, v), **kwargs)
+            labels = {n: a.title for n, a in ARCHITECTURES.items()}
+        value = st.selectbox(label, options, key=key, format_func=lambda v, labels=labels: labels.get(v, v), **kwargs)
+        if path == "arch" and value in ARCHITECTURES:
+            st.caption(ARCHITECTURES[value].description)
         return
     kind = _field_type(path)
     if kind is bool:
