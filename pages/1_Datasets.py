@@ -9,6 +9,7 @@ import streamlit as st
 
 from histo_core.datasets.catalog import add_local_dataset, local_datasets, remove_local_dataset
 from histo_core.datasets.download import download_medmnist, medmnist_file
+from histo_core.datasets.imagefiles import read_original, source_file
 from histo_core.datasets.medmnist_source import SIZES, flags_2d, is_multi_label, medmnist_info
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError
@@ -163,8 +164,16 @@ def render_viewer(ds) -> None:
     cols[2].markdown(f"**Label:** {ds.info.classes[label]} (class {label}){name}")
     scale = (f"shown {factor}× with nearest-neighbour upscaling so single pixels are visible" if factor > 1
              else "shown at full resolution")
-    st.image(for_display(big), caption=f"{split} #{index} · {tile.shape[1]}×{tile.shape[0]} px, {scale}",
-             width=big.shape[1], output_format="PNG")
+    tile_col, original_col = st.columns(2)
+    tile_col.image(for_display(big), caption=f"{split} #{index} · {tile.shape[1]}×{tile.shape[0]} px as the model "
+                   f"sees it, {scale}", width=big.shape[1], output_format="PNG")
+    original = source_file(ds.info, s.tile_names[index]) if s.tile_names else None
+    if original is not None:
+        with original_col, user_errors():
+            pixels = read_original(original)
+            original_col.image(pixels, caption=f"original file: {pixels.shape[1]}×{pixels.shape[0]} px "
+                               "(before cropping and resizing)",
+                               width="stretch" if pixels.shape[1] > 450 else pixels.shape[1], output_format="PNG")
 
 
 def render_about(info) -> None:

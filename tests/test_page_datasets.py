@@ -95,6 +95,7 @@ def test_add_local_folder_then_it_is_selected(tmp_path):
     viewer = [c for c in image_captions(at) if c.startswith("train #0")]
     assert viewer and "nearest-neighbour" in viewer[0]
     assert any("file `" in md.value for md in at.markdown)  # the viewer names the file
+    assert any(c.startswith("original file: 40×40 px") for c in image_captions(at))  # and shows it as stored
 
 
 def test_add_invalid_path_shows_the_reason(tmp_path):

@@ -144,5 +144,7 @@ def _split_indices(labels: np.ndarray, split_of: np.ndarray, seed: int, notes: l
         given["train"] = train[np.sort(np.concatenate(kept_train))]
         for s in missing:
             given[s] = train[parts[s]]
-            notes.append(f"no {s} folder: {s} split carved from train (15% per class, seed {seed})")
+            notes.append(f"no {s} folder: {len(parts[s])} tiles carved from train for {s} (15% per class, seed {seed})"
+                         if len(parts[s]) else
+                         f"no {s} folder, and train is too small to carve one from (fewer than 3 tiles per class)")
     return {s: given[s] for s in SPLITS if s in given}

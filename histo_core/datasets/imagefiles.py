@@ -215,3 +215,26 @@ class _Rows:
 
     def __len__(self) -> int:
         return len(self.index)
+
+
+def source_file(info, tile_name: str) -> Path | None:
+    """The original image file behind a folder/CSV tile (`Split.tile_names` entry), or None for other sources."""
+    if info.source == "folder":
+        return Path(info.location) / tile_name
+    if info.source == "csv":
+        p = Path(tile_name).expanduser()
+        return p if p.is_absolute() else Path(info.location).parent / p
+    return None
+
+
+def read_original(path: Path, max_side: int = 2048) -> np.ndarray:
+    """An original image file as 8-bit RGB (H, W, 3) for viewing, shrunk only if larger than `max_side`."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = to_8bit(im, 3)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read the original image ({exc})") from None
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return np.asarray(img, np.uint8)

@@ -94,6 +94,19 @@ def _options(include_missing: bool, data_dir) -> list[_Option]:
     return out
 
 
+def _typed_path_option(spec: str) -> _Option:
+    """Size and channel widgets only where they mean something for what the typed path points at."""
+    from histo_core.datasets import describe_spec
+    from histo_core.datasets.catalog import DECODE_SIZES
+
+    kind = describe_spec(spec) if spec else ""
+    if kind == "PCam folder":
+        return _Option(spec, spec, (), 3, True)
+    if kind == "MedMNIST-layout npz":
+        return _Option(spec, spec, (), None, True)
+    return _Option(spec, spec, DECODE_SIZES, None, True)
+
+
 def _size_label(size: int | None) -> str:
     return "auto (native, at most 64 px)" if size is None else f"{size} px"
 
@@ -121,7 +134,7 @@ def dataset_picker(key: str, *, include_missing: bool = False, default: str | No
     if spec == OTHER_PATH:
         spec = st.text_input("Path: MedMNIST-layout .npz, folder of class folders, CSV manifest or PCam .h5 folder",
                              key=path_key, placeholder="/data/Kather_texture_2016_image_tiles_5000").strip()
-        option = _Option(spec, spec, (None, 28, 32, 64, 96, 128, 224), None, True)
+        option = _typed_path_option(spec)
     else:
         option = options[specs.index(spec)]
     size = None
