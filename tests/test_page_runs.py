@@ -205,3 +205,18 @@ def test_lr_find_figure_marks_the_suggestion_on_a_log_axis():
     assert fig.layout.xaxis.type == "log"
     assert fig.layout.shapes[0].x0 == pytest.approx(-3.0)  # log10 coordinates on a log axis
     assert "suggested 0.001" in fig.layout.annotations[0].text
+
+
+def test_running_run_shows_live_progress_and_validation(monkeypatch):
+    import os
+
+    run = write_run("running", epochs=5, epochs_done=2, pid=os.getpid())
+    monkeypatch.setattr("histo_core.jobs._is_run_process", lambda pid, r, s: True)
+    at = _app(run.id)
+    assert not at.exception, at.exception
+    bar = at.get("progress")[0]
+    assert "epoch 2/5 · batch 3/10 · train" in bar.proto.text and bar.proto.value == 46  # (2 + 3/10) / 5
+    assert any("Validation after epoch 2" in m.value for m in at.markdown)
+    assert {"loss per epoch", "Confusion matrix (counts)"} <= set(_plotly_titles(at))
+    assert [m.value for m in at.metric][:2] == ["900", "20 s"]  # images/s and ETA
+    assert at.button(key=f"cancel-{run.id}") and not any(b.key == f"delete-{run.id}" for b in at.button)
