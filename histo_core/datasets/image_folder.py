@@ -34,14 +34,15 @@ def _subfolders(folder: Path) -> list[Path]:
 
 def _class_files(class_dir: Path, skipped: list[str], root: Path) -> list[Path]:
     images = []
-    for p in sorted(class_dir.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_file() and is_image_file(p):
-            images.append(p)
-        else:
-            what = "folder inside a class folder" if p.is_dir() else "not an image file"
-            skipped.append(f"{p.relative_to(root)}: {what}")
+    with os.scandir(class_dir) as entries:  # scandir knows file vs folder without a stat per file
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file() and is_image_file(Path(entry.name)):
+                images.append(class_dir / entry.name)
+            else:
+                what = "folder inside a class folder" if entry.is_dir() else "not an image file"
+                skipped.append(f"{Path(entry.path).relative_to(root)}: {what}")
     return images
 
 

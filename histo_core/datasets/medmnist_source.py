@@ -7,7 +7,10 @@ sample counts and so refuse subsets such as ../shared/data/pathmnist-mini.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +23,22 @@ NPZ_SPLITS = {"train": "train", "val": "val", "test": "test"}
 SIZES = (28, 64, 128, 224)
 
 
+@lru_cache(maxsize=1)
 def medmnist_info() -> dict:
-    from medmnist import INFO
+    """medmnist.INFO. Read from medmnist/info.py alone: `import medmnist` also imports torch, sklearn and
+    the dataset classes (seconds on a cold start) just to reach this dict."""
+    if "medmnist" in sys.modules:
+        from medmnist import INFO
 
-    return INFO
+        return INFO
+    spec = importlib.util.find_spec("medmnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError("the medmnist package is not installed: pip install medmnist (it holds the dataset metadata)")
+    info_file = Path(next(iter(spec.submodule_search_locations))) / "info.py"
+    module_spec = importlib.util.spec_from_file_location("_histo_medmnist_info", info_file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.INFO
 
 
 def flags_2d() -> list[str]:
