@@ -75,12 +75,13 @@ def test_download_failure_offline_shows_a_message(monkeypatch):
     assert any("cannot reach" in m and "pathmnist.npz" in m and "put it at" in m for m in messages), messages
 
 
-def test_downloaded_medmnist_is_listed_and_opens(tmp_path, monkeypatch):
+def test_downloaded_medmnist_is_the_default():
     import os
 
     write_medmnist_npz(os.path.join(os.environ["HISTO_DATA_DIR"], "pathmnist.npz"), sizes=(18, 9, 9))
-    at = open_page("pathmnist")
+    at = open_page()  # a real dataset is here, so it is the default rather than the synthetic demo
     assert metrics(at)["train"] == "18" and at.subheader[0].value == "PathMNIST (28 px)"
+    assert not any("SYNTHETIC" in w.value for w in at.warning)
 
 
 def test_add_local_folder_then_it_is_selected(tmp_path):

@@ -127,7 +127,10 @@ def dataset_picker(key: str, *, include_missing: bool = False, default: str | No
         else:
             st.session_state[choice_key], st.session_state[path_key] = OTHER_PATH, default
     if st.session_state.get(choice_key) not in specs + [OTHER_PATH]:
-        st.session_state.pop(choice_key, None)
+        # First visit (or the chosen set vanished): a real dataset when one is here, else the synthetic demo.
+        from histo_core.datasets.catalog import default_dataset_spec
+
+        st.session_state[choice_key] = default_dataset_spec(data_dir)
     labels = {o.spec: o.label for o in options} | {OTHER_PATH: "Another file or folder (type its path)…"}
     cols = st.columns([3, 1, 1])
     spec = cols[0].selectbox("Dataset", specs + [OTHER_PATH], format_func=labels.get, key=choice_key)
