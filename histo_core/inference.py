@@ -318,3 +318,70 @@ def list_models(notes: list[str] | None = None) -> list[ModelEntry]:
             test_auc=metrics.get("test_auc"),
         ))
     return entries
+
+
+# -- a batch of uploaded files -----------------------------------------------------------------------
+PREVIEW_PX = 512
+
+
+@dataclass
+class TileResult:
+    """One uploaded file: either `error` (why it could not be used) or the tile, its probabilities and notes."""
+    name: str  # sanitised display name
+    error: str | None = None
+    tile: np.ndarray | None = None  # uint8 model input (S, S, C)
+    preview: np.ndarray | None = None  # the decoded image, longer side at most PREVIEW_PX, for display
+    width: int = 0
+    height: int = 0
+    mode_note: str = ""
+    notes: list[str] = field(default_factory=list)
+    probs: np.ndarray | None = None  # (K,)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def pred(self) -> int:
+        return int(np.argmax(self.probs))
+
+    @property
+    def confidence(self) -> float:
+        return float(np.max(self.probs))
+
+
+def prepare_upload(data: bytes, name: str, meta: ModelMeta) -> TileResult:
+    """Decode and preprocess one file; a bad file gives a TileResult with `error` set, never an exception."""
+    from histo_core.errors import ImageError
+    from histo_core.images import decode_image, display_name
+
+    try:
+        decoded = decode_image(data, name)
+    except ImageError as exc:
+        return TileResult(name=display_name(name), error=str(exc))
+    notes = list(decoded.notes)
+    tile = preprocess(decoded, meta, notes)
+    return TileResult(name=decoded.name, tile=tile, preview=_preview(decoded.array), width=decoded.width,
+                      height=decoded.height, mode_note=decoded.mode_note, notes=notes)
+
+
+def _preview(arr: np.ndarray) -> np.ndarray:
+    h, w = arr.shape[:2]
+    if max(h, w) <= PREVIEW_PX:
+        return arr
+    scale = PREVIEW_PX / max(h, w)
+    im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+    out = np.asarray(im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS))
+    return out[..., None] if out.ndim == 2 else out
+
+
+def classify_uploads(loaded: LoadedModel, files: Sequence[tuple[str, bytes]], tta: bool = False,
+                     batch_size: int = 256) -> list[TileResult]:
+    """Decode, preprocess and classify (name, bytes) pairs in one batched pass, in the order given."""
+    results = [prepare_upload(data, name, loaded.meta) for name, data in files]
+    good = [r for r in results if r.ok]
+    if good:
+        probs = predict(loaded, np.stack([r.tile for r in good]), tta=tta, batch_size=batch_size)
+        for r, p in zip(good, probs):
+            r.probs = p
+    return results
