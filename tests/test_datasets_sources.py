@@ -280,6 +280,8 @@ def test_16bit_grayscale_keeps_its_range(tmp_path):
         assert im.mode.startswith("I")
     t = tile_from_file(tmp_path / "g16.png", 20, 1)
     assert t.shape == (20, 20, 1) and t[0, 15, 0] == 255 and abs(int(t[0, 2, 0]) - 128) <= 1
+    Image.fromarray(np.full((20, 20), 200, np.uint16)).save(tmp_path / "dark16.png")
+    assert tile_from_file(tmp_path / "dark16.png", 20, 1)[0, 0, 0] == 1  # same scale for every image, no stretching
 
 
 def test_rgba_flattens_onto_white_and_palette_and_cmyk_convert(tmp_path):
@@ -372,6 +374,12 @@ def test_csv_manifest_bad_split_value_and_empty_label(tmp_path):
     csv.write_text(csv.read_text().replace(",tum\n", ",\n", 1))
     with pytest.raises(DatasetError, match="1 rows have no 'label' label"):
         open_dataset(csv)
+
+
+def test_csv_manifest_with_byte_order_mark(tmp_path):
+    csv = write_manifest(tmp_path)
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())  # as spreadsheets save "CSV UTF-8"
+    assert open_dataset(csv).info.extra["columns"]["image"] == "path"
 
 
 def test_csv_shares_the_decode_cache_with_folders(tmp_path):

@@ -37,7 +37,8 @@ def _read_table(path: Path):
     import pandas as pd
 
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
+                            encoding="utf-8-sig")  # -sig: spreadsheets often start CSVs with a byte-order mark
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise DatasetError(f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
     table.columns = [str(c).strip() for c in table.columns]

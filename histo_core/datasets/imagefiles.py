@@ -31,14 +31,10 @@ from histo_core.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_MAX_SIZE = 64
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 Progress = Callable[[int, int], None]  # (done, total)
-
-# Pillow refuses images over ~179 Mpx as a "decompression bomb"; whole-slide exports can be larger, and
-# we only ever keep a small tile, so read them but warn.
-Image.MAX_IMAGE_PIXELS = 1_000_000_000
 
 
 @dataclass
@@ -176,15 +172,16 @@ def tile_from_file(path: Path, size: int, channels: int) -> np.ndarray:
 def to_8bit(im: Image.Image, channels: int) -> Image.Image:
     """An 8-bit 'L' (channels=1) or 'RGB' (channels=3) copy of any Pillow image.
 
-    16-bit and 32-bit grayscale keep their full range mapped onto 0..255 (not clipped at 255, which
-    would turn most 16-bit microscopy white); transparency is flattened onto white (slide background).
+    16-bit grayscale (and Pillow's 32-bit 'I', which is how it opens some 16-bit files) maps 0..65535 onto
+    0..255 rather than clipping at 255, which would turn most 16-bit microscopy white; transparency is
+    flattened onto white (slide background). Images over Pillow's decompression-bomb limit are skipped.
     """
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im).astype(np.float64)
-        if im.mode == "F":
+        if im.mode == "F":  # float images: 0..1 by convention when they fit, else taken as 0..255
             scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
-        else:
-            scale = 255.0 / 65535.0 if arr.size and arr.max() > 255 else 1.0
+        else:  # the same scale for every image (not per-image stretching), so intensities stay comparable
+            scale = 255.0 / 65535.0
         gray = Image.fromarray(np.clip(np.nan_to_num(arr) * scale + 0.5, 0, 255).astype(np.uint8), "L")
         return gray if channels == 1 else gray.convert("RGB")
     if im.mode == "P":
