@@ -139,7 +139,8 @@ def render_stats(ds, choice) -> None:
     table = pd.DataFrame({
         "channel": names,
         "mean (0-1)": np.round(stats["mean"], 4), "std (0-1)": np.round(stats["std"], 4),
-        "mean (0-255)": np.round(np.array(stats["mean"]) * 255, 1), "std (0-255)": np.round(np.array(stats["std"]) * 255, 1),
+        "mean (0-255)": np.round(np.array(stats["mean"]) * 255, 1),
+        "std (0-255)": np.round(np.array(stats["std"]) * 255, 1),
     })
     st.dataframe(table, hide_index=True, width="stretch")
     sampled = (f"a seeded sample of {stats['n_tiles']:,} of {stats['n_total']:,} tiles" if stats["sampled"]

@@ -123,7 +123,8 @@ def open_csv_manifest(path: str | os.PathLike, *, size: int | None = None, seed:
     missing = [str(p) for p, f in zip(table[path_col], files) if not f.is_file()]
     if missing:
         raise DatasetError(
-            f"{path}: {len(missing)} of {len(files)} image paths not found (relative to {path.parent}): {_first(missing, 3)}"
+            f"{path}: {len(missing)} of {len(files)} image paths not found (relative to {path.parent}): "
+            f"{_first(missing, 3)}"
         )
     labels, classes = _labels(path, list(table[label_col]), label_col)
     if len(classes) < 2:

@@ -89,7 +89,8 @@ def download_file(url: str, dest: Path, md5: str | None, *, progress: Progress |
             raise DownloadError(f"download from {url} stopped after {done} of {total} bytes")
         if md5 and digest.hexdigest() != md5.lower():
             raise DownloadError(
-                f"download from {url} is corrupt: MD5 {digest.hexdigest()}, expected {md5}; nothing was saved, try again"
+                f"download from {url} is corrupt: MD5 {digest.hexdigest()}, expected {md5}; "
+                "nothing was saved, try again"
             )
         os.replace(tmp, dest)
     except (OSError, TimeoutError) as exc:

@@ -33,7 +33,7 @@ def medmnist_info() -> dict:
         return INFO
     spec = importlib.util.find_spec("medmnist")
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("the medmnist package is not installed: pip install medmnist (it holds the dataset metadata)")
+        raise DatasetError("the medmnist package is not installed: pip install medmnist (it holds the metadata)")
     info_file = Path(next(iter(spec.submodule_search_locations))) / "info.py"
     module_spec = importlib.util.spec_from_file_location("_histo_medmnist_info", info_file)
     module = importlib.util.module_from_spec(module_spec)
@@ -112,7 +112,8 @@ def read_medmnist_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 )
             if labels.ndim == 0 or images.shape[0] != labels.shape[0]:
                 raise DatasetError(
-                    f"{path}: '{split}_images' has {images.shape[0]} images but '{split}_labels' has {labels.shape[0] if labels.ndim else 0} labels"
+                    f"{path}: '{split}_images' has {images.shape[0]} images but '{split}_labels' has "
+                    f"{labels.shape[0] if labels.ndim else 0} labels"
                 )
             if labels.ndim == 0 or labels.size != labels.shape[0]:
                 raise DatasetError(

@@ -83,7 +83,8 @@ def _h5_array(path: Path, key: str, what: str) -> tuple[Any, tuple[int, ...], np
     try:
         with h5py.File(path, "r") as f:
             if key not in f:
-                raise DatasetError(f"{path}: no dataset {key!r} for the {what} (found: {', '.join(f.keys()) or 'none'})")
+                found = ", ".join(f.keys()) or "none"
+                raise DatasetError(f"{path}: no dataset {key!r} for the {what} (found: {found})")
             ds = f[key]
             shape, dtype = tuple(ds.shape), ds.dtype
             offset = ds.id.get_offset() if ds.chunks is None and ds.compression is None else None

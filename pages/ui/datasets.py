@@ -41,7 +41,8 @@ def source_stamp(spec: str) -> tuple:
     base = Path(parse_spec(spec)[0]).expanduser()
     try:
         if base.is_dir():
-            return (base.stat().st_mtime_ns,) + tuple(p.stat().st_mtime_ns for p in sorted(base.iterdir()) if p.is_dir())
+            subfolders = sorted(p for p in base.iterdir() if p.is_dir())
+            return (base.stat().st_mtime_ns,) + tuple(p.stat().st_mtime_ns for p in subfolders)
         return (base.stat().st_mtime_ns, base.stat().st_size)
     except OSError:
         return ()
