@@ -71,7 +71,8 @@ def test_bad_files_next_to_good_ones(trained_pathmnist_run, shared_data, tmp_pat
     code, out, err = run_cli(capsys, trained_pathmnist_run.path, good[0], *bad, tmp_path / "missing.png", good[1])
     assert code == 1  # some files could not be read
     lines = out.splitlines()
-    assert lines[0].startswith(f"model: {trained_pathmnist_run.id} (cnn3, 28 px, 9 classes)")
+    arch = trained_pathmnist_run.config()["arch"]
+    assert lines[0].startswith(f"model: {trained_pathmnist_run.id} ({arch}, 28 px, 9 classes)")
     errors = [line for line in lines if line.startswith("ERROR ")]
     assert errors == [
         "ERROR corrupt.png: damaged or truncated PNG file, cannot decode its pixels (image file is truncated)",

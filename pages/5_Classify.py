@@ -1,0 +1,146 @@
+"""Classify: drop tiles (or one large image) on a trained model; predictions, probabilities and CAMs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from histo_core.errors import HistoError
+from histo_core.images import UPLOAD_TYPES, decode_image
+from histo_core.inference import classify_uploads
+from histo_core.tiling import classify_large_image, default_tile_px, legend, render_class_map
+from pages.ui.classify import (PAGE_SIZES, CamCache, cam_options, fingerprint, legend_html, pick_model,
+                               probability_figure, show_cam, summary_frame, target_select)
+from pages.ui.common import page_setup
+
+page_setup("Classify", "🔎")
+picked = pick_model("classify_model")
+if picked is None:
+    st.stop()
+entry, loaded = picked
+meta = loaded.meta
+model_key = f"{loaded.source}:{id(loaded.model)}"
+
+mode = st.radio("What to classify", ["Tiles", "Large image"], horizontal=True, key="classify_mode",
+                help="Tiles: each file is one tile. Large image: one image cut into tiles of the model's field of "
+                     "view and shown as a class map.")
+tta = st.toggle("Test-time augmentation (average over 8 flips/rotations)", key="classify_tta")
+
+
+def tiles_mode() -> None:
+    uploads = st.file_uploader("Tiles (drag and drop; PNG, JPEG, TIFF, BMP, GIF)", type=list(UPLOAD_TYPES),
+                               accept_multiple_files=True, key="classify_files")
+    if not uploads:
+        st.info(f"Drop one or more tiles. The model sees {meta.input_size} px tiles"
+                + (f" covering {meta.native_tile_px} source pixels" if meta.native_tile_px else "")
+                + "; larger tiles are resized, oblong ones centre-cropped.")
+        return
+    files = [(u.name, u.getvalue()) for u in uploads]
+    scope = f"{model_key}:{fingerprint(files)}:{tta}"
+    cached = st.session_state.get("classify_results")
+    if not cached or cached["scope"] != scope:
+        with st.spinner(f"Classifying {len(files)} file(s)…"):
+            cached = {"scope": scope, "results": classify_uploads(loaded, files, tta=tta)}
+        st.session_state["classify_results"] = cached
+    results = cached["results"]
+    good = [i for i, r in enumerate(results) if r.ok]
+    bad = [r for r in results if not r.ok]
+    for r in bad:
+        st.error(r.error, icon="🚫")
+    st.caption(f"{len(good)} of {len(results)} file(s) classified" + (f", {len(bad)} could not be read" if bad else "")
+               + (" · TTA on" if tta else ""))
+    table = summary_frame(results, meta.classes)
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0.0,
+                                                                              max_value=1.0, format="%.3f")})
+    st.download_button("Download the table (CSV)", table.to_csv(index=False).encode("utf-8"),
+                       file_name="predictions.csv", mime="text/csv", key="classify_csv")
+    if not good:
+        return
+
+    st.subheader("Tiles")
+    options = cam_options("classify_cam")
+    size_col, page_col = st.columns([1, 3])
+    page_size = size_col.selectbox("Tiles per page", PAGE_SIZES, index=1, key="classify_page_size")
+    pages = max(1, -(-len(good) // page_size))
+    with page_col:
+        page = st.pagination(pages, key="classify_page") if pages > 1 else 1
+    shown = good[(page - 1) * page_size: page * page_size]
+    cams = CamCache("classify_cams", scope)
+    targets = [target_for(i, results[i].pred) for i in shown]
+    maps = cams.get_many(loaded, shown, [results[i].tile for i in shown], options["method"], targets)
+    for i, target, cam in zip(shown, targets, maps):
+        tile_card(i, results[i], target, cam, options)
+
+
+def target_for(i: int, predicted: int) -> int:
+    value = st.session_state.get(f"classify_target_{i}")
+    return int(value) if isinstance(value, int) and 0 <= value < meta.num_classes else predicted
+
+
+def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{r.name}** → **{meta.classes[r.pred]}** ({r.confidence:.1%})")
+        left, middle, right = st.columns([1, 1, 1.3])
+        left.image(r.preview, caption=f"as uploaded: {r.width}x{r.height}, {r.mode_note}", width=224)
+        show_cam(r.tile, cam, options, meta.classes[target], container=middle)
+        with right:
+            st.plotly_chart(probability_figure(r.probs, meta.classes, highlight=r.pred), key=f"classify_probs_{i}",
+                            config={"displayModeBar": False})
+            target_select(meta.classes, r.pred, key=f"classify_target_{i}")
+        for note in r.notes:
+            st.caption(f"ℹ️ {note}")
+
+
+def large_image_mode() -> None:
+    upload = st.file_uploader("One large image (a field or a region; PNG, JPEG, TIFF, BMP)", type=list(UPLOAD_TYPES),
+                              accept_multiple_files=False, key="classify_large")
+    if upload is None:
+        st.info("Drop one image larger than a tile (e.g. a 700x460 BreaKHis field or a 5000x5000 region). It is cut "
+                f"into tiles of {default_tile_px(meta)} source pixels by default, each classified.")
+        return
+    try:
+        decoded = decode_image(upload.getvalue(), upload.name)
+    except HistoError as exc:
+        st.error(str(exc), icon="🚫")
+        return
+    h, w = decoded.height, decoded.width
+    default = min(default_tile_px(meta), h, w)
+    a, b = st.columns(2)
+    tile_px = int(a.number_input("Tile size (source pixels)", min_value=8, max_value=max(8, min(h, w)), value=default,
+                                 step=8, key="classify_tile_px",
+                                 help="The field of view of one tile. Default: the training tiles' native size when "
+                                      "known (PathMNIST: 224 px at 0.5 µm/px), else 224."))
+    alpha = b.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="classify_map_alpha")
+    scope = f"{model_key}:{fingerprint([(upload.name, upload.getvalue())])}:{tile_px}:{tta}"
+    cached = st.session_state.get("classify_map")
+    if not cached or cached["scope"] != scope:
+        bar = st.progress(0.0, text="Classifying tiles…")
+        try:
+            cmap = classify_large_image(loaded, decoded.array, tile_px, tta=tta,
+                                        progress=lambda d, t: bar.progress(d / t, text=f"{d} of {t} tiles"))
+        except HistoError as exc:
+            bar.empty()
+            st.error(str(exc))
+            return
+        bar.empty()
+        cached = {"scope": scope, "map": cmap}
+        st.session_state["classify_map"] = cached
+    cmap = cached["map"]
+    for note in decoded.notes + cmap.notes:
+        st.caption(f"ℹ️ {note}")
+    st.image(render_class_map(decoded.array, cmap, alpha=alpha),
+             caption=f"{decoded.name}: {w}x{h} px, {cmap.cols}x{cmap.rows} tiles of {cmap.tile_px} px")
+    rows = legend(cmap)
+    st.markdown(legend_html([r for r in rows if r["tiles"]]), unsafe_allow_html=True)
+    st.dataframe(pd.DataFrame(rows).drop(columns="colour"), hide_index=True, width="stretch")
+    tiles_table = pd.DataFrame(cmap.table())
+    st.download_button("Download per-tile predictions (CSV)", tiles_table.to_csv(index=False).encode("utf-8"),
+                       file_name="class_map.csv", mime="text/csv", key="classify_map_csv")
+
+
+if mode == "Tiles":
+    tiles_mode()
+else:
+    large_image_mode()

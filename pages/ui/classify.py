@@ -1,0 +1,174 @@
+"""Streamlit pieces shared by the Classify and Review pages: model picker, cached model loading, CAM cards,
+probability charts. Logic lives in histo_core (inference, explain, tiling, gallery)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from histo_core.errors import HistoError
+from histo_core.explain import CAM_METHODS, compute_cams, heatmap, overlay, uniform_maps, upscale_tile
+from histo_core.inference import LoadedModel, ModelEntry, TileResult, list_models, load_model, top_k
+
+CARD_PX = 224
+PAGE_SIZES = (6, 12, 24, 48)
+
+
+# -- models ----------------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _load(ref: str, mtime_ns: int) -> LoadedModel:  # mtime in the key: a re-exported file is reloaded
+    return load_model(ref)
+
+
+def cached_model(ref: str) -> LoadedModel:
+    try:
+        mtime = os.stat(ref).st_mtime_ns if os.path.isfile(ref) else 0
+    except OSError:
+        mtime = 0
+    return _load(ref, mtime)
+
+
+def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
+    """The model selectbox (completed runs and exports). Shows why when there is nothing to pick or the file is bad."""
+    notes: list[str] = []
+    entries = list_models(notes)
+    for note in notes:
+        st.caption(f"⚠️ {note}")
+    if not entries:
+        st.info("No trained model yet. Train one on the Train page (the synthetic demo needs no download), wait "
+                "for it to complete, or put an exported model in weights/.")
+        return None
+    by_ref = {e.ref: e for e in entries}
+    if st.session_state.get(key) not in by_ref:
+        st.session_state.pop(key, None)
+    ref = st.selectbox("Model", list(by_ref), format_func=lambda r: by_ref[r].label, key=key,
+                       help="Completed runs (newest first) and exported models in weights/. Test accuracy is on the "
+                            "run's own test split.")
+    entry = by_ref[ref]
+    try:
+        loaded = cached_model(ref)
+    except HistoError as exc:
+        st.error(str(exc))
+        return None
+    m = loaded.meta
+    st.caption(f"{m.arch} · input {m.input_size} px, {m.in_channels} channel(s) · {m.num_classes} classes: "
+               f"{', '.join(m.classes)} · trained on {entry.dataset}"
+               + (f" (tiles covering {m.native_tile_px} source px)" if m.native_tile_px else ""))
+    if entry.synthetic or m.synthetic:
+        st.warning("SYNTHETIC DEMO MODEL: trained on procedurally generated tiles, not real tissue. Its predictions "
+                   "on real images mean nothing.", icon="🧪")
+    return entry, loaded
+
+
+def fingerprint(files: Sequence[tuple[str, bytes]]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for name, data in files:
+        h.update(name.encode("utf-8", "replace"))
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(hashlib.blake2b(data, digest_size=12).digest())
+    return h.hexdigest()
+
+
+# -- tables and charts ----------------------------------------------------------------------------------
+def summary_frame(results: Sequence[TileResult], classes: Sequence[str]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        if not r.ok:
+            rows.append({"file": r.name, "prediction": None, "confidence": None, "top-3": None, "notes": r.error})
+            continue
+        top = top_k(r.probs[None], classes, 3)[0]
+        rows.append({"file": r.name, "prediction": classes[r.pred], "confidence": round(r.confidence, 4),
+                     "top-3": " · ".join(f"{c} {p:.2f}" for c, p in top), "notes": "; ".join(r.notes)})
+    return pd.DataFrame(rows, columns=["file", "prediction", "confidence", "top-3", "notes"])
+
+
+def probability_figure(probs: np.ndarray, classes: Sequence[str], top: int = 5, highlight: int | None = None) -> go.Figure:
+    """Horizontal bars of the `top` most probable classes, most probable on top."""
+    order = np.argsort(-probs, kind="stable")[:top][::-1]
+    colours = ["#d62728" if highlight is not None and int(i) == highlight else "#1f77b4" for i in order]
+    fig = go.Figure(go.Bar(x=[float(probs[i]) for i in order], y=[str(classes[i]) for i in order], orientation="h",
+                           marker_color=colours, text=[f"{probs[i]:.2f}" for i in order], textposition="auto",
+                           hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    fig.update_layout(height=40 + 28 * len(order), margin=dict(l=0, r=0, t=24, b=0), xaxis=dict(range=[0, 1]),
+                      title=dict(text="probability", font=dict(size=12)), showlegend=False)
+    return fig
+
+
+# -- CAMs ----------------------------------------------------------------------------------------------------
+def cam_options(key_prefix: str) -> dict[str, Any]:
+    """Method, opacity and raw-map toggle, side by side."""
+    a, b, c = st.columns([2, 2, 1])
+    method = a.selectbox("Explanation method", list(CAM_METHODS), key=f"{key_prefix}_method",
+                         help="\n".join(f"**{m.name}**: {m.description}" for m in CAM_METHODS.values()))
+    alpha = b.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key=f"{key_prefix}_alpha")
+    raw = c.toggle("Raw heat map", key=f"{key_prefix}_raw", help="Show the map alone instead of over the tile")
+    if method == "ScoreCAM":
+        st.caption("⏱️ ScoreCAM runs one forward pass per feature channel: seconds per tile on CPU (ResNets: more).")
+    if not CAM_METHODS[method].uses_target:
+        st.caption(f"{method} is class-agnostic: the class chosen to explain does not change its map.")
+    return {"method": method, "alpha": alpha, "raw": raw}
+
+
+class CamCache:
+    """Maps computed for (item, method, target), kept in session state for one model and one input set, so
+    moving a slider or turning a page does not recompute them."""
+
+    def __init__(self, state_key: str, scope: str):
+        store = st.session_state.get(state_key)
+        if not store or store.get("scope") != scope:
+            store = {"scope": scope, "maps": {}}
+            st.session_state[state_key] = store
+        self.maps: dict[tuple, np.ndarray] = store["maps"]
+
+    def get_many(self, loaded: LoadedModel, items: Sequence[Any], tiles: Sequence[np.ndarray], method: str,
+                 targets: Sequence[int]) -> list[np.ndarray]:
+        """Maps for each (item, target), computing the missing ones in one batched call."""
+        keys = [(item, method, int(t)) for item, t in zip(items, targets)]
+        missing = [i for i, k in enumerate(keys) if k not in self.maps]
+        if missing:
+            with st.spinner(f"Computing {method} for {len(missing)} tile(s)…"):
+                maps = compute_cams(loaded.model, loaded.meta, np.stack([tiles[i] for i in missing]), method,
+                                    targets=[int(targets[i]) for i in missing])
+            for i, cam in zip(missing, maps):
+                self.maps[keys[i]] = cam
+        return [self.maps[k] for k in keys]
+
+
+def show_cam(tile: np.ndarray, cam: np.ndarray, options: dict[str, Any], class_name: str, container=None) -> None:
+    """The overlay (or raw map), or a warning instead when the map is flat."""
+    box = container or st
+    method = options["method"]
+    if uniform_maps(cam)[0]:
+        box.image(upscale_tile(tile, CARD_PX), caption="model input (no overlay)")
+        box.warning(f"Flat {method} map for '{class_name}': the method found nothing to highlight (usual when "
+                    "explaining a class the tile shows no evidence for). Nothing is drawn.")
+        return
+    img = heatmap(cam, CARD_PX) if options["raw"] else overlay(tile, cam, options["alpha"], CARD_PX)
+    box.image(img, caption=f"{method} for '{class_name}' (red = most evidence)")
+
+
+def target_select(classes: Sequence[str], predicted: int, key: str) -> int:
+    options = list(range(len(classes)))
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = predicted
+    return int(st.selectbox("Explain class", options, format_func=lambda i: classes[i]
+                            + (" (predicted)" if i == predicted else ""), key=key))
+
+
+def legend_html(rows: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for r in rows:
+        share = f"{r['tiles']} tiles ({r['share']:.0%})"
+        parts.append(f"<span style='display:inline-block;width:0.9em;height:0.9em;background:{r['colour']};"
+                     f"border:1px solid #444;margin-right:0.3em'></span>{_escape(r['class'])}: {share}")
+    return " &nbsp; ".join(parts)
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

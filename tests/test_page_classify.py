@@ -1,0 +1,136 @@
+"""Classify page (AppTest): real tiles through a model trained on real PathMNIST, bad files next to good ones,
+CAMs on the visible page, class selector, paging, large-image mode, synthetic labelling."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from histo_core import paths
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_Classify.py")
+
+
+def bomb_png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def mime(path: Path) -> str:
+    return {".png": "image/png", ".jpg": "image/jpeg", ".tif": "image/tiff"}.get(path.suffix.lower(), "application/octet-stream")
+
+
+def upload(path: Path) -> tuple[str, bytes, str]:
+    return path.name, path.read_bytes(), mime(path)
+
+
+@pytest.fixture
+def model_run(trained_pathmnist_run):
+    (paths.runs_dir() / trained_pathmnist_run.id).symlink_to(trained_pathmnist_run.path)
+    return trained_pathmnist_run
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    parts += [w.value for w in at.warning] + [e.value for e in at.error]
+    return "\n".join(str(p) for p in parts)
+
+
+def images(at: AppTest) -> list:
+    return list(at.get("image"))
+
+
+def test_no_model_yet():
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert "No trained model yet" in at.info[0].value
+
+
+def test_real_tiles_and_bad_files(model_run, shared_data):
+    pm = sorted((shared_data / "tiles" / "pathmnist-224").glob("*/*.png"))[::5]  # one per class
+    crc = sorted((shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM").glob("*/*.tif"))
+    jpgs = sorted((shared_data / "tiles" / "crc-he" / "CRC-VAL-HE-7K").glob("*/*.jpg"))[:3]
+    good = pm + crc + jpgs
+    bad = [("corrupt.png", pm[0].read_bytes()[:500], "image/png"), ("notes.png", b"just text\n", "image/png"),
+           ("empty.png", b"", "image/png"), ("bomb.png", bomb_png(), "image/png")]
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception
+    assert model_run.id in at.selectbox(key="classify_model").format_func(at.selectbox(key="classify_model").value)
+    at.file_uploader(key="classify_files").set_value([upload(p) for p in good[:4]] + bad + [upload(p) for p in good[4:]])
+    at.run(timeout=180)
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 4
+    assert errors[0].startswith("corrupt.png: damaged or truncated PNG file")
+    assert errors[1].startswith("notes.png: not an image (it is a text file")
+    assert errors[2] == "empty.png: empty file (0 bytes), not an image"
+    assert errors[3].startswith("bomb.png: refused, the image declares 2,500,000,000 pixels")
+    table = at.dataframe[0].value
+    assert len(table) == len(good) + 4
+    assert table["prediction"].notna().sum() == len(good)
+    assert f"{len(good)} of {len(good) + 4} file(s) classified, 4 could not be read" in texts(at)
+    # first page: 12 cards, each with the upload, a non-flat Grad-CAM overlay and a probability chart
+    assert len(at.get("plotly_chart")) == 12
+    assert "Flat GradCAM map" not in texts(at)
+    captions = [c for img in images(at) for c in img.captions]
+    assert sum(c.startswith("GradCAM for '") for c in captions) == 12
+    assert sum(c.startswith("as uploaded: 224x224") for c in captions) == 12
+
+
+def test_class_selector_method_and_paging(model_run, shared_data):
+    tiles = sorted((shared_data / "tiles" / "pathmnist-224").glob("*/*.png"))  # 45 tiles
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.file_uploader(key="classify_files").set_value([upload(p) for p in tiles])
+    at.run(timeout=180)
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 12
+    classes = at.selectbox(key="classify_target_0").options
+    assert len(classes) == 9
+    at.selectbox(key="classify_target_0").set_value(8).run(timeout=120)
+    captions = [c for img in images(at) for c in img.captions]
+    assert any(c == "GradCAM for 'colorectal adenocarcinoma epithelium' (red = most evidence)" for c in captions) or \
+        "Flat GradCAM map for 'colorectal adenocarcinoma epithelium'" in texts(at)
+    at.selectbox(key="classify_cam_method").set_value("EigenCAM").run(timeout=120)
+    assert "EigenCAM is class-agnostic" in texts(at)
+    assert sum(c.startswith("EigenCAM for") for img in images(at) for c in img.captions) == 12
+    at.toggle(key="classify_cam_raw").set_value(True).run(timeout=120)
+    assert not at.exception
+    at.get("pagination")[0].set_value(4).run(timeout=120)  # 45 tiles, 12 per page: the last page holds 9
+    assert not at.exception and len(at.get("plotly_chart")) == 9
+    at.toggle(key="classify_tta").set_value(True).run(timeout=180)
+    assert not at.exception and "TTA on" in texts(at)
+
+
+def test_large_image_mode(model_run, shared_data):
+    field = sorted((shared_data / "tiles" / "breakhis-400x").rglob("*.png"))[0]
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.radio(key="classify_mode").set_value("Large image").run()
+    assert "Drop one image larger than a tile" in texts(at)
+    at.file_uploader(key="classify_large").set_value(upload(field)).run(timeout=120)
+    assert not at.exception, at.exception
+    assert at.number_input(key="classify_tile_px").value == 224
+    caption = images(at)[0].captions[0]
+    assert caption == f"{field.name}: 700x460 px, 3x2 tiles of 224 px"
+    assert "unclassified" in texts(at)  # the margins note
+    counts = at.dataframe[0].value
+    assert counts["tiles"].sum() == 6 and len(counts) == 9
+    at.number_input(key="classify_tile_px").set_value(112).run(timeout=120)
+    assert images(at)[0].captions[0].endswith("6x4 tiles of 112 px")
+    at.file_uploader(key="classify_large").set_value(("notes.png", b"text", "image/png")).run()
+    assert at.error[0].value.startswith("notes.png: not an image")
+
+
+def test_synthetic_model_is_labelled(tmp_path):
+    from tests.runfiles import write_run
+
+    write_run("completed")  # a run on the synthetic demo set
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert "SYNTHETIC" in at.selectbox(key="classify_model").format_func(at.selectbox(key="classify_model").value)
+    assert any("SYNTHETIC DEMO MODEL" in w.value for w in at.warning)
