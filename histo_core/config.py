@@ -141,8 +141,9 @@ class TrainConfig:
             raise ConfigError(f"--threads must be >= 0, got {self.threads}")
         if self.max_train_samples < 0:
             raise ConfigError(f"--max-train-samples must be >= 0, got {self.max_train_samples}")
-        if self.mode in ("frozen", "fine_tune") and self.arch in ("simplecnn", "cnn3"):
-            raise ConfigError(f"--mode {self.mode} needs a backbone architecture (resnet18, resnet50, densenet121), not {self.arch}")
+        if self.mode in ("frozen", "fine_tune") and not ARCHITECTURES[self.arch].has_backbone:
+            backbones = ", ".join(n for n, a in ARCHITECTURES.items() if a.has_backbone)
+            raise ConfigError(f"--mode {self.mode} needs a backbone architecture ({backbones}), not {self.arch}")
         if self.pretrained and self.mode == "scratch":
             raise ConfigError("--pretrained loads ImageNet weights, --mode scratch starts from random ones: "
                               "choose --mode finetune, frozen or fine_tune, or drop --pretrained")
@@ -190,7 +191,7 @@ FIELD_HELP: dict[str, str] = {
     "dataset": "registered name (synthetic, pathmnist, pcam, ...) or a path (.npz, .csv, image folder, PCam folder)",
     "size": "tile size fed to the model in px (default: the dataset's own size; other sizes are resized)",
     "as_rgb": "expand 1-channel (grayscale) tiles to 3 channels",
-    "arch": "architecture: " + "simplecnn, cnn3, resnet18, resnet50, densenet121",
+    "arch": "architecture: simplecnn, cnn3, resnet9, resnet18, resnet50, densenet121",
     "mode": "scratch (random init), finetune (all layers), frozen (train only an MLP head on a frozen backbone), "
             "fine_tune (head only for --head-epochs, then all layers with a lower backbone LR)",
     "pretrained": "start from ImageNet weights (resnet18/50, densenet121; needs them cached or internet)",

@@ -1,0 +1,373 @@
+"""The training engine: run artifacts, resume, cancellation, failures, schedules, optimizers, modes, losses,
+reproducibility, evaluation on other datasets, and a real-data check."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from histo_core import checkpoint, train as T
+from histo_core.config import TrainConfig
+from histo_core.datasets import open_dataset
+from histo_core.errors import ConfigError, DatasetError, HistoError
+from histo_core.runs import RunDir
+
+ROW_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds", "images_per_s"}
+REPORT_KEYS = {"n", "loss", "accuracy", "auc", "auc_kind", "ece", "classes", "per_class", "confusion", "roc",
+               "reliability"}
+
+
+def quick_config(**changes) -> TrainConfig:
+    """A seconds-long synthetic run: simplecnn, 240 training tiles, 1 thread."""
+    cfg = TrainConfig(dataset="synthetic", arch="simplecnn", epochs=2, batch_size=64, lr=3e-3, optimizer="adamw",
+                      max_train_samples=240, threads=1, seed=0)
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_run_produces_every_artifact():
+    run = T.prepare_run(quick_config(epochs=2, tta=True))
+    assert run.status().state == "queued" and run.status().epochs == 2
+    assert json.loads(run.config_path.read_text())["arch"] == "simplecnn"
+    assert run.dataset()["classes"][0] == "adipose"
+    result = T.run_training(run)
+    assert result["state"] == "completed", result
+    st = run.status()
+    assert st.state == "completed" and st.epoch == 2 and st.steps_per_epoch == 4 and st.pid and st.heartbeat
+    rows = run.metrics()
+    assert [r["epoch"] for r in rows] == [1, 2] and all(set(r) == ROW_KEYS for r in rows)
+    assert all(0 <= r["val_acc"] <= 1 and r["val_auc"] is not None and r["images_per_s"] > 0 for r in rows)
+    latest = json.loads(run.file("val_latest.json").read_text())
+    assert REPORT_KEYS <= set(latest) and latest["epoch"] == 2 and latest["n"] == 300
+    for name in ("best.pt", "last.pt"):
+        ck = checkpoint.load_checkpoint(run.file(name))
+        model = checkpoint.model_from_checkpoint(ck)
+        assert ck["classes"] == run.dataset()["classes"] and ck["input_size"] == 28 and len(ck["mean"]) == 3
+        assert model(torch.zeros(1, 3, 28, 28)).shape == (1, 6)
+    assert "train_state" in checkpoint.load_checkpoint(run.last_ckpt)
+    res = run.results()
+    assert {"test", "val", "best_epoch", "epochs_run", "stopped_early", "train_seconds", "device"} <= set(res)
+    assert REPORT_KEYS <= set(res["test"]) and res["test"]["n"] == 300 and res["epochs_run"] == 2
+    assert res["test"]["accuracy"] > 0.5 and res["test"]["tta"] is True and res["device"] == "cpu"
+    for split, n in (("test", 300), ("val", 300)):
+        with np.load(run.predictions_path(split)) as z:
+            assert z["probs"].shape == (n, 6) and z["probs"].dtype == np.float32
+            assert np.allclose(z["probs"].sum(1), 1, atol=1e-4)
+            assert z["labels"].shape == (n,) and z["indices"].tolist() == list(range(n))
+            assert np.allclose(z["loss"], -np.log(z["probs"][np.arange(n), z["labels"]]), atol=1e-4)
+    assert not run.noise_path.exists()
+
+
+def _cancel_after_epochs(monkeypatch, epochs: int, step: int = 0):
+    """Make the run see a cancel request at `step` batches into epoch `epochs + 1` (0 = right after epoch `epochs`)."""
+    holder = {}
+    orig_init = T.Trainer.__init__
+
+    def init(self, *a, **k):
+        orig_init(self, *a, **k)
+        holder["trainer"] = self
+
+    monkeypatch.setattr(T.Trainer, "__init__", init)
+
+    def requested(self):
+        tr = holder.get("trainer")
+        return tr is not None and (tr.epoch > epochs or (tr.epoch == epochs and tr.step >= max(step, 1)))
+
+    monkeypatch.setattr(T._CancelFlag, "requested", requested)
+
+
+@pytest.mark.parametrize("mid_epoch_step", [0, 2])
+def test_cancel_then_resume_continues_exactly(monkeypatch, mid_epoch_step):
+    cfg = quick_config(epochs=3, noise=0.2, noise_mode="batch", schedule="onecycle")
+    reference = T.run_training(T.prepare_run(cfg))
+    ref_rows = RunDir(reference["run_dir"]).metrics()
+
+    run = T.prepare_run(cfg)
+    with monkeypatch.context() as m:
+        _cancel_after_epochs(m, 1, mid_epoch_step)
+        assert T.run_training(run)["state"] == "cancelled"
+    assert run.status().state == "cancelled"
+    ck = checkpoint.load_checkpoint(run.last_ckpt)
+    assert ck["train_state"]["epoch"] == 1
+    assert ck["train_state"]["step"] == (mid_epoch_step or 1)  # stopped at the end of a batch
+    result = T.run_training(run, resume=True)
+    assert result["state"] == "completed"
+    rows = run.metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for a, b in zip(rows, ref_rows):  # the interrupted run is the same run
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
+def test_resume_truncates_rows_written_after_the_checkpoint():
+    run = T.prepare_run(quick_config(epochs=2))
+    T.run_training(run)
+    # pretend last.pt is from epoch 1 while metrics already has rows 1..2 (a crash between the two writes)
+    ck = checkpoint.load_checkpoint(run.last_ckpt)
+    ck["train_state"]["epoch"] = 1
+    torch.save(ck, run.last_ckpt)
+    run.update_status(state="failed")
+    T.run_training(run, resume=True)
+    assert [r["epoch"] for r in run.metrics()] == [1, 2]
+
+
+def test_resume_without_checkpoint_fails_with_a_message():
+    run = T.prepare_run(quick_config())
+    res = T.run_training(run, resume=True)
+    assert res["state"] == "failed" and "nothing to resume" in res["error"]
+    assert run.status().error == res["error"]
+
+
+def test_cancel_file_while_queued_cancels(monkeypatch):
+    run = T.prepare_run(quick_config())
+    run.cancel_path.write_text("")
+    assert T.run_training(run)["state"] == "cancelled"
+    assert not run.metrics()
+
+
+def test_failure_is_recorded_with_one_line_and_traceback(tmp_path):
+    npz = tmp_path / "tiny.npz"
+    ds = open_dataset("synthetic")
+    s = ds.split("train")
+    np.savez(npz, train_images=s.images[:60], train_labels=s.labels[:60], val_images=s.images[60:80],
+             val_labels=s.labels[60:80])
+    run = T.prepare_run(quick_config(dataset=str(npz), max_train_samples=0))
+    npz.unlink()
+    res = T.run_training(run)
+    assert res["state"] == "failed" and "tiny.npz" in res["error"] and "\n" not in res["error"]
+    assert run.status().state == "failed" and run.status().error == res["error"]
+    assert "Traceback" in run.log_path.read_text()
+
+
+def test_disk_full_fails_the_run_and_keeps_finished_epochs(monkeypatch):
+    run = T.prepare_run(quick_config(epochs=3))
+    real_save = checkpoint.save_checkpoint
+    calls = {"n": 0}
+
+    def save(path, *a, **k):
+        if "last" in str(path):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    res = T.run_training(run)
+    assert res["state"] == "failed" and res["error"].startswith("disk full")
+    assert [r["epoch"] for r in run.metrics()] == [1, 2]
+    assert checkpoint.load_checkpoint(run.last_ckpt)["train_state"]["epoch"] == 1
+
+
+def test_fixed_noise_run_records_noise_npz():
+    run = T.prepare_run(quick_config(epochs=1, noise=0.25, noise_mode="fixed"))
+    assert T.run_training(run)["state"] == "completed"
+    with np.load(run.noise_path) as z:
+        assert set(z.files) >= {"noisy_labels", "flipped", "indices"}
+        assert z["flipped"].sum() == 60 and len(z["indices"]) == 240
+        assert (z["noisy_labels"][z["flipped"]] != z["clean_labels"][z["flipped"]]).all()
+    with np.load(run.predictions_path("test")) as z:  # test labels stay clean
+        assert (z["labels"] == open_dataset("synthetic").split("test").labels).all()
+
+
+def test_early_stopping_stops_and_keeps_best():
+    # lr so small nothing improves after the first epoch by more than min_delta
+    run = T.prepare_run(quick_config(epochs=8, lr=1e-7, early_stopping=True, patience=2, min_delta=1.0))
+    res = T.run_training(run)
+    assert res["state"] == "completed"
+    r = run.results()
+    assert r["stopped_early"] is True and r["epochs_run"] == 3 and r["best_epoch"] == 1
+
+
+def test_train_plus_val_has_no_validation_and_keeps_last_epoch():
+    run = T.prepare_run(quick_config(epochs=2, train_splits="train+val", max_train_samples=0))
+    res = T.run_training(run)
+    assert res["state"] == "completed"
+    assert all(r["val_loss"] is None for r in run.metrics())
+    r = run.results()
+    assert r["val"] is None and r["best_epoch"] == 2 and r["test"]["n"] == 300
+    assert run.status().steps_per_epoch == math.ceil(1500 / 64)
+
+
+# -- pieces ------------------------------------------------------------------------------------------
+def _trainer(cfg: TrainConfig) -> T.Trainer:
+    T.setup_device(cfg)
+    data = T.build_train_data(cfg, T.open_config_dataset(cfg), "cpu", need_test=False)
+    return T.Trainer(cfg, data, torch.device("cpu"))
+
+
+def test_schedules_step_as_configured():
+    lrs = {}
+    for schedule in ("none", "step", "cosine", "onecycle"):
+        tr = _trainer(quick_config(epochs=4, schedule=schedule, step_size=2, gamma=0.5, lr=0.01, max_train_samples=128))
+        seen = []
+        while tr.epoch < 4:
+            tr.train_epoch(lambda t, n: seen.append(t.current_lr()) and False)
+        lrs[schedule] = seen
+    assert tr.steps_per_epoch == 2
+    assert lrs["none"] == [0.01] * 8
+    # per epoch: the LR after each batch (read after the step) within an epoch is constant
+    assert lrs["step"] == pytest.approx([0.01] * 4 + [0.005] * 4)
+    cos = [0.01 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert lrs["cosine"] == pytest.approx([c for c in cos for _ in range(2)])
+    # per batch: from lr/25 up to the peak after 25% of the 8 steps, then annealed to ~0 for the last step
+    one = lrs["onecycle"][:-1]  # the LR set after the last step is never used
+    assert len(set(one)) == 7 and max(one) == pytest.approx(0.01) and one[-1] < 1e-6 and one.index(max(one)) == 0
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("loss", ["ce", "smooth", "sce"])
+def test_each_optimizer_and_loss_trains_a_step(optimizer, loss):
+    tr = _trainer(quick_config(optimizer=optimizer, loss=loss, max_train_samples=64, batch_size=32))
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    row = tr.train_epoch()
+    assert math.isfinite(row["train_loss"]) and row["epoch"] == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    assert type(tr.optimizer).__name__.lower() == optimizer
+
+
+@pytest.mark.parametrize("mode", ["scratch", "finetune", "frozen", "fine_tune"])
+def test_each_mode_builds_and_trains(mode):
+    tr = _trainer(quick_config(arch="resnet18", mode=mode, size=16, max_train_samples=32, batch_size=16,
+                               head_epochs=1, epochs=2))
+    row = tr.train_epoch()
+    assert math.isfinite(row["train_loss"])
+
+
+def _head_and_backbone(tr):
+    head = {id(p) for p in tr.model.fc.parameters()}
+    backbone = {n: p.detach().clone() for n, p in tr.model.named_parameters() if id(p) not in head}
+    buffers = {n: b.clone() for n, b in tr.model.named_buffers() if "running" in n}
+    return head, backbone, buffers
+
+
+def test_frozen_mode_only_updates_the_head():
+    tr = _trainer(quick_config(arch="resnet18", mode="frozen", size=16, max_train_samples=32, batch_size=16))
+    head_before = [p.detach().clone() for p in tr.model.fc.parameters()]
+    _, backbone, buffers = _head_and_backbone(tr)
+    tr.train_epoch()
+    for n, p in tr.model.named_parameters():
+        if n in backbone:
+            assert torch.equal(p, backbone[n]), n
+    for n, b in tr.model.named_buffers():
+        if n in buffers:
+            assert torch.equal(b, buffers[n]), n  # BatchNorm statistics frozen too
+    assert all(not torch.equal(a, b) for a, b in zip(head_before, tr.model.fc.parameters()))
+    assert len(tr.optimizer.param_groups) == 1
+
+
+def test_fine_tune_unfreezes_after_head_epochs_with_lower_backbone_lr():
+    tr = _trainer(quick_config(arch="resnet18", mode="fine_tune", size=16, max_train_samples=32, batch_size=16,
+                               head_epochs=1, epochs=2, lr=0.01, backbone_lr_mult=0.1))
+    _, backbone, _ = _head_and_backbone(tr)
+    tr.train_epoch()
+    assert all(torch.equal(p, backbone[n]) for n, p in tr.model.named_parameters() if n in backbone)
+    tr.train_epoch()
+    assert any(not torch.equal(p, backbone[n]) for n, p in tr.model.named_parameters() if n in backbone)
+    assert [g["lr"] for g in tr.optimizer.param_groups] == pytest.approx([0.001, 0.01])
+
+
+def test_cpu_training_is_reproducible_with_a_seed():
+    imgs = open_dataset("synthetic").split("train")
+    x, y = imgs.images[:192], imgs.labels[:192]
+    classes = open_dataset("synthetic").info.classes
+    cfg = quick_config(arch="cnn3", epochs=2, batch_size=32)
+    cfg.augment.brightness = cfg.augment.hue = 0.1
+    probs = []
+    for seed in (5, 5, 6):
+        model, meta = T.fit_arrays(cfg.replace(seed=seed), x, y, classes=classes)
+        probs.append(T.predict_probs(model, meta, imgs.images[192:260], tta=True))
+    assert np.array_equal(probs[0], probs[1])
+    assert not np.allclose(probs[0], probs[2])
+
+
+def test_fit_arrays_and_predict_probs_on_grayscale_and_other_sizes():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 96)
+    x = (rng.integers(0, 60, (96, 20, 20)) + y[:, None, None] * 150).astype(np.uint8)  # bright = class 1
+    model, meta = T.fit_arrays(quick_config(epochs=3, batch_size=16), x, y, classes=["dark", "bright"])
+    assert meta["in_channels"] == 1 and meta["input_size"] == 20 and meta["classes"] == ["dark", "bright"]
+    p = T.predict_probs(model, meta, x)
+    assert p.shape == (96, 2) and (p.argmax(1) == y).mean() > 0.9
+
+
+def test_check_config_errors():
+    with pytest.raises(ConfigError, match="--noise"):
+        T.check_config(quick_config(noise=0.95))
+    with pytest.raises(DatasetError, match="not a registered dataset"):
+        T.check_config(quick_config(dataset="no/such/thing.npz"))
+    with pytest.raises(ConfigError, match="simplecnn takes tiles of"):
+        T.check_config(quick_config(size=4))
+    with pytest.raises(ConfigError, match="needs a backbone"):
+        T.check_config(quick_config(arch="cnn3", mode="frozen"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            T.check_config(quick_config(device="cuda"))
+
+
+def test_pretrained_unavailable_is_an_error_not_a_silent_scratch_run(monkeypatch):
+    import torchvision.models as tvm
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(tvm.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline, raising=False)
+    monkeypatch.setattr(tvm._api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(HistoError, match="--pretrained: ImageNet weights for resnet18"):
+        T.check_config(quick_config(arch="resnet18", mode="finetune", pretrained=True))
+
+
+def test_default_config_is_valid_and_cpu_friendly():
+    cfg = T.default_config("pathmnist", "cpu")
+    cfg.validate()
+    assert cfg.device == "cpu" and cfg.tta and cfg.augment.flip and cfg.augment.rot90
+    assert T.get_arch(cfg.arch).max_size >= 28
+
+
+def test_measure_throughput_and_lr_find():
+    ips = T.measure_throughput(quick_config(batch_size=32), n_batches=2)
+    assert ips > 0
+    from histo_core.lr_find import lr_find
+
+    res = lr_find(quick_config(max_train_samples=256), num_steps=20, min_lr=1e-5, max_lr=1.0)
+    assert len(res["lrs"]) == len(res["losses"]) > 5
+    assert res["lrs"] == sorted(res["lrs"])
+    assert 1e-5 <= res["suggested_lr"] <= 1.0
+
+
+# -- evaluation on other datasets ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    run = T.prepare_run(quick_config(epochs=2), runs_root=tmp_path_factory.mktemp("runs"))
+    assert T.run_training(run)["state"] == "completed"
+    return run
+
+
+def test_evaluate_run_on_its_own_and_on_a_resized_compatible_dataset(synthetic_run, tmp_path):
+    own = T.evaluate_run(synthetic_run, split="val")
+    assert own["split"] == "val" and own["n"] == 300 and REPORT_KEYS <= set(own)
+    assert own["accuracy"] == pytest.approx(synthetic_run.results()["val"]["accuracy"])
+    # the same classes at 40 px in an npz with generic class names: resized on the fly
+    big = open_dataset("synthetic", size=40).split("test")
+    np.savez(tmp_path / "other.npz", test_images=big.images, test_labels=big.labels)
+    other = T.evaluate_run(synthetic_run, str(tmp_path / "other.npz"))
+    assert other["n"] == 300 and other["accuracy"] > 0.4 and other["dataset"].endswith("other.npz")
+
+
+def test_evaluate_run_refuses_other_classes(synthetic_run, pathmnist_mini):
+    with pytest.raises(DatasetError, match=r"classes \[.*adipose.*\] differ from the model's \[.*lymphocytes"):
+        T.evaluate_run(synthetic_run, str(pathmnist_mini))
+
+
+def test_real_pathmnist_quick_run(pathmnist_mini):
+    cfg = T.default_config(str(pathmnist_mini), "cpu")
+    cfg.epochs, cfg.threads = 12, 2
+    run = T.prepare_run(cfg)
+    res = T.run_training(run)
+    assert res["state"] == "completed"
+    assert res["test"]["accuracy"] > 0.6, res["test"]["accuracy"]
