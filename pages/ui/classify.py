@@ -4,7 +4,6 @@ probability charts. Logic lives in histo_core (inference, explain, tiling, galle
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -14,7 +13,8 @@ import streamlit as st
 
 from histo_core.errors import HistoError
 from histo_core.explain import CAM_METHODS, compute_cams, heatmap, overlay, uniform_maps, upscale_tile
-from histo_core.inference import LoadedModel, ModelEntry, TileResult, list_models, load_model, top_k
+from histo_core.inference import (LoadedModel, ModelEntry, TileResult, list_models, load_model, resolve_model_path,
+                                  top_k)
 
 CARD_PX = 224
 PAGE_SIZES = (6, 12, 24, 48)
@@ -27,8 +27,10 @@ def _load(ref: str, mtime_ns: int) -> LoadedModel:  # mtime in the key: a re-exp
 
 
 def cached_model(ref: str) -> LoadedModel:
+    """The model for `ref` (run dir, file, export name), shared across sessions; reloaded when its file changes."""
+    path, _, _ = resolve_model_path(ref)
     try:
-        mtime = os.stat(ref).st_mtime_ns if os.path.isfile(ref) else 0
+        mtime = path.stat().st_mtime_ns
     except OSError:
         mtime = 0
     return _load(ref, mtime)
@@ -172,3 +174,11 @@ def legend_html(rows: Sequence[dict[str, Any]]) -> str:
 
 def _escape(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def tile_grid(images: Sequence[np.ndarray], captions: Sequence[str], columns: int = 6, px: int = 128) -> None:
+    """Images in rows of `columns`, each upscaled to `px` (nearest-neighbour for small tiles)."""
+    for start in range(0, len(images), columns):
+        cols = st.columns(columns)
+        for col, img, cap in zip(cols, images[start:start + columns], captions[start:start + columns]):
+            col.image(upscale_tile(img, px), caption=cap)

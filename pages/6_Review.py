@@ -1,0 +1,243 @@
+"""Review: every mistake of a completed run (filter, sort, page, Grad-CAM), the most-confused pairs, examples
+side by side, and the training labels the data itself suspects are wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from histo_core import paths
+from histo_core.errors import HistoError
+from histo_core.explain import CAM_METHODS, upscale_tile
+from histo_core.gallery import (SORTS, RunTiles, confused_pairs, confusion, load_predictions, paginate,
+                                prediction_splits, query, side_by_side, table, to_csv)
+from histo_core.inference import preprocess
+from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, find_label_errors, load_label_errors
+from histo_core.runs import RunDir, list_runs
+from pages.ui.charts import confusion_figure
+from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
+from pages.ui.common import page_setup, synthetic_badge
+
+page_setup("Review", "🧐")
+GRID_COLUMNS = 4
+
+
+@st.cache_resource(show_spinner="Opening the run's dataset…", max_entries=4)
+def run_tiles(run_path: str) -> RunTiles:
+    return RunTiles(RunDir(run_path))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def predictions(run_path: str, split: str, mtime_ns: int):
+    return load_predictions(RunDir(run_path), split)
+
+
+reviewable = [r for r in list_runs() if r.status().state == "completed" and prediction_splits(r)]
+if not reviewable:
+    st.info(f"No completed run with saved predictions in `{paths.runs_dir()}` yet. Train one on the Train page and "
+            "come back when it has finished.")
+    st.stop()
+
+ids = [r.id for r in reviewable]
+wanted = st.query_params.get("run")
+if wanted in ids and st.session_state.get("review_applied_param") != wanted:
+    st.session_state["review_run"] = wanted
+st.session_state["review_applied_param"] = wanted
+if st.session_state.get("review_run") not in ids:
+    st.session_state.pop("review_run", None)
+top_left, top_right = st.columns([3, 1])
+run_id = top_left.selectbox("Run", ids, key="review_run", format_func=lambda i: (
+    f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
+    f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"))
+run = next(r for r in reviewable if r.id == run_id)
+split = top_right.selectbox("Split", prediction_splits(run), key="review_split")
+synthetic_badge(run.dataset())
+
+try:
+    preds = predictions(str(run.path), split, run.predictions_path(split).stat().st_mtime_ns)
+except HistoError as exc:
+    st.error(str(exc))
+    st.stop()
+classes = preds.classes
+wrong = int(preds.wrong.sum())
+st.caption(f"{len(preds)} {split} tiles · {wrong} misclassified · accuracy {1 - wrong / max(1, len(preds)):.3f}"
+           + (" · predictions with TTA" if (run.results() or {}).get(split, {}) and
+              (run.results() or {}).get(split, {}).get("tta") else ""))
+
+try:
+    tiles_source = run_tiles(str(run.path))
+except HistoError as exc:
+    tiles_source = None
+    st.warning(f"{exc}. Tables and counts are still shown; tiles are not.")
+
+
+def tiles_at(split_name: str, rows: np.ndarray) -> np.ndarray | None:
+    if tiles_source is None:
+        return None
+    try:
+        return tiles_source.get(split_name, rows)
+    except HistoError as exc:
+        st.error(str(exc))
+        return None
+
+
+# -- mistakes -------------------------------------------------------------------------------------------------
+st.header("Mistakes")
+pairs = confused_pairs(preds)
+cell_labels = {f"{p['true_index']}>{p['pred_index']}": f"{p['true']} → {p['predicted']} ({p['count']})" for p in pairs}
+
+
+def apply_cell() -> None:
+    cell = st.session_state.get("review_cell")
+    if cell and cell != "any":
+        t, p = (int(v) for v in cell.split(">"))
+        st.session_state["review_true"], st.session_state["review_pred"] = t, p
+
+
+filter_options = [-1, *range(len(classes))]
+f1, f2, f3, f4 = st.columns([2, 2, 2, 1])
+f1.selectbox("Confusion-matrix cell (true → predicted, count)", ["any", *cell_labels], key="review_cell",
+             format_func=lambda c: "pick a cell…" if c == "any" else cell_labels[c], on_change=apply_cell)
+true_class = f2.selectbox("True class", filter_options, key="review_true",
+                          format_func=lambda i: "any" if i < 0 else classes[i])
+pred_class = f3.selectbox("Predicted class", filter_options, key="review_pred",
+                          format_func=lambda i: "any" if i < 0 else classes[i])
+sort = f4.selectbox("Sort by", SORTS, key="review_sort",
+                    help="loss: worst mistakes first · confidence: most confident mistakes first · index: dataset order")
+rows = query(preds, None if true_class < 0 else true_class, None if pred_class < 0 else pred_class, sort=sort)
+signature = (run.id, split, true_class, pred_class, sort)
+if st.session_state.get("review_signature") != signature:  # new filters: back to the first page
+    st.session_state["review_signature"] = signature
+    st.session_state.pop("review_page", None)
+listed = table(preds, rows)
+st.caption(f"{len(rows)} misclassified tile(s) match")
+st.download_button("Download the listed tiles (CSV)", to_csv(listed), file_name=f"{run.id}_{split}_mistakes.csv",
+                   mime="text/csv", key="review_csv")
+
+with st.expander("Confusion matrix", expanded=False):
+    st.plotly_chart(confusion_figure(confusion(preds).tolist(), classes), key="review_confusion")
+
+if len(rows):
+    c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
+    page_size = c1.selectbox("Tiles per page", (12, 24, 48, 96), key="review_page_size")
+    method = c2.selectbox("Grad-CAM method", list(CAM_METHODS), key="review_cam_method")
+    explain = c3.radio("Explain", ["predicted class", "true class"], horizontal=True, key="review_explain")
+    cam_all = c4.toggle("CAM on all", key="review_cam_all", help="Grad-CAM for every tile on this page")
+    pages = paginate(rows, 1, page_size)[1]
+    page = st.pagination(pages, key="review_page") if pages > 1 else 1
+    shown, _ = paginate(rows, page, page_size)
+    tiles = tiles_at(split, preds.indices[shown])
+    if tiles is not None:
+        want_cam = [bool(cam_all or st.session_state.get(f"review_cam_{split}_{int(p)}")) for p in shown]
+        cam_maps: dict[int, np.ndarray] = {}
+        if any(want_cam):
+            try:
+                loaded = cached_model(str(run.path))
+                chosen = [i for i, w in enumerate(want_cam) if w]
+                inputs = [preprocess(tiles[i], loaded.meta) for i in chosen]
+                targets = [int(preds.pred[shown[i]] if explain == "predicted class" else preds.labels[shown[i]])
+                           for i in chosen]
+                cache = CamCache("review_cams", f"{run.id}:{split}:{loaded.source}")
+                for i, cam in zip(chosen, cache.get_many(loaded, [int(shown[i]) for i in chosen], inputs, method, targets)):
+                    cam_maps[i] = cam
+            except HistoError as exc:
+                st.error(str(exc))
+        cam_opts = {"method": method, "alpha": 0.5, "raw": False}
+        for start in range(0, len(shown), GRID_COLUMNS):
+            cols = st.columns(GRID_COLUMNS)
+            for j, col in enumerate(cols):
+                k = start + j
+                if k >= len(shown):
+                    break
+                pos = int(shown[k])
+                with col.container(border=True):
+                    st.markdown(f"**#{preds.indices[pos]}** · true **{classes[preds.labels[pos]]}** → "
+                                f"**{classes[preds.pred[pos]]}**")
+                    st.caption(f"confidence {preds.confidence[pos]:.3f} · p(true) {preds.p_true[pos]:.3f} · "
+                               f"loss {preds.loss[pos]:.3f}")
+                    if k in cam_maps:
+                        target = preds.pred[pos] if explain == "predicted class" else preds.labels[pos]
+                        show_cam(preprocess(tiles[k], loaded.meta), cam_maps[k], cam_opts, classes[target])
+                    else:
+                        st.image(upscale_tile(tiles[k], 160))
+                    st.toggle("Grad-CAM", key=f"review_cam_{split}_{pos}", disabled=cam_all)
+    st.dataframe(listed.iloc[:500], hide_index=True, width="stretch")
+else:
+    st.success("No misclassified tile matches these filters.")
+
+# -- most-confused pairs and side-by-side examples -------------------------------------------------------------
+st.header("Most-confused pairs")
+if pairs:
+    st.dataframe(pd.DataFrame([{"true": p["true"], "predicted": p["predicted"], "tiles": p["count"],
+                                "share of the true class": round(p["share_of_true"], 3)} for p in pairs[:15]]),
+                 hide_index=True, width="stretch")
+    examples = side_by_side(preds)
+    with st.expander(f"Examples side by side ({len(examples)} classes with mistakes)", expanded=False):
+        st.caption("Per true class: its worst mistake, a confidently correct tile of the same class, and a "
+                   "confidently correct tile of the class it was mistaken for.")
+        for ex in examples:
+            picks = [ex["misclassified"], ex["correct_true"], ex["correct_mistaken"]]
+            caps = [f"misclassified: {ex['true']} → {ex['mistaken_for']}", f"correct {ex['true']}",
+                    f"correct {ex['mistaken_for']}"]
+            present = [(p, c) for p, c in zip(picks, caps) if p is not None]
+            imgs = tiles_at(split, preds.indices[[p for p, _ in present]])
+            if imgs is not None:
+                tile_grid(list(imgs), [c for _, c in present], columns=3, px=160)
+else:
+    st.success("No mistakes on this split.")
+
+# -- suspected label errors ------------------------------------------------------------------------------------
+st.header("Suspected label errors (training set)")
+st.caption("Each training tile is predicted by a model trained, with this run's settings but few epochs, on the "
+           "other folds; tiles whose given label gets a low out-of-sample probability while another class is "
+           "confidently predicted are flagged (confident learning, Northcutt et al. 2021).")
+report = load_label_errors(run)
+l1, l2, l3 = st.columns([1, 1, 2])
+folds = int(l1.number_input("Folds", 2, 10, DEFAULT_FOLDS, key="review_le_folds"))
+epochs = int(l2.number_input("Epochs per fold", 1, 100, min(DEFAULT_EPOCHS, int(run.config().get("epochs", 5))),
+                             key="review_le_epochs"))
+if l3.button("Recompute" if report else "Find suspected label errors", key="review_le_run",
+             help="Trains one model per fold in this process (CPU: about a minute for a few thousand 28 px tiles)."):
+    bar = st.progress(0.0, text="Starting…")
+    try:
+        report = find_label_errors(run, folds=folds, epochs=epochs,
+                                   progress=lambda f, msg: bar.progress(min(1.0, f), text=msg))
+    except HistoError as exc:
+        st.error(str(exc))
+    bar.empty()
+if report is not None:
+    s = report.summary()
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Training tiles checked", s["tiles"])
+    m2.metric("Flagged", s["flagged"], f"{s['flagged_share']:.1%}", delta_color="off")
+    if report.flipped is not None:
+        m3.metric("Known flipped labels flagged", f"{s['flipped_flagged']} / {s['flipped']}",
+                  f"recall {s['recall']:.2f}" if s["recall"] is not None else None, delta_color="off")
+        m4.metric("Precision of the flags", f"{s['precision']:.2f}" if s["precision"] is not None else "-")
+        st.caption(f"This run trained with fixed label noise: {s['flipped']} training labels were flipped on purpose. "
+                   f"{s['flipped_in_top']} of them are among the {s['flipped']} most suspicious tiles.")
+    st.caption(f"{s['folds']} folds × {s['epochs']} epochs of {s['arch']}, {s['seconds']} s, computed "
+               f"{s['computed_at']}" + (f"; a random {s['tiles']} of {s['training_tiles']} tiles" if s["sampled"] else ""))
+    ranked = report.table()
+    only_flagged = st.toggle("Flagged tiles only", value=True, key="review_le_flagged")
+    shown_table = ranked[ranked["flagged"]] if only_flagged else ranked
+    st.dataframe(shown_table.iloc[:500], hide_index=True, width="stretch")
+    st.download_button("Download the ranking (CSV)", ranked.to_csv(index=False).encode("utf-8"),
+                       file_name=f"{run.id}_label_errors.csv", mime="text/csv", key="review_le_csv")
+    top = report.ranked()[:12]
+    imgs = tiles_at("train", report.indices[top])
+    if imgs is not None:
+        st.markdown("**Most suspicious training tiles**")
+        caps = [f"#{report.indices[p]} given {report.classes[report.given[p]]} · looks like "
+                f"{report.classes[report.suggested[p]]} ({report.probs[p, report.suggested[p]]:.2f})"
+                + (" · FLIPPED" if report.flipped is not None and report.flipped[p] else "") for p in top]
+        tile_grid(list(imgs), caps, columns=GRID_COLUMNS, px=128)
+    if report.flipped is not None and report.flipped.any() and st.toggle("Show the flipped tiles", key="review_le_flips"):
+        flips = np.flatnonzero(report.flipped)[:48]
+        imgs = tiles_at("train", report.indices[flips])
+        if imgs is not None:
+            caps = [f"#{report.indices[p]} given {report.classes[report.given[p]]}, really "
+                    f"{report.classes[report.clean[p]]}" + (" · flagged" if report.flagged[p] else " · missed")
+                    for p in flips]
+            tile_grid(list(imgs), caps, columns=GRID_COLUMNS, px=128)

@@ -1,0 +1,132 @@
+"""Review page (AppTest): mistakes grid with filters, confusion cells, sorting, paging, CAM toggles, CSV,
+confused pairs, side-by-side examples, and the suspected-label-errors section of a fixed-noise run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from histo_core import paths
+from histo_core.gallery import load_predictions, query
+from histo_core.label_errors import FILE_NAME
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "6_Review.py")
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    parts += [w.value for w in at.warning] + [e.value for e in at.error] + [s.value for s in at.success]
+    return "\n".join(str(p) for p in parts)
+
+
+def captions(at: AppTest) -> list[str]:
+    return [c for img in at.get("image") for c in img.captions]
+
+
+def test_no_runs():
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception and "No completed run with saved predictions" in at.info[0].value
+
+
+@pytest.fixture
+def synthetic_run():
+    """A synthetic-data run written without training (predictions over the real synthetic test split)."""
+    from tests.runfiles import write_run
+
+    return write_run("completed", skill=1.0, seed=3)
+
+
+def test_mistakes_grid_filters_sort_and_paging(synthetic_run):
+    preds = load_predictions(synthetic_run, "test")
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert "SYNTHETIC DEMO DATA" in texts(at)
+    wrong = int(preds.wrong.sum())
+    assert f"{len(preds)} test tiles · {wrong} misclassified" in texts(at)
+    assert f"{wrong} misclassified tile(s) match" in texts(at)
+    cards = [m for m in at.markdown if m.value.startswith("**#")]
+    assert len(cards) == 12  # first page
+    worst = query(preds)[0]
+    assert cards[0].value.startswith(f"**#{preds.indices[worst]}**")
+    listed = at.dataframe[0].value
+    assert len(listed) == min(500, wrong) and (listed["true"] != listed["predicted"]).all()
+    assert at.get("download_button")[0].proto.label == "Download the listed tiles (CSV)"
+
+    # pick a confusion-matrix cell: both class filters follow
+    cell = at.selectbox(key="review_cell").options[1]
+    at.selectbox(key="review_cell").select(cell).run()
+    t, p = at.selectbox(key="review_true").value, at.selectbox(key="review_pred").value
+    expected = len(query(preds, t, p))
+    assert t >= 0 and p >= 0 and f"{expected} misclassified tile(s) match" in texts(at)
+    shown = [m.value for m in at.markdown if m.value.startswith("**#")]
+    assert all(f"true **{preds.classes[t]}** → **{preds.classes[p]}**" in v for v in shown)
+
+    at.selectbox(key="review_true").set_value(-1).run()
+    at.selectbox(key="review_pred").set_value(-1).run()
+    at.selectbox(key="review_sort").set_value("index").run()
+    first = [m.value for m in at.markdown if m.value.startswith("**#")][0]
+    assert first.startswith(f"**#{preds.indices[query(preds, sort='index')[0]]}**")
+    pages = at.get("pagination")[0]
+    assert pages.num_pages == -(-wrong // 12)
+    pages.set_value(pages.num_pages).run()
+    assert len([m for m in at.markdown if m.value.startswith("**#")]) == wrong - 12 * (pages.num_pages - 1)
+
+
+def test_cam_toggles(synthetic_run):
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not any(c and "GradCAM for" in c for c in captions(at))
+    toggles = [t for t in at.toggle if t.key and t.key.startswith("review_cam_test_")]
+    assert len(toggles) == 12
+    toggles[0].set_value(True).run(timeout=120)
+    assert not at.exception, at.exception
+    cams = [c for c in captions(at) if "GradCAM for" in c] + [w.value for w in at.warning if "Flat GradCAM" in w.value]
+    assert len(cams) == 1
+    at.toggle(key="review_cam_all").set_value(True).run(timeout=120)
+    cams = [c for c in captions(at) if "GradCAM for" in c] + [w.value for w in at.warning if "Flat GradCAM" in w.value]
+    assert len(cams) == 12
+
+
+def test_pairs_and_side_by_side(synthetic_run):
+    preds = load_predictions(synthetic_run, "test")
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    pairs = at.dataframe[1].value
+    assert list(pairs.columns) == ["true", "predicted", "tiles", "share of the true class"]
+    assert pairs["tiles"].is_monotonic_decreasing and pairs["tiles"].iloc[0] >= 1
+    side = [c for c in captions(at) if c.startswith("misclassified: ")]
+    assert len(side) == len({int(t) for t in preds.labels[preds.wrong]})
+
+
+def test_real_run_with_label_errors(trained_pathmnist_run):
+    run = trained_pathmnist_run
+    (paths.runs_dir() / run.id).symlink_to(run.path)
+    (run.path / FILE_NAME).unlink(missing_ok=True)
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.query_params["run"] = run.id
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="review_run").value == run.id
+    assert "SYNTHETIC" not in texts(at)
+    at.selectbox(key="review_split").set_value("val").run()
+    assert "40 val tiles" in texts(at)
+    at.number_input(key="review_le_folds").set_value(2)
+    at.number_input(key="review_le_epochs").set_value(2)
+    at.button(key="review_le_run").click().run(timeout=300)
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Training tiles checked"] == "160"
+    assert metrics["Known flipped labels flagged"].endswith("/ 16")
+    assert "This run trained with fixed label noise: 16 training labels were flipped" in texts(at)
+    assert (run.path / FILE_NAME).exists()
+    suspicious = [c for c in captions(at) if " given " in c and "looks like" in c]
+    assert len(suspicious) == 12
+    at.toggle(key="review_le_flips").set_value(True).run()
+    flipped = [c for c in captions(at) if ", really " in c]
+    assert len(flipped) == 16 and all(c.endswith(("flagged", "missed")) for c in flipped)
+    # a fresh session shows the cached result without recomputing
+    again = AppTest.from_file(PAGE, default_timeout=60)
+    again.query_params["run"] = run.id
+    again.run()
+    assert {m.label: m.value for m in again.metric}["Training tiles checked"] == "160"
+    assert again.button(key="review_le_run").label == "Recompute"
