@@ -44,7 +44,7 @@ with left:
 
     rows = available_datasets()
     st.dataframe(
-        [{"dataset": r["title"], "spec": r["spec"], "source": r["source"]} for r in rows],
+        [{"dataset": r.title, "spec": r.spec, "source": r.source} for r in rows],
         hide_index=True, use_container_width=True,
     )
     st.caption(f"Dataset cache: `{paths.data_dir()}` (set HISTO_DATA_DIR to change). "
