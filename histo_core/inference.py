@@ -162,6 +162,8 @@ def clear_cache() -> None:
 def _pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HistoError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
     return device
 
 
@@ -321,7 +323,7 @@ def list_models(notes: list[str] | None = None) -> list[ModelEntry]:
 
 
 # -- a batch of uploaded files -----------------------------------------------------------------------
-PREVIEW_PX = 512
+PREVIEW_PX = 256  # cards show 224 px; a session may hold a hundred of these
 
 
 @dataclass

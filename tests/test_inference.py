@@ -14,7 +14,7 @@ from torch import nn
 
 from histo_core import paths
 from histo_core.checkpoint import save_checkpoint
-from histo_core.errors import ModelFileError
+from histo_core.errors import HistoError, ModelFileError
 from histo_core.fsutil import write_json_atomic
 from histo_core.images import decode_image
 from histo_core.inference import (LoadedModel, ModelMeta, clear_cache, list_models, load_model, predict,
@@ -275,3 +275,32 @@ def test_list_models_runs_and_exports():
     assert exp_entry.test_accuracy == 0.8 and not exp_entry.synthetic
     assert load_model(exp_entry.ref).meta.classes == tuple(CLASSES)
     assert load_model(run_entry.ref).label == "20250101-000000-a"
+
+
+# -- uploads ---------------------------------------------------------------------------------------------
+
+def test_classify_uploads_keeps_order_and_reports_bad_files():
+    from histo_core.inference import PREVIEW_PX, classify_uploads
+
+    loaded = LoadedModel(build_model("simplecnn", 3, 3, 28).eval(), ModelMeta.from_checkpoint(meta_dict()), "t")
+    big = _encode(Image.fromarray(np.zeros((600, 900, 3), np.uint8)))
+    files = [("a.png", MODES["RGB"]()), ("bad.png", b"text"), ("../b.tif", MODES["I;16"]()), ("big.png", big)]
+    results = classify_uploads(loaded, files)
+    assert [r.name for r in results] == ["a.png", "bad.png", "b.tif", "big.png"]
+    assert [r.ok for r in results] == [True, False, True, True]
+    assert results[1].error.startswith("bad.png: not an image") and results[1].probs is None
+    assert results[2].tile.shape == (28, 28, 3) and any("repeated to 3 channels" in n for n in results[2].notes)
+    assert results[3].preview.shape == (round(PREVIEW_PX * 2 / 3), PREVIEW_PX, 3) and (results[3].width, results[3].height) == (900, 600)
+    assert any("centre-cropped" in n for n in results[3].notes)
+    direct = predict(loaded, np.stack([results[0].tile, results[2].tile]))
+    np.testing.assert_allclose(np.stack([results[0].probs, results[2].probs]), direct, atol=1e-6)
+    assert results[0].pred == int(direct[0].argmax()) and results[0].confidence == pytest.approx(float(direct[0].max()))
+    assert classify_uploads(loaded, [("x.png", b"")])[0].error.startswith("x.png: empty file")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_cuda_requested_without_gpu(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("simplecnn", 3, 3, 28), meta_dict())
+    with pytest.raises(HistoError, match="--device cuda: no CUDA GPU is available here"):
+        load_model(path, device="cuda")
