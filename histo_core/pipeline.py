@@ -14,7 +14,6 @@ augmented as a whole batch on the training device. There is no per-image Python 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -231,18 +230,56 @@ def dihedral_views(x: torch.Tensor, flips: bool = True, rot90: bool = True) -> l
 
 
 # -- where the tiles live --------------------------------------------------------------------------
-@dataclass
-class _Placement:
-    resident: bool  # one uint8 tensor (on `device` when it fits there, else in RAM)
-    on_device: bool
+class _FileRows:
+    """Row reads from a file-backed np.memmap with plain file reads instead of touching the mapping: pages
+    read through a mapping stay in the process's resident set (RSS grows to the file size over an epoch),
+    pages read with read() live in the OS page cache only."""
+
+    def __init__(self, images: np.memmap):
+        mm = images._mmap
+        base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+        mapped_from = images.offset - images.offset % __import__("mmap").ALLOCATIONGRANULARITY
+        self.path = images.filename
+        self.start = mapped_from + (images.ctypes.data - base)
+        self.row_shape = images.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape)) * images.dtype.itemsize
+        self.n = images.shape[0]
+
+    @staticmethod
+    def usable(images) -> bool:
+        return (isinstance(images, np.memmap) and getattr(images, "_mmap", None) is not None
+                and images.filename is not None and images.dtype == np.uint8 and images.flags.c_contiguous)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, *self.row_shape), np.uint8)
+        with open(self.path, "rb", buffering=0) as fh:
+            fh.seek(self.start + start * self.row_bytes)
+            view = memoryview(out).cast("B")
+            got = 0
+            while got < len(view):
+                k = fh.readinto(view[got:])
+                if not k:
+                    raise OSError(f"{self.path}: file ended early (truncated?)")
+                got += k
+        return out
+
+
+def _file_rows(split) -> _FileRows | None:
+    images = getattr(split, "images", None)
+    try:
+        return _FileRows(images) if _FileRows.usable(images) else None
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 class TileSource:
     """One split's tiles, served as uint8 NHWC batches by index.
 
-    Small and medium splits become one uint8 tensor (on the GPU when it fits in a fraction of free
-    memory); large in-memory/memmap splits are gathered from the array per batch; lazy splits (HDF5) are
-    read in contiguous chunks (see `chunk_order`) so that memory stays bounded by the chunk size.
+    In-memory splits become one uint8 tensor (on the GPU when it fits in a fraction of free memory).
+    File-backed splits (memory-mapped arrays, lazy HDF5) are *streamed*: training visits contiguous chunks
+    of LAZY_CHUNK tiles in random order (`chunk_order`), each read once in one sequential read and
+    shuffled within, so peak memory is bounded by two chunks whatever the file's length. On CUDA a
+    file-backed split that fits on the GPU is copied there chunk by chunk instead.
     """
 
     def __init__(self, split, device: str | torch.device, *, indices: np.ndarray | None = None,
@@ -250,36 +287,65 @@ class TileSource:
         self.split = split
         self.device = torch.device(device)
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
-        self.lazy = bool(getattr(split, "lazy", False))
-        n = len(self.indices) if self.indices is not None else len(split)
-        self.n = int(n)
+        self.n = int(len(self.indices) if self.indices is not None else len(split))
+        self.file_rows = _file_rows(split) if self.indices is None else None
+        file_backed = bool(getattr(split, "lazy", False)) or isinstance(getattr(split, "images", None), np.memmap)
         h, w, c = split.tile_shape
+        self.tile_shape = (h, w, c)
         nbytes = self.n * h * w * c
-        self.placement = self._place(nbytes, resident_max_bytes)
         self._tiles: torch.Tensor | None = None
-        self._chunks: dict[int, torch.Tensor] = {}  # lazy splits: the (at most 2) chunks read last
-        if self.placement.resident:
-            arr = split.get(self.indices) if self.indices is not None else split.load_all()
-            t = _from_numpy(arr)
-            self._tiles = t.to(self.device) if self.placement.on_device else t
+        self._chunks: dict[int, torch.Tensor] = {}  # streamed splits: the (at most 2) chunks read last
         all_labels = split.labels if self.indices is None else split.labels[self.indices]
         self.labels = torch.from_numpy(np.array(all_labels, dtype=np.int64))
-
-    def _place(self, nbytes: int, limit: int | None) -> _Placement:
-        if self.lazy:
-            return _Placement(False, False)
+        limit = resident_max_bytes
         if self.device.type == "cuda":
             if limit is None:
                 free, _ = torch.cuda.mem_get_info(self.device)
                 limit = int(free * CUDA_RESIDENT_FRACTION)
-            if nbytes <= limit:
-                return _Placement(True, True)
-            return _Placement(nbytes <= CPU_RESIDENT_MAX_BYTES, False)
-        limit = CPU_RESIDENT_MAX_BYTES if limit is None else limit
-        return _Placement(nbytes <= limit, nbytes <= limit)
+            resident = nbytes <= limit
+        else:
+            resident = not file_backed and nbytes <= (CPU_RESIDENT_MAX_BYTES if limit is None else limit)
+        self.streamed = not resident and file_backed
+        if resident:
+            self._tiles = self._load_all().to(self.device)
+
+    @property
+    def lazy(self) -> bool:
+        return self.streamed
+
+    @property
+    def resident(self) -> bool:
+        return self._tiles is not None
+
+    def _load_all(self) -> torch.Tensor:
+        if self.indices is None and (getattr(self.split, "lazy", False) or self.file_rows is not None):
+            out = torch.empty((self.n, *self.tile_shape), dtype=torch.uint8)
+            for s in range(0, self.n, LAZY_CHUNK):
+                out[s:s + LAZY_CHUNK] = self._read(s, min(self.n, s + LAZY_CHUNK))
+            return out
+        arr = self.split.get(self.indices) if self.indices is not None else self.split.load_all()
+        return _from_numpy(arr)
 
     def __len__(self) -> int:
         return self.n
+
+    def _read(self, start: int, stop: int) -> torch.Tensor:
+        if self.file_rows is not None:
+            arr = self.file_rows.read(start, stop)
+            if arr.ndim == 3:
+                arr = arr[..., None]
+            if getattr(self.split, "expand_to_rgb", False) and arr.shape[-1] == 1:
+                arr = np.repeat(arr, 3, axis=-1)
+            return torch.from_numpy(arr)
+        if self.indices is None:
+            return _from_numpy(self.split.get(slice(start, stop)))
+        return _from_numpy(self.split.get(self.indices[start:stop]))
+
+    def read_range(self, start: int, stop: int) -> torch.Tensor:
+        """Contiguous positions [start, stop): one sequential read for streamed splits."""
+        if self._tiles is not None:
+            return self._tiles[start:stop]
+        return self._read(start, stop)
 
     def gather(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 NHWC tiles at positions `idx` (0..n-1 of this source), on the device when resident there."""
@@ -287,7 +353,7 @@ class TileSource:
             t_idx = torch.as_tensor(idx, dtype=torch.long)
             return self._tiles[t_idx.to(self._tiles.device)]
         pos = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
-        if self.lazy:
+        if self.streamed:
             return self._gather_chunked(pos)
         rows = self.indices[pos] if self.indices is not None else pos
         return _from_numpy(self.split.get(rows))
@@ -296,39 +362,24 @@ class TileSource:
         """Batches drawn by `chunk_order` lie in one or two chunks: each chunk is read once, in one
         sequential read, and kept until two newer chunks have been read."""
         chunk_ids = pos // LAZY_CHUNK
-        parts = []
-        for cid in np.unique(chunk_ids):
-            if int(cid) not in self._chunks:
-                start = int(cid) * LAZY_CHUNK
-                self._chunks[int(cid)] = self.read_range(start, min(self.n, start + LAZY_CHUNK))
-                while len(self._chunks) > 2:
+        out = torch.empty((len(pos), *self.tile_shape), dtype=torch.uint8)
+        for cid in (int(c) for c in np.unique(chunk_ids)):
+            if cid not in self._chunks:
+                while len(self._chunks) >= 2:
                     self._chunks.pop(next(iter(self._chunks)))
-            parts.append(int(cid))
-        out = None
-        for cid in parts:
+                start = cid * LAZY_CHUNK
+                self._chunks[cid] = self.read_range(start, min(self.n, start + LAZY_CHUNK))
             sel = np.flatnonzero(chunk_ids == cid)
-            block = self._chunks[cid][torch.from_numpy(pos[sel] - cid * LAZY_CHUNK)]
-            if out is None:
-                out = torch.empty((len(pos), *block.shape[1:]), dtype=block.dtype)
-            out[torch.from_numpy(sel)] = block
+            out[torch.from_numpy(sel)] = self._chunks[cid][torch.from_numpy(pos[sel] - cid * LAZY_CHUNK)]
         return out
-
-    def read_range(self, start: int, stop: int) -> torch.Tensor:
-        """Contiguous positions [start, stop): one sequential read for lazy splits."""
-        if self._tiles is not None:
-            return self._tiles[start:stop]
-        if self.indices is None:
-            return _from_numpy(self.split.get(slice(start, stop)))
-        return _from_numpy(self.split.get(self.indices[start:stop]))
 
     def gather_labels(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.labels[torch.as_tensor(idx, dtype=torch.long).cpu()]
 
     def iter_sequential(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
         """(start, uint8 batch) over the whole source in order: for evaluation."""
-        step = batch_size if not self.lazy else max(batch_size, 1)
-        for start in range(0, self.n, step):
-            yield start, self.read_range(start, min(self.n, start + step))
+        for start in range(0, self.n, batch_size):
+            yield start, self.read_range(start, min(self.n, start + batch_size))
 
 
 # -- epoch order -----------------------------------------------------------------------------------

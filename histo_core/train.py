@@ -161,7 +161,7 @@ class TrainData:
 
 def _sample_for_stats(split) -> np.ndarray:
     n = len(split)
-    if not split.lazy:
+    if not (split.lazy or isinstance(getattr(split, "images", None), np.memmap)):
         idx = np.sort(np.random.default_rng(0).choice(n, min(n, 10_000), replace=False))
         return split.get(idx)
     blocks = [split.get(slice(s, min(n, s + 1024))) for s in np.linspace(0, max(0, n - 1024), 4).astype(int)]

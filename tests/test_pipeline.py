@@ -129,7 +129,7 @@ def test_tile_source_in_memory_resident_and_gathered():
     split = Split("train", imgs, labels)
     resident = P.TileSource(split, "cpu")
     streamed = P.TileSource(split, "cpu", resident_max_bytes=0)
-    assert resident.placement.resident and not streamed.placement.resident
+    assert resident.resident and not streamed.resident and not streamed.streamed
     idx = np.array([5, 1, 19, 1])
     assert np.array_equal(resident.gather(idx).numpy(), imgs[idx])
     assert np.array_equal(streamed.gather(idx).numpy(), imgs[idx])
@@ -160,9 +160,33 @@ def test_lazy_source_reads_contiguous_chunks(tmp_path, monkeypatch):
         counting = _CountingDataset(f["x"])
         split = Split("train", counting, np.zeros(n), lazy=True)
         src = P.TileSource(split, "cpu")
-        assert not src.placement.resident
+        assert not src.resident and src.streamed
         order = np.concatenate(P.chunk_order(n, 0, 0, chunk=64))
         got = np.concatenate([src.gather(order[s:s + 16]).numpy() for s in range(0, n, 16)])
         assert np.array_equal(got, imgs[order])
         assert all(isinstance(r, slice) for r in counting.reads)  # sequential reads only
         assert len(counting.reads) == 4  # each of the 4 chunks read once
+
+
+def test_memmap_source_is_streamed_with_file_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "LAZY_CHUNK", 50)
+    n = 130
+    imgs = _tiles(n, 8)
+    header = 1000  # data at an offset that is not a multiple of the page size, as inside an HDF5 file
+    path = tmp_path / "tiles.bin"
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * header)
+        fh.write(imgs.tobytes())
+    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=header, shape=imgs.shape)
+    split = Split("train", mm, np.arange(n) % 2)
+    src = P.TileSource(split, "cpu")
+    assert src.streamed and not src.resident and src.file_rows is not None
+    assert np.array_equal(src.read_range(45, 105).numpy(), imgs[45:105])
+    order = np.concatenate(P.chunk_order(n, 1, 0, chunk=50))
+    got = np.concatenate([src.gather(order[s:s + 32]).numpy() for s in range(0, n, 32)])
+    assert np.array_equal(got, imgs[order])
+    assert np.array_equal(np.concatenate([b.numpy() for _, b in src.iter_sequential(40)]), imgs)
+    # grayscale expanded to RGB on the way out
+    gray = np.memmap(path, dtype=np.uint8, mode="r", offset=header, shape=(n, 8, 8))
+    gsrc = P.TileSource(Split("train", gray, np.zeros(n), expand_to_rgb=True), "cpu")
+    assert gsrc.read_range(0, 3).shape == (3, 8, 8, 3)
