@@ -45,7 +45,7 @@ with left:
     rows = available_datasets()
     st.dataframe(
         [{"dataset": r.title, "spec": r.spec, "source": r.source} for r in rows],
-        hide_index=True, use_container_width=True,
+        hide_index=True, width="stretch",
     )
     st.caption(f"Dataset cache: `{paths.data_dir()}` (set HISTO_DATA_DIR to change). "
                "Download MedMNIST sets or add local files on the Datasets page.")
@@ -66,5 +66,5 @@ with right:
                 "test acc": None if test.get("accuracy") is None else round(test["accuracy"], 4),
                 "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(status.created_at)),
             })
-        st.dataframe(table, hide_index=True, use_container_width=True)
+        st.dataframe(table, hide_index=True, width="stretch")
     st.caption(f"Runs directory: `{paths.runs_dir()}` (set HISTO_RUNS_DIR to change).")

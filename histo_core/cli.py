@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for name in COMMAND_MODULES:
-        try:  # TEMPORARY while commands are being written in parallel; removed before release
-            module = importlib.import_module(f"histo_core.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"histo_core.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"histo_core.commands.{name}").register(sub)
     return parser
 
 

@@ -1,0 +1,163 @@
+"""End-to-end in real Chromium: the app as a user meets it.
+
+Starts `streamlit run app.py` on a free localhost port, visits every page, trains a short run on the synthetic
+demo from the Train page and sees it complete on the Runs page, uploads real tiles (and one corrupt file) on the
+Classify page and sees predictions and Grad-CAM images, opens the Review page, asserts no page shows an
+exception, saves screenshots under test-artifacts/browser/, and stops the server.
+
+Needs /usr/bin/chromium (Debian's package; `.ci/run` installs it). Skipped where it is absent, unless
+HISTO_REQUIRE_BROWSER=1 (CI), where a missing browser fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, streamlit_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
+
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+SCREENSHOTS = ROOT / "tests" / "screenshots"  # committed: the README shows them; refreshed with HISTO_UPDATE_SCREENSHOTS=1
+PAGES = ["Datasets", "Train", "Runs", "Compare", "Classify", "Review"]
+
+
+def _require_browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("HISTO_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y chromium`)")
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
+    return pytest.importorskip("playwright.sync_api")
+
+
+def wait_idle(page, timeout_s: float = 120) -> None:
+    """Wait until Streamlit has rendered the app and finished running the script."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        running = page.locator('[data-testid="stStatusWidget"]').count() > 0
+        skeleton = page.locator('[data-testid="stAppSkeleton"], [data-testid="stSpinner"]').count() > 0
+        if running or skeleton:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 1.5:
+            return
+        time.sleep(0.25)
+    raise AssertionError("the app did not finish running its script in time")
+
+
+def assert_no_exception(page, where: str) -> None:
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, f"{where} shows an exception: {exceptions.first.inner_text()[:500]}"
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if os.environ.get("HISTO_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
+
+
+def goto(page, url: str, name: str) -> None:
+    page.goto(url, wait_until="domcontentloaded")
+    wait_idle(page)
+    assert_no_exception(page, name)
+
+
+def test_user_journey(tmp_path, shared_data):
+    sync_api = _require_browser()
+    env = {"HISTO_RUNS_DIR": str(tmp_path / "runs"), "HISTO_DATA_DIR": str(tmp_path / "data"),
+           "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"), "HISTO_MAX_RUNS_CPU": "1"}
+    for d in env.values():
+        if d.startswith(str(tmp_path)):
+            Path(d).mkdir(parents=True, exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / "streamlit.log"
+
+    with streamlit_server(env, log) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+            # Every page renders without an exception.
+            goto(page, url, "home")
+            assert page.get_by_text("Histo Explorer").first.is_visible()
+            shot(page, "home")
+            for name in PAGES:
+                goto(page, f"{url}/{name}", name)
+                shot(page, name.lower())
+
+            # The synthetic demo is shown, and labelled as such, on the Datasets page.
+            goto(page, f"{url}/Datasets?dataset=synthetic", "Datasets (synthetic)")
+            assert page.get_by_text("SYNTHETIC", exact=False).first.is_visible()
+
+            # Train a short run on the synthetic demo from the Train page.
+            goto(page, f"{url}/Train?dataset=synthetic", "Train")
+            epochs = page.get_by_label("Epochs", exact=True)
+            epochs.fill("2")
+            epochs.press("Enter")
+            wait_idle(page)
+            page.get_by_role("button", name="Start training").click()
+            wait_idle(page)
+            assert_no_exception(page, "Train after start")
+            started = page.get_by_text(re.compile(r"Started run")).first
+            started.wait_for(timeout=60_000)
+            run_id = re.search(r"Started run\s+(\S+)", started.inner_text()).group(1).strip("`")
+            shot(page, "train-started")
+
+            # ... and see it complete on the Runs page.
+            deadline = time.monotonic() + 300
+            while True:
+                goto(page, f"{url}/Runs?run={run_id}", "Runs")
+                status_file = tmp_path / "runs" / run_id / "status.json"
+                text = status_file.read_text() if status_file.exists() else ""
+                if '"completed"' in text and page.get_by_text("completed").count() > 0:
+                    break
+                assert '"failed"' not in text, f"the run failed: {text}"
+                assert time.monotonic() < deadline, f"run {run_id} did not complete in time: {text}"
+                time.sleep(3)
+            shot(page, "runs-completed")
+
+            # Classify real tiles plus a corrupt file: per-file error, the rest classified with CAMs.
+            goto(page, f"{url}/Classify", "Classify")
+            tiles = sorted((shared_data / "tiles" / "pathmnist-224").rglob("*.png"))[:3]
+            tiles += sorted((shared_data / "tiles" / "crc-he").rglob("*.tif"))[:1]
+            assert tiles, "no shared tiles found"
+            corrupt = tmp_path / "corrupt.png"
+            corrupt.write_bytes(b"this is a text file, not a PNG\n" * 10)
+            upload_dir = tmp_path / "uploads"
+            upload_dir.mkdir()
+            files = [shutil.copy(t, upload_dir / t.name) for t in tiles] + [str(corrupt)]
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(files)
+            page.get_by_text(re.compile(r"\d+ of \d+ file\(s\) classified")).first.wait_for(timeout=120_000)
+            wait_idle(page)
+            shot(page, "classify")
+            assert_no_exception(page, "Classify after upload")
+            assert page.get_by_text(re.compile(r"4 of 5 file\(s\) classified")).count() > 0
+            assert page.get_by_text("corrupt.png").count() > 0
+            cam_captions = page.get_by_text(re.compile(r"GradCAM for '"))
+            cam_captions.first.wait_for(timeout=180_000)
+            wait_idle(page)
+            body = page.locator('[data-testid="stMain"]').inner_text()
+            assert cam_captions.count() >= len(tiles), f"Grad-CAM overlays not rendered for every tile:\n{body[-3000:]}"
+            images = page.locator('[data-testid="stImage"] img')
+            assert images.count() >= 2 * len(tiles)
+            assert all(images.nth(i).evaluate("img => img.naturalWidth > 0") for i in range(images.count()))
+
+            # The Review page opens on the finished run.
+            goto(page, f"{url}/Review", "Review")
+            assert page.get_by_text(run_id).count() > 0 or page.get_by_text("misclassified", exact=False).count() > 0
+            shot(page, "review")
+        finally:
+            browser.close()
+    assert not re.search(r"Traceback \(most recent call last\)", log.read_text()), \
+        f"the server logged a traceback:\n{log.read_text()[-3000:]}"
