@@ -91,18 +91,27 @@ def to_model_input(batch_uint8: np.ndarray | torch.Tensor, mean: Sequence[float]
 
 
 def channel_stats(images: np.ndarray | torch.Tensor, max_tiles: int = 10_000, seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 NHWC tiles scaled to [0, 1] (a seeded sample of at most `max_tiles`)."""
+    """Per-channel mean and std of uint8 NHWC tiles scaled to [0, 1] (a seeded sample of at most `max_tiles`),
+    accumulated in blocks so that memory stays small for large tiles."""
     n = images.shape[0]
     if n > max_tiles:
         idx = np.sort(np.random.default_rng(seed).choice(n, max_tiles, replace=False))
         images = images[idx]
-    x = _as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    if x.ndim == 3:
-        x = x.unsqueeze(-1)
-    x = x.to("cpu").double().div_(255.0).reshape(-1, x.shape[-1])
-    mean = x.mean(0)
-    std = x.std(0).clamp_min(1e-3)
-    return mean.tolist(), std.tolist()
+        n = max_tiles
+    c = images.shape[3] if len(images.shape) == 4 else 1
+    total = np.zeros(c)
+    total_sq = np.zeros(c)
+    count = 0
+    for s in range(0, n, 64):
+        block = images[s:s + 64]
+        block = block.numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
+        x = block.reshape(-1, c).astype(np.float64) / 255.0
+        total += x.sum(0)
+        total_sq += (x * x).sum(0)
+        count += x.shape[0]
+    mean = total / max(count, 1)
+    var = np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0) * count / max(count - 1, 1)
+    return mean.tolist(), np.maximum(np.sqrt(var), 1e-3).tolist()
 
 
 # -- augmentation ----------------------------------------------------------------------------------
@@ -278,7 +287,7 @@ class TileSource:
     In-memory splits become one uint8 tensor (on the GPU when it fits in a fraction of free memory).
     File-backed splits (memory-mapped arrays, lazy HDF5) are *streamed*: training visits contiguous chunks
     of LAZY_CHUNK tiles in random order (`chunk_order`), each read once in one sequential read and
-    shuffled within, so peak memory is bounded by two chunks whatever the file's length. On CUDA a
+    shuffled within, so peak memory is bounded by one chunk whatever the file's length. On CUDA a
     file-backed split that fits on the GPU is copied there chunk by chunk instead.
     """
 
@@ -294,7 +303,7 @@ class TileSource:
         self.tile_shape = (h, w, c)
         nbytes = self.n * h * w * c
         self._tiles: torch.Tensor | None = None
-        self._chunks: dict[int, torch.Tensor] = {}  # streamed splits: the (at most 2) chunks read last
+        self._chunks: dict[int, torch.Tensor] = {}  # streamed splits: the chunk(s) read last
         all_labels = split.labels if self.indices is None else split.labels[self.indices]
         self.labels = torch.from_numpy(np.array(all_labels, dtype=np.int64))
         limit = resident_max_bytes
@@ -359,12 +368,14 @@ class TileSource:
         return _from_numpy(self.split.get(rows))
 
     def _gather_chunked(self, pos: np.ndarray) -> torch.Tensor:
-        """Batches drawn by `chunk_order` lie in one or two chunks: each chunk is read once, in one
-        sequential read, and kept until two newer chunks have been read."""
+        """Training batches lie inside one chunk of `chunk_order`: each chunk is read once, in one sequential
+        read, and dropped when the next one is needed (any positions work, at the cost of more reads)."""
         chunk_ids = pos // LAZY_CHUNK
         out = torch.empty((len(pos), *self.tile_shape), dtype=torch.uint8)
         for cid in (int(c) for c in np.unique(chunk_ids)):
             if cid not in self._chunks:
+                if len(np.unique(chunk_ids)) == 1:
+                    self._chunks.clear()  # drop the previous chunk before reading the next
                 while len(self._chunks) >= 2:
                     self._chunks.pop(next(iter(self._chunks)))
                 start = cid * LAZY_CHUNK

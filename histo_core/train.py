@@ -46,6 +46,13 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 HEARTBEAT_S = 3.0
 EVAL_BATCH = 512
+EVAL_PIXELS = 128 * 96 * 96  # per evaluation batch on CPU: large batches, bounded activation memory
+
+
+def eval_batch_size(input_size: int, device: torch.device | str = "cpu", requested: int = EVAL_BATCH) -> int:
+    """Evaluation batch: `requested`, but no more pixels than EVAL_PIXELS (x4 on a GPU) and at least 8 tiles."""
+    budget = EVAL_PIXELS * (4 if torch.device(device).type == "cuda" else 1)
+    return int(max(8, min(requested, budget // max(1, input_size * input_size))))
 
 
 # -- defaults and checks ---------------------------------------------------------------------------
@@ -164,7 +171,8 @@ def _sample_for_stats(split) -> np.ndarray:
     if not (split.lazy or isinstance(getattr(split, "images", None), np.memmap)):
         idx = np.sort(np.random.default_rng(0).choice(n, min(n, 10_000), replace=False))
         return split.get(idx)
-    blocks = [split.get(slice(s, min(n, s + 1024))) for s in np.linspace(0, max(0, n - 1024), 4).astype(int)]
+    # file-backed: four contiguous blocks spread over the file (sequential reads, bounded memory)
+    blocks = [split.get(slice(s, min(n, s + 512))) for s in np.linspace(0, max(0, n - 512), 4).astype(int)]
     return np.concatenate(blocks)
 
 
@@ -316,14 +324,13 @@ class Trainer:
     def _batches_of_epoch(self, epoch: int) -> list[np.ndarray]:
         """Positions in the train source for each batch of `epoch` on this rank (same on every call)."""
         src, cfg = self.data.train, self.config
-        if src.lazy:
+        if src.streamed:
+            # batches never straddle two chunks, so one chunk in memory at a time is enough
             chunks = pipeline.chunk_order(len(src), cfg.seed, epoch)
-            mine = chunks[self.rank::self.world] if self.world > 1 else chunks
-            counts = [sum(len(c) for c in chunks[r::self.world]) for r in range(self.world)]
-            order = np.concatenate(mine) if mine else np.zeros(0, np.int64)
-            order = order[: min(counts)]  # every rank runs the same number of steps
-        else:
-            order = pipeline.shard(pipeline.epoch_permutation(len(src), cfg.seed, epoch), self.rank, self.world)
+            per_rank = [[c[s] for c in chunks[r::self.world] for s in pipeline.batch_slices(len(c), cfg.batch_size)]
+                        for r in range(self.world)]
+            return per_rank[self.rank][: min(len(b) for b in per_rank)]  # every rank runs as many steps
+        order = pipeline.shard(pipeline.epoch_permutation(len(src), cfg.seed, epoch), self.rank, self.world)
         return [order[s] for s in pipeline.batch_slices(len(order), cfg.batch_size)]
 
     def _gather(self, pos: np.ndarray) -> torch.Tensor:
@@ -466,7 +473,7 @@ def predict_source(model: nn.Module, source: pipeline.TileSource, mean, std, dev
     model.eval()
     out = []
     with torch.inference_mode():
-        for _, tiles in source.iter_sequential(batch_size):
+        for _, tiles in source.iter_sequential(eval_batch_size(input_size, device, batch_size)):
             out.append(_predict_tensor(model, tiles, mean, std, device, input_size, tta, channels_last, amp_dtype))
             if on_batch is not None:
                 on_batch()
@@ -904,6 +911,7 @@ def predict_probs(model: nn.Module, meta: dict[str, Any], images_uint8: np.ndarr
         raise DatasetError(f"tiles have {images.shape[-1]} channels, the model takes {meta['in_channels']}")
     model.eval()
     device = _model_device(model)
+    batch_size = eval_batch_size(int(meta["input_size"]), device, batch_size)
     out = []
     with torch.inference_mode():
         for s in range(0, len(images), batch_size):
