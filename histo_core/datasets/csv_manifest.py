@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from histo_core.datasets.base import SPLITS, DatasetInfo, Split, TileDataset, stratified_split
-from histo_core.datasets.imagefiles import Progress, decode_image_files, rows
+from histo_core.datasets.base import SPLITS, TileDataset, stratified_split
+from histo_core.datasets.imagefiles import Progress, decode_image_files, decoded_dataset
 from histo_core.errors import DatasetError
 
 PATH_COLUMNS = ("path", "image", "filepath", "file", "filename", "image_path", "img", "tile")
@@ -141,28 +141,17 @@ def open_csv_manifest(path: str | os.PathLike, *, size: int | None = None, seed:
     else:
         split_kept = split_of[kept]
         split_indices = {s: np.flatnonzero(split_kept == s) for s in SPLITS if (split_kept == s).any()}
-    channels = decoded.channels
-    splits = {
-        s: Split(s, rows(decoded.images, idx), labels_kept[idx], expand_to_rgb=as_rgb and channels == 1,
-                 tile_names=[names[i] for i in idx])
-        for s, idx in split_indices.items()
-    }
-    info = DatasetInfo(
+    return decoded_dataset(
+        decoded, labels_kept, names, split_indices, classes, as_rgb=as_rgb,
         name=str(path),
         title=f"{path.name} (CSV manifest, {decoded.size} px)",
         source="csv",
-        classes=classes,
-        channels=3 if as_rgb and channels == 1 else channels,
-        size=decoded.size,
-        task="binary" if len(classes) == 2 else "multi-class",
         location=str(path),
         description=f"{len(kept)} images listed in {path.name} (columns {path_col!r}, {label_col!r}"
                     f"{f', {split_col!r}' if split_col else ''}), decoded to {decoded.size} px and cached.",
-        native_channels=channels,
         extra={"skipped": decoded.skipped, "columns": {"image": path_col, "label": label_col, "split": split_col},
                "cache": str(decoded.cache_file), "notes": notes},
     )
-    return TileDataset(info, splits)
 
 
 def _resolve(base: Path, value: str) -> Path:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from histo_core.datasets.base import SPLITS, DatasetInfo, Split, TileDataset, stratified_split
-from histo_core.datasets.imagefiles import Progress, decode_image_files, is_image_file, rows
+from histo_core.datasets.base import SPLITS, TileDataset, stratified_split
+from histo_core.datasets.imagefiles import Progress, decode_image_files, decoded_dataset, is_image_file
 from histo_core.errors import DatasetError
 
 SPLIT_FOLDER_NAMES = {
@@ -105,30 +105,19 @@ def open_image_folder(path: str | os.PathLike, *, size: int | None = None, seed:
     names = [str(files[i].relative_to(root)) for i in kept]
     notes: list[str] = []
     split_indices = _split_indices(labels_kept, split_kept, seed, notes)
-    channels = decoded.channels
-    splits = {
-        s: Split(s, rows(decoded.images, idx), labels_kept[idx], expand_to_rgb=as_rgb and channels == 1,
-                 tile_names=[names[i] for i in idx])
-        for s, idx in split_indices.items()
-    }
     about = next((root / f for f in ABOUT_FILES if (root / f).is_file()), None)
-    info = DatasetInfo(
+    return decoded_dataset(
+        decoded, labels_kept, names, split_indices, classes, as_rgb=as_rgb,
         name=str(root),
         title=f"{root.name} (image folder, {decoded.size} px)",
         source="folder",
-        classes=classes,
-        channels=3 if as_rgb and channels == 1 else channels,
-        size=decoded.size,
-        task="binary" if len(classes) == 2 else "multi-class",
         citation=f"See {about}" if about else "",
         location=str(root),
         description=f"{len(kept)} images in {len(classes)} class folders ({layout_name}), "
                     f"decoded to {decoded.size} px and cached.",
-        native_channels=channels,
         extra={"skipped": skipped + decoded.skipped, "layout": layout_name, "cache": str(decoded.cache_file),
                "notes": notes, "about_file": str(about) if about else ""},
     )
-    return TileDataset(info, splits)
 
 
 def _split_indices(labels: np.ndarray, split_of: np.ndarray, seed: int, notes: list[str]) -> dict[str, np.ndarray]:

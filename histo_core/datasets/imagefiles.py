@@ -236,3 +236,22 @@ def read_original(path: Path, max_side: int = 2048) -> np.ndarray:
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return np.asarray(img, np.uint8)
+
+
+def decoded_dataset(decoded: "DecodedTiles", labels: np.ndarray, names: Sequence[str],
+                    split_indices: dict[str, np.ndarray], classes: list[str], *, as_rgb: bool,
+                    **info_fields) -> "TileDataset":
+    """A TileDataset over decoded tiles (folders and CSV manifests alike): one split per index array, and
+    the DatasetInfo fields that follow from the decoded tiles (size, channels, task)."""
+    from histo_core.datasets.base import DatasetInfo, Split, TileDataset
+
+    channels = decoded.channels
+    splits = {
+        s: Split(s, rows(decoded.images, idx), labels[idx], expand_to_rgb=as_rgb and channels == 1,
+                 tile_names=[names[i] for i in idx])
+        for s, idx in split_indices.items()
+    }
+    info = DatasetInfo(classes=classes, channels=3 if as_rgb and channels == 1 else channels, size=decoded.size,
+                       task="binary" if len(classes) == 2 else "multi-class", native_channels=channels,
+                       **info_fields)
+    return TileDataset(info, splits)
