@@ -34,6 +34,7 @@ def lr_find(config: TrainConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0, n
     trainer = T.Trainer(config, data, device)
     trainer.set_train_mode()
     factor = (max_lr / min_lr) ** (1.0 / (num_steps - 1))
+    ratios = [g["lr"] / min_lr for g in trainer.optimizer.param_groups]  # fine_tune: backbone at lr * mult
     lrs, losses, raw = [], [], []
     avg, best = 0.0, math.inf
     epoch, batches, b = 0, trainer._batches_of_epoch(0), 0
@@ -44,8 +45,8 @@ def lr_find(config: TrainConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0, n
         pos = batches[b]
         b += 1
         lr = min_lr * factor ** step
-        for g in trainer.optimizer.param_groups:
-            g["lr"] = lr * (config.backbone_lr_mult if len(trainer.optimizer.param_groups) == 2 and g is trainer.optimizer.param_groups[0] else 1.0)
+        for g, ratio in zip(trainer.optimizer.param_groups, ratios):
+            g["lr"] = lr * ratio
         x = trainer.prepare_batch(trainer._gather(pos), train=True)
         loss, _ = trainer.train_step(x, trainer._labels_for(pos))
         value = float(loss)
