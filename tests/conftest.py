@@ -52,6 +52,7 @@ def trained_pathmnist_run(tmp_path_factory):
 
     cfg = default_config(str(npz), device="cpu")
     cfg.epochs, cfg.threads, cfg.noise, cfg.noise_mode, cfg.name = 12, 2, 0.1, "fixed", "fixture"
+    cfg.train_splits = "train"  # keep a val split (the default trains small sets on train+val): tests read val files
     run = prepare_run(cfg, runs_root=tmp_path_factory.mktemp("trained-runs"))
     result = run_training(run)
     assert result["state"] == "completed", run.log_path.read_text() if run.log_path.exists() else result
