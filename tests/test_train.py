@@ -371,3 +371,13 @@ def test_real_pathmnist_quick_run(pathmnist_mini):
     res = T.run_training(run)
     assert res["state"] == "completed"
     assert res["test"]["accuracy"] > 0.6, res["test"]["accuracy"]
+
+
+def test_default_config_small_real_set_is_the_measured_recipe(pathmnist_mini):
+    cfg = T.default_config(str(pathmnist_mini), "cpu")
+    assert (cfg.arch, cfg.train_splits, cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.schedule) == \
+        ("resnet9", "train+val", 60, 32, "adamw", "onecycle")
+    assert cfg.tta and cfg.augment.flip and cfg.augment.rot90 and cfg.augment.hue == 0
+    assert T.check_config(cfg).num_classes == 9
+    big = T.default_config("synthetic", "cpu")  # 1200 training tiles: keeps its val split
+    assert big.train_splits == "train" and big.arch == "resnet9"
