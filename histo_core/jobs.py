@@ -55,6 +55,9 @@ def _child_env() -> dict[str, str]:
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in parts if p != root])
     env.setdefault("PYTHONUNBUFFERED", "1")  # log.txt shows progress lines as they happen
+    # OpenMP spin-waiting made a 2-thread step 5x slower when the app or another run shares the cores
+    # (benchmarks/RESULTS.md); passive waiting costs nothing on an idle machine.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
