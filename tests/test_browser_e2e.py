@@ -152,6 +152,8 @@ def test_user_journey(tmp_path, shared_data):
             images = page.locator('[data-testid="stImage"] img')
             assert images.count() >= 2 * len(tiles)
             assert all(images.nth(i).evaluate("img => img.naturalWidth > 0") for i in range(images.count()))
+            cam_captions.first.scroll_into_view_if_needed()
+            shot(page, "classify-cams")
 
             # The Review page opens on the finished run.
             goto(page, f"{url}/Review", "Review")
