@@ -273,7 +273,8 @@ def set_backbone_trainable(model: nn.Module, name: str, trainable: bool) -> None
 
 
 def cam_target_layer(model: nn.Module, name: str, input_size: int) -> nn.Module:
-    """The deepest layer whose feature map is still at least 4x4 at `input_size` (a 1x1 map gives a flat CAM)."""
+    """The deepest layer whose feature map is still at least 7x7 at `input_size` (falling back to an earlier
+    layer; a 1x1 map gives a flat CAM)."""
     # Hook the ReLU after a conv, not the conv: Grad-CAM assumes non-negative activations, and on raw conv
     # outputs it gives flat (all-zero) maps for ~15% of real PathMNIST tiles with a trained cnn3.
     if name == "simplecnn":

@@ -14,6 +14,7 @@ augmented as a whole batch on the training device. There is no per-image Python 
 from __future__ import annotations
 
 import math
+import mmap
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -247,7 +248,7 @@ class _FileRows:
     def __init__(self, images: np.memmap):
         mm = images._mmap
         base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
-        mapped_from = images.offset - images.offset % __import__("mmap").ALLOCATIONGRANULARITY
+        mapped_from = images.offset - images.offset % mmap.ALLOCATIONGRANULARITY
         self.path = images.filename
         self.start = mapped_from + (images.ctypes.data - base)
         self.row_shape = images.shape[1:]
@@ -319,10 +320,6 @@ class TileSource:
             self._tiles = self._load_all().to(self.device)
 
     @property
-    def lazy(self) -> bool:
-        return self.streamed
-
-    @property
     def resident(self) -> bool:
         return self._tiles is not None
 
@@ -371,10 +368,11 @@ class TileSource:
         """Training batches lie inside one chunk of `chunk_order`: each chunk is read once, in one sequential
         read, and dropped when the next one is needed (any positions work, at the cost of more reads)."""
         chunk_ids = pos // LAZY_CHUNK
+        wanted = [int(c) for c in np.unique(chunk_ids)]
         out = torch.empty((len(pos), *self.tile_shape), dtype=torch.uint8)
-        for cid in (int(c) for c in np.unique(chunk_ids)):
+        for cid in wanted:
             if cid not in self._chunks:
-                if len(np.unique(chunk_ids)) == 1:
+                if len(wanted) == 1:
                     self._chunks.clear()  # drop the previous chunk before reading the next
                 while len(self._chunks) >= 2:
                     self._chunks.pop(next(iter(self._chunks)))

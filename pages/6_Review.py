@@ -61,9 +61,9 @@ except HistoError as exc:
     st.stop()
 classes = preds.classes
 wrong = int(preds.wrong.sum())
+split_report = (run.results() or {}).get(split) or {}
 st.caption(f"{len(preds)} {split} tiles · {wrong} misclassified · accuracy {1 - wrong / max(1, len(preds)):.3f}"
-           + (" · predictions with TTA" if (run.results() or {}).get(split, {}) and
-              (run.results() or {}).get(split, {}).get("tta") else ""))
+           + (" · predictions with TTA" if split_report.get("tta") else ""))
 
 try:
     tiles_source = run_tiles(str(run.path))
