@@ -22,6 +22,7 @@ MONITORS = ("val_loss", "val_acc", "val_auc")
 TRAIN_SPLITS = ("train", "train+val")  # train+val: no validation split; the last epoch is the model
 DEVICES = ("auto", "cpu", "cuda")
 MAX_NOISE = 0.9
+STAIN_NORMS = ("none", "macenko", "reinhard")  # histo_core.stain.METHODS
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Augment:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
+    stain_jitter: float = 0.0  # HED stain jitter strength (Tellez et al. 2018); 0 = off
 
 
 @dataclass
@@ -75,6 +77,7 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0  # CPU threads; 0 = all cores
     tta: bool = False  # flip/rot90 test-time augmentation at evaluation
+    stain_norm: str = "none"  # none | macenko | reinhard: normalise every tile to the training set's stain
     max_train_samples: int = 0  # 0 = all; for quick tries on big sets
     data_dir: str | None = None
     name: str = ""  # optional human label for the run
@@ -168,6 +171,9 @@ class TrainConfig:
                 raise ConfigError(f"--{k} must be between 0 and 1, got {v}")
         if not 0.0 <= a.hue <= 0.5:
             raise ConfigError(f"--hue must be between 0 and 0.5, got {a.hue}")
+        if not 0.0 <= a.stain_jitter <= 0.2:
+            raise ConfigError(f"--stain-jitter must be between 0 and 0.2, got {a.stain_jitter}")
+        _choice("stain-norm", self.stain_norm, STAIN_NORMS)
         return self
 
 
@@ -222,6 +228,9 @@ FIELD_HELP: dict[str, str] = {
     "contrast": "random contrast change up to this fraction",
     "saturation": "random saturation change up to this fraction",
     "hue": "random hue shift up to this fraction of the colour wheel (0..0.5)",
+    "stain_jitter": "H&E stain augmentation: random scale/shift of each HED channel by up to this much (0..0.2)",
+    "stain_norm": "stain normalisation of every tile, in training and at inference, to the training set's stain: "
+                  "none, macenko or reinhard",
     "early_stopping": "stop when --monitor has not improved for --patience epochs",
     "monitor": "validation metric that selects best.pt and drives early stopping: val_loss, val_acc or val_auc",
     "patience": "early stopping: epochs without improvement before stopping",

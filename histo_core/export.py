@@ -59,6 +59,8 @@ def export_run(run: RunDir, name: str, weights_dir: str | os.PathLike | None = N
     ckpt = load_checkpoint(run.best_ckpt)
     model_from_checkpoint(ckpt, run.best_ckpt)  # refuse to export weights that would not load
     payload = {k: v for k, v in ckpt.items() if k != "train_state"}
+    if (run.results() or {}).get("ood"):
+        payload["ood"] = run.results()["ood"]
     card = model_card(run, payload, pt_path.stem)
     payload["export"] = {"name": pt_path.stem, "run_id": run.id, "exported_at": card["exported_at"]}
     try:

@@ -1,6 +1,15 @@
-"""Safe decoding of user images (uploads, CLI arguments) into uint8 arrays.
+"""The one image path: any image file -> the uint8 tile a model sees.
 
     decoded = decode_image(data, "tile.png")      # DecodedImage(array HxWxC uint8, mode_note, notes, name)
+    tile = make_tile(decoded.array, 28, 3)        # centre square, resized (LANCZOS), channels matched
+
+Every road uses these two functions: dataset folders and CSV manifests (`datasets.imagefiles`), uploads
+and `predict` (`inference.prepare_upload`), and the windows of a large image (`tiling`), so one file gives
+the same tile whichever road it takes.
+
+Bit depth: 8-bit images are kept; deeper integer images are scaled by their declared significant bits (a
+PNG's sBIT chunk) when present, else by the container's full range (65535 for 16-bit), the same for every
+image, never stretched per image; floats in [0, 1] are multiplied by 255, in [0, 255] kept, else stretched.
 
 The content decides the format, never the extension. Every file that cannot be used raises `ImageError`
 with a message that names the (sanitised) file and says what is wrong: empty, not an image (a text file
@@ -106,7 +115,7 @@ def decode_image(data: bytes, name: str = "image") -> DecodedImage:
         raise ImageError(f"{shown}: damaged or truncated {fmt} file, cannot decode its pixels ({_short(exc)})") from None
     if _exif_rotated(im):
         notes.append("rotated upright following the file's EXIF orientation tag")
-    array = _to_uint8(oriented, shown, notes)
+    array = _to_uint8(oriented, shown, notes, _png_significant_bits(data) if fmt == "PNG" else None)
     if fmt == "TIFF" and im.mode == "RGB" and _tiff_bits(im) > 8:
         notes.append(f"{_tiff_bits(im)}-bit-per-channel RGB TIFF reduced to 8 bits per channel")
     return DecodedImage(array=array, mode_note=mode_note, notes=notes, name=shown)
@@ -114,8 +123,7 @@ def decode_image(data: bytes, name: str = "image") -> DecodedImage:
 
 def _open(data: bytes, shown: str) -> Image.Image:
     limit = max_image_pixels()
-    # Pillow refuses images over twice its limit while reading the header; tie that limit to ours.
-    Image.MAX_IMAGE_PIXELS = limit
+    # Our limit is checked below from the header; Pillow's own process-wide guard is left as it is.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -178,7 +186,22 @@ def _exif_rotated(im: Image.Image) -> bool:
         return False
 
 
-def _to_uint8(im: Image.Image, shown: str, notes: list[str]) -> np.ndarray:
+def _png_significant_bits(data: bytes) -> int | None:
+    """The largest significant-bits value of a PNG's sBIT chunk (before the image data), if it has one."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"sBIT":
+            values = data[pos + 8:pos + 8 + length]
+            return max(values) if values else None
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        pos += 12 + length
+    return None
+
+
+def _to_uint8(im: Image.Image, shown: str, notes: list[str], significant_bits: int | None = None) -> np.ndarray:
     """Any Pillow mode -> uint8 (H, W, 1) or (H, W, 3)."""
     mode = im.mode
     if mode == "RGB":
@@ -197,7 +220,7 @@ def _to_uint8(im: Image.Image, shown: str, notes: list[str]) -> np.ndarray:
         notes.append("CMYK image converted to RGB (no colour profile applied; colours may differ from print)")
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     if mode.startswith("I") or mode == "F":
-        return _scale_high_depth(im, shown, notes)
+        return _scale_high_depth(im, shown, notes, significant_bits)
     try:
         rgb = im.convert("RGB")
     except _DECODE_ERRORS as exc:
@@ -217,11 +240,11 @@ def _composite_on_white(im: Image.Image, notes: list[str]) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _scale_high_depth(im: Image.Image, shown: str, notes: list[str]) -> np.ndarray:
-    """16/32-bit integer and float grayscale to 8 bits, keeping relative intensities.
+def _scale_high_depth(im: Image.Image, shown: str, notes: list[str], significant_bits: int | None) -> np.ndarray:
+    """16/32-bit integer and float grayscale to 8 bits, the same scale for every image of a kind.
 
-    Integers: values that fit in 8 bits are kept; otherwise divided by the smallest full scale (2^bits - 1
-    for 10, 12, 14, 16 or 32 bits) that holds the maximum, so a 12-bit camera image is not left dark.
+    Integers: divided by 2^bits - 1, where bits are the declared significant bits (PNG sBIT) when given,
+    else the container's (16 for I;16 and for 'I' images whose values fit in 16 bits, else 32).
     Floats: [0, 1] -> x 255, [0, 255] kept, anything else stretched from its min to its max."""
     arr = np.asarray(im).astype(np.float64)
     if arr.ndim == 3:  # multi-channel high-depth images arrive as (H, W, C)
@@ -242,17 +265,15 @@ def _scale_high_depth(im: Image.Image, shown: str, notes: list[str]) -> np.ndarr
             scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
             how = f"values stretched from [{lo:.4g}, {hi:.4g}] to [0, 255]"
         notes.append(f"32-bit float image converted to 8 bits: {how}")
+    elif lo < 0:
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        notes.append(f"signed {im.mode} image stretched from [{lo:.0f}, {hi:.0f}] to 8 bits")
     else:
-        if lo < 0:
-            scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-            notes.append(f"signed {im.mode} image stretched from [{lo:.0f}, {hi:.0f}] to 8 bits")
-        elif hi <= 255:
-            scaled = arr
-            notes.append(f"{im.mode} image whose values fit in 8 bits (max {hi:.0f}); kept as is")
-        else:
-            bits = next(b for b in (10, 12, 14, 16, 32) if hi <= 2 ** b - 1)
-            scaled = arr / (2 ** bits - 1) * 255.0
-            notes.append(f"{bits}-bit image (max value {hi:.0f}) scaled to 8 bits")
+        container = 16 if (im.mode.startswith("I;16") or hi <= 65535) else 32
+        bits = significant_bits if significant_bits and 8 < significant_bits <= container else container
+        declared = " (declared significant bits)" if bits != container else ""
+        scaled = arr / (2 ** bits - 1) * 255.0
+        notes.append(f"{bits}-bit image{declared} scaled to 8 bits (max value {hi:.0f})")
     out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return out if out.ndim == 3 else out[..., None]
 
@@ -270,3 +291,64 @@ def to_png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+MIN_TILE_SIDE = 8  # px: a centre square smaller than this holds nothing to classify
+RESAMPLE = Image.Resampling.LANCZOS  # the one resampling filter of the image path
+
+
+def read_image_file(path: str | os.PathLike, max_bytes: int = 1 << 30) -> DecodedImage:
+    """Decode an image file from disk (dataset folders, `predict` arguments). Raises ImageError."""
+    shown = display_name(os.fspath(path))
+    try:
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise ImageError(f"{shown}: {size:,} bytes, more than the {max_bytes:,} accepted for one image")
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ImageError(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
+    return decode_image(data, os.fspath(path))
+
+
+def square_side(height: int, width: int, name: str = "image") -> int:
+    """The side of the centre square of an image; refuses images too thin to hold a tile."""
+    side = min(height, width)
+    if side < MIN_TILE_SIDE:
+        raise ImageError(f"{display_name(name)}: {width}x{height} px, too small to classify (a tile needs at least "
+                         f"{MIN_TILE_SIDE} px on the shorter side)")
+    return side
+
+
+def make_tile(array: np.ndarray, size: int, channels: int, *, region_px: int | None = None,
+              notes: list[str] | None = None, name: str = "image") -> np.ndarray:
+    """A decoded uint8 image (H, W, 1 or 3) -> the model's uint8 tile (size, size, channels).
+
+    The centre square of side min(H, W) is taken (or of side `region_px`, the model's field of view in this
+    image's pixels, when the image is larger than that), resized with one filter (LANCZOS), and its channels
+    matched: colour -> grayscale by ITU-R 601 luma (Pillow's "L"), grayscale -> colour by repetition."""
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3):
+        raise ValueError(f"expected a uint8 (H, W, 1 or 3) image, got {arr.dtype} {arr.shape}")
+    h, w = arr.shape[:2]
+    side = square_side(h, w, name)
+    if region_px is not None and MIN_TILE_SIDE <= region_px < side:
+        side = int(region_px)
+    top, left = (h - side) // 2, (w - side) // 2
+    arr = arr[top:top + side, left:left + side]
+    if arr.shape[2] != channels:
+        if channels == 1:
+            arr = np.asarray(Image.fromarray(arr).convert("L"), np.uint8)[..., None]
+            if notes is not None:
+                notes.append("colour image converted to grayscale for a grayscale model")
+        else:
+            arr = np.repeat(arr, 3, axis=2)
+            if notes is not None:
+                notes.append("grayscale image repeated to 3 channels; the model was trained on colour tiles")
+    if side != size:
+        im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).resize((size, size), RESAMPLE)
+        arr = np.asarray(im, np.uint8)
+        arr = arr[..., None] if arr.ndim == 2 else arr
+    return np.ascontiguousarray(arr)

@@ -31,11 +31,12 @@ from histo_core.errors import HistoError, ModelFileError
 from histo_core.images import DecodedImage
 
 CACHE_SIZE = 4  # models kept loaded at once
-SCALE_NOTE_FACTOR = 4.0  # a tile this many times larger/smaller than the training tiles gets a note
-SQUARE_TOLERANCE = 1.1  # images more oblong than this are centre-cropped to a square before resizing
-# Source tile size (pixels at the scanner's resolution) of sets whose tiles were downsampled: a model
-# trained on them sees this field of view, whatever its input size in pixels.
-NATIVE_TILE_PX = {"pathmnist": 224}
+SCALE_NOTE_FACTOR = 4.0  # without a known field of view: a tile this many times larger/smaller gets a note
+FIELD_TOLERANCE = 1.25  # with one: an image covering this much less than the model's field gets a note
+# Source tiles of known sets: (pixels at the scanner's resolution, µm per pixel). A model trained on them sees
+# this field of view, whatever its input size in pixels (PathMNIST: NCT-CRC-HE 224 px tiles at 0.5 µm/px
+# shown at 28/64/128/224 px; PatchCamelyon: 96 px at 0.972 µm/px).
+KNOWN_SCALES = {"pathmnist": (224, 0.5), "pcam": (96, 0.972)}
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ class ModelMeta:
     std: tuple[float, ...]
     dataset: dict = field(default_factory=dict, hash=False, compare=False)  # name, title, source, synthetic
     native_tile_px: int | None = None  # source pixels one training tile covered, when known
+    source_mpp: float | None = None  # µm per pixel of those source pixels, when known
+    stain: dict | None = field(default=None, hash=False, compare=False)  # stain reference (histo_core.stain)
+    tta: bool = False  # the run evaluated with flip/rotation TTA
+    ood: dict | None = field(default=None, hash=False, compare=False)  # "unlike the training tiles" calibration
+
+    @property
+    def field_um(self) -> float | None:
+        """The width of tissue one model tile covers, in µm, when the training data's scale is known."""
+        if self.native_tile_px and self.source_mpp:
+            return float(self.native_tile_px * self.source_mpp)
+        return None
 
     @property
     def num_classes(self) -> int:
@@ -59,9 +71,10 @@ class ModelMeta:
         return bool(self.dataset.get("synthetic"))
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any], dataset: dict | None = None) -> "ModelMeta":
+    def from_checkpoint(cls, ckpt: dict[str, Any], dataset: dict | None = None, ood: dict | None = None) -> "ModelMeta":
         ds = dict(ckpt.get("dataset") or {})
         ds.update({k: v for k, v in (dataset or {}).items() if k in ("name", "title", "source", "synthetic", "extra", "size")})
+        native_px, mpp = source_scale(ds)
         return cls(
             arch=str(ckpt["arch"]),
             classes=tuple(str(c) for c in ckpt["classes"]),
@@ -70,7 +83,11 @@ class ModelMeta:
             mean=tuple(float(v) for v in np.asarray(ckpt["mean"]).reshape(-1)),
             std=tuple(float(v) for v in np.asarray(ckpt["std"]).reshape(-1)),
             dataset=ds,
-            native_tile_px=native_tile_px(ds),
+            native_tile_px=native_px,
+            source_mpp=mpp,
+            stain=ckpt.get("stain") or None,
+            tta=bool(ckpt.get("tta", False)),
+            ood=ood or ckpt.get("ood") or None,
         )
 
 
@@ -83,15 +100,25 @@ class LoadedModel:
     device: str = "cpu"
 
 
-def native_tile_px(dataset: dict) -> int | None:
-    """The source-pixel size of one training tile, when the dataset records it or is a known downsampled set."""
+def source_scale(dataset: dict) -> tuple[int | None, float | None]:
+    """(source pixels one training tile covered, µm per source pixel), each None when unknown: recorded by the
+    dataset (extra "native_tile_px", "mpp") or known for the set (KNOWN_SCALES)."""
     extra = dataset.get("extra") or {}
-    for key in ("native_tile_px", "native_size"):
-        if extra.get(key):
-            return int(extra[key])
+    px = extra.get("native_tile_px") or extra.get("native_size") or dataset.get("native_tile_px")
+    mpp = extra.get("mpp") or dataset.get("mpp")
     flag = str(extra.get("flag") or dataset.get("name") or "").lower()
     flag = Path(flag).stem.split("_")[0] if flag else flag
-    return NATIVE_TILE_PX.get(flag)
+    known_px, known_mpp = KNOWN_SCALES.get(flag, (None, None))
+    if dataset.get("source") == "pcam" and not known_px:
+        known_px, known_mpp = KNOWN_SCALES["pcam"]
+    px = px or known_px
+    mpp = mpp or known_mpp
+    return (int(px) if px else None), (float(mpp) if mpp else None)
+
+
+def native_tile_px(dataset: dict) -> int | None:
+    """The source-pixel size of one training tile, when the dataset records it or is a known downsampled set."""
+    return source_scale(dataset)[0]
 
 
 # -- finding and loading ---------------------------------------------------------------------------
@@ -145,13 +172,21 @@ def load_model(spec: str | os.PathLike, device: str = "cpu") -> LoadedModel:
             return _cache[key]
     ckpt = load_checkpoint(resolved)
     model = model_from_checkpoint(ckpt, path).to(device)
-    loaded = LoadedModel(model=model, meta=ModelMeta.from_checkpoint(ckpt, dataset), source=str(resolved),
+    loaded = LoadedModel(model=model, meta=ModelMeta.from_checkpoint(ckpt, dataset, _run_ood(path)), source=str(resolved),
                          label=label, device=device)
     with _cache_lock:
         _cache[key] = loaded
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     return loaded
+
+
+def _run_ood(checkpoint: Path) -> dict | None:
+    """The out-of-distribution calibration a finished run wrote next to its checkpoints (results.json)."""
+    from histo_core.fsutil import read_json
+
+    results = read_json(checkpoint.parent / "results.json")
+    return results.get("ood") if isinstance(results, dict) else None
 
 
 def clear_cache() -> None:
@@ -181,52 +216,50 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 
 # -- preprocessing ---------------------------------------------------------------------------------
-def preprocess(decoded: DecodedImage | np.ndarray, meta: ModelMeta, notes: list[str] | None = None) -> np.ndarray:
-    """A decoded image -> uint8 (S, S, C) at the model's input size S and channel count C.
+def preprocess(decoded: DecodedImage | np.ndarray, meta: ModelMeta, notes: list[str] | None = None, *,
+               mpp: float | None = None, name: str = "image") -> np.ndarray:
+    """A decoded image -> uint8 (S, S, C) at the model's input size S and channel count C, through the one
+    image path (`images.make_tile`: centre square, LANCZOS resize, channels matched).
 
-    Oblong images are centre-cropped to a square first (resizing would distort cell shapes); images much
-    larger or smaller than the training tiles' field of view get a note, because the model then sees
-    tissue at a scale it was not trained on. Lines describing what was done are appended to `notes`."""
+    Physical scale: when the model's field of view is known (`meta.field_um`), the image is taken to be at
+    `mpp` µm per pixel (default: the training images' own resolution) and its centre field of view is what the
+    model sees; an image covering clearly less than that is enlarged to fill the tile, with a note. Lines
+    describing what was done are appended to `notes`."""
+    from histo_core.images import make_tile, square_side
+
     notes = notes if notes is not None else []
     arr = decoded.array if isinstance(decoded, DecodedImage) else np.asarray(decoded)
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3):
-        raise ValueError(f"expected a uint8 (H, W, 1 or 3) image, got {arr.dtype} {arr.shape}")
     h, w = arr.shape[:2]
-    if max(h, w) / min(h, w) > SQUARE_TOLERANCE:
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        arr = arr[top:top + side, left:left + side]
-        notes.append(f"{w}x{h} image centre-cropped to {side}x{side} (use the large-image mode to classify all of it)")
-    side = arr.shape[0]
-    reference = meta.native_tile_px or meta.input_size
-    ratio = side / reference
-    if ratio > SCALE_NOTE_FACTOR or ratio < 1 / SCALE_NOTE_FACTOR:
-        what = "source tiles" if meta.native_tile_px else "training tiles"
-        notes.append(
-            f"the image is {side} px across, {max(ratio, 1 / ratio):.0f}x {'larger' if ratio > 1 else 'smaller'} "
-            f"than the {what} ({reference} px): tissue appears at a scale the model was not trained on"
-            + (" (try the large-image mode)" if ratio > 1 else "")
-        )
-    arr = _match_channels(arr, meta.in_channels, notes)
-    if side != meta.input_size:
-        im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-        im = im.resize((meta.input_size, meta.input_size), Image.Resampling.LANCZOS)
-        arr = np.asarray(im, dtype=np.uint8)
-        arr = arr[..., None] if arr.ndim == 2 else arr
-    return np.ascontiguousarray(arr)
-
-
-def _match_channels(arr: np.ndarray, channels: int, notes: list[str]) -> np.ndarray:
-    if arr.shape[2] == channels:
-        return arr
-    if channels == 1:
-        notes.append("colour image converted to grayscale for a grayscale model")
-        gray = np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)
-        return gray[..., None]
-    notes.append("grayscale image repeated to 3 channels; the model was trained on colour tiles")
-    return np.repeat(arr, 3, axis=2)
+    side = square_side(h, w, decoded.name if isinstance(decoded, DecodedImage) else name)
+    region = None
+    field_um = meta.field_um
+    if field_um:
+        image_mpp = float(mpp or meta.source_mpp)
+        assumed = "" if mpp else " (assuming the training images' resolution; give the µm per pixel if it differs)"
+        region = max(1, round(field_um / image_mpp))
+        if side > region * 1.1:
+            notes.append(f"the centre {region}x{region} px ({field_um:.0f} µm, the model's field of view) of the "
+                         f"{w}x{h} image is classified{assumed}; the large-image mode classifies all of it")
+        elif side * FIELD_TOLERANCE < region:
+            notes.append(f"the image covers {side * image_mpp:.0f} µm, less than the {field_um:.0f} µm of the "
+                         f"model's tiles: it is enlarged to fill a tile, so tissue looks larger than in training"
+                         f"{assumed}")
+        elif max(h, w) / min(h, w) > 1.1:
+            notes.append(f"{w}x{h} image centre-cropped to {side}x{side}")
+    else:
+        if max(h, w) / min(h, w) > 1.1:
+            notes.append(f"{w}x{h} image centre-cropped to {side}x{side} (use the large-image mode to classify all of it)")
+        reference = meta.native_tile_px or meta.input_size
+        ratio = side / reference
+        if ratio > SCALE_NOTE_FACTOR or ratio < 1 / SCALE_NOTE_FACTOR:
+            what = "source tiles" if meta.native_tile_px else "training tiles"
+            notes.append(
+                f"the image is {side} px across, {max(ratio, 1 / ratio):.0f}x {'larger' if ratio > 1 else 'smaller'} "
+                f"than the {what} ({reference} px): tissue may appear at a scale the model was not trained on"
+                + (" (try the large-image mode)" if ratio > 1 else ""))
+    return make_tile(arr, meta.input_size, meta.in_channels, region_px=region, notes=notes)
 
 
 # -- prediction ------------------------------------------------------------------------------------
@@ -234,7 +267,23 @@ def model_input(tiles_uint8: np.ndarray | torch.Tensor, meta: ModelMeta, device:
     """uint8 NHWC tiles at the model's size -> the normalised NCHW float tensor the model was trained on."""
     from histo_core.pipeline import to_model_input
 
-    return to_model_input(tiles_uint8, meta.mean, meta.std, device)
+    return to_model_input(tiles_uint8, meta.mean, meta.std, device, stain_ref=meta.stain)
+
+
+def model_view(tiles_uint8: np.ndarray, meta: ModelMeta) -> torch.Tensor:
+    """The tiles as the model sees them before mean/std normalisation: float (N, C, S, S) in [0, 1], stain-normalised."""
+    from histo_core.pipeline import to_float01
+    from histo_core.stain import normalize_batch
+
+    return normalize_batch(to_float01(np.asarray(tiles_uint8), "cpu"), meta.stain)
+
+
+def ood_flags(meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None = None) -> np.ndarray | None:
+    """Per tile: True where it looks unlike the training tiles (histo_core.ood); None without a calibration."""
+    from histo_core.ood import flag_tiles
+
+    found = flag_tiles(meta.ood, probs, None if tiles_uint8 is None else model_view(tiles_uint8, meta))
+    return None if found is None else found[0]
 
 
 def predict(loaded: LoadedModel, tiles_uint8: np.ndarray, tta: bool = False, batch_size: int = 256) -> np.ndarray:
@@ -338,6 +387,8 @@ class TileResult:
     mode_note: str = ""
     notes: list[str] = field(default_factory=list)
     probs: np.ndarray | None = None  # (K,)
+    model_view: np.ndarray | None = None  # the tile after stain normalisation, when the model normalises
+    unlike_training: str | None = None  # why the tile looks unlike the training tiles, when it does
 
     @property
     def ok(self) -> bool:
@@ -352,17 +403,18 @@ class TileResult:
         return float(np.max(self.probs))
 
 
-def prepare_upload(data: bytes, name: str, meta: ModelMeta) -> TileResult:
-    """Decode and preprocess one file; a bad file gives a TileResult with `error` set, never an exception."""
+def prepare_upload(data: bytes, name: str, meta: ModelMeta, mpp: float | None = None) -> TileResult:
+    """Decode and preprocess one file (at `mpp` µm per pixel when known); a bad file gives a TileResult with
+    `error` set, never an exception."""
     from histo_core.errors import ImageError
     from histo_core.images import decode_image, display_name
 
     try:
         decoded = decode_image(data, name)
+        notes = list(decoded.notes)
+        tile = preprocess(decoded, meta, notes, mpp=mpp)
     except ImageError as exc:
         return TileResult(name=display_name(name), error=str(exc))
-    notes = list(decoded.notes)
-    tile = preprocess(decoded, meta, notes)
     return TileResult(name=decoded.name, tile=tile, preview=_preview(decoded.array), width=decoded.width,
                       height=decoded.height, mode_note=decoded.mode_note, notes=notes)
 
@@ -378,12 +430,23 @@ def _preview(arr: np.ndarray) -> np.ndarray:
 
 
 def classify_uploads(loaded: LoadedModel, files: Sequence[tuple[str, bytes]], tta: bool = False,
-                     batch_size: int = 256) -> list[TileResult]:
-    """Decode, preprocess and classify (name, bytes) pairs in one batched pass, in the order given."""
-    results = [prepare_upload(data, name, loaded.meta) for name, data in files]
+                     batch_size: int = 256, mpp: float | None = None) -> list[TileResult]:
+    """Decode, preprocess and classify (name, bytes) pairs in one batched pass, in the order given; each tile
+    also gets the model's view of it (when stain-normalised) and the "unlike the training tiles" check."""
+    from histo_core.ood import flag_tiles
+
+    results = [prepare_upload(data, name, loaded.meta, mpp=mpp) for name, data in files]
     good = [r for r in results if r.ok]
     if good:
-        probs = predict(loaded, np.stack([r.tile for r in good]), tta=tta, batch_size=batch_size)
-        for r, p in zip(good, probs):
+        tiles = np.stack([r.tile for r in good])
+        probs = predict(loaded, tiles, tta=tta, batch_size=batch_size)
+        view = model_view(tiles, loaded.meta)
+        flagged = flag_tiles(loaded.meta.ood, probs, view)
+        seen = (view * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for i, (r, p) in enumerate(zip(good, probs)):
             r.probs = p
+            if loaded.meta.stain:
+                r.model_view = seen[i]
+            if flagged is not None and flagged[0][i]:
+                r.unlike_training = flagged[1][i]
     return results

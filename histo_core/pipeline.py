@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from histo_core import stain
 from histo_core.config import Augment
 
 LAZY_CHUNK = 4096  # tiles per contiguous read from a lazy (HDF5) split
@@ -85,9 +86,12 @@ def _per_channel(values: Sequence[float], channels: int) -> list[float]:
 
 
 def to_model_input(batch_uint8: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                   device: str | torch.device, channels_last: bool = False, size: int | None = None) -> torch.Tensor:
-    """uint8 NHWC tiles (numpy or torch) -> normalised float32 NCHW tensor on `device`."""
-    x = normalize(to_float01(batch_uint8, device, size), mean, std)
+                   device: str | torch.device, channels_last: bool = False, size: int | None = None,
+                   stain_ref: dict | None = None) -> torch.Tensor:
+    """uint8 NHWC tiles (numpy or torch) -> normalised float32 NCHW tensor on `device`: resized to `size`,
+    stain-normalised to `stain_ref` (a model's reference, see histo_core.stain), then mean/std-normalised.
+    Training batches take the same steps (`Trainer.prepare_batch`), with augmentation before mean/std."""
+    x = normalize(stain.normalize_batch(to_float01(batch_uint8, device, size), stain_ref), mean, std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -221,12 +225,14 @@ def augment_batch(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.
         x = random_affine(x, gen, aug.rotate, aug.crop_scale if aug.resized_crop else None)
     if aug.brightness or aug.contrast or aug.saturation or aug.hue:
         x = color_jitter(x, gen, aug.brightness, aug.contrast, aug.saturation, aug.hue)
+    if aug.stain_jitter > 0:
+        x = stain.hed_jitter(x, aug.stain_jitter, gen)
     return x
 
 
 def augmentation_active(aug: Augment) -> bool:
     return bool(aug.flip or aug.rot90 or aug.rotate > 0 or aug.resized_crop or aug.brightness or aug.contrast
-                or aug.saturation or aug.hue)
+                or aug.saturation or aug.hue or aug.stain_jitter > 0)
 
 
 def dihedral_views(x: torch.Tensor, flips: bool = True, rot90: bool = True) -> list[torch.Tensor]:

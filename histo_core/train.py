@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from histo_core import checkpoint as ckpt_mod
-from histo_core import pipeline
+from histo_core import ood, pipeline, stain
 from histo_core.config import TrainConfig
 from histo_core.datasets import DatasetInfo, Split, TileDataset, open_dataset
 from histo_core.errors import ConfigError, DatasetError, HistoError
@@ -196,6 +196,7 @@ class TrainData:
     std: list[float]
     train_indices: np.ndarray  # rows of the training split(s) used (max_train_samples may subsample)
     noise_flipped: np.ndarray | None = None
+    stain: dict[str, Any] | None = None  # stain reference fitted on the training tiles (histo_core.stain)
 
 
 def _sample_for_stats(split) -> np.ndarray:
@@ -227,14 +228,23 @@ def build_train_data(config: TrainConfig, ds: TileDataset, device: str, *, need_
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         if info.channels == 1:
             mean, std = [float(np.mean(mean))], [float(np.mean(std))]
-    else:
-        mean, std = pipeline.channel_stats(_sample_for_stats(train_split))
+    sample = _sample_for_stats(train_split)
+    if not config.pretrained:
+        mean, std = pipeline.channel_stats(sample)
+    stain_ref = _fit_stain(config, sample)
     val = None
     if config.train_splits == "train" and "val" in ds.splits and len(ds.splits["val"]):
         val = pipeline.TileSource(ds.splits["val"], device)
     test = pipeline.TileSource(ds.splits["test"], device) if need_test and "test" in ds.splits and len(ds.splits["test"]) else None
     return TrainData(info, input_size_of(config, info), train, torch.from_numpy(np.asarray(labels, np.int64)), clean,
-                     val, test, mean, std, indices, flipped)
+                     val, test, mean, std, indices, flipped, stain_ref)
+
+
+def _fit_stain(config: TrainConfig, sample: np.ndarray) -> dict[str, Any] | None:
+    try:
+        return stain.fit_reference(config.stain_norm, sample, seed=config.seed)
+    except ValueError as exc:
+        raise ConfigError(f"--stain-norm {config.stain_norm}: {exc}") from None
 
 
 def model_meta(config: TrainConfig, data: TrainData) -> dict[str, Any]:
@@ -242,7 +252,7 @@ def model_meta(config: TrainConfig, data: TrainData) -> dict[str, Any]:
     return {
         "arch": config.arch, "num_classes": info.num_classes, "in_channels": info.channels,
         "input_size": data.input_size, "classes": list(info.classes), "mean": list(data.mean), "std": list(data.std),
-        "mlp_head": uses_mlp_head(config),
+        "mlp_head": uses_mlp_head(config), "stain": data.stain, "tta": bool(config.tta),
         "dataset": {"name": info.name, "title": info.title, "synthetic": info.synthetic, "source": info.source,
                     "size": info.size, "channels": info.channels},
     }
@@ -370,7 +380,8 @@ class Trainer:
         return self.data.train.gather(pos)
 
     def prepare_batch(self, tiles_uint8: torch.Tensor, train: bool) -> torch.Tensor:
-        x = pipeline.to_float01(tiles_uint8, self.device, self.data.input_size)
+        """The steps of `pipeline.to_model_input`, with augmentation after stain normalisation when training."""
+        x = stain.normalize_batch(pipeline.to_float01(tiles_uint8, self.device, self.data.input_size), self.data.stain)
         if train:
             x = pipeline.augment_batch(x, self.config.augment, self.aug_gen)
         x = (x - self.mean_t) / self.std_t
@@ -469,7 +480,8 @@ class Trainer:
     # evaluation
     def predict(self, source: pipeline.TileSource, tta: bool = False, on_batch: Callable[[], None] | None = None) -> np.ndarray:
         return predict_source(self.model, source, self.data.mean, self.data.std, self.device, self.data.input_size,
-                              tta=tta, channels_last=self.channels_last, amp_dtype=self.amp_dtype, on_batch=on_batch)
+                              tta=tta, channels_last=self.channels_last, amp_dtype=self.amp_dtype, on_batch=on_batch,
+                              stain_ref=self.data.stain)
 
     # resumable state (checkpointed in last.pt; weights_only-loadable: tensors, numbers, strings, lists, dicts)
     def state(self) -> dict[str, Any]:
@@ -500,14 +512,15 @@ class Trainer:
 
 def predict_source(model: nn.Module, source: pipeline.TileSource, mean, std, device: torch.device, input_size: int, *,
                    tta: bool = False, channels_last: bool = False, amp_dtype=None, batch_size: int = EVAL_BATCH,
-                   on_batch: Callable[[], None] | None = None) -> np.ndarray:
+                   on_batch: Callable[[], None] | None = None, stain_ref: dict | None = None) -> np.ndarray:
     """Softmax probabilities (N, K) float32 for a whole source, in large batches under inference_mode;
     with `tta`, the mean over the 8 flips/rotations of each tile."""
     model.eval()
     out = []
     with torch.inference_mode():
         for _, tiles in source.iter_sequential(eval_batch_size(input_size, device, batch_size)):
-            out.append(_predict_tensor(model, tiles, mean, std, device, input_size, tta, channels_last, amp_dtype))
+            out.append(_predict_tensor(model, tiles, mean, std, device, input_size, tta, channels_last, amp_dtype,
+                                       stain_ref))
             if on_batch is not None:
                 on_batch()
     if not out:
@@ -515,8 +528,10 @@ def predict_source(model: nn.Module, source: pipeline.TileSource, mean, std, dev
     return np.concatenate(out).astype(np.float32)
 
 
-def _predict_tensor(model, tiles, mean, std, device, input_size, tta, channels_last, amp_dtype) -> np.ndarray:
-    x = pipeline.to_model_input(tiles, mean, std, device, channels_last=channels_last, size=input_size)
+def _predict_tensor(model, tiles, mean, std, device, input_size, tta, channels_last, amp_dtype,
+                    stain_ref=None) -> np.ndarray:
+    x = pipeline.to_model_input(tiles, mean, std, device, channels_last=channels_last, size=input_size,
+                                stain_ref=stain_ref)
     views = pipeline.dihedral_views(x) if tta else [x]
     ctx = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     with ctx:
@@ -860,16 +875,28 @@ def _final_evaluation(run: RunDir, config: TrainConfig, data: TrainData, device:
         trainer.model.load_state_dict(ckpt["state_dict"])
     out: dict[str, Any] = {"best_epoch": int(best.get("epoch") or trainer.epoch), "epochs_run": trainer.epoch,
                            "test": None, "val": None}
+    heldout: dict[str, np.ndarray] = {}
     for split, source in (("test", data.test), ("val", data.val)):
         if source is None:
             continue
-        probs = trainer.predict(source, tta=config.tta)
+        probs = heldout[split] = trainer.predict(source, tta=config.tta)
         labels = source.labels.numpy()
         out[split] = classification_report(probs, labels, data.info.classes)
         out[split]["tta"] = bool(config.tta)
         savez_atomic(run.predictions_path(split), probs=probs.astype(np.float32), labels=labels,
                      indices=np.arange(len(labels)), loss=per_sample_loss(probs, labels))
+    out["ood"] = ood_calibration(data, heldout, device)
     return out
+
+
+def ood_calibration(data: TrainData, heldout: dict[str, np.ndarray], device: torch.device) -> dict[str, Any]:
+    """The "unlike the training tiles" thresholds (histo_core.ood): colour statistics of the training tiles as
+    the model sees them, and the confidence on the validation split (else the test split)."""
+    split = "val" if "val" in heldout else "test" if "test" in heldout else None
+    sample = data.train.read_range(0, min(len(data.train), 2000)) if not data.train.streamed else \
+        data.train.read_range(0, min(len(data.train), pipeline.LAZY_CHUNK))
+    tiles01 = stain.normalize_batch(pipeline.to_float01(sample, "cpu", data.input_size), data.stain)
+    return ood.calibrate(tiles01, heldout.get(split) if split else None, split or "")
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
@@ -949,7 +976,7 @@ def predict_probs(model: nn.Module, meta: dict[str, Any], images_uint8: np.ndarr
     with torch.inference_mode():
         for s in range(0, len(images), batch_size):
             out.append(_predict_tensor(model, images[s:s + batch_size], meta["mean"], meta["std"], device,
-                                       int(meta["input_size"]), tta, False, None))
+                                       int(meta["input_size"]), tta, False, None, meta.get("stain")))
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, int(meta["num_classes"])), np.float32)
 
 
@@ -983,7 +1010,7 @@ def evaluate_run(run: RunDir, dataset_spec: str | None = None, split: str = "tes
     use_tta = bool(config.get("tta", False)) if tta is None else tta
     torch.set_num_threads(int(config.get("threads") or 0) or max(1, os.cpu_count() or 1))
     probs = predict_source(model, source, ckpt["mean"], ckpt["std"], torch.device("cpu"), int(ckpt["input_size"]),
-                           tta=use_tta)
+                           tta=use_tta, stain_ref=ckpt.get("stain"))
     labels = source.labels.numpy()
     report = classification_report(probs, labels, classes)
     report.update(dataset=str(spec), split=split, checkpoint=path.name, tta=use_tta)

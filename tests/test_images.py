@@ -89,12 +89,33 @@ def test_one_bit_image():
     assert out.array.shape == (20, 30, 1) and set(np.unique(out.array)) <= {0, 255}
 
 
-def test_16bit_tiff_uses_its_bit_depth():
+def test_16bit_tiff_without_declared_bits_uses_the_container_range():
     twelve_bit = (np.arange(600).reshape(20, 30) * 6).astype(np.uint16)  # max 3594 < 4095
     out = decode_image(encode(Image.fromarray(twelve_bit), "TIFF"), "cam.tif")
     assert out.array.shape == (20, 30, 1)
+    assert int(out.array.max()) == round(3594 / 65535 * 255)  # the same scale for every 16-bit image
+    assert any("16-bit" in n for n in out.notes)
+
+
+def with_sbit(png: bytes, bits: int) -> bytes:
+    """A PNG with an sBIT chunk (declared significant bits) inserted after IHDR."""
+    import struct
+    import zlib
+
+    chunk = b"sBIT" + bytes([bits])
+    sbit = struct.pack(">I", 1) + chunk + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
+    ihdr_end = 8 + 8 + 13 + 4
+    return png[:ihdr_end] + sbit + png[ihdr_end:]
+
+
+def test_16bit_png_with_declared_significant_bits_scales_by_them():
+    twelve_bit = (np.arange(600).reshape(20, 30) * 6).astype(np.uint16)  # a 12-bit camera image
+    png = with_sbit(encode(Image.fromarray(twelve_bit)), 12)
+    out = decode_image(png, "cam.png")
     assert int(out.array.max()) == round(3594 / 4095 * 255)
     assert any("12-bit" in n for n in out.notes)
+    plain = decode_image(encode(Image.fromarray(twelve_bit)), "cam.png")
+    assert int(plain.array.max()) == round(3594 / 65535 * 255)
 
 
 def test_16bit_png_full_range():
@@ -104,10 +125,10 @@ def test_16bit_png_full_range():
     assert any("16-bit" in n for n in out.notes)
 
 
-def test_16bit_values_that_fit_in_8_bits_are_kept():
+def test_16bit_values_are_not_stretched():
     small = np.full((5, 5), 200, np.uint16)
     out = decode_image(encode(Image.fromarray(small), "TIFF"), "s.tif")
-    assert int(out.array.max()) == 200
+    assert int(out.array.max()) == 1  # 200 / 65535: a dark 16-bit image stays dark
 
 
 def test_float_tiff_in_unit_range_and_arbitrary_range():

@@ -16,8 +16,8 @@ from histo_core import paths
 from histo_core.checkpoint import save_checkpoint
 from histo_core.errors import HistoError, ModelFileError
 from histo_core.fsutil import write_json_atomic
-from histo_core.images import decode_image
-from histo_core.inference import (LoadedModel, ModelMeta, clear_cache, list_models, load_model, predict,
+from histo_core.images import decode_image, to_png_bytes as encode_png
+from histo_core.inference import (LoadedModel, ModelMeta, clear_cache, list_models, load_model, predict, prepare_upload,
                                   preprocess, top_k)
 from histo_core.models import build_model
 from histo_core.runs import RunDir, RunStatus
@@ -161,20 +161,39 @@ def test_preprocess_resizes_with_area_filter():
     assert abs(float(tile.mean()) - 127.5) < 3 and tile.std() < 10  # averaged, not aliased to black/white
 
 
-def test_preprocess_crops_oblong_images_and_notes_scale():
-    meta = ModelMeta.from_checkpoint(meta_dict())
+def test_preprocess_takes_the_models_field_of_view_at_a_known_scale():
+    meta = ModelMeta.from_checkpoint(meta_dict())  # PathMNIST: 224 px source tiles at 0.5 µm/px = 112 µm
+    assert meta.field_um == pytest.approx(112.0)
     wide = np.zeros((460, 700, 3), np.uint8)
-    wide[:, 120:580] = 255  # the centred 460x460 square is white
+    wide[118:342, 238:462] = 255  # the centred 224x224 square is white
     notes: list[str] = []
     tile = preprocess(wide, meta, notes)
     assert tile.shape == (28, 28, 3) and tile.min() == 255
-    assert any("centre-cropped to 460x460" in n for n in notes)
+    assert any("centre 224x224 px (112 µm" in n and "large-image" in n for n in notes)
     notes.clear()
-    preprocess(np.zeros((2000, 2000, 3), np.uint8), meta, notes)
-    assert any("9x larger" in n and "large-image" in n for n in notes)
+    preprocess(np.zeros((224, 224, 3), np.uint8), meta, notes)  # an NCT tile: exactly the field of view
+    assert notes == []
     notes.clear()
-    preprocess(np.zeros((28, 28, 3), np.uint8), meta, notes)
-    assert any("8x smaller" in n for n in notes)
+    half = np.zeros((448, 448, 3), np.uint8)
+    half[112:336, 112:336] = 255
+    tile = preprocess(half, meta, notes, mpp=0.25)  # 448 px at 0.25 µm/px is the same 112 µm: all of it
+    assert notes == [] and 60 < tile.mean() < 200
+    notes.clear()
+    preprocess(np.zeros((150, 150, 3), np.uint8), meta, notes, mpp=0.495)  # a Kather 2016 tile: 74 µm
+    assert any("covers 74 µm, less than the 112 µm" in n for n in notes)
+    notes.clear()
+    preprocess(np.zeros((200, 200, 3), np.uint8), meta, notes)  # within tolerance of the field: no note
+    assert notes == []
+
+
+def test_preprocess_refuses_images_too_thin_to_hold_a_tile():
+    from histo_core.errors import ImageError
+
+    meta = ModelMeta.from_checkpoint(meta_dict())
+    with pytest.raises(ImageError, match="too small to classify"):
+        preprocess(np.zeros((1, 1000, 3), np.uint8), meta)
+    result = prepare_upload(encode_png(np.zeros((1, 1000, 3), np.uint8)), "line.png", meta)
+    assert not result.ok and "1000x1 px, too small to classify" in result.error
 
 
 def test_preprocess_without_native_size_compares_with_input_size():
@@ -291,7 +310,7 @@ def test_classify_uploads_keeps_order_and_reports_bad_files():
     assert results[1].error.startswith("bad.png: not an image") and results[1].probs is None
     assert results[2].tile.shape == (28, 28, 3) and any("repeated to 3 channels" in n for n in results[2].notes)
     assert results[3].preview.shape == (round(PREVIEW_PX * 2 / 3), PREVIEW_PX, 3) and (results[3].width, results[3].height) == (900, 600)
-    assert any("centre-cropped" in n for n in results[3].notes)
+    assert any("centre 224x224 px" in n for n in results[3].notes)
     direct = predict(loaded, np.stack([results[0].tile, results[2].tile]))
     np.testing.assert_allclose(np.stack([results[0].probs, results[2].probs]), direct, atol=1e-6)
     assert results[0].pred == int(direct[0].argmax()) and results[0].confidence == pytest.approx(float(direct[0].max()))

@@ -1,7 +1,8 @@
 """Decode image files once into a uint8 tile array, cached as an npz so reopening is instant.
 
-Shared by image folders and CSV manifests. Every readable image is converted to 8-bit RGB or grayscale,
-cropped to a centred square and resized to `size` px. The result (with the list of files that could not
+Shared by image folders and CSV manifests. Every readable image goes through the one image path
+(`histo_core.images`: decode_image -> make_tile), the same as uploads and `predict`: 8-bit RGB or grayscale,
+centre square, resized to `size` px. The result (with the list of files that could not
 be read) is cached under `<data dir>/cache/tiles/`, keyed by the files' absolute paths, modification
 times and byte sizes and by the tile size: touching, adding or removing a file decodes again.
 
@@ -23,15 +24,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from histo_core import paths
 from histo_core.datasets import npzio
-from histo_core.errors import DatasetError
+from histo_core.errors import DatasetError, ImageError
+from histo_core.images import make_tile, max_image_pixels, read_image_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_MAX_SIZE = 64
-CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 3  # bump when decoding changes, so old caches are not reused
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -124,9 +126,14 @@ def _remove_stale_caches(current: Path) -> None:
 def _decode_all(files: list[Path], size: int | None, label: str, progress: Progress | None) -> DecodedTiles:
     total = len(files)
     headers, skipped = [], []
+    limit = max_image_pixels()
     for i, f in enumerate(files):  # pass 1: headers only (fast), to choose the size and the channel count
         try:
             with Image.open(f) as im:
+                if im.size[0] * im.size[1] > limit:
+                    skipped.append(f"{f.name}: {im.size[0]}x{im.size[1]} px, more than the limit of {limit:,} pixels "
+                                   "(HISTO_MAX_IMAGE_PIXELS)")
+                    continue
                 headers.append((i, im.size, im.mode))
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             skipped.append(f"{f.name}: {_reason(exc)}")
@@ -141,8 +148,8 @@ def _decode_all(files: list[Path], size: int | None, label: str, progress: Progr
         try:
             images[len(kept)] = tile_from_file(files[i], size, channels)
             kept.append(i)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # truncated/corrupt data
-            skipped.append(f"{files[i].name}: {_reason(exc)}")
+        except ImageError as exc:  # truncated/corrupt data, too thin, over the pixel limit
+            skipped.append(str(exc))
         if progress is not None and (n % 64 == 0 or n == len(headers) - 1):
             progress(n + 1, len(headers))
     if not kept:
@@ -157,42 +164,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def tile_from_file(path: Path, size: int, channels: int) -> np.ndarray:
-    """One file as a (size, size, channels) uint8 tile: 8-bit, centre-cropped to a square, resized."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()
-            img = to_8bit(im, channels)
-    if img.size != (size, size):
-        img = ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
-    arr = np.asarray(img, np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def to_8bit(im: Image.Image, channels: int) -> Image.Image:
-    """An 8-bit 'L' (channels=1) or 'RGB' (channels=3) copy of any Pillow image.
-
-    16-bit grayscale (and Pillow's 32-bit 'I', which is how it opens some 16-bit files) maps 0..65535 onto
-    0..255 rather than clipping at 255, which would turn most 16-bit microscopy white; transparency is
-    flattened onto white (slide background). Images over Pillow's decompression-bomb limit are skipped.
-    """
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im).astype(np.float64)
-        if im.mode == "F":  # float images: 0..1 by convention when they fit, else taken as 0..255
-            scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
-        else:  # the same scale for every image (not per-image stretching), so intensities stay comparable
-            scale = 255.0 / 65535.0
-        gray = Image.fromarray(np.clip(np.nan_to_num(arr) * scale + 0.5, 0, 255).astype(np.uint8), "L")
-        return gray if channels == 1 else gray.convert("RGB")
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba).convert("RGB")
-    if channels == 1:
-        return im.convert("L")
-    return im.convert("RGB")  # CMYK, YCbCr, LAB, 1, L ... -> RGB
+    """One file as a (size, size, channels) uint8 tile, through the one image path (raises ImageError)."""
+    decoded = read_image_file(path)
+    return make_tile(decoded.array, size, channels, name=decoded.name)
 
 
 def rows(array: np.ndarray, index: np.ndarray):
@@ -228,11 +202,10 @@ def source_file(info, tile_name: str) -> Path | None:
 def read_original(path: Path, max_side: int = 2048) -> np.ndarray:
     """An original image file as 8-bit RGB (H, W, 3) for viewing, shrunk only if larger than `max_side`."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            img = to_8bit(im, 3)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot read the original image ({exc})") from None
+        arr = read_image_file(path).array
+    except ImageError as exc:
+        raise DatasetError(f"cannot read the original image: {exc}") from None
+    img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return np.asarray(img, np.uint8)

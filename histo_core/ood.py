@@ -1,0 +1,93 @@
+""""Unlike the training tiles": an out-of-distribution flag calibrated on the model's own tiles.
+
+    calib = calibrate(train_tiles01, heldout_probs, split="test")   # at the end of training; saved with the model
+    flags, reasons = flag_tiles(calib, probs, tiles01)                # at inference: one bool and reason per tile
+
+Two checks, both calibrated when the model is made and stored in its card:
+- confidence: the top-class probability is below what the model gives 95% of its own held-out tiles
+  (validation split, else test split). Catches tissue the model cannot place.
+- colour: the tile's colour statistics, as the model sees them (after stain normalisation), are further from
+  the training tiles' (Mahalanobis distance over per-channel means, standard deviations and inter-channel
+  correlations) than 99% of the training tiles. Catches inputs a classifier is confidently wrong about:
+  blank or saturated images, noise, other stains, non-tissue pictures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+CONFIDENCE_QUANTILE = 0.05
+COLOUR_QUANTILE = 0.99
+COLOUR_MARGIN = 1.5  # the distance threshold is this many times the training tiles' 99th percentile
+
+
+def colour_features(x01: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) float tiles in [0, 1] -> (N, F) features: per-channel mean and std, and (RGB) the three
+    inter-channel correlations."""
+    x = x01.float().flatten(2)  # (N, C, P)
+    mean = x.mean(-1)
+    std = x.std(-1, unbiased=False)
+    feats = [mean, std]
+    if x.shape[1] == 3:
+        z = (x - mean.unsqueeze(-1)) / std.clamp_min(1e-3).unsqueeze(-1)
+        corr = [(z[:, i] * z[:, j]).mean(-1) for i, j in ((0, 1), (0, 2), (1, 2))]
+        corr = [torch.where(std[:, i].clamp_max(std[:, j]) < 1e-3, torch.ones_like(c), c)
+                for c, (i, j) in zip(corr, ((0, 1), (0, 2), (1, 2)))]  # flat tiles: as correlated as can be
+        feats.append(torch.stack(corr, 1))
+    return torch.cat(feats, 1).cpu().numpy().astype(np.float64)
+
+
+def _mahalanobis(feats: np.ndarray, mean: np.ndarray, icov: np.ndarray) -> np.ndarray:
+    d = feats - mean
+    return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, icov, d), 0.0))
+
+
+def calibrate(train_tiles01: torch.Tensor, heldout_probs: np.ndarray | None, split: str) -> dict[str, Any]:
+    """The flag's thresholds: colour statistics of (a sample of) the training tiles as the model sees them,
+    and the confidence quantile of held-out predictions (`heldout_probs`, None when there is no held-out split)."""
+    feats = colour_features(train_tiles01)
+    mean = feats.mean(0)
+    cov = np.cov(feats, rowvar=False) + np.eye(feats.shape[1]) * 1e-4
+    icov = np.linalg.inv(cov)
+    dist = _mahalanobis(feats, mean, icov)
+    out: dict[str, Any] = {
+        "colour_mean": mean.tolist(), "colour_icov": icov.tolist(),
+        "colour_threshold": float(np.quantile(dist, COLOUR_QUANTILE) * COLOUR_MARGIN),
+        "colour_tiles": int(len(feats)),
+    }
+    if heldout_probs is not None and len(heldout_probs):
+        conf = np.asarray(heldout_probs).max(1)
+        out.update(confidence_threshold=float(np.quantile(conf, CONFIDENCE_QUANTILE)),
+                   confidence_split=split, confidence_tiles=int(len(conf)))
+    return out
+
+
+def flag_tiles(calib: dict[str, Any] | None, probs: np.ndarray, tiles01: torch.Tensor | None
+               ) -> tuple[np.ndarray, list[str | None]] | None:
+    """Per tile, whether it looks unlike the training tiles, and why (None where it does not). None when the
+    model has no calibration (older runs)."""
+    if not calib:
+        return None
+    n = len(probs)
+    flags = np.zeros(n, bool)
+    reasons: list[str | None] = [None] * n
+    threshold = calib.get("confidence_threshold")
+    if threshold is not None:
+        conf = np.asarray(probs).max(1)
+        for i in np.flatnonzero(conf < threshold):
+            flags[i] = True
+            reasons[i] = (f"confidence {conf[i]:.2f} is lower than on 95% of the model's own "
+                          f"{calib.get('confidence_split', 'held-out')} tiles ({threshold:.2f})")
+    if tiles01 is not None and calib.get("colour_mean") is not None:
+        feats = colour_features(tiles01)
+        mean, icov = np.asarray(calib["colour_mean"]), np.asarray(calib["colour_icov"])
+        if feats.shape[1] == len(mean):
+            dist = _mahalanobis(feats, mean, icov)
+            for i in np.flatnonzero(dist > calib["colour_threshold"]):
+                flags[i] = True
+                why = "colours and contrast unlike the training tiles"
+                reasons[i] = f"{reasons[i]}; {why}" if reasons[i] else why
+    return flags, reasons

@@ -1,0 +1,229 @@
+"""H&E stain: normalisation to a reference (Macenko, Reinhard) and stain augmentation (HED jitter), batched.
+
+    ref = fit_reference("macenko", tiles_uint8)        # a JSON-able dict, saved with the run and the model card
+    x = normalize_batch(x01, ref)                       # float NCHW in [0, 1] -> the same, stain-normalised
+    x = hed_jitter(x01, sigma=0.05, gen=gen)            # training augmentation (Tellez et al. 2018)
+
+Everything works on whole batches of float [0, 1] NCHW tensors on the training or inference device, so the
+same function serves the training loop, evaluation and every upload (one image path: the model always sees
+tiles normalised the same way). Per-tile estimates are batched: a (N, 3, 3) eigendecomposition and masked
+quantiles, no Python loop over tiles. torchstain does the same per image (a loop over every tile of every
+batch) and raises on tiles with too little tissue, which are common (background, fat); this module keeps such
+tiles unchanged instead.
+
+Macenko (Macenko et al. 2009): optical density OD = -log((I + 1) / Io); pixels with OD >= beta in every
+channel are tissue; the plane of the two largest eigenvectors of their OD covariance holds the H and E
+vectors, found at the alpha / 100 - alpha percentiles of the angle in that plane; concentrations are
+rescaled so their 99th percentile matches the reference's, and recomposed with the reference's stain
+vectors. A tile with fewer than MIN_TISSUE_FRACTION tissue pixels is returned as it is.
+
+Reinhard (Reinhard et al. 2001): per-channel mean and standard deviation in CIELAB matched to the
+reference's (on tissue pixels; background stays white).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+METHODS = ("none", "macenko", "reinhard")
+IO = 240.0  # transmitted light intensity (0..255 scale), as in the reference implementation
+BETA = 0.15  # OD threshold: transparent pixels are not tissue
+ALPHA = 1.0  # percentile of the angle distribution taken as the extreme stain vectors
+MIN_TISSUE_FRACTION = 0.10  # tiles with less tissue than this are left unchanged
+MAX_FIT_TILES = 2000
+_DEFAULT_HE = torch.tensor([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])  # Macenko's reference H&E
+
+
+# -- optical density and the Macenko estimate ----------------------------------------------------------
+def _od(x01: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> (N, 3, P) optical density."""
+    n = x01.shape[0]
+    return -torch.log((x01.reshape(n, 3, -1).float() * 255.0 + 1.0) / IO)
+
+
+def _tissue_mask(od: torch.Tensor) -> torch.Tensor:
+    return (od >= BETA).all(dim=1)  # (N, P)
+
+
+def _masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
+    """Per row of (N, P) values, the q-quantile of the entries where mask is True (NaN where none)."""
+    return torch.nanquantile(torch.where(mask, values, torch.full_like(values, float("nan"))), q, dim=1)
+
+
+def _macenko_estimate(od: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stain matrices (N, 3, 2) [H, E] and 99th-percentile concentrations (N, 2) of each row of OD (N, 3, P).
+
+    Rows with too little tissue (under MIN_TISSUE_FRACTION of their pixels) get the default H&E vectors:
+    the angle percentiles of a few pixels are noise."""
+    w = mask.to(od.dtype).unsqueeze(1)  # (N, 1, P)
+    count = w.sum(-1, keepdim=True).clamp_min(2.0)
+    mean = (od * w).sum(-1, keepdim=True) / count
+    centred = (od - mean) * w
+    cov = centred @ centred.transpose(1, 2) / (count - 1.0)  # (N, 3, 3)
+    _, vecs = torch.linalg.eigh(cov.double() + 1e-9 * torch.eye(3, dtype=torch.float64, device=od.device))
+    vecs = vecs.to(od.dtype)
+    top, second = vecs[:, :, 2], vecs[:, :, 1]
+    top = top * torch.where(top.sum(1, keepdim=True) < 0, -1.0, 1.0)  # OD is positive: so is its main axis
+    basis = torch.stack([top, second], dim=2)  # (N, 3, 2)
+    proj = basis.transpose(1, 2) @ od  # (N, 2, P)
+    phi = torch.atan2(proj[:, 1], proj[:, 0])  # angles near 0, no wrap-around
+    lo = _masked_quantile(phi, mask, ALPHA / 100.0)
+    hi = _masked_quantile(phi, mask, 1.0 - ALPHA / 100.0)
+    v_lo = (basis @ torch.stack([torch.cos(lo), torch.sin(lo)], 1).unsqueeze(-1)).squeeze(-1)
+    v_hi = (basis @ torch.stack([torch.cos(hi), torch.sin(hi)], 1).unsqueeze(-1)).squeeze(-1)
+    h_first = (v_lo[:, 0] > v_hi[:, 0]).unsqueeze(1)  # haematoxylin absorbs more red light
+    he = torch.stack([torch.where(h_first, v_lo, v_hi), torch.where(h_first, v_hi, v_lo)], dim=2)
+    he = he / he.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    bad = ~torch.isfinite(he).flatten(1).all(1) | (mask.float().mean(1) < MIN_TISSUE_FRACTION)
+    he = torch.where(bad.view(-1, 1, 1), _DEFAULT_HE.to(he), he)
+    conc = torch.linalg.pinv(he) @ od  # (N, 2, P), every pixel
+    max_c = torch.quantile(conc, 0.99, dim=2).clamp_min(1e-6)
+    return he, max_c
+
+
+def _macenko(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
+    """Every tile's concentrations rescaled to the reference's 99th percentile and recomposed with the
+    reference's stain vectors, as in the Macenko normalisation NCT-CRC-HE-100K (hence PathMNIST) went through:
+    an almost empty tile comes out as the same uniform stain as the background tiles of those sets."""
+    n, _, h, w = x01.shape
+    od = _od(x01)
+    he, max_c = _macenko_estimate(od, _tissue_mask(od))
+    conc = torch.linalg.pinv(he) @ od
+    ref_he = torch.as_tensor(ref["stain_matrix"], dtype=od.dtype, device=od.device)  # (3, 2)
+    ref_max = torch.as_tensor(ref["max_concentration"], dtype=od.dtype, device=od.device)  # (2,)
+    conc = conc * (ref_max / max_c).unsqueeze(-1)
+    out = IO * torch.exp(-(ref_he @ conc))  # (N, 3, P) on the 0..255 scale
+    out = ((out - 1.0) / 255.0).clamp(0.0, 1.0).reshape(n, 3, h, w)
+    usable = torch.isfinite(out).flatten(1).all(1)
+    return torch.where(usable.view(n, 1, 1, 1), out.to(x01.dtype), x01)
+
+
+# -- CIELAB for Reinhard --------------------------------------------------------------------------------
+_RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
+                            [0.212671, 0.715160, 0.072169],
+                            [0.019334, 0.119193, 0.950227]])
+_WHITE = torch.tensor([0.950456, 1.0, 1.088754])
+
+
+def rgb_to_lab(x01: torch.Tensor) -> torch.Tensor:
+    """sRGB (N, 3, H, W) in [0, 1] -> CIELAB (D65), as skimage.color.rgb2lab."""
+    lin = torch.where(x01 > 0.04045, ((x01 + 0.055) / 1.055) ** 2.4, x01 / 12.92)
+    xyz = torch.einsum("ij,njhw->nihw", _RGB_TO_XYZ.to(x01), lin) / _WHITE.to(x01).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    fy = (lab[:, 0] + 16) / 116
+    f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], dim=1)
+    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787) * _WHITE.to(lab).view(1, 3, 1, 1)
+    lin = torch.einsum("ij,njhw->nihw", torch.linalg.inv(_RGB_TO_XYZ).to(lab), xyz).clamp_min(0.0)
+    return torch.where(lin > 0.0031308, 1.055 * lin.clamp_min(1e-12) ** (1 / 2.4) - 0.055, 12.92 * lin).clamp(0, 1)
+
+
+def _lab_stats(lab: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = mask.to(lab.dtype).unsqueeze(1)  # (N, 1, P)
+    flat = lab.flatten(2)
+    count = w.sum(-1).clamp_min(1.0)
+    mean = (flat * w).sum(-1) / count
+    std = (((flat - mean.unsqueeze(-1)) ** 2 * w).sum(-1) / count).sqrt()
+    return mean, std  # (N, 3) each
+
+
+def _reinhard(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
+    n = x01.shape[0]
+    mask = _tissue_mask(_od(x01))
+    usable = mask.float().mean(1) >= MIN_TISSUE_FRACTION
+    if not bool(usable.any()):
+        return x01
+    lab = rgb_to_lab(x01.float())
+    mean, std = _lab_stats(lab, mask)
+    ref_mean = torch.as_tensor(ref["lab_mean"], dtype=lab.dtype, device=lab.device)
+    ref_std = torch.as_tensor(ref["lab_std"], dtype=lab.dtype, device=lab.device)
+    mapped = (lab - mean.view(n, 3, 1, 1)) / std.clamp_min(1e-3).view(n, 3, 1, 1) * ref_std.view(1, 3, 1, 1) \
+        + ref_mean.view(1, 3, 1, 1)
+    tissue = mask.view(n, 1, *x01.shape[2:])
+    out = torch.where(tissue, lab_to_rgb(mapped), x01.float())  # background pixels stay as they are
+    return torch.where(usable.view(n, 1, 1, 1), out.to(x01.dtype), x01)
+
+
+# -- public API ----------------------------------------------------------------------------------------
+def fit_reference(method: str, tiles_uint8: np.ndarray, seed: int = 0) -> dict[str, Any] | None:
+    """The stain reference of a set of uint8 RGB tiles (N, H, W, 3): pixels of up to MAX_FIT_TILES tiles pooled.
+
+    Returns None for method "none"; raises ValueError when the tiles hold too little tissue to fit."""
+    if method == "none":
+        return None
+    if method not in METHODS:
+        raise ValueError(f"stain normalisation must be one of {', '.join(METHODS)}, got {method!r}")
+    tiles = np.asarray(tiles_uint8)
+    if tiles.ndim != 4 or tiles.shape[3] != 3:
+        raise ValueError("stain normalisation needs RGB tiles (H&E); this dataset has "
+                         f"{tiles.shape[3] if tiles.ndim == 4 else 1} channel(s)")
+    if len(tiles) > MAX_FIT_TILES:
+        tiles = tiles[np.sort(np.random.default_rng(seed).choice(len(tiles), MAX_FIT_TILES, replace=False))]
+    x01 = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float() / 255.0
+    od = _od(x01)
+    mask = _tissue_mask(od)
+    usable = mask.float().mean(1) >= MIN_TISSUE_FRACTION
+    if int(usable.sum()) < 1:
+        raise ValueError("too little stained tissue in the training tiles to fit a stain reference")
+    # The median of per-tile estimates: the reference is a typical training tile, so normalising a training
+    # tile (per tile, like any input) changes it little.
+    if method == "macenko":
+        he, max_c = _macenko_estimate(od[usable], mask[usable])
+        he, max_c = he, max_c
+        he = he.median(dim=0).values
+        he = he / he.norm(dim=0, keepdim=True)
+        return {"method": "macenko", "stain_matrix": he.tolist(), "max_concentration": max_c.median(dim=0).values.tolist(),
+                "fitted_on_tiles": int(usable.sum())}
+    mean, std = _lab_stats(rgb_to_lab(x01[usable]), mask[usable])
+    return {"method": "reinhard", "lab_mean": mean.median(dim=0).values.tolist(),
+            "lab_std": std.median(dim=0).values.tolist(), "fitted_on_tiles": int(usable.sum())}
+
+
+def normalize_batch(x01: torch.Tensor, ref: dict[str, Any] | None) -> torch.Tensor:
+    """Stain-normalise a float (N, 3, H, W) batch in [0, 1] to `ref` (from fit_reference); None: unchanged."""
+    if not ref or ref.get("method", "none") == "none" or x01.shape[1] != 3 or x01.shape[0] == 0:
+        return x01
+    if ref["method"] == "macenko":
+        return _macenko(x01, ref)
+    if ref["method"] == "reinhard":
+        return _reinhard(x01, ref)
+    raise ValueError(f"unknown stain normalisation {ref['method']!r}")
+
+
+def normalize_uint8(tiles_uint8: np.ndarray, ref: dict[str, Any] | None) -> np.ndarray:
+    """The same on uint8 NHWC arrays (for display: 'as the model sees it')."""
+    if not ref or ref.get("method", "none") == "none":
+        return tiles_uint8
+    x = torch.from_numpy(np.ascontiguousarray(tiles_uint8)).permute(0, 3, 1, 2).float() / 255.0
+    out = normalize_batch(x, ref)
+    return (out * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+# -- stain augmentation ---------------------------------------------------------------------------------
+# Ruifrok & Johnston's H&E-DAB stain vectors, as skimage.color.rgb_from_hed.
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
+_RGB_FROM_HED[2] = torch.linalg.cross(_RGB_FROM_HED[0], _RGB_FROM_HED[1])
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+_LOG_ADJUST = float(np.log(1e-6))
+
+
+def hed_jitter(x01: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
+    """Per-tile random scale (1 +- sigma) and shift (+- sigma) of each HED channel (Tellez et al. 2018),
+    in skimage's rgb2hed units; a batch of float (N, 3, H, W) in [0, 1] in and out."""
+    if sigma <= 0 or x01.shape[1] != 3:
+        return x01
+    n, dev = x01.shape[0], x01.device
+    hed = torch.einsum("nihw,ij->njhw", torch.log(x01.clamp_min(1e-6)) / _LOG_ADJUST, _HED_FROM_RGB.to(x01))
+    u = torch.rand((2, n, 3), generator=gen, device=gen.device).to(dev, x01.dtype)
+    scale = (1.0 + (2 * u[0] - 1) * sigma).view(n, 3, 1, 1)
+    shift = ((2 * u[1] - 1) * sigma).view(n, 3, 1, 1)
+    hed = hed * scale + shift
+    rgb = torch.exp(torch.einsum("njhw,ji->nihw", hed, _RGB_FROM_HED.to(x01)) * _LOG_ADJUST)
+    return rgb.clamp(0.0, 1.0)
