@@ -144,9 +144,10 @@ def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
         raise ModelFileError(f"{text}: the run has no best.pt or last.pt yet (state: {run.status().state}); "
                              "wait until it has finished an epoch")
     if p.suffix == "" and "/" not in text:
-        exported = paths.weights_dir() / f"{text}.pt"
-        if exported.is_file():
-            return exported, text, {}
+        for folder in (paths.weights_dir(), paths.shipped_weights_dir()):
+            exported = folder / f"{text}.pt"
+            if exported.is_file():
+                return exported, text, {}
     if p.suffix == ".pt":
         raise ModelFileError(f"{text}: no such model file")
     raise ModelFileError(
@@ -322,7 +323,7 @@ def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list[tu
 @dataclass
 class ModelEntry:
     """One model a user can pick: a completed run or an export, described without loading its weights."""
-    kind: str  # "run" | "export"
+    kind: str  # "run" | "export" | "shipped" (comes with the project, weights/)
     ref: str  # what load_model() takes
     name: str  # run id or export name
     arch: str
@@ -332,17 +333,28 @@ class ModelEntry:
     input_size: int | None
     test_accuracy: float | None
     test_auc: float | None
+    cv_accuracy: float | None = None
+    title: str = ""  # the run's name when it has one
 
     @property
     def label(self) -> str:
-        acc = f"test acc {self.test_accuracy:.3f}" if self.test_accuracy is not None else "no test metrics"
+        if self.test_accuracy is not None:
+            acc = f"test acc {self.test_accuracy:.3f}"
+        elif self.cv_accuracy is not None:
+            acc = f"cross-validated acc {self.cv_accuracy:.3f}"
+        else:
+            acc = "no test metrics"
+        if self.kind == "shipped":
+            return (f"{self.name} · ready-made model shipped in weights/ · {self.arch} · {self.dataset} · "
+                    f"{len(self.classes)} classes · {acc}")
         tag = "SYNTHETIC · " if self.synthetic else ""
         size = f"{self.input_size} px" if self.input_size else "? px"
         return f"{tag}{self.name} · {self.kind} · {self.arch} · {self.dataset} · {size} · {len(self.classes)} classes · {acc}"
 
 
 def list_models(notes: list[str] | None = None) -> list[ModelEntry]:
-    """Completed runs with a checkpoint (newest first), then exports in weights/ (by name)."""
+    """Completed runs with a checkpoint (newest first), then exports in weights/ (by name), then the models
+    shipped with the project (weights/ in the repository, when exports are kept elsewhere)."""
     from histo_core.export import list_exports
     from histo_core.runs import list_runs
 
@@ -358,15 +370,19 @@ def list_models(notes: list[str] | None = None) -> list[ModelEntry]:
             synthetic=bool(ds.get("synthetic")), classes=[str(c) for c in ds.get("classes", [])],
             input_size=cfg.get("size") or ds.get("size"), test_accuracy=test.get("accuracy"), test_auc=test.get("auc"),
         ))
-    for card in list_exports(notes=notes):
+    cards = list_exports(notes=notes)
+    if paths.shipped_weights_dir().resolve() != paths.weights_dir().resolve():
+        cards += list_exports(paths.shipped_weights_dir(), notes=notes)
+    for card in cards:
         ds = card.get("dataset") or {}
         metrics = card.get("metrics") or {}
         entries.append(ModelEntry(
-            kind="export", ref=str(card["path"]), name=str(card.get("name", Path(card["path"]).stem)),
+            kind="shipped" if card.get("shipped") else "export", ref=str(card["path"]),
+            name=str(card.get("name", Path(card["path"]).stem)),
             arch=str(card["arch"]), dataset=str(ds.get("title") or ds.get("name") or "?"),
             synthetic=bool(ds.get("synthetic")), classes=[str(c) for c in card["classes"]],
             input_size=card.get("input_size"), test_accuracy=metrics.get("test_accuracy"),
-            test_auc=metrics.get("test_auc"),
+            test_auc=metrics.get("test_auc"), cv_accuracy=metrics.get("cv_accuracy"),
         ))
     return entries
 

@@ -21,7 +21,8 @@ import torch
 
 CONFIDENCE_QUANTILE = 0.05
 COLOUR_QUANTILE = 0.99
-COLOUR_MARGIN = 1.5  # the distance threshold is this many times the training tiles' 99th percentile
+COLOUR_MARGIN = 1.5
+SHRINKAGE = 0.2  # towards the diagonal: a steadier covariance from a few hundred tiles  # the distance threshold is this many times the training tiles' 99th percentile
 
 
 def colour_features(x01: torch.Tensor) -> np.ndarray:
@@ -50,7 +51,8 @@ def calibrate(train_tiles01: torch.Tensor, heldout_probs: np.ndarray | None, spl
     and the confidence quantile of held-out predictions (`heldout_probs`, None when there is no held-out split)."""
     feats = colour_features(train_tiles01)
     mean = feats.mean(0)
-    cov = np.cov(feats, rowvar=False) + np.eye(feats.shape[1]) * 1e-4
+    cov = np.cov(feats, rowvar=False)
+    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.diag(np.diag(cov)) + np.eye(feats.shape[1]) * 1e-4
     icov = np.linalg.inv(cov)
     dist = _mahalanobis(feats, mean, icov)
     out: dict[str, Any] = {

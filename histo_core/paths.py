@@ -24,6 +24,13 @@ def runs_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else PROJECT_ROOT / "runs"
 
 
+def shipped_weights_dir() -> Path:
+    """Models that come with the project (weights/ in the repository), offered even when exports go elsewhere;
+    $HISTO_SHIPPED_WEIGHTS_DIR overrides it (tests, or a site that ships its own)."""
+    env = os.environ.get("HISTO_SHIPPED_WEIGHTS_DIR")
+    return Path(env).expanduser() if env else PROJECT_ROOT / "weights"
+
+
 def weights_dir(override: str | os.PathLike | None = None) -> Path:
     """Exported models: $HISTO_WEIGHTS_DIR, else weights/ in the project."""
     if override:

@@ -74,7 +74,11 @@ class ClassMap:
         return rows
 
 
-def default_tile_px(meta: ModelMeta) -> int:
+def default_tile_px(meta: ModelMeta, mpp: float | None = None) -> int:
+    """The model's field of view in this image's pixels: at `mpp` µm/px when both are known, else the
+    training tiles' source size, else DEFAULT_TILE_PX."""
+    if meta.field_um and mpp:
+        return max(MIN_TILE_PX, round(meta.field_um / mpp))
     return int(meta.native_tile_px or DEFAULT_TILE_PX)
 
 
@@ -94,17 +98,20 @@ def plan_grid(height: int, width: int, tile_px: int) -> tuple[int, int, int, int
 
 
 def classify_large_image(loaded: LoadedModel, image: np.ndarray, tile_px: int | None = None, *, tta: bool = False,
-                         batch_tiles: int = BATCH_TILES,
+                         batch_tiles: int = BATCH_TILES, mpp: float | None = None,
                          progress: Callable[[int, int], None] | None = None) -> ClassMap:
-    """Cut `image` (uint8 HxWxC) into tiles of `tile_px` source pixels, classify them, return the map."""
+    """Cut `image` (uint8 HxWxC, at `mpp` µm per pixel when known) into tiles of `tile_px` source pixels
+    (default: the model's field of view), classify them, return the map. Each window goes through the one
+    image path (`preprocess`)."""
     image = np.asarray(image, dtype=np.uint8)
     if image.ndim == 2:
         image = image[..., None]
     meta = loaded.meta
-    tile_px = int(tile_px or default_tile_px(meta))
+    tile_px = int(tile_px or default_tile_px(meta, mpp))
     h, w = image.shape[:2]
     rows, cols, top, left = plan_grid(h, w, tile_px)
     notes = []
+    window_mpp = meta.field_um / tile_px if meta.field_um else None  # each window is one field of view
     if rows * tile_px < h or cols * tile_px < w:
         notes.append(f"the centred {cols}x{rows} grid of {tile_px} px tiles leaves margins of "
                      f"{w - cols * tile_px} px (width) and {h - rows * tile_px} px (height) unclassified")
@@ -115,7 +122,7 @@ def classify_large_image(loaded: LoadedModel, image: np.ndarray, tile_px: int | 
         chunk = cells[start:start + batch_tiles]
         tiles = np.stack([
             preprocess(image[top + r * tile_px: top + (r + 1) * tile_px, left + c * tile_px: left + (c + 1) * tile_px],
-                       meta, tile_notes)
+                       meta, tile_notes, mpp=window_mpp)
             for r, c in chunk
         ])
         out = predict(loaded, tiles, tta=tta)

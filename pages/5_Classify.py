@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from histo_core.errors import HistoError
-from histo_core.images import UPLOAD_TYPES, decode_image
+from histo_core.images import UPLOAD_TYPES, decode_image, square_side
 from histo_core.inference import classify_uploads
 from histo_core.tiling import classify_large_image, default_tile_px, legend, render_class_map
 from pages.ui.classify import (PAGE_SIZES, CamCache, cam_options, fingerprint, legend_html, pick_model,
@@ -26,6 +26,14 @@ mode = st.radio("What to classify", ["Tiles", "Large image"], horizontal=True, k
                 help="Tiles: each file is one tile. Large image: one image cut into tiles of the model's field of "
                      "view and shown as a class map.")
 tta = st.toggle("Test-time augmentation (average over 8 flips/rotations)", key="classify_tta")
+mpp = None
+if meta.field_um:
+    mpp = st.number_input(
+        "Resolution of your images (µm per pixel)", min_value=0.0, max_value=50.0, value=0.0, step=0.05,
+        format="%.3f", key="classify_mpp",
+        help=f"The model's tiles cover {meta.field_um:.0f} µm ({meta.native_tile_px} px at {meta.source_mpp} µm/px). "
+             "Leave 0 when your images have the same resolution as the training images; otherwise each image's "
+             "centre field of view is found at this resolution.") or None
 
 
 def tiles_mode() -> None:
@@ -37,11 +45,11 @@ def tiles_mode() -> None:
                 + "; larger tiles are resized, oblong ones centre-cropped.")
         return
     files = [(u.name, u.getvalue()) for u in uploads]
-    scope = f"{model_key}:{fingerprint(files)}:{tta}"
+    scope = f"{model_key}:{fingerprint(files)}:{tta}:{mpp}"
     cached = st.session_state.get("classify_results")
     if not cached or cached["scope"] != scope:
         with st.spinner(f"Classifying {len(files)} file(s)…"):
-            cached = {"scope": scope, "results": classify_uploads(loaded, files, tta=tta)}
+            cached = {"scope": scope, "results": classify_uploads(loaded, files, tta=tta, mpp=mpp)}
         st.session_state["classify_results"] = cached
     results = cached["results"]
     good = [i for i, r in enumerate(results) if r.ok]
@@ -82,8 +90,13 @@ def target_for(i: int, predicted: int) -> int:
 def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
     with st.container(border=True):
         st.markdown(f"**{r.name}** → **{meta.classes[r.pred]}** ({r.confidence:.1%})")
+        if r.unlike_training:
+            st.warning(f"Unlike the training tiles: treat with care ({r.unlike_training}).", icon="⚠️")
         left, middle, right = st.columns([1, 1, 1.3])
         left.image(r.preview, caption=f"as uploaded: {r.width}x{r.height}, {r.mode_note}", width=224)
+        if stain_changed(r):
+            left.image(r.model_view, caption=f"as the model sees it: {meta.stain['method'].capitalize()} "
+                                             f"stain-normalised, {meta.input_size} px", width=224)
         show_cam(r.tile, cam, options, meta.classes[target], container=middle)
         with right:
             st.plotly_chart(probability_figure(r.probs, meta.classes, highlight=r.pred), key=f"classify_probs_{i}",
@@ -91,6 +104,11 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
             target_select(meta.classes, r.pred, key=f"classify_target_{i}")
         for note in r.notes:
             st.caption(f"ℹ️ {note}")
+
+
+def stain_changed(r) -> bool:
+    """Whether stain normalisation visibly changed the tile (more than 2 grey levels on average)."""
+    return r.model_view is not None and float(np.abs(r.model_view.astype(np.int16) - r.tile).mean()) > 2.0
 
 
 def large_image_mode() -> None:
@@ -102,11 +120,12 @@ def large_image_mode() -> None:
         return
     try:
         decoded = decode_image(upload.getvalue(), upload.name)
+        square_side(decoded.height, decoded.width, decoded.name)  # refuses images under 8 px across
     except HistoError as exc:
         st.error(str(exc), icon="🚫")
         return
     h, w = decoded.height, decoded.width
-    default = min(default_tile_px(meta), h, w)
+    default = min(default_tile_px(meta, mpp), h, w)
     a, b = st.columns(2)
     tile_px = int(a.number_input("Tile size (source pixels)", min_value=8, max_value=max(8, min(h, w)), value=default,
                                  step=8, key="classify_tile_px",
@@ -118,7 +137,7 @@ def large_image_mode() -> None:
     if not cached or cached["scope"] != scope:
         bar = st.progress(0.0, text="Classifying tiles…")
         try:
-            cmap = classify_large_image(loaded, decoded.array, tile_px, tta=tta,
+            cmap = classify_large_image(loaded, decoded.array, tile_px, tta=tta, mpp=mpp,
                                         progress=lambda d, t: bar.progress(d / t, text=f"{d} of {t} tiles"))
         except HistoError as exc:
             bar.empty()

@@ -15,12 +15,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path_factory, monkeypatch):
-    """Each test gets its own runs/, data and weights directories."""
+    """Each test gets its own runs/, data and weights directories (and no shipped model unless it asks for one)."""
     base = tmp_path_factory.mktemp("histo")
-    for var, sub in (("HISTO_RUNS_DIR", "runs"), ("HISTO_DATA_DIR", "data"), ("HISTO_WEIGHTS_DIR", "weights")):
+    for var, sub in (("HISTO_RUNS_DIR", "runs"), ("HISTO_DATA_DIR", "data"), ("HISTO_WEIGHTS_DIR", "weights"),
+                     ("HISTO_SHIPPED_WEIGHTS_DIR", "shipped")):
         (base / sub).mkdir()
         monkeypatch.setenv(var, str(base / sub))
     return base
+
+
+@pytest.fixture
+def shipped_model(monkeypatch) -> Path:
+    """The model shipped in weights/ (offered as on a fresh clone); skips where it is absent."""
+    pt = ROOT / "weights" / "pathmnist-resnet9.pt"
+    if not pt.exists():
+        pytest.skip(f"{pt} is absent")
+    monkeypatch.setenv("HISTO_SHIPPED_WEIGHTS_DIR", str(ROOT / "weights"))
+    return pt
 
 
 @pytest.fixture

@@ -42,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="run directory, run id, weights .pt file or export name")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders of images")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (test-time augmentation)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the 8 flips/rotations (test-time augmentation); default: as the model was evaluated")
+    p.add_argument("--mpp", type=float, metavar="UM",
+                   help="µm per pixel of the images, when it differs from the model's training images: each image's "
+                        "centre field of view is then found at this resolution")
     p.add_argument("--cam", metavar="METHOD", choices=list(CAM_METHODS),
                    help=f"save a class activation map per file: {', '.join(CAM_METHODS)} (needs --cam-dir)")
     p.add_argument("--cam-dir", metavar="DIR", help="folder for the CAM overlay PNGs (created if missing)")
@@ -96,6 +100,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise HistoError(f"--alpha must be between 0 and 1, got {args.alpha}")
     if args.batch_size < 1:
         raise HistoError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.mpp is not None and not 0.01 <= args.mpp <= 100:
+        raise HistoError(f"--mpp must be between 0.01 and 100 µm per pixel, got {args.mpp}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -117,7 +123,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             order.append(("ok", len(files)))
             files.append((path.name, data))
-    classified = classify_uploads(loaded, files, tta=args.tta, batch_size=args.batch_size)
+    if args.tta is None:
+        args.tta = meta.tta
+    classified = classify_uploads(loaded, files, tta=args.tta, batch_size=args.batch_size, mpp=args.mpp)
     results = [classified[x] if kind == "ok" else x for kind, x in order]
     cams = _write_cams(args, loaded, results, target) if args.cam else {}
 
@@ -169,7 +177,8 @@ def _record(r, classes, cam: dict | None) -> dict[str, Any]:
         return {"file": r.name, "error": r.error}
     rec = {"file": r.name, "prediction": classes[r.pred], "confidence": round(r.confidence, 6),
            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, r.probs)},
-           "size": [r.width, r.height], "format": r.mode_note, "notes": r.notes}
+           "size": [r.width, r.height], "format": r.mode_note, "notes": r.notes,
+           "unlike_training": r.unlike_training}
     if cam:
         rec["cam"] = cam
     return rec
@@ -184,6 +193,8 @@ def _text(payload: dict[str, Any]) -> str:
             lines.append(f"ERROR {rec['error']}")  # the message starts with the file name
             continue
         lines.append(f"{rec['file']}: {rec['prediction']} ({rec['confidence']:.3f})")
+        if rec["unlike_training"]:
+            lines.append(f"  UNLIKE THE TRAINING TILES, treat with care: {rec['unlike_training']}")
         lines.append("  " + "  ".join(f"{c} {p:.3f}" for c, p in rec["probabilities"].items()))
         for note in rec["notes"]:
             lines.append(f"  note: {note}")
