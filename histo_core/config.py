@@ -78,6 +78,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads; 0 = all cores
     tta: bool = False  # flip/rot90 test-time augmentation at evaluation
     stain_norm: str = "none"  # none | macenko | reinhard: normalise every tile to the training set's stain
+    mpp: float | None = None  # µm per pixel of the dataset's source images, when known (folders, CSV)
     max_train_samples: int = 0  # 0 = all; for quick tries on big sets
     data_dir: str | None = None
     name: str = ""  # optional human label for the run
@@ -140,6 +141,8 @@ class TrainConfig:
             raise ConfigError(f"--min-delta must be >= 0, got {self.min_delta}")
         if self.size is not None:
             _positive_int("size", self.size)
+        if self.mpp is not None and not 0.01 <= self.mpp <= 100:
+            raise ConfigError(f"--mpp must be between 0.01 and 100 µm per pixel, got {self.mpp}")
         if self.threads < 0:
             raise ConfigError(f"--threads must be >= 0, got {self.threads}")
         if self.max_train_samples < 0:
@@ -228,6 +231,8 @@ FIELD_HELP: dict[str, str] = {
     "contrast": "random contrast change up to this fraction",
     "saturation": "random saturation change up to this fraction",
     "hue": "random hue shift up to this fraction of the colour wheel (0..0.5)",
+    "mpp": "µm per pixel of the dataset's source images, when known (PathMNIST and PCam are known): the model "
+           "then records the field of view of its tiles and brings inputs of other resolutions to it",
     "stain_jitter": "H&E stain augmentation: random scale/shift of each HED channel by up to this much (0..0.2)",
     "stain_norm": "stain normalisation of every tile, in training and at inference, to the training set's stain: "
                   "none, macenko or reinhard",

@@ -254,8 +254,16 @@ def model_meta(config: TrainConfig, data: TrainData) -> dict[str, Any]:
         "input_size": data.input_size, "classes": list(info.classes), "mean": list(data.mean), "std": list(data.std),
         "mlp_head": uses_mlp_head(config), "stain": data.stain, "tta": bool(config.tta),
         "dataset": {"name": info.name, "title": info.title, "synthetic": info.synthetic, "source": info.source,
-                    "size": info.size, "channels": info.channels},
+                    "size": info.size, "channels": info.channels, **_scale_of(config, info)},
     }
+
+
+def _scale_of(config: TrainConfig, info: DatasetInfo) -> dict[str, Any]:
+    """The source scale of the training tiles, when known: native tile px and µm per px (see inference.source_scale)."""
+    from histo_core.inference import source_scale
+
+    px, mpp = source_scale({**info.to_dict(), **({"mpp": config.mpp} if config.mpp else {})})
+    return {k: v for k, v in (("native_tile_px", px), ("mpp", config.mpp or mpp)) if v}
 
 
 def uses_mlp_head(config: TrainConfig) -> bool:

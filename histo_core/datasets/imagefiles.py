@@ -48,6 +48,7 @@ class DecodedTiles:
     channels: int
     cache_file: Path
     from_cache: bool
+    native_px: int = 0  # median shorter side of the source images: what one tile covers, in their pixels
 
 
 def is_image_file(path: Path) -> bool:
@@ -72,6 +73,7 @@ def decode_image_files(files: Sequence[Path], *, size: int | None = None, data_d
     npzio.write_npz_atomic(
         cache_file, images=decoded.images, kept=decoded.kept,
         skipped=np.array(json.dumps(decoded.skipped)), size=np.array(decoded.size),
+        native=np.array(decoded.native_px),
     )
     _remove_stale_caches(cache_file)
     decoded.cache_file = cache_file
@@ -109,9 +111,11 @@ def _read_cache(cache_file: Path) -> DecodedTiles | None:
             kept = npzio.load_member(zf, cache_file, "kept")
             skipped = json.loads(str(npzio.load_member(zf, cache_file, "skipped")))
             size = int(npzio.load_member(zf, cache_file, "size"))
+            native = int(npzio.load_member(zf, cache_file, "native"))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         return None  # a damaged cache is rebuilt, not reported
-    return DecodedTiles(images, np.asarray(kept, np.int64), skipped, size, int(images.shape[3]), cache_file, True)
+    return DecodedTiles(images, np.asarray(kept, np.int64), skipped, size, int(images.shape[3]), cache_file, True,
+                        native)
 
 
 def _remove_stale_caches(current: Path) -> None:
@@ -139,8 +143,9 @@ def _decode_all(files: list[Path], size: int | None, label: str, progress: Progr
             skipped.append(f"{f.name}: {_reason(exc)}")
     if not headers:
         raise DatasetError(f"{label}: none of the {total} image files could be read ({'; '.join(skipped[:3])})")
+    native = int(np.median([min(wh) for _, wh, _ in headers]))
     if size is None:
-        size = min(DEFAULT_MAX_SIZE, int(np.median([min(wh) for _, wh, _ in headers])))
+        size = min(DEFAULT_MAX_SIZE, native)
     channels = 1 if all(mode in GRAY_MODES for _, _, mode in headers) else 3
     images = np.empty((len(headers), size, size, channels), np.uint8)
     kept = []
@@ -154,7 +159,8 @@ def _decode_all(files: list[Path], size: int | None, label: str, progress: Progr
             progress(n + 1, len(headers))
     if not kept:
         raise DatasetError(f"{label}: none of the {total} image files could be decoded ({'; '.join(skipped[:3])})")
-    return DecodedTiles(images[: len(kept)], np.asarray(kept, np.int64), skipped, size, channels, Path(), False)
+    return DecodedTiles(images[: len(kept)], np.asarray(kept, np.int64), skipped, size, channels, Path(), False,
+                        native)
 
 
 def _reason(exc: BaseException) -> str:
@@ -224,6 +230,7 @@ def decoded_dataset(decoded: "DecodedTiles", labels: np.ndarray, names: Sequence
                  tile_names=[names[i] for i in idx])
         for s, idx in split_indices.items()
     }
+    info_fields.setdefault("extra", {})["native_tile_px"] = decoded.native_px
     info = DatasetInfo(classes=classes, channels=3 if as_rgb and channels == 1 else channels, size=decoded.size,
                        task="binary" if len(classes) == 2 else "multi-class", native_channels=channels,
                        **info_fields)
