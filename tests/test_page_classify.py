@@ -134,3 +134,31 @@ def test_synthetic_model_is_labelled(tmp_path):
     assert not at.exception
     assert "SYNTHETIC" in at.selectbox(key="classify_model").format_func(at.selectbox(key="classify_model").value)
     assert any("SYNTHETIC DEMO MODEL" in w.value for w in at.warning)
+
+
+def test_fresh_install_offers_the_shipped_models_and_shows_the_normalised_view(shipped_model, shared_data):
+    """No run at all: the ready-made models in weights/ are offered; the Macenko one shows each tile as the
+    model sees it (stain-normalised) next to the upload, and a tile of noise is flagged."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if not (shipped_model.parent / "pathmnist-resnet9-macenko.pt").exists():
+        pytest.skip("weights/pathmnist-resnet9-macenko.pt is absent")
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception
+    picker = at.selectbox(key="classify_model")
+    labels = [picker.format_func(o) for o in picker.options]
+    assert any(l.startswith("pathmnist-resnet9 · ready-made model shipped in weights/") for l in labels)
+    macenko = next(o for o, l in zip(picker.options, labels) if l.startswith("pathmnist-resnet9-macenko"))
+    picker.set_value(macenko).run(timeout=120)
+    nonorm = sorted((shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM").glob("*/*.tif"))[:2]
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(buf, "PNG")
+    at.file_uploader(key="classify_files").set_value([upload(p) for p in nonorm] + [("noise.png", buf.getvalue(), "image/png")])
+    at.run(timeout=180)
+    assert not at.exception, at.exception
+    captions = [c for img in images(at) for c in img.captions]
+    assert any(c.startswith("as the model sees it: Macenko stain-normalised") for c in captions)
+    assert any("Unlike the training tiles: treat with care" in w.value for w in at.warning)

@@ -4,6 +4,7 @@ probability charts. Logic lives in histo_core (inference, explain, tiling, galle
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,7 +52,7 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
         st.session_state.pop(key, None)
     ref = st.selectbox("Model", list(by_ref), format_func=lambda r: by_ref[r].label, key=key,
                        help="Completed runs (newest first) and exported models in weights/. Test accuracy is on the "
-                            "run's own test split.")
+                            "run's own test split; ready-made models in weights/ report cross-validated accuracy.")
     entry = by_ref[ref]
     try:
         loaded = cached_model(ref)
@@ -61,7 +62,12 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
     m = loaded.meta
     st.caption(f"{m.arch} · input {m.input_size} px, {m.in_channels} channel(s) · {m.num_classes} classes: "
                f"{', '.join(m.classes)} · trained on {entry.dataset}"
-               + (f" (tiles covering {m.native_tile_px} source px)" if m.native_tile_px else ""))
+               + (f" (tiles covering {m.field_um:.0f} µm: {m.native_tile_px} px at {m.source_mpp} µm/px)" if m.field_um
+                  else f" (tiles covering {m.native_tile_px} source px)" if m.native_tile_px else "")
+               + (f" · {m.stain['method'].capitalize()} stain normalisation" if m.stain else ""))
+    if entry.kind == "shipped":
+        st.info(f"Ready-made model shipped with Histo Explorer ({Path(entry.ref).name} in weights/), trained on "
+                f"{entry.dataset}; how it was made and measured is in its card, {Path(entry.ref).stem}.json.", icon="📦")
     if entry.synthetic or m.synthetic:
         st.warning("SYNTHETIC DEMO MODEL: trained on procedurally generated tiles, not real tissue. Its predictions "
                    "on real images mean nothing.", icon="🧪")
