@@ -120,7 +120,9 @@ def main() -> None:
                      "command": f"python benchmarks/ship_model.py --name {args.name} --folds {args.folds} "
                                 f"--stain-norm {args.stain_norm} --stain-jitter {args.stain_jitter} --seed {args.seed}"},
         "metrics": {"cv_accuracy": cv_acc, "cv_folds": args.folds, "test_accuracy": None, "test_auc": None},
-        "real_tiles": {k: {"correct": v["correct"], "n": v["n"], "flagged_unlike_training": v["flagged"]}
+        "real_tiles": {k: {"correct": v["correct"], "n": v["n"], "flagged_unlike_training": v["flagged"],
+                           **({"note": "these 40 tiles are among the 240 the model was trained on"}
+                              if k == "pathmnist-test" else {})}
                        for k, v in real.items()},
         "ood": {k: v for k, v in calibration.items() if not k.startswith("colour_mean") and k != "colour_icov"},
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
