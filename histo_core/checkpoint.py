@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as exc:
         msg = str(exc).splitlines()[0][:200]
         if "Unsupported global" in str(exc):  # other weights-only failures (bad opcode) are just junk files
+            # Quote only the offending name: torch's own text goes on to suggest weights_only=False, which
+            # would run the file's code.
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            what = f" (it refers to {found.group(1)})" if found else ""
             raise ModelFileError(
-                f"{path}: refused: the file needs arbitrary code to unpickle ({msg}). Only weights-only "
+                f"{path}: refused: loading it would run code stored in the file{what}. Only weights-only "
                 "checkpoints made by Histo Explorer can be loaded."
             ) from None
         raise ModelFileError(f"{path}: not a PyTorch checkpoint ({msg})") from None

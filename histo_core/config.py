@@ -78,6 +78,7 @@ class TrainConfig:
     max_train_samples: int = 0  # 0 = all; for quick tries on big sets
     data_dir: str | None = None
     name: str = ""  # optional human label for the run
+    started_by: str = ""  # who started it, when the web app requires sign-in ([auth] in secrets.toml)
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod

@@ -9,7 +9,7 @@ import streamlit as st
 
 from histo_core import jobs
 from histo_core.errors import HistoError
-from pages.ui.common import page_setup, synthetic_badge, user_errors
+from pages.ui.common import page_setup, signed_in_user, synthetic_badge, user_errors
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
 from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, render_fields
@@ -137,7 +137,7 @@ if config is not None and ds is not None and not problem:
 st.divider()
 if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):
     with user_errors("Not started: "):
-        run = jobs.submit(config)
+        run = jobs.submit(config, started_by=signed_in_user())
         st.session_state[PREFIX + "last_run"] = run.id
 last_run = st.session_state.get(PREFIX + "last_run")
 if last_run:

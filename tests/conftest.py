@@ -20,6 +20,9 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     for var, sub in (("HISTO_RUNS_DIR", "runs"), ("HISTO_DATA_DIR", "data"), ("HISTO_WEIGHTS_DIR", "weights")):
         (base / sub).mkdir()
         monkeypatch.setenv(var, str(base / sub))
+    # The web app opens datasets only inside its data roots: let page tests open their tmp_path files and the
+    # shared sample data. Tests of the roots themselves unset this.
+    monkeypatch.setenv("HISTO_DATA_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()), str(SHARED)]))
     return base
 
 

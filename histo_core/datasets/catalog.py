@@ -72,6 +72,7 @@ def add_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | Non
     entries = [e for e in local_dataset_entries(data_dir) if e["path"] != spec]
     entries.append({"path": spec, "title": ds.info.title, "source": ds.info.source,
                     "kind": describe_spec(spec), "channels": ds.info.native_channels or ds.info.channels})
+    _catalog_path(data_dir).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(_catalog_path(data_dir), {"datasets": entries})
     return ds
 
