@@ -182,6 +182,15 @@ def create_run_dir(root: str | os.PathLike | None = None, run_id: str | None = N
     return run
 
 
+def read_only_note(root: str | os.PathLike | None = None) -> str | None:
+    """A sentence when the runs directory exists but cannot be written (runs can still be listed and read)."""
+    root = paths.runs_dir(root)
+    if root.is_dir() and not os.access(root, os.W_OK):
+        return (f"{root} is read-only: runs can be listed and inspected, but starting, cancelling, resuming or "
+                "deleting one needs write access to it")
+    return None
+
+
 def list_runs(root: str | os.PathLike | None = None) -> list[RunDir]:
     """Run directories under `root`, newest first."""
     root = paths.runs_dir(root)

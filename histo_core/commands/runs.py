@@ -77,8 +77,13 @@ def summary_line(s: dict[str, Any]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = jobs.summaries(args.runs_dir)
     from histo_core import paths
+    from histo_core.runs import read_only_note
+
+    note = read_only_note(args.runs_dir)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    rows = jobs.summaries(args.runs_dir)
 
     text = "\n".join(summary_line(r) for r in rows) if rows else f"no runs in {paths.runs_dir(args.runs_dir)}"
     emit(args, rows, text)
