@@ -60,11 +60,13 @@ def check_queue_room(runs_root: str | os.PathLike | None = None) -> None:
 
     for name in sorted(k for k in os.environ if k.startswith("HISTO_MAX_RUNS_")):
         max_concurrent(name[len("HISTO_MAX_RUNS_"):])  # a bad value is refused here, before a process starts
+    from histo_core.tasks import active_tasks
+
     limit = max_queued()
-    active = len(active_runs(runs_root))
+    active = len(active_runs(runs_root)) + len(active_tasks(runs_root))
     if active >= limit:
         raise HistoError(
-            f"{active} runs are already queued or running in {paths.runs_dir(runs_root)}, the limit "
+            f"{active} runs and page tasks are already queued or running in {paths.runs_dir(runs_root)}, the limit "
             f"(HISTO_MAX_QUEUED={limit}): wait for one to finish or cancel one, then start again")
 
 

@@ -184,7 +184,7 @@ def test_queue_cap_refuses_a_new_run_and_creates_nothing(monkeypatch):
     monkeypatch.setattr(jobs, "_start_training_process", lambda run, resume: 1)
     live = [write_run("running", pid=os.getpid()), write_run("queued", epochs_done=0, pid=os.getpid())]
     before = sorted(p.name for p in paths.runs_dir().iterdir())
-    with pytest.raises(HistoError, match=r"2 runs are already queued or running .*HISTO_MAX_QUEUED=2"):
+    with pytest.raises(HistoError, match=r"2 runs and page tasks are already queued or running .*HISTO_MAX_QUEUED=2"):
         jobs.submit(default_config("synthetic", device="cpu"))
     assert sorted(p.name for p in paths.runs_dir().iterdir()) == before
     assert [jobs.refresh_status(r).state for r in live] == ["running", "queued"]
@@ -211,18 +211,33 @@ def test_bad_limit_values_get_a_clear_message(monkeypatch):
 
 # -- run identity -----------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("verb", [["cancel"], ["delete", "--yes"], ["show"], ["resume"], ["export", "--name", "n"]])
-def test_run_ids_with_separators_are_refused_and_touch_nothing(tmp_path, verb):
+def _project_beside_the_runs_dir() -> tuple[Path, list[str]]:
     project = paths.runs_dir().parent / "myproject"
     (project / "src").mkdir(parents=True)
     (project / "config.json").write_text("{}")
     (project / "src" / "code.py").write_text("print(1)\n")
-    before = sorted(str(p) for p in project.rglob("*"))
-    for run_id in ("../myproject", str(project), "..", "a/b"):
-        proc = cli("runs", verb[0], run_id, *verb[1:])
+    return project, sorted(str(p) for p in project.rglob("*"))
+
+
+@pytest.mark.slow
+def test_runs_cancel_and_delete_refuse_paths_and_touch_nothing():
+    project, before = _project_beside_the_runs_dir()
+    for verb in (["cancel"], ["delete", "--yes"]):
+        proc = cli("runs", verb[0], "../myproject", *verb[1:])
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-        assert "not a run id" in proc.stderr
+        assert "'../myproject': not a run id" in proc.stderr
+    assert sorted(str(p) for p in project.rglob("*")) == before
+
+
+@pytest.mark.parametrize("verb", [["cancel"], ["delete", "--yes"], ["show"], ["resume"], ["export", "--name", "n"]])
+def test_every_runs_verb_refuses_ids_that_are_paths(capsys, verb):
+    from histo_core.cli import main
+
+    project, before = _project_beside_the_runs_dir()
+    for run_id in ("../myproject", str(project), "..", ".", "a/b"):
+        assert main(["runs", verb[0], run_id, *verb[1:]]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a run id" in err
     assert sorted(str(p) for p in project.rglob("*")) == before
 
 

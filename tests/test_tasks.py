@@ -1,0 +1,124 @@
+"""Background tasks for page work (histo_core.tasks), the measured time estimate and the LR-finder chart."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from histo_core import jobs, paths, tasks
+from histo_core.errors import HistoError
+from tests.conftest import ROOT
+from tests.runfiles import write_run
+from tests.taskfiles import make_task, wait_for_task
+
+
+def small_config(**changes):
+    from histo_core.train import default_config
+
+    cfg = default_config("synthetic", device="cpu")
+    cfg.epochs, cfg.max_train_samples, cfg.threads, cfg.batch_size = 3, 256, 1, 32
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+# -- issue 14 bug 4: the LR-finder chart -------------------------------------------------------------------
+
+def test_lr_finder_chart_spans_the_tested_rates_with_the_marker_at_the_suggestion():
+    from pages.ui.charts import lr_find_figure
+
+    lrs = list(np.geomspace(1e-6, 1.0, 50))
+    fig = lr_find_figure(lrs, list(np.linspace(2, 1, 50)), 3e-3)
+    assert fig.layout.xaxis.type == "log"
+    assert list(fig.layout.xaxis.range) == pytest.approx([-6.0, 0.0])  # log10 of the tested range, not 1e-60
+    (line,) = fig.layout.shapes
+    assert line.x0 == line.x1 == pytest.approx(3e-3)  # shapes take data values on a log axis
+    assert fig.layout.annotations[0].x == pytest.approx(math.log10(3e-3))  # annotations take log10
+
+
+# -- issue 14 bug 5: the time estimate --------------------------------------------------------------------
+
+def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monkeypatch):
+    from histo_core import train as T
+    from histo_core.estimate import estimate_run_time
+
+    calls = {"n": 0}
+    real_step = T.Trainer.train_step
+
+    def cold_then_warm(self, x, y):  # the first batches of a fresh process are far slower
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            time.sleep(0.5)
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(T.Trainer, "train_step", cold_then_warm)
+    cfg = small_config(train_splits="train")
+    est = estimate_run_time(cfg)
+    assert est["warmup_batches"] >= 2
+    per_batch = cfg.batch_size / est["train_images_per_s"]
+    assert per_batch < 0.4  # the two cold batches did not leak into the per-batch time
+    assert est["val_tiles"] > 0 and est["eval_images_per_s"] > 0
+    assert est["per_epoch_s"] == pytest.approx(est["steps_per_epoch"] * per_batch + est["val_tiles"] / est["eval_images_per_s"])
+    assert est["fixed_s"] >= 1.0  # the two cold batches (paid once) and the start-up are counted
+    assert est["total_s"] == pytest.approx(est["fixed_s"] + 3 * est["per_epoch_s"])
+
+
+# -- the task machinery -----------------------------------------------------------------------------------
+
+def test_page_tasks_count_against_the_queue_cap(monkeypatch):
+    monkeypatch.setenv("HISTO_MAX_QUEUED", "1")
+    task = make_task("estimate", {"x": 1}, state="running")
+    task.update_status(pid=os.getpid(), pid_start=jobs.proc_start_time(os.getpid()))
+    with pytest.raises(HistoError, match="HISTO_MAX_QUEUED=1"):
+        tasks.submit_task("lr-find", {"config": small_config().to_dict()})
+    assert len(tasks.list_tasks()) == 1
+
+
+def test_latest_task_is_found_by_kind_and_parameters():
+    a = make_task("lr-find", {"config": {"lr": 1}}, result={"lrs": []})
+    make_task("lr-find", {"config": {"lr": 2}}, result={"lrs": []})
+    assert tasks.latest_task("lr-find", {"config": {"lr": 1}}).id == a.id
+    assert tasks.latest_task("estimate", {"config": {"lr": 1}}) is None
+
+
+@pytest.mark.slow
+def test_estimate_task_runs_in_its_own_process_and_is_listed():
+    task = tasks.submit_task("estimate", {"config": small_config().to_dict()})
+    status = wait_for_task(task, 240)
+    assert status.state == "completed", (status, jobs.log_tail(task))
+    assert status.pid != os.getpid()
+    result = task.result()
+    assert result["per_epoch_s"] > 0 and result["fixed_s"] > 0 and result["total_s"] > result["fixed_s"]
+    proc = subprocess.run([sys.executable, "-m", "histo_core", "tasks", "list"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and f"{task.id}  estimate     completed 100%" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_task_can_be_cancelled_while_it_runs():
+    cfg = small_config(max_train_samples=0, size=64)
+    task = tasks.submit_task("lr-find", {"config": cfg.to_dict(), "steps": 100000})
+    deadline = time.monotonic() + 180
+    while tasks.refresh_task(task).step == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    status = tasks.refresh_task(task)
+    assert status.state == "running", (status, jobs.log_tail(task))
+    proc = subprocess.run([sys.executable, "-m", "histo_core", "tasks", "cancel", task.id], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    status = wait_for_task(task, 60)
+    assert status.state == "cancelled"
+    deadline = time.monotonic() + 30
+    while jobs.pid_alive(status.pid) and time.monotonic() < deadline:  # it wrote "cancelled", then exits
+        time.sleep(0.2)
+    assert not jobs.pid_alive(status.pid)
+    assert task.result() is None
+    assert subprocess.run([sys.executable, "-m", "histo_core", "tasks", "cancel", "../x"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode == 2
