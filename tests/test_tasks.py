@@ -102,7 +102,7 @@ def test_estimate_task_runs_in_its_own_process_and_is_listed():
 
 @pytest.mark.slow
 def test_a_task_can_be_cancelled_while_it_runs():
-    cfg = small_config(max_train_samples=0, size=64)
+    cfg = small_config(max_train_samples=0)
     task = tasks.submit_task("lr-find", {"config": cfg.to_dict(), "steps": 100000})
     deadline = time.monotonic() + 180
     while tasks.refresh_task(task).step == 0 and time.monotonic() < deadline:
