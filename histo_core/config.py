@@ -237,4 +237,5 @@ FIELD_HELP: dict[str, str] = {
     "max_train_samples": "train on a random subset of this many tiles (0 = all)",
     "data_dir": "dataset cache folder (default $HISTO_DATA_DIR or ~/.medmnist)",
     "name": "a label for the run (part of its id)",
+    "started_by": "who started the run (the web app records the signed-in user when sign-in is required)",
 }
