@@ -35,11 +35,14 @@ def process_age_s() -> float:
         return 0.0
 
 
-def estimate_run_time(config: TrainConfig, progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+def estimate_run_time(config: TrainConfig, progress: Callable[[float, str], None] | None = None,
+                      startup_s: float | None = None) -> dict[str, Any]:
+    """`startup_s`: the process's start-up (interpreter + torch import), as the trainer's own process pays it;
+    by default this process's age (a task passes its age before it waited for a device slot)."""
     from histo_core import train as T
 
     say = progress or (lambda f, m: None)
-    startup = process_age_s()  # interpreter + torch import, as the trainer's own process pays it
+    startup = process_age_s() if startup_s is None else float(startup_s)
     t0 = time.perf_counter()
     say(0.05, "opening the dataset")
     T.check_config(config)

@@ -183,8 +183,11 @@ def run_task(task: TaskDir) -> int:
     from histo_core import jobs
     from histo_core.slots import device_slot
 
+    from histo_core.estimate import process_age_s
+
     spec = task.task()
-    kind, params = spec.get("kind"), spec.get("params") or {}
+    kind, params = spec.get("kind"), dict(spec.get("params") or {})
+    params["_startup_s"] = process_age_s()  # before any wait for a slot: what a trainer's start-up costs
     stop = {"signalled": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signalled=True))
     pid_start = jobs.proc_start_time(os.getpid())
@@ -249,7 +252,8 @@ def _estimate(params: dict[str, Any], progress: Callable[[float, str], None]) ->
     from histo_core.config import TrainConfig
     from histo_core.estimate import estimate_run_time
 
-    return estimate_run_time(TrainConfig.from_dict(params["config"]), progress=progress)
+    return estimate_run_time(TrainConfig.from_dict(params["config"]), progress=progress,
+                             startup_s=params.get("_startup_s"))
 
 
 def _label_errors(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
