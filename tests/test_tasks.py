@@ -122,3 +122,32 @@ def test_a_task_can_be_cancelled_while_it_runs():
     assert subprocess.run([sys.executable, "-m", "histo_core", "tasks", "cancel", "../x"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode == 2
+
+
+def _panel_app():
+    import streamlit as st
+
+    from pages.ui.tasks import task_panel
+
+    task_panel("estimate", {"config": {"lr": 1}}, start_label="Estimate", key="t", help="",
+               render_result=lambda r: st.success(f"result {r['total_s']}"))
+
+
+def test_the_panel_shows_a_running_task_again_with_cancel_then_its_result():
+    from streamlit.testing.v1 import AppTest
+
+    task = make_task("estimate", {"config": {"lr": 1}}, state="running")
+    task.update_status(pid=os.getpid(), pid_start=jobs.proc_start_time(os.getpid()), step=250)
+    at = AppTest.from_function(_panel_app, default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.button(key="t_start").disabled and at.get("progress")[0].proto.value == 25
+    assert any(task.id in c.value for c in at.caption)
+    at.button(key="t_cancel").click().run()
+    assert task.cancel_requested()
+    task.update_status(state="completed")
+    from histo_core.fsutil import write_json_atomic
+
+    write_json_atomic(task.result_path, {"total_s": 42})
+    at.run()
+    assert [s.value for s in at.success] == ["result 42"] and at.button(key="t_start").label == "Estimate again"
