@@ -45,28 +45,38 @@ def test_lr_finder_chart_spans_the_tested_rates_with_the_marker_at_the_suggestio
 # -- issue 14 bug 5: the time estimate --------------------------------------------------------------------
 
 def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monkeypatch):
+    """A deterministic clock: the first batches of a fresh process are slow (5 s, 2.5 s), then 0.1 s each;
+    evaluation takes 1 ms per tile. The old estimate (one warm-up batch, no validation, no fixed costs) said
+    "7 min" cold and "0 s per epoch" warm."""
+    from histo_core import estimate
     from histo_core import train as T
-    from histo_core.estimate import estimate_run_time
 
-    calls = {"n": 0}
-    real_step = T.Trainer.train_step
+    now = {"t": 0.0, "steps": 0}
+    monkeypatch.setattr(estimate, "_clock", lambda: now["t"])
+    real_step, real_predict = T.Trainer.train_step, T.Trainer.predict
 
-    def cold_then_warm(self, x, y):  # the first batches of a fresh process are far slower
-        calls["n"] += 1
-        if calls["n"] <= 2:
-            time.sleep(0.5)
+    def step(self, x, y):
+        now["steps"] += 1
+        now["t"] += {1: 5.0, 2: 2.5}.get(now["steps"], 0.1)
         return real_step(self, x, y)
 
-    monkeypatch.setattr(T.Trainer, "train_step", cold_then_warm)
+    def predict(self, source, *a, **k):
+        now["t"] += 0.001 * len(source)
+        return real_predict(self, source, *a, **k)
+
+    monkeypatch.setattr(T.Trainer, "train_step", step)
+    monkeypatch.setattr(T.Trainer, "predict", predict)
     cfg = small_config(train_splits="train")
-    est = estimate_run_time(cfg)
-    assert est["warmup_batches"] >= 2
-    per_batch = cfg.batch_size / est["train_images_per_s"]
-    assert per_batch < 0.4  # the two cold batches did not leak into the per-batch time
-    assert est["val_tiles"] > 0 and est["eval_images_per_s"] > 0
-    assert est["per_epoch_s"] == pytest.approx(est["steps_per_epoch"] * per_batch + est["val_tiles"] / est["eval_images_per_s"])
-    assert est["fixed_s"] >= 1.0  # the two cold batches (paid once) and the start-up are counted
-    assert est["total_s"] == pytest.approx(est["fixed_s"] + 3 * est["per_epoch_s"])
+    est = estimate.estimate_run_time(cfg, startup_s=3.0)
+    assert est["warmup_batches"] == 4  # warm once two consecutive batches agree
+    assert est["train_images_per_s"] == pytest.approx(cfg.batch_size / 0.1)  # the cold batches are not averaged in
+    assert est["val_tiles"] > 0 and est["eval_images_per_s"] == pytest.approx(1000)
+    per_epoch = est["steps_per_epoch"] * 0.1 + est["val_tiles"] / 1000
+    assert est["per_epoch_s"] == pytest.approx(per_epoch) and est["per_epoch_s"] > 1  # never "0 s per epoch"
+    cold_extra = (5.0 + 2.5 + 0.1 + 0.1) - 4 * 0.1
+    final_eval = (est["test_tiles"] + est["val_tiles"]) / 1000
+    assert est["fixed_s"] == pytest.approx(3.0 + cold_extra + final_eval)  # start-up, warm-up, final test
+    assert est["total_s"] == pytest.approx(est["fixed_s"] + 3 * per_epoch)
 
 
 # -- the task machinery -----------------------------------------------------------------------------------
@@ -137,14 +147,18 @@ def test_the_panel_shows_a_running_task_again_with_cancel_then_its_result():
     from streamlit.testing.v1 import AppTest
 
     task = make_task("estimate", {"config": {"lr": 1}}, state="running")
-    task.update_status(pid=os.getpid(), pid_start=jobs.proc_start_time(os.getpid()), step=250)
-    at = AppTest.from_function(_panel_app, default_timeout=60)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert at.button(key="t_start").disabled and at.get("progress")[0].proto.value == 25
-    assert any(task.id in c.value for c in at.caption)
-    at.button(key="t_cancel").click().run()
-    assert task.cancel_requested()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for the task
+    try:
+        task.update_status(pid=sleeper.pid, pid_start=jobs.proc_start_time(sleeper.pid), step=250)
+        at = AppTest.from_function(_panel_app, default_timeout=60)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.button(key="t_start").disabled and at.get("progress")[0].proto.value == 25
+        assert any(task.id in c.value for c in at.caption)
+        at.button(key="t_cancel").click().run()
+        assert task.cancel_requested() and sleeper.wait(timeout=10) == -15  # SIGTERM to the task's process
+    finally:
+        sleeper.kill()
     task.update_status(state="completed")
     from histo_core.fsutil import write_json_atomic
 
