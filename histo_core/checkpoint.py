@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        msg = str(exc).splitlines()[0][:200]
-        if "Unsupported global" in str(exc):  # other weights-only failures (bad opcode) are just junk files
+        # torch's text starts by suggesting weights_only=False, which would run the file's code: never quote
+        # it; name only the object the file refers to.
+        text = str(exc)
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+        if found or "GLOBAL" in text:  # other weights-only failures (bad opcode) are just junk files
+            what = f" (it refers to {found.group(1)})" if found else ""
             raise ModelFileError(
-                f"{path}: refused: the file needs arbitrary code to unpickle ({msg}). Only weights-only "
+                f"{path}: refused: loading it would run code stored in the file{what}. Only weights-only "
                 "checkpoints made by Histo Explorer can be loaded."
             ) from None
-        raise ModelFileError(f"{path}: not a PyTorch checkpoint ({msg})") from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = f" ({lines[0][:200]})" if lines else ""
+        raise ModelFileError(f"{path}: not a PyTorch checkpoint{detail}") from None
     except Exception as exc:  # torch.load raises KeyError, EOFError, RuntimeError... on arbitrary bytes
         raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from histo_core.errors import HistoError
 
-COMMAND_MODULES = ("datasets", "train", "predict", "runs")
+COMMAND_MODULES = ("datasets", "train", "predict", "runs", "tasks")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -82,6 +82,7 @@ class TrainConfig:
     max_train_samples: int = 0  # 0 = all; for quick tries on big sets
     data_dir: str | None = None
     name: str = ""  # optional human label for the run
+    started_by: str = ""  # who started it, when the web app requires sign-in ([auth] in secrets.toml)
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -250,4 +251,5 @@ FIELD_HELP: dict[str, str] = {
     "max_train_samples": "train on a random subset of this many tiles (0 = all)",
     "data_dir": "dataset cache folder (default $HISTO_DATA_DIR or ~/.medmnist)",
     "name": "a label for the run (part of its id)",
+    "started_by": "who started the run (the web app records the signed-in user when sign-in is required)",
 }

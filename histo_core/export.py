@@ -10,6 +10,8 @@ run it came from. The Classify page and `predict` pick models from these cards.
 
 from __future__ import annotations
 
+import errno
+
 import os
 import re
 import time
@@ -68,7 +70,9 @@ def export_run(run: RunDir, name: str, weights_dir: str | os.PathLike | None = N
         torch_save_atomic(pt_path, payload)
         write_json_atomic(card_path, card)
     except OSError as exc:
-        raise HistoError(f"{pt_path.parent}: cannot write the export ({exc.strerror or exc})") from None
+        why = "disk full: free space and export again" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            (exc.strerror or str(exc))
+        raise HistoError(f"{pt_path.parent}: cannot write the export ({why})") from None
     return pt_path
 
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 
 def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through a temp file in the same folder, then rename. The folder must exist: a writer never
+    re-creates a missing folder (a deleted run's trainer must not bring its folder back). The file gets the
+    usual permissions for the umask (mkstemp's would be 0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -41,9 +46,44 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def torch_save_atomic(path: Path, obj: Any) -> None:
+    """torch.save through `_atomic`. torch reports a failed write as a RuntimeError ("[enforce fail at
+    inline_container.cc:...] ... file write failed"): that becomes OSError(ENOSPC) when the disk is full,
+    so callers say "disk full" instead of quoting torch."""
     import torch
 
-    _atomic(path, lambda fh: torch.save(obj, fh))
+    try:
+        _atomic(path, lambda fh: torch.save(obj, fh))
+    except RuntimeError as exc:
+        text = str(exc)
+        if "inline_container" not in text and "write failed" not in text:
+            raise
+        if disk_nearly_full(Path(path).parent):
+            raise OSError(errno.ENOSPC, "No space left on device (disk full)", str(path)) from None
+        raise OSError(errno.EIO, f"could not write the file ({text.splitlines()[-1].strip()[:200]})",
+                      str(path)) from None
+
+
+DISK_FULL_BELOW = 64 * 2**20
+
+
+def disk_nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < DISK_FULL_BELOW
+    except OSError:
+        return False
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only be read by setting)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def savez_atomic(path: Path, **arrays: Any) -> None:

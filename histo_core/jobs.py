@@ -33,13 +33,41 @@ STALE = "stale"  # shown for a run on another host whose heartbeat stopped; neve
 
 # -- starting processes ------------------------------------------------------------------------------
 
-def submit(config, runs_root: str | os.PathLike | None = None) -> RunDir:
-    """Validate `config`, create its run directory and start training it in a background process."""
+def submit(config, runs_root: str | os.PathLike | None = None, started_by: str | None = None) -> RunDir:
+    """Validate `config`, create its run directory and start training it in a background process.
+    `started_by`: the signed-in user, recorded in config.json."""
     from histo_core.train import prepare_run
 
+    check_queue_room(runs_root)
+    if started_by:
+        config.started_by = str(started_by)
     run = prepare_run(config, runs_root=runs_root)
     _start_training_process(run, resume=False)
     return run
+
+
+def active_runs(runs_root: str | os.PathLike | None = None) -> list[RunDir]:
+    """Runs under the runs root whose process is queued or running (liveness refreshed)."""
+    return [r for r in list_runs(runs_root) if refresh_status(r).state in ACTIVE_STATES]
+
+
+def check_queue_room(runs_root: str | os.PathLike | None = None) -> None:
+    """Refuse a new background process when HISTO_MAX_QUEUED (default 8) are already queued or running in
+    this runs directory: each waiting process holds its memory (about 900 MB for a trainer)."""
+    from histo_core.limits import max_queued
+
+    from histo_core.slots import max_concurrent
+
+    for name in sorted(k for k in os.environ if k.startswith("HISTO_MAX_RUNS_")):
+        max_concurrent(name[len("HISTO_MAX_RUNS_"):])  # a bad value is refused here, before a process starts
+    from histo_core.tasks import active_tasks
+
+    limit = max_queued()
+    active = len(active_runs(runs_root)) + len(active_tasks(runs_root))
+    if active >= limit:
+        raise HistoError(
+            f"{active} runs and page tasks are already queued or running in {paths.runs_dir(runs_root)}, the limit "
+            f"(HISTO_MAX_QUEUED={limit}): wait for one to finish or cancel one, then start again")
 
 
 def _train_command(run: RunDir, resume: bool) -> list[str]:
@@ -78,8 +106,8 @@ def _start_training_process(run: RunDir, resume: bool) -> int:
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     # The trainer needs a second or more to import torch before it writes status.json, so this write does
     # not race with it in practice; the trainer records its own pid too.
-    run.update_status(pid=proc.pid, host=socket.gethostname(), state="queued", error=None,
-                      finished_at=None)
+    run.update_status(pid=proc.pid, pid_start=proc_start_time(proc.pid), host=socket.gethostname(),
+                      state="queued", error=None, finished_at=None)
     return proc.pid
 
 
@@ -111,15 +139,30 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
+def proc_start_time(pid: int | None) -> int | None:
+    """Start time of process `pid` in clock ticks since boot (/proc/<pid>/stat field 22); None without /proc.
+    A pid reused by another process has another start time."""
+    stat = _proc_file(int(pid), "stat") if pid else None
+    if stat is None:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()  # fields 3.. (comm may hold spaces and parentheses)
+    try:
+        return int(fields[22 - 3])
+    except (IndexError, ValueError):
+        return None
+
+
 def _is_run_process(pid: int, run: RunDir, status: RunStatus) -> bool:
-    """Is live process `pid` really this run's trainer (and not a process that reused its pid)?"""
+    """Is live process `pid` really this run's trainer (and not a process that reused its pid)?
+    The recorded start time must match; a run recorded before start times were kept falls back to the
+    run id in the command line."""
+    started = proc_start_time(pid)
+    if status.pid_start is not None and started is not None:
+        return int(status.pid_start) == started
     cmdline = _proc_file(pid, "cmdline")
     if cmdline is None:  # no /proc (not Linux): trust the pid
         return True
-    if run.id.encode() in cmdline:
-        return True
-    # A foreground `python -m histo_core train --dataset ...` names no run dir; accept it while it beats.
-    return b"histo_core" in cmdline and not _heartbeat_stale(status)
+    return run.id.encode() in cmdline
 
 
 def _heartbeat_stale(status: RunStatus, now: float | None = None) -> bool:
@@ -160,7 +203,7 @@ def refresh_status(run: RunDir) -> RunStatus:
     if run.cancel_requested():  # asked to stop and stopped, just not cleanly: that is still a cancel
         fresh.state, fresh.finished_at, fresh.eta_s = "cancelled", time.time(), None
         fresh.error = f"cancelled; the process ended before it could save ({_checkpoint_note(run)})"
-        run.write_status(fresh)
+        _write_if_possible(run, fresh)
         return fresh
     return _mark_failed(run, fresh, _unexpected_end_message(run, fresh))
 
@@ -185,8 +228,16 @@ def _mark_failed(run: RunDir, status: RunStatus, error: str) -> RunStatus:
     status.error = error
     status.finished_at = time.time()
     status.eta_s = None
-    run.write_status(status)
+    _write_if_possible(run, status)
     return status
+
+
+def _write_if_possible(run: RunDir, status: RunStatus) -> None:
+    """Record a status found by a reader; on a read-only runs directory it is shown, not written."""
+    try:
+        run.write_status(status)
+    except OSError:
+        pass
 
 
 def log_tail(run: RunDir, lines: int = 40, max_bytes: int = 64_000) -> str:
@@ -220,7 +271,10 @@ def cancel(run: RunDir) -> RunStatus:
     status = refresh_status(run)
     if status.state not in ACTIVE_STATES:
         raise HistoError(f"{run.id}: the run is {status.state}; only a queued or running run can be cancelled")
-    run.cancel_path.touch()
+    try:
+        run.cancel_path.touch()
+    except OSError as exc:
+        raise HistoError(f"{run.id}: cannot write to the run directory ({exc.strerror or exc})") from None
     if status.pid and process_alive(run, status):
         try:
             os.kill(int(status.pid), signal.SIGTERM)
@@ -246,6 +300,7 @@ def resume(run: RunDir) -> str:
         raise HistoError(f"{run.id}: the run is still marked running on {status.host}; resume it there")
     if status.state == "completed":
         raise HistoError(f"{run.id}: the run has completed; start a new run to train longer")
+    check_queue_room(run.path.parent)
     run.cancel_path.unlink(missing_ok=True)
     from_checkpoint = run.last_ckpt.exists()
     if from_checkpoint:
@@ -309,6 +364,7 @@ def run_summary(run: RunDir, status: RunStatus | None = None) -> dict[str, Any]:
     return {
         "id": run.id,
         "name": config.get("name") or "",
+        "started_by": config.get("started_by") or "",
         "dataset": dataset.get("title") or dataset.get("name") or config.get("dataset", ""),
         "dataset_spec": config.get("dataset", ""),
         "synthetic": bool(dataset.get("synthetic")),

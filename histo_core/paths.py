@@ -37,3 +37,38 @@ def weights_dir(override: str | os.PathLike | None = None) -> Path:
         return Path(override).expanduser()
     env = os.environ.get("HISTO_WEIGHTS_DIR")
     return Path(env).expanduser() if env else PROJECT_ROOT / "weights"
+
+
+# -- data roots: what the web app may open ------------------------------------------------------------
+
+OUTSIDE_ROOTS_MESSAGE = (
+    "This app opens datasets only inside its allowed folders: choose a dataset from the list or a path inside "
+    "one of the folders shown under the path box (the server's owner can add folders with HISTO_DATA_ROOTS "
+    "or `python -m histo_core datasets --add`)."
+)
+
+
+def data_roots(data_dir_override: str | os.PathLike | None = None) -> list[Path]:
+    """Folders (and single files) the web app may open datasets in: the data dir, every dataset registered
+    with `python -m histo_core datasets --add`, and the os.pathsep-separated folders of $HISTO_DATA_ROOTS.
+    Resolved (symlinks followed), without duplicates, in that order. The CLI is not limited by them."""
+    candidates: list[str] = [str(data_dir(data_dir_override))]
+    from histo_core.datasets.catalog import local_datasets
+
+    candidates += [p.split("?", 1)[0] for p in local_datasets(data_dir_override)]
+    candidates += [p for p in os.environ.get("HISTO_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
+    out: list[Path] = []
+    for c in candidates:
+        p = Path(os.path.realpath(Path(c.strip()).expanduser()))
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def inside_roots(path: str | os.PathLike, roots: list[Path]) -> bool:
+    """True when `path`, with `..` and every symlink resolved, is one of `roots` or lies under one."""
+    try:
+        real = Path(os.path.realpath(Path(path).expanduser()))
+    except (OSError, ValueError):
+        return False
+    return any(real == r or real.is_relative_to(r) for r in roots)

@@ -41,6 +41,8 @@ HEARTBEAT_STALE_S = 60.0  # a running run whose heartbeat is older than this and
 class RunStatus:
     state: str = "queued"
     pid: int | None = None
+    pid_start: int | None = None  # the process's start time (/proc/<pid>/stat field 22): a reused pid differs
+    started_by: str | None = None  # who started the run when the app requires sign-in
     host: str = field(default_factory=socket.gethostname)
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -180,13 +182,43 @@ def create_run_dir(root: str | os.PathLike | None = None, run_id: str | None = N
     return run
 
 
+def read_only_note(root: str | os.PathLike | None = None) -> str | None:
+    """A sentence when the runs directory exists but cannot be written (runs can still be listed and read)."""
+    root = paths.runs_dir(root)
+    if root.is_dir() and not os.access(root, os.W_OK):
+        return (f"{root} is read-only: runs can be listed and inspected, but starting, cancelling, resuming or "
+                "deleting one needs write access to it")
+    return None
+
+
 def list_runs(root: str | os.PathLike | None = None) -> list[RunDir]:
     """Run directories under `root`, newest first."""
     root = paths.runs_dir(root)
     if not root.is_dir():
         return []
-    runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    try:
+        runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    except OSError as exc:
+        raise HistoError(f"{root}: cannot read the runs directory ({exc.strerror or exc}); check its "
+                         "permissions or set HISTO_RUNS_DIR") from None
     return sorted(runs, key=lambda r: r.id, reverse=True)
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is a folder name under the runs root, never a path: refuse separators, '.', '..' and NUL."""
+    text = str(run_id)
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if not text.strip() or text in (".", "..") or any(c in text for c in seps) or "\0" in text:
+        raise HistoError(f"{text!r}: not a run id; give the name of a run as `runs list` shows it (no '/' or '..')")
+    return text
+
+
+def run_by_id(run_id: str, root: str | os.PathLike | None = None) -> RunDir:
+    """The run named `run_id` under the runs root (what the `runs` verbs and the pages take)."""
+    run = RunDir(paths.runs_dir(root) / check_run_id(run_id))
+    if not run.config_path.exists():
+        raise HistoError(f"{run_id}: no such run in {paths.runs_dir(root)} (see `python -m histo_core runs list`)")
+    return run
 
 
 def resolve_run(spec: str | os.PathLike, root: str | os.PathLike | None = None) -> RunDir:

@@ -20,7 +20,9 @@ from histo_core import paths
 def max_concurrent(device: str) -> int:
     """$HISTO_MAX_RUNS_<DEVICE> (e.g. HISTO_MAX_RUNS_CPU=2), default 1 per device: two CPU runs on 2 cores only
     slow each other down."""
-    return max(1, int(os.environ.get(f"HISTO_MAX_RUNS_{device.upper()}", "1")))
+    from histo_core.limits import env_int
+
+    return env_int(f"HISTO_MAX_RUNS_{device.upper()}", 1)
 
 
 @contextmanager

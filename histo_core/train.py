@@ -665,11 +665,24 @@ class _CancelFlag:
         self.signalled = True
 
     def requested(self) -> bool:
+        """Checked at every batch (and while queued); raises RunFolderGone when the run folder was deleted."""
         now = time.monotonic()
-        if not self._file and now - self._last_check > 0.25:
+        if now - self._last_check > 0.25:
             self._last_check = now
-            self._file = self.run.cancel_requested()
+            if not self.run.path.is_dir():
+                raise RunFolderGone(str(self.run.path))
+            self._file = self._file or self.run.cancel_requested()
         return self.signalled or self._file
+
+
+class RunFolderGone(Exception):
+    """The run folder disappeared while training: the trainer stops and writes nothing."""
+
+
+def _own_start_time() -> int | None:
+    from histo_core.jobs import proc_start_time
+
+    return proc_start_time(os.getpid())
 
 
 def _log(run: RunDir, text: str, rank: int = 0) -> None:
@@ -733,10 +746,13 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
                 if cancel.requested():
                     raise StopRequested()
 
-            writer.update(state="queued", pid=os.getpid())
+            writer.update(state="queued", pid=os.getpid(), pid_start=_own_start_time())
             with device_slot(device_name, runs_root=run.path.parent, on_wait=waiting):
                 results = _train_when_slot_free(run, config, writer, cancel, resume, rank, world, local_rank)
         return results
+    except RunFolderGone:  # deleted under us: stop, write nothing (writers never re-create the folder)
+        _log(run, f"{run.path}: the run folder was deleted; stopping without saving", rank)
+        return {"run_dir": str(run.path), "state": "deleted", "test": None}
     except StopRequested:
         writer.update(state="cancelled", finished_at=time.time(), phase="")
         _log(run, f"{run.id}: cancelled", rank)
@@ -762,7 +778,7 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
 def _train_when_slot_free(run: RunDir, config: TrainConfig, writer: _StatusWriter, cancel: _CancelFlag, resume: bool,
                           rank: int, world: int, local_rank: int) -> dict[str, Any]:
     device = setup_device(config, local_rank)
-    writer.update(state="running", pid=os.getpid(), started_at=time.time(), error=None, finished_at=None,
+    writer.update(state="running", pid=os.getpid(), pid_start=_own_start_time(), started_at=time.time(), error=None, finished_at=None,
                   epochs=config.epochs, device=str(device), phase="loading data")
     writer.start_heartbeat()
     ds = open_config_dataset(config)

@@ -7,12 +7,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from histo_core.datasets.catalog import add_local_dataset, local_datasets, remove_local_dataset
+from histo_core.datasets.catalog import add_local_dataset, check_web_spec, local_datasets, remove_local_dataset
 from histo_core.datasets.download import download_medmnist, medmnist_file
 from histo_core.datasets.imagefiles import read_original, source_file
 from histo_core.datasets.medmnist_source import SIZES, flags_2d, is_multi_label, medmnist_info
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError
+from histo_core.paths import data_roots
 from pages.ui.common import page_setup, synthetic_badge, user_errors
 from pages.ui.datasets import (
     class_distribution_figure, data_dir_caption, dataset_picker, for_display, histogram_figure, open_cached,
@@ -187,7 +188,8 @@ def render_about(info) -> None:
     if about:
         with st.expander(f"{about}"):
             try:
-                st.markdown(open(about, encoding="utf-8", errors="replace").read(20000))
+                # plain text: a dataset's README is not trusted markup (links, images, HTML)
+                st.text(open(about, encoding="utf-8", errors="replace").read(20000))
             except OSError as exc:
                 st.caption(f"cannot read it: {exc}")
     if not (info.license or info.citation or about):
@@ -199,11 +201,13 @@ def render_add_path() -> None:
     with st.expander("Add your own dataset (a path on this machine)"):
         st.caption("A MedMNIST-layout .npz, a folder of class folders (optionally inside train/val/test), a CSV "
                    "manifest (image path + label columns; `manifest.csv?image=col&label=col` to name them) or a "
-                   "folder of PatchCamelyon .h5 files. It is opened once to check it, then listed for every page.")
+                   "folder of PatchCamelyon .h5 files. It is opened once to check it, then listed for every page. "
+                   "Only paths inside the allowed folders: " + ", ".join(f"`{r}`" for r in data_roots()))
         path = st.text_input("Path", key=f"{KEY}_add_path")
         if st.button("Add dataset", key=f"{KEY}_add"):
             bar = st.progress(0.0, text="opening…")
             try:
+                check_web_spec(path)  # the web app adds only paths inside the allowed data roots
                 ds = add_local_dataset(path, progress=progress_callback(bar, "decoding images"))
             except HistoError as exc:
                 bar.empty()

@@ -3,13 +3,12 @@ and start a background run (it keeps going if the browser closes; watch it on th
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from histo_core import jobs
 from histo_core.errors import HistoError
-from pages.ui.common import page_setup, synthetic_badge, user_errors
+from pages.ui.common import page_setup, signed_in_user, synthetic_badge, user_errors
+from pages.ui.tasks import task_panel
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
 from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, render_fields
@@ -54,58 +53,39 @@ def describe_dataset(spec: str, size: int | None, as_rgb: bool):
     return None
 
 
-def train_size(config, ds) -> int:
-    sizes = ds.split_sizes()
-    n = sizes.get("train", 0) + (sizes.get("val", 0) if config.train_splits == "train+val" else 0)
-    return min(n, config.max_train_samples) if config.max_train_samples else n
+def estimate_panel(config) -> None:
+    def show(est: dict) -> None:
+        st.info(f"About {fmt_duration(est['total_s'])} for {est['epochs']} epochs: "
+                f"{fmt_duration(est['per_epoch_s'])} per epoch of {est['train_tiles']:,} tiles "
+                f"({est['train_images_per_s']:,.0f} images/s after {est['warmup_batches']} warm-up batches"
+                + (f", validation of {est['val_tiles']:,} tiles included" if est["val_tiles"] else "")
+                + f") plus {fmt_duration(est['fixed_s'])} once (start, loading the data, final test).")
+
+    task_panel("estimate", {"config": config.to_dict()}, start_label="Estimate the training time", key=PREFIX + "est",
+               help="times training batches of this model on this device after warm-up, one validation pass and "
+                    "the start-up costs, in a background process", render_result=show, device=config.device)
 
 
-def estimate_panel(config, ds) -> None:
-    from histo_core.train import measure_throughput
-
-    if st.button("Estimate time per epoch", help="times a few training batches of this model on this device"):
-        with user_errors(), st.spinner("Timing a few batches…"):
-            st.session_state[PREFIX + "estimate"] = (config.to_dict(), measure_throughput(config))
-    measured = st.session_state.get(PREFIX + "estimate")
-    if measured:
-        measured_cfg, images_per_s = measured
-        n = train_size(config, ds)
-        per_epoch = n / images_per_s if images_per_s else math.nan
-        stale = "" if measured_cfg == config.to_dict() else " (measured with other settings; estimate again)"
-        st.info(f"≈ {images_per_s:,.0f} training images/s → about {fmt_duration(per_epoch)} per epoch of "
-                f"{n:,} tiles, {fmt_duration(per_epoch * config.epochs)} for {config.epochs} epochs "
-                f"(plus validation){stale}")
-
-
-def _use_suggested_lr() -> None:
-    result = st.session_state.get(PREFIX + "lr_find") or {}
-    if result.get("suggested_lr"):
-        st.session_state[PREFIX + "lr"] = float(result["suggested_lr"])
+def _use_suggested_lr(lr: float) -> None:
+    st.session_state[PREFIX + "lr"] = float(lr)
 
 
 def lr_finder_panel(config) -> None:
-    from histo_core.lr_find import lr_find
     from pages.ui.charts import lr_find_figure
 
-    if st.button("Run the LR finder", help="trains briefly while raising the learning rate from 1e-6 to 1; "
-                                           "the model is then discarded"):
-        bar = st.progress(0.0, text="LR finder…")
-        steps = 100
-
-        def on_step(step: int, lr: float, loss: float) -> None:
-            bar.progress(min(1.0, (step + 1) / steps), text=f"LR finder: lr {lr:.2g}, loss {loss:.3f}")
-
-        with user_errors():
-            st.session_state[PREFIX + "lr_find"] = lr_find(config, num_steps=steps, on_step=on_step)
-        bar.empty()
-    result = st.session_state.get(PREFIX + "lr_find")
-    if result:
+    def show(result: dict) -> None:
         st.plotly_chart(lr_find_figure(result["lrs"], result["losses"], result.get("suggested_lr")),
                         width="stretch")
         if result.get("suggested_lr"):
-            st.button(f"Use the suggested rate {result['suggested_lr']:.2g}", on_click=_use_suggested_lr)
+            st.button(f"Use the suggested rate {result['suggested_lr']:.2g}", on_click=_use_suggested_lr,
+                      args=(result["suggested_lr"],))
         else:
             st.warning("No clear rate: the loss never fell steadily. Keep the default or try a smaller batch.")
+
+    task_panel("lr-find", {"config": config.to_dict(), "steps": 100}, start_label="Run the LR finder",
+               key=PREFIX + "lrf", render_result=show, device=config.device,
+               help="trains briefly while raising the learning rate from 1e-6 to 1 in a background process; the "
+                    "model is then discarded")
 
 
 # -- page ----------------------------------------------------------------------------------------------
@@ -129,7 +109,7 @@ if problem:
 if config is not None and ds is not None and not problem:
     left, right = st.columns(2)
     with left:
-        estimate_panel(config, ds)
+        estimate_panel(config)
     with right:
         with st.expander("Learning-rate finder"):
             lr_finder_panel(config)
@@ -137,7 +117,7 @@ if config is not None and ds is not None and not problem:
 st.divider()
 if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):
     with user_errors("Not started: "):
-        run = jobs.submit(config)
+        run = jobs.submit(config, started_by=signed_in_user())
         st.session_state[PREFIX + "last_run"] = run.id
 last_run = st.session_state.get(PREFIX + "last_run")
 if last_run:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from histo_core import jobs, paths
-from histo_core.runs import RunDir, list_runs
-from pages.ui.common import page_setup
+from histo_core.runs import RunDir, list_runs, read_only_note
+from pages.ui.common import page_setup, user_errors
 from pages.ui.runs import link_to_page, render_run, render_summary_table, run_label
 
 page_setup("Runs", "📈")
@@ -15,7 +15,14 @@ notice = st.session_state.pop("runs_notice", None)
 if notice:
     st.success(notice)
 
-runs = list_runs()
+runs = None
+with user_errors():
+    runs = list_runs()
+if runs is None:
+    st.stop()
+read_only = read_only_note()
+if read_only:
+    st.warning(read_only)
 if not runs:
     st.info(f"No runs in `{paths.runs_dir()}` yet. Start one on the Train page (the synthetic demo needs no download).")
     link_to_page("pages/2_Train.py", "Train a model", "🏋️")

@@ -13,11 +13,12 @@ from histo_core.explain import CAM_METHODS, upscale_tile
 from histo_core.gallery import (SORTS, RunTiles, confused_pairs, confusion, load_predictions, paginate,
                                 prediction_splits, query, side_by_side, table, to_csv)
 from histo_core.inference import preprocess
-from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, find_label_errors, load_label_errors
+from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, load_label_errors
 from histo_core.runs import RunDir, list_runs
 from pages.ui.charts import confusion_figure
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
 from pages.ui.common import page_setup, synthetic_badge
+from pages.ui.tasks import task_panel
 
 page_setup("Review", "🧐")
 GRID_COLUMNS = 4
@@ -197,15 +198,14 @@ l1, l2, l3 = st.columns([1, 1, 2])
 folds = int(l1.number_input("Folds", 2, 10, DEFAULT_FOLDS, key="review_le_folds"))
 epochs = int(l2.number_input("Epochs per fold", 1, 100, min(DEFAULT_EPOCHS, int(run.config().get("epochs", 5))),
                              key="review_le_epochs"))
-if l3.button("Recompute" if report else "Find suspected label errors", key="review_le_run",
-             help="Trains one model per fold in this process (CPU: about a minute for a few thousand 28 px tiles)."):
-    bar = st.progress(0.0, text="Starting…")
-    try:
-        report = find_label_errors(run, folds=folds, epochs=epochs,
-                                   progress=lambda f, msg: bar.progress(min(1.0, f), text=msg))
-    except HistoError as exc:
-        st.error(str(exc))
-    bar.empty()
+with l3:
+    # trains one small model per fold: a background task (histo_core.tasks), never in the server process
+    task_panel("label-errors", {"run": run.id, "folds": folds, "epochs": epochs},
+               start_label="Recompute" if report else "Find suspected label errors", key="review_le",
+               help="Trains one model per fold in a background process (CPU: about a minute for a few thousand "
+                    "28 px tiles); the result is saved with the run.",
+               render_result=lambda result: None, device=run.config().get("device") or "cpu")
+    report = load_label_errors(run)
 if report is not None:
     s = report.summary()
     m1, m2, m3, m4 = st.columns(4)

@@ -21,6 +21,9 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
                      ("HISTO_SHIPPED_WEIGHTS_DIR", "shipped")):
         (base / sub).mkdir()
         monkeypatch.setenv(var, str(base / sub))
+    # The web app opens datasets only inside its data roots: let page tests open their tmp_path files and the
+    # shared sample data. Tests of the roots themselves unset this.
+    monkeypatch.setenv("HISTO_DATA_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()), str(SHARED)]))
     return base
 
 

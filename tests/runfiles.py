@@ -67,7 +67,9 @@ def write_run(state: str = "completed", *, epochs: int = 3, epochs_done: int | N
                                              "epochs_run": done, "stopped_early": False, "train_seconds": 6.0,
                                              "device": "cpu"})
         savez_atomic(run.predictions_path("test"), probs=test_probs, labels=labels, indices=np.arange(len(labels)))
-    status = RunStatus(state=state, pid=pid, created_at=now - 60, started_at=now - 50,
+    from histo_core.jobs import proc_start_time
+
+    status = RunStatus(state=state, pid=pid, pid_start=proc_start_time(pid), created_at=now - 60, started_at=now - 50,
                        heartbeat=now, epoch=done, epochs=epochs, steps_per_epoch=10, step=3 if state == "running" else 0,
                        images_per_s=900.0, eta_s=20.0 if state == "running" else None, phase="train", error=error,
                        finished_at=None if state in ("queued", "running") else now - 5, device="cpu")

@@ -53,7 +53,7 @@ def test_show_text_and_json(capsys):
     assert f"test: n {test['n']}  accuracy {test['accuracy']:.3f}" in out
     assert "tumour: precision" in out
 
-    code, out, _ = cli(capsys, "runs", "show", str(run.path), "--json")
+    code, out, _ = cli(capsys, "runs", "show", run.id, "--json")
     doc = json.loads(out)
     assert doc["summary"]["id"] == run.id and doc["config"]["epochs"] == 2
     assert len(doc["metrics"]) == 2 and doc["results"]["test"]["n"] == test["n"]

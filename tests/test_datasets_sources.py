@@ -360,15 +360,16 @@ def test_csv_manifest_missing_paths_listed_with_count(tmp_path):
     with csv.open("a") as fh:
         for i in range(5):
             fh.write(f"imgs/gone_{i}.png,adi\n")
-    with pytest.raises(DatasetError, match=r"5 of 13 image paths not found .*imgs/gone_0.png, imgs/gone_1.png, "
-                                           r"imgs/gone_2.png, \.\.\. \(5 in all\)"):
+    with pytest.raises(DatasetError, match=r"5 of 13 image paths in column 'path' not found .*lines 10, 11, 12, "
+                                           r"13, 14\)") as err:
         open_dataset(csv)
+    assert "gone_" not in str(err.value)  # line numbers, never the cells of the manifest
 
 
 def test_csv_manifest_bad_split_value_and_empty_label(tmp_path):
     csv = write_manifest(tmp_path, split=True)
     csv.write_text(csv.read_text().replace("validation", "holdout", 1))
-    with pytest.raises(DatasetError, match="split 'holdout' .* is not one of train, val, test"):
+    with pytest.raises(DatasetError, match="the split in column 'split' is not one of train, val, test"):
         open_dataset(csv)
     csv = write_manifest(tmp_path)
     csv.write_text(csv.read_text().replace(",tum\n", ",\n", 1))

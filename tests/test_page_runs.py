@@ -203,7 +203,9 @@ def test_lr_find_figure_marks_the_suggestion_on_a_log_axis():
 
     fig = lr_find_figure([1e-5, 1e-3, 1e-1], [2.0, 1.0, 4.0], suggested_lr=1e-3)
     assert fig.layout.xaxis.type == "log"
-    assert fig.layout.shapes[0].x0 == pytest.approx(-3.0)  # log10 coordinates on a log axis
+    # shapes take data values on a log axis (annotations take log10): a vline at -3 stretched the axis to 1e-60
+    assert fig.layout.shapes[0].x0 == pytest.approx(1e-3)
+    assert list(fig.layout.xaxis.range) == pytest.approx([-5.0, -1.0])
     assert "suggested 0.001" in fig.layout.annotations[0].text
 
 

@@ -118,26 +118,21 @@ def test_start_training_creates_a_run_and_links_to_it(started):
 
 
 def test_estimate_and_lr_finder(monkeypatch):
-    import histo_core.lr_find
-    import histo_core.train
+    """Both run as background tasks (histo_core.tasks); here a task that completes at once stands in for the
+    process (tests/test_tasks.py runs real ones)."""
+    from histo_core import tasks
+    from tests.taskfiles import instant_submit
 
-    seen = {}
-
-    def fake_throughput(config, n_batches=3):
-        seen["throughput"] = config
-        return 600.0
-
-    def fake_lr_find(config, num_steps=100, on_step=None, **kw):
-        on_step(0, 1e-6, 2.0)
-        return {"lrs": [1e-6, 1e-4, 1e-2, 1.0], "losses": [2.0, 1.5, 0.9, 5.0], "suggested_lr": 0.004}
-
-    monkeypatch.setattr(histo_core.train, "measure_throughput", fake_throughput)
-    monkeypatch.setattr(histo_core.lr_find, "lr_find", fake_lr_find)
+    est = {"total_s": 75.0, "epochs": 5, "per_epoch_s": 12.0, "train_tiles": 600, "train_images_per_s": 600.0,
+           "warmup_batches": 3, "val_tiles": 90, "fixed_s": 15.0}
+    lrf = {"lrs": [1e-6, 1e-4, 1e-2, 1.0], "losses": [2.0, 1.5, 0.9, 5.0], "suggested_lr": 0.004}
+    seen = instant_submit(monkeypatch, {"estimate": est, "lr-find": lrf})
     at = _app()
     _w(at, "max_train_samples").set_value(600).run()
-    at.button[[b.label for b in at.button].index("Estimate time per epoch")].click().run()
-    assert seen["throughput"].max_train_samples == 600
-    assert any("600 training images/s" in i.value and "1 s per epoch of 600 tiles" in i.value for i in at.info)
+    at.button[[b.label for b in at.button].index("Estimate the training time")].click().run()
+    assert seen[0][1]["config"]["max_train_samples"] == 600
+    assert any("About 1 min 15 s for 5 epochs: 12 s per epoch of 600 tiles" in i.value and "15 s once" in i.value
+               for i in at.info), [i.value for i in at.info]
 
     at.button[[b.label for b in at.button].index("Run the LR finder")].click().run()
     assert not at.exception, at.exception
@@ -145,4 +140,5 @@ def test_estimate_and_lr_finder(monkeypatch):
     assert '"type":"log"' in fig.proto.spec.replace(" ", "")
     use = [b for b in at.button if b.label.startswith("Use the suggested rate")][0]
     use.click().run()
+    assert len(tasks.list_tasks()) == 2
     assert _w(at, "lr").value == pytest.approx(0.004)

@@ -10,7 +10,7 @@ from typing import Any
 from histo_core import jobs
 from histo_core.cli import emit
 from histo_core.errors import HistoError
-from histo_core.runs import resolve_run
+from histo_core.runs import run_by_id
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,29 +27,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("show", help="status, progress, metrics and test results of one run",
                        parents=[common])
-    p.add_argument("run", help="run id or run directory")
+    p.add_argument("run", help="run id (as `runs list` shows it)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("cancel", help="stop a queued or running run (it saves last.pt)",
                        parents=[common])
-    p.add_argument("run", help="run id or run directory")
+    p.add_argument("run", help="run id (as `runs list` shows it)")
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("resume", help="continue a cancelled or failed run in the background from last.pt",
                        parents=[common])
-    p.add_argument("run", help="run id or run directory")
+    p.add_argument("run", help="run id (as `runs list` shows it)")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("delete", help="remove a run directory (not while it runs)",
                        parents=[common])
-    p.add_argument("run", help="run id or run directory")
+    p.add_argument("run", help="run id (as `runs list` shows it)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("export", help="save a completed run's best model to weights/<NAME>.pt with a model card",
                        parents=[common])
-    p.add_argument("run", help="run id or run directory")
+    p.add_argument("run", help="run id (as `runs list` shows it)")
     p.add_argument("--name", required=True, help="export name: letters, digits, '-', '_', '.'")
     p.add_argument("--weights-dir", help="destination (default: $HISTO_WEIGHTS_DIR, else ./weights)")
     p.add_argument("--overwrite", action="store_true", help="replace an export with the same name")
@@ -77,8 +77,13 @@ def summary_line(s: dict[str, Any]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = jobs.summaries(args.runs_dir)
     from histo_core import paths
+    from histo_core.runs import read_only_note
+
+    note = read_only_note(args.runs_dir)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    rows = jobs.summaries(args.runs_dir)
 
     text = "\n".join(summary_line(r) for r in rows) if rows else f"no runs in {paths.runs_dir(args.runs_dir)}"
     emit(args, rows, text)
@@ -86,7 +91,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = resolve_run(args.run, args.runs_dir)
+    run = run_by_id(args.run, args.runs_dir)
     status = jobs.refresh_status(run)
     summary = jobs.run_summary(run, status)
     results = run.results() or {}
@@ -116,7 +121,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    run = resolve_run(args.run, args.runs_dir)
+    run = run_by_id(args.run, args.runs_dir)
     status = jobs.cancel(run)
     if status.state == "cancelled":
         print(f"{run.id}: cancelled")
@@ -126,13 +131,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    run = resolve_run(args.run, args.runs_dir)
+    run = run_by_id(args.run, args.runs_dir)
     print(jobs.resume(run))
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    run = resolve_run(args.run, args.runs_dir)
+    run = run_by_id(args.run, args.runs_dir)
     if not args.yes:
         if not sys.stdin.isatty():
             raise HistoError(f"{run.id}: refusing to delete without confirmation; add --yes")
@@ -148,7 +153,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from histo_core.export import export_run
 
-    run = resolve_run(args.run, args.runs_dir)
+    run = run_by_id(args.run, args.runs_dir)
     started = time.time()
     path = export_run(run, args.name, args.weights_dir, overwrite=args.overwrite)
     emit(args, {"path": str(path), "card": str(path.with_suffix(".json")), "run_id": run.id},

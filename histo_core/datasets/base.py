@@ -124,6 +124,16 @@ class TileDataset:
         return {name: np.bincount(s.labels, minlength=k)[:k].tolist() for name, s in self.splits.items()}
 
 
+def check_label_range(max_label: int, where: str) -> None:
+    """Refuse a label so large that sizing anything by it (class lists, bincounts) would exhaust memory."""
+    from histo_core.limits import MAX_CLASSES
+
+    if max_label >= MAX_CLASSES:
+        raise DatasetError(
+            f"{where}: label {max_label} is beyond the limit of {MAX_CLASSES} classes (labels must be class "
+            "indices 0..K-1)")
+
+
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     """Labels must be integers in [0, num_classes)."""
     if labels.size == 0:

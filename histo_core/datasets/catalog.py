@@ -72,6 +72,7 @@ def add_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | Non
     entries = [e for e in local_dataset_entries(data_dir) if e["path"] != spec]
     entries.append({"path": spec, "title": ds.info.title, "source": ds.info.source,
                     "kind": describe_spec(spec), "channels": ds.info.native_channels or ds.info.channels})
+    _catalog_path(data_dir).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(_catalog_path(data_dir), {"datasets": entries})
     return ds
 
@@ -132,3 +133,24 @@ def default_dataset_spec(data_dir: str | os.PathLike | None = None) -> str:
     """The first real dataset available here; the synthetic demo when there is none."""
     real = [d for d in available_datasets(data_dir) if not d.synthetic]
     return real[0].spec if real else "synthetic"
+
+
+def check_web_spec(spec: str, data_dir: str | os.PathLike | None = None) -> str:
+    """Refuse a dataset spec the web app must not open: a path outside `paths.data_roots()` (typed, from a
+    URL, through a symlink or `..`). Registered names (synthetic, MedMNIST flags, pcam) are always allowed.
+
+    Checked before anything looks at the file, and the message is the same whatever is there (an existing
+    file, a folder, nothing), so it reveals nothing about the server. Returns `spec` unchanged; raises
+    DatasetError(paths.OUTSIDE_ROOTS_MESSAGE). The CLI does not call this: it opens any path."""
+    from histo_core.datasets import registered_names
+
+    text = str(spec).strip()
+    if not text:
+        return text
+    if text.lower() in registered_names():
+        return text
+    roots = paths.data_roots(data_dir)
+    candidates = [text] + ([text.split("?", 1)[0]] if "?" in text else [])
+    if all(c.strip() and paths.inside_roots(c.strip(), roots) for c in candidates):
+        return text
+    raise DatasetError(paths.OUTSIDE_ROOTS_MESSAGE)

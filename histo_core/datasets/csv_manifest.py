@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histo_core.datasets.base import SPLITS, TileDataset, stratified_split
+from histo_core.datasets.base import SPLITS, TileDataset, check_label_range, stratified_split
 from histo_core.datasets.imagefiles import Progress, decode_image_files, decoded_dataset
 from histo_core.errors import DatasetError
 
@@ -73,7 +73,9 @@ def _labels(path: Path, values: list[str], column: str) -> tuple[np.ndarray, lis
     if all(_is_int(v) for v in stripped):
         ints = np.asarray([int(v) for v in stripped], np.int64)
         if ints.min() < 0:
-            raise DatasetError(f"{path}: integer labels in {column!r} must be >= 0, found {int(ints.min())}")
+            bad = [i + 2 for i in np.flatnonzero(ints < 0)]
+            raise DatasetError(f"{path}: integer labels in {column!r} must be >= 0 (lines {_first(bad)})")
+        check_label_range(int(ints.max()), f"{path}: column {column!r}")
         return ints, [str(i) for i in range(int(ints.max()) + 1)]
     classes = sorted(set(stripped))
     index = {c: i for i, c in enumerate(classes)}
@@ -97,7 +99,7 @@ def _splits(path: Path, values: list[str] | None, column: str | None) -> np.ndar
         key = v.strip().lower()
         if key not in SPLIT_VALUES:
             raise DatasetError(
-                f"{path}: line {line}: split {v!r} in column {column!r} is not one of train, val, test "
+                f"{path}: line {line}: the split in column {column!r} is not one of train, val, test "
                 "(also accepted: training, valid, validation, dev, testing)"
             )
         out.append(SPLIT_VALUES[key])
@@ -120,15 +122,15 @@ def open_csv_manifest(path: str | os.PathLike, *, size: int | None = None, seed:
     split_col = _column(path, table, options.get("split"), SPLIT_COLUMNS, "split", "split", required=False)
 
     files = [_resolve(path.parent, p) for p in table[path_col]]
-    missing = [str(p) for p, f in zip(table[path_col], files) if not f.is_file()]
-    if missing:
+    missing = [line for line, f in enumerate(files, start=2) if not f.is_file()]
+    if missing:  # line numbers, never the cells themselves: a manifest's values are not echoed back
         raise DatasetError(
-            f"{path}: {len(missing)} of {len(files)} image paths not found (relative to {path.parent}): "
-            f"{_first(missing, 3)}"
+            f"{path}: {len(missing)} of {len(files)} image paths in column {path_col!r} not found (relative to "
+            f"{path.parent}; lines {_first(missing, 5)})"
         )
     labels, classes = _labels(path, list(table[label_col]), label_col)
     if len(classes) < 2:
-        raise DatasetError(f"{path}: column {label_col!r} has only one class ({classes[0]}); need at least 2")
+        raise DatasetError(f"{path}: column {label_col!r} has only one class; need at least 2")
     split_of = _splits(path, list(table[split_col]) if split_col else None, split_col)
 
     decoded = decode_image_files(files, size=size, data_dir=data_dir, label=path.stem, progress=progress)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from histo_core.datasets import npzio
-from histo_core.datasets.base import DatasetInfo, Split, TileDataset, check_labels
+from histo_core.datasets.base import DatasetInfo, Split, TileDataset, check_label_range, check_labels
 from histo_core.errors import DatasetError
 
 NPZ_SPLITS = {"train": "train", "val": "val", "test": "test"}
@@ -82,6 +82,7 @@ def read_medmnist_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     except (zipfile.BadZipFile, OSError) as exc:
         raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
     with zf:
+        npzio.check_declared_sizes(zf, path)  # before anything is allocated: shapes, sizes, compression ratio
         keys = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
         present = [s for s in NPZ_SPLITS if f"{s}_images" in keys]
         if not present:
@@ -140,6 +141,7 @@ def open_medmnist_npz(path: Path, flag: str | None = None, *, as_rgb: bool = Fal
     size = int(first.shape[1])
     channels = int(first.shape[3]) if first.ndim == 4 else 1
     max_label = max((int(l.max()) for _, l in arrays.values() if l.size), default=0)
+    check_label_range(max_label, f"{path} labels")  # before any list or bincount sized by it
     if meta:
         classes = [meta["label"][k] for k in sorted(meta["label"], key=int)]
         task = "binary" if len(classes) == 2 else "multi-class"

@@ -38,6 +38,48 @@ def load_member(zf: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
         return np.lib.format.read_array(fh, allow_pickle=False)
 
 
+def check_declared_sizes(zf: zipfile.ZipFile, path: Path, max_bytes: int | None = None) -> None:
+    """Refuse, before any array is allocated or decompressed, an npz whose members claim more than they can
+    hold: a header declaring a shape larger than the member's bytes, a member expanding beyond
+    HISTO_MAX_DATASET_BYTES in all, or one expanding more than MAX_COMPRESSION_RATIO times (a zip bomb).
+    Raises DatasetError naming the file and the limit."""
+    from histo_core import limits
+    from histo_core.errors import DatasetError
+
+    limit = limits.max_dataset_bytes() if max_bytes is None else max_bytes
+    total = 0
+    for zi in zf.infolist():
+        if not zi.filename.endswith(".npy"):
+            continue
+        total += zi.file_size
+        small = zi.file_size <= limits.SMALL_ENOUGH_BYTES
+        if zi.compress_type != zipfile.ZIP_STORED and not small and \
+                zi.file_size > limits.MAX_COMPRESSION_RATIO * max(zi.compress_size, 1):
+            raise DatasetError(
+                f"{path}: member {zi.filename} expands {zi.file_size / max(zi.compress_size, 1):.0f}x to "
+                f"{limits.human_bytes(zi.file_size)}, beyond the limit of {limits.MAX_COMPRESSION_RATIO}x for "
+                f"members over {limits.human_bytes(limits.SMALL_ENOUGH_BYTES)} (not a real image array)")
+        if total > limit:
+            raise DatasetError(
+                f"{path}: its arrays expand to more than {limits.human_bytes(limit)} (HISTO_MAX_DATASET_BYTES); "
+                "raise that limit if the file is genuine")
+        try:
+            with zf.open(zi) as fh:
+                shape, _, dtype = _read_npy_header(fh)
+                header_len = fh.tell()
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"{path}: member {zi.filename} is not a readable array ({exc})") from None
+        declared = int(np.prod([int(n) for n in shape], dtype=object)) * dtype.itemsize
+        if declared > limit:
+            raise DatasetError(
+                f"{path}: member {zi.filename} declares shape {tuple(shape)} ({limits.human_bytes(declared)}), "
+                f"more than the limit of {limits.human_bytes(limit)} (HISTO_MAX_DATASET_BYTES)")
+        if declared > zi.file_size - header_len:
+            raise DatasetError(
+                f"{path}: member {zi.filename} declares shape {tuple(shape)} ({limits.human_bytes(declared)}) "
+                f"but holds only {limits.human_bytes(max(zi.file_size - header_len, 0))}: the file is damaged")
+
+
 def member_shape(zf: zipfile.ZipFile, key: str) -> tuple[int, ...]:
     """Shape of array `key` from its header only (no data read, even when compressed)."""
     with zf.open(f"{key}.npy") as fh:
@@ -57,6 +99,9 @@ def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        from histo_core.fsutil import current_umask
+
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, path)

@@ -11,6 +11,7 @@ that folder is writable, else under `<data dir>/cache/pcam/`.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from histo_core import paths
+from histo_core import limits, paths
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset
 from histo_core.datasets.imagefiles import Progress
 from histo_core.errors import DatasetError
@@ -109,20 +110,57 @@ def _decompressed(gz: Path, data_dir, progress: Progress | None, notes: list[str
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     total = gz.stat().st_size
+    limit = limits.max_dataset_bytes()
+    declared = _gzip_declared_size(gz)  # modulo 4 GiB (the gzip trailer): a lower bound, checked up front
+    _check_room(gz, target.parent, declared, limit)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    written = 0
     try:
         with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
             while chunk := src.read(8 << 20):
+                written += len(chunk)
+                if written % (512 << 20) < len(chunk) or written > limit:  # every 512 MB and at the limit
+                    _check_room(gz, target.parent, written, limit, already=written - len(chunk))
                 dst.write(chunk)
                 if progress is not None:
                     progress(min(src.fileobj.tell(), total), total)  # compressed bytes read so far
         os.replace(tmp, target)
+    except DatasetError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise DatasetError(f"{gz}: disk full while decompressing into {target.parent}; free space there "
+                               "and open it again") from None
         raise DatasetError(f"{gz}: cannot decompress ({exc}); download the file again") from None
     notes.append(f"{gz.name}: decompressed once to {target} ({target.stat().st_size / 1e9:.2f} GB); "
                  "later opens use that copy")
     return target
+
+
+FREE_SPACE_MARGIN = 512 * 2**20  # leave this much free on the disk a .h5.gz is decompressed onto
+
+
+def _gzip_declared_size(gz: Path) -> int:
+    """The uncompressed size the gzip trailer states (modulo 4 GiB)."""
+    try:
+        with open(gz, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            return int.from_bytes(fh.read(4), "little")
+    except OSError:
+        return 0
+
+
+def _check_room(gz: Path, folder: Path, needed: int, limit: int, already: int = 0) -> None:
+    """Refuse output beyond HISTO_MAX_DATASET_BYTES or beyond the free space of `folder` (less a margin)."""
+    if needed > limit:
+        raise DatasetError(f"{gz}: decompresses to more than {limits.human_bytes(limit)} "
+                           "(HISTO_MAX_DATASET_BYTES); raise that limit if the file is genuine")
+    free = shutil.disk_usage(folder).free
+    if needed - already > free - FREE_SPACE_MARGIN:
+        raise DatasetError(f"{gz}: not enough free disk space in {folder} to decompress it (needs at least "
+                           f"{limits.human_bytes(needed)}, {limits.human_bytes(max(free, 0))} free)")
 
 
 def _existing(folder: Path, name: str) -> Path | None:
@@ -178,6 +216,10 @@ def open_pcam(folder: str | os.PathLike, *, data_dir: str | os.PathLike | None =
         s = _open_split(folder, file_split, data_dir, progress, notes)
         if s is not None:
             splits[split] = s
+    if not splits:
+        expected = ", ".join(file_name(f, "x") for f in FILE_SPLITS)
+        raise DatasetError(f"{folder}: no PatchCamelyon split found; expected files named {expected} "
+                           "(or the same with .gz), each with its _y file")
     size = next(iter(splits.values())).tile_shape[0]
     info = DatasetInfo(
         name=str(folder),

@@ -126,9 +126,13 @@ def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested_lr: 
     """Loss against learning rate on a log axis, the suggested rate marked."""
     fig = go.Figure(go.Scatter(x=list(lrs), y=list(losses), mode="lines", name="loss"))
     if suggested_lr:
-        # shapes and annotations on a log axis take log10 coordinates
-        fig.add_vline(x=float(np.log10(suggested_lr)), line_dash="dash", line_color=VAL_COLOUR)
+        # On a log axis plotly places shapes (the vline) at data values but annotations at log10 values: a vline
+        # at log10(lr) (a negative number) stretched the axis down to 1e-60 and put the marker at the far left.
+        fig.add_vline(x=float(suggested_lr), line_dash="dash", line_color=VAL_COLOUR)
         fig.add_annotation(x=float(np.log10(suggested_lr)), y=1, yref="paper", text=f"suggested {suggested_lr:.2g}",
                            showarrow=False, yanchor="bottom")
-    fig.update_xaxes(type="log")
+    tested = [float(v) for v in lrs if v and v > 0]
+    if tested:  # the axis spans exactly the rates tried (log axis ranges are given in log10)
+        fig.update_xaxes(range=[float(np.log10(min(tested))), float(np.log10(max(tested)))])
+    fig.update_xaxes(type="log", exponentformat="power")
     return _layout(fig, "Learning-rate finder", "learning rate (log scale)", "loss", height=360)

@@ -12,7 +12,49 @@ from histo_core.errors import HistoError
 
 def page_setup(title: str, icon: str = "🔬") -> None:
     st.set_page_config(page_title=f"{title} · Histo Explorer", page_icon=icon, layout="wide")
+    require_sign_in()
     st.title(title)
+
+
+def sign_in_required() -> bool:
+    """True when .streamlit/secrets.toml has an [auth] section (Streamlit's built-in OIDC sign-in)."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file, or one that does not parse: no sign-in configured
+        return False
+
+
+def signed_in_user() -> str | None:
+    """The signed-in user's e-mail (else name, else subject) when sign-in is required; None otherwise."""
+    if not sign_in_required() or not st.user.is_logged_in:
+        return None
+    for claim in ("email", "name", "sub"):
+        value = st.user.get(claim)
+        if value:
+            return str(value)
+    return "signed-in user"
+
+
+def require_sign_in() -> None:
+    """With [auth] configured, every page shows only a sign-in button until the user has signed in
+    (st.login, OIDC); afterwards the sidebar names the user and offers sign-out. Without it: nothing."""
+    if not sign_in_required():
+        return
+    if not st.user.is_logged_in:
+        st.title("Histo Explorer")
+        st.info("This Histo Explorer requires sign-in.")
+        if st.button("Sign in", type="primary", key="_histo_sign_in"):
+            try:
+                st.login()
+            except Exception as exc:  # noqa: BLE001 - e.g. Authlib missing or [auth] incomplete: say so, one line
+                st.error(f"Sign-in is configured in .streamlit/secrets.toml but cannot start: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+                         "(install Authlib>=1.3.2 and check the [auth] section)")
+        st.stop()
+    with st.sidebar:
+        st.caption(f"Signed in as {signed_in_user()}")
+        if st.button("Sign out", key="_histo_sign_out"):
+            st.logout()
 
 
 @contextmanager

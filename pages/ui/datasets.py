@@ -56,8 +56,12 @@ def _open(spec: str, size: int | None, as_rgb: bool, data_dir: str, stamp: tuple
 
 
 def open_cached(spec: str, size: int | None = None, as_rgb: bool = False, data_dir: str | None = None):
-    """open_dataset(), kept open across reruns and pages (memory maps, HDF5 handles stay valid).
-    Raises DatasetError like open_dataset: wrap the call in `user_errors()`."""
+    """open_dataset(), kept open across reruns and pages (memory maps, HDF5 handles stay valid), for paths
+    inside the allowed data roots only (`check_web_spec`). Raises DatasetError like open_dataset: wrap the
+    call in `user_errors()`."""
+    from histo_core.datasets.catalog import check_web_spec
+
+    check_web_spec(spec, data_dir)
     return _open(spec, size, as_rgb, str(paths.data_dir(data_dir)), source_stamp(spec))
 
 
@@ -108,6 +112,20 @@ def _typed_path_option(spec: str) -> _Option:
     return _Option(spec, spec, DECODE_SIZES, None, True)
 
 
+_QUERY_KEY = "dataset"
+
+
+def _allowed(spec: str, data_dir) -> bool:
+    from histo_core.datasets.catalog import check_web_spec
+    from histo_core.errors import DatasetError
+
+    try:
+        check_web_spec(spec, data_dir)
+    except DatasetError:
+        return False
+    return True
+
+
 def _size_label(size: int | None) -> str:
     return "auto (native, at most 64 px)" if size is None else f"{size} px"
 
@@ -121,12 +139,20 @@ def dataset_picker(key: str, *, include_missing: bool = False, default: str | No
     specs = [o.spec for o in options]
     choice_key, path_key = f"{key}_choice", f"{key}_path"
     applied_key = f"{key}_default_applied"
+    refused = False
     if default and st.session_state.get(applied_key) != default:
         st.session_state[applied_key] = default
         if default in specs:
             st.session_state[choice_key] = default
-        else:
+        elif _allowed(default, data_dir):
             st.session_state[choice_key], st.session_state[path_key] = OTHER_PATH, default
+        else:  # a link naming a path outside the roots: neither opened nor echoed into the path box
+            refused = True
+            st.query_params.pop(_QUERY_KEY, None)
+    if refused:
+        from histo_core.paths import OUTSIDE_ROOTS_MESSAGE
+
+        st.error(OUTSIDE_ROOTS_MESSAGE)
     if st.session_state.get(choice_key) not in specs + [OTHER_PATH]:
         # First visit (or the chosen set vanished): a real dataset when one is here, else the synthetic demo.
         from histo_core.datasets.catalog import default_dataset_spec
@@ -136,8 +162,15 @@ def dataset_picker(key: str, *, include_missing: bool = False, default: str | No
     cols = st.columns([3, 1, 1])
     spec = cols[0].selectbox("Dataset", specs + [OTHER_PATH], format_func=labels.get, key=choice_key)
     if spec == OTHER_PATH:
+        roots = paths.data_roots(data_dir)
         spec = st.text_input("Path: MedMNIST-layout .npz, folder of class folders, CSV manifest or PCam .h5 folder",
-                             key=path_key, placeholder="/data/Kather_texture_2016_image_tiles_5000").strip()
+                             key=path_key, placeholder=str(roots[0]) if roots else "").strip()
+        st.caption("Allowed folders: " + ", ".join(f"`{r}`" for r in roots))
+        if spec and not _allowed(spec, data_dir):
+            from histo_core.paths import OUTSIDE_ROOTS_MESSAGE
+
+            st.error(OUTSIDE_ROOTS_MESSAGE)
+            return None
         option = _typed_path_option(spec)
     else:
         option = options[specs.index(spec)]

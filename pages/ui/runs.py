@@ -54,6 +54,8 @@ def summary_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
             "duration": fmt_duration(s["duration_s"]),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"])) if s["created_at"] else "",
         })
+        if any(x.get("started_by") for x in summaries):  # runs started while sign-in was required
+            rows[-1]["started by"] = s.get("started_by") or "-"
     return pd.DataFrame(rows)
 
 

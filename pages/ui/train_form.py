@@ -20,8 +20,9 @@ from histo_core.config import Augment, TrainConfig
 from histo_core.models import ARCHITECTURES
 
 PREFIX = "train."
-# chosen elsewhere on the page (dataset picker) or not a training choice (data_dir comes with the picker)
-OUTSIDE_FORM = ("dataset", "size", "as_rgb", "data_dir")
+# chosen elsewhere on the page (dataset picker) or not a training choice (data_dir comes with the picker;
+# started_by is the signed-in user, set when the run is submitted)
+OUTSIDE_FORM = ("dataset", "size", "as_rgb", "data_dir", "started_by")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "arch": tuple(ARCHITECTURES), "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES, "noise_mode": C.NOISE_MODES,

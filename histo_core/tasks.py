@@ -1,0 +1,279 @@
+"""Background tasks for heavy work started from a page (LR finder, time estimate, label-error search): never in
+the Streamlit server process, always through the same machinery as training runs.
+
+    task = submit_task("lr-find", {"config": cfg.to_dict()})   # <runs>/.tasks/<id>/, a detached process
+    refresh_task(task)      # status.json: state, progress (0..1), message, pid + start time, heartbeat
+    task.result()           # result.json once completed
+    cancel_task(task)       # the `cancel` file + SIGTERM, checked against the process start time
+
+A task counts against HISTO_MAX_QUEUED with the runs of its runs directory, waits for the same device slot
+(histo_core.slots) as training, and is listed by `python -m histo_core tasks list`. Pages find the latest task
+for the same kind and parameters, so its progress and result are shown again after navigating away or reloading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from histo_core import paths
+from histo_core.errors import HistoError
+from histo_core.fsutil import read_json, write_json_atomic
+from histo_core.runs import RunDir, RunStatus
+
+TASKS_FOLDER = ".tasks"
+KINDS = ("lr-find", "estimate", "label-errors")
+
+
+class TaskDir(RunDir):
+    """A task folder: task.json (kind, params, key), status.json, result.json, log.txt, cancel."""
+
+    task_path = property(lambda self: self.path / "task.json")
+    result_path = property(lambda self: self.path / "result.json")
+
+    def exists(self) -> bool:
+        return self.task_path.exists()
+
+    def task(self) -> dict[str, Any]:
+        return read_json(self.task_path, {}) or {}
+
+    def result(self) -> dict[str, Any] | None:
+        return read_json(self.result_path)
+
+
+def tasks_root(runs_root: str | os.PathLike | None = None) -> Path:
+    return paths.runs_dir(runs_root) / TASKS_FOLDER
+
+
+def params_key(kind: str, params: dict[str, Any]) -> str:
+    """Identifies "the same request": the page shows the latest task with this key."""
+    text = json.dumps({"kind": kind, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def list_tasks(runs_root: str | os.PathLike | None = None, kind: str | None = None) -> list[TaskDir]:
+    """Task folders, newest first."""
+    root = tasks_root(runs_root)
+    if not root.is_dir():
+        return []
+    found = [TaskDir(p) for p in root.iterdir() if (p / "task.json").exists()]
+    if kind:
+        found = [t for t in found if t.task().get("kind") == kind]
+    return sorted(found, key=lambda t: t.id, reverse=True)
+
+
+def latest_task(kind: str, params: dict[str, Any], runs_root: str | os.PathLike | None = None) -> TaskDir | None:
+    key = params_key(kind, params)
+    return next((t for t in list_tasks(runs_root, kind) if t.task().get("key") == key), None)
+
+
+def task_by_id(task_id: str, runs_root: str | os.PathLike | None = None) -> TaskDir:
+    from histo_core.runs import check_run_id
+
+    task = TaskDir(tasks_root(runs_root) / check_run_id(task_id))
+    if not task.exists():
+        raise HistoError(f"{task_id}: no such task (see `python -m histo_core tasks list`)")
+    return task
+
+
+def submit_task(kind: str, params: dict[str, Any], runs_root: str | os.PathLike | None = None, *,
+                device: str = "cpu", started_by: str | None = None) -> TaskDir:
+    """Start `kind` with `params` in a detached process; refused when HISTO_MAX_QUEUED processes are already
+    queued or running in this runs directory."""
+    from histo_core import jobs
+
+    if kind not in KINDS:
+        raise HistoError(f"unknown task {kind!r}; one of {', '.join(KINDS)}")
+    from histo_core.train import resolve_device
+
+    device = resolve_device(device or "cpu")  # the slot name the trainer uses ("auto" -> cpu/cuda)
+    jobs.check_queue_room(runs_root)
+    root = tasks_root(runs_root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        task = TaskDir(root / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}")
+        task.path.mkdir()
+    except OSError as exc:
+        raise HistoError(f"cannot create a task folder in {root}: {exc.strerror or exc}") from None
+    write_json_atomic(task.task_path, {"kind": kind, "params": params, "key": params_key(kind, params),
+                                       "device": device, "started_by": started_by or "",
+                                       "created_at": time.time()})
+    task.write_status(RunStatus(state="queued", device=device))
+    cmd = [sys.executable, "-m", "histo_core", "tasks", "run", str(task.path.resolve())]
+    try:
+        with open(task.log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=paths.PROJECT_ROOT, env=jobs._child_env(), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        task.update_status(state="failed", error=f"could not start the task process: {exc}")
+        raise HistoError(f"{task.id}: could not start the task process ({exc})") from None
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    task.update_status(pid=proc.pid, pid_start=jobs.proc_start_time(proc.pid), host=socket.gethostname())
+    return task
+
+
+def refresh_task(task: TaskDir) -> RunStatus:
+    """The task's status; a queued/running task whose process is gone is marked failed (or cancelled)."""
+    from histo_core import jobs
+
+    status = task.status()
+    if status.state not in jobs.ACTIVE_STATES or status.pid is None:
+        if status.state in jobs.ACTIVE_STATES and time.time() - (status.created_at or 0) > 60:
+            return _end(task, status, "failed", "the task process was never started")
+        return status
+    if jobs.process_alive(task, status):
+        return status
+    fresh = task.status()
+    if fresh.state not in jobs.ACTIVE_STATES:
+        return fresh
+    if task.cancel_requested():
+        return _end(task, fresh, "cancelled", None)
+    last = jobs.last_log_line(task)
+    return _end(task, fresh, "failed", "the task process ended unexpectedly" + (f". Log: {last}" if last else ""))
+
+
+def _end(task: TaskDir, status: RunStatus, state: str, error: str | None) -> RunStatus:
+    status.state, status.error, status.finished_at = state, error, time.time()
+    try:
+        task.write_status(status)
+    except OSError:
+        pass
+    return status
+
+
+def cancel_task(task: TaskDir) -> RunStatus:
+    from histo_core import jobs
+
+    status = refresh_task(task)
+    if status.state not in jobs.ACTIVE_STATES:
+        raise HistoError(f"{task.id}: the task is {status.state}; only a queued or running task can be cancelled")
+    task.cancel_path.touch()
+    if status.pid and jobs.process_alive(task, status):
+        try:
+            os.kill(int(status.pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return status
+
+
+def active_tasks(runs_root: str | os.PathLike | None = None) -> list[TaskDir]:
+    from histo_core import jobs
+
+    return [t for t in list_tasks(runs_root) if refresh_task(t).state in jobs.ACTIVE_STATES]
+
+
+# -- the task process ---------------------------------------------------------------------------------------
+
+class TaskCancelled(Exception):
+    pass
+
+
+def run_task(task: TaskDir) -> int:
+    """Body of `python -m histo_core tasks run DIR`: wait for a device slot, run, write result.json."""
+    from histo_core import jobs
+    from histo_core.slots import device_slot
+
+    from histo_core.estimate import process_age_s
+
+    spec = task.task()
+    kind, params = spec.get("kind"), dict(spec.get("params") or {})
+    params["_startup_s"] = process_age_s()  # before any wait for a slot: what a trainer's start-up costs
+    stop = {"signalled": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(signalled=True))
+    pid_start = jobs.proc_start_time(os.getpid())
+
+    def check() -> None:
+        if not task.path.is_dir():
+            raise TaskCancelled("the task folder was deleted")
+        if stop["signalled"] or task.cancel_requested():
+            raise TaskCancelled("cancelled")
+
+    def progress(fraction: float, message: str) -> None:
+        check()
+        task.update_status(state="running", step=int(round(1000 * max(0.0, min(1.0, fraction)))),
+                           steps_per_epoch=1000, phase=message[:200], heartbeat=time.time())
+
+    try:
+        task.update_status(state="queued", pid=os.getpid(), pid_start=pid_start, heartbeat=time.time())
+
+        def waiting() -> None:
+            check()
+            task.update_status(heartbeat=time.time())
+
+        with device_slot(spec.get("device") or "cpu", runs_root=task.path.parent.parent, on_wait=waiting):
+            task.update_status(state="running", started_at=time.time(), heartbeat=time.time(), epochs=1)
+            result = KIND_RUNNERS[kind](params, progress)
+            check()
+        write_json_atomic(task.result_path, result)
+        task.update_status(state="completed", finished_at=time.time(), step=1000, steps_per_epoch=1000,
+                           phase="done", heartbeat=time.time())
+        return 0
+    except TaskCancelled:
+        if task.path.is_dir():
+            task.update_status(state="cancelled", finished_at=time.time(), phase="")
+        return 0
+    except HistoError as exc:
+        if task.path.is_dir():
+            task.update_status(state="failed", error=str(exc), finished_at=time.time())
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BaseException as exc:  # noqa: BLE001 - the page must see "failed" with a line, not a dead process
+        from histo_core.train import _error_line
+
+        if task.path.is_dir():
+            try:
+                task.update_status(state="failed", error=_error_line(exc), finished_at=time.time())
+            except OSError:
+                pass
+        raise
+
+
+def _lr_find(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    from histo_core.config import TrainConfig
+    from histo_core.lr_find import lr_find
+
+    steps = int(params.get("steps", 100))
+    progress(0.0, "opening the dataset")
+    return lr_find(TrainConfig.from_dict(params["config"]), num_steps=steps,
+                   on_step=lambda step, lr, loss: progress((step + 1) / steps, f"lr {lr:.2g}, loss {loss:.3f}"))
+
+
+def _estimate(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    from histo_core.config import TrainConfig
+    from histo_core.estimate import estimate_run_time
+
+    return estimate_run_time(TrainConfig.from_dict(params["config"]), progress=progress,
+                             startup_s=params.get("_startup_s"))
+
+
+def _label_errors(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    from histo_core.label_errors import find_label_errors
+    from histo_core.runs import run_by_id
+
+    run = run_by_id(params["run"], params.get("runs_root"))
+    report = find_label_errors(run, folds=int(params["folds"]), epochs=int(params["epochs"]), progress=progress)
+    return {"run": run.id, "summary": report.summary()}
+
+
+KIND_RUNNERS: dict[str, Callable[[dict[str, Any], Callable[[float, str], None]], dict[str, Any]]] = {
+    "lr-find": _lr_find, "estimate": _estimate, "label-errors": _label_errors,
+}
+
+
+def task_summary(task: TaskDir, status: RunStatus | None = None) -> dict[str, Any]:
+    status = status or refresh_task(task)
+    spec = task.task()
+    return {"id": task.id, "kind": spec.get("kind", ""), "state": status.state,
+            "progress": status.step / status.steps_per_epoch if status.steps_per_epoch else 0.0,
+            "message": status.phase, "error": status.error, "started_by": spec.get("started_by", ""),
+            "created_at": spec.get("created_at")}

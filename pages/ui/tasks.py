@@ -1,0 +1,51 @@
+"""A page's heavy work as a background task (histo_core.tasks): a start button, the task's live progress with a
+Cancel button, then its result. The task is found again by its kind and parameters, so leaving the page (or
+reloading it) and coming back shows the same task."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import streamlit as st
+
+from histo_core import jobs, tasks
+from pages.ui.common import signed_in_user, user_errors
+
+
+def task_panel(kind: str, params: dict[str, Any], *, start_label: str, help: str, key: str,
+               render_result: Callable[[dict[str, Any]], None], device: str = "cpu") -> None:
+    task = tasks.latest_task(kind, params)
+    status = tasks.refresh_task(task) if task else None
+    active = status is not None and status.state in jobs.ACTIVE_STATES
+    label = start_label if status is None or status.state != "completed" else f"{start_label} again"
+    if st.button(label, key=f"{key}_start", disabled=active, help=help):
+        with user_errors("Not started: "):
+            tasks.submit_task(kind, params, device=device, started_by=signed_in_user())
+            st.rerun()
+    if task is None:
+        return
+    if active:
+        _live_status(task.id, key)
+    elif status.state == "completed":
+        result = task.result()
+        if result is not None:
+            render_result(result)
+    elif status.state == "failed":
+        st.error(f"Failed: {status.error}")
+    else:
+        st.info(f"The last {kind} task was {status.state}.")
+
+
+@st.fragment(run_every=1.5)
+def _live_status(task_id: str, key: str) -> None:
+    task = tasks.TaskDir(tasks.tasks_root() / task_id)
+    status = tasks.refresh_task(task)
+    if status.state not in jobs.ACTIVE_STATES:
+        st.rerun()  # finished: redraw the whole page with the result
+    fraction = status.step / status.steps_per_epoch if status.steps_per_epoch else 0.0
+    waiting = "waiting for a free device slot (a training run or another task holds it)"
+    st.progress(min(1.0, fraction), text=status.phase or (waiting if status.state == "queued" else "starting…"))
+    st.caption(f"Running in the background as task `{task.id}`: you can leave this page and come back.")
+    if st.button("Cancel", key=f"{key}_cancel"):
+        with user_errors():
+            tasks.cancel_task(task)

@@ -1,0 +1,167 @@
+"""Background tasks for page work (histo_core.tasks), the measured time estimate and the LR-finder chart."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from histo_core import jobs, paths, tasks
+from histo_core.errors import HistoError
+from tests.conftest import ROOT
+from tests.runfiles import write_run
+from tests.taskfiles import make_task, wait_for_task
+
+
+def small_config(**changes):
+    from histo_core.train import default_config
+
+    cfg = default_config("synthetic", device="cpu")
+    cfg.epochs, cfg.max_train_samples, cfg.threads, cfg.batch_size = 3, 256, 1, 32
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+# -- issue 14 bug 4: the LR-finder chart -------------------------------------------------------------------
+
+def test_lr_finder_chart_spans_the_tested_rates_with_the_marker_at_the_suggestion():
+    from pages.ui.charts import lr_find_figure
+
+    lrs = list(np.geomspace(1e-6, 1.0, 50))
+    fig = lr_find_figure(lrs, list(np.linspace(2, 1, 50)), 3e-3)
+    assert fig.layout.xaxis.type == "log"
+    assert list(fig.layout.xaxis.range) == pytest.approx([-6.0, 0.0])  # log10 of the tested range, not 1e-60
+    (line,) = fig.layout.shapes
+    assert line.x0 == line.x1 == pytest.approx(3e-3)  # shapes take data values on a log axis
+    assert fig.layout.annotations[0].x == pytest.approx(math.log10(3e-3))  # annotations take log10
+
+
+# -- issue 14 bug 5: the time estimate --------------------------------------------------------------------
+
+def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monkeypatch):
+    """A deterministic clock: the first batches of a fresh process are slow (5 s, 2.5 s), then 0.1 s each;
+    evaluation takes 1 ms per tile. The old estimate (one warm-up batch, no validation, no fixed costs) said
+    "7 min" cold and "0 s per epoch" warm."""
+    from histo_core import estimate
+    from histo_core import train as T
+
+    now = {"t": 0.0, "steps": 0}
+    monkeypatch.setattr(estimate, "_clock", lambda: now["t"])
+    real_step, real_predict = T.Trainer.train_step, T.Trainer.predict
+
+    def step(self, x, y):
+        now["steps"] += 1
+        now["t"] += {1: 5.0, 2: 2.5}.get(now["steps"], 0.1)
+        return real_step(self, x, y)
+
+    def predict(self, source, *a, **k):
+        now["t"] += 0.001 * len(source)
+        return real_predict(self, source, *a, **k)
+
+    monkeypatch.setattr(T.Trainer, "train_step", step)
+    monkeypatch.setattr(T.Trainer, "predict", predict)
+    cfg = small_config(train_splits="train")
+    est = estimate.estimate_run_time(cfg, startup_s=3.0)
+    assert est["warmup_batches"] == 4  # warm once two consecutive batches agree
+    assert est["train_images_per_s"] == pytest.approx(cfg.batch_size / 0.1)  # the cold batches are not averaged in
+    assert est["val_tiles"] > 0 and est["eval_images_per_s"] == pytest.approx(1000)
+    per_epoch = est["steps_per_epoch"] * 0.1 + est["val_tiles"] / 1000
+    assert est["per_epoch_s"] == pytest.approx(per_epoch) and est["per_epoch_s"] > 1  # never "0 s per epoch"
+    cold_extra = (5.0 + 2.5 + 0.1 + 0.1) - 4 * 0.1
+    final_eval = (est["test_tiles"] + est["val_tiles"]) / 1000
+    assert est["fixed_s"] == pytest.approx(3.0 + cold_extra + final_eval)  # start-up, warm-up, final test
+    assert est["total_s"] == pytest.approx(est["fixed_s"] + 3 * per_epoch)
+
+
+# -- the task machinery -----------------------------------------------------------------------------------
+
+def test_page_tasks_count_against_the_queue_cap(monkeypatch):
+    monkeypatch.setenv("HISTO_MAX_QUEUED", "1")
+    task = make_task("estimate", {"x": 1}, state="running")
+    task.update_status(pid=os.getpid(), pid_start=jobs.proc_start_time(os.getpid()))
+    with pytest.raises(HistoError, match="HISTO_MAX_QUEUED=1"):
+        tasks.submit_task("lr-find", {"config": small_config().to_dict()})
+    assert len(tasks.list_tasks()) == 1
+
+
+def test_latest_task_is_found_by_kind_and_parameters():
+    a = make_task("lr-find", {"config": {"lr": 1}}, result={"lrs": []})
+    make_task("lr-find", {"config": {"lr": 2}}, result={"lrs": []})
+    assert tasks.latest_task("lr-find", {"config": {"lr": 1}}).id == a.id
+    assert tasks.latest_task("estimate", {"config": {"lr": 1}}) is None
+
+
+@pytest.mark.slow
+def test_estimate_task_runs_in_its_own_process_and_is_listed():
+    task = tasks.submit_task("estimate", {"config": small_config().to_dict()})
+    status = wait_for_task(task, 240)
+    assert status.state == "completed", (status, jobs.log_tail(task))
+    assert status.pid != os.getpid()
+    result = task.result()
+    assert result["per_epoch_s"] > 0 and result["fixed_s"] > 0 and result["total_s"] > result["fixed_s"]
+    proc = subprocess.run([sys.executable, "-m", "histo_core", "tasks", "list"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and f"{task.id}  estimate     completed 100%" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_task_can_be_cancelled_while_it_runs():
+    cfg = small_config(max_train_samples=0)
+    task = tasks.submit_task("lr-find", {"config": cfg.to_dict(), "steps": 100000})
+    deadline = time.monotonic() + 180
+    while tasks.refresh_task(task).step == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    status = tasks.refresh_task(task)
+    assert status.state == "running", (status, jobs.log_tail(task))
+    proc = subprocess.run([sys.executable, "-m", "histo_core", "tasks", "cancel", task.id], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    status = wait_for_task(task, 60)
+    assert status.state == "cancelled"
+    deadline = time.monotonic() + 30
+    while jobs.pid_alive(status.pid) and time.monotonic() < deadline:  # it wrote "cancelled", then exits
+        time.sleep(0.2)
+    assert not jobs.pid_alive(status.pid)
+    assert task.result() is None
+    assert subprocess.run([sys.executable, "-m", "histo_core", "tasks", "cancel", "../x"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode == 2
+
+
+def _panel_app():
+    import streamlit as st
+
+    from pages.ui.tasks import task_panel
+
+    task_panel("estimate", {"config": {"lr": 1}}, start_label="Estimate", key="t", help="",
+               render_result=lambda r: st.success(f"result {r['total_s']}"))
+
+
+def test_the_panel_shows_a_running_task_again_with_cancel_then_its_result():
+    from streamlit.testing.v1 import AppTest
+
+    task = make_task("estimate", {"config": {"lr": 1}}, state="running")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for the task
+    try:
+        task.update_status(pid=sleeper.pid, pid_start=jobs.proc_start_time(sleeper.pid), step=250)
+        at = AppTest.from_function(_panel_app, default_timeout=60)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.button(key="t_start").disabled and at.get("progress")[0].proto.value == 25
+        assert any(task.id in c.value for c in at.caption)
+        at.button(key="t_cancel").click().run()
+        assert task.cancel_requested() and sleeper.wait(timeout=10) == -15  # SIGTERM to the task's process
+    finally:
+        sleeper.kill()
+    task.update_status(state="completed")
+    from histo_core.fsutil import write_json_atomic
+
+    write_json_atomic(task.result_path, {"total_s": 42})
+    at.run()
+    assert [s.value for s in at.success] == ["result 42"] and at.button(key="t_start").label == "Estimate again"
