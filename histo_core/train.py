@@ -318,6 +318,7 @@ class Trainer:
         self.head_ids = {id(p) for p in head_module(self.model, config.arch).parameters()} \
             if get_arch(config.arch).has_backbone else set()
         self.backbone_frozen = False
+        self.shard_log = os.environ.get("HISTO_SHARD_LOG") or None
         self.net: nn.Module = self.model
         if world > 1:  # wrapped before freezing, so that DDP also syncs the backbone once it is unfrozen
             self.net = nn.parallel.DistributedDataParallel(
@@ -399,6 +400,9 @@ class Trainer:
         return [order[s] for s in pipeline.batch_slices(len(order), cfg.batch_size)]
 
     def _gather(self, pos: np.ndarray) -> torch.Tensor:
+        if self.shard_log is not None:  # $HISTO_SHARD_LOG: which tiles each rank trained on (the multi-node test)
+            with open(Path(self.shard_log) / f"rank{self.rank}.txt", "a") as fh:
+                fh.write(f"{self.epoch + 1} {','.join(str(int(i)) for i in np.asarray(pos).reshape(-1))}\n")
         return self.data.train.gather(pos)
 
     def prepare_batch(self, tiles_uint8: torch.Tensor, train: bool) -> torch.Tensor:
