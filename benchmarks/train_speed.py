@@ -12,9 +12,9 @@ reference per architecture and round, so that a machine-wide slowdown hits both:
              RandomVerticalFlip + ToTensor + Normalize per item, a DataLoader with batch 128 (no workers),
              torch.optim.AdamW with torch's defaults.
 
-Each child's clock starts before the model is built, so model construction, compilation and warm-up count; it
-trains step by step until --seconds have passed (the step in flight finishes) and reports the steps and images
-done. images/s = images / seconds over that whole time; `steady_img_per_s` excludes the first step.
+Each child's clock starts before the model is built (after imports), so model construction, compilation and
+warm-up count; it trains step by step until --seconds have passed (the step in flight finishes) and reports the
+steps and images done. images/s = images / seconds over that whole time; `steady_img_per_s` excludes the first step.
 
     python benchmarks/train_speed.py [--json] [--device cpu|cuda] [--archs simplecnn,resnet18] [--seconds 20]
                                      [--rounds 1] [--threads 2] [--compile] [--dry-run]
@@ -78,10 +78,20 @@ def build_ours(arch: str, device: str, threads: int, compile_: bool, tiles, *, b
     return trainer, cfg
 
 
+def _preload() -> None:
+    """Imports both loops need, before either clock starts: torch._dynamo is loaded by torch.optim's optimizers
+    (Optimizer.__init__) and by torchvision; several seconds on a busy machine, paid by both in their set-up."""
+    import torch._dynamo  # noqa: F401
+    from PIL import Image  # noqa: F401
+    from torchvision import transforms  # noqa: F401
+
+
 def run_ours(arch: str, device: str, threads: int, seconds: float, compile_: bool) -> dict:
     import torch
 
     from histo_core import train as T
+
+    _preload()
 
     tiles = synthetic_tiles()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -138,10 +148,10 @@ def reference_loader(tiles, device: str):
 
 def run_reference(arch: str, device: str, threads: int, seconds: float) -> dict:
     import torch
-    from PIL import Image  # noqa: F401 - imports happen before the clock starts, as for ours
-    from torchvision import transforms  # noqa: F401
 
     from histo_core.models import build_model
+
+    _preload()
 
     tiles = synthetic_tiles()
     torch.set_num_threads(threads)
