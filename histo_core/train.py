@@ -285,7 +285,7 @@ def compile_cache_dir() -> Path:
 def compile_module(module: nn.Module) -> nn.Module:
     """torch.compile (inductor: C++/OpenMP on CPU, Triton on CUDA) with the on-disk caches switched on, so a second
     run of the same architecture skips most of the compile. The checkpointed module stays the uncompiled one
-    (Trainer.model), so saved state dicts carry no `_orig_mod.` prefix. torch._dynamo loads only here."""
+    (Trainer.model), so saved state dicts carry no `_orig_mod.` prefix."""
     cache = compile_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
