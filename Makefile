@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_speed.py --json
 	$(BIN)/python benchmarks/infer_speed.py --json
 	$(BIN)/python benchmarks/pcam_memory.py --json
+	$(BIN)/python benchmarks/busy_machine.py --json --epochs 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache

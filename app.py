@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 
-import streamlit as st
+from histo_core.runtime import configure_process
 
-from histo_core import __version__, paths
-from histo_core.runs import list_runs
-from pages.ui.common import page_setup
+configure_process()  # threads and OpenMP wait policy before the pages load torch (histo_core/runtime.py)
+
+import streamlit as st  # noqa: E402
+
+from histo_core import __version__, paths  # noqa: E402
+from histo_core.runs import list_runs  # noqa: E402
+from pages.ui.common import page_setup  # noqa: E402
 
 page_setup("Histo Explorer")
 st.caption(f"v{__version__} · train, evaluate and inspect histopathology tile classifiers")

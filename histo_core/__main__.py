@@ -1,3 +1,8 @@
-from histo_core.cli import main
+# Thread count and OpenMP wait policy must be in the environment before torch loads (histo_core/runtime.py).
+from histo_core.runtime import configure_process
+
+configure_process()
+
+from histo_core.cli import main  # noqa: E402
 
 raise SystemExit(main())

@@ -245,7 +245,7 @@ FIELD_HELP: dict[str, str] = {
     "device": "auto (CUDA when present), cpu or cuda",
     "amp": "bf16 autocast on CUDA (ignored on CPU)",
     "channels_last": "channels-last memory format (measured faster for every architecture, CPU and CUDA)",
-    "compile": "torch.compile the model (slower start, faster steps on GPU)",
+    "compile": "torch.compile the model (inductor; kernels cached under <data dir>/torchinductor). Off by default: on 2 CPU cores it did not pay back its compile time (benchmarks/RESULTS.md)",
     "threads": "CPU threads (0 = all cores)",
     "tta": "test-time augmentation: average predictions over the 8 flips/rotations of each tile",
     "max_train_samples": "train on a random subset of this many tiles (0 = all)",

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from histo_core import paths
+from histo_core import paths, runtime
 from histo_core.errors import HistoError
 from histo_core.runs import FINAL_STATES, HEARTBEAT_STALE_S, RunDir, RunStatus, list_runs, resolve_run
 
@@ -84,9 +84,9 @@ def _child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in parts if p != root])
     env.setdefault("PYTHONUNBUFFERED", "1")  # log.txt shows progress lines as they happen
     # OpenMP spin-waiting made a 2-thread step 5x slower when the app or another run shares the cores
-    # (benchmarks/RESULTS.md); passive waiting costs nothing on an idle machine.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return env
+    # (benchmarks/RESULTS.md); passive waiting costs nothing on an idle machine. Threads: this process's cores
+    # shared by the training slots (histo_core/runtime.py; the child's __main__ applies the same rule).
+    return runtime.thread_env(env)
 
 
 def _start_training_process(run: RunDir, resume: bool) -> int:

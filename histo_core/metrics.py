@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 ROC_MAX_POINTS = 200
 RELIABILITY_BINS = 15
@@ -37,6 +36,8 @@ def class_aucs(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> list[
         if positives.all() or not positives.any():
             out.append(None)
         else:
+            from sklearn.metrics import roc_auc_score  # scikit-learn loads when metrics are computed
+
             out.append(float(roc_auc_score(positives, probs[:, k])))
     return out
 
@@ -92,6 +93,8 @@ def roc_curves(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) ->
     for k in ks:
         if aucs[k] is None:
             continue
+        from sklearn.metrics import roc_curve
+
         fpr, tpr, _ = roc_curve(labels == k, probs[:, k], drop_intermediate=True)
         fpr_l, tpr_l = _downsample(fpr, tpr)
         out[str(classes[k])] = {"fpr": fpr_l, "tpr": tpr_l, "auc": aucs[k]}
@@ -108,6 +111,8 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequen
     n = int(labels.shape[0])
     preds = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
     class_ids = list(range(k))
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, preds, labels=class_ids, zero_division=0) if n else ([0.0] * k,) * 3 + ([0] * k,)
     aucs = class_aucs(probs, labels, k) if n else [None] * k

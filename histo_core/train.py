@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from histo_core import checkpoint as ckpt_mod
-from histo_core import ood, pipeline, stain
+from histo_core import ood, pipeline, runtime, stain
 from histo_core.config import TrainConfig
 from histo_core.datasets import DatasetInfo, Split, TileDataset, open_dataset
 from histo_core.errors import ConfigError, DatasetError, HistoError
@@ -279,8 +279,37 @@ def setup_device(config: TrainConfig, local_rank: int = 0) -> torch.device:
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
-    torch.set_num_threads(config.threads or max(1, os.cpu_count() or 1))
+    torch.set_num_threads(config.threads or runtime.default_threads())
     return torch.device("cpu")
+
+
+def fused_optimizer_ok(model: nn.Module) -> bool:
+    """Fused optimizer kernels exist for floating-point parameters on CPU and CUDA; $HISTO_FUSED_OPTIMIZER=0 turns
+    them off (the per-parameter loop, torch's CPU default)."""
+    if os.environ.get("HISTO_FUSED_OPTIMIZER", "1") == "0":
+        return False
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
+
+
+def compile_cache_dir() -> Path:
+    """Where inductor keeps compiled kernels and FX graphs between runs: $TORCHINDUCTOR_CACHE_DIR, else
+    <data dir>/torchinductor (next to the dataset cache, so it survives reboots, unlike /tmp)."""
+    from histo_core import paths
+
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return Path(env) if env else paths.data_dir() / "torchinductor"
+
+
+def compile_module(module: nn.Module) -> nn.Module:
+    """torch.compile (inductor: C++/OpenMP on CPU, Triton on CUDA) with the on-disk caches switched on, so a second
+    run of the same architecture skips most of the compile. The checkpointed module stays the uncompiled one
+    (Trainer.model), so saved state dicts carry no `_orig_mod.` prefix."""
+    cache = compile_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return torch.compile(module)
 
 
 # -- the trainer -----------------------------------------------------------------------------------
@@ -307,6 +336,7 @@ class Trainer:
         self.head_ids = {id(p) for p in head_module(self.model, config.arch).parameters()} \
             if get_arch(config.arch).has_backbone else set()
         self.backbone_frozen = False
+        self.shard_log = os.environ.get("HISTO_SHARD_LOG") or None
         self.net: nn.Module = self.model
         if world > 1:  # wrapped before freezing, so that DDP also syncs the backbone once it is unfrozen
             self.net = nn.parallel.DistributedDataParallel(
@@ -315,7 +345,7 @@ class Trainer:
         if config.mode in ("frozen", "fine_tune") and (config.mode == "frozen" or config.head_epochs > 0):
             self._freeze_backbone(True)
         if config.compile:
-            self.net = torch.compile(self.net)
+            self.net = compile_module(self.net)
         self.optimizer = self._build_optimizer()
         self.steps_per_epoch = len(self._batches_of_epoch(0))
         self.scheduler = self._build_scheduler()
@@ -348,11 +378,14 @@ class Trainer:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
         groups = self._param_groups()
+        # fused: one kernel for all parameters (CPU and CUDA); measured faster than the per-parameter loop that
+        # torch picks by default on CPU (benchmarks/RESULTS.md, "Speed II")
+        fused = {"fused": True} if fused_optimizer_ok(self.model) else {}
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                   nesterov=cfg.momentum > 0)
+                                   nesterov=cfg.momentum > 0, **fused)
         cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
     def _build_scheduler(self):
         cfg = self.config
@@ -385,6 +418,9 @@ class Trainer:
         return [order[s] for s in pipeline.batch_slices(len(order), cfg.batch_size)]
 
     def _gather(self, pos: np.ndarray) -> torch.Tensor:
+        if self.shard_log is not None:  # $HISTO_SHARD_LOG: which tiles each rank trained on (the multi-node test)
+            with open(Path(self.shard_log) / f"rank{self.rank}.txt", "a") as fh:
+                fh.write(f"{self.epoch + 1} {','.join(str(int(i)) for i in np.asarray(pos).reshape(-1))}\n")
         return self.data.train.gather(pos)
 
     def prepare_batch(self, tiles_uint8: torch.Tensor, train: bool) -> torch.Tensor:
@@ -1032,7 +1068,7 @@ def evaluate_run(run: RunDir, dataset_spec: str | None = None, split: str = "tes
         raise DatasetError(f"{spec}: tiles have {info.channels} channel(s), the model takes {in_ch}")
     source = pipeline.TileSource(ds.split(split), "cpu")
     use_tta = bool(config.get("tta", False)) if tta is None else tta
-    torch.set_num_threads(int(config.get("threads") or 0) or max(1, os.cpu_count() or 1))
+    torch.set_num_threads(int(config.get("threads") or 0) or runtime.default_threads())
     probs = predict_source(model, source, ckpt["mean"], ckpt["std"], torch.device("cpu"), int(ckpt["input_size"]),
                            tta=use_tta, stain_ref=ckpt.get("stain"))
     labels = source.labels.numpy()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -229,6 +230,54 @@ def test_each_optimizer_and_loss_trains_a_step(optimizer, loss):
     assert math.isfinite(row["train_loss"]) and row["epoch"] == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
     assert type(tr.optimizer).__name__.lower() == optimizer
+    assert tr.optimizer.defaults["fused"] is True  # one fused kernel (measured faster on CPU than torch's default)
+
+
+def test_fused_optimizer_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("HISTO_FUSED_OPTIMIZER", "0")
+    tr = _trainer(quick_config(max_train_samples=64, batch_size=32))
+    assert not tr.optimizer.defaults.get("fused")
+
+
+@pytest.mark.slow
+def test_compile_wraps_the_trained_module_and_keeps_checkpoint_keys_plain(monkeypatch, tmp_path):
+    """Building a compiled trainer (compilation itself happens at the first step, see the HISTO_TEST_COMPILE test)."""
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
+        monkeypatch.setenv(name, "")  # restored (removed) after the test, whatever compile_module sets
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HISTO_DATA_DIR", str(tmp_path / "data"))
+    tr = _trainer(quick_config(compile=True))
+    assert type(tr.net).__name__ == "OptimizedModule" and tr.net is not tr.model
+    assert not any(k.startswith("_orig_mod") for k in tr.model.state_dict())
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "data" / "torchinductor")
+    assert (tmp_path / "data" / "torchinductor").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("HISTO_TEST_COMPILE") != "1",
+                    reason="compiles with inductor (minutes on 2 cores); set HISTO_TEST_COMPILE=1 to run")
+def test_compiled_run_cancels_resumes_and_explains_like_an_eager_one(monkeypatch):
+    cfg = quick_config(epochs=2, compile=True, tta=False)
+    eager = T.run_training(T.prepare_run(quick_config(epochs=2, tta=False)))
+    run = T.prepare_run(cfg)
+    with monkeypatch.context() as m:
+        _cancel_after_epochs(m, 1, 2)
+        assert T.run_training(run)["state"] == "cancelled"
+    result = T.run_training(run, resume=True)
+    assert result["state"] == "completed"
+    rows, ref = run.metrics(), RunDir(eager["run_dir"]).metrics()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for a, b in zip(rows, ref):  # inductor reorders float ops: close, not bit-identical
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
+    ck = checkpoint.load_checkpoint(run.best_ckpt)
+    assert not any(k.startswith("_orig_mod") for k in ck["state_dict"])
+    from histo_core.explain import compute_cams
+    from histo_core.inference import load_model
+
+    loaded = load_model(str(run.best_ckpt))
+    tiles = open_dataset("synthetic").split("test").images[:2]
+    cams = compute_cams(loaded.model, loaded.meta, tiles, "GradCAM")
+    assert cams.shape[0] == 2 and np.isfinite(cams).all()
 
 
 @pytest.mark.parametrize("mode", ["scratch", "finetune", "frozen", "fine_tune"])

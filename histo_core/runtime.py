@@ -1,0 +1,76 @@
+"""Process set-up that must happen before torch loads: CPU thread count and OpenMP wait policy.
+
+OpenMP (libgomp, used by torch and by inductor's generated code) reads OMP_WAIT_POLICY and OMP_NUM_THREADS once,
+when the library loads, so every training and inference process calls `configure_process()` before its first
+`import torch`: `python -m histo_core` (histo_core/__main__.py, which torchrun and the app's job launcher also
+run) and the Streamlit app (app.py). This module must not import torch (a test checks it).
+
+- OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. With one CPU-bound process beside it,
+  a 2-thread training step under the default (spinning) policy ran several times slower; passive costs nothing
+  measurable on an idle machine (benchmarks/RESULTS.md, "Busy machines").
+- Threads: the cores this process may run on (os.sched_getaffinity: taskset, cgroups cpusets, Slurm's
+  --cpus-per-task) divided by the training processes that share them: the CPU training slots
+  ($HISTO_MAX_RUNS_CPU, histo_core/slots.py) or torchrun's processes per node ($LOCAL_WORLD_SIZE).
+
+Values the user set in the environment are kept (except torchrun's blanket OMP_NUM_THREADS=1); `--threads N`
+(TrainConfig.threads) overrides the thread count.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _local_world(env) -> int:
+    v = env.get("LOCAL_WORLD_SIZE", "")
+    return int(v) if v.isdigit() else 0
+
+
+def processes_sharing_cores(env=None) -> int:
+    """How many of our training processes share this process's cores: torchrun's processes on this node, else the
+    number of concurrent CPU training slots ($HISTO_MAX_RUNS_CPU, default 1)."""
+    env = os.environ if env is None else env
+    if _local_world(env) >= 1:
+        return _local_world(env)
+    try:
+        return max(1, int(env.get("HISTO_MAX_RUNS_CPU", "1")))
+    except ValueError:
+        return 1
+
+
+def default_threads(env=None) -> int:
+    """Threads for torch when `--threads` is 0 (auto): $OMP_NUM_THREADS if the user set it, else the available
+    cores divided by the processes sharing them, at least 1. Under torchrun ($LOCAL_WORLD_SIZE set) the share is
+    always computed: torchrun sets OMP_NUM_THREADS=1 for every process whatever the cores."""
+    env = os.environ if env is None else env
+    given = env.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0 and not _local_world(env):
+        return int(given)
+    return max(1, available_cores() // processes_sharing_cores(env))
+
+
+def thread_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: a copy of os.environ) with OMP_WAIT_POLICY (PASSIVE unless set) and OMP_NUM_THREADS /
+    MKL_NUM_THREADS (`default_threads`) filled in."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    threads = str(default_threads(env))
+    env["OMP_NUM_THREADS"] = threads
+    if _local_world(env) or "MKL_NUM_THREADS" not in env:
+        env["MKL_NUM_THREADS"] = threads
+    return env
+
+
+def configure_process() -> int:
+    """Apply `thread_env` to os.environ; call before torch is imported (once torch is loaded the wait policy no
+    longer changes; the thread count still does, through torch.set_num_threads). Returns the thread count."""
+    os.environ.update(thread_env())
+    return int(os.environ["OMP_NUM_THREADS"])

@@ -1,0 +1,72 @@
+"""Process set-up before torch loads: thread count from the CPU affinity and training slots, passive OpenMP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from histo_core import jobs, runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+CORES = len(os.sched_getaffinity(0))
+
+
+def test_default_threads_share_the_available_cores_among_training_slots():
+    assert runtime.available_cores() == CORES
+    assert runtime.default_threads({}) == CORES
+    assert runtime.default_threads({"HISTO_MAX_RUNS_CPU": "2"}) == max(1, CORES // 2)
+    assert runtime.default_threads({"HISTO_MAX_RUNS_CPU": str(CORES * 4)}) == 1  # never 0
+    assert runtime.default_threads({"OMP_NUM_THREADS": "3"}) == 3  # the user's choice is kept
+    # torchrun sets OMP_NUM_THREADS=1 for every process: the per-process share is computed instead
+    assert runtime.default_threads({"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "1"}) == CORES
+    assert runtime.default_threads({"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "2"}) == max(1, CORES // 2)
+
+
+def test_thread_env_sets_passive_waiting_and_keeps_the_users_policy():
+    env = runtime.thread_env({"HISTO_MAX_RUNS_CPU": "2"})
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == str(max(1, CORES // 2))
+    assert runtime.thread_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_job_launcher_child_env_has_threads_and_passive_policy(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("HISTO_MAX_RUNS_CPU", "2")
+    env = jobs._child_env()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == str(max(1, CORES // 2))
+
+
+def test_runtime_does_not_import_torch():
+    code = "import sys, histo_core.runtime; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# Runs `python -m histo_core train` with an import hook that reports the environment at torch's first import.
+PROBE = """
+import builtins, os, runpy, sys
+real = builtins.__import__
+def probe(name, *args, **kwargs):
+    if name == "torch" and "torch" not in sys.modules:
+        print("AT_TORCH", os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OMP_NUM_THREADS"), flush=True)
+    return real(name, *args, **kwargs)
+builtins.__import__ = probe
+sys.argv = ["histo_core"] + sys.argv[1:]
+runpy.run_module("histo_core", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_cli_sets_threads_and_wait_policy_before_torch_loads(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["HISTO_MAX_RUNS_CPU"] = "2"
+    cmd = [sys.executable, "-c", PROBE, "train", "--dataset", "synthetic", "--arch", "simplecnn", "--epochs", "1",
+           "--max-train-samples", "64", "--threads", "1", "--no-tta", "--runs-dir", str(tmp_path), "--json"]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    first = p.stdout.splitlines()[0]
+    assert first == f"AT_TORCH PASSIVE {max(1, CORES // 2)}"
