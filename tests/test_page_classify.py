@@ -149,10 +149,10 @@ def test_fresh_install_offers_the_shipped_models_and_shows_the_normalised_view(s
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     assert not at.exception
     picker = at.selectbox(key="classify_model")
-    labels = [picker.format_func(o) for o in picker.options]
-    assert any(l.startswith("pathmnist-resnet9 · ready-made model shipped in weights/") for l in labels)
-    macenko = next(o for o, l in zip(picker.options, labels) if l.startswith("pathmnist-resnet9-macenko"))
-    picker.set_value(macenko).run(timeout=120)
+    assert any(label.startswith("pathmnist-resnet9 · ready-made model shipped in weights/") for label in picker.options)
+    assert any(label.startswith("pathmnist-resnet9-macenko · ready-made") for label in picker.options)
+    picker.set_value(str(shipped_model.parent / "pathmnist-resnet9-macenko.pt")).run(timeout=120)
+    assert "Ready-made model shipped with Histo Explorer" in texts(at)
     nonorm = sorted((shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM").glob("*/*.tif"))[:2]
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(buf, "PNG")
