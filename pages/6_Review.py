@@ -17,7 +17,7 @@ from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, find_label_er
 from histo_core.runs import RunDir, list_runs
 from pages.ui.charts import confusion_figure
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
-from pages.ui.common import page_setup, synthetic_badge
+from pages.ui.common import keep_in_url, page_setup, synthetic_badge, url_selection
 
 page_setup("Review", "🧐")
 GRID_COLUMNS = 4
@@ -40,16 +40,12 @@ if not reviewable:
     st.stop()
 
 ids = [r.id for r in reviewable]
-wanted = st.query_params.get("run")
-if wanted in ids and st.session_state.get("review_applied_param") != wanted:
-    st.session_state["review_run"] = wanted
-st.session_state["review_applied_param"] = wanted
-if st.session_state.get("review_run") not in ids:
-    st.session_state.pop("review_run", None)
+url_selection("run", "review_run", ids)
 top_left, top_right = st.columns([3, 1])
 run_id = top_left.selectbox("Run", ids, key="review_run", format_func=lambda i: (
     f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
     f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"))
+keep_in_url("run", "review_run", run_id)
 run = next(r for r in reviewable if r.id == run_id)
 split = top_right.selectbox("Split", prediction_splits(run), key="review_split")
 synthetic_badge(run.dataset())
@@ -88,14 +84,29 @@ pairs = confused_pairs(preds)
 cell_labels = {f"{p['true_index']}>{p['pred_index']}": f"{p['true']} → {p['predicted']} ({p['count']})" for p in pairs}
 
 
+def parse_cell(value) -> tuple[int, int] | None:
+    """(true, predicted) of a cell key "t>p"; None for "any" or anything else (a browser may send back the
+    display label of a cell of the previously selected run)."""
+    parts = str(value).split(">") if isinstance(value, str) else []
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    return None
+
+
 def apply_cell() -> None:
-    cell = st.session_state.get("review_cell")
-    if cell and cell != "any":
-        t, p = (int(v) for v in cell.split(">"))
-        st.session_state["review_true"], st.session_state["review_pred"] = t, p
+    cell = parse_cell(st.session_state.get("review_cell"))
+    if cell is None:
+        st.session_state["review_cell"] = "any"
+    else:
+        st.session_state["review_true"], st.session_state["review_pred"] = cell
 
 
 filter_options = [-1, *range(len(classes))]
+if st.session_state.get("review_cell", "any") not in ("any", *cell_labels):  # stale: another run's cell
+    st.session_state["review_cell"] = "any"
+for key in ("review_true", "review_pred"):
+    if st.session_state.get(key, -1) not in filter_options:
+        st.session_state.pop(key)
 f1, f2, f3, f4 = st.columns([2, 2, 2, 1])
 f1.selectbox("Confusion-matrix cell (true → predicted, count)", ["any", *cell_labels], key="review_cell",
              format_func=lambda c: "pick a cell…" if c == "any" else cell_labels[c], on_change=apply_cell)
