@@ -69,9 +69,12 @@ except HistoError as exc:
 
 
 def tiles_at(split_name: str, rows: np.ndarray) -> np.ndarray | None:
+    """Tiles of a prediction split, or of the run's training set (split_name "training": train or train+val)."""
     if tiles_source is None:
         return None
     try:
+        if split_name == "training":
+            return tiles_source.training(rows)
         return tiles_source.get(split_name, rows)
     except HistoError as exc:
         st.error(str(exc))
@@ -237,7 +240,7 @@ if report is not None:
     st.download_button("Download the ranking (CSV)", ranked.to_csv(index=False).encode("utf-8"),
                        file_name=f"{run.id}_label_errors.csv", mime="text/csv", key="review_le_csv")
     top = report.ranked()[:12]
-    imgs = tiles_at("train", report.indices[top])
+    imgs = tiles_at("training", report.indices[top])
     if imgs is not None:
         st.markdown("**Most suspicious training tiles**")
         caps = [f"#{report.indices[p]} given {report.classes[report.given[p]]} · looks like "
@@ -246,7 +249,7 @@ if report is not None:
         tile_grid(list(imgs), caps, columns=GRID_COLUMNS, px=128)
     if report.flipped is not None and report.flipped.any() and st.toggle("Show the flipped tiles", key="review_le_flips"):
         flips = np.flatnonzero(report.flipped)[:48]
-        imgs = tiles_at("train", report.indices[flips])
+        imgs = tiles_at("training", report.indices[flips])
         if imgs is not None:
             caps = [f"#{report.indices[p]} given {report.classes[report.given[p]]}, really "
                     f"{report.classes[report.clean[p]]}" + (" · flagged" if report.flagged[p] else " · missed")

@@ -175,3 +175,41 @@ def _browser_sends(element, string_value: str) -> None:
             return WidgetState(id=self.id, string_value=string_value)
 
     element.__class__ = Stale
+
+
+def test_label_errors_of_a_train_val_run_show_their_tiles():
+    """Bug: on a run trained on train+val (the default for small sets) the suspected label errors (rows past
+    the train split) and "Show the flipped tiles" failed with "saved predictions refer to row ..."."""
+    import json
+
+    import numpy as np
+
+    from histo_core.datasets.synthetic import open_synthetic
+    from histo_core.label_errors import LabelErrorReport, save_label_errors
+    from tests.runfiles import write_run
+
+    run = write_run("completed", skill=1.0, seed=3)
+    cfg = json.loads(run.config_path.read_text())
+    cfg["train_splits"] = "train+val"
+    run.config_path.write_text(json.dumps(cfg))
+    ds = open_synthetic(28)
+    n = len(ds.split("train")) + len(ds.split("val"))
+    rng = np.random.default_rng(0)
+    rows = np.arange(n - 40, n)  # all in the val part
+    k = 6
+    given = rng.integers(0, k, len(rows))
+    probs = rng.dirichlet(np.ones(k), len(rows)).astype(np.float32)
+    flipped = np.zeros(len(rows), bool)
+    flipped[:5] = True
+    save_label_errors(run, LabelErrorReport(
+        classes=[f"c{i}" for i in range(k)], indices=rows, given=given, probs=probs, flagged=np.ones(len(rows), bool),
+        thresholds=np.full(k, 0.5), flipped=flipped, clean=(given + 1) % k,
+        info={"folds": 2, "epochs": 1, "arch": "simplecnn", "seconds": 1.0, "sampled": False, "training_tiles": n,
+              "computed_at": "now"}))
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert not [e.value for e in at.error if "refer to row" in e.value]
+    assert len([c for c in captions(at) if "looks like" in c]) == 12
+    at.toggle(key="review_le_flips").set_value(True).run()
+    assert not at.exception and not at.error
+    assert len([c for c in captions(at) if ", really " in c]) == 5
