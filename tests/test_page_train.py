@@ -146,3 +146,20 @@ def test_estimate_and_lr_finder(monkeypatch):
     use = [b for b in at.button if b.label.startswith("Use the suggested rate")][0]
     use.click().run()
     assert _w(at, "lr").value == pytest.approx(0.004)
+
+
+def test_start_clicked_twice_starts_one_run(started):
+    """Bug: two quick clicks on Start training created two identical runs (the message named only one)."""
+    at = _app()
+    _w(at, "arch").set_value("simplecnn").run()
+    start = lambda: at.button[[b.label for b in at.button].index("Start training")].click().run()
+    start()
+    start()
+    assert not at.exception, at.exception
+    runs = list_runs()
+    assert len(runs) == 1 and len(started) == 1
+    assert any(runs[0].id in i.value and "already started" in i.value for i in at.info)
+    # other settings: a new run
+    _w(at, "seed").set_value(7).run()
+    start()
+    assert len(list_runs()) == 2
