@@ -84,7 +84,8 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
         st.markdown(f"**{r.name}** → **{meta.classes[r.pred]}** ({r.confidence:.1%})")
         left, middle, right = st.columns([1, 1, 1.3])
         left.image(r.preview, caption=f"as uploaded: {r.width}x{r.height}, {r.mode_note}", width=224)
-        show_cam(r.tile, cam, options, meta.classes[target], container=middle)
+        show_cam(r.tile, cam, options, meta.classes[target], container=middle, predicted=target == r.pred,
+                 original=r.preview, width=224)
         with right:
             st.plotly_chart(probability_figure(r.probs, meta.classes, highlight=r.pred), key=f"classify_probs_{i}",
                             config={"displayModeBar": False})

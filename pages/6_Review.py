@@ -170,9 +170,12 @@ if len(rows):
                                 f"**{classes[preds.pred[pos]]}**")
                     st.caption(f"confidence {preds.confidence[pos]:.3f} · p(true) {preds.p_true[pos]:.3f} · "
                                f"loss {preds.loss[pos]:.3f}")
-                    if k in cam_maps:
+                    if k in cam_maps:  # the tile stays visible, its map beside it at the same size
                         target = preds.pred[pos] if explain == "predicted class" else preds.labels[pos]
-                        show_cam(preprocess(tiles[k], loaded.meta), cam_maps[k], cam_opts, classes[target])
+                        tile_col, cam_col = st.columns(2)
+                        tile_col.image(upscale_tile(tiles[k], 160), caption="tile")
+                        show_cam(preprocess(tiles[k], loaded.meta), cam_maps[k], cam_opts, classes[target],
+                                 container=cam_col, predicted=target == preds.pred[pos])
                     else:
                         st.image(upscale_tile(tiles[k], 160))
                     st.toggle("Grad-CAM", key=f"review_cam_{split}_{pos}", disabled=cam_all)

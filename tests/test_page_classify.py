@@ -134,3 +134,37 @@ def test_synthetic_model_is_labelled(tmp_path):
     assert not at.exception
     assert "SYNTHETIC" in at.selectbox(key="classify_model").format_func(at.selectbox(key="classify_model").value)
     assert any("SYNTHETIC DEMO MODEL" in w.value for w in at.warning)
+
+
+def test_flat_map_for_the_predicted_class_does_not_contradict_the_prediction(model_run, shared_data, monkeypatch):
+    """Bug: for the predicted class the page said the flat map was "usual when explaining a class the tile shows no
+    evidence for"."""
+    import numpy as np
+
+    import pages.ui.classify as ui
+
+    monkeypatch.setattr(ui, "compute_cams", lambda model, meta, tiles, method, targets=None:
+                        np.full((len(tiles), meta.input_size, meta.input_size), 0.3, np.float32))
+    tile = sorted((shared_data / "tiles" / "pathmnist-224").glob("*/*.png"))[0]
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.file_uploader(key="classify_files").set_value([upload(tile)]).run(timeout=120)
+    assert not at.exception, at.exception
+    flat = [w.value for w in at.warning if w.value.startswith("Flat GradCAM map")]
+    assert len(flat) == 1 and "for the predicted class" in flat[0] and "no evidence for" not in flat[0]
+    other = (at.selectbox(key="classify_target_0").value + 1) % 9
+    at.selectbox(key="classify_target_0").set_value(other).run(timeout=120)
+    flat = [w.value for w in at.warning if w.value.startswith("Flat GradCAM map")]
+    assert len(flat) == 1 and "predicted class" not in flat[0]
+
+
+def test_cam_at_the_uploads_resolution_beside_it_and_contour_view(model_run, shared_data):
+    tif = sorted((shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM").glob("*/*.tif"))[0]
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.file_uploader(key="classify_files").set_value([upload(tif)]).run(timeout=120)
+    assert not at.exception, at.exception
+    caps = [c for img in images(at) for c in img.captions]
+    assert any(c.startswith("GradCAM for '") and " at 224x224 px " in c for c in caps), caps
+    at.radio(key="classify_cam_view").set_value("contour").run(timeout=120)
+    assert not at.exception, at.exception
+    caps = [c for img in images(at) for c in img.captions]
+    assert any("outline: map ≥ 50% of its maximum" in c for c in caps), caps

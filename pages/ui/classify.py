@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from histo_core.errors import HistoError
-from histo_core.explain import CAM_METHODS, compute_cams, heatmap, overlay, uniform_maps, upscale_tile
+from histo_core.explain import (CAM_METHODS, CAM_VIEWS, cam_on_original, compute_cams, heatmap, model_field, overlay,
+                                uniform_maps, upscale_tile)
 from histo_core.inference import (LoadedModel, ModelEntry, TileResult, list_models, load_model, resolve_model_path,
                                   top_k)
 
@@ -104,17 +105,25 @@ def probability_figure(probs: np.ndarray, classes: Sequence[str], top: int = 5, 
 
 # -- CAMs ----------------------------------------------------------------------------------------------------
 def cam_options(key_prefix: str) -> dict[str, Any]:
-    """Method, opacity and raw-map toggle, side by side."""
-    a, b, c = st.columns([2, 2, 1])
+    """Method, view (overlay or contour) with its opacity or threshold, and the raw-map toggle, side by side."""
+    a, v, b, c = st.columns([2, 1, 2, 1])
     method = a.selectbox("Explanation method", list(CAM_METHODS), key=f"{key_prefix}_method",
                          help="\n".join(f"**{m.name}**: {m.description}" for m in CAM_METHODS.values()))
-    alpha = b.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key=f"{key_prefix}_alpha")
+    view = v.radio("View", CAM_VIEWS, key=f"{key_prefix}_view", horizontal=True,
+                   help="overlay: the map coloured over the tissue · contour: the tissue untouched, the region "
+                        "above a threshold outlined in green")
+    alpha, threshold = 0.35, 0.5
+    if view == "overlay":
+        alpha = b.slider("Overlay opacity", 0.0, 1.0, 0.35, 0.05, key=f"{key_prefix}_alpha")
+    else:
+        threshold = b.slider("Contour threshold (share of the map's maximum)", 0.05, 0.95, 0.5, 0.05,
+                             key=f"{key_prefix}_threshold")
     raw = c.toggle("Raw heat map", key=f"{key_prefix}_raw", help="Show the map alone instead of over the tile")
     if method == "ScoreCAM":
         st.caption("⏱️ ScoreCAM runs one forward pass per feature channel: seconds per tile on CPU (ResNets: more).")
     if not CAM_METHODS[method].uses_target:
         st.caption(f"{method} is class-agnostic: the class chosen to explain does not change its map.")
-    return {"method": method, "alpha": alpha, "raw": raw}
+    return {"method": method, "alpha": alpha, "raw": raw, "view": view, "threshold": threshold}
 
 
 class CamCache:
@@ -142,17 +151,41 @@ class CamCache:
         return [self.maps[k] for k in keys]
 
 
-def show_cam(tile: np.ndarray, cam: np.ndarray, options: dict[str, Any], class_name: str, container=None) -> None:
-    """The overlay (or raw map), or a warning instead when the map is flat."""
+def flat_map_message(method: str, class_name: str, predicted: bool) -> str:
+    """Why a flat map shows nothing; for the predicted class it must not claim the tile lacks that class."""
+    if predicted:
+        return (f"Flat {method} map for the predicted class '{class_name}': no region stands out, the evidence is "
+                "spread over the whole tile (or this method's gradients vanish for this model). Nothing is drawn; "
+                "another method may show more.")
+    return (f"Flat {method} map for '{class_name}': the method found nothing to highlight (usual when explaining a "
+            "class the tile shows no evidence for). Nothing is drawn.")
+
+
+def show_cam(tile: np.ndarray, cam: np.ndarray, options: dict[str, Any], class_name: str, container=None, *,
+             predicted: bool = False, original: np.ndarray | None = None, width: int | None = None) -> None:
+    """The map (overlay, contour or raw), or a warning instead when the map is flat.
+
+    With `original` (the uploaded image) the map is upsampled to the image's own resolution and drawn on it, so
+    it sits next to the upload at the same size; without, it is drawn on the model input upscaled to CARD_PX."""
     box = container or st
     method = options["method"]
     if uniform_maps(cam)[0]:
-        box.image(upscale_tile(tile, CARD_PX), caption="model input (no overlay)")
-        box.warning(f"Flat {method} map for '{class_name}': the method found nothing to highlight (usual when "
-                    "explaining a class the tile shows no evidence for). Nothing is drawn.")
+        box.image(original if original is not None else upscale_tile(tile, CARD_PX),
+                  caption="as uploaded (no map)" if original is not None else "model input (no overlay)", width=width)
+        box.warning(flat_map_message(method, class_name, predicted))
         return
-    img = heatmap(cam, CARD_PX) if options["raw"] else overlay(tile, cam, options["alpha"], CARD_PX)
-    box.image(img, caption=f"{method} for '{class_name}' (red = most evidence)")
+    what = f"{method} for '{class_name}'"
+    if options["raw"]:
+        size = max(model_field(original).shape[:2]) if original is not None else CARD_PX
+        box.image(heatmap(cam, size), caption=f"{what} (red = most evidence)", width=width)
+    elif original is not None:
+        view = options.get("view", "overlay")
+        img = cam_on_original(original, cam, view, options["alpha"], options.get("threshold", 0.5))
+        note = (f"outline: map ≥ {options.get('threshold', 0.5):.0%} of its maximum" if view == "contour"
+                else "red = most evidence")
+        box.image(img, caption=f"{what} at {img.shape[1]}x{img.shape[0]} px ({note})", width=width)
+    else:
+        box.image(overlay(tile, cam, options["alpha"], CARD_PX), caption=f"{what} (red = most evidence)", width=width)
 
 
 def target_select(classes: Sequence[str], predicted: int, key: str) -> int:
