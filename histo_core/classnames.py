@@ -27,9 +27,11 @@ def short_name(name: str) -> str:
 
 
 def short_names(classes: Sequence[str]) -> list[str]:
-    """Short names for a class list, or the names themselves when shortening would make two of them equal."""
+    """Short names for a class list when the dataset has them (every class a PathMNIST/NCT name), else the
+    names themselves (a half-abbreviated list reads worse than either)."""
     short = [short_name(c) for c in classes]
-    return short if len(set(short)) == len(short) else [str(c) for c in classes]
+    known = all(s in NCT_ABBREVIATIONS for s in short) and len(set(short)) == len(short)
+    return short if known else [str(c) for c in classes]
 
 
 def _key(name: str) -> str:

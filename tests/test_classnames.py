@@ -14,7 +14,9 @@ PATHMNIST = ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth 
 def test_short_names():
     assert [short_name(c) for c in PATHMNIST] == ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
     assert short_name("tumour") == "tumour"
+    assert short_names(PATHMNIST[:3]) == ["ADI", "BACK", "DEB"]
     assert short_names(["adipose", "ADI"]) == ["adipose", "ADI"]  # would collide: kept long
+    assert short_names(["adipose", "tumour"]) == ["adipose", "tumour"]  # not all known: none shortened
 
 
 def test_abbreviations_match_long_names_without_a_map():

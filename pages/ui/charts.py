@@ -66,10 +66,15 @@ def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str
     else:
         values = counts
         text = [[f"{int(v)}" for v in row] for row in values]
-    names = [str(c) for c in classes]
-    fig = go.Figure(go.Heatmap(z=values, x=names, y=names, text=text, texttemplate="%{text}",
+    from histo_core.classnames import short_names
+
+    full = [str(c) for c in classes]
+    names = short_names(full)  # NCT abbreviations on the axes where the dataset has them; full names on hover
+    hover = [[[full[i], full[j]] for j in range(len(full))] for i in range(len(full))]
+    fig = go.Figure(go.Heatmap(z=values, x=names, y=names, text=text, texttemplate="%{text}", customdata=hover,
                                colorscale="Blues", zmin=0, zmax=1 if normalize else None,
-                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
+                               hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}"
+                                             "<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     size = max(360, 60 + 38 * len(names))
     return _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true",
@@ -111,15 +116,16 @@ def reliability_figure(reliability: Mapping[str, Sequence[float]], ece: float | 
         counts.append(n)
     fig = go.Figure()
     fig.add_trace(go.Bar(x=centres, y=accs, width=widths, name="accuracy", marker_color=TRAIN_COLOUR,
+                         text=[f"{n}" if n is not None else "" for n in counts], textposition="outside",
                          customdata=np.array([confs, counts], dtype=object).T if centres else None,
                          hovertemplate="accuracy %{y:.3f}<br>mean confidence %{customdata[0]:.3f}"
                                        "<br>%{customdata[1]} tiles<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line=dict(dash="dash", color="grey")))
     fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.02])
     label = f"{title} (ECE {ece:.3f})" if isinstance(ece, (int, float)) else title
-    return _layout(fig, label, "confidence", "accuracy", height=380)
+    fig.update_yaxes(range=[0, 1.12])  # room for the tile counts above the bars
+    return _layout(fig, label + "; tiles per bin above the bars", "confidence", "accuracy", height=380)
 
 
 def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested_lr: float | None = None) -> go.Figure:
