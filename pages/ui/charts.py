@@ -45,14 +45,41 @@ def curve_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> go.Figure:
     return _layout(fig, f"{label} per epoch", "epoch", label)
 
 
-def overlay_figure(series: Mapping[str, Sequence[Mapping[str, Any]]], key: str, title: str | None = None) -> go.Figure:
+# Ten distinct colours (Plotly's qualitative palette): one per compared run, the same in every chart of the page.
+RUN_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF",
+               "#FECB52")
+
+
+def run_colours(labels: Sequence[str]) -> dict[str, str]:
+    """A distinct colour per run label (cycling past ten)."""
+    return {label: RUN_COLOURS[i % len(RUN_COLOURS)] for i, label in enumerate(labels)}
+
+
+def overlay_figure(series: Mapping[str, Sequence[Mapping[str, Any]]], key: str, title: str | None = None,
+                   colours: Mapping[str, str] | None = None) -> go.Figure:
     """One line per run: `key` (a metrics.jsonl column, e.g. "val_acc") per epoch. `series`: label -> rows."""
+    colours = colours or run_colours(list(series))
     fig = go.Figure()
     for label, rows in series.items():
         xs, ys = _series(rows, key)
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label))
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label,
+                                     line=dict(color=colours.get(label))))
     return _layout(fig, title or f"{key} per epoch", "epoch", key, height=420)
+
+
+def metrics_bar_figure(values: Mapping[str, Mapping[str, float | None]], colours: Mapping[str, str] | None = None,
+                       title: str = "Test metrics") -> go.Figure:
+    """Grouped bars: one group per metric (accuracy, AUC...), one bar per run. `values`: run label -> metric -> value."""
+    colours = colours or run_colours(list(values))
+    fig = go.Figure()
+    for label, metrics in values.items():
+        names = [m for m, v in metrics.items() if isinstance(v, (int, float))]
+        fig.add_trace(go.Bar(x=names, y=[metrics[m] for m in names], name=label, marker_color=colours.get(label),
+                             text=[f"{metrics[m]:.3f}" for m in names], textposition="outside"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.1])
+    return _layout(fig, title, "", "value", height=380)
 
 
 def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str], normalize: bool = False,
