@@ -15,12 +15,14 @@ from histo_core.gallery import (SORTS, RunTiles, confused_pairs, confusion, load
 from histo_core.inference import preprocess
 from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, find_label_errors, load_label_errors
 from histo_core.runs import RunDir, list_runs
-from pages.ui.charts import confusion_figure
+from pages.ui.charts import confusion_figure, selected_cell
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
 from pages.ui.common import keep_in_url, page_setup, synthetic_badge, url_selection
 
 page_setup("Review", "🧐")
 GRID_COLUMNS = 4
+LABEL_ERROR_COLUMNS = {"given": "given label", "suggested": "looks like", "p_given": "p(given label)",
+                       "p_suggested": "p(looks like)", "clean": "label before the noise"}
 
 
 @st.cache_resource(show_spinner="Opening the run's dataset…", max_entries=4)
@@ -129,8 +131,17 @@ st.caption(f"{len(rows)} misclassified tile(s) match")
 st.download_button("Download the listed tiles (CSV)", to_csv(listed), file_name=f"{run.id}_{split}_mistakes.csv",
                    mime="text/csv", key="review_csv")
 
-with st.expander("Confusion matrix", expanded=False):
-    st.plotly_chart(confusion_figure(confusion(preds).tolist(), classes), key="review_confusion")
+def apply_clicked_cell() -> None:
+    """A click on a confusion-matrix cell filters the mistakes to it (diagonal cells: nothing to list)."""
+    cell = selected_cell(st.session_state.get("review_confusion"))
+    if cell is not None:
+        st.session_state["review_true"], st.session_state["review_pred"] = cell
+        st.session_state["review_cell"] = f"{cell[0]}>{cell[1]}" if f"{cell[0]}>{cell[1]}" in cell_labels else "any"
+
+
+with st.expander("Confusion matrix (click a cell to list its tiles)", expanded=True):
+    st.plotly_chart(confusion_figure(confusion(preds).tolist(), classes, clickable=True), key="review_confusion",
+                    on_select=apply_clicked_cell, selection_mode="points")
 
 if len(rows):
     c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
@@ -179,7 +190,9 @@ if len(rows):
                     else:
                         st.image(upscale_tile(tiles[k], 160))
                     st.toggle("Grad-CAM", key=f"review_cam_{split}_{pos}", disabled=cam_all)
-    st.dataframe(listed.iloc[:500], hide_index=True, width="stretch")
+    st.dataframe(listed.iloc[:500].rename(columns={"p_true": "p(true class)"}), hide_index=True, width="stretch",
+                 column_config={"confidence": st.column_config.NumberColumn(format="%.3f"),
+                                "p(true class)": st.column_config.NumberColumn(format="%.3f")})
 else:
     st.success("No misclassified tile matches these filters.")
 
@@ -187,8 +200,9 @@ else:
 st.header("Most-confused pairs")
 if pairs:
     st.dataframe(pd.DataFrame([{"true": p["true"], "predicted": p["predicted"], "tiles": p["count"],
-                                "share of the true class": round(p["share_of_true"], 3)} for p in pairs[:15]]),
-                 hide_index=True, width="stretch")
+                                "share of the true class": p["share_of_true"]} for p in pairs[:15]]),
+                 hide_index=True, width="stretch",
+                 column_config={"share of the true class": st.column_config.NumberColumn(format="percent")})
     examples = side_by_side(preds)
     with st.expander(f"Examples side by side ({len(examples)} classes with mistakes)", expanded=False):
         st.caption("Per true class: its worst mistake, a confidently correct tile of the same class, and a "
@@ -227,7 +241,8 @@ if report is not None:
     s = report.summary()
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Training tiles checked", s["tiles"])
-    m2.metric("Flagged", s["flagged"], f"{s['flagged_share']:.1%}", delta_color="off")
+    m2.metric("Flagged", f"{s['flagged']} ({s['flagged_share']:.1%})",
+              help="training tiles whose given label the cross-validated models doubt")
     if report.flipped is not None:
         m3.metric("Known flipped labels flagged", f"{s['flipped_flagged']} / {s['flipped']}",
                   f"recall {s['recall']:.2f}" if s["recall"] is not None else None, delta_color="off")
@@ -239,7 +254,7 @@ if report is not None:
     ranked = report.table()
     only_flagged = st.toggle("Flagged tiles only", value=True, key="review_le_flagged")
     shown_table = ranked[ranked["flagged"]] if only_flagged else ranked
-    st.dataframe(shown_table.iloc[:500], hide_index=True, width="stretch")
+    st.dataframe(shown_table.iloc[:500].rename(columns=LABEL_ERROR_COLUMNS), hide_index=True, width="stretch")
     st.download_button("Download the ranking (CSV)", ranked.to_csv(index=False).encode("utf-8"),
                        file_name=f"{run.id}_label_errors.csv", mime="text/csv", key="review_le_csv")
     top = report.ranked()[:12]

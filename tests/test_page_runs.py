@@ -69,7 +69,7 @@ def test_completed_run_shows_table_curves_and_test_report():
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert len(table) == 2 and set(table["state"]) == {"completed", "failed"}
-    row = table[table["run"] == done.id].iloc[0]
+    row = table[table["run id"] == done.id].iloc[0]
     assert row["architecture"] == "simplecnn" and row["dataset"].count("SYNTHETIC") == 1 and row["epoch"] == "3/3"
     assert row["test acc"] == done.results()["test"]["accuracy"]
     assert at.selectbox(key="runs_select").value == done.id
@@ -278,3 +278,15 @@ def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
     evaluate(str(run.path), "synthetic", "val", name="own-val")
     at.run()
     assert any("own-val" in str(d.value.get("name", [])) for d in at.dataframe if "name" in d.value.columns)
+
+
+def test_confusion_figure_cells_are_clickable():
+    from pages.ui.charts import confusion_figure, selected_cell
+
+    fig = confusion_figure([[5, 1], [2, 7]], ["a", "b"], clickable=True)
+    cells = fig.data[1]
+    assert [list(c) for c in cells.customdata] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert list(cells.x) == ["a", "b", "a", "b"] and list(cells.y) == ["a", "a", "b", "b"]
+    event = {"selection": {"points": [{"x": "b", "y": "a", "customdata": [0, 1]}]}}
+    assert selected_cell(event) == (0, 1)
+    assert selected_cell({"selection": {"points": []}}) is None and selected_cell(None) is None

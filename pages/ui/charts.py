@@ -83,7 +83,7 @@ def metrics_bar_figure(values: Mapping[str, Mapping[str, float | None]], colours
 
 
 def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str], normalize: bool = False,
-                     title: str = "Confusion matrix") -> go.Figure:
+                     title: str = "Confusion matrix", clickable: bool = False) -> go.Figure:
     """Heat map, rows = true class, columns = predicted. normalize=True divides each row by its total (recall)."""
     counts = np.asarray(confusion, dtype=float)
     if normalize:
@@ -102,10 +102,31 @@ def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str
                                colorscale="Blues", zmin=0, zmax=1 if normalize else None,
                                hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}"
                                              "<extra></extra>"))
+    if clickable:  # invisible markers on the cells: plotly's point selection reports the clicked cell
+        cells = [(i, j) for i in range(len(names)) for j in range(len(names))]
+        fig.add_trace(go.Scatter(x=[names[j] for _, j in cells], y=[names[i] for i, _ in cells], mode="markers",
+                                 customdata=[[i, j] for i, j in cells], showlegend=False, hoverinfo="skip",
+                                 marker=dict(size=30, opacity=0.01, symbol="square", color="#000"),
+                                 name="cells"))
+        fig.update_layout(clickmode="event+select", dragmode=False)
     fig.update_yaxes(autorange="reversed")
     size = max(360, 60 + 38 * len(names))
     return _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true",
                    height=size)
+
+
+def selected_cell(selection: Any) -> tuple[int, int] | None:
+    """(true, predicted) of the cell clicked on a clickable confusion_figure, from st.plotly_chart's selection
+    state (an object or dict with "points"); None when nothing (or something else) is selected."""
+    try:
+        points = selection["selection"]["points"]
+    except (KeyError, TypeError):
+        points = getattr(getattr(selection, "selection", None), "points", None) or []
+    for point in points or []:
+        data = point.get("customdata") if isinstance(point, Mapping) else None
+        if isinstance(data, (list, tuple)) and len(data) == 2:
+            return int(data[0]), int(data[1])
+    return None
 
 
 def roc_figure(roc: Mapping[str, Mapping[str, Any]], title: str = "ROC curves") -> go.Figure:

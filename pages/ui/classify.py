@@ -14,8 +14,7 @@ import streamlit as st
 from histo_core.errors import HistoError
 from histo_core.explain import (CAM_METHODS, CAM_VIEWS, cam_on_original, compute_cams, heatmap, model_field, overlay,
                                 uniform_maps, upscale_tile)
-from histo_core.inference import (LoadedModel, ModelEntry, TileResult, list_models, load_model, resolve_model_path,
-                                  top_k)
+from histo_core.inference import LoadedModel, ModelEntry, list_models, load_model, resolve_model_path
 
 CARD_PX = 224
 PAGE_SIZES = (6, 12, 24, 48)
@@ -48,12 +47,21 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
                 "for it to complete, or put an exported model in weights/.")
         return None
     by_ref = {e.ref: e for e in entries}
+    # ?run=<id> (or ?model=<export name>) selects a model once per new URL value; the choice goes back in the URL
+    wanted = st.query_params.get("run") or st.query_params.get("model")
+    match = next((e.ref for e in entries if e.name == wanted), None)
+    if match and st.session_state.get(f"_url_applied.{key}") != wanted:
+        st.session_state[key] = match
     if st.session_state.get(key) not in by_ref:
         st.session_state.pop(key, None)
-    ref = st.selectbox("Model", list(by_ref), format_func=lambda r: by_ref[r].label, key=key,
+    ref = st.selectbox("Model", list(by_ref), format_func=lambda r: model_label(by_ref[r]), key=key,
                        help="Completed runs (newest first) and exported models in weights/. Test accuracy is on the "
                             "run's own test split.")
     entry = by_ref[ref]
+    param = "run" if entry.kind == "run" else "model"
+    st.query_params.pop("model" if param == "run" else "run", None)
+    st.query_params[param] = entry.name
+    st.session_state[f"_url_applied.{key}"] = entry.name
     try:
         loaded = cached_model(ref)
     except HistoError as exc:
@@ -69,6 +77,20 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
     return entry, loaded
 
 
+def model_label(entry: ModelEntry) -> str:
+    """A run's name first (its id after, shortened), else the export name; then what it is and how good."""
+    name = entry.name
+    if entry.kind == "run":
+        from histo_core.runs import RunDir
+
+        given = RunDir(entry.ref).config().get("name")
+        name = f"{given} ({entry.name})" if given else entry.name
+    acc = f"test accuracy {entry.test_accuracy:.1%}" if entry.test_accuracy is not None else "no test metrics"
+    tag = "SYNTHETIC · " if entry.synthetic else ""
+    kind = "run" if entry.kind == "run" else "exported model"
+    return f"{tag}{name} · {kind} · {entry.arch} on {entry.dataset} · {acc}"
+
+
 def fingerprint(files: Sequence[tuple[str, bytes]]) -> str:
     h = hashlib.blake2b(digest_size=12)
     for name, data in files:
@@ -79,16 +101,20 @@ def fingerprint(files: Sequence[tuple[str, bytes]]) -> str:
 
 
 # -- tables and charts ----------------------------------------------------------------------------------
-def summary_frame(results: Sequence[TileResult], classes: Sequence[str]) -> pd.DataFrame:
-    rows = []
-    for r in results:
-        if not r.ok:
-            rows.append({"file": r.name, "prediction": None, "confidence": None, "top-3": None, "notes": r.error})
-            continue
-        top = top_k(r.probs[None], classes, 3)[0]
-        rows.append({"file": r.name, "prediction": classes[r.pred], "confidence": round(r.confidence, 4),
-                     "top-3": " · ".join(f"{c} {p:.2f}" for c, p in top), "notes": "; ".join(r.notes)})
-    return pd.DataFrame(rows, columns=["file", "prediction", "confidence", "top-3", "notes"])
+def table_columns(table: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
+    """Column settings for the Classify table: confidence as a bar, probabilities as numbers with the full class
+    name on hover."""
+    config: dict[str, Any] = {"confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0,
+                                                                            format="%.3f"),
+                              "correct": st.column_config.CheckboxColumn("correct", help="predicted = true class")}
+    from histo_core.classnames import short_names
+
+    full = dict(zip(short_names(list(classes)), classes))
+    for col in table.columns:
+        if col.startswith("p("):
+            config[col] = st.column_config.NumberColumn(col, format="%.3f",
+                                                        help=f"probability of {full.get(col[2:-1], col[2:-1])}")
+    return config
 
 
 def probability_figure(probs: np.ndarray, classes: Sequence[str], top: int = 5, highlight: int | None = None) -> go.Figure:
@@ -169,23 +195,24 @@ def show_cam(tile: np.ndarray, cam: np.ndarray, options: dict[str, Any], class_n
     it sits next to the upload at the same size; without, it is drawn on the model input upscaled to CARD_PX."""
     box = container or st
     method = options["method"]
+    size = {"width": width} if width else {}
     if uniform_maps(cam)[0]:
         box.image(original if original is not None else upscale_tile(tile, CARD_PX),
-                  caption="as uploaded (no map)" if original is not None else "model input (no overlay)", width=width)
+                  caption="as uploaded (no map)" if original is not None else "model input (no overlay)", **size)
         box.warning(flat_map_message(method, class_name, predicted))
         return
     what = f"{method} for '{class_name}'"
     if options["raw"]:
-        size = max(model_field(original).shape[:2]) if original is not None else CARD_PX
-        box.image(heatmap(cam, size), caption=f"{what} (red = most evidence)", width=width)
+        px = max(model_field(original).shape[:2]) if original is not None else CARD_PX
+        box.image(heatmap(cam, px), caption=f"{what} (red = most evidence)", **size)
     elif original is not None:
         view = options.get("view", "overlay")
         img = cam_on_original(original, cam, view, options["alpha"], options.get("threshold", 0.5))
         note = (f"outline: map ≥ {options.get('threshold', 0.5):.0%} of its maximum" if view == "contour"
                 else "red = most evidence")
-        box.image(img, caption=f"{what} at {img.shape[1]}x{img.shape[0]} px ({note})", width=width)
+        box.image(img, caption=f"{what} at {img.shape[1]}x{img.shape[0]} px ({note})", **size)
     else:
-        box.image(overlay(tile, cam, options["alpha"], CARD_PX), caption=f"{what} (red = most evidence)", width=width)
+        box.image(overlay(tile, cam, options["alpha"], CARD_PX), caption=f"{what} (red = most evidence)", **size)
 
 
 def target_select(classes: Sequence[str], predicted: int, key: str) -> int:

@@ -40,19 +40,19 @@ def summary_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for s in summaries:
         rows.append({
-            "run": s["id"],
-            "name": s["name"],
+            "run": s["name"] or s["id"],
             "state": s["state"],
             "progress": round(100 * s["progress"]),
-            "epoch": f"{s['epoch']}/{s['epochs']}",
             "test acc": s["test_accuracy"],
             "test AUC": s["test_auc"],
-            "best val": _metric_text(s["monitor"], s["best_val"]),
-            "architecture": s["arch"],
-            "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
             "dataset": dataset_label(s),
+            "architecture": s["arch"],
+            "epoch": f"{s['epoch']}/{s['epochs']}",
+            "best val": _metric_text(s["monitor"], s["best_val"]),
+            "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
             "duration": fmt_duration(s["duration_s"]),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"])) if s["created_at"] else "",
+            "run id": s["id"],
         })
     return pd.DataFrame(rows)
 
@@ -72,8 +72,8 @@ def render_summary_table(summaries: list[dict[str, Any]]) -> None:
         summary_table(summaries), hide_index=True, width="stretch",
         column_config={
             "progress": st.column_config.ProgressColumn("progress", format="%d%%", min_value=0, max_value=100),
-            "test acc": st.column_config.NumberColumn(format="%.4f"),
-            "test AUC": st.column_config.NumberColumn(format="%.4f"),
+            "test acc": st.column_config.NumberColumn(format="percent", help="accuracy on the test split"),
+            "test AUC": st.column_config.NumberColumn(format="%.3f"),
         },
     )
 
