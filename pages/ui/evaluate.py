@@ -52,8 +52,9 @@ def evaluate_panel(run: RunDir) -> None:
     from pages.ui.datasets import dataset_picker, open_cached
 
     classes = model_classes(run)
-    with st.expander("Evaluate on another dataset (a folder of class folders, an npz, a CSV)"):
-        choice = dataset_picker(f"evaluate_ds_{run.id}")
+    wanted = st.query_params.get("dataset")  # Runs?run=<id>&dataset=<spec> opens this panel on that dataset
+    with st.expander("Evaluate on another dataset (a folder of class folders, an npz, a CSV)", expanded=bool(wanted)):
+        choice = dataset_picker(f"evaluate_ds_{run.id}", default=wanted)
         if not choice:
             return
         ds = None
