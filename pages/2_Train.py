@@ -12,7 +12,7 @@ from histo_core.errors import HistoError
 from pages.ui.common import page_setup, synthetic_badge, user_errors
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
-from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, render_fields
+from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, form_message, render_fields
 
 page_setup("Train", "🏋️")
 
@@ -124,7 +124,7 @@ try:
 except HistoError as exc:
     problem = str(exc)
 if problem:
-    st.error(problem)
+    st.error(form_message(problem))
 
 if config is not None and ds is not None and not problem:
     left, right = st.columns(2)

@@ -80,11 +80,12 @@ def test_invalid_value_shows_inline_error_and_starts_nothing(started):
     at = _app()
     _w(at, "lr").set_value(0.0).run()
     assert not at.exception
-    assert any("--lr must be a positive number, got 0.0" in e.value for e in at.error)
+    assert any("'Learning rate' must be a positive number, got 0.0" in e.value for e in at.error), [e.value for e in at.error]
     assert at.button[[b.label for b in at.button].index("Start training")].disabled
     _w(at, "lr").set_value(1e-3).run()
     _w(at, "noise").set_value(0.95).run()
-    assert any("--noise must be between 0 and 0.9" in e.value for e in at.error)
+    assert any("'Label-noise rate' must be between 0 and 0.9" in e.value for e in at.error)
+    assert not any("--" in e.value for e in at.error)  # no CLI flags in the page
     assert list_runs() == [] and started == []
 
 
