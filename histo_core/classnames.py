@@ -19,6 +19,7 @@ NCT_ABBREVIATIONS: dict[str, str] = {
     "TUM": "colorectal adenocarcinoma epithelium",
 }
 _LONG_TO_SHORT = {v.lower(): k for k, v in NCT_ABBREVIATIONS.items()}
+NO_COUNTERPART = "-"  # in a class map, CLASS=- : this dataset class has no counterpart (reported apart)
 
 
 def short_name(name: str) -> str:
@@ -70,7 +71,8 @@ def match_classes(dataset_classes: Sequence[str], model_classes: Sequence[str],
                   class_map: Mapping[str, str] | None = None) -> list[int | None]:
     """For each dataset class, the index of the model class it is (None: no counterpart).
 
-    A class named in `class_map` maps to the model class named there (by name, NCT abbreviation or index);
+    A class named in `class_map` maps to the model class named there (by name, NCT abbreviation or index; "-":
+    none);
     the others match a model class of the same name, case-insensitively, an NCT abbreviation matching its long
     name (TUM = colorectal adenocarcinoma epithelium). Raises HistoError naming a map entry that fits nothing."""
     class_map = dict(class_map or {})
@@ -82,7 +84,9 @@ def match_classes(dataset_classes: Sequence[str], model_classes: Sequence[str],
     mapped = {by_key[_key(k)]: v for k, v in class_map.items()}
     out: list[int | None] = []
     for c in dataset_classes:
-        if c in mapped:
+        if c in mapped and mapped[c].strip() == NO_COUNTERPART:
+            out.append(None)
+        elif c in mapped:
             idx = _model_index(mapped[c], model_classes)
             if idx is None:
                 raise HistoError(f"class map: {c}={mapped[c]}: {mapped[c]!r} is not a class of the model; use one of "

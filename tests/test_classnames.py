@@ -29,6 +29,7 @@ def test_user_map_and_classes_without_counterpart():
     kather = ["01_TUMOR", "02_STROMA", "03_COMPLEX", "07_ADIPOSE"]
     m = parse_class_map("01_TUMOR=TUM, 02_STROMA=cancer-associated stroma,07_adipose=0")
     assert match_classes(kather, PATHMNIST, m) == [8, 7, None, 0]
+    assert match_classes(["ADI", "TUM"], PATHMNIST, parse_class_map("TUM=-")) == [0, None]  # unmatched on purpose
     with pytest.raises(HistoError, match="'09_X' is not a class of the dataset"):
         match_classes(kather, PATHMNIST, {"09_X": "TUM"})
     with pytest.raises(HistoError, match="'tumor' is not a class of the model; use one of ADI"):

@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "folder without split folders) (default test)")
     e.add_argument("--class-map", default="", help="DATASET_CLASS=MODEL_CLASS pairs, comma-separated, e.g. "
                                                    "01_TUMOR=TUM,02_STROMA=STR (model classes by name, abbreviation "
-                                                   "or index)")
+                                                   "or index; CLASS=- : no counterpart)")
     e.add_argument("--name", help="name of the saved evaluation (default <dataset>-<split>)")
     e.add_argument("--no-save", action="store_true", help="do not save the evaluation with the run")
     e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from histo_core import jobs
+from histo_core import classnames
 from histo_core.classnames import match_classes, short_name
 from histo_core.errors import HistoError
 from histo_core.evaluation import list_evaluations
@@ -39,7 +40,10 @@ def class_map_editor(dataset_classes: list[str], classes: list[str], key: str) -
                  "scored but listed apart with what the model called them")})
     mapping = {}
     for src, dst, a in zip(edited["dataset class"], edited["model class"], auto):
-        if dst != NO_COUNTERPART and (a is None or classes[a] != dst):
+        if dst == NO_COUNTERPART:
+            if a is not None:  # the user unmatched an automatic match
+                mapping[str(src)] = classnames.NO_COUNTERPART
+        elif a is None or classes[a] != dst:
             mapping[str(src)] = short_name(dst) if short_name(dst) != dst else dst
     chosen = [d for d in edited["model class"] if d != NO_COUNTERPART]
     if not chosen:
