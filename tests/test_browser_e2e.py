@@ -241,7 +241,7 @@ def test_new_user_walk(tmp_path, shared_data, monkeypatch):
             page.get_by_label("Run", exact=True).click()
             page.get_by_role("option", name=re.compile(other.id)).click()
             wait_idle(page)
-            page.get_by_label("Sort by").click()
+            page.get_by_role("combobox", name="Sort by").click()
             page.get_by_role("option", name="index").click()
             wait_idle(page)
             assert_no_exception(page, "Review after switching runs")
