@@ -140,7 +140,8 @@ def list_evaluations(run: RunDir) -> list[dict[str, Any]]:
     folder = run.file(EVALUATIONS_DIR)
     if not folder.is_dir():
         return []
-    found = [r for r in (read_json(p) for p in folder.glob("*.json")) if isinstance(r, dict) and "accuracy" in r]
+    files = [p for p in folder.glob("*.json") if not p.name.endswith((".job.json", ".out.json"))]  # job records
+    found = [r for r in (read_json(p) for p in files) if isinstance(r, dict) and "accuracy" in r]
     return sorted(found, key=lambda r: r.get("evaluated_at", ""), reverse=True)
 
 
