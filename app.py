@@ -41,34 +41,31 @@ for col, (page, label, icon) in zip(cols, [
     with col:
         st.page_link(page, label=label, icon=icon)
 
-left, right = st.columns(2)
-with left:
-    st.subheader("Datasets available here")
-    from histo_core.datasets.catalog import available_datasets
+st.subheader("Latest runs")
+runs = list_runs()[:8]
+if not runs:
+    st.info("No runs yet: start one on the Train page (the synthetic demo needs no download).")
+else:
+    table = []
+    for run in runs:
+        cfg, status, results = run.config(), run.status(), run.results() or {}
+        test = results.get("test") or {}
+        table.append({
+            "run": cfg.get("name") or run.id, "state": status.state,
+            "test accuracy": f"{test['accuracy']:.1%}" if test.get("accuracy") is not None else "-",
+            "test AUC": f"{test['auc']:.3f}" if test.get("auc") is not None else "-",
+            "progress": f"{status.progress:.0%}", "architecture": cfg.get("arch"),
+            "dataset": run.dataset().get("title", cfg.get("dataset")),
+            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(status.created_at)) if status.created_at else "",
+            "run id": run.id,
+        })
+    st.dataframe(table, hide_index=True, width="stretch")
+st.caption(f"Runs directory: `{paths.runs_dir()}` (set HISTO_RUNS_DIR to change).")
 
-    rows = available_datasets()
-    st.dataframe(
-        [{"dataset": r.title, "spec": r.spec, "source": r.source} for r in rows],
-        hide_index=True, width="stretch",
-    )
-    st.caption(f"Dataset cache: `{paths.data_dir()}` (set HISTO_DATA_DIR to change). "
-               "Download MedMNIST sets or add local files on the Datasets page.")
+st.subheader("Datasets available here")
+from histo_core.datasets.catalog import available_datasets  # noqa: E402
 
-with right:
-    st.subheader("Latest runs")
-    runs = list_runs()[:8]
-    if not runs:
-        st.info("No runs yet: start one on the Train page (the synthetic demo needs no download).")
-    else:
-        table = []
-        for run in runs:
-            cfg, status, results = run.config(), run.status(), run.results() or {}
-            test = results.get("test") or {}
-            table.append({
-                "run": run.id, "dataset": run.dataset().get("title", cfg.get("dataset")), "arch": cfg.get("arch"),
-                "state": status.state, "progress": f"{status.progress:.0%}",
-                "test acc": None if test.get("accuracy") is None else round(test["accuracy"], 4),
-                "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(status.created_at)),
-            })
-        st.dataframe(table, hide_index=True, width="stretch")
-    st.caption(f"Runs directory: `{paths.runs_dir()}` (set HISTO_RUNS_DIR to change).")
+st.dataframe([{"dataset": r.title, "spec": r.spec, "source": r.source} for r in available_datasets()],
+             hide_index=True, width="stretch")
+st.caption(f"Dataset cache: `{paths.data_dir()}` (set HISTO_DATA_DIR to change). "
+           "Download MedMNIST sets or add local files on the Datasets page.")

@@ -226,3 +226,52 @@ def overlay(tile_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.5,
 def upscale_tile(tile_uint8: np.ndarray, out_size: int = DEFAULT_OVERLAY_PX) -> np.ndarray:
     """The tile alone at a viewable size (nearest-neighbour for small tiles), RGB."""
     return _upscale_tile(tile_uint8, out_size)
+
+
+# -- maps at the tissue's resolution ---------------------------------------------------------------
+CAM_VIEWS = ("overlay", "contour")
+CONTOUR_COLOUR = (0, 255, 0)  # green: absent from H&E, so the outline never blends into the tissue
+
+
+def model_field(image: np.ndarray) -> np.ndarray:
+    """The model's field of view as RGB uint8 (`TileResult.field`: the part of an upload the model saw, found by
+    the one image path; grayscale repeated to 3 channels)."""
+    arr = np.asarray(image, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+
+
+def _resize_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape == (height, width):
+        return cam
+    im = Image.fromarray(cam, mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+
+
+def cam_on_original(image: np.ndarray, cam: np.ndarray, view: str = "overlay", alpha: float = 0.35,
+                    threshold: float = 0.5) -> np.ndarray:
+    """The map drawn on the part of the upload the model saw (`image`: `TileResult.field`), at that image's own
+    resolution (the map, computed on the model's small input, is upsampled bilinearly), RGB uint8.
+
+    view "overlay": the jet-coloured map blended in at opacity `alpha`; "contour": the tissue untouched, with a
+    green outline around the region where the map is at least `threshold` (of its maximum, maps being in [0, 1])."""
+    if view not in CAM_VIEWS:
+        raise HistoError(f"CAM view must be one of {', '.join(CAM_VIEWS)}, got {view!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    base = model_field(image)
+    h, w = base.shape[:2]
+    up = _resize_map(cam, h, w)
+    if view == "overlay":
+        heat = _colormap()[np.rint(up * 255).astype(np.uint8)].astype(np.float32)
+        return np.clip(np.rint(base.astype(np.float32) * (1 - alpha) + heat * alpha), 0, 255).astype(np.uint8)
+    from scipy import ndimage
+
+    mask = up >= threshold
+    width = max(1, round(min(h, w) / 150))  # about 1 px per 150 px: visible, yet thin
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
+    out = base.copy()
+    out[edge] = CONTOUR_COLOUR
+    return out

@@ -184,6 +184,8 @@ class RunTiles:
         spec = cfg.get("dataset")
         if not spec:
             raise HistoError(f"{run.id}: config.json names no dataset")
+        self.run_id = run.id
+        self.train_splits = str(cfg.get("train_splits") or "train")
         try:
             self.dataset = open_dataset(spec, size=cfg.get("size"), as_rgb=bool(cfg.get("as_rgb")),
                                         data_dir=cfg.get("data_dir"), seed=int(cfg.get("seed", 0)))
@@ -198,3 +200,17 @@ class RunTiles:
             raise HistoError(f"{split}: saved predictions refer to row {int(idx.max())}, but the dataset now has "
                              f"{len(s)} tiles; has the dataset changed since the run?")
         return s.get(idx) if len(idx) else np.zeros((0, *s.tile_shape), np.uint8)
+
+    def training(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 tiles of the run's training set at `rows` (label-error reports, noise records): the train split,
+        or train then val for a run trained on train+val, whose rows run on past the train split."""
+        if self.train_splits != "train+val" or "val" not in self.dataset.splits:
+            return self.get("train", rows)
+        from histo_core.train import ConcatSplit
+
+        joined = ConcatSplit("train+val", [self.dataset.split("train"), self.dataset.split("val")])
+        idx = np.asarray(rows, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(joined)):
+            raise HistoError(f"{self.run_id}: the label-error report refers to row {int(idx.max())}, but the training "
+                             f"set (train+val) now has {len(joined)} tiles; has the dataset changed since the run?")
+        return joined.get(idx) if len(idx) else np.zeros((0, *joined.tile_shape), np.uint8)

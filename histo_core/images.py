@@ -320,6 +320,15 @@ def square_side(height: int, width: int, name: str = "image") -> int:
     return side
 
 
+def centre_box(height: int, width: int, region_px: int | None = None, name: str = "image") -> tuple[int, int, int]:
+    """(top, left, side) of the square a tile is made from: the centred square of side min(H, W), or of side
+    `region_px` (a field of view) when the image is larger than that."""
+    side = square_side(height, width, name)
+    if region_px is not None and MIN_TILE_SIDE <= region_px < side:
+        side = int(region_px)
+    return (height - side) // 2, (width - side) // 2, side
+
+
 def make_tile(array: np.ndarray, size: int, channels: int, *, region_px: int | None = None,
               notes: list[str] | None = None, name: str = "image") -> np.ndarray:
     """A decoded uint8 image (H, W, 1 or 3) -> the model's uint8 tile (size, size, channels).
@@ -332,11 +341,7 @@ def make_tile(array: np.ndarray, size: int, channels: int, *, region_px: int | N
         arr = arr[..., None]
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3):
         raise ValueError(f"expected a uint8 (H, W, 1 or 3) image, got {arr.dtype} {arr.shape}")
-    h, w = arr.shape[:2]
-    side = square_side(h, w, name)
-    if region_px is not None and MIN_TILE_SIDE <= region_px < side:
-        side = int(region_px)
-    top, left = (h - side) // 2, (w - side) // 2
+    top, left, side = centre_box(arr.shape[0], arr.shape[1], region_px, name)
     arr = arr[top:top + side, left:left + side]
     if arr.shape[2] != channels:
         if channels == 1:

@@ -226,20 +226,34 @@ def preprocess(decoded: DecodedImage | np.ndarray, meta: ModelMeta, notes: list[
     `mpp` µm per pixel (default: the training images' own resolution) and its centre field of view is what the
     model sees; an image covering clearly less than that is enlarged to fill the tile, with a note. Lines
     describing what was done are appended to `notes`."""
-    from histo_core.images import make_tile, square_side
+    from histo_core.images import make_tile
 
     notes = notes if notes is not None else []
     arr = decoded.array if isinstance(decoded, DecodedImage) else np.asarray(decoded)
     if arr.ndim == 2:
         arr = arr[..., None]
     h, w = arr.shape[:2]
-    side = square_side(h, w, decoded.name if isinstance(decoded, DecodedImage) else name)
-    region = None
+    region = field_region(meta, mpp)
+    return make_tile(arr, meta.input_size, meta.in_channels, region_px=region,
+                     notes=_scale_notes(h, w, meta, mpp, region, notes),
+                     name=decoded.name if isinstance(decoded, DecodedImage) else name)
+
+
+def field_region(meta: ModelMeta, mpp: float | None = None) -> int | None:
+    """The model's field of view in pixels of an image at `mpp` µm/px (default: the training images'
+    resolution); None when the model's field of view is unknown."""
+    if not meta.field_um:
+        return None
+    return max(1, round(meta.field_um / float(mpp or meta.source_mpp)))
+
+
+def _scale_notes(h: int, w: int, meta: ModelMeta, mpp: float | None, region: int | None,
+                 notes: list[str]) -> list[str]:
+    side = min(h, w)
     field_um = meta.field_um
-    if field_um:
+    if field_um and region:
         image_mpp = float(mpp or meta.source_mpp)
         assumed = "" if mpp else " (assuming the training images' resolution; give the µm per pixel if it differs)"
-        region = max(1, round(field_um / image_mpp))
         if side > region * 1.1:
             notes.append(f"the centre {region}x{region} px ({field_um:.0f} µm, the model's field of view) of the "
                          f"{w}x{h} image is classified{assumed}; the large-image mode classifies all of it")
@@ -260,7 +274,7 @@ def preprocess(decoded: DecodedImage | np.ndarray, meta: ModelMeta, notes: list[
                 f"the image is {side} px across, {max(ratio, 1 / ratio):.0f}x {'larger' if ratio > 1 else 'smaller'} "
                 f"than the {what} ({reference} px): tissue may appear at a scale the model was not trained on"
                 + (" (try the large-image mode)" if ratio > 1 else ""))
-    return make_tile(arr, meta.input_size, meta.in_channels, region_px=region, notes=notes)
+    return notes
 
 
 # -- prediction ------------------------------------------------------------------------------------
@@ -398,6 +412,7 @@ class TileResult:
     error: str | None = None
     tile: np.ndarray | None = None  # uint8 model input (S, S, C)
     preview: np.ndarray | None = None  # the decoded image, longer side at most PREVIEW_PX, for display
+    field: np.ndarray | None = None  # the part of it the model saw (its field of view), at most PREVIEW_PX
     width: int = 0
     height: int = 0
     mode_note: str = ""
@@ -423,7 +438,7 @@ def prepare_upload(data: bytes, name: str, meta: ModelMeta, mpp: float | None = 
     """Decode and preprocess one file (at `mpp` µm per pixel when known); a bad file gives a TileResult with
     `error` set, never an exception."""
     from histo_core.errors import ImageError
-    from histo_core.images import decode_image, display_name
+    from histo_core.images import centre_box, decode_image, display_name
 
     try:
         decoded = decode_image(data, name)
@@ -431,8 +446,10 @@ def prepare_upload(data: bytes, name: str, meta: ModelMeta, mpp: float | None = 
         tile = preprocess(decoded, meta, notes, mpp=mpp)
     except ImageError as exc:
         return TileResult(name=display_name(name), error=str(exc))
-    return TileResult(name=decoded.name, tile=tile, preview=_preview(decoded.array), width=decoded.width,
-                      height=decoded.height, mode_note=decoded.mode_note, notes=notes)
+    top, left, side = centre_box(decoded.height, decoded.width, field_region(meta, mpp))
+    field_view = _preview(decoded.array[top:top + side, left:left + side])
+    return TileResult(name=decoded.name, tile=tile, preview=_preview(decoded.array), field=field_view,
+                      width=decoded.width, height=decoded.height, mode_note=decoded.mode_note, notes=notes)
 
 
 def _preview(arr: np.ndarray) -> np.ndarray:

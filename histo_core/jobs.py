@@ -440,3 +440,85 @@ __all__ = [
     "submit", "cancel", "resume", "delete", "refresh_status", "run_summary", "summaries", "wait",
     "log_tail", "last_log_line", "comparison_row", "augmentation_label", "pid_alive", "process_alive", "best_val", "resolve_run", "ACTIVE_STATES", "STALE",
 ]
+
+
+# -- evaluation jobs: `python -m histo_core evaluate ... --json` in the background -----------------------------
+# One detached process per evaluation; its record, output and log sit next to the saved evaluation in
+# <run>/evaluations/: <name>.job.json (command, pid, start), <name>.out.json (stdout), <name>.log (stderr).
+
+def _evaluations_dir(run: RunDir) -> Path:
+    from histo_core.evaluation import EVALUATIONS_DIR
+
+    return run.file(EVALUATIONS_DIR)
+
+
+def evaluation_command(model: str, dataset: str, split: str, class_map: dict[str, str], name: str) -> list[str]:
+    from histo_core.classnames import format_class_map
+
+    cmd = [sys.executable, "-m", "histo_core", "evaluate", model, "--dataset", dataset, "--split", split,
+           "--name", name, "--json"]
+    return cmd + ["--class-map", format_class_map(class_map)] if class_map else cmd
+
+
+def start_evaluation(run: RunDir, dataset: str, split: str = "test", class_map: dict[str, str] | None = None,
+                     name: str | None = None) -> str:
+    """Start evaluating `run`'s model on `dataset` in a background process; returns the evaluation's name.
+    Its progress is read back with evaluation_jobs(run)."""
+    from histo_core.evaluation import evaluation_name
+
+    if not str(dataset or "").strip():
+        raise HistoError("no dataset given: type a registered name or the path of an npz, a CSV or a folder")
+    name = evaluation_name(name, dataset, split)
+    folder = _evaluations_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    job = folder / f"{name}.job.json"
+    previous = _read_job(job)
+    if previous and pid_alive(previous.get("pid")):
+        raise HistoError(f"evaluation {name!r} is already running; wait for it or choose another name")
+    cmd = evaluation_command(str(run.path.resolve()), str(dataset).strip(), split, dict(class_map or {}), name)
+    try:
+        with open(folder / f"{name}.out.json", "wb") as out, open(folder / f"{name}.log", "wb") as err:
+            proc = subprocess.Popen(cmd, cwd=paths.PROJECT_ROOT, env=_child_env(), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
+    except OSError as exc:
+        raise HistoError(f"could not start the evaluation process ({exc})") from None
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    from histo_core.fsutil import write_json_atomic
+
+    write_json_atomic(job, {"name": name, "pid": proc.pid, "started_at": time.time(), "dataset": str(dataset),
+                            "split": split, "class_map": dict(class_map or {}), "command": cmd[1:]})
+    return name
+
+
+def _read_job(path: Path) -> dict[str, Any] | None:
+    from histo_core.fsutil import read_json
+
+    job = read_json(path)
+    return job if isinstance(job, dict) else None
+
+
+def evaluation_jobs(run: RunDir) -> list[dict[str, Any]]:
+    """The run's evaluation jobs, newest first: name, dataset, split, state ("running", "completed" or
+    "failed") and, for a failed one, the error line the command printed."""
+    folder = _evaluations_dir(run)
+    out = []
+    for path in folder.glob("*.job.json") if folder.is_dir() else []:
+        job = _read_job(path)
+        if not job:
+            continue
+        name = str(job.get("name") or path.name.removesuffix(".job.json"))
+        if pid_alive(job.get("pid")):
+            state, error = "running", None
+        else:
+            result = folder / f"{name}.json"
+            done = result.exists() and result.stat().st_mtime >= float(job.get("started_at", 0)) - 1
+            state = "completed" if done else "failed"
+            error = None
+            if not done:
+                try:
+                    lines = (folder / f"{name}.log").read_text(errors="replace").strip().splitlines()
+                except OSError:
+                    lines = []
+                error = lines[-1] if lines else "the evaluation process ended without a result"
+        out.append({**job, "name": name, "state": state, "error": error})
+    return sorted(out, key=lambda j: -float(j.get("started_at", 0)))

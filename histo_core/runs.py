@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -166,7 +167,13 @@ class RunDir:
 
 def new_run_id(config_name: str = "", arch: str = "", dataset: str = "") -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    label = "-".join(p for p in (config_name or "", arch, Path(dataset).stem if dataset else "") if p)
+    # the architecture and dataset are added unless the run's name already says them (no "cnn3-...-cnn3")
+    parts: list[str] = []
+    for part in (config_name or "", arch, Path(dataset).stem if dataset else ""):
+        words = set(re.split(r"[^a-z0-9]+", "-".join(parts).lower()))
+        if part and part.lower() not in words:
+            parts.append(part)
+    label = "-".join(parts)
     label = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)[:40].strip("-")
     return f"{stamp}-{label}-{secrets.token_hex(2)}" if label else f"{stamp}-{secrets.token_hex(2)}"
 

@@ -1040,41 +1040,8 @@ def predict_probs(model: nn.Module, meta: dict[str, Any], images_uint8: np.ndarr
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, int(meta["num_classes"])), np.float32)
 
 
-# -- evaluation of a finished run --------------------------------------------------------------------
-def _generic_classes(classes: list[str]) -> bool:
-    return all(c == f"class {i}" for i, c in enumerate(classes))
-
-
-def evaluate_run(run: RunDir, dataset_spec: str | None = None, split: str = "test", tta: bool | None = None) -> dict[str, Any]:
-    """Evaluate a run's best.pt (else last.pt) on a split of any compatible dataset."""
-    path = run.best_ckpt if run.best_ckpt.exists() else run.last_ckpt
-    if not path.exists():
-        raise HistoError(f"{run.path}: no checkpoint yet (best.pt / last.pt); wait for an epoch to finish")
-    ckpt = ckpt_mod.load_checkpoint(path)
-    model = ckpt_mod.model_from_checkpoint(ckpt, path)
-    config = run.config()
-    spec = dataset_spec or config.get("dataset")
-    in_ch = int(ckpt["in_channels"])
-    size = config.get("size") if not dataset_spec else None
-    ds = open_dataset(spec, size=size, as_rgb=in_ch == 3, data_dir=config.get("data_dir"), seed=int(config.get("seed", 0)))
-    info = ds.info
-    classes = list(ckpt["classes"])
-    if info.classes != classes:
-        if not (_generic_classes(info.classes) and len(info.classes) <= len(classes)):
-            raise DatasetError(
-                f"{spec}: its classes {info.classes} differ from the model's {classes}; evaluate on a dataset "
-                "with the same classes")
-    if info.channels != in_ch:
-        raise DatasetError(f"{spec}: tiles have {info.channels} channel(s), the model takes {in_ch}")
-    source = pipeline.TileSource(ds.split(split), "cpu")
-    use_tta = bool(config.get("tta", False)) if tta is None else tta
-    torch.set_num_threads(int(config.get("threads") or 0) or runtime.default_threads())
-    probs = predict_source(model, source, ckpt["mean"], ckpt["std"], torch.device("cpu"), int(ckpt["input_size"]),
-                           tta=use_tta, stain_ref=ckpt.get("stain"))
-    labels = source.labels.numpy()
-    report = classification_report(probs, labels, classes)
-    report.update(dataset=str(spec), split=split, checkpoint=path.name, tta=use_tta)
-    return report
+# -- evaluation of a finished run: histo_core/evaluation.py ----------------------------------------------
+from histo_core.evaluation import evaluate_run  # noqa: E402,F401  (kept importable from here)
 
 
 # -- estimates ---------------------------------------------------------------------------------------

@@ -198,7 +198,7 @@ def render_about(info) -> None:
 
 
 def render_add_path() -> None:
-    with st.expander("Add your own dataset (a path on this machine)"):
+    with st.expander("Add your own dataset (a path on this machine)", key=f"{KEY}_add_open", on_change="rerun"):
         st.caption("A MedMNIST-layout .npz, a folder of class folders (optionally inside train/val/test), a CSV "
                    "manifest (image path + label columns; `manifest.csv?image=col&label=col` to name them) or a "
                    "folder of PatchCamelyon .h5 files. It is opened once to check it, then listed for every page. "
@@ -266,7 +266,8 @@ if choice.spec in local_datasets() and st.button("Remove from the list", key=f"{
 
 render_overview(ds)
 classes_tab, samples_tab, stats_tab, viewer_tab, about_tab = st.tabs(
-    ["Class distribution", "Sample tiles", "Pixel statistics", "Tile viewer", "Citation & licence"])
+    ["Class distribution", "Sample tiles", "Pixel statistics", "Tile viewer", "Citation & licence"],
+    key="datasets_tab", bind="query-params")  # the open tab survives adding a dataset, a reload, a shared link
 with classes_tab:
     render_classes(ds)
 with samples_tab:

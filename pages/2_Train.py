@@ -11,7 +11,7 @@ from pages.ui.common import page_setup, signed_in_user, synthetic_badge, user_er
 from pages.ui.tasks import task_panel
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
-from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, render_fields
+from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, form_message, render_fields
 
 page_setup("Train", "🏋️")
 
@@ -104,7 +104,7 @@ try:
 except HistoError as exc:
     problem = str(exc)
 if problem:
-    st.error(problem)
+    st.error(form_message(problem))
 
 if config is not None and ds is not None and not problem:
     left, right = st.columns(2)
@@ -115,10 +115,29 @@ if config is not None and ds is not None and not problem:
             lr_finder_panel(config)
 
 st.divider()
-if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):
+
+
+def start_training(config) -> None:
+    """Submit `config` once: a second click with the same settings while that run is still queued or running
+    (a double click sends two clicks) names the run already started instead of starting an identical one."""
+    from histo_core.runs import RunDir
+    from histo_core import paths
+
+    previous = st.session_state.get(PREFIX + "last_submitted")
+    if previous and previous[0] == config.to_dict():
+        run_dir = paths.runs_dir() / previous[1]
+        if run_dir.is_dir() and jobs.refresh_status(RunDir(run_dir)).state in jobs.ACTIVE_STATES:
+            st.info(f"Run `{previous[1]}` with these settings is already started; change a setting (the seed, "
+                    "for another repeat) to start another.")
+            return
     with user_errors("Not started: "):
         run = jobs.submit(config, started_by=signed_in_user())
+        st.session_state[PREFIX + "last_submitted"] = (config.to_dict(), run.id)
         st.session_state[PREFIX + "last_run"] = run.id
+
+
+if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):
+    start_training(config)
 last_run = st.session_state.get(PREFIX + "last_run")
 if last_run:
     st.success(f"Started run `{last_run}` in the background: it continues if you close this tab. "

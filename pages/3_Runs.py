@@ -6,7 +6,7 @@ import streamlit as st
 
 from histo_core import jobs, paths
 from histo_core.runs import RunDir, list_runs, read_only_note
-from pages.ui.common import page_setup, user_errors
+from pages.ui.common import keep_in_url, page_setup, url_selection, user_errors
 from pages.ui.runs import link_to_page, render_run, render_summary_table, run_label
 
 page_setup("Runs", "📈")
@@ -36,13 +36,8 @@ st.caption(f"{len(runs)} runs in `{paths.runs_dir()}` · {active} queued or runn
 
 ids = [s["id"] for s in summaries]
 labels = {s["id"]: run_label(s) for s in summaries}
-wanted = st.query_params.get("run")  # the Train page links here with ?run=<id>
-if wanted in ids and st.session_state.get("runs_applied_param") != wanted:
-    st.session_state["runs_select"] = wanted
-if st.session_state.get("runs_select") not in ids:
-    st.session_state.pop("runs_select", None)
+url_selection("run", "runs_select", ids)  # ?run=<id> (the Train page links here so); a deleted run is dropped
 selected = st.selectbox("Run", ids, format_func=labels.get, key="runs_select")
-st.query_params["run"] = selected  # a browser reload keeps the selection
-st.session_state["runs_applied_param"] = selected
+keep_in_url("run", "runs_select", selected)  # a browser reload or a shared link keeps the selection
 
 render_run(RunDir(paths.runs_dir() / selected))

@@ -10,8 +10,9 @@ from histo_core.errors import HistoError
 from histo_core.images import UPLOAD_TYPES, decode_image, square_side
 from histo_core.inference import classify_uploads
 from histo_core.tiling import classify_large_image, default_tile_px, legend, render_class_map
+from histo_core.tables import classify_table
 from pages.ui.classify import (PAGE_SIZES, CamCache, cam_options, fingerprint, legend_html, pick_model,
-                               probability_figure, show_cam, summary_frame, target_select)
+                               probability_figure, show_cam, table_columns, target_select)
 from pages.ui.common import page_setup
 
 page_setup("Classify", "🔎")
@@ -22,9 +23,6 @@ entry, loaded = picked
 meta = loaded.meta
 model_key = f"{loaded.source}:{id(loaded.model)}"
 
-mode = st.radio("What to classify", ["Tiles", "Large image"], horizontal=True, key="classify_mode",
-                help="Tiles: each file is one tile. Large image: one image cut into tiles of the model's field of "
-                     "view and shown as a class map.")
 tta = st.toggle("Test-time augmentation (average over 8 flips/rotations)", key="classify_tta")
 mpp = None
 if meta.field_um:
@@ -58,11 +56,10 @@ def tiles_mode() -> None:
         st.error(r.error, icon="🚫")
     st.caption(f"{len(good)} of {len(results)} file(s) classified" + (f", {len(bad)} could not be read" if bad else "")
                + (" · TTA on" if tta else ""))
-    table = summary_frame(results, meta.classes)
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0.0,
-                                                                              max_value=1.0, format="%.3f")})
-    st.download_button("Download the table (CSV)", table.to_csv(index=False).encode("utf-8"),
+    table = classify_table(results, meta.classes, [u.name for u in uploads])
+    st.dataframe(table, hide_index=True, width="stretch", column_config=table_columns(table, meta.classes))
+    st.download_button("Download the table (CSV: one column per class probability; the true class where the "
+                       "folder is named after one)", table.to_csv(index=False).encode("utf-8"),
                        file_name="predictions.csv", mime="text/csv", key="classify_csv")
     if not good:
         return
@@ -97,7 +94,8 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
         if stain_changed(r):
             left.image(r.model_view, caption=f"as the model sees it: {meta.stain['method'].capitalize()} "
                                              f"stain-normalised, {meta.input_size} px", width=224)
-        show_cam(r.tile, cam, options, meta.classes[target], container=middle)
+        show_cam(r.tile, cam, options, meta.classes[target], container=middle, predicted=target == r.pred,
+                 original=r.field, width=224)
         with right:
             st.plotly_chart(probability_figure(r.probs, meta.classes, highlight=r.pred), key=f"classify_probs_{i}",
                             config={"displayModeBar": False})
@@ -153,13 +151,21 @@ def large_image_mode() -> None:
              caption=f"{decoded.name}: {w}x{h} px, {cmap.cols}x{cmap.rows} tiles of {cmap.tile_px} px")
     rows = legend(cmap)
     st.markdown(legend_html([r for r in rows if r["tiles"]]), unsafe_allow_html=True)
-    st.dataframe(pd.DataFrame(rows).drop(columns="colour"), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(rows).drop(columns="colour").rename(columns={"mean_confidence": "mean confidence",
+                                                                          "share": "share of the image"}),
+                 hide_index=True, width="stretch",
+                 column_config={"share of the image": st.column_config.NumberColumn(format="percent"),
+                                "mean confidence": st.column_config.NumberColumn(format="%.3f")})
     tiles_table = pd.DataFrame(cmap.table())
     st.download_button("Download per-tile predictions (CSV)", tiles_table.to_csv(index=False).encode("utf-8"),
                        file_name="class_map.csv", mime="text/csv", key="classify_map_csv")
 
 
-if mode == "Tiles":
+# Both tabs stay rendered, so switching between them keeps what was uploaded in each.
+tiles_tab, large_tab = st.tabs(["Tiles", "Large image"])
+with tiles_tab:
+    st.caption("Each file is one tile.")
     tiles_mode()
-else:
+with large_tab:
+    st.caption("One image cut into tiles of the model's field of view and shown as a class map.")
     large_image_mode()

@@ -15,13 +15,15 @@ from histo_core.gallery import (SORTS, RunTiles, confused_pairs, confusion, load
 from histo_core.inference import preprocess
 from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, load_label_errors
 from histo_core.runs import RunDir, list_runs
-from pages.ui.charts import confusion_figure
+from pages.ui.charts import confusion_figure, selected_cell
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
-from pages.ui.common import page_setup, synthetic_badge
+from pages.ui.common import keep_in_url, page_setup, synthetic_badge, url_selection
 from pages.ui.tasks import task_panel
 
 page_setup("Review", "🧐")
 GRID_COLUMNS = 4
+LABEL_ERROR_COLUMNS = {"given": "given label", "suggested": "looks like", "p_given": "p(given label)",
+                       "p_suggested": "p(looks like)", "clean": "label before the noise"}
 
 
 @st.cache_resource(show_spinner="Opening the run's dataset…", max_entries=4)
@@ -41,16 +43,12 @@ if not reviewable:
     st.stop()
 
 ids = [r.id for r in reviewable]
-wanted = st.query_params.get("run")
-if wanted in ids and st.session_state.get("review_applied_param") != wanted:
-    st.session_state["review_run"] = wanted
-st.session_state["review_applied_param"] = wanted
-if st.session_state.get("review_run") not in ids:
-    st.session_state.pop("review_run", None)
+url_selection("run", "review_run", ids)
 top_left, top_right = st.columns([3, 1])
 run_id = top_left.selectbox("Run", ids, key="review_run", format_func=lambda i: (
     f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
     f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"))
+keep_in_url("run", "review_run", run_id)
 run = next(r for r in reviewable if r.id == run_id)
 split = top_right.selectbox("Split", prediction_splits(run), key="review_split")
 synthetic_badge(run.dataset())
@@ -74,9 +72,12 @@ except HistoError as exc:
 
 
 def tiles_at(split_name: str, rows: np.ndarray) -> np.ndarray | None:
+    """Tiles of a prediction split, or of the run's training set (split_name "training": train or train+val)."""
     if tiles_source is None:
         return None
     try:
+        if split_name == "training":
+            return tiles_source.training(rows)
         return tiles_source.get(split_name, rows)
     except HistoError as exc:
         st.error(str(exc))
@@ -89,14 +90,29 @@ pairs = confused_pairs(preds)
 cell_labels = {f"{p['true_index']}>{p['pred_index']}": f"{p['true']} → {p['predicted']} ({p['count']})" for p in pairs}
 
 
+def parse_cell(value) -> tuple[int, int] | None:
+    """(true, predicted) of a cell key "t>p"; None for "any" or anything else (a browser may send back the
+    display label of a cell of the previously selected run)."""
+    parts = str(value).split(">") if isinstance(value, str) else []
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    return None
+
+
 def apply_cell() -> None:
-    cell = st.session_state.get("review_cell")
-    if cell and cell != "any":
-        t, p = (int(v) for v in cell.split(">"))
-        st.session_state["review_true"], st.session_state["review_pred"] = t, p
+    cell = parse_cell(st.session_state.get("review_cell"))
+    if cell is None:
+        st.session_state["review_cell"] = "any"
+    else:
+        st.session_state["review_true"], st.session_state["review_pred"] = cell
 
 
 filter_options = [-1, *range(len(classes))]
+if st.session_state.get("review_cell", "any") not in ("any", *cell_labels):  # stale: another run's cell
+    st.session_state["review_cell"] = "any"
+for key in ("review_true", "review_pred"):
+    if st.session_state.get(key, -1) not in filter_options:
+        st.session_state.pop(key)
 f1, f2, f3, f4 = st.columns([2, 2, 2, 1])
 f1.selectbox("Confusion-matrix cell (true → predicted, count)", ["any", *cell_labels], key="review_cell",
              format_func=lambda c: "pick a cell…" if c == "any" else cell_labels[c], on_change=apply_cell)
@@ -116,8 +132,17 @@ st.caption(f"{len(rows)} misclassified tile(s) match")
 st.download_button("Download the listed tiles (CSV)", to_csv(listed), file_name=f"{run.id}_{split}_mistakes.csv",
                    mime="text/csv", key="review_csv")
 
-with st.expander("Confusion matrix", expanded=False):
-    st.plotly_chart(confusion_figure(confusion(preds).tolist(), classes), key="review_confusion")
+def apply_clicked_cell() -> None:
+    """A click on a confusion-matrix cell filters the mistakes to it (diagonal cells: nothing to list)."""
+    cell = selected_cell(st.session_state.get("review_confusion"))
+    if cell is not None:
+        st.session_state["review_true"], st.session_state["review_pred"] = cell
+        st.session_state["review_cell"] = f"{cell[0]}>{cell[1]}" if f"{cell[0]}>{cell[1]}" in cell_labels else "any"
+
+
+with st.expander("Confusion matrix (click a cell to list its tiles)", expanded=True):
+    st.plotly_chart(confusion_figure(confusion(preds).tolist(), classes, clickable=True), key="review_confusion",
+                    on_select=apply_clicked_cell, selection_mode="points")
 
 if len(rows):
     c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
@@ -157,13 +182,18 @@ if len(rows):
                                 f"**{classes[preds.pred[pos]]}**")
                     st.caption(f"confidence {preds.confidence[pos]:.3f} · p(true) {preds.p_true[pos]:.3f} · "
                                f"loss {preds.loss[pos]:.3f}")
-                    if k in cam_maps:
+                    if k in cam_maps:  # the tile stays visible, its map beside it at the same size
                         target = preds.pred[pos] if explain == "predicted class" else preds.labels[pos]
-                        show_cam(preprocess(tiles[k], loaded.meta), cam_maps[k], cam_opts, classes[target])
+                        tile_col, cam_col = st.columns(2)
+                        tile_col.image(upscale_tile(tiles[k], 160), caption="tile")
+                        show_cam(preprocess(tiles[k], loaded.meta), cam_maps[k], cam_opts, classes[target],
+                                 container=cam_col, predicted=target == preds.pred[pos])
                     else:
                         st.image(upscale_tile(tiles[k], 160))
                     st.toggle("Grad-CAM", key=f"review_cam_{split}_{pos}", disabled=cam_all)
-    st.dataframe(listed.iloc[:500], hide_index=True, width="stretch")
+    st.dataframe(listed.iloc[:500].rename(columns={"p_true": "p(true class)"}), hide_index=True, width="stretch",
+                 column_config={"confidence": st.column_config.NumberColumn(format="%.3f"),
+                                "p(true class)": st.column_config.NumberColumn(format="%.3f")})
 else:
     st.success("No misclassified tile matches these filters.")
 
@@ -171,8 +201,9 @@ else:
 st.header("Most-confused pairs")
 if pairs:
     st.dataframe(pd.DataFrame([{"true": p["true"], "predicted": p["predicted"], "tiles": p["count"],
-                                "share of the true class": round(p["share_of_true"], 3)} for p in pairs[:15]]),
-                 hide_index=True, width="stretch")
+                                "share of the true class": p["share_of_true"]} for p in pairs[:15]]),
+                 hide_index=True, width="stretch",
+                 column_config={"share of the true class": st.column_config.NumberColumn(format="percent")})
     examples = side_by_side(preds)
     with st.expander(f"Examples side by side ({len(examples)} classes with mistakes)", expanded=False):
         st.caption("Per true class: its worst mistake, a confidently correct tile of the same class, and a "
@@ -210,7 +241,8 @@ if report is not None:
     s = report.summary()
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Training tiles checked", s["tiles"])
-    m2.metric("Flagged", s["flagged"], f"{s['flagged_share']:.1%}", delta_color="off")
+    m2.metric("Flagged", f"{s['flagged']} ({s['flagged_share']:.1%})",
+              help="training tiles whose given label the cross-validated models doubt")
     if report.flipped is not None:
         m3.metric("Known flipped labels flagged", f"{s['flipped_flagged']} / {s['flipped']}",
                   f"recall {s['recall']:.2f}" if s["recall"] is not None else None, delta_color="off")
@@ -222,11 +254,11 @@ if report is not None:
     ranked = report.table()
     only_flagged = st.toggle("Flagged tiles only", value=True, key="review_le_flagged")
     shown_table = ranked[ranked["flagged"]] if only_flagged else ranked
-    st.dataframe(shown_table.iloc[:500], hide_index=True, width="stretch")
+    st.dataframe(shown_table.iloc[:500].rename(columns=LABEL_ERROR_COLUMNS), hide_index=True, width="stretch")
     st.download_button("Download the ranking (CSV)", ranked.to_csv(index=False).encode("utf-8"),
                        file_name=f"{run.id}_label_errors.csv", mime="text/csv", key="review_le_csv")
     top = report.ranked()[:12]
-    imgs = tiles_at("train", report.indices[top])
+    imgs = tiles_at("training", report.indices[top])
     if imgs is not None:
         st.markdown("**Most suspicious training tiles**")
         caps = [f"#{report.indices[p]} given {report.classes[report.given[p]]} · looks like "
@@ -235,7 +267,7 @@ if report is not None:
         tile_grid(list(imgs), caps, columns=GRID_COLUMNS, px=128)
     if report.flipped is not None and report.flipped.any() and st.toggle("Show the flipped tiles", key="review_le_flips"):
         flips = np.flatnonzero(report.flipped)[:48]
-        imgs = tiles_at("train", report.indices[flips])
+        imgs = tiles_at("training", report.indices[flips])
         if imgs is not None:
             caps = [f"#{report.indices[p]} given {report.classes[report.given[p]]}, really "
                     f"{report.classes[report.clean[p]]}" + (" · flagged" if report.flagged[p] else " · missed")

@@ -163,3 +163,102 @@ def test_user_journey(tmp_path, shared_data):
             browser.close()
     assert not re.search(r"Traceback \(most recent call last\)", log.read_text()), \
         f"the server logged a traceback:\n{log.read_text()[-3000:]}"
+
+
+def test_new_user_walk(tmp_path, shared_data, monkeypatch):
+    """Issue 14's journey on the real samples: the PathMNIST npz by path, train with the defaults, watch it finish,
+    evaluate it on the crc-he folder from the Runs page, classify real tiles with CAMs at their own resolution,
+    Review with a cell selected then another run, the default run's label errors with their tiles."""
+    sync_api = _require_browser()
+    env = {"HISTO_RUNS_DIR": str(tmp_path / "runs"), "HISTO_DATA_DIR": str(tmp_path / "data"),
+           "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"), "HISTO_MAX_RUNS_CPU": "1"}
+    for d in env.values():
+        Path(d).mkdir(parents=True, exist_ok=True)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    npz = shared_data / "pathmnist-mini" / "pathmnist.npz"
+    crc = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
+    log = ARTIFACTS / "streamlit-walk.log"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    with streamlit_server(env, log) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # the npz by path, trained with the defaults (train+val, no validation split)
+            goto(page, f"{url}/Train?dataset={npz}", "Train (npz)")
+            page.get_by_text(re.compile(r"9 classes")).first.wait_for(timeout=120_000)
+            wait_idle(page)
+            start = page.get_by_role("button", name="Start training")
+            start.click()
+            start.click()  # a double click starts one run
+            wait_idle(page)
+            started = page.get_by_text(re.compile(r"Started run")).first
+            started.wait_for(timeout=60_000)
+            run_id = re.search(r"Started run\s+(\S+)", started.inner_text()).group(1).strip("`")
+            deadline = time.monotonic() + 600
+            while True:
+                goto(page, f"{url}/Runs?run={run_id}", "Runs")
+                text = (tmp_path / "runs" / run_id / "status.json").read_text() \
+                    if (tmp_path / "runs" / run_id / "status.json").exists() else ""
+                if '"completed"' in text and page.get_by_text("No validation split").count() > 0:
+                    break
+                assert '"failed"' not in text, f"the run failed: {text}"
+                assert time.monotonic() < deadline, f"run {run_id} did not complete in time: {text}"
+                time.sleep(5)
+            assert len(list((tmp_path / "runs").glob("*/config.json"))) == 1  # the double click made one run
+            shot(page, "walk-runs-no-validation")
+
+            # evaluate it on the crc-he folder from the page (a background job), listed when done
+            goto(page, f"{url}/Runs?run={run_id}&dataset={crc}", "Runs (evaluate)")
+            page.get_by_role("button", name="Start the evaluation").click()
+            page.get_by_text("Evaluations on other datasets").first.wait_for(timeout=240_000)
+            wait_idle(page)
+            assert_no_exception(page, "Runs after the evaluation")
+            shot(page, "walk-evaluation")
+
+            # classify the real full-size tiles: CAMs at the upload's resolution, beside it
+            goto(page, f"{url}/Classify?run={run_id}", "Classify")
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
+                [str(p) for p in sorted(crc.rglob("*.tif"))])
+            page.get_by_text(re.compile(r"9 of 9 file\(s\) classified")).first.wait_for(timeout=180_000)
+            page.get_by_text(re.compile(r"GradCAM for '.*' at 224x224 px")).first.wait_for(timeout=180_000)
+            wait_idle(page)
+            assert_no_exception(page, "Classify after upload")
+            shot(page, "walk-classify")
+
+            # Review: a cell selected, then another run (its cells differ), then the label errors with their tiles
+            from tests.runfiles import write_run
+
+            other = write_run("completed", skill=1.0, seed=3)
+            goto(page, f"{url}/Review?run={run_id}", "Review")
+            cell = page.get_by_label("Confusion-matrix cell (true → predicted, count)")
+            cell.click()
+            page.get_by_role("option").nth(1).click()
+            wait_idle(page)
+            assert_no_exception(page, "Review with a cell")
+            shot(page, "walk-review-cell")
+            page.get_by_label("Run", exact=True).click()
+            page.get_by_role("option", name=re.compile(other.id)).click()
+            wait_idle(page)
+            page.get_by_role("combobox", name="Sort by").click()
+            page.get_by_role("option", name="index").click()
+            wait_idle(page)
+            assert_no_exception(page, "Review after switching runs")
+            goto(page, f"{url}/Review?run={run_id}", "Review (default run)")
+            for label, value in (("Folds", "2"), ("Epochs per fold", "2")):
+                box = page.get_by_label(label, exact=True)
+                box.fill(value)
+                box.press("Enter")
+                wait_idle(page)
+            page.get_by_role("button", name="Find suspected label errors").click()
+            page.get_by_text(re.compile(r"given .* · looks like")).first.wait_for(timeout=300_000)
+            wait_idle(page)
+            assert_no_exception(page, "Review label errors")
+            assert page.get_by_text("refer to row").count() == 0
+            page.get_by_text("Most suspicious training tiles").first.scroll_into_view_if_needed()
+            shot(page, "walk-label-errors")
+        finally:
+            browser.close()
+    assert not re.search(r"Traceback \(most recent call last\)", log.read_text()), \
+        f"the server logged a traceback:\n{log.read_text()[-3000:]}"

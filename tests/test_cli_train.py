@@ -106,7 +106,7 @@ def test_train_json_evaluate_and_lr_find_in_a_subprocess(tmp_path):
 
     bad = subprocess.run([*cmd, "evaluate", "no-such-run"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=240)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such run" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a run directory, run id" in bad.stderr
 
     lf = subprocess.run([*cmd, "lr-find", *QUICK, "--steps", "12", "--json"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=240)

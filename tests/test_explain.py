@@ -187,3 +187,27 @@ def test_real_tiles_give_non_uniform_maps(trained_pathmnist_run, shared_data):
         flat = uniform_maps(cams)
         assert flat.mean() <= 0.1, f"{method}: {flat.sum()} of {len(files)} real tiles give a flat map"
     assert hook_count(loaded.model) == 0
+
+
+def test_cam_on_original_keeps_the_images_resolution_and_the_crop():
+    from histo_core.explain import cam_on_original, model_field
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)  # the field the model saw (TileResult.field)
+    cam = np.zeros((28, 28), np.float32)
+    cam[10:18, 10:18] = 1.0
+    field = model_field(image)
+    np.testing.assert_array_equal(field, image)
+    assert model_field(image[..., :1]).shape == (300, 300, 3)
+    over = cam_on_original(image, cam, "overlay", alpha=0.4)
+    assert over.shape == (300, 300, 3)
+    corner = np.rint(field[0, 0].astype(float) * 0.6 + np.array([0, 0, 127.5]) * 0.4)  # jet(0) is dark blue
+    assert np.abs(over[0, 0].astype(float) - corner).max() <= 2
+    contour = cam_on_original(image, cam, "contour", threshold=0.5)
+    changed = np.any(contour != field, axis=2)
+    assert changed.any() and not changed[0].any() and not changed[150, 150]  # outline only, the inside untouched
+    assert (contour[changed] == (0, 255, 0)).all()
+    ys, xs = np.nonzero(changed)
+    assert 90 < ys.min() < 120 and 180 < ys.max() < 210  # the 10..18 of 28 region, at 300 px
+    square = rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    assert cam_on_original(square, cam).shape == (224, 224, 3)

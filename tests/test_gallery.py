@@ -140,3 +140,19 @@ def test_trained_run(trained_pathmnist_run):
     tiles = RunTiles(trained_pathmnist_run).get("test", p.indices[rows])
     assert tiles.shape == (len(rows), 28, 28, 3)
     assert sorted(prediction_splits(trained_pathmnist_run)) == ["test", "val"]
+
+
+def test_run_tiles_of_the_training_set_follow_train_splits():
+    """Bug: a train+val run's training rows run past the train split; the lookup must serve them from val."""
+    run, _, _ = make_run(n=300)
+    ds = open_synthetic(28)
+    n_train = len(ds.split("train"))
+    write_json_atomic(run.config_path, {"dataset": "synthetic", "size": 28, "train_splits": "train+val"})
+    tiles = RunTiles(run).training(np.array([3, n_train + 7]))
+    np.testing.assert_array_equal(tiles[0], ds.split("train").get(np.array([3]))[0])
+    np.testing.assert_array_equal(tiles[1], ds.split("val").get(np.array([7]))[0])
+    with pytest.raises(HistoError, match="training set \\(train\+val\)"):
+        RunTiles(run).training(np.array([n_train + len(ds.split("val"))]))
+    write_json_atomic(run.config_path, {"dataset": "synthetic", "size": 28, "train_splits": "train"})
+    with pytest.raises(HistoError, match="refer to row"):
+        RunTiles(run).training(np.array([n_train + 7]))

@@ -280,3 +280,27 @@ def test_run_summary_and_comparison_row():
     row = jobs.comparison_row(run)
     assert row["lr"] == 2e-3 and row["epochs"] == "3/3" and row["noise"] == "0.2 batch"
     assert row["augmentation"] == "flip+rot90" and row["test AUC"] == run.results()["test"]["auc"]
+
+
+@pytest.mark.slow
+def test_evaluation_job_runs_the_cli_in_the_background():
+    from histo_core.evaluation import list_evaluations
+    from tests.runfiles import write_run
+
+    run = write_run("completed", seed=2)
+    name = jobs.start_evaluation(run, "synthetic", "val", name="own val")
+    assert name == "own-val"
+    deadline = time.time() + 240
+    while time.time() < deadline and jobs.evaluation_jobs(run)[0]["state"] == "running":
+        time.sleep(0.5)
+    job = jobs.evaluation_jobs(run)[0]
+    assert job["state"] == "completed", job
+    saved = list_evaluations(run)
+    assert [e["name"] for e in saved] == ["own-val"] and saved[0]["n"] == 300  # listed once (not its job's output)
+    bad = jobs.start_evaluation(run, "synthetic", "val", class_map={"nope": "adipose"}, name="bad map")
+    while time.time() < deadline and jobs.evaluation_jobs(run)[0]["state"] == "running":
+        time.sleep(0.5)
+    failed = next(j for j in jobs.evaluation_jobs(run) if j["name"] == bad)
+    assert failed["state"] == "failed" and "'nope' is not a class of the dataset" in failed["error"]
+    with pytest.raises(HistoError, match="no dataset given"):
+        jobs.start_evaluation(run, " ")

@@ -61,7 +61,9 @@ def test_real_tiles_and_bad_files(model_run, shared_data):
            ("empty.png", b"", "image/png"), ("bomb.png", bomb_png(), "image/png")]
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     assert not at.exception
-    assert model_run.id in at.selectbox(key="classify_model").format_func(at.selectbox(key="classify_model").value)
+    label = at.selectbox(key="classify_model").format_func(at.selectbox(key="classify_model").value)
+    assert label.startswith(f"fixture ({model_run.id})")  # the run's name first
+    assert at.query_params["run"] == model_run.id
     at.file_uploader(key="classify_files").set_value([upload(p) for p in good[:4]] + bad + [upload(p) for p in good[4:]])
     at.run(timeout=180)
     assert not at.exception, at.exception
@@ -73,7 +75,10 @@ def test_real_tiles_and_bad_files(model_run, shared_data):
     assert errors[3].startswith("bomb.png: refused, the image declares 2,500,000,000 pixels")
     table = at.dataframe[0].value
     assert len(table) == len(good) + 4
-    assert table["prediction"].notna().sum() == len(good)
+    assert (table["predicted"] != "").sum() == len(good)
+    assert [c for c in table.columns if c.startswith("p(")][-1] == "p(TUM)"  # one column per class, short names
+    tum = table[table["folder"] == ""]  # uploads carry no folder here: no true class claimed
+    assert (tum["true class"] == "").all()
     assert f"{len(good)} of {len(good) + 4} file(s) classified, 4 could not be read" in texts(at)
     # first page: 12 cards, each with the upload, a non-flat Grad-CAM overlay and a probability chart
     assert len(at.get("plotly_chart")) == 12
@@ -94,7 +99,7 @@ def test_class_selector_method_and_paging(model_run, shared_data):
     assert len(classes) == 9
     at.selectbox(key="classify_target_0").set_value(8).run(timeout=120)
     captions = [c for img in images(at) for c in img.captions]
-    assert any(c == "GradCAM for 'colorectal adenocarcinoma epithelium' (red = most evidence)" for c in captions) or \
+    assert any(c.startswith("GradCAM for 'colorectal adenocarcinoma epithelium' at 224x224 px") for c in captions) or \
         "Flat GradCAM map for 'colorectal adenocarcinoma epithelium'" in texts(at)
     at.selectbox(key="classify_cam_method").set_value("EigenCAM").run(timeout=120)
     assert "EigenCAM is class-agnostic" in texts(at)
@@ -110,7 +115,6 @@ def test_class_selector_method_and_paging(model_run, shared_data):
 def test_large_image_mode(model_run, shared_data):
     field = sorted((shared_data / "tiles" / "breakhis-400x").rglob("*.png"))[0]
     at = AppTest.from_file(PAGE, default_timeout=120).run()
-    at.radio(key="classify_mode").set_value("Large image").run()
     assert "Drop one image larger than a tile" in texts(at)
     at.file_uploader(key="classify_large").set_value(upload(field)).run(timeout=120)
     assert not at.exception, at.exception
@@ -162,3 +166,49 @@ def test_fresh_install_offers_the_shipped_models_and_shows_the_normalised_view(s
     captions = [c for img in images(at) for c in img.captions]
     assert any(c.startswith("as the model sees it: Macenko stain-normalised") for c in captions)
     assert any("Unlike the training tiles: treat with care" in w.value for w in at.warning)
+
+
+def test_flat_map_for_the_predicted_class_does_not_contradict_the_prediction(model_run, shared_data, monkeypatch):
+    """Bug: for the predicted class the page said the flat map was "usual when explaining a class the tile shows no
+    evidence for"."""
+    import numpy as np
+
+    import pages.ui.classify as ui
+
+    monkeypatch.setattr(ui, "compute_cams", lambda model, meta, tiles, method, targets=None:
+                        np.full((len(tiles), meta.input_size, meta.input_size), 0.3, np.float32))
+    tile = sorted((shared_data / "tiles" / "pathmnist-224").glob("*/*.png"))[0]
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.file_uploader(key="classify_files").set_value([upload(tile)]).run(timeout=120)
+    assert not at.exception, at.exception
+    flat = [w.value for w in at.warning if w.value.startswith("Flat GradCAM map")]
+    assert len(flat) == 1 and "for the predicted class" in flat[0] and "no evidence for" not in flat[0]
+    other = (at.selectbox(key="classify_target_0").value + 1) % 9
+    at.selectbox(key="classify_target_0").set_value(other).run(timeout=120)
+    flat = [w.value for w in at.warning if w.value.startswith("Flat GradCAM map")]
+    assert len(flat) == 1 and "predicted class" not in flat[0]
+
+
+def test_cam_at_the_uploads_resolution_beside_it_and_contour_view(model_run, shared_data):
+    tif = sorted((shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM").glob("*/*.tif"))[0]
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.file_uploader(key="classify_files").set_value([upload(tif)]).run(timeout=120)
+    assert not at.exception, at.exception
+    caps = [c for img in images(at) for c in img.captions]
+    assert any(c.startswith("GradCAM for '") and " at 224x224 px " in c for c in caps), caps
+    at.radio(key="classify_cam_view").set_value("contour").run(timeout=120)
+    assert not at.exception, at.exception
+    caps = [c for img in images(at) for c in img.captions]
+    assert any("outline: map ≥ 50% of its maximum" in c for c in caps), caps
+
+
+def test_switching_tabs_keeps_the_uploads(model_run, shared_data):
+    tile = sorted((shared_data / "tiles" / "pathmnist-224").glob("*/*.png"))[0]
+    field = sorted((shared_data / "tiles" / "breakhis-400x").rglob("*.png"))[0]
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.file_uploader(key="classify_files").set_value([upload(tile)]).run(timeout=120)
+    at.file_uploader(key="classify_large").set_value(upload(field)).run(timeout=120)
+    assert not at.exception, at.exception
+    # both stay: the tiles table and the class map are on the page together (one in each tab)
+    assert any("1 of 1 file(s) classified" in c.value for c in at.caption)
+    assert any(c.endswith("3x2 tiles of 224 px") for img in images(at) for c in img.captions)

@@ -64,3 +64,31 @@ def test_deselecting_all_runs_asks_for_a_pick():
     at.multiselect(key="compare_runs").set_value([]).run()
     assert not at.exception
     assert any("Pick runs" in i.value for i in at.info)
+
+
+def test_runs_without_validation_side_by_side_test_metrics_colours_and_evaluations():
+    import json
+
+    from histo_core.evaluation import evaluate
+
+    runs = [write_run("completed", name=f"r{i}", seed=i) for i in range(3)]
+    for run in runs:  # trained on train+val: no validation curves
+        rows = [{k: v for k, v in r.items() if not k.startswith("val_")} for r in run.metrics()]
+        run.file("metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evaluate(str(runs[0].path), "synthetic", "val", name="own-val")
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="compare_metric").value == "train_acc"
+    assert "val_acc" not in at.selectbox(key="compare_metric").options
+    figs = [plotly.io.from_json(c.proto.spec) for c in at.get("plotly_chart")]
+    curve_colours = [t.line.color for t in figs[0].data]
+    assert len(set(curve_colours)) == 3
+    bars = figs[1]
+    assert {t.name for t in bars.data} == {"r0", "r1", "r2"} and list(bars.data[0].x) == ["accuracy", "AUC", "macro F1"]
+    assert [t.marker.color for t in bars.data] == curve_colours  # one colour per run across charts
+    assert sum(f.layout.title.text.startswith(("r0", "r1", "r2")) for f in figs) == 3  # confusion matrices
+    table = at.dataframe[0].value
+    assert list(table.columns[:4]) == ["run", "test acc", "test AUC", "test ECE"]
+    evals = at.dataframe[1].value
+    assert list(evals["evaluation"]) == ["own-val"] and evals["tiles scored"].iloc[0] == 300

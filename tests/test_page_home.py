@@ -24,18 +24,19 @@ def test_every_page_exists_and_is_linked():
 
 def test_home_lists_synthetic_and_latest_runs():
     run = create_run_dir(run_id="20260101-000000-demo")
-    write_json_atomic(run.config_path, TrainConfig(dataset="synthetic", arch="cnn3").to_dict())
+    write_json_atomic(run.config_path, TrainConfig(dataset="synthetic", arch="cnn3", name="demo run").to_dict())
     write_json_atomic(run.dataset_path, {"title": "Synthetic H&E demo (SYNTHETIC, 28 px)"})
     run.write_status(RunStatus(state="completed", epoch=2, epochs=2))
     write_json_atomic(run.results_path, {"test": {"accuracy": 0.875}})
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     assert not at.exception
-    datasets, runs = at.dataframe[0].value, at.dataframe[1].value
+    runs, datasets = at.dataframe[0].value, at.dataframe[1].value
     assert "synthetic" in set(datasets["spec"])
     row = runs.iloc[0]
-    assert row["run"] == run.id and row["state"] == "completed" and row["arch"] == "cnn3"
-    assert abs(row["test acc"] - 0.875) < 1e-9
+    assert row["run"] == "demo run" and row["run id"] == run.id  # the name a user gave, the id beside it
+    assert row["state"] == "completed" and row["architecture"] == "cnn3"
+    assert row["test accuracy"] == "87.5%" and row["test AUC"] == "-"  # a percentage; no "None" cell
 
 
 def test_home_without_runs_says_how_to_start():

@@ -138,3 +138,86 @@ def test_real_run_with_label_errors(trained_pathmnist_run):
     again.run()
     assert {m.label: m.value for m in again.metric}["Training tiles checked"] == "160"
     assert again.button(key="review_le_start").label == "Recompute"  # other folds/epochs: no task for these yet
+
+
+def test_stale_cell_after_switching_runs_does_not_crash():
+    """Bug: a cell picked on one run, then another run where that cell has another count: the browser sends
+    back the old display label, and any widget change raised ValueError in apply_cell (int() on the label)."""
+    from histo_core.gallery import confused_pairs
+    from tests.runfiles import write_run
+
+    a = write_run("completed", skill=1.0, seed=3, run_id="run-a")
+    b = write_run("completed", skill=1.5, seed=8, run_id="run-b")
+    count = lambda run: {f"{p['true_index']}>{p['pred_index']}": p["count"]
+                         for p in confused_pairs(load_predictions(run, "test"))}
+    ca, cb = count(a), count(b)
+    cell = next(k for k in ca if k in cb and ca[k] != cb[k])
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["run"] = "run-a"
+    at.run()
+    at.selectbox(key="review_cell").set_value(cell).run()
+    assert not at.exception, at.exception
+    shown_label = at.selectbox(key="review_cell")._widget_state.string_value
+    at.selectbox(key="review_run").set_value("run-b").run()
+    assert not at.exception, at.exception
+    # the browser keeps sending the label it displayed for run-a, which run-b's options do not contain
+    _browser_sends(at.selectbox(key="review_cell"), shown_label)
+    at.selectbox(key="review_sort").set_value("index").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="review_cell").value == "any"
+    # the cell selector still works on the new run
+    other = next(k for k in cb if k != cell)
+    at.selectbox(key="review_cell").set_value(other).run()
+    assert not at.exception, at.exception
+    t, p = (int(v) for v in other.split(">"))
+    assert (at.selectbox(key="review_true").value, at.selectbox(key="review_pred").value) == (t, p)
+
+
+def _browser_sends(element, string_value: str) -> None:
+    """Make AppTest send `string_value` for this selectbox, as a browser does for the label it shows."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    class Stale(type(element)):
+        @property
+        def _widget_state(self):
+            return WidgetState(id=self.id, string_value=string_value)
+
+    element.__class__ = Stale
+
+
+def test_label_errors_of_a_train_val_run_show_their_tiles():
+    """Bug: on a run trained on train+val (the default for small sets) the suspected label errors (rows past
+    the train split) and "Show the flipped tiles" failed with "saved predictions refer to row ..."."""
+    import json
+
+    import numpy as np
+
+    from histo_core.datasets.synthetic import open_synthetic
+    from histo_core.label_errors import LabelErrorReport, save_label_errors
+    from tests.runfiles import write_run
+
+    run = write_run("completed", skill=1.0, seed=3)
+    cfg = json.loads(run.config_path.read_text())
+    cfg["train_splits"] = "train+val"
+    run.config_path.write_text(json.dumps(cfg))
+    ds = open_synthetic(28)
+    n = len(ds.split("train")) + len(ds.split("val"))
+    rng = np.random.default_rng(0)
+    rows = np.arange(n - 40, n)  # all in the val part
+    k = 6
+    given = rng.integers(0, k, len(rows))
+    probs = rng.dirichlet(np.ones(k), len(rows)).astype(np.float32)
+    flipped = np.zeros(len(rows), bool)
+    flipped[:5] = True
+    save_label_errors(run, LabelErrorReport(
+        classes=[f"c{i}" for i in range(k)], indices=rows, given=given, probs=probs, flagged=np.ones(len(rows), bool),
+        thresholds=np.full(k, 0.5), flipped=flipped, clean=(given + 1) % k,
+        info={"folds": 2, "epochs": 1, "arch": "simplecnn", "seconds": 1.0, "sampled": False, "training_tiles": n,
+              "computed_at": "now"}))
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert not [e.value for e in at.error if "refer to row" in e.value]
+    assert len([c for c in captions(at) if "looks like" in c]) == 12
+    at.toggle(key="review_le_flips").set_value(True).run()
+    assert not at.exception and not at.error
+    assert len([c for c in captions(at) if ", really " in c]) == 5

@@ -69,7 +69,7 @@ def test_completed_run_shows_table_curves_and_test_report():
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert len(table) == 2 and set(table["state"]) == {"completed", "failed"}
-    row = table[table["run"] == done.id].iloc[0]
+    row = table[table["run id"] == done.id].iloc[0]
     assert row["architecture"] == "simplecnn" and row["dataset"].count("SYNTHETIC") == 1 and row["epoch"] == "3/3"
     assert row["test acc"] == done.results()["test"]["accuracy"]
     assert at.selectbox(key="runs_select").value == done.id
@@ -82,7 +82,7 @@ def test_completed_run_shows_table_curves_and_test_report():
     assert any("SYNTHETIC" in w.value for w in at.warning)
     # the per-class table lists every class with its support
     per_class = [d.value for d in at.dataframe if "precision" in d.value.columns][0]
-    assert list(per_class["class"]) == CLASSES and per_class["support"].sum() == 60
+    assert list(per_class["class"]) == CLASSES and per_class["tiles"].sum() == 60
 
     # the confusion matrix's counts sum to the test set; row-normalised rows sum to 1
     cm = _figure(at, "Confusion matrix (counts)")
@@ -184,7 +184,8 @@ def test_reliability_figure_skips_empty_bins():
     fig = reliability_figure(rel, ece=0.07)
     bars = fig.data[0]
     assert list(bars.x) == [0.375, 0.875] and list(bars.y) == [0.3, 0.8]
-    assert fig.layout.title.text == "Reliability diagram (ECE 0.070)"
+    assert fig.layout.title.text == "Reliability diagram (ECE 0.070); tiles per bin above the bars"
+    assert list(bars.text) == ["5", "20"]
 
 
 def test_curve_figure_train_vs_validation():
@@ -222,3 +223,72 @@ def test_running_run_shows_live_progress_and_validation(monkeypatch):
     assert {"loss per epoch", "Confusion matrix (counts)"} <= set(_plotly_titles(at))
     assert [m.value for m in at.metric][:2] == ["900", "20 s"]  # images/s and ETA
     assert at.button(key=f"cancel-{run.id}") and not any(b.key == f"delete-{run.id}" for b in at.button)
+
+
+def test_run_without_validation_shows_what_exists():
+    """A train+val run (the default on small sets): no empty AUC chart, no validation option, no "best epoch",
+    one line saying why; the test report is shown."""
+    import json
+
+    run = write_run("completed", epochs=2)
+    rows = [{k: v for k, v in r.items() if not k.startswith("val_")} for r in run.metrics()]
+    run.file("metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = run.results()
+    results["val"] = None
+    run.results_path.write_text(json.dumps(results))
+    run.file("val_latest.json").unlink()
+    at = _app(run.id)
+    assert not at.exception, at.exception
+    titles = _plotly_titles(at)
+    assert "AUC per epoch" not in titles and {"loss per epoch", "accuracy per epoch"} <= set(titles)
+    assert not [r for r in at.radio if r.key == f"split-{run.id}"]
+    assert any("No validation split" in i.value for i in at.info)
+    assert not any("best epoch" in s.value for s in at.success)
+    assert any("**test set** (60 tiles, final model)" in m.value for m in at.markdown)
+    assert "Confusion matrix (counts)" in titles
+
+
+def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
+    """The class-map editor lists the dataset's classes against the model's (none match the synthetic model's by
+    name here, so Start is withheld with a message); saved evaluations are listed with their report."""
+    from histo_core.evaluation import evaluate
+
+    run = write_run("completed")
+    started = []
+    monkeypatch.setattr("histo_core.jobs.start_evaluation",
+                        lambda r, spec, split, mapping, name: started.append((r.id, spec, split, mapping, name)) or "x")
+    at = _app(run.id)
+    key = f"evaluate_ds_{run.id}"
+    at.selectbox(key=f"{key}_choice").set_value("__path__").run()
+    folder = shared_data / "tiles" / "kather2016"
+    at.text_input(key=f"{key}_path").set_value(str(folder)).run()
+    assert not at.exception, at.exception
+    editor = [d for d in at.dataframe if "dataset class" in d.value.columns]
+    assert editor, "class-map editor missing"
+    table = editor[0].value
+    assert list(table["dataset class"])[:2] == ["01_TUMOR", "02_STROMA"]
+    assert set(table["model class"]) == {"(no counterpart: reported apart)"}
+    assert any("No dataset class is matched" in e.value for e in at.error)
+    # NCT's abbreviations match the model's PathMNIST-style names without a map
+    nct = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
+    at.text_input(key=f"{key}_path").set_value(str(nct)).run()
+    table = [d for d in at.dataframe if "dataset class" in d.value.columns][0].value
+    assert dict(zip(table["dataset class"], table["model class"]))["ADI"] == "adipose"
+    at.button(key=f"evaluate_start_{run.id}").click().run()
+    assert started == [(run.id, str(nct), "all", {}, None)]
+    # a saved evaluation is listed, with its report
+    evaluate(str(run.path), "synthetic", "val", name="own-val")
+    at.run()
+    assert any("own-val" in str(d.value.get("name", [])) for d in at.dataframe if "name" in d.value.columns)
+
+
+def test_confusion_figure_cells_are_clickable():
+    from pages.ui.charts import confusion_figure, selected_cell
+
+    fig = confusion_figure([[5, 1], [2, 7]], ["a", "b"], clickable=True)
+    cells = fig.data[1]
+    assert [list(c) for c in cells.customdata] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert list(cells.x) == ["a", "b", "a", "b"] and list(cells.y) == ["a", "a", "b", "b"]
+    event = {"selection": {"points": [{"x": "b", "y": "a", "customdata": [0, 1]}]}}
+    assert selected_cell(event) == (0, 1)
+    assert selected_cell({"selection": {"points": []}}) is None and selected_cell(None) is None

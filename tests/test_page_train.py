@@ -80,11 +80,12 @@ def test_invalid_value_shows_inline_error_and_starts_nothing(started):
     at = _app()
     _w(at, "lr").set_value(0.0).run()
     assert not at.exception
-    assert any("--lr must be a positive number, got 0.0" in e.value for e in at.error)
+    assert any("'Learning rate' must be a positive number, got 0.0" in e.value for e in at.error), [e.value for e in at.error]
     assert at.button[[b.label for b in at.button].index("Start training")].disabled
     _w(at, "lr").set_value(1e-3).run()
     _w(at, "noise").set_value(0.95).run()
-    assert any("--noise must be between 0 and 0.9" in e.value for e in at.error)
+    assert any("'Label-noise rate' must be between 0 and 0.9" in e.value for e in at.error)
+    assert not any("--" in e.value for e in at.error)  # no CLI flags in the page
     assert list_runs() == [] and started == []
 
 
@@ -142,3 +143,20 @@ def test_estimate_and_lr_finder(monkeypatch):
     use.click().run()
     assert len(tasks.list_tasks()) == 2
     assert _w(at, "lr").value == pytest.approx(0.004)
+
+
+def test_start_clicked_twice_starts_one_run(started):
+    """Bug: two quick clicks on Start training created two identical runs (the message named only one)."""
+    at = _app()
+    _w(at, "arch").set_value("simplecnn").run()
+    start = lambda: at.button[[b.label for b in at.button].index("Start training")].click().run()
+    start()
+    start()
+    assert not at.exception, at.exception
+    runs = list_runs()
+    assert len(runs) == 1 and len(started) == 1
+    assert any(runs[0].id in i.value and "already started" in i.value for i in at.info)
+    # other settings: a new run
+    _w(at, "seed").set_value(7).run()
+    start()
+    assert len(list_runs()) == 2

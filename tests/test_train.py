@@ -397,22 +397,6 @@ def synthetic_run(tmp_path_factory):
     return run
 
 
-def test_evaluate_run_on_its_own_and_on_a_resized_compatible_dataset(synthetic_run, tmp_path):
-    own = T.evaluate_run(synthetic_run, split="val")
-    assert own["split"] == "val" and own["n"] == 300 and REPORT_KEYS <= set(own)
-    assert own["accuracy"] == pytest.approx(synthetic_run.results()["val"]["accuracy"])
-    # the same classes at 40 px in an npz with generic class names: resized on the fly
-    big = open_dataset("synthetic", size=40).split("test")
-    np.savez(tmp_path / "other.npz", test_images=big.images, test_labels=big.labels)
-    other = T.evaluate_run(synthetic_run, str(tmp_path / "other.npz"))
-    assert other["n"] == 300 and other["accuracy"] > 0.4 and other["dataset"].endswith("other.npz")
-
-
-def test_evaluate_run_refuses_other_classes(synthetic_run, pathmnist_mini):
-    with pytest.raises(DatasetError, match=r"classes \[.*adipose.*\] differ from the model's \[.*lymphocytes"):
-        T.evaluate_run(synthetic_run, str(pathmnist_mini))
-
-
 def test_real_pathmnist_quick_run(pathmnist_mini):
     cfg = T.default_config(str(pathmnist_mini), "cpu")
     cfg.epochs, cfg.threads = 12, 2

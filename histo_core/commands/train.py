@@ -4,6 +4,7 @@
     python -m histo_core train --run-dir runs/<id> [--resume]      # how the app starts background runs
     torchrun --nproc_per_node=2 -m histo_core train --dataset ...   # DistributedDataParallel
     python -m histo_core evaluate runs/<id> --dataset other.npz [--split test] [--json]
+    python -m histo_core evaluate MODEL --dataset FOLDER --split all --class-map 01_TUMOR=TUM,02_STROMA=STR
     python -m histo_core lr-find --dataset pathmnist --arch cnn3 [--json]
 
 The option flags are generated from the TrainConfig / Augment dataclass fields (help from
@@ -80,13 +81,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document with the results on stdout")
     p.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a run's model on a dataset split",
-                       description="Evaluate a run's best.pt (else last.pt) on any dataset with the same classes.")
-    e.add_argument("run", help="run directory or run id")
-    e.add_argument("--dataset", help="dataset to evaluate on (default: the run's own)")
-    e.add_argument("--split", default="test", help="split to evaluate (default test)")
+    e = sub.add_parser("evaluate", help="evaluate a model on a labelled dataset (saved with the run)",
+                       description="Evaluate a model (run id or directory, weights .pt file, export name) on a "
+                                   "labelled dataset. Classes are matched by name, by NCT abbreviation (ADI..TUM = "
+                                   "PathMNIST's names) or by --class-map; classes with no counterpart are reported "
+                                   "apart. A run's evaluation is saved in <run>/evaluations/<name>.json.")
+    e.add_argument("run", metavar="MODEL", help="run directory or id, weights .pt file, or export name in weights/")
+    e.add_argument("--dataset", help="dataset to evaluate on: registered name, npz, CSV manifest or folder of class "
+                                    "folders (default: the run's own)")
+    e.add_argument("--split", default="test", help="split to evaluate: train, val, test or all (every tile; for a "
+                                                   "folder without split folders) (default test)")
+    e.add_argument("--class-map", default="", help="DATASET_CLASS=MODEL_CLASS pairs, comma-separated, e.g. "
+                                                   "01_TUMOR=TUM,02_STROMA=STR (model classes by name, abbreviation "
+                                                   "or index; CLASS=- : no counterpart)")
+    e.add_argument("--name", help="name of the saved evaluation (default <dataset>-<split>)")
+    e.add_argument("--no-save", action="store_true", help="do not save the evaluation with the run")
     e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip/rotation test-time augmentation (default: as the run was configured)")
+                   help="flip/rotation test-time augmentation (default: as the run was configured; off for files)")
     e.add_argument("--runs-dir", help="where run ids are looked up")
     e.add_argument("--json", action="store_true", help="print the full report as JSON")
     e.set_defaults(func=cmd_evaluate)
@@ -167,13 +178,23 @@ def _fmt(v) -> str:
 
 # -- evaluate ----------------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from histo_core.cli import emit
-    from histo_core.runs import resolve_run
-    from histo_core.train import evaluate_run
+    from pathlib import Path
 
-    run = resolve_run(args.run, args.runs_dir)
-    report = evaluate_run(run, args.dataset, args.split, tta=args.tta)
-    emit(args, report, format_report(report))
+    from histo_core.classnames import parse_class_map
+    from histo_core.cli import emit
+    from histo_core.evaluation import evaluate, format_matching
+
+    model = args.run
+    if args.runs_dir and (Path(args.runs_dir) / model / "config.json").exists():
+        model = str(Path(args.runs_dir) / model)
+    report = evaluate(model, args.dataset, args.split, class_map=parse_class_map(args.class_map), tta=args.tta,
+                      name=args.name, save=not args.no_save)
+    text = format_report(report)
+    if report.get("class_matching"):
+        text += "\n\nclasses (dataset -> model)\n" + "\n".join(format_matching(report))
+    text += (f"\n\nsaved as evaluation {report['name']!r}: {report['saved_to']}" if report.get("saved_to")
+             else "\n\nnot saved (" + ("--no-save" if args.no_save else "the model is not a run") + ")")
+    emit(args, report, text)
     return 0
 
 

@@ -45,18 +45,45 @@ def curve_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> go.Figure:
     return _layout(fig, f"{label} per epoch", "epoch", label)
 
 
-def overlay_figure(series: Mapping[str, Sequence[Mapping[str, Any]]], key: str, title: str | None = None) -> go.Figure:
+# Ten distinct colours (Plotly's qualitative palette): one per compared run, the same in every chart of the page.
+RUN_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF",
+               "#FECB52")
+
+
+def run_colours(labels: Sequence[str]) -> dict[str, str]:
+    """A distinct colour per run label (cycling past ten)."""
+    return {label: RUN_COLOURS[i % len(RUN_COLOURS)] for i, label in enumerate(labels)}
+
+
+def overlay_figure(series: Mapping[str, Sequence[Mapping[str, Any]]], key: str, title: str | None = None,
+                   colours: Mapping[str, str] | None = None) -> go.Figure:
     """One line per run: `key` (a metrics.jsonl column, e.g. "val_acc") per epoch. `series`: label -> rows."""
+    colours = colours or run_colours(list(series))
     fig = go.Figure()
     for label, rows in series.items():
         xs, ys = _series(rows, key)
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label))
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label,
+                                     line=dict(color=colours.get(label))))
     return _layout(fig, title or f"{key} per epoch", "epoch", key, height=420)
 
 
+def metrics_bar_figure(values: Mapping[str, Mapping[str, float | None]], colours: Mapping[str, str] | None = None,
+                       title: str = "Test metrics") -> go.Figure:
+    """Grouped bars: one group per metric (accuracy, AUC...), one bar per run. `values`: run label -> metric -> value."""
+    colours = colours or run_colours(list(values))
+    fig = go.Figure()
+    for label, metrics in values.items():
+        names = [m for m, v in metrics.items() if isinstance(v, (int, float))]
+        fig.add_trace(go.Bar(x=names, y=[metrics[m] for m in names], name=label, marker_color=colours.get(label),
+                             text=[f"{metrics[m]:.3f}" for m in names], textposition="outside"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.1])
+    return _layout(fig, title, "", "value", height=380)
+
+
 def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str], normalize: bool = False,
-                     title: str = "Confusion matrix") -> go.Figure:
+                     title: str = "Confusion matrix", clickable: bool = False) -> go.Figure:
     """Heat map, rows = true class, columns = predicted. normalize=True divides each row by its total (recall)."""
     counts = np.asarray(confusion, dtype=float)
     if normalize:
@@ -66,14 +93,40 @@ def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str
     else:
         values = counts
         text = [[f"{int(v)}" for v in row] for row in values]
-    names = [str(c) for c in classes]
-    fig = go.Figure(go.Heatmap(z=values, x=names, y=names, text=text, texttemplate="%{text}",
+    from histo_core.classnames import short_names
+
+    full = [str(c) for c in classes]
+    names = short_names(full)  # NCT abbreviations on the axes where the dataset has them; full names on hover
+    hover = [[[full[i], full[j]] for j in range(len(full))] for i in range(len(full))]
+    fig = go.Figure(go.Heatmap(z=values, x=names, y=names, text=text, texttemplate="%{text}", customdata=hover,
                                colorscale="Blues", zmin=0, zmax=1 if normalize else None,
-                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
+                               hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}"
+                                             "<extra></extra>"))
+    if clickable:  # invisible markers on the cells: plotly's point selection reports the clicked cell
+        cells = [(i, j) for i in range(len(names)) for j in range(len(names))]
+        fig.add_trace(go.Scatter(x=[names[j] for _, j in cells], y=[names[i] for i, _ in cells], mode="markers",
+                                 customdata=[[i, j] for i, j in cells], showlegend=False, hoverinfo="skip",
+                                 marker=dict(size=30, opacity=0.01, symbol="square", color="#000"),
+                                 name="cells"))
+        fig.update_layout(clickmode="event+select", dragmode=False)
     fig.update_yaxes(autorange="reversed")
     size = max(360, 60 + 38 * len(names))
     return _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true",
                    height=size)
+
+
+def selected_cell(selection: Any) -> tuple[int, int] | None:
+    """(true, predicted) of the cell clicked on a clickable confusion_figure, from st.plotly_chart's selection
+    state (an object or dict with "points"); None when nothing (or something else) is selected."""
+    try:
+        points = selection["selection"]["points"]
+    except (KeyError, TypeError):
+        points = getattr(getattr(selection, "selection", None), "points", None) or []
+    for point in points or []:
+        data = point.get("customdata") if isinstance(point, Mapping) else None
+        if isinstance(data, (list, tuple)) and len(data) == 2:
+            return int(data[0]), int(data[1])
+    return None
 
 
 def roc_figure(roc: Mapping[str, Mapping[str, Any]], title: str = "ROC curves") -> go.Figure:
@@ -111,15 +164,16 @@ def reliability_figure(reliability: Mapping[str, Sequence[float]], ece: float | 
         counts.append(n)
     fig = go.Figure()
     fig.add_trace(go.Bar(x=centres, y=accs, width=widths, name="accuracy", marker_color=TRAIN_COLOUR,
+                         text=[f"{n}" if n is not None else "" for n in counts], textposition="outside",
                          customdata=np.array([confs, counts], dtype=object).T if centres else None,
                          hovertemplate="accuracy %{y:.3f}<br>mean confidence %{customdata[0]:.3f}"
                                        "<br>%{customdata[1]} tiles<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line=dict(dash="dash", color="grey")))
     fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.02])
     label = f"{title} (ECE {ece:.3f})" if isinstance(ece, (int, float)) else title
-    return _layout(fig, label, "confidence", "accuracy", height=380)
+    fig.update_yaxes(range=[0, 1.12])  # room for the tile counts above the bars
+    return _layout(fig, label + "; tiles per bin above the bars", "confidence", "accuracy", height=380)
 
 
 def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested_lr: float | None = None) -> go.Figure:

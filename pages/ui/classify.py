@@ -13,9 +13,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from histo_core.errors import HistoError
-from histo_core.explain import CAM_METHODS, compute_cams, heatmap, overlay, uniform_maps, upscale_tile
-from histo_core.inference import (LoadedModel, ModelEntry, TileResult, list_models, load_model, resolve_model_path,
-                                  top_k)
+from histo_core.explain import (CAM_METHODS, CAM_VIEWS, cam_on_original, compute_cams, heatmap, model_field, overlay,
+                                uniform_maps, upscale_tile)
+from histo_core.inference import LoadedModel, ModelEntry, list_models, load_model, resolve_model_path
 
 CARD_PX = 224
 PAGE_SIZES = (6, 12, 24, 48)
@@ -48,12 +48,21 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
                 "for it to complete, or put an exported model in weights/.")
         return None
     by_ref = {e.ref: e for e in entries}
+    # ?run=<id> (or ?model=<export name>) selects a model once per new URL value; the choice goes back in the URL
+    wanted = st.query_params.get("run") or st.query_params.get("model")
+    match = next((e.ref for e in entries if e.name == wanted), None)
+    if match and st.session_state.get(f"_url_applied.{key}") != wanted:
+        st.session_state[key] = match
     if st.session_state.get(key) not in by_ref:
         st.session_state.pop(key, None)
-    ref = st.selectbox("Model", list(by_ref), format_func=lambda r: by_ref[r].label, key=key,
+    ref = st.selectbox("Model", list(by_ref), format_func=lambda r: model_label(by_ref[r]), key=key,
                        help="Completed runs (newest first) and exported models in weights/. Test accuracy is on the "
                             "run's own test split; ready-made models in weights/ report cross-validated accuracy.")
     entry = by_ref[ref]
+    param = "run" if entry.kind == "run" else "model"
+    st.query_params.pop("model" if param == "run" else "run", None)
+    st.query_params[param] = entry.name
+    st.session_state[f"_url_applied.{key}"] = entry.name
     try:
         loaded = cached_model(ref)
     except HistoError as exc:
@@ -74,6 +83,20 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
     return entry, loaded
 
 
+def model_label(entry: ModelEntry) -> str:
+    """A run's name first (its id after, shortened), else the export name; then what it is and how good."""
+    name = entry.name
+    if entry.kind == "run":
+        from histo_core.runs import RunDir
+
+        given = RunDir(entry.ref).config().get("name")
+        name = f"{given} ({entry.name})" if given else entry.name
+    acc = f"test accuracy {entry.test_accuracy:.1%}" if entry.test_accuracy is not None else "no test metrics"
+    tag = "SYNTHETIC · " if entry.synthetic else ""
+    kind = "run" if entry.kind == "run" else "exported model"
+    return f"{tag}{name} · {kind} · {entry.arch} on {entry.dataset} · {acc}"
+
+
 def fingerprint(files: Sequence[tuple[str, bytes]]) -> str:
     h = hashlib.blake2b(digest_size=12)
     for name, data in files:
@@ -84,16 +107,20 @@ def fingerprint(files: Sequence[tuple[str, bytes]]) -> str:
 
 
 # -- tables and charts ----------------------------------------------------------------------------------
-def summary_frame(results: Sequence[TileResult], classes: Sequence[str]) -> pd.DataFrame:
-    rows = []
-    for r in results:
-        if not r.ok:
-            rows.append({"file": r.name, "prediction": None, "confidence": None, "top-3": None, "notes": r.error})
-            continue
-        top = top_k(r.probs[None], classes, 3)[0]
-        rows.append({"file": r.name, "prediction": classes[r.pred], "confidence": round(r.confidence, 4),
-                     "top-3": " · ".join(f"{c} {p:.2f}" for c, p in top), "notes": "; ".join(r.notes)})
-    return pd.DataFrame(rows, columns=["file", "prediction", "confidence", "top-3", "notes"])
+def table_columns(table: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
+    """Column settings for the Classify table: confidence as a bar, probabilities as numbers with the full class
+    name on hover."""
+    config: dict[str, Any] = {"confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0,
+                                                                            format="%.3f"),
+                              "correct": st.column_config.CheckboxColumn("correct", help="predicted = true class")}
+    from histo_core.classnames import short_names
+
+    full = dict(zip(short_names(list(classes)), classes))
+    for col in table.columns:
+        if col.startswith("p("):
+            config[col] = st.column_config.NumberColumn(col, format="%.3f",
+                                                        help=f"probability of {full.get(col[2:-1], col[2:-1])}")
+    return config
 
 
 def probability_figure(probs: np.ndarray, classes: Sequence[str], top: int = 5, highlight: int | None = None) -> go.Figure:
@@ -110,17 +137,25 @@ def probability_figure(probs: np.ndarray, classes: Sequence[str], top: int = 5, 
 
 # -- CAMs ----------------------------------------------------------------------------------------------------
 def cam_options(key_prefix: str) -> dict[str, Any]:
-    """Method, opacity and raw-map toggle, side by side."""
-    a, b, c = st.columns([2, 2, 1])
+    """Method, view (overlay or contour) with its opacity or threshold, and the raw-map toggle, side by side."""
+    a, v, b, c = st.columns([2, 1, 2, 1])
     method = a.selectbox("Explanation method", list(CAM_METHODS), key=f"{key_prefix}_method",
                          help="\n".join(f"**{m.name}**: {m.description}" for m in CAM_METHODS.values()))
-    alpha = b.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key=f"{key_prefix}_alpha")
+    view = v.radio("View", CAM_VIEWS, key=f"{key_prefix}_view", horizontal=True,
+                   help="overlay: the map coloured over the tissue · contour: the tissue untouched, the region "
+                        "above a threshold outlined in green")
+    alpha, threshold = 0.35, 0.5
+    if view == "overlay":
+        alpha = b.slider("Overlay opacity", 0.0, 1.0, 0.35, 0.05, key=f"{key_prefix}_alpha")
+    else:
+        threshold = b.slider("Contour threshold (share of the map's maximum)", 0.05, 0.95, 0.5, 0.05,
+                             key=f"{key_prefix}_threshold")
     raw = c.toggle("Raw heat map", key=f"{key_prefix}_raw", help="Show the map alone instead of over the tile")
     if method == "ScoreCAM":
         st.caption("⏱️ ScoreCAM runs one forward pass per feature channel: seconds per tile on CPU (ResNets: more).")
     if not CAM_METHODS[method].uses_target:
         st.caption(f"{method} is class-agnostic: the class chosen to explain does not change its map.")
-    return {"method": method, "alpha": alpha, "raw": raw}
+    return {"method": method, "alpha": alpha, "raw": raw, "view": view, "threshold": threshold}
 
 
 class CamCache:
@@ -148,17 +183,42 @@ class CamCache:
         return [self.maps[k] for k in keys]
 
 
-def show_cam(tile: np.ndarray, cam: np.ndarray, options: dict[str, Any], class_name: str, container=None) -> None:
-    """The overlay (or raw map), or a warning instead when the map is flat."""
+def flat_map_message(method: str, class_name: str, predicted: bool) -> str:
+    """Why a flat map shows nothing; for the predicted class it must not claim the tile lacks that class."""
+    if predicted:
+        return (f"Flat {method} map for the predicted class '{class_name}': no region stands out, the evidence is "
+                "spread over the whole tile (or this method's gradients vanish for this model). Nothing is drawn; "
+                "another method may show more.")
+    return (f"Flat {method} map for '{class_name}': the method found nothing to highlight (usual when explaining a "
+            "class the tile shows no evidence for). Nothing is drawn.")
+
+
+def show_cam(tile: np.ndarray, cam: np.ndarray, options: dict[str, Any], class_name: str, container=None, *,
+             predicted: bool = False, original: np.ndarray | None = None, width: int | None = None) -> None:
+    """The map (overlay, contour or raw), or a warning instead when the map is flat.
+
+    With `original` (the uploaded image) the map is upsampled to the image's own resolution and drawn on it, so
+    it sits next to the upload at the same size; without, it is drawn on the model input upscaled to CARD_PX."""
     box = container or st
     method = options["method"]
+    size = {"width": width} if width else {}
     if uniform_maps(cam)[0]:
-        box.image(upscale_tile(tile, CARD_PX), caption="model input (no overlay)")
-        box.warning(f"Flat {method} map for '{class_name}': the method found nothing to highlight (usual when "
-                    "explaining a class the tile shows no evidence for). Nothing is drawn.")
+        box.image(original if original is not None else upscale_tile(tile, CARD_PX),
+                  caption="as uploaded (no map)" if original is not None else "model input (no overlay)", **size)
+        box.warning(flat_map_message(method, class_name, predicted))
         return
-    img = heatmap(cam, CARD_PX) if options["raw"] else overlay(tile, cam, options["alpha"], CARD_PX)
-    box.image(img, caption=f"{method} for '{class_name}' (red = most evidence)")
+    what = f"{method} for '{class_name}'"
+    if options["raw"]:
+        px = max(model_field(original).shape[:2]) if original is not None else CARD_PX
+        box.image(heatmap(cam, px), caption=f"{what} (red = most evidence)", **size)
+    elif original is not None:
+        view = options.get("view", "overlay")
+        img = cam_on_original(original, cam, view, options["alpha"], options.get("threshold", 0.5))
+        note = (f"outline: map ≥ {options.get('threshold', 0.5):.0%} of its maximum" if view == "contour"
+                else "red = most evidence")
+        box.image(img, caption=f"{what} at {img.shape[1]}x{img.shape[0]} px ({note})", **size)
+    else:
+        box.image(overlay(tile, cam, options["alpha"], CARD_PX), caption=f"{what} (red = most evidence)", **size)
 
 
 def target_select(classes: Sequence[str], predicted: int, key: str) -> int:

@@ -40,19 +40,19 @@ def summary_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for s in summaries:
         rows.append({
-            "run": s["id"],
-            "name": s["name"],
+            "run": s["name"] or s["id"],
             "state": s["state"],
             "progress": round(100 * s["progress"]),
-            "epoch": f"{s['epoch']}/{s['epochs']}",
             "test acc": s["test_accuracy"],
             "test AUC": s["test_auc"],
-            "best val": _metric_text(s["monitor"], s["best_val"]),
-            "architecture": s["arch"],
-            "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
             "dataset": dataset_label(s),
+            "architecture": s["arch"],
+            "epoch": f"{s['epoch']}/{s['epochs']}",
+            "best val": _metric_text(s["monitor"], s["best_val"]),
+            "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
             "duration": fmt_duration(s["duration_s"]),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"])) if s["created_at"] else "",
+            "run id": s["id"],
         })
         if any(x.get("started_by") for x in summaries):  # runs started while sign-in was required
             rows[-1]["started by"] = s.get("started_by") or "-"
@@ -74,8 +74,8 @@ def render_summary_table(summaries: list[dict[str, Any]]) -> None:
         summary_table(summaries), hide_index=True, width="stretch",
         column_config={
             "progress": st.column_config.ProgressColumn("progress", format="%d%%", min_value=0, max_value=100),
-            "test acc": st.column_config.NumberColumn(format="%.4f"),
-            "test AUC": st.column_config.NumberColumn(format="%.4f"),
+            "test acc": st.column_config.NumberColumn(format="percent", help="accuracy on the test split"),
+            "test AUC": st.column_config.NumberColumn(format="%.3f"),
         },
     )
 
@@ -147,41 +147,76 @@ def render_progress(run: RunDir, status: RunStatus) -> None:
 
 
 def render_curves(rows: list[dict[str, Any]]) -> None:
+    """One chart per metric that has values (a run without a validation split has no AUC curve)."""
     if not rows:
         st.caption("Curves appear after the first epoch.")
         return
-    cols = st.columns(3)
-    for col, metric in zip(cols, charts.CURVE_METRICS):
+    present = [m for m, (train_key, val_key, _) in charts.CURVE_METRICS.items()
+               if any(isinstance(r.get(k), (int, float)) for r in rows for k in (train_key, val_key) if k)]
+    for col, metric in zip(st.columns(max(1, len(present))), present):
         col.plotly_chart(charts.curve_figure(rows, metric), width="stretch")
 
 
+def has_validation(run: RunDir, rows: list[dict[str, Any]] | None = None) -> bool:
+    rows = run.metrics() if rows is None else rows
+    return any(isinstance(r.get("val_loss"), (int, float)) for r in rows) or bool((run.results() or {}).get("val"))
+
+
+NO_VALIDATION = ("No validation split: this run trained on train+val (the default for small sets), so there are "
+                 "no validation curves and the model kept is the last epoch's; the test set measures it.")
+
+
 def render_report(report: dict[str, Any], key: str) -> None:
-    """Confusion matrix (counts / row-normalised), per-class table, ROC curves and reliability diagram."""
+    """Accuracy, AUC, loss, ECE, then tabs for what the report holds: confusion matrix (counts / row-normalised,
+    short class names, long on hover), per-class table, ROC curves, reliability diagram with tiles per bin."""
+    from histo_core.classnames import short_names
+
     classes = report.get("classes") or []
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("accuracy", _num(report.get("accuracy")))
-    c2.metric(f"AUC ({report.get('auc_kind', '')})", _num(report.get("auc")))
+    c1.metric("accuracy", _pct(report.get("accuracy")))
+    c2.metric("AUC" + (f" ({report['auc_kind']})" if report.get("auc_kind") else ""), _num(report.get("auc")))
     c3.metric("loss", _num(report.get("loss")))
-    c4.metric("ECE", _num(report.get("ece")))
-    tabs = st.tabs(["Confusion matrix", "Per class", "ROC", "Reliability"])
-    with tabs[0]:
-        if report.get("confusion"):
-            normalise = st.toggle("row-normalised (recall per class)", key=f"norm-{key}")
-            st.plotly_chart(charts.confusion_figure(report["confusion"], classes, normalize=normalise),
-                            width="stretch", key=f"cm-{key}")
-    with tabs[1]:
-        per_class = pd.DataFrame(report.get("per_class") or [])
-        if not per_class.empty:
-            st.dataframe(per_class, hide_index=True, width="stretch",
-                         column_config={k: st.column_config.NumberColumn(format="%.3f")
-                                        for k in ("precision", "recall", "f1", "auc")})
-    with tabs[2]:
-        if report.get("roc"):
-            st.plotly_chart(charts.roc_figure(report["roc"]), width="stretch", key=f"roc-{key}")
-    with tabs[3]:
-        if report.get("reliability"):
-            st.plotly_chart(charts.reliability_figure(report["reliability"], report.get("ece")),
-                            width="stretch", key=f"rel-{key}")
+    c4.metric("ECE", _num(report.get("ece")), help="expected calibration error: the gap between confidence and "
+                                                   "accuracy, averaged over confidence bins (0 is perfect)")
+    parts = [(name, part) for name, part in (("Confusion matrix", "confusion"), ("Per class", "per_class"),
+                                             ("ROC", "roc"), ("Reliability", "reliability")) if report.get(part)]
+    if not parts:
+        return
+    for (name, part), tab in zip(parts, st.tabs([p[0] for p in parts])):
+        with tab:
+            if part == "confusion":
+                normalise = st.toggle("row-normalised (recall per class)", key=f"norm-{key}")
+                st.plotly_chart(charts.confusion_figure(report["confusion"], classes, normalize=normalise),
+                                width="stretch", key=f"cm-{key}")
+            elif part == "per_class":
+                st.dataframe(per_class_frame(report), hide_index=True, width="stretch",
+                             column_config=PER_CLASS_COLUMNS)
+            elif part == "roc":
+                st.plotly_chart(charts.roc_figure(report["roc"]), width="stretch", key=f"roc-{key}")
+            else:
+                st.plotly_chart(charts.reliability_figure(report["reliability"], report.get("ece")),
+                                width="stretch", key=f"rel-{key}")
+
+
+PER_CLASS_COLUMNS = {
+    "class": st.column_config.TextColumn("class", help="short name; the full name is in the next column"),
+    "precision": st.column_config.NumberColumn(format="%.3f"), "recall": st.column_config.NumberColumn(format="%.3f"),
+    "F1": st.column_config.NumberColumn(format="%.3f"), "AUC": st.column_config.NumberColumn(format="%.3f"),
+}
+
+
+def per_class_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """Per-class metrics with short class names (NCT: ADI..TUM) first and the full name beside them."""
+    from histo_core.classnames import short_names
+
+    rows = report.get("per_class") or []
+    short = short_names([r["class"] for r in rows])
+    return pd.DataFrame([{"class": s, "full name": r["class"], "precision": r["precision"], "recall": r["recall"],
+                          "F1": r["f1"], "tiles": r["support"], "AUC": r.get("auc")} for s, r in zip(short, rows)])
+
+
+def _pct(v: Any) -> str:
+    return f"{v:.1%}" if isinstance(v, (int, float)) else "-"
 
 
 def _num(v: Any) -> str:
@@ -202,14 +237,21 @@ def _finished_view(run: RunDir, status: RunStatus) -> None:
             st.caption(status.error)
     else:
         early = " (stopped early)" if results.get("stopped_early") else ""
+        rows = run.metrics()
+        validated = has_validation(run, rows)
+        best = f"; best epoch {results['best_epoch']} by validation" if validated and results.get("best_epoch") else ""
         st.success(f"{icon} Completed {results.get('epochs_run', status.epoch)} epochs{early} in {took} on "
-                   f"{results.get('device') or status.device or '?'}; best epoch {results.get('best_epoch', '-')}")
+                   f"{results.get('device') or status.device or '?'}{best}")
+        if not validated:
+            st.info(NO_VALIDATION, icon="ℹ️")
     render_curves(run.metrics())
-    if status.state == "completed" and results.get("test"):
-        split = st.radio("Evaluation split", ["test", "val"], horizontal=True, key=f"split-{run.id}",
-                         format_func={"test": "test", "val": "validation"}.get)
-        report = results.get(split) or {}
-        st.markdown(f"**{split} set** ({report.get('n', '?')} tiles, best checkpoint)")
+    splits = [s for s in ("test", "val") if (results.get(s) or {}).get("n")]
+    if status.state == "completed" and splits:
+        split = st.radio("Evaluation split", splits, horizontal=True, key=f"split-{run.id}",
+                         format_func={"test": "test", "val": "validation"}.get) if len(splits) > 1 else splits[0]
+        report = results[split]
+        which = "best checkpoint by validation" if has_validation(run) else "final model"
+        st.markdown(f"**{'validation' if split == 'val' else split} set** ({report['n']:,} tiles, {which})")
         render_report(report, key=f"{split}-{run.id}")
     elif (val := read_json(run.file("val_latest.json"))):
         st.markdown(f"**Validation after the last finished epoch** ({val.get('n', '?')} tiles)")
@@ -237,6 +279,9 @@ def _actions(run: RunDir) -> None:
             action(run)
     if status.state == "completed":
         _export_form(run)
+        from pages.ui.evaluate import evaluate_panel
+
+        evaluate_panel(run)
 
 
 def _cancel_button(run: RunDir) -> None:

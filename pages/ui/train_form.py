@@ -216,3 +216,16 @@ def config_from_state(base: TrainConfig) -> TrainConfig:
             d[path] = value
     d["name"] = (d.get("name") or "").strip()
     return TrainConfig.from_dict(d)
+
+
+def form_message(text: str) -> str:
+    """A config error as the form says it: CLI flags (`--noise`, `--data-dir`) become the widgets' labels."""
+    import re
+
+    labels = {path.split(".")[-1].replace("_", "-"): label for group in GROUPS.values() for path, label, _ in group}
+
+    def label(m: re.Match) -> str:
+        name = labels.get(m.group(1))
+        return f"'{name}'" if name else m.group(1).replace("-", " ")
+
+    return re.sub(r"--([a-z][a-z0-9-]*)", label, text)

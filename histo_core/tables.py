@@ -1,0 +1,52 @@
+"""Tables users download: the Classify CSV, scorable against the folders the tiles came from.
+
+    frame = classify_table(results, classes, sources=["TUM/a.png", "STR/b.tif"])
+    # file, folder, predicted, confidence, true class, correct, p(ADI) ... p(TUM), notes
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from histo_core.classnames import match_classes, short_names
+
+
+def _folder(source: str) -> str:
+    parts = PurePosixPath(str(source).replace("\\", "/")).parts
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+def classify_table(results: Sequence, classes: Sequence[str], sources: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per uploaded file (TileResult): its path as given and folder, the predicted class, its probability,
+    the true class when the folder's name is a class (by name or NCT abbreviation: TUM/ = colorectal
+    adenocarcinoma epithelium), whether the prediction is right, one probability column per class, and notes.
+    Unreadable files keep their row with the reason in notes; text cells are empty, never "None"."""
+    classes = [str(c) for c in classes]
+    short = short_names(classes)
+    sources = list(sources) if sources is not None else [r.name for r in results]
+    rows = []
+    for r, source in zip(results, sources):
+        folder = _folder(source)
+        true = None
+        if folder:
+            try:
+                idx = match_classes([folder], classes)[0]
+            except Exception:  # a folder name is only a hint; never fail the table on it
+                idx = None
+            true = None if idx is None else classes[idx]
+        row = {"file": str(source), "folder": folder, "predicted": "", "confidence": None, "true class": true or "",
+               "correct": None}
+        if r.ok:
+            pred = int(np.argmax(r.probs))
+            row.update(predicted=classes[pred], confidence=round(float(r.probs[pred]), 4),
+                       correct=None if true is None else classes[pred] == true)
+        for s, p in zip(short, r.probs if r.ok else [None] * len(classes)):
+            row[f"p({s})"] = None if p is None else round(float(p), 4)
+        row["notes"] = r.error if not r.ok else "; ".join(r.notes)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["file", "folder", "predicted", "confidence", "true class", "correct",
+                                       *[f"p({s})" for s in short], "notes"])

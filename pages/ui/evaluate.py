@@ -1,0 +1,129 @@
+"""The Runs page's "Evaluate on another dataset" panel: pick a dataset, edit how its classes map onto the model's,
+start `python -m histo_core evaluate ... --json` as a background job (histo_core.jobs), and show the saved
+evaluations. Matching and scoring live in histo_core.classnames / histo_core.evaluation."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from histo_core import jobs
+from histo_core import classnames
+from histo_core.classnames import match_classes, short_name
+from histo_core.errors import HistoError
+from histo_core.evaluation import list_evaluations
+from histo_core.runs import RunDir
+from pages.ui.common import user_errors
+
+NO_COUNTERPART = "(no counterpart: reported apart)"
+SPLITS = ("all", "test", "val", "train")
+REFRESH_S = 2.0
+
+
+def model_classes(run: RunDir) -> list[str]:
+    return [str(c) for c in (run.dataset().get("classes") or ((run.results() or {}).get("test") or {}).get("classes")
+                             or [])]
+
+
+def class_map_editor(dataset_classes: list[str], classes: list[str], key: str) -> dict[str, str] | None:
+    """A table: each dataset class and the model class it counts as (pre-filled by name or NCT abbreviation).
+    Returns the map to pass on (only the rows that differ from the automatic match), or None (with st.error)."""
+    auto = match_classes(dataset_classes, classes)
+    options = [NO_COUNTERPART, *classes]
+    frame = pd.DataFrame({"dataset class": dataset_classes,
+                          "model class": [NO_COUNTERPART if m is None else classes[m] for m in auto]})
+    edited = st.data_editor(
+        frame, key=key, hide_index=True, width="stretch", disabled=["dataset class"],
+        column_config={"model class": st.column_config.SelectboxColumn(
+            "model class", options=options, required=True,
+            help="Which of the model's classes this dataset class is; tiles of a class with no counterpart are not "
+                 "scored but listed apart with what the model called them")})
+    mapping = {}
+    for src, dst, a in zip(edited["dataset class"], edited["model class"], auto):
+        if dst == NO_COUNTERPART:
+            if a is not None:  # the user unmatched an automatic match
+                mapping[str(src)] = classnames.NO_COUNTERPART
+        elif a is None or classes[a] != dst:
+            mapping[str(src)] = short_name(dst) if short_name(dst) != dst else dst
+    chosen = [d for d in edited["model class"] if d != NO_COUNTERPART]
+    if not chosen:
+        st.error("No dataset class is matched to a model class: pick the model class of at least one row.")
+        return None
+    return mapping
+
+
+def evaluate_panel(run: RunDir) -> None:
+    from pages.ui.datasets import dataset_picker, open_cached
+
+    classes = model_classes(run)
+    wanted = st.query_params.get("dataset")  # Runs?run=<id>&dataset=<spec> opens this panel on that dataset
+    with st.expander("Evaluate on another dataset (a folder of class folders, an npz, a CSV)", expanded=bool(wanted)):
+        choice = dataset_picker(f"evaluate_ds_{run.id}", default=wanted)
+        if not choice:
+            return
+        ds = None
+        with user_errors():
+            ds = open_cached(choice.spec)
+        if ds is None:
+            return
+        sizes = ds.split_sizes()
+        st.caption(f"**{ds.info.title}** · {ds.info.num_classes} classes · "
+                   + " / ".join(f"{k} {v:,}" for k, v in sizes.items()))
+        a, b = st.columns([1, 2])
+        split = a.selectbox("Tiles to score", SPLITS, key=f"evaluate_split_{run.id}",
+                            format_func=lambda s: "all of them" if s == "all" else f"{s} split ({sizes.get(s, 0):,})")
+        name = b.text_input("Name of this evaluation", key=f"evaluate_name_{run.id}",
+                            placeholder="default: <dataset>-<split>")
+        st.markdown("**Classes**: the dataset's (left) and the model's class each counts as (right)")
+        try:
+            mapping = class_map_editor([str(c) for c in ds.info.classes], classes, key=f"evaluate_map_{run.id}")
+        except HistoError as exc:
+            st.error(str(exc))
+            return
+        if mapping is not None and st.button("Start the evaluation", key=f"evaluate_start_{run.id}", type="primary",
+                                             help="runs `python -m histo_core evaluate` in the background; the "
+                                                  "result is saved with the run"):
+            with user_errors("Not started: "):
+                started = jobs.start_evaluation(run, choice.spec, split, mapping, name or None)
+                st.session_state[f"evaluate_started_{run.id}"] = started
+    evaluations_view(run)
+
+
+@st.fragment(run_every=REFRESH_S)
+def _running(run: RunDir) -> None:
+    running = [j for j in jobs.evaluation_jobs(run) if j["state"] == "running"]
+    for j in running:
+        st.info(f"⏳ Evaluating on {j['dataset']} ({j['split']}) as '{j['name']}'…")
+    if not running and st.session_state.pop(f"evaluate_waiting_{run.id}", False):
+        st.rerun(scope="app")
+    if running:
+        st.session_state[f"evaluate_waiting_{run.id}"] = True
+
+
+def evaluations_view(run: RunDir) -> None:
+    """Running jobs (refreshed), failed ones with their error line, and the saved evaluations."""
+    all_jobs = jobs.evaluation_jobs(run)
+    if any(j["state"] == "running" for j in all_jobs) or st.session_state.get(f"evaluate_waiting_{run.id}"):
+        _running(run)
+    saved = list_evaluations(run)
+    saved_names = {e["name"] for e in saved}
+    for j in all_jobs:
+        if j["state"] == "failed" and j["name"] not in saved_names:
+            st.error(f"Evaluation '{j['name']}' on {j['dataset']} failed: {j['error']}")
+    if not saved:
+        return
+    st.markdown("**Evaluations on other datasets**")
+    table = pd.DataFrame([{"name": e["name"], "dataset": e.get("dataset_title") or e.get("dataset"),
+                           "tiles": e.get("split"), "scored": e["n"], "not scored": sum(u["tiles"] for u in e.get("unmatched") or []),
+                           "accuracy": e.get("accuracy"), "AUC": e.get("auc"), "when": e.get("evaluated_at")}
+                          for e in saved])
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"accuracy": st.column_config.NumberColumn(format="%.3f"),
+                                "AUC": st.column_config.NumberColumn(format="%.3f")})
+    pick = st.selectbox("Show evaluation", [e["name"] for e in saved], key=f"evaluate_show_{run.id}")
+    report = next(e for e in saved if e["name"] == pick)
+    from histo_core.evaluation import format_matching
+    from pages.ui.runs import render_report
+
+    st.caption(" · ".join(format_matching(report)))
+    render_report(report, key=f"eval-{run.id}-{pick}")
