@@ -404,7 +404,7 @@ def embed(target: EmbedTarget, splits: Sequence[str] | None = None, *, model: nn
         st = target.model_path.stat()
         meta_doc = {
             "format": FORMAT, "model": target.label, "model_path": str(target.model_path),
-            "model_mtime_ns": st.st_mtime_ns, "model_size": st.st_size, "arch": meta.arch,
+            "model_mtime_ns": st.st_mtime_ns, "model_size": st.st_size, "arch": meta.arch, "in_channels": meta.in_channels,
             "dataset": target.dataset, "dataset_title": ds.info.title, "synthetic": bool(ds.info.synthetic),
             "classes": list(ds.info.classes), "model_classes": list(meta.classes), "splits": wanted,
             "counts": counts, "dims": dims, "dtype": "float16", "projection": method,

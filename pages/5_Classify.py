@@ -13,6 +13,7 @@ from histo_core.tiling import classify_large_image, default_tile_px, legend, ren
 from pages.ui.classify import (PAGE_SIZES, CamCache, cam_options, fingerprint, legend_html, pick_model,
                                probability_figure, show_cam, summary_frame, target_select)
 from pages.ui.common import page_setup
+from pages.ui.feature_map import faithfulness_note, similar_tiles
 
 page_setup("Classify", "🔎")
 picked = pick_model("classify_model")
@@ -85,12 +86,14 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
         left, middle, right = st.columns([1, 1, 1.3])
         left.image(r.preview, caption=f"as uploaded: {r.width}x{r.height}, {r.mode_note}", width=224)
         show_cam(r.tile, cam, options, meta.classes[target], container=middle)
+        faithfulness_note(loaded, r.tile, cam, target, options["method"], model_key, container=middle)
         with right:
             st.plotly_chart(probability_figure(r.probs, meta.classes, highlight=r.pred), key=f"classify_probs_{i}",
                             config={"displayModeBar": False})
             target_select(meta.classes, r.pred, key=f"classify_target_{i}")
         for note in r.notes:
             st.caption(f"ℹ️ {note}")
+        similar_tiles(loaded, entry, r.tile, r.probs, key=f"classify_similar_{i}")
 
 
 def large_image_mode() -> None:
