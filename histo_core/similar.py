@@ -6,8 +6,7 @@
 
 Search is exact: the reference features (float16, memory-mapped) are L2-normalised in blocks of BLOCK rows and
 multiplied with the queries; the k best of each block are merged. Memory is one block plus the queries, time
-is linear in the number of reference tiles: about a second for a few hundred thousand 512-dim tiles and a
-handful of queries on a laptop CPU. Beyond a few million tiles, or for many queries at once, an approximate
+is linear in the number of reference tiles. Beyond a few million tiles, or for many queries at once, an approximate
 index (FAISS IVF/HNSW) would take over; nothing here needs one at the sizes this tool trains on.
 """
 
