@@ -6,7 +6,7 @@ trains a small simplecnn on the synthetic demo at 96 px (seconds; any 3-channel 
 `python -m histo_core embed RUN --dataset PCAM_DIR --max-points M --json` in a child process, the command the
 Feature map page's background job runs, and reports its peak RSS (os.wait4 -> ru_maxrss) and wall time.
 
-    python benchmarks/embed_memory.py --json [--tiles 20000] [--max-points 20000] [--threads 2]
+    python benchmarks/embed_memory.py --json [--run RUN] [--tiles 20000] [--max-points 20000] [--threads 2]
 
 The target (recorded in benchmarks/RESULTS.md, never asserted) is the training memory bound: below 1.5 GB.
 """
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true")
     p.add_argument("--tiles", type=int, default=20000, help="train-split length (default 20000)")
+    p.add_argument("--run", help="embed with this run's model (any 3-channel model; default: train a small one)")
     p.add_argument("--max-points", type=int, default=20000, help="tiles on the t-SNE map (default 20000)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = p.parse_args(argv)
@@ -61,8 +62,9 @@ def main(argv=None) -> int:
         folder = base / "pcam"
         folder.mkdir()
         size = write_pcam(folder, args.tiles, _pattern_tiles())
+        run_dir = args.run
         env_train = dict(env, HISTO_EMBED_AFTER_TRAINING="0")
-        train = child([sys.executable, "-m", "histo_core", "train", "--dataset", "synthetic", "--size", "96",
+        train = {"doc": {"run_dir": run_dir}} if run_dir else child([sys.executable, "-m", "histo_core", "train", "--dataset", "synthetic", "--size", "96",
                        "--arch", "simplecnn", "--epochs", "1", "--max-train-samples", "256", "--no-tta",
                        "--threads", str(args.threads), "--json"], env_train)
         run_dir = train["doc"].get("run_dir")
