@@ -364,7 +364,8 @@ def embed(target: EmbedTarget, splits: Sequence[str] | None = None, *, model: nn
         dims = None
         was_training = model.training
         model.eval()
-        from histo_core.inference import model_input, model_lock
+        from histo_core.inference import model_lock
+        from histo_core.pipeline import to_model_input
 
         for split in wanted:
             source = TileSource(ds.splits[split], "cpu", resident_max_bytes=0)  # streamed, one batch in memory
@@ -373,7 +374,8 @@ def embed(target: EmbedTarget, splits: Sequence[str] | None = None, *, model: nn
             feats = None
             with model_lock(model), torch.inference_mode():
                 for start, tiles in source.iter_sequential(batch):
-                    f, p = forward_features(model, model_input(tiles, meta, device))
+                    x = to_model_input(tiles, meta.mean, meta.std, device, size=meta.input_size)  # resized when
+                    f, p = forward_features(model, x)  # a frozen model embeds tiles of another size
                     if feats is None:
                         dims = f.shape[1]
                         feats = np.lib.format.open_memmap(tmp / f"features_{split}.npy", mode="w+",
