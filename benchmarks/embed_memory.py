@@ -1,7 +1,7 @@
 """Peak memory of embedding a PatchCamelyon-layout file: features of every tile, streamed, + the 2-D map.
 
 Writes a PCam-layout folder (benchmarks/pcam_memory.py's files: N train tiles, 2048 valid, 2048 test, 96 px),
-trains a small simplecnn on the synthetic demo at 96 px (seconds; any 3-channel 96 px model can embed any
+trains simplecnn for one epoch on the synthetic demo at 96 px (or takes --run; any 3-channel 96 px model can embed any
 3-channel 96 px dataset as a frozen feature extractor), then runs
 `python -m histo_core embed RUN --dataset PCAM_DIR --max-points M --json` in a child process, the command the
 Feature map page's background job runs, and reports its peak RSS (os.wait4 -> ru_maxrss) and wall time.
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         run_dir = args.run
         env_train = dict(env, HISTO_EMBED_AFTER_TRAINING="0")
         train = {"doc": {"run_dir": run_dir}} if run_dir else child([sys.executable, "-m", "histo_core", "train", "--dataset", "synthetic", "--size", "96",
-                       "--arch", "simplecnn", "--epochs", "1", "--max-train-samples", "256", "--no-tta",
+                       "--arch", "simplecnn", "--epochs", "1", "--no-tta",
                        "--threads", str(args.threads), "--json"], env_train)
         run_dir = train["doc"].get("run_dir")
         if not run_dir:
