@@ -29,14 +29,17 @@ Histo Explorer puts the whole tile-classifier workflow in one place, with a CLI
 3. **Runs** and **Compare**: live curves, confusion matrices, ROC/AUC, calibration, per-class metrics.
 4. **Classify**: drop tiles to see predictions and Grad-CAM overlays.
 5. **Review**: walk through every mistake of a run, and the training labels it suspects are wrong.
+6. **Feature map**: every tile placed by what the model sees in it; select a cluster to see its tiles, and
+   check which explanation method is most faithful.
 """
 )
 
-cols = st.columns(6)
+cols = st.columns(7)
 for col, (page, label, icon) in zip(cols, [
     ("pages/1_Datasets.py", "Datasets", "🗂️"), ("pages/2_Train.py", "Train", "🏋️"),
     ("pages/3_Runs.py", "Runs", "📈"), ("pages/4_Compare.py", "Compare", "⚖️"),
     ("pages/5_Classify.py", "Classify", "🔎"), ("pages/6_Review.py", "Review", "🧐"),
+    ("pages/7_Feature_map.py", "Feature map", "🗺️"),
 ]):
     with col:
         st.page_link(page, label=label, icon=icon)

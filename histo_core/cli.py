@@ -1,4 +1,4 @@
-"""`python -m histo_core <command>`: datasets, train, evaluate, lr-find, predict, runs, export.
+"""`python -m histo_core <command>`: datasets, train, evaluate, lr-find, predict, runs, export, embed, similar, label-errors, explain-quality.
 
 Each command lives in histo_core/commands/<name>.py with `register(subparsers)`. A user error
 (`HistoError`) prints one line on stderr and exits 2; `--json` prints one JSON document on stdout.
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from histo_core.errors import HistoError
 
-COMMAND_MODULES = ("datasets", "train", "predict", "runs", "tasks")
+COMMAND_MODULES = ("datasets", "train", "predict", "runs", "tasks", "inspect")
 
 
 class _Parser(argparse.ArgumentParser):

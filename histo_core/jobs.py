@@ -436,9 +436,79 @@ def summaries(runs_root: str | os.PathLike | None = None) -> list[dict[str, Any]
     return [run_summary(r) for r in list_runs(runs_root)]
 
 
+
+# -- inspection jobs: `python -m histo_core embed|explain-quality ...` in the background -------------------------
+# One process per job, detached like a training run; its state lives in a small JSON file (`status_path`) that
+# the child updates (write_job_status) and the pages poll (job_status). Nothing is kept in memory here.
+INSPECTION_KINDS = ("embed", "explain-quality")
+
+
+def start_inspection_job(kind: str, args: list[str], status_path: str | os.PathLike) -> int:
+    """Start `python -m histo_core <kind> *args --job-status status_path` detached; returns its pid. Refused
+    while the same job (same status file) is still running."""
+    if kind not in INSPECTION_KINDS:
+        raise HistoError(f"unknown background job {kind!r}; one of {', '.join(INSPECTION_KINDS)}")
+    status_path = Path(status_path)
+    current = job_status(status_path)
+    if current and current.get("state") == "running":
+        raise HistoError(f"{kind} is already running (process {current.get('pid')}); wait for it to finish")
+    cmd = [sys.executable, "-m", "histo_core", kind, *args, "--job-status", str(status_path.resolve())]
+    log_path = status_path.with_suffix(".log")
+    try:
+        status_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd[1:])}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(cmd, cwd=paths.PROJECT_ROOT, env=_child_env(), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise HistoError(f"could not start the {kind} process: {exc.strerror or exc}") from None
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    write_job_status(status_path, kind=kind, state="running", pid=proc.pid, host=socket.gethostname(),
+                     started_at=time.time(), finished_at=None, progress=0.0, message="starting", error=None,
+                     log=str(log_path))
+    return proc.pid
+
+
+def write_job_status(status_path: str | os.PathLike, **changes: Any) -> dict[str, Any]:
+    """Merge `changes` into the job's status file (atomically) and return the result."""
+    from histo_core.fsutil import read_json, write_json_atomic
+
+    doc = read_json(Path(status_path), {}) or {}
+    doc.update(changes)
+    write_json_atomic(Path(status_path), doc)
+    return doc
+
+
+def job_status(status_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The job's status, with a "running" job whose process is gone marked failed (written to disk)."""
+    from histo_core.fsutil import read_json
+
+    doc = read_json(Path(status_path))
+    if not doc or doc.get("state") != "running":
+        return doc
+    if doc.get("host") and doc["host"] != socket.gethostname():
+        return doc
+    pid = doc.get("pid")
+    cmdline = _proc_file(int(pid), "cmdline") if pid else None
+    if pid_alive(pid) and (cmdline is None or str(Path(status_path).resolve()).encode() in cmdline):
+        return doc
+    fresh = read_json(Path(status_path)) or doc  # it may have finished just now
+    if fresh.get("state") != "running":
+        return fresh
+    last = ""
+    try:
+        lines = [ln.strip() for ln in Path(doc.get("log", "")).read_text(errors="replace").splitlines() if ln.strip()]
+        last = next((ln for ln in reversed(lines) if not ln.startswith("===")), "")[:200]
+    except OSError:
+        pass
+    return write_job_status(status_path, state="failed", finished_at=time.time(),
+                            error=f"the {doc.get('kind', 'background')} process {pid} ended unexpectedly"
+                                  + (f". Log: {last}" if last else ""))
+
 __all__ = [
     "submit", "cancel", "resume", "delete", "refresh_status", "run_summary", "summaries", "wait",
-    "log_tail", "last_log_line", "comparison_row", "augmentation_label", "pid_alive", "process_alive", "best_val", "resolve_run", "ACTIVE_STATES", "STALE",
+    "log_tail", "last_log_line", "start_inspection_job", "job_status", "write_job_status", "comparison_row", "augmentation_label", "pid_alive", "process_alive", "best_val", "resolve_run", "ACTIVE_STATES", "STALE",
 ]
 
 

@@ -904,6 +904,9 @@ def _train_when_slot_free(run: RunDir, config: TrainConfig, writer: _StatusWrite
                        "device": str(device)}
         write_json_atomic(run.results_path, results_doc)
         results.update(stopped_early=stopped_early, train_seconds=results_doc["train_seconds"])
+        writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page (never fails the run)
+        from histo_core.embeddings import embed_at_end_of_training
+        embed_at_end_of_training(run, trainer.model, lambda line: _log(run, line, rank))
         writer.update(state="completed", finished_at=time.time(), phase="", epoch=trainer.epoch, step=0, eta_s=0.0)
         t = final.get("test")
         _log(run, f"{run.id}: completed" + (f", test accuracy {t['accuracy']:.4f}, auc {t['auc'] if t['auc'] is None else round(t['auc'], 4)}" if t else ""), rank)

@@ -14,6 +14,7 @@ from histo_core.tables import classify_table
 from pages.ui.classify import (PAGE_SIZES, CamCache, cam_options, fingerprint, legend_html, pick_model,
                                probability_figure, show_cam, table_columns, target_select)
 from pages.ui.common import page_setup
+from pages.ui.feature_map import faithfulness_note, similar_tiles
 
 page_setup("Classify", "🔎")
 picked = pick_model("classify_model")
@@ -96,12 +97,14 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
                                              f"stain-normalised, {meta.input_size} px", width=224)
         show_cam(r.tile, cam, options, meta.classes[target], container=middle, predicted=target == r.pred,
                  original=r.field, width=224)
+        faithfulness_note(loaded, r.tile, cam, target, options["method"], model_key, container=middle)
         with right:
             st.plotly_chart(probability_figure(r.probs, meta.classes, highlight=r.pred), key=f"classify_probs_{i}",
                             config={"displayModeBar": False})
             target_select(meta.classes, r.pred, key=f"classify_target_{i}")
         for note in r.notes:
             st.caption(f"ℹ️ {note}")
+        similar_tiles(loaded, entry, r.tile, r.probs, key=f"classify_similar_{i}")
 
 
 def stain_changed(r) -> bool:

@@ -1,0 +1,269 @@
+"""Streamlit pieces of the Feature map page and of the Classify page's "most similar training tiles" and
+faithfulness notes. The work is in histo_core (embeddings, similar, faithfulness, jobs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from histo_core import jobs
+from histo_core.embeddings import EmbedTarget, EmbeddingStore, is_current, load_store
+from histo_core.errors import HistoError
+from histo_core.explain import uniform_maps
+from pages.ui.classify import tile_grid
+
+COLOUR_BY = {"true class": "true", "predicted class": "predicted", "correct / wrong": "outcome",
+             "confidence": "confidence", "suspected label error": "label_error"}
+MAX_SHOWN = 48  # selected tiles drawn at once
+
+
+# -- embeddings and their background job -------------------------------------------------------------------
+def job_path(target: EmbedTarget, kind: str = "embed") -> Path:
+    """Status file of a target's background job: in the run for a run's own dataset, else next to the cache."""
+    if target.run_path is not None:
+        return target.run_path / f"job-{kind}.json"
+    return target.out_dir.with_name(f"{target.out_dir.name}.job-{kind}.json")
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _store(path: str, mtime_ns: int) -> EmbeddingStore | None:
+    return load_store(path)
+
+
+def current_store(target: EmbedTarget) -> EmbeddingStore | None:
+    meta = target.out_dir / "meta.json"
+    try:
+        mtime = meta.stat().st_mtime_ns
+    except OSError:
+        return None
+    store = _store(str(target.out_dir), mtime)
+    return store if is_current(store, target) else None
+
+
+def job_panel(target: EmbedTarget, args: list[str], kind: str, start_label: str, key: str) -> None:
+    """Start button, then live progress of the background job; reruns the page when it has finished."""
+    path = job_path(target, kind)
+    status = jobs.job_status(path)
+    if status and status.get("state") == "running":
+        _job_progress(str(path), kind)
+        return
+    if status and status.get("state") == "failed":
+        st.error(f"The last {kind} job failed: {status.get('error')}")
+    if st.button(start_label, key=key, type="primary"):
+        try:
+            jobs.start_inspection_job(kind, args, path)
+        except HistoError as exc:
+            st.error(str(exc))
+            return
+        st.rerun()
+
+
+@st.fragment(run_every=2.0)
+def _job_progress(path: str, kind: str) -> None:
+    status = jobs.job_status(path) or {}
+    if status.get("state") != "running":
+        st.rerun()  # finished (or failed): redraw the whole page with the result
+    st.progress(min(1.0, float(status.get("progress") or 0.0)),
+                text=f"{kind} running in the background (process {status.get('pid')}): {status.get('message', '')}")
+
+
+# -- the map -----------------------------------------------------------------------------------------------
+def points_frame(store: EmbeddingStore, splits: Sequence[str], label_errors=None) -> pd.DataFrame:
+    df = store.points(label_errors)
+    df = df[df["split"].isin(list(splits))].reset_index(drop=True)
+    df["outcome"] = df["correct"].map({True: "correct", False: "wrong"}).fillna("n/a")
+    df["label_error"] = df["label_error"].map({True: "suspected", False: "not flagged"}).fillna("not checked")
+    return df
+
+
+def scatter(df: pd.DataFrame, colour: str, title: str):
+    column = COLOUR_BY[colour]
+    kwargs: dict[str, Any] = {}
+    if column == "confidence":
+        kwargs["color_continuous_scale"] = "Viridis"
+        kwargs["range_color"] = (0.0, 1.0)
+    elif column == "outcome":
+        kwargs["color_discrete_map"] = {"correct": "#2ca02c", "wrong": "#d62728", "n/a": "#7f7f7f"}
+    elif column == "label_error":
+        kwargs["color_discrete_map"] = {"suspected": "#d62728", "not flagged": "#1f77b4", "not checked": "#c7c7c7"}
+    fig = px.scatter(df, x="x", y="y", color=column, symbol="split", custom_data=["split", "row"],
+                     hover_data={"split": True, "row": True, "true": True, "predicted": True, "confidence": ":.3f",
+                                 "x": False, "y": False}, title=title, **kwargs)
+    fig.update_traces(marker=dict(size=7 if len(df) < 2000 else 4, opacity=0.85))
+    fig.update_layout(height=620, dragmode="lasso", legend=dict(title=None), margin=dict(l=0, r=0, t=40, b=0),
+                      xaxis=dict(title="t-SNE 1", showticklabels=False), yaxis=dict(title="t-SNE 2", showticklabels=False))
+    return fig
+
+
+def selected_points(event: Any) -> list[tuple[str, int]]:
+    """(split, row) of the points a plotly selection event holds, in selection order, without repeats."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return []
+    out = []
+    for p in points:
+        data = p.get("customdata") if isinstance(p, dict) else None
+        if data is not None and len(data) >= 2:
+            out.append((str(data[0]), int(data[1])))
+    return list(dict.fromkeys(out))
+
+
+def selection_grid(df: pd.DataFrame, picked: list[tuple[str, int]], tiles_of) -> None:
+    """The selected tiles with split, row, true label and prediction; `tiles_of(split, rows)` reads tiles."""
+    if not picked:
+        st.caption("Select points on the map (lasso or box; shift adds) to see their tiles here.")
+        return
+    index = df.set_index(["split", "row"])
+    shown = picked[:MAX_SHOWN]
+    st.markdown(f"**{len(picked)} tile(s) selected**" + (f", the first {MAX_SHOWN} shown" if len(picked) > MAX_SHOWN else ""))
+    summary = index.loc[picked][["true", "predicted", "confidence", "outcome"]].reset_index()
+    counts = summary["true"].value_counts()
+    st.caption("true classes: " + " · ".join(f"{c} {n}" for c, n in counts.items()))
+    images, caps = [], []
+    by_split: dict[str, list[int]] = {}
+    for split, row in shown:
+        by_split.setdefault(split, []).append(row)
+    fetched: dict[tuple[str, int], np.ndarray] = {}
+    for split, rows in by_split.items():
+        try:
+            arr = tiles_of(split, np.asarray(rows))
+        except HistoError as exc:
+            st.warning(str(exc))
+            return
+        fetched.update({(split, r): t for r, t in zip(rows, arr)})
+    for key in shown:
+        rec = index.loc[key]
+        images.append(fetched[key])
+        mark = "" if rec["outcome"] != "wrong" else " ✗"
+        caps.append(f"{key[0]} #{key[1]} · true {rec['true']} · pred {rec['predicted']} ({rec['confidence']:.2f}){mark}")
+    tile_grid(images, caps, columns=6, px=128)
+    st.dataframe(summary, hide_index=True, width="stretch")
+
+
+# -- faithfulness table ------------------------------------------------------------------------------------
+def quality_table(doc: dict[str, Any]) -> None:
+    rows = pd.DataFrame(doc["methods"])[["rank", "method", "road_mean", "road_median", "unfaithful_share", "flat_share",
+                                         "seconds_per_tile"]]
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        "road_mean": st.column_config.NumberColumn("ROAD mean", format="%+.4f"),
+        "road_median": st.column_config.NumberColumn("ROAD median", format="%+.4f"),
+        "unfaithful_share": st.column_config.ProgressColumn("unfaithful maps", min_value=0.0, max_value=1.0, format="%.0f%%"),
+        "flat_share": st.column_config.ProgressColumn("flat maps", min_value=0.0, max_value=1.0, format="%.0f%%"),
+        "seconds_per_tile": st.column_config.NumberColumn("s / tile", format="%.3f")})
+    best = doc.get("best")
+    st.caption(f"{doc['metric']}; {doc['tiles']} {doc['split']} tiles" + (f" (a seeded sample of {doc['of']})" if doc["sampled"] else "")
+               + f"; computed {doc['computed_at']} in {doc['seconds']} s. "
+               + (f"Most faithful here: **{best}**. " if best else "")
+               + "Unfaithful: removing the pixels the map highlights lowers p(class) no more than removing the others.")
+
+
+# -- Classify page additions -------------------------------------------------------------------------------
+def faithfulness_note(loaded, tile: np.ndarray, cam: np.ndarray, target: int, method: str, cache_key: str,
+                      container=None) -> None:
+    """The ROAD score of the map just drawn, one line under the overlay (computed once per map and kept)."""
+    from histo_core.faithfulness import describe, road_scores
+
+    box = container or st
+    import hashlib
+
+    store = st.session_state.setdefault("faithfulness_scores", {})
+    flat = bool(uniform_maps(cam)[0])
+    key = (cache_key, hashlib.blake2b(np.ascontiguousarray(tile).tobytes(), digest_size=12).hexdigest(), method,
+           int(target))
+    if not flat and key not in store:
+        store[key] = float(road_scores(loaded.model, loaded.meta, tile[None], cam[None], [int(target)])[0])
+    text = describe(store.get(key), flat)
+    if "UNFAITHFUL" in text:
+        box.warning(text, icon="⚠️")
+    elif text:
+        box.caption(f"Faithfulness: {text}")
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _index(model_ref: str, mtime_ns: int):
+    from histo_core.similar import SimilarityIndex
+
+    return SimilarityIndex.for_model(model_ref, compute=False)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _dataset(spec: str, size, as_rgb, data_dir, seed):
+    from histo_core.datasets import open_dataset
+
+    return open_dataset(spec, size=size, as_rgb=bool(as_rgb), data_dir=data_dir, seed=int(seed or 0))
+
+
+def dataset_tiles(target: EmbedTarget, meta: dict[str, Any]):
+    """A function (split, rows) -> uint8 tiles of the target's dataset (opened once per server)."""
+    kw = dict(target.open_kwargs)
+    as_rgb = kw.get("as_rgb")
+    if as_rgb is None:
+        as_rgb = int(meta.get("in_channels", 3)) == 3
+
+    def get(split: str, rows: np.ndarray) -> np.ndarray:
+        try:
+            ds = _dataset(target.dataset, kw.get("size"), as_rgb, kw.get("data_dir"), kw.get("seed"))
+        except HistoError as exc:
+            raise HistoError(f"cannot reopen {target.dataset} to show tiles: {exc}") from None
+        s = ds.split(split)
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and rows.max() >= len(s):
+            raise HistoError(f"{split}: the embeddings refer to row {int(rows.max())}, but the dataset now has "
+                             f"{len(s)} tiles; compute the embeddings again")
+        return s.get(rows)
+    return get
+
+
+def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, k: int = 8) -> None:
+    """For one classified tile: the k nearest training tiles (cosine, in the model's feature space) with their
+    labels and distances, and the k-NN vote next to the model's prediction (a warning when they disagree)."""
+    from histo_core.embeddings import target_for, tile_features
+    from histo_core.similar import knn_vote
+
+    with st.expander("Most similar training tiles", expanded=False):
+        try:
+            target = target_for(entry.ref)
+        except HistoError as exc:
+            st.caption(f"Not available: {exc}")
+            return
+        store = current_store(target)
+        if store is None:
+            st.caption("The training tiles of this model are not embedded yet (a run trained before this feature, or "
+                       "an export). Compute them once, in the background:")
+            job_panel(target, [target.model_ref], "embed", "Embed the training tiles", key=f"{key}_embed")
+            return
+        try:
+            index = _index(target.model_ref, int(store.meta.get("model_mtime_ns", 0)))
+        except HistoError as exc:
+            st.caption(f"Not available: {exc}")
+            return
+        feats, _ = tile_features(loaded.model, loaded.meta, tile[None])
+        hits = index.search(feats, min(k, len(index)))
+        voted, share = knn_vote(hits.labels, hits.distances, len(index.classes))
+        pred = int(np.argmax(probs))
+        vote_name, pred_name = index.classes[int(voted[0])], loaded.meta.classes[pred]
+        line = (f"k-NN vote of the {hits.labels.shape[1]} nearest of {len(index):,} training tiles: **{vote_name}** "
+                f"({share[0]:.0%}) · model: **{pred_name}** ({probs[pred]:.1%})")
+        if vote_name != pred_name:
+            st.warning(line + " — the most similar training tiles disagree with the model: look closer.", icon="⚠️")
+        else:
+            st.markdown(line)
+        getter = dataset_tiles(target, store.meta)
+        splits, rows = hits.splits[0], hits.rows[0]
+        try:
+            imgs = [getter(str(s), np.asarray([r]))[0] for s, r in zip(splits, rows)]
+        except HistoError as exc:
+            st.caption(str(exc))
+            imgs = None
+        caps = [f"{index.classes[int(l)]} · d={d:.3f} · {s} #{r}"
+                for l, d, s, r in zip(hits.labels[0], hits.distances[0], splits, rows)]
+        if imgs is not None:
+            tile_grid(imgs, caps, columns=4, px=112)
+        else:
+            st.dataframe(pd.DataFrame({"neighbour": caps}), hide_index=True)
