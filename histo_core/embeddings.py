@@ -374,7 +374,8 @@ def embed(target: EmbedTarget, splits: Sequence[str] | None = None, *, model: nn
             feats = None
             with model_lock(model), torch.inference_mode():
                 for start, tiles in source.iter_sequential(batch):
-                    x = to_model_input(tiles, meta.mean, meta.std, device, size=meta.input_size)  # resized when
+                    x = to_model_input(tiles, meta.mean, meta.std, device, size=meta.input_size,  # resized when
+                                       stain_ref=meta.stain)
                     f, p = forward_features(model, x)  # a frozen model embeds tiles of another size
                     if feats is None:
                         dims = f.shape[1]
@@ -437,6 +438,9 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+END_OF_TRAINING_MAX_POINTS = 5_000
+
+
 def embed_at_end_of_training(run, model: nn.Module, log: Callable[[str], None]) -> None:
     """The trainer's hook: embed the run's dataset with its final model. Never fails the run: a problem is
     logged, and `python -m histo_core embed RUN` can redo it later."""
@@ -444,7 +448,9 @@ def embed_at_end_of_training(run, model: nn.Module, log: Callable[[str], None]) 
         return
     try:
         target = target_for(str(run.path))
-        store = embed(target, model=model)
+        # the map drawn inside the training process is capped lower than on demand (t-SNE of 20,000 points
+        # takes minutes on 2 cores); `python -m histo_core embed RUN` redraws it with up to MAX_POINTS
+        store = embed(target, model=model, max_points=min(MAX_POINTS, END_OF_TRAINING_MAX_POINTS))
         log(f"embeddings: {sum(store.meta['counts'].values()):,} tiles, {store.meta['dims']} dims, "
             f"{store.meta['projection']}, {store.meta['seconds']} s")
     except Exception as exc:  # noqa: BLE001 - an optional extra must never fail a finished training run
