@@ -234,7 +234,7 @@ CONTOUR_COLOUR = (0, 255, 0)  # green: absent from H&E, so the outline never ble
 
 
 def model_field(image: np.ndarray) -> np.ndarray:
-    """The model's field of view as RGB uint8 (`TileResult.field`: the part of an upload the model saw, found by
+    """The model's field of view as RGB uint8 (`TileResult.field_view`: the part of an upload the model saw, found by
     the one image path; grayscale repeated to 3 channels)."""
     arr = np.asarray(image, dtype=np.uint8)
     if arr.ndim == 2:
@@ -252,7 +252,7 @@ def _resize_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def cam_on_original(image: np.ndarray, cam: np.ndarray, view: str = "overlay", alpha: float = 0.35,
                     threshold: float = 0.5) -> np.ndarray:
-    """The map drawn on the part of the upload the model saw (`image`: `TileResult.field`), at that image's own
+    """The map drawn on the part of the upload the model saw (`image`: `TileResult.field_view`), at that image's own
     resolution (the map, computed on the model's small input, is upsampled bilinearly), RGB uint8.
 
     view "overlay": the jet-coloured map blended in at opacity `alpha`; "contour": the tissue untouched, with a

@@ -412,7 +412,7 @@ class TileResult:
     error: str | None = None
     tile: np.ndarray | None = None  # uint8 model input (S, S, C)
     preview: np.ndarray | None = None  # the decoded image, longer side at most PREVIEW_PX, for display
-    field: np.ndarray | None = None  # the part of it the model saw (its field of view), at most PREVIEW_PX
+    field_view: np.ndarray | None = None  # the part of it the model saw (its field of view), at most PREVIEW_PX
     width: int = 0
     height: int = 0
     mode_note: str = ""
@@ -448,7 +448,7 @@ def prepare_upload(data: bytes, name: str, meta: ModelMeta, mpp: float | None = 
         return TileResult(name=display_name(name), error=str(exc))
     top, left, side = centre_box(decoded.height, decoded.width, field_region(meta, mpp))
     field_view = _preview(decoded.array[top:top + side, left:left + side])
-    return TileResult(name=decoded.name, tile=tile, preview=_preview(decoded.array), field=field_view,
+    return TileResult(name=decoded.name, tile=tile, preview=_preview(decoded.array), field_view=field_view,
                       width=decoded.width, height=decoded.height, mode_note=decoded.mode_note, notes=notes)
 
 

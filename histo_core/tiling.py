@@ -135,16 +135,19 @@ def classify_large_image(loaded: LoadedModel, image: np.ndarray, tile_px: int | 
                     image_shape=(h, w), notes=notes)
 
 
+# Distinct colours that stand out on H&E: no pinks, purples, mauves or greys, which blend into stained
+# tissue and glass (from Sasha Trubetskoy's list of 20 distinct colours, those kept).
+_MAP_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#42d4f4", "#bfef45", "#469990",
+                "#9a6324", "#000075", "#808000", "#000000", "#aaffc3", "#800000"]
+
+
 def class_colours(n: int) -> np.ndarray:
-    """(n, 3) uint8 distinct colours (tab10, then tab20, then evenly spaced hues)."""
+    """(n, 3) uint8 distinct colours that do not blend into H&E (then evenly spaced hues beyond 14 classes)."""
+    if n <= len(_MAP_COLOURS):
+        return np.array([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in _MAP_COLOURS[:n]], np.uint8)
     from matplotlib import colormaps
 
-    if n <= 10:
-        cols = colormaps["tab10"](np.arange(n))[:, :3]
-    elif n <= 20:
-        cols = colormaps["tab20"](np.arange(n))[:, :3]
-    else:
-        cols = colormaps["hsv"](np.linspace(0, 1, n, endpoint=False))[:, :3]
+    cols = colormaps["hsv"](np.linspace(0, 1, n, endpoint=False))[:, :3]
     return (cols * 255).round().astype(np.uint8)
 
 

@@ -96,7 +96,7 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
             left.image(r.model_view, caption=f"as the model sees it: {meta.stain['method'].capitalize()} "
                                              f"stain-normalised, {meta.input_size} px", width=224)
         show_cam(r.tile, cam, options, meta.classes[target], container=middle, predicted=target == r.pred,
-                 original=r.field, width=224)
+                 original=r.field_view, width=224)
         faithfulness_note(loaded, r.tile, cam, target, options["method"], model_key, container=middle)
         with right:
             st.plotly_chart(probability_figure(r.probs, meta.classes, highlight=r.pred), key=f"classify_probs_{i}",

@@ -193,7 +193,7 @@ def test_cam_on_original_keeps_the_images_resolution_and_the_crop():
     from histo_core.explain import cam_on_original, model_field
 
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)  # the field the model saw (TileResult.field)
+    image = rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)  # the field the model saw (TileResult.field_view)
     cam = np.zeros((28, 28), np.float32)
     cam[10:18, 10:18] = 1.0
     field = model_field(image)

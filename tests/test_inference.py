@@ -311,7 +311,7 @@ def test_classify_uploads_keeps_order_and_reports_bad_files():
     assert results[2].tile.shape == (28, 28, 3) and any("repeated to 3 channels" in n for n in results[2].notes)
     assert results[3].preview.shape == (round(PREVIEW_PX * 2 / 3), PREVIEW_PX, 3) and (results[3].width, results[3].height) == (900, 600)
     assert any("centre 224x224 px" in n for n in results[3].notes)
-    assert results[3].field.shape == (224, 224, 3)  # the part the model saw, for the CAM at full resolution
+    assert results[3].field_view.shape == (224, 224, 3)  # the part the model saw, for the CAM at full resolution
     direct = predict(loaded, np.stack([results[0].tile, results[2].tile]))
     np.testing.assert_allclose(np.stack([results[0].probs, results[2].probs]), direct, atol=1e-6)
     assert results[0].pred == int(direct[0].argmax()) and results[0].confidence == pytest.approx(float(direct[0].max()))

@@ -93,6 +93,19 @@ def test_render_and_legend():
     assert len({tuple(c) for c in class_colours(25)}) == 25
 
 
+def test_class_map_colours_stand_out_on_he():
+    """No pink, purple, mauve or grey (they blend into H&E): each of the first 14 colours is far from those."""
+    import colorsys
+
+    colours = class_colours(14)
+    assert len({tuple(c) for c in colours}) == 14
+    for r, g, b in colours / 255.0:
+        h, light, sat = colorsys.rgb_to_hls(r, g, b)
+        grey = sat < 0.15 and 0.15 < light < 0.9
+        pink_purple = 0.72 < h < 0.95 and sat > 0.15 and light > 0.2  # (crimson red, h 0.96, stands out)
+        assert not grey and not pink_purple, (r, g, b)
+
+
 def test_real_breakhis_image(trained_pathmnist_run, shared_data):
     files = sorted((shared_data / "tiles" / "breakhis-400x").rglob("*.png"))
     if not files:
