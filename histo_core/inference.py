@@ -116,11 +116,6 @@ def source_scale(dataset: dict) -> tuple[int | None, float | None]:
     return (int(px) if px else None), (float(mpp) if mpp else None)
 
 
-def native_tile_px(dataset: dict) -> int | None:
-    """The source-pixel size of one training tile, when the dataset records it or is a known downsampled set."""
-    return source_scale(dataset)[0]
-
-
 # -- finding and loading ---------------------------------------------------------------------------
 def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
     """(checkpoint file, display label, dataset dict) for a run directory, a run id, a .pt file or an export name."""

@@ -15,7 +15,9 @@ Macenko (Macenko et al. 2009): optical density OD = -log((I + 1) / Io); pixels w
 channel are tissue; the plane of the two largest eigenvectors of their OD covariance holds the H and E
 vectors, found at the alpha / 100 - alpha percentiles of the angle in that plane; concentrations are
 rescaled so their 99th percentile matches the reference's, and recomposed with the reference's stain
-vectors. A tile with fewer than MIN_TISSUE_FRACTION tissue pixels is returned as it is.
+vectors. A tile with fewer than MIN_TISSUE_FRACTION tissue pixels gets default H&E vectors (its own estimate
+would be noise) and is rescaled like any other, as in the normalisation NCT-CRC-HE-100K went through; white
+glass (OD <= 0) stays white.
 
 Reinhard (Reinhard et al. 2001): per-channel mean and standard deviation in CIELAB matched to the
 reference's (on tissue pixels; background stays white).
@@ -175,7 +177,6 @@ def fit_reference(method: str, tiles_uint8: np.ndarray, seed: int = 0) -> dict[s
     # tile (per tile, like any input) changes it little.
     if method == "macenko":
         he, max_c = _macenko_estimate(od[usable], mask[usable])
-        he, max_c = he, max_c
         he = he.median(dim=0).values
         he = he / he.norm(dim=0, keepdim=True)
         return {"method": "macenko", "stain_matrix": he.tolist(), "max_concentration": max_c.median(dim=0).values.tolist(),
