@@ -203,7 +203,9 @@ def test_shipped_model_card_round_trips_and_is_offered(shipped_model):
     assert loaded.meta.stain == card["stain"] and loaded.meta.field_um == card["field_of_view"]["field_um"]
     assert loaded.meta.ood is not None
     entries = [e for e in list_models() if e.kind == "shipped"]
-    assert card["name"] in [e.name for e in entries]
-    assert all("ready-made model shipped in weights/" in e.label for e in entries)
+    assert card["name"] in [e.name for e in entries] and all(e.cv_accuracy for e in entries)
+    from pages.ui.classify import model_label
+
+    assert all("ready-made model shipped in weights/" in model_label(e) for e in entries)
     assert load_model(card["name"]).source == str(shipped_model.resolve())  # by name, as predict takes it
     assert paths.shipped_weights_dir() == shipped_model.parent

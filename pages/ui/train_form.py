@@ -27,8 +27,10 @@ OUTSIDE_FORM = ("dataset", "size", "as_rgb", "data_dir", "started_by")
 CHOICES: dict[str, tuple[str, ...]] = {
     "arch": tuple(ARCHITECTURES), "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES, "noise_mode": C.NOISE_MODES,
     "loss": C.LOSSES, "mode": C.MODES, "monitor": C.MONITORS, "device": C.DEVICES,
-    "train_splits": getattr(C, "TRAIN_SPLITS", ("train",)),
+    "train_splits": getattr(C, "TRAIN_SPLITS", ("train",)), "stain_norm": C.STAIN_NORMS,
 }
+# float fields where None means "unknown": a number input on which 0 stands for None
+UNKNOWN_AS_ZERO = ("mpp",)
 
 CHOICE_LABELS = {
     "noise_mode": {"batch": "batch: labels re-flipped in every batch", "fixed": "fixed: one noisy label set for all "
@@ -41,6 +43,8 @@ CHOICE_LABELS = {
     "schedule": {"none": "constant", "step": "step decay", "cosine": "cosine annealing", "onecycle": "one-cycle"},
     "train_splits": {"train": "train (validate on val)", "train+val": "train+val (no validation; last epoch wins)"},
     "device": {"auto": "auto (GPU when present)", "cpu": "cpu", "cuda": "cuda"},
+    "stain_norm": {"none": "none", "macenko": "Macenko (stain vectors and concentrations)",
+                   "reinhard": "Reinhard (colour statistics in CIELAB)"},
 }
 
 # group -> [(field, label, extra widget kwargs)]
@@ -80,6 +84,15 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("augment.contrast", "Contrast jitter", {"step": 0.05, "format": "%.2f"}),
         ("augment.saturation", "Saturation jitter", {"step": 0.05, "format": "%.2f"}),
         ("augment.hue", "Hue jitter", {"step": 0.01, "format": "%.2f"}),
+        ("augment.stain_jitter", "H&E stain jitter (HED space, 0 = off)", {"step": 0.01, "format": "%.2f"}),
+    ],
+    "Stain and scale": [
+        ("stain_norm", "Stain normalisation (training tiles and every input alike)",
+         {"help": "normalise every tile to the training set's stain; helps on tiles from other labs "
+                  "(benchmarks/RESULTS.md)"}),
+        ("mpp", "µm per pixel of the dataset's images (0 = unknown)",
+         {"min_value": 0.0, "step": 0.05, "format": "%.3f",
+          "help": "known for PathMNIST and PCam; for a folder or CSV it lets the model record its field of view"}),
     ],
     "Early stopping and splits": [
         ("early_stopping", "Stop early when the monitored metric stops improving", {}),
@@ -128,6 +141,8 @@ def apply_defaults(defaults: TrainConfig) -> None:
         if path == "device":
             continue  # the user's device choice produced these defaults; keep it
         value, kind = _get(defaults, path), _field_type(path)
+        if path in UNKNOWN_AS_ZERO:
+            value = float(value or 0.0)
         if kind is float and value is not None:
             value = float(value)  # number_input refuses an int value next to float steps
         st.session_state[PREFIX + path] = value
@@ -173,7 +188,7 @@ def field_widget(path: str, label: str, kwargs: dict[str, Any]) -> None:
         if path == "arch" and value in ARCHITECTURES:
             st.caption(ARCHITECTURES[value].description)
         return
-    kind = _field_type(path)
+    kind = float if path in UNKNOWN_AS_ZERO else _field_type(path)
     if kind is bool:
         st.checkbox(label, key=key, **{k: v for k, v in kwargs.items() if k in ("help", "disabled")})
     elif kind is int:
@@ -205,6 +220,8 @@ def config_from_state(base: TrainConfig) -> TrainConfig:
         if key not in st.session_state:
             continue
         value = st.session_state[key]
+        if path in UNKNOWN_AS_ZERO:
+            value = float(value) if value else None
         kind = _field_type(path)
         if kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)
