@@ -343,16 +343,19 @@ class ModelEntry:
     test_accuracy: float | None
     test_auc: float | None
     cv_accuracy: float | None = None
-    title: str = ""  # the run's name when it has one
+
+    @property
+    def accuracy_text(self) -> str:
+        """How good it is, in words: test accuracy, else cross-validated accuracy (ready-made models)."""
+        if self.test_accuracy is not None:
+            return f"test accuracy {self.test_accuracy:.1%}"
+        if self.cv_accuracy is not None:
+            return f"cross-validated accuracy {self.cv_accuracy:.1%}"
+        return "no test metrics"
 
     @property
     def label(self) -> str:
-        if self.test_accuracy is not None:
-            acc = f"test acc {self.test_accuracy:.3f}"
-        elif self.cv_accuracy is not None:
-            acc = f"cross-validated acc {self.cv_accuracy:.3f}"
-        else:
-            acc = "no test metrics"
+        acc = self.accuracy_text
         if self.kind == "shipped":
             return (f"{self.name} · ready-made model shipped in weights/ · {self.arch} · {self.dataset} · "
                     f"{len(self.classes)} classes · {acc}")

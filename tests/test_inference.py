@@ -290,7 +290,7 @@ def test_list_models_runs_and_exports():
     entries = list_models()
     assert [(e.kind, e.name) for e in entries] == [("run", "20250101-000000-a"), ("export", "exp")]
     run_entry, exp_entry = entries
-    assert run_entry.synthetic and run_entry.label.startswith("SYNTHETIC") and "test acc 0.750" in run_entry.label
+    assert run_entry.synthetic and run_entry.label.startswith("SYNTHETIC") and "test accuracy 75.0%" in run_entry.label
     assert exp_entry.test_accuracy == 0.8 and not exp_entry.synthetic
     assert load_model(exp_entry.ref).meta.classes == tuple(CLASSES)
     assert load_model(run_entry.ref).label == "20250101-000000-a"

@@ -91,12 +91,7 @@ def model_label(entry: ModelEntry) -> str:
 
         given = RunDir(entry.ref).config().get("name")
         name = f"{given} ({entry.name})" if given else entry.name
-    if entry.test_accuracy is not None:
-        acc = f"test accuracy {entry.test_accuracy:.1%}"
-    elif entry.cv_accuracy is not None:
-        acc = f"cross-validated accuracy {entry.cv_accuracy:.1%}"
-    else:
-        acc = "no test metrics"
+    acc = entry.accuracy_text
     tag = "SYNTHETIC · " if entry.synthetic else ""
     kind = {"run": "run", "shipped": "ready-made model shipped in weights/"}.get(entry.kind, "exported model")
     return f"{tag}{name} · {kind} · {entry.arch} on {entry.dataset} · {acc}"
