@@ -85,14 +85,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def stderr_progress(job_status: str | None = None) -> Callable[[float, str], None]:
-    """Progress lines on stderr (at most one per 0.5 s, plus the last), mirrored into a job status file."""
-    last = [0.0]
+    """Progress lines on stderr, mirrored into a job status file: at most one per 0.5 s within a step, but
+    always the first line of a new step (a message that differs by more than its numbers) and the last."""
+    import re
+
+    last = [0.0, ""]
 
     def report(fraction: float, message: str) -> None:
         now = time.monotonic()
-        if fraction < 1.0 and now - last[0] < 0.5:
+        step = re.sub(r"\d+", "#", message)
+        if fraction < 1.0 and now - last[0] < 0.5 and step == last[1]:
             return
-        last[0] = now
+        last[0], last[1] = now, step
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
         if job_status:
             from histo_core.jobs import write_job_status
