@@ -956,8 +956,8 @@ def ood_calibration(data: TrainData, heldout: dict[str, np.ndarray], device: tor
     """The "unlike the training tiles" thresholds (histo_core.ood): colour statistics of the training tiles as
     the model sees them, and the confidence on the validation split (else the test split)."""
     split = "val" if "val" in heldout else "test" if "test" in heldout else None
-    sample = data.train.read_range(0, min(len(data.train), 2000)) if not data.train.streamed else \
-        data.train.read_range(0, min(len(data.train), pipeline.LAZY_CHUNK))
+    limit = pipeline.LAZY_CHUNK if data.train.streamed else 2000  # streamed: one contiguous chunk, one read
+    sample = data.train.read_range(0, min(len(data.train), limit))
     tiles01 = stain.normalize_batch(pipeline.to_float01(sample, "cpu", data.input_size), data.stain)
     return ood.calibrate(tiles01, heldout.get(split) if split else None, split or "")
 
