@@ -35,12 +35,18 @@ Histo Explorer puts the whole tile-classifier workflow in one place, with a CLI
 )
 
 cols = st.columns(7)
-for col, (page, label, icon) in zip(cols, [
-    ("pages/1_Datasets.py", "Datasets", "🗂️"), ("pages/2_Train.py", "Train", "🏋️"),
-    ("pages/3_Runs.py", "Runs", "📈"), ("pages/4_Compare.py", "Compare", "⚖️"),
-    ("pages/5_Classify.py", "Classify", "🔎"), ("pages/6_Review.py", "Review", "🧐"),
-    ("pages/7_Feature_map.py", "Feature map", "🗺️"),
-]):
+for col, (page, label, icon) in zip(
+    cols,
+    [
+        ("pages/1_Datasets.py", "Datasets", "🗂️"),
+        ("pages/2_Train.py", "Train", "🏋️"),
+        ("pages/3_Runs.py", "Runs", "📈"),
+        ("pages/4_Compare.py", "Compare", "⚖️"),
+        ("pages/5_Classify.py", "Classify", "🔎"),
+        ("pages/6_Review.py", "Review", "🧐"),
+        ("pages/7_Feature_map.py", "Feature map", "🗺️"),
+    ],
+):
     with col:
         st.page_link(page, label=label, icon=icon)
 
@@ -53,22 +59,33 @@ else:
     for run in runs:
         cfg, status, results = run.config(), run.status(), run.results() or {}
         test = results.get("test") or {}
-        table.append({
-            "run": cfg.get("name") or run.id, "state": status.state,
-            "test accuracy": f"{test['accuracy']:.1%}" if test.get("accuracy") is not None else "-",
-            "test AUC": f"{test['auc']:.3f}" if test.get("auc") is not None else "-",
-            "progress": f"{status.progress:.0%}", "architecture": cfg.get("arch"),
-            "dataset": run.dataset().get("title", cfg.get("dataset")),
-            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(status.created_at)) if status.created_at else "",
-            "run id": run.id,
-        })
+        table.append(
+            {
+                "run": cfg.get("name") or run.id,
+                "state": status.state,
+                "test accuracy": f"{test['accuracy']:.1%}" if test.get("accuracy") is not None else "-",
+                "test AUC": f"{test['auc']:.3f}" if test.get("auc") is not None else "-",
+                "progress": f"{status.progress:.0%}",
+                "architecture": cfg.get("arch"),
+                "dataset": run.dataset().get("title", cfg.get("dataset")),
+                "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(status.created_at))
+                if status.created_at
+                else "",
+                "run id": run.id,
+            }
+        )
     st.dataframe(table, hide_index=True, width="stretch")
 st.caption(f"Runs directory: `{paths.runs_dir()}` (set HISTO_RUNS_DIR to change).")
 
 st.subheader("Datasets available here")
 from histo_core.datasets.catalog import available_datasets  # noqa: E402
 
-st.dataframe([{"dataset": r.title, "spec": r.spec, "source": r.source} for r in available_datasets()],
-             hide_index=True, width="stretch")
-st.caption(f"Dataset cache: `{paths.data_dir()}` (set HISTO_DATA_DIR to change). "
-           "Download MedMNIST sets or add local files on the Datasets page.")
+st.dataframe(
+    [{"dataset": r.title, "spec": r.spec, "source": r.source} for r in available_datasets()],
+    hide_index=True,
+    width="stretch",
+)
+st.caption(
+    f"Dataset cache: `{paths.data_dir()}` (set HISTO_DATA_DIR to change). "
+    "Download MedMNIST sets or add local files on the Datasets page."
+)

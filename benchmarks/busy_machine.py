@@ -31,8 +31,20 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "pathmnist-mini" / "pathmnist.n
 def train_once(dataset: str, epochs: int, policy: str, runs: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env["OMP_WAIT_POLICY"] = "" if policy == "default" else "PASSIVE"
-    cmd = [sys.executable, "-m", "histo_core", "train", "--dataset", dataset, "--epochs", str(epochs), "--no-tta",
-           "--runs-dir", str(runs), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "histo_core",
+        "train",
+        "--dataset",
+        dataset,
+        "--epochs",
+        str(epochs),
+        "--no-tta",
+        "--runs-dir",
+        str(runs),
+        "--json",
+    ]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -61,11 +73,17 @@ def main(argv=None) -> int:
             spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
             try:
                 for policy in ("default", "passive"):
-                    row = {"competitors": n, "policy": policy, **train_once(args.dataset, args.epochs, policy, Path(tmp))}
+                    row = {
+                        "competitors": n,
+                        "policy": policy,
+                        **train_once(args.dataset, args.epochs, policy, Path(tmp)),
+                    }
                     results.append(row)
                     if not args.json:
-                        print(f"{n} competitors  {policy:8s}  {row['img_per_s']:8.1f} img/s  {row['wall_s']:6.1f} s wall",
-                              flush=True)
+                        print(
+                            f"{n} competitors  {policy:8s}  {row['img_per_s']:8.1f} img/s  {row['wall_s']:6.1f} s wall",
+                            flush=True,
+                        )
             finally:
                 for s in spinners:
                     s.kill()

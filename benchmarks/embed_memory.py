@@ -43,8 +43,12 @@ def child(cmd: list[str], env: dict[str, str]) -> dict:
         doc = json.loads(stdout)
     except json.JSONDecodeError:
         doc = {"error": f"exit {code}: {stderr.strip().splitlines()[-1:]}"}
-    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "seconds": round(time.perf_counter() - t0, 1),
-            "exit": code, "doc": doc}
+    return {
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "exit": code,
+        "doc": doc,
+    }
 
 
 def main(argv=None) -> int:
@@ -56,33 +60,80 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = p.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="embed-memory-"))
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HISTO_RUNS_DIR=str(base / "runs"),
-               OMP_NUM_THREADS=str(args.threads))
+    env = dict(
+        os.environ, OMP_WAIT_POLICY="PASSIVE", HISTO_RUNS_DIR=str(base / "runs"), OMP_NUM_THREADS=str(args.threads)
+    )
     try:
         folder = base / "pcam"
         folder.mkdir()
         size = write_pcam(folder, args.tiles, _pattern_tiles())
         run_dir = args.run
         env_train = dict(env, HISTO_EMBED_AFTER_TRAINING="0")
-        train = {"doc": {"run_dir": run_dir}} if run_dir else child([sys.executable, "-m", "histo_core", "train", "--dataset", "synthetic", "--size", "96",
-                       "--arch", "simplecnn", "--epochs", "1", "--no-tta",
-                       "--threads", str(args.threads), "--json"], env_train)
+        train = (
+            {"doc": {"run_dir": run_dir}}
+            if run_dir
+            else child(
+                [
+                    sys.executable,
+                    "-m",
+                    "histo_core",
+                    "train",
+                    "--dataset",
+                    "synthetic",
+                    "--size",
+                    "96",
+                    "--arch",
+                    "simplecnn",
+                    "--epochs",
+                    "1",
+                    "--no-tta",
+                    "--threads",
+                    str(args.threads),
+                    "--json",
+                ],
+                env_train,
+            )
+        )
         run_dir = train["doc"].get("run_dir")
         if not run_dir:
             raise SystemExit(f"training the small model failed: {train['doc']}")
-        embed = child([sys.executable, "-m", "histo_core", "embed", str(run_dir), "--dataset", str(folder),
-                       "--max-points", str(args.max_points), "--json"], env)
+        embed = child(
+            [
+                sys.executable,
+                "-m",
+                "histo_core",
+                "embed",
+                str(run_dir),
+                "--dataset",
+                str(folder),
+                "--max-points",
+                str(args.max_points),
+                "--json",
+            ],
+            env,
+        )
         meta = embed.get("doc") or {}
-        result = {"tiles": args.tiles + 2 * 2048, "file_mb": round(size / 2 ** 20, 1),
-                  "embed_peak_rss_mb": embed["peak_rss_mb"], "embed_seconds": embed["seconds"], "exit": embed["exit"],
-                  "tiles_embedded": sum((meta.get("counts") or {}).values()), "dims": meta.get("dims"),
-                  "projected": meta.get("projected"), "projection": meta.get("projection"),
-                  "sample_rule": meta.get("sample_rule"), "error": meta.get("error")}
+        result = {
+            "tiles": args.tiles + 2 * 2048,
+            "file_mb": round(size / 2**20, 1),
+            "embed_peak_rss_mb": embed["peak_rss_mb"],
+            "embed_seconds": embed["seconds"],
+            "exit": embed["exit"],
+            "tiles_embedded": sum((meta.get("counts") or {}).values()),
+            "dims": meta.get("dims"),
+            "projected": meta.get("projected"),
+            "projection": meta.get("projection"),
+            "sample_rule": meta.get("sample_rule"),
+            "error": meta.get("error"),
+        }
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(json.dumps(result, indent=2) if args.json else
-          f"{result['tiles_embedded']:,} tiles embedded: peak RSS {result['embed_peak_rss_mb']} MB, "
-          f"{result['embed_seconds']} s; {result['projection']} on {result['sample_rule']}")
+    print(
+        json.dumps(result, indent=2)
+        if args.json
+        else f"{result['tiles_embedded']:,} tiles embedded: peak RSS {result['embed_peak_rss_mb']} MB, "
+        f"{result['embed_seconds']} s; {result['projection']} on {result['sample_rule']}"
+    )
     return 0
 
 

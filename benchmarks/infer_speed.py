@@ -23,8 +23,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -44,11 +44,13 @@ def png_bytes(arr: np.ndarray) -> bytes:
 def upload_files(n: int) -> tuple[list[tuple[str, bytes]], str]:
     real = sorted(SHARED_TILES.glob("*/*.png")) if SHARED_TILES.is_dir() else []
     if real:
-        return [(real[i % len(real)].name, real[i % len(real)].read_bytes()) for i in range(n)], \
-            f"{len(real)} real 224 px PathMNIST PNGs from {SHARED_TILES}, cycled"
+        return [
+            (real[i % len(real)].name, real[i % len(real)].read_bytes()) for i in range(n)
+        ], f"{len(real)} real 224 px PathMNIST PNGs from {SHARED_TILES}, cycled"
     rng = np.random.default_rng(0)
-    return [(f"t{i}.png", png_bytes(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))) for i in range(n)], \
-        "generated 224 px noise PNGs (../shared/data absent)"
+    return [
+        (f"t{i}.png", png_bytes(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))) for i in range(n)
+    ], "generated 224 px noise PNGs (../shared/data absent)"
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -73,9 +75,20 @@ def model_spec(args: argparse.Namespace, tmp: Path) -> str:
     classes = [f"class {i}" for i in range(9)]
     model = build_model(args.arch, len(classes), 3, args.size)
     path = tmp / f"{args.arch}.pt"
-    save_checkpoint(path, model, {"arch": args.arch, "num_classes": 9, "in_channels": 3, "input_size": args.size,
-                                  "classes": classes, "mean": [0.5] * 3, "std": [0.25] * 3,
-                                  "dataset": {"name": "pathmnist", "title": "benchmark", "synthetic": False}})
+    save_checkpoint(
+        path,
+        model,
+        {
+            "arch": args.arch,
+            "num_classes": 9,
+            "in_channels": 3,
+            "input_size": args.size,
+            "classes": classes,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "dataset": {"name": "pathmnist", "title": "benchmark", "synthetic": False},
+        },
+    )
     return str(path)
 
 
@@ -103,10 +116,19 @@ def run(args: argparse.Namespace) -> dict:
             return results
 
         out = {
-            "benchmark": "infer_speed", "device": "cpu", "threads": args.threads, "arch": meta.arch,
-            "input_size": meta.input_size, "model": args.model or "random weights", "cam_method": args.cam,
-            "repeats": args.repeats, "upload_source": source, "upload_tiles": args.n,
-            "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "benchmark": "infer_speed",
+            "device": "cpu",
+            "threads": args.threads,
+            "arch": meta.arch,
+            "input_size": meta.input_size,
+            "model": args.model or "random weights",
+            "cam_method": args.cam,
+            "repeats": args.repeats,
+            "upload_source": source,
+            "upload_tiles": args.n,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
         }
         out["one_tile_s"] = round(median_time(lambda: classify(one, False), args.repeats), 4)
         out["one_tile_gradcam_s"] = round(median_time(lambda: classify(one, True), args.repeats), 4)
@@ -115,12 +137,14 @@ def run(args: argparse.Namespace) -> dict:
         # where the 100-tile time goes
         from histo_core.inference import predict, prepare_upload
 
-        out["upload_100_decode_preprocess_s"] = round(median_time(
-            lambda: [prepare_upload(d, n, meta) for n, d in files], args.repeats), 3)
+        out["upload_100_decode_preprocess_s"] = round(
+            median_time(lambda: [prepare_upload(d, n, meta) for n, d in files], args.repeats), 3
+        )
         tiles = np.stack([prepare_upload(d, n, meta).tile for n, d in files])
         out["upload_100_predict_only_s"] = round(median_time(lambda: predict(loaded, tiles), args.repeats), 4)
-        out["upload_100_gradcam_only_s"] = round(median_time(
-            lambda: compute_cams(loaded.model, meta, tiles, args.cam), args.repeats), 3)
+        out["upload_100_gradcam_only_s"] = round(
+            median_time(lambda: compute_cams(loaded.model, meta, tiles, args.cam), args.repeats), 3
+        )
         out["targets"] = {"upload_100_s": 2.0, "upload_100_gradcam_s": 10.0}
         out["meets_targets"] = {k: out[k] < v for k, v in out["targets"].items()}
     return out

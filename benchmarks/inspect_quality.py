@@ -56,7 +56,9 @@ def main(argv=None) -> int:
     cfg = json.loads((Path(run) / "config.json").read_text()) if Path(run, "config.json").exists() else {}
     with np.load(MINI) as z:
         test_x, test_y = z["test_images"], z["test_labels"].reshape(-1)
-        ref_x = [("train", z["train_images"])] + ([("val", z["val_images"])] if cfg.get("train_splits") == "train+val" else [])
+        ref_x = [("train", z["train_images"])] + (
+            [("val", z["val_images"])] if cfg.get("train_splits") == "train+val" else []
+        )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         test_doc = cli("similar", run, *map(str, write_pngs(tmp / "test", test_x, "t")), "--k", str(args.k), "--json")
@@ -78,16 +80,22 @@ def main(argv=None) -> int:
     truth = [classes[int(y)] for y in test_y]
     n = len(recs)
     result = {
-        "run": Path(run).name, "arch": cfg.get("arch"), "k": args.k, "reference_tiles": test_doc["reference_tiles"],
+        "run": Path(run).name,
+        "arch": cfg.get("arch"),
+        "k": args.k,
+        "reference_tiles": test_doc["reference_tiles"],
         "test_tiles": n,
         "model_accuracy": sum(r["prediction"] == t for r, t in zip(recs, truth)) / n,
         "knn_accuracy": sum(r["knn_vote"] == t for r, t in zip(recs, truth)) / n,
         "agreement": sum(r["agree"] for r in recs) / n,
         "top1_label_accuracy": sum(r["neighbours"][0]["label"] == t for r, t in zip(recs, truth)) / n,
-        "disagreements": {"model_right": sum(r["prediction"] == t for r, t in zip(recs, truth) if not r["agree"]),
-                          "knn_right": sum(r["knn_vote"] == t for r, t in zip(recs, truth) if not r["agree"]),
-                          "count": sum(not r["agree"] for r in recs)},
-        "training_tiles_returning_themselves_first": f"{self_hits}/{n_ref}", "max_self_distance": self_dist,
+        "disagreements": {
+            "model_right": sum(r["prediction"] == t for r, t in zip(recs, truth) if not r["agree"]),
+            "knn_right": sum(r["knn_vote"] == t for r, t in zip(recs, truth) if not r["agree"]),
+            "count": sum(not r["agree"] for r in recs),
+        },
+        "training_tiles_returning_themselves_first": f"{self_hits}/{n_ref}",
+        "max_self_distance": self_dist,
         "faithfulness": quality["methods"],
     }
     if args.json:

@@ -47,22 +47,42 @@ def write_pcam(folder: Path, n_train: int, pool: tuple[np.ndarray, np.ndarray]) 
     rng = np.random.default_rng(n_train)
     total = 0
     for split, n in (("train", n_train), ("valid", EVAL_TILES), ("test", EVAL_TILES)):
-        with h5py.File(folder / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as fx, \
-                h5py.File(folder / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as fy:
+        with (
+            h5py.File(folder / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as fx,
+            h5py.File(folder / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as fy,
+        ):
             x = fx.create_dataset("x", shape=(n, 96, 96, 3), dtype=np.uint8)  # contiguous, like the official files
             y = fy.create_dataset("y", shape=(n, 1, 1, 1), dtype=np.uint8)
             for s in range(0, n, WRITE_CHUNK):
                 k = min(WRITE_CHUNK, n - s)
                 pick = rng.integers(0, len(images), k)
-                x[s:s + k] = images[pick]
-                y[s:s + k, 0, 0, 0] = labels[pick]
+                x[s : s + k] = images[pick]
+                y[s : s + k, 0, 0, 0] = labels[pick]
         total += (folder / f"camelyonpatch_level_2_split_{split}_x.h5").stat().st_size
     return total
 
 
 def train_child(folder: Path, runs: Path, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "histo_core", "train", "--dataset", str(folder), "--arch", "simplecnn", "--epochs", "1",
-           "--batch-size", "128", "--threads", str(threads), "--no-tta", "--runs-dir", str(runs), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "histo_core",
+        "train",
+        "--dataset",
+        str(folder),
+        "--arch",
+        "simplecnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--threads",
+        str(threads),
+        "--no-tta",
+        "--runs-dir",
+        str(runs),
+        "--json",
+    ]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
@@ -77,8 +97,12 @@ def train_child(folder: Path, runs: Path, threads: int) -> dict:
     except json.JSONDecodeError:
         doc = {"state": f"exit {proc.returncode}: {stderr.strip().splitlines()[-1:] or ''}"}
     peak_kb = usage.ru_maxrss  # kilobytes on Linux
-    return {"peak_rss_mb": round(peak_kb / 1024, 1), "seconds": round(seconds, 1), "state": doc.get("state"),
-            "test_accuracy": (doc.get("test") or {}).get("accuracy")}
+    return {
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "seconds": round(seconds, 1),
+        "state": doc.get("state"),
+        "test_accuracy": (doc.get("test") or {}).get("accuracy"),
+    }
 
 
 def main(argv=None) -> int:
@@ -96,11 +120,18 @@ def main(argv=None) -> int:
             folder = base / f"pcam-{n}"
             folder.mkdir(parents=True, exist_ok=True)
             size = write_pcam(folder, n, pool)
-            row = {"train_tiles": n, "file_mb": round(size / 2 ** 20, 1), **train_child(folder, base / "runs", args.threads)}
+            row = {
+                "train_tiles": n,
+                "file_mb": round(size / 2**20, 1),
+                **train_child(folder, base / "runs", args.threads),
+            }
             results.append(row)
             if not args.json:
-                print(f"{n:7d} train tiles ({row['file_mb']:.0f} MB of x files): peak RSS {row['peak_rss_mb']:.0f} MB, "
-                      f"{row['seconds']:.0f} s, {row['state']}, test accuracy {row['test_accuracy']}", flush=True)
+                print(
+                    f"{n:7d} train tiles ({row['file_mb']:.0f} MB of x files): peak RSS {row['peak_rss_mb']:.0f} MB, "
+                    f"{row['seconds']:.0f} s, {row['state']}, test accuracy {row['test_accuracy']}",
+                    flush=True,
+                )
             if not args.keep:
                 for f in folder.iterdir():
                     f.unlink()

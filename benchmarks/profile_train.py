@@ -27,7 +27,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     from torch.profiler import ProfilerActivity, profile
-
     from train_speed import build_ours, synthetic_tiles
 
     trainer, _ = build_ours(args.arch, "cpu", args.threads, args.compile, synthetic_tiles())

@@ -30,15 +30,25 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 
 NCT = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]  # PathMNIST's class order
-KATHER = {"01_TUMOR": "TUM", "02_STROMA": "STR", "04_LYMPHO": "LYM", "05_DEBRIS": "DEB", "06_MUCOSA": "NORM",
-          "07_ADIPOSE": "ADI", "08_EMPTY": "BACK"}
+KATHER = {
+    "01_TUMOR": "TUM",
+    "02_STROMA": "STR",
+    "04_LYMPHO": "LYM",
+    "05_DEBRIS": "DEB",
+    "06_MUCOSA": "NORM",
+    "07_ADIPOSE": "ADI",
+    "08_EMPTY": "BACK",
+}
 
 
 def tile_groups() -> dict[str, list[tuple[Path, int]]]:
     tiles = SHARED / "tiles"
     groups: dict[str, list[tuple[Path, int]]] = {"in-domain-224": [], "nonorm": [], "kather2016": []}
-    for group, folder in (("in-domain-224", tiles / "pathmnist-224"), ("in-domain-224", tiles / "crc-he" / "CRC-VAL-HE-7K"),
-                          ("nonorm", tiles / "crc-he" / "NCT-CRC-HE-100K-NONORM")):
+    for group, folder in (
+        ("in-domain-224", tiles / "pathmnist-224"),
+        ("in-domain-224", tiles / "crc-he" / "CRC-VAL-HE-7K"),
+        ("nonorm", tiles / "crc-he" / "NCT-CRC-HE-100K-NONORM"),
+    ):
         for cls_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
             groups[group] += [(f, NCT.index(cls_dir.name)) for f in sorted(cls_dir.iterdir())]
     for folder, abbrev in KATHER.items():
@@ -77,8 +87,11 @@ def measure(model_spec: str, mpp: float | None = None) -> dict:
 
 def _summary(probs: np.ndarray, labels: np.ndarray, flags: np.ndarray | None) -> dict:
     pred = probs.argmax(1)
-    return {"correct": int((pred == labels).sum()), "n": int(len(labels)),
-            "flagged": int(flags.sum()) if flags is not None else 0}
+    return {
+        "correct": int((pred == labels).sum()),
+        "n": int(len(labels)),
+        "flagged": int(flags.sum()) if flags is not None else 0,
+    }
 
 
 def main() -> None:

@@ -91,45 +91,86 @@ def main() -> None:
     model, meta = fit_arrays(cfg, images, labels, classes=classes)
     seen = stain.normalize_batch(pipeline.to_float01(images, "cpu"), meta.get("stain"))
     calibration = ood.calibrate(seen, oof, f"{args.folds}-fold out-of-fold")
-    meta["dataset"] = {"name": "pathmnist", "title": "PathMNIST (real tiles of pathmnist-mini, 28 px)",
-                       "source": "medmnist", "synthetic": False, "size": int(images.shape[1]), "channels": 3,
-                       "extra": {"flag": "pathmnist", "native_tile_px": 224, "mpp": 0.5}}
+    meta["dataset"] = {
+        "name": "pathmnist",
+        "title": "PathMNIST (real tiles of pathmnist-mini, 28 px)",
+        "source": "medmnist",
+        "synthetic": False,
+        "size": int(images.shape[1]),
+        "channels": 3,
+        "extra": {"flag": "pathmnist", "native_tile_px": 224, "mpp": 0.5},
+    }
     out_dir = Path(args.weights_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pt = out_dir / f"{args.name}.pt"
     config = cfg.to_dict()
-    save_checkpoint(pt, model, meta, ood=calibration, export={"name": args.name, "run_id": None, "shipped": True},
-                    metrics={"cv_accuracy": cv_acc})
+    save_checkpoint(
+        pt,
+        model,
+        meta,
+        ood=calibration,
+        export={"name": args.name, "run_id": None, "shipped": True},
+        metrics={"cv_accuracy": cv_acc},
+    )
 
     import real_tiles
 
     real = real_tiles.measure(str(pt))["groups"]
     card = {
-        "card_version": 2, "name": args.name, "file": pt.name, "shipped": True,
-        "arch": meta["arch"], "classes": classes, "num_classes": len(classes),
-        "input_size": int(meta["input_size"]), "in_channels": int(meta["in_channels"]),
-        "mean": meta["mean"], "std": meta["std"], "tta": bool(cfg.tta),
-        "field_of_view": {"source_tile_px": 224, "um_per_px": 0.5, "field_um": 112.0,
-                          "note": "PathMNIST tiles are NCT-CRC-HE 224 px tiles at 0.5 µm/px shrunk to 28 px"},
+        "card_version": 2,
+        "name": args.name,
+        "file": pt.name,
+        "shipped": True,
+        "arch": meta["arch"],
+        "classes": classes,
+        "num_classes": len(classes),
+        "input_size": int(meta["input_size"]),
+        "in_channels": int(meta["in_channels"]),
+        "mean": meta["mean"],
+        "std": meta["std"],
+        "tta": bool(cfg.tta),
+        "field_of_view": {
+            "source_tile_px": 224,
+            "um_per_px": 0.5,
+            "field_um": 112.0,
+            "note": "PathMNIST tiles are NCT-CRC-HE 224 px tiles at 0.5 µm/px shrunk to 28 px",
+        },
         "stain": meta.get("stain"),
-        "dataset": {"name": "pathmnist", "title": meta["dataset"]["title"], "source": "medmnist", "synthetic": False,
-                    "file": "../shared/data/pathmnist-mini/pathmnist.npz", "tiles": int(len(labels)),
-                    "licence": "CC BY 4.0 (PathMNIST / NCT-CRC-HE-100K)"},
-        "training": {"recipe": "default_config for the file, trained on all 240 tiles (train+val+test)",
-                     "config": config, "seed": args.seed,
-                     "command": f"python benchmarks/ship_model.py --name {args.name} --folds {args.folds} "
-                                f"--stain-norm {args.stain_norm} --stain-jitter {args.stain_jitter} --seed {args.seed}"},
+        "dataset": {
+            "name": "pathmnist",
+            "title": meta["dataset"]["title"],
+            "source": "medmnist",
+            "synthetic": False,
+            "file": "../shared/data/pathmnist-mini/pathmnist.npz",
+            "tiles": int(len(labels)),
+            "licence": "CC BY 4.0 (PathMNIST / NCT-CRC-HE-100K)",
+        },
+        "training": {
+            "recipe": "default_config for the file, trained on all 240 tiles (train+val+test)",
+            "config": config,
+            "seed": args.seed,
+            "command": f"python benchmarks/ship_model.py --name {args.name} --folds {args.folds} "
+            f"--stain-norm {args.stain_norm} --stain-jitter {args.stain_jitter} --seed {args.seed}",
+        },
         "metrics": {"cv_accuracy": cv_acc, "cv_folds": args.folds, "test_accuracy": None, "test_auc": None},
-        "real_tiles": {k: {"correct": v["correct"], "n": v["n"], "flagged_unlike_training": v["flagged"],
-                           **({"note": "these 40 tiles are among the 240 the model was trained on"}
-                              if k == "pathmnist-test" else {})}
-                       for k, v in real.items()},
+        "real_tiles": {
+            k: {
+                "correct": v["correct"],
+                "n": v["n"],
+                "flagged_unlike_training": v["flagged"],
+                **(
+                    {"note": "these 40 tiles are among the 240 the model was trained on"}
+                    if k == "pathmnist-test"
+                    else {}
+                ),
+            }
+            for k, v in real.items()
+        },
         "ood": {k: v for k, v in calibration.items() if not k.startswith("colour_mean") and k != "colour_icov"},
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(out_dir / f"{args.name}.json", card)
-    print(json.dumps({"weights": str(pt), "cv_accuracy": cv_acc,
-                      "real_tiles": card["real_tiles"]}, indent=2))
+    print(json.dumps({"weights": str(pt), "cv_accuracy": cv_acc, "real_tiles": card["real_tiles"]}, indent=2))
     del torch
 
 

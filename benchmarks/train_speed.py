@@ -57,8 +57,18 @@ def synthetic_tiles(n: int = N_TILES):
 def our_config(arch: str, device: str, threads: int, compile_: bool):
     from histo_core.config import TrainConfig
 
-    cfg = TrainConfig(dataset="arrays", arch=arch, batch_size=BATCH, optimizer="adamw", lr=1e-3, epochs=1000,
-                      device=device, threads=threads, seed=0, compile=compile_)
+    cfg = TrainConfig(
+        dataset="arrays",
+        arch=arch,
+        batch_size=BATCH,
+        optimizer="adamw",
+        lr=1e-3,
+        epochs=1000,
+        device=device,
+        threads=threads,
+        seed=0,
+        compile=compile_,
+    )
     cfg.augment.flip, cfg.augment.rot90 = True, False
     return cfg
 
@@ -118,9 +128,14 @@ def run_ours(arch: str, device: str, threads: int, seconds: float, compile_: boo
 def _row(clock: dict, elapsed: float) -> dict:
     first_s, first_images = clock["first"]
     steady = (clock["images"] - first_images) / max(elapsed - first_s, 1e-9) if clock["steps"] > 1 else None
-    return {"steps": clock["steps"], "images": clock["images"], "seconds": round(elapsed, 2),
-            "first_step_s": round(first_s, 2), "img_per_s": round(clock["images"] / elapsed, 1),
-            "steady_img_per_s": None if steady is None else round(steady, 1)}
+    return {
+        "steps": clock["steps"],
+        "images": clock["images"],
+        "seconds": round(elapsed, 2),
+        "first_step_s": round(first_s, 2),
+        "img_per_s": round(clock["images"] / elapsed, 1),
+        "steady_img_per_s": None if steady is None else round(steady, 1),
+    }
 
 
 def reference_loader(tiles, device: str):
@@ -130,8 +145,14 @@ def reference_loader(tiles, device: str):
     images, labels, _ = tiles
     mean = (images.reshape(-1, 3) / 255.0).mean(0).tolist()
     std = (images.reshape(-1, 3) / 255.0).std(0).tolist()
-    tf = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip(), transforms.ToTensor(),
-                             transforms.Normalize(mean, std)])
+    tf = transforms.Compose(
+        [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomVerticalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
 
     class PILTiles(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -142,8 +163,9 @@ def reference_loader(tiles, device: str):
 
             return tf(Image.fromarray(images[i])), int(labels[i])
 
-    return torch.utils.data.DataLoader(PILTiles(), batch_size=BATCH, shuffle=True, num_workers=0,
-                                       pin_memory=device == "cuda")
+    return torch.utils.data.DataLoader(
+        PILTiles(), batch_size=BATCH, shuffle=True, num_workers=0, pin_memory=device == "cuda"
+    )
 
 
 def run_reference(arch: str, device: str, threads: int, seconds: float) -> dict:
@@ -199,24 +221,51 @@ def dry_run(archs: list[str], device: str, threads: int, compile_: bool) -> list
         loader = reference_loader(tiles, device)
         ref_model = build_model(arch, len(tiles[2]), 3, 28)
         x = trainer.prepare_batch(trainer._gather(trainer._batches_of_epoch(0)[0]), train=True)
-        plans.append({
-            "arch": arch, "device": device, "built_on": str(trainer.device), "gpu_available": have_gpu,
-            "threads": threads, "batch_size": cfg.batch_size, "steps_per_epoch": trainer.steps_per_epoch,
-            "params": sum(p.numel() for p in trainer.model.parameters()),
-            "ours": {"channels_last": trainer.channels_last,
-                     "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else None,
-                     "optimizer": type(opt).__name__, "fused": bool(opt.defaults.get("fused")),
-                     "compile": compile_, "batch_shape": list(x.shape)},
-            "reference": {"optimizer": "AdamW", "pin_memory": loader.pin_memory, "workers": loader.num_workers,
-                          "params": sum(p.numel() for p in ref_model.parameters())},
-        })
+        plans.append(
+            {
+                "arch": arch,
+                "device": device,
+                "built_on": str(trainer.device),
+                "gpu_available": have_gpu,
+                "threads": threads,
+                "batch_size": cfg.batch_size,
+                "steps_per_epoch": trainer.steps_per_epoch,
+                "params": sum(p.numel() for p in trainer.model.parameters()),
+                "ours": {
+                    "channels_last": trainer.channels_last,
+                    "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else None,
+                    "optimizer": type(opt).__name__,
+                    "fused": bool(opt.defaults.get("fused")),
+                    "compile": compile_,
+                    "batch_shape": list(x.shape),
+                },
+                "reference": {
+                    "optimizer": "AdamW",
+                    "pin_memory": loader.pin_memory,
+                    "workers": loader.num_workers,
+                    "params": sum(p.numel() for p in ref_model.parameters()),
+                },
+            }
+        )
     return plans
 
 
 def _child(kind: str, arch: str, args) -> dict:
     """Run one measurement in a fresh process with the same environment for both loops."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--archs", arch, "--device", args.device,
-           "--threads", str(args.threads), "--seconds", str(args.seconds)] + (["--compile"] if args.compile else [])
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        kind,
+        "--archs",
+        arch,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--seconds",
+        str(args.seconds),
+    ] + (["--compile"] if args.compile else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # what every histo_core process sets (histo_core/runtime.py)
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -230,12 +279,18 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as one JSON list (default: a table)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--archs", default="simplecnn,resnet18", help="comma-separated architectures")
-    p.add_argument("--seconds", type=float, default=20.0,
-                   help="wall time per loop and round, set-up and compile included (default 20)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="wall time per loop and round, set-up and compile included (default 20)",
+    )
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds per loop; the best is kept (default 1)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (default 2)")
     p.add_argument("--compile", action="store_true", help="ours with torch.compile (TrainConfig.compile)")
-    p.add_argument("--dry-run", action="store_true", help="build everything for --device, print the plan, train nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="build everything for --device, print the plan, train nothing"
+    )
     p.add_argument("--child", choices=["ours", "reference"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -261,15 +316,24 @@ def main(argv=None) -> int:
                 r = _child(kind, arch, args)
                 if kind not in best or r["img_per_s"] > best[kind]["img_per_s"]:
                     best[kind] = r
-        row = {"arch": arch, "device": args.device, "threads": args.threads, "seconds": args.seconds,
-               "compile": args.compile, **best,
-               "ratio": round(best["ours"]["img_per_s"] / max(best["reference"]["img_per_s"], 1e-9), 2)}
+        row = {
+            "arch": arch,
+            "device": args.device,
+            "threads": args.threads,
+            "seconds": args.seconds,
+            "compile": args.compile,
+            **best,
+            "ratio": round(best["ours"]["img_per_s"] / max(best["reference"]["img_per_s"], 1e-9), 2),
+        }
         results.append(row)
         if not args.json:
             o, r = best["ours"], best["reference"]
-            print(f"{arch:10s} {args.device}  ours {o['steps']:5d} steps {o['images']:7d} img {o['seconds']:6.1f} s "
-                  f"{o['img_per_s']:8.1f} img/s | reference {r['steps']:5d} steps {r['images']:7d} img "
-                  f"{r['seconds']:6.1f} s {r['img_per_s']:8.1f} img/s | ratio {row['ratio']:.2f}", flush=True)
+            print(
+                f"{arch:10s} {args.device}  ours {o['steps']:5d} steps {o['images']:7d} img {o['seconds']:6.1f} s "
+                f"{o['img_per_s']:8.1f} img/s | reference {r['steps']:5d} steps {r['images']:7d} img "
+                f"{r['seconds']:6.1f} s {r['img_per_s']:8.1f} img/s | ratio {row['ratio']:.2f}",
+                flush=True,
+            )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

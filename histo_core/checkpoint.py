@@ -89,8 +89,13 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "check
     from histo_core.models import build_model
 
     try:
-        model = build_model(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt["in_channels"]),
-                            int(ckpt["input_size"]), mlp_head=bool(ckpt.get("mlp_head", False)))
+        model = build_model(
+            ckpt["arch"],
+            int(ckpt["num_classes"]),
+            int(ckpt["in_channels"]),
+            int(ckpt["input_size"]),
+            mlp_head=bool(ckpt.get("mlp_head", False)),
+        )
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot build {ckpt.get('arch')!r} from this checkpoint ({exc})") from None
     try:

@@ -8,14 +8,20 @@ model's, by name, by a known abbreviation or by a user's map.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from histo_core.errors import HistoError
 
 # NCT-CRC-HE-100K abbreviations (Kather et al. 2019) -> PathMNIST's class names (MedMNIST v2)
 NCT_ABBREVIATIONS: dict[str, str] = {
-    "ADI": "adipose", "BACK": "background", "DEB": "debris", "LYM": "lymphocytes", "MUC": "mucus",
-    "MUS": "smooth muscle", "NORM": "normal colon mucosa", "STR": "cancer-associated stroma",
+    "ADI": "adipose",
+    "BACK": "background",
+    "DEB": "debris",
+    "LYM": "lymphocytes",
+    "MUC": "mucus",
+    "MUS": "smooth muscle",
+    "NORM": "normal colon mucosa",
+    "STR": "cancer-associated stroma",
     "TUM": "colorectal adenocarcinoma epithelium",
 }
 _LONG_TO_SHORT = {v.lower(): k for k, v in NCT_ABBREVIATIONS.items()}
@@ -41,15 +47,16 @@ def _key(name: str) -> str:
 
 
 def parse_class_map(text: str | None) -> dict[str, str]:
-    """"SRC=DST,SRC2=DST2" (a dataset class = a model class) -> dict. Raises HistoError on a malformed pair."""
+    """ "SRC=DST,SRC2=DST2" (a dataset class = a model class) -> dict. Raises HistoError on a malformed pair."""
     out: dict[str, str] = {}
     for part in (text or "").split(","):
         if not part.strip():
             continue
         src, sep, dst = part.partition("=")
         if not sep or not src.strip() or not dst.strip():
-            raise HistoError(f"class map: {part.strip()!r} is not DATASET_CLASS=MODEL_CLASS "
-                             "(example: 01_TUMOR=TUM,02_STROMA=STR)")
+            raise HistoError(
+                f"class map: {part.strip()!r} is not DATASET_CLASS=MODEL_CLASS (example: 01_TUMOR=TUM,02_STROMA=STR)"
+            )
         out[src.strip()] = dst.strip()
     return out
 
@@ -67,8 +74,9 @@ def _model_index(target: str, model_classes: Sequence[str]) -> int | None:
     return int(text) if text.isdigit() and int(text) < len(model_classes) else None
 
 
-def match_classes(dataset_classes: Sequence[str], model_classes: Sequence[str],
-                  class_map: Mapping[str, str] | None = None) -> list[int | None]:
+def match_classes(
+    dataset_classes: Sequence[str], model_classes: Sequence[str], class_map: Mapping[str, str] | None = None
+) -> list[int | None]:
     """For each dataset class, the index of the model class it is (None: no counterpart).
 
     A class named in `class_map` maps to the model class named there (by name, NCT abbreviation or index; "-":
@@ -79,8 +87,10 @@ def match_classes(dataset_classes: Sequence[str], model_classes: Sequence[str],
     by_key = {_key(c): c for c in dataset_classes}
     unknown = [k for k in class_map if _key(k) not in by_key]
     if unknown:
-        raise HistoError(f"class map: {unknown[0]!r} is not a class of the dataset; its classes are "
-                         f"{', '.join(map(str, dataset_classes))}")
+        raise HistoError(
+            f"class map: {unknown[0]!r} is not a class of the dataset; its classes are "
+            f"{', '.join(map(str, dataset_classes))}"
+        )
     mapped = {by_key[_key(k)]: v for k, v in class_map.items()}
     out: list[int | None] = []
     for c in dataset_classes:
@@ -89,8 +99,10 @@ def match_classes(dataset_classes: Sequence[str], model_classes: Sequence[str],
         elif c in mapped:
             idx = _model_index(mapped[c], model_classes)
             if idx is None:
-                raise HistoError(f"class map: {c}={mapped[c]}: {mapped[c]!r} is not a class of the model; use one of "
-                                 + ", ".join(f"{short_name(m)}" for m in model_classes))
+                raise HistoError(
+                    f"class map: {c}={mapped[c]}: {mapped[c]!r} is not a class of the model; use one of "
+                    + ", ".join(f"{short_name(m)}" for m in model_classes)
+                )
             out.append(idx)
         else:
             out.append(_model_index(c, model_classes) if not str(c).strip().isdigit() else None)

@@ -86,7 +86,7 @@ class TrainConfig:
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -104,11 +104,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     # -- validation ---------------------------------------------------------------------------------
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every value that does not need the dataset or the model. Raises ConfigError."""
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
@@ -152,18 +152,26 @@ class TrainConfig:
             backbones = ", ".join(n for n, a in ARCHITECTURES.items() if a.has_backbone)
             raise ConfigError(f"--mode {self.mode} needs a backbone architecture ({backbones}), not {self.arch}")
         if self.pretrained and self.mode == "scratch":
-            raise ConfigError("--pretrained loads ImageNet weights, --mode scratch starts from random ones: "
-                              "choose --mode finetune, frozen or fine_tune, or drop --pretrained")
+            raise ConfigError(
+                "--pretrained loads ImageNet weights, --mode scratch starts from random ones: "
+                "choose --mode finetune, frozen or fine_tune, or drop --pretrained"
+            )
         if not 0.0 < self.backbone_lr_mult <= 1.0:
             raise ConfigError(f"--backbone-lr-mult must be in (0, 1], got {self.backbone_lr_mult}")
         if self.sce_alpha < 0 or self.sce_beta < 0 or self.sce_alpha + self.sce_beta == 0:
-            raise ConfigError(f"--sce-alpha and --sce-beta must be >= 0 and not both 0, got {self.sce_alpha}, {self.sce_beta}")
+            raise ConfigError(
+                f"--sce-alpha and --sce-beta must be >= 0 and not both 0, got {self.sce_alpha}, {self.sce_beta}"
+            )
         if self.early_stopping and self.train_splits == "train+val":
-            raise ConfigError("--early-stopping needs a validation split, but --train-splits train+val trains on it; "
-                              "use --train-splits train or drop --early-stopping")
+            raise ConfigError(
+                "--early-stopping needs a validation split, but --train-splits train+val trains on it; "
+                "use --train-splits train or drop --early-stopping"
+            )
         if self.mode == "fine_tune":
             if not 0 <= self.head_epochs < self.epochs:
-                raise ConfigError(f"--head-epochs must be in 0..{self.epochs - 1} (less than --epochs), got {self.head_epochs}")
+                raise ConfigError(
+                    f"--head-epochs must be in 0..{self.epochs - 1} (less than --epochs), got {self.head_epochs}"
+                )
         a = self.augment
         if not 0.0 <= a.rotate <= 180.0:
             raise ConfigError(f"--rotate must be between 0 and 180 degrees, got {a.rotate}")
@@ -203,7 +211,7 @@ FIELD_HELP: dict[str, str] = {
     "as_rgb": "expand 1-channel (grayscale) tiles to 3 channels",
     "arch": "architecture: simplecnn, cnn3, resnet9, resnet18, resnet50, densenet121",
     "mode": "scratch (random init), finetune (all layers), frozen (train only an MLP head on a frozen backbone), "
-            "fine_tune (head only for --head-epochs, then all layers with a lower backbone LR)",
+    "fine_tune (head only for --head-epochs, then all layers with a lower backbone LR)",
     "pretrained": "start from ImageNet weights (resnet18/50, densenet121; needs them cached or internet)",
     "head_epochs": "fine_tune: epochs training only the head before unfreezing the backbone",
     "backbone_lr_mult": "fine_tune: backbone learning rate = --lr times this, once unfrozen",
@@ -233,10 +241,10 @@ FIELD_HELP: dict[str, str] = {
     "saturation": "random saturation change up to this fraction",
     "hue": "random hue shift up to this fraction of the colour wheel (0..0.5)",
     "mpp": "µm per pixel of the dataset's source images, when known (PathMNIST and PCam are known): the model "
-           "then records the field of view of its tiles and brings inputs of other resolutions to it",
+    "then records the field of view of its tiles and brings inputs of other resolutions to it",
     "stain_jitter": "H&E stain augmentation: random scale/shift of each HED channel by up to this much (0..0.2)",
     "stain_norm": "stain normalisation of every tile, in training and at inference, to the training set's stain: "
-                  "none, macenko or reinhard",
+    "none, macenko or reinhard",
     "early_stopping": "stop when --monitor has not improved for --patience epochs",
     "monitor": "validation metric that selects best.pt and drives early stopping: val_loss, val_acc or val_auc",
     "patience": "early stopping: epochs without improvement before stopping",

@@ -26,20 +26,20 @@ says so on the page); every tile keeps its features and prediction, only the map
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from histo_core.errors import HistoError
-from histo_core.fsutil import read_json, savez_atomic, write_json_atomic
+from histo_core.fsutil import read_json, write_json_atomic
 
 DIR_NAME = "embeddings"
 SPLITS = ("train", "val", "test")
@@ -74,7 +74,9 @@ def forward_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, t
     return captured[-1].float().flatten(1), torch.softmax(logits.float(), dim=1)
 
 
-def tile_features(model: nn.Module, meta, tiles_uint8: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def tile_features(
+    model: nn.Module, meta, tiles_uint8: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, D) float32 and probabilities (N, K) of uint8 tiles (N, S, S, C) at the model's input size
     (`meta`: an inference.ModelMeta). Holds the model's lock, like every other forward pass."""
     from histo_core.inference import model_input, model_lock
@@ -85,7 +87,7 @@ def tile_features(model: nn.Module, meta, tiles_uint8: np.ndarray, batch_size: i
     with model_lock(model), torch.inference_mode():
         model.eval()
         for s in range(0, len(tiles), batch_size):
-            f, p = forward_features(model, model_input(tiles[s:s + batch_size], meta, device))
+            f, p = forward_features(model, model_input(tiles[s : s + batch_size], meta, device))
             feats.append(f.cpu().numpy())
             probs.append(p.cpu().numpy())
     if not feats:
@@ -97,6 +99,7 @@ def tile_features(model: nn.Module, meta, tiles_uint8: np.ndarray, batch_size: i
 @dataclass
 class EmbedTarget:
     """A model and a dataset to embed, and where the result lives."""
+
     model_ref: str  # what inference.load_model takes
     model_path: Path  # the checkpoint file
     label: str  # run id or export name
@@ -131,22 +134,35 @@ def target_for(model_spec: str | os.PathLike, dataset: str | None = None) -> Emb
     own = cfg.get("dataset")
     spec = str(dataset).strip() if dataset else own
     if not spec:
-        raise HistoError(f"{model_spec}: the model does not record the dataset it was trained on; name one with "
-                         "--dataset SPEC")
+        raise HistoError(
+            f"{model_spec}: the model does not record the dataset it was trained on; name one with --dataset SPEC"
+        )
     same = bool(own) and spec == own
     run_path = model_path.parent if same and (model_path.parent / "config.json").exists() else None
-    kwargs = {"size": cfg.get("size") if same else None, "as_rgb": bool(cfg.get("as_rgb")) if same else None,
-              "data_dir": cfg.get("data_dir") if same else None, "seed": int(cfg.get("seed", 0)) if same else 0}
+    kwargs = {
+        "size": cfg.get("size") if same else None,
+        "as_rgb": bool(cfg.get("as_rgb")) if same else None,
+        "data_dir": cfg.get("data_dir") if same else None,
+        "seed": int(cfg.get("seed", 0)) if same else 0,
+    }
     if run_path is not None:
         out_dir = run_path / DIR_NAME
     else:
         st = model_path.resolve().stat()
-        key = hashlib.blake2b(f"{model_path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{spec}".encode(),
-                              digest_size=8).hexdigest()
+        key = hashlib.blake2b(
+            f"{model_path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{spec}".encode(), digest_size=8
+        ).hexdigest()
         out_dir = paths.data_dir() / "cache" / "embeddings" / f"{label[:40]}-{key}"
-    return EmbedTarget(model_ref=str(model_path), model_path=model_path, label=label, dataset=spec,
-                       open_kwargs=kwargs, out_dir=out_dir, run_path=run_path,
-                       train_splits=str(cfg.get("train_splits") or "train") if same else "train")
+    return EmbedTarget(
+        model_ref=str(model_path),
+        model_path=model_path,
+        label=label,
+        dataset=spec,
+        open_kwargs=kwargs,
+        out_dir=out_dir,
+        run_path=run_path,
+        train_splits=str(cfg.get("train_splits") or "train") if same else "train",
+    )
 
 
 # -- the saved set ---------------------------------------------------------------------------------------
@@ -192,7 +208,7 @@ class EmbeddingStore:
         if split not in self.meta["splits"]:
             raise HistoError(f"split {split!r} was not embedded; available: {', '.join(self.meta['splits'])}")
 
-    def points(self, label_errors=None) -> "Any":
+    def points(self, label_errors=None) -> Any:
         """One row per projected tile: split, row, x, y, true, predicted, confidence, correct (and
         label_error: True/False for training tiles the label-error search checked, else None)."""
         import pandas as pd
@@ -206,15 +222,25 @@ class EmbeddingStore:
             probs, labels = self.outputs(split)
             r = rows[sel]
             pred = probs[r].argmax(1)
-            frames.append(pd.DataFrame({
-                "split": split, "row": r, "x": xy[sel, 0], "y": xy[sel, 1],
-                "true": np.asarray(self.classes, dtype=object)[labels[r]],
-                "predicted": np.asarray(self.model_classes, dtype=object)[pred],
-                "confidence": probs[r].max(1).round(4),
-                "correct": (pred == labels[r]) if self.same_classes else None,
-            }))
-        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-            columns=["split", "row", "x", "y", "true", "predicted", "confidence", "correct"])
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "split": split,
+                        "row": r,
+                        "x": xy[sel, 0],
+                        "y": xy[sel, 1],
+                        "true": np.asarray(self.classes, dtype=object)[labels[r]],
+                        "predicted": np.asarray(self.model_classes, dtype=object)[pred],
+                        "confidence": probs[r].max(1).round(4),
+                        "correct": (pred == labels[r]) if self.same_classes else None,
+                    }
+                )
+            )
+        df = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=["split", "row", "x", "y", "true", "predicted", "confidence", "correct"])
+        )
         df["label_error"] = None
         if label_errors is not None:
             flags = label_error_flags(label_errors, self.meta, self.meta.get("train_splits", "train"))
@@ -276,8 +302,10 @@ def is_current(store: EmbeddingStore | None, target: EmbedTarget) -> bool:
 def sample_rule(total: int, max_points: int = MAX_POINTS) -> str:
     if total <= max_points:
         return f"all {total:,} tiles"
-    return (f"a random {max_points:,} of {total:,} tiles (seed 0, each split sampled in proportion to its size); "
-            "t-SNE is quadratic-ish in memory and time beyond that")
+    return (
+        f"a random {max_points:,} of {total:,} tiles (seed 0, each split sampled in proportion to its size); "
+        "t-SNE is quadratic-ish in memory and time beyond that"
+    )
 
 
 def sample_points(counts: dict[str, int], max_points: int = MAX_POINTS, seed: int = 0) -> dict[str, np.ndarray]:
@@ -311,20 +339,28 @@ def project(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     dims = min(PCA_DIMS, x.shape[1], n - 1)
     reduced = PCA(n_components=dims, random_state=seed).fit_transform(x) if dims < x.shape[1] else x
     perplexity = float(min(30.0, (n - 1) / 3))
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
-              n_jobs=1).fit_transform(reduced)
+    xy = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed, n_jobs=1
+    ).fit_transform(reduced)
     return xy.astype(np.float32), f"PCA ({dims} dims) + t-SNE (perplexity {perplexity:g})"
 
 
-def embed(target: EmbedTarget, splits: Sequence[str] | None = None, *, model: nn.Module | None = None,
-          batch_size: int | None = None, progress: Progress | None = None, max_points: int = MAX_POINTS) -> EmbeddingStore:
+def embed(
+    target: EmbedTarget,
+    splits: Sequence[str] | None = None,
+    *,
+    model: nn.Module | None = None,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+    max_points: int = MAX_POINTS,
+) -> EmbeddingStore:
     """Compute and save the features of every tile of `splits` (default: all the dataset has) and their map.
 
     `model`: an already-loaded model in eval mode (the trainer's, at the end of training); default: load
     target.model_ref on the CPU."""
+    from histo_core.checkpoint import load_checkpoint
     from histo_core.datasets import open_dataset
     from histo_core.inference import ModelMeta, load_model
-    from histo_core.checkpoint import load_checkpoint
     from histo_core.pipeline import TileSource
 
     started = time.time()
@@ -342,7 +378,9 @@ def embed(target: EmbedTarget, splits: Sequence[str] | None = None, *, model: nn
     except HistoError as exc:
         raise HistoError(f"{target.dataset}: cannot open the dataset to embed: {exc}") from None
     if ds.info.channels != meta.in_channels:
-        raise HistoError(f"{target.dataset}: tiles have {ds.info.channels} channel(s), the model takes {meta.in_channels}")
+        raise HistoError(
+            f"{target.dataset}: tiles have {ds.info.channels} channel(s), the model takes {meta.in_channels}"
+        )
     have = [s for s in SPLITS if s in ds.splits and len(ds.splits[s])]
     wanted = list(splits) if splits else have
     bad = [s for s in wanted if s not in have]
@@ -374,15 +412,22 @@ def embed(target: EmbedTarget, splits: Sequence[str] | None = None, *, model: nn
             feats = None
             with model_lock(model), torch.inference_mode():
                 for start, tiles in source.iter_sequential(batch):
-                    x = to_model_input(tiles, meta.mean, meta.std, device, size=meta.input_size,  # resized when
-                                       stain_ref=meta.stain)
+                    x = to_model_input(
+                        tiles,
+                        meta.mean,
+                        meta.std,
+                        device,
+                        size=meta.input_size,  # resized when
+                        stain_ref=meta.stain,
+                    )
                     f, p = forward_features(model, x)  # a frozen model embeds tiles of another size
                     if feats is None:
                         dims = f.shape[1]
-                        feats = np.lib.format.open_memmap(tmp / f"features_{split}.npy", mode="w+",
-                                                          dtype=np.float16, shape=(n, dims))
-                    feats[start:start + len(f)] = f.cpu().numpy().astype(np.float16)
-                    probs[start:start + len(f)] = p.cpu().numpy()
+                        feats = np.lib.format.open_memmap(
+                            tmp / f"features_{split}.npy", mode="w+", dtype=np.float16, shape=(n, dims)
+                        )
+                    feats[start : start + len(f)] = f.cpu().numpy().astype(np.float16)
+                    probs[start : start + len(f)] = p.cpu().numpy()
                     done += len(f)
                     say(0.8 * done / max(1, total), f"{split}: {start + len(f):,}/{n:,} tiles")
             if feats is not None:
@@ -401,19 +446,38 @@ def embed(target: EmbedTarget, splits: Sequence[str] | None = None, *, model: nn
         say(0.82, f"projecting {m:,} tiles (PCA + t-SNE)")
         xy, method = project(np.concatenate(parts) if parts else np.zeros((0, dims or 1), np.float32))
         del parts
-        np.savez(tmp / "projection.npz", xy=xy,
-                 split=np.concatenate([np.full(len(rows[s]), i) for i, s in enumerate(wanted)]).astype(np.int64),
-                 row=np.concatenate([rows[s] for s in wanted]).astype(np.int64))
+        np.savez(
+            tmp / "projection.npz",
+            xy=xy,
+            split=np.concatenate([np.full(len(rows[s]), i) for i, s in enumerate(wanted)]).astype(np.int64),
+            row=np.concatenate([rows[s] for s in wanted]).astype(np.int64),
+        )
         st = target.model_path.stat()
         meta_doc = {
-            "format": FORMAT, "model": target.label, "model_path": str(target.model_path),
-            "model_mtime_ns": st.st_mtime_ns, "model_size": st.st_size, "arch": meta.arch, "in_channels": meta.in_channels,
-            "dataset": target.dataset, "dataset_title": ds.info.title, "synthetic": bool(ds.info.synthetic),
-            "classes": list(ds.info.classes), "model_classes": list(meta.classes), "splits": wanted,
-            "counts": counts, "dims": dims, "dtype": "float16", "projection": method,
-            "projected": m, "sample_rule": sample_rule(total, max_points), "own_dataset": target.run_path is not None,
-            "train_splits": target.train_splits, "reference_splits": target.reference_splits,
-            "seconds": round(time.time() - started, 1), "computed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "format": FORMAT,
+            "model": target.label,
+            "model_path": str(target.model_path),
+            "model_mtime_ns": st.st_mtime_ns,
+            "model_size": st.st_size,
+            "arch": meta.arch,
+            "in_channels": meta.in_channels,
+            "dataset": target.dataset,
+            "dataset_title": ds.info.title,
+            "synthetic": bool(ds.info.synthetic),
+            "classes": list(ds.info.classes),
+            "model_classes": list(meta.classes),
+            "splits": wanted,
+            "counts": counts,
+            "dims": dims,
+            "dtype": "float16",
+            "projection": method,
+            "projected": m,
+            "sample_rule": sample_rule(total, max_points),
+            "own_dataset": target.run_path is not None,
+            "train_splits": target.train_splits,
+            "reference_splits": target.reference_splits,
+            "seconds": round(time.time() - started, 1),
+            "computed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         write_json_atomic(tmp / "meta.json", meta_doc)
         _swap_into_place(tmp, out_dir)
@@ -451,12 +515,28 @@ def embed_at_end_of_training(run, model: nn.Module, log: Callable[[str], None]) 
         # the map drawn inside the training process is capped lower than on demand (t-SNE of 20,000 points
         # takes minutes on 2 cores); `python -m histo_core embed RUN` redraws it with up to MAX_POINTS
         store = embed(target, model=model, max_points=min(MAX_POINTS, END_OF_TRAINING_MAX_POINTS))
-        log(f"embeddings: {sum(store.meta['counts'].values()):,} tiles, {store.meta['dims']} dims, "
-            f"{store.meta['projection']}, {store.meta['seconds']} s")
+        log(
+            f"embeddings: {sum(store.meta['counts'].values()):,} tiles, {store.meta['dims']} dims, "
+            f"{store.meta['projection']}, {store.meta['seconds']} s"
+        )
     except Exception as exc:  # noqa: BLE001 - an optional extra must never fail a finished training run
         log(f"embeddings not saved ({type(exc).__name__}: {exc}); run `python -m histo_core embed {run.id}`")
 
 
-__all__ = ["EmbedTarget", "EmbeddingStore", "target_for", "embed", "load_store", "is_current", "tile_features",
-           "forward_features", "feature_layer", "sample_points", "sample_rule", "project", "label_error_flags",
-           "embed_at_end_of_training", "MAX_POINTS"]
+__all__ = [
+    "EmbedTarget",
+    "EmbeddingStore",
+    "target_for",
+    "embed",
+    "load_store",
+    "is_current",
+    "tile_features",
+    "forward_features",
+    "feature_layer",
+    "sample_points",
+    "sample_rule",
+    "project",
+    "label_error_flags",
+    "embed_at_end_of_training",
+    "MAX_POINTS",
+]

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,15 +30,16 @@ def process_age_s() -> float:
     """Seconds since this process started (its start time in /proc), 0 where unknown."""
     try:
         stat = open(f"/proc/{os.getpid()}/stat", "rb").read()
-        start_ticks = int(stat[stat.rfind(b")") + 2:].split()[19])
+        start_ticks = int(stat[stat.rfind(b")") + 2 :].split()[19])
         boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
         return max(0.0, time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK")))
     except (OSError, ValueError, IndexError, StopIteration):
         return 0.0
 
 
-def estimate_run_time(config: TrainConfig, progress: Callable[[float, str], None] | None = None,
-                      startup_s: float | None = None) -> dict[str, Any]:
+def estimate_run_time(
+    config: TrainConfig, progress: Callable[[float, str], None] | None = None, startup_s: float | None = None
+) -> dict[str, Any]:
     """`startup_s`: the process's start-up (interpreter + torch import), as the trainer's own process pays it;
     by default this process's age (a task passes its age before it waited for a device slot)."""
     from histo_core import train as T
@@ -68,14 +70,18 @@ def estimate_run_time(config: TrainConfig, progress: Callable[[float, str], None
 
             torch.cuda.synchronize()
         times.append(_clock() - t)
-        if warm_at is None and i + 1 >= WARMUP_MIN and len(times) >= 2 and \
-                abs(times[-1] - times[-2]) <= STABLE * max(times[-2], 1e-9):
+        if (
+            warm_at is None
+            and i + 1 >= WARMUP_MIN
+            and len(times) >= 2
+            and abs(times[-1] - times[-2]) <= STABLE * max(times[-2], 1e-9)
+        ):
             warm_at = i + 1
         if warm_at is not None and i + 1 >= warm_at + TIMED_BATCHES:
             break
-    warm = times[warm_at:] if warm_at is not None and len(times) > warm_at else times[len(times) // 2:]
+    warm = times[warm_at:] if warm_at is not None and len(times) > warm_at else times[len(times) // 2 :]
     per_batch = float(np.median(warm))
-    warmup_extra = float(sum(times[:warm_at or 0]) - per_batch * (warm_at or 0))  # paid once, first epoch
+    warmup_extra = float(sum(times[: warm_at or 0]) - per_batch * (warm_at or 0))  # paid once, first epoch
     train_epoch = per_batch * steps
 
     val_n = len(data.val) if data.val is not None else 0
@@ -94,9 +100,15 @@ def estimate_run_time(config: TrainConfig, progress: Callable[[float, str], None
     say(1.0, "done")
     return {
         "train_tiles": len(data.train),
-        "steps_per_epoch": steps, "batch_size": config.batch_size,
+        "steps_per_epoch": steps,
+        "batch_size": config.batch_size,
         "train_images_per_s": config.batch_size / per_batch if per_batch else math.nan,
-        "eval_images_per_s": eval_ips, "val_tiles": val_n, "test_tiles": test_n,
-        "warmup_batches": warm_at or len(times) // 2, "per_epoch_s": per_epoch, "fixed_s": fixed_total,
-        "total_s": fixed_total + per_epoch * config.epochs, "epochs": config.epochs,
+        "eval_images_per_s": eval_ips,
+        "val_tiles": val_n,
+        "test_tiles": test_n,
+        "warmup_batches": warm_at or len(times) // 2,
+        "per_epoch_s": per_epoch,
+        "fixed_s": fixed_total,
+        "total_s": fixed_total + per_epoch * config.epochs,
+        "epochs": config.epochs,
     }

@@ -14,11 +14,11 @@ directory under `name` and listed by the Runs and Compare pages.
 
 from __future__ import annotations
 
-import os
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -60,16 +60,24 @@ def _tiles_and_labels(ds, split: str):
         return parts[0] if len(parts) == 1 else ConcatSplit("all", parts)
     if split not in ds.splits:
         have = [s for s in SPLIT_ORDER if s in ds.splits and len(ds.splits[s])]
-        raise DatasetError(f"split {split!r}: the dataset has {', '.join(have) or 'no splits'}; "
-                           "use one of those, or all for every tile")
+        raise DatasetError(
+            f"split {split!r}: the dataset has {', '.join(have) or 'no splits'}; "
+            "use one of those, or all for every tile"
+        )
     if not len(ds.splits[split]):
         raise DatasetError(f"split {split!r} of this dataset is empty; use all to evaluate every tile")
     return ds.split(split)
 
 
-def evaluate(model_ref: str, dataset_spec: str | None = None, split: str = "test",
-             class_map: Mapping[str, str] | None = None, tta: bool | None = None, name: str | None = None,
-             save: bool = True) -> dict[str, Any]:
+def evaluate(
+    model_ref: str,
+    dataset_spec: str | None = None,
+    split: str = "test",
+    class_map: Mapping[str, str] | None = None,
+    tta: bool | None = None,
+    name: str | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
     """The classification report of `model_ref` on `dataset_spec` (default: the run's own dataset), with
     "class_matching", "unmatched", "model", "name" and, when saved with a run, "saved_to"."""
     import torch
@@ -89,8 +97,13 @@ def evaluate(model_ref: str, dataset_spec: str | None = None, split: str = "test
         raise HistoError(f"{model_ref}: not a run, so it has no dataset of its own; name one with --dataset")
     own = not dataset_spec or dataset_spec == config.get("dataset")
     # another dataset is decoded straight at the model's input size: the one image path, as for uploads
-    ds = open_dataset(spec, size=config.get("size") if own else meta.input_size, as_rgb=meta.in_channels == 3,
-                      data_dir=config.get("data_dir"), seed=int(config.get("seed", 0)))
+    ds = open_dataset(
+        spec,
+        size=config.get("size") if own else meta.input_size,
+        as_rgb=meta.in_channels == 3,
+        data_dir=config.get("data_dir"),
+        seed=int(config.get("seed", 0)),
+    )
     if ds.info.channels != meta.in_channels:
         raise DatasetError(f"{spec}: tiles have {ds.info.channels} channel(s), the model takes {meta.in_channels}")
     split_data = _tiles_and_labels(ds, split)
@@ -100,15 +113,25 @@ def evaluate(model_ref: str, dataset_spec: str | None = None, split: str = "test
     else:
         matching = match_classes(dataset_classes, meta.classes, class_map)
     if all(m is None for m in matching):
-        raise HistoError(f"{spec}: none of its classes ({', '.join(dataset_classes)}) matches a class of the model "
-                         f"({', '.join(short_name(c) for c in meta.classes)}); give a class map, e.g. "
-                         f"{dataset_classes[0]}={short_name(meta.classes[0])}")
+        raise HistoError(
+            f"{spec}: none of its classes ({', '.join(dataset_classes)}) matches a class of the model "
+            f"({', '.join(short_name(c) for c in meta.classes)}); give a class map, e.g. "
+            f"{dataset_classes[0]}={short_name(meta.classes[0])}"
+        )
     source = pipeline.TileSource(split_data, "cpu")
     use_tta = bool(config.get("tta", meta.tta)) if tta is None else bool(tta)
     torch.set_num_threads(int(config.get("threads") or 0) or runtime.default_threads())
     started = time.time()
-    probs = predict_source(loaded.model, source, list(meta.mean), list(meta.std), torch.device("cpu"),
-                           int(meta.input_size), tta=use_tta, stain_ref=meta.stain)
+    probs = predict_source(
+        loaded.model,
+        source,
+        list(meta.mean),
+        list(meta.std),
+        torch.device("cpu"),
+        int(meta.input_size),
+        tta=use_tta,
+        stain_ref=meta.stain,
+    )
     labels = source.labels.numpy().astype(np.int64)
     lookup = np.array([-1 if m is None else m for m in matching], dtype=np.int64)
     mapped = lookup[labels]
@@ -119,15 +142,28 @@ def evaluate(model_ref: str, dataset_spec: str | None = None, split: str = "test
         rows = labels == i
         if m is None and rows.any():
             called = np.bincount(probs[rows].argmax(axis=1), minlength=len(meta.classes))
-            unmatched.append({"class": dataset_classes[i], "tiles": int(rows.sum()),
-                              "predicted_as": {meta.classes[j]: int(n) for j, n in enumerate(called) if n}})
+            unmatched.append(
+                {
+                    "class": dataset_classes[i],
+                    "tiles": int(rows.sum()),
+                    "predicted_as": {meta.classes[j]: int(n) for j, n in enumerate(called) if n},
+                }
+            )
     report.update(
-        name=evaluation_name(name, spec, split), dataset=str(spec), dataset_title=ds.info.title, split=split,
-        model=loaded.label or str(model_ref), checkpoint=Path(loaded.source).name, tta=use_tta,
+        name=evaluation_name(name, spec, split),
+        dataset=str(spec),
+        dataset_title=ds.info.title,
+        split=split,
+        model=loaded.label or str(model_ref),
+        checkpoint=Path(loaded.source).name,
+        tta=use_tta,
         class_map=dict(class_map or {}),
         class_matching={c: (None if m is None else meta.classes[m]) for c, m in zip(dataset_classes, matching)},
-        unmatched=unmatched, tiles_total=int(len(labels)), seconds=round(time.time() - started, 2),
-        evaluated_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+        unmatched=unmatched,
+        tiles_total=int(len(labels)),
+        seconds=round(time.time() - started, 2),
+        evaluated_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
     if save and run is not None:
         path = run.file(EVALUATIONS_DIR) / f"{report['name']}.json"
         path.parent.mkdir(exist_ok=True)
@@ -148,8 +184,10 @@ def list_evaluations(run: RunDir) -> list[dict[str, Any]]:
 
 def format_matching(report: Mapping[str, Any]) -> list[str]:
     """Lines saying how the dataset's classes were matched and what happened to those without a counterpart."""
-    lines = [f"{src} -> {short_name(dst) if dst else '(no counterpart: not scored)'}"
-             for src, dst in (report.get("class_matching") or {}).items()]
+    lines = [
+        f"{src} -> {short_name(dst) if dst else '(no counterpart: not scored)'}"
+        for src, dst in (report.get("class_matching") or {}).items()
+    ]
     for u in report.get("unmatched") or []:
         called = ", ".join(f"{short_name(c)} {n}" for c, n in sorted(u["predicted_as"].items(), key=lambda kv: -kv[1]))
         lines.append(f"{u['class']}: {u['tiles']} tile(s) not scored; the model called them {called}")
@@ -160,8 +198,9 @@ def _generic_classes(classes) -> bool:
     return all(str(c) == f"class {i}" for i, c in enumerate(classes))
 
 
-def evaluate_run(run: RunDir, dataset_spec: str | None = None, split: str = "test",
-                 tta: bool | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run: RunDir, dataset_spec: str | None = None, split: str = "test", tta: bool | None = None
+) -> dict[str, Any]:
     """A run's best.pt (else last.pt) on a split of its own or another dataset, not saved (the trainer's and
     older callers' entry point)."""
     return evaluate(str(run.path), dataset_spec, split, tta=tta, save=False)

@@ -14,9 +14,9 @@ painting a flat colour as if it meant something.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,14 +40,25 @@ class CamMethod:
     description: str
 
 
-CAM_METHODS: dict[str, CamMethod] = {m.name: m for m in (
-    CamMethod("GradCAM", "GradCAM", True, 64, "Gradient-weighted activations (Selvaraju et al. 2017)."),
-    CamMethod("GradCAM++", "GradCAMPlusPlus", True, 64, "Higher-order gradient weights; better for several instances."),
-    CamMethod("HiResCAM", "HiResCAM", True, 64, "Element-wise gradient x activation; faithful to the model."),
-    CamMethod("EigenCAM", "EigenCAM", False, 64, "First principal component of the activations; class-agnostic."),
-    CamMethod("LayerCAM", "LayerCAM", True, 64, "Positive gradients per location; finer detail."),
-    CamMethod("ScoreCAM", "ScoreCAM", True, 4, "Gradient-free, one forward pass per channel: slow (seconds per tile on CPU)."),
-)}
+CAM_METHODS: dict[str, CamMethod] = {
+    m.name: m
+    for m in (
+        CamMethod("GradCAM", "GradCAM", True, 64, "Gradient-weighted activations (Selvaraju et al. 2017)."),
+        CamMethod(
+            "GradCAM++", "GradCAMPlusPlus", True, 64, "Higher-order gradient weights; better for several instances."
+        ),
+        CamMethod("HiResCAM", "HiResCAM", True, 64, "Element-wise gradient x activation; faithful to the model."),
+        CamMethod("EigenCAM", "EigenCAM", False, 64, "First principal component of the activations; class-agnostic."),
+        CamMethod("LayerCAM", "LayerCAM", True, 64, "Positive gradients per location; finer detail."),
+        CamMethod(
+            "ScoreCAM",
+            "ScoreCAM",
+            True,
+            4,
+            "Gradient-free, one forward pass per channel: slow (seconds per tile on CPU).",
+        ),
+    )
+}
 
 
 def get_method(name: str) -> CamMethod:
@@ -83,8 +94,7 @@ def _cam_object(model: nn.Module, meta: ModelMeta, method: CamMethod):
         if method.name == "ScoreCAM":
             _quiet_scorecam()
         layer = cam_target_layer(model, meta.arch, meta.input_size)
-        cam = getattr(pytorch_grad_cam, method.class_name)(model=model, target_layers=[layer],
-                                                            reshape_transform=_clone)
+        cam = getattr(pytorch_grad_cam, method.class_name)(model=model, target_layers=[layer], reshape_transform=_clone)
         cam.activations_and_grads.release()  # hooks go on only while explaining (see _hooks_attached)
         per_model[method.name] = cam
     return cam
@@ -107,9 +117,15 @@ def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) for m in model.modules())
 
 
-def compute_cams(model: nn.Module, meta: ModelMeta, tiles_uint8: np.ndarray, method: str = "GradCAM",
-                 targets: Sequence[int] | int | None = None, batch_size: int | None = None,
-                 device: str | torch.device | None = None) -> np.ndarray:
+def compute_cams(
+    model: nn.Module,
+    meta: ModelMeta,
+    tiles_uint8: np.ndarray,
+    method: str = "GradCAM",
+    targets: Sequence[int] | int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
     """Maps (N, S, S) float32 in [0, 1] for uint8 tiles (N, S, S, C) at the model's input size.
 
     `targets`: None explains each tile's predicted class; an int explains that class for every tile; a
@@ -131,11 +147,12 @@ def compute_cams(model: nn.Module, meta: ModelMeta, tiles_uint8: np.ndarray, met
             cam.batch_size = 64  # channel-masked copies per forward pass
         with _hooks_attached(cam):
             for start in range(0, n, step):
-                x = model_input(tiles[start:start + step], meta, device)
-                wanted = None if per_tile is None else \
-                    [ClassifierOutputTarget(c) for c in per_tile[start:start + step]]
+                x = model_input(tiles[start : start + step], meta, device)
+                wanted = (
+                    None if per_tile is None else [ClassifierOutputTarget(c) for c in per_tile[start : start + step]]
+                )
                 maps = cam(input_tensor=x, targets=wanted)
-                out[start:start + len(x)] = np.nan_to_num(maps, nan=0.0)
+                out[start : start + len(x)] = np.nan_to_num(maps, nan=0.0)
     return np.clip(out, 0.0, 1.0)
 
 
@@ -159,8 +176,10 @@ def class_index(meta: ModelMeta, name_or_index: str | int) -> int:
         return lowered.index(text.lower())
     if text.isdigit() and int(text) < meta.num_classes:
         return int(text)
-    raise HistoError(f"--target {text!r}: not a class of this model; use one of {', '.join(meta.classes)} "
-                     f"or an index 0..{meta.num_classes - 1}")
+    raise HistoError(
+        f"--target {text!r}: not a class of this model; use one of {', '.join(meta.classes)} "
+        f"or an index 0..{meta.num_classes - 1}"
+    )
 
 
 def uniform_maps(cams: np.ndarray) -> np.ndarray:
@@ -213,8 +232,9 @@ def heatmap(cam: np.ndarray, out_size: int = DEFAULT_OVERLAY_PX) -> np.ndarray:
     return _colormap()[idx]
 
 
-def overlay(tile_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.5,
-            out_size: int = DEFAULT_OVERLAY_PX) -> np.ndarray:
+def overlay(
+    tile_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.5, out_size: int = DEFAULT_OVERLAY_PX
+) -> np.ndarray:
     """The tile with the coloured map blended in at opacity `alpha` (0 = tile only, 1 = map only)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -250,8 +270,9 @@ def _resize_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
 
 
-def cam_on_original(image: np.ndarray, cam: np.ndarray, view: str = "overlay", alpha: float = 0.35,
-                    threshold: float = 0.5) -> np.ndarray:
+def cam_on_original(
+    image: np.ndarray, cam: np.ndarray, view: str = "overlay", alpha: float = 0.35, threshold: float = 0.5
+) -> np.ndarray:
     """The map drawn on the part of the upload the model saw (`image`: `TileResult.field_view`), at that image's own
     resolution (the map, computed on the model's small input, is upsampled bilinearly), RGB uint8.
 

@@ -11,7 +11,6 @@ run it came from. The Classify page and `predict` pick models from these cards.
 from __future__ import annotations
 
 import errno
-
 import os
 import re
 import time
@@ -47,8 +46,9 @@ def export_paths(name: str, weights_dir: str | os.PathLike | None = None) -> tup
     return root / f"{name}.pt", root / f"{name}.json"
 
 
-def export_run(run: RunDir, name: str, weights_dir: str | os.PathLike | None = None, *,
-               overwrite: bool = False) -> Path:
+def export_run(
+    run: RunDir, name: str, weights_dir: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> Path:
     """Write the run's best.pt as weights/<name>.pt plus a model card weights/<name>.json; returns the .pt path."""
     pt_path, card_path = export_paths(name, weights_dir)
     status = run.status()
@@ -70,8 +70,11 @@ def export_run(run: RunDir, name: str, weights_dir: str | os.PathLike | None = N
         torch_save_atomic(pt_path, payload)
         write_json_atomic(card_path, card)
     except OSError as exc:
-        why = "disk full: free space and export again" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
-            (exc.strerror or str(exc))
+        why = (
+            "disk full: free space and export again"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else (exc.strerror or str(exc))
+        )
         raise HistoError(f"{pt_path.parent}: cannot write the export ({why})") from None
     return pt_path
 

@@ -17,7 +17,8 @@ of pixels at all and gets no score.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,16 @@ DEFAULT_TILES = 40
 FILE_NAME = "faithfulness.json"
 
 
-def road_scores(model: nn.Module, meta, tiles_uint8: np.ndarray, cams: np.ndarray, targets: Sequence[int],
-                percentiles: Sequence[int] = PERCENTILES, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+def road_scores(
+    model: nn.Module,
+    meta,
+    tiles_uint8: np.ndarray,
+    cams: np.ndarray,
+    targets: Sequence[int],
+    percentiles: Sequence[int] = PERCENTILES,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> np.ndarray:
     """ROAD combined score (N,) of maps (N, S, S) in [0, 1] for uint8 tiles (N, S, S, C), explaining class
     targets[i] of tile i. Seeded: the imputation noise does not change between calls."""
     from pytorch_grad_cam.metrics.road import ROADCombined
@@ -53,16 +62,18 @@ def road_scores(model: nn.Module, meta, tiles_uint8: np.ndarray, cams: np.ndarra
         torch.manual_seed(seed)
         model.eval()
         for s in range(0, len(tiles), batch_size):
-            x = model_input(tiles[s:s + batch_size], meta, device)
-            wanted = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets[s:s + batch_size]]
-            out[s:s + len(x)] = np.asarray(metric(x, cams[s:s + batch_size], wanted, model), np.float32).reshape(-1)
+            x = model_input(tiles[s : s + batch_size], meta, device)
+            wanted = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets[s : s + batch_size]]
+            out[s : s + len(x)] = np.asarray(metric(x, cams[s : s + batch_size], wanted, model), np.float32).reshape(-1)
     return out
 
 
 def verdict(scores: np.ndarray, flat: np.ndarray) -> list[str]:
     """Per map: "flat" (nothing to rank), "unfaithful" (score <= UNFAITHFUL_AT) or "faithful"."""
-    return ["flat" if f else ("unfaithful" if s <= UNFAITHFUL_AT else "faithful")
-            for s, f in zip(np.asarray(scores), np.asarray(flat, bool))]
+    return [
+        "flat" if f else ("unfaithful" if s <= UNFAITHFUL_AT else "faithful")
+        for s, f in zip(np.asarray(scores), np.asarray(flat, bool))
+    ]
 
 
 def describe(score: float | None, flat: bool) -> str:
@@ -72,19 +83,26 @@ def describe(score: float | None, flat: bool) -> str:
     if score is None:
         return ""
     if score <= UNFAITHFUL_AT:
-        return (f"ROAD {score:+.3f}: UNFAITHFUL — removing the highlighted pixels hurts the prediction no more than "
-                "removing the others")
+        return (
+            f"ROAD {score:+.3f}: UNFAITHFUL — removing the highlighted pixels hurts the prediction no more than "
+            "removing the others"
+        )
     return f"ROAD {score:+.3f}: removing the highlighted pixels lowers p(class) more than removing the others"
 
 
-def method_table(model: nn.Module, meta, tiles: np.ndarray, methods: Sequence[str] | None = None,
-                 targets: Sequence[int] | None = None, progress: Callable[[float, str], None] | None = None
-                 ) -> list[dict[str, Any]]:
+def method_table(
+    model: nn.Module,
+    meta,
+    tiles: np.ndarray,
+    methods: Sequence[str] | None = None,
+    targets: Sequence[int] | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> list[dict[str, Any]]:
     """One row per CAM method over `tiles` (explaining `targets`, default the predicted class): mean and
     median ROAD score over the maps that are not flat, shares of flat and unfaithful maps, seconds. Sorted
     most faithful first."""
     from histo_core.explain import CAM_METHODS, compute_cams, uniform_maps
-    from histo_core.inference import predict, LoadedModel
+    from histo_core.inference import LoadedModel, predict
 
     methods = list(methods or CAM_METHODS)
     for m in methods:
@@ -104,11 +122,17 @@ def method_table(model: nn.Module, meta, tiles: np.ndarray, methods: Sequence[st
         scores = road_scores(model, meta, tiles, cams, targets)
         kept = scores[~flat]
         v = verdict(scores, flat)
-        rows.append({"method": method, "tiles": len(tiles),
-                     "road_mean": float(kept.mean()) if len(kept) else None,
-                     "road_median": float(np.median(kept)) if len(kept) else None,
-                     "flat_share": float(flat.mean()), "unfaithful_share": v.count("unfaithful") / len(v),
-                     "seconds_per_tile": round((time.perf_counter() - t0) / len(tiles), 4)})
+        rows.append(
+            {
+                "method": method,
+                "tiles": len(tiles),
+                "road_mean": float(kept.mean()) if len(kept) else None,
+                "road_median": float(np.median(kept)) if len(kept) else None,
+                "flat_share": float(flat.mean()),
+                "unfaithful_share": v.count("unfaithful") / len(v),
+                "seconds_per_tile": round((time.perf_counter() - t0) / len(tiles), 4),
+            }
+        )
     if progress:
         progress(1.0, "done")
     rows.sort(key=lambda r: -np.inf if r["road_mean"] is None else -r["road_mean"])
@@ -117,8 +141,13 @@ def method_table(model: nn.Module, meta, tiles: np.ndarray, methods: Sequence[st
     return rows
 
 
-def explain_quality(run, tiles: int = DEFAULT_TILES, methods: Sequence[str] | None = None, seed: int = 0,
-                    progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+def explain_quality(
+    run,
+    tiles: int = DEFAULT_TILES,
+    methods: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: Callable[[float, str], None] | None = None,
+) -> dict[str, Any]:
     """The method table over a seeded sample of `tiles` test tiles of a run (all of them when fewer), saved to
     faithfulness.json in the run directory."""
     from histo_core.fsutil import write_json_atomic
@@ -138,10 +167,18 @@ def explain_quality(run, tiles: int = DEFAULT_TILES, methods: Sequence[str] | No
     images = np.stack([preprocess(t, loaded.meta) for t in images]) if len(images) else images
     started = time.time()
     table = method_table(loaded.model, loaded.meta, images, methods, progress=progress)
-    doc = {"run": run.id, "split": split, "tiles": int(len(rows)), "sampled": bool(n > tiles), "of": int(n),
-           "metric": f"ROAD combined, percentiles {list(PERCENTILES)}, softmax of the predicted class",
-           "methods": table, "best": table[0]["method"] if table and table[0]["road_mean"] is not None else None,
-           "seconds": round(time.time() - started, 1), "computed_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    doc = {
+        "run": run.id,
+        "split": split,
+        "tiles": int(len(rows)),
+        "sampled": bool(n > tiles),
+        "of": int(n),
+        "metric": f"ROAD combined, percentiles {list(PERCENTILES)}, softmax of the predicted class",
+        "methods": table,
+        "best": table[0]["method"] if table and table[0]["road_mean"] is not None else None,
+        "seconds": round(time.time() - started, 1),
+        "computed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     write_json_atomic(run.file(FILE_NAME), doc)
     return doc
 

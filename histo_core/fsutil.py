@@ -8,8 +8,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -59,8 +60,9 @@ def torch_save_atomic(path: Path, obj: Any) -> None:
             raise
         if disk_nearly_full(Path(path).parent):
             raise OSError(errno.ENOSPC, "No space left on device (disk full)", str(path)) from None
-        raise OSError(errno.EIO, f"could not write the file ({text.splitlines()[-1].strip()[:200]})",
-                      str(path)) from None
+        raise OSError(
+            errno.EIO, f"could not write the file ({text.splitlines()[-1].strip()[:200]})", str(path)
+        ) from None
 
 
 DISK_FULL_BELOW = 64 * 2**20

@@ -69,8 +69,10 @@ def load_predictions(run: RunDir, split: str = "test") -> Predictions:
     path = run.predictions_path(split)
     if not path.exists():
         have = prediction_splits(run)
-        raise HistoError(f"{run.id}: no saved {split} predictions ({path.name}); "
-                         + (f"available: {', '.join(have)}" if have else "the run has not finished its evaluation"))
+        raise HistoError(
+            f"{run.id}: no saved {split} predictions ({path.name}); "
+            + (f"available: {', '.join(have)}" if have else "the run has not finished its evaluation")
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             probs = np.asarray(z["probs"], np.float32)
@@ -80,7 +82,9 @@ def load_predictions(run: RunDir, split: str = "test") -> Predictions:
     except (OSError, ValueError, KeyError) as exc:
         raise HistoError(f"{path}: unreadable predictions file ({exc}); re-run the evaluation") from None
     if probs.ndim != 2 or len(probs) != len(labels) or len(indices) != len(labels):
-        raise HistoError(f"{path}: inconsistent arrays (probs {probs.shape}, labels {labels.shape}, indices {indices.shape})")
+        raise HistoError(
+            f"{path}: inconsistent arrays (probs {probs.shape}, labels {labels.shape}, indices {indices.shape})"
+        )
     if loss is None:
         loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))
     classes = run_classes(run)
@@ -89,8 +93,14 @@ def load_predictions(run: RunDir, split: str = "test") -> Predictions:
     return Predictions(split, classes, probs, labels, indices, np.asarray(loss, np.float64))
 
 
-def query(preds: Predictions, true_class: int | None = None, pred_class: int | None = None, sort: str = "loss",
-          descending: bool | None = None, errors_only: bool = True) -> np.ndarray:
+def query(
+    preds: Predictions,
+    true_class: int | None = None,
+    pred_class: int | None = None,
+    sort: str = "loss",
+    descending: bool | None = None,
+    errors_only: bool = True,
+) -> np.ndarray:
     """Positions (into the predictions arrays) of the tiles matching the filters, in the requested order.
 
     sort: "loss" (worst first), "confidence" (most confident mistakes first) or "index" (dataset order).
@@ -114,21 +124,23 @@ def paginate(positions: np.ndarray, page: int, page_size: int) -> tuple[np.ndarr
     page_size = max(1, int(page_size))
     pages = max(1, math.ceil(len(positions) / page_size))
     page = min(max(1, int(page)), pages)
-    return positions[(page - 1) * page_size: page * page_size], pages
+    return positions[(page - 1) * page_size : page * page_size], pages
 
 
 def table(preds: Predictions, positions: np.ndarray) -> pd.DataFrame:
     """One row per position: dataset index, true and predicted class, confidence, p(true), loss."""
     positions = np.asarray(positions, dtype=np.int64)
     cls = np.asarray(preds.classes, dtype=object)
-    return pd.DataFrame({
-        "index": preds.indices[positions],
-        "true": cls[preds.labels[positions]] if len(positions) else [],
-        "predicted": cls[preds.pred[positions]] if len(positions) else [],
-        "confidence": preds.confidence[positions].round(4),
-        "p_true": preds.p_true[positions].round(4),
-        "loss": preds.loss[positions].round(4),
-    })
+    return pd.DataFrame(
+        {
+            "index": preds.indices[positions],
+            "true": cls[preds.labels[positions]] if len(positions) else [],
+            "predicted": cls[preds.pred[positions]] if len(positions) else [],
+            "confidence": preds.confidence[positions].round(4),
+            "p_true": preds.p_true[positions].round(4),
+            "loss": preds.loss[positions].round(4),
+        }
+    )
 
 
 def to_csv(df: pd.DataFrame) -> bytes:
@@ -145,8 +157,17 @@ def confused_pairs(preds: Predictions, top: int | None = None) -> list[dict[str,
     cm = confusion(preds)
     cells = [(int(cm[t, p]), t, p) for t in range(len(cm)) for p in range(len(cm)) if t != p and cm[t, p] > 0]
     cells.sort(key=lambda c: (-c[0], c[1], c[2]))
-    out = [{"true": preds.classes[t], "predicted": preds.classes[p], "count": n, "true_index": t, "pred_index": p,
-            "share_of_true": n / max(1, int(cm[t].sum()))} for n, t, p in cells]
+    out = [
+        {
+            "true": preds.classes[t],
+            "predicted": preds.classes[p],
+            "count": n,
+            "true_index": t,
+            "pred_index": p,
+            "share_of_true": n / max(1, int(cm[t].sum())),
+        }
+        for n, t, p in cells
+    ]
     return out[:top] if top else out
 
 
@@ -162,10 +183,17 @@ def side_by_side(preds: Predictions) -> list[dict[str, Any]]:
             continue
         worst = int(wrong_t[np.argmax(preds.loss[wrong_t])])
         mistaken_for = int(preds.pred[worst])
-        out.append({"true_index": t, "true": preds.classes[t], "mistaken_for": preds.classes[mistaken_for],
-                    "mistaken_for_index": mistaken_for, "misclassified": worst,
-                    "correct_true": _most_confident(preds, correct & (preds.labels == t)),
-                    "correct_mistaken": _most_confident(preds, correct & (preds.labels == mistaken_for))})
+        out.append(
+            {
+                "true_index": t,
+                "true": preds.classes[t],
+                "mistaken_for": preds.classes[mistaken_for],
+                "mistaken_for_index": mistaken_for,
+                "misclassified": worst,
+                "correct_true": _most_confident(preds, correct & (preds.labels == t)),
+                "correct_mistaken": _most_confident(preds, correct & (preds.labels == mistaken_for)),
+            }
+        )
     return out
 
 
@@ -187,8 +215,13 @@ class RunTiles:
         self.run_id = run.id
         self.train_splits = str(cfg.get("train_splits") or "train")
         try:
-            self.dataset = open_dataset(spec, size=cfg.get("size"), as_rgb=bool(cfg.get("as_rgb")),
-                                        data_dir=cfg.get("data_dir"), seed=int(cfg.get("seed", 0)))
+            self.dataset = open_dataset(
+                spec,
+                size=cfg.get("size"),
+                as_rgb=bool(cfg.get("as_rgb")),
+                data_dir=cfg.get("data_dir"),
+                seed=int(cfg.get("seed", 0)),
+            )
         except HistoError as exc:
             raise HistoError(f"{run.id}: cannot reopen its dataset to show tiles: {exc}") from None
 
@@ -197,8 +230,10 @@ class RunTiles:
         s = self.dataset.split(split)
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(s)):
-            raise HistoError(f"{split}: saved predictions refer to row {int(idx.max())}, but the dataset now has "
-                             f"{len(s)} tiles; has the dataset changed since the run?")
+            raise HistoError(
+                f"{split}: saved predictions refer to row {int(idx.max())}, but the dataset now has "
+                f"{len(s)} tiles; has the dataset changed since the run?"
+            )
         return s.get(idx) if len(idx) else np.zeros((0, *s.tile_shape), np.uint8)
 
     def training(self, rows: np.ndarray) -> np.ndarray:
@@ -211,6 +246,8 @@ class RunTiles:
         joined = ConcatSplit("train+val", [self.dataset.split("train"), self.dataset.split("val")])
         idx = np.asarray(rows, dtype=np.int64)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(joined)):
-            raise HistoError(f"{self.run_id}: the label-error report refers to row {int(idx.max())}, but the training "
-                             f"set (train+val) now has {len(joined)} tiles; has the dataset changed since the run?")
+            raise HistoError(
+                f"{self.run_id}: the label-error report refers to row {int(idx.max())}, but the training "
+                f"set (train+val) now has {len(joined)} tiles; has the dataset changed since the run?"
+            )
         return joined.get(idx) if len(idx) else np.zeros((0, *joined.tile_shape), np.uint8)

@@ -35,8 +35,14 @@ from histo_core.errors import ImageError
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_NAME_CHARS = 120
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif")  # what the Classify page accepts
-_FORMAT_EXTENSIONS = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg", ".jpe"}, "TIFF": {".tif", ".tiff"},
-                      "BMP": {".bmp"}, "GIF": {".gif"}, "WEBP": {".webp"}}
+_FORMAT_EXTENSIONS = {
+    "PNG": {".png"},
+    "JPEG": {".jpg", ".jpeg", ".jpe"},
+    "TIFF": {".tif", ".tiff"},
+    "BMP": {".bmp"},
+    "GIF": {".gif"},
+    "WEBP": {".webp"},
+}
 # Errors Pillow raises on damaged data, at open or at load.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, MemoryError)
 
@@ -112,7 +118,9 @@ def decode_image(data: bytes, name: str = "image") -> DecodedImage:
     except Image.DecompressionBombError:
         raise _bomb_error(shown, im.size) from None
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"{shown}: damaged or truncated {fmt} file, cannot decode its pixels ({_short(exc)})") from None
+        raise ImageError(
+            f"{shown}: damaged or truncated {fmt} file, cannot decode its pixels ({_short(exc)})"
+        ) from None
     if _exif_rotated(im):
         notes.append("rotated upright following the file's EXIF orientation tag")
     array = _to_uint8(oriented, shown, notes, _png_significant_bits(data) if fmt == "PNG" else None)
@@ -134,7 +142,8 @@ def _open(data: bytes, shown: str) -> Image.Image:
         raise ImageError(
             f"{shown}: refused, the image declares {declared} pixels, "
             f"more than the limit of {limit:,} (a possible decompression bomb); cut it into smaller regions or "
-            "raise HISTO_MAX_IMAGE_PIXELS") from None
+            "raise HISTO_MAX_IMAGE_PIXELS"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(f"{shown}: not an image ({_what_is_it(data)})") from None
     except _DECODE_ERRORS as exc:
@@ -190,10 +199,10 @@ def _png_significant_bits(data: bytes) -> int | None:
     """The largest significant-bits value of a PNG's sBIT chunk (before the image data), if it has one."""
     pos = 8
     while pos + 8 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8]
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
         if kind == b"sBIT":
-            values = data[pos + 8:pos + 8 + length]
+            values = data[pos + 8 : pos + 8 + length]
             return max(values) if values else None
         if kind in (b"IDAT", b"IEND"):
             return None
@@ -224,7 +233,9 @@ def _to_uint8(im: Image.Image, shown: str, notes: list[str], significant_bits: i
     try:
         rgb = im.convert("RGB")
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"{shown}: colour mode {mode} is not supported ({_short(exc)}); save it as 8-bit RGB") from None
+        raise ImageError(
+            f"{shown}: colour mode {mode} is not supported ({_short(exc)}); save it as 8-bit RGB"
+        ) from None
     notes.append(f"{mode} image converted to RGB")
     return np.asarray(rgb, dtype=np.uint8).copy()
 
@@ -272,7 +283,7 @@ def _scale_high_depth(im: Image.Image, shown: str, notes: list[str], significant
         container = 16 if (im.mode.startswith("I;16") or hi <= 65535) else 32
         bits = significant_bits if significant_bits and 8 < significant_bits <= container else container
         declared = " (declared significant bits)" if bits != container else ""
-        scaled = arr / (2 ** bits - 1) * 255.0
+        scaled = arr / (2**bits - 1) * 255.0
         notes.append(f"{bits}-bit image{declared} scaled to 8 bits (max value {hi:.0f})")
     out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return out if out.ndim == 3 else out[..., None]
@@ -315,8 +326,10 @@ def square_side(height: int, width: int, name: str = "image") -> int:
     """The side of the centre square of an image; refuses images too thin to hold a tile."""
     side = min(height, width)
     if side < MIN_TILE_SIDE:
-        raise ImageError(f"{display_name(name)}: {width}x{height} px, too small to classify (a tile needs at least "
-                         f"{MIN_TILE_SIDE} px on the shorter side)")
+        raise ImageError(
+            f"{display_name(name)}: {width}x{height} px, too small to classify (a tile needs at least "
+            f"{MIN_TILE_SIDE} px on the shorter side)"
+        )
     return side
 
 
@@ -329,8 +342,15 @@ def centre_box(height: int, width: int, region_px: int | None = None, name: str 
     return (height - side) // 2, (width - side) // 2, side
 
 
-def make_tile(array: np.ndarray, size: int, channels: int, *, region_px: int | None = None,
-              notes: list[str] | None = None, name: str = "image") -> np.ndarray:
+def make_tile(
+    array: np.ndarray,
+    size: int,
+    channels: int,
+    *,
+    region_px: int | None = None,
+    notes: list[str] | None = None,
+    name: str = "image",
+) -> np.ndarray:
     """A decoded uint8 image (H, W, 1 or 3) -> the model's uint8 tile (size, size, channels).
 
     The centre square of side min(H, W) is taken (or of side `region_px`, the model's field of view in this
@@ -342,7 +362,7 @@ def make_tile(array: np.ndarray, size: int, channels: int, *, region_px: int | N
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3):
         raise ValueError(f"expected a uint8 (H, W, 1 or 3) image, got {arr.dtype} {arr.shape}")
     top, left, side = centre_box(arr.shape[0], arr.shape[1], region_px, name)
-    arr = arr[top:top + side, left:left + side]
+    arr = arr[top : top + side, left : left + side]
     if arr.shape[2] != channels:
         if channels == 1:
             arr = np.asarray(Image.fromarray(arr).convert("L"), np.uint8)[..., None]

@@ -16,9 +16,10 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ KNOWN_SCALES = {"pathmnist": (224, 0.5), "pcam": (96, 0.972)}
 @dataclass(frozen=True)
 class ModelMeta:
     """What a caller needs to feed a model: classes, input geometry, normalisation, provenance."""
+
     arch: str
     classes: tuple[str, ...]
     input_size: int
@@ -71,9 +73,11 @@ class ModelMeta:
         return bool(self.dataset.get("synthetic"))
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any], dataset: dict | None = None, ood: dict | None = None) -> "ModelMeta":
+    def from_checkpoint(cls, ckpt: dict[str, Any], dataset: dict | None = None, ood: dict | None = None) -> ModelMeta:
         ds = dict(ckpt.get("dataset") or {})
-        ds.update({k: v for k, v in (dataset or {}).items() if k in ("name", "title", "source", "synthetic", "extra", "size")})
+        ds.update(
+            {k: v for k, v in (dataset or {}).items() if k in ("name", "title", "source", "synthetic", "extra", "size")}
+        )
         native_px, mpp = source_scale(ds)
         return cls(
             arch=str(ckpt["arch"]),
@@ -136,8 +140,10 @@ def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
         for ckpt in (run.best_ckpt, run.last_ckpt):
             if ckpt.is_file():
                 return ckpt, run.id, run.dataset()
-        raise ModelFileError(f"{text}: the run has no best.pt or last.pt yet (state: {run.status().state}); "
-                             "wait until it has finished an epoch")
+        raise ModelFileError(
+            f"{text}: the run has no best.pt or last.pt yet (state: {run.status().state}); "
+            "wait until it has finished an epoch"
+        )
     if p.suffix == "" and "/" not in text:
         for folder in (paths.weights_dir(), paths.shipped_weights_dir()):
             exported = folder / f"{text}.pt"
@@ -151,7 +157,7 @@ def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
     )
 
 
-_cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+_cache: OrderedDict[tuple, LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -168,8 +174,13 @@ def load_model(spec: str | os.PathLike, device: str = "cpu") -> LoadedModel:
             return _cache[key]
     ckpt = load_checkpoint(resolved)
     model = model_from_checkpoint(ckpt, path).to(device)
-    loaded = LoadedModel(model=model, meta=ModelMeta.from_checkpoint(ckpt, dataset, _run_ood(path)), source=str(resolved),
-                         label=label, device=device)
+    loaded = LoadedModel(
+        model=model,
+        meta=ModelMeta.from_checkpoint(ckpt, dataset, _run_ood(path)),
+        source=str(resolved),
+        label=label,
+        device=device,
+    )
     with _cache_lock:
         _cache[key] = loaded
         while len(_cache) > CACHE_SIZE:
@@ -198,7 +209,7 @@ def _pick_device(device: str) -> str:
     return device
 
 
-_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
 
 
@@ -212,8 +223,14 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 
 # -- preprocessing ---------------------------------------------------------------------------------
-def preprocess(decoded: DecodedImage | np.ndarray, meta: ModelMeta, notes: list[str] | None = None, *,
-               mpp: float | None = None, name: str = "image") -> np.ndarray:
+def preprocess(
+    decoded: DecodedImage | np.ndarray,
+    meta: ModelMeta,
+    notes: list[str] | None = None,
+    *,
+    mpp: float | None = None,
+    name: str = "image",
+) -> np.ndarray:
     """A decoded image -> uint8 (S, S, C) at the model's input size S and channel count C, through the one
     image path (`images.make_tile`: centre square, LANCZOS resize, channels matched).
 
@@ -229,9 +246,14 @@ def preprocess(decoded: DecodedImage | np.ndarray, meta: ModelMeta, notes: list[
         arr = arr[..., None]
     h, w = arr.shape[:2]
     region = field_region(meta, mpp)
-    return make_tile(arr, meta.input_size, meta.in_channels, region_px=region,
-                     notes=_scale_notes(h, w, meta, mpp, region, notes),
-                     name=decoded.name if isinstance(decoded, DecodedImage) else name)
+    return make_tile(
+        arr,
+        meta.input_size,
+        meta.in_channels,
+        region_px=region,
+        notes=_scale_notes(h, w, meta, mpp, region, notes),
+        name=decoded.name if isinstance(decoded, DecodedImage) else name,
+    )
 
 
 def field_region(meta: ModelMeta, mpp: float | None = None) -> int | None:
@@ -242,25 +264,30 @@ def field_region(meta: ModelMeta, mpp: float | None = None) -> int | None:
     return max(1, round(meta.field_um / float(mpp or meta.source_mpp)))
 
 
-def _scale_notes(h: int, w: int, meta: ModelMeta, mpp: float | None, region: int | None,
-                 notes: list[str]) -> list[str]:
+def _scale_notes(h: int, w: int, meta: ModelMeta, mpp: float | None, region: int | None, notes: list[str]) -> list[str]:
     side = min(h, w)
     field_um = meta.field_um
     if field_um and region:
         image_mpp = float(mpp or meta.source_mpp)
         assumed = "" if mpp else " (assuming the training images' resolution; give the µm per pixel if it differs)"
         if side > region * 1.1:
-            notes.append(f"the centre {region}x{region} px ({field_um:.0f} µm, the model's field of view) of the "
-                         f"{w}x{h} image is classified{assumed}; the large-image mode classifies all of it")
+            notes.append(
+                f"the centre {region}x{region} px ({field_um:.0f} µm, the model's field of view) of the "
+                f"{w}x{h} image is classified{assumed}; the large-image mode classifies all of it"
+            )
         elif side * FIELD_TOLERANCE < region:
-            notes.append(f"the image covers {side * image_mpp:.0f} µm, less than the {field_um:.0f} µm of the "
-                         f"model's tiles: it is enlarged to fill a tile, so tissue looks larger than in training"
-                         f"{assumed}")
+            notes.append(
+                f"the image covers {side * image_mpp:.0f} µm, less than the {field_um:.0f} µm of the "
+                f"model's tiles: it is enlarged to fill a tile, so tissue looks larger than in training"
+                f"{assumed}"
+            )
         elif max(h, w) / min(h, w) > 1.1:
             notes.append(f"{w}x{h} image centre-cropped to {side}x{side}")
     else:
         if max(h, w) / min(h, w) > 1.1:
-            notes.append(f"{w}x{h} image centre-cropped to {side}x{side} (use the large-image mode to classify all of it)")
+            notes.append(
+                f"{w}x{h} image centre-cropped to {side}x{side} (use the large-image mode to classify all of it)"
+            )
         reference = meta.native_tile_px or meta.input_size
         ratio = side / reference
         if ratio > SCALE_NOTE_FACTOR or ratio < 1 / SCALE_NOTE_FACTOR:
@@ -268,7 +295,8 @@ def _scale_notes(h: int, w: int, meta: ModelMeta, mpp: float | None, region: int
             notes.append(
                 f"the image is {side} px across, {max(ratio, 1 / ratio):.0f}x {'larger' if ratio > 1 else 'smaller'} "
                 f"than the {what} ({reference} px): tissue may appear at a scale the model was not trained on"
-                + (" (try the large-image mode)" if ratio > 1 else ""))
+                + (" (try the large-image mode)" if ratio > 1 else "")
+            )
     return notes
 
 
@@ -308,18 +336,20 @@ def predict(loaded: LoadedModel, tiles_uint8: np.ndarray, tta: bool = False, bat
     out = np.empty((len(tiles), loaded.meta.num_classes), np.float32)
     with model_lock(loaded.model), torch.inference_mode():
         for start in range(0, len(tiles), batch_size):
-            x = model_input(tiles[start:start + batch_size], loaded.meta, loaded.device)
+            x = model_input(tiles[start : start + batch_size], loaded.meta, loaded.device)
             views = dihedral_views(x) if tta else [x]
             probs = sum(torch.softmax(loaded.model(v).float(), dim=1) for v in views) / len(views)
-            out[start:start + len(x)] = probs.cpu().numpy()
+            out[start : start + len(x)] = probs.cpu().numpy()
     return out
 
 
 def _check_tiles(tiles: np.ndarray, meta: ModelMeta) -> None:
     expected = (meta.input_size, meta.input_size, meta.in_channels)
     if tiles.ndim != 4 or tiles.dtype != np.uint8 or tuple(tiles.shape[1:]) != expected:
-        raise ValueError(f"expected uint8 tiles (N, {expected[0]}, {expected[1]}, {expected[2]}), "
-                         f"got {tiles.dtype} {tiles.shape}; run preprocess() first")
+        raise ValueError(
+            f"expected uint8 tiles (N, {expected[0]}, {expected[1]}, {expected[2]}), "
+            f"got {tiles.dtype} {tiles.shape}; run preprocess() first"
+        )
 
 
 def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
@@ -332,6 +362,7 @@ def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list[tu
 @dataclass
 class ModelEntry:
     """One model a user can pick: a completed run or an export, described without loading its weights."""
+
     kind: str  # "run" | "export" | "shipped" (comes with the project, weights/)
     ref: str  # what load_model() takes
     name: str  # run id or export name
@@ -357,8 +388,10 @@ class ModelEntry:
     def label(self) -> str:
         acc = self.accuracy_text
         if self.kind == "shipped":
-            return (f"{self.name} · ready-made model shipped in weights/ · {self.arch} · {self.dataset} · "
-                    f"{len(self.classes)} classes · {acc}")
+            return (
+                f"{self.name} · ready-made model shipped in weights/ · {self.arch} · {self.dataset} · "
+                f"{len(self.classes)} classes · {acc}"
+            )
         tag = "SYNTHETIC · " if self.synthetic else ""
         size = f"{self.input_size} px" if self.input_size else "? px"
         return f"{tag}{self.name} · {self.kind} · {self.arch} · {self.dataset} · {size} · {len(self.classes)} classes · {acc}"
@@ -376,26 +409,41 @@ def list_models(notes: list[str] | None = None) -> list[ModelEntry]:
             continue
         cfg, ds = run.config(), run.dataset()
         test = (run.results() or {}).get("test") or {}
-        entries.append(ModelEntry(
-            kind="run", ref=str(run.path), name=run.id, arch=str(cfg.get("arch", "?")),
-            dataset=str(ds.get("title") or ds.get("name") or cfg.get("dataset", "?")),
-            synthetic=bool(ds.get("synthetic")), classes=[str(c) for c in ds.get("classes", [])],
-            input_size=cfg.get("size") or ds.get("size"), test_accuracy=test.get("accuracy"), test_auc=test.get("auc"),
-        ))
+        entries.append(
+            ModelEntry(
+                kind="run",
+                ref=str(run.path),
+                name=run.id,
+                arch=str(cfg.get("arch", "?")),
+                dataset=str(ds.get("title") or ds.get("name") or cfg.get("dataset", "?")),
+                synthetic=bool(ds.get("synthetic")),
+                classes=[str(c) for c in ds.get("classes", [])],
+                input_size=cfg.get("size") or ds.get("size"),
+                test_accuracy=test.get("accuracy"),
+                test_auc=test.get("auc"),
+            )
+        )
     cards = list_exports(notes=notes)
     if paths.shipped_weights_dir().resolve() != paths.weights_dir().resolve():
         cards += list_exports(paths.shipped_weights_dir(), notes=notes)
     for card in cards:
         ds = card.get("dataset") or {}
         metrics = card.get("metrics") or {}
-        entries.append(ModelEntry(
-            kind="shipped" if card.get("shipped") else "export", ref=str(card["path"]),
-            name=str(card.get("name", Path(card["path"]).stem)),
-            arch=str(card["arch"]), dataset=str(ds.get("title") or ds.get("name") or "?"),
-            synthetic=bool(ds.get("synthetic")), classes=[str(c) for c in card["classes"]],
-            input_size=card.get("input_size"), test_accuracy=metrics.get("test_accuracy"),
-            test_auc=metrics.get("test_auc"), cv_accuracy=metrics.get("cv_accuracy"),
-        ))
+        entries.append(
+            ModelEntry(
+                kind="shipped" if card.get("shipped") else "export",
+                ref=str(card["path"]),
+                name=str(card.get("name", Path(card["path"]).stem)),
+                arch=str(card["arch"]),
+                dataset=str(ds.get("title") or ds.get("name") or "?"),
+                synthetic=bool(ds.get("synthetic")),
+                classes=[str(c) for c in card["classes"]],
+                input_size=card.get("input_size"),
+                test_accuracy=metrics.get("test_accuracy"),
+                test_auc=metrics.get("test_auc"),
+                cv_accuracy=metrics.get("cv_accuracy"),
+            )
+        )
     return entries
 
 
@@ -406,6 +454,7 @@ PREVIEW_PX = 256  # cards show 224 px; a session may hold a hundred of these
 @dataclass
 class TileResult:
     """One uploaded file: either `error` (why it could not be used) or the tile, its probabilities and notes."""
+
     name: str  # sanitised display name
     error: str | None = None
     tile: np.ndarray | None = None  # uint8 model input (S, S, C)
@@ -445,9 +494,17 @@ def prepare_upload(data: bytes, name: str, meta: ModelMeta, mpp: float | None = 
     except ImageError as exc:
         return TileResult(name=display_name(name), error=str(exc))
     top, left, side = centre_box(decoded.height, decoded.width, field_region(meta, mpp))
-    field_view = _preview(decoded.array[top:top + side, left:left + side])
-    return TileResult(name=decoded.name, tile=tile, preview=_preview(decoded.array), field_view=field_view,
-                      width=decoded.width, height=decoded.height, mode_note=decoded.mode_note, notes=notes)
+    field_view = _preview(decoded.array[top : top + side, left : left + side])
+    return TileResult(
+        name=decoded.name,
+        tile=tile,
+        preview=_preview(decoded.array),
+        field_view=field_view,
+        width=decoded.width,
+        height=decoded.height,
+        mode_note=decoded.mode_note,
+        notes=notes,
+    )
 
 
 def _preview(arr: np.ndarray) -> np.ndarray:
@@ -460,8 +517,13 @@ def _preview(arr: np.ndarray) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
-def classify_uploads(loaded: LoadedModel, files: Sequence[tuple[str, bytes]], tta: bool = False,
-                     batch_size: int = 256, mpp: float | None = None) -> list[TileResult]:
+def classify_uploads(
+    loaded: LoadedModel,
+    files: Sequence[tuple[str, bytes]],
+    tta: bool = False,
+    batch_size: int = 256,
+    mpp: float | None = None,
+) -> list[TileResult]:
     """Decode, preprocess and classify (name, bytes) pairs in one batched pass, in the order given; each tile
     also gets the model's view of it (when stain-normalised) and the "unlike the training tiles" check."""
     from histo_core.ood import flag_tiles

@@ -33,6 +33,7 @@ STALE = "stale"  # shown for a run on another host whose heartbeat stopped; neve
 
 # -- starting processes ------------------------------------------------------------------------------
 
+
 def submit(config, runs_root: str | os.PathLike | None = None, started_by: str | None = None) -> RunDir:
     """Validate `config`, create its run directory and start training it in a background process.
     `started_by`: the signed-in user, recorded in config.json."""
@@ -55,11 +56,10 @@ def check_queue_room(runs_root: str | os.PathLike | None = None) -> None:
     """Refuse a new background process when HISTO_MAX_QUEUED (default 8) are already queued or running in
     this runs directory: each waiting process holds its memory (about 900 MB for a trainer)."""
     from histo_core.limits import max_queued
-
     from histo_core.slots import max_concurrent
 
     for name in sorted(k for k in os.environ if k.startswith("HISTO_MAX_RUNS_")):
-        max_concurrent(name[len("HISTO_MAX_RUNS_"):])  # a bad value is refused here, before a process starts
+        max_concurrent(name[len("HISTO_MAX_RUNS_") :])  # a bad value is refused here, before a process starts
     from histo_core.tasks import active_tasks
 
     limit = max_queued()
@@ -67,7 +67,8 @@ def check_queue_room(runs_root: str | os.PathLike | None = None) -> None:
     if active >= limit:
         raise HistoError(
             f"{active} runs and page tasks are already queued or running in {paths.runs_dir(runs_root)}, the limit "
-            f"(HISTO_MAX_QUEUED={limit}): wait for one to finish or cancel one, then start again")
+            f"(HISTO_MAX_QUEUED={limit}): wait for one to finish or cancel one, then start again"
+        )
 
 
 def _train_command(run: RunDir, resume: bool) -> list[str]:
@@ -97,8 +98,15 @@ def _start_training_process(run: RunDir, resume: bool) -> int:
         with open(run.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd[1:])}\n".encode())
             log.flush()
-            proc = subprocess.Popen(cmd, cwd=paths.PROJECT_ROOT, env=_child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=paths.PROJECT_ROOT,
+                env=_child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     except OSError as exc:
         run.update_status(state="failed", error=f"could not start the training process: {exc}")
         raise HistoError(f"{run.id}: could not start the training process ({exc})") from None
@@ -106,12 +114,19 @@ def _start_training_process(run: RunDir, resume: bool) -> int:
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     # The trainer needs a second or more to import torch before it writes status.json, so this write does
     # not race with it in practice; the trainer records its own pid too.
-    run.update_status(pid=proc.pid, pid_start=proc_start_time(proc.pid), host=socket.gethostname(),
-                      state="queued", error=None, finished_at=None)
+    run.update_status(
+        pid=proc.pid,
+        pid_start=proc_start_time(proc.pid),
+        host=socket.gethostname(),
+        state="queued",
+        error=None,
+        finished_at=None,
+    )
     return proc.pid
 
 
 # -- liveness ----------------------------------------------------------------------------------------
+
 
 def _proc_file(pid: int, name: str) -> bytes | None:
     try:
@@ -133,7 +148,7 @@ def pid_alive(pid: int | None) -> bool:
     stat = _proc_file(pid, "stat")
     if stat is not None:
         # /proc/<pid>/stat: "pid (comm) S ..."; comm may contain spaces or parentheses, so split after the last ')'
-        state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
         if state in (b"Z", b"X"):
             return False
     return True
@@ -145,7 +160,7 @@ def proc_start_time(pid: int | None) -> int | None:
     stat = _proc_file(int(pid), "stat") if pid else None
     if stat is None:
         return None
-    fields = stat[stat.rfind(b")") + 2:].split()  # fields 3.. (comm may hold spaces and parentheses)
+    fields = stat[stat.rfind(b")") + 2 :].split()  # fields 3.. (comm may hold spaces and parentheses)
     try:
         return int(fields[22 - 3])
     except (IndexError, ValueError):
@@ -176,6 +191,7 @@ def process_alive(run: RunDir, status: RunStatus | None = None) -> bool:
 
 
 # -- status ------------------------------------------------------------------------------------------
+
 
 def refresh_status(run: RunDir) -> RunStatus:
     """The run's status, with a queued/running run whose process is gone marked failed (written to disk).
@@ -265,6 +281,7 @@ def last_log_line(run: RunDir) -> str:
 
 # -- control -----------------------------------------------------------------------------------------
 
+
 def cancel(run: RunDir) -> RunStatus:
     """Ask a queued or running run to stop. A running trainer stops at a safe point, saves last.pt and writes
     "cancelled" itself; a queued run is marked cancelled at once."""
@@ -339,6 +356,7 @@ def wait(run: RunDir, timeout_s: float, states: tuple[str, ...] = FINAL_STATES, 
 
 # -- summaries ---------------------------------------------------------------------------------------
 
+
 def best_val(run: RunDir, rows: list[dict[str, Any]] | None = None) -> tuple[str, float | None, int | None]:
     """(monitored metric, its best value, epoch) over the finished epochs."""
     monitor = run.config().get("monitor", "val_loss")
@@ -389,14 +407,15 @@ def run_summary(run: RunDir, status: RunStatus | None = None) -> dict[str, Any]:
 
 
 def augmentation_label(augment: dict[str, Any]) -> str:
-    """"flip+rot90+rotate 15°+jitter b0.1" style short description of a config's augmentation."""
+    """ "flip+rot90+rotate 15°+jitter b0.1" style short description of a config's augmentation."""
     parts = [k for k in ("flip", "rot90") if augment.get(k)]
     if augment.get("rotate"):
         parts.append(f"rotate {augment['rotate']:g}°")
     if augment.get("resized_crop"):
         parts.append(f"crop {augment.get('crop_scale', 0):g}")
-    jitter = " ".join(f"{k[0]}{augment[k]:g}" for k in ("brightness", "contrast", "saturation", "hue")
-                      if augment.get(k))
+    jitter = " ".join(
+        f"{k[0]}{augment[k]:g}" for k in ("brightness", "contrast", "saturation", "hue") if augment.get(k)
+    )
     if jitter:
         parts.append(f"jitter {jitter}")
     return "+".join(parts) or "none"
@@ -416,16 +435,25 @@ def comparison_row(run: RunDir, status: RunStatus | None = None) -> dict[str, An
     elif loss == "sce":
         loss = f"sce a{c.get('sce_alpha')} b{c.get('sce_beta')}"
     return {
-        "run": s["name"] or s["id"], "dataset": s["dataset"] + (" (SYNTHETIC)" if s["synthetic"] and "SYNTHETIC" not in s["dataset"] else ""),
-        "arch": s["arch"], "mode": c.get("mode", "") + (" +ImageNet" if c.get("pretrained") else ""),
-        "optimizer": c.get("optimizer"), "lr": c.get("lr"), "weight decay": c.get("weight_decay"),
-        "batch": c.get("batch_size"), "epochs": f"{results.get('epochs_run', s['epoch'])}/{c.get('epochs')}",
+        "run": s["name"] or s["id"],
+        "dataset": s["dataset"] + (" (SYNTHETIC)" if s["synthetic"] and "SYNTHETIC" not in s["dataset"] else ""),
+        "arch": s["arch"],
+        "mode": c.get("mode", "") + (" +ImageNet" if c.get("pretrained") else ""),
+        "optimizer": c.get("optimizer"),
+        "lr": c.get("lr"),
+        "weight decay": c.get("weight_decay"),
+        "batch": c.get("batch_size"),
+        "epochs": f"{results.get('epochs_run', s['epoch'])}/{c.get('epochs')}",
         "schedule": schedule,
         "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
-        "augmentation": augmentation_label(c.get("augment") or {}), "loss": loss,
+        "augmentation": augmentation_label(c.get("augment") or {}),
+        "loss": loss,
         "early stop": f"{c.get('monitor')} p{c.get('patience')}" if c.get("early_stopping") else "no",
-        "state": s["state"], "best epoch": results.get("best_epoch", s["best_epoch"]),
-        "test acc": s["test_accuracy"], "test AUC": s["test_auc"], "test ECE": s["test_ece"],
+        "state": s["state"],
+        "best epoch": results.get("best_epoch", s["best_epoch"]),
+        "test acc": s["test_accuracy"],
+        "test AUC": s["test_auc"],
+        "test ECE": s["test_ece"],
         "time (s)": round(s["duration_s"], 1) if s["duration_s"] is not None else None,
         "run id": s["id"],
     }
@@ -434,7 +462,6 @@ def comparison_row(run: RunDir, status: RunStatus | None = None) -> dict[str, An
 def summaries(runs_root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """run_summary of every run under the runs root, newest first."""
     return [run_summary(r) for r in list_runs(runs_root)]
-
 
 
 # -- inspection jobs: `python -m histo_core embed|explain-quality ...` in the background -------------------------
@@ -459,14 +486,31 @@ def start_inspection_job(kind: str, args: list[str], status_path: str | os.PathL
         with open(log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd[1:])}\n".encode())
             log.flush()
-            proc = subprocess.Popen(cmd, cwd=paths.PROJECT_ROOT, env=_child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=paths.PROJECT_ROOT,
+                env=_child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     except OSError as exc:
         raise HistoError(f"could not start the {kind} process: {exc.strerror or exc}") from None
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
-    write_job_status(status_path, kind=kind, state="running", pid=proc.pid, host=socket.gethostname(),
-                     started_at=time.time(), finished_at=None, progress=0.0, message="starting", error=None,
-                     log=str(log_path))
+    write_job_status(
+        status_path,
+        kind=kind,
+        state="running",
+        pid=proc.pid,
+        host=socket.gethostname(),
+        started_at=time.time(),
+        finished_at=None,
+        progress=0.0,
+        message="starting",
+        error=None,
+        log=str(log_path),
+    )
     return proc.pid
 
 
@@ -502,19 +546,44 @@ def job_status(status_path: str | os.PathLike) -> dict[str, Any] | None:
         last = next((ln for ln in reversed(lines) if not ln.startswith("===")), "")[:200]
     except OSError:
         pass
-    return write_job_status(status_path, state="failed", finished_at=time.time(),
-                            error=f"the {doc.get('kind', 'background')} process {pid} ended unexpectedly"
-                                  + (f". Log: {last}" if last else ""))
+    return write_job_status(
+        status_path,
+        state="failed",
+        finished_at=time.time(),
+        error=f"the {doc.get('kind', 'background')} process {pid} ended unexpectedly"
+        + (f". Log: {last}" if last else ""),
+    )
+
 
 __all__ = [
-    "submit", "cancel", "resume", "delete", "refresh_status", "run_summary", "summaries", "wait",
-    "log_tail", "last_log_line", "start_inspection_job", "job_status", "write_job_status", "comparison_row", "augmentation_label", "pid_alive", "process_alive", "best_val", "resolve_run", "ACTIVE_STATES", "STALE",
+    "submit",
+    "cancel",
+    "resume",
+    "delete",
+    "refresh_status",
+    "run_summary",
+    "summaries",
+    "wait",
+    "log_tail",
+    "last_log_line",
+    "start_inspection_job",
+    "job_status",
+    "write_job_status",
+    "comparison_row",
+    "augmentation_label",
+    "pid_alive",
+    "process_alive",
+    "best_val",
+    "resolve_run",
+    "ACTIVE_STATES",
+    "STALE",
 ]
 
 
 # -- evaluation jobs: `python -m histo_core evaluate ... --json` in the background -----------------------------
 # One detached process per evaluation; its record, output and log sit next to the saved evaluation in
 # <run>/evaluations/: <name>.job.json (command, pid, start), <name>.out.json (stdout), <name>.log (stderr).
+
 
 def _evaluations_dir(run: RunDir) -> Path:
     from histo_core.evaluation import EVALUATIONS_DIR
@@ -525,13 +594,26 @@ def _evaluations_dir(run: RunDir) -> Path:
 def evaluation_command(model: str, dataset: str, split: str, class_map: dict[str, str], name: str) -> list[str]:
     from histo_core.classnames import format_class_map
 
-    cmd = [sys.executable, "-m", "histo_core", "evaluate", model, "--dataset", dataset, "--split", split,
-           "--name", name, "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "histo_core",
+        "evaluate",
+        model,
+        "--dataset",
+        dataset,
+        "--split",
+        split,
+        "--name",
+        name,
+        "--json",
+    ]
     return cmd + ["--class-map", format_class_map(class_map)] if class_map else cmd
 
 
-def start_evaluation(run: RunDir, dataset: str, split: str = "test", class_map: dict[str, str] | None = None,
-                     name: str | None = None) -> str:
+def start_evaluation(
+    run: RunDir, dataset: str, split: str = "test", class_map: dict[str, str] | None = None, name: str | None = None
+) -> str:
     """Start evaluating `run`'s model on `dataset` in a background process; returns the evaluation's name.
     Its progress is read back with evaluation_jobs(run)."""
     from histo_core.evaluation import evaluation_name
@@ -548,15 +630,32 @@ def start_evaluation(run: RunDir, dataset: str, split: str = "test", class_map: 
     cmd = evaluation_command(str(run.path.resolve()), str(dataset).strip(), split, dict(class_map or {}), name)
     try:
         with open(folder / f"{name}.out.json", "wb") as out, open(folder / f"{name}.log", "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=paths.PROJECT_ROOT, env=_child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=paths.PROJECT_ROOT,
+                env=_child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
     except OSError as exc:
         raise HistoError(f"could not start the evaluation process ({exc})") from None
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     from histo_core.fsutil import write_json_atomic
 
-    write_json_atomic(job, {"name": name, "pid": proc.pid, "started_at": time.time(), "dataset": str(dataset),
-                            "split": split, "class_map": dict(class_map or {}), "command": cmd[1:]})
+    write_json_atomic(
+        job,
+        {
+            "name": name,
+            "pid": proc.pid,
+            "started_at": time.time(),
+            "dataset": str(dataset),
+            "split": split,
+            "class_map": dict(class_map or {}),
+            "command": cmd[1:],
+        },
+    )
     return name
 
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,14 +67,17 @@ class LabelErrorReport:
 
     def summary(self) -> dict[str, Any]:
         n, flagged = len(self.given), int(self.flagged.sum())
-        out: dict[str, Any] = {"tiles": n, "flagged": flagged, "flagged_share": flagged / n if n else 0.0,
-                               **self.info}
+        out: dict[str, Any] = {"tiles": n, "flagged": flagged, "flagged_share": flagged / n if n else 0.0, **self.info}
         if self.flipped is not None:
             flips = int(self.flipped.sum())
             hit = int((self.flagged & self.flipped).sum())
-            out.update(flipped=flips, flipped_flagged=hit,
-                       precision=hit / flagged if flagged else None, recall=hit / flips if flips else None,
-                       flipped_in_top=int(self.flipped[self.ranked()[:flips]].sum()) if flips else 0)
+            out.update(
+                flipped=flips,
+                flipped_flagged=hit,
+                precision=hit / flagged if flagged else None,
+                recall=hit / flips if flips else None,
+                flipped_in_top=int(self.flipped[self.ranked()[:flips]].sum()) if flips else 0,
+            )
         return out
 
     def table(self, positions: np.ndarray | None = None):
@@ -81,11 +85,16 @@ class LabelErrorReport:
 
         pos = self.ranked() if positions is None else np.asarray(positions, dtype=np.int64)
         cls = np.asarray(self.classes, dtype=object)
-        df = pd.DataFrame({
-            "index": self.indices[pos], "given": cls[self.given[pos]], "suggested": cls[self.suggested[pos]],
-            "p_given": self.self_confidence[pos].round(4), "p_suggested": self.probs[pos, self.suggested[pos]].round(4),
-            "flagged": self.flagged[pos],
-        })
+        df = pd.DataFrame(
+            {
+                "index": self.indices[pos],
+                "given": cls[self.given[pos]],
+                "suggested": cls[self.suggested[pos]],
+                "p_given": self.self_confidence[pos].round(4),
+                "p_suggested": self.probs[pos, self.suggested[pos]].round(4),
+                "flagged": self.flagged[pos],
+            }
+        )
         if self.flipped is not None:
             df["flipped"] = self.flipped[pos]
             df["clean"] = cls[self.clean[pos]] if self.clean is not None else None
@@ -112,8 +121,16 @@ def flag_label_errors(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray,
 
 
 # -- out-of-sample probabilities -----------------------------------------------------------------------------
-def cross_val_probs(config, images: np.ndarray, labels: np.ndarray, classes: list[str], folds: int, epochs: int,
-                    seed: int = 0, progress: Progress | None = None) -> np.ndarray:
+def cross_val_probs(
+    config,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    folds: int,
+    epochs: int,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> np.ndarray:
     """(N, K) probabilities, each tile predicted by a model trained on the other folds."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -123,14 +140,18 @@ def cross_val_probs(config, images: np.ndarray, labels: np.ndarray, classes: lis
     present = counts[counts > 0]
     usable_folds = int(min(folds, present.min())) if len(present) else 0
     if usable_folds < 2:
-        raise HistoError(f"cross-validation needs at least 2 tiles of every labelled class; the smallest class has "
-                         f"{int(present.min()) if len(present) else 0}")
+        raise HistoError(
+            f"cross-validation needs at least 2 tiles of every labelled class; the smallest class has "
+            f"{int(present.min()) if len(present) else 0}"
+        )
     splitter = StratifiedKFold(n_splits=usable_folds, shuffle=True, random_state=seed)
     probs = np.zeros((len(labels), len(classes)), np.float32)
     for fold, (fit_idx, held_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         if progress:
-            progress(fold / usable_folds, f"fold {fold + 1}/{usable_folds}: training on {len(fit_idx)} tiles, "
-                                          f"{epochs} epochs")
+            progress(
+                fold / usable_folds,
+                f"fold {fold + 1}/{usable_folds}: training on {len(fit_idx)} tiles, {epochs} epochs",
+            )
         model, meta = fit_arrays(config, images[fit_idx], labels[fit_idx], classes=classes, epochs=epochs)
         probs[held_idx] = predict_probs(model, meta, images[held_idx])
     if progress:
@@ -143,8 +164,15 @@ def _cv_config(run: RunDir, seed: int):
 
     cfg = TrainConfig.from_dict(run.config())
     # The given labels already carry the run's fixed noise; batch noise would add more. Evaluation extras are off.
-    return cfg.replace(noise=0.0, noise_mode="batch", early_stopping=False, tta=False, seed=seed, max_train_samples=0,
-                       device="cpu" if cfg.device == "auto" else cfg.device)
+    return cfg.replace(
+        noise=0.0,
+        noise_mode="batch",
+        early_stopping=False,
+        tta=False,
+        seed=seed,
+        max_train_samples=0,
+        device="cpu" if cfg.device == "auto" else cfg.device,
+    )
 
 
 def _training_tiles(run: RunDir, max_samples: int, seed: int) -> dict[str, Any]:
@@ -172,16 +200,29 @@ def _training_tiles(run: RunDir, max_samples: int, seed: int) -> dict[str, Any]:
     if len(pos) > max_samples:
         pos = np.sort(np.random.default_rng([seed, 99]).choice(len(pos), max_samples, replace=False))
         sampled = True
-    images = np.concatenate([data.train.gather(pos[s:s + 4096]).numpy() for s in range(0, len(pos), 4096)])
-    return {"config": cfg, "classes": list(data.info.classes), "images": images, "given": given[pos],
-            "rows": rows[pos], "clean": clean[pos], "flipped": None if flipped is None else np.asarray(flipped)[pos],
-            "sampled": sampled, "total": len(given)}
+    images = np.concatenate([data.train.gather(pos[s : s + 4096]).numpy() for s in range(0, len(pos), 4096)])
+    return {
+        "config": cfg,
+        "classes": list(data.info.classes),
+        "images": images,
+        "given": given[pos],
+        "rows": rows[pos],
+        "clean": clean[pos],
+        "flipped": None if flipped is None else np.asarray(flipped)[pos],
+        "sampled": sampled,
+        "total": len(given),
+    }
 
 
 # -- entry points ------------------------------------------------------------------------------------------------
-def find_label_errors(run: RunDir, folds: int = DEFAULT_FOLDS, epochs: int | None = None,
-                      max_samples: int = DEFAULT_MAX_SAMPLES, seed: int = 0,
-                      progress: Progress | None = None) -> LabelErrorReport:
+def find_label_errors(
+    run: RunDir,
+    folds: int = DEFAULT_FOLDS,
+    epochs: int | None = None,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> LabelErrorReport:
     """Compute (and cache in the run directory) the suspected label errors of the run's training set."""
     if folds < 2:
         raise HistoError(f"folds must be at least 2, got {folds}")
@@ -193,19 +234,40 @@ def find_label_errors(run: RunDir, folds: int = DEFAULT_FOLDS, epochs: int | Non
     epochs = int(epochs or min(cfg.epochs, DEFAULT_EPOCHS))
     probs = cross_val_probs(cfg, data["images"], data["given"], data["classes"], folds, epochs, seed, progress)
     flagged, thresholds = flag_label_errors(probs, data["given"])
-    info = {"folds": folds, "epochs": epochs, "arch": cfg.arch, "seconds": round(time.time() - started, 1),
-            "sampled": data["sampled"], "training_tiles": data["total"], "computed_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    report = LabelErrorReport(classes=data["classes"], indices=data["rows"], given=data["given"], probs=probs,
-                              flagged=flagged, thresholds=thresholds, flipped=data["flipped"],
-                              clean=data["clean"] if data["flipped"] is not None else None, info=info)
+    info = {
+        "folds": folds,
+        "epochs": epochs,
+        "arch": cfg.arch,
+        "seconds": round(time.time() - started, 1),
+        "sampled": data["sampled"],
+        "training_tiles": data["total"],
+        "computed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    report = LabelErrorReport(
+        classes=data["classes"],
+        indices=data["rows"],
+        given=data["given"],
+        probs=probs,
+        flagged=flagged,
+        thresholds=thresholds,
+        flipped=data["flipped"],
+        clean=data["clean"] if data["flipped"] is not None else None,
+        info=info,
+    )
     save_label_errors(run, report)
     return report
 
 
 def save_label_errors(run: RunDir, report: LabelErrorReport) -> None:
-    arrays = {"classes": np.asarray(report.classes, dtype=str), "indices": report.indices, "given": report.given,
-              "probs": report.probs.astype(np.float32), "flagged": report.flagged, "thresholds": report.thresholds,
-              "info": np.asarray(json.dumps(report.info))}
+    arrays = {
+        "classes": np.asarray(report.classes, dtype=str),
+        "indices": report.indices,
+        "given": report.given,
+        "probs": report.probs.astype(np.float32),
+        "flagged": report.flagged,
+        "thresholds": report.thresholds,
+        "info": np.asarray(json.dumps(report.info)),
+    }
     if report.flipped is not None:
         arrays["flipped"] = report.flipped
     if report.clean is not None:
@@ -221,9 +283,15 @@ def load_label_errors(run: RunDir) -> LabelErrorReport | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return LabelErrorReport(
-                classes=[str(c) for c in z["classes"]], indices=z["indices"], given=z["given"], probs=z["probs"],
-                flagged=z["flagged"], thresholds=z["thresholds"],
-                flipped=z["flipped"] if "flipped" in z else None, clean=z["clean"] if "clean" in z else None,
-                info=json.loads(str(z["info"])))
+                classes=[str(c) for c in z["classes"]],
+                indices=z["indices"],
+                given=z["given"],
+                probs=z["probs"],
+                flagged=z["flagged"],
+                thresholds=z["thresholds"],
+                flipped=z["flipped"] if "flipped" in z else None,
+                clean=z["clean"] if "clean" in z else None,
+                info=json.loads(str(z["info"])),
+            )
     except (OSError, ValueError, KeyError):
         return None

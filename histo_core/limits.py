@@ -38,7 +38,9 @@ def env_int(name: str, default: int, minimum: int = 1) -> int:
         except (ValueError, OverflowError):
             value = None
     if value is None:
-        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to e.g. {name}={default} or unset it") from None
+        raise ConfigError(
+            f"{name}={raw!r} is not a whole number; set it to e.g. {name}={default} or unset it"
+        ) from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}; set it to e.g. {name}={default} or unset it")
     return value

@@ -22,8 +22,9 @@ class SymmetricCrossEntropy(nn.Module):
         return self.alpha * ce + self.beta * rce
 
 
-def build_loss(name: str, num_classes: int, *, label_smoothing: float = 0.1, sce_alpha: float = 0.1,
-               sce_beta: float = 1.0) -> nn.Module:
+def build_loss(
+    name: str, num_classes: int, *, label_smoothing: float = 0.1, sce_alpha: float = 0.1, sce_beta: float = 1.0
+) -> nn.Module:
     if name == "ce":
         return nn.CrossEntropyLoss()
     if name == "smooth":

@@ -9,7 +9,8 @@ the lowest loss.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +18,16 @@ from histo_core.config import TrainConfig
 from histo_core.errors import ConfigError
 
 
-def lr_find(config: TrainConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0, num_steps: int = 100,
-            smoothing: float = 0.9, diverge_factor: float = 4.0,
-            on_step: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+def lr_find(
+    config: TrainConfig,
+    *,
+    min_lr: float = 1e-6,
+    max_lr: float = 1.0,
+    num_steps: int = 100,
+    smoothing: float = 0.9,
+    diverge_factor: float = 4.0,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> dict[str, Any]:
     from histo_core import train as T
 
     if not 0 < min_lr < max_lr:
@@ -44,7 +52,7 @@ def lr_find(config: TrainConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0, n
             batches = trainer._batches_of_epoch(epoch)
         pos = batches[b]
         b += 1
-        lr = min_lr * factor ** step
+        lr = min_lr * factor**step
         for g, ratio in zip(trainer.optimizer.param_groups, ratios):
             g["lr"] = lr * ratio
         x = trainer.prepare_batch(trainer._gather(pos), train=True)
@@ -62,8 +70,13 @@ def lr_find(config: TrainConfig, *, min_lr: float = 1e-6, max_lr: float = 1.0, n
         best = min(best, smoothed)
         if step > 5 and smoothed > diverge_factor * best:
             break
-    return {"lrs": lrs, "losses": losses, "raw_losses": raw, "suggested_lr": suggest_lr(lrs, losses),
-            "min_loss_lr": lrs[int(np.argmin(losses))] if losses else None}
+    return {
+        "lrs": lrs,
+        "losses": losses,
+        "raw_losses": raw,
+        "suggested_lr": suggest_lr(lrs, losses),
+        "min_loss_lr": lrs[int(np.argmin(losses))] if losses else None,
+    }
 
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> float | None:
@@ -73,8 +86,8 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float | None:
     lo, hi = 0, int(np.argmin(losses))
     if hi - lo < 3:
         return lrs[hi] / 10
-    x = np.log10(lrs[lo:hi + 1])
-    y = np.asarray(losses[lo:hi + 1])
+    x = np.log10(lrs[lo : hi + 1])
+    y = np.asarray(losses[lo : hi + 1])
     slope = np.gradient(y, x)
     steepest = lrs[lo + int(np.argmin(slope))]
     return float(min(steepest, lrs[hi] / 10))

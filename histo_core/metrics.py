@@ -10,7 +10,8 @@ labels get auc None instead of crashing (small splits often miss a class).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -113,8 +114,11 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequen
     class_ids = list(range(k))
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=class_ids, zero_division=0) if n else ([0.0] * k,) * 3 + ([0] * k,)
+    precision, recall, f1, support = (
+        precision_recall_fscore_support(labels, preds, labels=class_ids, zero_division=0)
+        if n
+        else ([0.0] * k,) * 3 + ([0] * k,)
+    )
     aucs = class_aucs(probs, labels, k) if n else [None] * k
     auc, auc_kind = summary_auc(probs, labels, k) if n else (None, "positive-class" if k == 2 else "macro-ovr")
     rel = reliability(probs, labels)
@@ -128,11 +132,18 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequen
         "ece": ece,
         "classes": [str(c) for c in classes],
         "per_class": [
-            {"class": str(classes[i]), "precision": float(precision[i]), "recall": float(recall[i]),
-             "f1": float(f1[i]), "support": int(support[i]), "auc": aucs[i]}
+            {
+                "class": str(classes[i]),
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+                "auc": aucs[i],
+            }
             for i in class_ids
         ],
-        "confusion": confusion_matrix(labels, preds, labels=class_ids).astype(int).tolist() if n
+        "confusion": confusion_matrix(labels, preds, labels=class_ids).astype(int).tolist()
+        if n
         else [[0] * k for _ in range(k)],
         "roc": roc_curves(probs, labels, classes) if n else {},
         "reliability": rel,

@@ -11,8 +11,8 @@ architecture appear in the CLI, the Train page and the Classify page.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -41,13 +41,21 @@ class SimpleCNN(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 28):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 10, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(10, 20, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 10, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(10, 20, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
         )
         side = input_size // 4
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(20 * side * side, 100), nn.ReLU(inplace=True),
-            nn.Linear(100, 50), nn.ReLU(inplace=True), nn.Linear(50, num_classes),
+            nn.Flatten(),
+            nn.Linear(20 * side * side, 100),
+            nn.ReLU(inplace=True),
+            nn.Linear(100, 50),
+            nn.ReLU(inplace=True),
+            nn.Linear(50, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,13 +70,23 @@ class CNN3(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                                 nn.MaxPool2d(2), nn.Dropout(dropout))
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+                nn.Dropout(dropout),
+            )
 
         self.features = nn.Sequential(block(in_channels, 32), block(32, 64), block(64, 128))
         side = input_size // 8
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True),
-                                  nn.Dropout(0.5), nn.Linear(128, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(128 * side * side, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(128, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -112,8 +130,9 @@ class ResNet9(nn.Module):
 
 def _mlp_head(in_features: int, num_classes: int) -> nn.Module:
     """The head used with a frozen backbone: (GAP done by the backbone) + FC 512 + classes."""
-    return nn.Sequential(nn.Linear(in_features, 512), nn.ReLU(inplace=True), nn.Dropout(0.2),
-                         nn.Linear(512, num_classes))
+    return nn.Sequential(
+        nn.Linear(in_features, 512), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(512, num_classes)
+    )
 
 
 def _adapt_first_conv(conv: nn.Conv2d, in_channels: int, small: bool) -> nn.Conv2d:
@@ -134,8 +153,11 @@ def _adapt_first_conv(conv: nn.Conv2d, in_channels: int, small: bool) -> nn.Conv
 def _tv_weights(name: str):
     import torchvision.models as tvm
 
-    return {"resnet18": tvm.ResNet18_Weights.IMAGENET1K_V1, "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
-            "densenet121": tvm.DenseNet121_Weights.IMAGENET1K_V1}[name]
+    return {
+        "resnet18": tvm.ResNet18_Weights.IMAGENET1K_V1,
+        "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
+        "densenet121": tvm.DenseNet121_Weights.IMAGENET1K_V1,
+    }[name]
 
 
 def load_pretrained_state(name: str) -> dict:
@@ -159,8 +181,9 @@ def load_pretrained_state(name: str) -> dict:
 
 
 def _resnet(depth: str):
-    def build(num_classes: int, in_channels: int, input_size: int, pretrained: bool = False,
-              mlp_head: bool = False) -> nn.Module:
+    def build(
+        num_classes: int, in_channels: int, input_size: int, pretrained: bool = False, mlp_head: bool = False
+    ) -> nn.Module:
         import torchvision.models as tvm
 
         model = getattr(tvm, depth)(weights=None)
@@ -177,8 +200,9 @@ def _resnet(depth: str):
     return build
 
 
-def _densenet(num_classes: int, in_channels: int, input_size: int, pretrained: bool = False,
-              mlp_head: bool = False) -> nn.Module:
+def _densenet(
+    num_classes: int, in_channels: int, input_size: int, pretrained: bool = False, mlp_head: bool = False
+) -> nn.Module:
     import torchvision.models as tvm
 
     model = tvm.densenet121(weights=None)
@@ -198,7 +222,9 @@ def _fix_densenet_keys(state: dict) -> dict:
     # torchvision's DenseNet checkpoints use old key names ("norm.1" for "norm1"); its own loader remaps them.
     import re
 
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    )
     out = {}
     for k, v in state.items():
         m = pattern.match(k)
@@ -207,10 +233,13 @@ def _fix_densenet_keys(state: dict) -> dict:
 
 
 def _custom(cls):
-    def build(num_classes: int, in_channels: int, input_size: int, pretrained: bool = False,
-              mlp_head: bool = False) -> nn.Module:
+    def build(
+        num_classes: int, in_channels: int, input_size: int, pretrained: bool = False, mlp_head: bool = False
+    ) -> nn.Module:
         if pretrained:
-            raise ConfigError(f"--pretrained: no ImageNet weights exist for {cls.__name__}; use resnet18, resnet50 or densenet121")
+            raise ConfigError(
+                f"--pretrained: no ImageNet weights exist for {cls.__name__}; use resnet18, resnet50 or densenet121"
+            )
         return cls(num_classes, in_channels, input_size)
 
     return build
@@ -219,18 +248,66 @@ def _custom(cls):
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in (
-        ArchSpec("simplecnn", "SimpleCNN (2 conv, course project)", 8, 512, False, _custom(SimpleCNN), "head",
-                 "Two 3x3 convs (10, 20 ch) + FC 100-50; fastest, good for 28 px."),
-        ArchSpec("cnn3", "CNN3 (3 conv blocks + FC 128)", 8, 512, False, _custom(CNN3), "head",
-                 "Three conv/BN/pool/dropout blocks + FC 128; a strong small baseline."),
-        ArchSpec("resnet9", "ResNet-9 (compact, DAWNBench style)", 16, 256, False, _custom(ResNet9), "head",
-                 "0.4M parameters, 3 stages + 2 residual blocks; the CPU default for tiles up to 64 px."),
-        ArchSpec("resnet18", "ResNet-18 (torchvision)", 16, 1024, True, _resnet("resnet18"), "fc",
-                 "11M parameters; small-input stem below 64 px."),
-        ArchSpec("resnet50", "ResNet-50 (torchvision)", 16, 1024, True, _resnet("resnet50"), "fc",
-                 "25M parameters; slow on CPU."),
-        ArchSpec("densenet121", "DenseNet-121 (torchvision)", 16, 1024, True, _densenet, "classifier",
-                 "8M parameters; slow on CPU."),
+        ArchSpec(
+            "simplecnn",
+            "SimpleCNN (2 conv, course project)",
+            8,
+            512,
+            False,
+            _custom(SimpleCNN),
+            "head",
+            "Two 3x3 convs (10, 20 ch) + FC 100-50; fastest, good for 28 px.",
+        ),
+        ArchSpec(
+            "cnn3",
+            "CNN3 (3 conv blocks + FC 128)",
+            8,
+            512,
+            False,
+            _custom(CNN3),
+            "head",
+            "Three conv/BN/pool/dropout blocks + FC 128; a strong small baseline.",
+        ),
+        ArchSpec(
+            "resnet9",
+            "ResNet-9 (compact, DAWNBench style)",
+            16,
+            256,
+            False,
+            _custom(ResNet9),
+            "head",
+            "0.4M parameters, 3 stages + 2 residual blocks; the CPU default for tiles up to 64 px.",
+        ),
+        ArchSpec(
+            "resnet18",
+            "ResNet-18 (torchvision)",
+            16,
+            1024,
+            True,
+            _resnet("resnet18"),
+            "fc",
+            "11M parameters; small-input stem below 64 px.",
+        ),
+        ArchSpec(
+            "resnet50",
+            "ResNet-50 (torchvision)",
+            16,
+            1024,
+            True,
+            _resnet("resnet50"),
+            "fc",
+            "25M parameters; slow on CPU.",
+        ),
+        ArchSpec(
+            "densenet121",
+            "DenseNet-121 (torchvision)",
+            16,
+            1024,
+            True,
+            _densenet,
+            "classifier",
+            "8M parameters; slow on CPU.",
+        ),
     )
 }
 
@@ -251,8 +328,15 @@ def check_input(name: str, input_size: int, in_channels: int) -> None:
         raise ConfigError(f"{name}: tiles must have 1 or 3 channels, got {in_channels}")
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, input_size: int = 28, *,
-                pretrained: bool = False, mlp_head: bool = False) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    input_size: int = 28,
+    *,
+    pretrained: bool = False,
+    mlp_head: bool = False,
+) -> nn.Module:
     spec = get_arch(name)
     check_input(name, input_size, in_channels)
     if num_classes < 2:
@@ -290,8 +374,11 @@ def cam_target_layer(model: nn.Module, name: str, input_size: int) -> nn.Module:
             if input_size / strides[layer] >= 7 or layer == "layer2":
                 return getattr(model, layer)[-1]
     if name == "densenet121":
-        strides = {"denseblock4": 8, "denseblock3": 4, "denseblock2": 2} if small else \
-            {"denseblock4": 32, "denseblock3": 16, "denseblock2": 8}
+        strides = (
+            {"denseblock4": 8, "denseblock3": 4, "denseblock2": 2}
+            if small
+            else {"denseblock4": 32, "denseblock3": 16, "denseblock2": 8}
+        )
         for layer in ("denseblock4", "denseblock3", "denseblock2"):
             if input_size / strides[layer] >= 7 or layer == "denseblock2":
                 return getattr(model.features, layer)

@@ -36,15 +36,16 @@ def batch_noise(labels: torch.Tensor, rate: float, num_classes: int, gen: torch.
     return noisy
 
 
-def fixed_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int,
-                mode: str = "fixed") -> tuple[np.ndarray, np.ndarray]:
+def fixed_noise(
+    labels: np.ndarray, rate: float, num_classes: int, seed: int, mode: str = "fixed"
+) -> tuple[np.ndarray, np.ndarray]:
     """(noisy_labels, flipped) drawn once with `seed`: exactly round(rate * n) samples get a wrong label,
     another class uniformly (mode 'fixed') or the next class k+1 mod K (mode 'pair')."""
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     rng = np.random.default_rng([seed, 31337])
     flipped = np.zeros(n, dtype=bool)
-    flipped[rng.permutation(n)[:_flip_count(n, rate)]] = True
+    flipped[rng.permutation(n)[: _flip_count(n, rate)]] = True
     noisy = labels.copy()
     if mode == "pair":
         noisy[flipped] = (labels[flipped] + 1) % num_classes

@@ -1,4 +1,4 @@
-""""Unlike the training tiles": an out-of-distribution flag calibrated on the model's own tiles.
+""" "Unlike the training tiles": an out-of-distribution flag calibrated on the model's own tiles.
 
     calib = calibrate(train_tiles01, heldout_probs, split="test")   # at the end of training; saved with the model
     flags, reasons = flag_tiles(calib, probs, tiles01)                # at inference: one bool and reason per tile
@@ -35,8 +35,10 @@ def colour_features(x01: torch.Tensor) -> np.ndarray:
     if x.shape[1] == 3:
         z = (x - mean.unsqueeze(-1)) / std.clamp_min(1e-3).unsqueeze(-1)
         corr = [(z[:, i] * z[:, j]).mean(-1) for i, j in ((0, 1), (0, 2), (1, 2))]
-        corr = [torch.where(std[:, i].clamp_max(std[:, j]) < 1e-3, torch.ones_like(c), c)
-                for c, (i, j) in zip(corr, ((0, 1), (0, 2), (1, 2)))]  # flat tiles: as correlated as can be
+        corr = [
+            torch.where(std[:, i].clamp_max(std[:, j]) < 1e-3, torch.ones_like(c), c)
+            for c, (i, j) in zip(corr, ((0, 1), (0, 2), (1, 2)))
+        ]  # flat tiles: as correlated as can be
         feats.append(torch.stack(corr, 1))
     return torch.cat(feats, 1).cpu().numpy().astype(np.float64)
 
@@ -56,19 +58,24 @@ def calibrate(train_tiles01: torch.Tensor, heldout_probs: np.ndarray | None, spl
     icov = np.linalg.inv(cov)
     dist = _mahalanobis(feats, mean, icov)
     out: dict[str, Any] = {
-        "colour_mean": mean.tolist(), "colour_icov": icov.tolist(),
+        "colour_mean": mean.tolist(),
+        "colour_icov": icov.tolist(),
         "colour_threshold": float(np.quantile(dist, COLOUR_QUANTILE) * COLOUR_MARGIN),
         "colour_tiles": int(len(feats)),
     }
     if heldout_probs is not None and len(heldout_probs):
         conf = np.asarray(heldout_probs).max(1)
-        out.update(confidence_threshold=float(np.quantile(conf, CONFIDENCE_QUANTILE)),
-                   confidence_split=split, confidence_tiles=int(len(conf)))
+        out.update(
+            confidence_threshold=float(np.quantile(conf, CONFIDENCE_QUANTILE)),
+            confidence_split=split,
+            confidence_tiles=int(len(conf)),
+        )
     return out
 
 
-def flag_tiles(calib: dict[str, Any] | None, probs: np.ndarray, tiles01: torch.Tensor | None
-               ) -> tuple[np.ndarray, list[str | None]] | None:
+def flag_tiles(
+    calib: dict[str, Any] | None, probs: np.ndarray, tiles01: torch.Tensor | None
+) -> tuple[np.ndarray, list[str | None]] | None:
     """Per tile, whether it looks unlike the training tiles, and why (None where it does not). None when the
     model has no calibration (older runs)."""
     if not calib:
@@ -81,8 +88,10 @@ def flag_tiles(calib: dict[str, Any] | None, probs: np.ndarray, tiles01: torch.T
         conf = np.asarray(probs).max(1)
         for i in np.flatnonzero(conf < threshold):
             flags[i] = True
-            reasons[i] = (f"confidence {conf[i]:.2f} is lower than on 95% of the model's own "
-                          f"{calib.get('confidence_split', 'held-out')} tiles ({threshold:.2f})")
+            reasons[i] = (
+                f"confidence {conf[i]:.2f} is lower than on 95% of the model's own "
+                f"{calib.get('confidence_split', 'held-out')} tiles ({threshold:.2f})"
+            )
     if tiles01 is not None and calib.get("colour_mean") is not None:
         feats = colour_features(tiles01)
         mean, icov = np.asarray(calib["colour_mean"]), np.asarray(calib["colour_icov"])

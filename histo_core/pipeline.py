@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import mmap
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from histo_core import stain
 from histo_core.config import Augment
 
 LAZY_CHUNK = 4096  # tiles per contiguous read from a lazy (HDF5) split
-CPU_RESIDENT_MAX_BYTES = 2 * 1024 ** 3  # in-memory splits up to this size become one torch tensor
+CPU_RESIDENT_MAX_BYTES = 2 * 1024**3  # in-memory splits up to this size become one torch tensor
 CUDA_RESIDENT_FRACTION = 0.4  # of free GPU memory a split may take to live on the GPU
 
 
@@ -42,8 +42,9 @@ def _from_numpy(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
-def to_float01(batch_uint8: np.ndarray | torch.Tensor, device: str | torch.device,
-               size: int | None = None) -> torch.Tensor:
+def to_float01(
+    batch_uint8: np.ndarray | torch.Tensor, device: str | torch.device, size: int | None = None
+) -> torch.Tensor:
     """uint8 NHWC (or NHW) -> float32 NCHW in [0, 1] on `device`, resized to `size` if given."""
     x = _as_tensor(batch_uint8)
     if x.dtype != torch.uint8:
@@ -63,8 +64,9 @@ def to_float01(batch_uint8: np.ndarray | torch.Tensor, device: str | torch.devic
 def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of a float NCHW batch (antialiased when shrinking), clamped to [0, 1]."""
     shrinking = size < x.shape[-1]
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=shrinking).clamp_(0.0, 1.0)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking).clamp_(
+        0.0, 1.0
+    )
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -85,9 +87,15 @@ def _per_channel(values: Sequence[float], channels: int) -> list[float]:
     raise ValueError(f"{len(values)} normalisation values for {channels} channels")
 
 
-def to_model_input(batch_uint8: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                   device: str | torch.device, channels_last: bool = False, size: int | None = None,
-                   stain_ref: dict | None = None) -> torch.Tensor:
+def to_model_input(
+    batch_uint8: np.ndarray | torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: str | torch.device,
+    channels_last: bool = False,
+    size: int | None = None,
+    stain_ref: dict | None = None,
+) -> torch.Tensor:
     """uint8 NHWC tiles (numpy or torch) -> normalised float32 NCHW tensor on `device`: resized to `size`,
     stain-normalised to `stain_ref` (a model's reference, see histo_core.stain), then mean/std-normalised.
     Training batches take the same steps (`Trainer.prepare_batch`), with augmentation before mean/std."""
@@ -95,7 +103,9 @@ def to_model_input(batch_uint8: np.ndarray | torch.Tensor, mean: Sequence[float]
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def channel_stats(images: np.ndarray | torch.Tensor, max_tiles: int = 10_000, seed: int = 0) -> tuple[list[float], list[float]]:
+def channel_stats(
+    images: np.ndarray | torch.Tensor, max_tiles: int = 10_000, seed: int = 0
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 NHWC tiles scaled to [0, 1] (a seeded sample of at most `max_tiles`),
     accumulated in blocks so that memory stays small for large tiles."""
     n = images.shape[0]
@@ -108,14 +118,14 @@ def channel_stats(images: np.ndarray | torch.Tensor, max_tiles: int = 10_000, se
     total_sq = np.zeros(c)
     count = 0
     for s in range(0, n, 64):
-        block = images[s:s + 64]
+        block = images[s : s + 64]
         block = block.numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
         x = block.reshape(-1, c).astype(np.float64) / 255.0
         total += x.sum(0)
         total_sq += (x * x).sum(0)
         count += x.shape[0]
     mean = total / max(count, 1)
-    var = np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0) * count / max(count - 1, 1)
+    var = np.maximum(total_sq / max(count, 1) - mean**2, 0.0) * count / max(count - 1, 1)
     return mean.tolist(), np.maximum(np.sqrt(var), 1e-3).tolist()
 
 
@@ -150,8 +160,9 @@ def random_rot90(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def random_affine(x: torch.Tensor, gen: torch.Generator, max_degrees: float = 0.0,
-                  crop_scale: float | None = None) -> torch.Tensor:
+def random_affine(
+    x: torch.Tensor, gen: torch.Generator, max_degrees: float = 0.0, crop_scale: float | None = None
+) -> torch.Tensor:
     """Small random rotations and/or random resized crops in one grid_sample (reflection padding, so
     no black corners appear in tissue)."""
     n = x.shape[0]
@@ -170,10 +181,13 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, max_degrees: float = 0.
         tx = _uniform(n, -1.0, 1.0, gen, dev) * (1.0 - sx)
         ty = _uniform(n, -1.0, 1.0, gen, dev) * (1.0 - sy)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([
-        torch.stack([cos * sx, -sin * sy, tx], dim=1),
-        torch.stack([sin * sx, cos * sy, ty], dim=1),
-    ], dim=1).to(x.dtype)
+    theta = torch.stack(
+        [
+            torch.stack([cos * sx, -sin * sy, tx], dim=1),
+            torch.stack([sin * sx, cos * sy, ty], dim=1),
+        ],
+        dim=1,
+    ).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -188,8 +202,14 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1, keepdim=True)
 
 
-def color_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.0, contrast: float = 0.0,
-                 saturation: float = 0.0, hue: float = 0.0) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    saturation: float = 0.0,
+    hue: float = 0.0,
+) -> torch.Tensor:
     """Per-tile brightness/contrast/saturation factors in [1-v, 1+v] and a hue shift in [-hue, hue] turns
     (a rotation of the chroma plane in YIQ space), batched. Input and output in [0, 1]."""
     n, dev = x.shape[0], x.device
@@ -231,8 +251,17 @@ def augment_batch(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.
 
 
 def augmentation_active(aug: Augment) -> bool:
-    return bool(aug.flip or aug.rot90 or aug.rotate > 0 or aug.resized_crop or aug.brightness or aug.contrast
-                or aug.saturation or aug.hue or aug.stain_jitter > 0)
+    return bool(
+        aug.flip
+        or aug.rot90
+        or aug.rotate > 0
+        or aug.resized_crop
+        or aug.brightness
+        or aug.contrast
+        or aug.saturation
+        or aug.hue
+        or aug.stain_jitter > 0
+    )
 
 
 def dihedral_views(x: torch.Tensor, flips: bool = True, rot90: bool = True) -> list[torch.Tensor]:
@@ -263,8 +292,13 @@ class _FileRows:
 
     @staticmethod
     def usable(images) -> bool:
-        return (isinstance(images, np.memmap) and getattr(images, "_mmap", None) is not None
-                and images.filename is not None and images.dtype == np.uint8 and images.flags.c_contiguous)
+        return (
+            isinstance(images, np.memmap)
+            and getattr(images, "_mmap", None) is not None
+            and images.filename is not None
+            and images.dtype == np.uint8
+            and images.flags.c_contiguous
+        )
 
     def read(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, *self.row_shape), np.uint8)
@@ -298,8 +332,14 @@ class TileSource:
     file-backed split that fits on the GPU is copied there chunk by chunk instead.
     """
 
-    def __init__(self, split, device: str | torch.device, *, indices: np.ndarray | None = None,
-                 resident_max_bytes: int | None = None):
+    def __init__(
+        self,
+        split,
+        device: str | torch.device,
+        *,
+        indices: np.ndarray | None = None,
+        resident_max_bytes: int | None = None,
+    ):
         self.split = split
         self.device = torch.device(device)
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
@@ -333,7 +373,7 @@ class TileSource:
         if self.indices is None and (getattr(self.split, "lazy", False) or self.file_rows is not None):
             out = torch.empty((self.n, *self.tile_shape), dtype=torch.uint8)
             for s in range(0, self.n, LAZY_CHUNK):
-                out[s:s + LAZY_CHUNK] = self._read(s, min(self.n, s + LAZY_CHUNK))
+                out[s : s + LAZY_CHUNK] = self._read(s, min(self.n, s + LAZY_CHUNK))
             return out
         arr = self.split.get(self.indices) if self.indices is not None else self.split.load_all()
         return _from_numpy(arr)

@@ -72,7 +72,7 @@ class RunStatus:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunStatus":
+    def from_dict(cls, d: dict[str, Any]) -> RunStatus:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -193,8 +193,10 @@ def read_only_note(root: str | os.PathLike | None = None) -> str | None:
     """A sentence when the runs directory exists but cannot be written (runs can still be listed and read)."""
     root = paths.runs_dir(root)
     if root.is_dir() and not os.access(root, os.W_OK):
-        return (f"{root} is read-only: runs can be listed and inspected, but starting, cancelling, resuming or "
-                "deleting one needs write access to it")
+        return (
+            f"{root} is read-only: runs can be listed and inspected, but starting, cancelling, resuming or "
+            "deleting one needs write access to it"
+        )
     return None
 
 
@@ -206,8 +208,10 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunDir]:
     try:
         runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
     except OSError as exc:
-        raise HistoError(f"{root}: cannot read the runs directory ({exc.strerror or exc}); check its "
-                         "permissions or set HISTO_RUNS_DIR") from None
+        raise HistoError(
+            f"{root}: cannot read the runs directory ({exc.strerror or exc}); check its "
+            "permissions or set HISTO_RUNS_DIR"
+        ) from None
     return sorted(runs, key=lambda r: r.id, reverse=True)
 
 

@@ -12,8 +12,9 @@ index (FAISS IVF/HNSW) would take over; nothing here needs one at the sizes this
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def cosine_knn(reference: np.ndarray, queries: np.ndarray, k: int, exclude_self: np.ndarray | None = None,
-               block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def cosine_knn(
+    reference: np.ndarray, queries: np.ndarray, k: int, exclude_self: np.ndarray | None = None, block: int = BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
     """(positions (Q, k), cosine distances (Q, k)) of the k nearest reference rows of each query, exact.
 
     `exclude_self`: per query, a reference position to skip (leave-one-out evaluation), or -1."""
@@ -50,7 +52,7 @@ def cosine_knn(reference: np.ndarray, queries: np.ndarray, k: int, exclude_self:
     best_sim = np.full((len(q), 0), -np.inf, np.float32)
     best_pos = np.zeros((len(q), 0), np.int64)
     for start in range(0, n, block):
-        ref = _normalise(reference[start:start + block])
+        ref = _normalise(reference[start : start + block])
         sim = q @ ref.T
         if exclude_self is not None:
             for i, pos in enumerate(exclude_self):
@@ -96,8 +98,13 @@ class SimilarityIndex:
         self.classes = store.classes
 
     @classmethod
-    def for_model(cls, model_spec: str, dataset: str | None = None, compute: bool = True,
-                  progress: Callable[[float, str], None] | None = None) -> "SimilarityIndex":
+    def for_model(
+        cls,
+        model_spec: str,
+        dataset: str | None = None,
+        compute: bool = True,
+        progress: Callable[[float, str], None] | None = None,
+    ) -> SimilarityIndex:
         """The index of a model's training tiles, embedding them first when missing or stale (`compute`)."""
         from histo_core.embeddings import embed, is_current, load_store, target_for
 
@@ -105,8 +112,10 @@ class SimilarityIndex:
         store = load_store(target.out_dir)
         if not is_current(store, target):
             if not compute:
-                raise HistoError(f"{target.label}: its training tiles are not embedded yet; run "
-                                 f"`python -m histo_core embed {target.model_ref}`")
+                raise HistoError(
+                    f"{target.label}: its training tiles are not embedded yet; run "
+                    f"`python -m histo_core embed {target.model_ref}`"
+                )
             store = embed(target, progress=progress)
         return cls(store)
 
@@ -115,8 +124,9 @@ class SimilarityIndex:
 
     def search(self, query_features: np.ndarray, k: int = DEFAULT_K) -> Hits:
         pos, dist = cosine_knn(self.features, query_features, k)
-        return Hits(positions=pos, distances=dist, labels=self.labels[pos], splits=self.split_names[pos],
-                    rows=self.rows[pos])
+        return Hits(
+            positions=pos, distances=dist, labels=self.labels[pos], splits=self.split_names[pos], rows=self.rows[pos]
+        )
 
 
 def agreement_report(store, k: int = DEFAULT_K, split: str = "test") -> dict[str, Any]:
@@ -128,9 +138,14 @@ def agreement_report(store, k: int = DEFAULT_K, split: str = "test") -> dict[str
     hits = index.search(feats, k)
     voted, share = knn_vote(hits.labels, hits.distances, len(store.classes))
     model_pred = probs.argmax(1)
-    out = {"split": split, "tiles": int(len(labels)), "k": int(k), "reference_tiles": len(index),
-           "agreement": float((voted == model_pred).mean()) if len(labels) else None,
-           "top1_label_accuracy": float((hits.labels[:, 0] == labels).mean()) if len(labels) else None}
+    out = {
+        "split": split,
+        "tiles": int(len(labels)),
+        "k": int(k),
+        "reference_tiles": len(index),
+        "agreement": float((voted == model_pred).mean()) if len(labels) else None,
+        "top1_label_accuracy": float((hits.labels[:, 0] == labels).mean()) if len(labels) else None,
+    }
     if store.same_classes and len(labels):
         out.update(model_accuracy=float((model_pred == labels).mean()), knn_accuracy=float((voted == labels).mean()))
     return out

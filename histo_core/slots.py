@@ -10,9 +10,8 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable, Iterator
 
 from histo_core import paths
 
@@ -26,8 +25,13 @@ def max_concurrent(device: str) -> int:
 
 
 @contextmanager
-def device_slot(device: str, *, runs_root: str | os.PathLike | None = None,
-                on_wait: Callable[[], None] | None = None, poll_s: float = 1.0) -> Iterator[int]:
+def device_slot(
+    device: str,
+    *,
+    runs_root: str | os.PathLike | None = None,
+    on_wait: Callable[[], None] | None = None,
+    poll_s: float = 1.0,
+) -> Iterator[int]:
     """Block until a slot for `device` is free; yields the slot number. `on_wait` runs at every poll
     (the trainer uses it for its heartbeat and to notice a cancel while queued)."""
     root = paths.runs_dir(runs_root) / ".slots"

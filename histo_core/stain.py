@@ -104,9 +104,9 @@ def _macenko(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
 
 
 # -- CIELAB for Reinhard --------------------------------------------------------------------------------
-_RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
-                            [0.212671, 0.715160, 0.072169],
-                            [0.019334, 0.119193, 0.950227]])
+_RGB_TO_XYZ = torch.tensor(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
 _WHITE = torch.tensor([0.950456, 1.0, 1.088754])
 
 
@@ -121,7 +121,7 @@ def rgb_to_lab(x01: torch.Tensor) -> torch.Tensor:
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     fy = (lab[:, 0] + 16) / 116
     f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], dim=1)
-    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787) * _WHITE.to(lab).view(1, 3, 1, 1)
+    xyz = torch.where(f > 0.2068966, f**3, (f - 16 / 116) / 7.787) * _WHITE.to(lab).view(1, 3, 1, 1)
     lin = torch.einsum("ij,njhw->nihw", torch.linalg.inv(_RGB_TO_XYZ).to(lab), xyz).clamp_min(0.0)
     return torch.where(lin > 0.0031308, 1.055 * lin.clamp_min(1e-12) ** (1 / 2.4) - 0.055, 12.92 * lin).clamp(0, 1)
 
@@ -145,8 +145,9 @@ def _reinhard(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
     mean, std = _lab_stats(lab, mask)
     ref_mean = torch.as_tensor(ref["lab_mean"], dtype=lab.dtype, device=lab.device)
     ref_std = torch.as_tensor(ref["lab_std"], dtype=lab.dtype, device=lab.device)
-    mapped = (lab - mean.view(n, 3, 1, 1)) / std.clamp_min(1e-3).view(n, 3, 1, 1) * ref_std.view(1, 3, 1, 1) \
-        + ref_mean.view(1, 3, 1, 1)
+    mapped = (lab - mean.view(n, 3, 1, 1)) / std.clamp_min(1e-3).view(n, 3, 1, 1) * ref_std.view(
+        1, 3, 1, 1
+    ) + ref_mean.view(1, 3, 1, 1)
     tissue = mask.view(n, 1, *x01.shape[2:])
     out = torch.where(tissue, lab_to_rgb(mapped), x01.float())  # background pixels stay as they are
     return torch.where(usable.view(n, 1, 1, 1), out.to(x01.dtype), x01)
@@ -163,8 +164,10 @@ def fit_reference(method: str, tiles_uint8: np.ndarray, seed: int = 0) -> dict[s
         raise ValueError(f"stain normalisation must be one of {', '.join(METHODS)}, got {method!r}")
     tiles = np.asarray(tiles_uint8)
     if tiles.ndim != 4 or tiles.shape[3] != 3:
-        raise ValueError("stain normalisation needs RGB tiles (H&E); this dataset has "
-                         f"{tiles.shape[3] if tiles.ndim == 4 else 1} channel(s)")
+        raise ValueError(
+            "stain normalisation needs RGB tiles (H&E); this dataset has "
+            f"{tiles.shape[3] if tiles.ndim == 4 else 1} channel(s)"
+        )
     if len(tiles) > MAX_FIT_TILES:
         tiles = tiles[np.sort(np.random.default_rng(seed).choice(len(tiles), MAX_FIT_TILES, replace=False))]
     x01 = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float() / 255.0
@@ -179,11 +182,19 @@ def fit_reference(method: str, tiles_uint8: np.ndarray, seed: int = 0) -> dict[s
         he, max_c = _macenko_estimate(od[usable], mask[usable])
         he = he.median(dim=0).values
         he = he / he.norm(dim=0, keepdim=True)
-        return {"method": "macenko", "stain_matrix": he.tolist(), "max_concentration": max_c.median(dim=0).values.tolist(),
-                "fitted_on_tiles": int(usable.sum())}
+        return {
+            "method": "macenko",
+            "stain_matrix": he.tolist(),
+            "max_concentration": max_c.median(dim=0).values.tolist(),
+            "fitted_on_tiles": int(usable.sum()),
+        }
     mean, std = _lab_stats(rgb_to_lab(x01[usable]), mask[usable])
-    return {"method": "reinhard", "lab_mean": mean.median(dim=0).values.tolist(),
-            "lab_std": std.median(dim=0).values.tolist(), "fitted_on_tiles": int(usable.sum())}
+    return {
+        "method": "reinhard",
+        "lab_mean": mean.median(dim=0).values.tolist(),
+        "lab_std": std.median(dim=0).values.tolist(),
+        "fitted_on_tiles": int(usable.sum()),
+    }
 
 
 def normalize_batch(x01: torch.Tensor, ref: dict[str, Any] | None) -> torch.Tensor:

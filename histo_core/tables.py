@@ -1,13 +1,13 @@
 """Tables users download: the Classify CSV, scorable against the folders the tiles came from.
 
-    frame = classify_table(results, classes, sources=["TUM/a.png", "STR/b.tif"])
-    # file, folder, predicted, confidence, true class, correct, p(ADI) ... p(TUM), notes
+frame = classify_table(results, classes, sources=["TUM/a.png", "STR/b.tif"])
+# file, folder, predicted, confidence, true class, correct, p(ADI) ... p(TUM), notes
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,15 +38,35 @@ def classify_table(results: Sequence, classes: Sequence[str], sources: Sequence[
             except Exception:  # a folder name is only a hint; never fail the table on it
                 idx = None
             true = None if idx is None else classes[idx]
-        row = {"file": str(source), "folder": folder, "predicted": "", "confidence": None, "true class": true or "",
-               "correct": None}
+        row = {
+            "file": str(source),
+            "folder": folder,
+            "predicted": "",
+            "confidence": None,
+            "true class": true or "",
+            "correct": None,
+        }
         if r.ok:
             pred = int(np.argmax(r.probs))
-            row.update(predicted=classes[pred], confidence=round(float(r.probs[pred]), 4),
-                       correct=None if true is None else classes[pred] == true)
+            row.update(
+                predicted=classes[pred],
+                confidence=round(float(r.probs[pred]), 4),
+                correct=None if true is None else classes[pred] == true,
+            )
         for s, p in zip(short, r.probs if r.ok else [None] * len(classes)):
             row[f"p({s})"] = None if p is None else round(float(p), 4)
         row["notes"] = r.error if not r.ok else "; ".join(r.notes)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["file", "folder", "predicted", "confidence", "true class", "correct",
-                                       *[f"p({s})" for s in short], "notes"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "file",
+            "folder",
+            "predicted",
+            "confidence",
+            "true class",
+            "correct",
+            *[f"p({s})" for s in short],
+            "notes",
+        ],
+    )

@@ -23,8 +23,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from histo_core import paths
 from histo_core.errors import HistoError
@@ -86,8 +87,14 @@ def task_by_id(task_id: str, runs_root: str | os.PathLike | None = None) -> Task
     return task
 
 
-def submit_task(kind: str, params: dict[str, Any], runs_root: str | os.PathLike | None = None, *,
-                device: str = "cpu", started_by: str | None = None) -> TaskDir:
+def submit_task(
+    kind: str,
+    params: dict[str, Any],
+    runs_root: str | os.PathLike | None = None,
+    *,
+    device: str = "cpu",
+    started_by: str | None = None,
+) -> TaskDir:
     """Start `kind` with `params` in a detached process; refused when HISTO_MAX_QUEUED processes are already
     queued or running in this runs directory."""
     from histo_core import jobs
@@ -105,15 +112,30 @@ def submit_task(kind: str, params: dict[str, Any], runs_root: str | os.PathLike 
         task.path.mkdir()
     except OSError as exc:
         raise HistoError(f"cannot create a task folder in {root}: {exc.strerror or exc}") from None
-    write_json_atomic(task.task_path, {"kind": kind, "params": params, "key": params_key(kind, params),
-                                       "device": device, "started_by": started_by or "",
-                                       "created_at": time.time()})
+    write_json_atomic(
+        task.task_path,
+        {
+            "kind": kind,
+            "params": params,
+            "key": params_key(kind, params),
+            "device": device,
+            "started_by": started_by or "",
+            "created_at": time.time(),
+        },
+    )
     task.write_status(RunStatus(state="queued", device=device))
     cmd = [sys.executable, "-m", "histo_core", "tasks", "run", str(task.path.resolve())]
     try:
         with open(task.log_path, "ab") as log:
-            proc = subprocess.Popen(cmd, cwd=paths.PROJECT_ROOT, env=jobs._child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=paths.PROJECT_ROOT,
+                env=jobs._child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     except OSError as exc:
         task.update_status(state="failed", error=f"could not start the task process: {exc}")
         raise HistoError(f"{task.id}: could not start the task process ({exc})") from None
@@ -174,6 +196,7 @@ def active_tasks(runs_root: str | os.PathLike | None = None) -> list[TaskDir]:
 
 # -- the task process ---------------------------------------------------------------------------------------
 
+
 class TaskCancelled(Exception):
     pass
 
@@ -181,9 +204,8 @@ class TaskCancelled(Exception):
 def run_task(task: TaskDir) -> int:
     """Body of `python -m histo_core tasks run DIR`: wait for a device slot, run, write result.json."""
     from histo_core import jobs
-    from histo_core.slots import device_slot
-
     from histo_core.estimate import process_age_s
+    from histo_core.slots import device_slot
 
     spec = task.task()
     kind, params = spec.get("kind"), dict(spec.get("params") or {})
@@ -200,8 +222,13 @@ def run_task(task: TaskDir) -> int:
 
     def progress(fraction: float, message: str) -> None:
         check()
-        task.update_status(state="running", step=int(round(1000 * max(0.0, min(1.0, fraction)))),
-                           steps_per_epoch=1000, phase=message[:200], heartbeat=time.time())
+        task.update_status(
+            state="running",
+            step=int(round(1000 * max(0.0, min(1.0, fraction)))),
+            steps_per_epoch=1000,
+            phase=message[:200],
+            heartbeat=time.time(),
+        )
 
     try:
         task.update_status(state="queued", pid=os.getpid(), pid_start=pid_start, heartbeat=time.time())
@@ -215,8 +242,14 @@ def run_task(task: TaskDir) -> int:
             result = KIND_RUNNERS[kind](params, progress)
             check()
         write_json_atomic(task.result_path, result)
-        task.update_status(state="completed", finished_at=time.time(), step=1000, steps_per_epoch=1000,
-                           phase="done", heartbeat=time.time())
+        task.update_status(
+            state="completed",
+            finished_at=time.time(),
+            step=1000,
+            steps_per_epoch=1000,
+            phase="done",
+            heartbeat=time.time(),
+        )
         return 0
     except TaskCancelled:
         if task.path.is_dir():
@@ -244,16 +277,20 @@ def _lr_find(params: dict[str, Any], progress: Callable[[float, str], None]) -> 
 
     steps = int(params.get("steps", 100))
     progress(0.0, "opening the dataset")
-    return lr_find(TrainConfig.from_dict(params["config"]), num_steps=steps,
-                   on_step=lambda step, lr, loss: progress((step + 1) / steps, f"lr {lr:.2g}, loss {loss:.3f}"))
+    return lr_find(
+        TrainConfig.from_dict(params["config"]),
+        num_steps=steps,
+        on_step=lambda step, lr, loss: progress((step + 1) / steps, f"lr {lr:.2g}, loss {loss:.3f}"),
+    )
 
 
 def _estimate(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
     from histo_core.config import TrainConfig
     from histo_core.estimate import estimate_run_time
 
-    return estimate_run_time(TrainConfig.from_dict(params["config"]), progress=progress,
-                             startup_s=params.get("_startup_s"))
+    return estimate_run_time(
+        TrainConfig.from_dict(params["config"]), progress=progress, startup_s=params.get("_startup_s")
+    )
 
 
 def _label_errors(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
@@ -266,14 +303,22 @@ def _label_errors(params: dict[str, Any], progress: Callable[[float, str], None]
 
 
 KIND_RUNNERS: dict[str, Callable[[dict[str, Any], Callable[[float, str], None]], dict[str, Any]]] = {
-    "lr-find": _lr_find, "estimate": _estimate, "label-errors": _label_errors,
+    "lr-find": _lr_find,
+    "estimate": _estimate,
+    "label-errors": _label_errors,
 }
 
 
 def task_summary(task: TaskDir, status: RunStatus | None = None) -> dict[str, Any]:
     status = status or refresh_task(task)
     spec = task.task()
-    return {"id": task.id, "kind": spec.get("kind", ""), "state": status.state,
-            "progress": status.step / status.steps_per_epoch if status.steps_per_epoch else 0.0,
-            "message": status.phase, "error": status.error, "started_by": spec.get("started_by", ""),
-            "created_at": spec.get("created_at")}
+    return {
+        "id": task.id,
+        "kind": spec.get("kind", ""),
+        "state": status.state,
+        "progress": status.step / status.steps_per_epoch if status.steps_per_epoch else 0.0,
+        "message": status.phase,
+        "error": status.error,
+        "started_by": spec.get("started_by", ""),
+        "created_at": spec.get("created_at"),
+    }

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +38,14 @@ from histo_core.errors import ConfigError, DatasetError, HistoError
 from histo_core.fsutil import savez_atomic, write_json_atomic
 from histo_core.losses import build_loss
 from histo_core.metrics import classification_report, per_sample_loss
-from histo_core.models import build_model, check_input, get_arch, head_module, load_pretrained_state, set_backbone_trainable
+from histo_core.models import (
+    build_model,
+    check_input,
+    get_arch,
+    head_module,
+    load_pretrained_state,
+    set_backbone_trainable,
+)
 from histo_core.noise import batch_noise, fixed_noise
 from histo_core.runs import RunDir, RunStatus, create_run_dir, new_run_id
 
@@ -61,8 +68,10 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
-                          "use --device cpu or auto")
+        raise ConfigError(
+            "--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+            "use --device cpu or auto"
+        )
     return name
 
 
@@ -120,8 +129,9 @@ def default_config(dataset_spec: str, device: str = "auto") -> TrainConfig:
 
 
 def open_config_dataset(config: TrainConfig) -> TileDataset:
-    return open_dataset(config.dataset, size=config.size, as_rgb=config.as_rgb, data_dir=config.data_dir,
-                        seed=config.seed)
+    return open_dataset(
+        config.dataset, size=config.size, as_rgb=config.as_rgb, data_dir=config.data_dir, seed=config.seed
+    )
 
 
 def input_size_of(config: TrainConfig, info: DatasetInfo) -> int:
@@ -145,7 +155,9 @@ def check_config(config: TrainConfig) -> DatasetInfo:
     check_input(config.arch, input_size_of(config, info), info.channels)
     if config.pretrained:
         if not get_arch(config.arch).has_backbone:
-            raise ConfigError(f"--pretrained: no ImageNet weights exist for {config.arch}; use resnet18, resnet50 or densenet121")
+            raise ConfigError(
+                f"--pretrained: no ImageNet weights exist for {config.arch}; use resnet18, resnet50 or densenet121"
+            )
         load_pretrained_state(config.arch)  # raises a HistoError naming where to put the file when offline
     return info
 
@@ -235,9 +247,25 @@ def build_train_data(config: TrainConfig, ds: TileDataset, device: str, *, need_
     val = None
     if config.train_splits == "train" and "val" in ds.splits and len(ds.splits["val"]):
         val = pipeline.TileSource(ds.splits["val"], device)
-    test = pipeline.TileSource(ds.splits["test"], device) if need_test and "test" in ds.splits and len(ds.splits["test"]) else None
-    return TrainData(info, input_size_of(config, info), train, torch.from_numpy(np.asarray(labels, np.int64)), clean,
-                     val, test, mean, std, indices, flipped, stain_ref)
+    test = (
+        pipeline.TileSource(ds.splits["test"], device)
+        if need_test and "test" in ds.splits and len(ds.splits["test"])
+        else None
+    )
+    return TrainData(
+        info,
+        input_size_of(config, info),
+        train,
+        torch.from_numpy(np.asarray(labels, np.int64)),
+        clean,
+        val,
+        test,
+        mean,
+        std,
+        indices,
+        flipped,
+        stain_ref,
+    )
 
 
 def _fit_stain(config: TrainConfig, sample: np.ndarray) -> dict[str, Any] | None:
@@ -250,11 +278,25 @@ def _fit_stain(config: TrainConfig, sample: np.ndarray) -> dict[str, Any] | None
 def model_meta(config: TrainConfig, data: TrainData) -> dict[str, Any]:
     info = data.info
     return {
-        "arch": config.arch, "num_classes": info.num_classes, "in_channels": info.channels,
-        "input_size": data.input_size, "classes": list(info.classes), "mean": list(data.mean), "std": list(data.std),
-        "mlp_head": uses_mlp_head(config), "stain": data.stain, "tta": bool(config.tta),
-        "dataset": {"name": info.name, "title": info.title, "synthetic": info.synthetic, "source": info.source,
-                    "size": info.size, "channels": info.channels, **_scale_of(config, info)},
+        "arch": config.arch,
+        "num_classes": info.num_classes,
+        "in_channels": info.channels,
+        "input_size": data.input_size,
+        "classes": list(info.classes),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "mlp_head": uses_mlp_head(config),
+        "stain": data.stain,
+        "tta": bool(config.tta),
+        "dataset": {
+            "name": info.name,
+            "title": info.title,
+            "synthetic": info.synthetic,
+            "source": info.source,
+            "size": info.size,
+            "channels": info.channels,
+            **_scale_of(config, info),
+        },
     }
 
 
@@ -325,23 +367,34 @@ class Trainer:
         self.rank, self.world = rank, world
         info = data.info
         torch.manual_seed(config.seed)
-        self.model = build_model(config.arch, info.num_classes, info.channels, data.input_size,
-                                 pretrained=config.pretrained, mlp_head=uses_mlp_head(config)).to(device)
+        self.model = build_model(
+            config.arch,
+            info.num_classes,
+            info.channels,
+            data.input_size,
+            pretrained=config.pretrained,
+            mlp_head=uses_mlp_head(config),
+        ).to(device)
         self.cuda = device.type == "cuda"
         # channels-last measured faster on CPU too (x1.1-1.6 for every architecture here; benchmarks/RESULTS.md)
         self.channels_last = bool(config.channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.amp_dtype = torch.bfloat16 if (self.cuda and config.amp) else None
-        self.head_ids = {id(p) for p in head_module(self.model, config.arch).parameters()} \
-            if get_arch(config.arch).has_backbone else set()
+        self.head_ids = (
+            {id(p) for p in head_module(self.model, config.arch).parameters()}
+            if get_arch(config.arch).has_backbone
+            else set()
+        )
         self.backbone_frozen = False
         self.shard_log = os.environ.get("HISTO_SHARD_LOG") or None
         self.net: nn.Module = self.model
         if world > 1:  # wrapped before freezing, so that DDP also syncs the backbone once it is unfrozen
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if self.cuda else None,
-                find_unused_parameters=config.mode in ("frozen", "fine_tune"))
+                self.model,
+                device_ids=[device.index] if self.cuda else None,
+                find_unused_parameters=config.mode in ("frozen", "fine_tune"),
+            )
         if config.mode in ("frozen", "fine_tune") and (config.mode == "frozen" or config.head_epochs > 0):
             self._freeze_backbone(True)
         if config.compile:
@@ -349,8 +402,13 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.steps_per_epoch = len(self._batches_of_epoch(0))
         self.scheduler = self._build_scheduler()
-        self.criterion = build_loss(config.loss, info.num_classes, label_smoothing=config.label_smoothing,
-                                    sce_alpha=config.sce_alpha, sce_beta=config.sce_beta)
+        self.criterion = build_loss(
+            config.loss,
+            info.num_classes,
+            label_smoothing=config.label_smoothing,
+            sce_alpha=config.sce_alpha,
+            sce_beta=config.sce_beta,
+        )
         gen_device = device if self.cuda else torch.device("cpu")
         self.aug_gen = torch.Generator(device=gen_device).manual_seed(config.seed * 1000 + 17 + rank)
         self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 29 + rank)
@@ -371,8 +429,10 @@ class Trainer:
         if cfg.mode == "frozen":
             return [{"params": [p for p in params if id(p) in self.head_ids], "lr": cfg.lr}]
         if cfg.mode == "fine_tune":
-            return [{"params": [p for p in params if id(p) not in self.head_ids], "lr": cfg.lr * cfg.backbone_lr_mult},
-                    {"params": [p for p in params if id(p) in self.head_ids], "lr": cfg.lr}]
+            return [
+                {"params": [p for p in params if id(p) not in self.head_ids], "lr": cfg.lr * cfg.backbone_lr_mult},
+                {"params": [p for p in params if id(p) in self.head_ids], "lr": cfg.lr},
+            ]
         return [{"params": params, "lr": cfg.lr}]
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -382,8 +442,14 @@ class Trainer:
         # torch picks by default on CPU (benchmarks/RESULTS.md, "Speed II")
         fused = {"fused": True} if fused_optimizer_ok(self.model) else {}
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                   nesterov=cfg.momentum > 0, **fused)
+            return torch.optim.SGD(
+                groups,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                nesterov=cfg.momentum > 0,
+                **fused,
+            )
         cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
@@ -395,9 +461,12 @@ class Trainer:
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         if cfg.schedule == "onecycle":
             return torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
-                total_steps=max(1, cfg.epochs * self.steps_per_epoch), pct_start=0.25,
-                cycle_momentum=cfg.optimizer == "sgd")
+                self.optimizer,
+                max_lr=[g["lr"] for g in self.optimizer.param_groups],
+                total_steps=max(1, cfg.epochs * self.steps_per_epoch),
+                pct_start=0.25,
+                cycle_momentum=cfg.optimizer == "sgd",
+            )
         return None
 
     @property
@@ -411,8 +480,10 @@ class Trainer:
         if src.streamed:
             # batches never straddle two chunks, so one chunk in memory at a time is enough
             chunks = pipeline.chunk_order(len(src), cfg.seed, epoch)
-            per_rank = [[c[s] for c in chunks[r::self.world] for s in pipeline.batch_slices(len(c), cfg.batch_size)]
-                        for r in range(self.world)]
+            per_rank = [
+                [c[s] for c in chunks[r :: self.world] for s in pipeline.batch_slices(len(c), cfg.batch_size)]
+                for r in range(self.world)
+            ]
             return per_rank[self.rank][: min(len(b) for b in per_rank)]  # every rank runs as many steps
         order = pipeline.shard(pipeline.epoch_permutation(len(src), cfg.seed, epoch), self.rank, self.world)
         return [order[s] for s in pipeline.batch_slices(len(order), cfg.batch_size)]
@@ -463,7 +534,7 @@ class Trainer:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[-1]["lr"])
 
-    def train_epoch(self, on_batch: Callable[["Trainer", int], bool] | None = None) -> dict[str, Any]:
+    def train_epoch(self, on_batch: Callable[[Trainer, int], bool] | None = None) -> dict[str, Any]:
         """Train epoch `self.epoch + 1` from batch `self.step` on. `on_batch(trainer, images)` runs after each
         batch; returning True stops at that batch boundary (StopRequested). Returns the epoch's train row."""
         cfg = self.config
@@ -516,27 +587,43 @@ class Trainer:
     def _all_reduce_partial(self, p: dict[str, Any]) -> dict[str, Any]:
         import torch.distributed as dist
 
-        t = torch.tensor([p["loss_sum"], p["correct"], p["seen"]], dtype=torch.float64,
-                         device=self.device if self.cuda else "cpu")
+        t = torch.tensor(
+            [p["loss_sum"], p["correct"], p["seen"]], dtype=torch.float64, device=self.device if self.cuda else "cpu"
+        )
         dist.all_reduce(t)
         return {"loss_sum": float(t[0]), "correct": int(t[1]), "seen": int(t[2]), "seconds": p["seconds"]}
 
     # evaluation
-    def predict(self, source: pipeline.TileSource, tta: bool = False, on_batch: Callable[[], None] | None = None) -> np.ndarray:
-        return predict_source(self.model, source, self.data.mean, self.data.std, self.device, self.data.input_size,
-                              tta=tta, channels_last=self.channels_last, amp_dtype=self.amp_dtype, on_batch=on_batch,
-                              stain_ref=self.data.stain)
+    def predict(
+        self, source: pipeline.TileSource, tta: bool = False, on_batch: Callable[[], None] | None = None
+    ) -> np.ndarray:
+        return predict_source(
+            self.model,
+            source,
+            self.data.mean,
+            self.data.std,
+            self.device,
+            self.data.input_size,
+            tta=tta,
+            channels_last=self.channels_last,
+            amp_dtype=self.amp_dtype,
+            on_batch=on_batch,
+            stain_ref=self.data.stain,
+        )
 
     # resumable state (checkpointed in last.pt; weights_only-loadable: tensors, numbers, strings, lists, dicts)
     def state(self) -> dict[str, Any]:
         return {
-            "epoch": self.epoch, "step": self.step, "partial": dict(self.partial),
+            "epoch": self.epoch,
+            "step": self.step,
+            "partial": dict(self.partial),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "backbone_frozen": self.backbone_frozen,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.cuda else None,
-            "aug_gen": self.aug_gen.get_state(), "noise_gen": self.noise_gen.get_state(),
+            "aug_gen": self.aug_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
         }
 
     def load_state(self, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
@@ -554,17 +641,30 @@ class Trainer:
         self.noise_gen.set_state(state["noise_gen"])
 
 
-def predict_source(model: nn.Module, source: pipeline.TileSource, mean, std, device: torch.device, input_size: int, *,
-                   tta: bool = False, channels_last: bool = False, amp_dtype=None, batch_size: int = EVAL_BATCH,
-                   on_batch: Callable[[], None] | None = None, stain_ref: dict | None = None) -> np.ndarray:
+def predict_source(
+    model: nn.Module,
+    source: pipeline.TileSource,
+    mean,
+    std,
+    device: torch.device,
+    input_size: int,
+    *,
+    tta: bool = False,
+    channels_last: bool = False,
+    amp_dtype=None,
+    batch_size: int = EVAL_BATCH,
+    on_batch: Callable[[], None] | None = None,
+    stain_ref: dict | None = None,
+) -> np.ndarray:
     """Softmax probabilities (N, K) float32 for a whole source, in large batches under inference_mode;
     with `tta`, the mean over the 8 flips/rotations of each tile."""
     model.eval()
     out = []
     with torch.inference_mode():
         for _, tiles in source.iter_sequential(eval_batch_size(input_size, device, batch_size)):
-            out.append(_predict_tensor(model, tiles, mean, std, device, input_size, tta, channels_last, amp_dtype,
-                                       stain_ref))
+            out.append(
+                _predict_tensor(model, tiles, mean, std, device, input_size, tta, channels_last, amp_dtype, stain_ref)
+            )
             if on_batch is not None:
                 on_batch()
     if not out:
@@ -572,10 +672,12 @@ def predict_source(model: nn.Module, source: pipeline.TileSource, mean, std, dev
     return np.concatenate(out).astype(np.float32)
 
 
-def _predict_tensor(model, tiles, mean, std, device, input_size, tta, channels_last, amp_dtype,
-                    stain_ref=None) -> np.ndarray:
-    x = pipeline.to_model_input(tiles, mean, std, device, channels_last=channels_last, size=input_size,
-                                stain_ref=stain_ref)
+def _predict_tensor(
+    model, tiles, mean, std, device, input_size, tta, channels_last, amp_dtype, stain_ref=None
+) -> np.ndarray:
+    x = pipeline.to_model_input(
+        tiles, mean, std, device, channels_last=channels_last, size=input_size, stain_ref=stain_ref
+    )
     views = pipeline.dihedral_views(x) if tta else [x]
     ctx = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     with ctx:
@@ -630,7 +732,10 @@ def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
 def prepare_run(config: TrainConfig, runs_root: str | os.PathLike | None = None) -> RunDir:
     """Check everything, then create the run directory with config.json, dataset.json and a queued status."""
     info = check_config(config)
-    run = create_run_dir(runs_root, new_run_id(config.name, config.arch, info.name if not Path(info.name).exists() else Path(info.name).stem))
+    run = create_run_dir(
+        runs_root,
+        new_run_id(config.name, config.arch, info.name if not Path(info.name).exists() else Path(info.name).stem),
+    )
     write_json_atomic(run.config_path, config.to_dict())
     write_json_atomic(run.dataset_path, info.to_dict())
     run.write_status(RunStatus(state="queued", epochs=config.epochs, device=resolve_device(config.device)))
@@ -811,11 +916,28 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
         cancel.restore()
 
 
-def _train_when_slot_free(run: RunDir, config: TrainConfig, writer: _StatusWriter, cancel: _CancelFlag, resume: bool,
-                          rank: int, world: int, local_rank: int) -> dict[str, Any]:
+def _train_when_slot_free(
+    run: RunDir,
+    config: TrainConfig,
+    writer: _StatusWriter,
+    cancel: _CancelFlag,
+    resume: bool,
+    rank: int,
+    world: int,
+    local_rank: int,
+) -> dict[str, Any]:
     device = setup_device(config, local_rank)
-    writer.update(state="running", pid=os.getpid(), pid_start=_own_start_time(), started_at=time.time(), error=None, finished_at=None,
-                  epochs=config.epochs, device=str(device), phase="loading data")
+    writer.update(
+        state="running",
+        pid=os.getpid(),
+        pid_start=_own_start_time(),
+        started_at=time.time(),
+        error=None,
+        finished_at=None,
+        epochs=config.epochs,
+        device=str(device),
+        phase="loading data",
+    )
     writer.start_heartbeat()
     ds = open_config_dataset(config)
     data = build_train_data(config, ds, str(device))
@@ -829,8 +951,13 @@ def _train_when_slot_free(run: RunDir, config: TrainConfig, writer: _StatusWrite
         if run.metrics_path.exists():
             run.metrics_path.unlink()
     if rank == 0 and data.noise_flipped is not None:
-        savez_atomic(run.noise_path, noisy_labels=data.train_labels.numpy(), flipped=data.noise_flipped,
-                     clean_labels=data.clean_train_labels, indices=data.train_indices)
+        savez_atomic(
+            run.noise_path,
+            noisy_labels=data.train_labels.numpy(),
+            flipped=data.noise_flipped,
+            clean_labels=data.clean_train_labels,
+            indices=data.train_indices,
+        )
 
     steps = trainer.steps_per_epoch
     writer.update(phase="train", epoch=trainer.epoch, step=trainer.step, steps_per_epoch=steps)
@@ -846,15 +973,23 @@ def _train_when_slot_free(run: RunDir, config: TrainConfig, writer: _StatusWrite
         if now - state["last_write"] >= 1.0 or stop:
             ips = state["images"] * world / max(now - state["t0"], 1e-9)
             left = (config.epochs - tr.epoch) * steps - tr.step
-            writer.update(step=tr.step, images_per_s=round(ips, 1),
-                          eta_s=round(left * config.batch_size * world / max(ips, 1e-9), 1))
+            writer.update(
+                step=tr.step,
+                images_per_s=round(ips, 1),
+                eta_s=round(left * config.batch_size * world / max(ips, 1e-9), 1),
+            )
             state["last_write"] = now
         return stop
 
     def save_last(extra_best: dict[str, Any]) -> None:
         if rank == 0:
-            ckpt_mod.save_checkpoint(run.last_ckpt, trainer.model, meta, epoch=trainer.epoch,
-                                     train_state={**trainer.state(), "best": dict(extra_best)})
+            ckpt_mod.save_checkpoint(
+                run.last_ckpt,
+                trainer.model,
+                meta,
+                epoch=trainer.epoch,
+                train_state={**trainer.state(), "best": dict(extra_best)},
+            )
 
     stopped_early = False
     while trainer.epoch < config.epochs:
@@ -869,11 +1004,25 @@ def _train_when_slot_free(run: RunDir, config: TrainConfig, writer: _StatusWrite
             val_probs = trainer.predict(data.val)
             val_report = classification_report(val_probs, data.val.labels.numpy(), data.info.classes)
             write_json_atomic(run.file("val_latest.json"), {**val_report, "epoch": trainer.epoch, "split": "val"})
-        row.update(val_loss=val_report["loss"] if val_report else None,
-                   val_acc=val_report["accuracy"] if val_report else None,
-                   val_auc=val_report["auc"] if val_report else None)
-        row = {k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr",
-                                   "seconds", "images_per_s")}
+        row.update(
+            val_loss=val_report["loss"] if val_report else None,
+            val_acc=val_report["accuracy"] if val_report else None,
+            val_auc=val_report["auc"] if val_report else None,
+        )
+        row = {
+            k: row[k]
+            for k in (
+                "epoch",
+                "train_loss",
+                "train_acc",
+                "val_loss",
+                "val_acc",
+                "val_auc",
+                "lr",
+                "seconds",
+                "images_per_s",
+            )
+        }
         if rank == 0:
             value = _monitor_value(row, config.monitor)
             if data.val is None or _improved(value, best["value"], config.monitor, config.min_delta):
@@ -900,16 +1049,30 @@ def _train_when_slot_free(run: RunDir, config: TrainConfig, writer: _StatusWrite
         writer.update(phase="test")
         final = _final_evaluation(run, config, data, device, trainer, best)
         results.update(final)
-        results_doc = {**final, "stopped_early": stopped_early, "train_seconds": round(train_seconds, 2),
-                       "device": str(device)}
+        results_doc = {
+            **final,
+            "stopped_early": stopped_early,
+            "train_seconds": round(train_seconds, 2),
+            "device": str(device),
+        }
         write_json_atomic(run.results_path, results_doc)
         results.update(stopped_early=stopped_early, train_seconds=results_doc["train_seconds"])
         writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page (never fails the run)
         from histo_core.embeddings import embed_at_end_of_training
+
         embed_at_end_of_training(run, trainer.model, lambda line: _log(run, line, rank))
         writer.update(state="completed", finished_at=time.time(), phase="", epoch=trainer.epoch, step=0, eta_s=0.0)
         t = final.get("test")
-        _log(run, f"{run.id}: completed" + (f", test accuracy {t['accuracy']:.4f}, auc {t['auc'] if t['auc'] is None else round(t['auc'], 4)}" if t else ""), rank)
+        _log(
+            run,
+            f"{run.id}: completed"
+            + (
+                f", test accuracy {t['accuracy']:.4f}, auc {t['auc'] if t['auc'] is None else round(t['auc'], 4)}"
+                if t
+                else ""
+            ),
+            rank,
+        )
     if world > 1:
         import torch.distributed as dist
 
@@ -930,14 +1093,19 @@ def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
     return dict(state.get("best") or {"value": None, "epoch": 0, "bad_epochs": 0})
 
 
-def _final_evaluation(run: RunDir, config: TrainConfig, data: TrainData, device: torch.device, trainer: Trainer,
-                      best: dict[str, Any]) -> dict[str, Any]:
+def _final_evaluation(
+    run: RunDir, config: TrainConfig, data: TrainData, device: torch.device, trainer: Trainer, best: dict[str, Any]
+) -> dict[str, Any]:
     """Test (and val) reports and prediction files from best.pt."""
     ckpt = ckpt_mod.load_checkpoint(run.best_ckpt) if run.best_ckpt.exists() else None
     if ckpt is not None:
         trainer.model.load_state_dict(ckpt["state_dict"])
-    out: dict[str, Any] = {"best_epoch": int(best.get("epoch") or trainer.epoch), "epochs_run": trainer.epoch,
-                           "test": None, "val": None}
+    out: dict[str, Any] = {
+        "best_epoch": int(best.get("epoch") or trainer.epoch),
+        "epochs_run": trainer.epoch,
+        "test": None,
+        "val": None,
+    }
     heldout: dict[str, np.ndarray] = {}
     for split, source in (("test", data.test), ("val", data.val)):
         if source is None:
@@ -946,8 +1114,13 @@ def _final_evaluation(run: RunDir, config: TrainConfig, data: TrainData, device:
         labels = source.labels.numpy()
         out[split] = classification_report(probs, labels, data.info.classes)
         out[split]["tta"] = bool(config.tta)
-        savez_atomic(run.predictions_path(split), probs=probs.astype(np.float32), labels=labels,
-                     indices=np.arange(len(labels)), loss=per_sample_loss(probs, labels))
+        savez_atomic(
+            run.predictions_path(split),
+            probs=probs.astype(np.float32),
+            labels=labels,
+            indices=np.arange(len(labels)),
+            loss=per_sample_loss(probs, labels),
+        )
     out["ood"] = ood_calibration(data, heldout, device)
     return out
 
@@ -966,9 +1139,11 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     def f(v):
         return "-" if v is None else f"{v:.4f}"
 
-    return (f"epoch {row['epoch']}/{epochs}  train loss {f(row['train_loss'])} acc {f(row['train_acc'])}  "
-            f"val loss {f(row['val_loss'])} acc {f(row['val_acc'])} auc {f(row['val_auc'])}  "
-            f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s")
+    return (
+        f"epoch {row['epoch']}/{epochs}  train loss {f(row['train_loss'])} acc {f(row['train_acc'])}  "
+        f"val loss {f(row['val_loss'])} acc {f(row['val_acc'])} auc {f(row['val_auc'])}  "
+        f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+    )
 
 
 # -- in-process fitting and prediction --------------------------------------------------------------
@@ -985,18 +1160,33 @@ def _array_dataset(images_uint8: np.ndarray, labels: np.ndarray, classes: list[s
         vi, vl = val
         vi = np.asarray(vi)
         splits["val"] = Split("val", vi if vi.ndim == 4 else vi[..., None], vl)
-    info = DatasetInfo(name="arrays", title="in-memory arrays", source="arrays", classes=list(classes),
-                       channels=int(images.shape[3]), size=int(images.shape[1]),
-                       task="binary" if len(classes) == 2 else "multi-class", native_channels=int(images.shape[3]))
+    info = DatasetInfo(
+        name="arrays",
+        title="in-memory arrays",
+        source="arrays",
+        classes=list(classes),
+        channels=int(images.shape[3]),
+        size=int(images.shape[1]),
+        task="binary" if len(classes) == 2 else "multi-class",
+        native_channels=int(images.shape[3]),
+    )
     return TileDataset(info, splits)
 
 
-def fit_arrays(config: TrainConfig, images_uint8: np.ndarray, labels: np.ndarray, *, classes: list[str],
-               val: tuple[np.ndarray, np.ndarray] | None = None, epochs: int | None = None,
-               log: Callable[[str], None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def fit_arrays(
+    config: TrainConfig,
+    images_uint8: np.ndarray,
+    labels: np.ndarray,
+    *,
+    classes: list[str],
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    epochs: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train on in-memory arrays in this process, without a run directory. Returns (model in eval mode, meta)."""
-    config = config.replace(dataset="arrays", epochs=int(epochs or config.epochs), early_stopping=False,
-                            train_splits="train")
+    config = config.replace(
+        dataset="arrays", epochs=int(epochs or config.epochs), early_stopping=False, train_splits="train"
+    )
     if config.mode == "fine_tune" and config.head_epochs >= config.epochs:
         config = config.replace(head_epochs=config.epochs - 1)
     config.validate()
@@ -1022,8 +1212,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def predict_probs(model: nn.Module, meta: dict[str, Any], images_uint8: np.ndarray, batch_size: int = EVAL_BATCH,
-                  tta: bool = False) -> np.ndarray:
+def predict_probs(
+    model: nn.Module, meta: dict[str, Any], images_uint8: np.ndarray, batch_size: int = EVAL_BATCH, tta: bool = False
+) -> np.ndarray:
     """Class probabilities (N, K) float32 for uint8 tiles (N, H, W[, C]), resized to the model's input size."""
     images = np.asarray(images_uint8)
     if images.ndim == 3:
@@ -1038,8 +1229,20 @@ def predict_probs(model: nn.Module, meta: dict[str, Any], images_uint8: np.ndarr
     out = []
     with torch.inference_mode():
         for s in range(0, len(images), batch_size):
-            out.append(_predict_tensor(model, images[s:s + batch_size], meta["mean"], meta["std"], device,
-                                       int(meta["input_size"]), tta, False, None, meta.get("stain")))
+            out.append(
+                _predict_tensor(
+                    model,
+                    images[s : s + batch_size],
+                    meta["mean"],
+                    meta["std"],
+                    device,
+                    int(meta["input_size"]),
+                    tta,
+                    False,
+                    None,
+                    meta.get("stain"),
+                )
+            )
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, int(meta["num_classes"])), np.float32)
 
 
@@ -1057,8 +1260,17 @@ def measure_throughput(config: TrainConfig, n_batches: int = 3) -> float:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, info.size, info.size, info.channels), dtype=np.uint8)
     labels = rng.integers(0, info.num_classes, n)
-    cfg = config.replace(dataset="arrays", pretrained=False, epochs=1, schedule="none", noise=0.0, size=size,
-                         max_train_samples=0, train_splits="train", early_stopping=False)
+    cfg = config.replace(
+        dataset="arrays",
+        pretrained=False,
+        epochs=1,
+        schedule="none",
+        noise=0.0,
+        size=size,
+        max_train_samples=0,
+        train_splits="train",
+        early_stopping=False,
+    )
     device = setup_device(cfg)
     data = build_train_data(cfg, _array_dataset(images, labels, info.classes), str(device), need_test=False)
     trainer = Trainer(cfg, data, device)

@@ -16,7 +16,12 @@ from histo_core.errors import HistoError
 from histo_core.paths import data_roots
 from pages.ui.common import page_setup, synthetic_badge, user_errors
 from pages.ui.datasets import (
-    class_distribution_figure, data_dir_caption, dataset_picker, for_display, histogram_figure, open_cached,
+    class_distribution_figure,
+    data_dir_caption,
+    dataset_picker,
+    for_display,
+    histogram_figure,
+    open_cached,
     upscale_nearest,
 )
 
@@ -34,6 +39,7 @@ def progress_callback(bar, text: str):
     def update(done: int, total: int) -> None:
         if total:
             bar.progress(min(done / total, 1.0), text=f"{text}: {done / total:.0%}")
+
     return update
 
 
@@ -137,17 +143,25 @@ def render_stats(ds, choice) -> None:
         st.info(f"The {split} split is empty.")
         return
     names = ["gray"] if len(stats["mean"]) == 1 else ["red", "green", "blue"]
-    table = pd.DataFrame({
-        "channel": names,
-        "mean (0-1)": np.round(stats["mean"], 4), "std (0-1)": np.round(stats["std"], 4),
-        "mean (0-255)": np.round(np.array(stats["mean"]) * 255, 1),
-        "std (0-255)": np.round(np.array(stats["std"]) * 255, 1),
-    })
+    table = pd.DataFrame(
+        {
+            "channel": names,
+            "mean (0-1)": np.round(stats["mean"], 4),
+            "std (0-1)": np.round(stats["std"], 4),
+            "mean (0-255)": np.round(np.array(stats["mean"]) * 255, 1),
+            "std (0-255)": np.round(np.array(stats["std"]) * 255, 1),
+        }
+    )
     st.dataframe(table, hide_index=True, width="stretch")
-    sampled = (f"a seeded sample of {stats['n_tiles']:,} of {stats['n_total']:,} tiles" if stats["sampled"]
-               else f"all {stats['n_total']:,} tiles")
-    st.caption(f"Computed on {sampled} of the {split} split. For torchvision: "
-               f"`Normalize(mean={[round(m, 4) for m in stats['mean']]}, std={[round(v, 4) for v in stats['std']]})`")
+    sampled = (
+        f"a seeded sample of {stats['n_tiles']:,} of {stats['n_total']:,} tiles"
+        if stats["sampled"]
+        else f"all {stats['n_total']:,} tiles"
+    )
+    st.caption(
+        f"Computed on {sampled} of the {split} split. For torchvision: "
+        f"`Normalize(mean={[round(m, 4) for m in stats['mean']]}, std={[round(v, 4) for v in stats['std']]})`"
+    )
     st.plotly_chart(histogram_figure(stats["histograms"]), key="intensity_histograms")
 
 
@@ -164,18 +178,28 @@ def render_viewer(ds) -> None:
     label = int(s.labels[index])
     name = f" · file `{s.tile_names[index]}`" if s.tile_names else ""
     cols[2].markdown(f"**Label:** {ds.info.classes[label]} (class {label}){name}")
-    scale = (f"shown {factor}× with nearest-neighbour upscaling so single pixels are visible" if factor > 1
-             else "shown at full resolution")
+    scale = (
+        f"shown {factor}× with nearest-neighbour upscaling so single pixels are visible"
+        if factor > 1
+        else "shown at full resolution"
+    )
     tile_col, original_col = st.columns(2)
-    tile_col.image(for_display(big), caption=f"{split} #{index} · {tile.shape[1]}×{tile.shape[0]} px as the model "
-                   f"sees it, {scale}", width=big.shape[1], output_format="PNG")
+    tile_col.image(
+        for_display(big),
+        caption=f"{split} #{index} · {tile.shape[1]}×{tile.shape[0]} px as the model sees it, {scale}",
+        width=big.shape[1],
+        output_format="PNG",
+    )
     original = source_file(ds.info, s.tile_names[index]) if s.tile_names else None
     if original is not None:
         with original_col, user_errors():
             pixels = read_original(original)
-            original_col.image(pixels, caption=f"original file: {pixels.shape[1]}×{pixels.shape[0]} px "
-                               "(before cropping and resizing)",
-                               width="stretch" if pixels.shape[1] > 450 else pixels.shape[1], output_format="PNG")
+            original_col.image(
+                pixels,
+                caption=f"original file: {pixels.shape[1]}×{pixels.shape[0]} px (before cropping and resizing)",
+                width="stretch" if pixels.shape[1] > 450 else pixels.shape[1],
+                output_format="PNG",
+            )
 
 
 def render_about(info) -> None:
@@ -193,16 +217,19 @@ def render_about(info) -> None:
             except OSError as exc:
                 st.caption(f"cannot read it: {exc}")
     if not (info.license or info.citation or about):
-        st.caption("No licence or citation is known for these files: check where they came from before sharing "
-                   "results.")
+        st.caption(
+            "No licence or citation is known for these files: check where they came from before sharing results."
+        )
 
 
 def render_add_path() -> None:
     with st.expander("Add your own dataset (a path on this machine)", key=f"{KEY}_add_open", on_change="rerun"):
-        st.caption("A MedMNIST-layout .npz, a folder of class folders (optionally inside train/val/test), a CSV "
-                   "manifest (image path + label columns; `manifest.csv?image=col&label=col` to name them) or a "
-                   "folder of PatchCamelyon .h5 files. It is opened once to check it, then listed for every page. "
-                   "Only paths inside the allowed folders: " + ", ".join(f"`{r}`" for r in data_roots()))
+        st.caption(
+            "A MedMNIST-layout .npz, a folder of class folders (optionally inside train/val/test), a CSV "
+            "manifest (image path + label columns; `manifest.csv?image=col&label=col` to name them) or a "
+            "folder of PatchCamelyon .h5 files. It is opened once to check it, then listed for every page. "
+            "Only paths inside the allowed folders: " + ", ".join(f"`{r}`" for r in data_roots())
+        )
         path = st.text_input("Path", key=f"{KEY}_add_path")
         if st.button("Add dataset", key=f"{KEY}_add"):
             bar = st.progress(0.0, text="opening…")
@@ -257,8 +284,9 @@ with user_errors():
 if ds is None:
     st.stop()
 
-if choice.spec in local_datasets() and st.button("Remove from the list", key=f"{KEY}_remove",
-                                                 help="forget this path (the files are not touched)"):
+if choice.spec in local_datasets() and st.button(
+    "Remove from the list", key=f"{KEY}_remove", help="forget this path (the files are not touched)"
+):
     remove_local_dataset(choice.spec)
     st.query_params.pop("dataset", None)
     st.session_state.pop(f"{KEY}_choice", None)
@@ -267,7 +295,9 @@ if choice.spec in local_datasets() and st.button("Remove from the list", key=f"{
 render_overview(ds)
 classes_tab, samples_tab, stats_tab, viewer_tab, about_tab = st.tabs(
     ["Class distribution", "Sample tiles", "Pixel statistics", "Tile viewer", "Citation & licence"],
-    key="datasets_tab", bind="query-params")  # the open tab survives adding a dataset, a reload, a shared link
+    key="datasets_tab",
+    bind="query-params",
+)  # the open tab survives adding a dataset, a reload, a shared link
 with classes_tab:
     render_classes(ds)
 with samples_tab:

@@ -8,9 +8,9 @@ import streamlit as st
 from histo_core import jobs
 from histo_core.errors import HistoError
 from pages.ui.common import page_setup, signed_in_user, synthetic_badge, user_errors
-from pages.ui.tasks import task_panel
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
+from pages.ui.tasks import task_panel
 from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, form_message, render_fields
 
 page_setup("Train", "🏋️")
@@ -22,7 +22,7 @@ def pick_dataset() -> tuple[str | None, int | None, bool]:
     return (choice.spec, choice.size, choice.as_rgb) if choice else (None, None, False)
 
 
-def refresh_defaults(spec: str, size: int | None, as_rgb: bool) -> "TrainConfig":  # noqa: F821
+def refresh_defaults(spec: str, size: int | None, as_rgb: bool) -> TrainConfig:  # noqa: F821
     """Defaults for this dataset and device, pushed into the widgets when either changed."""
     from histo_core.train import default_config
 
@@ -46,8 +46,10 @@ def describe_dataset(spec: str, size: int | None, as_rgb: bool):
         ds = open_cached(spec, size, as_rgb)
         info = ds.info
         sizes = ds.split_sizes()
-        st.caption(f"**{info.title}** · {info.num_classes} classes · {info.size} px · {info.channels} channel(s) · "
-                   + " / ".join(f"{k} {v:,}" for k, v in sizes.items()))
+        st.caption(
+            f"**{info.title}** · {info.num_classes} classes · {info.size} px · {info.channels} channel(s) · "
+            + " / ".join(f"{k} {v:,}" for k, v in sizes.items())
+        )
         synthetic_badge(info)
         return ds
     return None
@@ -55,15 +57,24 @@ def describe_dataset(spec: str, size: int | None, as_rgb: bool):
 
 def estimate_panel(config) -> None:
     def show(est: dict) -> None:
-        st.info(f"About {fmt_duration(est['total_s'])} for {est['epochs']} epochs: "
-                f"{fmt_duration(est['per_epoch_s'])} per epoch of {est['train_tiles']:,} tiles "
-                f"({est['train_images_per_s']:,.0f} images/s after {est['warmup_batches']} warm-up batches"
-                + (f", validation of {est['val_tiles']:,} tiles included" if est["val_tiles"] else "")
-                + f") plus {fmt_duration(est['fixed_s'])} once (start, loading the data, final test).")
+        st.info(
+            f"About {fmt_duration(est['total_s'])} for {est['epochs']} epochs: "
+            f"{fmt_duration(est['per_epoch_s'])} per epoch of {est['train_tiles']:,} tiles "
+            f"({est['train_images_per_s']:,.0f} images/s after {est['warmup_batches']} warm-up batches"
+            + (f", validation of {est['val_tiles']:,} tiles included" if est["val_tiles"] else "")
+            + f") plus {fmt_duration(est['fixed_s'])} once (start, loading the data, final test)."
+        )
 
-    task_panel("estimate", {"config": config.to_dict()}, start_label="Estimate the training time", key=PREFIX + "est",
-               help="times training batches of this model on this device after warm-up, one validation pass and "
-                    "the start-up costs, in a background process", render_result=show, device=config.device)
+    task_panel(
+        "estimate",
+        {"config": config.to_dict()},
+        start_label="Estimate the training time",
+        key=PREFIX + "est",
+        help="times training batches of this model on this device after warm-up, one validation pass and "
+        "the start-up costs, in a background process",
+        render_result=show,
+        device=config.device,
+    )
 
 
 def _use_suggested_lr(lr: float) -> None:
@@ -74,18 +85,26 @@ def lr_finder_panel(config) -> None:
     from pages.ui.charts import lr_find_figure
 
     def show(result: dict) -> None:
-        st.plotly_chart(lr_find_figure(result["lrs"], result["losses"], result.get("suggested_lr")),
-                        width="stretch")
+        st.plotly_chart(lr_find_figure(result["lrs"], result["losses"], result.get("suggested_lr")), width="stretch")
         if result.get("suggested_lr"):
-            st.button(f"Use the suggested rate {result['suggested_lr']:.2g}", on_click=_use_suggested_lr,
-                      args=(result["suggested_lr"],))
+            st.button(
+                f"Use the suggested rate {result['suggested_lr']:.2g}",
+                on_click=_use_suggested_lr,
+                args=(result["suggested_lr"],),
+            )
         else:
             st.warning("No clear rate: the loss never fell steadily. Keep the default or try a smaller batch.")
 
-    task_panel("lr-find", {"config": config.to_dict(), "steps": 100}, start_label="Run the LR finder",
-               key=PREFIX + "lrf", render_result=show, device=config.device,
-               help="trains briefly while raising the learning rate from 1e-6 to 1 in a background process; the "
-                    "model is then discarded")
+    task_panel(
+        "lr-find",
+        {"config": config.to_dict(), "steps": 100},
+        start_label="Run the LR finder",
+        key=PREFIX + "lrf",
+        render_result=show,
+        device=config.device,
+        help="trains briefly while raising the learning rate from 1e-6 to 1 in a background process; the "
+        "model is then discarded",
+    )
 
 
 # -- page ----------------------------------------------------------------------------------------------
@@ -120,15 +139,17 @@ st.divider()
 def start_training(config) -> None:
     """Submit `config` once: a second click with the same settings while that run is still queued or running
     (a double click sends two clicks) names the run already started instead of starting an identical one."""
-    from histo_core.runs import RunDir
     from histo_core import paths
+    from histo_core.runs import RunDir
 
     previous = st.session_state.get(PREFIX + "last_submitted")
     if previous and previous[0] == config.to_dict():
         run_dir = paths.runs_dir() / previous[1]
         if run_dir.is_dir() and jobs.refresh_status(RunDir(run_dir)).state in jobs.ACTIVE_STATES:
-            st.info(f"Run `{previous[1]}` with these settings is already started; change a setting (the seed, "
-                    "for another repeat) to start another.")
+            st.info(
+                f"Run `{previous[1]}` with these settings is already started; change a setting (the seed, "
+                "for another repeat) to start another."
+            )
             return
     with user_errors("Not started: "):
         run = jobs.submit(config, started_by=signed_in_user())
@@ -140,6 +161,8 @@ if st.button("Start training", type="primary", disabled=bool(problem) or ds is N
     start_training(config)
 last_run = st.session_state.get(PREFIX + "last_run")
 if last_run:
-    st.success(f"Started run `{last_run}` in the background: it continues if you close this tab. "
-               "It waits in the queue while another run uses the device.")
+    st.success(
+        f"Started run `{last_run}` in the background: it continues if you close this tab. "
+        "It waits in the queue while another run uses the device."
+    )
     link_to_page("pages/3_Runs.py", "Watch it on the Runs page", "📈", query_params={"run": last_run})

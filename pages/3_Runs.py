@@ -31,8 +31,10 @@ if not runs:
 summaries = [jobs.run_summary(r) for r in runs]
 render_summary_table(summaries)
 active = sum(s["state"] in jobs.ACTIVE_STATES for s in summaries)
-st.caption(f"{len(runs)} runs in `{paths.runs_dir()}` · {active} queued or running · "
-           "runs train in their own processes: closing the browser or restarting the app does not stop them")
+st.caption(
+    f"{len(runs)} runs in `{paths.runs_dir()}` · {active} queued or running · "
+    "runs train in their own processes: closing the browser or restarting the app does not stop them"
+)
 
 ids = [s["id"] for s in summaries]
 labels = {s["id"]: run_label(s) for s in summaries}

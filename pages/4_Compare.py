@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from histo_core import jobs, paths
-from histo_core.runs import RunDir, list_runs
 from histo_core.evaluation import list_evaluations
+from histo_core.runs import RunDir, list_runs
 from pages.ui.charts import confusion_figure, metrics_bar_figure, overlay_figure, run_colours
 from pages.ui.common import page_setup
 from pages.ui.runs import link_to_page, run_label
@@ -21,8 +21,12 @@ def _macro_f1(report: dict) -> float | None:
 
 
 CURVES = {
-    "val_acc": "validation accuracy", "val_loss": "validation loss", "val_auc": "validation AUC",
-    "train_acc": "training accuracy", "train_loss": "training loss", "lr": "learning rate",
+    "val_acc": "validation accuracy",
+    "val_loss": "validation loss",
+    "val_auc": "validation AUC",
+    "train_acc": "training accuracy",
+    "train_loss": "training loss",
+    "lr": "learning rate",
     "images_per_s": "training images / s",
 }
 
@@ -37,8 +41,13 @@ summaries = {rid: jobs.run_summary(r) for rid, r in runs.items()}
 with_curves = [rid for rid, r in runs.items() if summaries[rid]["epoch"]][:4]
 if len(runs) > 10:
     st.caption("Up to 10 runs get distinct colours; pick fewer for readable charts.")
-chosen = st.multiselect("Runs", list(runs), default=with_curves[:4] or list(runs)[:2],
-                        format_func=lambda rid: run_label(summaries[rid]), key="compare_runs")
+chosen = st.multiselect(
+    "Runs",
+    list(runs),
+    default=with_curves[:4] or list(runs)[:2],
+    format_func=lambda rid: run_label(summaries[rid]),
+    key="compare_runs",
+)
 if not chosen:
     st.info("Pick runs to compare.")
     st.stop()
@@ -47,52 +56,91 @@ legend = {rid: (summaries[rid]["name"] or rid) for rid in chosen}
 colours = run_colours([legend[rid] for rid in chosen])
 metrics_rows = {rid: RunDir(paths.runs_dir() / rid).metrics() for rid in chosen}
 # curves that exist in at least one chosen run (a train+val run logs no validation curves)
-available = [k for k in CURVES if any(isinstance(r.get(k), (int, float)) for rows in metrics_rows.values() for r in rows)]
+available = [
+    k for k in CURVES if any(isinstance(r.get(k), (int, float)) for rows in metrics_rows.values() for r in rows)
+]
 if not available:
     st.info("None of these runs has finished an epoch yet.")
 else:
     if st.session_state.get("compare_metric") not in available:
         st.session_state.pop("compare_metric", None)
     metric = st.selectbox("Curve", available, format_func=CURVES.get, key="compare_metric")
-    missing = [legend[rid] for rid in chosen if not any(isinstance(r.get(metric), (int, float)) for r in metrics_rows[rid])]
+    missing = [
+        legend[rid] for rid in chosen if not any(isinstance(r.get(metric), (int, float)) for r in metrics_rows[rid])
+    ]
     series = {legend[rid]: metrics_rows[rid] for rid in chosen}
-    st.plotly_chart(overlay_figure(series, metric, title=f"{CURVES[metric]} per epoch", colours=colours),
-                    width="stretch")
+    st.plotly_chart(
+        overlay_figure(series, metric, title=f"{CURVES[metric]} per epoch", colours=colours), width="stretch"
+    )
     if missing:
-        st.caption(f"No {CURVES[metric]} for {', '.join(missing)}"
-                   + (" (trained on train+val: no validation split)" if metric.startswith("val_") else ""))
+        st.caption(
+            f"No {CURVES[metric]} for {', '.join(missing)}"
+            + (" (trained on train+val: no validation split)" if metric.startswith("val_") else "")
+        )
 
 # -- test metrics and confusion matrices, side by side -----------------------------------------------------
 tested = {rid: (RunDir(paths.runs_dir() / rid).results() or {}).get("test") for rid in chosen}
 tested = {rid: rep for rid, rep in tested.items() if rep and rep.get("n")}
 if tested:
     st.subheader("Test set, side by side")
-    st.plotly_chart(metrics_bar_figure({legend[rid]: {"accuracy": rep.get("accuracy"), "AUC": rep.get("auc"),
-                                                      "macro F1": _macro_f1(rep)} for rid, rep in tested.items()},
-                                       colours), width="stretch")
+    st.plotly_chart(
+        metrics_bar_figure(
+            {
+                legend[rid]: {"accuracy": rep.get("accuracy"), "AUC": rep.get("auc"), "macro F1": _macro_f1(rep)}
+                for rid, rep in tested.items()
+            },
+            colours,
+        ),
+        width="stretch",
+    )
     normalise = st.toggle("Row-normalised confusion matrices (recall per class)", value=True, key="compare_norm")
     items = list(tested.items())
     for start in range(0, len(items), 3):
-        for col, (rid, rep) in zip(st.columns(3), items[start:start + 3]):
-            col.plotly_chart(confusion_figure(rep["confusion"], rep.get("classes") or [], normalize=normalise,
-                                              title=legend[rid]), width="stretch", key=f"compare_cm_{rid}")
+        for col, (rid, rep) in zip(st.columns(3), items[start : start + 3]):
+            col.plotly_chart(
+                confusion_figure(rep["confusion"], rep.get("classes") or [], normalize=normalise, title=legend[rid]),
+                width="stretch",
+                key=f"compare_cm_{rid}",
+            )
 
 table = pd.DataFrame([jobs.comparison_row(runs[rid]) for rid in chosen])
 front = [c for c in ("run", "test acc", "test AUC", "test ECE", "dataset", "arch", "epochs", "noise") if c in table]
 table = table[front + [c for c in table.columns if c not in front]]
 st.subheader("Settings and results")
-st.dataframe(table, hide_index=True, width="stretch",
-             column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("test acc", "test AUC", "test ECE")})
+st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("test acc", "test AUC", "test ECE")},
+)
 synthetic = [rid for rid in chosen if summaries[rid]["synthetic"]]
 if synthetic:
     st.warning(f"{len(synthetic)} of these runs trained on the SYNTHETIC demo data.", icon="🧪")
-st.download_button("Download the table as CSV", data=table.to_csv(index=False).encode("utf-8"),
-                   file_name="histo-runs-comparison.csv", mime="text/csv", on_click="ignore")
+st.download_button(
+    "Download the table as CSV",
+    data=table.to_csv(index=False).encode("utf-8"),
+    file_name="histo-runs-comparison.csv",
+    mime="text/csv",
+    on_click="ignore",
+)
 
-evaluations = [{"run": legend[rid], "evaluation": e["name"], "dataset": e.get("dataset_title") or e.get("dataset"),
-                "tiles scored": e["n"], "accuracy": e.get("accuracy"), "AUC": e.get("auc")}
-               for rid in chosen for e in list_evaluations(runs[rid])]
+evaluations = [
+    {
+        "run": legend[rid],
+        "evaluation": e["name"],
+        "dataset": e.get("dataset_title") or e.get("dataset"),
+        "tiles scored": e["n"],
+        "accuracy": e.get("accuracy"),
+        "AUC": e.get("auc"),
+    }
+    for rid in chosen
+    for e in list_evaluations(runs[rid])
+]
 if evaluations:
     st.subheader("Evaluations on other datasets")
-    st.dataframe(pd.DataFrame(evaluations), hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("accuracy", "AUC")})
+    st.dataframe(
+        pd.DataFrame(evaluations),
+        hide_index=True,
+        width="stretch",
+        column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("accuracy", "AUC")},
+    )

@@ -9,10 +9,20 @@ import streamlit as st
 from histo_core.errors import HistoError
 from histo_core.images import UPLOAD_TYPES, decode_image, square_side
 from histo_core.inference import classify_uploads
-from histo_core.tiling import classify_large_image, default_tile_px, legend, render_class_map
 from histo_core.tables import classify_table
-from pages.ui.classify import (PAGE_SIZES, CamCache, cam_options, fingerprint, legend_html, pick_model,
-                               probability_figure, show_cam, table_columns, target_select)
+from histo_core.tiling import classify_large_image, default_tile_px, legend, render_class_map
+from pages.ui.classify import (
+    PAGE_SIZES,
+    CamCache,
+    cam_options,
+    fingerprint,
+    legend_html,
+    pick_model,
+    probability_figure,
+    show_cam,
+    table_columns,
+    target_select,
+)
 from pages.ui.common import page_setup
 from pages.ui.feature_map import faithfulness_note, similar_tiles
 
@@ -27,21 +37,36 @@ model_key = f"{loaded.source}:{id(loaded.model)}"
 tta = st.toggle("Test-time augmentation (average over 8 flips/rotations)", key="classify_tta")
 mpp = None
 if meta.field_um:
-    mpp = st.number_input(
-        "Resolution of your images (µm per pixel)", min_value=0.0, max_value=50.0, value=0.0, step=0.05,
-        format="%.3f", key="classify_mpp",
-        help=f"The model's tiles cover {meta.field_um:.0f} µm ({meta.native_tile_px} px at {meta.source_mpp} µm/px). "
-             "Leave 0 when your images have the same resolution as the training images; otherwise each image's "
-             "centre field of view is found at this resolution.") or None
+    mpp = (
+        st.number_input(
+            "Resolution of your images (µm per pixel)",
+            min_value=0.0,
+            max_value=50.0,
+            value=0.0,
+            step=0.05,
+            format="%.3f",
+            key="classify_mpp",
+            help=f"The model's tiles cover {meta.field_um:.0f} µm ({meta.native_tile_px} px at {meta.source_mpp} µm/px). "
+            "Leave 0 when your images have the same resolution as the training images; otherwise each image's "
+            "centre field of view is found at this resolution.",
+        )
+        or None
+    )
 
 
 def tiles_mode() -> None:
-    uploads = st.file_uploader("Tiles (drag and drop; PNG, JPEG, TIFF, BMP, GIF)", type=list(UPLOAD_TYPES),
-                               accept_multiple_files=True, key="classify_files")
+    uploads = st.file_uploader(
+        "Tiles (drag and drop; PNG, JPEG, TIFF, BMP, GIF)",
+        type=list(UPLOAD_TYPES),
+        accept_multiple_files=True,
+        key="classify_files",
+    )
     if not uploads:
-        st.info(f"Drop one or more tiles. The model sees {meta.input_size} px tiles"
-                + (f" covering {meta.native_tile_px} source pixels" if meta.native_tile_px else "")
-                + "; larger tiles are resized, oblong ones centre-cropped.")
+        st.info(
+            f"Drop one or more tiles. The model sees {meta.input_size} px tiles"
+            + (f" covering {meta.native_tile_px} source pixels" if meta.native_tile_px else "")
+            + "; larger tiles are resized, oblong ones centre-cropped."
+        )
         return
     files = [(u.name, u.getvalue()) for u in uploads]
     scope = f"{model_key}:{fingerprint(files)}:{tta}:{mpp}"
@@ -55,13 +80,21 @@ def tiles_mode() -> None:
     bad = [r for r in results if not r.ok]
     for r in bad:
         st.error(r.error, icon="🚫")
-    st.caption(f"{len(good)} of {len(results)} file(s) classified" + (f", {len(bad)} could not be read" if bad else "")
-               + (" · TTA on" if tta else ""))
+    st.caption(
+        f"{len(good)} of {len(results)} file(s) classified"
+        + (f", {len(bad)} could not be read" if bad else "")
+        + (" · TTA on" if tta else "")
+    )
     table = classify_table(results, meta.classes, [u.name for u in uploads])
     st.dataframe(table, hide_index=True, width="stretch", column_config=table_columns(table, meta.classes))
-    st.download_button("Download the table (CSV: one column per class probability; the true class where the "
-                       "folder is named after one)", table.to_csv(index=False).encode("utf-8"),
-                       file_name="predictions.csv", mime="text/csv", key="classify_csv")
+    st.download_button(
+        "Download the table (CSV: one column per class probability; the true class where the "
+        "folder is named after one)",
+        table.to_csv(index=False).encode("utf-8"),
+        file_name="predictions.csv",
+        mime="text/csv",
+        key="classify_csv",
+    )
     if not good:
         return
 
@@ -72,7 +105,7 @@ def tiles_mode() -> None:
     pages = max(1, -(-len(good) // page_size))
     with page_col:
         page = st.pagination(pages, key="classify_page") if pages > 1 else 1
-    shown = good[(page - 1) * page_size: page * page_size]
+    shown = good[(page - 1) * page_size : page * page_size]
     cams = CamCache("classify_cams", scope)
     targets = [target_for(i, results[i].pred) for i in shown]
     maps = cams.get_many(loaded, shown, [results[i].tile for i in shown], options["method"], targets)
@@ -93,14 +126,29 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
         left, middle, right = st.columns([1, 1, 1.3])
         left.image(r.preview, caption=f"as uploaded: {r.width}x{r.height}, {r.mode_note}", width=224)
         if stain_changed(r):
-            left.image(r.model_view, caption=f"as the model sees it: {meta.stain['method'].capitalize()} "
-                                             f"stain-normalised, {meta.input_size} px", width=224)
-        show_cam(r.tile, cam, options, meta.classes[target], container=middle, predicted=target == r.pred,
-                 original=r.field_view, width=224)
+            left.image(
+                r.model_view,
+                caption=f"as the model sees it: {meta.stain['method'].capitalize()} "
+                f"stain-normalised, {meta.input_size} px",
+                width=224,
+            )
+        show_cam(
+            r.tile,
+            cam,
+            options,
+            meta.classes[target],
+            container=middle,
+            predicted=target == r.pred,
+            original=r.field_view,
+            width=224,
+        )
         faithfulness_note(loaded, r.tile, cam, target, options["method"], model_key, container=middle)
         with right:
-            st.plotly_chart(probability_figure(r.probs, meta.classes, highlight=r.pred), key=f"classify_probs_{i}",
-                            config={"displayModeBar": False})
+            st.plotly_chart(
+                probability_figure(r.probs, meta.classes, highlight=r.pred),
+                key=f"classify_probs_{i}",
+                config={"displayModeBar": False},
+            )
             target_select(meta.classes, r.pred, key=f"classify_target_{i}")
         for note in r.notes:
             st.caption(f"ℹ️ {note}")
@@ -113,11 +161,17 @@ def stain_changed(r) -> bool:
 
 
 def large_image_mode() -> None:
-    upload = st.file_uploader("One large image (a field or a region; PNG, JPEG, TIFF, BMP)", type=list(UPLOAD_TYPES),
-                              accept_multiple_files=False, key="classify_large")
+    upload = st.file_uploader(
+        "One large image (a field or a region; PNG, JPEG, TIFF, BMP)",
+        type=list(UPLOAD_TYPES),
+        accept_multiple_files=False,
+        key="classify_large",
+    )
     if upload is None:
-        st.info("Drop one image larger than a tile (e.g. a 700x460 BreaKHis field or a 5000x5000 region). It is cut "
-                f"into tiles of {default_tile_px(meta)} source pixels by default, each classified.")
+        st.info(
+            "Drop one image larger than a tile (e.g. a 700x460 BreaKHis field or a 5000x5000 region). It is cut "
+            f"into tiles of {default_tile_px(meta)} source pixels by default, each classified."
+        )
         return
     try:
         decoded = decode_image(upload.getvalue(), upload.name)
@@ -128,18 +182,32 @@ def large_image_mode() -> None:
     h, w = decoded.height, decoded.width
     default = min(default_tile_px(meta, mpp), h, w)
     a, b = st.columns(2)
-    tile_px = int(a.number_input("Tile size (source pixels)", min_value=8, max_value=max(8, min(h, w)), value=default,
-                                 step=8, key="classify_tile_px",
-                                 help="The field of view of one tile. Default: the training tiles' native size when "
-                                      "known (PathMNIST: 224 px at 0.5 µm/px), else 224."))
+    tile_px = int(
+        a.number_input(
+            "Tile size (source pixels)",
+            min_value=8,
+            max_value=max(8, min(h, w)),
+            value=default,
+            step=8,
+            key="classify_tile_px",
+            help="The field of view of one tile. Default: the training tiles' native size when "
+            "known (PathMNIST: 224 px at 0.5 µm/px), else 224.",
+        )
+    )
     alpha = b.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="classify_map_alpha")
     scope = f"{model_key}:{fingerprint([(upload.name, upload.getvalue())])}:{tile_px}:{tta}"
     cached = st.session_state.get("classify_map")
     if not cached or cached["scope"] != scope:
         bar = st.progress(0.0, text="Classifying tiles…")
         try:
-            cmap = classify_large_image(loaded, decoded.array, tile_px, tta=tta, mpp=mpp,
-                                        progress=lambda d, t: bar.progress(d / t, text=f"{d} of {t} tiles"))
+            cmap = classify_large_image(
+                loaded,
+                decoded.array,
+                tile_px,
+                tta=tta,
+                mpp=mpp,
+                progress=lambda d, t: bar.progress(d / t, text=f"{d} of {t} tiles"),
+            )
         except HistoError as exc:
             bar.empty()
             st.error(str(exc))
@@ -150,18 +218,31 @@ def large_image_mode() -> None:
     cmap = cached["map"]
     for note in decoded.notes + cmap.notes:
         st.caption(f"ℹ️ {note}")
-    st.image(render_class_map(decoded.array, cmap, alpha=alpha),
-             caption=f"{decoded.name}: {w}x{h} px, {cmap.cols}x{cmap.rows} tiles of {cmap.tile_px} px")
+    st.image(
+        render_class_map(decoded.array, cmap, alpha=alpha),
+        caption=f"{decoded.name}: {w}x{h} px, {cmap.cols}x{cmap.rows} tiles of {cmap.tile_px} px",
+    )
     rows = legend(cmap)
     st.markdown(legend_html([r for r in rows if r["tiles"]]), unsafe_allow_html=True)
-    st.dataframe(pd.DataFrame(rows).drop(columns="colour").rename(columns={"mean_confidence": "mean confidence",
-                                                                          "share": "share of the image"}),
-                 hide_index=True, width="stretch",
-                 column_config={"share of the image": st.column_config.NumberColumn(format="percent"),
-                                "mean confidence": st.column_config.NumberColumn(format="%.3f")})
+    st.dataframe(
+        pd.DataFrame(rows)
+        .drop(columns="colour")
+        .rename(columns={"mean_confidence": "mean confidence", "share": "share of the image"}),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "share of the image": st.column_config.NumberColumn(format="percent"),
+            "mean confidence": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
     tiles_table = pd.DataFrame(cmap.table())
-    st.download_button("Download per-tile predictions (CSV)", tiles_table.to_csv(index=False).encode("utf-8"),
-                       file_name="class_map.csv", mime="text/csv", key="classify_map_csv")
+    st.download_button(
+        "Download per-tile predictions (CSV)",
+        tiles_table.to_csv(index=False).encode("utf-8"),
+        file_name="class_map.csv",
+        mime="text/csv",
+        key="classify_map_csv",
+    )
 
 
 # Both tabs stay rendered, so switching between them keeps what was uploaded in each.

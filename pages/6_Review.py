@@ -10,8 +10,19 @@ import streamlit as st
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.explain import CAM_METHODS, upscale_tile
-from histo_core.gallery import (SORTS, RunTiles, confused_pairs, confusion, load_predictions, paginate,
-                                prediction_splits, query, side_by_side, table, to_csv)
+from histo_core.gallery import (
+    SORTS,
+    RunTiles,
+    confused_pairs,
+    confusion,
+    load_predictions,
+    paginate,
+    prediction_splits,
+    query,
+    side_by_side,
+    table,
+    to_csv,
+)
 from histo_core.inference import preprocess
 from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, load_label_errors
 from histo_core.runs import RunDir, list_runs
@@ -22,8 +33,13 @@ from pages.ui.tasks import task_panel
 
 page_setup("Review", "🧐")
 GRID_COLUMNS = 4
-LABEL_ERROR_COLUMNS = {"given": "given label", "suggested": "looks like", "p_given": "p(given label)",
-                       "p_suggested": "p(looks like)", "clean": "label before the noise"}
+LABEL_ERROR_COLUMNS = {
+    "given": "given label",
+    "suggested": "looks like",
+    "p_given": "p(given label)",
+    "p_suggested": "p(looks like)",
+    "clean": "label before the noise",
+}
 
 
 @st.cache_resource(show_spinner="Opening the run's dataset…", max_entries=4)
@@ -38,16 +54,24 @@ def predictions(run_path: str, split: str, mtime_ns: int):
 
 reviewable = [r for r in list_runs() if r.status().state == "completed" and prediction_splits(r)]
 if not reviewable:
-    st.info(f"No completed run with saved predictions in `{paths.runs_dir()}` yet. Train one on the Train page and "
-            "come back when it has finished.")
+    st.info(
+        f"No completed run with saved predictions in `{paths.runs_dir()}` yet. Train one on the Train page and "
+        "come back when it has finished."
+    )
     st.stop()
 
 ids = [r.id for r in reviewable]
 url_selection("run", "review_run", ids)
 top_left, top_right = st.columns([3, 1])
-run_id = top_left.selectbox("Run", ids, key="review_run", format_func=lambda i: (
-    f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
-    f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"))
+run_id = top_left.selectbox(
+    "Run",
+    ids,
+    key="review_run",
+    format_func=lambda i: (
+        f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
+        f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"
+    ),
+)
 keep_in_url("run", "review_run", run_id)
 run = next(r for r in reviewable if r.id == run_id)
 split = top_right.selectbox("Split", prediction_splits(run), key="review_split")
@@ -61,8 +85,10 @@ except HistoError as exc:
 classes = preds.classes
 wrong = int(preds.wrong.sum())
 split_report = (run.results() or {}).get(split) or {}
-st.caption(f"{len(preds)} {split} tiles · {wrong} misclassified · accuracy {1 - wrong / max(1, len(preds)):.3f}"
-           + (" · predictions with TTA" if split_report.get("tta") else ""))
+st.caption(
+    f"{len(preds)} {split} tiles · {wrong} misclassified · accuracy {1 - wrong / max(1, len(preds)):.3f}"
+    + (" · predictions with TTA" if split_report.get("tta") else "")
+)
 
 try:
     tiles_source = run_tiles(str(run.path))
@@ -114,14 +140,25 @@ for key in ("review_true", "review_pred"):
     if st.session_state.get(key, -1) not in filter_options:
         st.session_state.pop(key)
 f1, f2, f3, f4 = st.columns([2, 2, 2, 1])
-f1.selectbox("Confusion-matrix cell (true → predicted, count)", ["any", *cell_labels], key="review_cell",
-             format_func=lambda c: "pick a cell…" if c == "any" else cell_labels[c], on_change=apply_cell)
-true_class = f2.selectbox("True class", filter_options, key="review_true",
-                          format_func=lambda i: "any" if i < 0 else classes[i])
-pred_class = f3.selectbox("Predicted class", filter_options, key="review_pred",
-                          format_func=lambda i: "any" if i < 0 else classes[i])
-sort = f4.selectbox("Sort by", SORTS, key="review_sort",
-                    help="loss: worst mistakes first · confidence: most confident mistakes first · index: dataset order")
+f1.selectbox(
+    "Confusion-matrix cell (true → predicted, count)",
+    ["any", *cell_labels],
+    key="review_cell",
+    format_func=lambda c: "pick a cell…" if c == "any" else cell_labels[c],
+    on_change=apply_cell,
+)
+true_class = f2.selectbox(
+    "True class", filter_options, key="review_true", format_func=lambda i: "any" if i < 0 else classes[i]
+)
+pred_class = f3.selectbox(
+    "Predicted class", filter_options, key="review_pred", format_func=lambda i: "any" if i < 0 else classes[i]
+)
+sort = f4.selectbox(
+    "Sort by",
+    SORTS,
+    key="review_sort",
+    help="loss: worst mistakes first · confidence: most confident mistakes first · index: dataset order",
+)
 rows = query(preds, None if true_class < 0 else true_class, None if pred_class < 0 else pred_class, sort=sort)
 signature = (run.id, split, true_class, pred_class, sort)
 if st.session_state.get("review_signature") != signature:  # new filters: back to the first page
@@ -129,8 +166,14 @@ if st.session_state.get("review_signature") != signature:  # new filters: back t
     st.session_state.pop("review_page", None)
 listed = table(preds, rows)
 st.caption(f"{len(rows)} misclassified tile(s) match")
-st.download_button("Download the listed tiles (CSV)", to_csv(listed), file_name=f"{run.id}_{split}_mistakes.csv",
-                   mime="text/csv", key="review_csv")
+st.download_button(
+    "Download the listed tiles (CSV)",
+    to_csv(listed),
+    file_name=f"{run.id}_{split}_mistakes.csv",
+    mime="text/csv",
+    key="review_csv",
+)
+
 
 def apply_clicked_cell() -> None:
     """A click on a confusion-matrix cell filters the mistakes to it (diagonal cells: nothing to list)."""
@@ -141,8 +184,12 @@ def apply_clicked_cell() -> None:
 
 
 with st.expander("Confusion matrix (click a cell to list its tiles)", expanded=True):
-    st.plotly_chart(confusion_figure(confusion(preds).tolist(), classes, clickable=True), key="review_confusion",
-                    on_select=apply_clicked_cell, selection_mode="points")
+    st.plotly_chart(
+        confusion_figure(confusion(preds).tolist(), classes, clickable=True),
+        key="review_confusion",
+        on_select=apply_clicked_cell,
+        selection_mode="points",
+    )
 
 if len(rows):
     c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
@@ -162,10 +209,14 @@ if len(rows):
                 loaded = cached_model(str(run.path))
                 chosen = [i for i, w in enumerate(want_cam) if w]
                 inputs = [preprocess(tiles[i], loaded.meta) for i in chosen]
-                targets = [int(preds.pred[shown[i]] if explain == "predicted class" else preds.labels[shown[i]])
-                           for i in chosen]
+                targets = [
+                    int(preds.pred[shown[i]] if explain == "predicted class" else preds.labels[shown[i]])
+                    for i in chosen
+                ]
                 cache = CamCache("review_cams", f"{run.id}:{split}:{loaded.source}")
-                for i, cam in zip(chosen, cache.get_many(loaded, [int(shown[i]) for i in chosen], inputs, method, targets)):
+                for i, cam in zip(
+                    chosen, cache.get_many(loaded, [int(shown[i]) for i in chosen], inputs, method, targets)
+                ):
                     cam_maps[i] = cam
             except HistoError as exc:
                 st.error(str(exc))
@@ -178,40 +229,73 @@ if len(rows):
                     break
                 pos = int(shown[k])
                 with col.container(border=True):
-                    st.markdown(f"**#{preds.indices[pos]}** · true **{classes[preds.labels[pos]]}** → "
-                                f"**{classes[preds.pred[pos]]}**")
-                    st.caption(f"confidence {preds.confidence[pos]:.3f} · p(true) {preds.p_true[pos]:.3f} · "
-                               f"loss {preds.loss[pos]:.3f}")
+                    st.markdown(
+                        f"**#{preds.indices[pos]}** · true **{classes[preds.labels[pos]]}** → "
+                        f"**{classes[preds.pred[pos]]}**"
+                    )
+                    st.caption(
+                        f"confidence {preds.confidence[pos]:.3f} · p(true) {preds.p_true[pos]:.3f} · "
+                        f"loss {preds.loss[pos]:.3f}"
+                    )
                     if k in cam_maps:  # the tile stays visible, its map beside it at the same size
                         target = preds.pred[pos] if explain == "predicted class" else preds.labels[pos]
                         tile_col, cam_col = st.columns(2)
                         tile_col.image(upscale_tile(tiles[k], 160), caption="tile")
-                        show_cam(preprocess(tiles[k], loaded.meta), cam_maps[k], cam_opts, classes[target],
-                                 container=cam_col, predicted=target == preds.pred[pos])
+                        show_cam(
+                            preprocess(tiles[k], loaded.meta),
+                            cam_maps[k],
+                            cam_opts,
+                            classes[target],
+                            container=cam_col,
+                            predicted=target == preds.pred[pos],
+                        )
                     else:
                         st.image(upscale_tile(tiles[k], 160))
                     st.toggle("Grad-CAM", key=f"review_cam_{split}_{pos}", disabled=cam_all)
-    st.dataframe(listed.iloc[:500].rename(columns={"p_true": "p(true class)"}), hide_index=True, width="stretch",
-                 column_config={"confidence": st.column_config.NumberColumn(format="%.3f"),
-                                "p(true class)": st.column_config.NumberColumn(format="%.3f")})
+    st.dataframe(
+        listed.iloc[:500].rename(columns={"p_true": "p(true class)"}),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "confidence": st.column_config.NumberColumn(format="%.3f"),
+            "p(true class)": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
 else:
     st.success("No misclassified tile matches these filters.")
 
 # -- most-confused pairs and side-by-side examples -------------------------------------------------------------
 st.header("Most-confused pairs")
 if pairs:
-    st.dataframe(pd.DataFrame([{"true": p["true"], "predicted": p["predicted"], "tiles": p["count"],
-                                "share of the true class": p["share_of_true"]} for p in pairs[:15]]),
-                 hide_index=True, width="stretch",
-                 column_config={"share of the true class": st.column_config.NumberColumn(format="percent")})
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "true": p["true"],
+                    "predicted": p["predicted"],
+                    "tiles": p["count"],
+                    "share of the true class": p["share_of_true"],
+                }
+                for p in pairs[:15]
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={"share of the true class": st.column_config.NumberColumn(format="percent")},
+    )
     examples = side_by_side(preds)
     with st.expander(f"Examples side by side ({len(examples)} classes with mistakes)", expanded=False):
-        st.caption("Per true class: its worst mistake, a confidently correct tile of the same class, and a "
-                   "confidently correct tile of the class it was mistaken for.")
+        st.caption(
+            "Per true class: its worst mistake, a confidently correct tile of the same class, and a "
+            "confidently correct tile of the class it was mistaken for."
+        )
         for ex in examples:
             picks = [ex["misclassified"], ex["correct_true"], ex["correct_mistaken"]]
-            caps = [f"misclassified: {ex['true']} → {ex['mistaken_for']}", f"correct {ex['true']}",
-                    f"correct {ex['mistaken_for']}"]
+            caps = [
+                f"misclassified: {ex['true']} → {ex['mistaken_for']}",
+                f"correct {ex['true']}",
+                f"correct {ex['mistaken_for']}",
+            ]
             present = [(p, c) for p, c in zip(picks, caps) if p is not None]
             imgs = tiles_at(split, preds.indices[[p for p, _ in present]])
             if imgs is not None:
@@ -221,55 +305,90 @@ else:
 
 # -- suspected label errors ------------------------------------------------------------------------------------
 st.header("Suspected label errors (training set)")
-st.caption("Each training tile is predicted by a model trained, with this run's settings but few epochs, on the "
-           "other folds; tiles whose given label gets a low out-of-sample probability while another class is "
-           "confidently predicted are flagged (confident learning, Northcutt et al. 2021).")
+st.caption(
+    "Each training tile is predicted by a model trained, with this run's settings but few epochs, on the "
+    "other folds; tiles whose given label gets a low out-of-sample probability while another class is "
+    "confidently predicted are flagged (confident learning, Northcutt et al. 2021)."
+)
 report = load_label_errors(run)
 l1, l2, l3 = st.columns([1, 1, 2])
 folds = int(l1.number_input("Folds", 2, 10, DEFAULT_FOLDS, key="review_le_folds"))
-epochs = int(l2.number_input("Epochs per fold", 1, 100, min(DEFAULT_EPOCHS, int(run.config().get("epochs", 5))),
-                             key="review_le_epochs"))
+epochs = int(
+    l2.number_input(
+        "Epochs per fold", 1, 100, min(DEFAULT_EPOCHS, int(run.config().get("epochs", 5))), key="review_le_epochs"
+    )
+)
 with l3:
     # trains one small model per fold: a background task (histo_core.tasks), never in the server process
-    task_panel("label-errors", {"run": run.id, "folds": folds, "epochs": epochs},
-               start_label="Recompute" if report else "Find suspected label errors", key="review_le",
-               help="Trains one model per fold in a background process (CPU: about a minute for a few thousand "
-                    "28 px tiles); the result is saved with the run.",
-               render_result=lambda result: None, device=run.config().get("device") or "cpu")
+    task_panel(
+        "label-errors",
+        {"run": run.id, "folds": folds, "epochs": epochs},
+        start_label="Recompute" if report else "Find suspected label errors",
+        key="review_le",
+        help="Trains one model per fold in a background process (CPU: about a minute for a few thousand "
+        "28 px tiles); the result is saved with the run.",
+        render_result=lambda result: None,
+        device=run.config().get("device") or "cpu",
+    )
     report = load_label_errors(run)
 if report is not None:
     s = report.summary()
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Training tiles checked", s["tiles"])
-    m2.metric("Flagged", f"{s['flagged']} ({s['flagged_share']:.1%})",
-              help="training tiles whose given label the cross-validated models doubt")
+    m2.metric(
+        "Flagged",
+        f"{s['flagged']} ({s['flagged_share']:.1%})",
+        help="training tiles whose given label the cross-validated models doubt",
+    )
     if report.flipped is not None:
-        m3.metric("Known flipped labels flagged", f"{s['flipped_flagged']} / {s['flipped']}",
-                  f"recall {s['recall']:.2f}" if s["recall"] is not None else None, delta_color="off")
+        m3.metric(
+            "Known flipped labels flagged",
+            f"{s['flipped_flagged']} / {s['flipped']}",
+            f"recall {s['recall']:.2f}" if s["recall"] is not None else None,
+            delta_color="off",
+        )
         m4.metric("Precision of the flags", f"{s['precision']:.2f}" if s["precision"] is not None else "-")
-        st.caption(f"This run trained with fixed label noise: {s['flipped']} training labels were flipped on purpose. "
-                   f"{s['flipped_in_top']} of them are among the {s['flipped']} most suspicious tiles.")
-    st.caption(f"{s['folds']} folds × {s['epochs']} epochs of {s['arch']}, {s['seconds']} s, computed "
-               f"{s['computed_at']}" + (f"; a random {s['tiles']} of {s['training_tiles']} tiles" if s["sampled"] else ""))
+        st.caption(
+            f"This run trained with fixed label noise: {s['flipped']} training labels were flipped on purpose. "
+            f"{s['flipped_in_top']} of them are among the {s['flipped']} most suspicious tiles."
+        )
+    st.caption(
+        f"{s['folds']} folds × {s['epochs']} epochs of {s['arch']}, {s['seconds']} s, computed "
+        f"{s['computed_at']}" + (f"; a random {s['tiles']} of {s['training_tiles']} tiles" if s["sampled"] else "")
+    )
     ranked = report.table()
     only_flagged = st.toggle("Flagged tiles only", value=True, key="review_le_flagged")
     shown_table = ranked[ranked["flagged"]] if only_flagged else ranked
     st.dataframe(shown_table.iloc[:500].rename(columns=LABEL_ERROR_COLUMNS), hide_index=True, width="stretch")
-    st.download_button("Download the ranking (CSV)", ranked.to_csv(index=False).encode("utf-8"),
-                       file_name=f"{run.id}_label_errors.csv", mime="text/csv", key="review_le_csv")
+    st.download_button(
+        "Download the ranking (CSV)",
+        ranked.to_csv(index=False).encode("utf-8"),
+        file_name=f"{run.id}_label_errors.csv",
+        mime="text/csv",
+        key="review_le_csv",
+    )
     top = report.ranked()[:12]
     imgs = tiles_at("training", report.indices[top])
     if imgs is not None:
         st.markdown("**Most suspicious training tiles**")
-        caps = [f"#{report.indices[p]} given {report.classes[report.given[p]]} · looks like "
-                f"{report.classes[report.suggested[p]]} ({report.probs[p, report.suggested[p]]:.2f})"
-                + (" · FLIPPED" if report.flipped is not None and report.flipped[p] else "") for p in top]
+        caps = [
+            f"#{report.indices[p]} given {report.classes[report.given[p]]} · looks like "
+            f"{report.classes[report.suggested[p]]} ({report.probs[p, report.suggested[p]]:.2f})"
+            + (" · FLIPPED" if report.flipped is not None and report.flipped[p] else "")
+            for p in top
+        ]
         tile_grid(list(imgs), caps, columns=GRID_COLUMNS, px=128)
-    if report.flipped is not None and report.flipped.any() and st.toggle("Show the flipped tiles", key="review_le_flips"):
+    if (
+        report.flipped is not None
+        and report.flipped.any()
+        and st.toggle("Show the flipped tiles", key="review_le_flips")
+    ):
         flips = np.flatnonzero(report.flipped)[:48]
         imgs = tiles_at("training", report.indices[flips])
         if imgs is not None:
-            caps = [f"#{report.indices[p]} given {report.classes[report.given[p]]}, really "
-                    f"{report.classes[report.clean[p]]}" + (" · flagged" if report.flagged[p] else " · missed")
-                    for p in flips]
+            caps = [
+                f"#{report.indices[p]} given {report.classes[report.given[p]]}, really "
+                f"{report.classes[report.clean[p]]}" + (" · flagged" if report.flagged[p] else " · missed")
+                for p in flips
+            ]
             tile_grid(list(imgs), caps, columns=GRID_COLUMNS, px=128)

@@ -14,23 +14,41 @@ from histo_core.inference import list_models
 from histo_core.label_errors import load_label_errors
 from histo_core.runs import RunDir, list_runs
 from pages.ui.common import page_setup, synthetic_badge
-from pages.ui.feature_map import (COLOUR_BY, current_store, dataset_tiles, job_panel, points_frame, quality_table,
-                                  scatter, selected_points, selection_grid)
+from pages.ui.feature_map import (
+    COLOUR_BY,
+    current_store,
+    dataset_tiles,
+    job_panel,
+    points_frame,
+    quality_table,
+    scatter,
+    selected_points,
+    selection_grid,
+)
 
 page_setup("Feature map", "🗺️")
-st.caption("Each point is a tile, placed by what the model sees in it (its penultimate-layer features, PCA then "
-           "t-SNE): tiles the model finds alike sit together. Select a cluster to look at its tiles.")
+st.caption(
+    "Each point is a tile, placed by what the model sees in it (its penultimate-layer features, PCA then "
+    "t-SNE): tiles the model finds alike sit together. Select a cluster to look at its tiles."
+)
 
 runs = [r for r in list_runs() if r.status().state == "completed" and (r.best_ckpt.exists() or r.last_ckpt.exists())]
 models = list_models()
 if not runs and not models:
-    st.info(f"No completed run or exported model yet (runs in `{paths.runs_dir()}`). Train one on the Train page; "
-            "its feature map is saved when it finishes.")
+    st.info(
+        f"No completed run or exported model yet (runs in `{paths.runs_dir()}`). Train one on the Train page; "
+        "its feature map is saved when it finishes."
+    )
     st.stop()
 
-source = st.radio("Map", ["A run's dataset", "Any dataset, with a frozen model"], horizontal=True, key="fm_source",
-                  help="A run: its own train/val/test tiles and its own model. Any dataset: a finished run or an "
-                       "export in weights/, used as a fixed feature extractor on a dataset of your choice.")
+source = st.radio(
+    "Map",
+    ["A run's dataset", "Any dataset, with a frozen model"],
+    horizontal=True,
+    key="fm_source",
+    help="A run: its own train/val/test tiles and its own model. Any dataset: a finished run or an "
+    "export in weights/, used as a fixed feature extractor on a dataset of your choice.",
+)
 run = None
 try:
     if source == "A run's dataset":
@@ -44,9 +62,15 @@ try:
         st.session_state["fm_applied_param"] = wanted
         if st.session_state.get("fm_run") not in ids:
             st.session_state.pop("fm_run", None)
-        run_id = st.selectbox("Run", ids, key="fm_run", format_func=lambda i: (
-            f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
-            f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"))
+        run_id = st.selectbox(
+            "Run",
+            ids,
+            key="fm_run",
+            format_func=lambda i: (
+                f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
+                f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"
+            ),
+        )
         st.query_params["run"] = run_id
         run = next(r for r in runs if r.id == run_id)
         target = target_for(str(run.path))
@@ -58,7 +82,9 @@ try:
         left, right = st.columns(2)
         ref = left.selectbox("Model (frozen)", list(by_ref), format_func=lambda r: by_ref[r].label, key="fm_model")
         datasets = {d.spec: d.title for d in available_datasets()}
-        spec = right.selectbox("Dataset", list(datasets), format_func=lambda s: f"{datasets[s]} ({s})", key="fm_dataset")
+        spec = right.selectbox(
+            "Dataset", list(datasets), format_func=lambda s: f"{datasets[s]} ({s})", key="fm_dataset"
+        )
         target = target_for(ref, spec)
         job_args = [target.model_ref, "--dataset", spec]
 except HistoError as exc:
@@ -67,9 +93,11 @@ except HistoError as exc:
 
 store = current_store(target)
 if store is None:
-    st.info(f"No feature map for {target.label} on {target.dataset} yet"
-            + (" (the run finished before feature maps were saved, or its model changed)." if run else ".")
-            + " It is computed in the background: features of every tile, then PCA + t-SNE.")
+    st.info(
+        f"No feature map for {target.label} on {target.dataset} yet"
+        + (" (the run finished before feature maps were saved, or its model changed)." if run else ".")
+        + " It is computed in the background: features of every tile, then PCA + t-SNE."
+    )
     job_panel(target, job_args, "embed", "Compute the feature map", key="fm_embed")
     st.stop()
 
@@ -81,36 +109,51 @@ report = load_label_errors(run) if run is not None else None
 colours = [c for c in COLOUR_BY if c != "suspected label error" or report is not None]
 if not store.same_classes:
     colours = [c for c in colours if c != "correct / wrong"]
-colour = top[1].selectbox("Colour by", colours, key="fm_colour",
-                          help="Suspected label errors appear once the Review page (or `python -m histo_core "
-                               "label-errors RUN`) has searched this run's training set.")
+colour = top[1].selectbox(
+    "Colour by",
+    colours,
+    key="fm_colour",
+    help="Suspected label errors appear once the Review page (or `python -m histo_core "
+    "label-errors RUN`) has searched this run's training set.",
+)
 with top[2]:
     job_panel(target, job_args, "embed", "Recompute", key="fm_recompute")
-st.caption(f"{meta['model']} ({meta['arch']}, {meta['dims']}-dim features) on {meta['dataset_title']}: "
-           + ", ".join(f"{s} {n:,}" for s, n in meta["counts"].items())
-           + f" tiles. Map: {meta['projection']} of {meta['sample_rule']}. Computed {meta['computed_at']}.")
+st.caption(
+    f"{meta['model']} ({meta['arch']}, {meta['dims']}-dim features) on {meta['dataset_title']}: "
+    + ", ".join(f"{s} {n:,}" for s, n in meta["counts"].items())
+    + f" tiles. Map: {meta['projection']} of {meta['sample_rule']}. Computed {meta['computed_at']}."
+)
 if report is None and run is not None:
-    st.caption("Colour by suspected label error: search for them first on the Review page or with "
-               f"`python -m histo_core label-errors {run.id}`.")
+    st.caption(
+        "Colour by suspected label error: search for them first on the Review page or with "
+        f"`python -m histo_core label-errors {run.id}`."
+    )
 if not splits:
     st.warning("Pick at least one split.")
     st.stop()
 
 df = points_frame(store, splits, report)
 fig = scatter(df, colour, f"{len(df):,} tiles")
-event = st.plotly_chart(fig, key="fm_chart", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                        config={"displaylogo": False})
+event = st.plotly_chart(
+    fig, key="fm_chart", on_select="rerun", selection_mode=("points", "box", "lasso"), config={"displaylogo": False}
+)
 picked = selected_points(event)
 selection_grid(df, picked, dataset_tiles(target, meta))
 
 if run is not None:
     st.header("Which explanation method is most faithful on this run?")
-    st.caption("Every CAM method's maps on the run's test tiles, scored with ROAD (pytorch-grad-cam): pixels are "
-               "removed most-relevant-first and least-relevant-first by the map, and the change in the predicted "
-               "class's probability compared. Higher = the map points at what the model really uses.")
+    st.caption(
+        "Every CAM method's maps on the run's test tiles, scored with ROAD (pytorch-grad-cam): pixels are "
+        "removed most-relevant-first and least-relevant-first by the map, and the change in the predicted "
+        "class's probability compared. Higher = the map points at what the model really uses."
+    )
     doc = load_quality(run)
     if doc:
         quality_table(doc)
-    job_panel(target, [str(run.path), "--tiles", str(DEFAULT_TILES)], "explain-quality",
-              "Recompute the table" if doc else f"Score the CAM methods on {DEFAULT_TILES} test tiles",
-              key="fm_quality")
+    job_panel(
+        target,
+        [str(run.path), "--tiles", str(DEFAULT_TILES)],
+        "explain-quality",
+        "Recompute the table" if doc else f"Score the CAM methods on {DEFAULT_TILES} test tiles",
+        key="fm_quality",
+    )

@@ -17,8 +17,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 def isolated_dirs(tmp_path_factory, monkeypatch):
     """Each test gets its own runs/, data and weights directories (and no shipped model unless it asks for one)."""
     base = tmp_path_factory.mktemp("histo")
-    for var, sub in (("HISTO_RUNS_DIR", "runs"), ("HISTO_DATA_DIR", "data"), ("HISTO_WEIGHTS_DIR", "weights"),
-                     ("HISTO_SHIPPED_WEIGHTS_DIR", "shipped")):
+    for var, sub in (
+        ("HISTO_RUNS_DIR", "runs"),
+        ("HISTO_DATA_DIR", "data"),
+        ("HISTO_WEIGHTS_DIR", "weights"),
+        ("HISTO_SHIPPED_WEIGHTS_DIR", "shipped"),
+    ):
         (base / sub).mkdir()
         monkeypatch.setenv(var, str(base / sub))
     # The web app opens datasets only inside its data roots: let page tests open their tmp_path files and the

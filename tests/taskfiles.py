@@ -15,8 +15,17 @@ def make_task(kind: str, params: dict, state: str = "completed", result: dict | 
     root.mkdir(parents=True, exist_ok=True)
     task = tasks.TaskDir(root / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{time.monotonic_ns() % 10**6:06d}")
     task.path.mkdir()
-    write_json_atomic(task.task_path, {"kind": kind, "params": params, "key": tasks.params_key(kind, params),
-                                       "device": "cpu", "started_by": "", "created_at": time.time()})
+    write_json_atomic(
+        task.task_path,
+        {
+            "kind": kind,
+            "params": params,
+            "key": tasks.params_key(kind, params),
+            "device": "cpu",
+            "started_by": "",
+            "created_at": time.time(),
+        },
+    )
     task.write_status(RunStatus(state=state, finished_at=time.time(), step=1000, steps_per_epoch=1000))
     if result is not None:
         write_json_atomic(task.result_path, result)

@@ -24,7 +24,9 @@ from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, streamlit_serve
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-SCREENSHOTS = ROOT / "tests" / "screenshots"  # committed: the README shows them; refreshed with HISTO_UPDATE_SCREENSHOTS=1
+SCREENSHOTS = (
+    ROOT / "tests" / "screenshots"
+)  # committed: the README shows them; refreshed with HISTO_UPDATE_SCREENSHOTS=1
 PAGES = ["Datasets", "Train", "Runs", "Compare", "Classify", "Review"]
 
 
@@ -75,8 +77,12 @@ def goto(page, url: str, name: str) -> None:
 
 def test_user_journey(tmp_path, shared_data):
     sync_api = _require_browser()
-    env = {"HISTO_RUNS_DIR": str(tmp_path / "runs"), "HISTO_DATA_DIR": str(tmp_path / "data"),
-           "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"), "HISTO_MAX_RUNS_CPU": "1"}
+    env = {
+        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
+        "HISTO_DATA_DIR": str(tmp_path / "data"),
+        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
+        "HISTO_MAX_RUNS_CPU": "1",
+    }
     for d in env.values():
         if d.startswith(str(tmp_path)):
             Path(d).mkdir(parents=True, exist_ok=True)
@@ -161,8 +167,9 @@ def test_user_journey(tmp_path, shared_data):
             shot(page, "review")
         finally:
             browser.close()
-    assert not re.search(r"Traceback \(most recent call last\)", log.read_text()), \
+    assert not re.search(r"Traceback \(most recent call last\)", log.read_text()), (
         f"the server logged a traceback:\n{log.read_text()[-3000:]}"
+    )
 
 
 def test_new_user_walk(tmp_path, shared_data, monkeypatch):
@@ -170,8 +177,12 @@ def test_new_user_walk(tmp_path, shared_data, monkeypatch):
     evaluate it on the crc-he folder from the Runs page, classify real tiles with CAMs at their own resolution,
     Review with a cell selected then another run, the default run's label errors with their tiles."""
     sync_api = _require_browser()
-    env = {"HISTO_RUNS_DIR": str(tmp_path / "runs"), "HISTO_DATA_DIR": str(tmp_path / "data"),
-           "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"), "HISTO_MAX_RUNS_CPU": "1"}
+    env = {
+        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
+        "HISTO_DATA_DIR": str(tmp_path / "data"),
+        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
+        "HISTO_MAX_RUNS_CPU": "1",
+    }
     for d in env.values():
         Path(d).mkdir(parents=True, exist_ok=True)
     for k, v in env.items():
@@ -199,8 +210,11 @@ def test_new_user_walk(tmp_path, shared_data, monkeypatch):
             deadline = time.monotonic() + 600
             while True:
                 goto(page, f"{url}/Runs?run={run_id}", "Runs")
-                text = (tmp_path / "runs" / run_id / "status.json").read_text() \
-                    if (tmp_path / "runs" / run_id / "status.json").exists() else ""
+                text = (
+                    (tmp_path / "runs" / run_id / "status.json").read_text()
+                    if (tmp_path / "runs" / run_id / "status.json").exists()
+                    else ""
+                )
                 if '"completed"' in text and page.get_by_text("No validation split").count() > 0:
                     break
                 assert '"failed"' not in text, f"the run failed: {text}"
@@ -220,7 +234,8 @@ def test_new_user_walk(tmp_path, shared_data, monkeypatch):
             # classify the real full-size tiles: CAMs at the upload's resolution, beside it
             goto(page, f"{url}/Classify?run={run_id}", "Classify")
             page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
-                [str(p) for p in sorted(crc.rglob("*.tif"))])
+                [str(p) for p in sorted(crc.rglob("*.tif"))]
+            )
             page.get_by_text(re.compile(r"9 of 9 file\(s\) classified")).first.wait_for(timeout=180_000)
             page.get_by_text(re.compile(r"GradCAM for '.*' at 224x224 px")).first.wait_for(timeout=180_000)
             wait_idle(page)
@@ -260,5 +275,6 @@ def test_new_user_walk(tmp_path, shared_data, monkeypatch):
             shot(page, "walk-label-errors")
         finally:
             browser.close()
-    assert not re.search(r"Traceback \(most recent call last\)", log.read_text()), \
+    assert not re.search(r"Traceback \(most recent call last\)", log.read_text()), (
         f"the server logged a traceback:\n{log.read_text()[-3000:]}"
+    )

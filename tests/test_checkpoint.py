@@ -11,8 +11,15 @@ from histo_core.checkpoint import FORMAT_VERSION, load_checkpoint, model_from_ch
 from histo_core.errors import ModelFileError
 from histo_core.models import build_model
 
-META = {"arch": "simplecnn", "num_classes": 4, "in_channels": 3, "input_size": 28,
-        "classes": ["a", "b", "c", "d"], "mean": [0.5] * 3, "std": [0.25] * 3}
+META = {
+    "arch": "simplecnn",
+    "num_classes": 4,
+    "in_channels": 3,
+    "input_size": 28,
+    "classes": ["a", "b", "c", "d"],
+    "mean": [0.5] * 3,
+    "std": [0.25] * 3,
+}
 
 
 def _saved(tmp_path, **overrides):

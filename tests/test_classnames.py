@@ -7,8 +7,17 @@ import pytest
 from histo_core.classnames import match_classes, parse_class_map, short_name, short_names
 from histo_core.errors import HistoError
 
-PATHMNIST = ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
-             "cancer-associated stroma", "colorectal adenocarcinoma epithelium"]
+PATHMNIST = [
+    "adipose",
+    "background",
+    "debris",
+    "lymphocytes",
+    "mucus",
+    "smooth muscle",
+    "normal colon mucosa",
+    "cancer-associated stroma",
+    "colorectal adenocarcinoma epithelium",
+]
 
 
 def test_short_names():

@@ -10,7 +10,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from histo_core import paths
@@ -25,13 +24,21 @@ def bomb_png() -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def bad_files(folder: Path, good_png: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"corrupt.png": good_png.read_bytes()[:600], "notes.png": b"this is a text file\n",
-             "empty.png": b"", "bomb.png": bomb_png()}
+    files = {
+        "corrupt.png": good_png.read_bytes()[:600],
+        "notes.png": b"this is a text file\n",
+        "empty.png": b"",
+        "bomb.png": bomb_png(),
+    }
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return [folder / n for n in files]
@@ -58,7 +65,7 @@ def test_real_tiles_json(trained_pathmnist_run, shared_data, capsys):
         assert rec["prediction"] == max(rec["probabilities"], key=rec["probabilities"].get)
     # The 224 px PNGs are PathMNIST tiles upscaled: preprocessing must bring back what the model was trained on.
     truth = [CODES.index(p.parent.name) for p in tiles]
-    predicted = [doc["model"]["classes"].index(r["prediction"]) for r in results[:len(tiles)]]
+    predicted = [doc["model"]["classes"].index(r["prediction"]) for r in results[: len(tiles)]]
     accuracy = np.mean(np.array(truth) == np.array(predicted))
     assert accuracy >= 0.4, f"accuracy {accuracy:.2f} on PathMNIST tiles (9 classes)"
     tta_code, tta_out, _ = run_cli(capsys, trained_pathmnist_run.path, *tiles[:5], "--json", "--tta")
@@ -96,8 +103,19 @@ def test_cam_files(trained_pathmnist_run, shared_data, tmp_path, capsys):
     weird.parent.mkdir()
     weird.write_bytes(src[0].read_bytes())
     cam_dir = tmp_path / "cams"
-    code, out, err = run_cli(capsys, trained_pathmnist_run.path, *src, weird, "--cam", "GradCAM++",
-                             "--cam-dir", cam_dir, "--target", "8", "--json")
+    code, out, err = run_cli(
+        capsys,
+        trained_pathmnist_run.path,
+        *src,
+        weird,
+        "--cam",
+        "GradCAM++",
+        "--cam-dir",
+        cam_dir,
+        "--target",
+        "8",
+        "--json",
+    )
     assert code == 0, err
     doc = json.loads(out)
     written = sorted(p.name for p in cam_dir.iterdir())
@@ -110,8 +128,9 @@ def test_cam_files(trained_pathmnist_run, shared_data, tmp_path, capsys):
         img = np.asarray(Image.open(rec["cam"]["path"]))
         assert img.shape == (224, 224, 3)
     # explaining each tile's own prediction: maps with something to show
-    code, out, _ = run_cli(capsys, trained_pathmnist_run.path, *src, "--cam", "GradCAM", "--cam-dir",
-                           tmp_path / "own", "--json")
+    code, out, _ = run_cli(
+        capsys, trained_pathmnist_run.path, *src, "--cam", "GradCAM", "--cam-dir", tmp_path / "own", "--json"
+    )
     recs = json.loads(out)["results"]
     assert code == 0 and all(r["cam"]["target"] == r["prediction"] for r in recs)
     assert sum(r["cam"]["uniform"] for r in recs) <= 1, [r["cam"] for r in recs]
@@ -119,14 +138,16 @@ def test_cam_files(trained_pathmnist_run, shared_data, tmp_path, capsys):
     dup = tmp_path / "other" / src[0].name
     dup.parent.mkdir()
     dup.write_bytes(src[0].read_bytes())
-    code, out, _ = run_cli(capsys, trained_pathmnist_run.path, src[0], dup, "--cam", "EigenCAM", "--cam-dir",
-                           tmp_path / "cams2")
+    code, out, _ = run_cli(
+        capsys, trained_pathmnist_run.path, src[0], dup, "--cam", "EigenCAM", "--cam-dir", tmp_path / "cams2"
+    )
     assert code == 0 and len(list((tmp_path / "cams2").iterdir())) == 2
 
 
 def test_folder_input_and_text_output(trained_pathmnist_run, shared_data, capsys):
-    code, out, _ = run_cli(capsys, trained_pathmnist_run.path,
-                           shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM")
+    code, out, _ = run_cli(
+        capsys, trained_pathmnist_run.path, shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
+    )
     assert code == 0
     lines = out.splitlines()
     assert lines[-1] == "9 classified, 0 could not be read"
@@ -169,7 +190,8 @@ def test_bad_model_and_options(trained_pathmnist_run, tmp_path, capsys):
 
 
 def test_help_runs_as_a_module():
-    out = subprocess.run([sys.executable, "-m", "histo_core", "predict", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "histo_core", "predict", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "exit status: 0 every file classified" in out.stdout
     assert "--cam METHOD" in out.stdout and "GradCAM++" in out.stdout

@@ -66,8 +66,14 @@ def test_show_failed_run_prints_its_error(capsys):
 
 
 def test_unknown_run_is_one_line_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "histo_core", "runs", "show", "no-such-run"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "histo_core", "runs", "show", "no-such-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no-such-run: no such run" in proc.stderr
 

@@ -17,8 +17,20 @@ from histo_core.cli import build_parser, main
 from histo_core.config import FIELD_HELP, Augment, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ["--dataset", "synthetic", "--arch", "simplecnn", "--epochs", "1", "--max-train-samples", "128",
-         "--threads", "1", "--batch-size", "64"]
+QUICK = [
+    "--dataset",
+    "synthetic",
+    "--arch",
+    "simplecnn",
+    "--epochs",
+    "1",
+    "--max-train-samples",
+    "128",
+    "--threads",
+    "1",
+    "--batch-size",
+    "64",
+]
 
 
 def _runs() -> list[Path]:
@@ -36,19 +48,22 @@ def test_every_config_field_is_a_flag_with_help():
     assert all(FIELD_HELP.get(f) for f in fields)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--noise", "1.5"], "--noise must be between 0 and 0.9, got 1.5"),
-    (["--arch", "vgg"], "--arch must be one of"),
-    (["--epochs", "0"], "--epochs must be a positive integer"),
-    (["--size", "4"], "simplecnn takes tiles of 8..512 px, got 4 px"),
-    (["--optimizer", "lbfgs"], "--optimizer must be one of adam, adamw, sgd"),
-    (["--pretrained"], "--pretrained loads ImageNet weights"),
-    (["--arch", "cnn3", "--mode", "frozen"], "--mode frozen needs a backbone"),
-    (["--hue", "0.7"], "--hue must be between 0 and 0.5"),
-    (["--early-stopping", "--train-splits", "train+val"], "--early-stopping needs a validation split"),
-    (["--dataset", "/no/such.npz"], "not a registered dataset and no such file"),
-    (["--epochs", "two"], "invalid int value: 'two'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--noise", "1.5"], "--noise must be between 0 and 0.9, got 1.5"),
+        (["--arch", "vgg"], "--arch must be one of"),
+        (["--epochs", "0"], "--epochs must be a positive integer"),
+        (["--size", "4"], "simplecnn takes tiles of 8..512 px, got 4 px"),
+        (["--optimizer", "lbfgs"], "--optimizer must be one of adam, adamw, sgd"),
+        (["--pretrained"], "--pretrained loads ImageNet weights"),
+        (["--arch", "cnn3", "--mode", "frozen"], "--mode frozen needs a backbone"),
+        (["--hue", "0.7"], "--hue must be between 0 and 0.5"),
+        (["--early-stopping", "--train-splits", "train+val"], "--early-stopping needs a validation split"),
+        (["--dataset", "/no/such.npz"], "not a registered dataset and no such file"),
+        (["--epochs", "two"], "invalid int value: 'two'"),
+    ],
+)
 def test_invalid_options_exit_2_with_one_line_and_no_run_dir(argv, message, capsys):
     assert _exit_code(["train", *QUICK, *argv]) == 2
     err = capsys.readouterr().err
@@ -86,8 +101,14 @@ def _exit_code(argv: list[str]) -> int:
 def test_train_json_evaluate_and_lr_find_in_a_subprocess(tmp_path):
     env = {**os.environ, "HISTO_RUNS_DIR": str(paths.runs_dir())}
     cmd = [sys.executable, "-m", "histo_core"]
-    p = subprocess.run([*cmd, "train", *QUICK, "--json", "--name", "cli"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=240)
+    p = subprocess.run(
+        [*cmd, "train", *QUICK, "--json", "--name", "cli"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["state"] == "completed" and Path(doc["run_dir"]).is_dir() and doc["test"]["n"] == 300
@@ -95,8 +116,14 @@ def test_train_json_evaluate_and_lr_find_in_a_subprocess(tmp_path):
     run_id = Path(doc["run_dir"]).name
     assert "-cli-" in run_id
 
-    e = subprocess.run([*cmd, "evaluate", run_id, "--split", "val", "--json"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=240)
+    e = subprocess.run(
+        [*cmd, "evaluate", run_id, "--split", "val", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert e.returncode == 0, e.stderr
     rep = json.loads(e.stdout)
     assert rep["split"] == "val" and rep["n"] == 300 and len(rep["confusion"]) == 6
@@ -104,20 +131,27 @@ def test_train_json_evaluate_and_lr_find_in_a_subprocess(tmp_path):
     t = subprocess.run([*cmd, "evaluate", run_id], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert t.returncode == 0 and "accuracy" in t.stdout and "confusion" in t.stdout and "lymphocytes" in t.stdout
 
-    bad = subprocess.run([*cmd, "evaluate", "no-such-run"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=240)
+    bad = subprocess.run(
+        [*cmd, "evaluate", "no-such-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a run directory, run id" in bad.stderr
 
-    lf = subprocess.run([*cmd, "lr-find", *QUICK, "--steps", "12", "--json"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=240)
+    lf = subprocess.run(
+        [*cmd, "lr-find", *QUICK, "--steps", "12", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert lf.returncode == 0, lf.stderr
     res = json.loads(lf.stdout)
     assert len(res["lrs"]) >= 6 and res["suggested_lr"] > 0
 
 
 def test_run_dir_executes_a_prepared_run_and_resumes(tmp_path):
-    from histo_core.train import prepare_run
     from histo_core.runs import RunDir
+    from histo_core.train import prepare_run
 
     cfg = TrainConfig(dataset="synthetic", arch="simplecnn", epochs=2, max_train_samples=128, threads=1)
     run = prepare_run(cfg)
@@ -139,8 +173,14 @@ def test_sigterm_cancels_at_a_safe_point_and_resume_finishes(tmp_path):
     cfg = TrainConfig(dataset="synthetic", arch="cnn3", epochs=4, threads=1, batch_size=32)
     run = prepare_run(cfg)
     env = {**os.environ, "HISTO_RUNS_DIR": str(paths.runs_dir())}
-    proc = subprocess.Popen([sys.executable, "-m", "histo_core", "train", "--run-dir", str(run.path)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "histo_core", "train", "--run-dir", str(run.path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not run.metrics() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -151,8 +191,14 @@ def test_sigterm_cancels_at_a_safe_point_and_resume_finishes(tmp_path):
     assert st.state == "cancelled" and run.last_ckpt.exists()
     done = len(run.metrics())
     assert 1 <= done < 4
-    p = subprocess.run([sys.executable, "-m", "histo_core", "train", "--run-dir", str(run.path), "--resume"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    p = subprocess.run(
+        [sys.executable, "-m", "histo_core", "train", "--run-dir", str(run.path), "--resume"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert p.returncode == 0, p.stderr
     assert [r["epoch"] for r in run.metrics()] == [1, 2, 3, 4]
     assert run.status().state == "completed"

@@ -28,7 +28,11 @@ def test_listing_json_parses_and_reflects_downloads(capsys, tmp_path):
     listing = json.loads(out)
     rows = {r["name"]: r for r in listing["datasets"]}
     assert listing["data_dir"] == str(tmp_path)
-    assert rows["synthetic"]["available"] and rows["synthetic"]["split_sizes"] == {"train": 1200, "val": 300, "test": 300}
+    assert rows["synthetic"]["available"] and rows["synthetic"]["split_sizes"] == {
+        "train": 1200,
+        "val": 300,
+        "test": 300,
+    }
     path = rows["pathmnist"]
     assert path["available"] and path["sizes"]["64"]["available"] and not path["sizes"]["28"]["available"]
     assert path["sizes"]["64"]["split_sizes"] == {"train": 10, "val": 3, "test": 2}  # read from the file
@@ -42,7 +46,7 @@ def test_listing_text(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "--data-dir", str(tmp_path))
     assert code == 0
     assert f"data dir: {tmp_path}" in out
-    line = next(l for l in out.splitlines() if l.startswith("pathmnist "))
+    line = next(ln for ln in out.splitlines() if ln.startswith("pathmnist "))
     assert "not downloaded" in line and "89996/10004/7180" in line
 
 
@@ -63,8 +67,13 @@ def test_info_text_on_real_pathmnist_mini(capsys, pathmnist_mini):
 
 
 def test_bad_spec_exits_2_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "histo_core", "datasets", "--info", str(tmp_path / "nope.npz")],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "histo_core", "datasets", "--info", str(tmp_path / "nope.npz")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope.npz" in lines[0]

@@ -20,8 +20,8 @@ from histo_core.datasets.medmnist_source import npz_split_sizes
 from histo_core.datasets.pcam import H5Rows
 from histo_core.errors import DatasetError
 
-
 # -- helpers --------------------------------------------------------------------------------------------
+
 
 def write_medmnist_npz(path: Path, sizes=(12, 4, 4), size=28, channels=3, classes=3, seed=0, compress=True, **override):
     rng = np.random.default_rng(seed)
@@ -56,6 +56,7 @@ def make_class_folders(root: Path, classes=("ADI", "MUC", "TUM"), per_class=5, s
 
 
 # -- MedMNIST npz ---------------------------------------------------------------------------------------
+
 
 def test_npz_in_medmnist_layout(tmp_path):
     arrays = write_medmnist_npz(tmp_path / "pathmnist.npz")
@@ -139,6 +140,7 @@ def test_real_pathmnist_mini(pathmnist_mini):
 
 
 # -- image folders --------------------------------------------------------------------------------------
+
 
 def test_class_folders_with_seeded_stratified_split(tmp_path):
     make_class_folders(tmp_path / "set", per_class=10)
@@ -272,6 +274,7 @@ def test_real_crc_he_folders(shared_data):
 
 # -- image conversion -----------------------------------------------------------------------------------
 
+
 def test_16bit_grayscale_keeps_its_range(tmp_path):
     arr = np.full((20, 20), 65535, np.uint16)
     arr[:, :10] = 32896  # ~ half range
@@ -317,6 +320,7 @@ def test_non_square_images_are_centre_cropped(tmp_path):
 
 # -- CSV manifests --------------------------------------------------------------------------------------
 
+
 def write_manifest(tmp_path: Path, header="path,label", split=False, per_class=4) -> Path:
     files = make_class_folders(tmp_path / "imgs", classes=("ADI", "TUM"), per_class=per_class)
     lines = [header + (",split" if split else "")]
@@ -343,8 +347,9 @@ def test_csv_manifest_auto_columns_string_labels_and_split_column(tmp_path):
 
 def test_csv_manifest_explicit_columns_in_spec_and_int_labels(tmp_path):
     make_class_folders(tmp_path / "imgs", classes=("ADI", "TUM"), per_class=6)
-    rows = ["file_name,dx"] + [f"{p.relative_to(tmp_path)},{int('TUM' in p.name)}"
-                               for p in sorted((tmp_path / "imgs").rglob("*.*"))]
+    rows = ["file_name,dx"] + [
+        f"{p.relative_to(tmp_path)},{int('TUM' in p.name)}" for p in sorted((tmp_path / "imgs").rglob("*.*"))
+    ]
     (tmp_path / "m.csv").write_text("\n".join(rows))
     ds = open_dataset(f"{tmp_path / 'm.csv'}?image=file_name&label=dx")
     assert ds.info.classes == ["0", "1"] and sum(ds.split_sizes().values()) == 12
@@ -360,8 +365,11 @@ def test_csv_manifest_missing_paths_listed_with_count(tmp_path):
     with csv.open("a") as fh:
         for i in range(5):
             fh.write(f"imgs/gone_{i}.png,adi\n")
-    with pytest.raises(DatasetError, match=r"5 of 13 image paths in column 'path' not found .*lines 10, 11, 12, "
-                                           r"13, 14\)") as err:
+    with pytest.raises(
+        DatasetError,
+        match=r"5 of 13 image paths in column 'path' not found .*lines 10, 11, 12, "
+        r"13, 14\)",
+    ) as err:
         open_dataset(csv)
     assert "gone_" not in str(err.value)  # line numbers, never the cells of the manifest
 
@@ -390,6 +398,7 @@ def test_csv_shares_the_decode_cache_with_folders(tmp_path):
 
 
 # -- PatchCamelyon --------------------------------------------------------------------------------------
+
 
 def write_pcam(folder: Path, n=(20, 6, 6), size=96, chunked=False, gz=False, y_shape=None, x_shape=None):
     folder.mkdir(parents=True, exist_ok=True)
@@ -472,7 +481,9 @@ def test_pcam_mismatched_lengths(tmp_path):
     write_pcam(tmp_path / "pcam")
     with h5py.File(tmp_path / "pcam" / "camelyonpatch_level_2_split_valid_y.h5", "w") as f:
         f.create_dataset("y", data=np.zeros((5, 1, 1, 1), np.uint8))
-    with pytest.raises(DatasetError, match="split_valid_y.h5: 5 labels but camelyonpatch_level_2_split_valid_x.h5 has 6"):
+    with pytest.raises(
+        DatasetError, match="split_valid_y.h5: 5 labels but camelyonpatch_level_2_split_valid_x.h5 has 6"
+    ):
         open_dataset(tmp_path / "pcam")
 
 
@@ -485,7 +496,9 @@ def test_pcam_wrong_shape(tmp_path):
 def test_pcam_missing_y_file(tmp_path):
     write_pcam(tmp_path / "pcam")
     (tmp_path / "pcam" / "camelyonpatch_level_2_split_test_y.h5").unlink()
-    with pytest.raises(DatasetError, match="split_test_y.h5: missing .*labels for camelyonpatch_level_2_split_test_x.h5"):
+    with pytest.raises(
+        DatasetError, match="split_test_y.h5: missing .*labels for camelyonpatch_level_2_split_test_x.h5"
+    ):
         open_dataset(tmp_path / "pcam")
 
 
@@ -497,6 +510,7 @@ def test_registered_pcam_from_data_dir(tmp_path):
 
 
 # -- synthetic ------------------------------------------------------------------------------------------
+
 
 def test_synthetic_is_deterministic_and_labelled():
     a, b = open_dataset("synthetic"), open_dataset("synthetic")

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from histo_core.datasets import Split, open_dataset
 from histo_core.datasets.catalog import (
-    CATALOG_FILE, add_local_dataset, available_datasets, default_dataset_spec, local_datasets, remove_local_dataset,
+    CATALOG_FILE,
+    add_local_dataset,
+    available_datasets,
+    default_dataset_spec,
+    local_datasets,
+    remove_local_dataset,
 )
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, sample_indices, samples_per_class
 from histo_core.errors import DatasetError

@@ -26,8 +26,25 @@ def test_torchrun_two_gloo_processes_train_a_working_model():
     if not torchrun:
         pytest.skip("torchrun not installed")
     env = {**os.environ, "HISTO_RUNS_DIR": str(paths.runs_dir()), "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "histo_core", "train", "--dataset", "synthetic",
-           "--arch", "simplecnn", "--epochs", "3", "--threads", "1", "--batch-size", "64", "--json"]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "histo_core",
+        "train",
+        "--dataset",
+        "synthetic",
+        "--arch",
+        "simplecnn",
+        "--epochs",
+        "3",
+        "--threads",
+        "1",
+        "--batch-size",
+        "64",
+        "--json",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(p.stdout)  # rank 0 alone prints the JSON document
@@ -64,10 +81,33 @@ def test_two_nodes_on_localhost_rank0_writes_and_shards_are_disjoint(tmp_path):
         runs, shards = tmp_path / f"node{node}-runs", tmp_path / f"node{node}-shards"
         shards.mkdir()
         env = {**os.environ, "HISTO_RUNS_DIR": str(runs), "HISTO_SHARD_LOG": str(shards), "OMP_NUM_THREADS": "1"}
-        cmd = [str(torchrun), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "histo-two-nodes", "-m", "histo_core", "train",
-               "--dataset", "synthetic", "--arch", "simplecnn", "--epochs", "2", "--threads", "1",
-               "--batch-size", "64", "--json"]
+        cmd = [
+            str(torchrun),
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            "histo-two-nodes",
+            "-m",
+            "histo_core",
+            "train",
+            "--dataset",
+            "synthetic",
+            "--arch",
+            "simplecnn",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+            "--batch-size",
+            "64",
+            "--json",
+        ]
         out, err = open(tmp_path / f"node{node}.out", "w+"), open(tmp_path / f"node{node}.err", "w+")
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err))
         logs.append((out, err))
@@ -84,8 +124,12 @@ def test_two_nodes_on_localhost_rank0_writes_and_shards_are_disjoint(tmp_path):
         texts.append((out.read(), err.read()))
         assert p.returncode == 0, texts[-1][1][-3000:]
     # rank 0 alone created a run folder and printed the result; the other node's runs dir stays empty
-    made = [n for n in (0, 1) if (tmp_path / f"node{n}-runs").exists()
-            and [d for d in (tmp_path / f"node{n}-runs").iterdir() if not d.name.startswith(".")]]
+    made = [
+        n
+        for n in (0, 1)
+        if (tmp_path / f"node{n}-runs").exists()
+        and [d for d in (tmp_path / f"node{n}-runs").iterdir() if not d.name.startswith(".")]
+    ]
     assert len(made) == 1
     leader = made[0]
     assert json.loads(texts[leader][0])["state"] == "completed"

@@ -45,8 +45,13 @@ def test_classes_matched_by_name_the_rest_reported_apart(synthetic_run, pathmnis
     matched = {k: v for k, v in rep["class_matching"].items() if v}
     assert set(matched) == {"adipose", "background", "lymphocytes", "mucus"}
     apart = {u["class"]: u["tiles"] for u in rep["unmatched"]}
-    assert set(apart) == {"debris", "smooth muscle", "normal colon mucosa", "cancer-associated stroma",
-                          "colorectal adenocarcinoma epithelium"}
+    assert set(apart) == {
+        "debris",
+        "smooth muscle",
+        "normal colon mucosa",
+        "cancer-associated stroma",
+        "colorectal adenocarcinoma epithelium",
+    }
     assert rep["n"] + sum(apart.values()) == rep["tiles_total"] == 40
     assert all(sum(u["predicted_as"].values()) == u["tiles"] for u in rep["unmatched"])
 
@@ -60,9 +65,21 @@ def test_errors_are_one_clear_line(synthetic_run, tmp_path):
 
 def test_kather_folder_with_a_class_map_and_split_all(trained_pathmnist_run, shared_data):
     folder = shared_data / "tiles" / "kather2016"
-    rep = evaluate(str(trained_pathmnist_run.path), str(folder), "all",
-                   class_map={"01_TUMOR": "TUM", "02_STROMA": "STR", "04_LYMPHO": "LYM", "05_DEBRIS": "DEB",
-                              "06_MUCOSA": "NORM", "07_ADIPOSE": "ADI", "08_EMPTY": "BACK"}, name="kather 2016")
+    rep = evaluate(
+        str(trained_pathmnist_run.path),
+        str(folder),
+        "all",
+        class_map={
+            "01_TUMOR": "TUM",
+            "02_STROMA": "STR",
+            "04_LYMPHO": "LYM",
+            "05_DEBRIS": "DEB",
+            "06_MUCOSA": "NORM",
+            "07_ADIPOSE": "ADI",
+            "08_EMPTY": "BACK",
+        },
+        name="kather 2016",
+    )
     assert rep["tiles_total"] == 32 and rep["split"] == "all"
     assert rep["class_matching"]["01_TUMOR"] == "colorectal adenocarcinoma epithelium"
     assert [u["class"] for u in rep["unmatched"]] == ["03_COMPLEX"]
@@ -83,18 +100,37 @@ def test_a_weights_file_on_a_folder_named_by_abbreviations(trained_pathmnist_run
 @pytest.mark.slow
 def test_cli_evaluate_with_a_class_map(trained_pathmnist_run, shared_data):
     env = {**os.environ, "HISTO_RUNS_DIR": str(paths.runs_dir()), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "histo_core", "evaluate", str(trained_pathmnist_run.path), "--dataset",
-           str(shared_data / "tiles" / "kather2016"), "--split", "all", "--class-map", "01_TUMOR=TUM,02_STROMA=STR",
-           "--name", "cli-kather"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "histo_core",
+        "evaluate",
+        str(trained_pathmnist_run.path),
+        "--dataset",
+        str(shared_data / "tiles" / "kather2016"),
+        "--split",
+        "all",
+        "--class-map",
+        "01_TUMOR=TUM,02_STROMA=STR",
+        "--name",
+        "cli-kather",
+    ]
     p = subprocess.run([*cmd, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["class_matching"]["02_STROMA"] == "cancer-associated stroma" and doc["n"] == 8
-    assert {u["class"] for u in doc["unmatched"]} == {"03_COMPLEX", "04_LYMPHO", "05_DEBRIS", "06_MUCOSA",
-                                                    "07_ADIPOSE", "08_EMPTY"}
+    assert {u["class"] for u in doc["unmatched"]} == {
+        "03_COMPLEX",
+        "04_LYMPHO",
+        "05_DEBRIS",
+        "06_MUCOSA",
+        "07_ADIPOSE",
+        "08_EMPTY",
+    }
     text = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert "01_TUMOR -> TUM" in text.stdout and "03_COMPLEX: 4 tile(s) not scored" in text.stdout
     assert "saved as evaluation 'cli-kather'" in text.stdout
-    bad = subprocess.run([*cmd[:-2], "--class-map", "01_TUMOR=tumor"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    bad = subprocess.run(
+        [*cmd[:-2], "--class-map", "01_TUMOR=tumor"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "'tumor' is not a class of the model" in bad.stderr

@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 from histo_core.errors import HistoError
-from histo_core.explain import (CAM_METHODS, class_index, compute_cams, heatmap, hook_count, overlay,
-                                uniform_maps, upscale_tile)
+from histo_core.explain import (
+    CAM_METHODS,
+    class_index,
+    compute_cams,
+    heatmap,
+    hook_count,
+    overlay,
+    uniform_maps,
+    upscale_tile,
+)
 from histo_core.inference import LoadedModel, ModelMeta, load_model, predict, prepare_upload
 from histo_core.models import ARCHITECTURES, build_model
 
@@ -73,7 +81,7 @@ def _square_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     where = np.zeros((n, 2), int)
     for i in np.flatnonzero(labels):
         y, x = rng.integers(0, 20, 2)
-        tiles[i, y:y + 8, x:x + 8] = 250
+        tiles[i, y : y + 8, x : x + 8] = 250
         where[i] = (y, x)
     return tiles, labels, where
 
@@ -127,8 +135,11 @@ def test_default_target_is_the_predicted_class():
     meta = meta_for("simplecnn", 28)
     tiles = random_tiles(4, 28)
     pred = predict(LoadedModel(model, meta, "x"), tiles).argmax(1)
-    np.testing.assert_allclose(compute_cams(model, meta, tiles, "GradCAM"),
-                               compute_cams(model, meta, tiles, "GradCAM", targets=pred), atol=1e-6)
+    np.testing.assert_allclose(
+        compute_cams(model, meta, tiles, "GradCAM"),
+        compute_cams(model, meta, tiles, "GradCAM", targets=pred),
+        atol=1e-6,
+    )
 
 
 def test_flat_map_is_flagged():
@@ -172,10 +183,12 @@ def test_overlay_rendering():
 
 # -- real tiles through a model trained on real PathMNIST ---------------------------------------------
 
+
 def test_real_tiles_give_non_uniform_maps(trained_pathmnist_run, shared_data):
     loaded = load_model(trained_pathmnist_run.path)
-    files = sorted((shared_data / "tiles" / "pathmnist-224").glob("*/*.png"))[::5] + \
-        sorted((shared_data / "tiles" / "crc-he").glob("*/*/*.*"))
+    files = sorted((shared_data / "tiles" / "pathmnist-224").glob("*/*.png"))[::5] + sorted(
+        (shared_data / "tiles" / "crc-he").glob("*/*/*.*")
+    )
     files = [f for f in files if f.suffix.lower() in (".png", ".tif", ".jpg")]
     assert len(files) >= 15
     prepared = [prepare_upload(f.read_bytes(), f.name, loaded.meta) for f in files]

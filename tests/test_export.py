@@ -72,8 +72,9 @@ def test_list_exports_skips_broken_cards_with_a_note():
     export_run(run, "good")
     weights = paths.weights_dir()
     (weights / "broken.json").write_text("{not json")
-    (weights / "orphan.json").write_text(json.dumps({"arch": "simplecnn", "classes": ["a", "b"], "input_size": 28,
-                                                     "in_channels": 3}))
+    (weights / "orphan.json").write_text(
+        json.dumps({"arch": "simplecnn", "classes": ["a", "b"], "input_size": 28, "in_channels": 3})
+    )
     notes: list[str] = []
     cards = list_exports(notes=notes)
     assert [c["name"] for c in cards] == ["good"]
@@ -100,8 +101,18 @@ def test_export_of_a_real_run_predicts_like_the_run():
 
     threads = torch.get_num_threads()
     try:
-        run = prepare_run(TrainConfig(dataset="synthetic", arch="simplecnn", epochs=1, batch_size=32,
-                                      max_train_samples=96, device="cpu", threads=1, tta=False))
+        run = prepare_run(
+            TrainConfig(
+                dataset="synthetic",
+                arch="simplecnn",
+                epochs=1,
+                batch_size=32,
+                max_train_samples=96,
+                device="cpu",
+                threads=1,
+                tta=False,
+            )
+        )
         assert run_training(run)["state"] == "completed"
     finally:
         torch.set_num_threads(threads)

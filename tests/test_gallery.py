@@ -12,8 +12,18 @@ from histo_core import paths
 from histo_core.datasets.synthetic import CLASSES, open_synthetic
 from histo_core.errors import HistoError
 from histo_core.fsutil import savez_atomic, write_json_atomic
-from histo_core.gallery import (RunTiles, confused_pairs, confusion, load_predictions, paginate, prediction_splits,
-                                query, side_by_side, table, to_csv)
+from histo_core.gallery import (
+    RunTiles,
+    confused_pairs,
+    confusion,
+    load_predictions,
+    paginate,
+    prediction_splits,
+    query,
+    side_by_side,
+    table,
+    to_csv,
+)
 from histo_core.runs import RunDir
 
 K = len(CLASSES)
@@ -151,7 +161,7 @@ def test_run_tiles_of_the_training_set_follow_train_splits():
     tiles = RunTiles(run).training(np.array([3, n_train + 7]))
     np.testing.assert_array_equal(tiles[0], ds.split("train").get(np.array([3]))[0])
     np.testing.assert_array_equal(tiles[1], ds.split("val").get(np.array([7]))[0])
-    with pytest.raises(HistoError, match="training set \\(train\+val\)"):
+    with pytest.raises(HistoError, match="training set \\(train\\+val\\)"):
         RunTiles(run).training(np.array([n_train + len(ds.split("val"))]))
     write_json_atomic(run.config_path, {"dataset": "synthetic", "size": 28, "train_splits": "train"})
     with pytest.raises(HistoError, match="refer to row"):

@@ -22,6 +22,11 @@ def test_exports_ignored_shipped_files_kept():
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     assert _ignored("weights/my-export.pt") and _ignored("weights/my-export.json")
-    for kept in ("weights/pathmnist-resnet9.pt", "weights/pathmnist-resnet9.json", "weights/README.md",
-                 "weights/pathmnist-resnet9-macenko.pt", "weights/pathmnist-resnet9-macenko.json"):
+    for kept in (
+        "weights/pathmnist-resnet9.pt",
+        "weights/pathmnist-resnet9.json",
+        "weights/README.md",
+        "weights/pathmnist-resnet9-macenko.pt",
+        "weights/pathmnist-resnet9-macenko.json",
+    ):
         assert not _ignored(kept), kept

@@ -25,6 +25,7 @@ def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A valid PNG signature + IHDR declaring width x height RGB, and no pixel data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -33,6 +34,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 # -- colour modes ------------------------------------------------------------------------------------
+
 
 def test_rgb_png_roundtrips_exactly():
     out = decode_image(encode(Image.fromarray(RGB)), "tile.png")
@@ -194,6 +196,7 @@ def test_extension_is_not_trusted():
 
 # -- bad files ---------------------------------------------------------------------------------------
 
+
 def test_empty_file():
     with pytest.raises(ImageError, match=r"^empty\.png: empty file \(0 bytes\)"):
         decode_image(b"", "empty.png")
@@ -217,7 +220,9 @@ def test_truncated_files(fmt, ext, cut):
 
 
 def test_decompression_bomb_refused_from_header():
-    with pytest.raises(ImageError, match=r"bomb\.png: refused, the image declares 2,500,000,000 pixels.*decompression bomb"):
+    with pytest.raises(
+        ImageError, match=r"bomb\.png: refused, the image declares 2,500,000,000 pixels.*decompression bomb"
+    ):
         decode_image(png_header_only(50000, 50000), "bomb.png")
 
 
@@ -231,6 +236,7 @@ def test_pixel_limit_is_configurable(monkeypatch):
 
 
 # -- names ---------------------------------------------------------------------------------------------
+
 
 def test_names_with_paths_and_control_characters():
     assert display_name("../../etc/passwd.png") == "passwd.png"

@@ -16,9 +16,19 @@ from histo_core import paths
 from histo_core.checkpoint import save_checkpoint
 from histo_core.errors import HistoError, ModelFileError
 from histo_core.fsutil import write_json_atomic
-from histo_core.images import decode_image, to_png_bytes as encode_png
-from histo_core.inference import (LoadedModel, ModelMeta, clear_cache, list_models, load_model, predict, prepare_upload,
-                                  preprocess, top_k)
+from histo_core.images import decode_image
+from histo_core.images import to_png_bytes as encode_png
+from histo_core.inference import (
+    LoadedModel,
+    ModelMeta,
+    clear_cache,
+    list_models,
+    load_model,
+    predict,
+    prepare_upload,
+    preprocess,
+    top_k,
+)
 from histo_core.models import build_model
 from histo_core.runs import RunDir, RunStatus
 
@@ -26,9 +36,16 @@ CLASSES = ["ADI", "BACK", "TUM"]
 
 
 def meta_dict(size=28, channels=3, arch="simplecnn"):
-    return {"arch": arch, "num_classes": len(CLASSES), "in_channels": channels, "input_size": size,
-            "classes": CLASSES, "mean": [0.5] * channels, "std": [0.25] * channels,
-            "dataset": {"name": "pathmnist", "title": "PathMNIST (28 px)", "source": "medmnist", "synthetic": False}}
+    return {
+        "arch": arch,
+        "num_classes": len(CLASSES),
+        "in_channels": channels,
+        "input_size": size,
+        "classes": CLASSES,
+        "mean": [0.5] * channels,
+        "std": [0.25] * channels,
+        "dataset": {"name": "pathmnist", "title": "PathMNIST (28 px)", "source": "medmnist", "synthetic": False},
+    }
 
 
 def make_run(root, run_id="20250101-000000-test", state="completed", synthetic=False, ckpt_name="best.pt", seed=0):
@@ -37,8 +54,17 @@ def make_run(root, run_id="20250101-000000-test", state="completed", synthetic=F
     torch.manual_seed(seed)
     model = build_model("simplecnn", len(CLASSES), 3, 28)
     write_json_atomic(run.config_path, {"arch": "simplecnn", "dataset": "pathmnist", "size": 28})
-    write_json_atomic(run.dataset_path, {"name": "pathmnist", "title": "PathMNIST (28 px)", "classes": CLASSES,
-                                         "size": 28, "synthetic": synthetic, "extra": {"flag": "pathmnist"}})
+    write_json_atomic(
+        run.dataset_path,
+        {
+            "name": "pathmnist",
+            "title": "PathMNIST (28 px)",
+            "classes": CLASSES,
+            "size": 28,
+            "synthetic": synthetic,
+            "extra": {"flag": "pathmnist"},
+        },
+    )
     run.write_status(RunStatus(state=state))
     write_json_atomic(run.results_path, {"test": {"accuracy": 0.75, "auc": 0.9}})
     save_checkpoint(run.path / ckpt_name, model, meta_dict())
@@ -53,6 +79,7 @@ def fresh_cache():
 
 
 # -- loading -------------------------------------------------------------------------------------------
+
 
 def test_load_from_run_dir_id_and_file(tmp_path):
     run, model = make_run(paths.runs_dir())
@@ -116,6 +143,7 @@ def test_cache_reloads_a_rewritten_file(tmp_path):
 
 
 # -- preprocessing ---------------------------------------------------------------------------------------
+
 
 def _encode(im: Image.Image, fmt="PNG") -> bytes:
     buf = io.BytesIO()
@@ -207,6 +235,7 @@ def test_preprocess_without_native_size_compares_with_input_size():
 
 # -- prediction ------------------------------------------------------------------------------------------
 
+
 class MeanColour(nn.Module):
     """Depends only on the mean colour: invariant to every flip and rotation."""
 
@@ -280,13 +309,23 @@ def test_top_k():
 
 # -- picker ----------------------------------------------------------------------------------------------
 
+
 def test_list_models_runs_and_exports():
     make_run(paths.runs_dir(), "20250101-000000-a", synthetic=True)
     make_run(paths.runs_dir(), "20250102-000000-running", state="running")
     save_checkpoint(paths.weights_dir() / "exp.pt", build_model("simplecnn", 3, 3, 28), meta_dict())
-    write_json_atomic(paths.weights_dir() / "exp.json", {
-        "name": "exp", "arch": "simplecnn", "classes": CLASSES, "input_size": 28, "in_channels": 3,
-        "dataset": {"title": "PathMNIST (28 px)", "synthetic": False}, "metrics": {"test_accuracy": 0.8}})
+    write_json_atomic(
+        paths.weights_dir() / "exp.json",
+        {
+            "name": "exp",
+            "arch": "simplecnn",
+            "classes": CLASSES,
+            "input_size": 28,
+            "in_channels": 3,
+            "dataset": {"title": "PathMNIST (28 px)", "synthetic": False},
+            "metrics": {"test_accuracy": 0.8},
+        },
+    )
     entries = list_models()
     assert [(e.kind, e.name) for e in entries] == [("run", "20250101-000000-a"), ("export", "exp")]
     run_entry, exp_entry = entries
@@ -297,6 +336,7 @@ def test_list_models_runs_and_exports():
 
 
 # -- uploads ---------------------------------------------------------------------------------------------
+
 
 def test_classify_uploads_keeps_order_and_reports_bad_files():
     from histo_core.inference import PREVIEW_PX, classify_uploads
@@ -309,7 +349,10 @@ def test_classify_uploads_keeps_order_and_reports_bad_files():
     assert [r.ok for r in results] == [True, False, True, True]
     assert results[1].error.startswith("bad.png: not an image") and results[1].probs is None
     assert results[2].tile.shape == (28, 28, 3) and any("repeated to 3 channels" in n for n in results[2].notes)
-    assert results[3].preview.shape == (round(PREVIEW_PX * 2 / 3), PREVIEW_PX, 3) and (results[3].width, results[3].height) == (900, 600)
+    assert results[3].preview.shape == (round(PREVIEW_PX * 2 / 3), PREVIEW_PX, 3) and (
+        results[3].width,
+        results[3].height,
+    ) == (900, 600)
     assert any("centre 224x224 px" in n for n in results[3].notes)
     assert results[3].field_view.shape == (224, 224, 3)  # the part the model saw, for the CAM at full resolution
     direct = predict(loaded, np.stack([results[0].tile, results[2].tile]))

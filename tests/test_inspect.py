@@ -16,8 +16,8 @@ from PIL import Image
 
 from histo_core import jobs, paths
 from histo_core.cli import main
-from histo_core.errors import HistoError
 from histo_core.embeddings import load_store, sample_points, target_for
+from histo_core.errors import HistoError
 from histo_core.similar import cosine_knn, knn_vote
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,8 +120,9 @@ def test_similar_returns_a_training_tile_itself_first(trained_pathmnist_run, pat
         Image.fromarray(t).save(tmp_path / f"train{i}.png")
         files.append(tmp_path / f"train{i}.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    code, out, err = cli(capsys, "similar", trained_pathmnist_run.path, *files, tmp_path / "broken.png", "--k", "4",
-                         "--json")
+    code, out, err = cli(
+        capsys, "similar", trained_pathmnist_run.path, *files, tmp_path / "broken.png", "--k", "4", "--json"
+    )
     assert code == 1, err  # one file could not be read; the others are answered
     doc = json.loads(out)
     classes = load_store(target_for(str(trained_pathmnist_run.path)).out_dir).classes
@@ -136,8 +137,9 @@ def test_similar_returns_a_training_tile_itself_first(trained_pathmnist_run, pat
 
 
 def test_explain_quality_cli(trained_pathmnist_run, capsys):
-    code, out, err = cli(capsys, "explain-quality", trained_pathmnist_run.path, "--tiles", "6", "--methods",
-                         "GradCAM,EigenCAM", "--json")
+    code, out, err = cli(
+        capsys, "explain-quality", trained_pathmnist_run.path, "--tiles", "6", "--methods", "GradCAM,EigenCAM", "--json"
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert doc["tiles"] == 6 and doc["sampled"] and [r["rank"] for r in doc["methods"]] == [1, 2]
@@ -149,8 +151,19 @@ def test_explain_quality_cli(trained_pathmnist_run, capsys):
 
 
 def test_label_errors_cli(trained_pathmnist_run, capsys):
-    code, out, err = cli(capsys, "label-errors", trained_pathmnist_run.path, "--folds", "2", "--epochs", "1",
-                         "--recompute", "--top", "5", "--json")
+    code, out, err = cli(
+        capsys,
+        "label-errors",
+        trained_pathmnist_run.path,
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--recompute",
+        "--top",
+        "5",
+        "--json",
+    )
     assert code == 0, err
     doc = json.loads(out)
     s = doc["summary"]
@@ -161,15 +174,18 @@ def test_label_errors_cli(trained_pathmnist_run, capsys):
     trained_pathmnist_run.file("label_errors.npz").unlink()  # the session's shared run stays as it was
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["embed", "no-such-run"], "no-such-run: not a run directory"),
-    (["embed", "RUN", "--max-points", "3"], "--max-points must be at least 10"),
-    (["similar", "RUN", "x.png", "--k", "0"], "--k must be a positive integer"),
-    (["label-errors", "RUN", "--folds", "1"], "--folds must be at least 2"),
-    (["label-errors", "no-such-run"], "no-such-run: no such run"),
-    (["explain-quality", "RUN", "--methods", "GradCAM,Magic"], "--methods: unknown method 'Magic'"),
-    (["explain-quality", "RUN", "--tiles", "0"], "--tiles must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["embed", "no-such-run"], "no-such-run: not a run directory"),
+        (["embed", "RUN", "--max-points", "3"], "--max-points must be at least 10"),
+        (["similar", "RUN", "x.png", "--k", "0"], "--k must be a positive integer"),
+        (["label-errors", "RUN", "--folds", "1"], "--folds must be at least 2"),
+        (["label-errors", "no-such-run"], "no-such-run: no such run"),
+        (["explain-quality", "RUN", "--methods", "GradCAM,Magic"], "--methods: unknown method 'Magic'"),
+        (["explain-quality", "RUN", "--tiles", "0"], "--tiles must be a positive integer"),
+    ],
+)
 def test_bad_input_one_line_exit_2(argv, message, capsys, trained_pathmnist_run):
     argv = [str(trained_pathmnist_run.path) if a == "RUN" else a for a in argv]
     code, out, err = cli(capsys, *argv)
@@ -224,8 +240,13 @@ def test_embed_cli_in_a_subprocess(trained_pathmnist_run, tmp_path):
     from histo_core.export import export_run
 
     export_run(trained_pathmnist_run, "mini2")
-    proc = subprocess.run([sys.executable, "-m", "histo_core", "embed", "mini2", "--split", "val", "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "histo_core", "embed", "mini2", "--split", "val", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["counts"] == {"val": 40} and doc["projected"] == 40

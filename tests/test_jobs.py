@@ -20,8 +20,17 @@ from tests.runfiles import write_run
 
 def tiny_config(**changes) -> TrainConfig:
     """A synthetic run that trains in seconds on one CPU thread."""
-    base = dict(dataset="synthetic", arch="simplecnn", epochs=2, batch_size=32, max_train_samples=128,
-                device="cpu", threads=1, tta=False, schedule="none")
+    base = dict(
+        dataset="synthetic",
+        arch="simplecnn",
+        epochs=2,
+        batch_size=32,
+        max_train_samples=128,
+        device="cpu",
+        threads=1,
+        tta=False,
+        schedule="none",
+    )
     base.update(changes)
     return TrainConfig(**base)
 
@@ -52,6 +61,7 @@ def _stop(run: RunDir) -> None:
 
 
 # -- real processes ----------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
@@ -170,6 +180,7 @@ def test_two_runs_at_once_do_not_disturb_each_other(monkeypatch):
 
 # -- stand-in processes (fast) -------------------------------------------------------------------------
 
+
 def _sleeper(*marks: str) -> subprocess.Popen:
     """A process that sleeps; its command line carries `marks` (e.g. a run id) for the liveness check."""
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *marks])
@@ -220,14 +231,16 @@ def test_reused_pid_is_not_mistaken_for_the_trainer():
 
 
 def test_failure_message_names_checkpoint_and_log_line():
-    run = write_run("running", epochs=5, epochs_done=2, pid=2 ** 22 + 777)
+    run = write_run("running", epochs=5, epochs_done=2, pid=2**22 + 777)
     run.log_path.write_text("=== start\nepoch 2/5 ...\nMemoryError: cannot allocate 4 GiB\n")
     status = jobs.refresh_status(run)
-    assert status.error.startswith(f"training process {2 ** 22 + 777} ended unexpectedly (killed or crashed); "
-                                   "last checkpoint: epoch 2 — resume to continue")
+    assert status.error.startswith(
+        f"training process {2**22 + 777} ended unexpectedly (killed or crashed); "
+        "last checkpoint: epoch 2 — resume to continue"
+    )
     assert status.error.endswith("Log: MemoryError: cannot allocate 4 GiB")
 
-    fresh = write_run("running", epochs_done=0, pid=2 ** 22 + 778)
+    fresh = write_run("running", epochs_done=0, pid=2**22 + 778)
     fresh.last_ckpt.unlink(missing_ok=True)
     assert "no checkpoint yet — resume to start again from scratch" in jobs.refresh_status(fresh).error
 

@@ -8,18 +8,28 @@ import pytest
 from histo_core.config import TrainConfig
 from histo_core.datasets.synthetic import CLASSES, open_synthetic
 from histo_core.errors import HistoError
-from histo_core.label_errors import (FILE_NAME, confident_thresholds, cross_val_probs, find_label_errors,
-                                     flag_label_errors, load_label_errors)
+from histo_core.label_errors import (
+    FILE_NAME,
+    confident_thresholds,
+    cross_val_probs,
+    find_label_errors,
+    flag_label_errors,
+    load_label_errors,
+)
 from histo_core.noise import fixed_noise
 
 
 def test_thresholds_and_flags_by_hand():
     given = np.array([0, 0, 1, 1, 1])
-    probs = np.array([[0.9, 0.1],   # confidently 0, labelled 0
-                      [0.7, 0.3],   # below both thresholds: no confident class, not flagged
-                      [0.2, 0.8],   # confidently 1, labelled 1
-                      [0.9, 0.1],   # labelled 1 but confidently 0: flagged
-                      [0.5, 0.5]])  # p1 = 0.5 reaches t1 = 0.467, p0 = 0.5 misses t0 = 0.8: its own label
+    probs = np.array(
+        [
+            [0.9, 0.1],  # confidently 0, labelled 0
+            [0.7, 0.3],  # below both thresholds: no confident class, not flagged
+            [0.2, 0.8],  # confidently 1, labelled 1
+            [0.9, 0.1],  # labelled 1 but confidently 0: flagged
+            [0.5, 0.5],
+        ]
+    )  # p1 = 0.5 reaches t1 = 0.467, p0 = 0.5 misses t0 = 0.8: its own label
     t = confident_thresholds(probs, given)
     np.testing.assert_allclose(t, [0.8, (0.8 + 0.1 + 0.5) / 3])
     flagged, _ = flag_label_errors(probs, given)

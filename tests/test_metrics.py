@@ -20,8 +20,19 @@ def test_report_has_every_key_and_exact_values():
     preds = np.array([0, 1, 1, 1, 2, 0])
     probs = _onehotish(preds, 3)
     r = classification_report(probs, labels, CLASSES)
-    assert set(r) >= {"n", "loss", "accuracy", "auc", "auc_kind", "ece", "classes", "per_class", "confusion", "roc",
-                      "reliability"}
+    assert set(r) >= {
+        "n",
+        "loss",
+        "accuracy",
+        "auc",
+        "auc_kind",
+        "ece",
+        "classes",
+        "per_class",
+        "confusion",
+        "roc",
+        "reliability",
+    }
     assert r["n"] == 6 and r["accuracy"] == pytest.approx(4 / 6)
     assert r["auc_kind"] == "macro-ovr"
     assert r["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]

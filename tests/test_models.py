@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from histo_core.errors import ConfigError, HistoError
-from histo_core.models import (ARCHITECTURES, SMALL_STEM_BELOW, build_model, cam_target_layer, check_input,
-                               head_module, set_backbone_trainable)
+from histo_core.models import (
+    ARCHITECTURES,
+    SMALL_STEM_BELOW,
+    build_model,
+    cam_target_layer,
+    check_input,
+    head_module,
+    set_backbone_trainable,
+)
 
 CPU_CHEAP = ["simplecnn", "cnn3", "resnet9", "resnet18"]
 

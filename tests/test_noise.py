@@ -1,7 +1,6 @@
 """Label noise: rates, modes, reproducibility, and that only training labels are ever touched."""
 
 import numpy as np
-import pytest
 import torch
 
 from histo_core.noise import batch_noise, fixed_noise

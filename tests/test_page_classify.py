@@ -19,11 +19,17 @@ def bomb_png() -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def mime(path: Path) -> str:
-    return {".png": "image/png", ".jpg": "image/jpeg", ".tif": "image/tiff"}.get(path.suffix.lower(), "application/octet-stream")
+    return {".png": "image/png", ".jpg": "image/jpeg", ".tif": "image/tiff"}.get(
+        path.suffix.lower(), "application/octet-stream"
+    )
 
 
 def upload(path: Path) -> tuple[str, bytes, str]:
@@ -57,14 +63,20 @@ def test_real_tiles_and_bad_files(model_run, shared_data):
     crc = sorted((shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM").glob("*/*.tif"))
     jpgs = sorted((shared_data / "tiles" / "crc-he" / "CRC-VAL-HE-7K").glob("*/*.jpg"))[:3]
     good = pm + crc + jpgs
-    bad = [("corrupt.png", pm[0].read_bytes()[:500], "image/png"), ("notes.png", b"just text\n", "image/png"),
-           ("empty.png", b"", "image/png"), ("bomb.png", bomb_png(), "image/png")]
+    bad = [
+        ("corrupt.png", pm[0].read_bytes()[:500], "image/png"),
+        ("notes.png", b"just text\n", "image/png"),
+        ("empty.png", b"", "image/png"),
+        ("bomb.png", bomb_png(), "image/png"),
+    ]
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     assert not at.exception
     label = at.selectbox(key="classify_model").format_func(at.selectbox(key="classify_model").value)
     assert label.startswith(f"fixture ({model_run.id})")  # the run's name first
     assert at.query_params["run"] == model_run.id
-    at.file_uploader(key="classify_files").set_value([upload(p) for p in good[:4]] + bad + [upload(p) for p in good[4:]])
+    at.file_uploader(key="classify_files").set_value(
+        [upload(p) for p in good[:4]] + bad + [upload(p) for p in good[4:]]
+    )
     at.run(timeout=180)
     assert not at.exception, at.exception
     errors = [e.value for e in at.error]
@@ -99,8 +111,9 @@ def test_class_selector_method_and_paging(model_run, shared_data):
     assert len(classes) == 9
     at.selectbox(key="classify_target_0").set_value(8).run(timeout=120)
     captions = [c for img in images(at) for c in img.captions]
-    assert any(c.startswith("GradCAM for 'colorectal adenocarcinoma epithelium' at 224x224 px") for c in captions) or \
-        "Flat GradCAM map for 'colorectal adenocarcinoma epithelium'" in texts(at)
+    assert any(
+        c.startswith("GradCAM for 'colorectal adenocarcinoma epithelium' at 224x224 px") for c in captions
+    ) or "Flat GradCAM map for 'colorectal adenocarcinoma epithelium'" in texts(at)
     at.selectbox(key="classify_cam_method").set_value("EigenCAM").run(timeout=120)
     assert "EigenCAM is class-agnostic" in texts(at)
     assert sum(c.startswith("EigenCAM for") for img in images(at) for c in img.captions) == 12
@@ -160,7 +173,9 @@ def test_fresh_install_offers_the_shipped_models_and_shows_the_normalised_view(s
     nonorm = sorted((shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM").glob("*/*.tif"))[:2]
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(buf, "PNG")
-    at.file_uploader(key="classify_files").set_value([upload(p) for p in nonorm] + [("noise.png", buf.getvalue(), "image/png")])
+    at.file_uploader(key="classify_files").set_value(
+        [upload(p) for p in nonorm] + [("noise.png", buf.getvalue(), "image/png")]
+    )
     at.run(timeout=180)
     assert not at.exception, at.exception
     captions = [c for img in images(at) for c in img.captions]
@@ -175,8 +190,13 @@ def test_flat_map_for_the_predicted_class_does_not_contradict_the_prediction(mod
 
     import pages.ui.classify as ui
 
-    monkeypatch.setattr(ui, "compute_cams", lambda model, meta, tiles, method, targets=None:
-                        np.full((len(tiles), meta.input_size, meta.input_size), 0.3, np.float32))
+    monkeypatch.setattr(
+        ui,
+        "compute_cams",
+        lambda model, meta, tiles, method, targets=None: np.full(
+            (len(tiles), meta.input_size, meta.input_size), 0.3, np.float32
+        ),
+    )
     tile = sorted((shared_data / "tiles" / "pathmnist-224").glob("*/*.png"))[0]
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     at.file_uploader(key="classify_files").set_value([upload(tile)]).run(timeout=120)

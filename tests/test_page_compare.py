@@ -38,8 +38,18 @@ def test_two_runs_table_curves_and_csv():
     assert row_a["lr"] == 1e-3 and row_b["lr"] == 3e-3
     assert row_a["noise"] == "0" and row_b["noise"] == "0.4 batch"
     assert row_a["epochs"] == "3/3" and row_b["epochs"] == "2/2"
-    for col in ("arch", "optimizer", "batch", "schedule", "augmentation", "loss", "test acc", "test AUC",
-                "test ECE", "time (s)"):
+    for col in (
+        "arch",
+        "optimizer",
+        "batch",
+        "schedule",
+        "augmentation",
+        "loss",
+        "test acc",
+        "test AUC",
+        "test ECE",
+        "time (s)",
+    ):
         assert col in table.columns
     assert row_a["test acc"] == a.results()["test"]["accuracy"]
     assert row_b["test ECE"] == b.results()["test"]["ece"]

@@ -36,8 +36,14 @@ def test_synthetic_is_the_default_and_labelled():
     at = open_page()
     assert any("SYNTHETIC" in w.value for w in at.warning)
     assert at.subheader[0].value.startswith("Synthetic H&E demo (SYNTHETIC")
-    assert metrics(at) == {"train": "1,200", "val": "300", "test": "300", "classes": "6", "tile size": "28 px",
-                           "channels": "3"}
+    assert metrics(at) == {
+        "train": "1,200",
+        "val": "300",
+        "test": "300",
+        "classes": "6",
+        "tile size": "28 px",
+        "channels": "3",
+    }
     assert not at.error
 
 

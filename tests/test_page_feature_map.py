@@ -96,10 +96,23 @@ def test_label_error_colouring_and_quality_table(linked_run):
     n = 160
     flagged = np.zeros(n, bool)
     flagged[[1, 2, 3]] = True
-    report = LabelErrorReport(classes=[f"c{i}" for i in range(9)], indices=np.arange(n), given=np.zeros(n, np.int64),
-                              probs=np.full((n, 9), 1 / 9, np.float32), flagged=flagged, thresholds=np.ones(9),
-                              info={"folds": 2, "epochs": 1, "arch": "resnet9", "seconds": 1.0, "sampled": False,
-                                    "training_tiles": n, "computed_at": "now"})
+    report = LabelErrorReport(
+        classes=[f"c{i}" for i in range(9)],
+        indices=np.arange(n),
+        given=np.zeros(n, np.int64),
+        probs=np.full((n, 9), 1 / 9, np.float32),
+        flagged=flagged,
+        thresholds=np.ones(9),
+        info={
+            "folds": 2,
+            "epochs": 1,
+            "arch": "resnet9",
+            "seconds": 1.0,
+            "sampled": False,
+            "training_tiles": n,
+            "computed_at": "now",
+        },
+    )
     save_label_errors(linked_run, report)
     explain_quality(linked_run, tiles=3, methods=["GradCAM", "EigenCAM"])
     try:
@@ -139,8 +152,9 @@ def test_frozen_model_on_another_dataset(linked_run):
 
 
 def test_classify_shows_similar_training_tiles(linked_run, pathmnist_mini):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     with np.load(pathmnist_mini) as z:
         tile = z["train_images"][12]

@@ -7,12 +7,11 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from histo_core.config import TrainConfig
-from histo_core.runs import RunStatus, create_run_dir
 from histo_core.fsutil import write_json_atomic
+from histo_core.runs import RunStatus, create_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["1_Datasets.py", "2_Train.py", "3_Runs.py", "4_Compare.py", "5_Classify.py", "6_Review.py",
-         "7_Feature_map.py"]
+PAGES = ["1_Datasets.py", "2_Train.py", "3_Runs.py", "4_Compare.py", "5_Classify.py", "6_Review.py", "7_Feature_map.py"]
 
 
 def test_every_page_exists_and_is_linked():

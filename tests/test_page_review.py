@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core import paths
+from histo_core import jobs, paths, tasks
 from histo_core.gallery import load_predictions, query
-from histo_core import jobs, tasks
 from histo_core.label_errors import FILE_NAME
 from tests.taskfiles import wait_for_task
 
@@ -148,8 +147,12 @@ def test_stale_cell_after_switching_runs_does_not_crash():
 
     a = write_run("completed", skill=1.0, seed=3, run_id="run-a")
     b = write_run("completed", skill=1.5, seed=8, run_id="run-b")
-    count = lambda run: {f"{p['true_index']}>{p['pred_index']}": p["count"]
-                         for p in confused_pairs(load_predictions(run, "test"))}
+
+    def count(run):
+        return {
+            f"{p['true_index']}>{p['pred_index']}": p["count"] for p in confused_pairs(load_predictions(run, "test"))
+        }
+
     ca, cb = count(a), count(b)
     cell = next(k for k in ca if k in cb and ca[k] != cb[k])
     at = AppTest.from_file(PAGE, default_timeout=60)
@@ -209,11 +212,28 @@ def test_label_errors_of_a_train_val_run_show_their_tiles():
     probs = rng.dirichlet(np.ones(k), len(rows)).astype(np.float32)
     flipped = np.zeros(len(rows), bool)
     flipped[:5] = True
-    save_label_errors(run, LabelErrorReport(
-        classes=[f"c{i}" for i in range(k)], indices=rows, given=given, probs=probs, flagged=np.ones(len(rows), bool),
-        thresholds=np.full(k, 0.5), flipped=flipped, clean=(given + 1) % k,
-        info={"folds": 2, "epochs": 1, "arch": "simplecnn", "seconds": 1.0, "sampled": False, "training_tiles": n,
-              "computed_at": "now"}))
+    save_label_errors(
+        run,
+        LabelErrorReport(
+            classes=[f"c{i}" for i in range(k)],
+            indices=rows,
+            given=given,
+            probs=probs,
+            flagged=np.ones(len(rows), bool),
+            thresholds=np.full(k, 0.5),
+            flipped=flipped,
+            clean=(given + 1) % k,
+            info={
+                "folds": 2,
+                "epochs": 1,
+                "arch": "simplecnn",
+                "seconds": 1.0,
+                "sampled": False,
+                "training_tiles": n,
+                "computed_at": "now",
+            },
+        ),
+    )
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception, at.exception
     assert not [e.value for e in at.error if "refer to row" in e.value]

@@ -102,7 +102,7 @@ def test_failed_run_shows_error_and_log_tail():
 
 
 def test_dead_running_run_is_marked_failed_on_view():
-    run = write_run("running", pid=2 ** 22 + 12345)  # no such process
+    run = write_run("running", pid=2**22 + 12345)  # no such process
     at = _app(run.id)
     assert not at.exception
     assert any("ended unexpectedly" in e.value for e in at.error)
@@ -156,16 +156,28 @@ def test_a_real_trained_run_renders(tmp_path):
 
     threads = torch.get_num_threads()
     try:
-        run = prepare_run(TrainConfig(dataset="synthetic", arch="simplecnn", epochs=2, batch_size=32,
-                                      max_train_samples=128, device="cpu", threads=1, tta=False, name="real"))
+        run = prepare_run(
+            TrainConfig(
+                dataset="synthetic",
+                arch="simplecnn",
+                epochs=2,
+                batch_size=32,
+                max_train_samples=128,
+                device="cpu",
+                threads=1,
+                tta=False,
+                name="real",
+            )
+        )
         assert run_training(run)["state"] == "completed"
     finally:
         torch.set_num_threads(threads)
     at = _app(run.id)
     assert not at.exception, at.exception
     titles = _plotly_titles(at)
-    assert {"loss per epoch", "accuracy per epoch", "AUC per epoch", "Confusion matrix (counts)",
-            "ROC curves"} <= set(titles)
+    assert {"loss per epoch", "accuracy per epoch", "AUC per epoch", "Confusion matrix (counts)", "ROC curves"} <= set(
+        titles
+    )
     cm = _figure(at, "Confusion matrix (counts)")
     assert _array(cm.data[0].z).sum() == run.results()["test"]["n"]
     roc = _figure(at, "ROC curves")
@@ -176,11 +188,16 @@ def test_a_real_trained_run_renders(tmp_path):
 
 # -- figures (pages/ui/charts.py) ------------------------------------------------------------------------
 
+
 def test_reliability_figure_skips_empty_bins():
     from pages.ui.charts import reliability_figure
 
-    rel = {"bin_edges": [0.0, 0.25, 0.5, 0.75, 1.0], "confidence": [None, 0.4, None, 0.9],
-           "accuracy": [None, 0.3, None, 0.8], "count": [0, 5, 0, 20]}
+    rel = {
+        "bin_edges": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "confidence": [None, 0.4, None, 0.9],
+        "accuracy": [None, 0.3, None, 0.8],
+        "count": [0, 5, 0, 20],
+    }
     fig = reliability_figure(rel, ece=0.07)
     bars = fig.data[0]
     assert list(bars.x) == [0.375, 0.875] and list(bars.y) == [0.3, 0.8]
@@ -191,8 +208,10 @@ def test_reliability_figure_skips_empty_bins():
 def test_curve_figure_train_vs_validation():
     from pages.ui.charts import curve_figure
 
-    rows = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "val_auc": 0.8},
-            {"epoch": 2, "train_loss": 0.5, "val_loss": 0.9, "val_auc": 0.9}]
+    rows = [
+        {"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "val_auc": 0.8},
+        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.9, "val_auc": 0.9},
+    ]
     fig = curve_figure(rows, "loss")
     assert [t.name for t in fig.data] == ["train", "validation"]
     assert list(fig.data[1].y) == [1.2, 0.9]
@@ -255,8 +274,10 @@ def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
 
     run = write_run("completed")
     started = []
-    monkeypatch.setattr("histo_core.jobs.start_evaluation",
-                        lambda r, spec, split, mapping, name: started.append((r.id, spec, split, mapping, name)) or "x")
+    monkeypatch.setattr(
+        "histo_core.jobs.start_evaluation",
+        lambda r, spec, split, mapping, name: started.append((r.id, spec, split, mapping, name)) or "x",
+    )
     at = _app(run.id)
     key = f"evaluate_ds_{run.id}"
     at.selectbox(key=f"{key}_choice").set_value("__path__").run()

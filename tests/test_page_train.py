@@ -56,8 +56,18 @@ def test_defaults_come_from_default_config_and_follow_the_dataset(pathmnist_mini
     at = _app()
     expected = default_config("synthetic", "auto")
     assert at.selectbox(key="train_ds_choice").value == "synthetic"
-    for field in ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "tta",
-                  "augment.flip", "augment.brightness"):
+    for field in (
+        "arch",
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "schedule",
+        "weight_decay",
+        "tta",
+        "augment.flip",
+        "augment.brightness",
+    ):
         value = expected
         for part in field.split("."):
             value = getattr(value, part)
@@ -80,7 +90,9 @@ def test_invalid_value_shows_inline_error_and_starts_nothing(started):
     at = _app()
     _w(at, "lr").set_value(0.0).run()
     assert not at.exception
-    assert any("'Learning rate' must be a positive number, got 0.0" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("'Learning rate' must be a positive number, got 0.0" in e.value for e in at.error), [
+        e.value for e in at.error
+    ]
     assert at.button[[b.label for b in at.button].index("Start training")].disabled
     _w(at, "lr").set_value(1e-3).run()
     _w(at, "noise").set_value(0.95).run()
@@ -124,16 +136,26 @@ def test_estimate_and_lr_finder(monkeypatch):
     from histo_core import tasks
     from tests.taskfiles import instant_submit
 
-    est = {"total_s": 75.0, "epochs": 5, "per_epoch_s": 12.0, "train_tiles": 600, "train_images_per_s": 600.0,
-           "warmup_batches": 3, "val_tiles": 90, "fixed_s": 15.0}
+    est = {
+        "total_s": 75.0,
+        "epochs": 5,
+        "per_epoch_s": 12.0,
+        "train_tiles": 600,
+        "train_images_per_s": 600.0,
+        "warmup_batches": 3,
+        "val_tiles": 90,
+        "fixed_s": 15.0,
+    }
     lrf = {"lrs": [1e-6, 1e-4, 1e-2, 1.0], "losses": [2.0, 1.5, 0.9, 5.0], "suggested_lr": 0.004}
     seen = instant_submit(monkeypatch, {"estimate": est, "lr-find": lrf})
     at = _app()
     _w(at, "max_train_samples").set_value(600).run()
     at.button[[b.label for b in at.button].index("Estimate the training time")].click().run()
     assert seen[0][1]["config"]["max_train_samples"] == 600
-    assert any("About 1 min 15 s for 5 epochs: 12 s per epoch of 600 tiles" in i.value and "15 s once" in i.value
-               for i in at.info), [i.value for i in at.info]
+    assert any(
+        "About 1 min 15 s for 5 epochs: 12 s per epoch of 600 tiles" in i.value and "15 s once" in i.value
+        for i in at.info
+    ), [i.value for i in at.info]
 
     at.button[[b.label for b in at.button].index("Run the LR finder")].click().run()
     assert not at.exception, at.exception
@@ -149,7 +171,10 @@ def test_start_clicked_twice_starts_one_run(started):
     """Bug: two quick clicks on Start training created two identical runs (the message named only one)."""
     at = _app()
     _w(at, "arch").set_value("simplecnn").run()
-    start = lambda: at.button[[b.label for b in at.button].index("Start training")].click().run()
+
+    def start():
+        return at.button[[b.label for b in at.button].index("Start training")].click().run()
+
     start()
     start()
     assert not at.exception, at.exception

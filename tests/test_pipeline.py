@@ -65,12 +65,15 @@ def test_no_augmentation_is_identity():
     assert torch.equal(P.augment_batch(x, aug, torch.Generator().manual_seed(0)), x)
 
 
-@pytest.mark.parametrize("aug", [
-    Augment(flip=False, rot90=False, rotate=15),
-    Augment(flip=False, rot90=False, resized_crop=True, crop_scale=0.5),
-    Augment(flip=False, rot90=False, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1),
-    Augment(rotate=10, resized_crop=True, brightness=0.2, hue=0.05),
-])
+@pytest.mark.parametrize(
+    "aug",
+    [
+        Augment(flip=False, rot90=False, rotate=15),
+        Augment(flip=False, rot90=False, resized_crop=True, crop_scale=0.5),
+        Augment(flip=False, rot90=False, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1),
+        Augment(rotate=10, resized_crop=True, brightness=0.2, hue=0.05),
+    ],
+)
 def test_augmentations_keep_shape_dtype_range_and_are_seeded(aug):
     x = P.to_float01(_tiles(32, 20), "cpu")
     a = P.augment_batch(x, aug, torch.Generator().manual_seed(5))
@@ -162,7 +165,7 @@ def test_lazy_source_reads_contiguous_chunks(tmp_path, monkeypatch):
         src = P.TileSource(split, "cpu")
         assert not src.resident and src.streamed
         order = np.concatenate(P.chunk_order(n, 0, 0, chunk=64))
-        got = np.concatenate([src.gather(order[s:s + 16]).numpy() for s in range(0, n, 16)])
+        got = np.concatenate([src.gather(order[s : s + 16]).numpy() for s in range(0, n, 16)])
         assert np.array_equal(got, imgs[order])
         assert all(isinstance(r, slice) for r in counting.reads)  # sequential reads only
         assert len(counting.reads) == 4  # each of the 4 chunks read once
@@ -183,7 +186,7 @@ def test_memmap_source_is_streamed_with_file_reads(tmp_path, monkeypatch):
     assert src.streamed and not src.resident and src.file_rows is not None
     assert np.array_equal(src.read_range(45, 105).numpy(), imgs[45:105])
     order = np.concatenate(P.chunk_order(n, 1, 0, chunk=50))
-    got = np.concatenate([src.gather(order[s:s + 32]).numpy() for s in range(0, n, 32)])
+    got = np.concatenate([src.gather(order[s : s + 32]).numpy() for s in range(0, n, 32)])
     assert np.array_equal(got, imgs[order])
     assert np.array_equal(np.concatenate([b.numpy() for _, b in src.iter_sequential(40)]), imgs)
     # grayscale expanded to RGB on the way out

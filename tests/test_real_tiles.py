@@ -15,7 +15,7 @@ from PIL import Image
 from histo_core import ood, paths, stain
 from histo_core.checkpoint import save_checkpoint
 from histo_core.datasets import open_dataset
-from histo_core.images import decode_image, make_tile
+from histo_core.images import make_tile
 from histo_core.inference import ModelMeta, classify_uploads, list_models, load_model, prepare_upload
 from histo_core.models import build_model
 
@@ -49,8 +49,15 @@ def sample_files() -> dict[str, bytes]:
 
 def folder_meta(size: int, channels: int) -> ModelMeta:
     """A model trained on an image folder of unknown scale (no field of view)."""
-    return ModelMeta(arch="simplecnn", classes=tuple(CLASSES), input_size=size, in_channels=channels,
-                     mean=(0.5,) * channels, std=(0.25,) * channels, dataset={"name": "folder", "source": "folder"})
+    return ModelMeta(
+        arch="simplecnn",
+        classes=tuple(CLASSES),
+        input_size=size,
+        in_channels=channels,
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        dataset={"name": "folder", "source": "folder"},
+    )
 
 
 @pytest.mark.parametrize("channels", [3, 1])
@@ -89,10 +96,13 @@ def test_make_tile_crops_the_centre_square_and_refuses_slivers():
 
 # -- stain ----------------------------------------------------------------------------------------------
 
+
 def he_tile(seed: int = 0, size: int = 32, stain_matrix=None) -> np.ndarray:
     """A synthetic H&E tile: random haematoxylin and eosin concentrations through Macenko's reference vectors."""
     rng = np.random.default_rng(seed)
-    he = np.asarray(stain_matrix if stain_matrix is not None else [[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
+    he = np.asarray(
+        stain_matrix if stain_matrix is not None else [[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]]
+    )
     conc = np.stack([rng.gamma(2.0, 0.4, (size, size)), rng.gamma(2.0, 0.3, (size, size))], -1)
     conc[: size // 4, : size // 4] = 0.0  # some background
     rgb = 240.0 * np.exp(-(conc @ he.T))
@@ -147,6 +157,7 @@ def test_stain_jitter_keeps_shape_dtype_range_and_is_reproducible():
 
 # -- the model's world: card, field of view, "unlike the training tiles" ------------------------------------
 
+
 def save_model(path: Path, **extra) -> dict:
     torch.manual_seed(0)
     model = build_model("simplecnn", 3, 3, 28)
@@ -154,10 +165,24 @@ def save_model(path: Path, **extra) -> dict:
     ref = stain.fit_reference("macenko", tiles)
     seen = stain.normalize_batch(torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255, ref)
     calib = ood.calibrate(seen, None, "")  # an untrained model: the colour check alone
-    meta = {"arch": "simplecnn", "num_classes": 3, "in_channels": 3, "input_size": 28, "classes": CLASSES,
-            "mean": [0.5] * 3, "std": [0.25] * 3, "stain": ref, "tta": True,
-            "dataset": {"name": "pathmnist", "title": "PathMNIST", "source": "medmnist", "synthetic": False,
-                        "extra": {"flag": "pathmnist"}}}
+    meta = {
+        "arch": "simplecnn",
+        "num_classes": 3,
+        "in_channels": 3,
+        "input_size": 28,
+        "classes": CLASSES,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "stain": ref,
+        "tta": True,
+        "dataset": {
+            "name": "pathmnist",
+            "title": "PathMNIST",
+            "source": "medmnist",
+            "synthetic": False,
+            "extra": {"flag": "pathmnist"},
+        },
+    }
     save_checkpoint(path, model, meta, ood=calib, **extra)
     return {"stain": ref, "ood": calib}
 
@@ -195,8 +220,18 @@ def test_confidence_check_uses_the_held_out_quantile():
 
 def test_shipped_model_card_round_trips_and_is_offered(shipped_model):
     card = json.loads(shipped_model.with_suffix(".json").read_text())
-    for key in ("arch", "classes", "input_size", "in_channels", "field_of_view", "stain", "training", "metrics",
-                "real_tiles", "dataset"):
+    for key in (
+        "arch",
+        "classes",
+        "input_size",
+        "in_channels",
+        "field_of_view",
+        "stain",
+        "training",
+        "metrics",
+        "real_tiles",
+        "dataset",
+    ):
         assert key in card, key
     loaded = load_model(shipped_model)
     assert list(loaded.meta.classes) == card["classes"] and loaded.meta.input_size == card["input_size"]

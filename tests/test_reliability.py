@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import gc
 import io
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
-import tomllib
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from histo_core import jobs, paths
+from histo_core import jobs
 from histo_core.checkpoint import load_checkpoint
 from histo_core.runs import list_runs
 
@@ -28,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "histo_core", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "histo_core", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw
+    )
 
 
 def _wait(predicate, timeout_s: float, what: str):
@@ -50,14 +49,35 @@ def test_sigkill_mid_epoch_then_resume_from_the_cli():
     # resnet9 on one thread takes a few seconds per synthetic epoch, so the trainer's once-a-second progress
     # writes are seen mid-epoch (simplecnn finishes an epoch faster than that).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "histo_core", "train", "--dataset", "synthetic", "--arch", "resnet9",
-         "--epochs", str(epochs), "--batch-size", "16", "--threads", "1", "--no-tta"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "histo_core",
+            "train",
+            "--dataset",
+            "synthetic",
+            "--arch",
+            "resnet9",
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--no-tta",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         run = _wait(lambda: next(iter(list_runs()), None), 60, "the run directory")
         # Kill once an epoch is finished and the next one is under way (a mid-epoch step is recorded).
-        _wait(lambda: len(run.metrics()) >= 1 and run.status().step > 0 and run.status().epoch >= 1, 180,
-              "epoch 1 to finish and epoch 2 to start")
+        _wait(
+            lambda: len(run.metrics()) >= 1 and run.status().step > 0 and run.status().epoch >= 1,
+            180,
+            "epoch 1 to finish and epoch 2 to start",
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -117,7 +137,8 @@ def test_two_sessions_classifying_at_once_keep_their_own_results():
     second = AppTest.from_file(PAGE, default_timeout=120).run()
     first.file_uploader(key="classify_files").set_value([("alpha.png", _png((250, 240, 245)), "image/png")])
     second.file_uploader(key="classify_files").set_value(
-        [("beta.png", _png((80, 40, 120)), "image/png"), ("gamma.png", _png((230, 150, 190)), "image/png")])
+        [("beta.png", _png((80, 40, 120)), "image/png"), ("gamma.png", _png((230, 150, 190)), "image/png")]
+    )
     first.run()
     second.run()
     assert not first.exception and not second.exception

@@ -64,8 +64,26 @@ runpy.run_module("histo_core", run_name="__main__", alter_sys=True)
 def test_cli_sets_threads_and_wait_policy_before_torch_loads(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env["HISTO_MAX_RUNS_CPU"] = "2"
-    cmd = [sys.executable, "-c", PROBE, "train", "--dataset", "synthetic", "--arch", "simplecnn", "--epochs", "1",
-           "--max-train-samples", "64", "--threads", "1", "--no-tta", "--runs-dir", str(tmp_path), "--json"]
+    cmd = [
+        sys.executable,
+        "-c",
+        PROBE,
+        "train",
+        "--dataset",
+        "synthetic",
+        "--arch",
+        "simplecnn",
+        "--epochs",
+        "1",
+        "--max-train-samples",
+        "64",
+        "--threads",
+        "1",
+        "--no-tta",
+        "--runs-dir",
+        str(tmp_path),
+        "--json",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     first = p.stdout.splitlines()[0]

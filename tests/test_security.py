@@ -34,8 +34,14 @@ SECRET_COLUMN = "aws_secret_access_key"
 
 
 def cli(*argv: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "histo_core", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "histo_core", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 def page_text(at: AppTest) -> str:
@@ -72,6 +78,7 @@ def no_extra_roots(monkeypatch):
 
 # -- data roots ------------------------------------------------------------------------------------------
 
+
 def open_datasets_page(dataset: str | None = None) -> AppTest:
     at = AppTest.from_file(DATASETS_PAGE, default_timeout=60)
     if dataset is not None:
@@ -107,8 +114,12 @@ def test_symlink_and_dotdot_out_of_a_root_are_refused_inside_ones_open(no_extra_
     data = paths.data_dir()
     (data / "link.npz").symlink_to(outside)
     (data / "linkdir").symlink_to(outside.parent, target_is_directory=True)
-    for spec in (str(data / "link.npz"), str(data / "linkdir" / "x.npz"), str(data / ".." / ".." / "outside"),
-                 f"{data}/../{outside.relative_to(data.parent.parent)}"):
+    for spec in (
+        str(data / "link.npz"),
+        str(data / "linkdir" / "x.npz"),
+        str(data / ".." / ".." / "outside"),
+        f"{data}/../{outside.relative_to(data.parent.parent)}",
+    ):
         at = open_datasets_page(spec)
         assert [e.value for e in at.error] == [OUTSIDE_ROOTS_MESSAGE], spec
     inside = tiny_npz(data / "mine" / "x.npz")
@@ -177,6 +188,7 @@ def test_csv_messages_quote_line_numbers_never_cells(tmp_path):
 
 # -- limits -----------------------------------------------------------------------------------------------
 
+
 def test_queue_cap_refuses_a_new_run_and_creates_nothing(monkeypatch):
     from histo_core.train import default_config
 
@@ -210,6 +222,7 @@ def test_bad_limit_values_get_a_clear_message(monkeypatch):
 
 
 # -- run identity -----------------------------------------------------------------------------------------
+
 
 def _project_beside_the_runs_dir() -> tuple[Path, list[str]]:
     project = paths.runs_dir().parent / "myproject"
@@ -277,8 +290,11 @@ def test_atomic_writers_never_create_missing_folders_and_follow_the_umask(tmp_pa
     from histo_core.fsutil import savez_atomic, torch_save_atomic, write_json_atomic
 
     gone = tmp_path / "deleted-run"
-    for write in (lambda: write_json_atomic(gone / "status.json", {}), lambda: savez_atomic(gone / "a.npz", a=1),
-                  lambda: torch_save_atomic(gone / "last.pt", {})):
+    for write in (
+        lambda: write_json_atomic(gone / "status.json", {}),
+        lambda: savez_atomic(gone / "a.npz", a=1),
+        lambda: torch_save_atomic(gone / "last.pt", {}),
+    ):
         with pytest.raises(FileNotFoundError):
             write()
     assert not gone.exists()
@@ -325,6 +341,7 @@ def test_deleting_a_running_runs_folder_stops_it_and_it_stays_gone():
 
 # -- bounded inputs ---------------------------------------------------------------------------------------
 
+
 def _npy_header(shape, descr="|u1") -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
@@ -333,16 +350,18 @@ def _npy_header(shape, descr="|u1") -> bytes:
 
 def huge_declared_npz(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("train_images.npy", _npy_header((10 ** 7, 224, 224, 3)))
-        zf.writestr("train_labels.npy", _npy_header((10 ** 7,), "<i8"))
+        zf.writestr("train_images.npy", _npy_header((10**7, 224, 224, 3)))
+        zf.writestr("train_labels.npy", _npy_header((10**7,), "<i8"))
     return path
 
 
 @pytest.mark.slow
 def test_npz_with_a_huge_declared_shape_or_label_is_refused_in_seconds(tmp_path):
     big_label = tiny_npz(tmp_path / "label.npz", labels=[0, 1, 30_000_000, 1])
-    for path, needle in ((huge_declared_npz(tmp_path / "huge.npz"), "declares shape (10000000, 224, 224, 3)"),
-                         (big_label, "label 30000000 is beyond the limit of 10000 classes")):
+    for path, needle in (
+        (huge_declared_npz(tmp_path / "huge.npz"), "declares shape (10000000, 224, 224, 3)"),
+        (big_label, "label 30000000 is beyond the limit of 10000 classes"),
+    ):
         started = time.monotonic()
         proc = cli("datasets", "--info", str(path), timeout=60)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
@@ -383,8 +402,11 @@ def test_csv_integer_labels_beyond_the_limit(tmp_path):
 
     csv = write_manifest(tmp_path)
     lines = csv.read_text().splitlines()
-    csv.write_text("path,label\n" + "\n".join(f"{ln.split(',')[0]},{i % 2}" for i, ln in enumerate(lines[1:]))
-                   + f"\n{lines[1].split(',')[0]},30000000\n")
+    csv.write_text(
+        "path,label\n"
+        + "\n".join(f"{ln.split(',')[0]},{i % 2}" for i, ln in enumerate(lines[1:]))
+        + f"\n{lines[1].split(',')[0]},30000000\n"
+    )
     with pytest.raises(DatasetError, match="label 30000000 is beyond the limit of 10000 classes"):
         open_dataset(csv)
 
@@ -404,8 +426,7 @@ def _pcam_gz(folder: Path) -> Path:
 
 
 def test_h5_gz_is_not_decompressed_beyond_free_space_or_the_limit(tmp_path, monkeypatch):
-    from histo_core.datasets import open_dataset
-    from histo_core.datasets import pcam
+    from histo_core.datasets import open_dataset, pcam
 
     folder = _pcam_gz(tmp_path / "pcam")
     real = shutil.disk_usage
@@ -427,15 +448,17 @@ def test_pcam_folder_with_only_an_unexpected_split(tmp_path):
     folder = tmp_path / "pcam"
     folder.mkdir()
     (folder / "camelyonpatch_level_2_split_extra_x.h5").write_bytes(b"")
-    with pytest.raises(DatasetError, match="no PatchCamelyon split found; expected files named "
-                                           "camelyonpatch_level_2_split_train_x.h5"):
+    with pytest.raises(
+        DatasetError, match="no PatchCamelyon split found; expected files named camelyonpatch_level_2_split_train_x.h5"
+    ):
         open_dataset(folder)
 
 
 # -- clean failures ---------------------------------------------------------------------------------------
 
-TORCH_WRITE_ERROR = ("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
-                     "data/0: file write failed")
+TORCH_WRITE_ERROR = (
+    "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed"
+)
 
 
 def test_torch_write_failure_on_a_full_disk_says_disk_full(tmp_path, monkeypatch):
@@ -500,7 +523,7 @@ def test_read_only_runs_dir_lists_runs_with_a_note(monkeypatch, capsys):
     from histo_core.cli import main
 
     done = write_run("completed")
-    dead = write_run("running", pid=2 ** 22 + 99)  # its process is gone: shown failed, not recorded
+    dead = write_run("running", pid=2**22 + 99)  # its process is gone: shown failed, not recorded
     _read_only_runs(monkeypatch)
     monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if mode == os.W_OK else True)
     assert main(["runs", "list"]) == 0
@@ -548,8 +571,15 @@ def test_checkpoint_needing_code_is_refused_without_torchs_advice(tmp_path):
 
 # -- optional sign-in -------------------------------------------------------------------------------------
 
-AUTH = {"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x", "client_id": "x",
-                 "client_secret": "x", "server_metadata_url": "https://example.org/.well-known/openid-configuration"}}
+AUTH = {
+    "auth": {
+        "redirect_uri": "http://localhost:8501/oauth2callback",
+        "cookie_secret": "x",
+        "client_id": "x",
+        "client_secret": "x",
+        "server_metadata_url": "https://example.org/.well-known/openid-configuration",
+    }
+}
 
 
 def test_without_auth_nothing_changes():

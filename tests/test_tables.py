@@ -7,8 +7,17 @@ import numpy as np
 from histo_core.inference import TileResult
 from histo_core.tables import classify_table
 
-PATHMNIST = ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
-             "cancer-associated stroma", "colorectal adenocarcinoma epithelium"]
+PATHMNIST = [
+    "adipose",
+    "background",
+    "debris",
+    "lymphocytes",
+    "mucus",
+    "smooth muscle",
+    "normal colon mucosa",
+    "cancer-associated stroma",
+    "colorectal adenocarcinoma epithelium",
+]
 
 
 def test_classify_table_scorable_by_folder():
@@ -19,8 +28,9 @@ def test_classify_table_scorable_by_folder():
     bad = TileResult(name="c.png", error="c.png: not an image")
     df = classify_table([good, other, bad], PATHMNIST, ["tiles/TUM/a.png", "STR/b.png", "c.png"])
     assert list(df.columns[:6]) == ["file", "folder", "predicted", "confidence", "true class", "correct"]
-    assert [c for c in df.columns if c.startswith("p(")] == [f"p({s})" for s in
-                                                             ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")]
+    assert [c for c in df.columns if c.startswith("p(")] == [
+        f"p({s})" for s in ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")
+    ]
     first = df.iloc[0]
     assert first["file"] == "tiles/TUM/a.png" and first["folder"] == "TUM"
     assert first["predicted"] == first["true class"] == "colorectal adenocarcinoma epithelium" and first["correct"]

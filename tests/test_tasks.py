@@ -11,10 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from histo_core import jobs, paths, tasks
+from histo_core import jobs, tasks
 from histo_core.errors import HistoError
 from tests.conftest import ROOT
-from tests.runfiles import write_run
 from tests.taskfiles import make_task, wait_for_task
 
 
@@ -30,6 +29,7 @@ def small_config(**changes):
 
 # -- issue 14 bug 4: the LR-finder chart -------------------------------------------------------------------
 
+
 def test_lr_finder_chart_spans_the_tested_rates_with_the_marker_at_the_suggestion():
     from pages.ui.charts import lr_find_figure
 
@@ -43,6 +43,7 @@ def test_lr_finder_chart_spans_the_tested_rates_with_the_marker_at_the_suggestio
 
 
 # -- issue 14 bug 5: the time estimate --------------------------------------------------------------------
+
 
 def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monkeypatch):
     """A deterministic clock: the first batches of a fresh process are slow (5 s, 2.5 s), then 0.1 s each;
@@ -81,6 +82,7 @@ def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monk
 
 # -- the task machinery -----------------------------------------------------------------------------------
 
+
 def test_page_tasks_count_against_the_queue_cap(monkeypatch):
     monkeypatch.setenv("HISTO_MAX_QUEUED", "1")
     task = make_task("estimate", {"x": 1}, state="running")
@@ -105,8 +107,14 @@ def test_estimate_task_runs_in_its_own_process_and_is_listed():
     assert status.pid != os.getpid()
     result = task.result()
     assert result["per_epoch_s"] > 0 and result["fixed_s"] > 0 and result["total_s"] > result["fixed_s"]
-    proc = subprocess.run([sys.executable, "-m", "histo_core", "tasks", "list"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "histo_core", "tasks", "list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0 and f"{task.id}  estimate     completed 100%" in proc.stdout
 
 
@@ -119,8 +127,14 @@ def test_a_task_can_be_cancelled_while_it_runs():
         time.sleep(0.5)
     status = tasks.refresh_task(task)
     assert status.state == "running", (status, jobs.log_tail(task))
-    proc = subprocess.run([sys.executable, "-m", "histo_core", "tasks", "cancel", task.id], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "histo_core", "tasks", "cancel", task.id],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
     status = wait_for_task(task, 60)
     assert status.state == "cancelled"
@@ -129,9 +143,17 @@ def test_a_task_can_be_cancelled_while_it_runs():
         time.sleep(0.2)
     assert not jobs.pid_alive(status.pid)
     assert task.result() is None
-    assert subprocess.run([sys.executable, "-m", "histo_core", "tasks", "cancel", "../x"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode == 2
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "histo_core", "tasks", "cancel", "../x"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        ).returncode
+        == 2
+    )
 
 
 def _panel_app():
@@ -139,8 +161,14 @@ def _panel_app():
 
     from pages.ui.tasks import task_panel
 
-    task_panel("estimate", {"config": {"lr": 1}}, start_label="Estimate", key="t", help="",
-               render_result=lambda r: st.success(f"result {r['total_s']}"))
+    task_panel(
+        "estimate",
+        {"config": {"lr": 1}},
+        start_label="Estimate",
+        key="t",
+        help="",
+        render_result=lambda r: st.success(f"result {r['total_s']}"),
+    )
 
 
 def test_the_panel_shows_a_running_task_again_with_cancel_then_its_result():

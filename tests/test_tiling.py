@@ -10,8 +10,15 @@ from torch import nn
 from histo_core.errors import HistoError
 from histo_core.images import decode_image
 from histo_core.inference import LoadedModel, ModelMeta, load_model
-from histo_core.tiling import (MAX_TILES, class_colours, classify_large_image, default_tile_px, legend, plan_grid,
-                               render_class_map)
+from histo_core.tiling import (
+    MAX_TILES,
+    class_colours,
+    classify_large_image,
+    default_tile_px,
+    legend,
+    plan_grid,
+    render_class_map,
+)
 
 
 class RedVsBlue(nn.Module):
@@ -38,7 +45,9 @@ def red_blue_image(h: int, w: int, blue_from_col: int) -> np.ndarray:
 def test_plan_grid_is_centred():
     assert plan_grid(460, 700, 224) == (2, 3, 6, 14)
     assert plan_grid(448, 448, 224) == (2, 2, 0, 0)
-    with pytest.raises(HistoError, match=r"150x150 px, smaller than one 224 px tile; choose a tile size of at most 150"):
+    with pytest.raises(
+        HistoError, match=r"150x150 px, smaller than one 224 px tile; choose a tile size of at most 150"
+    ):
         plan_grid(150, 150, 224)
     with pytest.raises(HistoError, match="at least 8 px"):
         plan_grid(100, 100, 4)
@@ -63,8 +72,13 @@ def test_class_map_follows_the_image():
 
 def test_margins_noted_and_progress_reported():
     calls = []
-    cmap = classify_large_image(loaded(), red_blue_image(460, 700, 350), tile_px=224, batch_tiles=4,
-                                progress=lambda done, total: calls.append((done, total)))
+    cmap = classify_large_image(
+        loaded(),
+        red_blue_image(460, 700, 350),
+        tile_px=224,
+        batch_tiles=4,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert (cmap.rows, cmap.cols) == (2, 3)
     assert any("margins of 28 px (width) and 12 px (height)" in n for n in cmap.notes)
     assert calls == [(4, 6), (6, 6)]

@@ -12,21 +12,42 @@ import numpy as np
 import pytest
 import torch
 
-from histo_core import checkpoint, train as T
+from histo_core import checkpoint
+from histo_core import train as T
 from histo_core.config import TrainConfig
 from histo_core.datasets import open_dataset
 from histo_core.errors import ConfigError, DatasetError, HistoError
 from histo_core.runs import RunDir
 
 ROW_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds", "images_per_s"}
-REPORT_KEYS = {"n", "loss", "accuracy", "auc", "auc_kind", "ece", "classes", "per_class", "confusion", "roc",
-               "reliability"}
+REPORT_KEYS = {
+    "n",
+    "loss",
+    "accuracy",
+    "auc",
+    "auc_kind",
+    "ece",
+    "classes",
+    "per_class",
+    "confusion",
+    "roc",
+    "reliability",
+}
 
 
 def quick_config(**changes) -> TrainConfig:
     """A seconds-long synthetic run: simplecnn, 240 training tiles, 1 thread."""
-    cfg = TrainConfig(dataset="synthetic", arch="simplecnn", epochs=2, batch_size=64, lr=3e-3, optimizer="adamw",
-                      max_train_samples=240, threads=1, seed=0)
+    cfg = TrainConfig(
+        dataset="synthetic",
+        arch="simplecnn",
+        epochs=2,
+        batch_size=64,
+        lr=3e-3,
+        optimizer="adamw",
+        max_train_samples=240,
+        threads=1,
+        seed=0,
+    )
     for k, v in changes.items():
         setattr(cfg, k, v)
     return cfg
@@ -136,8 +157,13 @@ def test_failure_is_recorded_with_one_line_and_traceback(tmp_path):
     npz = tmp_path / "tiny.npz"
     ds = open_dataset("synthetic")
     s = ds.split("train")
-    np.savez(npz, train_images=s.images[:60], train_labels=s.labels[:60], val_images=s.images[60:80],
-             val_labels=s.labels[60:80])
+    np.savez(
+        npz,
+        train_images=s.images[:60],
+        train_labels=s.labels[:60],
+        val_images=s.images[60:80],
+        val_labels=s.labels[60:80],
+    )
     run = T.prepare_run(quick_config(dataset=str(npz), max_train_samples=0))
     npz.unlink()
     res = T.run_training(run)
@@ -208,7 +234,7 @@ def test_schedules_step_as_configured():
         tr = _trainer(quick_config(epochs=4, schedule=schedule, step_size=2, gamma=0.5, lr=0.01, max_train_samples=128))
         seen = []
         while tr.epoch < 4:
-            tr.train_epoch(lambda t, n: seen.append(t.current_lr()) and False)
+            tr.train_epoch(lambda t, n, seen=seen: seen.append(t.current_lr()) and False)
         lrs[schedule] = seen
     assert tr.steps_per_epoch == 2
     assert lrs["none"] == [0.01] * 8
@@ -254,8 +280,10 @@ def test_compile_wraps_the_trained_module_and_keeps_checkpoint_keys_plain(monkey
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("HISTO_TEST_COMPILE") != "1",
-                    reason="compiles with inductor (minutes on 2 cores); set HISTO_TEST_COMPILE=1 to run")
+@pytest.mark.skipif(
+    os.environ.get("HISTO_TEST_COMPILE") != "1",
+    reason="compiles with inductor (minutes on 2 cores); set HISTO_TEST_COMPILE=1 to run",
+)
 def test_compiled_run_cancels_resumes_and_explains_like_an_eager_one(monkeypatch):
     cfg = quick_config(epochs=2, compile=True, tta=False)
     eager = T.run_training(T.prepare_run(quick_config(epochs=2, tta=False)))
@@ -282,8 +310,9 @@ def test_compiled_run_cancels_resumes_and_explains_like_an_eager_one(monkeypatch
 
 @pytest.mark.parametrize("mode", ["scratch", "finetune", "frozen", "fine_tune"])
 def test_each_mode_builds_and_trains(mode):
-    tr = _trainer(quick_config(arch="resnet18", mode=mode, size=16, max_train_samples=32, batch_size=16,
-                               head_epochs=1, epochs=2))
+    tr = _trainer(
+        quick_config(arch="resnet18", mode=mode, size=16, max_train_samples=32, batch_size=16, head_epochs=1, epochs=2)
+    )
     row = tr.train_epoch()
     assert math.isfinite(row["train_loss"])
 
@@ -311,8 +340,19 @@ def test_frozen_mode_only_updates_the_head():
 
 
 def test_fine_tune_unfreezes_after_head_epochs_with_lower_backbone_lr():
-    tr = _trainer(quick_config(arch="resnet18", mode="fine_tune", size=16, max_train_samples=32, batch_size=16,
-                               head_epochs=1, epochs=2, lr=0.01, backbone_lr_mult=0.1))
+    tr = _trainer(
+        quick_config(
+            arch="resnet18",
+            mode="fine_tune",
+            size=16,
+            max_train_samples=32,
+            batch_size=16,
+            head_epochs=1,
+            epochs=2,
+            lr=0.01,
+            backbone_lr_mult=0.1,
+        )
+    )
     _, backbone, _ = _head_and_backbone(tr)
     tr.train_epoch()
     assert all(torch.equal(p, backbone[n]) for n, p in tr.model.named_parameters() if n in backbone)
@@ -408,8 +448,14 @@ def test_real_pathmnist_quick_run(pathmnist_mini):
 
 def test_default_config_small_real_set_is_the_measured_recipe(pathmnist_mini):
     cfg = T.default_config(str(pathmnist_mini), "cpu")
-    assert (cfg.arch, cfg.train_splits, cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.schedule) == \
-        ("resnet9", "train+val", 60, 32, "adamw", "onecycle")
+    assert (cfg.arch, cfg.train_splits, cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.schedule) == (
+        "resnet9",
+        "train+val",
+        60,
+        32,
+        "adamw",
+        "onecycle",
+    )
     assert cfg.tta and cfg.augment.flip and cfg.augment.rot90 and cfg.augment.hue == 0
     assert T.check_config(cfg).num_classes == 9
     big = T.default_config("synthetic", "cpu")  # 1200 training tiles: keeps its val split

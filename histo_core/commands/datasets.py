@@ -1,9 +1,9 @@
 """`python -m histo_core datasets`: list, download, describe and add datasets.
 
-    python -m histo_core datasets [--json] [--data-dir D]          every dataset and whether it is here
-    python -m histo_core datasets --download pathmnist --size 28   download with a progress bar (stderr)
-    python -m histo_core datasets --info SPEC [--size N] [--json]  split sizes and class counts of any spec
-    python -m histo_core datasets --add PATH | --remove PATH       remember / forget a local dataset
+python -m histo_core datasets [--json] [--data-dir D]          every dataset and whether it is here
+python -m histo_core datasets --download pathmnist --size 28   download with a progress bar (stderr)
+python -m histo_core datasets --info SPEC [--size N] [--json]  split sizes and class counts of any spec
+python -m histo_core datasets --add PATH | --remove PATH       remember / forget a local dataset
 """
 
 from __future__ import annotations
@@ -22,17 +22,25 @@ PCAM_OFFICIAL_SIZES = {"train": 262144, "val": 32768, "test": 32768}
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "datasets", help="list, download and describe datasets",
+        "datasets",
+        help="list, download and describe datasets",
         description="Without options: list every registered dataset and whether it is available here.",
     )
     action = p.add_mutually_exclusive_group()
     action.add_argument("--download", metavar="FLAG", help="download a MedMNIST 2D set (e.g. pathmnist)")
-    action.add_argument("--info", metavar="SPEC", help="describe a dataset: registered name or path "
-                        "(.npz, .csv manifest, image folder, PCam folder)")
+    action.add_argument(
+        "--info",
+        metavar="SPEC",
+        help="describe a dataset: registered name or path (.npz, .csv manifest, image folder, PCam folder)",
+    )
     action.add_argument("--add", metavar="PATH", help="validate a local dataset path and add it to the list")
     action.add_argument("--remove", metavar="PATH", help="forget a local dataset path (files are kept)")
-    p.add_argument("--size", type=int, help="MedMNIST size (28, 64, 128, 224) or the tile size image folders "
-                   "and CSV manifests are decoded to (default: min(64, native))")
+    p.add_argument(
+        "--size",
+        type=int,
+        help="MedMNIST size (28, 64, 128, 224) or the tile size image folders "
+        "and CSV manifests are decoded to (default: min(64, native))",
+    )
     p.add_argument("--as-rgb", action="store_true", help="with --info: expand grayscale sets to 3 channels")
     p.add_argument("--seed", type=int, default=0, help="with --info: seed of the stratified split (folders, CSV)")
     p.add_argument("--timeout", type=float, default=10.0, help="with --download: network timeout in seconds")
@@ -54,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- progress -------------------------------------------------------------------------------------------
+
 
 class ProgressBar:
     """A one-line text progress bar on stderr, redrawn at most 10 times a second."""
@@ -84,6 +93,7 @@ class ProgressBar:
 
 # -- actions --------------------------------------------------------------------------------------------
 
+
 def _download(args: argparse.Namespace) -> int:
     from histo_core.datasets.download import download_medmnist, medmnist_file
 
@@ -104,8 +114,9 @@ def _open(args: argparse.Namespace, spec: str):
 
     bar = ProgressBar("decoding images")
     try:
-        return open_dataset(spec, size=args.size, as_rgb=args.as_rgb, data_dir=args.data_dir, seed=args.seed,
-                            progress=bar)
+        return open_dataset(
+            spec, size=args.size, as_rgb=args.as_rgb, data_dir=args.data_dir, seed=args.seed, progress=bar
+        )
     finally:
         bar.close()
 
@@ -171,12 +182,14 @@ def _remove(args: argparse.Namespace) -> int:
 
 # -- listing --------------------------------------------------------------------------------------------
 
+
 def dataset_listing(data_dir: str | None = None) -> dict[str, Any]:
     """Every registered dataset with its availability here (per size), classes and split sizes."""
     from histo_core.datasets import dataset_entries
     from histo_core.datasets.catalog import local_dataset_entries
     from histo_core.datasets.medmnist_source import is_multi_label, medmnist_info, npz_filename, npz_split_sizes
-    from histo_core.datasets.synthetic import CLASSES as SYNTH_CLASSES, SPLIT_SIZES as SYNTH_SPLITS
+    from histo_core.datasets.synthetic import CLASSES as SYNTH_CLASSES
+    from histo_core.datasets.synthetic import SPLIT_SIZES as SYNTH_SPLITS
 
     folder = paths.data_dir(data_dir)
     info = medmnist_info()
@@ -184,9 +197,13 @@ def dataset_listing(data_dir: str | None = None) -> dict[str, Any]:
     for entry in dataset_entries():
         row: dict[str, Any] = {"name": entry.name, "title": entry.title, "source": entry.source, "supported": True}
         if entry.source == "synthetic":
-            row.update(available=True, classes=list(SYNTH_CLASSES), synthetic=True,
-                       sizes={str(s): {"available": True} for s in entry.sizes},
-                       split_sizes={s: n * len(SYNTH_CLASSES) for s, n in SYNTH_SPLITS.items()})
+            row.update(
+                available=True,
+                classes=list(SYNTH_CLASSES),
+                synthetic=True,
+                sizes={str(s): {"available": True} for s in entry.sizes},
+                split_sizes={s: n * len(SYNTH_CLASSES) for s, n in SYNTH_SPLITS.items()},
+            )
         elif entry.source == "medmnist":
             meta = info[entry.name]
             sizes = {}
@@ -196,17 +213,28 @@ def dataset_listing(data_dir: str | None = None) -> dict[str, Any]:
                     sizes[str(s)] = {"available": True, "file": str(file), "split_sizes": npz_split_sizes(file)}
                 else:
                     sizes[str(s)] = {"available": False, "file": str(file)}
-            row.update(available=any(v["available"] for v in sizes.values()), sizes=sizes,
-                       classes=[meta["label"][k] for k in sorted(meta["label"], key=int)],
-                       channels=meta["n_channels"], license=meta.get("license", ""),
-                       split_sizes=dict(meta["n_samples"]))
+            row.update(
+                available=any(v["available"] for v in sizes.values()),
+                sizes=sizes,
+                classes=[meta["label"][k] for k in sorted(meta["label"], key=int)],
+                channels=meta["n_channels"],
+                license=meta.get("license", ""),
+                split_sizes=dict(meta["n_samples"]),
+            )
             if is_multi_label(entry.name):
                 row.update(supported=False, note="multi-label; Histo Explorer trains single-label classifiers")
         else:  # pcam
             row.update(_pcam_row(folder / "pcam"))
         rows.append(row)
-    local = [{"spec": e["path"], "title": e.get("title", ""), "source": e.get("source", ""),
-              "available": Path(e["path"].split("?", 1)[0]).exists()} for e in local_dataset_entries(data_dir)]
+    local = [
+        {
+            "spec": e["path"],
+            "title": e.get("title", ""),
+            "source": e.get("source", ""),
+            "available": Path(e["path"].split("?", 1)[0]).exists(),
+        }
+        for e in local_dataset_entries(data_dir)
+    ]
     return {"data_dir": str(folder), "datasets": rows, "local": local}
 
 
@@ -218,8 +246,14 @@ def _pcam_row(folder: Path) -> dict[str, Any]:
         x = folder / file_name(file_split, "x")
         files[split] = "h5" if x.is_file() else "h5.gz" if x.with_name(x.name + ".gz").is_file() else None
     available = any(files.values())
-    row = {"available": available, "classes": list(CLASSES), "location": str(folder),
-           "sizes": {"96": {"available": available}}, "split_sizes": dict(PCAM_OFFICIAL_SIZES), "files": files}
+    row = {
+        "available": available,
+        "classes": list(CLASSES),
+        "location": str(folder),
+        "sizes": {"96": {"available": available}},
+        "split_sizes": dict(PCAM_OFFICIAL_SIZES),
+        "files": files,
+    }
     if available:
         import h5py
 
@@ -234,8 +268,11 @@ def _pcam_row(folder: Path) -> dict[str, Any]:
 
 
 def listing_text(listing: dict[str, Any]) -> str:
-    lines = [f"data dir: {listing['data_dir']}", "",
-             f"{'NAME':<16}{'SOURCE':<11}{'AVAILABLE HERE':<22}{'CLASSES':>8}  TRAIN/VAL/TEST"]
+    lines = [
+        f"data dir: {listing['data_dir']}",
+        "",
+        f"{'NAME':<16}{'SOURCE':<11}{'AVAILABLE HERE':<22}{'CLASSES':>8}  TRAIN/VAL/TEST",
+    ]
     for row in listing["datasets"]:
         if row["source"] == "medmnist":
             have = [s for s, v in row["sizes"].items() if v["available"]]
@@ -251,8 +288,11 @@ def listing_text(listing: dict[str, Any]) -> str:
         lines += ["", "added locally:"]
         for e in listing["local"]:
             lines.append(f"  {e['spec']}  ({e['title']}{'' if e['available'] else ', MISSING'})")
-    lines += ["", "download: python -m histo_core datasets --download FLAG --size 28|64|128|224",
-              "describe: python -m histo_core datasets --info NAME_OR_PATH"]
+    lines += [
+        "",
+        "download: python -m histo_core datasets --download FLAG --size 28|64|128|224",
+        "describe: python -m histo_core datasets --info NAME_OR_PATH",
+    ]
     return "\n".join(lines)
 
 

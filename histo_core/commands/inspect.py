@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,29 +25,39 @@ from histo_core.errors import HistoError
 def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
-        "embed", help="save the penultimate-layer features of every tile and their 2-D map (t-SNE)",
+        "embed",
+        help="save the penultimate-layer features of every tile and their 2-D map (t-SNE)",
         description="Compute the model's penultimate-layer features (float16) of every tile of a dataset, and a "
-                    "PCA + t-SNE map of them, for the Feature map page and similarity search.",
+        "PCA + t-SNE map of them, for the Feature map page and similarity search.",
         epilog="MODEL is a run (its own dataset by default; saved in the run's embeddings/ folder) or a weights "
-               "export (saved under <data dir>/cache/embeddings/).\n\nexamples:\n"
-               "  python -m histo_core embed 20250101-120000-resnet9-pathmnist-ab12\n"
-               "  python -m histo_core embed crc-v1 --dataset ~/data/kather2016 --split test", formatter_class=fmt)
+        "export (saved under <data dir>/cache/embeddings/).\n\nexamples:\n"
+        "  python -m histo_core embed 20250101-120000-resnet9-pathmnist-ab12\n"
+        "  python -m histo_core embed crc-v1 --dataset ~/data/kather2016 --split test",
+        formatter_class=fmt,
+    )
     p.add_argument("model", metavar="RUN", help="run directory, run id, weights .pt file or export name")
     p.add_argument("--dataset", metavar="SPEC", help="embed this dataset instead of the one the model was trained on")
-    p.add_argument("--split", action="append", choices=("train", "val", "test"),
-                   help="split(s) to embed (repeatable; default: every split the dataset has)")
+    p.add_argument(
+        "--split",
+        action="append",
+        choices=("train", "val", "test"),
+        help="split(s) to embed (repeatable; default: every split the dataset has)",
+    )
     p.add_argument("--max-points", type=int, default=20_000, help="tiles on the 2-D map at most (default 20000)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--job-status", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_embed)
 
     p = subparsers.add_parser(
-        "similar", help="the k most similar training tiles of each image, and a k-NN vote",
+        "similar",
+        help="the k most similar training tiles of each image, and a k-NN vote",
         description="For each image: the model's prediction, the k nearest training tiles in feature space "
-                    "(cosine distance) with their labels, and the k-NN vote (embeds the training tiles first "
-                    "when needed).",
+        "(cosine distance) with their labels, and the k-NN vote (embeds the training tiles first "
+        "when needed).",
         epilog="examples:\n  python -m histo_core similar RUN tile.png --k 8 --json\n"
-               "  python -m histo_core similar crc-v1 tiles/ --k 5", formatter_class=fmt)
+        "  python -m histo_core similar crc-v1 tiles/ --k 5",
+        formatter_class=fmt,
+    )
     p.add_argument("model", metavar="MODEL", help="run directory, run id, weights .pt file or export name")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders of images")
     p.add_argument("--k", type=int, default=8, help="neighbours per image (default 8)")
@@ -55,11 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_similar)
 
     p = subparsers.add_parser(
-        "label-errors", help="suspected label errors of a run's training set (the Review page's search)",
+        "label-errors",
+        help="suspected label errors of a run's training set (the Review page's search)",
         description="Cross-validated out-of-sample probabilities of the run's training tiles, ranked by "
-                    "self-confidence with confident-learning flags. Reuses the saved result unless --recompute.",
+        "self-confidence with confident-learning flags. Reuses the saved result unless --recompute.",
         epilog="example:\n  python -m histo_core label-errors RUN --folds 3 --epochs 5 --top 20 --json",
-        formatter_class=fmt)
+        formatter_class=fmt,
+    )
     p.add_argument("run", metavar="RUN", help="run directory or run id")
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds (default 3)")
     p.add_argument("--epochs", type=int, help="epochs per fold (default: min(5, the run's epochs))")
@@ -72,10 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from histo_core.explain import CAM_METHODS
 
     p = subparsers.add_parser(
-        "explain-quality", help="which CAM method is most faithful on a run (ROAD scores on test tiles)",
+        "explain-quality",
+        help="which CAM method is most faithful on a run (ROAD scores on test tiles)",
         description="For each CAM method, ROAD faithfulness scores (pytorch-grad-cam) of its maps on a seeded "
-                    "sample of the run's test tiles; saved to faithfulness.json in the run.",
-        epilog="example:\n  python -m histo_core explain-quality RUN --tiles 40 --json", formatter_class=fmt)
+        "sample of the run's test tiles; saved to faithfulness.json in the run.",
+        epilog="example:\n  python -m histo_core explain-quality RUN --tiles 40 --json",
+        formatter_class=fmt,
+    )
     p.add_argument("run", metavar="RUN", help="run directory or run id")
     p.add_argument("--tiles", type=int, default=40, help="test tiles to score (default 40)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(CAM_METHODS)} (default: all)")
@@ -102,6 +117,7 @@ def stderr_progress(job_status: str | None = None) -> Callable[[float, str], Non
             from histo_core.jobs import write_job_status
 
             write_job_status(job_status, progress=round(float(fraction), 4), message=message)
+
     return report
 
 
@@ -134,10 +150,29 @@ def cmd_embed(args: argparse.Namespace) -> int:
     splits = list(dict.fromkeys(args.split)) if args.split else None
     store = _as_job(args, lambda: embed(target, splits, progress=progress, max_points=args.max_points))
     m = store.meta
-    payload = {"path": str(store.path), **{k: m[k] for k in ("model", "dataset", "splits", "counts", "dims",
-                                                             "projection", "projected", "sample_rule", "seconds")}}
-    emit(args, payload, f"{sum(m['counts'].values()):,} tiles ({', '.join(f'{s} {n:,}' for s, n in m['counts'].items())}), "
-                        f"{m['dims']} dims, {m['projection']} on {m['sample_rule']}, {m['seconds']} s -> {store.path}")
+    payload = {
+        "path": str(store.path),
+        **{
+            k: m[k]
+            for k in (
+                "model",
+                "dataset",
+                "splits",
+                "counts",
+                "dims",
+                "projection",
+                "projected",
+                "sample_rule",
+                "seconds",
+            )
+        },
+    }
+    emit(
+        args,
+        payload,
+        f"{sum(m['counts'].values()):,} tiles ({', '.join(f'{s} {n:,}' for s, n in m['counts'].items())}), "
+        f"{m['dims']} dims, {m['projection']} on {m['sample_rule']}, {m['seconds']} s -> {store.path}",
+    )
     return 0
 
 
@@ -169,33 +204,56 @@ def cmd_similar(args: argparse.Namespace) -> int:
         hits = index.search(feats, k)
         voted, share = knn_vote(hits.labels, hits.distances, len(index.classes))
         model_cls, data_cls = loaded.meta.classes, index.classes
-        for q, (pos, r) in enumerate(good):
+        for q, (pos, _r) in enumerate(good):
             pred = int(probs[q].argmax())
-            records[pos].update({
-                "prediction": model_cls[pred], "confidence": round(float(probs[q, pred]), 6),
-                "knn_vote": data_cls[int(voted[q])], "knn_share": round(float(share[q]), 4),
-                "agree": model_cls[pred] == data_cls[int(voted[q])],
-                "neighbours": [{"split": str(hits.splits[q, j]), "row": int(hits.rows[q, j]),
-                                "label": data_cls[int(hits.labels[q, j])],
-                                "distance": round(float(hits.distances[q, j]), 6)} for j in range(k)]})
+            records[pos].update(
+                {
+                    "prediction": model_cls[pred],
+                    "confidence": round(float(probs[q, pred]), 6),
+                    "knn_vote": data_cls[int(voted[q])],
+                    "knn_share": round(float(share[q]), 4),
+                    "agree": model_cls[pred] == data_cls[int(voted[q])],
+                    "neighbours": [
+                        {
+                            "split": str(hits.splits[q, j]),
+                            "row": int(hits.rows[q, j]),
+                            "label": data_cls[int(hits.labels[q, j])],
+                            "distance": round(float(hits.distances[q, j]), 6),
+                        }
+                        for j in range(k)
+                    ],
+                }
+            )
     failed = sum(1 for r in records if "error" in r)
-    payload = {"model": loaded.label, "k": k, "reference_tiles": len(index), "reference": index.store.meta["dataset"],
-               "results": records, "failed": failed}
+    payload = {
+        "model": loaded.label,
+        "k": k,
+        "reference_tiles": len(index),
+        "reference": index.store.meta["dataset"],
+        "results": records,
+        "failed": failed,
+    }
     emit(args, payload, _similar_text(payload))
     return 1 if failed else 0
 
 
 def _similar_text(payload: dict[str, Any]) -> str:
-    lines = [f"model {payload['model']}: {payload['k']} nearest of {payload['reference_tiles']:,} training tiles "
-             f"({payload['reference']}), cosine distance"]
+    lines = [
+        f"model {payload['model']}: {payload['k']} nearest of {payload['reference_tiles']:,} training tiles "
+        f"({payload['reference']}), cosine distance"
+    ]
     for rec in payload["results"]:
         if "error" in rec:
             lines.append(f"ERROR {rec['error']}")
             continue
         flag = "" if rec["agree"] else "   <- the neighbours disagree with the model"
-        lines.append(f"{rec['file']}: model {rec['prediction']} ({rec['confidence']:.3f}), k-NN vote "
-                     f"{rec['knn_vote']} ({rec['knn_share']:.0%}){flag}")
-        lines.append("  " + "  ".join(f"{n['label']}@{n['split']}#{n['row']} {n['distance']:.3f}" for n in rec["neighbours"]))
+        lines.append(
+            f"{rec['file']}: model {rec['prediction']} ({rec['confidence']:.3f}), k-NN vote "
+            f"{rec['knn_vote']} ({rec['knn_share']:.0%}){flag}"
+        )
+        lines.append(
+            "  " + "  ".join(f"{n['label']}@{n['split']}#{n['row']} {n['distance']:.3f}" for n in rec["neighbours"])
+        )
     return "\n".join(lines)
 
 
@@ -216,19 +274,29 @@ def cmd_label_errors(args: argparse.Namespace) -> int:
     report = None if args.recompute else load_label_errors(run)
     cached = report is not None
     if report is None:
-        report = find_label_errors(run, folds=args.folds, epochs=args.epochs, max_samples=args.max_samples,
-                                   progress=stderr_progress())
+        report = find_label_errors(
+            run, folds=args.folds, epochs=args.epochs, max_samples=args.max_samples, progress=stderr_progress()
+        )
     table = report.table()
-    shown = table if args.top == 0 else table.iloc[:args.top]
-    payload = {"run": run.id, "cached": cached, "summary": report.summary(), "classes": report.classes,
-               "ranked": shown.to_dict(orient="records")}
+    shown = table if args.top == 0 else table.iloc[: args.top]
+    payload = {
+        "run": run.id,
+        "cached": cached,
+        "summary": report.summary(),
+        "classes": report.classes,
+        "ranked": shown.to_dict(orient="records"),
+    }
     s = payload["summary"]
-    text = [f"{run.id}: {s['flagged']} of {s['tiles']} training tiles flagged ({s['flagged_share']:.1%})"
-            + (" [saved result; --recompute to search again]" if cached else "")]
+    text = [
+        f"{run.id}: {s['flagged']} of {s['tiles']} training tiles flagged ({s['flagged_share']:.1%})"
+        + (" [saved result; --recompute to search again]" if cached else "")
+    ]
     if s.get("flipped") is not None:
-        text.append(f"known flipped labels flagged: {s['flipped_flagged']}/{s['flipped']} (precision "
-                    f"{s['precision'] if s['precision'] is None else round(s['precision'], 3)}, recall "
-                    f"{s['recall'] if s['recall'] is None else round(s['recall'], 3)})")
+        text.append(
+            f"known flipped labels flagged: {s['flipped_flagged']}/{s['flipped']} (precision "
+            f"{s['precision'] if s['precision'] is None else round(s['precision'], 3)}, recall "
+            f"{s['recall'] if s['recall'] is None else round(s['recall'], 3)})"
+        )
     text.append(shown.to_string(index=False))
     emit(args, payload, "\n".join(text))
     return 0
@@ -248,15 +316,19 @@ def cmd_explain_quality(args: argparse.Namespace) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         bad = [m for m in methods if m not in CAM_METHODS]
         if bad or not methods:
-            raise HistoError(f"--methods: unknown method {bad[0] if bad else '(none)'!r}; choose from "
-                             f"{', '.join(CAM_METHODS)}")
+            raise HistoError(
+                f"--methods: unknown method {bad[0] if bad else '(none)'!r}; choose from {', '.join(CAM_METHODS)}"
+            )
     run = resolve_run(args.run)
-    doc = _as_job(args, lambda: explain_quality(run, tiles=args.tiles, methods=methods,
-                                                progress=stderr_progress(args.job_status)))
+    doc = _as_job(
+        args, lambda: explain_quality(run, tiles=args.tiles, methods=methods, progress=stderr_progress(args.job_status))
+    )
     lines = [f"{run.id}: {doc['metric']}, {doc['tiles']} {doc['split']} tiles; higher = more faithful"]
     for r in doc["methods"]:
         mean = "-" if r["road_mean"] is None else f"{r['road_mean']:+.4f}"
-        lines.append(f"  {r['rank']}. {r['method']:<10} ROAD mean {mean}  unfaithful {r['unfaithful_share']:.0%}  "
-                     f"flat {r['flat_share']:.0%}  {r['seconds_per_tile'] * 1000:.0f} ms/tile")
+        lines.append(
+            f"  {r['rank']}. {r['method']:<10} ROAD mean {mean}  unfaithful {r['unfaithful_share']:.0%}  "
+            f"flat {r['flat_share']:.0%}  {r['seconds_per_tile'] * 1000:.0f} ms/tile"
+        )
     emit(args, doc, "\n".join(lines))
     return 0

@@ -8,7 +8,6 @@ unusable (nothing is classified).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +36,34 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from histo_core.explain import CAM_METHODS
 
-    p = subparsers.add_parser("predict", help="classify image files (PNG, JPEG, TIFF, BMP, GIF) with a trained model",
-                              description="Classify image files with a trained model; optionally save Grad-CAM overlays.",
-                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "predict",
+        help="classify image files (PNG, JPEG, TIFF, BMP, GIF) with a trained model",
+        description="Classify image files with a trained model; optionally save Grad-CAM overlays.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", metavar="MODEL", help="run directory, run id, weights .pt file or export name")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders of images")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average over the 8 flips/rotations (test-time augmentation); default: as the model was evaluated")
-    p.add_argument("--mpp", type=float, metavar="UM",
-                   help="µm per pixel of the images, when it differs from the model's training images: each image's "
-                        "centre field of view is then found at this resolution")
-    p.add_argument("--cam", metavar="METHOD", choices=list(CAM_METHODS),
-                   help=f"save a class activation map per file: {', '.join(CAM_METHODS)} (needs --cam-dir)")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over the 8 flips/rotations (test-time augmentation); default: as the model was evaluated",
+    )
+    p.add_argument(
+        "--mpp",
+        type=float,
+        metavar="UM",
+        help="µm per pixel of the images, when it differs from the model's training images: each image's "
+        "centre field of view is then found at this resolution",
+    )
+    p.add_argument(
+        "--cam",
+        metavar="METHOD",
+        choices=list(CAM_METHODS),
+        help=f"save a class activation map per file: {', '.join(CAM_METHODS)} (needs --cam-dir)",
+    )
     p.add_argument("--cam-dir", metavar="DIR", help="folder for the CAM overlay PNGs (created if missing)")
     p.add_argument("--target", metavar="CLASS", help="class to explain (name or index); default: the predicted class")
     p.add_argument("--alpha", type=float, default=0.5, help="CAM overlay opacity, 0..1 (default 0.5)")
@@ -95,7 +110,9 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.cam and not args.cam_dir:
         raise HistoError("--cam needs --cam-dir DIR (the folder to write the overlays to)")
     if args.cam_dir and not args.cam:
-        raise HistoError("--cam-dir needs --cam METHOD (one of GradCAM, GradCAM++, HiResCAM, EigenCAM, LayerCAM, ScoreCAM)")
+        raise HistoError(
+            "--cam-dir needs --cam METHOD (one of GradCAM, GradCAM++, HiResCAM, EigenCAM, LayerCAM, ScoreCAM)"
+        )
     if not 0.0 <= args.alpha <= 1.0:
         raise HistoError(f"--alpha must be between 0 and 1, got {args.alpha}")
     if args.batch_size < 1:
@@ -106,7 +123,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from histo_core.explain import class_index
-    from histo_core.inference import TileResult, classify_uploads, load_model, prepare_upload
+    from histo_core.inference import TileResult, classify_uploads, load_model
 
     _check_options(args)
     loaded = load_model(args.model, device=args.device)
@@ -131,19 +148,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     records = [_record(r, meta.classes, cams.get(id(r))) for r in results]
     failed = sum(1 for r in results if not r.ok)
-    payload = {"model": {"source": loaded.source, "label": loaded.label, "arch": meta.arch,
-                         "classes": list(meta.classes), "input_size": meta.input_size,
-                         "dataset": meta.dataset.get("title") or meta.dataset.get("name"), "synthetic": meta.synthetic},
-               "tta": bool(args.tta), "cam": args.cam, "results": records,
-               "classified": len(results) - failed, "failed": failed}
+    payload = {
+        "model": {
+            "source": loaded.source,
+            "label": loaded.label,
+            "arch": meta.arch,
+            "classes": list(meta.classes),
+            "input_size": meta.input_size,
+            "dataset": meta.dataset.get("title") or meta.dataset.get("name"),
+            "synthetic": meta.synthetic,
+        },
+        "tta": bool(args.tta),
+        "cam": args.cam,
+        "results": records,
+        "classified": len(results) - failed,
+        "failed": failed,
+    }
     emit(args, payload, _text(payload))
     return 1 if failed else 0
 
 
 def _write_cams(args, loaded, results, target) -> dict[int, dict[str, Any]]:
+    from PIL import Image
+
     from histo_core.explain import compute_cams, overlay, uniform_maps
     from histo_core.images import safe_filename
-    from PIL import Image
 
     good = [r for r in results if r.ok]
     if not good:
@@ -175,10 +204,16 @@ def _write_cams(args, loaded, results, target) -> dict[int, dict[str, Any]]:
 def _record(r, classes, cam: dict | None) -> dict[str, Any]:
     if not r.ok:
         return {"file": r.name, "error": r.error}
-    rec = {"file": r.name, "prediction": classes[r.pred], "confidence": round(r.confidence, 6),
-           "probabilities": {c: round(float(p), 6) for c, p in zip(classes, r.probs)},
-           "size": [r.width, r.height], "format": r.mode_note, "notes": r.notes,
-           "unlike_training": r.unlike_training}
+    rec = {
+        "file": r.name,
+        "prediction": classes[r.pred],
+        "confidence": round(r.confidence, 6),
+        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, r.probs)},
+        "size": [r.width, r.height],
+        "format": r.mode_note,
+        "notes": r.notes,
+        "unlike_training": r.unlike_training,
+    }
     if cam:
         rec["cam"] = cam
     return rec
@@ -186,8 +221,12 @@ def _record(r, classes, cam: dict | None) -> dict[str, Any]:
 
 def _text(payload: dict[str, Any]) -> str:
     m = payload["model"]
-    lines = [f"model: {m['label']} ({m['arch']}, {m['input_size']} px, {len(m['classes'])} classes"
-             + (", SYNTHETIC demo data" if m["synthetic"] else "") + ")" + ("  [TTA]" if payload["tta"] else "")]
+    lines = [
+        f"model: {m['label']} ({m['arch']}, {m['input_size']} px, {len(m['classes'])} classes"
+        + (", SYNTHETIC demo data" if m["synthetic"] else "")
+        + ")"
+        + ("  [TTA]" if payload["tta"] else "")
+    ]
     for rec in payload["results"]:
         if "error" in rec:
             lines.append(f"ERROR {rec['error']}")  # the message starts with the file name

@@ -4,7 +4,6 @@ label-error search). `tasks run DIR` is what such a task's process executes."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from histo_core import tasks
@@ -12,8 +11,11 @@ from histo_core.cli import emit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("tasks", help="list or cancel the background tasks started from pages",
-                              description="Background tasks started from pages (under <runs dir>/.tasks).")
+    p = subparsers.add_parser(
+        "tasks",
+        help="list or cancel the background tasks started from pages",
+        description="Background tasks started from pages (under <runs dir>/.tasks).",
+    )
     sub = p.add_subparsers(dest="tasks_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs-dir", help="runs root (default: $HISTO_RUNS_DIR, else ./runs)")
@@ -30,8 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     rows = [tasks.task_summary(t) for t in tasks.list_tasks(args.runs_dir)]
-    lines = [f"{r['id']}  {r['kind']:<12} {r['state']:<9} {r['progress']:.0%}  {r['error'] or r['message'] or ''}"
-             + (f"  by {r['started_by']}" if r["started_by"] else "") for r in rows]
+    lines = [
+        f"{r['id']}  {r['kind']:<12} {r['state']:<9} {r['progress']:.0%}  {r['error'] or r['message'] or ''}"
+        + (f"  by {r['started_by']}" if r["started_by"] else "")
+        for r in rows
+    ]
     emit(args, rows, "\n".join(lines) if lines else "no tasks")
     return 0
 

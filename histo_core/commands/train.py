@@ -45,12 +45,23 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in _CONFIG_FIELDS + list(fields(Augment)):
         help_text = FIELD_HELP.get(f.name, "")
         if str(f.type) == "bool":
-            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
             metavar = f.name.upper()
-            group.add_argument(_flag(f.name), dest=f.name, type=_arg_type(f.type), default=argparse.SUPPRESS,
-                               metavar=metavar, help=help_text)
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=_arg_type(f.type),
+                default=argparse.SUPPRESS,
+                metavar=metavar,
+                help=help_text,
+            )
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,8 +83,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (foreground, or execute a prepared run with --run-dir)",
-                       description="Train a tile classifier. Progress goes to stderr; --json prints the result.")
+    p = sub.add_parser(
+        "train",
+        help="train a model (foreground, or execute a prepared run with --run-dir)",
+        description="Train a tile classifier. Progress goes to stderr; --json prints the result.",
+    )
     add_config_options(p)
     p.add_argument("--run-dir", help="execute this already-prepared run directory (options come from its config.json)")
     p.add_argument("--resume", action="store_true", help="with --run-dir: continue from its last.pt")
@@ -81,23 +95,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document with the results on stdout")
     p.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a model on a labelled dataset (saved with the run)",
-                       description="Evaluate a model (run id or directory, weights .pt file, export name) on a "
-                                   "labelled dataset. Classes are matched by name, by NCT abbreviation (ADI..TUM = "
-                                   "PathMNIST's names) or by --class-map; classes with no counterpart are reported "
-                                   "apart. A run's evaluation is saved in <run>/evaluations/<name>.json.")
+    e = sub.add_parser(
+        "evaluate",
+        help="evaluate a model on a labelled dataset (saved with the run)",
+        description="Evaluate a model (run id or directory, weights .pt file, export name) on a "
+        "labelled dataset. Classes are matched by name, by NCT abbreviation (ADI..TUM = "
+        "PathMNIST's names) or by --class-map; classes with no counterpart are reported "
+        "apart. A run's evaluation is saved in <run>/evaluations/<name>.json.",
+    )
     e.add_argument("run", metavar="MODEL", help="run directory or id, weights .pt file, or export name in weights/")
-    e.add_argument("--dataset", help="dataset to evaluate on: registered name, npz, CSV manifest or folder of class "
-                                    "folders (default: the run's own)")
-    e.add_argument("--split", default="test", help="split to evaluate: train, val, test or all (every tile; for a "
-                                                   "folder without split folders) (default test)")
-    e.add_argument("--class-map", default="", help="DATASET_CLASS=MODEL_CLASS pairs, comma-separated, e.g. "
-                                                   "01_TUMOR=TUM,02_STROMA=STR (model classes by name, abbreviation "
-                                                   "or index; CLASS=- : no counterpart)")
+    e.add_argument(
+        "--dataset",
+        help="dataset to evaluate on: registered name, npz, CSV manifest or folder of class "
+        "folders (default: the run's own)",
+    )
+    e.add_argument(
+        "--split",
+        default="test",
+        help="split to evaluate: train, val, test or all (every tile; for a "
+        "folder without split folders) (default test)",
+    )
+    e.add_argument(
+        "--class-map",
+        default="",
+        help="DATASET_CLASS=MODEL_CLASS pairs, comma-separated, e.g. "
+        "01_TUMOR=TUM,02_STROMA=STR (model classes by name, abbreviation "
+        "or index; CLASS=- : no counterpart)",
+    )
     e.add_argument("--name", help="name of the saved evaluation (default <dataset>-<split>)")
     e.add_argument("--no-save", action="store_true", help="do not save the evaluation with the run")
-    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip/rotation test-time augmentation (default: as the run was configured; off for files)")
+    e.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip/rotation test-time augmentation (default: as the run was configured; off for files)",
+    )
     e.add_argument("--runs-dir", help="where run ids are looked up")
     e.add_argument("--json", action="store_true", help="print the full report as JSON")
     e.set_defaults(func=cmd_evaluate)
@@ -121,11 +153,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.run_dir:
         extra = sorted(given_options(args))
         if extra:
-            raise ConfigError(f"--run-dir executes a prepared run with its own config.json; drop {', '.join(_flag(x) for x in extra)}")
+            raise ConfigError(
+                f"--run-dir executes a prepared run with its own config.json; drop {', '.join(_flag(x) for x in extra)}"
+            )
         run = RunDir(args.run_dir)
         if not run.exists():
-            raise HistoError(f"{args.run_dir}: not a run directory (no config.json); prepare one with the Train page "
-                             "or run `train` with options")
+            raise HistoError(
+                f"{args.run_dir}: not a run directory (no config.json); prepare one with the Train page "
+                "or run `train` with options"
+            )
         if world > 1:
             T.init_distributed(run.config().get("device", "auto"))
     else:
@@ -139,9 +175,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"run {run.path}", file=sys.stderr, flush=True)
     result = T.run_training(run, resume=args.resume)
     if rank == 0:
-        payload = {"run_dir": str(run.path), "state": result["state"], "error": result.get("error"),
-                   "test": result.get("test"), "val": result.get("val"), "best_epoch": result.get("best_epoch"),
-                   "epochs_run": result.get("epochs_run"), "train_seconds": result.get("train_seconds")}
+        payload = {
+            "run_dir": str(run.path),
+            "state": result["state"],
+            "error": result.get("error"),
+            "test": result.get("test"),
+            "val": result.get("val"),
+            "best_epoch": result.get("best_epoch"),
+            "epochs_run": result.get("epochs_run"),
+            "train_seconds": result.get("train_seconds"),
+        }
         test = result.get("test") or {}
         text = f"{result['state']}: {run.path}"
         if test:
@@ -187,25 +230,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = args.run
     if args.runs_dir and (Path(args.runs_dir) / model / "config.json").exists():
         model = str(Path(args.runs_dir) / model)
-    report = evaluate(model, args.dataset, args.split, class_map=parse_class_map(args.class_map), tta=args.tta,
-                      name=args.name, save=not args.no_save)
+    report = evaluate(
+        model,
+        args.dataset,
+        args.split,
+        class_map=parse_class_map(args.class_map),
+        tta=args.tta,
+        name=args.name,
+        save=not args.no_save,
+    )
     text = format_report(report)
     if report.get("class_matching"):
         text += "\n\nclasses (dataset -> model)\n" + "\n".join(format_matching(report))
-    text += (f"\n\nsaved as evaluation {report['name']!r}: {report['saved_to']}" if report.get("saved_to")
-             else "\n\nnot saved (" + ("--no-save" if args.no_save else "the model is not a run") + ")")
+    text += (
+        f"\n\nsaved as evaluation {report['name']!r}: {report['saved_to']}"
+        if report.get("saved_to")
+        else "\n\nnot saved (" + ("--no-save" if args.no_save else "the model is not a run") + ")"
+    )
     emit(args, report, text)
     return 0
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"{r.get('dataset', '')} [{r.get('split', '')}]  n {r['n']}  accuracy {_fmt(r['accuracy'])}  "
-             f"auc {_fmt(r['auc'])} ({r['auc_kind']})  loss {_fmt(r['loss'])}  ece {_fmt(r['ece'])}", ""]
+    lines = [
+        f"{r.get('dataset', '')} [{r.get('split', '')}]  n {r['n']}  accuracy {_fmt(r['accuracy'])}  "
+        f"auc {_fmt(r['auc'])} ({r['auc_kind']})  loss {_fmt(r['loss'])}  ece {_fmt(r['ece'])}",
+        "",
+    ]
     width = max(len(c["class"]) for c in r["per_class"])
     lines.append(f"{'class':<{width}}  precision  recall     f1  support    auc")
     for c in r["per_class"]:
-        lines.append(f"{c['class']:<{width}}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  "
-                     f"{c['support']:7d}  {'-' if c['auc'] is None else format(c['auc'], '.3f'):>5}")
+        lines.append(
+            f"{c['class']:<{width}}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  "
+            f"{c['support']:7d}  {'-' if c['auc'] is None else format(c['auc'], '.3f'):>5}"
+        )
     lines += ["", "confusion (rows: true, columns: predicted)"]
     k = len(r["confusion"])
     lines.append(" " * (width + 2) + " ".join(f"{i:>5}" for i in range(k)))
@@ -221,8 +279,12 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     res = lr_find(config, min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.steps)
-    lines = [f"{lr:10.2e}  {loss:.4f}" for lr, loss in zip(res["lrs"][::max(1, len(res["lrs"]) // 20)],
-                                                          res["losses"][::max(1, len(res["lrs"]) // 20)])]
+    lines = [
+        f"{lr:10.2e}  {loss:.4f}"
+        for lr, loss in zip(
+            res["lrs"][:: max(1, len(res["lrs"]) // 20)], res["losses"][:: max(1, len(res["lrs"]) // 20)]
+        )
+    ]
     text = "lr          smoothed loss\n" + "\n".join(lines) + f"\nsuggested lr: {_fmt_lr(res['suggested_lr'])}"
     emit(args, res, text)
     return 0

@@ -1,20 +1,20 @@
 """Dataset registry: a dataset is named by a registered name or by a path.
 
-    open_dataset("synthetic")                     # built-in demo, no download
-    open_dataset("pathmnist", size=28)            # MedMNIST 2D flag, from the data dir
-    open_dataset("../shared/data/pathmnist-mini/pathmnist.npz")
-    open_dataset("/data/Kather_texture_2016_image_tiles_5000", size=64)   # class folders
-    open_dataset("/data/quilt_subset.csv")        # CSV manifest
-    open_dataset("/data/pcam")                    # folder of PatchCamelyon .h5 files
+open_dataset("synthetic")                     # built-in demo, no download
+open_dataset("pathmnist", size=28)            # MedMNIST 2D flag, from the data dir
+open_dataset("../shared/data/pathmnist-mini/pathmnist.npz")
+open_dataset("/data/Kather_texture_2016_image_tiles_5000", size=64)   # class folders
+open_dataset("/data/quilt_subset.csv")        # CSV manifest
+open_dataset("/data/pcam")                    # folder of PatchCamelyon .h5 files
 """
 
 from __future__ import annotations
 
 import os
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from histo_core import paths
 from histo_core.datasets.base import SPLITS, DatasetInfo, Split, TileDataset, stratified_split
@@ -23,8 +23,17 @@ from histo_core.datasets.pcam import looks_like_pcam
 from histo_core.errors import DatasetError
 
 __all__ = [
-    "SPLITS", "DatasetInfo", "Split", "TileDataset", "stratified_split",
-    "open_dataset", "registered_names", "dataset_entries", "DatasetEntry", "describe_spec", "parse_spec",
+    "SPLITS",
+    "DatasetInfo",
+    "Split",
+    "TileDataset",
+    "stratified_split",
+    "open_dataset",
+    "registered_names",
+    "dataset_entries",
+    "DatasetEntry",
+    "describe_spec",
+    "parse_spec",
 ]
 
 
@@ -42,12 +51,26 @@ def dataset_entries() -> list[DatasetEntry]:
     from histo_core.datasets.medmnist_source import SIZES, flags_2d, medmnist_info
 
     info = medmnist_info()
-    entries = [DatasetEntry("synthetic", "Synthetic H&E demo (SYNTHETIC)", "synthetic", (28, 32, 64, 96, 128, 224),
-                            "Procedurally generated H&E-like tiles; needs no download.")]
+    entries = [
+        DatasetEntry(
+            "synthetic",
+            "Synthetic H&E demo (SYNTHETIC)",
+            "synthetic",
+            (28, 32, 64, 96, 128, 224),
+            "Procedurally generated H&E-like tiles; needs no download.",
+        )
+    ]
     for flag in flags_2d():
         entries.append(DatasetEntry(flag, info[flag]["python_class"], "medmnist", SIZES, info[flag]["description"]))
-    entries.append(DatasetEntry("pcam", "PatchCamelyon", "pcam", (96,),
-                                "327,680 96x96 lymph-node tiles, binary (metastasis or not), official HDF5 files."))
+    entries.append(
+        DatasetEntry(
+            "pcam",
+            "PatchCamelyon",
+            "pcam",
+            (96,),
+            "327,680 96x96 lymph-node tiles, binary (metastasis or not), official HDF5 files.",
+        )
+    )
     return entries
 
 
@@ -90,9 +113,15 @@ def describe_spec(spec: str) -> str:
     return "path"
 
 
-def open_dataset(spec: str | os.PathLike, *, size: int | None = None, as_rgb: bool = False,
-                 data_dir: str | os.PathLike | None = None, seed: int = 0,
-                 progress: Progress | None = None) -> TileDataset:
+def open_dataset(
+    spec: str | os.PathLike,
+    *,
+    size: int | None = None,
+    as_rgb: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> TileDataset:
     """Open a dataset by registered name or path. Raises `DatasetError` with a specific message.
 
     `size`: MedMNIST file size (28/64/128/224), synthetic tile size, or the size image folders and CSV
@@ -115,8 +144,9 @@ def open_dataset(spec: str | os.PathLike, *, size: int | None = None, as_rgb: bo
     if path.is_file() and path.suffix.lower() == ".csv":
         from histo_core.datasets.csv_manifest import open_csv_manifest
 
-        return open_csv_manifest(path, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, options=options,
-                                 progress=progress)
+        return open_csv_manifest(
+            path, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, options=options, progress=progress
+        )
     _no_options(spec, options, describe_spec(spec) + "s")
     if path.is_file() and path.suffix.lower() == ".npz":
         from histo_core.datasets.medmnist_source import open_medmnist_npz
@@ -142,9 +172,7 @@ def open_dataset(spec: str | os.PathLike, *, size: int | None = None, as_rgb: bo
 
 def _no_options(spec: str, options: dict[str, str], what: str) -> None:
     if options:
-        raise DatasetError(
-            f"{spec}: options ({', '.join(options)}) are only for CSV manifests; {what} take none"
-        )
+        raise DatasetError(f"{spec}: options ({', '.join(options)}) are only for CSV manifests; {what} take none")
 
 
 def _registered_opener(spec: str, *, size, as_rgb, data_dir, progress) -> Callable[[], TileDataset] | None:

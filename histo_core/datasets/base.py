@@ -8,8 +8,9 @@ is in memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,8 +55,16 @@ class ArrayLike(Protocol):
 class Split:
     """One split of a dataset. `images` is any array-like supporting integer/slice/sorted-index reads."""
 
-    def __init__(self, name: str, images: ArrayLike, labels: np.ndarray, *, expand_to_rgb: bool = False,
-                 lazy: bool = False, tile_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        images: ArrayLike,
+        labels: np.ndarray,
+        *,
+        expand_to_rgb: bool = False,
+        lazy: bool = False,
+        tile_names: Sequence[str] | None = None,
+    ):
         labels = np.asarray(labels).reshape(-1).astype(np.int64)
         if len(labels) != images.shape[0]:
             raise DatasetError(f"split {name!r}: {images.shape[0]} images but {len(labels)} labels")
@@ -111,9 +120,7 @@ class TileDataset:
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
-            raise DatasetError(
-                f"{self.info.name}: no split {name!r}; available: {', '.join(self.splits) or 'none'}"
-            )
+            raise DatasetError(f"{self.info.name}: no split {name!r}; available: {', '.join(self.splits) or 'none'}")
         return self.splits[name]
 
     def split_sizes(self) -> dict[str, int]:
@@ -131,7 +138,8 @@ def check_label_range(max_label: int, where: str) -> None:
     if max_label >= MAX_CLASSES:
         raise DatasetError(
             f"{where}: label {max_label} is beyond the limit of {MAX_CLASSES} classes (labels must be class "
-            "indices 0..K-1)")
+            "indices 0..K-1)"
+        )
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
@@ -145,8 +153,9 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         )
 
 
-def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                     seed: int = 0) -> dict[str, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> dict[str, np.ndarray]:
     """Seeded stratified train/val/test index split. Every class with >= 3 items lands in all three splits."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
@@ -160,6 +169,6 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float] =
             n_val, n_test = max(1, n_val), max(1, n_test)
         n_train = max(0, n - n_val - n_test)
         parts["train"].append(idx[:n_train])
-        parts["val"].append(idx[n_train:n_train + n_val])
-        parts["test"].append(idx[n_train + n_val:])
+        parts["val"].append(idx[n_train : n_train + n_val])
+        parts["test"].append(idx[n_train + n_val :])
     return {s: np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for s, p in parts.items()}

@@ -51,8 +51,9 @@ def local_datasets(data_dir: str | os.PathLike | None = None) -> list[str]:
     return [e["path"] for e in local_dataset_entries(data_dir)]
 
 
-def add_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
-                      progress: Progress | None = None):
+def add_local_dataset(
+    path: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, progress: Progress | None = None
+):
     """Open `path` (npz, image folder, CSV manifest, PCam folder) to validate it, then remember it.
 
     Returns the opened TileDataset. Raises DatasetError with the reason it cannot be used.
@@ -70,8 +71,15 @@ def add_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | Non
     spec = str(resolved) + (f"?{text.split('?', 1)[1]}" if options else "")
     ds = open_dataset(spec, data_dir=data_dir, progress=progress)
     entries = [e for e in local_dataset_entries(data_dir) if e["path"] != spec]
-    entries.append({"path": spec, "title": ds.info.title, "source": ds.info.source,
-                    "kind": describe_spec(spec), "channels": ds.info.native_channels or ds.info.channels})
+    entries.append(
+        {
+            "path": spec,
+            "title": ds.info.title,
+            "source": ds.info.source,
+            "kind": describe_spec(spec),
+            "channels": ds.info.native_channels or ds.info.channels,
+        }
+    )
     _catalog_path(data_dir).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(_catalog_path(data_dir), {"datasets": entries})
     return ds
@@ -107,14 +115,31 @@ def available_datasets(data_dir: str | os.PathLike | None = None) -> list[Availa
     from histo_core.datasets.medmnist_source import flags_2d, is_multi_label, medmnist_info
     from histo_core.datasets.pcam import looks_like_pcam
 
-    out = [AvailableDataset("synthetic", "Synthetic H&E demo (SYNTHETIC)", "synthetic", SYNTHETIC_SIZES, 3,
-                            "generated in memory", synthetic=True)]
+    out = [
+        AvailableDataset(
+            "synthetic",
+            "Synthetic H&E demo (SYNTHETIC)",
+            "synthetic",
+            SYNTHETIC_SIZES,
+            3,
+            "generated in memory",
+            synthetic=True,
+        )
+    ]
     info = medmnist_info()
     for flag in flags_2d():
         sizes = downloaded_sizes(flag, data_dir)
         if sizes and not is_multi_label(flag):
-            out.append(AvailableDataset(flag, info[flag]["python_class"], "medmnist", sizes,
-                                        info[flag]["n_channels"], str(paths.data_dir(data_dir))))
+            out.append(
+                AvailableDataset(
+                    flag,
+                    info[flag]["python_class"],
+                    "medmnist",
+                    sizes,
+                    info[flag]["n_channels"],
+                    str(paths.data_dir(data_dir)),
+                )
+            )
     pcam_dir = paths.data_dir(data_dir) / "pcam"
     if pcam_dir.is_dir() and looks_like_pcam(pcam_dir):
         out.append(AvailableDataset("pcam", "PatchCamelyon", "pcam", (), 3, str(pcam_dir)))
@@ -124,8 +149,17 @@ def available_datasets(data_dir: str | os.PathLike | None = None) -> list[Availa
             continue  # moved or deleted since it was added; still in the file, so it reappears if restored
         source = e.get("source", "")
         sizes = DECODE_SIZES if source in ("folder", "csv") else ()
-        out.append(AvailableDataset(e["path"], e.get("title") or Path(base).name, source or "path", sizes,
-                                    e.get("channels"), base, user_added=True))
+        out.append(
+            AvailableDataset(
+                e["path"],
+                e.get("title") or Path(base).name,
+                source or "path",
+                sizes,
+                e.get("channels"),
+                base,
+                user_added=True,
+            )
+        )
     return out
 
 

@@ -26,9 +26,14 @@ PATH_COLUMNS = ("path", "image", "filepath", "file", "filename", "image_path", "
 LABEL_COLUMNS = ("label", "class", "target", "labels", "class_name", "category", "y")
 SPLIT_COLUMNS = ("split", "subset", "set", "partition")
 SPLIT_VALUES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
 }
 OPTIONS = ("image", "label", "split")
 
@@ -37,8 +42,9 @@ def _read_table(path: Path):
     import pandas as pd
 
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
-                            encoding="utf-8-sig")  # -sig: spreadsheets often start CSVs with a byte-order mark
+        table = pd.read_csv(
+            path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig"
+        )  # -sig: spreadsheets often start CSVs with a byte-order mark
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise DatasetError(f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
     table.columns = [str(c).strip() for c in table.columns]
@@ -47,8 +53,9 @@ def _read_table(path: Path):
     return table
 
 
-def _column(path: Path, table, given: str | None, candidates: tuple[str, ...], what: str, option: str,
-            required: bool = True) -> str | None:
+def _column(
+    path: Path, table, given: str | None, candidates: tuple[str, ...], what: str, option: str, required: bool = True
+) -> str | None:
     by_lower = {c.lower(): c for c in table.columns}
     if given:
         if given.lower() not in by_lower:
@@ -106,9 +113,16 @@ def _splits(path: Path, values: list[str] | None, column: str | None) -> np.ndar
     return np.asarray(out)
 
 
-def open_csv_manifest(path: str | os.PathLike, *, size: int | None = None, seed: int = 0, as_rgb: bool = False,
-                      data_dir: str | os.PathLike | None = None, options: dict[str, str] | None = None,
-                      progress: Progress | None = None) -> TileDataset:
+def open_csv_manifest(
+    path: str | os.PathLike,
+    *,
+    size: int | None = None,
+    seed: int = 0,
+    as_rgb: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    options: dict[str, str] | None = None,
+    progress: Progress | None = None,
+) -> TileDataset:
     path = Path(path).expanduser().resolve()
     options = dict(options or {})
     unknown = sorted(set(options) - set(OPTIONS))
@@ -144,15 +158,24 @@ def open_csv_manifest(path: str | os.PathLike, *, size: int | None = None, seed:
         split_kept = split_of[kept]
         split_indices = {s: np.flatnonzero(split_kept == s) for s in SPLITS if (split_kept == s).any()}
     return decoded_dataset(
-        decoded, labels_kept, names, split_indices, classes, as_rgb=as_rgb,
+        decoded,
+        labels_kept,
+        names,
+        split_indices,
+        classes,
+        as_rgb=as_rgb,
         name=str(path),
         title=f"{path.name} (CSV manifest, {decoded.size} px)",
         source="csv",
         location=str(path),
         description=f"{len(kept)} images listed in {path.name} (columns {path_col!r}, {label_col!r}"
-                    f"{f', {split_col!r}' if split_col else ''}), decoded to {decoded.size} px and cached.",
-        extra={"skipped": decoded.skipped, "columns": {"image": path_col, "label": label_col, "split": split_col},
-               "cache": str(decoded.cache_file), "notes": notes},
+        f"{f', {split_col!r}' if split_col else ''}), decoded to {decoded.size} px and cached.",
+        extra={
+            "skipped": decoded.skipped,
+            "columns": {"image": path_col, "label": label_col, "split": split_col},
+            "cache": str(decoded.cache_file),
+            "notes": notes,
+        },
     )
 
 

@@ -15,8 +15,8 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from histo_core import paths
 from histo_core.datasets.medmnist_source import SIZES, download_source, flags_2d, npz_filename
@@ -32,9 +32,15 @@ def medmnist_file(flag: str, size: int = 28, data_dir: str | os.PathLike | None 
     return paths.data_dir(data_dir) / npz_filename(flag, size)
 
 
-def download_medmnist(flag: str, size: int = 28, *, data_dir: str | os.PathLike | None = None,
-                      progress: Progress | None = None, timeout: float = DEFAULT_TIMEOUT,
-                      force: bool = False) -> Path:
+def download_medmnist(
+    flag: str,
+    size: int = 28,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    force: bool = False,
+) -> Path:
     """Download MedMNIST `flag` at `size` px into the data dir (no-op when present). Raises DownloadError."""
     flag = flag.lower()
     if flag not in flags_2d():
@@ -54,8 +60,9 @@ def download_medmnist(flag: str, size: int = 28, *, data_dir: str | os.PathLike 
         ) from None
 
 
-def download_file(url: str, dest: Path, md5: str | None, *, progress: Progress | None = None,
-                  timeout: float = DEFAULT_TIMEOUT) -> Path:
+def download_file(
+    url: str, dest: Path, md5: str | None, *, progress: Progress | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> Path:
     """Stream `url` to `dest` via a temp file; check `md5` (when given) before renaming into place."""
     dest = Path(dest)
     _check_host_resolves(url, timeout)

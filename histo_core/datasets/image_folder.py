@@ -21,9 +21,13 @@ from histo_core.datasets.imagefiles import Progress, decode_image_files, decoded
 from histo_core.errors import DatasetError
 
 SPLIT_FOLDER_NAMES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
 }
 ABOUT_FILES = ("PROVENANCE.md", "README.md", "README.txt", "README", "LICENSE", "LICENSE.txt")
 
@@ -48,8 +52,9 @@ def _class_files(class_dir: Path, skipped: list[str], root: Path) -> list[Path]:
 
 def _scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str], str]:
     """{split or '': {class: files}}, skipped entries, layout description."""
-    skipped: list[str] = [f"{p.name}: not in a class folder" for p in sorted(root.iterdir())
-                          if p.is_file() and not p.name.startswith(".")]
+    skipped: list[str] = [
+        f"{p.name}: not in a class folder" for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")
+    ]
     subs = _subfolders(root)
     if not subs:
         raise DatasetError(
@@ -75,8 +80,11 @@ def _check_classes(root: Path, layout: dict[str, dict[str, list[Path]]]) -> list
             if not files:
                 where = root / split / name if split else root / name
                 nested = [p.name for p in _subfolders(where)][:4]
-                hint = (f" (it holds folders {', '.join(nested)}: open {where} itself if it is a dataset)"
-                        if nested else "; remove the folder or add images")
+                hint = (
+                    f" (it holds folders {', '.join(nested)}: open {where} itself if it is a dataset)"
+                    if nested
+                    else "; remove the folder or add images"
+                )
                 raise DatasetError(f"{where}: no images{hint}")
     classes = sorted({c for cl in layout.values() for c in cl})
     if len(classes) < 2:
@@ -85,8 +93,15 @@ def _check_classes(root: Path, layout: dict[str, dict[str, list[Path]]]) -> list
     return classes
 
 
-def open_image_folder(path: str | os.PathLike, *, size: int | None = None, seed: int = 0, as_rgb: bool = False,
-                      data_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> TileDataset:
+def open_image_folder(
+    path: str | os.PathLike,
+    *,
+    size: int | None = None,
+    seed: int = 0,
+    as_rgb: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> TileDataset:
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"{path}: no such folder")
@@ -107,16 +122,26 @@ def open_image_folder(path: str | os.PathLike, *, size: int | None = None, seed:
     split_indices = _split_indices(labels_kept, split_kept, seed, notes)
     about = next((root / f for f in ABOUT_FILES if (root / f).is_file()), None)
     return decoded_dataset(
-        decoded, labels_kept, names, split_indices, classes, as_rgb=as_rgb,
+        decoded,
+        labels_kept,
+        names,
+        split_indices,
+        classes,
+        as_rgb=as_rgb,
         name=str(root),
         title=f"{root.name} (image folder, {decoded.size} px)",
         source="folder",
         citation=f"See {about}" if about else "",
         location=str(root),
         description=f"{len(kept)} images in {len(classes)} class folders ({layout_name}), "
-                    f"decoded to {decoded.size} px and cached.",
-        extra={"skipped": skipped + decoded.skipped, "layout": layout_name, "cache": str(decoded.cache_file),
-               "notes": notes, "about_file": str(about) if about else ""},
+        f"decoded to {decoded.size} px and cached.",
+        extra={
+            "skipped": skipped + decoded.skipped,
+            "layout": layout_name,
+            "cache": str(decoded.cache_file),
+            "notes": notes,
+            "about_file": str(about) if about else "",
+        },
     )
 
 
@@ -134,7 +159,9 @@ def _split_indices(labels: np.ndarray, split_of: np.ndarray, seed: int, notes: l
         given["train"] = train[np.sort(np.concatenate(kept_train))]
         for s in missing:
             given[s] = train[parts[s]]
-            notes.append(f"no {s} folder: {len(parts[s])} tiles carved from train for {s} (15% per class, seed {seed})"
-                         if len(parts[s]) else
-                         f"no {s} folder, and train is too small to carve one from (fewer than 3 tiles per class)")
+            notes.append(
+                f"no {s} folder: {len(parts[s])} tiles carved from train for {s} (15% per class, seed {seed})"
+                if len(parts[s])
+                else f"no {s} folder, and train is too small to carve one from (fewer than 3 tiles per class)"
+            )
     return {s: given[s] for s in SPLITS if s in given}

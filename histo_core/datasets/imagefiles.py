@@ -17,11 +17,11 @@ import hashlib
 import json
 import os
 import re
-import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,6 +29,9 @@ from PIL import Image, UnidentifiedImageError
 from histo_core import paths
 from histo_core.datasets import npzio
 from histo_core.errors import DatasetError, ImageError
+
+if TYPE_CHECKING:
+    from histo_core.datasets.base import TileDataset
 from histo_core.images import make_tile, max_image_pixels, read_image_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -55,8 +58,14 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def decode_image_files(files: Sequence[Path], *, size: int | None = None, data_dir: str | os.PathLike | None = None,
-                       label: str = "tiles", progress: Progress | None = None) -> DecodedTiles:
+def decode_image_files(
+    files: Sequence[Path],
+    *,
+    size: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    label: str = "tiles",
+    progress: Progress | None = None,
+) -> DecodedTiles:
     """Decode `files` into (N, size, size, C) uint8 tiles, from the cache when the files are unchanged.
 
     Unreadable files are left out (listed in `skipped`, their positions missing from `kept`).
@@ -71,8 +80,11 @@ def decode_image_files(files: Sequence[Path], *, size: int | None = None, data_d
         return cached
     decoded = _decode_all(files, size, label, progress)
     npzio.write_npz_atomic(
-        cache_file, images=decoded.images, kept=decoded.kept,
-        skipped=np.array(json.dumps(decoded.skipped)), size=np.array(decoded.size),
+        cache_file,
+        images=decoded.images,
+        kept=decoded.kept,
+        skipped=np.array(json.dumps(decoded.skipped)),
+        size=np.array(decoded.size),
         native=np.array(decoded.native_px),
     )
     _remove_stale_caches(cache_file)
@@ -81,6 +93,7 @@ def decode_image_files(files: Sequence[Path], *, size: int | None = None, data_d
 
 
 # -- cache ----------------------------------------------------------------------------------------------
+
 
 def cache_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return paths.data_dir(data_dir) / "cache" / "tiles"
@@ -114,8 +127,9 @@ def _read_cache(cache_file: Path) -> DecodedTiles | None:
             native = int(npzio.load_member(zf, cache_file, "native"))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         return None  # a damaged cache is rebuilt, not reported
-    return DecodedTiles(images, np.asarray(kept, np.int64), skipped, size, int(images.shape[3]), cache_file, True,
-                        native)
+    return DecodedTiles(
+        images, np.asarray(kept, np.int64), skipped, size, int(images.shape[3]), cache_file, True, native
+    )
 
 
 def _remove_stale_caches(current: Path) -> None:
@@ -127,6 +141,7 @@ def _remove_stale_caches(current: Path) -> None:
 
 # -- decoding -------------------------------------------------------------------------------------------
 
+
 def _decode_all(files: list[Path], size: int | None, label: str, progress: Progress | None) -> DecodedTiles:
     total = len(files)
     headers, skipped = [], []
@@ -135,8 +150,10 @@ def _decode_all(files: list[Path], size: int | None, label: str, progress: Progr
         try:
             with Image.open(f) as im:
                 if im.size[0] * im.size[1] > limit:
-                    skipped.append(f"{f.name}: {im.size[0]}x{im.size[1]} px, more than the limit of {limit:,} pixels "
-                                   "(HISTO_MAX_IMAGE_PIXELS)")
+                    skipped.append(
+                        f"{f.name}: {im.size[0]}x{im.size[1]} px, more than the limit of {limit:,} pixels "
+                        "(HISTO_MAX_IMAGE_PIXELS)"
+                    )
                     continue
                 headers.append((i, im.size, im.mode))
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -159,8 +176,7 @@ def _decode_all(files: list[Path], size: int | None, label: str, progress: Progr
             progress(n + 1, len(headers))
     if not kept:
         raise DatasetError(f"{label}: none of the {total} image files could be decoded ({'; '.join(skipped[:3])})")
-    return DecodedTiles(images[: len(kept)], np.asarray(kept, np.int64), skipped, size, channels, Path(), False,
-                        native)
+    return DecodedTiles(images[: len(kept)], np.asarray(kept, np.int64), skipped, size, channels, Path(), False, native)
 
 
 def _reason(exc: BaseException) -> str:
@@ -217,21 +233,38 @@ def read_original(path: Path, max_side: int = 2048) -> np.ndarray:
     return np.asarray(img, np.uint8)
 
 
-def decoded_dataset(decoded: "DecodedTiles", labels: np.ndarray, names: Sequence[str],
-                    split_indices: dict[str, np.ndarray], classes: list[str], *, as_rgb: bool,
-                    **info_fields) -> "TileDataset":
+def decoded_dataset(
+    decoded: DecodedTiles,
+    labels: np.ndarray,
+    names: Sequence[str],
+    split_indices: dict[str, np.ndarray],
+    classes: list[str],
+    *,
+    as_rgb: bool,
+    **info_fields,
+) -> TileDataset:
     """A TileDataset over decoded tiles (folders and CSV manifests alike): one split per index array, and
     the DatasetInfo fields that follow from the decoded tiles (size, channels, task)."""
     from histo_core.datasets.base import DatasetInfo, Split, TileDataset
 
     channels = decoded.channels
     splits = {
-        s: Split(s, rows(decoded.images, idx), labels[idx], expand_to_rgb=as_rgb and channels == 1,
-                 tile_names=[names[i] for i in idx])
+        s: Split(
+            s,
+            rows(decoded.images, idx),
+            labels[idx],
+            expand_to_rgb=as_rgb and channels == 1,
+            tile_names=[names[i] for i in idx],
+        )
         for s, idx in split_indices.items()
     }
     info_fields.setdefault("extra", {})["native_tile_px"] = decoded.native_px
-    info = DatasetInfo(classes=classes, channels=3 if as_rgb and channels == 1 else channels, size=decoded.size,
-                       task="binary" if len(classes) == 2 else "multi-class", native_channels=channels,
-                       **info_fields)
+    info = DatasetInfo(
+        classes=classes,
+        channels=3 if as_rgb and channels == 1 else channels,
+        size=decoded.size,
+        task="binary" if len(classes) == 2 else "multi-class",
+        native_channels=channels,
+        **info_fields,
+    )
     return TileDataset(info, splits)

@@ -130,8 +130,9 @@ def _guess_flag(path: Path) -> str | None:
     return stem if stem in medmnist_info() else None
 
 
-def open_medmnist_npz(path: Path, flag: str | None = None, *, as_rgb: bool = False,
-                      name: str | None = None) -> TileDataset:
+def open_medmnist_npz(
+    path: Path, flag: str | None = None, *, as_rgb: bool = False, name: str | None = None
+) -> TileDataset:
     """Open a MedMNIST-layout npz. `flag` (e.g. 'pathmnist') supplies metadata; guessed from the file name."""
     path = Path(path)
     arrays = read_medmnist_npz(path)
@@ -140,7 +141,7 @@ def open_medmnist_npz(path: Path, flag: str | None = None, *, as_rgb: bool = Fal
     first = next(iter(arrays.values()))[0]
     size = int(first.shape[1])
     channels = int(first.shape[3]) if first.ndim == 4 else 1
-    max_label = max((int(l.max()) for _, l in arrays.values() if l.size), default=0)
+    max_label = max((int(lab.max()) for _, lab in arrays.values() if lab.size), default=0)
     check_label_range(max_label, f"{path} labels")  # before any list or bincount sized by it
     if meta:
         classes = [meta["label"][k] for k in sorted(meta["label"], key=int)]

@@ -53,16 +53,21 @@ def check_declared_sizes(zf: zipfile.ZipFile, path: Path, max_bytes: int | None 
             continue
         total += zi.file_size
         small = zi.file_size <= limits.SMALL_ENOUGH_BYTES
-        if zi.compress_type != zipfile.ZIP_STORED and not small and \
-                zi.file_size > limits.MAX_COMPRESSION_RATIO * max(zi.compress_size, 1):
+        if (
+            zi.compress_type != zipfile.ZIP_STORED
+            and not small
+            and zi.file_size > limits.MAX_COMPRESSION_RATIO * max(zi.compress_size, 1)
+        ):
             raise DatasetError(
                 f"{path}: member {zi.filename} expands {zi.file_size / max(zi.compress_size, 1):.0f}x to "
                 f"{limits.human_bytes(zi.file_size)}, beyond the limit of {limits.MAX_COMPRESSION_RATIO}x for "
-                f"members over {limits.human_bytes(limits.SMALL_ENOUGH_BYTES)} (not a real image array)")
+                f"members over {limits.human_bytes(limits.SMALL_ENOUGH_BYTES)} (not a real image array)"
+            )
         if total > limit:
             raise DatasetError(
                 f"{path}: its arrays expand to more than {limits.human_bytes(limit)} (HISTO_MAX_DATASET_BYTES); "
-                "raise that limit if the file is genuine")
+                "raise that limit if the file is genuine"
+            )
         try:
             with zf.open(zi) as fh:
                 shape, _, dtype = _read_npy_header(fh)
@@ -73,11 +78,13 @@ def check_declared_sizes(zf: zipfile.ZipFile, path: Path, max_bytes: int | None 
         if declared > limit:
             raise DatasetError(
                 f"{path}: member {zi.filename} declares shape {tuple(shape)} ({limits.human_bytes(declared)}), "
-                f"more than the limit of {limits.human_bytes(limit)} (HISTO_MAX_DATASET_BYTES)")
+                f"more than the limit of {limits.human_bytes(limit)} (HISTO_MAX_DATASET_BYTES)"
+            )
         if declared > zi.file_size - header_len:
             raise DatasetError(
                 f"{path}: member {zi.filename} declares shape {tuple(shape)} ({limits.human_bytes(declared)}) "
-                f"but holds only {limits.human_bytes(max(zi.file_size - header_len, 0))}: the file is damaged")
+                f"but holds only {limits.human_bytes(max(zi.file_size - header_len, 0))}: the file is damaged"
+            )
 
 
 def member_shape(zf: zipfile.ZipFile, key: str) -> tuple[int, ...]:

@@ -131,11 +131,13 @@ def _decompressed(gz: Path, data_dir, progress: Progress | None, notes: list[str
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise DatasetError(f"{gz}: disk full while decompressing into {target.parent}; free space there "
-                               "and open it again") from None
+            raise DatasetError(
+                f"{gz}: disk full while decompressing into {target.parent}; free space there and open it again"
+            ) from None
         raise DatasetError(f"{gz}: cannot decompress ({exc}); download the file again") from None
-    notes.append(f"{gz.name}: decompressed once to {target} ({target.stat().st_size / 1e9:.2f} GB); "
-                 "later opens use that copy")
+    notes.append(
+        f"{gz.name}: decompressed once to {target} ({target.stat().st_size / 1e9:.2f} GB); later opens use that copy"
+    )
     return target
 
 
@@ -155,12 +157,16 @@ def _gzip_declared_size(gz: Path) -> int:
 def _check_room(gz: Path, folder: Path, needed: int, limit: int, already: int = 0) -> None:
     """Refuse output beyond HISTO_MAX_DATASET_BYTES or beyond the free space of `folder` (less a margin)."""
     if needed > limit:
-        raise DatasetError(f"{gz}: decompresses to more than {limits.human_bytes(limit)} "
-                           "(HISTO_MAX_DATASET_BYTES); raise that limit if the file is genuine")
+        raise DatasetError(
+            f"{gz}: decompresses to more than {limits.human_bytes(limit)} "
+            "(HISTO_MAX_DATASET_BYTES); raise that limit if the file is genuine"
+        )
     free = shutil.disk_usage(folder).free
     if needed - already > free - FREE_SPACE_MARGIN:
-        raise DatasetError(f"{gz}: not enough free disk space in {folder} to decompress it (needs at least "
-                           f"{limits.human_bytes(needed)}, {limits.human_bytes(max(free, 0))} free)")
+        raise DatasetError(
+            f"{gz}: not enough free disk space in {folder} to decompress it (needs at least "
+            f"{limits.human_bytes(needed)}, {limits.human_bytes(max(free, 0))} free)"
+        )
 
 
 def _existing(folder: Path, name: str) -> Path | None:
@@ -186,9 +192,7 @@ def _open_split(folder: Path, file_split: str, data_dir, progress, notes) -> Spl
     y_path = _usable(y_found, data_dir, progress, notes)
     images, x_shape, x_dtype = _h5_array(x_path, "x", "tiles")
     if len(x_shape) != 4 or x_shape[1] != x_shape[2] or x_shape[3] != 3 or x_dtype != np.uint8:
-        raise DatasetError(
-            f"{x_path}: 'x' must be uint8 tiles shaped (N, 96, 96, 3), got {x_dtype} {x_shape}"
-        )
+        raise DatasetError(f"{x_path}: 'x' must be uint8 tiles shaped (N, 96, 96, 3), got {x_dtype} {x_shape}")
     labels, y_shape, _ = _h5_array(y_path, "y", "labels")
     if len(y_shape) == 0 or int(np.prod(y_shape[1:])) != 1:
         raise DatasetError(f"{y_path}: 'y' must hold one label per tile, shaped (N, 1, 1, 1), got {y_shape}")
@@ -202,8 +206,9 @@ def _open_split(folder: Path, file_split: str, data_dir, progress, notes) -> Spl
     return Split(FILE_SPLITS[file_split], images, y, lazy=isinstance(images, H5Rows))
 
 
-def open_pcam(folder: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-              progress: Progress | None = None) -> TileDataset:
+def open_pcam(
+    folder: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, progress: Progress | None = None
+) -> TileDataset:
     folder = Path(folder).expanduser()
     if not folder.is_dir() or not looks_like_pcam(folder):
         raise DatasetError(
@@ -218,8 +223,10 @@ def open_pcam(folder: str | os.PathLike, *, data_dir: str | os.PathLike | None =
             splits[split] = s
     if not splits:
         expected = ", ".join(file_name(f, "x") for f in FILE_SPLITS)
-        raise DatasetError(f"{folder}: no PatchCamelyon split found; expected files named {expected} "
-                           "(or the same with .gz), each with its _y file")
+        raise DatasetError(
+            f"{folder}: no PatchCamelyon split found; expected files named {expected} "
+            "(or the same with .gz), each with its _y file"
+        )
     size = next(iter(splits.values())).tile_shape[0]
     info = DatasetInfo(
         name=str(folder),
@@ -233,7 +240,7 @@ def open_pcam(folder: str | os.PathLike, *, data_dir: str | os.PathLike | None =
         citation=CITATION,
         location=str(folder),
         description="96x96 px tiles from Camelyon16 lymph-node sections at 10x; label 1 when the centre "
-                    "32x32 px region holds at least one pixel of metastatic tumour.",
+        "32x32 px region holds at least one pixel of metastatic tumour.",
         native_channels=3,
         extra={"notes": notes, "lazy": True},
     )

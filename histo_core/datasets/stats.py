@@ -49,7 +49,7 @@ def pixel_stats(split: Split, *, max_tiles: int = DEFAULT_MAX_TILES, seed: int =
     channels = split.tile_shape[2]
     hist = np.zeros((channels, 256), np.int64)
     for start in range(0, len(indices), CHUNK):
-        tiles = split.get(indices[start:start + CHUNK])
+        tiles = split.get(indices[start : start + CHUNK])
         for c in range(channels):
             hist[c] += np.bincount(tiles[..., c].reshape(-1), minlength=256)
     # Pixels are 0..255 integers, so the histogram gives the exact mean and variance.
@@ -60,8 +60,9 @@ def pixel_stats(split: Split, *, max_tiles: int = DEFAULT_MAX_TILES, seed: int =
     values = np.arange(256, dtype=np.float64)
     mean = hist @ values / pixels
     var = np.maximum(hist @ (values * values) / pixels - mean * mean, 0.0)
-    return PixelStats(split.name, len(indices), len(split), (mean / 255).tolist(), (np.sqrt(var) / 255).tolist(),
-                      hist.tolist())
+    return PixelStats(
+        split.name, len(indices), len(split), (mean / 255).tolist(), (np.sqrt(var) / 255).tolist(), hist.tolist()
+    )
 
 
 def class_sample_indices(labels: np.ndarray, label: int, count: int, seed: int = 0) -> np.ndarray:
@@ -75,8 +76,9 @@ def class_sample_indices(labels: np.ndarray, label: int, count: int, seed: int =
 
 def samples_per_class(split: Split, per_class: int, seed: int = 0) -> dict[int, np.ndarray]:
     """{class index: up to `per_class` tile indices} for every class present in the split."""
-    return {int(c): class_sample_indices(split.labels, int(c), per_class, seed + int(c))
-            for c in np.unique(split.labels)}
+    return {
+        int(c): class_sample_indices(split.labels, int(c), per_class, seed + int(c)) for c in np.unique(split.labels)
+    }
 
 
 def dataset_summary(ds: TileDataset) -> dict:

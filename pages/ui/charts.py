@@ -6,7 +6,8 @@ notebook could reuse them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -21,8 +22,14 @@ TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#d62728"
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 340) -> go.Figure:
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height,
-                      margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(
+        title=title,
+        xaxis_title=x,
+        yaxis_title=y,
+        height=height,
+        margin=dict(l=50, r=20, t=50, b=45),
+        legend=dict(orientation="h", y=-0.2),
+    )
     return fig
 
 
@@ -46,8 +53,18 @@ def curve_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> go.Figure:
 
 
 # Ten distinct colours (Plotly's qualitative palette): one per compared run, the same in every chart of the page.
-RUN_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF",
-               "#FECB52")
+RUN_COLOURS = (
+    "#636EFA",
+    "#EF553B",
+    "#00CC96",
+    "#AB63FA",
+    "#FFA15A",
+    "#19D3F3",
+    "#FF6692",
+    "#B6E880",
+    "#FF97FF",
+    "#FECB52",
+)
 
 
 def run_colours(labels: Sequence[str]) -> dict[str, str]:
@@ -55,35 +72,54 @@ def run_colours(labels: Sequence[str]) -> dict[str, str]:
     return {label: RUN_COLOURS[i % len(RUN_COLOURS)] for i, label in enumerate(labels)}
 
 
-def overlay_figure(series: Mapping[str, Sequence[Mapping[str, Any]]], key: str, title: str | None = None,
-                   colours: Mapping[str, str] | None = None) -> go.Figure:
+def overlay_figure(
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    key: str,
+    title: str | None = None,
+    colours: Mapping[str, str] | None = None,
+) -> go.Figure:
     """One line per run: `key` (a metrics.jsonl column, e.g. "val_acc") per epoch. `series`: label -> rows."""
     colours = colours or run_colours(list(series))
     fig = go.Figure()
     for label, rows in series.items():
         xs, ys = _series(rows, key)
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label,
-                                     line=dict(color=colours.get(label))))
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, line=dict(color=colours.get(label))))
     return _layout(fig, title or f"{key} per epoch", "epoch", key, height=420)
 
 
-def metrics_bar_figure(values: Mapping[str, Mapping[str, float | None]], colours: Mapping[str, str] | None = None,
-                       title: str = "Test metrics") -> go.Figure:
+def metrics_bar_figure(
+    values: Mapping[str, Mapping[str, float | None]],
+    colours: Mapping[str, str] | None = None,
+    title: str = "Test metrics",
+) -> go.Figure:
     """Grouped bars: one group per metric (accuracy, AUC...), one bar per run. `values`: run label -> metric -> value."""
     colours = colours or run_colours(list(values))
     fig = go.Figure()
     for label, metrics in values.items():
         names = [m for m, v in metrics.items() if isinstance(v, (int, float))]
-        fig.add_trace(go.Bar(x=names, y=[metrics[m] for m in names], name=label, marker_color=colours.get(label),
-                             text=[f"{metrics[m]:.3f}" for m in names], textposition="outside"))
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[metrics[m] for m in names],
+                name=label,
+                marker_color=colours.get(label),
+                text=[f"{metrics[m]:.3f}" for m in names],
+                textposition="outside",
+            )
+        )
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.1])
     return _layout(fig, title, "", "value", height=380)
 
 
-def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str], normalize: bool = False,
-                     title: str = "Confusion matrix", clickable: bool = False) -> go.Figure:
+def confusion_figure(
+    confusion: Sequence[Sequence[float]],
+    classes: Sequence[str],
+    normalize: bool = False,
+    title: str = "Confusion matrix",
+    clickable: bool = False,
+) -> go.Figure:
     """Heat map, rows = true class, columns = predicted. normalize=True divides each row by its total (recall)."""
     counts = np.asarray(confusion, dtype=float)
     if normalize:
@@ -98,21 +134,38 @@ def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str
     full = [str(c) for c in classes]
     names = short_names(full)  # NCT abbreviations on the axes where the dataset has them; full names on hover
     hover = [[[full[i], full[j]] for j in range(len(full))] for i in range(len(full))]
-    fig = go.Figure(go.Heatmap(z=values, x=names, y=names, text=text, texttemplate="%{text}", customdata=hover,
-                               colorscale="Blues", zmin=0, zmax=1 if normalize else None,
-                               hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}"
-                                             "<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=names,
+            y=names,
+            text=text,
+            texttemplate="%{text}",
+            customdata=hover,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1 if normalize else None,
+            hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}<extra></extra>",
+        )
+    )
     if clickable:  # invisible markers on the cells: plotly's point selection reports the clicked cell
         cells = [(i, j) for i in range(len(names)) for j in range(len(names))]
-        fig.add_trace(go.Scatter(x=[names[j] for _, j in cells], y=[names[i] for i, _ in cells], mode="markers",
-                                 customdata=[[i, j] for i, j in cells], showlegend=False, hoverinfo="skip",
-                                 marker=dict(size=30, opacity=0.01, symbol="square", color="#000"),
-                                 name="cells"))
+        fig.add_trace(
+            go.Scatter(
+                x=[names[j] for _, j in cells],
+                y=[names[i] for i, _ in cells],
+                mode="markers",
+                customdata=[[i, j] for i, j in cells],
+                showlegend=False,
+                hoverinfo="skip",
+                marker=dict(size=30, opacity=0.01, symbol="square", color="#000"),
+                name="cells",
+            )
+        )
         fig.update_layout(clickmode="event+select", dragmode=False)
     fig.update_yaxes(autorange="reversed")
     size = max(360, 60 + 38 * len(names))
-    return _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true",
-                   height=size)
+    return _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true", height=size)
 
 
 def selected_cell(selection: Any) -> tuple[int, int] | None:
@@ -138,15 +191,19 @@ def roc_figure(roc: Mapping[str, Mapping[str, Any]], title: str = "ROC curves") 
         auc = curve.get("auc")
         label = f"{cls} (AUC {auc:.3f})" if isinstance(auc, (int, float)) else f"{cls}"
         fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=label))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
-                             line=dict(dash="dash", color="grey"), showlegend=False))
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dash", color="grey"), showlegend=False
+        )
+    )
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(range=[0, 1.02])
     return _layout(fig, title, "false positive rate", "true positive rate", height=420)
 
 
-def reliability_figure(reliability: Mapping[str, Sequence[float]], ece: float | None = None,
-                       title: str = "Reliability diagram") -> go.Figure:
+def reliability_figure(
+    reliability: Mapping[str, Sequence[float]], ece: float | None = None, title: str = "Reliability diagram"
+) -> go.Figure:
     """Accuracy per confidence bin (bars at the bin centres; empty bins left out) against the diagonal."""
     edges = np.asarray(reliability.get("bin_edges") or [], dtype=float)
     conf = reliability.get("confidence") or []
@@ -163,13 +220,23 @@ def reliability_figure(reliability: Mapping[str, Sequence[float]], ece: float | 
         confs.append(conf[i] if i < len(conf) else None)
         counts.append(n)
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=centres, y=accs, width=widths, name="accuracy", marker_color=TRAIN_COLOUR,
-                         text=[f"{n}" if n is not None else "" for n in counts], textposition="outside",
-                         customdata=np.array([confs, counts], dtype=object).T if centres else None,
-                         hovertemplate="accuracy %{y:.3f}<br>mean confidence %{customdata[0]:.3f}"
-                                       "<br>%{customdata[1]} tiles<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
-                             line=dict(dash="dash", color="grey")))
+    fig.add_trace(
+        go.Bar(
+            x=centres,
+            y=accs,
+            width=widths,
+            name="accuracy",
+            marker_color=TRAIN_COLOUR,
+            text=[f"{n}" if n is not None else "" for n in counts],
+            textposition="outside",
+            customdata=np.array([confs, counts], dtype=object).T if centres else None,
+            hovertemplate="accuracy %{y:.3f}<br>mean confidence %{customdata[0]:.3f}"
+            "<br>%{customdata[1]} tiles<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(dash="dash", color="grey"))
+    )
     fig.update_xaxes(range=[0, 1])
     label = f"{title} (ECE {ece:.3f})" if isinstance(ece, (int, float)) else title
     fig.update_yaxes(range=[0, 1.12])  # room for the tile counts above the bars
@@ -183,8 +250,14 @@ def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested_lr: 
         # On a log axis plotly places shapes (the vline) at data values but annotations at log10 values: a vline
         # at log10(lr) (a negative number) stretched the axis down to 1e-60 and put the marker at the far left.
         fig.add_vline(x=float(suggested_lr), line_dash="dash", line_color=VAL_COLOUR)
-        fig.add_annotation(x=float(np.log10(suggested_lr)), y=1, yref="paper", text=f"suggested {suggested_lr:.2g}",
-                           showarrow=False, yanchor="bottom")
+        fig.add_annotation(
+            x=float(np.log10(suggested_lr)),
+            y=1,
+            yref="paper",
+            text=f"suggested {suggested_lr:.2g}",
+            showarrow=False,
+            yanchor="bottom",
+        )
     tested = [float(v) for v in lrs if v and v > 0]
     if tested:  # the axis spans exactly the rates tried (log axis ranges are given in log10)
         fig.update_xaxes(range=[float(np.log10(min(tested))), float(np.log10(max(tested)))])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import streamlit as st
 
@@ -47,9 +47,11 @@ def require_sign_in() -> None:
             try:
                 st.login()
             except Exception as exc:  # noqa: BLE001 - e.g. Authlib missing or [auth] incomplete: say so, one line
-                st.error(f"Sign-in is configured in .streamlit/secrets.toml but cannot start: "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
-                         "(install Authlib>=1.3.2 and check the [auth] section)")
+                st.error(
+                    f"Sign-in is configured in .streamlit/secrets.toml but cannot start: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+                    "(install Authlib>=1.3.2 and check the [auth] section)"
+                )
         st.stop()
     with st.sidebar:
         st.caption(f"Signed in as {signed_in_user()}")

@@ -1,16 +1,17 @@
 """The dataset picker every page reuses, the cached dataset opener, and the Datasets page's figures.
 
-    choice = dataset_picker("train_ds")          # None until something usable is chosen
-    if choice:
-        ds = open_cached(*choice)                # choice is (spec, size, as_rgb)
+choice = dataset_picker("train_ds")          # None until something usable is chosen
+if choice:
+    ds = open_cached(*choice)                # choice is (spec, size, as_rgb)
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import plotly.graph_objects as go
@@ -32,6 +33,7 @@ class DatasetChoice(NamedTuple):
 
 
 # -- opening, cached ------------------------------------------------------------------------------------
+
 
 def source_stamp(spec: str) -> tuple:
     """Changes when a path dataset changes (the folder or its class folders gain/lose files), so the
@@ -67,6 +69,7 @@ def open_cached(spec: str, size: int | None = None, as_rgb: bool = False, data_d
 
 # -- the picker -----------------------------------------------------------------------------------------
 
+
 class _Option(NamedTuple):
     spec: str
     label: str
@@ -94,8 +97,9 @@ def _options(include_missing: bool, data_dir) -> list[_Option]:
                 continue
             channels = info[e.name]["n_channels"] if e.source == "medmnist" else 3
             where = "not downloaded" if e.source == "medmnist" else "not present"
-            out.append(_Option(e.name, f"{e.title} ({where})", e.sizes if e.source == "medmnist" else (),
-                               channels, False))
+            out.append(
+                _Option(e.name, f"{e.title} ({where})", e.sizes if e.source == "medmnist" else (), channels, False)
+            )
     return out
 
 
@@ -130,8 +134,9 @@ def _size_label(size: int | None) -> str:
     return "auto (native, at most 64 px)" if size is None else f"{size} px"
 
 
-def dataset_picker(key: str, *, include_missing: bool = False, default: str | None = None,
-                   data_dir: str | None = None) -> DatasetChoice | None:
+def dataset_picker(
+    key: str, *, include_missing: bool = False, default: str | None = None, data_dir: str | None = None
+) -> DatasetChoice | None:
     """Dataset, tile size and (for grayscale sets) grayscale→RGB widgets. Returns None until a usable
     choice is made. `include_missing` also lists MedMNIST sets not downloaded yet (the Datasets page
     offers their download). `default`: a spec to preselect (e.g. from `?dataset=`), used once per session."""
@@ -163,8 +168,11 @@ def dataset_picker(key: str, *, include_missing: bool = False, default: str | No
     spec = cols[0].selectbox("Dataset", specs + [OTHER_PATH], format_func=labels.get, key=choice_key)
     if spec == OTHER_PATH:
         roots = paths.data_roots(data_dir)
-        spec = st.text_input("Path: MedMNIST-layout .npz, folder of class folders, CSV manifest or PCam .h5 folder",
-                             key=path_key, placeholder=str(roots[0]) if roots else "").strip()
+        spec = st.text_input(
+            "Path: MedMNIST-layout .npz, folder of class folders, CSV manifest or PCam .h5 folder",
+            key=path_key,
+            placeholder=str(roots[0]) if roots else "",
+        ).strip()
         st.caption("Allowed folders: " + ", ".join(f"`{r}`" for r in roots))
         if spec and not _allowed(spec, data_dir):
             from histo_core.paths import OUTSIDE_ROOTS_MESSAGE
@@ -176,15 +184,22 @@ def dataset_picker(key: str, *, include_missing: bool = False, default: str | No
         option = options[specs.index(spec)]
     size = None
     if option.sizes:
-        size = cols[1].selectbox("Tile size", list(option.sizes), format_func=_size_label, key=f"{key}_size_{spec}",
-                                 help="MedMNIST: which file (28/64/128/224); folders and CSV: the size images are "
-                                      "decoded to")
+        size = cols[1].selectbox(
+            "Tile size",
+            list(option.sizes),
+            format_func=_size_label,
+            key=f"{key}_size_{spec}",
+            help="MedMNIST: which file (28/64/128/224); folders and CSV: the size images are decoded to",
+        )
     else:
         cols[1].caption("Tile size: native")
     as_rgb = False
     if option.channels in (1, None):
-        as_rgb = cols[2].checkbox("Grayscale → RGB", key=f"{key}_rgb",
-                                  help="serve 1-channel sets as 3 identical channels (for ImageNet-pretrained models)")
+        as_rgb = cols[2].checkbox(
+            "Grayscale → RGB",
+            key=f"{key}_rgb",
+            help="serve 1-channel sets as 3 identical channels (for ImageNet-pretrained models)",
+        )
     if not spec:
         return None
     return DatasetChoice(spec, size, bool(as_rgb))
@@ -192,14 +207,22 @@ def dataset_picker(key: str, *, include_missing: bool = False, default: str | No
 
 # -- figures --------------------------------------------------------------------------------------------
 
+
 def class_distribution_figure(classes: Sequence[str], counts: dict[str, Sequence[int]]) -> go.Figure:
     """Grouped bars: tiles per class, one colour per split."""
     fig = go.Figure()
     for split, values in counts.items():
-        fig.add_bar(name=f"{split} ({sum(values):,})", x=list(classes), y=list(values),
-                    marker_color=SPLIT_COLOURS.get(split))
-    fig.update_layout(barmode="group", height=360, xaxis_title="class", yaxis_title="tiles",
-                      margin=dict(l=50, r=20, t=30, b=60), legend=dict(orientation="h", y=1.1))
+        fig.add_bar(
+            name=f"{split} ({sum(values):,})", x=list(classes), y=list(values), marker_color=SPLIT_COLOURS.get(split)
+        )
+    fig.update_layout(
+        barmode="group",
+        height=360,
+        xaxis_title="class",
+        yaxis_title="tiles",
+        margin=dict(l=50, r=20, t=30, b=60),
+        legend=dict(orientation="h", y=1.1),
+    )
     return fig
 
 
@@ -211,8 +234,13 @@ def histogram_figure(histograms: Sequence[Sequence[int]]) -> go.Figure:
     for name, colour, hist in zip(names, colours, histograms):
         h = np.asarray(hist, np.float64)
         fig.add_scatter(x=np.arange(256), y=h / max(h.sum(), 1), name=name, mode="lines", line=dict(color=colour))
-    fig.update_layout(height=320, xaxis_title="pixel value", yaxis_title="fraction of pixels",
-                      margin=dict(l=50, r=20, t=30, b=45), legend=dict(orientation="h", y=1.12))
+    fig.update_layout(
+        height=320,
+        xaxis_title="pixel value",
+        yaxis_title="fraction of pixels",
+        margin=dict(l=50, r=20, t=30, b=45),
+        legend=dict(orientation="h", y=1.12),
+    )
     return fig
 
 
@@ -231,5 +259,7 @@ def for_display(tile: np.ndarray) -> np.ndarray:
 
 
 def data_dir_caption(data_dir: str | os.PathLike | None = None) -> str:
-    return (f"Data dir `{paths.data_dir(data_dir)}` (set HISTO_DATA_DIR to change it): downloads, the decode "
-            "cache and the list of added datasets live there.")
+    return (
+        f"Data dir `{paths.data_dir(data_dir)}` (set HISTO_DATA_DIR to change it): downloads, the decode "
+        "cache and the list of added datasets live there."
+    )

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from histo_core import jobs
-from histo_core import classnames
+from histo_core import classnames, jobs
 from histo_core.classnames import match_classes, short_name
 from histo_core.errors import HistoError
 from histo_core.evaluation import list_evaluations
@@ -21,8 +20,9 @@ REFRESH_S = 2.0
 
 
 def model_classes(run: RunDir) -> list[str]:
-    return [str(c) for c in (run.dataset().get("classes") or ((run.results() or {}).get("test") or {}).get("classes")
-                             or [])]
+    return [
+        str(c) for c in (run.dataset().get("classes") or ((run.results() or {}).get("test") or {}).get("classes") or [])
+    ]
 
 
 def class_map_editor(dataset_classes: list[str], classes: list[str], key: str) -> dict[str, str] | None:
@@ -30,14 +30,25 @@ def class_map_editor(dataset_classes: list[str], classes: list[str], key: str) -
     Returns the map to pass on (only the rows that differ from the automatic match), or None (with st.error)."""
     auto = match_classes(dataset_classes, classes)
     options = [NO_COUNTERPART, *classes]
-    frame = pd.DataFrame({"dataset class": dataset_classes,
-                          "model class": [NO_COUNTERPART if m is None else classes[m] for m in auto]})
+    frame = pd.DataFrame(
+        {"dataset class": dataset_classes, "model class": [NO_COUNTERPART if m is None else classes[m] for m in auto]}
+    )
     edited = st.data_editor(
-        frame, key=key, hide_index=True, width="stretch", disabled=["dataset class"],
-        column_config={"model class": st.column_config.SelectboxColumn(
-            "model class", options=options, required=True,
-            help="Which of the model's classes this dataset class is; tiles of a class with no counterpart are not "
-                 "scored but listed apart with what the model called them")})
+        frame,
+        key=key,
+        hide_index=True,
+        width="stretch",
+        disabled=["dataset class"],
+        column_config={
+            "model class": st.column_config.SelectboxColumn(
+                "model class",
+                options=options,
+                required=True,
+                help="Which of the model's classes this dataset class is; tiles of a class with no counterpart are not "
+                "scored but listed apart with what the model called them",
+            )
+        },
+    )
     mapping = {}
     for src, dst, a in zip(edited["dataset class"], edited["model class"], auto):
         if dst == NO_COUNTERPART:
@@ -67,22 +78,32 @@ def evaluate_panel(run: RunDir) -> None:
         if ds is None:
             return
         sizes = ds.split_sizes()
-        st.caption(f"**{ds.info.title}** · {ds.info.num_classes} classes · "
-                   + " / ".join(f"{k} {v:,}" for k, v in sizes.items()))
+        st.caption(
+            f"**{ds.info.title}** · {ds.info.num_classes} classes · "
+            + " / ".join(f"{k} {v:,}" for k, v in sizes.items())
+        )
         a, b = st.columns([1, 2])
-        split = a.selectbox("Tiles to score", SPLITS, key=f"evaluate_split_{run.id}",
-                            format_func=lambda s: "all of them" if s == "all" else f"{s} split ({sizes.get(s, 0):,})")
-        name = b.text_input("Name of this evaluation", key=f"evaluate_name_{run.id}",
-                            placeholder="default: <dataset>-<split>")
+        split = a.selectbox(
+            "Tiles to score",
+            SPLITS,
+            key=f"evaluate_split_{run.id}",
+            format_func=lambda s: "all of them" if s == "all" else f"{s} split ({sizes.get(s, 0):,})",
+        )
+        name = b.text_input(
+            "Name of this evaluation", key=f"evaluate_name_{run.id}", placeholder="default: <dataset>-<split>"
+        )
         st.markdown("**Classes**: the dataset's (left) and the model's class each counts as (right)")
         try:
             mapping = class_map_editor([str(c) for c in ds.info.classes], classes, key=f"evaluate_map_{run.id}")
         except HistoError as exc:
             st.error(str(exc))
             return
-        if mapping is not None and st.button("Start the evaluation", key=f"evaluate_start_{run.id}", type="primary",
-                                             help="runs `python -m histo_core evaluate` in the background; the "
-                                                  "result is saved with the run"):
+        if mapping is not None and st.button(
+            "Start the evaluation",
+            key=f"evaluate_start_{run.id}",
+            type="primary",
+            help="runs `python -m histo_core evaluate` in the background; the result is saved with the run",
+        ):
             with user_errors("Not started: "):
                 started = jobs.start_evaluation(run, choice.spec, split, mapping, name or None)
                 st.session_state[f"evaluate_started_{run.id}"] = started
@@ -113,13 +134,30 @@ def evaluations_view(run: RunDir) -> None:
     if not saved:
         return
     st.markdown("**Evaluations on other datasets**")
-    table = pd.DataFrame([{"name": e["name"], "dataset": e.get("dataset_title") or e.get("dataset"),
-                           "tiles": e.get("split"), "scored": e["n"], "not scored": sum(u["tiles"] for u in e.get("unmatched") or []),
-                           "accuracy": e.get("accuracy"), "AUC": e.get("auc"), "when": e.get("evaluated_at")}
-                          for e in saved])
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={"accuracy": st.column_config.NumberColumn(format="%.3f"),
-                                "AUC": st.column_config.NumberColumn(format="%.3f")})
+    table = pd.DataFrame(
+        [
+            {
+                "name": e["name"],
+                "dataset": e.get("dataset_title") or e.get("dataset"),
+                "tiles": e.get("split"),
+                "scored": e["n"],
+                "not scored": sum(u["tiles"] for u in e.get("unmatched") or []),
+                "accuracy": e.get("accuracy"),
+                "AUC": e.get("auc"),
+                "when": e.get("evaluated_at"),
+            }
+            for e in saved
+        ]
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "accuracy": st.column_config.NumberColumn(format="%.3f"),
+            "AUC": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
     pick = st.selectbox("Show evaluation", [e["name"] for e in saved], key=f"evaluate_show_{run.id}")
     report = next(e for e in saved if e["name"] == pick)
     from histo_core.evaluation import format_matching

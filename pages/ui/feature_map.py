@@ -3,8 +3,9 @@ faithfulness notes. The work is in histo_core (embeddings, similar, faithfulness
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,13 +13,18 @@ import plotly.express as px
 import streamlit as st
 
 from histo_core import jobs
-from histo_core.embeddings import EmbedTarget, EmbeddingStore, is_current, load_store
+from histo_core.embeddings import EmbeddingStore, EmbedTarget, is_current, load_store
 from histo_core.errors import HistoError
 from histo_core.explain import uniform_maps
 from pages.ui.classify import tile_grid
 
-COLOUR_BY = {"true class": "true", "predicted class": "predicted", "correct / wrong": "outcome",
-             "confidence": "confidence", "suspected label error": "label_error"}
+COLOUR_BY = {
+    "true class": "true",
+    "predicted class": "predicted",
+    "correct / wrong": "outcome",
+    "confidence": "confidence",
+    "suspected label error": "label_error",
+}
 MAX_SHOWN = 48  # selected tiles drawn at once
 
 
@@ -68,8 +74,10 @@ def _job_progress(path: str, kind: str) -> None:
     status = jobs.job_status(path) or {}
     if status.get("state") != "running":
         st.rerun()  # finished (or failed): redraw the whole page with the result
-    st.progress(min(1.0, float(status.get("progress") or 0.0)),
-                text=f"{kind} running in the background (process {status.get('pid')}): {status.get('message', '')}")
+    st.progress(
+        min(1.0, float(status.get("progress") or 0.0)),
+        text=f"{kind} running in the background (process {status.get('pid')}): {status.get('message', '')}",
+    )
 
 
 # -- the map -----------------------------------------------------------------------------------------------
@@ -91,12 +99,34 @@ def scatter(df: pd.DataFrame, colour: str, title: str):
         kwargs["color_discrete_map"] = {"correct": "#2ca02c", "wrong": "#d62728", "n/a": "#7f7f7f"}
     elif column == "label_error":
         kwargs["color_discrete_map"] = {"suspected": "#d62728", "not flagged": "#1f77b4", "not checked": "#c7c7c7"}
-    fig = px.scatter(df, x="x", y="y", color=column, symbol="split", custom_data=["split", "row"],
-                     hover_data={"split": True, "row": True, "true": True, "predicted": True, "confidence": ":.3f",
-                                 "x": False, "y": False}, title=title, **kwargs)
+    fig = px.scatter(
+        df,
+        x="x",
+        y="y",
+        color=column,
+        symbol="split",
+        custom_data=["split", "row"],
+        hover_data={
+            "split": True,
+            "row": True,
+            "true": True,
+            "predicted": True,
+            "confidence": ":.3f",
+            "x": False,
+            "y": False,
+        },
+        title=title,
+        **kwargs,
+    )
     fig.update_traces(marker=dict(size=7 if len(df) < 2000 else 4, opacity=0.85))
-    fig.update_layout(height=620, dragmode="lasso", legend=dict(title=None), margin=dict(l=0, r=0, t=40, b=0),
-                      xaxis=dict(title="t-SNE 1", showticklabels=False), yaxis=dict(title="t-SNE 2", showticklabels=False))
+    fig.update_layout(
+        height=620,
+        dragmode="lasso",
+        legend=dict(title=None),
+        margin=dict(l=0, r=0, t=40, b=0),
+        xaxis=dict(title="t-SNE 1", showticklabels=False),
+        yaxis=dict(title="t-SNE 2", showticklabels=False),
+    )
     return fig
 
 
@@ -121,7 +151,9 @@ def selection_grid(df: pd.DataFrame, picked: list[tuple[str, int]], tiles_of) ->
         return
     index = df.set_index(["split", "row"])
     shown = picked[:MAX_SHOWN]
-    st.markdown(f"**{len(picked)} tile(s) selected**" + (f", the first {MAX_SHOWN} shown" if len(picked) > MAX_SHOWN else ""))
+    st.markdown(
+        f"**{len(picked)} tile(s) selected**" + (f", the first {MAX_SHOWN} shown" if len(picked) > MAX_SHOWN else "")
+    )
     summary = index.loc[picked][["true", "predicted", "confidence", "outcome"]].reset_index()
     counts = summary["true"].value_counts()
     st.caption("true classes: " + " · ".join(f"{c} {n}" for c, n in counts.items()))
@@ -141,31 +173,46 @@ def selection_grid(df: pd.DataFrame, picked: list[tuple[str, int]], tiles_of) ->
         rec = index.loc[key]
         images.append(fetched[key])
         mark = "" if rec["outcome"] != "wrong" else " ✗"
-        caps.append(f"{key[0]} #{key[1]} · true {rec['true']} · pred {rec['predicted']} ({rec['confidence']:.2f}){mark}")
+        caps.append(
+            f"{key[0]} #{key[1]} · true {rec['true']} · pred {rec['predicted']} ({rec['confidence']:.2f}){mark}"
+        )
     tile_grid(images, caps, columns=6, px=128)
     st.dataframe(summary, hide_index=True, width="stretch")
 
 
 # -- faithfulness table ------------------------------------------------------------------------------------
 def quality_table(doc: dict[str, Any]) -> None:
-    rows = pd.DataFrame(doc["methods"])[["rank", "method", "road_mean", "road_median", "unfaithful_share", "flat_share",
-                                         "seconds_per_tile"]]
-    st.dataframe(rows, hide_index=True, width="stretch", column_config={
-        "road_mean": st.column_config.NumberColumn("ROAD mean", format="%+.4f"),
-        "road_median": st.column_config.NumberColumn("ROAD median", format="%+.4f"),
-        "unfaithful_share": st.column_config.ProgressColumn("unfaithful maps", min_value=0.0, max_value=1.0, format="%.0f%%"),
-        "flat_share": st.column_config.ProgressColumn("flat maps", min_value=0.0, max_value=1.0, format="%.0f%%"),
-        "seconds_per_tile": st.column_config.NumberColumn("s / tile", format="%.3f")})
+    rows = pd.DataFrame(doc["methods"])[
+        ["rank", "method", "road_mean", "road_median", "unfaithful_share", "flat_share", "seconds_per_tile"]
+    ]
+    st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "road_mean": st.column_config.NumberColumn("ROAD mean", format="%+.4f"),
+            "road_median": st.column_config.NumberColumn("ROAD median", format="%+.4f"),
+            "unfaithful_share": st.column_config.ProgressColumn(
+                "unfaithful maps", min_value=0.0, max_value=1.0, format="%.0f%%"
+            ),
+            "flat_share": st.column_config.ProgressColumn("flat maps", min_value=0.0, max_value=1.0, format="%.0f%%"),
+            "seconds_per_tile": st.column_config.NumberColumn("s / tile", format="%.3f"),
+        },
+    )
     best = doc.get("best")
-    st.caption(f"{doc['metric']}; {doc['tiles']} {doc['split']} tiles" + (f" (a seeded sample of {doc['of']})" if doc["sampled"] else "")
-               + f"; computed {doc['computed_at']} in {doc['seconds']} s. "
-               + (f"Most faithful here: **{best}**. " if best else "")
-               + "Unfaithful: removing the pixels the map highlights lowers p(class) no more than removing the others.")
+    st.caption(
+        f"{doc['metric']}; {doc['tiles']} {doc['split']} tiles"
+        + (f" (a seeded sample of {doc['of']})" if doc["sampled"] else "")
+        + f"; computed {doc['computed_at']} in {doc['seconds']} s. "
+        + (f"Most faithful here: **{best}**. " if best else "")
+        + "Unfaithful: removing the pixels the map highlights lowers p(class) no more than removing the others."
+    )
 
 
 # -- Classify page additions -------------------------------------------------------------------------------
-def faithfulness_note(loaded, tile: np.ndarray, cam: np.ndarray, target: int, method: str, cache_key: str,
-                      container=None) -> None:
+def faithfulness_note(
+    loaded, tile: np.ndarray, cam: np.ndarray, target: int, method: str, cache_key: str, container=None
+) -> None:
     """The ROAD score of the map just drawn, one line under the overlay (computed once per map and kept)."""
     from histo_core.faithfulness import describe, road_scores
 
@@ -174,8 +221,12 @@ def faithfulness_note(loaded, tile: np.ndarray, cam: np.ndarray, target: int, me
 
     store = st.session_state.setdefault("faithfulness_scores", {})
     flat = bool(uniform_maps(cam)[0])
-    key = (cache_key, hashlib.blake2b(np.ascontiguousarray(tile).tobytes(), digest_size=12).hexdigest(), method,
-           int(target))
+    key = (
+        cache_key,
+        hashlib.blake2b(np.ascontiguousarray(tile).tobytes(), digest_size=12).hexdigest(),
+        method,
+        int(target),
+    )
     if not flat and key not in store:
         store[key] = float(road_scores(loaded.model, loaded.meta, tile[None], cam[None], [int(target)])[0])
     text = describe(store.get(key), flat)
@@ -214,9 +265,12 @@ def dataset_tiles(target: EmbedTarget, meta: dict[str, Any]):
         s = ds.split(split)
         rows = np.asarray(rows, np.int64)
         if len(rows) and rows.max() >= len(s):
-            raise HistoError(f"{split}: the embeddings refer to row {int(rows.max())}, but the dataset now has "
-                             f"{len(s)} tiles; compute the embeddings again")
+            raise HistoError(
+                f"{split}: the embeddings refer to row {int(rows.max())}, but the dataset now has "
+                f"{len(s)} tiles; compute the embeddings again"
+            )
         return s.get(rows)
+
     return get
 
 
@@ -234,8 +288,10 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
             return
         store = current_store(target)
         if store is None:
-            st.caption("The training tiles of this model are not embedded yet (a run trained before this feature, or "
-                       "an export). Compute them once, in the background:")
+            st.caption(
+                "The training tiles of this model are not embedded yet (a run trained before this feature, or "
+                "an export). Compute them once, in the background:"
+            )
             job_panel(target, [target.model_ref], "embed", "Embed the training tiles", key=f"{key}_embed")
             return
         try:
@@ -248,8 +304,10 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
         voted, share = knn_vote(hits.labels, hits.distances, len(index.classes))
         pred = int(np.argmax(probs))
         vote_name, pred_name = index.classes[int(voted[0])], loaded.meta.classes[pred]
-        line = (f"k-NN vote of the {hits.labels.shape[1]} nearest of {len(index):,} training tiles: **{vote_name}** "
-                f"({share[0]:.0%}) · model: **{pred_name}** ({probs[pred]:.1%})")
+        line = (
+            f"k-NN vote of the {hits.labels.shape[1]} nearest of {len(index):,} training tiles: **{vote_name}** "
+            f"({share[0]:.0%}) · model: **{pred_name}** ({probs[pred]:.1%})"
+        )
         if vote_name != pred_name:
             st.warning(line + " — the most similar training tiles disagree with the model: look closer.", icon="⚠️")
         else:
@@ -261,8 +319,10 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
         except HistoError as exc:
             st.caption(str(exc))
             imgs = None
-        caps = [f"{index.classes[int(l)]} · d={d:.3f} · {s} #{r}"
-                for l, d, s, r in zip(hits.labels[0], hits.distances[0], splits, rows)]
+        caps = [
+            f"{index.classes[int(lab)]} · d={d:.3f} · {s} #{r}"
+            for lab, d, s, r in zip(hits.labels[0], hits.distances[0], splits, rows)
+        ]
         if imgs is not None:
             tile_grid(imgs, caps, columns=4, px=112)
         else:

@@ -39,21 +39,23 @@ def summary_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
     """The runs table: one row per run, readable column names."""
     rows = []
     for s in summaries:
-        rows.append({
-            "run": s["name"] or s["id"],
-            "state": s["state"],
-            "progress": round(100 * s["progress"]),
-            "test acc": s["test_accuracy"],
-            "test AUC": s["test_auc"],
-            "dataset": dataset_label(s),
-            "architecture": s["arch"],
-            "epoch": f"{s['epoch']}/{s['epochs']}",
-            "best val": _metric_text(s["monitor"], s["best_val"]),
-            "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
-            "duration": fmt_duration(s["duration_s"]),
-            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"])) if s["created_at"] else "",
-            "run id": s["id"],
-        })
+        rows.append(
+            {
+                "run": s["name"] or s["id"],
+                "state": s["state"],
+                "progress": round(100 * s["progress"]),
+                "test acc": s["test_accuracy"],
+                "test AUC": s["test_auc"],
+                "dataset": dataset_label(s),
+                "architecture": s["arch"],
+                "epoch": f"{s['epoch']}/{s['epochs']}",
+                "best val": _metric_text(s["monitor"], s["best_val"]),
+                "noise": f"{s['noise']:g} {s['noise_mode']}" if s["noise"] else "0",
+                "duration": fmt_duration(s["duration_s"]),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"])) if s["created_at"] else "",
+                "run id": s["id"],
+            }
+        )
         if any(x.get("started_by") for x in summaries):  # runs started while sign-in was required
             rows[-1]["started by"] = s.get("started_by") or "-"
     return pd.DataFrame(rows)
@@ -71,7 +73,9 @@ def _metric_text(name: str, value: float | None) -> str:
 
 def render_summary_table(summaries: list[dict[str, Any]]) -> None:
     st.dataframe(
-        summary_table(summaries), hide_index=True, width="stretch",
+        summary_table(summaries),
+        hide_index=True,
+        width="stretch",
         column_config={
             "progress": st.column_config.ProgressColumn("progress", format="%d%%", min_value=0, max_value=100),
             "test acc": st.column_config.NumberColumn(format="percent", help="accuracy on the test split"),
@@ -93,6 +97,7 @@ def link_to_page(page: str, label: str, icon: str | None = None, query_params: d
 
 # -- one run -----------------------------------------------------------------------------------------
 
+
 def render_run(run: RunDir) -> None:
     """Header, then a live panel (re-run every LIVE_REFRESH_S by a fragment) while the run is active, else the
     finished view; actions at the end."""
@@ -100,10 +105,12 @@ def render_run(run: RunDir) -> None:
     config, dataset = run.config(), run.dataset()
     title = config.get("name") or run.id
     st.subheader(title)
-    st.caption(f"`{run.id}` · {dataset.get('title') or config.get('dataset')} · {config.get('arch')} · "
-               f"{config.get('epochs')} epochs · batch {config.get('batch_size')} · {config.get('optimizer')} "
-               f"lr {config.get('lr')} · noise {config.get('noise', 0):g}"
-               + (f" ({config.get('noise_mode')})" if config.get("noise") else ""))
+    st.caption(
+        f"`{run.id}` · {dataset.get('title') or config.get('dataset')} · {config.get('arch')} · "
+        f"{config.get('epochs')} epochs · batch {config.get('batch_size')} · {config.get('optimizer')} "
+        f"lr {config.get('lr')} · noise {config.get('noise', 0):g}"
+        + (f" ({config.get('noise_mode')})" if config.get("noise") else "")
+    )
     synthetic_badge(dataset)
     if status.state in jobs.ACTIVE_STATES:
         _live_panel(run)
@@ -128,8 +135,10 @@ def _live_panel(run: RunDir) -> None:
 
 def render_progress(run: RunDir, status: RunStatus) -> None:
     if status.state == "queued":
-        st.info(f"⏳ Queued: waiting for a free {status.device or 'device'} slot. It starts by itself when a "
-                "running run ends (limit per device: HISTO_MAX_RUNS_CPU / HISTO_MAX_RUNS_CUDA).")
+        st.info(
+            f"⏳ Queued: waiting for a free {status.device or 'device'} slot. It starts by itself when a "
+            "running run ends (limit per device: HISTO_MAX_RUNS_CPU / HISTO_MAX_RUNS_CUDA)."
+        )
         return
     if status.state == jobs.STALE:
         st.warning(f"No heartbeat from {status.host} for a while: the run may have died there.")
@@ -137,8 +146,9 @@ def render_progress(run: RunDir, status: RunStatus) -> None:
         st.warning("Cancel requested: the run stops after the current batch and saves last.pt.")
     phase = f" · {status.phase}" if status.phase else ""
     step = f" · batch {status.step}/{status.steps_per_epoch}" if status.steps_per_epoch else ""
-    st.progress(min(1.0, status.progress),
-                text=f"epoch {status.epoch}/{status.epochs}{step}{phase} · {status.progress:.0%}")
+    st.progress(
+        min(1.0, status.progress), text=f"epoch {status.epoch}/{status.epochs}{step}{phase} · {status.progress:.0%}"
+    )
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("images / s", f"{status.images_per_s:,.0f}" if status.images_per_s else "-")
     c2.metric("ETA", fmt_duration(status.eta_s))
@@ -151,8 +161,11 @@ def render_curves(rows: list[dict[str, Any]]) -> None:
     if not rows:
         st.caption("Curves appear after the first epoch.")
         return
-    present = [m for m, (train_key, val_key, _) in charts.CURVE_METRICS.items()
-               if any(isinstance(r.get(k), (int, float)) for r in rows for k in (train_key, val_key) if k)]
+    present = [
+        m
+        for m, (train_key, val_key, _) in charts.CURVE_METRICS.items()
+        if any(isinstance(r.get(k), (int, float)) for r in rows for k in (train_key, val_key) if k)
+    ]
     for col, metric in zip(st.columns(max(1, len(present))), present):
         col.plotly_chart(charts.curve_figure(rows, metric), width="stretch")
 
@@ -162,46 +175,66 @@ def has_validation(run: RunDir, rows: list[dict[str, Any]] | None = None) -> boo
     return any(isinstance(r.get("val_loss"), (int, float)) for r in rows) or bool((run.results() or {}).get("val"))
 
 
-NO_VALIDATION = ("No validation split: this run trained on train+val (the default for small sets), so there are "
-                 "no validation curves and the model kept is the last epoch's; the test set measures it.")
+NO_VALIDATION = (
+    "No validation split: this run trained on train+val (the default for small sets), so there are "
+    "no validation curves and the model kept is the last epoch's; the test set measures it."
+)
 
 
 def render_report(report: dict[str, Any], key: str) -> None:
     """Accuracy, AUC, loss, ECE, then tabs for what the report holds: confusion matrix (counts / row-normalised,
     short class names, long on hover), per-class table, ROC curves, reliability diagram with tiles per bin."""
-    from histo_core.classnames import short_names
 
     classes = report.get("classes") or []
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("accuracy", _pct(report.get("accuracy")))
     c2.metric("AUC" + (f" ({report['auc_kind']})" if report.get("auc_kind") else ""), _num(report.get("auc")))
     c3.metric("loss", _num(report.get("loss")))
-    c4.metric("ECE", _num(report.get("ece")), help="expected calibration error: the gap between confidence and "
-                                                   "accuracy, averaged over confidence bins (0 is perfect)")
-    parts = [(name, part) for name, part in (("Confusion matrix", "confusion"), ("Per class", "per_class"),
-                                             ("ROC", "roc"), ("Reliability", "reliability")) if report.get(part)]
+    c4.metric(
+        "ECE",
+        _num(report.get("ece")),
+        help="expected calibration error: the gap between confidence and "
+        "accuracy, averaged over confidence bins (0 is perfect)",
+    )
+    parts = [
+        (name, part)
+        for name, part in (
+            ("Confusion matrix", "confusion"),
+            ("Per class", "per_class"),
+            ("ROC", "roc"),
+            ("Reliability", "reliability"),
+        )
+        if report.get(part)
+    ]
     if not parts:
         return
-    for (name, part), tab in zip(parts, st.tabs([p[0] for p in parts])):
+    for (_name, part), tab in zip(parts, st.tabs([p[0] for p in parts])):
         with tab:
             if part == "confusion":
                 normalise = st.toggle("row-normalised (recall per class)", key=f"norm-{key}")
-                st.plotly_chart(charts.confusion_figure(report["confusion"], classes, normalize=normalise),
-                                width="stretch", key=f"cm-{key}")
+                st.plotly_chart(
+                    charts.confusion_figure(report["confusion"], classes, normalize=normalise),
+                    width="stretch",
+                    key=f"cm-{key}",
+                )
             elif part == "per_class":
-                st.dataframe(per_class_frame(report), hide_index=True, width="stretch",
-                             column_config=PER_CLASS_COLUMNS)
+                st.dataframe(per_class_frame(report), hide_index=True, width="stretch", column_config=PER_CLASS_COLUMNS)
             elif part == "roc":
                 st.plotly_chart(charts.roc_figure(report["roc"]), width="stretch", key=f"roc-{key}")
             else:
-                st.plotly_chart(charts.reliability_figure(report["reliability"], report.get("ece")),
-                                width="stretch", key=f"rel-{key}")
+                st.plotly_chart(
+                    charts.reliability_figure(report["reliability"], report.get("ece")),
+                    width="stretch",
+                    key=f"rel-{key}",
+                )
 
 
 PER_CLASS_COLUMNS = {
     "class": st.column_config.TextColumn("class", help="short name; the full name is in the next column"),
-    "precision": st.column_config.NumberColumn(format="%.3f"), "recall": st.column_config.NumberColumn(format="%.3f"),
-    "F1": st.column_config.NumberColumn(format="%.3f"), "AUC": st.column_config.NumberColumn(format="%.3f"),
+    "precision": st.column_config.NumberColumn(format="%.3f"),
+    "recall": st.column_config.NumberColumn(format="%.3f"),
+    "F1": st.column_config.NumberColumn(format="%.3f"),
+    "AUC": st.column_config.NumberColumn(format="%.3f"),
 }
 
 
@@ -211,8 +244,20 @@ def per_class_frame(report: dict[str, Any]) -> pd.DataFrame:
 
     rows = report.get("per_class") or []
     short = short_names([r["class"] for r in rows])
-    return pd.DataFrame([{"class": s, "full name": r["class"], "precision": r["precision"], "recall": r["recall"],
-                          "F1": r["f1"], "tiles": r["support"], "AUC": r.get("auc")} for s, r in zip(short, rows)])
+    return pd.DataFrame(
+        [
+            {
+                "class": s,
+                "full name": r["class"],
+                "precision": r["precision"],
+                "recall": r["recall"],
+                "F1": r["f1"],
+                "tiles": r["support"],
+                "AUC": r.get("auc"),
+            }
+            for s, r in zip(short, rows)
+        ]
+    )
 
 
 def _pct(v: Any) -> str:
@@ -225,14 +270,15 @@ def _num(v: Any) -> str:
 
 def _finished_view(run: RunDir, status: RunStatus) -> None:
     icon = STATE_ICONS.get(status.state, "")
-    took = fmt_duration((status.finished_at - status.started_at)
-                        if status.finished_at and status.started_at else None)
+    took = fmt_duration((status.finished_at - status.started_at) if status.finished_at and status.started_at else None)
     results = run.results() or {}
     if status.state == "failed":
         st.error(f"Run failed: {status.error or 'no error recorded'}")
     elif status.state == "cancelled":
-        st.warning(f"{icon} Cancelled after epoch {status.epoch} of {status.epochs}"
-                   + (" (last.pt saved: resume continues from there)." if run.last_ckpt.exists() else "."))
+        st.warning(
+            f"{icon} Cancelled after epoch {status.epoch} of {status.epochs}"
+            + (" (last.pt saved: resume continues from there)." if run.last_ckpt.exists() else ".")
+        )
         if status.error:
             st.caption(status.error)
     else:
@@ -240,20 +286,31 @@ def _finished_view(run: RunDir, status: RunStatus) -> None:
         rows = run.metrics()
         validated = has_validation(run, rows)
         best = f"; best epoch {results['best_epoch']} by validation" if validated and results.get("best_epoch") else ""
-        st.success(f"{icon} Completed {results.get('epochs_run', status.epoch)} epochs{early} in {took} on "
-                   f"{results.get('device') or status.device or '?'}{best}")
+        st.success(
+            f"{icon} Completed {results.get('epochs_run', status.epoch)} epochs{early} in {took} on "
+            f"{results.get('device') or status.device or '?'}{best}"
+        )
         if not validated:
             st.info(NO_VALIDATION, icon="ℹ️")
     render_curves(run.metrics())
     splits = [s for s in ("test", "val") if (results.get(s) or {}).get("n")]
     if status.state == "completed" and splits:
-        split = st.radio("Evaluation split", splits, horizontal=True, key=f"split-{run.id}",
-                         format_func={"test": "test", "val": "validation"}.get) if len(splits) > 1 else splits[0]
+        split = (
+            st.radio(
+                "Evaluation split",
+                splits,
+                horizontal=True,
+                key=f"split-{run.id}",
+                format_func={"test": "test", "val": "validation"}.get,
+            )
+            if len(splits) > 1
+            else splits[0]
+        )
         report = results[split]
         which = "best checkpoint by validation" if has_validation(run) else "final model"
         st.markdown(f"**{'validation' if split == 'val' else split} set** ({report['n']:,} tiles, {which})")
         render_report(report, key=f"{split}-{run.id}")
-    elif (val := read_json(run.file("val_latest.json"))):
+    elif val := read_json(run.file("val_latest.json")):
         st.markdown(f"**Validation after the last finished epoch** ({val.get('n', '?')} tiles)")
         render_report(val, key=f"val-{run.id}")
     if status.state in ("failed", "cancelled"):
@@ -292,17 +349,23 @@ def _cancel_button(run: RunDir) -> None:
 
 
 def _resume_button(run: RunDir) -> None:
-    if st.button("Resume", key=f"resume-{run.id}", type="primary",
-                 help="continue from last.pt in a new background process"):
+    if st.button(
+        "Resume", key=f"resume-{run.id}", type="primary", help="continue from last.pt in a new background process"
+    ):
         with user_errors():
             st.session_state["runs_notice"] = jobs.resume(run)
             st.rerun()
 
 
 def _download_button(run: RunDir) -> None:
-    st.download_button("Download best.pt", data=lambda p=run.best_ckpt: p.read_bytes(),
-                       file_name=f"{run.id}-best.pt", mime="application/octet-stream",
-                       key=f"dl-{run.id}", on_click="ignore")
+    st.download_button(
+        "Download best.pt",
+        data=lambda p=run.best_ckpt: p.read_bytes(),
+        file_name=f"{run.id}-best.pt",
+        mime="application/octet-stream",
+        key=f"dl-{run.id}",
+        on_click="ignore",
+    )
 
 
 def _delete_control(run: RunDir) -> None:

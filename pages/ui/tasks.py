@@ -4,7 +4,8 @@ reloading it) and coming back shows the same task."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
 
@@ -12,8 +13,16 @@ from histo_core import jobs, tasks
 from pages.ui.common import signed_in_user, user_errors
 
 
-def task_panel(kind: str, params: dict[str, Any], *, start_label: str, help: str, key: str,
-               render_result: Callable[[dict[str, Any]], None], device: str = "cpu") -> None:
+def task_panel(
+    kind: str,
+    params: dict[str, Any],
+    *,
+    start_label: str,
+    help: str,
+    key: str,
+    render_result: Callable[[dict[str, Any]], None],
+    device: str = "cpu",
+) -> None:
     task = tasks.latest_task(kind, params)
     status = tasks.refresh_task(task) if task else None
     active = status is not None and status.state in jobs.ACTIVE_STATES

@@ -25,26 +25,45 @@ PREFIX = "train."
 OUTSIDE_FORM = ("dataset", "size", "as_rgb", "data_dir", "started_by")
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "arch": tuple(ARCHITECTURES), "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES, "noise_mode": C.NOISE_MODES,
-    "loss": C.LOSSES, "mode": C.MODES, "monitor": C.MONITORS, "device": C.DEVICES,
-    "train_splits": getattr(C, "TRAIN_SPLITS", ("train",)), "stain_norm": C.STAIN_NORMS,
+    "arch": tuple(ARCHITECTURES),
+    "optimizer": C.OPTIMIZERS,
+    "schedule": C.SCHEDULES,
+    "noise_mode": C.NOISE_MODES,
+    "loss": C.LOSSES,
+    "mode": C.MODES,
+    "monitor": C.MONITORS,
+    "device": C.DEVICES,
+    "train_splits": getattr(C, "TRAIN_SPLITS", ("train",)),
+    "stain_norm": C.STAIN_NORMS,
 }
 # float fields where None means "unknown": a number input on which 0 stands for None
 UNKNOWN_AS_ZERO = ("mpp",)
 
 CHOICE_LABELS = {
-    "noise_mode": {"batch": "batch: labels re-flipped in every batch", "fixed": "fixed: one noisy label set for all "
-                   "epochs (like a mislabelled dataset)", "pair": "pair: each class flipped into its neighbour"},
-    "loss": {"ce": "cross-entropy", "smooth": "cross-entropy + label smoothing", "sce": "symmetric cross-entropy "
-             "(robust to noisy labels)"},
-    "mode": {"scratch": "scratch: train every layer", "finetune": "finetune: train every layer (start from "
-             "ImageNet with pretrained)", "frozen": "frozen: backbone frozen, MLP head trained",
-             "fine_tune": "fine_tune: head first, then unfreeze with a lower backbone LR"},
+    "noise_mode": {
+        "batch": "batch: labels re-flipped in every batch",
+        "fixed": "fixed: one noisy label set for all epochs (like a mislabelled dataset)",
+        "pair": "pair: each class flipped into its neighbour",
+    },
+    "loss": {
+        "ce": "cross-entropy",
+        "smooth": "cross-entropy + label smoothing",
+        "sce": "symmetric cross-entropy (robust to noisy labels)",
+    },
+    "mode": {
+        "scratch": "scratch: train every layer",
+        "finetune": "finetune: train every layer (start from ImageNet with pretrained)",
+        "frozen": "frozen: backbone frozen, MLP head trained",
+        "fine_tune": "fine_tune: head first, then unfreeze with a lower backbone LR",
+    },
     "schedule": {"none": "constant", "step": "step decay", "cosine": "cosine annealing", "onecycle": "one-cycle"},
     "train_splits": {"train": "train (validate on val)", "train+val": "train+val (no validation; last epoch wins)"},
     "device": {"auto": "auto (GPU when present)", "cpu": "cpu", "cuda": "cuda"},
-    "stain_norm": {"none": "none", "macenko": "Macenko (stain vectors and concentrations)",
-                   "reinhard": "Reinhard (colour statistics in CIELAB)"},
+    "stain_norm": {
+        "none": "none",
+        "macenko": "Macenko (stain vectors and concentrations)",
+        "reinhard": "Reinhard (colour statistics in CIELAB)",
+    },
 }
 
 # group -> [(field, label, extra widget kwargs)]
@@ -53,15 +72,25 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("name", "Run name (optional)", {"help": "a label shown in the runs table"}),
         ("arch", "Architecture", {}),
         ("epochs", "Epochs", {"min_value": 1, "step": 1}),
-        ("noise", "Label-noise rate", {"help": "fraction of training labels replaced by a wrong class "
-                                               "(0 = clean; up to 0.9)", "step": 0.05, "format": "%.2f"}),
+        (
+            "noise",
+            "Label-noise rate",
+            {
+                "help": "fraction of training labels replaced by a wrong class (0 = clean; up to 0.9)",
+                "step": 0.05,
+                "format": "%.2f",
+            },
+        ),
         ("noise_mode", "Label-noise mode", {}),
     ],
     "Optimiser and schedule": [
         ("batch_size", "Batch size", {"min_value": 1, "step": 16}),
         ("optimizer", "Optimiser", {}),
-        ("lr", "Learning rate", {"min_value": 0.0, "step": 1e-4, "format": "%g",
-                                 "help": "the LR finder below suggests one"}),
+        (
+            "lr",
+            "Learning rate",
+            {"min_value": 0.0, "step": 1e-4, "format": "%g", "help": "the LR finder below suggests one"},
+        ),
         ("momentum", "Momentum (SGD)", {"step": 0.01, "format": "%.3f"}),
         ("weight_decay", "Weight decay", {"min_value": 0.0, "step": 1e-4, "format": "%g"}),
         ("schedule", "LR schedule", {}),
@@ -87,12 +116,24 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("augment.stain_jitter", "H&E stain jitter (HED space, 0 = off)", {"step": 0.01, "format": "%.2f"}),
     ],
     "Stain and scale": [
-        ("stain_norm", "Stain normalisation (training tiles and every input alike)",
-         {"help": "normalise every tile to the training set's stain; helps on tiles from other labs "
-                  "(benchmarks/RESULTS.md)"}),
-        ("mpp", "µm per pixel of the dataset's images (0 = unknown)",
-         {"min_value": 0.0, "step": 0.05, "format": "%.3f",
-          "help": "known for PathMNIST and PCam; for a folder or CSV it lets the model record its field of view"}),
+        (
+            "stain_norm",
+            "Stain normalisation (training tiles and every input alike)",
+            {
+                "help": "normalise every tile to the training set's stain; helps on tiles from other labs "
+                "(benchmarks/RESULTS.md)"
+            },
+        ),
+        (
+            "mpp",
+            "µm per pixel of the dataset's images (0 = unknown)",
+            {
+                "min_value": 0.0,
+                "step": 0.05,
+                "format": "%.3f",
+                "help": "known for PathMNIST and PCam; for a folder or CSV it lets the model record its field of view",
+            },
+        ),
     ],
     "Early stopping and splits": [
         ("early_stopping", "Stop early when the monitored metric stops improving", {}),
