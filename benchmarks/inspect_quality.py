@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                 n_ref += 1
         quality = cli("explain-quality", run, "--tiles", "40", "--json")
     recs = test_doc["results"]
-    from histo_core.gallery import run_classes
+    from histo_core.review import run_classes
     from histo_core.runs import RunDir
 
     classes = run_classes(RunDir(run))

@@ -5,18 +5,20 @@
     rgb = overlay(tiles[0], cams[0], alpha=0.5, out_size=224)
 
 The target layer is the architecture's registered one (models.cam_target_layer), chosen so the map keeps
-at least 4x4 cells at small inputs. CAM objects are reused per (model, method), but their hooks are
-attached only while a batch is being explained and released right after (a long-running app must not
-accumulate hooks, nor store activations on every ordinary prediction). A map whose range is below 1e-6
+at least 4x4 cells at small inputs. Each call uses the library's context manager (`with GradCAM(...) as
+cam:`), so hooks are attached only while tiles are being explained and released right after (a long-running
+app must not accumulate hooks, nor store activations on every ordinary prediction). A map whose range is below 1e-6
 carries no information (e.g. a dead ReLU layer); `uniform_maps` flags it so the UI says so instead of
 painting a flat colour as if it meant something.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,49 +69,40 @@ def get_method(name: str) -> CamMethod:
     return CAM_METHODS[name]
 
 
-def _quiet_scorecam() -> None:
-    # ScoreCAM draws a tqdm bar per image on stderr; a page or `predict --json` must not be flooded.
-    from pytorch_grad_cam import score_cam
-
-    class _NoBar:
-        @staticmethod
-        def tqdm(iterable, *args, **kwargs):
-            return iterable
-
-    score_cam.tqdm = _NoBar
-
-
 def _clone(t: torch.Tensor) -> torch.Tensor:
     # The saved activation must not be changed by an in-place op after the hooked layer (ReLU(inplace=True)).
     return t.clone()
 
 
-def _cam_object(model: nn.Module, meta: ModelMeta, method: CamMethod):
+@contextmanager
+def _cam_for(model: nn.Module, meta: ModelMeta, method: CamMethod) -> Iterator[Any]:
+    """A pytorch-grad-cam object for `model` used through the library's own context manager: its hooks are on
+    the architecture's registered target layer only inside the `with`, and removed on leaving it."""
     import pytorch_grad_cam
 
-    # Kept on the model itself (a CAM object refers to its model, so a weak-keyed map would never let go).
-    per_model = model.__dict__.setdefault("_histo_cam_objects", {})
-    cam = per_model.get(method.name)
-    if cam is None:
-        if method.name == "ScoreCAM":
-            _quiet_scorecam()
-        layer = cam_target_layer(model, meta.arch, meta.input_size)
-        cam = getattr(pytorch_grad_cam, method.class_name)(model=model, target_layers=[layer], reshape_transform=_clone)
-        cam.activations_and_grads.release()  # hooks go on only while explaining (see _hooks_attached)
-        per_model[method.name] = cam
-    return cam
-
-
-@contextmanager
-def _hooks_attached(cam) -> Iterator[None]:
-    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
-
-    cam.activations_and_grads = ActivationsAndGradients(cam.model, cam.target_layers, cam.reshape_transform)
+    layer = cam_target_layer(model, meta.arch, meta.input_size)
+    cam_class = getattr(pytorch_grad_cam, method.class_name)
     try:
-        yield
+        with cam_class(model=model, target_layers=[layer], reshape_transform=_clone) as cam:
+            if method.name == "ScoreCAM":
+                cam.batch_size = 64  # the library's option: channel-masked copies per forward pass
+            try:
+                yield cam
+            except IndexError as exc:
+                # BaseCAM.__exit__ prints an IndexError to stdout and swallows it; it must reach the caller.
+                raise RuntimeError(f"{method.name}: {exc}") from exc
     finally:
-        cam.activations_and_grads.release()
-        cam.model.zero_grad(set_to_none=True)  # parameter gradients are a by-product; free them
+        model.zero_grad(set_to_none=True)  # parameter gradients are a by-product; free them
+
+
+def _maps(cam: Any, method: CamMethod, x: torch.Tensor, targets: list | None) -> np.ndarray:
+    if method.name != "ScoreCAM":
+        return cam(input_tensor=x, targets=targets)
+    # ScoreCAM draws a tqdm bar per image on stderr (a page's log or `predict` must not be flooded). tqdm reads
+    # TQDM_DISABLE once, when it is first imported, so it cannot be set for one call; its bars write to
+    # sys.stderr as it is when they start, so that stream is pointed at devnull for this call only.
+    with open(os.devnull, "w") as sink, redirect_stderr(sink):
+        return cam(input_tensor=x, targets=targets)
 
 
 def hook_count(model: nn.Module) -> int:
@@ -141,18 +134,11 @@ def compute_cams(
     out = np.empty((n, meta.input_size, meta.input_size), np.float32)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    with model_lock(model), torch.inference_mode(False), torch.enable_grad():
-        cam = _cam_object(model, meta, spec)
-        if spec.name == "ScoreCAM":
-            cam.batch_size = 64  # channel-masked copies per forward pass
-        with _hooks_attached(cam):
-            for start in range(0, n, step):
-                x = model_input(tiles[start : start + step], meta, device)
-                wanted = (
-                    None if per_tile is None else [ClassifierOutputTarget(c) for c in per_tile[start : start + step]]
-                )
-                maps = cam(input_tensor=x, targets=wanted)
-                out[start : start + len(x)] = np.nan_to_num(maps, nan=0.0)
+    with model_lock(model), torch.inference_mode(False), torch.enable_grad(), _cam_for(model, meta, spec) as cam:
+        for start in range(0, n, step):
+            x = model_input(tiles[start : start + step], meta, device)
+            wanted = None if per_tile is None else [ClassifierOutputTarget(c) for c in per_tile[start : start + step]]
+            out[start : start + len(x)] = np.nan_to_num(_maps(cam, spec, x, wanted), nan=0.0)
     return np.clip(out, 0.0, 1.0)
 
 

@@ -151,8 +151,8 @@ def explain_quality(
     """The method table over a seeded sample of `tiles` test tiles of a run (all of them when fewer), saved to
     faithfulness.json in the run directory."""
     from histo_core.fsutil import write_json_atomic
-    from histo_core.gallery import RunTiles
     from histo_core.inference import load_model
+    from histo_core.review import RunTiles
 
     if tiles < 1:
         raise HistoError(f"--tiles must be a positive integer, got {tiles}")

@@ -29,7 +29,7 @@ from torch import nn
 from histo_core import paths
 from histo_core.checkpoint import load_checkpoint, model_from_checkpoint
 from histo_core.errors import HistoError, ModelFileError
-from histo_core.images import DecodedImage
+from histo_core.image_decode import DecodedImage
 
 CACHE_SIZE = 4  # models kept loaded at once
 SCALE_NOTE_FACTOR = 4.0  # without a known field of view: a tile this many times larger/smaller gets a note
@@ -238,7 +238,7 @@ def preprocess(
     `mpp` µm per pixel (default: the training images' own resolution) and its centre field of view is what the
     model sees; an image covering clearly less than that is enlarged to fill the tile, with a note. Lines
     describing what was done are appended to `notes`."""
-    from histo_core.images import make_tile
+    from histo_core.image_decode import make_tile
 
     notes = notes if notes is not None else []
     arr = decoded.array if isinstance(decoded, DecodedImage) else np.asarray(decoded)
@@ -485,7 +485,7 @@ def prepare_upload(data: bytes, name: str, meta: ModelMeta, mpp: float | None = 
     """Decode and preprocess one file (at `mpp` µm per pixel when known); a bad file gives a TileResult with
     `error` set, never an exception."""
     from histo_core.errors import ImageError
-    from histo_core.images import centre_box, decode_image, display_name
+    from histo_core.image_decode import centre_box, decode_image, display_name
 
     try:
         decoded = decode_image(data, name)

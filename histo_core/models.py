@@ -1,11 +1,13 @@
-"""Architecture registry: name -> builder that knows its input sizes, channels and Grad-CAM layer.
+"""Architecture registry: one `ArchSpec` per architecture, holding its builder, input sizes, classifier head
+and Grad-CAM target layer.
 
     model = build_model("resnet18", num_classes=9, in_channels=3, input_size=28)
     layer = cam_target_layer(model, "resnet18", input_size=28)
 
 ResNets and DenseNet get a MedMNIST-style stem (3x3 stride-1 first conv, no max-pool) for tiles smaller
-than 64 px, so feature maps, and Grad-CAM, keep spatial detail. Adding an `ArchSpec` here makes an
-architecture appear in the CLI, the Train page and the Classify page.
+than 64 px, so feature maps, and Grad-CAM, keep spatial detail. Adding an architecture is one entry: an
+`ArchSpec` in ARCHITECTURES below (or `register_architecture(ArchSpec(...))` from outside), and it appears in
+the CLI, the Train page and the Classify page (maps included).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ArchSpec:
     has_backbone: bool  # supports pretrained weights and frozen / fine_tune modes
     builder: Callable[..., nn.Module]
     head_attr: str  # attribute holding the classifier head
+    cam_layer: Callable[[nn.Module, int], nn.Module]  # (model, input size) -> the layer Grad-CAM hooks
     description: str = ""
 
 
@@ -245,68 +248,101 @@ def _custom(cls):
     return build
 
 
+# -- Grad-CAM layers -----------------------------------------------------------------------------------
+# The deepest layer whose feature map is still at least 7x7 at the input size (falling back to an earlier one;
+# a 1x1 map gives a flat CAM). Hook the ReLU after a conv, not the conv: Grad-CAM assumes non-negative
+# activations, and on raw conv outputs it gives flat (all-zero) maps for ~15% of real PathMNIST tiles with a
+# trained cnn3.
+
+
+def _deepest_at_least_7(parent_of: Callable[[nn.Module], nn.Module], layers: tuple[str, ...], last_block: bool):
+    """`layers` deepest first, each halving the side; below SMALL_STEM_BELOW the stem does not downsample."""
+
+    def layer(model: nn.Module, input_size: int) -> nn.Module:
+        small = input_size < SMALL_STEM_BELOW
+        stride = 8 if small else 32  # of the deepest layer
+        parent = parent_of(model)
+        for name in layers:
+            if input_size / stride >= 7 or name == layers[-1]:
+                found = getattr(parent, name)
+                return found[-1] if last_block else found
+            stride //= 2
+        raise AssertionError("unreachable")
+
+    return layer
+
+
+_RESNET_CAM = _deepest_at_least_7(lambda m: m, ("layer4", "layer3", "layer2"), last_block=True)
+_DENSENET_CAM = _deepest_at_least_7(lambda m: m.features, ("denseblock4", "denseblock3", "denseblock2"), False)
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in (
         ArchSpec(
-            "simplecnn",
-            "SimpleCNN (2 conv, course project)",
-            8,
-            512,
-            False,
-            _custom(SimpleCNN),
-            "head",
-            "Two 3x3 convs (10, 20 ch) + FC 100-50; fastest, good for 28 px.",
+            name="simplecnn",
+            title="SimpleCNN (2 conv, course project)",
+            min_size=8,
+            max_size=512,
+            has_backbone=False,
+            builder=_custom(SimpleCNN),
+            head_attr="head",
+            cam_layer=lambda m, size: m.features[4],  # ReLU after the second conv: input/2 per side
+            description="Two 3x3 convs (10, 20 ch) + FC 100-50; fastest, good for 28 px.",
         ),
         ArchSpec(
-            "cnn3",
-            "CNN3 (3 conv blocks + FC 128)",
-            8,
-            512,
-            False,
-            _custom(CNN3),
-            "head",
-            "Three conv/BN/pool/dropout blocks + FC 128; a strong small baseline.",
+            name="cnn3",
+            title="CNN3 (3 conv blocks + FC 128)",
+            min_size=8,
+            max_size=512,
+            has_backbone=False,
+            builder=_custom(CNN3),
+            head_attr="head",
+            cam_layer=lambda m, size: m.features[2][2],  # third block's ReLU: input/4 per side (7x7 at 28 px)
+            description="Three conv/BN/pool/dropout blocks + FC 128; a strong small baseline.",
         ),
         ArchSpec(
-            "resnet9",
-            "ResNet-9 (compact, DAWNBench style)",
-            16,
-            256,
-            False,
-            _custom(ResNet9),
-            "head",
-            "0.4M parameters, 3 stages + 2 residual blocks; the CPU default for tiles up to 64 px.",
+            name="resnet9",
+            title="ResNet-9 (compact, DAWNBench style)",
+            min_size=16,
+            max_size=256,
+            has_backbone=False,
+            builder=_custom(ResNet9),
+            head_attr="head",
+            cam_layer=lambda m, size: m.features[3][0],  # last stage's conv block, before its pool: input/4
+            description="0.4M parameters, 3 stages + 2 residual blocks; the CPU default for tiles up to 64 px.",
         ),
         ArchSpec(
-            "resnet18",
-            "ResNet-18 (torchvision)",
-            16,
-            1024,
-            True,
-            _resnet("resnet18"),
-            "fc",
-            "11M parameters; small-input stem below 64 px.",
+            name="resnet18",
+            title="ResNet-18 (torchvision)",
+            min_size=16,
+            max_size=1024,
+            has_backbone=True,
+            builder=_resnet("resnet18"),
+            head_attr="fc",
+            cam_layer=_RESNET_CAM,
+            description="11M parameters; small-input stem below 64 px.",
         ),
         ArchSpec(
-            "resnet50",
-            "ResNet-50 (torchvision)",
-            16,
-            1024,
-            True,
-            _resnet("resnet50"),
-            "fc",
-            "25M parameters; slow on CPU.",
+            name="resnet50",
+            title="ResNet-50 (torchvision)",
+            min_size=16,
+            max_size=1024,
+            has_backbone=True,
+            builder=_resnet("resnet50"),
+            head_attr="fc",
+            cam_layer=_RESNET_CAM,
+            description="25M parameters; slow on CPU.",
         ),
         ArchSpec(
-            "densenet121",
-            "DenseNet-121 (torchvision)",
-            16,
-            1024,
-            True,
-            _densenet,
-            "classifier",
-            "8M parameters; slow on CPU.",
+            name="densenet121",
+            title="DenseNet-121 (torchvision)",
+            min_size=16,
+            max_size=1024,
+            has_backbone=True,
+            builder=_densenet,
+            head_attr="classifier",
+            cam_layer=_DENSENET_CAM,
+            description="8M parameters; slow on CPU.",
         ),
     )
 }
@@ -357,29 +393,15 @@ def set_backbone_trainable(model: nn.Module, name: str, trainable: bool) -> None
 
 
 def cam_target_layer(model: nn.Module, name: str, input_size: int) -> nn.Module:
-    """The deepest layer whose feature map is still at least 7x7 at `input_size` (falling back to an earlier
-    layer; a 1x1 map gives a flat CAM)."""
-    # Hook the ReLU after a conv, not the conv: Grad-CAM assumes non-negative activations, and on raw conv
-    # outputs it gives flat (all-zero) maps for ~15% of real PathMNIST tiles with a trained cnn3.
-    if name == "simplecnn":
-        return model.features[4]  # ReLU after the second conv: input/2 per side (14x14 at 28 px)
-    if name == "cnn3":
-        return model.features[2][2]  # third block's ReLU: input/4 per side (7x7 at 28 px)
-    if name == "resnet9":
-        return model.features[3][0]  # last stage's conv, before its pool: input/4 per side (7x7 at 28 px)
-    small = input_size < SMALL_STEM_BELOW
-    if name.startswith("resnet"):
-        strides = {"layer4": 8, "layer3": 4, "layer2": 2} if small else {"layer4": 32, "layer3": 16, "layer2": 8}
-        for layer in ("layer4", "layer3", "layer2"):
-            if input_size / strides[layer] >= 7 or layer == "layer2":
-                return getattr(model, layer)[-1]
-    if name == "densenet121":
-        strides = (
-            {"denseblock4": 8, "denseblock3": 4, "denseblock2": 2}
-            if small
-            else {"denseblock4": 32, "denseblock3": 16, "denseblock2": 8}
-        )
-        for layer in ("denseblock4", "denseblock3", "denseblock2"):
-            if input_size / strides[layer] >= 7 or layer == "denseblock2":
-                return getattr(model.features, layer)
-    raise ConfigError(f"no Grad-CAM layer registered for {name}")
+    """The registered Grad-CAM layer of architecture `name` in `model` at `input_size`."""
+    return get_arch(name).cam_layer(model, int(input_size))
+
+
+def register_architecture(spec: ArchSpec) -> ArchSpec:
+    """Add an architecture to the registry (the CLI, the Train and Classify pages list it from then on)."""
+    if spec.name in ARCHITECTURES:
+        raise ConfigError(f"architecture {spec.name!r} is already registered")
+    if not 1 <= spec.min_size <= spec.max_size:
+        raise ConfigError(f"architecture {spec.name!r}: input sizes {spec.min_size}..{spec.max_size} are not a range")
+    ARCHITECTURES[spec.name] = spec
+    return spec

@@ -8,7 +8,7 @@
                            ignores a partial last line)
       last.pt / best.pt    checkpoints (see histo_core.checkpoint)             (written atomically)
       results.json         final test evaluation (accuracy, auc, loss, ece, per_class, confusion, roc)
-      predictions_<split>.npz   probs (N,K) float32, labels (N,), indices (N,) for the gallery
+      predictions_<split>.npz   probs (N,K) float32, labels (N,), indices (N,) for the Review page
       noise.npz            for --noise-mode fixed: noisy_labels and flipped (bool) of the train split
       log.txt              the process's stdout/stderr
       cancel               present when a cancel was requested (the trainer stops at a safe point)

@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from histo_core.datasets.catalog import add_local_dataset, check_web_spec, local_datasets, remove_local_dataset
+from histo_core.datasets.decoded_tiles import read_original, source_file
 from histo_core.datasets.download import download_medmnist, medmnist_file
-from histo_core.datasets.imagefiles import read_original, source_file
 from histo_core.datasets.medmnist_source import SIZES, flags_2d, is_multi_label, medmnist_info
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError

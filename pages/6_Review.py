@@ -10,7 +10,9 @@ import streamlit as st
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.explain import CAM_METHODS, upscale_tile
-from histo_core.gallery import (
+from histo_core.inference import preprocess
+from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, load_label_errors
+from histo_core.review import (
     SORTS,
     RunTiles,
     confused_pairs,
@@ -23,8 +25,6 @@ from histo_core.gallery import (
     table,
     to_csv,
 )
-from histo_core.inference import preprocess
-from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, load_label_errors
 from histo_core.runs import RunDir, list_runs
 from pages.ui.charts import confusion_figure, selected_cell
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid

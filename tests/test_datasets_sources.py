@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from histo_core.datasets import npzio, open_dataset, parse_spec
-from histo_core.datasets.imagefiles import tile_from_file
+from histo_core.datasets.decoded_tiles import tile_from_file
 from histo_core.datasets.medmnist_source import npz_split_sizes
 from histo_core.datasets.pcam import H5Rows
 from histo_core.errors import DatasetError
@@ -235,13 +235,13 @@ def test_folder_cache_is_reused_and_invalidated_by_changes(tmp_path, monkeypatch
     cache = Path(first.info.extra["cache"])
     assert cache.is_file() and cache.parent.parent.parent == Path(os.environ["HISTO_DATA_DIR"])
 
-    import histo_core.datasets.imagefiles as imagefiles
+    import histo_core.datasets.decoded_tiles as decoded_tiles
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again although nothing changed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(imagefiles, "_decode_all", no_decoding)
+        patch.setattr(decoded_tiles, "_decode_all", no_decoding)
         again = open_dataset(tmp_path / "set")
     assert again.info.extra["cache"] == str(cache)
     np.testing.assert_array_equal(again.split("train").get([0]), first.split("train").get([0]))

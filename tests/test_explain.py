@@ -3,6 +3,8 @@ hook hygiene, rendering, and non-uniform maps for real tiles through a model tra
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -43,10 +45,38 @@ def test_every_method_runs_and_releases_hooks(method):
     assert cams.min() >= 0.0 and cams.max() <= 1.0
     assert not uniform_maps(cams).any()
     assert hook_count(model) == 0  # nothing left attached between calls
-    cam_object = model.__dict__["_histo_cam_objects"][method]
-    compute_cams(model, meta, random_tiles(2, 28, seed=1), method)
-    assert model.__dict__["_histo_cam_objects"][method] is cam_object  # reused, not rebuilt
+    again = compute_cams(model, meta, random_tiles(2, 28, seed=1), method)
+    assert again.shape == (2, 28, 28) and hook_count(model) == 0
+    assert "_histo_cam_objects" not in model.__dict__  # no CAM object kept on the model
     assert all(p.grad is None for p in model.parameters())  # gradients freed
+
+
+def test_scorecam_is_quiet_without_patching_the_library(capfd):
+    import tqdm
+    from pytorch_grad_cam import score_cam
+
+    model = build_model("simplecnn", 4, 3, 28).eval()
+    cams = compute_cams(model, meta_for("simplecnn", 28), random_tiles(3, 28), "ScoreCAM")
+    out, err = capfd.readouterr()
+    assert cams.shape == (3, 28, 28)
+    assert out == "" and "it/s" not in err and "%|" not in err  # no tqdm bar per image
+    assert score_cam.tqdm is tqdm  # the library's module is left as it was
+    print("after", file=sys.stderr)  # stderr is restored once the call returns
+    assert "after" in capfd.readouterr().err
+
+
+def test_an_error_inside_the_cam_is_raised_not_printed(capfd, monkeypatch):
+    """pytorch-grad-cam's context manager prints and swallows an IndexError; compute_cams must raise it."""
+    model = build_model("simplecnn", 4, 3, 28).eval()
+    meta = meta_for("simplecnn", 28)
+
+    def broken(*args, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(model, "forward", broken)
+    with pytest.raises(RuntimeError, match="GradCAM: list index out of range"):
+        compute_cams(model, meta, random_tiles(2, 28), "GradCAM")
+    assert capfd.readouterr().out == "" and hook_count(model) == 0
 
 
 def _sizes():

@@ -12,7 +12,7 @@ from histo_core import paths
 from histo_core.datasets.synthetic import CLASSES, open_synthetic
 from histo_core.errors import HistoError
 from histo_core.fsutil import savez_atomic, write_json_atomic
-from histo_core.gallery import (
+from histo_core.review import (
     RunTiles,
     confused_pairs,
     confusion,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from histo_core.errors import ImageError
-from histo_core.images import decode_image, display_name, safe_filename, to_png_bytes
+from histo_core.image_decode import decode_image, display_name, safe_filename, to_png_bytes
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)

@@ -16,8 +16,8 @@ from histo_core import paths
 from histo_core.checkpoint import save_checkpoint
 from histo_core.errors import HistoError, ModelFileError
 from histo_core.fsutil import write_json_atomic
-from histo_core.images import decode_image
-from histo_core.images import to_png_bytes as encode_png
+from histo_core.image_decode import decode_image
+from histo_core.image_decode import to_png_bytes as encode_png
 from histo_core.inference import (
     LoadedModel,
     ModelMeta,

@@ -83,7 +83,7 @@ def test_map_of_real_tiles_and_selection(linked_run, monkeypatch):
     assert len(caps) == 3 and caps[0].startswith("test #0 · true ") and " · pred " in caps[0]
     with np.load(linked_run.predictions_path("test")) as z:
         labels = z["labels"]
-    from histo_core.gallery import run_classes
+    from histo_core.review import run_classes
 
     assert f"true {run_classes(linked_run)[labels[5]]}" in caps[1]
     assert len(at.dataframe[0].value) == 3

@@ -9,8 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from histo_core import jobs, paths, tasks
-from histo_core.gallery import load_predictions, query
 from histo_core.label_errors import FILE_NAME
+from histo_core.review import load_predictions, query
 from tests.taskfiles import wait_for_task
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "6_Review.py")
@@ -142,7 +142,7 @@ def test_real_run_with_label_errors(trained_pathmnist_run):
 def test_stale_cell_after_switching_runs_does_not_crash():
     """Bug: a cell picked on one run, then another run where that cell has another count: the browser sends
     back the old display label, and any widget change raised ValueError in apply_cell (int() on the label)."""
-    from histo_core.gallery import confused_pairs
+    from histo_core.review import confused_pairs
     from tests.runfiles import write_run
 
     a = write_run("completed", skill=1.0, seed=3, run_id="run-a")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from histo_core.errors import HistoError
-from histo_core.images import decode_image
+from histo_core.image_decode import decode_image
 from histo_core.inference import LoadedModel, ModelMeta, load_model
 from histo_core.tiling import (
     MAX_TILES,

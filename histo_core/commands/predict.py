@@ -90,7 +90,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
 def read_file(path: Path) -> tuple[bytes | None, str | None]:
     """(bytes, None) or (None, error message)."""
-    from histo_core.images import display_name
+    from histo_core.image_decode import display_name
 
     name = display_name(path.name)
     try:
@@ -172,7 +172,7 @@ def _write_cams(args, loaded, results, target) -> dict[int, dict[str, Any]]:
     from PIL import Image
 
     from histo_core.explain import compute_cams, overlay, uniform_maps
-    from histo_core.images import safe_filename
+    from histo_core.image_decode import safe_filename
 
     good = [r for r in results if r.ok]
     if not good:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from histo_core import paths
 from histo_core.datasets.base import SPLITS, DatasetInfo, Split, TileDataset, stratified_split
-from histo_core.datasets.imagefiles import Progress
+from histo_core.datasets.decoded_tiles import Progress
 from histo_core.datasets.pcam import looks_like_pcam
 from histo_core.errors import DatasetError
 
@@ -157,9 +157,9 @@ def open_dataset(
 
         return open_pcam(path, data_dir=data_dir, progress=progress)
     if path.is_dir():
-        from histo_core.datasets.image_folder import open_image_folder
+        from histo_core.datasets.class_folders import open_class_folders
 
-        return open_image_folder(path, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, progress=progress)
+        return open_class_folders(path, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, progress=progress)
     if path.name.endswith((".h5", ".h5.gz")):
         from histo_core.datasets.pcam import open_pcam
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from histo_core import paths
-from histo_core.datasets.imagefiles import Progress
+from histo_core.datasets.decoded_tiles import Progress
 from histo_core.errors import DatasetError
 from histo_core.fsutil import read_json, write_json_atomic
 

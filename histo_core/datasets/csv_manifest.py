@@ -8,7 +8,7 @@ Column names are found case-insensitively among common names (see PATH_COLUMNS, 
 SPLIT_COLUMNS) or given in the spec: `manifest.csv?image=file_name&label=diagnosis&split=fold`.
 Relative paths are relative to the CSV's folder. Labels are class names (sorted alphabetically into
 class indices) or integers 0..K-1. Without a split column the split is stratified and seeded.
-Decoding, resizing and caching are shared with image folders (`histo_core.datasets.imagefiles`).
+Decoding, resizing and caching are shared with image folders (`histo_core.datasets.decoded_tiles`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from histo_core.datasets.base import SPLITS, TileDataset, check_label_range, stratified_split
-from histo_core.datasets.imagefiles import Progress, decode_image_files, decoded_dataset
+from histo_core.datasets.decoded_tiles import Progress, decode_image_files, decoded_dataset
 from histo_core.errors import DatasetError
 
 PATH_COLUMNS = ("path", "image", "filepath", "file", "filename", "image_path", "img", "tile")

@@ -23,7 +23,7 @@ import numpy as np
 
 from histo_core import limits, paths
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset
-from histo_core.datasets.imagefiles import Progress
+from histo_core.datasets.decoded_tiles import Progress
 from histo_core.errors import DatasetError
 
 FILE_SPLITS = {"train": "train", "valid": "val", "test": "test"}  # file name part -> our split name

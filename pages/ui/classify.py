@@ -1,5 +1,5 @@
 """Streamlit pieces shared by the Classify and Review pages: model picker, cached model loading, CAM cards,
-probability charts. Logic lives in histo_core (inference, explain, tiling, gallery)."""
+probability charts. Logic lives in histo_core (inference, explain, tiling, review)."""
 
 from __future__ import annotations
 

@@ -221,7 +221,7 @@ def field_widget(path: str, label: str, kwargs: dict[str, Any]) -> None:
     kwargs = dict(kwargs)
     kwargs.setdefault("disabled", _disabled(path))
     if path in CHOICES:
-        options = list(CHOICES[path])
+        options = list(ARCHITECTURES) if path == "arch" else list(CHOICES[path])  # registered now, not at import
         labels = CHOICE_LABELS.get(path, {})
         if path == "arch":
             labels = {n: a.title for n, a in ARCHITECTURES.items()}

@@ -3,7 +3,7 @@
     decoded = decode_image(data, "tile.png")      # DecodedImage(array HxWxC uint8, mode_note, notes, name)
     tile = make_tile(decoded.array, 28, 3)        # centre square, resized (LANCZOS), channels matched
 
-Every road uses these two functions: dataset folders and CSV manifests (`datasets.imagefiles`), uploads
+Every road uses these two functions: dataset folders and CSV manifests (`datasets.decoded_tiles`), uploads
 and `predict` (`inference.prepare_upload`), and the windows of a large image (`tiling`), so one file gives
 the same tile whichever road it takes.
 

@@ -1,4 +1,4 @@
-"""Misclassification queries over a run's saved predictions (predictions_<split>.npz).
+"""The Review page's queries: misclassified tiles in a run's saved predictions (predictions_<split>.npz).
 
     preds = load_predictions(run, "test")
     rows = query(preds, true_class=2, sort="loss")            # positions of misclassified tiles, filtered/sorted
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from histo_core.errors import HistoError
+from histo_core.metrics import per_sample_loss
 from histo_core.runs import RunDir
 
 SORTS = ("loss", "confidence", "index")
@@ -86,7 +87,7 @@ def load_predictions(run: RunDir, split: str = "test") -> Predictions:
             f"{path}: inconsistent arrays (probs {probs.shape}, labels {labels.shape}, indices {indices.shape})"
         )
     if loss is None:
-        loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))
+        loss = per_sample_loss(probs, labels)
     classes = run_classes(run)
     if len(classes) != probs.shape[1]:
         classes = [f"class {i}" for i in range(probs.shape[1])]

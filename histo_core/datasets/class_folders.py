@@ -6,7 +6,7 @@
 Split folders may be named train/training, val/valid/validation, test/testing. A split folder that is
 missing (e.g. only train/ and test/) is carved from train, stratified and seeded. Images are read from
 the class folder itself (not from deeper folders, so that a folder of datasets is not mistaken for a
-dataset). Decoding, resizing and caching: `histo_core.datasets.imagefiles`.
+dataset). Decoding, resizing and caching: `histo_core.datasets.decoded_tiles`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from histo_core.datasets.base import SPLITS, TileDataset, stratified_split
-from histo_core.datasets.imagefiles import Progress, decode_image_files, decoded_dataset, is_image_file
+from histo_core.datasets.decoded_tiles import Progress, decode_image_files, decoded_dataset, is_image_file
 from histo_core.errors import DatasetError
 
 SPLIT_FOLDER_NAMES = {
@@ -93,7 +93,7 @@ def _check_classes(root: Path, layout: dict[str, dict[str, list[Path]]]) -> list
     return classes
 
 
-def open_image_folder(
+def open_class_folders(
     path: str | os.PathLike,
     *,
     size: int | None = None,

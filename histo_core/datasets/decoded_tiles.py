@@ -1,7 +1,7 @@
 """Decode image files once into a uint8 tile array, cached as an npz so reopening is instant.
 
 Shared by image folders and CSV manifests. Every readable image goes through the one image path
-(`histo_core.images`: decode_image -> make_tile), the same as uploads and `predict`: 8-bit RGB or grayscale,
+(`histo_core.image_decode`: decode_image -> make_tile), the same as uploads and `predict`: 8-bit RGB or grayscale,
 centre square, resized to `size` px. The result (with the list of files that could not
 be read) is cached under `<data dir>/cache/tiles/`, keyed by the files' absolute paths, modification
 times and byte sizes and by the tile size: touching, adding or removing a file decodes again.
@@ -32,7 +32,7 @@ from histo_core.errors import DatasetError, ImageError
 
 if TYPE_CHECKING:
     from histo_core.datasets.base import TileDataset
-from histo_core.images import make_tile, max_image_pixels, read_image_file
+from histo_core.image_decode import make_tile, max_image_pixels, read_image_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_MAX_SIZE = 64
