@@ -3,14 +3,15 @@ a full-resolution tile viewer and its citation. MedMNIST sets can be downloaded 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from histo_core.datasets import dataset_status, dataset_statuses, download_dataset, registered_names
 from histo_core.datasets.catalog import add_local_dataset, check_web_spec, local_datasets, remove_local_dataset
 from histo_core.datasets.decoded_tiles import read_original, source_file
-from histo_core.datasets.download import download_medmnist, medmnist_file
-from histo_core.datasets.medmnist_source import SIZES, flags_2d, is_multi_label, medmnist_info
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError
 from histo_core.paths import data_roots
@@ -45,13 +46,13 @@ def progress_callback(bar, text: str):
 
 def render_download(flag: str, size: int, where: str) -> None:
     """Download button with a progress bar; the offline message names where to put the file by hand."""
-    meta = medmnist_info()[flag]
-    target = medmnist_file(flag, size)
-    st.info(f"**{meta['python_class']} ({size} px)** is not downloaded. It will be saved as `{target}`.")
+    entry = dataset_status(flag, size)
+    target = Path(entry.location)
+    st.info(f"**{entry.title} ({size} px)** is not downloaded. It will be saved as `{target}`.")
     if st.button(f"Download {flag} ({size} px)", key=f"{KEY}_download_{where}", type="primary"):
         bar = st.progress(0.0, text="connecting…")
         try:
-            download_medmnist(flag, size, progress=progress_callback(bar, f"downloading {target.name}"))
+            download_dataset(flag, size, progress=progress_callback(bar, f"downloading {target.name}"))
         except HistoError as exc:
             bar.empty()
             st.error(str(exc))
@@ -61,18 +62,17 @@ def render_download(flag: str, size: int, where: str) -> None:
         st.rerun()
 
 
-def render_not_downloaded(flag: str, size: int) -> None:
-    """What MedMNIST says about a set that is not here yet, and its download."""
-    meta = medmnist_info()[flag]
-    render_download(flag, size, "selected")
-    st.markdown(meta["description"])
-    official = meta["n_samples"]
+def render_not_downloaded(entry, size: int) -> None:
+    """What the registry says about a set that is not here yet, and its download."""
+    render_download(entry.spec, size, "selected")
+    st.markdown(entry.description)
+    official = entry.split_sizes
     cols = st.columns(4)
     for col, split in zip(cols, ("train", "val", "test")):
         col.metric(f"{split} (official)", f"{official[split]:,}")
-    cols[3].metric("classes", len(meta["label"]))
-    st.caption("Classes: " + ", ".join(meta["label"][k] for k in sorted(meta["label"], key=int)))
-    st.caption(f"Licence: {meta.get('license', 'see MedMNIST')}")
+    cols[3].metric("classes", len(entry.classes))
+    st.caption("Classes: " + ", ".join(entry.classes))
+    st.caption(f"Licence: {entry.license or 'see its source'}")
 
 
 def render_overview(ds) -> None:
@@ -248,12 +248,14 @@ def render_add_path() -> None:
 
 def render_download_any() -> None:
     with st.expander("Download a MedMNIST set"):
-        flags = [f for f in flags_2d() if not is_multi_label(f)]
+        entries = {e.spec: e for e in dataset_statuses() if e.downloadable and e.supported}
         cols = st.columns(2)
-        flag = cols[0].selectbox("MedMNIST set", flags, key=f"{KEY}_dl_flag")
-        size = cols[1].selectbox("Size", SIZES, format_func=lambda s: f"{s} px", key=f"{KEY}_dl_size")
-        if medmnist_file(flag, size).exists():
-            st.success(f"{flag} ({size} px) is already here: `{medmnist_file(flag, size)}`")
+        flag = cols[0].selectbox("MedMNIST set", list(entries), key=f"{KEY}_dl_flag")
+        sizes = entries[flag].all_sizes
+        size = cols[1].selectbox("Size", sizes, format_func=lambda s: f"{s} px", key=f"{KEY}_dl_size")
+        entry = dataset_status(flag, size)
+        if entry.present:
+            st.success(f"{flag} ({size} px) is already here: `{entry.location}`")
         else:
             render_download(flag, size, "any")
 
@@ -274,8 +276,9 @@ if choice is None:
     st.stop()
 st.query_params["dataset"] = choice.spec  # reloads and shared links keep the selection
 
-if choice.spec in flags_2d() and not medmnist_file(choice.spec, choice.size or 28).exists():
-    render_not_downloaded(choice.spec, choice.size or 28)
+status = dataset_status(choice.spec, choice.size) if choice.spec in registered_names() else None
+if status is not None and status.downloadable and not status.present:
+    render_not_downloaded(status, choice.size or status.all_sizes[0])
     st.stop()
 
 ds = None

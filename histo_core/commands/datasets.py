@@ -17,8 +17,6 @@ from typing import Any
 from histo_core import paths
 from histo_core.cli import emit
 
-PCAM_OFFICIAL_SIZES = {"train": 262144, "val": 32768, "test": 32768}
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -27,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Without options: list every registered dataset and whether it is available here.",
     )
     action = p.add_mutually_exclusive_group()
-    action.add_argument("--download", metavar="FLAG", help="download a MedMNIST 2D set (e.g. pathmnist)")
+    action.add_argument(
+        "--download", metavar="NAME", help="download a registered dataset that can be (a MedMNIST 2D set: pathmnist...)"
+    )
     action.add_argument(
         "--info",
         metavar="SPEC",
@@ -95,13 +95,14 @@ class ProgressBar:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from histo_core.datasets.download import download_medmnist, medmnist_file
+    from histo_core.datasets import dataset_status, download_dataset
 
+    name = args.download.strip().lower()
     size = args.size or 28
-    existed = medmnist_file(args.download.lower(), size, args.data_dir).exists()
+    existed = dataset_status(name, size, args.data_dir).present
     bar = ProgressBar(f"{args.download} {size}px", unit="bytes")
     try:
-        path = download_medmnist(args.download, size, data_dir=args.data_dir, progress=bar, timeout=args.timeout)
+        path = download_dataset(name, size, data_dir=args.data_dir, progress=bar, timeout=args.timeout)
     finally:
         bar.close()
     payload = {"dataset": args.download.lower(), "size": size, "path": str(path), "already_present": existed}
@@ -185,46 +186,33 @@ def _remove(args: argparse.Namespace) -> int:
 
 def dataset_listing(data_dir: str | None = None) -> dict[str, Any]:
     """Every registered dataset with its availability here (per size), classes and split sizes."""
-    from histo_core.datasets import dataset_entries
+    from histo_core.datasets import dataset_statuses
     from histo_core.datasets.catalog import local_dataset_entries
-    from histo_core.datasets.medmnist_source import is_multi_label, medmnist_info, npz_filename, npz_split_sizes
-    from histo_core.datasets.synthetic import CLASSES as SYNTH_CLASSES
-    from histo_core.datasets.synthetic import SPLIT_SIZES as SYNTH_SPLITS
 
-    folder = paths.data_dir(data_dir)
-    info = medmnist_info()
     rows = []
-    for entry in dataset_entries():
-        row: dict[str, Any] = {"name": entry.name, "title": entry.title, "source": entry.source, "supported": True}
-        if entry.source == "synthetic":
-            row.update(
-                available=True,
-                classes=list(SYNTH_CLASSES),
-                synthetic=True,
-                sizes={str(s): {"available": True} for s in entry.sizes},
-                split_sizes={s: n * len(SYNTH_CLASSES) for s, n in SYNTH_SPLITS.items()},
-            )
-        elif entry.source == "medmnist":
-            meta = info[entry.name]
-            sizes = {}
-            for s in entry.sizes:
-                file = folder / npz_filename(entry.name, s)
-                if file.is_file():
-                    sizes[str(s)] = {"available": True, "file": str(file), "split_sizes": npz_split_sizes(file)}
-                else:
-                    sizes[str(s)] = {"available": False, "file": str(file)}
-            row.update(
-                available=any(v["available"] for v in sizes.values()),
-                sizes=sizes,
-                classes=[meta["label"][k] for k in sorted(meta["label"], key=int)],
-                channels=meta["n_channels"],
-                license=meta.get("license", ""),
-                split_sizes=dict(meta["n_samples"]),
-            )
-            if is_multi_label(entry.name):
-                row.update(supported=False, note="multi-label; Histo Explorer trains single-label classifiers")
-        else:  # pcam
-            row.update(_pcam_row(folder / "pcam"))
+    for e in dataset_statuses(data_dir):
+        row: dict[str, Any] = {
+            "name": e.spec,
+            "title": e.title,
+            "source": e.source,
+            "supported": e.supported,
+            "available": e.present,
+            "availability": e.availability,
+            "downloadable": e.downloadable,
+            "classes": list(e.classes),
+            "sizes": e.size_status,
+            "split_sizes": e.split_sizes,
+            "channels": e.channels,
+            "location": e.location,
+            "license": e.license,
+            **e.details,
+        }
+        if e.synthetic:
+            row["synthetic"] = True
+        if e.note:
+            row["note"] = e.note
+        if e.missing:
+            row["missing"] = e.missing
         rows.append(row)
     local = [
         {
@@ -235,36 +223,7 @@ def dataset_listing(data_dir: str | None = None) -> dict[str, Any]:
         }
         for e in local_dataset_entries(data_dir)
     ]
-    return {"data_dir": str(folder), "datasets": rows, "local": local}
-
-
-def _pcam_row(folder: Path) -> dict[str, Any]:
-    from histo_core.datasets.pcam import CLASSES, FILE_SPLITS, file_name
-
-    files = {}
-    for file_split, split in FILE_SPLITS.items():
-        x = folder / file_name(file_split, "x")
-        files[split] = "h5" if x.is_file() else "h5.gz" if x.with_name(x.name + ".gz").is_file() else None
-    available = any(files.values())
-    row = {
-        "available": available,
-        "classes": list(CLASSES),
-        "location": str(folder),
-        "sizes": {"96": {"available": available}},
-        "split_sizes": dict(PCAM_OFFICIAL_SIZES),
-        "files": files,
-    }
-    if available:
-        import h5py
-
-        for split, kind in files.items():
-            if kind == "h5":  # header only; .h5.gz ones are decompressed on first open, not by a listing
-                try:
-                    with h5py.File(folder / file_name({"val": "valid"}.get(split, split), "x"), "r") as f:
-                        row["split_sizes"][split] = int(f["x"].shape[0])
-                except (OSError, KeyError):
-                    row["split_sizes"][split] = None
-    return row
+    return {"data_dir": str(paths.data_dir(data_dir)), "datasets": rows, "local": local}
 
 
 def listing_text(listing: dict[str, Any]) -> str:
@@ -274,13 +233,7 @@ def listing_text(listing: dict[str, Any]) -> str:
         f"{'NAME':<16}{'SOURCE':<11}{'AVAILABLE HERE':<22}{'CLASSES':>8}  TRAIN/VAL/TEST",
     ]
     for row in listing["datasets"]:
-        if row["source"] == "medmnist":
-            have = [s for s, v in row["sizes"].items() if v["available"]]
-            where = ("sizes " + ",".join(have)) if have else "not downloaded"
-        elif row["source"] == "synthetic":
-            where = "yes (generated)"
-        else:
-            where = "yes" if row["available"] else "not present"
+        where = row["availability"]
         sizes = "/".join(str(row["split_sizes"].get(s, "-")) for s in ("train", "val", "test"))
         note = f"  ({row['note']})" if row.get("note") else ""
         lines.append(f"{row['name']:<16}{row['source']:<11}{where:<22}{len(row['classes']):>8}  {sizes}{note}")

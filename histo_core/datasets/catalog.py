@@ -1,5 +1,6 @@
-"""Which datasets can be opened here: the synthetic demo, downloaded MedMNIST sets, PCam if present, and
-local paths the user added (kept in `<data dir>/histo_datasets.json`).
+"""Which datasets can be opened here: the registered ones that are present (the synthetic demo, downloaded
+MedMNIST sets, PCam...; each source says, see `sources.py`), and local paths the user added (kept in
+`<data dir>/histo_datasets.json`).
 
 The Train, Evaluate and Datasets pages list `available_datasets()`; adding a path validates it by
 opening it, so the list never offers something that fails to open for a reason known at add time.
@@ -8,32 +9,15 @@ opening it, so the list never offers something that fails to open for a reason k
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from histo_core import paths
-from histo_core.datasets.decoded_tiles import Progress
+from histo_core.datasets.sources import DatasetEntry, Progress, dataset_statuses, path_source
 from histo_core.errors import DatasetError
 from histo_core.fsutil import read_json, write_json_atomic
 
 CATALOG_FILE = "histo_datasets.json"
-SYNTHETIC_SIZES = (28, 32, 64, 96, 128, 224)
-DECODE_SIZES = (None, 28, 32, 64, 96, 128, 224)  # folders/CSV: None = automatic (min(64, native))
-
-
-@dataclass(frozen=True)
-class AvailableDataset:
-    spec: str  # what open_dataset() takes
-    title: str
-    source: str  # synthetic | medmnist | pcam | npz | folder | csv
-    sizes: tuple[int | None, ...]  # sizes it can be opened at; () = its native size only
-    channels: int | None = None  # 1 for grayscale sets (offer as_rgb), None when unknown
-    location: str = ""
-    synthetic: bool = False
-    user_added: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+AvailableDataset = DatasetEntry  # what available_datasets() lists
 
 
 def _catalog_path(data_dir) -> Path:
@@ -103,61 +87,24 @@ def _resolved_or_same(text: str) -> str:
         return text
 
 
-def downloaded_sizes(flag: str, data_dir: str | os.PathLike | None = None) -> tuple[int, ...]:
-    from histo_core.datasets.medmnist_source import SIZES, npz_filename
-
-    folder = paths.data_dir(data_dir)
-    return tuple(s for s in SIZES if (folder / npz_filename(flag, s)).is_file())
-
-
-def available_datasets(data_dir: str | os.PathLike | None = None) -> list[AvailableDataset]:
-    """Synthetic demo, then downloaded MedMNIST sets, PCam when present, then user-added paths."""
-    from histo_core.datasets.medmnist_source import flags_2d, is_multi_label, medmnist_info
-    from histo_core.datasets.pcam import looks_like_pcam
-
-    out = [
-        AvailableDataset(
-            "synthetic",
-            "Synthetic H&E demo (SYNTHETIC)",
-            "synthetic",
-            SYNTHETIC_SIZES,
-            3,
-            "generated in memory",
-            synthetic=True,
-        )
-    ]
-    info = medmnist_info()
-    for flag in flags_2d():
-        sizes = downloaded_sizes(flag, data_dir)
-        if sizes and not is_multi_label(flag):
-            out.append(
-                AvailableDataset(
-                    flag,
-                    info[flag]["python_class"],
-                    "medmnist",
-                    sizes,
-                    info[flag]["n_channels"],
-                    str(paths.data_dir(data_dir)),
-                )
-            )
-    pcam_dir = paths.data_dir(data_dir) / "pcam"
-    if pcam_dir.is_dir() and looks_like_pcam(pcam_dir):
-        out.append(AvailableDataset("pcam", "PatchCamelyon", "pcam", (), 3, str(pcam_dir)))
+def available_datasets(data_dir: str | os.PathLike | None = None) -> list[DatasetEntry]:
+    """Registered datasets present here (in the registry's order: synthetic demo first), then user-added paths."""
+    out = [e for e in dataset_statuses(data_dir) if e.present and e.supported]
     for e in local_dataset_entries(data_dir):
         base = e["path"].split("?", 1)[0]
         if not Path(base).exists():
             continue  # moved or deleted since it was added; still in the file, so it reappears if restored
-        source = e.get("source", "")
-        sizes = DECODE_SIZES if source in ("folder", "csv") else ()
+        source = path_source(base)
         out.append(
-            AvailableDataset(
+            DatasetEntry(
                 e["path"],
                 e.get("title") or Path(base).name,
-                source or "path",
-                sizes,
-                e.get("channels"),
-                base,
+                e.get("source") or (source.kind if source else "path"),
+                sizes=source.path_sizes if source else (),
+                channels=e.get("channels"),
+                location=base,
                 user_added=True,
+                tag=source.label if source else "path",
             )
         )
     return out

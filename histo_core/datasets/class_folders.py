@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from histo_core.datasets.base import SPLITS, TileDataset, stratified_split
-from histo_core.datasets.decoded_tiles import Progress, decode_image_files, decoded_dataset, is_image_file
+from histo_core.datasets.decoded_tiles import decode_image_files, decoded_dataset, is_image_file
+from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress
 from histo_core.errors import DatasetError
 
 SPLIT_FOLDER_NAMES = {
@@ -165,3 +166,17 @@ def _split_indices(labels: np.ndarray, split_of: np.ndarray, seed: int, notes: l
                 else f"no {s} folder, and train is too small to carve one from (fewer than 3 tiles per class)"
             )
     return {s: given[s] for s in SPLITS if s in given}
+
+
+class ClassFoldersSource(DatasetSource):
+    """Any other folder: one sub-folder per class (optionally inside train/val/test folders)."""
+
+    kind = "folder"
+    label = "image folder"
+    path_sizes = DECODE_SIZES
+
+    def recognises(self, path: Path) -> bool:
+        return path.is_dir()
+
+    def open(self, spec, options, *, size, as_rgb, data_dir, seed, progress) -> TileDataset:
+        return open_class_folders(spec, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, progress=progress)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from histo_core.datasets.base import SPLITS, TileDataset, check_label_range, stratified_split
-from histo_core.datasets.decoded_tiles import Progress, decode_image_files, decoded_dataset
+from histo_core.datasets.decoded_tiles import decode_image_files, decoded_dataset
+from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress
 from histo_core.errors import DatasetError
 
 PATH_COLUMNS = ("path", "image", "filepath", "file", "filename", "image_path", "img", "tile")
@@ -182,3 +183,20 @@ def open_csv_manifest(
 def _resolve(base: Path, value: str) -> Path:
     p = Path(value.strip()).expanduser()
     return p if p.is_absolute() else base / p
+
+
+class CsvManifestSource(DatasetSource):
+    """A .csv file listing image paths and labels (`manifest.csv?image=col&label=col&split=col`)."""
+
+    kind = "csv"
+    label = "CSV manifest"
+    takes_options = True
+    path_sizes = DECODE_SIZES
+
+    def recognises(self, path: Path) -> bool:
+        return path.suffix.lower() == ".csv" and not path.is_dir()
+
+    def open(self, spec, options, *, size, as_rgb, data_dir, seed, progress) -> TileDataset:
+        return open_csv_manifest(
+            spec, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, options=options, progress=progress
+        )

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from histo_core import paths
 from histo_core.datasets import npzio
+from histo_core.datasets.sources import Progress
 from histo_core.errors import DatasetError, ImageError
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_MAX_SIZE = 64
 CACHE_VERSION = 3  # bump when decoding changes, so old caches are not reused
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-
-Progress = Callable[[int, int], None]  # (done, total)
 
 
 @dataclass

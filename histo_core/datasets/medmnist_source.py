@@ -1,4 +1,4 @@
-"""MedMNIST 2D sets read straight from their npz files.
+"""MedMNIST 2D sets read straight from their npz files: the `medmnist` and `npz` dataset sources.
 
 Metadata comes from `medmnist.INFO`. Files are read with numpy (memory-mapped when the npz members are
 stored uncompressed and large), not through the `medmnist` Dataset classes, which assert the official
@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_core import paths
 from histo_core.datasets import npzio
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset, check_label_range, check_labels
+from histo_core.datasets.sources import DatasetEntry, DatasetSource
 from histo_core.errors import DatasetError
 
 NPZ_SPLITS = {"train": "train", "val": "val", "test": "test"}
@@ -177,3 +179,93 @@ def _citation(meta: dict) -> str:
         "Yang, J. et al. MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image "
         "classification. Scientific Data 10, 41 (2023). " + meta.get("publication", "")
     ).strip()
+
+
+class MedMNISTSource(DatasetSource):
+    """Every MedMNIST 2D flag, one npz per size in the data dir, downloadable from the official URLs."""
+
+    kind = "medmnist"
+    label = "MedMNIST set"
+    downloadable = True
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(flags_2d())
+
+    def _file(self, flag: str, size: int, data_dir) -> Path:
+        return paths.data_dir(data_dir) / npz_filename(flag, size)
+
+    def _how_to_get(self, flag: str, size: int, data_dir) -> str:
+        file = self._file(flag, size, data_dir)
+        return (
+            f"{flag} ({size} px) is not downloaded: run `python -m histo_core datasets --download {flag}"
+            f" --size {size}` (needs internet) or put {file.name} in {file.parent}"
+        )
+
+    def open(self, spec, options, *, size, as_rgb, data_dir, seed, progress) -> TileDataset:
+        if is_multi_label(spec):
+            raise DatasetError(
+                f"{spec} is multi-label (several findings per image); Histo Explorer trains single-label "
+                "classifiers: choose another MedMNIST set"
+            )
+        size_ = int(size or 28)
+        if size_ not in SIZES:
+            raise DatasetError(f"{spec}: size must be one of {', '.join(map(str, SIZES))}, got {size_}")
+        file = self._file(spec, size_, data_dir)
+        if not file.exists():
+            raise DatasetError(self._how_to_get(spec, size_, data_dir))
+        return open_medmnist_npz(file, flag=spec, as_rgb=as_rgb, name=spec)
+
+    def entries(self, data_dir=None) -> list[DatasetEntry]:
+        return [self.status(flag, None, data_dir) for flag in flags_2d()]
+
+    def status(self, name: str, size: int | None = None, data_dir=None) -> DatasetEntry:
+        meta = medmnist_info()[name]
+        size_status: dict[str, dict] = {}
+        for s in SIZES:
+            file = self._file(name, s, data_dir)
+            size_status[str(s)] = {"available": file.is_file(), "file": str(file)}
+            if file.is_file():
+                size_status[str(s)]["split_sizes"] = npz_split_sizes(file)
+        here = tuple(s for s in SIZES if size_status[str(s)]["available"])
+        present = (int(size) in here) if size else bool(here)
+        wanted = int(size or (here[0] if here else 28))
+        multi = is_multi_label(name)
+        return DatasetEntry(
+            name,
+            meta["python_class"],
+            self.kind,
+            sizes=here,
+            channels=meta["n_channels"],
+            location=str(self._file(name, wanted, data_dir)) if size else str(paths.data_dir(data_dir)),
+            present=present,
+            downloadable=True,
+            all_sizes=SIZES,
+            missing="" if present else self._how_to_get(name, wanted, data_dir),
+            availability=("sizes " + ",".join(map(str, here))) if here else "not downloaded",
+            supported=not multi,
+            note="multi-label; Histo Explorer trains single-label classifiers" if multi else "",
+            tag="MedMNIST",
+            classes=tuple(meta["label"][k] for k in sorted(meta["label"], key=int)),
+            split_sizes=dict(meta["n_samples"]),
+            size_status=size_status,
+            description=meta["description"],
+            license=meta.get("license", ""),
+        )
+
+    def download(self, name, size, *, data_dir=None, progress=None, timeout=10.0) -> Path:
+        from histo_core.datasets.download import download_medmnist
+
+        return download_medmnist(name, int(size or 28), data_dir=data_dir, progress=progress, timeout=timeout)
+
+
+class NpzFileSource(DatasetSource):
+    """Any npz in the MedMNIST layout (train_images, train_labels, ...), served at its own tile size."""
+
+    kind = "npz"
+    label = "MedMNIST-layout npz"
+
+    def recognises(self, path: Path) -> bool:
+        return path.suffix.lower() == ".npz" and not path.is_dir()
+
+    def open(self, spec, options, *, size, as_rgb, data_dir, seed, progress) -> TileDataset:
+        return open_medmnist_npz(Path(spec).expanduser(), as_rgb=as_rgb)

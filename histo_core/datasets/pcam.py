@@ -23,7 +23,7 @@ import numpy as np
 
 from histo_core import limits, paths
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset
-from histo_core.datasets.decoded_tiles import Progress
+from histo_core.datasets.sources import DatasetEntry, DatasetSource, Progress
 from histo_core.errors import DatasetError
 
 FILE_SPLITS = {"train": "train", "valid": "val", "test": "test"}  # file name part -> our split name
@@ -245,3 +245,77 @@ def open_pcam(
         extra={"notes": notes, "lazy": True},
     )
     return TileDataset(info, splits)
+
+
+OFFICIAL_SPLIT_SIZES = {"train": 262144, "val": 32768, "test": 32768}
+
+
+class PCamSource(DatasetSource):
+    """PatchCamelyon: the registered name `pcam` (files in `<data dir>/pcam`) or any folder of its HDF5 files."""
+
+    kind = "pcam"
+    label = "PCam folder"
+    path_channels = 3
+
+    def names(self) -> tuple[str, ...]:
+        return ("pcam",)
+
+    def recognises(self, path: Path) -> bool:
+        return (path.is_dir() and looks_like_pcam(path)) or path.name.endswith((".h5", ".h5.gz"))
+
+    def _missing(self, folder: Path) -> str:
+        return (
+            f"pcam is not present: download camelyonpatch_level_2_split_*_{{x,y}}.h5.gz from {PCAM_URL} into {folder}"
+        )
+
+    def open(self, spec, options, *, size, as_rgb, data_dir, seed, progress) -> TileDataset:
+        if spec == "pcam":
+            folder = paths.data_dir(data_dir) / "pcam"
+            if not (folder.is_dir() and looks_like_pcam(folder)):
+                raise DatasetError(self._missing(folder))
+        else:
+            folder = Path(spec).expanduser()
+            folder = folder if folder.is_dir() else folder.parent
+        return open_pcam(folder, data_dir=data_dir, progress=progress)
+
+    def entries(self, data_dir=None) -> list[DatasetEntry]:
+        folder = paths.data_dir(data_dir) / "pcam"
+        files: dict[str, str | None] = {}
+        for file_split, split in FILE_SPLITS.items():
+            x = folder / file_name(file_split, "x")
+            files[split] = "h5" if x.is_file() else "h5.gz" if x.with_name(x.name + ".gz").is_file() else None
+        present = any(files.values())
+        split_sizes: dict[str, int | None] = dict(OFFICIAL_SPLIT_SIZES)
+        for split, kind in files.items():
+            if kind == "h5":  # header only; .h5.gz ones are decompressed on first open, not by a listing
+                split_sizes[split] = _h5_rows(folder / file_name({"val": "valid"}.get(split, split), "x"))
+        return [
+            DatasetEntry(
+                "pcam",
+                "PatchCamelyon",
+                self.kind,
+                sizes=(),
+                channels=3,
+                location=str(folder),
+                present=present,
+                all_sizes=(TILE_SIZE,),
+                missing="" if present else self._missing(folder),
+                availability="yes" if present else "not present",
+                classes=tuple(CLASSES),
+                split_sizes=split_sizes,
+                size_status={str(TILE_SIZE): {"available": present}},
+                description="327,680 96x96 lymph-node tiles, binary (metastasis or not), official HDF5 files.",
+                license="CC0 1.0",
+                details={"files": files},
+            )
+        ]
+
+
+def _h5_rows(path: Path) -> int | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["x"].shape[0])
+    except (OSError, KeyError):
+        return None

@@ -79,41 +79,31 @@ class _Option(NamedTuple):
 
 
 def _options(include_missing: bool, data_dir) -> list[_Option]:
-    from histo_core.datasets import dataset_entries
+    from histo_core.datasets import dataset_statuses
     from histo_core.datasets.catalog import available_datasets
 
     out, seen = [], set()
     for d in available_datasets(data_dir):
-        tag = {"synthetic": "", "medmnist": " · MedMNIST", "pcam": ""}.get(d.source, f" · {d.source}")
-        label = d.title + tag + (f" — {d.spec}" if d.user_added else "")
+        label = d.title + (f" · {d.tag}" if d.tag else "") + (f" — {d.spec}" if d.user_added else "")
         out.append(_Option(d.spec, label, d.sizes, d.channels, True))
         seen.add(d.spec)
     if include_missing:
-        from histo_core.datasets.medmnist_source import is_multi_label, medmnist_info
-
-        info = medmnist_info()
-        for e in dataset_entries():
-            if e.name in seen or (e.source == "medmnist" and is_multi_label(e.name)):
-                continue
-            channels = info[e.name]["n_channels"] if e.source == "medmnist" else 3
-            where = "not downloaded" if e.source == "medmnist" else "not present"
-            out.append(
-                _Option(e.name, f"{e.title} ({where})", e.sizes if e.source == "medmnist" else (), channels, False)
-            )
+        for e in dataset_statuses(data_dir):
+            if e.spec not in seen and e.supported:
+                sizes = e.all_sizes if e.downloadable else ()
+                out.append(_Option(e.spec, f"{e.title} ({e.availability})", sizes, e.channels, False))
     return out
 
 
 def _typed_path_option(spec: str) -> _Option:
-    """Size and channel widgets only where they mean something for what the typed path points at."""
-    from histo_core.datasets import describe_spec
-    from histo_core.datasets.catalog import DECODE_SIZES
+    """Size and channel widgets only where they mean something for the kind of path typed (its source says)."""
+    from histo_core.datasets import source_for
+    from histo_core.datasets.sources import DECODE_SIZES
 
-    kind = describe_spec(spec) if spec else ""
-    if kind == "PCam folder":
-        return _Option(spec, spec, (), 3, True)
-    if kind == "MedMNIST-layout npz":
-        return _Option(spec, spec, (), None, True)
-    return _Option(spec, spec, DECODE_SIZES, None, True)
+    source = source_for(spec)[0] if spec else None
+    if source is None:
+        return _Option(spec, spec, DECODE_SIZES, None, True)
+    return _Option(spec, spec, source.path_sizes, source.path_channels, True)
 
 
 _QUERY_KEY = "dataset"
