@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class ArchSpec:
     has_backbone: bool  # supports pretrained weights and frozen / fine_tune modes
     builder: Callable[..., nn.Module]
     head_attr: str  # attribute holding the classifier head
-    cam_layer: Callable[[nn.Module, int], nn.Module]  # (model, input size) -> the layer Grad-CAM hooks
+    cam_layer: Callable[[Any, int], nn.Module]  # (model, input size) -> the layer Grad-CAM hooks
     description: str = ""
 
 
@@ -255,7 +256,9 @@ def _custom(cls):
 # trained cnn3.
 
 
-def _deepest_at_least_7(parent_of: Callable[[nn.Module], nn.Module], layers: tuple[str, ...], last_block: bool):
+def _deepest_at_least_7(
+    parent_of: Callable[[Any], Any], layers: tuple[str, ...], last_block: bool
+) -> Callable[[Any, int], nn.Module]:
     """`layers` deepest first, each halving the side; below SMALL_STEM_BELOW the stem does not downsample."""
 
     def layer(model: nn.Module, input_size: int) -> nn.Module:
