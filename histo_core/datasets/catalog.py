@@ -17,7 +17,6 @@ from histo_core.errors import DatasetError
 from histo_core.fsutil import read_json, write_json_atomic
 
 CATALOG_FILE = "histo_datasets.json"
-AvailableDataset = DatasetEntry  # what available_datasets() lists
 
 
 def _catalog_path(data_dir) -> Path:
