@@ -11,11 +11,14 @@ quantiles, no Python loop over tiles. torchstain does the same per image (a loop
 batch) and raises on tiles with too little tissue, which are common (background, fat); this module keeps such
 tiles unchanged instead.
 
-Macenko (Macenko et al. 2009): optical density OD = -log((I + 1) / Io); pixels with OD >= beta in every
+Macenko (Macenko et al. 2009): optical density OD = -log((I + 1) / Io), with Io the tile's own white level (the
+99.9th percentile of each channel, never below IO = 240: glass scanned brighter than 240 is glass, not negative
+stain, and a tinted light source is balanced out); pixels with OD >= beta in every
 channel are tissue; the plane of the two largest eigenvectors of their OD covariance holds the H and E
 vectors, found at the alpha / 100 - alpha percentiles of the angle in that plane; concentrations are
 rescaled so their 99th percentile matches the reference's, and recomposed with the reference's stain
-vectors. A tile with fewer than MIN_TISSUE_FRACTION tissue pixels gets default H&E vectors (its own estimate
+vectors. Concentrations are clamped at zero (a pixel holds no negative dye: without the clamp, a pale tile
+whose 99th percentile is tiny had its negative values magnified into white with black specks). A tile with fewer than MIN_TISSUE_FRACTION tissue pixels gets default H&E vectors (its own estimate
 would be noise) and is rescaled like any other, as in the normalisation NCT-CRC-HE-100K went through; white
 glass (OD <= 0) stays white.
 
@@ -36,14 +39,18 @@ BETA = 0.15  # OD threshold: transparent pixels are not tissue
 ALPHA = 1.0  # percentile of the angle distribution taken as the extreme stain vectors
 MIN_TISSUE_FRACTION = 0.10  # tiles with less tissue than this are left unchanged
 MAX_FIT_TILES = 2000
+WHITE_QUANTILE = 0.999  # the brightest pixels of a tile are taken as its white level (Io) when above IO
 _DEFAULT_HE = torch.tensor([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])  # Macenko's reference H&E
 
 
 # -- optical density and the Macenko estimate ----------------------------------------------------------
 def _od(x01: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) in [0, 1] -> (N, 3, P) optical density."""
+    """(N, 3, H, W) in [0, 1] -> (N, 3, P) optical density against each tile's white level (see above)."""
     n = x01.shape[0]
-    return -torch.log((x01.reshape(n, 3, -1).float() * 255.0 + 1.0) / IO)
+    v = x01.reshape(n, 3, -1).float() * 255.0
+    k = max(1, min(v.shape[2], round(WHITE_QUANTILE * v.shape[2])))
+    white = torch.kthvalue(v, k, dim=2, keepdim=True).values
+    return -torch.log((v + 1.0) / torch.clamp_min(white + 1.0, IO))  # exactly the classic OD when white < IO
 
 
 def _tissue_mask(od: torch.Tensor) -> torch.Tensor:
@@ -81,7 +88,7 @@ def _macenko_estimate(od: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     he = he / he.norm(dim=1, keepdim=True).clamp_min(1e-8)
     bad = ~torch.isfinite(he).flatten(1).all(1) | (mask.float().mean(1) < MIN_TISSUE_FRACTION)
     he = torch.where(bad.view(-1, 1, 1), _DEFAULT_HE.to(he), he)
-    conc = torch.linalg.pinv(he) @ od  # (N, 2, P), every pixel
+    conc = (torch.linalg.pinv(he) @ od).clamp_min(0.0)  # (N, 2, P), every pixel
     max_c = torch.quantile(conc, 0.99, dim=2).clamp_min(1e-6)
     return he, max_c
 
@@ -93,7 +100,7 @@ def _macenko(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
     n, _, h, w = x01.shape
     od = _od(x01)
     he, max_c = _macenko_estimate(od, _tissue_mask(od))
-    conc = torch.linalg.pinv(he) @ od
+    conc = (torch.linalg.pinv(he) @ od).clamp_min(0.0)
     ref_he = torch.as_tensor(ref["stain_matrix"], dtype=od.dtype, device=od.device)  # (3, 2)
     ref_max = torch.as_tensor(ref["max_concentration"], dtype=od.dtype, device=od.device)  # (2,)
     conc = conc * (ref_max / max_c).unsqueeze(-1)
