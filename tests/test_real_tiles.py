@@ -123,6 +123,7 @@ def test_normaliser_maps_a_stain_shifted_copy_back_and_leaves_its_reference_alon
     tiles = np.stack([he_tile(s) for s in range(8)])
     ref = stain.fit_reference(method, tiles)
     json.dumps(ref)  # saved with the run and the card
+    assert method != "macenko" or ref["version"] == stain.MACENKO_VERSION
     original = tiles[0]
     shifted = hed_shift(original, 1.6, 0.6)
     before = np.abs(shifted.astype(float) - original).mean()
@@ -147,6 +148,7 @@ def test_normaliser_keeps_blank_and_grayscale_input_valid():
 # A Macenko reference as fitted on the real PathMNIST tiles (weights/pathmnist-resnet9-macenko.json).
 PATHMNIST_REF = {
     "method": "macenko",
+    "version": 2,
     "stain_matrix": [[0.444, 0.254], [0.791, 0.865], [0.421, 0.432]],
     "max_concentration": [1.21, 0.89],
 }
@@ -161,6 +163,9 @@ def test_glass_brighter_than_the_default_white_level_is_background_stain_not_whi
     out = stain.normalize_uint8(glass[None], PATHMNIST_REF)[0].reshape(-1, 3).astype(float)
     assert out.mean(0).sum() < 600  # stained, not white (was ~762)
     assert np.percentile(out.sum(1), 1) > 250  # and no near-black specks
+    # A reference fitted before (no version: the shipped macenko model's) keeps the maths it was trained with.
+    v1 = {k: v for k, v in PATHMNIST_REF.items() if k != "version"}
+    assert stain.normalize_uint8(glass[None], v1)[0].reshape(-1, 3).astype(float).mean(0).sum() > 740
 
 
 def test_a_pale_eosin_only_tile_keeps_its_colour(shared_data):
