@@ -11,11 +11,14 @@ quantiles, no Python loop over tiles. torchstain does the same per image (a loop
 batch) and raises on tiles with too little tissue, which are common (background, fat); this module keeps such
 tiles unchanged instead.
 
-Macenko (Macenko et al. 2009): optical density OD = -log((I + 1) / Io); pixels with OD >= beta in every
+Macenko (Macenko et al. 2009): optical density OD = -log((I + 1) / Io), with Io the tile's own white level (the
+99.9th percentile of each channel, never below IO = 240: glass scanned brighter than 240 is glass, not negative
+stain, and a tinted light source is balanced out); pixels with OD >= beta in every
 channel are tissue; the plane of the two largest eigenvectors of their OD covariance holds the H and E
 vectors, found at the alpha / 100 - alpha percentiles of the angle in that plane; concentrations are
 rescaled so their 99th percentile matches the reference's, and recomposed with the reference's stain
-vectors. A tile with fewer than MIN_TISSUE_FRACTION tissue pixels gets default H&E vectors (its own estimate
+vectors. Concentrations are clamped at zero (a pixel holds no negative dye: without the clamp, a pale tile
+whose 99th percentile is tiny had its negative values magnified into white with black specks). A tile with fewer than MIN_TISSUE_FRACTION tissue pixels gets default H&E vectors (its own estimate
 would be noise) and is rescaled like any other, as in the normalisation NCT-CRC-HE-100K went through; white
 glass (OD <= 0) stays white.
 
@@ -36,14 +39,24 @@ BETA = 0.15  # OD threshold: transparent pixels are not tissue
 ALPHA = 1.0  # percentile of the angle distribution taken as the extreme stain vectors
 MIN_TISSUE_FRACTION = 0.10  # tiles with less tissue than this are left unchanged
 MAX_FIT_TILES = 2000
+WHITE_QUANTILE = 0.999  # the brightest pixels of a tile are taken as its white level (Io) when above IO
+# The Macenko maths a reference was fitted with, saved in it: a run is always normalised the way it was trained.
+# 1 (references without "version"): fixed Io, signed concentrations. 2: each tile's white level, clamped at 0.
+MACENKO_VERSION = 2
 _DEFAULT_HE = torch.tensor([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])  # Macenko's reference H&E
 
 
 # -- optical density and the Macenko estimate ----------------------------------------------------------
-def _od(x01: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) in [0, 1] -> (N, 3, P) optical density."""
+def _od(x01: torch.Tensor, white_level: bool = True) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> (N, 3, P) optical density against each tile's white level (see above), or
+    against the fixed IO (`white_level=False`: version 1 references, and Reinhard's tissue mask)."""
     n = x01.shape[0]
-    return -torch.log((x01.reshape(n, 3, -1).float() * 255.0 + 1.0) / IO)
+    v = x01.reshape(n, 3, -1).float() * 255.0
+    if not white_level:
+        return -torch.log((v + 1.0) / IO)
+    k = max(1, min(v.shape[2], round(WHITE_QUANTILE * v.shape[2])))
+    white = torch.kthvalue(v, k, dim=2, keepdim=True).values
+    return -torch.log((v + 1.0) / torch.clamp_min(white + 1.0, IO))  # exactly the classic OD when white < IO
 
 
 def _tissue_mask(od: torch.Tensor) -> torch.Tensor:
@@ -55,7 +68,7 @@ def _masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torc
     return torch.nanquantile(torch.where(mask, values, torch.full_like(values, float("nan"))), q, dim=1)
 
 
-def _macenko_estimate(od: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _macenko_estimate(od: torch.Tensor, mask: torch.Tensor, clamp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Stain matrices (N, 3, 2) [H, E] and 99th-percentile concentrations (N, 2) of each row of OD (N, 3, P).
 
     Rows with too little tissue (under MIN_TISSUE_FRACTION of their pixels) get the default H&E vectors:
@@ -82,6 +95,8 @@ def _macenko_estimate(od: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     bad = ~torch.isfinite(he).flatten(1).all(1) | (mask.float().mean(1) < MIN_TISSUE_FRACTION)
     he = torch.where(bad.view(-1, 1, 1), _DEFAULT_HE.to(he), he)
     conc = torch.linalg.pinv(he) @ od  # (N, 2, P), every pixel
+    if clamp:
+        conc = conc.clamp_min(0.0)
     max_c = torch.quantile(conc, 0.99, dim=2).clamp_min(1e-6)
     return he, max_c
 
@@ -91,9 +106,12 @@ def _macenko(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
     reference's stain vectors, as in the Macenko normalisation NCT-CRC-HE-100K (hence PathMNIST) went through:
     an almost empty tile comes out as the same uniform stain as the background tiles of those sets."""
     n, _, h, w = x01.shape
-    od = _od(x01)
-    he, max_c = _macenko_estimate(od, _tissue_mask(od))
+    v2 = int(ref.get("version", 1)) >= 2
+    od = _od(x01, white_level=v2)
+    he, max_c = _macenko_estimate(od, _tissue_mask(od), clamp=v2)
     conc = torch.linalg.pinv(he) @ od
+    if v2:
+        conc = conc.clamp_min(0.0)
     ref_he = torch.as_tensor(ref["stain_matrix"], dtype=od.dtype, device=od.device)  # (3, 2)
     ref_max = torch.as_tensor(ref["max_concentration"], dtype=od.dtype, device=od.device)  # (2,)
     conc = conc * (ref_max / max_c).unsqueeze(-1)
@@ -137,7 +155,7 @@ def _lab_stats(lab: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def _reinhard(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
     n = x01.shape[0]
-    mask = _tissue_mask(_od(x01))
+    mask = _tissue_mask(_od(x01, white_level=False))
     usable = mask.float().mean(1) >= MIN_TISSUE_FRACTION
     if not bool(usable.any()):
         return x01
@@ -171,7 +189,7 @@ def fit_reference(method: str, tiles_uint8: np.ndarray, seed: int = 0) -> dict[s
     if len(tiles) > MAX_FIT_TILES:
         tiles = tiles[np.sort(np.random.default_rng(seed).choice(len(tiles), MAX_FIT_TILES, replace=False))]
     x01 = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float() / 255.0
-    od = _od(x01)
+    od = _od(x01, white_level=method == "macenko")
     mask = _tissue_mask(od)
     usable = mask.float().mean(1) >= MIN_TISSUE_FRACTION
     if int(usable.sum()) < 1:
@@ -184,6 +202,7 @@ def fit_reference(method: str, tiles_uint8: np.ndarray, seed: int = 0) -> dict[s
         he = he / he.norm(dim=0, keepdim=True)
         return {
             "method": "macenko",
+            "version": MACENKO_VERSION,
             "stain_matrix": he.tolist(),
             "max_concentration": max_c.median(dim=0).values.tolist(),
             "fitted_on_tiles": int(usable.sum()),

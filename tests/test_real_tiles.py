@@ -123,6 +123,7 @@ def test_normaliser_maps_a_stain_shifted_copy_back_and_leaves_its_reference_alon
     tiles = np.stack([he_tile(s) for s in range(8)])
     ref = stain.fit_reference(method, tiles)
     json.dumps(ref)  # saved with the run and the card
+    assert method != "macenko" or ref["version"] == stain.MACENKO_VERSION
     original = tiles[0]
     shifted = hed_shift(original, 1.6, 0.6)
     before = np.abs(shifted.astype(float) - original).mean()
@@ -142,6 +143,39 @@ def test_normaliser_keeps_blank_and_grayscale_input_valid():
     assert torch.equal(stain.normalize_batch(gray, ref), gray)
     with pytest.raises(ValueError, match="RGB"):
         stain.fit_reference("macenko", np.zeros((2, 8, 8, 1), np.uint8))
+
+
+# A Macenko reference as fitted on the real PathMNIST tiles (weights/pathmnist-resnet9-macenko.json).
+PATHMNIST_REF = {
+    "method": "macenko",
+    "version": 2,
+    "stain_matrix": [[0.444, 0.254], [0.791, 0.865], [0.421, 0.432]],
+    "max_concentration": [1.21, 0.89],
+}
+
+
+def test_glass_brighter_than_the_default_white_level_is_background_stain_not_white_with_specks():
+    """Glass scanned at ~244 (above Io = 240) is glass: measured against the tile's own white level, its faint
+    texture is rescaled into the uniform stain NCT-CRC-HE-100K's (hence PathMNIST's) background tiles show.
+    Against a fixed Io its OD was negative: it stayed white apart from a few magnified black specks."""
+    rng = np.random.default_rng(0)
+    glass = np.clip(np.array([244, 244, 245]) + rng.normal(0, 1.5, (28, 28, 3)), 0, 255).astype(np.uint8)
+    out = stain.normalize_uint8(glass[None], PATHMNIST_REF)[0].reshape(-1, 3).astype(float)
+    assert out.mean(0).sum() < 600  # stained, not white (was ~762)
+    assert np.percentile(out.sum(1), 1) > 250  # and no near-black specks
+    # A reference fitted before (no version: the shipped macenko model's) keeps the maths it was trained with.
+    v1 = {k: v for k, v in PATHMNIST_REF.items() if k != "version"}
+    assert stain.normalize_uint8(glass[None], v1)[0].reshape(-1, 3).astype(float).mean(0).sum() > 740
+
+
+def test_a_pale_eosin_only_tile_keeps_its_colour(shared_data):
+    """NCT-CRC-HE-100K-NONORM's debris tile is uniform pale pink: too little 'tissue' (red OD < beta) for its own
+    stain vectors, and a tiny haematoxylin percentile. Negative concentrations, magnified by that percentile,
+    used to turn it white with black specks (then classified as adipose); clamped at zero, it stays pink."""
+    path = next((shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM" / "DEB").iterdir())
+    tile = make_tile(np.asarray(Image.open(path).convert("RGB")), 28, 3)
+    out = stain.normalize_uint8(tile[None], PATHMNIST_REF)[0].reshape(-1, 3).astype(float)
+    assert np.abs(out.mean(0) - tile.reshape(-1, 3).mean(0)).max() < 25, out.mean(0)
 
 
 def test_stain_jitter_keeps_shape_dtype_range_and_is_reproducible():
