@@ -151,7 +151,7 @@ def test_train_json_evaluate_and_lr_find_in_a_subprocess(tmp_path):
 
 def test_run_dir_executes_a_prepared_run_and_resumes(tmp_path):
     from histo_core.runs import RunDir
-    from histo_core.train import prepare_run
+    from histo_core.training import prepare_run
 
     cfg = TrainConfig(dataset="synthetic", arch="simplecnn", epochs=2, max_train_samples=128, threads=1)
     run = prepare_run(cfg)
@@ -168,7 +168,7 @@ def test_sigterm_cancels_at_a_safe_point_and_resume_finishes(tmp_path):
     import signal
     import time
 
-    from histo_core.train import prepare_run
+    from histo_core.training import prepare_run
 
     cfg = TrainConfig(dataset="synthetic", arch="cnn3", epochs=4, threads=1, batch_size=32)
     run = prepare_run(cfg)

@@ -97,7 +97,7 @@ def test_export_of_a_real_run_predicts_like_the_run():
 
     from histo_core.config import TrainConfig
     from histo_core.inference import load_model, predict
-    from histo_core.train import prepare_run, run_training
+    from histo_core.training import prepare_run, run_training
 
     threads = torch.get_num_threads()
     try:

@@ -152,7 +152,7 @@ def test_a_real_trained_run_renders(tmp_path):
     import torch
 
     from histo_core.config import TrainConfig
-    from histo_core.train import prepare_run, run_training
+    from histo_core.training import prepare_run, run_training
 
     threads = torch.get_num_threads()
     try:

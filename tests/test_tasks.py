@@ -18,7 +18,7 @@ from tests.taskfiles import make_task, wait_for_task
 
 
 def small_config(**changes):
-    from histo_core.train import default_config
+    from histo_core.training import default_config
 
     cfg = default_config("synthetic", device="cpu")
     cfg.epochs, cfg.max_train_samples, cfg.threads, cfg.batch_size = 3, 256, 1, 32
@@ -50,7 +50,7 @@ def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monk
     evaluation takes 1 ms per tile. The old estimate (one warm-up batch, no validation, no fixed costs) said
     "7 min" cold and "0 s per epoch" warm."""
     from histo_core import estimate
-    from histo_core import train as T
+    from histo_core import training as T
 
     now = {"t": 0.0, "steps": 0}
     monkeypatch.setattr(estimate, "_clock", lambda: now["t"])
