@@ -39,14 +39,7 @@ from torch import nn
 
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, write_json_atomic
-from histo_core.predict import (
-    InputSpec,
-    eval_batch_size,
-    feature_layer,
-    forward_features,
-    iter_predictions,
-    predict_tiles,
-)
+from histo_core.predict import InputSpec, eval_batch_size, iter_predictions, predict_tiles
 
 DIR_NAME = "embeddings"
 SPLITS = ("train", "val", "test")
@@ -65,14 +58,10 @@ def tile_features(
     (`meta`: an inference.ModelMeta). Holds the model's lock, like every other forward pass."""
     from histo_core.inference import model_lock
 
+    spec, k = InputSpec.of(meta), meta.num_classes
     with model_lock(model):
         probs, feats = predict_tiles(
-            model,
-            np.asarray(tiles_uint8),
-            InputSpec.of(meta),
-            features=True,
-            batch_size=batch_size,
-            num_classes=meta.num_classes,
+            model, np.asarray(tiles_uint8), spec, features=True, batch_size=batch_size, num_classes=k
         )
     return feats, probs
 
@@ -382,8 +371,7 @@ def embed(
         total = sum(counts.values())
         done = 0
         dims = None
-        was_training = model.training
-        model.eval()
+        was_training = model.training  # iter_predictions puts it in eval mode
         from histo_core.inference import model_lock
 
         spec = InputSpec.of(meta)  # tiles of another size are resized: a frozen model embeds any dataset
@@ -499,8 +487,6 @@ __all__ = [
     "load_store",
     "is_current",
     "tile_features",
-    "forward_features",
-    "feature_layer",
     "sample_points",
     "sample_rule",
     "project",

@@ -323,28 +323,22 @@ def ood_flags(meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None
     return None if found is None else found[0]
 
 
-def predict(loaded: LoadedModel, tiles_uint8: np.ndarray, tta: bool = False, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, K) float32 for uint8 tiles (N, S, S, C) already at the model's input size.
+def predict(
+    loaded: LoadedModel, tiles_uint8: np.ndarray | torch.Tensor, tta: bool = False, batch_size: int = 256
+) -> np.ndarray:
+    """Class probabilities (N, K) float32 for uint8 tiles (N, S, S, C) already at the model's input size, or for
+    the model's view of them (`model_view`: stain-normalised already). Runs `histo_core.predict`, the one loop.
 
     With `tta`, the probabilities are averaged over the 8 dihedral views (flips and 90-degree rotations),
-    all label-preserving for tissue. The batches run through `histo_core.predict` (the one loop)."""
-    tiles = np.asarray(tiles_uint8)
-    _check_tiles(tiles, loaded.meta)
-    return _predict_held(loaded, tiles, tta, batch_size)
-
-
-def _predict_held(loaded: LoadedModel, tiles: np.ndarray | torch.Tensor, tta: bool, batch_size: int) -> np.ndarray:
+    all label-preserving for tissue."""
     from histo_core.predict import InputSpec, predict_tiles
 
+    tiles = tiles_uint8 if isinstance(tiles_uint8, torch.Tensor) else np.asarray(tiles_uint8)
+    if not isinstance(tiles, torch.Tensor):
+        _check_tiles(tiles, loaded.meta)
+    spec, k = InputSpec.of(loaded.meta), loaded.meta.num_classes
     with model_lock(loaded.model):
-        return predict_tiles(
-            loaded.model,
-            tiles,
-            InputSpec.of(loaded.meta),
-            tta=tta,
-            batch_size=batch_size,
-            num_classes=loaded.meta.num_classes,
-        )
+        return predict_tiles(loaded.model, tiles, spec, tta=tta, batch_size=batch_size, num_classes=k)
 
 
 def _check_tiles(tiles: np.ndarray, meta: ModelMeta) -> None:
@@ -536,9 +530,8 @@ def classify_uploads(
     good = [r for r in results if r.ok]
     if good:
         tiles = np.stack([r.tile for r in good])
-        _check_tiles(tiles, loaded.meta)
         view = model_view(tiles, loaded.meta)  # stain-normalised once: shown, checked and classified
-        probs = _predict_held(loaded, view, tta, batch_size)
+        probs = predict(loaded, view, tta=tta, batch_size=batch_size)
         flagged = flag_tiles(loaded.meta.ood, probs, view)
         seen = (view * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i, (r, p) in enumerate(zip(good, probs)):

@@ -48,7 +48,10 @@ class InputSpec:
     @classmethod
     def of(cls, meta: Any, **run_options: Any) -> InputSpec:
         """From an `inference.ModelMeta`, a checkpoint or model-meta dict, or a training `TrainData`."""
-        get = meta.get if isinstance(meta, dict) else lambda k, d=None: getattr(meta, k, d)
+
+        def get(key: str) -> Any:
+            return meta.get(key) if isinstance(meta, dict) else getattr(meta, key, None)
+
         return cls(
             mean=tuple(float(v) for v in np.asarray(get("mean")).reshape(-1)),
             std=tuple(float(v) for v in np.asarray(get("std")).reshape(-1)),

@@ -147,6 +147,7 @@ def test_export_form_writes_weights():
     assert any("Exported to" in s.value for s in at.success)
 
 
+@pytest.mark.slow
 def test_a_real_trained_run_renders(tmp_path):
     """The page against what the trainer really writes (not the test helper's imitation)."""
     import torch

@@ -152,6 +152,7 @@ def test_adding_a_path_outside_the_roots_from_the_page_is_refused(no_extra_roots
     assert local_datasets() == []
 
 
+@pytest.mark.slow
 def test_datasets_registered_with_the_cli_become_roots(no_extra_roots, tmp_path):
     npz = tiny_npz(tmp_path / "registered" / "x.npz")
     assert cli("datasets", "--add", str(npz)).returncode == 0
@@ -159,6 +160,7 @@ def test_datasets_registered_with_the_cli_become_roots(no_extra_roots, tmp_path)
     assert not at.error and at.subheader[0].value.startswith("x.npz")
 
 
+@pytest.mark.slow
 def test_the_cli_still_opens_any_path(no_extra_roots, tmp_path):
     proc = cli("datasets", "--info", str(tiny_npz(tmp_path / "anywhere" / "x.npz")))
     assert proc.returncode == 0, proc.stderr
@@ -258,6 +260,7 @@ def _sleeper(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
 
 
+@pytest.mark.slow
 def test_cancel_checks_the_process_start_time_not_the_command_line():
     run = write_run("running")
     proc = _sleeper(run.id, "histo_core")  # its command line even names the run
@@ -275,6 +278,7 @@ def test_cancel_checks_the_process_start_time_not_the_command_line():
         proc.kill()
 
 
+@pytest.mark.slow
 def test_trainer_records_its_pid_and_start_time(tmp_path):
     from histo_core.training import default_config, prepare_run, run_training
 

@@ -479,14 +479,7 @@ def test_measure_throughput_and_lr_find():
     assert 1e-5 <= res["suggested_lr"] <= 1.0
 
 
-# -- evaluation on other datasets ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    run = T.prepare_run(quick_config(epochs=2), runs_root=tmp_path_factory.mktemp("runs"))
-    assert T.run_training(run)["state"] == "completed"
-    return run
-
-
+# -- real data ----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_real_pathmnist_quick_run(pathmnist_mini):
     cfg = T.default_config(str(pathmnist_mini), "cpu")

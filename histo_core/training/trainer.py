@@ -61,7 +61,7 @@ class Trainer:
         # channels-last measured faster on CPU too (x1.1-1.6 for every architecture here; benchmarks/RESULTS.md)
         self.channels_last = bool(config.channels_last)
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.amp_dtype = torch.bfloat16 if (self.cuda and config.amp) else None
         self.head_ids = (
             {id(p) for p in head_module(self.model, config.arch).parameters()}
