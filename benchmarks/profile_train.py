@@ -30,11 +30,11 @@ def main(argv=None) -> int:
     from train_speed import build_ours, synthetic_tiles
 
     trainer, _ = build_ours(args.arch, "cpu", args.threads, args.compile, synthetic_tiles())
-    batches = trainer._batches_of_epoch(0)
+    batches = trainer.batches_of_epoch(0)
 
     def step(i: int) -> None:
         pos = batches[i % len(batches)]
-        trainer.train_step(trainer.prepare_batch(trainer._gather(pos), train=True), trainer._labels_for(pos))
+        trainer.train_batch(pos)
 
     trainer.set_train_mode()
     for i in range(3):

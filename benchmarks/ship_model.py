@@ -40,7 +40,7 @@ def all_tiles() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def recipe(stain_norm: str, stain_jitter: float, seed: int):
-    from histo_core.train import default_config
+    from histo_core.training import default_config
 
     cfg = default_config(str(NPZ), device="cpu")
     cfg.stain_norm, cfg.augment.stain_jitter, cfg.seed = stain_norm, stain_jitter, seed
@@ -50,7 +50,7 @@ def recipe(stain_norm: str, stain_jitter: float, seed: int):
 def cross_validate(cfg, images, labels, classes, folds: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedKFold
 
-    from histo_core.train import fit_arrays, predict_probs
+    from histo_core.training import fit_arrays, predict_probs
 
     oof = np.zeros((len(labels), len(classes)), np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
@@ -80,7 +80,7 @@ def main() -> None:
     from histo_core import ood, pipeline, stain
     from histo_core.checkpoint import save_checkpoint
     from histo_core.fsutil import write_json_atomic
-    from histo_core.train import fit_arrays
+    from histo_core.training import fit_arrays
 
     images, labels, classes = all_tiles()
     cfg = recipe(args.stain_norm, args.stain_jitter, args.seed)

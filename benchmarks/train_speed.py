@@ -5,7 +5,7 @@ batch 128, AdamW, the same thread count and random horizontal + vertical flips. 
 own child process (imports and compile caches do not leak from one to the next), alternating ours and the
 reference per architecture and round, so that a machine-wide slowdown hits both:
 
-  ours       histo_core.train.Trainer as `python -m histo_core train` builds it: uint8 tiles resident as one
+  ours       histo_core.training.Trainer as `python -m histo_core train` builds it: uint8 tiles resident as one
              tensor, batches gathered by index, flips batched on the device, channels-last, fused AdamW, and
              torch.compile when --compile is given (off by default: it did not pay on CPU, RESULTS.md);
   reference  the textbook loop: a torch Dataset returning PIL images, RandomHorizontalFlip +
@@ -77,11 +77,11 @@ def build_ours(arch: str, device: str, threads: int, compile_: bool, tiles, *, b
     """(trainer, config) as the CLI builds them; `build_device` overrides where tensors go (the dry run)."""
     import torch
 
-    from histo_core import train as T
+    from histo_core import training as T
 
     cfg = our_config(arch, device, threads, compile_)
     dev = torch.device(build_device) if build_device else T.setup_device(cfg)
-    data = T.build_train_data(cfg, T._array_dataset(*tiles), str(dev), need_test=False)
+    data = T.build_train_data(cfg, T.array_dataset(*tiles), str(dev), need_test=False)
     trainer = T.Trainer(cfg, data, dev)
     if build_device and device == "cuda":  # what Trainer sets on a CUDA device
         trainer.amp_dtype = torch.bfloat16 if cfg.amp else None
@@ -99,7 +99,7 @@ def _preload() -> None:
 def run_ours(arch: str, device: str, threads: int, seconds: float, compile_: bool) -> dict:
     import torch
 
-    from histo_core import train as T
+    from histo_core import training as T
 
     _preload()
 
@@ -220,7 +220,7 @@ def dry_run(archs: list[str], device: str, threads: int, compile_: bool) -> list
         opt = trainer.optimizer
         loader = reference_loader(tiles, device)
         ref_model = build_model(arch, len(tiles[2]), 3, 28)
-        x = trainer.prepare_batch(trainer._gather(trainer._batches_of_epoch(0)[0]), train=True)
+        x = trainer.prepare_batch(trainer.gather(trainer.batches_of_epoch(0)[0]), train=True)
         plans.append(
             {
                 "arch": arch,

@@ -9,20 +9,43 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from histo_core.errors import ConfigError
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "step", "cosine", "onecycle")
-NOISE_MODES = ("batch", "fixed", "pair")
-LOSSES = ("ce", "smooth", "sce")  # cross-entropy, label smoothing, symmetric cross-entropy
-MODES = ("scratch", "finetune", "frozen", "fine_tune")  # fine_tune: fastai-style head first, then unfreeze
-MONITORS = ("val_loss", "val_acc", "val_auc")
-TRAIN_SPLITS = ("train", "train+val")  # train+val: no validation split; the last epoch is the model
-DEVICES = ("auto", "cpu", "cuda")
+# Enum-like options: each Literal is the one list of allowed values (validation and the Train form use get_args).
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["none", "step", "cosine", "onecycle"]
+NoiseMode = Literal["batch", "fixed", "pair"]
+Loss = Literal["ce", "smooth", "sce"]  # cross-entropy, label smoothing, symmetric cross-entropy
+# scratch: random init, every layer trained; all-layers: every layer trained from the start (usually from
+# ImageNet weights); frozen: only an MLP head on a frozen backbone; head-then-all: fastai-style, the head alone
+# for --head-epochs, then every layer with the backbone at a lower LR
+Mode = Literal["scratch", "all-layers", "frozen", "head-then-all"]
+Monitor = Literal["val_loss", "val_acc", "val_auc"]
+TrainSplits = Literal["train", "train+val"]  # train+val: no validation split; the last epoch is the model
+Device = Literal["auto", "cpu", "cuda"]
+StainNorm = Literal["none", "macenko", "reinhard"]  # histo_core.stain.METHODS
+
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+NOISE_MODES: tuple[str, ...] = get_args(NoiseMode)
+LOSSES: tuple[str, ...] = get_args(Loss)
+MODES: tuple[str, ...] = get_args(Mode)
+MONITORS: tuple[str, ...] = get_args(Monitor)
+TRAIN_SPLITS: tuple[str, ...] = get_args(TrainSplits)
+DEVICES: tuple[str, ...] = get_args(Device)
+STAIN_NORMS: tuple[str, ...] = get_args(StainNorm)
 MAX_NOISE = 0.9
-STAIN_NORMS = ("none", "macenko", "reinhard")  # histo_core.stain.METHODS
+
+# Mode names before they said what they do; accepted from the CLI and from the config.json of older runs.
+LEGACY_MODES = {"finetune": "all-layers", "fine_tune": "head-then-all"}
+HEAD_MODES = ("frozen", "head-then-all")  # an MLP head on a backbone that is frozen for a while (or always)
+
+
+def canonical_mode(mode: str) -> str:
+    """The current name of a training mode (old names -> new ones; anything else unchanged)."""
+    return LEGACY_MODES.get(mode, mode)
 
 
 @dataclass
@@ -45,39 +68,39 @@ class TrainConfig:
     size: int | None = None  # tile size fed to the model; None = the dataset's native size
     as_rgb: bool = False  # expand 1-channel sets to 3 channels
     arch: str = "simplecnn"
-    mode: str = "scratch"
+    mode: Mode = "scratch"
     pretrained: bool = False
-    head_epochs: int = 1  # fine_tune: epochs with the backbone frozen first
-    backbone_lr_mult: float = 0.1  # fine_tune: backbone LR = lr * this once unfrozen
+    head_epochs: int = 1  # head-then-all: epochs with the backbone frozen first
+    backbone_lr_mult: float = 0.1  # head-then-all: backbone LR = lr * this once unfrozen
     epochs: int = 10
-    train_splits: str = "train"
+    train_splits: TrainSplits = "train"
     batch_size: int = 128
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: str = "none"
+    schedule: Schedule = "none"
     step_size: int = 5
     gamma: float = 0.1
-    loss: str = "ce"
+    loss: Loss = "ce"
     label_smoothing: float = 0.1
     sce_alpha: float = 0.1
     sce_beta: float = 1.0
     noise: float = 0.0
-    noise_mode: str = "batch"
+    noise_mode: NoiseMode = "batch"
     augment: Augment = field(default_factory=Augment)
     early_stopping: bool = False
-    monitor: str = "val_loss"
+    monitor: Monitor = "val_loss"
     patience: int = 5
     min_delta: float = 0.0
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
     channels_last: bool = True  # channels-last memory format (measured faster on CPU and GPU)
     compile: bool = False
     threads: int = 0  # CPU threads; 0 = all cores
     tta: bool = False  # flip/rot90 test-time augmentation at evaluation
-    stain_norm: str = "none"  # none | macenko | reinhard: normalise every tile to the training set's stain
+    stain_norm: StainNorm = "none"  # none | macenko | reinhard: normalise every tile to the training set's stain
     mpp: float | None = None  # µm per pixel of the dataset's source images, when known (folders, CSV)
     max_train_samples: int = 0  # 0 = all; for quick tries on big sets
     data_dir: str | None = None
@@ -99,6 +122,8 @@ class TrainConfig:
         bad = sorted(set(aug) - aug_known)
         if bad:
             raise ConfigError(f"unknown augmentation option(s): {', '.join(bad)}")
+        if "mode" in d:
+            d["mode"] = canonical_mode(d["mode"])
         return cls(augment=Augment(**aug), **d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +139,8 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("noise-mode", self.noise_mode, NOISE_MODES)
         _choice("loss", self.loss, LOSSES)
+        if self.mode in LEGACY_MODES:
+            raise ConfigError(f"--mode {self.mode} is now called {LEGACY_MODES[self.mode]}; use that name")
         _choice("mode", self.mode, MODES)
         _choice("monitor", self.monitor, MONITORS)
         _choice("device", self.device, DEVICES)
@@ -148,13 +175,13 @@ class TrainConfig:
             raise ConfigError(f"--threads must be >= 0, got {self.threads}")
         if self.max_train_samples < 0:
             raise ConfigError(f"--max-train-samples must be >= 0, got {self.max_train_samples}")
-        if self.mode in ("frozen", "fine_tune") and not ARCHITECTURES[self.arch].has_backbone:
+        if self.mode in HEAD_MODES and not ARCHITECTURES[self.arch].has_backbone:
             backbones = ", ".join(n for n, a in ARCHITECTURES.items() if a.has_backbone)
             raise ConfigError(f"--mode {self.mode} needs a backbone architecture ({backbones}), not {self.arch}")
         if self.pretrained and self.mode == "scratch":
             raise ConfigError(
                 "--pretrained loads ImageNet weights, --mode scratch starts from random ones: "
-                "choose --mode finetune, frozen or fine_tune, or drop --pretrained"
+                "choose --mode all-layers, frozen or head-then-all, or drop --pretrained"
             )
         if not 0.0 < self.backbone_lr_mult <= 1.0:
             raise ConfigError(f"--backbone-lr-mult must be in (0, 1], got {self.backbone_lr_mult}")
@@ -167,7 +194,7 @@ class TrainConfig:
                 "--early-stopping needs a validation split, but --train-splits train+val trains on it; "
                 "use --train-splits train or drop --early-stopping"
             )
-        if self.mode == "fine_tune":
+        if self.mode == "head-then-all":
             if not 0 <= self.head_epochs < self.epochs:
                 raise ConfigError(
                     f"--head-epochs must be in 0..{self.epochs - 1} (less than --epochs), got {self.head_epochs}"
@@ -190,6 +217,7 @@ class TrainConfig:
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """`allowed`: a Literal's values (typing.get_args), so the type and the check cannot disagree."""
     if value not in allowed:
         raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
 
@@ -210,11 +238,13 @@ FIELD_HELP: dict[str, str] = {
     "size": "tile size fed to the model in px (default: the dataset's own size; other sizes are resized)",
     "as_rgb": "expand 1-channel (grayscale) tiles to 3 channels",
     "arch": "architecture: simplecnn, cnn3, resnet9, resnet18, resnet50, densenet121",
-    "mode": "scratch (random init), finetune (all layers), frozen (train only an MLP head on a frozen backbone), "
-    "fine_tune (head only for --head-epochs, then all layers with a lower backbone LR)",
+    "mode": "scratch (random init, every layer trained), all-layers (every layer trained from the start; with "
+    "--pretrained from ImageNet weights), frozen (only an MLP head trained on a frozen backbone), head-then-all "
+    "(the head alone for --head-epochs, then every layer with a lower backbone LR); the old names finetune "
+    "(= all-layers) and fine_tune (= head-then-all) are still accepted",
     "pretrained": "start from ImageNet weights (resnet18/50, densenet121; needs them cached or internet)",
-    "head_epochs": "fine_tune: epochs training only the head before unfreezing the backbone",
-    "backbone_lr_mult": "fine_tune: backbone learning rate = --lr times this, once unfrozen",
+    "head_epochs": "head-then-all: epochs training only the head before unfreezing the backbone",
+    "backbone_lr_mult": "head-then-all: backbone learning rate = --lr times this, once unfrozen",
     "epochs": "number of training epochs",
     "train_splits": "train (validate on val) or train+val (train on both; no validation, the last epoch is kept)",
     "batch_size": "training batch size (per process under torchrun)",

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, write_json_atomic
+from histo_core.predict import InputSpec, eval_batch_size, iter_predictions, predict_tiles
 
 DIR_NAME = "embeddings"
 SPLITS = ("train", "val", "test")
@@ -50,49 +50,20 @@ FORMAT = 1
 Progress = Callable[[float, str], None]
 
 
-# -- features of a batch -------------------------------------------------------------------------------
-def feature_layer(model: nn.Module) -> nn.Linear:
-    """The classifier's last linear layer: its input is the penultimate-layer feature vector (every
-    architecture in histo_core.models ends in one, with or without the frozen-mode MLP head)."""
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    if last is None:
-        raise HistoError(f"{type(model).__name__}: no final linear layer to take features from")
-    return last
-
-
-def forward_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, D) float32, softmax probabilities (N, K) float32) of a normalised batch, in one pass."""
-    captured: list[torch.Tensor] = []
-    hook = feature_layer(model).register_forward_pre_hook(lambda _m, inp: captured.append(inp[0].detach()))
-    try:
-        logits = model(x)
-    finally:
-        hook.remove()
-    return captured[-1].float().flatten(1), torch.softmax(logits.float(), dim=1)
-
-
+# -- features of tiles ----------------------------------------------------------------------------------
 def tile_features(
     model: nn.Module, meta, tiles_uint8: np.ndarray, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, D) float32 and probabilities (N, K) of uint8 tiles (N, S, S, C) at the model's input size
     (`meta`: an inference.ModelMeta). Holds the model's lock, like every other forward pass."""
-    from histo_core.inference import model_input, model_lock
+    from histo_core.inference import model_lock
 
-    tiles = np.asarray(tiles_uint8)
-    device = next(model.parameters()).device
-    feats, probs = [], []
-    with model_lock(model), torch.inference_mode():
-        model.eval()
-        for s in range(0, len(tiles), batch_size):
-            f, p = forward_features(model, model_input(tiles[s : s + batch_size], meta, device))
-            feats.append(f.cpu().numpy())
-            probs.append(p.cpu().numpy())
-    if not feats:
-        return np.zeros((0, 0), np.float32), np.zeros((0, meta.num_classes), np.float32)
-    return np.concatenate(feats), np.concatenate(probs)
+    spec, k = InputSpec.of(meta), meta.num_classes
+    with model_lock(model):
+        probs, feats = predict_tiles(
+            model, np.asarray(tiles_uint8), spec, features=True, batch_size=batch_size, num_classes=k
+        )
+    return feats, probs
 
 
 # -- where -----------------------------------------------------------------------------------------------
@@ -387,7 +358,7 @@ def embed(
     if bad:
         raise HistoError(f"--split {bad[0]}: the dataset has no such split; it has {', '.join(have)}")
     device = next(model.parameters()).device
-    batch = batch_size or _batch_size(meta.input_size, device)
+    batch = batch_size or eval_batch_size(meta.input_size, device)
     out_dir = Path(target.out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -400,34 +371,25 @@ def embed(
         total = sum(counts.values())
         done = 0
         dims = None
-        was_training = model.training
-        model.eval()
+        was_training = model.training  # iter_predictions puts it in eval mode
         from histo_core.inference import model_lock
-        from histo_core.pipeline import to_model_input
 
+        spec = InputSpec.of(meta)  # tiles of another size are resized: a frozen model embeds any dataset
         for split in wanted:
             source = TileSource(ds.splits[split], "cpu", resident_max_bytes=0)  # streamed, one batch in memory
             n = counts[split]
             probs = np.zeros((n, meta.num_classes), np.float32)
             feats = None
-            with model_lock(model), torch.inference_mode():
-                for start, tiles in source.iter_sequential(batch):
-                    x = to_model_input(
-                        tiles,
-                        meta.mean,
-                        meta.std,
-                        device,
-                        size=meta.input_size,  # resized when
-                        stain_ref=meta.stain,
-                    )
-                    f, p = forward_features(model, x)  # a frozen model embeds tiles of another size
+            with model_lock(model):
+                for start, p, f in iter_predictions(model, source, spec, features=True, batch_size=batch):
+                    assert f is not None  # features=True
                     if feats is None:
                         dims = f.shape[1]
                         feats = np.lib.format.open_memmap(
                             tmp / f"features_{split}.npy", mode="w+", dtype=np.float16, shape=(n, dims)
                         )
-                    feats[start : start + len(f)] = f.cpu().numpy().astype(np.float16)
-                    probs[start : start + len(f)] = p.cpu().numpy()
+                    feats[start : start + len(f)] = f.astype(np.float16)
+                    probs[start : start + len(f)] = p
                     done += len(f)
                     say(0.8 * done / max(1, total), f"{split}: {start + len(f):,}/{n:,} tiles")
             if feats is not None:
@@ -488,12 +450,6 @@ def embed(
     return EmbeddingStore(out_dir, meta_doc)
 
 
-def _batch_size(input_size: int, device: torch.device) -> int:
-    from histo_core.train import eval_batch_size
-
-    return eval_batch_size(input_size, device)
-
-
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     if out_dir.exists():
@@ -531,8 +487,6 @@ __all__ = [
     "load_store",
     "is_current",
     "tile_features",
-    "forward_features",
-    "feature_layer",
     "sample_points",
     "sample_rule",
     "project",

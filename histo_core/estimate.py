@@ -42,7 +42,7 @@ def estimate_run_time(
 ) -> dict[str, Any]:
     """`startup_s`: the process's start-up (interpreter + torch import), as the trainer's own process pays it;
     by default this process's age (a task passes its age before it waited for a device slot)."""
-    from histo_core import train as T
+    from histo_core import training as T
 
     say = progress or (lambda f, m: None)
     startup = process_age_s() if startup_s is None else float(startup_s)
@@ -55,7 +55,7 @@ def estimate_run_time(
     trainer = T.Trainer(config, data, device)
     fixed = startup + _clock() - t0
     trainer.set_train_mode()
-    batches = trainer._batches_of_epoch(0)
+    batches = trainer.batches_of_epoch(0)
     steps = len(batches)
     times: list[float] = []
     warm_at = None
@@ -63,8 +63,7 @@ def estimate_run_time(
         say(0.1 + 0.7 * i / (WARMUP_MAX + TIMED_BATCHES), "timing training batches")
         t = _clock()
         pos = batches[i]
-        x = trainer.prepare_batch(trainer._gather(pos), train=True)
-        trainer.train_step(x, trainer._labels_for(pos))
+        trainer.train_batch(pos)
         if trainer.cuda:
             import torch
 

@@ -51,7 +51,7 @@ def evaluation_name(name: str | None, dataset_spec: str, split: str) -> str:
 
 
 def _tiles_and_labels(ds, split: str):
-    from histo_core.train import ConcatSplit
+    from histo_core.datasets.concat import ConcatSplit
 
     if split == "all":
         parts = [ds.split(s) for s in SPLIT_ORDER if s in ds.splits and len(ds.splits[s])]
@@ -86,7 +86,7 @@ def evaluate(
     from histo_core.datasets import open_dataset
     from histo_core.inference import load_model
     from histo_core.metrics import classification_report
-    from histo_core.train import predict_source
+    from histo_core.predict import InputSpec, predict_tiles
 
     loaded = load_model(model_ref)
     meta = loaded.meta
@@ -122,16 +122,7 @@ def evaluate(
     use_tta = bool(config.get("tta", meta.tta)) if tta is None else bool(tta)
     torch.set_num_threads(int(config.get("threads") or 0) or runtime.default_threads())
     started = time.time()
-    probs = predict_source(
-        loaded.model,
-        source,
-        list(meta.mean),
-        list(meta.std),
-        torch.device("cpu"),
-        int(meta.input_size),
-        tta=use_tta,
-        stain_ref=meta.stain,
-    )
+    probs = predict_tiles(loaded.model, source, InputSpec.of(meta), tta=use_tta, num_classes=meta.num_classes)
     labels = source.labels.numpy().astype(np.int64)
     lookup = np.array([-1 if m is None else m for m in matching], dtype=np.int64)
     mapped = lookup[labels]

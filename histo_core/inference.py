@@ -202,11 +202,10 @@ def clear_cache() -> None:
 
 
 def _pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HistoError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
-    return device
+    """`runtime.resolve_device`, the one device resolver ('auto' -> cuda or cpu; 'cuda' without a GPU: an error)."""
+    from histo_core.runtime import resolve_device
+
+    return resolve_device(device)
 
 
 _locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -324,23 +323,22 @@ def ood_flags(meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None
     return None if found is None else found[0]
 
 
-def predict(loaded: LoadedModel, tiles_uint8: np.ndarray, tta: bool = False, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, K) float32 for uint8 tiles (N, S, S, C) already at the model's input size.
+def predict(
+    loaded: LoadedModel, tiles_uint8: np.ndarray | torch.Tensor, tta: bool = False, batch_size: int = 256
+) -> np.ndarray:
+    """Class probabilities (N, K) float32 for uint8 tiles (N, S, S, C) already at the model's input size, or for
+    the model's view of them (`model_view`: stain-normalised already). Runs `histo_core.predict`, the one loop.
 
     With `tta`, the probabilities are averaged over the 8 dihedral views (flips and 90-degree rotations),
     all label-preserving for tissue."""
-    from histo_core.pipeline import dihedral_views
+    from histo_core.predict import InputSpec, predict_tiles
 
-    tiles = np.asarray(tiles_uint8)
-    _check_tiles(tiles, loaded.meta)
-    out = np.empty((len(tiles), loaded.meta.num_classes), np.float32)
-    with model_lock(loaded.model), torch.inference_mode():
-        for start in range(0, len(tiles), batch_size):
-            x = model_input(tiles[start : start + batch_size], loaded.meta, loaded.device)
-            views = dihedral_views(x) if tta else [x]
-            probs = sum(torch.softmax(loaded.model(v).float(), dim=1) for v in views) / len(views)
-            out[start : start + len(x)] = probs.cpu().numpy()
-    return out
+    tiles = tiles_uint8 if isinstance(tiles_uint8, torch.Tensor) else np.asarray(tiles_uint8)
+    if not isinstance(tiles, torch.Tensor):
+        _check_tiles(tiles, loaded.meta)
+    spec, k = InputSpec.of(loaded.meta), loaded.meta.num_classes
+    with model_lock(loaded.model):
+        return predict_tiles(loaded.model, tiles, spec, tta=tta, batch_size=batch_size, num_classes=k)
 
 
 def _check_tiles(tiles: np.ndarray, meta: ModelMeta) -> None:
@@ -532,8 +530,8 @@ def classify_uploads(
     good = [r for r in results if r.ok]
     if good:
         tiles = np.stack([r.tile for r in good])
-        probs = predict(loaded, tiles, tta=tta, batch_size=batch_size)
-        view = model_view(tiles, loaded.meta)
+        view = model_view(tiles, loaded.meta)  # stain-normalised once: shown, checked and classified
+        probs = predict(loaded, view, tta=tta, batch_size=batch_size)
         flagged = flag_tiles(loaded.meta.ood, probs, view)
         seen = (view * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i, (r, p) in enumerate(zip(good, probs)):

@@ -37,7 +37,7 @@ STALE = "stale"  # shown for a run on another host whose heartbeat stopped; neve
 def submit(config, runs_root: str | os.PathLike | None = None, started_by: str | None = None) -> RunDir:
     """Validate `config`, create its run directory and start training it in a background process.
     `started_by`: the signed-in user, recorded in config.json."""
-    from histo_core.train import prepare_run
+    from histo_core.training import prepare_run
 
     check_queue_room(runs_root)
     if started_by:

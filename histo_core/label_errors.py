@@ -134,7 +134,7 @@ def cross_val_probs(
     """(N, K) probabilities, each tile predicted by a model trained on the other folds."""
     from sklearn.model_selection import StratifiedKFold
 
-    from histo_core.train import fit_arrays, predict_probs
+    from histo_core.training import fit_arrays, predict_probs
 
     counts = np.bincount(labels, minlength=len(classes))
     present = counts[counts > 0]
@@ -178,7 +178,7 @@ def _cv_config(run: RunDir, seed: int):
 def _training_tiles(run: RunDir, max_samples: int, seed: int) -> dict[str, Any]:
     """Images, given labels, dataset rows and (for fixed noise) flips and clean labels of the run's training set."""
     from histo_core.config import TrainConfig
-    from histo_core.train import build_train_data, open_config_dataset
+    from histo_core.training import build_train_data, open_config_dataset
 
     cfg = TrainConfig.from_dict(run.config())
     try:

@@ -28,7 +28,7 @@ def lr_find(
     diverge_factor: float = 4.0,
     on_step: Callable[[int, float, float], None] | None = None,
 ) -> dict[str, Any]:
-    from histo_core import train as T
+    from histo_core import training as T
 
     if not 0 < min_lr < max_lr:
         raise ConfigError(f"lr-find: need 0 < --min-lr < --max-lr, got {min_lr} and {max_lr}")
@@ -42,21 +42,20 @@ def lr_find(
     trainer = T.Trainer(config, data, device)
     trainer.set_train_mode()
     factor = (max_lr / min_lr) ** (1.0 / (num_steps - 1))
-    ratios = [g["lr"] / min_lr for g in trainer.optimizer.param_groups]  # fine_tune: backbone at lr * mult
+    ratios = [g["lr"] / min_lr for g in trainer.optimizer.param_groups]  # head-then-all: backbone at lr * mult
     lrs, losses, raw = [], [], []
     avg, best = 0.0, math.inf
-    epoch, batches, b = 0, trainer._batches_of_epoch(0), 0
+    epoch, batches, b = 0, trainer.batches_of_epoch(0), 0
     for step in range(num_steps):
         if b >= len(batches):
             epoch, b = epoch + 1, 0
-            batches = trainer._batches_of_epoch(epoch)
+            batches = trainer.batches_of_epoch(epoch)
         pos = batches[b]
         b += 1
         lr = min_lr * factor**step
         for g, ratio in zip(trainer.optimizer.param_groups, ratios):
             g["lr"] = lr * ratio
-        x = trainer.prepare_batch(trainer._gather(pos), train=True)
-        loss, _ = trainer.train_step(x, trainer._labels_for(pos))
+        loss, _ = trainer.train_batch(pos)
         value = float(loss)
         if not math.isfinite(value):
             break

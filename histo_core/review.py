@@ -242,7 +242,7 @@ class RunTiles:
         or train then val for a run trained on train+val, whose rows run on past the train split."""
         if self.train_splits != "train+val" or "val" not in self.dataset.splits:
             return self.get("train", rows)
-        from histo_core.train import ConcatSplit
+        from histo_core.datasets.concat import ConcatSplit
 
         joined = ConcatSplit("train+val", [self.dataset.split("train"), self.dataset.split("val")])
         idx = np.asarray(rows, dtype=np.int64)

@@ -74,3 +74,20 @@ def configure_process() -> int:
     longer changes; the thread count still does, through torch.set_num_threads). Returns the thread count."""
     os.environ.update(thread_env())
     return int(os.environ["OMP_NUM_THREADS"])
+
+
+def resolve_device(name: str) -> str:
+    """The one device resolver: 'auto' -> 'cuda' when a GPU is usable, else 'cpu'; 'cuda' without a GPU is a
+    ConfigError naming the fix; 'cpu' stays 'cpu'. (torch is imported here, on the first call, not at import.)"""
+    import torch
+
+    from histo_core.errors import ConfigError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+            "use --device cpu or auto"
+        )
+    return name

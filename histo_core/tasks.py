@@ -101,7 +101,7 @@ def submit_task(
 
     if kind not in KINDS:
         raise HistoError(f"unknown task {kind!r}; one of {', '.join(KINDS)}")
-    from histo_core.train import resolve_device
+    from histo_core.runtime import resolve_device
 
     device = resolve_device(device or "cpu")  # the slot name the trainer uses ("auto" -> cpu/cuda)
     jobs.check_queue_room(runs_root)
@@ -261,11 +261,11 @@ def run_task(task: TaskDir) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BaseException as exc:  # noqa: BLE001 - the page must see "failed" with a line, not a dead process
-        from histo_core.train import _error_line
+        from histo_core.training import error_line
 
         if task.path.is_dir():
             try:
-                task.update_status(state="failed", error=_error_line(exc), finished_at=time.time())
+                task.update_status(state="failed", error=error_line(exc), finished_at=time.time())
             except OSError:
                 pass
         raise

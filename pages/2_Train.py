@@ -24,7 +24,7 @@ def pick_dataset() -> tuple[str | None, int | None, bool]:
 
 def refresh_defaults(spec: str, size: int | None, as_rgb: bool) -> TrainConfig:  # noqa: F821
     """Defaults for this dataset and device, pushed into the widgets when either changed."""
-    from histo_core.train import default_config
+    from histo_core.training import default_config
 
     device = st.session_state.get(PREFIX + "device", "auto")
     try:

@@ -66,7 +66,7 @@ def trained_pathmnist_run(tmp_path_factory):
     npz = SHARED / "pathmnist-mini" / "pathmnist.npz"
     if not npz.exists():
         pytest.skip(f"{npz} is absent")
-    from histo_core.train import default_config, prepare_run, run_training
+    from histo_core.training import default_config, prepare_run, run_training
 
     cfg = default_config(str(npz), device="cpu")
     cfg.epochs, cfg.threads, cfg.noise, cfg.noise_mode, cfg.name = 12, 2, 0.1, "fixed", "fixture"

@@ -2,7 +2,7 @@
 
 The checkpoint holds a real SimpleCNN's weights; reports come from histo_core.metrics on generated
 probabilities, so pages and exports see exactly the shapes a real run produces. Tests that need the real
-trainer use histo_core.train / jobs.submit instead.
+trainer use histo_core.training / jobs.submit instead.
 """
 
 from __future__ import annotations

@@ -71,6 +71,15 @@ def test_invalid_options_exit_2_with_one_line_and_no_run_dir(argv, message, caps
     assert _runs() == []
 
 
+@pytest.mark.parametrize("old,new", [("finetune", "all-layers"), ("fine_tune", "head-then-all")])
+def test_old_mode_names_are_accepted_as_the_new_ones(old, new):
+    from histo_core.commands.train import config_from_args
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    args = train.parse_args([*QUICK, "--arch", "resnet18", "--size", "16", "--epochs", "2", "--mode", old])
+    assert config_from_args(args).mode == new
+
+
 def test_missing_dataset_and_cuda_absent(capsys):
     assert main(["train", "--epochs", "1"]) == 2
     assert "give --dataset" in capsys.readouterr().err
@@ -98,6 +107,7 @@ def _exit_code(argv: list[str]) -> int:
         return int(exc.code)
 
 
+@pytest.mark.slow
 def test_train_json_evaluate_and_lr_find_in_a_subprocess(tmp_path):
     env = {**os.environ, "HISTO_RUNS_DIR": str(paths.runs_dir())}
     cmd = [sys.executable, "-m", "histo_core"]
@@ -149,9 +159,10 @@ def test_train_json_evaluate_and_lr_find_in_a_subprocess(tmp_path):
     assert len(res["lrs"]) >= 6 and res["suggested_lr"] > 0
 
 
+@pytest.mark.slow
 def test_run_dir_executes_a_prepared_run_and_resumes(tmp_path):
     from histo_core.runs import RunDir
-    from histo_core.train import prepare_run
+    from histo_core.training import prepare_run
 
     cfg = TrainConfig(dataset="synthetic", arch="simplecnn", epochs=2, max_train_samples=128, threads=1)
     run = prepare_run(cfg)
@@ -168,7 +179,7 @@ def test_sigterm_cancels_at_a_safe_point_and_resume_finishes(tmp_path):
     import signal
     import time
 
-    from histo_core.train import prepare_run
+    from histo_core.training import prepare_run
 
     cfg = TrainConfig(dataset="synthetic", arch="cnn3", epochs=4, threads=1, batch_size=32)
     run = prepare_run(cfg)

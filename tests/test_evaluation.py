@@ -63,6 +63,7 @@ def test_errors_are_one_clear_line(synthetic_run, tmp_path):
         evaluate(str(synthetic_run.path), class_map={"NOPE": "adipose"})
 
 
+@pytest.mark.slow
 def test_kather_folder_with_a_class_map_and_split_all(trained_pathmnist_run, shared_data):
     folder = shared_data / "tiles" / "kather2016"
     rep = evaluate(
@@ -88,6 +89,7 @@ def test_kather_folder_with_a_class_map_and_split_all(trained_pathmnist_run, sha
     assert list_evaluations(trained_pathmnist_run)[0]["name"] == "kather-2016"
 
 
+@pytest.mark.slow
 def test_a_weights_file_on_a_folder_named_by_abbreviations(trained_pathmnist_run, shared_data, tmp_path):
     from histo_core.export import export_run
 

@@ -91,13 +91,14 @@ def test_delete_export():
         delete_export("gone")
 
 
+@pytest.mark.slow
 def test_export_of_a_real_run_predicts_like_the_run():
     """A run trained by the real trainer, exported, then loaded by name the way Classify/predict do."""
     import numpy as np
 
     from histo_core.config import TrainConfig
     from histo_core.inference import load_model, predict
-    from histo_core.train import prepare_run, run_training
+    from histo_core.training import prepare_run, run_training
 
     threads = torch.get_num_threads()
     try:

@@ -361,6 +361,31 @@ def test_classify_uploads_keeps_order_and_reports_bad_files():
     assert classify_uploads(loaded, [("x.png", b"")])[0].error.startswith("x.png: empty file")
 
 
+def test_classify_uploads_stain_normalises_each_tile_once(monkeypatch):
+    """The model's view (shown, and checked against the training tiles) is the tiles it classifies: one stain
+    normalisation per batch, not one for the view and another inside the forward pass."""
+    from histo_core import stain
+    from histo_core.inference import classify_uploads
+
+    rng = np.random.default_rng(0)
+    tissue = (rng.random((8, 28, 28, 3)) * np.array([120, 60, 140]) + np.array([100, 40, 90])).astype(np.uint8)
+    meta = {**meta_dict(), "stain": stain.fit_reference("reinhard", tissue)}
+    loaded = LoadedModel(build_model("simplecnn", 3, 3, 28).eval(), ModelMeta.from_checkpoint(meta), "t")
+    files = [(f"{i}.png", encode_png(tile)) for i, tile in enumerate(tissue[:3])]
+    direct = predict(loaded, np.stack([decode_image(data, name).array for name, data in files]))
+    real, calls = stain.normalize_batch, []
+
+    def counted(x01, ref):
+        calls.append(len(x01))
+        return real(x01, ref)
+
+    monkeypatch.setattr(stain, "normalize_batch", counted)
+    results = classify_uploads(loaded, files)
+    assert calls == [3]  # once, for the batch of three tiles
+    np.testing.assert_allclose(np.stack([r.probs for r in results]), direct, atol=1e-5)
+    assert all(r.model_view is not None and r.model_view.shape == (28, 28, 3) for r in results)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
 def test_cuda_requested_without_gpu(tmp_path):
     path = tmp_path / "m.pt"

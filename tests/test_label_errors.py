@@ -43,6 +43,7 @@ def test_a_class_without_tiles_never_attracts_flags():
     assert t[2] == 1.0 and not flagged[0]
 
 
+@pytest.mark.slow
 def test_planted_flips_rank_high_on_synthetic():
     train = open_synthetic(28).split("train")
     idx = np.random.default_rng(0).choice(len(train), 300, replace=False)
@@ -69,6 +70,7 @@ def test_too_few_tiles_per_class():
         cross_val_probs(cfg, images, np.array([0, 0, 0, 0, 1]), ["a", "b"], folds=3, epochs=1)
 
 
+@pytest.mark.slow
 def test_run_with_fixed_noise(trained_pathmnist_run):
     run = trained_pathmnist_run
     with np.load(run.noise_path) as z:

@@ -41,7 +41,7 @@ def test_batch_noise_rate_and_freshness():
 def test_fixed_noise_in_a_run_touches_only_train_labels(tmp_path):
     from histo_core.config import TrainConfig
     from histo_core.datasets import open_dataset
-    from histo_core.train import build_train_data
+    from histo_core.training import build_train_data
 
     cfg = TrainConfig(dataset="synthetic", noise=0.4, noise_mode="fixed", seed=3)
     ds = open_dataset("synthetic")

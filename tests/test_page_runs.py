@@ -147,12 +147,13 @@ def test_export_form_writes_weights():
     assert any("Exported to" in s.value for s in at.success)
 
 
+@pytest.mark.slow
 def test_a_real_trained_run_renders(tmp_path):
     """The page against what the trainer really writes (not the test helper's imitation)."""
     import torch
 
     from histo_core.config import TrainConfig
-    from histo_core.train import prepare_run, run_training
+    from histo_core.training import prepare_run, run_training
 
     threads = torch.get_num_threads()
     try:

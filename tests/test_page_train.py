@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from histo_core import jobs, paths
 from histo_core.runs import list_runs
-from histo_core.train import default_config
+from histo_core.training import default_config
 from pages.ui.train_form import FORM_FIELDS, OUTSIDE_FORM, all_config_fields
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")

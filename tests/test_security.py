@@ -152,6 +152,7 @@ def test_adding_a_path_outside_the_roots_from_the_page_is_refused(no_extra_roots
     assert local_datasets() == []
 
 
+@pytest.mark.slow
 def test_datasets_registered_with_the_cli_become_roots(no_extra_roots, tmp_path):
     npz = tiny_npz(tmp_path / "registered" / "x.npz")
     assert cli("datasets", "--add", str(npz)).returncode == 0
@@ -159,6 +160,7 @@ def test_datasets_registered_with_the_cli_become_roots(no_extra_roots, tmp_path)
     assert not at.error and at.subheader[0].value.startswith("x.npz")
 
 
+@pytest.mark.slow
 def test_the_cli_still_opens_any_path(no_extra_roots, tmp_path):
     proc = cli("datasets", "--info", str(tiny_npz(tmp_path / "anywhere" / "x.npz")))
     assert proc.returncode == 0, proc.stderr
@@ -190,7 +192,7 @@ def test_csv_messages_quote_line_numbers_never_cells(tmp_path):
 
 
 def test_queue_cap_refuses_a_new_run_and_creates_nothing(monkeypatch):
-    from histo_core.train import default_config
+    from histo_core.training import default_config
 
     monkeypatch.setenv("HISTO_MAX_QUEUED", "2")
     monkeypatch.setattr(jobs, "_start_training_process", lambda run, resume: 1)
@@ -206,7 +208,7 @@ def test_queue_cap_refuses_a_new_run_and_creates_nothing(monkeypatch):
 
 def test_bad_limit_values_get_a_clear_message(monkeypatch):
     from histo_core.slots import max_concurrent
-    from histo_core.train import default_config
+    from histo_core.training import default_config
 
     monkeypatch.setattr(jobs, "_start_training_process", lambda run, resume: 1)
     monkeypatch.setenv("HISTO_MAX_RUNS_CPU", "abc")
@@ -258,6 +260,7 @@ def _sleeper(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
 
 
+@pytest.mark.slow
 def test_cancel_checks_the_process_start_time_not_the_command_line():
     run = write_run("running")
     proc = _sleeper(run.id, "histo_core")  # its command line even names the run
@@ -275,8 +278,9 @@ def test_cancel_checks_the_process_start_time_not_the_command_line():
         proc.kill()
 
 
+@pytest.mark.slow
 def test_trainer_records_its_pid_and_start_time(tmp_path):
-    from histo_core.train import default_config, prepare_run, run_training
+    from histo_core.training import default_config, prepare_run, run_training
 
     cfg = default_config("synthetic", device="cpu")
     cfg.epochs, cfg.max_train_samples, cfg.threads = 1, 64, 1
@@ -311,7 +315,7 @@ def test_atomic_writers_never_create_missing_folders_and_follow_the_umask(tmp_pa
 
 @pytest.mark.slow
 def test_deleting_a_running_runs_folder_stops_it_and_it_stays_gone():
-    from histo_core.train import default_config
+    from histo_core.training import default_config
 
     cfg = default_config("synthetic", device="cpu")
     cfg.epochs, cfg.threads, cfg.size = 200, 1, 64
@@ -465,7 +469,7 @@ def test_torch_write_failure_on_a_full_disk_says_disk_full(tmp_path, monkeypatch
     import torch
 
     from histo_core import fsutil
-    from histo_core.train import _error_line
+    from histo_core.training import error_line
 
     def failing_save(obj, fh):
         raise RuntimeError(TORCH_WRITE_ERROR)
@@ -475,8 +479,8 @@ def test_torch_write_failure_on_a_full_disk_says_disk_full(tmp_path, monkeypatch
     with pytest.raises(OSError) as err:
         fsutil.torch_save_atomic(tmp_path / "last.pt", {})
     assert err.value.errno == errno.ENOSPC
-    assert _error_line(err.value).startswith("disk full while writing the run")
-    assert "inline_container" not in _error_line(err.value)
+    assert error_line(err.value).startswith("disk full while writing the run")
+    assert "inline_container" not in error_line(err.value)
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
 
 
@@ -485,7 +489,7 @@ def test_training_on_a_full_disk_fails_with_disk_full(monkeypatch):
     import torch
 
     from histo_core import fsutil
-    from histo_core.train import default_config, prepare_run, run_training
+    from histo_core.training import default_config, prepare_run, run_training
 
     cfg = default_config("synthetic", device="cpu")
     cfg.epochs, cfg.max_train_samples, cfg.threads = 1, 64, 1

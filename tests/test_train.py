@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from histo_core import checkpoint
-from histo_core import train as T
+from histo_core import training as T
 from histo_core.config import TrainConfig
 from histo_core.datasets import open_dataset
 from histo_core.errors import ConfigError, DatasetError, HistoError
+from histo_core.models import get_arch
 from histo_core.runs import RunDir
 
 ROW_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds", "images_per_s"}
@@ -53,6 +54,7 @@ def quick_config(**changes) -> TrainConfig:
     return cfg
 
 
+@pytest.mark.slow
 def test_run_produces_every_artifact():
     run = T.prepare_run(quick_config(epochs=2, tta=True))
     assert run.status().state == "queued" and run.status().epochs == 2
@@ -101,9 +103,10 @@ def _cancel_after_epochs(monkeypatch, epochs: int, step: int = 0):
         tr = holder.get("trainer")
         return tr is not None and (tr.epoch > epochs or (tr.epoch == epochs and tr.step >= max(step, 1)))
 
-    monkeypatch.setattr(T._CancelFlag, "requested", requested)
+    monkeypatch.setattr(T.CancelFlag, "requested", requested)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mid_epoch_step", [0, 2])
 def test_cancel_then_resume_continues_exactly(monkeypatch, mid_epoch_step):
     cfg = quick_config(epochs=3, noise=0.2, noise_mode="batch", schedule="onecycle")
@@ -127,6 +130,7 @@ def test_cancel_then_resume_continues_exactly(monkeypatch, mid_epoch_step):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_truncates_rows_written_after_the_checkpoint():
     run = T.prepare_run(quick_config(epochs=2))
     T.run_training(run)
@@ -139,6 +143,7 @@ def test_resume_truncates_rows_written_after_the_checkpoint():
     assert [r["epoch"] for r in run.metrics()] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_fails_with_a_message():
     run = T.prepare_run(quick_config())
     res = T.run_training(run, resume=True)
@@ -146,6 +151,7 @@ def test_resume_without_checkpoint_fails_with_a_message():
     assert run.status().error == res["error"]
 
 
+@pytest.mark.slow
 def test_cancel_file_while_queued_cancels(monkeypatch):
     run = T.prepare_run(quick_config())
     run.cancel_path.write_text("")
@@ -153,6 +159,7 @@ def test_cancel_file_while_queued_cancels(monkeypatch):
     assert not run.metrics()
 
 
+@pytest.mark.slow
 def test_failure_is_recorded_with_one_line_and_traceback(tmp_path):
     npz = tmp_path / "tiny.npz"
     ds = open_dataset("synthetic")
@@ -172,6 +179,7 @@ def test_failure_is_recorded_with_one_line_and_traceback(tmp_path):
     assert "Traceback" in run.log_path.read_text()
 
 
+@pytest.mark.slow
 def test_disk_full_fails_the_run_and_keeps_finished_epochs(monkeypatch):
     run = T.prepare_run(quick_config(epochs=3))
     real_save = checkpoint.save_checkpoint
@@ -191,6 +199,7 @@ def test_disk_full_fails_the_run_and_keeps_finished_epochs(monkeypatch):
     assert checkpoint.load_checkpoint(run.last_ckpt)["train_state"]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_fixed_noise_run_records_noise_npz():
     run = T.prepare_run(quick_config(epochs=1, noise=0.25, noise_mode="fixed"))
     assert T.run_training(run)["state"] == "completed"
@@ -202,6 +211,7 @@ def test_fixed_noise_run_records_noise_npz():
         assert (z["labels"] == open_dataset("synthetic").split("test").labels).all()
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_keeps_best():
     # lr so small nothing improves after the first epoch by more than min_delta
     run = T.prepare_run(quick_config(epochs=8, lr=1e-7, early_stopping=True, patience=2, min_delta=1.0))
@@ -211,6 +221,7 @@ def test_early_stopping_stops_and_keeps_best():
     assert r["stopped_early"] is True and r["epochs_run"] == 3 and r["best_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_train_plus_val_has_no_validation_and_keeps_last_epoch():
     run = T.prepare_run(quick_config(epochs=2, train_splits="train+val", max_train_samples=0))
     res = T.run_training(run)
@@ -228,6 +239,7 @@ def _trainer(cfg: TrainConfig) -> T.Trainer:
     return T.Trainer(cfg, data, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_schedules_step_as_configured():
     lrs = {}
     for schedule in ("none", "step", "cosine", "onecycle"):
@@ -247,6 +259,7 @@ def test_schedules_step_as_configured():
     assert len(set(one)) == 7 and max(one) == pytest.approx(0.01) and one[-1] < 1e-6 and one.index(max(one)) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("loss", ["ce", "smooth", "sce"])
 def test_each_optimizer_and_loss_trains_a_step(optimizer, loss):
@@ -308,13 +321,17 @@ def test_compiled_run_cancels_resumes_and_explains_like_an_eager_one(monkeypatch
     assert cams.shape[0] == 2 and np.isfinite(cams).all()
 
 
-@pytest.mark.parametrize("mode", ["scratch", "finetune", "frozen", "fine_tune"])
-def test_each_mode_builds_and_trains(mode):
-    tr = _trainer(
-        quick_config(arch="resnet18", mode=mode, size=16, max_train_samples=32, batch_size=16, head_epochs=1, epochs=2)
-    )
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["scratch", "all-layers"])
+def test_all_layer_modes_train_backbone_and_head_from_the_first_epoch(mode):
+    tr = _trainer(quick_config(arch="resnet18", mode=mode, size=16, max_train_samples=32, batch_size=16, epochs=2))
+    head, backbone, _ = _head_and_backbone(tr)
+    head_before = [p.detach().clone() for p in tr.model.fc.parameters()]
     row = tr.train_epoch()
-    assert math.isfinite(row["train_loss"])
+    assert math.isfinite(row["train_loss"]) and not tr.backbone_frozen
+    assert all(not torch.equal(p, backbone[n]) for n, p in tr.model.named_parameters() if n in backbone)
+    assert all(not torch.equal(a, b) for a, b in zip(head_before, tr.model.fc.parameters()))
+    assert [g["lr"] for g in tr.optimizer.param_groups] == pytest.approx([3e-3])  # one rate for every layer
 
 
 def _head_and_backbone(tr):
@@ -324,6 +341,7 @@ def _head_and_backbone(tr):
     return head, backbone, buffers
 
 
+@pytest.mark.slow
 def test_frozen_mode_only_updates_the_head():
     tr = _trainer(quick_config(arch="resnet18", mode="frozen", size=16, max_train_samples=32, batch_size=16))
     head_before = [p.detach().clone() for p in tr.model.fc.parameters()]
@@ -339,11 +357,12 @@ def test_frozen_mode_only_updates_the_head():
     assert len(tr.optimizer.param_groups) == 1
 
 
-def test_fine_tune_unfreezes_after_head_epochs_with_lower_backbone_lr():
+@pytest.mark.slow
+def test_head_then_all_unfreezes_after_head_epochs_with_lower_backbone_lr():
     tr = _trainer(
         quick_config(
             arch="resnet18",
-            mode="fine_tune",
+            mode="head-then-all",
             size=16,
             max_train_samples=32,
             batch_size=16,
@@ -353,14 +372,20 @@ def test_fine_tune_unfreezes_after_head_epochs_with_lower_backbone_lr():
             backbone_lr_mult=0.1,
         )
     )
-    _, backbone, _ = _head_and_backbone(tr)
-    tr.train_epoch()
+    _, backbone, buffers = _head_and_backbone(tr)
+    head_before = [p.detach().clone() for p in tr.model.fc.parameters()]
+    tr.train_epoch()  # the head phase: backbone weights and BatchNorm statistics untouched, the head learns
+    assert tr.backbone_frozen
     assert all(torch.equal(p, backbone[n]) for n, p in tr.model.named_parameters() if n in backbone)
-    tr.train_epoch()
-    assert any(not torch.equal(p, backbone[n]) for n, p in tr.model.named_parameters() if n in backbone)
+    assert all(torch.equal(b, buffers[n]) for n, b in tr.model.named_buffers() if n in buffers)
+    assert all(not torch.equal(a, b) for a, b in zip(head_before, tr.model.fc.parameters()))
+    tr.train_epoch()  # then every layer
+    assert not tr.backbone_frozen
+    assert all(not torch.equal(p, backbone[n]) for n, p in tr.model.named_parameters() if n in backbone)
     assert [g["lr"] for g in tr.optimizer.param_groups] == pytest.approx([0.001, 0.01])
 
 
+@pytest.mark.slow
 def test_cpu_training_is_reproducible_with_a_seed():
     imgs = open_dataset("synthetic").split("train")
     x, y = imgs.images[:192], imgs.labels[:192]
@@ -375,6 +400,7 @@ def test_cpu_training_is_reproducible_with_a_seed():
     assert not np.allclose(probs[0], probs[2])
 
 
+@pytest.mark.slow
 def test_fit_arrays_and_predict_probs_on_grayscale_and_other_sizes():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 96)
@@ -383,6 +409,29 @@ def test_fit_arrays_and_predict_probs_on_grayscale_and_other_sizes():
     assert meta["in_channels"] == 1 and meta["input_size"] == 20 and meta["classes"] == ["dark", "bright"]
     p = T.predict_probs(model, meta, x)
     assert p.shape == (96, 2) and (p.argmax(1) == y).mean() > 0.9
+
+
+def test_old_mode_names_still_load_and_the_validator_names_the_new_ones():
+    assert T.check_config(quick_config(arch="resnet18", mode="head-then-all", size=16)).num_classes == 6
+    old = {**quick_config(arch="resnet18").to_dict(), "mode": "fine_tune"}  # a finished run's config.json
+    assert TrainConfig.from_dict(old).mode == "head-then-all"
+    assert TrainConfig.from_dict({**old, "mode": "finetune"}).mode == "all-layers"
+    with pytest.raises(ConfigError, match="now called all-layers"):
+        quick_config(arch="resnet18", mode="finetune").validate()
+    with pytest.raises(ConfigError, match="--mode must be one of scratch, all-layers, frozen, head-then-all"):
+        quick_config(mode="fine-tune").validate()
+
+
+def test_enum_fields_are_literals_and_the_validation_uses_them():
+    import typing
+
+    from histo_core import config as C
+
+    hints = typing.get_type_hints(TrainConfig)
+    for name, allowed in (("mode", C.MODES), ("optimizer", C.OPTIMIZERS), ("stain_norm", C.STAIN_NORMS)):
+        assert typing.get_args(hints[name]) == allowed
+        with pytest.raises(ConfigError, match=f"must be one of {', '.join(allowed)}"):
+            quick_config(**{name: "nonsense"}).validate()
 
 
 def test_check_config_errors():
@@ -408,16 +457,17 @@ def test_pretrained_unavailable_is_an_error_not_a_silent_scratch_run(monkeypatch
     monkeypatch.setattr(tvm.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline, raising=False)
     monkeypatch.setattr(tvm._api.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(HistoError, match="--pretrained: ImageNet weights for resnet18"):
-        T.check_config(quick_config(arch="resnet18", mode="finetune", pretrained=True))
+        T.check_config(quick_config(arch="resnet18", mode="all-layers", pretrained=True))
 
 
 def test_default_config_is_valid_and_cpu_friendly():
     cfg = T.default_config("pathmnist", "cpu")
     cfg.validate()
     assert cfg.device == "cpu" and cfg.tta and cfg.augment.flip and cfg.augment.rot90
-    assert T.get_arch(cfg.arch).max_size >= 28
+    assert get_arch(cfg.arch).max_size >= 28
 
 
+@pytest.mark.slow
 def test_measure_throughput_and_lr_find():
     ips = T.measure_throughput(quick_config(batch_size=32), n_batches=2)
     assert ips > 0
@@ -429,14 +479,8 @@ def test_measure_throughput_and_lr_find():
     assert 1e-5 <= res["suggested_lr"] <= 1.0
 
 
-# -- evaluation on other datasets ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    run = T.prepare_run(quick_config(epochs=2), runs_root=tmp_path_factory.mktemp("runs"))
-    assert T.run_training(run)["state"] == "completed"
-    return run
-
-
+# -- real data ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_real_pathmnist_quick_run(pathmnist_mini):
     cfg = T.default_config(str(pathmnist_mini), "cpu")
     cfg.epochs, cfg.threads = 12, 2

@@ -9,7 +9,7 @@
 
 The option flags are generated from the TrainConfig / Augment dataclass fields (help from
 config.FIELD_HELP), so the CLI and the config cannot drift apart. Values left out come from
-`train.default_config(dataset, device)`.
+`training.default_config(dataset, device)`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from histo_core.config import FIELD_HELP, Augment, TrainConfig
+from histo_core.config import FIELD_HELP, Augment, TrainConfig, canonical_mode
 from histo_core.errors import ConfigError, HistoError
 
 _AUG_FIELDS = [f.name for f in fields(Augment)]
@@ -71,12 +71,14 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """default_config(dataset, device) with every given flag applied, validated."""
-    from histo_core.train import default_config
+    from histo_core.training import default_config
 
     opts = given_options(args)
     if "dataset" not in opts:
         raise ConfigError("give --dataset (a registered name such as 'synthetic' or 'pathmnist', or a path)")
     cfg = default_config(opts["dataset"], opts.get("device", "auto"))
+    if "mode" in opts:
+        opts["mode"] = canonical_mode(opts["mode"])  # the old names finetune / fine_tune still work
     for k, v in opts.items():
         setattr(cfg.augment if k in _AUG_FIELDS else cfg, k, v)
     return cfg.validate()
@@ -145,7 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # -- train ------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from histo_core import train as T
+    from histo_core import training as T
     from histo_core.cli import emit
     from histo_core.runs import RunDir
 
@@ -197,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _prepare_distributed(config: TrainConfig, runs_dir: str | None):
     """Rank 0 checks the config and creates the run; every rank learns its path (or the error)."""
-    from histo_core import train as T
+    from histo_core import training as T
     from histo_core.runs import RunDir
 
     rank, world = T.init_distributed(config.device)
@@ -209,7 +211,7 @@ def _prepare_distributed(config: TrainConfig, runs_dir: str | None):
             print(f"run {run.path} ({world} processes)", file=sys.stderr, flush=True)
         except HistoError as exc:
             msg = {"error": str(exc)}
-    msg = T._broadcast(msg, world)
+    msg = T.broadcast(msg, world)
     if "error" in msg:
         raise HistoError(msg["error"])
     return RunDir(msg["path"])

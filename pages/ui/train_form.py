@@ -1,5 +1,5 @@
 """The Train page's form: one widget per TrainConfig field, grouped, with defaults from
-`histo_core.train.default_config(dataset, device)`.
+`histo_core.training.default_config(dataset, device)`.
 
 Every widget is keyed `train.<field>` (augmentation: `train.augment.<field>`) and always rendered (irrelevant
 ones disabled, not hidden) because Streamlit drops the state of widgets a run does not draw. Defaults are
@@ -52,9 +52,9 @@ CHOICE_LABELS = {
     },
     "mode": {
         "scratch": "scratch: train every layer",
-        "finetune": "finetune: train every layer (start from ImageNet with pretrained)",
+        "all-layers": "all layers: train every layer from the start (from ImageNet with pretrained)",
         "frozen": "frozen: backbone frozen, MLP head trained",
-        "fine_tune": "fine_tune: head first, then unfreeze with a lower backbone LR",
+        "head-then-all": "head, then all layers: the head alone first, then every layer with a lower backbone LR",
     },
     "schedule": {"none": "constant", "step": "step decay", "cosine": "cosine annealing", "onecycle": "one-cycle"},
     "train_splits": {"train": "train (validate on val)", "train+val": "train+val (no validation; last epoch wins)"},
@@ -147,14 +147,14 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "Model mode and pretrained weights": [
         ("mode", "Training mode", {}),
         ("pretrained", "Start from ImageNet weights (ResNet/DenseNet; needs the weights cached or internet)", {}),
-        ("head_epochs", "Head-only epochs (fine_tune)", {"step": 1}),
-        ("backbone_lr_mult", "Backbone LR multiplier (fine_tune)", {"step": 0.05, "format": "%g"}),
+        ("head_epochs", "Head-only epochs (head, then all layers)", {"step": 1}),
+        ("backbone_lr_mult", "Backbone LR multiplier (head, then all layers)", {"step": 0.05, "format": "%g"}),
     ],
     "Device and performance": [
         ("device", "Device", {}),
         ("threads", "CPU threads (0 = all cores)", {"min_value": 0, "step": 1}),
         ("amp", "Mixed precision on CUDA (bf16/fp16)", {}),
-        ("channels_last", "channels_last memory format on CUDA", {}),
+        ("channels_last", "channels-last memory format (CPU and CUDA)", {}),
         ("compile", "torch.compile (slow first epoch)", {}),
         ("tta", "Test-time augmentation at evaluation (flips/rotations)", {}),
     ],
@@ -210,8 +210,8 @@ def _disabled(path: str) -> bool:
         "monitor": False,
         "patience": not get("early_stopping"),
         "min_delta": not get("early_stopping"),
-        "head_epochs": get("mode") != "fine_tune",
-        "backbone_lr_mult": get("mode") != "fine_tune",
+        "head_epochs": get("mode") != "head-then-all",
+        "backbone_lr_mult": get("mode") != "head-then-all",
     }
     return bool(rules.get(path, False))
 

@@ -1,0 +1,55 @@
+"""How a training process uses its device: thread count, cuDNN/TF32 switches, fused optimizers, torch.compile."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from histo_core import runtime
+from histo_core.config import TrainConfig
+
+
+def setup_device(config: TrainConfig, local_rank: int = 0) -> torch.device:
+    """The config's device (resolved by `runtime.resolve_device`), set up for training: cuDNN benchmark and TF32
+    on CUDA, the thread count (--threads, else `runtime.default_threads`) on the CPU."""
+    dev = runtime.resolve_device(config.device)
+    if dev == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    torch.set_num_threads(config.threads or runtime.default_threads())
+    return torch.device("cpu")
+
+
+def fused_optimizer_ok(model: nn.Module) -> bool:
+    """Fused optimizer kernels exist for floating-point parameters on CPU and CUDA; $HISTO_FUSED_OPTIMIZER=0 turns
+    them off (the per-parameter loop, torch's CPU default)."""
+    if os.environ.get("HISTO_FUSED_OPTIMIZER", "1") == "0":
+        return False
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
+
+
+def compile_cache_dir() -> Path:
+    """Where inductor keeps compiled kernels and FX graphs between runs: $TORCHINDUCTOR_CACHE_DIR, else
+    <data dir>/torchinductor (next to the dataset cache, so it survives reboots, unlike /tmp)."""
+    from histo_core import paths
+
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return Path(env) if env else paths.data_dir() / "torchinductor"
+
+
+def compile_module(module: nn.Module) -> nn.Module:
+    """torch.compile (inductor: C++/OpenMP on CPU, Triton on CUDA) with the on-disk caches switched on, so a second
+    run of the same architecture skips most of the compile. The checkpointed module stays the uncompiled one
+    (Trainer.model), so saved state dicts carry no `_orig_mod.` prefix."""
+    cache = compile_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return torch.compile(module)  # type: ignore[return-value]

@@ -1,0 +1,79 @@
+"""Data-parallel helpers for runs started under torchrun (WORLD_SIZE > 1); each is a no-op for one process."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+
+from histo_core.runtime import resolve_device
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_distributed(device: str) -> tuple[int, int]:
+    """Join the process group when started by torchrun (gloo on CPU, nccl on CUDA). Returns (rank, world)."""
+    import torch.distributed as dist
+
+    rank, world, local = dist_env()
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if resolve_device(device) == "cuda" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def current_world() -> tuple[int, int, int]:
+    """(rank, world, local_rank) of this process: from the process group once joined, else from the environment."""
+    rank, world, local = dist_env()
+    if world > 1:
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return rank, world, local
+
+
+def broadcast(obj: Any, world: int) -> Any:
+    """Rank 0's `obj` on every rank (any picklable object)."""
+    if world <= 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank when `flag` is True on any rank (a cancel seen by one stops all)."""
+    if world <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sums of `values` over all ranks (float64)."""
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return [float(v) for v in t]
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -1,0 +1,362 @@
+"""The life of a run: prepared as a folder, then trained in this process once a device slot is free.
+
+    run = prepare_run(config)          # runs/<id>/ with config.json, dataset.json and status "queued"
+    results = run_training(run)        # what `python -m histo_core train` does; never raises for a failed run
+
+`run_training` waits for a device slot (histo_core.slots; not under torchrun), keeps status.json current (state,
+phase, epoch, step, speed, ETA, a heartbeat), obeys a cancel (SIGTERM/SIGINT or the run's `cancel` file) at batch
+boundaries, checkpoints last.pt every epoch and best.pt when the monitored metric improves, resumes from last.pt,
+and ends with the test/val evaluation of best.pt (results.json, predictions_<split>.npz) and the embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from histo_core import checkpoint as ckpt_mod
+from histo_core import ood, pipeline, stain
+from histo_core.config import TrainConfig
+from histo_core.errors import HistoError
+from histo_core.fsutil import savez_atomic, write_json_atomic
+from histo_core.metrics import classification_report, per_sample_loss
+from histo_core.runs import RunDir, RunStatus, create_run_dir, new_run_id
+from histo_core.runtime import resolve_device
+from histo_core.training.data import TrainData, build_train_data, model_meta
+from histo_core.training.defaults import check_config, open_config_dataset
+from histo_core.training.device import setup_device
+from histo_core.training.distributed import any_rank, barrier, broadcast, current_world
+from histo_core.training.status import (
+    CancelFlag,
+    RunFolderGone,
+    StatusWriter,
+    append_log,
+    error_line,
+    own_start_time,
+    say,
+)
+from histo_core.training.trainer import StopRequested, Trainer
+
+ROW_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds", "images_per_s")
+
+
+def prepare_run(config: TrainConfig, runs_root: str | os.PathLike | None = None) -> RunDir:
+    """Check everything, then create the run directory with config.json, dataset.json and a queued status."""
+    info = check_config(config)
+    run = create_run_dir(
+        runs_root,
+        new_run_id(config.name, config.arch, info.name if not Path(info.name).exists() else Path(info.name).stem),
+    )
+    write_json_atomic(run.config_path, config.to_dict())
+    write_json_atomic(run.dataset_path, info.to_dict())
+    run.write_status(RunStatus(state="queued", epochs=config.epochs, device=resolve_device(config.device)))
+    return run
+
+
+def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
+    """Execute the run described by run/config.json in this process (see the module doc of runs.py for the
+    files written). Returns {"run_dir", "state", "test", "val", ...}; never raises for a failed run."""
+    rank, world, local_rank = current_world()
+    writer = StatusWriter(run, enabled=rank == 0)
+    cancel = CancelFlag(run)
+    cancel.install()
+    try:
+        job = _Job(run, TrainConfig.from_dict(run.config()), writer, cancel, rank, world, local_rank)
+        if world > 1:  # torchrun placed the processes: no slot to wait for
+            return _train(job, resume)
+        return _train_when_a_slot_is_free(job, resume)
+    except RunFolderGone:  # deleted under us: stop, write nothing (writers never re-create the folder)
+        say(f"{run.path}: the run folder was deleted; stopping without saving", rank)
+        return {"run_dir": str(run.path), "state": "deleted", "test": None}
+    except StopRequested:
+        writer.update(state="cancelled", finished_at=time.time(), phase="")
+        say(f"{run.id}: cancelled", rank)
+        return {"run_dir": str(run.path), "state": "cancelled", "test": None}
+    except BaseException as exc:  # noqa: BLE001 - every failure must end as state "failed"
+        line = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else error_line(exc)
+        if rank == 0:
+            append_log(run, traceback.format_exc())
+            try:
+                writer.update(state="failed", error=line, finished_at=time.time(), phase="")
+            except OSError:
+                pass
+        say(f"{run.id}: failed: {line}", rank)
+        return {"run_dir": str(run.path), "state": "failed", "error": line, "test": None}
+    finally:
+        writer.stop()
+        cancel.restore()
+
+
+@dataclass
+class _Job:
+    """One run being trained by this process, and what it reports to."""
+
+    run: RunDir
+    config: TrainConfig
+    writer: StatusWriter
+    cancel: CancelFlag
+    rank: int
+    world: int
+    local_rank: int
+    best: dict[str, Any] = field(default_factory=lambda: {"value": None, "epoch": 0, "bad_epochs": 0})
+
+    def log(self, text: str) -> None:
+        say(text, self.rank)
+
+
+def _train_when_a_slot_is_free(job: _Job, resume: bool) -> dict[str, Any]:
+    """Queue for the device (status "queued", cancellable while waiting), then train."""
+    from histo_core.slots import device_slot
+
+    def waiting() -> None:
+        job.writer.update(state="queued")
+        if job.cancel.requested():
+            raise StopRequested()
+
+    job.writer.update(state="queued", pid=os.getpid(), pid_start=own_start_time())
+    with device_slot(resolve_device(job.config.device), runs_root=job.run.path.parent, on_wait=waiting):
+        return _train(job, resume)
+
+
+def _train(job: _Job, resume: bool) -> dict[str, Any]:
+    """Set up, train epoch by epoch until done, early-stopped or cancelled, then evaluate and embed."""
+    device = setup_device(job.config, job.local_rank)
+    trainer, meta = _start(job, device, resume)
+    progress = _BatchProgress(job, trainer.steps_per_epoch, device)
+    job.writer.update(phase="train", epoch=trainer.epoch, step=trainer.step, steps_per_epoch=trainer.steps_per_epoch)
+    started = time.time()
+    stopped_early = False
+    while trainer.epoch < job.config.epochs:
+        try:
+            row = trainer.train_epoch(progress)
+        except StopRequested:
+            _save_last(job, trainer, meta)
+            raise
+        job.writer.update(phase="validate", epoch=trainer.epoch, step=0)
+        row = _validate(job, trainer, row)
+        if job.rank == 0:
+            _record_epoch(job, trainer, meta, row)
+        stopped_early = _should_stop_early(job, trainer)
+        job.writer.update(phase="train", epoch=trainer.epoch, step=0)
+        if stopped_early:
+            job.log(f"early stopping: no {job.config.monitor} improvement for {job.config.patience} epochs")
+            break
+        if any_rank(job.cancel.requested(), job.world, device):
+            raise StopRequested()
+    results: dict[str, Any] = {"run_dir": str(job.run.path), "state": "completed"}
+    if job.rank == 0:
+        results.update(_finish(job, trainer, device, stopped_early, time.time() - started))
+    barrier(job.world)
+    return results
+
+
+def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict[str, Any]]:
+    """Status "running", the data and the trainer; resumed from last.pt, or a fresh start's files reset."""
+    run, config = job.run, job.config
+    job.writer.update(
+        state="running",
+        pid=os.getpid(),
+        pid_start=own_start_time(),
+        started_at=time.time(),
+        error=None,
+        finished_at=None,
+        epochs=config.epochs,
+        device=str(device),
+        phase="loading data",
+    )
+    job.writer.start_heartbeat()
+    data = build_train_data(config, open_config_dataset(config), str(device))
+    trainer = Trainer(config, data, device, rank=job.rank, world=job.world)
+    if resume:
+        job.best = _resume(run, trainer, job.rank)
+    elif job.rank == 0:
+        write_json_atomic(run.dataset_path, data.info.to_dict())
+        if run.metrics_path.exists():
+            run.metrics_path.unlink()
+    if job.rank == 0 and data.noise_flipped is not None:
+        savez_atomic(
+            run.noise_path,
+            noisy_labels=data.train_labels.numpy(),
+            flipped=data.noise_flipped,
+            clean_labels=data.clean_train_labels,
+            indices=data.train_indices,
+        )
+    return trainer, model_meta(config, data)
+
+
+class _BatchProgress:
+    """Called after every training batch: status (step, speed, ETA) at most once a second, and whether a cancel
+    was requested on any rank (which stops the epoch at this batch)."""
+
+    def __init__(self, job: _Job, steps_per_epoch: int, device: torch.device):
+        self.job, self.steps, self.device = job, steps_per_epoch, device
+        self.last_write = 0.0
+        self.t0 = time.perf_counter()
+        self.images = 0
+
+    def __call__(self, trainer: Trainer, images: int) -> bool:
+        job, cfg = self.job, self.job.config
+        self.images += images
+        now = time.perf_counter()
+        stop = any_rank(job.cancel.requested(), job.world, self.device)
+        if now - self.last_write >= 1.0 or stop:
+            ips = self.images * job.world / max(now - self.t0, 1e-9)
+            left = (cfg.epochs - trainer.epoch) * self.steps - trainer.step
+            job.writer.update(
+                step=trainer.step,
+                images_per_s=round(ips, 1),
+                eta_s=round(left * cfg.batch_size * job.world / max(ips, 1e-9), 1),
+            )
+            self.last_write = now
+        return stop
+
+
+def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> None:
+    """last.pt: the weights and everything needed to resume at this batch boundary (rank 0 writes)."""
+    if job.rank == 0:
+        ckpt_mod.save_checkpoint(
+            job.run.last_ckpt,
+            trainer.model,
+            meta,
+            epoch=trainer.epoch,
+            train_state={**trainer.state(), "best": dict(job.best)},
+        )
+
+
+def _validate(job: _Job, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
+    """The epoch's row with its validation loss, accuracy and AUC (None without a val split); rank 0 also writes
+    val_latest.json."""
+    data = trainer.data
+    report = None
+    if data.val is not None and job.rank == 0:
+        report = classification_report(trainer.predict(data.val), data.val.labels.numpy(), data.info.classes)
+        write_json_atomic(job.run.file("val_latest.json"), {**report, "epoch": trainer.epoch, "split": "val"})
+    row.update(
+        val_loss=report["loss"] if report else None,
+        val_acc=report["accuracy"] if report else None,
+        val_auc=report["auc"] if report else None,
+    )
+    return {k: row[k] for k in ROW_KEYS}
+
+
+def _record_epoch(job: _Job, trainer: Trainer, meta: dict[str, Any], row: dict[str, Any]) -> None:
+    """best.pt when the monitored metric improved (every epoch without a val split), metrics.csv, last.pt."""
+    config, best = job.config, job.best
+    value = None if row.get(config.monitor) is None else float(row[config.monitor])
+    if trainer.data.val is None or _improved(value, best["value"], config.monitor, config.min_delta):
+        best.update(value=value, epoch=trainer.epoch, bad_epochs=0)
+        ckpt_mod.save_checkpoint(job.run.best_ckpt, trainer.model, meta, epoch=trainer.epoch, metrics=row)
+    else:
+        best["bad_epochs"] += 1
+    job.run.append_metrics(row)
+    _save_last(job, trainer, meta)
+    job.log(epoch_line(row, config.epochs))
+
+
+def _improved(value: float | None, best: float | None, monitor: str, min_delta: float) -> bool:
+    if value is None:
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if monitor == "val_loss" else value > best + min_delta
+
+
+def _should_stop_early(job: _Job, trainer: Trainer) -> bool:
+    """--early-stopping: `patience` epochs without improvement, decided by rank 0 for every rank."""
+    cfg = job.config
+    stop = cfg.early_stopping and job.best["bad_epochs"] >= cfg.patience and trainer.epoch < cfg.epochs
+    return bool(broadcast(stop, job.world))
+
+
+def _finish(
+    job: _Job, trainer: Trainer, device: torch.device, stopped_early: bool, train_seconds: float
+) -> dict[str, Any]:
+    """Rank 0: the final evaluation into results.json, the embeddings, status "completed"."""
+    run = job.run
+    job.writer.update(phase="test")
+    final = final_evaluation(run, job.config, trainer, job.best)
+    doc = {**final, "stopped_early": stopped_early, "train_seconds": round(train_seconds, 2), "device": str(device)}
+    write_json_atomic(run.results_path, doc)
+    job.writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page (never fails the run)
+    from histo_core.embeddings import embed_at_end_of_training
+
+    embed_at_end_of_training(run, trainer.model, job.log)
+    job.writer.update(state="completed", finished_at=time.time(), phase="", epoch=trainer.epoch, step=0, eta_s=0.0)
+    t = final.get("test")
+    auc = None if not t or t["auc"] is None else round(t["auc"], 4)
+    job.log(f"{run.id}: completed" + (f", test accuracy {t['accuracy']:.4f}, auc {auc}" if t else ""))
+    return {**final, "stopped_early": stopped_early, "train_seconds": doc["train_seconds"]}
+
+
+def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
+    if not run.last_ckpt.exists():
+        raise HistoError(f"{run.path}: nothing to resume (no last.pt); start the run again without --resume")
+    ckpt = ckpt_mod.load_checkpoint(run.last_ckpt)
+    state = ckpt.get("train_state")
+    if not state:
+        raise HistoError(f"{run.last_ckpt}: has no training state to resume from")
+    trainer.load_state(state, ckpt["state_dict"])
+    if rank == 0:
+        run.truncate_metrics(trainer.epoch)
+    return dict(state.get("best") or {"value": None, "epoch": 0, "bad_epochs": 0})
+
+
+def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: dict[str, Any]) -> dict[str, Any]:
+    """Test (and val) reports and prediction files from best.pt, and the out-of-distribution calibration."""
+    data = trainer.data
+    ckpt = ckpt_mod.load_checkpoint(run.best_ckpt) if run.best_ckpt.exists() else None
+    if ckpt is not None:
+        trainer.model.load_state_dict(ckpt["state_dict"])
+    out: dict[str, Any] = {
+        "best_epoch": int(best.get("epoch") or trainer.epoch),
+        "epochs_run": trainer.epoch,
+        "test": None,
+        "val": None,
+    }
+    heldout: dict[str, np.ndarray] = {}
+    for split, source in (("test", data.test), ("val", data.val)):
+        if source is None:
+            continue
+        probs = heldout[split] = trainer.predict(source, tta=config.tta)
+        labels = source.labels.numpy()
+        out[split] = classification_report(probs, labels, data.info.classes)
+        out[split]["tta"] = bool(config.tta)
+        savez_atomic(
+            run.predictions_path(split),
+            probs=probs.astype(np.float32),
+            labels=labels,
+            indices=np.arange(len(labels)),
+            loss=per_sample_loss(probs, labels),
+        )
+    out["ood"] = ood_calibration(data, heldout)
+    return out
+
+
+def ood_calibration(data: TrainData, heldout: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The "unlike the training tiles" thresholds (histo_core.ood): colour statistics of the training tiles as
+    the model sees them, and the confidence on the validation split (else the test split)."""
+    split = "val" if "val" in heldout else "test" if "test" in heldout else None
+    limit = pipeline.LAZY_CHUNK if data.train.streamed else 2000  # streamed: one contiguous chunk, one read
+    sample = data.train.read_range(0, min(len(data.train), limit))
+    tiles01 = stain.normalize_batch(pipeline.to_float01(sample, "cpu", data.input_size), data.stain)
+    return ood.calibrate(tiles01, heldout.get(split) if split else None, split or "")
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """The progress line of one epoch (stderr and the Runs page's log)."""
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    return (
+        f"epoch {row['epoch']}/{epochs}  train loss {f(row['train_loss'])} acc {f(row['train_acc'])}  "
+        f"val loss {f(row['val_loss'])} acc {f(row['val_acc'])} auc {f(row['val_auc'])}  "
+        f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+    )

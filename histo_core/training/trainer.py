@@ -1,0 +1,322 @@
+"""The `Trainer`: model, optimizer, schedule, loss and the epoch loop, resumable at any batch boundary.
+
+    trainer = Trainer(config, data, device)
+    row = trainer.train_epoch()                      # one epoch; its train row (loss, accuracy, lr, speed)
+    probs = trainer.predict(data.val)                # softmax probabilities of a source
+    for pos in trainer.batches_of_epoch(0):          # or a step at a time (LR finder, speed estimates)
+        loss, correct = trainer.train_batch(pos)
+
+`state()` / `load_state()` are what last.pt keeps to resume mid-epoch (weights_only-loadable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from histo_core import pipeline, stain
+from histo_core.config import HEAD_MODES, TrainConfig
+from histo_core.losses import build_loss
+from histo_core.models import build_model, get_arch, head_module, set_backbone_trainable
+from histo_core.noise import batch_noise
+from histo_core.predict import InputSpec, predict_tiles
+from histo_core.training.data import TrainData, uses_mlp_head
+from histo_core.training.device import compile_module, fused_optimizer_ok
+from histo_core.training.distributed import sum_over_ranks
+
+
+class StopRequested(Exception):
+    """Raised inside an epoch when a cancel was requested; the trainer state is consistent at that point."""
+
+
+def _empty_partial() -> dict[str, Any]:
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+
+
+class Trainer:
+    """Model, optimizer, schedule, loss and the epoch loop. Resumable at any batch boundary."""
+
+    def __init__(self, config: TrainConfig, data: TrainData, device: torch.device, *, rank: int = 0, world: int = 1):
+        self.config, self.data, self.device = config, data, device
+        self.rank, self.world = rank, world
+        info = data.info
+        torch.manual_seed(config.seed)
+        self.model = build_model(
+            config.arch,
+            info.num_classes,
+            info.channels,
+            data.input_size,
+            pretrained=config.pretrained,
+            mlp_head=uses_mlp_head(config),
+        ).to(device)
+        self.cuda = device.type == "cuda"
+        # channels-last measured faster on CPU too (x1.1-1.6 for every architecture here; benchmarks/RESULTS.md)
+        self.channels_last = bool(config.channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = torch.bfloat16 if (self.cuda and config.amp) else None
+        self.head_ids = (
+            {id(p) for p in head_module(self.model, config.arch).parameters()}
+            if get_arch(config.arch).has_backbone
+            else set()
+        )
+        self.backbone_frozen = False
+        self.shard_log = os.environ.get("HISTO_SHARD_LOG") or None
+        self.net: nn.Module = self.model
+        if world > 1:  # wrapped before freezing, so that DDP also syncs the backbone once it is unfrozen
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[device.index] if self.cuda else None,
+                find_unused_parameters=config.mode in HEAD_MODES,
+            )
+        if config.mode == "frozen" or (config.mode == "head-then-all" and config.head_epochs > 0):
+            self._freeze_backbone(True)
+        if config.compile:
+            self.net = compile_module(self.net)
+        self.optimizer = self._build_optimizer()
+        self.steps_per_epoch = len(self.batches_of_epoch(0))
+        self.scheduler = self._build_scheduler()
+        self.criterion = build_loss(
+            config.loss,
+            info.num_classes,
+            label_smoothing=config.label_smoothing,
+            sce_alpha=config.sce_alpha,
+            sce_beta=config.sce_beta,
+        )
+        gen_device = device if self.cuda else torch.device("cpu")
+        self.aug_gen = torch.Generator(device=gen_device).manual_seed(config.seed * 1000 + 17 + rank)
+        self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 29 + rank)
+        self.epoch = 0  # epochs finished
+        self.step = 0  # batches finished in the current epoch
+        self.partial = _empty_partial()
+        self.mean_t = torch.tensor(pipeline._per_channel(data.mean, info.channels), device=device).view(1, -1, 1, 1)
+        self.std_t = torch.tensor(pipeline._per_channel(data.std, info.channels), device=device).view(1, -1, 1, 1)
+
+    # -- set-up ----------------------------------------------------------------------------------------
+    def _freeze_backbone(self, frozen: bool) -> None:
+        set_backbone_trainable(self.model, self.config.arch, not frozen)
+        self.backbone_frozen = frozen
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        cfg = self.config
+        params = list(self.model.parameters())
+        if cfg.mode == "frozen":
+            return [{"params": [p for p in params if id(p) in self.head_ids], "lr": cfg.lr}]
+        if cfg.mode == "head-then-all":
+            return [
+                {"params": [p for p in params if id(p) not in self.head_ids], "lr": cfg.lr * cfg.backbone_lr_mult},
+                {"params": [p for p in params if id(p) in self.head_ids], "lr": cfg.lr},
+            ]
+        return [{"params": params, "lr": cfg.lr}]
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        groups = self._param_groups()
+        # fused: one kernel for all parameters (CPU and CUDA); measured faster than the per-parameter loop that
+        # torch picks by default on CPU (benchmarks/RESULTS.md, "Speed II")
+        fused: dict[str, Any] = {"fused": True} if fused_optimizer_ok(self.model) else {}
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                groups,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                nesterov=cfg.momentum > 0,
+                **fused,
+            )
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+    def _build_scheduler(self) -> Any:
+        cfg = self.config
+        if cfg.schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.step_size, cfg.gamma)
+        if cfg.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        if cfg.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer,
+                max_lr=[g["lr"] for g in self.optimizer.param_groups],
+                total_steps=max(1, cfg.epochs * self.steps_per_epoch),
+                pct_start=0.25,
+                cycle_momentum=cfg.optimizer == "sgd",
+            )
+        return None
+
+    @property
+    def per_batch_schedule(self) -> bool:
+        return self.config.schedule == "onecycle"
+
+    # -- batches ---------------------------------------------------------------------------------------
+    def batches_of_epoch(self, epoch: int) -> list[np.ndarray]:
+        """Positions in the train source for each batch of `epoch` on this rank (same on every call)."""
+        src, cfg = self.data.train, self.config
+        if src.streamed:
+            # batches never straddle two chunks, so one chunk in memory at a time is enough
+            chunks = pipeline.chunk_order(len(src), cfg.seed, epoch)
+            per_rank = [
+                [c[s] for c in chunks[r :: self.world] for s in pipeline.batch_slices(len(c), cfg.batch_size)]
+                for r in range(self.world)
+            ]
+            return per_rank[self.rank][: min(len(b) for b in per_rank)]  # every rank runs as many steps
+        order = pipeline.shard(pipeline.epoch_permutation(len(src), cfg.seed, epoch), self.rank, self.world)
+        return [order[s] for s in pipeline.batch_slices(len(order), cfg.batch_size)]
+
+    def gather(self, pos: np.ndarray) -> torch.Tensor:
+        """uint8 tiles of the train source at positions `pos`."""
+        if self.shard_log is not None:  # $HISTO_SHARD_LOG: which tiles each rank trained on (the multi-node test)
+            with open(Path(self.shard_log) / f"rank{self.rank}.txt", "a") as fh:
+                fh.write(f"{self.epoch + 1} {','.join(str(int(i)) for i in np.asarray(pos).reshape(-1))}\n")
+        return self.data.train.gather(pos)
+
+    def labels_for(self, pos: np.ndarray) -> torch.Tensor:
+        """Training labels at positions `pos` on the device (with fresh wrong ones under --noise-mode batch)."""
+        y = self.data.train_labels[torch.from_numpy(np.asarray(pos, np.int64))]
+        if self.config.noise > 0 and self.config.noise_mode == "batch":
+            y = batch_noise(y, self.config.noise, self.data.info.num_classes, self.noise_gen)
+        return y.to(self.device, non_blocking=True)
+
+    def prepare_batch(self, tiles_uint8: torch.Tensor, train: bool) -> torch.Tensor:
+        """The steps of `pipeline.to_model_input`, with augmentation after stain normalisation when training."""
+        x = stain.normalize_batch(pipeline.to_float01(tiles_uint8, self.device, self.data.input_size), self.data.stain)
+        if train:
+            x = pipeline.augment_batch(x, self.config.augment, self.aug_gen)
+        x = (x - self.mean_t) / self.std_t
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def set_train_mode(self) -> None:
+        self.net.train()
+        if self.backbone_frozen:  # frozen BatchNorm statistics too: only the head learns
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a prepared batch: (loss, number right), both detached tensors."""
+        with self._autocast():
+            logits = self.net(x)
+            loss = self.criterion(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None and self.per_batch_schedule:
+            self.scheduler.step()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    def train_batch(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather, augment and train on the batch at positions `pos` (call `set_train_mode` first)."""
+        x = self.prepare_batch(self.gather(pos), train=True)
+        return self.train_step(x, self.labels_for(pos))
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[-1]["lr"])
+
+    def train_epoch(self, on_batch: Callable[[Trainer, int], bool] | None = None) -> dict[str, Any]:
+        """Train epoch `self.epoch + 1` from batch `self.step` on. `on_batch(trainer, images)` runs after each
+        batch; returning True stops at that batch boundary (StopRequested). Returns the epoch's train row."""
+        cfg = self.config
+        epoch = self.epoch
+        if cfg.mode == "head-then-all" and self.backbone_frozen and epoch >= cfg.head_epochs:
+            self._freeze_backbone(False)
+        self.set_train_mode()
+        batches = self.batches_of_epoch(epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        lr = self.current_lr()
+        t0 = time.perf_counter()
+        for i in range(self.step, len(batches)):
+            pos = batches[i]
+            lr = self.current_lr()
+            loss, right = self.train_batch(pos)
+            loss_sum += loss * len(pos)
+            correct += right
+            self.step = i + 1
+            self.partial["seen"] += len(pos)
+            if on_batch is not None and on_batch(self, len(pos)):
+                self._fold_partial(loss_sum, correct, time.perf_counter() - t0)
+                raise StopRequested()
+        self._fold_partial(loss_sum, correct, time.perf_counter() - t0)
+        p = self.partial
+        if self.world > 1:
+            loss_total, right_total, seen = sum_over_ranks([p["loss_sum"], p["correct"], p["seen"]], self.device)
+            p = {"loss_sum": loss_total, "correct": int(right_total), "seen": int(seen), "seconds": p["seconds"]}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": p["loss_sum"] / max(1, p["seen"]),
+            "train_acc": p["correct"] / max(1, p["seen"]),
+            "lr": lr,
+            "seconds": p["seconds"],
+            "images_per_s": p["seen"] / max(p["seconds"], 1e-9),
+        }
+        if self.scheduler is not None and not self.per_batch_schedule:
+            self.scheduler.step()
+        self.epoch += 1
+        self.step = 0
+        self.partial = _empty_partial()
+        return row
+
+    def _fold_partial(self, loss_sum: torch.Tensor, correct: torch.Tensor, seconds: float) -> None:
+        self.partial["loss_sum"] += float(loss_sum)
+        self.partial["correct"] += int(correct)
+        self.partial["seconds"] += seconds
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def input_spec(self) -> InputSpec:
+        return InputSpec.of(self.data, channels_last=self.channels_last, amp_dtype=self.amp_dtype)
+
+    def predict(
+        self, source: pipeline.TileSource, tta: bool = False, on_batch: Callable[[], None] | None = None
+    ) -> np.ndarray:
+        """Softmax probabilities (N, K) float32 of a whole source (`histo_core.predict`, the one loop)."""
+        return predict_tiles(
+            self.model,
+            source,
+            self.input_spec(),
+            tta=tta,
+            on_batch=on_batch,
+            num_classes=self.data.info.num_classes,
+        )
+
+    # -- resumable state (last.pt; weights_only-loadable: tensors, numbers, strings, lists, dicts) --------
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "partial": dict(self.partial),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "backbone_frozen": self.backbone_frozen,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if self.cuda else None,
+            "aug_gen": self.aug_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+        }
+
+    def load_state(self, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(weights)
+        if self.config.mode in HEAD_MODES:
+            self._freeze_backbone(bool(state["backbone_frozen"]))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.partial = dict(state["partial"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.cuda and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        self.aug_gen.set_state(state["aug_gen"])
+        self.noise_gen.set_state(state["noise_gen"])
