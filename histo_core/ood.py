@@ -82,7 +82,11 @@ def calibrate(
     """The flag's thresholds: colour statistics of (a sample of) the training tiles as the model sees them
     (float tiles `train_tiles01`, or their `features` from colour_features_uint8), and the confidence quantile
     of held-out predictions (`heldout_probs`, None when there is no held-out split)."""
-    feats = colour_features(train_tiles01) if features is None else features
+    if features is None:
+        if train_tiles01 is None:
+            raise ValueError("calibrate needs the training tiles or their colour features")
+        features = colour_features(train_tiles01)
+    feats = features
     mean = feats.mean(0)
     cov = np.cov(feats, rowvar=False)
     cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.diag(np.diag(cov)) + np.eye(feats.shape[1]) * 1e-4
