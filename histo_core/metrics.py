@@ -1,4 +1,5 @@
-"""Evaluation reports from predicted probabilities (sklearn underneath).
+"""Evaluation reports from predicted probabilities, in numpy (scikit-learn's definitions, checked against it in
+tests/test_metrics.py; not imported here, so a training process does not load its ~140 MB).
 
     report = classification_report(probs, labels, classes)
 
@@ -37,10 +38,45 @@ def class_aucs(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> list[
         if positives.all() or not positives.any():
             out.append(None)
         else:
-            from sklearn.metrics import roc_auc_score  # scikit-learn loads when metrics are computed
-
-            out.append(float(roc_auc_score(positives, probs[:, k])))
+            fpr, tpr = binary_roc(positives, probs[:, k])
+            out.append(float(np.trapezoid(tpr, fpr)))
     return out
+
+
+def binary_roc(positives: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of one-vs-rest scores: sklearn.metrics.roc_curve(drop_intermediate=True) without thresholds.
+    `positives` must hold both classes."""
+    order = np.argsort(score, kind="mergesort")[::-1]
+    s = np.asarray(score, np.float64)[order]
+    y = np.asarray(positives, np.float64)[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(y) - 1]  # the last index of each distinct score
+    tps = np.cumsum(y)[last]
+    fps = 1 + last - tps
+    if len(fps) > 2:  # collinear points add nothing to the curve or its area
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        fps, tps = fps[keep], tps[keep]
+    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
+    return fps / fps[-1], tps / tps[-1]
+
+
+def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) counts: row = true class, column = predicted class."""
+    return np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
+
+
+def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per class precision, recall, F1 and support from a confusion matrix; 0 where undefined (sklearn's
+    zero_division=0)."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted, support = cm.sum(0), cm.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+        recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
+        denom = predicted + support  # 2 tp + fp + fn
+        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return precision, recall, f1, support
 
 
 def summary_auc(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[float | None, str]:
@@ -94,9 +130,7 @@ def roc_curves(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) ->
     for k in ks:
         if aucs[k] is None:
             continue
-        from sklearn.metrics import roc_curve
-
-        fpr, tpr, _ = roc_curve(labels == k, probs[:, k], drop_intermediate=True)
+        fpr, tpr = binary_roc(labels == k, probs[:, k])
         fpr_l, tpr_l = _downsample(fpr, tpr)
         out[str(classes[k])] = {"fpr": fpr_l, "tpr": tpr_l, "auc": aucs[k]}
     return out
@@ -112,13 +146,10 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequen
     n = int(labels.shape[0])
     preds = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
     class_ids = list(range(k))
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    precision, recall, f1, support = (
-        precision_recall_fscore_support(labels, preds, labels=class_ids, zero_division=0)
-        if n
-        else ([0.0] * k,) * 3 + ([0] * k,)
-    )
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"labels outside 0..{k - 1}")
+    cm = confusion(labels, preds, k) if n else np.zeros((k, k), np.int64)
+    precision, recall, f1, support = precision_recall_f1(cm)
     aucs = class_aucs(probs, labels, k) if n else [None] * k
     auc, auc_kind = summary_auc(probs, labels, k) if n else (None, "positive-class" if k == 2 else "macro-ovr")
     rel = reliability(probs, labels)
@@ -142,9 +173,7 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequen
             }
             for i in class_ids
         ],
-        "confusion": confusion_matrix(labels, preds, labels=class_ids).astype(int).tolist()
-        if n
-        else [[0] * k for _ in range(k)],
+        "confusion": cm.astype(int).tolist(),
         "roc": roc_curves(probs, labels, classes) if n else {},
         "reliability": rel,
     }

@@ -25,9 +25,33 @@ COLOUR_MARGIN = 1.5
 SHRINKAGE = 0.2  # towards the diagonal: a steadier covariance from a few hundred tiles  # the distance threshold is this many times the training tiles' 99th percentile
 
 
+COLOUR_BLOCK = 256  # tiles per block: the intermediates stay small whatever the sample size
+
+
 def colour_features(x01: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) float tiles in [0, 1] -> (N, F) features: per-channel mean and std, and (RGB) the three
-    inter-channel correlations."""
+    inter-channel correlations. Computed COLOUR_BLOCK tiles at a time."""
+    if len(x01) > COLOUR_BLOCK:
+        return np.concatenate([_colour_block(x01[s : s + COLOUR_BLOCK]) for s in range(0, len(x01), COLOUR_BLOCK)])
+    return _colour_block(x01)
+
+
+def colour_features_uint8(tiles_uint8, input_size: int | None, stain_ref: dict[str, Any] | None) -> np.ndarray:
+    """colour_features of uint8 NHWC tiles as the model sees them (resized to `input_size`, stain-normalised to
+    `stain_ref`), converted COLOUR_BLOCK tiles at a time: memory holds the uint8 tiles and one float block."""
+    from histo_core import pipeline, stain
+
+    n = len(tiles_uint8)
+    blocks = [
+        _colour_block(
+            stain.normalize_batch(pipeline.to_float01(tiles_uint8[s : s + COLOUR_BLOCK], "cpu", input_size), stain_ref)
+        )
+        for s in range(0, n, COLOUR_BLOCK)
+    ]
+    return np.concatenate(blocks) if blocks else np.zeros((0, 0))
+
+
+def _colour_block(x01: torch.Tensor) -> np.ndarray:
     x = x01.float().flatten(2)  # (N, C, P)
     mean = x.mean(-1)
     std = x.std(-1, unbiased=False)
@@ -48,10 +72,21 @@ def _mahalanobis(feats: np.ndarray, mean: np.ndarray, icov: np.ndarray) -> np.nd
     return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, icov, d), 0.0))
 
 
-def calibrate(train_tiles01: torch.Tensor, heldout_probs: np.ndarray | None, split: str) -> dict[str, Any]:
-    """The flag's thresholds: colour statistics of (a sample of) the training tiles as the model sees them,
-    and the confidence quantile of held-out predictions (`heldout_probs`, None when there is no held-out split)."""
-    feats = colour_features(train_tiles01)
+def calibrate(
+    train_tiles01: torch.Tensor | None,
+    heldout_probs: np.ndarray | None,
+    split: str,
+    *,
+    features: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The flag's thresholds: colour statistics of (a sample of) the training tiles as the model sees them
+    (float tiles `train_tiles01`, or their `features` from colour_features_uint8), and the confidence quantile
+    of held-out predictions (`heldout_probs`, None when there is no held-out split)."""
+    if features is None:
+        if train_tiles01 is None:
+            raise ValueError("calibrate needs the training tiles or their colour features")
+        features = colour_features(train_tiles01)
+    feats = features
     mean = feats.mean(0)
     cov = np.cov(feats, rowvar=False)
     cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.diag(np.diag(cov)) + np.eye(feats.shape[1]) * 1e-4

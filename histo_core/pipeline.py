@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from histo_core import stain
 from histo_core.config import Augment
 
-LAZY_CHUNK = 4096  # tiles per contiguous read from a lazy (HDF5) split
+LAZY_CHUNK = 1024  # tiles per contiguous read from a streamed split (28 MB of 96 px RGB tiles)
 CPU_RESIDENT_MAX_BYTES = 2 * 1024**3  # in-memory splits up to this size become one torch tensor
 CUDA_RESIDENT_FRACTION = 0.4  # of free GPU memory a split may take to live on the GPU
 
@@ -55,7 +55,9 @@ def to_float01(
     if x.device != device:
         x = x.pin_memory() if device.type == "cuda" and not x.is_pinned() else x
         x = x.to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    n, h, w, c = x.shape
+    out = torch.empty((n, c, h, w), dtype=torch.float32, device=x.device)  # one float copy, already NCHW
+    x = out.copy_(x.permute(0, 3, 1, 2)).div_(255.0)
     if size is not None and (x.shape[-2] != size or x.shape[-1] != size):
         x = resize_batch(x, size)
     return x.contiguous()
@@ -351,6 +353,7 @@ class TileSource:
         nbytes = self.n * h * w * c
         self._tiles: torch.Tensor | None = None
         self._chunks: dict[int, torch.Tensor] = {}  # streamed splits: the chunk(s) read last
+        self._served: dict[int, int] = {}  # tiles of each held chunk handed out so far
         all_labels = split.labels if self.indices is None else split.labels[self.indices]
         self.labels = torch.from_numpy(np.array(all_labels, dtype=np.int64))
         limit = resident_max_bytes
@@ -419,20 +422,30 @@ class TileSource:
         for cid in wanted:
             if cid not in self._chunks:
                 if len(wanted) == 1:
-                    self._chunks.clear()  # drop the previous chunk before reading the next
+                    self._drop_chunks()  # drop the previous chunk before reading the next
                 while len(self._chunks) >= 2:
+                    self._served.pop(next(iter(self._chunks)), None)
                     self._chunks.pop(next(iter(self._chunks)))
                 start = cid * LAZY_CHUNK
                 self._chunks[cid] = self.read_range(start, min(self.n, start + LAZY_CHUNK))
+                self._served[cid] = 0
             sel = np.flatnonzero(chunk_ids == cid)
             out[torch.from_numpy(sel)] = self._chunks[cid][torch.from_numpy(pos[sel] - cid * LAZY_CHUNK)]
+            self._served[cid] += len(sel)
+            if self._served[cid] >= len(self._chunks[cid]):  # an epoch visits each tile once: done with it
+                del self._chunks[cid], self._served[cid]
         return out
+
+    def _drop_chunks(self) -> None:
+        self._chunks.clear()
+        self._served.clear()
 
     def gather_labels(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.labels[torch.as_tensor(idx, dtype=torch.long).cpu()]
 
     def iter_sequential(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
         """(start, uint8 batch) over the whole source in order: for evaluation."""
+        self._drop_chunks()  # a training chunk is not needed while evaluating
         for start in range(0, self.n, batch_size):
             yield start, self.read_range(start, min(self.n, start + batch_size))
 

@@ -12,6 +12,11 @@ run) and the Streamlit app (app.py). This module must not import torch (a test c
   --cpus-per-task) divided by the training processes that share them: the CPU training slots
   ($HISTO_MAX_RUNS_CPU, histo_core/slots.py) or torchrun's processes per node ($LOCAL_WORLD_SIZE).
 
+- glibc's malloc: a fixed mmap threshold (MALLOC_MMAP_THRESHOLD), so that tensors of a megabyte or more are
+  always mapped and handed back to the system when freed. By default glibc raises the threshold to the size of the
+  largest block freed so far (up to 32 MB): after the first batch every activation tensor came from the heap, and
+  the heap kept a few hundred MB of freed, fragmented memory (benchmarks/RESULTS.md, "Peak memory training").
+
 Values the user set in the environment are kept (except torchrun's blanket OMP_NUM_THREADS=1); `--threads N`
 (TrainConfig.threads) overrides the thread count.
 """
@@ -69,10 +74,36 @@ def thread_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+MMAP_THRESHOLD = 1 << 20  # bytes: allocations from this size on are mapped, and unmapped when freed
+TRIM_THRESHOLD = 4 << 20  # bytes of free memory at the top of the heap handed back to the system
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def tune_malloc(env=None) -> bool:
+    """Fix glibc malloc's mmap and trim thresholds (see the module doc); True when applied. Skipped when the user
+    set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ or glibc.malloc tunables, and where there is no glibc."""
+    env = os.environ if env is None else env
+    if any(k in env for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or "glibc.malloc" in env.get(
+        "GLIBC_TUNABLES", ""
+    ):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl's mallopt does nothing)
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 def configure_process() -> int:
-    """Apply `thread_env` to os.environ; call before torch is imported (once torch is loaded the wait policy no
-    longer changes; the thread count still does, through torch.set_num_threads). Returns the thread count."""
+    """Apply `thread_env` to os.environ and `tune_malloc`; call before torch is imported (once torch is loaded the
+    wait policy no longer changes; the thread count still does, through torch.set_num_threads). Returns the
+    thread count."""
     os.environ.update(thread_env())
+    tune_malloc()
     return int(os.environ["OMP_NUM_THREADS"])
 
 

@@ -92,3 +92,41 @@ def test_reliability_perfectly_calibrated_has_zero_ece():
 def test_per_sample_loss_is_cross_entropy():
     probs = np.array([[0.25, 0.75], [0.5, 0.5]])
     assert per_sample_loss(probs, np.array([1, 0])) == pytest.approx([-np.log(0.75), -np.log(0.5)])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_metrics_equal_sklearn(seed):
+    """The report's numpy metrics (no scikit-learn in a training process) give scikit-learn's values, ties included."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_curve
+
+    from histo_core.metrics import binary_roc, confusion, precision_recall_f1
+
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(5, 400)), int(rng.integers(2, 6))
+    labels = rng.integers(0, k, n)
+    labels[:k] = np.arange(k)
+    probs = rng.dirichlet(np.ones(k), n).round(int(rng.integers(1, 4)))  # rounding makes ties
+    preds = probs.argmax(1)
+    for c in range(k):
+        fpr, tpr, _ = roc_curve(labels == c, probs[:, c], drop_intermediate=True)
+        ours = binary_roc(labels == c, probs[:, c])
+        np.testing.assert_allclose(ours[0], fpr)
+        np.testing.assert_allclose(ours[1], tpr)
+        assert float(np.trapezoid(ours[1], ours[0])) == pytest.approx(roc_auc_score(labels == c, probs[:, c]))
+    cm = confusion(labels, preds, k)
+    np.testing.assert_array_equal(cm, confusion_matrix(labels, preds, labels=list(range(k))))
+    expected = precision_recall_fscore_support(labels, preds, labels=list(range(k)), zero_division=0)
+    for ours, theirs in zip(precision_recall_f1(cm), expected):
+        np.testing.assert_allclose(ours, theirs)
+
+
+def test_metrics_do_not_import_sklearn():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np; from histo_core.metrics import classification_report as r; "
+        "r(np.array([[.9,.1],[.2,.8],[.6,.4]]), np.array([0,1,1]), ['a','b']); print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

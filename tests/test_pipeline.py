@@ -169,6 +169,7 @@ def test_lazy_source_reads_contiguous_chunks(tmp_path, monkeypatch):
         assert np.array_equal(got, imgs[order])
         assert all(isinstance(r, slice) for r in counting.reads)  # sequential reads only
         assert len(counting.reads) == 4  # each of the 4 chunks read once
+        assert not src._chunks  # every chunk dropped once all its tiles were served: nothing held after the epoch
 
 
 def test_memmap_source_is_streamed_with_file_reads(tmp_path, monkeypatch):
@@ -193,3 +194,24 @@ def test_memmap_source_is_streamed_with_file_reads(tmp_path, monkeypatch):
     gray = np.memmap(path, dtype=np.uint8, mode="r", offset=header, shape=(n, 8, 8))
     gsrc = P.TileSource(Split("train", gray, np.zeros(n), expand_to_rgb=True), "cpu")
     assert gsrc.read_range(0, 3).shape == (3, 8, 8, 3)
+
+
+def test_to_float01_gives_contiguous_nchw_in_one_copy():
+    tiles = _tiles(5, 6)
+    x = P.to_float01(tiles, "cpu")
+    assert x.is_contiguous() and x.shape == (5, 3, 6, 6)
+    assert torch.equal(x, torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0)
+
+
+def test_ood_colour_features_blockwise_and_from_uint8(monkeypatch):
+    from histo_core import ood
+
+    tiles = _tiles(70, 8)
+    x01 = P.to_float01(tiles, "cpu")
+    whole = ood.colour_features(x01)
+    monkeypatch.setattr(ood, "COLOUR_BLOCK", 16)
+    np.testing.assert_allclose(ood.colour_features(x01), whole, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ood.colour_features_uint8(tiles, None, None), whole, rtol=1e-6, atol=1e-9)
+    a = ood.calibrate(x01, None, "")
+    b = ood.calibrate(None, None, "", features=ood.colour_features_uint8(tiles, None, None))
+    assert a["colour_threshold"] == pytest.approx(b["colour_threshold"])

@@ -88,3 +88,14 @@ def test_cli_sets_threads_and_wait_policy_before_torch_loads(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     first = p.stdout.splitlines()[0]
     assert first == f"AT_TORCH PASSIVE {max(1, CORES // 2)}"
+
+
+def test_tune_malloc_fixes_the_thresholds_unless_the_user_set_them():
+    import platform
+
+    from histo_core import runtime
+
+    assert runtime.tune_malloc({"MALLOC_MMAP_THRESHOLD_": "65536"}) is False
+    assert runtime.tune_malloc({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}) is False
+    if platform.libc_ver()[0] == "glibc":
+        assert runtime.tune_malloc({}) is True
