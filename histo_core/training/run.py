@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from histo_core import checkpoint as ckpt_mod
-from histo_core import ood, pipeline, stain
+from histo_core import ood, pipeline
 from histo_core.config import TrainConfig
 from histo_core.errors import HistoError
 from histo_core.fsutil import savez_atomic, write_json_atomic
@@ -345,8 +345,8 @@ def ood_calibration(data: TrainData, heldout: dict[str, np.ndarray]) -> dict[str
     split = "val" if "val" in heldout else "test" if "test" in heldout else None
     limit = pipeline.LAZY_CHUNK if data.train.streamed else 2000  # streamed: one contiguous chunk, one read
     sample = data.train.read_range(0, min(len(data.train), limit))
-    tiles01 = stain.normalize_batch(pipeline.to_float01(sample, "cpu", data.input_size), data.stain)
-    return ood.calibrate(tiles01, heldout.get(split) if split else None, split or "")
+    feats = ood.colour_features_uint8(sample, data.input_size, data.stain)  # block by block: no float copy of all
+    return ood.calibrate(None, heldout.get(split) if split else None, split or "", features=feats)
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
