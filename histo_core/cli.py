@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from histo_core.errors import HistoError
 
@@ -18,7 +18,7 @@ COMMAND_MODULES = ("datasets", "train", "predict", "runs", "tasks", "inspect")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own default prints usage too)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse's own default prints usage too)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -61,8 +61,9 @@ def export_run(
     ckpt = load_checkpoint(run.best_ckpt)
     model_from_checkpoint(ckpt, run.best_ckpt)  # refuse to export weights that would not load
     payload = {k: v for k, v in ckpt.items() if k != "train_state"}
-    if (run.results() or {}).get("ood"):
-        payload["ood"] = run.results()["ood"]
+    ood = (run.results() or {}).get("ood")
+    if ood:
+        payload["ood"] = ood
     card = model_card(run, payload, pt_path.stem)
     payload["export"] = {"name": pt_path.stem, "run_id": run.id, "exported_at": card["exported_at"]}
     try:

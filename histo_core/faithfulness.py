@@ -112,7 +112,7 @@ def method_table(
         device = str(next(model.parameters()).device)
         targets = predict(LoadedModel(model=model, meta=meta, source="", device=device), tiles).argmax(1)
     targets = [int(t) for t in targets]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, method in enumerate(methods):
         if progress:
             progress(i / len(methods), f"{method}: maps and ROAD scores of {len(tiles)} tiles")

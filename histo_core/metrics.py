@@ -82,10 +82,9 @@ def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 def summary_auc(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[float | None, str]:
     """(auc, kind): the positive class's AUC for binary sets, else the macro mean over classes present."""
     if num_classes == 2:
-        aucs = class_aucs(probs, labels, 2)
-        return aucs[1], "positive-class"
-    aucs = [a for a in class_aucs(probs, labels, num_classes) if a is not None]
-    return (float(np.mean(aucs)) if aucs else None), "macro-ovr"
+        return class_aucs(probs, labels, 2)[1], "positive-class"
+    present = [a for a in class_aucs(probs, labels, num_classes) if a is not None]
+    return (float(np.mean(present)) if present else None), "macro-ovr"
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = RELIABILITY_BINS) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,7 @@ def classify_table(results: Sequence, classes: Sequence[str], sources: Sequence[
             except Exception:  # a folder name is only a hint; never fail the table on it
                 idx = None
             true = None if idx is None else classes[idx]
-        row = {
+        row: dict[str, Any] = {
             "file": str(source),
             "folder": folder,
             "predicted": "",

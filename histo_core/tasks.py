@@ -232,6 +232,9 @@ def run_task(task: TaskDir) -> int:
 
     try:
         task.update_status(state="queued", pid=os.getpid(), pid_start=pid_start, heartbeat=time.time())
+        runner = KIND_RUNNERS.get(kind) if isinstance(kind, str) else None
+        if runner is None:  # start_task writes only known kinds; this is a hand-edited or foreign task.json
+            raise HistoError(f"{task.task_path}: unknown task kind {kind!r}; one of {', '.join(KIND_RUNNERS)}")
 
         def waiting() -> None:
             check()
@@ -239,7 +242,7 @@ def run_task(task: TaskDir) -> int:
 
         with device_slot(spec.get("device") or "cpu", runs_root=task.path.parent.parent, on_wait=waiting):
             task.update_status(state="running", started_at=time.time(), heartbeat=time.time(), epochs=1)
-            result = KIND_RUNNERS[kind](params, progress)
+            result = runner(params, progress)
             check()
         write_json_atomic(task.result_path, result)
         task.update_status(

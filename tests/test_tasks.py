@@ -100,6 +100,16 @@ def test_latest_task_is_found_by_kind_and_parameters():
     assert tasks.latest_task("estimate", {"config": {"lr": 1}}) is None
 
 
+def test_a_task_of_an_unknown_kind_fails_with_a_line_naming_the_kind(monkeypatch, capsys):
+    monkeypatch.setattr(tasks.signal, "signal", lambda *args: None)  # run_task's SIGTERM hook: not in pytest
+    task = make_task("no-such-kind", {}, state="queued")
+    assert tasks.run_task(task) == 2
+    status = task.status()
+    assert status.state == "failed"
+    assert "unknown task kind 'no-such-kind'" in status.error and "lr-find" in status.error
+    assert "unknown task kind" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_estimate_task_runs_in_its_own_process_and_is_listed():
     task = tasks.submit_task("estimate", {"config": small_config().to_dict()})

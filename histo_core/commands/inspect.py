@@ -104,14 +104,15 @@ def stderr_progress(job_status: str | None = None) -> Callable[[float, str], Non
     always the first line of a new step (a message that differs by more than its numbers) and the last."""
     import re
 
-    last = [0.0, ""]
+    last_time, last_step = 0.0, ""
 
     def report(fraction: float, message: str) -> None:
+        nonlocal last_time, last_step
         now = time.monotonic()
         step = re.sub(r"\d+", "#", message)
-        if fraction < 1.0 and now - last[0] < 0.5 and step == last[1]:
+        if fraction < 1.0 and now - last_time < 0.5 and step == last_step:
             return
-        last[0], last[1] = now, step
+        last_time, last_step = now, step
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
         if job_status:
             from histo_core.jobs import write_job_status
@@ -190,21 +191,24 @@ def cmd_similar(args: argparse.Namespace) -> int:
     index = SimilarityIndex.for_model(args.model, progress=stderr_progress())
     k = min(args.k, len(index))
     records: list[dict[str, Any]] = []
-    good = []
+    good: list[tuple[int, np.ndarray]] = []  # (position in records, model-input tile)
     for path in paths:
         data, error = read_file(path)
-        r = prepare_upload(data, path.name, loaded.meta) if error is None else None
-        if error or not r.ok:
-            records.append({"file": path.name, "error": error or r.error})
+        if data is None:
+            records.append({"file": path.name, "error": error})
+            continue
+        r = prepare_upload(data, path.name, loaded.meta)
+        if not r.ok or r.tile is None:  # prepare_upload sets the tile exactly when the file decoded
+            records.append({"file": path.name, "error": r.error})
             continue
         records.append({"file": r.name})
-        good.append((len(records) - 1, r))
+        good.append((len(records) - 1, r.tile))
     if good:
-        feats, probs = tile_features(loaded.model, loaded.meta, np.stack([r.tile for _, r in good]))
+        feats, probs = tile_features(loaded.model, loaded.meta, np.stack([tile for _, tile in good]))
         hits = index.search(feats, k)
         voted, share = knn_vote(hits.labels, hits.distances, len(index.classes))
         model_cls, data_cls = loaded.meta.classes, index.classes
-        for q, (pos, _r) in enumerate(good):
+        for q, (pos, _tile) in enumerate(good):
             pred = int(probs[q].argmax())
             records[pos].update(
                 {

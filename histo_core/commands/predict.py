@@ -135,7 +135,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     order: list[tuple[str, Any]] = []  # ("ok", position in files) or ("error", TileResult)
     for path in paths:
         data, error = read_file(path)
-        if error:
+        if data is None:
             order.append(("error", TileResult(name=path.name, error=error)))
         else:
             order.append(("ok", len(files)))

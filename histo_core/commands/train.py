@@ -30,8 +30,9 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _arg_type(type_str: str):
-    t = str(type_str).replace(" ", "")
+def _arg_type(annotation: object) -> type:
+    """argparse's `type=` for a dataclass field annotation (a string under `from __future__ import annotations`)."""
+    t = str(annotation).replace(" ", "")
     if t.startswith("int"):
         return int
     if t.startswith("float"):

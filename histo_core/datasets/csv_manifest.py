@@ -54,9 +54,18 @@ def _read_table(path: Path):
     return table
 
 
-def _column(
-    path: Path, table, given: str | None, candidates: tuple[str, ...], what: str, option: str, required: bool = True
-) -> str | None:
+def _column(path: Path, table, given: str | None, candidates: tuple[str, ...], what: str, option: str) -> str:
+    """The required column for `what`: the one given in the spec, else the first of `candidates` present."""
+    found = _optional_column(path, table, given, candidates, what)
+    if found is None:
+        raise DatasetError(
+            f"{path}: cannot find the {what} column among {', '.join(table.columns)}; name it one of "
+            f"{', '.join(candidates[:4])} or give it in the spec: {path.name}?{option}=<column>"
+        )
+    return found
+
+
+def _optional_column(path: Path, table, given: str | None, candidates: tuple[str, ...], what: str) -> str | None:
     by_lower = {c.lower(): c for c in table.columns}
     if given:
         if given.lower() not in by_lower:
@@ -65,11 +74,6 @@ def _column(
     for name in candidates:
         if name in by_lower:
             return by_lower[name]
-    if required:
-        raise DatasetError(
-            f"{path}: cannot find the {what} column among {', '.join(table.columns)}; name it one of "
-            f"{', '.join(candidates[:4])} or give it in the spec: {path.name}?{option}=<column>"
-        )
     return None
 
 
@@ -134,7 +138,7 @@ def open_csv_manifest(
     table = _read_table(path)
     path_col = _column(path, table, options.get("image"), PATH_COLUMNS, "image path", "image")
     label_col = _column(path, table, options.get("label"), LABEL_COLUMNS, "label", "label")
-    split_col = _column(path, table, options.get("split"), SPLIT_COLUMNS, "split", "split", required=False)
+    split_col = _optional_column(path, table, options.get("split"), SPLIT_COLUMNS, "split")
 
     files = [_resolve(path.parent, p) for p in table[path_col]]
     missing = [line for line, f in enumerate(files, start=2) if not f.is_file()]

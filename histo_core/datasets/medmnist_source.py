@@ -38,6 +38,8 @@ def medmnist_info() -> dict:
         raise DatasetError("the medmnist package is not installed: pip install medmnist (it holds the metadata)")
     info_file = Path(next(iter(spec.submodule_search_locations))) / "info.py"
     module_spec = importlib.util.spec_from_file_location("_histo_medmnist_info", info_file)
+    if module_spec is None or module_spec.loader is None:
+        raise DatasetError(f"cannot load {info_file}: reinstall medmnist (pip install --force-reinstall medmnist)")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.INFO
