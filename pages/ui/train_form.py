@@ -154,7 +154,7 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("device", "Device", {}),
         ("threads", "CPU threads (0 = all cores)", {"min_value": 0, "step": 1}),
         ("amp", "Mixed precision on CUDA (bf16/fp16)", {}),
-        ("channels_last", "channels_last memory format on CUDA", {}),
+        ("channels_last", "channels-last memory format (CPU and CUDA)", {}),
         ("compile", "torch.compile (slow first epoch)", {}),
         ("tta", "Test-time augmentation at evaluation (flips/rotations)", {}),
     ],
