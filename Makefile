@@ -1,16 +1,18 @@
 # Two commands for a new user:  `make run` (set up + start the app)   `make test` (set up + run the tests)
+# `make setup` installs requirements.txt, then histo_core itself in editable mode (`pip install -e .`).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: setup run test test-fast test-browser bench clean
+.PHONY: setup run test test-fast test-browser lint bench clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -23,6 +25,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not browser"
+
+# ruff (lint + format check) over the repository, mypy over histo_core (settings in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test-browser: $(STAMP)
 	HISTO_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m browser
