@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import train_speed  # noqa: E402
 
 
+@pytest.mark.slow
 def test_dry_run_builds_the_cuda_configuration_without_a_gpu():
     torch.set_num_threads(1)
     [plan] = train_speed.dry_run(["simplecnn"], "cuda", 1, False)

@@ -98,6 +98,7 @@ def _exit_code(argv: list[str]) -> int:
         return int(exc.code)
 
 
+@pytest.mark.slow
 def test_train_json_evaluate_and_lr_find_in_a_subprocess(tmp_path):
     env = {**os.environ, "HISTO_RUNS_DIR": str(paths.runs_dir())}
     cmd = [sys.executable, "-m", "histo_core"]
@@ -149,6 +150,7 @@ def test_train_json_evaluate_and_lr_find_in_a_subprocess(tmp_path):
     assert len(res["lrs"]) >= 6 and res["suggested_lr"] > 0
 
 
+@pytest.mark.slow
 def test_run_dir_executes_a_prepared_run_and_resumes(tmp_path):
     from histo_core.runs import RunDir
     from histo_core.train import prepare_run

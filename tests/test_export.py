@@ -91,6 +91,7 @@ def test_delete_export():
         delete_export("gone")
 
 
+@pytest.mark.slow
 def test_export_of_a_real_run_predicts_like_the_run():
     """A run trained by the real trainer, exported, then loaded by name the way Classify/predict do."""
     import numpy as np

@@ -186,6 +186,7 @@ def _sleeper(*marks: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *marks])
 
 
+@pytest.mark.slow
 def test_pid_alive_sees_zombies_and_missing_processes():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     wait_for(lambda: open(f"/proc/{proc.pid}/stat").read().split(")")[-1].split()[0] == "Z", 10, "a zombie")
@@ -195,6 +196,7 @@ def test_pid_alive_sees_zombies_and_missing_processes():
     assert jobs.pid_alive(os.getpid())
 
 
+@pytest.mark.slow
 def test_live_process_keeps_its_run_running_and_blocks_delete():
     run = write_run("running")
     proc = _sleeper(run.id)
@@ -218,6 +220,7 @@ def test_live_process_keeps_its_run_running_and_blocks_delete():
         proc.kill()
 
 
+@pytest.mark.slow
 def test_reused_pid_is_not_mistaken_for_the_trainer():
     run = write_run("running")
     proc = _sleeper("unrelated-program")  # alive, but its command line names neither the run nor histo_core
@@ -245,6 +248,7 @@ def test_failure_message_names_checkpoint_and_log_line():
     assert "no checkpoint yet — resume to start again from scratch" in jobs.refresh_status(fresh).error
 
 
+@pytest.mark.slow
 def test_queued_run_is_cancelled_at_once():
     run = write_run("queued", epochs_done=0)
     proc = _sleeper(run.id)

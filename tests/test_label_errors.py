@@ -43,6 +43,7 @@ def test_a_class_without_tiles_never_attracts_flags():
     assert t[2] == 1.0 and not flagged[0]
 
 
+@pytest.mark.slow
 def test_planted_flips_rank_high_on_synthetic():
     train = open_synthetic(28).split("train")
     idx = np.random.default_rng(0).choice(len(train), 300, replace=False)

@@ -147,6 +147,7 @@ def test_export_form_writes_weights():
     assert any("Exported to" in s.value for s in at.success)
 
 
+@pytest.mark.slow
 def test_a_real_trained_run_renders(tmp_path):
     """The page against what the trainer really writes (not the test helper's imitation)."""
     import torch
@@ -267,6 +268,7 @@ def test_run_without_validation_shows_what_exists():
     assert "Confusion matrix (counts)" in titles
 
 
+@pytest.mark.slow
 def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
     """The class-map editor lists the dataset's classes against the model's (none match the synthetic model's by
     name here, so Start is withheld with a message); saved evaluations are listed with their report."""

@@ -40,6 +40,7 @@ def test_job_launcher_child_env_has_threads_and_passive_policy(monkeypatch):
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == str(max(1, CORES // 2))
 
 
+@pytest.mark.slow
 def test_runtime_does_not_import_torch():
     code = "import sys, histo_core.runtime; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout

@@ -98,6 +98,7 @@ def test_url_naming_a_csv_outside_the_roots_shows_nothing_of_it(no_extra_roots, 
     assert at.query_params.get("dataset") == "synthetic"  # the link is replaced by the default, not kept
 
 
+@pytest.mark.slow
 def test_outside_paths_all_get_the_same_message(no_extra_roots, tmp_path):
     hidden = tmp_path / ".dotfile"
     hidden.write_text("x")
@@ -109,6 +110,7 @@ def test_outside_paths_all_get_the_same_message(no_extra_roots, tmp_path):
     assert all(v == [OUTSIDE_ROOTS_MESSAGE] for v in errors.values()), errors
 
 
+@pytest.mark.slow
 def test_symlink_and_dotdot_out_of_a_root_are_refused_inside_ones_open(no_extra_roots, tmp_path):
     outside = tiny_npz(tmp_path / "outside" / "x.npz")
     data = paths.data_dir()
@@ -152,6 +154,7 @@ def test_adding_a_path_outside_the_roots_from_the_page_is_refused(no_extra_roots
     assert local_datasets() == []
 
 
+@pytest.mark.slow
 def test_datasets_registered_with_the_cli_become_roots(no_extra_roots, tmp_path):
     npz = tiny_npz(tmp_path / "registered" / "x.npz")
     assert cli("datasets", "--add", str(npz)).returncode == 0
@@ -159,6 +162,7 @@ def test_datasets_registered_with_the_cli_become_roots(no_extra_roots, tmp_path)
     assert not at.error and at.subheader[0].value.startswith("x.npz")
 
 
+@pytest.mark.slow
 def test_the_cli_still_opens_any_path(no_extra_roots, tmp_path):
     proc = cli("datasets", "--info", str(tiny_npz(tmp_path / "anywhere" / "x.npz")))
     assert proc.returncode == 0, proc.stderr
@@ -258,6 +262,7 @@ def _sleeper(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
 
 
+@pytest.mark.slow
 def test_cancel_checks_the_process_start_time_not_the_command_line():
     run = write_run("running")
     proc = _sleeper(run.id, "histo_core")  # its command line even names the run
@@ -275,6 +280,7 @@ def test_cancel_checks_the_process_start_time_not_the_command_line():
         proc.kill()
 
 
+@pytest.mark.slow
 def test_trainer_records_its_pid_and_start_time(tmp_path):
     from histo_core.train import default_config, prepare_run, run_training
 
@@ -369,6 +375,7 @@ def test_npz_with_a_huge_declared_shape_or_label_is_refused_in_seconds(tmp_path)
         assert time.monotonic() - started < 60
 
 
+@pytest.mark.slow
 def test_npz_limits(tmp_path, monkeypatch):
     from histo_core.datasets import open_dataset
 

@@ -45,6 +45,7 @@ def test_lr_finder_chart_spans_the_tested_rates_with_the_marker_at_the_suggestio
 # -- issue 14 bug 5: the time estimate --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monkeypatch):
     """A deterministic clock: the first batches of a fresh process are slow (5 s, 2.5 s), then 0.1 s each;
     evaluation takes 1 ms per tile. The old estimate (one warm-up batch, no validation, no fixed costs) said
@@ -171,6 +172,7 @@ def _panel_app():
     )
 
 
+@pytest.mark.slow
 def test_the_panel_shows_a_running_task_again_with_cancel_then_its_result():
     from streamlit.testing.v1 import AppTest
 
