@@ -30,6 +30,7 @@ def test_cuda_without_a_gpu_is_one_line_error(capsys):
     assert err.count("\n") == 1 and "--device cuda" in err
 
 
+@pytest.mark.slow
 def test_ours_runs_for_the_given_time_and_counts_steps():
     row = train_speed.run_ours("simplecnn", "cpu", 1, 0.5, False)
     assert row["steps"] >= 1 and row["images"] == 128 * row["steps"] and row["seconds"] >= 0.5
