@@ -23,8 +23,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Two pytest workers (pytest-xdist): the fast tests are single-threaded, so on 2 cores this halves the time.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not browser"
+	$(BIN)/python -m pytest -m "not slow and not browser" -n 2
 
 # ruff (lint + format check) over the repository, mypy over histo_core (settings in pyproject.toml)
 lint: $(STAMP)
