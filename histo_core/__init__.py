@@ -4,4 +4,4 @@ Pure Python/PyTorch; never imports Streamlit. The Streamlit pages and the CLI (`
 are thin layers over this package.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

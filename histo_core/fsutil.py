@@ -1,37 +1,61 @@
-"""Atomic file writes: a reader (the UI polling a run) never sees half a file."""
+"""Atomic file writes: a reader (the UI polling a run) never sees half a file, and a crash never leaves one.
+Every file histo_core writes for another process or a later session goes through `atomic_file`."""
 
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
-def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temp file in the same folder, then rename. The folder must exist: a writer never
-    re-creates a missing folder (a deleted run's trainer must not bring its folder back). The file gets the
-    usual permissions for the umask (mkstemp's would be 0600)."""
+@contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """The one way files are written in histo_core: `with atomic_file(p) as fh: fh.write(...)`.
+
+    Writes go to a temp file in the same folder; when the block ends without an error the file is flushed and
+    fsynced, renamed over `path`, and the folder is fsynced so the rename itself survives a crash. On any error
+    (or an exception raised in the block to abandon the write) the temp file is removed and `path` is left as
+    it was. The folder must exist: a writer never re-creates a missing folder (a deleted run's trainer must not
+    bring its folder back). The file gets the usual permissions for the umask (mkstemp's would be 0600)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where the platform cannot (Windows, some
+    network file systems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    with atomic_file(path) as fh:
+        write(fh)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -89,6 +113,7 @@ def current_umask() -> int:
 
 
 def savez_atomic(path: Path, **arrays: Any) -> None:
+    """A compressed npz (use `atomic_file` with np.savez for one that np.load can memory-map)."""
     import numpy as np
 
     _atomic(path, lambda fh: np.savez_compressed(fh, **arrays))

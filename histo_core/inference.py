@@ -157,6 +157,9 @@ def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
     )
 
 
+# The one model cache of the app and the CLI (pages call load_model directly, with no Streamlit cache on top):
+# it lives here so the CLI, background tasks and every page session share it, and its key holds the file's
+# mtime and size, so a retrained or re-exported model is reloaded. Least recently used beyond CACHE_SIZE go.
 _cache: OrderedDict[tuple, LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
 

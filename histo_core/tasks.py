@@ -19,9 +19,7 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, write_json_atomic
+from histo_core.procs import histo_command, proc_start_time, spawn_detached
 from histo_core.runs import RunDir, RunStatus
 
 TASKS_FOLDER = ".tasks"
@@ -124,23 +123,14 @@ def submit_task(
         },
     )
     task.write_status(RunStatus(state="queued", device=device))
-    cmd = [sys.executable, "-m", "histo_core", "tasks", "run", str(task.path.resolve())]
+    cmd = histo_command("tasks", "run", str(task.path.resolve()))
     try:
         with open(task.log_path, "ab") as log:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=paths.PROJECT_ROOT,
-                env=jobs._child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            pid = spawn_detached(cmd, log)
     except OSError as exc:
         task.update_status(state="failed", error=f"could not start the task process: {exc}")
         raise HistoError(f"{task.id}: could not start the task process ({exc})") from None
-    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
-    task.update_status(pid=proc.pid, pid_start=jobs.proc_start_time(proc.pid), host=socket.gethostname())
+    task.update_status(pid=pid, pid_start=proc_start_time(pid), host=socket.gethostname())
     return task
 
 

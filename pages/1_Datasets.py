@@ -27,7 +27,7 @@ from pages.ui.datasets import (
 )
 
 KEY = "datasets_page"
-page_setup("Datasets", "🗂️")
+page_setup(__file__)
 
 
 @st.cache_data(show_spinner="Computing pixel statistics on a sample…", max_entries=32)

@@ -13,7 +13,7 @@ from pages.ui.runs import fmt_duration, link_to_page
 from pages.ui.tasks import task_panel
 from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, form_message, render_fields
 
-page_setup("Train", "🏋️")
+page_setup(__file__)
 
 
 def pick_dataset() -> tuple[str | None, int | None, bool]:

@@ -9,7 +9,7 @@ from histo_core.runs import RunDir, list_runs, read_only_note
 from pages.ui.common import keep_in_url, page_setup, url_selection, user_errors
 from pages.ui.runs import link_to_page, render_run, render_summary_table, run_label
 
-page_setup("Runs", "📈")
+page_setup(__file__)
 
 notice = st.session_state.pop("runs_notice", None)
 if notice:

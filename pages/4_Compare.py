@@ -12,7 +12,7 @@ from pages.ui.charts import confusion_figure, metrics_bar_figure, overlay_figure
 from pages.ui.common import page_setup
 from pages.ui.runs import link_to_page, run_label
 
-page_setup("Compare runs", "⚖️")
+page_setup(__file__)
 
 
 def _macro_f1(report: dict) -> float | None:

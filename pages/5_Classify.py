@@ -26,7 +26,7 @@ from pages.ui.classify import (
 from pages.ui.common import page_setup
 from pages.ui.feature_map import faithfulness_note, similar_tiles
 
-page_setup("Classify", "🔎")
+page_setup(__file__)
 picked = pick_model("classify_model")
 if picked is None:
     st.stop()

@@ -31,7 +31,7 @@ from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
 from pages.ui.common import keep_in_url, page_setup, synthetic_badge, url_selection
 from pages.ui.tasks import task_panel
 
-page_setup("Review", "🧐")
+page_setup(__file__)
 GRID_COLUMNS = 4
 LABEL_ERROR_COLUMNS = {
     "given": "given label",

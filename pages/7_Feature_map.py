@@ -26,7 +26,7 @@ from pages.ui.feature_map import (
     selection_grid,
 )
 
-page_setup("Feature map", "🗺️")
+page_setup(__file__)
 st.caption(
     "Each point is a tile, placed by what the model sees in it (its penultimate-layer features, PCA then "
     "t-SNE): tiles the model finds alike sit together. Select a cluster to look at its tiles."

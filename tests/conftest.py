@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,26 @@ def trained_pathmnist_run(tmp_path_factory):
     result = run_training(run)
     assert result["state"] == "completed", run.log_path.read_text() if run.log_path.exists() else result
     return run
+
+
+# -- test hygiene: `make test-fast` (-m "not slow and not browser") stays fast ---------------------------------
+# A test that trains a model or starts a process is marked slow. Tests using a fixture that trains are marked
+# here; any other test that starts a process without the mark fails at once, saying so.
+TRAINING_FIXTURES = {"trained_pathmnist_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def processes_only_in_slow_tests(request, monkeypatch):
+    if request.node.get_closest_marker("slow") or request.node.get_closest_marker("browser"):
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

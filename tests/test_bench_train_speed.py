@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import train_speed  # noqa: E402
 
 
+@pytest.mark.slow
 def test_dry_run_builds_the_cuda_configuration_without_a_gpu():
     torch.set_num_threads(1)
     [plan] = train_speed.dry_run(["simplecnn"], "cuda", 1, False)
@@ -29,6 +30,7 @@ def test_cuda_without_a_gpu_is_one_line_error(capsys):
     assert err.count("\n") == 1 and "--device cuda" in err
 
 
+@pytest.mark.slow
 def test_ours_runs_for_the_given_time_and_counts_steps():
     row = train_speed.run_ours("simplecnn", "cpu", 1, 0.5, False)
     assert row["steps"] >= 1 and row["images"] == 128 * row["steps"] and row["seconds"] >= 0.5

@@ -41,6 +41,9 @@ def _require_browser():
 def wait_idle(page, timeout_s: float = 120) -> None:
     """Wait until Streamlit has rendered the app and finished running the script."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
+    # Every page starts with its heading (pages/ui/common.py page_setup): until it is there the page's script
+    # has not started, and the status widget would not show yet either.
+    page.wait_for_selector("h1", timeout=timeout_s * 1000)
     deadline = time.monotonic() + timeout_s
     quiet_since = None
     while time.monotonic() < deadline:
@@ -97,6 +100,9 @@ def test_user_journey(tmp_path, shared_data):
             # Every page renders without an exception.
             goto(page, url, "home")
             assert page.get_by_text("Histo Explorer").first.is_visible()
+            nav = page.locator('[data-testid="stSidebarNav"]').inner_text()  # icons and titles, "Home" first
+            words = [w for w in nav.split() if w.isascii()]
+            assert words == ["Home", "Datasets", "Train", "Runs", "Compare", "Classify", "Review", "Feature", "map"]
             shot(page, "home")
             for name in PAGES:
                 goto(page, f"{url}/{name}", name)

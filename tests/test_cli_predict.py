@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from histo_core import paths
@@ -189,6 +190,7 @@ def test_bad_model_and_options(trained_pathmnist_run, tmp_path, capsys):
     assert code == 2 and "folder holds no image files" in err
 
 
+@pytest.mark.slow
 def test_help_runs_as_a_module():
     out = subprocess.run(
         [sys.executable, "-m", "histo_core", "predict", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120

@@ -65,6 +65,7 @@ def test_show_failed_run_prints_its_error(capsys):
     assert code == 0 and "error: disk full while writing the run" in out
 
 
+@pytest.mark.slow
 def test_unknown_run_is_one_line_exit_2():
     proc = subprocess.run(
         [sys.executable, "-m", "histo_core", "runs", "show", "no-such-run"],
@@ -78,6 +79,7 @@ def test_unknown_run_is_one_line_exit_2():
     assert proc.stderr.strip().count("\n") == 0 and "no-such-run: no such run" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cancel_queued_run_and_refuse_finished(capsys):
     run = write_run("queued", epochs_done=0)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", run.id])

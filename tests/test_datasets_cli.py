@@ -66,6 +66,7 @@ def test_info_text_on_real_pathmnist_mini(capsys, pathmnist_mini):
     assert "splits: train 160, val 40, test 40" in out and "9 classes" in out and "license: CC BY 4.0" in out
 
 
+@pytest.mark.slow
 def test_bad_spec_exits_2_with_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "histo_core", "datasets", "--info", str(tmp_path / "nope.npz")],

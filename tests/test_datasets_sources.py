@@ -512,6 +512,7 @@ def test_registered_pcam_from_data_dir(tmp_path):
 # -- synthetic ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_synthetic_is_deterministic_and_labelled():
     a, b = open_dataset("synthetic"), open_dataset("synthetic")
     np.testing.assert_array_equal(a.split("val").get([0, 1]), b.split("val").get([0, 1]))

@@ -26,6 +26,7 @@ def synthetic_run():
     return write_run("completed", seed=1)
 
 
+@pytest.mark.slow
 def test_own_dataset_and_a_resized_npz_with_generic_class_names(synthetic_run, tmp_path):
     from histo_core.datasets import open_dataset
 

@@ -18,6 +18,7 @@ def _ignored(path: str) -> bool:
     return p.returncode == 0
 
 
+@pytest.mark.slow
 def test_exports_ignored_shipped_files_kept():
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")

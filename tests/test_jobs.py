@@ -15,6 +15,7 @@ from histo_core import jobs
 from histo_core.config import TrainConfig
 from histo_core.errors import HistoError
 from histo_core.runs import RunDir
+from histo_core.slots import device_slot
 from tests.runfiles import write_run
 
 
@@ -135,25 +136,24 @@ def test_cancel_saves_last_checkpoint_and_resume_finishes_the_planned_epochs():
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_with_one_cpu_slot_a_second_run_waits_queued_then_starts_by_itself():
-    first = jobs.submit(slow_config(epochs=40, name="first"))
-    second = None
+def test_a_run_submitted_while_the_slot_is_held_waits_queued_and_starts_when_it_frees(monkeypatch):
+    monkeypatch.setenv("HISTO_MAX_RUNS_CPU", "1")
+    run = None
     try:
-        wait_for(lambda: first.status().state == "running", 60, "the first run to start")
-        second = jobs.submit(tiny_config(name="second", seed=1))
-        time.sleep(4)  # the second process is up and polling for the slot by now
-        assert jobs.refresh_status(second).state == "queued"
-        assert not second.metrics()
-        jobs.cancel(first)
-        cancelled = jobs.wait(first, 30)
-        assert cancelled.state == "cancelled"
-        status = jobs.wait(second, 90)
-        assert status.state == "completed", (status.error, jobs.log_tail(second))
-        assert status.started_at >= cancelled.finished_at - 0.5  # it trained only once the slot was free
+        with device_slot("cpu"):  # the one CPU slot, held here as a running trainer would hold it
+            run = jobs.submit(tiny_config(name="second"))
+            # The trainer is up and polling for the slot: it wrote a heartbeat, then another one while waiting.
+            first = wait_for(lambda: run.status().heartbeat, 60, "the trainer's first heartbeat")
+            wait_for(lambda: (run.status().heartbeat or 0) > first, 30, "a heartbeat while it waits")
+            assert jobs.refresh_status(run).state == "queued"
+            assert not run.metrics() and run.status().started_at is None
+            freed_at = time.time()
+        status = jobs.wait(run, 90)
+        assert status.state == "completed", (status.error, jobs.log_tail(run))
+        assert status.started_at >= freed_at  # it trained only once the slot was free
     finally:
-        _stop(first)
-        if second is not None:
-            _stop(second)
+        if run is not None:
+            _stop(run)
 
 
 @pytest.mark.slow
@@ -186,6 +186,7 @@ def _sleeper(*marks: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *marks])
 
 
+@pytest.mark.slow
 def test_pid_alive_sees_zombies_and_missing_processes():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     wait_for(lambda: open(f"/proc/{proc.pid}/stat").read().split(")")[-1].split()[0] == "Z", 10, "a zombie")
@@ -195,6 +196,7 @@ def test_pid_alive_sees_zombies_and_missing_processes():
     assert jobs.pid_alive(os.getpid())
 
 
+@pytest.mark.slow
 def test_live_process_keeps_its_run_running_and_blocks_delete():
     run = write_run("running")
     proc = _sleeper(run.id)
@@ -218,6 +220,7 @@ def test_live_process_keeps_its_run_running_and_blocks_delete():
         proc.kill()
 
 
+@pytest.mark.slow
 def test_reused_pid_is_not_mistaken_for_the_trainer():
     run = write_run("running")
     proc = _sleeper("unrelated-program")  # alive, but its command line names neither the run nor histo_core
@@ -245,6 +248,7 @@ def test_failure_message_names_checkpoint_and_log_line():
     assert "no checkpoint yet — resume to start again from scratch" in jobs.refresh_status(fresh).error
 
 
+@pytest.mark.slow
 def test_queued_run_is_cancelled_at_once():
     run = write_run("queued", epochs_done=0)
     proc = _sleeper(run.id)

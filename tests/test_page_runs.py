@@ -114,7 +114,7 @@ def test_queued_run_says_it_waits_for_a_slot(monkeypatch):
 
     run = write_run("queued", pid=os.getpid(), epochs_done=0)
     # our own pid is alive but its cmdline is pytest's: give the check something that names this run
-    monkeypatch.setattr("histo_core.jobs._is_run_process", lambda pid, r, s: True)
+    monkeypatch.setattr("histo_core.liveness._is_run_process", lambda pid, r, s: True)
     at = _app(run.id)
     assert not at.exception, at.exception
     assert "waiting for a free" in _texts(at)
@@ -234,7 +234,7 @@ def test_running_run_shows_live_progress_and_validation(monkeypatch):
     import os
 
     run = write_run("running", epochs=5, epochs_done=2, pid=os.getpid())
-    monkeypatch.setattr("histo_core.jobs._is_run_process", lambda pid, r, s: True)
+    monkeypatch.setattr("histo_core.liveness._is_run_process", lambda pid, r, s: True)
     at = _app(run.id)
     assert not at.exception, at.exception
     bar = at.get("progress")[0]
@@ -268,6 +268,7 @@ def test_run_without_validation_shows_what_exists():
     assert "Confusion matrix (counts)" in titles
 
 
+@pytest.mark.slow
 def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
     """The class-map editor lists the dataset's classes against the model's (none match the synthetic model's by
     name here, so Start is withheld with a message); saved evaluations are listed with their report."""

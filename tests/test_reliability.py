@@ -101,6 +101,7 @@ def test_sigkill_mid_epoch_then_resume_from_the_cli():
     assert results["epochs_run"] == epochs and 0.0 <= results["test"]["accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_unusable_runs_directory_is_a_one_line_error(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the runs directory should be")
@@ -148,6 +149,7 @@ def test_two_sessions_classifying_at_once_keep_their_own_results():
     assert list(first.dataframe[0].value["file"]) == ["alpha.png"]
 
 
+@pytest.mark.slow
 def test_repeated_uploads_and_cams_do_not_grow_memory():
     from histo_core.explain import compute_cams, hook_count
     from histo_core.inference import classify_uploads, load_model

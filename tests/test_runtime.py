@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from histo_core import jobs, runtime
+from histo_core import procs, runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))
@@ -36,10 +36,11 @@ def test_job_launcher_child_env_has_threads_and_passive_policy(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("HISTO_MAX_RUNS_CPU", "2")
-    env = jobs._child_env()
+    env = procs.child_env()
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == str(max(1, CORES // 2))
 
 
+@pytest.mark.slow
 def test_runtime_does_not_import_torch():
     code = "import sys, histo_core.runtime; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout

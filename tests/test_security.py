@@ -98,6 +98,7 @@ def test_url_naming_a_csv_outside_the_roots_shows_nothing_of_it(no_extra_roots, 
     assert at.query_params.get("dataset") == "synthetic"  # the link is replaced by the default, not kept
 
 
+@pytest.mark.slow
 def test_outside_paths_all_get_the_same_message(no_extra_roots, tmp_path):
     hidden = tmp_path / ".dotfile"
     hidden.write_text("x")
@@ -109,6 +110,7 @@ def test_outside_paths_all_get_the_same_message(no_extra_roots, tmp_path):
     assert all(v == [OUTSIDE_ROOTS_MESSAGE] for v in errors.values()), errors
 
 
+@pytest.mark.slow
 def test_symlink_and_dotdot_out_of_a_root_are_refused_inside_ones_open(no_extra_roots, tmp_path):
     outside = tiny_npz(tmp_path / "outside" / "x.npz")
     data = paths.data_dir()
@@ -373,6 +375,7 @@ def test_npz_with_a_huge_declared_shape_or_label_is_refused_in_seconds(tmp_path)
         assert time.monotonic() - started < 60
 
 
+@pytest.mark.slow
 def test_npz_limits(tmp_path, monkeypatch):
     from histo_core.datasets import open_dataset
 

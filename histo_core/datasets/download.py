@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -21,6 +20,7 @@ from pathlib import Path
 from histo_core import paths
 from histo_core.datasets.medmnist_source import SIZES, download_source, flags_2d, npz_filename
 from histo_core.errors import DownloadError
+from histo_core.fsutil import atomic_file
 
 CHUNK = 1 << 20
 DEFAULT_TIMEOUT = 10.0
@@ -80,10 +80,9 @@ def download_file(
         raise DownloadError(f"cannot create {dest.parent} ({exc})") from None
     total = int(response.headers.get("Content-Length") or 0)
     digest = hashlib.md5()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     done = 0
     try:
-        with response, os.fdopen(fd, "wb") as out:
+        with response, atomic_file(dest, suffix=".part") as out:
             if progress is not None:
                 progress(0, total)
             while chunk := response.read(CHUNK):
@@ -92,18 +91,16 @@ def download_file(
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
-        if total and done != total:
-            raise DownloadError(f"download from {url} stopped after {done} of {total} bytes")
-        if md5 and digest.hexdigest() != md5.lower():
-            raise DownloadError(
-                f"download from {url} is corrupt: MD5 {digest.hexdigest()}, expected {md5}; "
-                "nothing was saved, try again"
-            )
-        os.replace(tmp, dest)
+            # Raised inside the block: the partial file is removed and nothing is saved under `dest`.
+            if total and done != total:
+                raise DownloadError(f"download from {url} stopped after {done} of {total} bytes")
+            if md5 and digest.hexdigest() != md5.lower():
+                raise DownloadError(
+                    f"download from {url} is corrupt: MD5 {digest.hexdigest()}, expected {md5}; "
+                    "nothing was saved, try again"
+                )
     except (OSError, TimeoutError) as exc:
         raise DownloadError(f"download from {url} failed after {done} bytes ({exc})") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest
 
 

@@ -7,8 +7,6 @@ what `np.savez` writes) is a plain `.npy` at a fixed offset inside the zip file,
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -101,17 +99,10 @@ def _read_npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """Uncompressed npz (so `load_member` can map it), written to a temp file and renamed into place."""
+    """Uncompressed npz (so `load_member` can map it), written atomically (histo_core.fsutil.atomic_file)."""
+    from histo_core.fsutil import atomic_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        from histo_core.fsutil import current_umask
-
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        np.savez(fh, **arrays)

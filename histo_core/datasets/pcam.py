@@ -15,7 +15,6 @@ import errno
 import gzip
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from histo_core import limits, paths
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset
 from histo_core.datasets.sources import DatasetEntry, DatasetSource, Progress
 from histo_core.errors import DatasetError
+from histo_core.fsutil import atomic_file
 
 FILE_SPLITS = {"train": "train", "valid": "val", "test": "test"}  # file name part -> our split name
 CLASSES = ["no tumour", "metastatic tumour"]
@@ -113,10 +113,9 @@ def _decompressed(gz: Path, data_dir, progress: Progress | None, notes: list[str
     limit = limits.max_dataset_bytes()
     declared = _gzip_declared_size(gz)  # modulo 4 GiB (the gzip trailer): a lower bound, checked up front
     _check_room(gz, target.parent, declared, limit)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     written = 0
     try:
-        with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
+        with gzip.open(gz, "rb") as src, atomic_file(target) as dst:  # an error leaves no partial .h5
             while chunk := src.read(8 << 20):
                 written += len(chunk)
                 if written % (512 << 20) < len(chunk) or written > limit:  # every 512 MB and at the limit
@@ -124,12 +123,9 @@ def _decompressed(gz: Path, data_dir, progress: Progress | None, notes: list[str
                 dst.write(chunk)
                 if progress is not None:
                     progress(min(src.fileobj.tell(), total), total)  # compressed bytes read so far
-        os.replace(tmp, target)
     except DatasetError:
-        Path(tmp).unlink(missing_ok=True)
         raise
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise DatasetError(
                 f"{gz}: disk full while decompressing into {target.parent}; free space there and open it again"

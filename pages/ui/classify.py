@@ -25,26 +25,19 @@ from histo_core.explain import (
     uniform_maps,
     upscale_tile,
 )
-from histo_core.inference import LoadedModel, ModelEntry, list_models, load_model, resolve_model_path
+from histo_core.inference import LoadedModel, ModelEntry, list_models, load_model
 
 CARD_PX = 224
 PAGE_SIZES = (6, 12, 24, 48)
 
 
 # -- models ----------------------------------------------------------------------------------------------
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def _load(ref: str, mtime_ns: int) -> LoadedModel:  # mtime in the key: a re-exported file is reloaded
-    return load_model(ref)
-
-
 def cached_model(ref: str) -> LoadedModel:
-    """The model for `ref` (run dir, file, export name), shared across sessions; reloaded when its file changes."""
-    path, _, _ = resolve_model_path(ref)
-    try:
-        mtime = path.stat().st_mtime_ns
-    except OSError:
-        mtime = 0
-    return _load(ref, mtime)
+    """The model for `ref` (run dir, file, export name) from histo_core.inference's model cache, the only one:
+    it is shared by every session and CLI call in this process and reloads a file whose mtime or size changed
+    (a Streamlit cache on top would hold a second copy of each model and miss a rewritten file)."""
+    with st.spinner("Loading the model…"):
+        return load_model(ref)
 
 
 def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:

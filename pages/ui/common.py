@@ -8,12 +8,17 @@ from contextlib import contextmanager
 import streamlit as st
 
 from histo_core.errors import HistoError
+from pages.ui.navigation import page_spec
 
 
-def page_setup(title: str, icon: str = "🔬") -> None:
-    st.set_page_config(page_title=f"{title} · Histo Explorer", page_icon=icon, layout="wide")
+def page_setup(page_file: str) -> None:
+    """Tab title, icon, sign-in and heading for the page whose file is `page_file` (pass `__file__`), all read
+    from the one page list (pages/ui/navigation.py)."""
+    spec = page_spec(page_file)
+    tab = spec.page_heading if spec.page_heading == "Histo Explorer" else f"{spec.title} · Histo Explorer"
+    st.set_page_config(page_title=tab, page_icon=spec.icon, layout="wide")
     require_sign_in()
-    st.title(title)
+    st.title(spec.page_heading)
 
 
 def sign_in_required() -> bool:

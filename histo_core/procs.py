@@ -1,0 +1,98 @@
+"""Operating-system processes: start a detached `python -m histo_core ...` child, and tell whether a pid is alive.
+
+Every background process (training runs, page tasks, inspection and evaluation jobs) is started by
+`spawn_detached`: in its own session, so it outlives the Streamlit server, a browser refresh or an app restart,
+and reaped by a daemon thread, so it never lingers as a zombie in a long-lived server. Nothing is kept in memory
+here; each caller records the pid (and `proc_start_time`) in its own status file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from histo_core import paths, runtime
+
+
+def histo_command(*args: str) -> list[str]:
+    """`python -m histo_core *args` with this interpreter."""
+    return [sys.executable, "-m", "histo_core", *args]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: ours (so it sees the same HISTO_* locations: runs, data, weights, slot
+    limits), unbuffered, with the thread settings of histo_core/runtime.py. The child finds histo_core as the
+    installed package (`pip install -e .`) or, without an install, from its working directory, the project root."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")  # log.txt shows progress lines as they happen
+    # OpenMP spin-waiting made a 2-thread step 5x slower when the app or another run shares the cores
+    # (benchmarks/RESULTS.md); passive waiting costs nothing on an idle machine. Threads: this process's cores
+    # shared by the training slots (histo_core/runtime.py; the child's __main__ applies the same rule).
+    return runtime.thread_env(env)
+
+
+def spawn_detached(cmd: list[str], stdout: IO[bytes], stderr: IO[bytes] | int = subprocess.STDOUT) -> int:
+    """Start `cmd` in its own session from the project root, output to the given open files; returns its pid.
+    Raises OSError when it cannot start."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=paths.PROJECT_ROOT,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+    )
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    return proc.pid
+
+
+def proc_file(pid: int, name: str) -> bytes | None:
+    """/proc/<pid>/<name>, or None (no such process, or no /proc)."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True while process `pid` exists and is not a zombie (a zombie has finished; it only awaits reaping)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    stat = proc_file(pid, "stat")
+    if stat is not None:
+        # /proc/<pid>/stat: "pid (comm) S ..."; comm may contain spaces or parentheses, so split after the last ')'
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+        if state in (b"Z", b"X"):
+            return False
+    return True
+
+
+def proc_start_time(pid: int | None) -> int | None:
+    """Start time of process `pid` in clock ticks since boot (/proc/<pid>/stat field 22); None without /proc.
+    A pid reused by another process has another start time."""
+    stat = proc_file(int(pid), "stat") if pid else None
+    if stat is None:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # fields 3.. (comm may hold spaces and parentheses)
+    try:
+        return int(fields[22 - 3])
+    except (IndexError, ValueError):
+        return None
+
+
+def log_banner(log: IO[bytes], cmd: list[str]) -> None:
+    """The "=== <time> <command>" line a log gets before each process start (readers skip it as not output)."""
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd[1:])}\n".encode())
+    log.flush()
