@@ -84,11 +84,11 @@ def estimate_run_time(
     train_epoch = per_batch * steps
 
     val_n = len(data.val) if data.val is not None else 0
-    test_n = len(data.test) if getattr(data, "test", None) is not None else 0
+    test_n = len(data.test) if data.test is not None else 0
     eval_ips = None
-    if val_n or test_n:
+    source = data.val if data.val is not None else data.test
+    if source is not None and len(source):
         say(0.85, "timing evaluation")
-        source = data.val if data.val is not None else data.test
         t = _clock()
         trainer.predict(source)  # the whole split: what every epoch's validation costs
         eval_ips = len(source) / max(_clock() - t, 1e-9)

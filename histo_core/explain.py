@@ -145,7 +145,7 @@ def compute_cams(
 def _targets(targets: Sequence[int] | int | None, n: int, meta: ModelMeta) -> list[int] | None:
     if targets is None:
         return None
-    values = [int(targets)] * n if np.isscalar(targets) else [int(t) for t in targets]
+    values = [int(targets)] * n if isinstance(targets, (int, np.integer)) else [int(t) for t in targets]
     if len(values) != n:
         raise ValueError(f"{len(values)} targets for {n} tiles")
     bad = [t for t in values if not 0 <= t < meta.num_classes]

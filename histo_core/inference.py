@@ -132,16 +132,17 @@ def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
     if p.is_file():
         run = RunDir(p.parent)
         return p, (run.id if run.exists() else p.stem), (run.dataset() if run.exists() else {})
+    found: RunDir | None
     try:
-        run = resolve_run(text)
+        found = resolve_run(text)
     except HistoError:
-        run = None
-    if run is not None:
-        for ckpt in (run.best_ckpt, run.last_ckpt):
+        found = None
+    if found is not None:
+        for ckpt in (found.best_ckpt, found.last_ckpt):
             if ckpt.is_file():
-                return ckpt, run.id, run.dataset()
+                return ckpt, found.id, found.dataset()
         raise ModelFileError(
-            f"{text}: the run has no best.pt or last.pt yet (state: {run.status().state}); "
+            f"{text}: the run has no best.pt or last.pt yet (state: {found.status().state}); "
             "wait until it has finished an epoch"
         )
     if p.suffix == "" and "/" not in text:
@@ -261,16 +262,17 @@ def preprocess(
 def field_region(meta: ModelMeta, mpp: float | None = None) -> int | None:
     """The model's field of view in pixels of an image at `mpp` µm/px (default: the training images'
     resolution); None when the model's field of view is unknown."""
-    if not meta.field_um:
+    image_mpp = mpp or meta.source_mpp
+    if not meta.field_um or not image_mpp:
         return None
-    return max(1, round(meta.field_um / float(mpp or meta.source_mpp)))
+    return max(1, round(meta.field_um / float(image_mpp)))
 
 
 def _scale_notes(h: int, w: int, meta: ModelMeta, mpp: float | None, region: int | None, notes: list[str]) -> list[str]:
     side = min(h, w)
     field_um = meta.field_um
-    if field_um and region:
-        image_mpp = float(mpp or meta.source_mpp)
+    if field_um and region and (mpp or meta.source_mpp):
+        image_mpp = float(mpp or meta.source_mpp or 0.0)
         assumed = "" if mpp else " (assuming the training images' resolution; give the µm per pixel if it differs)"
         if side > region * 1.1:
             notes.append(
@@ -473,13 +475,18 @@ class TileResult:
     def ok(self) -> bool:
         return self.error is None
 
+    def _scored(self) -> np.ndarray:
+        if self.probs is None:
+            raise ValueError(f"{self.name}: not classified" + (f" ({self.error})" if self.error else ""))
+        return self.probs
+
     @property
     def pred(self) -> int:
-        return int(np.argmax(self.probs))
+        return int(np.argmax(self._scored()))
 
     @property
     def confidence(self) -> float:
-        return float(np.max(self.probs))
+        return float(np.max(self._scored()))
 
 
 def prepare_upload(data: bytes, name: str, meta: ModelMeta, mpp: float | None = None) -> TileResult:
@@ -530,9 +537,9 @@ def classify_uploads(
     from histo_core.ood import flag_tiles
 
     results = [prepare_upload(data, name, loaded.meta, mpp=mpp) for name, data in files]
-    good = [r for r in results if r.ok]
+    good = [r for r in results if r.ok and r.tile is not None]
     if good:
-        tiles = np.stack([r.tile for r in good])
+        tiles = np.stack([r.tile for r in good if r.tile is not None])
         view = model_view(tiles, loaded.meta)  # stain-normalised once: shown, checked and classified
         probs = predict(loaded, view, tta=tta, batch_size=batch_size)
         flagged = flag_tiles(loaded.meta.ood, probs, view)

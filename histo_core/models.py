@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -147,7 +147,14 @@ def _adapt_first_conv(conv: nn.Conv2d, in_channels: int, small: bool) -> nn.Conv
         return new  # a 7x7 kernel has no faithful 3x3 counterpart: learned afresh
     if in_channels == conv.in_channels:
         return conv
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        cast(tuple[int, int], conv.kernel_size),
+        cast(tuple[int, int], conv.stride),
+        cast("str | tuple[int, int]", conv.padding),  # torch's stubs say tuple[int, ...]: a 2-D conv's are pairs
+        bias=False,
+    )
     with torch.no_grad():
         w = conv.weight.sum(dim=1, keepdim=True)
         new.weight.copy_(w.repeat(1, in_channels, 1, 1) / in_channels)

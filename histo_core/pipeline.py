@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import mmap
 from collections.abc import Iterator, Sequence
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -283,7 +284,9 @@ class _FileRows:
     pages read with read() live in the OS page cache only."""
 
     def __init__(self, images: np.memmap):
-        mm = images._mmap
+        if images.filename is None:
+            raise ValueError("not a file-backed memmap")
+        mm = images._mmap  # type: ignore[attr-defined]  # numpy's mapping object, not in its stubs
         base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
         mapped_from = images.offset - images.offset % mmap.ALLOCATIONGRANULARITY
         self.path = images.filename
@@ -293,7 +296,7 @@ class _FileRows:
         self.n = images.shape[0]
 
     @staticmethod
-    def usable(images) -> bool:
+    def usable(images: object) -> TypeGuard[np.memmap]:
         return (
             isinstance(images, np.memmap)
             and getattr(images, "_mmap", None) is not None
@@ -304,9 +307,9 @@ class _FileRows:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, *self.row_shape), np.uint8)
-        with open(self.path, "rb", buffering=0) as fh:
+        with open(str(self.path), "rb", buffering=0) as fh:
             fh.seek(self.start + start * self.row_bytes)
-            view = memoryview(out).cast("B")
+            view = out.data.cast("B")
             got = 0
             while got < len(view):
                 k = fh.readinto(view[got:])

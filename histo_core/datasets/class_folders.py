@@ -76,8 +76,8 @@ def _scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str], str]
 
 
 def _check_classes(root: Path, layout: dict[str, dict[str, list[Path]]]) -> list[str]:
-    for split, classes in layout.items():
-        for name, files in classes.items():
+    for split, by_class in layout.items():
+        for name, files in by_class.items():
             if not files:
                 where = root / split / name if split else root / name
                 nested = [p.name for p in _subfolders(where)][:4]

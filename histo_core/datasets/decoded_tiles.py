@@ -164,7 +164,7 @@ def _decode_all(files: list[Path], size: int | None, label: str, progress: Progr
         size = min(DEFAULT_MAX_SIZE, native)
     channels = 1 if all(mode in GRAY_MODES for _, _, mode in headers) else 3
     images = np.empty((len(headers), size, size, channels), np.uint8)
-    kept = []
+    kept: list[int] = []
     for n, (i, _, _) in enumerate(headers):  # pass 2: decode, convert, crop, resize
         try:
             images[len(kept)] = tile_from_file(files[i], size, channels)

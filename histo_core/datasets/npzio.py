@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -105,4 +106,4 @@ def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **cast(dict[str, Any], arrays))  # numpy's stubs read ** as its allow_pickle keyword

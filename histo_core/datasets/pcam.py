@@ -115,14 +115,14 @@ def _decompressed(gz: Path, data_dir, progress: Progress | None, notes: list[str
     _check_room(gz, target.parent, declared, limit)
     written = 0
     try:
-        with gzip.open(gz, "rb") as src, atomic_file(target) as dst:  # an error leaves no partial .h5
+        with open(gz, "rb") as raw, gzip.GzipFile(fileobj=raw) as src, atomic_file(target) as dst:  # no partial .h5
             while chunk := src.read(8 << 20):
                 written += len(chunk)
                 if written % (512 << 20) < len(chunk) or written > limit:  # every 512 MB and at the limit
                     _check_room(gz, target.parent, written, limit, already=written - len(chunk))
                 dst.write(chunk)
                 if progress is not None:
-                    progress(min(src.fileobj.tell(), total), total)  # compressed bytes read so far
+                    progress(min(raw.tell(), total), total)  # compressed bytes read so far
     except DatasetError:
         raise
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
