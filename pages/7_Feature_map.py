@@ -10,8 +10,8 @@ from histo_core import paths
 from histo_core.embeddings import target_for
 from histo_core.errors import HistoError
 from histo_core.faithfulness import DEFAULT_TILES, load_quality
-from histo_core.inference import list_models
 from histo_core.label_errors import load_label_errors
+from histo_core.model_catalog import list_models
 from histo_core.runs import RunDir, list_runs
 from pages.ui.common import page_setup, synthetic_badge
 from pages.ui.feature_map import (

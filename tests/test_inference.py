@@ -22,13 +22,13 @@ from histo_core.inference import (
     LoadedModel,
     ModelMeta,
     clear_cache,
-    list_models,
     load_model,
     predict,
     prepare_upload,
     preprocess,
     top_k,
 )
+from histo_core.model_catalog import list_models
 from histo_core.models import build_model
 from histo_core.runs import RunDir, RunStatus
 

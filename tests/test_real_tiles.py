@@ -16,7 +16,8 @@ from histo_core import ood, paths, stain
 from histo_core.checkpoint import save_checkpoint
 from histo_core.datasets import open_dataset
 from histo_core.image_decode import make_tile
-from histo_core.inference import ModelMeta, classify_uploads, list_models, load_model, prepare_upload
+from histo_core.inference import ModelMeta, classify_uploads, load_model, prepare_upload
+from histo_core.model_catalog import list_models
 from histo_core.models import build_model
 
 CLASSES = ["a", "b", "c"]

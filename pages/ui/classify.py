@@ -25,7 +25,8 @@ from histo_core.explain import (
     uniform_maps,
     upscale_tile,
 )
-from histo_core.inference import LoadedModel, ModelEntry, list_models, load_model
+from histo_core.inference import LoadedModel, load_model
+from histo_core.model_catalog import ModelEntry, list_models
 
 CARD_PX = 224
 PAGE_SIZES = (6, 12, 24, 48)
