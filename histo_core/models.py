@@ -285,6 +285,14 @@ def _deepest_at_least_7(
 _RESNET_CAM = _deepest_at_least_7(lambda m: m, ("layer4", "layer3", "layer2"), last_block=True)
 _DENSENET_CAM = _deepest_at_least_7(lambda m: m.features, ("denseblock4", "denseblock3", "denseblock2"), False)
 
+
+def _torchvision(
+    name: str, title: str, builder: Callable[..., nn.Module], head_attr: str, cam: Callable, description: str
+) -> ArchSpec:
+    """A torchvision architecture: 16-1024 px, pretrained backbone available."""
+    return ArchSpec(name, title, 16, 1024, True, builder, head_attr, cam, description)
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in (
@@ -321,38 +329,29 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             cam_layer=lambda m, size: m.features[3][0],  # last stage's conv block, before its pool: input/4
             description="0.4M parameters, 3 stages + 2 residual blocks; the CPU default for tiles up to 64 px.",
         ),
-        ArchSpec(
-            name="resnet18",
-            title="ResNet-18 (torchvision)",
-            min_size=16,
-            max_size=1024,
-            has_backbone=True,
-            builder=_resnet("resnet18"),
-            head_attr="fc",
-            cam_layer=_RESNET_CAM,
-            description="11M parameters; small-input stem below 64 px.",
+        _torchvision(
+            "resnet18",
+            "ResNet-18 (torchvision)",
+            _resnet("resnet18"),
+            "fc",
+            _RESNET_CAM,
+            "11M parameters; small-input stem below 64 px.",
         ),
-        ArchSpec(
-            name="resnet50",
-            title="ResNet-50 (torchvision)",
-            min_size=16,
-            max_size=1024,
-            has_backbone=True,
-            builder=_resnet("resnet50"),
-            head_attr="fc",
-            cam_layer=_RESNET_CAM,
-            description="25M parameters; slow on CPU.",
+        _torchvision(
+            "resnet50",
+            "ResNet-50 (torchvision)",
+            _resnet("resnet50"),
+            "fc",
+            _RESNET_CAM,
+            "25M parameters; slow on CPU.",
         ),
-        ArchSpec(
-            name="densenet121",
-            title="DenseNet-121 (torchvision)",
-            min_size=16,
-            max_size=1024,
-            has_backbone=True,
-            builder=_densenet,
-            head_attr="classifier",
-            cam_layer=_DENSENET_CAM,
-            description="8M parameters; slow on CPU.",
+        _torchvision(
+            "densenet121",
+            "DenseNet-121 (torchvision)",
+            _densenet,
+            "classifier",
+            _DENSENET_CAM,
+            "8M parameters; slow on CPU.",
         ),
     )
 }

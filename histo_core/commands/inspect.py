@@ -22,10 +22,32 @@ from histo_core.cli import emit
 from histo_core.errors import HistoError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
+def _command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    target: tuple[str, str, str],
+    *,
+    help: str,
+    description: str,
+    epilog: str,
+) -> argparse.ArgumentParser:
+    """A sub-command with help texts, its first positional argument (dest, metavar, help) and --json."""
     p = subparsers.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(target[0], metavar=target[1], help=target[2])
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=func)
+    return p
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = _command(
+        subparsers,
         "embed",
+        cmd_embed,
+        ("model", "RUN", "run directory, run id, weights .pt file or export name"),
         help="save the penultimate-layer features of every tile and their 2-D map (t-SNE)",
         description="Compute the model's penultimate-layer features (float16) of every tile of a dataset, and a "
         "PCA + t-SNE map of them, for the Feature map page and similarity search.",
@@ -33,9 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export (saved under <data dir>/cache/embeddings/).\n\nexamples:\n"
         "  python -m histo_core embed 20250101-120000-resnet9-pathmnist-ab12\n"
         "  python -m histo_core embed crc-v1 --dataset ~/data/kather2016 --split test",
-        formatter_class=fmt,
     )
-    p.add_argument("model", metavar="RUN", help="run directory, run id, weights .pt file or export name")
     p.add_argument("--dataset", metavar="SPEC", help="embed this dataset instead of the one the model was trained on")
     p.add_argument(
         "--split",
@@ -44,59 +64,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="split(s) to embed (repeatable; default: every split the dataset has)",
     )
     p.add_argument("--max-points", type=int, default=20_000, help="tiles on the 2-D map at most (default 20000)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--job-status", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_embed)
 
-    p = subparsers.add_parser(
+    p = _command(
+        subparsers,
         "similar",
+        cmd_similar,
+        ("model", "MODEL", "run directory, run id, weights .pt file or export name"),
         help="the k most similar training tiles of each image, and a k-NN vote",
         description="For each image: the model's prediction, the k nearest training tiles in feature space "
         "(cosine distance) with their labels, and the k-NN vote (embeds the training tiles first "
         "when needed).",
         epilog="examples:\n  python -m histo_core similar RUN tile.png --k 8 --json\n"
         "  python -m histo_core similar crc-v1 tiles/ --k 5",
-        formatter_class=fmt,
     )
-    p.add_argument("model", metavar="MODEL", help="run directory, run id, weights .pt file or export name")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders of images")
     p.add_argument("--k", type=int, default=8, help="neighbours per image (default 8)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=cmd_similar)
 
-    p = subparsers.add_parser(
+    p = _command(
+        subparsers,
         "label-errors",
+        cmd_label_errors,
+        ("run", "RUN", "run directory or run id"),
         help="suspected label errors of a run's training set (the Review page's search)",
         description="Cross-validated out-of-sample probabilities of the run's training tiles, ranked by "
         "self-confidence with confident-learning flags. Reuses the saved result unless --recompute.",
         epilog="example:\n  python -m histo_core label-errors RUN --folds 3 --epochs 5 --top 20 --json",
-        formatter_class=fmt,
     )
-    p.add_argument("run", metavar="RUN", help="run directory or run id")
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds (default 3)")
     p.add_argument("--epochs", type=int, help="epochs per fold (default: min(5, the run's epochs))")
     p.add_argument("--max-samples", type=int, default=3000, help="check a random subset beyond this (default 3000)")
     p.add_argument("--recompute", action="store_true", help="ignore a saved result and search again")
     p.add_argument("--top", type=int, default=20, help="most suspicious tiles to list (default 20; 0: all)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=cmd_label_errors)
 
     from histo_core.explain import CAM_METHODS
 
-    p = subparsers.add_parser(
+    p = _command(
+        subparsers,
         "explain-quality",
+        cmd_explain_quality,
+        ("run", "RUN", "run directory or run id"),
         help="which CAM method is most faithful on a run (ROAD scores on test tiles)",
         description="For each CAM method, ROAD faithfulness scores (pytorch-grad-cam) of its maps on a seeded "
         "sample of the run's test tiles; saved to faithfulness.json in the run.",
         epilog="example:\n  python -m histo_core explain-quality RUN --tiles 40 --json",
-        formatter_class=fmt,
     )
-    p.add_argument("run", metavar="RUN", help="run directory or run id")
     p.add_argument("--tiles", type=int, default=40, help="test tiles to score (default 40)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(CAM_METHODS)} (default: all)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--job-status", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_explain_quality)
 
 
 def stderr_progress(job_status: str | None = None) -> Callable[[float, str], None]:
