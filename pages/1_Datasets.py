@@ -247,7 +247,9 @@ def render_add_path() -> None:
 
 
 def render_download_any() -> None:
-    with st.expander("Download a MedMNIST set"):
+    # keyed: it stays open across the rerun a click starts, so the download's message (offline: where to put the
+    # file by hand) is seen; unkeyed, a notice above it vanishing moved it and it reopened collapsed (issue 14)
+    with st.expander("Download a MedMNIST set", key=f"{KEY}_dl_open", on_change="rerun"):
         entries = {e.spec: e for e in dataset_statuses() if e.downloadable and e.supported}
         cols = st.columns(2)
         flag = cols[0].selectbox("MedMNIST set", list(entries), key=f"{KEY}_dl_flag")
@@ -263,10 +265,12 @@ def render_download_any() -> None:
 # -- page -----------------------------------------------------------------------------------------------
 
 notice = st.session_state.pop(f"{KEY}_notice", None)
-if notice:
-    st.success(notice)
+with st.empty():  # always one slot, so the page below keeps its place whether or not a notice shows
+    if notice:
+        st.success(notice)
 pending = st.session_state.pop(f"{KEY}_pending", None)  # a just-added dataset becomes the selection
-choice = dataset_picker(KEY, include_missing=True, default=pending or st.query_params.get("dataset"))
+# ?dataset= selects a dataset (the picker writes the choice back: reloads and shared links keep it)
+choice = dataset_picker(KEY, include_missing=True, default=pending, url="sync")
 st.caption(data_dir_caption())
 render_add_path()
 render_download_any()
@@ -274,7 +278,6 @@ render_download_any()
 if choice is None:
     st.info("Choose a dataset above, or type the path of your own files.")
     st.stop()
-st.query_params["dataset"] = choice.spec  # reloads and shared links keep the selection
 
 status = dataset_status(choice.spec, choice.size) if choice.spec in registered_names() else None
 if status is not None and status.downloadable and not status.present:

@@ -18,7 +18,7 @@ page_setup(__file__)
 
 def pick_dataset() -> tuple[str | None, int | None, bool]:
     """(spec, size or None for native, as_rgb) from the shared picker; `?dataset=<spec>` preselects one."""
-    choice = dataset_picker("train_ds", default=st.query_params.get("dataset"))
+    choice = dataset_picker("train_ds", url="sync")
     return (choice.spec, choice.size, choice.as_rgb) if choice else (None, None, False)
 
 

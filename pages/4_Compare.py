@@ -9,7 +9,7 @@ from histo_core import jobs, paths
 from histo_core.evaluation import list_evaluations
 from histo_core.runs import RunDir, list_runs
 from pages.ui.charts import confusion_figure, metrics_bar_figure, overlay_figure, run_colours
-from pages.ui.common import page_setup
+from pages.ui.common import keep_in_url, page_setup, url_selection
 from pages.ui.runs import link_to_page, run_label
 
 page_setup(__file__)
@@ -41,13 +41,11 @@ summaries = {rid: jobs.run_summary(r) for rid, r in runs.items()}
 with_curves = [rid for rid, r in runs.items() if summaries[rid]["epoch"]][:4]
 if len(runs) > 10:
     st.caption("Up to 10 runs get distinct colours; pick fewer for readable charts.")
-chosen = st.multiselect(
-    "Runs",
-    list(runs),
-    default=with_curves[:4] or list(runs)[:2],
-    format_func=lambda rid: run_label(summaries[rid]),
-    key="compare_runs",
-)
+url_selection("run", "compare_runs", list(runs), many=True)  # ?run=<id>&run=<id>: these runs side by side
+if "compare_runs" not in st.session_state:
+    st.session_state["compare_runs"] = with_curves[:4] or list(runs)[:2]
+chosen = st.multiselect("Runs", list(runs), format_func=lambda rid: run_label(summaries[rid]), key="compare_runs")
+keep_in_url("run", "compare_runs", chosen)  # a reload or a shared link compares the same runs
 if not chosen:
     st.info("Pick runs to compare.")
     st.stop()

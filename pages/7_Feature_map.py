@@ -13,7 +13,7 @@ from histo_core.faithfulness import DEFAULT_TILES, load_quality
 from histo_core.label_errors import load_label_errors
 from histo_core.model_catalog import list_models
 from histo_core.runs import RunDir, list_runs
-from pages.ui.common import page_setup, synthetic_badge
+from pages.ui.common import keep_in_url, page_setup, synthetic_badge, url_news, url_selection
 from pages.ui.feature_map import (
     COLOUR_BY,
     current_store,
@@ -41,9 +41,14 @@ if not runs and not models:
     )
     st.stop()
 
+SOURCES = ["A run's dataset", "Any dataset, with a frozen model"]
+if url_news("model", "fm_source"):  # ?model=<name>&dataset=<spec>: a frozen model's map; ?run=<id>: a run's
+    st.session_state["fm_source"] = SOURCES[1]
+elif url_news("run", "fm_source"):
+    st.session_state["fm_source"] = SOURCES[0]
 source = st.radio(
     "Map",
-    ["A run's dataset", "Any dataset, with a frozen model"],
+    SOURCES,
     horizontal=True,
     key="fm_source",
     help="A run: its own train/val/test tiles and its own model. Any dataset: a finished run or an "
@@ -56,12 +61,7 @@ try:
             st.info("No completed run yet; pick “Any dataset, with a frozen model” to use an export.")
             st.stop()
         ids = [r.id for r in runs]
-        wanted = st.query_params.get("run")
-        if wanted in ids and st.session_state.get("fm_applied_param") != wanted:
-            st.session_state["fm_run"] = wanted
-        st.session_state["fm_applied_param"] = wanted
-        if st.session_state.get("fm_run") not in ids:
-            st.session_state.pop("fm_run", None)
+        url_selection("run", "fm_run", ids)
         run_id = st.selectbox(
             "Run",
             ids,
@@ -71,7 +71,7 @@ try:
                 f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"
             ),
         )
-        st.query_params["run"] = run_id
+        keep_in_url("run", ["fm_run", "fm_source"], run_id, drop=["model", "dataset"])
         run = next(r for r in runs if r.id == run_id)
         target = target_for(str(run.path))
         job_args = [str(run.path)]
@@ -80,11 +80,15 @@ try:
 
         by_ref = {m.ref: m for m in models}
         left, right = st.columns(2)
+        url_selection("model", "fm_model", {m.name: m.ref for m in models})
         ref = left.selectbox("Model (frozen)", list(by_ref), format_func=lambda r: by_ref[r].label, key="fm_model")
         datasets = {d.spec: d.title for d in available_datasets()}
+        url_selection("dataset", "fm_dataset", list(datasets))
         spec = right.selectbox(
             "Dataset", list(datasets), format_func=lambda s: f"{datasets[s]} ({s})", key="fm_dataset"
         )
+        keep_in_url("model", ["fm_model", "fm_source"], by_ref[ref].name, drop=["run"])
+        keep_in_url("dataset", "fm_dataset", spec)
         target = target_for(ref, spec)
         job_args = [target.model_ref, "--dataset", spec]
 except HistoError as exc:

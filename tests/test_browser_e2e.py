@@ -284,3 +284,54 @@ def test_new_user_walk(tmp_path, shared_data, monkeypatch):
     assert not re.search(r"Traceback \(most recent call last\)", log.read_text()), (
         f"the server logged a traceback:\n{log.read_text()[-3000:]}"
     )
+
+
+def test_datasets_first_choice_and_offline_download(tmp_path, shared_data):
+    """Issue 14, in the browser only: the user's first dataset choice used to snap back to the ?dataset= the page
+    had written on the first visit, and after adding a dataset the first offline download click showed no
+    message (its expander reopened collapsed). Downloads are made to fail here even with internet (a dead proxy)."""
+    sync_api = _require_browser()
+    env = {
+        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
+        "HISTO_DATA_DIR": str(tmp_path / "data"),
+        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    for key in ("HISTO_RUNS_DIR", "HISTO_DATA_DIR", "HISTO_WEIGHTS_DIR"):
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    crc = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
+    log = ARTIFACTS / "streamlit-datasets.log"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    with streamlit_server(env, log) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            goto(page, f"{url}/Datasets", "Datasets")
+            page.get_by_text("SYNTHETIC DEMO DATA").first.wait_for(timeout=60_000)
+            page.get_by_label("Dataset", exact=True).click()
+            page.get_by_role("option", name=re.compile(r"PathMNIST.*not downloaded")).first.click()
+            wait_idle(page)
+            assert page.get_by_text("train (official)").count() == 1, "the first choice did not stick"
+            assert "dataset=pathmnist" in page.url
+
+            page.get_by_text("Add your own dataset").click()
+            wait_idle(page)
+            page.get_by_label("Path", exact=True).fill(str(crc))
+            page.get_by_label("Path", exact=True).press("Enter")
+            wait_idle(page)
+            page.get_by_role("button", name="Add dataset").click()
+            page.get_by_text(re.compile(r"Added NCT-CRC-HE-100K-NONORM")).first.wait_for(timeout=120_000)
+            wait_idle(page)
+            page.get_by_text("Download a MedMNIST set").click()
+            wait_idle(page)
+            page.get_by_role("button", name=re.compile(r"Download pathmnist")).click()
+            wait_idle(page)
+            message = page.get_by_text(re.compile(r"cannot reach .*put it at")).first
+            message.wait_for(timeout=60_000)
+            assert message.is_visible()
+            assert_no_exception(page, "Datasets after the offline download")
+            shot(page, "datasets-offline-download")
+        finally:
+            browser.close()

@@ -131,3 +131,29 @@ def test_reshuffle_and_single_class_grid():
 def test_missing_registered_pcam_explains_where_to_put_files(spec):
     at = open_page(spec)
     assert any("pcam is not present" in e.value for e in at.error)
+
+
+def dataset_box(at: AppTest):
+    return at.selectbox(key=f"{KEY}_choice")
+
+
+def test_the_users_first_choice_is_not_undone_by_the_url_the_page_wrote():
+    """Issue 14: the page writes ?dataset=synthetic on the first visit; the rerun the user's first choice starts
+    still carries that URL, and re-applying it put the selection back to the synthetic demo."""
+    at = open_page()
+    assert at.query_params["dataset"] in ("synthetic", ["synthetic"])
+    dataset_box(at).select("pathmnist").run()
+    assert dataset_box(at).value == "pathmnist"
+    assert any("is not downloaded" in i.value for i in at.info)
+    assert at.query_params["dataset"] in ("pathmnist", ["pathmnist"])  # the URL follows the choice
+
+
+def test_a_link_followed_while_on_the_page_selects_its_dataset(pathmnist_mini):
+    at = open_page("pathmnist")
+    assert dataset_box(at).value == "pathmnist"
+    at.query_params["dataset"] = str(pathmnist_mini)  # a new ?dataset= (a link, the browser's back button)
+    at.run()
+    assert at.text_input(key=f"{KEY}_path").value == str(pathmnist_mini)
+    assert metrics(at)["train"] == "160"
+    dataset_box(at).select("synthetic").run()  # and the user's next choice stands
+    assert dataset_box(at).value == "synthetic" and metrics(at)["train"] == "1,200"

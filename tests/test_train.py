@@ -240,6 +240,15 @@ def _trainer(cfg: TrainConfig) -> T.Trainer:
 
 
 @pytest.mark.slow
+def test_one_cycle_over_four_steps_trains():
+    """One epoch of 4 batches: torch's OneCycleLR divided by zero at pct_start 0.25 (0.25 * 4 == 1)."""
+    tr = _trainer(quick_config(epochs=1, schedule="onecycle", max_train_samples=256, batch_size=64))
+    assert tr.steps_per_epoch == 4
+    row = tr.train_epoch()
+    assert np.isfinite(row["train_loss"]) and tr.epoch == 1
+
+
+@pytest.mark.slow
 def test_schedules_step_as_configured():
     lrs = {}
     for schedule in ("none", "step", "cosine", "onecycle"):

@@ -142,11 +142,13 @@ class Trainer:
         if cfg.schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         if cfg.schedule == "onecycle":
+            total = max(1, cfg.epochs * self.steps_per_epoch)
             return torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer,
                 max_lr=[g["lr"] for g in self.optimizer.param_groups],
-                total_steps=max(1, cfg.epochs * self.steps_per_epoch),
-                pct_start=0.25,
+                total_steps=total,
+                # torch divides by zero when pct_start * total_steps == 1 (one epoch of 4 batches)
+                pct_start=0.3 if total == 4 else 0.25,
                 cycle_momentum=cfg.optimizer == "sgd",
             )
         return None

@@ -27,6 +27,7 @@ from histo_core.explain import (
 )
 from histo_core.inference import LoadedModel, load_model
 from histo_core.model_catalog import ModelEntry, list_models
+from pages.ui.common import keep_in_url, url_selection
 
 CARD_PX = 224
 PAGE_SIZES = (6, 12, 24, 48)
@@ -54,13 +55,10 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
         )
         return None
     by_ref = {e.ref: e for e in entries}
-    # ?run=<id> (or ?model=<export name>) selects a model once per new URL value; the choice goes back in the URL
-    wanted = st.query_params.get("run") or st.query_params.get("model")
-    match = next((e.ref for e in entries if e.name == wanted), None)
-    if match and st.session_state.get(f"_url_applied.{key}") != wanted:
-        st.session_state[key] = match
-    if st.session_state.get(key) not in by_ref:
-        st.session_state.pop(key, None)
+    # ?run=<id> (or ?model=<export name>) selects a model; the choice goes back in the URL
+    by_name = {e.name: e.ref for e in entries}
+    url_selection("run", key, by_name)
+    url_selection("model", key, by_name)
     ref = st.selectbox(
         "Model",
         list(by_ref),
@@ -70,10 +68,8 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
         "run's own test split; ready-made models in weights/ report cross-validated accuracy.",
     )
     entry = by_ref[ref]
-    param = "run" if entry.kind == "run" else "model"
-    st.query_params.pop("model" if param == "run" else "run", None)
-    st.query_params[param] = entry.name
-    st.session_state[f"_url_applied.{key}"] = entry.name
+    param, other = ("run", "model") if entry.kind == "run" else ("model", "run")
+    keep_in_url(param, key, entry.name, drop=[other])
     try:
         loaded = cached_model(ref)
     except HistoError as exc:

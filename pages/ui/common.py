@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import streamlit as st
 
@@ -80,20 +81,65 @@ def synthetic_badge(info) -> None:
 
 
 # -- shareable URLs: ?run=<id>, ?dataset=<spec> -----------------------------------------------------------
-def url_selection(param: str, key: str, options: list[str]) -> None:
-    """Call before the selectbox `key`: a `?param=` naming one of `options` selects it (once per new URL value,
-    so the user's own choice is not overridden), and a selection no longer offered (a deleted run) is dropped."""
-    wanted = st.query_params.get(param)
-    applied = f"_url_applied.{key}"
-    if wanted in options and st.session_state.get(applied) != wanted:
-        st.session_state[key] = wanted
-    if st.session_state.get(key) not in options:
+# One rule on every page: a `?param=` in the URL selects its view when it is news to the widget (a fresh visit, a
+# reload, a followed link), and the page writes the user's selection back into the URL. A value the page wrote
+# itself never overrides the user's next choice: in the browser, the rerun a widget change triggers still carries
+# the URL of the previous run, and re-applying it would undo the user's first choice (issue 14).
+
+
+def _url_mark(param: str, key: str) -> str:
+    return f"_url_seen.{key}.{param}"
+
+
+def url_news(param: str, key: str, many: bool = False) -> Any:
+    """The `?param=` value (`many`: the list of its repeated values) when widget `key` should follow it: the
+    widget has no value yet (a fresh visit, a reload, a link followed from another page) or the URL differs from
+    what this page last applied or wrote (a link followed while on the page). None otherwise, so the user's own
+    choice stands."""
+    wanted: Any = st.query_params.get_all(param) if many else st.query_params.get(param)
+    if not wanted:
+        return None
+    mark = _url_mark(param, key)
+    if key in st.session_state and st.session_state.get(mark) == wanted:
+        return None
+    st.session_state[mark] = wanted
+    return wanted
+
+
+def url_selection(param: str, key: str, options: Sequence[str] | Mapping[str, Any], many: bool = False) -> None:
+    """Call before the selectbox (`many`: multiselect) `key`: a `?param=` naming options selects them when it is
+    news (`url_news`), and a selection no longer offered (a deleted run) is dropped. `options` maps URL values
+    to the widget's option values where they differ (Classify names a model in the URL, its selectbox holds
+    paths)."""
+    values = options if isinstance(options, Mapping) else {o: o for o in options}
+    offered = list(values.values())
+    wanted = url_news(param, key, many)
+    if many and wanted and any(w in values for w in wanted):
+        st.session_state[key] = [values[w] for w in wanted if w in values]
+    elif not many and wanted in values:
+        st.session_state[key] = values[wanted]
+    if key not in st.session_state:
+        return
+    if many:
+        st.session_state[key] = [v for v in st.session_state[key] if v in offered]
+    elif st.session_state[key] not in offered:
         st.session_state.pop(key, None)
 
 
-def keep_in_url(param: str, key: str, value: str | None) -> None:
-    """Call after the selectbox: the URL names the selection, so a reload or a shared link shows the same view."""
+def keep_in_url(param: str, key: str | Sequence[str], value: str | list[str] | None, drop: Sequence[str] = ()) -> None:
+    """Call after the widget `key`: the URL names its selection (a list: the param repeated), and no longer the
+    `drop` params, so a reload or a shared link shows the same view. Several keys: widgets that all follow
+    `param` (Feature map's source radio follows ?run= and ?model=)."""
+    keys = [key] if isinstance(key, str) else list(key)
+    for other in drop:
+        st.query_params.pop(other, None)
+        for k in keys:
+            st.session_state.pop(_url_mark(other, k), None)
     if value is None:
         return
-    st.query_params[param] = value
-    st.session_state[f"_url_applied.{key}"] = value
+    if isinstance(value, list) and not value:
+        st.query_params.pop(param, None)  # nothing selected: nothing to share
+    else:
+        st.query_params[param] = value
+    for k in keys:
+        st.session_state[_url_mark(param, k)] = list(value) if isinstance(value, list) else value

@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import plotly.graph_objects as go
@@ -125,25 +125,34 @@ def _size_label(size: int | None) -> str:
 
 
 def dataset_picker(
-    key: str, *, include_missing: bool = False, default: str | None = None, data_dir: str | None = None
+    key: str,
+    *,
+    include_missing: bool = False,
+    default: str | None = None,
+    url: Literal["read", "sync"] | None = None,
+    data_dir: str | None = None,
 ) -> DatasetChoice | None:
     """Dataset, tile size and (for grayscale sets) grayscale→RGB widgets. Returns None until a usable
     choice is made. `include_missing` also lists MedMNIST sets not downloaded yet (the Datasets page
-    offers their download). `default`: a spec to preselect (e.g. from `?dataset=`), used once per session."""
+    offers their download). `default`: a spec to select now (a dataset just added). `url="read"`: a
+    `?dataset=` link selects its dataset (when it is news, see `url_news`); `"sync"`: also writes the choice
+    back into the URL, so a reload or a shared link shows the same dataset."""
+    from pages.ui.common import url_news
+
     options = _options(include_missing, data_dir)
     specs = [o.spec for o in options]
     choice_key, path_key = f"{key}_choice", f"{key}_path"
-    applied_key = f"{key}_default_applied"
+    wanted = default or (url_news(_QUERY_KEY, choice_key) if url else None)
     refused = False
-    if default and st.session_state.get(applied_key) != default:
-        st.session_state[applied_key] = default
-        if default in specs:
-            st.session_state[choice_key] = default
-        elif _allowed(default, data_dir):
-            st.session_state[choice_key], st.session_state[path_key] = OTHER_PATH, default
+    if wanted:
+        if wanted in specs:
+            st.session_state[choice_key] = wanted
+        elif _allowed(wanted, data_dir):
+            st.session_state[choice_key], st.session_state[path_key] = OTHER_PATH, wanted
         else:  # a link naming a path outside the roots: neither opened nor echoed into the path box
             refused = True
-            st.query_params.pop(_QUERY_KEY, None)
+            if url:
+                st.query_params.pop(_QUERY_KEY, None)
     if refused:
         from histo_core.paths import OUTSIDE_ROOTS_MESSAGE
 
@@ -192,6 +201,10 @@ def dataset_picker(
         )
     if not spec:
         return None
+    if url == "sync":
+        from pages.ui.common import keep_in_url
+
+        keep_in_url(_QUERY_KEY, choice_key, spec)
     return DatasetChoice(spec, size, bool(as_rgb))
 
 

@@ -69,7 +69,7 @@ def evaluate_panel(run: RunDir) -> None:
     classes = model_classes(run)
     wanted = st.query_params.get("dataset")  # Runs?run=<id>&dataset=<spec> opens this panel on that dataset
     with st.expander("Evaluate on another dataset (a folder of class folders, an npz, a CSV)", expanded=bool(wanted)):
-        choice = dataset_picker(f"evaluate_ds_{run.id}", default=wanted)
+        choice = dataset_picker(f"evaluate_ds_{run.id}", url="read")
         if not choice:
             return
         ds = None
