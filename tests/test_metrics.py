@@ -120,6 +120,7 @@ def test_numpy_metrics_equal_sklearn(seed):
         np.testing.assert_allclose(ours, theirs)
 
 
+@pytest.mark.slow
 def test_metrics_do_not_import_sklearn():
     import subprocess
     import sys
