@@ -3,7 +3,8 @@
 
 - inspection jobs (`embed`, `explain-quality`) for the Feature map page: a small JSON status file the child
   updates (write_job_status) and the page polls (job_status);
-- evaluation jobs (`evaluate ... --json`) for the Runs page: <run>/evaluations/<name>.job.json (command, pid,
+- evaluation jobs (`evaluate ... --json`) for the Runs and Classify pages: <run>/evaluations/<name>.job.json
+  (or <data dir>/evaluations/<model name>/ for a weights model) (command, pid,
   start), <name>.out.json (stdout) and <name>.log (stderr) beside the saved evaluation.
 """
 
@@ -97,36 +98,46 @@ def job_status(status_path: str | os.PathLike) -> dict[str, Any] | None:
 # -- evaluation jobs ------------------------------------------------------------------------------------
 
 
-def _evaluations_dir(run: RunDir) -> Path:
-    from histo_core.evaluation import EVALUATIONS_DIR
+def _evaluations_dir(model: RunDir | str) -> Path:
+    from histo_core.evaluation import evaluations_folder
 
-    return run.file(EVALUATIONS_DIR)
+    return evaluations_folder(model)
 
 
-def evaluation_command(model: str, dataset: str, split: str, class_map: dict[str, str], name: str) -> list[str]:
+def evaluation_command(
+    model: str, dataset: str, split: str, class_map: dict[str, str], name: str, save_to: str | Path | None = None
+) -> list[str]:
     from histo_core.classnames import format_class_map
 
     cmd = histo_command("evaluate", model, "--dataset", dataset, "--split", split, "--name", name, "--json")
+    if save_to is not None:
+        cmd += ["--save-to", str(save_to)]
     return cmd + ["--class-map", format_class_map(class_map)] if class_map else cmd
 
 
 def start_evaluation(
-    run: RunDir, dataset: str, split: str = "test", class_map: dict[str, str] | None = None, name: str | None = None
+    model: RunDir | str,
+    dataset: str,
+    split: str = "test",
+    class_map: dict[str, str] | None = None,
+    name: str | None = None,
 ) -> str:
-    """Start evaluating `run`'s model on `dataset` in a background process; returns the evaluation's name.
-    Its progress is read back with evaluation_jobs(run)."""
+    """Start evaluating a run's model (or a weights file / export name) on `dataset` in a background process;
+    returns the evaluation's name. It is saved in evaluations_folder(model); its progress is read back with
+    evaluation_jobs(model)."""
     from histo_core.evaluation import evaluation_name
 
     if not str(dataset or "").strip():
         raise HistoError("no dataset given: type a registered name or the path of an npz, a CSV or a folder")
     name = evaluation_name(name, dataset, split)
-    folder = _evaluations_dir(run)
+    folder = _evaluations_dir(model)
     folder.mkdir(parents=True, exist_ok=True)
     job = folder / f"{name}.job.json"
     previous = _read_job(job)
     if previous and pid_alive(previous.get("pid")):
         raise HistoError(f"evaluation {name!r} is already running; wait for it or choose another name")
-    cmd = evaluation_command(str(run.path.resolve()), str(dataset).strip(), split, dict(class_map or {}), name)
+    ref = str(model.path.resolve()) if isinstance(model, RunDir) else str(model)
+    cmd = evaluation_command(ref, str(dataset).strip(), split, dict(class_map or {}), name, save_to=folder.resolve())
     try:
         with open(folder / f"{name}.out.json", "wb") as out, open(folder / f"{name}.log", "wb") as err:
             pid = spawn_detached(cmd, out, err)
@@ -152,10 +163,10 @@ def _read_job(path: Path) -> dict[str, Any] | None:
     return job if isinstance(job, dict) else None
 
 
-def evaluation_jobs(run: RunDir) -> list[dict[str, Any]]:
-    """The run's evaluation jobs, newest first: name, dataset, split, state ("running", "completed" or
+def evaluation_jobs(model: RunDir | str) -> list[dict[str, Any]]:
+    """The evaluation jobs of a run (or a weights model), newest first: name, dataset, split, state ("running", "completed" or
     "failed") and, for a failed one, the error line the command printed."""
-    folder = _evaluations_dir(run)
+    folder = _evaluations_dir(model)
     out = []
     for path in folder.glob("*.job.json") if folder.is_dir() else []:
         job = _read_job(path)

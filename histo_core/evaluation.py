@@ -4,12 +4,14 @@
                       class_map={"01_TUMOR": "TUM", "02_STROMA": "STR"}, name="kather2016")
     report["accuracy"], report["per_class"], report["confusion"], report["unmatched"]
     list_evaluations(run)                    # the named evaluations saved with a run (evaluations/<name>.json)
+    list_evaluations("weights/x.pt")         # those of a weights model, saved in <data dir>/evaluations/x/
 
 The dataset's classes are matched to the model's by name, by NCT abbreviation (ADI..TUM = PathMNIST's long
 names) or by `class_map` (classnames.match_classes). Tiles of a dataset class with no counterpart are not scored:
 they are reported apart ("unmatched": what the model called them). `split="all"` evaluates every tile (a folder
 without split folders is otherwise divided into train/val/test at random). A run's evaluation is saved in its
-directory under `name` and listed by the Runs and Compare pages.
+directory under `name` and listed by the Runs and Compare pages; a weights model's is saved with `save_to`
+(evaluations_folder: `<data dir>/evaluations/<model name>/`, never in weights/) and listed by the Classify page.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from histo_core import paths
 from histo_core.classnames import match_classes, short_name
 from histo_core.errors import DatasetError, HistoError
 from histo_core.fsutil import read_json, write_json_atomic
@@ -39,6 +42,16 @@ def model_run(model_ref: str) -> RunDir | None:
     path, _, _ = resolve_model_path(model_ref)
     run = RunDir(path.parent)
     return run if run.config_path.exists() else None
+
+
+def evaluations_folder(model: RunDir | str) -> Path:
+    """Where a model's named evaluations are saved: a run's evaluations/ folder, else (a weights file or an export
+    name) `<data dir>/evaluations/<model name>/`."""
+    run = model if isinstance(model, RunDir) else model_run(model)
+    if run is not None:
+        return run.file(EVALUATIONS_DIR)
+    stem = _NAME_RE.sub("-", Path(str(model).rstrip("/")).stem).strip("-.") or "model"
+    return paths.data_dir() / EVALUATIONS_DIR / stem
 
 
 def evaluation_name(name: str | None, dataset_spec: str, split: str) -> str:
@@ -77,9 +90,10 @@ def evaluate(
     tta: bool | None = None,
     name: str | None = None,
     save: bool = True,
+    save_to: str | Path | None = None,
 ) -> dict[str, Any]:
     """The classification report of `model_ref` on `dataset_spec` (default: the run's own dataset), with
-    "class_matching", "unmatched", "model", "name" and, when saved with a run, "saved_to"."""
+    "class_matching", "unmatched", "model", "name" and, when saved (in `save_to`, else with a run), "saved_to"."""
     import torch
 
     from histo_core import pipeline, runtime
@@ -155,17 +169,19 @@ def evaluate(
         seconds=round(time.time() - started, 2),
         evaluated_at=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
-    if save and run is not None:
-        path = run.file(EVALUATIONS_DIR) / f"{report['name']}.json"
-        path.parent.mkdir(exist_ok=True)
+    folder = Path(save_to) if save_to else run.file(EVALUATIONS_DIR) if run is not None else None
+    if save and folder is not None:
+        path = folder / f"{report['name']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         report["saved_to"] = str(path)
         write_json_atomic(path, report)
     return report
 
 
-def list_evaluations(run: RunDir) -> list[dict[str, Any]]:
-    """The evaluations saved with a run, newest first (unreadable files are skipped)."""
-    folder = run.file(EVALUATIONS_DIR)
+def list_evaluations(model: RunDir | str) -> list[dict[str, Any]]:
+    """The evaluations saved with a run or a weights model (evaluations_folder), newest first (unreadable files
+    are skipped)."""
+    folder = evaluations_folder(model)
     if not folder.is_dir():
         return []
     files = [p for p in folder.glob("*.json") if not p.name.endswith((".job.json", ".out.json"))]  # job records

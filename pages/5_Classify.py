@@ -24,6 +24,7 @@ from pages.ui.classify import (
     target_select,
 )
 from pages.ui.common import page_setup
+from pages.ui.evaluate import evaluate_panel
 from pages.ui.feature_map import faithfulness_note, similar_tiles
 
 page_setup(__file__)
@@ -32,6 +33,8 @@ if picked is None:
     st.stop()
 entry, loaded = picked
 meta = loaded.meta
+if entry.kind != "run":  # a run's evaluations are started from the Runs page
+    evaluate_panel(entry)
 model_key = f"{loaded.source}:{id(loaded.model)}"
 
 tta = st.toggle("Test-time augmentation (average over 8 flips/rotations)", key="classify_tta")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch  # noqa: F401  (imported here: its first import runs ldconfig, which fast tests may not start)
 
 from histo_core import paths
 from histo_core.errors import HistoError
@@ -137,3 +138,18 @@ def test_cli_evaluate_with_a_class_map(trained_pathmnist_run, shared_data):
         [*cmd[:-2], "--class-map", "01_TUMOR=tumor"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "'tumor' is not a class of the model" in bad.stderr
+
+
+def test_where_evaluations_are_saved(synthetic_run, shipped_model):
+    """A run's in its evaluations/ folder; a weights model's (by path or export name) in one folder per model under
+    the data dir, never in weights/."""
+    from histo_core.evaluation import evaluations_folder
+
+    assert (
+        evaluations_folder(synthetic_run)
+        == evaluations_folder(str(synthetic_run.path))
+        == synthetic_run.path / "evaluations"
+    )
+    folder = paths.data_dir() / "evaluations" / "pathmnist-resnet9"
+    assert evaluations_folder(str(shipped_model)) == folder
+    assert list_evaluations(str(shipped_model)) == []

@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch  # noqa: F401  (imported here: its first import runs ldconfig, which fast tests may not start)
 from streamlit.testing.v1 import AppTest
 
 from histo_core import paths
@@ -232,3 +233,63 @@ def test_switching_tabs_keeps_the_uploads(model_run, shared_data):
     # both stay: the tiles table and the class map are on the page together (one in each tab)
     assert any("1 of 1 file(s) classified" in c.value for c in at.caption)
     assert any(c.endswith("3x2 tiles of 224 px") for img in images(at) for c in img.captions)
+
+
+def _evaluation_panel(at: AppTest, shipped_model: Path, folder: Path) -> str:
+    """Pick the shipped model and a folder in its "Evaluate on another dataset" panel; returns the widget key."""
+    at.selectbox(key="classify_model").set_value(str(shipped_model)).run(timeout=120)
+    key = "shipped-pathmnist-resnet9"
+    at.selectbox(key=f"evaluate_ds_{key}_choice").set_value("__path__").run()
+    at.text_input(key=f"evaluate_ds_{key}_path").set_value(str(folder)).run()
+    assert not at.exception, at.exception
+    return key
+
+
+def test_a_ready_made_model_is_evaluated_on_another_dataset_from_the_page(shipped_model, shared_data, monkeypatch):
+    """Fresh data dir: the shipped model gets the "Evaluate on another dataset" panel, its class map pre-filled
+    from the model's classes (NCT abbreviations), and Start hands the model's weights file to the job."""
+    started = []
+    monkeypatch.setattr(
+        "histo_core.jobs.start_evaluation",
+        lambda model, spec, split, mapping, name: started.append((model, spec, split, mapping, name)) or "x",
+    )
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    nct = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
+    key = _evaluation_panel(at, shipped_model, nct)
+    table = [d for d in at.dataframe if "dataset class" in d.value.columns][0].value
+    matched = dict(zip(table["dataset class"], table["model class"]))
+    assert matched["ADI"] == "adipose" and matched["TUM"] == "colorectal adenocarcinoma epithelium"
+    at.selectbox(key=f"evaluate_split_{key}").set_value("all")
+    at.text_input(key=f"evaluate_name_{key}").set_value("nct sample")
+    at.button(key=f"evaluate_start_{key}").click().run()
+    assert not at.exception, at.exception
+    assert started == [(str(shipped_model), str(nct), "all", {}, "nct sample")]
+
+
+@pytest.mark.slow
+def test_a_ready_made_models_evaluation_is_saved_in_the_data_dir_and_listed(shipped_model, shared_data):
+    """Starting the panel's job for real: the evaluation is saved under <data dir>/evaluations/<model>/ (not in
+    weights/) and the panel lists it with its report."""
+    import time
+
+    from histo_core import jobs
+
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    nct = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
+    key = _evaluation_panel(at, shipped_model, nct)
+    at.selectbox(key=f"evaluate_split_{key}").set_value("all")
+    at.text_input(key=f"evaluate_name_{key}").set_value("nct sample")
+    at.button(key=f"evaluate_start_{key}").click().run()
+    assert not at.exception, at.exception
+    deadline = time.time() + 240
+    while time.time() < deadline and jobs.evaluation_jobs(str(shipped_model))[0]["state"] == "running":
+        time.sleep(0.5)
+    job = jobs.evaluation_jobs(str(shipped_model))[0]
+    assert job["state"] == "completed", job
+    saved = paths.data_dir() / "evaluations" / "pathmnist-resnet9" / "nct-sample.json"
+    assert saved.is_file() and not (shipped_model.parent / "evaluations").exists()
+    at.run()
+    assert not at.exception, at.exception
+    listed = [d.value for d in at.dataframe if "scored" in d.value.columns]
+    assert listed and list(listed[0]["name"]) == ["nct-sample"] and list(listed[0]["scored"]) == [9]
+    assert at.selectbox(key=f"evaluate_show_{key}").value == "nct-sample"

@@ -128,6 +128,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--name", help="name of the saved evaluation (default <dataset>-<split>)")
     e.add_argument("--no-save", action="store_true", help="do not save the evaluation with the run")
     e.add_argument(
+        "--save-to",
+        metavar="DIR",
+        help="folder to save the evaluation in (default: the run's evaluations/; a weights model's is not saved)",
+    )
+    e.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -241,6 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tta=args.tta,
         name=args.name,
         save=not args.no_save,
+        save_to=args.save_to,
     )
     text = format_report(report)
     if report.get("class_matching"):
@@ -248,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     text += (
         f"\n\nsaved as evaluation {report['name']!r}: {report['saved_to']}"
         if report.get("saved_to")
-        else "\n\nnot saved (" + ("--no-save" if args.no_save else "the model is not a run") + ")"
+        else "\n\nnot saved (" + ("--no-save" if args.no_save else "the model is not a run; use --save-to DIR") + ")"
     )
     emit(args, report, text)
     return 0

@@ -1,4 +1,5 @@
-"""The Runs page's "Evaluate on another dataset" panel: pick a dataset, edit how its classes map onto the model's,
+"""The "Evaluate on another dataset" panel (Runs page for a run, Classify page for an exported or ready-made
+model): pick a dataset, edit how its classes map onto the model's,
 start `python -m histo_core evaluate ... --json` as a background job (histo_core.jobs), and show the saved
 evaluations. Matching and scoring live in histo_core.classnames / histo_core.evaluation."""
 
@@ -11,6 +12,7 @@ from histo_core import classnames, jobs
 from histo_core.classnames import match_classes, short_name
 from histo_core.errors import HistoError
 from histo_core.evaluation import list_evaluations
+from histo_core.model_catalog import ModelEntry
 from histo_core.runs import RunDir
 from pages.ui.common import user_errors
 
@@ -23,6 +25,14 @@ def model_classes(run: RunDir) -> list[str]:
     return [
         str(c) for c in (run.dataset().get("classes") or ((run.results() or {}).get("test") or {}).get("classes") or [])
     ]
+
+
+def _target(model: RunDir | ModelEntry) -> tuple[RunDir | str, str, list[str], str]:
+    """What the evaluation jobs take (a run, else the model's ref), the widget-key suffix, the model's classes and
+    where the evaluations are saved (in words)."""
+    if isinstance(model, RunDir):
+        return model, model.id, model_classes(model), "with the run"
+    return model.ref, f"{model.kind}-{model.name}", list(model.classes), "in the data folder's evaluations/"
 
 
 def class_map_editor(dataset_classes: list[str], classes: list[str], key: str) -> dict[str, str] | None:
@@ -63,13 +73,15 @@ def class_map_editor(dataset_classes: list[str], classes: list[str], key: str) -
     return mapping
 
 
-def evaluate_panel(run: RunDir) -> None:
+def evaluate_panel(model: RunDir | ModelEntry) -> None:
+    """The panel for a run (Runs page) or an exported / ready-made model (Classify page): one code path, the
+    evaluations of a run saved in it, those of a weights model in `<data dir>/evaluations/<model name>/`."""
     from pages.ui.datasets import dataset_picker, open_cached
 
-    classes = model_classes(run)
+    target, key, classes, where = _target(model)
     wanted = st.query_params.get("dataset")  # Runs?run=<id>&dataset=<spec> opens this panel on that dataset
     with st.expander("Evaluate on another dataset (a folder of class folders, an npz, a CSV)", expanded=bool(wanted)):
-        choice = dataset_picker(f"evaluate_ds_{run.id}", url="read")
+        choice = dataset_picker(f"evaluate_ds_{key}", url="read")
         if not choice:
             return
         ds = None
@@ -86,47 +98,48 @@ def evaluate_panel(run: RunDir) -> None:
         split = a.selectbox(
             "Tiles to score",
             SPLITS,
-            key=f"evaluate_split_{run.id}",
+            key=f"evaluate_split_{key}",
             format_func=lambda s: "all of them" if s == "all" else f"{s} split ({sizes.get(s, 0):,})",
         )
         name = b.text_input(
-            "Name of this evaluation", key=f"evaluate_name_{run.id}", placeholder="default: <dataset>-<split>"
+            "Name of this evaluation", key=f"evaluate_name_{key}", placeholder="default: <dataset>-<split>"
         )
         st.markdown("**Classes**: the dataset's (left) and the model's class each counts as (right)")
         try:
-            mapping = class_map_editor([str(c) for c in ds.info.classes], classes, key=f"evaluate_map_{run.id}")
+            mapping = class_map_editor([str(c) for c in ds.info.classes], classes, key=f"evaluate_map_{key}")
         except HistoError as exc:
             st.error(str(exc))
             return
         if mapping is not None and st.button(
             "Start the evaluation",
-            key=f"evaluate_start_{run.id}",
+            key=f"evaluate_start_{key}",
             type="primary",
-            help="runs `python -m histo_core evaluate` in the background; the result is saved with the run",
+            help=f"runs `python -m histo_core evaluate` in the background; the result is saved {where}",
         ):
             with user_errors("Not started: "):
-                started = jobs.start_evaluation(run, choice.spec, split, mapping, name or None)
-                st.session_state[f"evaluate_started_{run.id}"] = started
-    evaluations_view(run)
+                started = jobs.start_evaluation(target, choice.spec, split, mapping, name or None)
+                st.session_state[f"evaluate_started_{key}"] = started
+    evaluations_view(target, key)
 
 
 @st.fragment(run_every=REFRESH_S)
-def _running(run: RunDir) -> None:
-    running = [j for j in jobs.evaluation_jobs(run) if j["state"] == "running"]
+def _running(target: RunDir | str, key: str) -> None:
+    running = [j for j in jobs.evaluation_jobs(target) if j["state"] == "running"]
     for j in running:
         st.info(f"⏳ Evaluating on {j['dataset']} ({j['split']}) as '{j['name']}'…")
-    if not running and st.session_state.pop(f"evaluate_waiting_{run.id}", False):
+    if not running and st.session_state.pop(f"evaluate_waiting_{key}", False):
         st.rerun(scope="app")
     if running:
-        st.session_state[f"evaluate_waiting_{run.id}"] = True
+        st.session_state[f"evaluate_waiting_{key}"] = True
 
 
-def evaluations_view(run: RunDir) -> None:
-    """Running jobs (refreshed), failed ones with their error line, and the saved evaluations."""
-    all_jobs = jobs.evaluation_jobs(run)
-    if any(j["state"] == "running" for j in all_jobs) or st.session_state.get(f"evaluate_waiting_{run.id}"):
-        _running(run)
-    saved = list_evaluations(run)
+def evaluations_view(target: RunDir | str, key: str) -> None:
+    """Running jobs (refreshed), failed ones with their error line, and the saved evaluations of a run or of a
+    weights model (its ref)."""
+    all_jobs = jobs.evaluation_jobs(target)
+    if any(j["state"] == "running" for j in all_jobs) or st.session_state.get(f"evaluate_waiting_{key}"):
+        _running(target, key)
+    saved = list_evaluations(target)
     saved_names = {e["name"] for e in saved}
     for j in all_jobs:
         if j["state"] == "failed" and j["name"] not in saved_names:
@@ -158,10 +171,10 @@ def evaluations_view(run: RunDir) -> None:
             "AUC": st.column_config.NumberColumn(format="%.3f"),
         },
     )
-    pick = st.selectbox("Show evaluation", [e["name"] for e in saved], key=f"evaluate_show_{run.id}")
+    pick = st.selectbox("Show evaluation", [e["name"] for e in saved], key=f"evaluate_show_{key}")
     report = next(e for e in saved if e["name"] == pick)
     from histo_core.evaluation import format_matching
     from pages.ui.runs import render_report
 
     st.caption(" · ".join(format_matching(report)))
-    render_report(report, key=f"eval-{run.id}-{pick}")
+    render_report(report, key=f"eval-{key}-{pick}")
