@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch  # noqa: F401  (imported here: its first import runs ldconfig, which fast tests may not start)
 
 from histo_core import paths
 from histo_core.errors import HistoError

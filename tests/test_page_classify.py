@@ -8,7 +8,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-import torch  # noqa: F401  (imported here: its first import runs ldconfig, which fast tests may not start)
 from streamlit.testing.v1 import AppTest
 
 from histo_core import paths
