@@ -163,6 +163,12 @@ def test_user_journey(tmp_path, shared_data):
             assert cam_captions.count() >= len(tiles), f"Grad-CAM overlays not rendered for every tile:\n{body[-3000:]}"
             images = page.locator('[data-testid="stImage"] img')
             assert images.count() >= 2 * len(tiles)
+            # every image must load; on a loaded machine the browser may still be fetching some of them
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+                ".every(img => img.complete && img.naturalWidth > 0)",
+                timeout=60_000,
+            )
             assert all(images.nth(i).evaluate("img => img.naturalWidth > 0") for i in range(images.count()))
             cam_captions.first.scroll_into_view_if_needed()
             shot(page, "classify-cams")

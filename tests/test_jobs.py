@@ -93,7 +93,9 @@ def test_submit_trains_to_completion_in_its_own_process():
 def test_killed_process_shows_as_failed_with_the_reason():
     run = jobs.submit(slow_config())
     try:
-        wait_for(lambda: run.status().state == "running" and run.metrics(), 60, "the first epoch")
+        # the epoch's metrics row is written just before its last.pt: wait for both (a loaded machine can take
+        # a while between the two, and a kill in between rightly reports "no checkpoint yet")
+        wait_for(lambda: run.status().state == "running" and run.metrics() and run.last_ckpt.exists(), 60, "epoch 1")
         pid = run.status().pid
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: not jobs.pid_alive(pid), 10, "the process to die")
