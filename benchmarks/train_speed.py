@@ -304,6 +304,10 @@ def main(argv=None) -> int:
             print("error: --device cuda: no CUDA GPU here (use --dry-run to check the CUDA set-up)", file=sys.stderr)
             return 2
     if args.child:
+        if args.child == "ours":  # the malloc settings of every histo_core process (`python -m histo_core train`)
+            from histo_core.runtime import tune_malloc
+
+            tune_malloc()
         fn = run_ours if args.child == "ours" else run_reference
         extra = (args.compile,) if args.child == "ours" else ()
         print(json.dumps(fn(archs[0], args.device, args.threads, args.seconds, *extra)))

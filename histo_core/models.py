@@ -40,14 +40,19 @@ class ArchSpec:
 
 class SimpleCNN(nn.Module):
     """The two-conv network of the TissueMNIST course project: conv 10 and 20 (3x3), 2x2 max-pools,
-    FC 980-100-50-classes at 28 px (980 = 20 * 7 * 7; the FC input scales with the tile size)."""
+    FC 980-100-50-classes at 28 px (980 = 20 * 7 * 7; the FC input scales with the tile size).
+
+    The first block pools before its ReLU: max-pool and ReLU commute (max(relu(a), relu(b)) = relu(max(a, b))),
+    so the function and the parameters are those of conv-ReLU-pool, with a quarter of the elements through the
+    ReLU and its backward (about 10% of a training step at 28 px; benchmarks/RESULTS.md). The second block keeps
+    conv-ReLU-pool so that its ReLU, the Grad-CAM layer, stays at half the input resolution."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 28):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 10, 3, padding=1),
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(10, 20, 3, padding=1),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),

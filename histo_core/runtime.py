@@ -12,10 +12,15 @@ run) and the Streamlit app (app.py). This module must not import torch (a test c
   --cpus-per-task) divided by the training processes that share them: the CPU training slots
   ($HISTO_MAX_RUNS_CPU, histo_core/slots.py) or torchrun's processes per node ($LOCAL_WORLD_SIZE).
 
-- glibc's malloc: a fixed mmap threshold (MALLOC_MMAP_THRESHOLD), so that tensors of a megabyte or more are
+- glibc's malloc: a fixed mmap threshold (MALLOC_MMAP_THRESHOLD), so that tensors of 8 MB or more are
   always mapped and handed back to the system when freed. By default glibc raises the threshold to the size of the
   largest block freed so far (up to 32 MB): after the first batch every activation tensor came from the heap, and
   the heap kept a few hundred MB of freed, fragmented memory (benchmarks/RESULTS.md, "Peak memory training").
+  Not lower than 8 MB: a mapped block is zero-filled page by page on first touch every time, and at 1 MB the
+  page faults of a 28 px batch's 1-4 MB activations cost about a fifth of a simplecnn training step; at 96 px the
+  large activations (12-50 MB a batch) are still mapped and returned. The trim threshold (32 MB of free memory
+  kept at the top of the heap) is for the same reason: at 4 MB every step gave its 4 MB activations back and
+  faulted them in again (simplecnn at 28 px: 27.5 -> 21.5 ms a step, glibc's own defaults 24-26 ms).
 
 Values the user set in the environment are kept (except torchrun's blanket OMP_NUM_THREADS=1); `--threads N`
 (TrainConfig.threads) overrides the thread count.
@@ -74,8 +79,8 @@ def thread_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-MMAP_THRESHOLD = 1 << 20  # bytes: allocations from this size on are mapped, and unmapped when freed
-TRIM_THRESHOLD = 4 << 20  # bytes of free memory at the top of the heap handed back to the system
+MMAP_THRESHOLD = 8 << 20  # bytes: allocations from this size on are mapped, and unmapped when freed
+TRIM_THRESHOLD = 32 << 20  # bytes of free memory at the top of the heap handed back to the system
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 

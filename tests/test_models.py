@@ -95,3 +95,26 @@ def test_registry_entries_are_consistent():
         assert spec.name == name and spec.min_size <= 28 <= spec.max_size
         model = build_model(name, 2, 3, max(spec.min_size, 28))
         assert hasattr(model, spec.head_attr)
+
+
+def test_simplecnn_pool_before_relu_is_the_course_projects_function():
+    """SimpleCNN's first block pools before its ReLU (faster); outputs and weight gradients must equal those of
+    the textbook conv-ReLU-pool order with the same weights, and state-dict keys must not move (old runs)."""
+    torch.manual_seed(0)
+    model = build_model("simplecnn", 9, 3, 28)
+    assert [k for k in model.state_dict() if k.startswith("features")] == [
+        "features.0.weight",
+        "features.0.bias",
+        "features.3.weight",
+        "features.3.bias",
+    ]
+    f = model.features
+    textbook = torch.nn.Sequential(f[0], torch.nn.ReLU(), torch.nn.MaxPool2d(2), *list(f)[3:], model.head)
+    x = torch.randn(4, 3, 28, 28)
+    out, ref = model(x), textbook(x)
+    assert torch.allclose(out, ref, atol=1e-6)
+    g = torch.autograd.grad(out.square().sum(), f[0].weight)[0]
+    g_ref = torch.autograd.grad(ref.square().sum(), f[0].weight)[0]
+    assert torch.allclose(g, g_ref, atol=1e-5)
+    assert isinstance(f[1], torch.nn.MaxPool2d) and isinstance(f[2], torch.nn.ReLU)
+    assert cam_target_layer(model, "simplecnn", 28) is f[4] and isinstance(f[4], torch.nn.ReLU)

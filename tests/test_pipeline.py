@@ -215,3 +215,16 @@ def test_ood_colour_features_blockwise_and_from_uint8(monkeypatch):
     a = ood.calibrate(x01, None, "")
     b = ood.calibrate(None, None, "", features=ood.colour_features_uint8(tiles, None, None))
     assert a["colour_threshold"] == pytest.approx(b["colour_threshold"])
+
+
+def test_to_float01_channels_last_is_the_same_batch_in_the_models_memory_order():
+    tiles = _tiles(6)
+    plain = P.to_float01(tiles, "cpu")
+    cl = P.to_float01(tiles, "cpu", channels_last=True)
+    assert torch.equal(plain, cl) and plain.is_contiguous()
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    resized = P.to_float01(tiles, "cpu", 16, channels_last=True)
+    assert resized.shape[-1] == 16 and resized.is_contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(3)
+    flipped = P.augment_batch(cl, Augment(flip=True), gen)
+    assert torch.equal(flipped, P.augment_batch(plain, Augment(flip=True), torch.Generator().manual_seed(3)))

@@ -188,10 +188,11 @@ class Trainer:
 
     def prepare_batch(self, tiles_uint8: torch.Tensor, train: bool) -> torch.Tensor:
         """The steps of `pipeline.to_model_input`, with augmentation after stain normalisation when training."""
-        x = stain.normalize_batch(pipeline.to_float01(tiles_uint8, self.device, self.data.input_size), self.data.stain)
+        x = pipeline.to_float01(tiles_uint8, self.device, self.data.input_size, channels_last=self.channels_last)
+        x = stain.normalize_batch(x, self.data.stain)
         if train:
             x = pipeline.augment_batch(x, self.config.augment, self.aug_gen)
-        x = (x - self.mean_t) / self.std_t
+        x = x.sub_(self.mean_t).div_(self.std_t)  # x is this batch's own float copy
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # -- steps -----------------------------------------------------------------------------------------
