@@ -277,8 +277,57 @@ def test_each_optimizer_and_loss_trains_a_step(optimizer, loss):
     row = tr.train_epoch()
     assert math.isfinite(row["train_loss"]) and row["epoch"] == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
-    assert type(tr.optimizer).__name__.lower() == optimizer
+    assert type(tr.optimizer).__name__.lower() == f"eager{optimizer}"  # the stock class minus dynamo's hooks
     assert tr.optimizer.defaults["fused"] is True  # one fused kernel (measured faster on CPU than torch's default)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_eager_optimizer_updates_exactly_like_the_stock_class(name, fused):
+    from histo_core.training.device import eager_optimizer_class
+
+    stock_cls = getattr(torch.optim, name)
+    kwargs = {"lr": 0.01, "weight_decay": 1e-3, "fused": fused}
+    if name == "SGD":
+        kwargs.update(momentum=0.9, nesterov=True)
+    params = {}
+    for cls in (stock_cls, eager_optimizer_class(stock_cls)):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+        opt = cls(model.parameters(), **kwargs)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=6)
+        for step in range(5):
+            gen = torch.Generator().manual_seed(step)
+            opt.zero_grad(set_to_none=True)
+            model(torch.randn(8, 6, generator=gen)).square().mean().backward()
+            opt.step()
+            sched.step()
+        params[cls] = [p.detach().clone() for p in model.parameters()]
+        saved = opt.state_dict()
+        stock_cls(model.parameters(), **kwargs).load_state_dict(saved)  # checkpoints interchange
+    eager = eager_optimizer_class(stock_cls)
+    assert issubclass(eager, stock_cls) and eager is eager_optimizer_class(stock_cls)
+    assert all(torch.equal(a, b) for a, b in zip(params[stock_cls], params[eager]))
+    assert not torch.equal(params[eager][0], torch.nn.Linear(6, 4).weight)
+
+
+@pytest.mark.slow
+def test_a_training_process_that_does_not_compile_never_imports_dynamo():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from histo_core import training as T\n"
+        "from tests.test_train import quick_config, _trainer\n"
+        "tr = _trainer(quick_config(max_train_samples=64, batch_size=32))\n"
+        "tr.train_epoch(); tr.optimizer.state_dict(); tr.optimizer.load_state_dict(tr.optimizer.state_dict())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo'))[:3])\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_fused_optimizer_can_be_turned_off(monkeypatch):

@@ -34,6 +34,36 @@ def fused_optimizer_ok(model: nn.Module) -> bool:
     return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
 
 
+_EAGER_CLASSES: dict[type, type] = {}
+
+
+def eager_optimizer_class(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """`cls` with the dynamo hooks of torch.optim taken off, for processes that do not compile.
+
+    torch.optim wraps `step` (to place graph breaks for torch.compile) and `zero_grad`, `add_param_group`,
+    `state_dict`, `load_state_dict` (torch._disable_dynamo) in functions that import torch._dynamo on first call:
+    about 150 MB of resident memory and several seconds of start-up in a process that never compiles. Outside a
+    compiled region those wrappers only call the function they wrap (step under no_grad), so the subclass calls
+    the wrapped functions directly: same maths, same state dicts (tests/test_train.py compares the parameters
+    after several steps with the stock class). A run with --compile uses the stock class."""
+    if cls not in _EAGER_CLASSES:
+        import inspect
+
+        from torch.optim import Optimizer
+
+        raw_step = inspect.unwrap(cls.step)
+
+        def step(self, closure=None):
+            with torch.no_grad():
+                return raw_step(self, closure)
+
+        members: dict[str, object] = {"step": step, "__doc__": f"{cls.__name__} without torch._dynamo."}
+        for name in ("zero_grad", "add_param_group", "state_dict", "load_state_dict"):
+            members[name] = inspect.unwrap(getattr(Optimizer, name))
+        _EAGER_CLASSES[cls] = type(f"Eager{cls.__name__}", (cls,), members)
+    return _EAGER_CLASSES[cls]
+
+
 def compile_cache_dir() -> Path:
     """Where inductor keeps compiled kernels and FX graphs between runs: $TORCHINDUCTOR_CACHE_DIR, else
     <data dir>/torchinductor (next to the dataset cache, so it survives reboots, unlike /tmp)."""

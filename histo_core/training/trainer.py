@@ -29,7 +29,7 @@ from histo_core.models import build_model, get_arch, head_module, set_backbone_t
 from histo_core.noise import batch_noise
 from histo_core.predict import InputSpec, predict_tiles
 from histo_core.training.data import TrainData, uses_mlp_head
-from histo_core.training.device import compile_module, fused_optimizer_ok
+from histo_core.training.device import compile_module, eager_optimizer_class, fused_optimizer_ok
 from histo_core.training.distributed import sum_over_ranks
 
 
@@ -123,8 +123,12 @@ class Trainer:
         # fused: one kernel for all parameters (CPU and CUDA); measured faster than the per-parameter loop that
         # torch picks by default on CPU (benchmarks/RESULTS.md, "Speed II")
         fused: dict[str, Any] = {"fused": True} if fused_optimizer_ok(self.model) else {}
+
+        def plain(c: type[torch.optim.Optimizer]) -> Any:  # torch._dynamo only in a process that compiles
+            return c if cfg.compile else eager_optimizer_class(c)
+
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(
+            return plain(torch.optim.SGD)(
                 groups,
                 lr=cfg.lr,
                 momentum=cfg.momentum,
@@ -133,7 +137,7 @@ class Trainer:
                 **fused,
             )
         cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+        return plain(cls)(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
     def _build_scheduler(self) -> Any:
         cfg = self.config
