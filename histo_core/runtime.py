@@ -20,7 +20,9 @@ run) and the Streamlit app (app.py). This module must not import torch (a test c
   page faults of a 28 px batch's 1-4 MB activations cost about a fifth of a simplecnn training step; at 96 px the
   large activations (12-50 MB a batch) are still mapped and returned. The trim threshold (32 MB of free memory
   kept at the top of the heap) is for the same reason: at 4 MB every step gave its 4 MB activations back and
-  faulted them in again (simplecnn at 28 px: 27.5 -> 21.5 ms a step, glibc's own defaults 24-26 ms).
+  faulted them in again (simplecnn at 28 px: 27.5 -> 21.5 ms a step, glibc's own defaults 24-26 ms). A trainer
+  on tiles of at most 32 px raises both (32 MB / 64 MB, `tune_malloc(tile_px=...)`): its activations are small
+  enough for the heap to keep (resnet18 at 28 px has 25 MB ones).
 
 Values the user set in the environment are kept (except torchrun's blanket OMP_NUM_THREADS=1); `--threads N`
 (TrainConfig.threads) overrides the thread count.
@@ -81,12 +83,18 @@ def thread_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 MMAP_THRESHOLD = 8 << 20  # bytes: allocations from this size on are mapped, and unmapped when freed
 TRIM_THRESHOLD = 32 << 20  # bytes of free memory at the top of the heap handed back to the system
+# Training on tiles of at most SMALL_TILE_PX: a batch's activations are at most a few tens of MB and recur every
+# step, so the heap keeps them (glibc's largest mmap threshold) instead of faulting them in again each step
+# (resnet18 at 28 px: 25 MB activations; RESULTS.md, "Speed II").
+SMALL_TILE_PX = 32
+SMALL_TILE_THRESHOLDS = (32 << 20, 64 << 20)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 
-def tune_malloc(env=None) -> bool:
-    """Fix glibc malloc's mmap and trim thresholds (see the module doc); True when applied. Skipped when the user
-    set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ or glibc.malloc tunables, and where there is no glibc."""
+def tune_malloc(env=None, tile_px: int | None = None) -> bool:
+    """Fix glibc malloc's mmap and trim thresholds (see the module doc; `tile_px`: the size of the tiles a training
+    process trains on, once known); True when applied. Skipped when the user set MALLOC_MMAP_THRESHOLD_ /
+    MALLOC_TRIM_THRESHOLD_ or glibc.malloc tunables, and where there is no glibc."""
     env = os.environ if env is None else env
     if any(k in env for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or "glibc.malloc" in env.get(
         "GLIBC_TUNABLES", ""
@@ -100,7 +108,9 @@ def tune_malloc(env=None) -> bool:
         libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl's mallopt does nothing)
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    small = tile_px is not None and tile_px <= SMALL_TILE_PX
+    mmap_threshold, trim_threshold = SMALL_TILE_THRESHOLDS if small else (MMAP_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
 def configure_process() -> int:

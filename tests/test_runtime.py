@@ -100,3 +100,33 @@ def test_tune_malloc_fixes_the_thresholds_unless_the_user_set_them():
     assert runtime.tune_malloc({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}) is False
     if platform.libc_ver()[0] == "glibc":
         assert runtime.tune_malloc({}) is True
+
+
+def test_trainer_keeps_small_tile_activations_in_the_heap(monkeypatch):
+    """A CPU trainer re-tunes malloc for its tile size: 32/64 MB thresholds up to 32 px, 8/32 MB above."""
+    from histo_core import runtime
+    from histo_core import training as T
+    from tests.test_train import _trainer, quick_config
+
+    seen = []
+    monkeypatch.setattr(runtime, "tune_malloc", lambda env=None, tile_px=None: seen.append(tile_px) or True)
+    _trainer(quick_config(max_train_samples=32, batch_size=16))
+    assert seen and seen[-1] == 28 and T.Trainer is not None
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+        gnu_get_libc_version = None
+
+    monkeypatch.undo()
+    import ctypes
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    assert runtime.tune_malloc({}, tile_px=28) is True
+    assert runtime.tune_malloc({}, tile_px=96) is True
+    assert runtime.tune_malloc({}) is True
+    assert calls == [(-3, 32 << 20), (-1, 64 << 20), (-3, 8 << 20), (-1, 32 << 20), (-3, 8 << 20), (-1, 32 << 20)]
