@@ -44,7 +44,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_speed.py --json
 	$(BIN)/python benchmarks/infer_speed.py --json
-	$(BIN)/python benchmarks/pcam_memory.py --json
+	$(BIN)/python benchmarks/pcam_memory.py --json --tiles 10000,20000
 	$(BIN)/python benchmarks/busy_machine.py --json --epochs 5
 
 clean:
