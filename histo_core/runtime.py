@@ -6,8 +6,9 @@ when the library loads, so every training and inference process calls `configure
 run) and the Streamlit app (app.py). This module must not import torch (a test checks it).
 
 - OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. With one CPU-bound process beside it,
-  a 2-thread training step under the default (spinning) policy ran several times slower; passive costs nothing
-  measurable on an idle machine (benchmarks/RESULTS.md, "Busy machines").
+  a 2-thread training step under the default (spinning) policy ran several times slower; on an idle machine
+  passive gave up about a fifth on the small default model (thread wake-ups per operator), a cost kept for the
+  3-4x it saves as soon as anything else runs (benchmarks/RESULTS.md, "Busy machines" and "On an idle machine").
 - Threads: the cores this process may run on (os.sched_getaffinity: taskset, cgroups cpusets, Slurm's
   --cpus-per-task) divided by the training processes that share them: the CPU training slots
   ($HISTO_MAX_RUNS_CPU, histo_core/slots.py) or torchrun's processes per node ($LOCAL_WORLD_SIZE).
