@@ -36,11 +36,6 @@ lint: $(STAMP)
 test-browser: $(STAMP)
 	HISTO_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m browser
 
-lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
-
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_speed.py --json
 	$(BIN)/python benchmarks/infer_speed.py --json
