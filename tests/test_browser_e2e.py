@@ -38,6 +38,15 @@ def _require_browser():
     return pytest.importorskip("playwright.sync_api")
 
 
+def wait_images_loaded(page, timeout_s: float = 60) -> None:
+    """Every st.image on the page has loaded (on a loaded machine the browser may still be fetching some)."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)",
+        timeout=timeout_s * 1000,
+    )
+
+
 def wait_idle(page, timeout_s: float = 120) -> None:
     """Wait until Streamlit has rendered the app and finished running the script."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
@@ -163,12 +172,7 @@ def test_user_journey(tmp_path, shared_data):
             assert cam_captions.count() >= len(tiles), f"Grad-CAM overlays not rendered for every tile:\n{body[-3000:]}"
             images = page.locator('[data-testid="stImage"] img')
             assert images.count() >= 2 * len(tiles)
-            # every image must load; on a loaded machine the browser may still be fetching some of them
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
-                ".every(img => img.complete && img.naturalWidth > 0)",
-                timeout=60_000,
-            )
+            wait_images_loaded(page)
             assert all(images.nth(i).evaluate("img => img.naturalWidth > 0") for i in range(images.count()))
             cam_captions.first.scroll_into_view_if_needed()
             shot(page, "classify-cams")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
-from tests.test_browser_e2e import ARTIFACTS, _require_browser, goto, shot, wait_idle
+from tests.test_browser_e2e import ARTIFACTS, _require_browser, goto, shot, wait_idle, wait_images_loaded
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -94,6 +94,7 @@ def test_feature_map_scatter_and_lasso_selection(tmp_path, trained_pathmnist_run
             assert captions.count() == min(n, 48)
             images = page.locator('[data-testid="stImage"] img')
             assert images.count() >= min(n, 48)
+            wait_images_loaded(page)
             assert all(images.nth(i).evaluate("img => img.naturalWidth > 0") for i in range(images.count()))
             assert page.locator('[data-testid="stException"]').count() == 0
             shot(page, "feature-map-selection")
