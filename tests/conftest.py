@@ -6,8 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
+# Imported here, before the tests' process guard, because their first import starts a process: torch runs
+# ldconfig; matplotlib (imported by pytorch-grad-cam) runs fc-list when it builds its font cache, as on a fresh
+# machine, so without this a test's outcome depended on which test ran first.
+import matplotlib.font_manager  # noqa: F401
 import pytest
-import torch  # noqa: F401  (its first import runs ldconfig: done here, before the tests' process guard)
+import torch  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
