@@ -89,8 +89,14 @@ def main() -> None:
     print(f"{args.folds}-fold cross-validated accuracy: {cv_acc:.3f}", file=sys.stderr)
 
     model, meta = fit_arrays(cfg, images, labels, classes=classes)
-    seen = stain.normalize_batch(pipeline.to_float01(images, "cpu"), meta.get("stain"))
-    calibration = ood.calibrate(seen, oof, f"{args.folds}-fold out-of-fold")
+    given = pipeline.to_float01(images, "cpu")
+    seen = stain.normalize_batch(given, meta.get("stain"))
+    calibration = ood.calibrate(
+        seen,
+        oof,
+        f"{args.folds}-fold out-of-fold",
+        input_features=ood.colour_features(given) if meta.get("stain") else None,
+    )
     meta["dataset"] = {
         "name": "pathmnist",
         "title": "PathMNIST (real tiles of pathmnist-mini, 28 px)",
@@ -166,7 +172,7 @@ def main() -> None:
             }
             for k, v in real.items()
         },
-        "ood": {k: v for k, v in calibration.items() if not k.startswith("colour_mean") and k != "colour_icov"},
+        "ood": {k: v for k, v in calibration.items() if not k.endswith(("_mean", "_icov"))},
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(out_dir / f"{args.name}.json", card)

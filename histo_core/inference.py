@@ -324,8 +324,18 @@ def ood_flags(meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None
     """Per tile: True where it looks unlike the training tiles (histo_core.ood); None without a calibration."""
     from histo_core.ood import flag_tiles
 
-    found = flag_tiles(meta.ood, probs, None if tiles_uint8 is None else model_view(tiles_uint8, meta))
+    if tiles_uint8 is None:
+        found = flag_tiles(meta.ood, probs, None)
+    else:
+        found = flag_tiles(meta.ood, probs, model_view(tiles_uint8, meta), _as_given(tiles_uint8, meta))
     return None if found is None else found[0]
+
+
+def _as_given(tiles_uint8: np.ndarray, meta: ModelMeta) -> torch.Tensor | None:
+    """The tiles before stain normalisation, for the flag's input-colour check (None: the model has none)."""
+    from histo_core.pipeline import to_float01
+
+    return to_float01(np.asarray(tiles_uint8), "cpu") if meta.stain else None
 
 
 def predict(
@@ -453,7 +463,7 @@ def classify_uploads(
         tiles = np.stack([r.tile for r in good if r.tile is not None])
         view = model_view(tiles, loaded.meta)  # stain-normalised once: shown, checked and classified
         probs = predict(loaded, view, tta=tta, batch_size=batch_size)
-        flagged = flag_tiles(loaded.meta.ood, probs, view)
+        flagged = flag_tiles(loaded.meta.ood, probs, view, _as_given(tiles, loaded.meta))
         seen = (view * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i, (r, p) in enumerate(zip(good, probs)):
             r.probs = p

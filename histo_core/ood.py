@@ -8,8 +8,12 @@ Two checks, both calibrated when the model is made and stored in its card:
   (validation split, else test split). Catches tissue the model cannot place.
 - colour: the tile's colour statistics, as the model sees them (after stain normalisation), are further from
   the training tiles' (Mahalanobis distance over per-channel means, standard deviations and inter-channel
-  correlations) than 99% of the training tiles. Catches inputs a classifier is confidently wrong about:
-  blank or saturated images, noise, other stains, non-tissue pictures.
+  correlations) than 99% of the training tiles, by a margin. Catches inputs a classifier is confidently wrong
+  about: blank or saturated images, noise, other stains, non-tissue pictures.
+- input colour (models trained with stain normalisation): the same check on the tile as it was given, before
+  normalisation, against the training tiles as they were given. Normalisation maps almost anything to
+  plausible H&E colours (a tile of random noise becomes a uniform stain the model reads as background), so
+  the check after normalisation alone would miss what only the original shows.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import torch
 
 CONFIDENCE_QUANTILE = 0.05
 COLOUR_QUANTILE = 0.99
-COLOUR_MARGIN = 1.5
-SHRINKAGE = 0.2  # towards the diagonal: a steadier covariance from a few hundred tiles  # the distance threshold is this many times the training tiles' 99th percentile
+COLOUR_MARGIN = 1.5  # the distance threshold is this many times the training tiles' 99th percentile
+SHRINKAGE = 0.2  # towards the diagonal: a steadier covariance from a few hundred tiles
 
 
 COLOUR_BLOCK = 256  # tiles per block: the intermediates stay small whatever the sample size
@@ -72,32 +76,39 @@ def _mahalanobis(feats: np.ndarray, mean: np.ndarray, icov: np.ndarray) -> np.nd
     return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, icov, d), 0.0))
 
 
+def _colour_calibration(feats: np.ndarray, prefix: str) -> dict[str, Any]:
+    mean = feats.mean(0)
+    cov = np.cov(feats, rowvar=False)
+    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.diag(np.diag(cov)) + np.eye(feats.shape[1]) * 1e-4
+    icov = np.linalg.inv(cov)
+    dist = _mahalanobis(feats, mean, icov)
+    return {
+        f"{prefix}_mean": mean.tolist(),
+        f"{prefix}_icov": icov.tolist(),
+        f"{prefix}_threshold": float(np.quantile(dist, COLOUR_QUANTILE) * COLOUR_MARGIN),
+        f"{prefix}_tiles": int(len(feats)),
+    }
+
+
 def calibrate(
     train_tiles01: torch.Tensor | None,
     heldout_probs: np.ndarray | None,
     split: str,
     *,
     features: np.ndarray | None = None,
+    input_features: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The flag's thresholds: colour statistics of (a sample of) the training tiles as the model sees them
-    (float tiles `train_tiles01`, or their `features` from colour_features_uint8), and the confidence quantile
-    of held-out predictions (`heldout_probs`, None when there is no held-out split)."""
+    (float tiles `train_tiles01`, or their `features` from colour_features_uint8), of the same tiles before
+    stain normalisation (`input_features`, for a model trained with it), and the confidence quantile of
+    held-out predictions (`heldout_probs`, None when there is no held-out split)."""
     if features is None:
         if train_tiles01 is None:
             raise ValueError("calibrate needs the training tiles or their colour features")
         features = colour_features(train_tiles01)
-    feats = features
-    mean = feats.mean(0)
-    cov = np.cov(feats, rowvar=False)
-    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.diag(np.diag(cov)) + np.eye(feats.shape[1]) * 1e-4
-    icov = np.linalg.inv(cov)
-    dist = _mahalanobis(feats, mean, icov)
-    out: dict[str, Any] = {
-        "colour_mean": mean.tolist(),
-        "colour_icov": icov.tolist(),
-        "colour_threshold": float(np.quantile(dist, COLOUR_QUANTILE) * COLOUR_MARGIN),
-        "colour_tiles": int(len(feats)),
-    }
+    out = _colour_calibration(features, "colour")
+    if input_features is not None:
+        out.update(_colour_calibration(input_features, "input_colour"))
     if heldout_probs is not None and len(heldout_probs):
         conf = np.asarray(heldout_probs).max(1)
         out.update(
@@ -109,31 +120,43 @@ def calibrate(
 
 
 def flag_tiles(
-    calib: dict[str, Any] | None, probs: np.ndarray, tiles01: torch.Tensor | None
+    calib: dict[str, Any] | None,
+    probs: np.ndarray,
+    tiles01: torch.Tensor | None,
+    input01: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, list[str | None]] | None:
-    """Per tile, whether it looks unlike the training tiles, and why (None where it does not). None when the
-    model has no calibration (older runs)."""
+    """Per tile, whether it looks unlike the training tiles, and why (None where it does not). `tiles01`: the
+    tiles as the model sees them; `input01`: as given, before stain normalisation (checked when the
+    calibration has input colours). None when the model has no calibration (older runs)."""
     if not calib:
         return None
     n = len(probs)
     flags = np.zeros(n, bool)
     reasons: list[str | None] = [None] * n
+
+    def flag(i: int, why: str) -> None:
+        flags[i] = True
+        reasons[i] = f"{reasons[i]}; {why}" if reasons[i] else why
+
     threshold = calib.get("confidence_threshold")
     if threshold is not None:
         conf = np.asarray(probs).max(1)
         for i in np.flatnonzero(conf < threshold):
-            flags[i] = True
-            reasons[i] = (
+            flag(
+                i,
                 f"confidence {conf[i]:.2f} is lower than on 95% of the model's own "
-                f"{calib.get('confidence_split', 'held-out')} tiles ({threshold:.2f})"
+                f"{calib.get('confidence_split', 'held-out')} tiles ({threshold:.2f})",
             )
-    if tiles01 is not None and calib.get("colour_mean") is not None:
-        feats = colour_features(tiles01)
-        mean, icov = np.asarray(calib["colour_mean"]), np.asarray(calib["colour_icov"])
+    checks = (
+        (tiles01, "colour", "colours and contrast unlike the training tiles"),
+        (input01, "input_colour", "colours and contrast unlike the training tiles even before stain normalisation"),
+    )
+    for tiles, prefix, why in checks:
+        if tiles is None or calib.get(f"{prefix}_mean") is None:
+            continue
+        feats = colour_features(tiles)
+        mean, icov = np.asarray(calib[f"{prefix}_mean"]), np.asarray(calib[f"{prefix}_icov"])
         if feats.shape[1] == len(mean):
-            dist = _mahalanobis(feats, mean, icov)
-            for i in np.flatnonzero(dist > calib["colour_threshold"]):
-                flags[i] = True
-                why = "colours and contrast unlike the training tiles"
-                reasons[i] = f"{reasons[i]}; {why}" if reasons[i] else why
+            for i in np.flatnonzero(_mahalanobis(feats, mean, icov) > calib[f"{prefix}_threshold"]):
+                flag(i, why)
     return flags, reasons

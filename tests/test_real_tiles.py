@@ -198,8 +198,9 @@ def save_model(path: Path, **extra) -> dict:
     model = build_model("simplecnn", 3, 3, 28)
     tiles = np.stack([he_tile(s, 28) for s in range(60)])
     ref = stain.fit_reference("macenko", tiles)
-    seen = stain.normalize_batch(torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255, ref)
-    calib = ood.calibrate(seen, None, "")  # an untrained model: the colour check alone
+    given = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
+    seen = stain.normalize_batch(given, ref)
+    calib = ood.calibrate(seen, None, "", input_features=ood.colour_features(given))  # untrained: colour checks only
     meta = {
         "arch": "simplecnn",
         "num_classes": 3,
@@ -241,6 +242,23 @@ def test_unlike_training_flag_fires_on_noise_and_not_on_tissue(tmp_path):
     assert results[0].unlike_training and "unlike the training tiles" in results[0].unlike_training
     assert results[1].unlike_training is None
     assert results[1].model_view is not None and results[1].model_view.shape == (28, 28, 3)
+
+
+def test_input_colour_check_sees_what_normalisation_hides():
+    """A stain-normalised model checks the tile as given too: normalisation can turn noise into a plausible
+    stain, which the check on the model's view alone misses."""
+    given = torch.from_numpy(np.stack([he_tile(s, 28) for s in range(40)])).permute(0, 3, 1, 2).float() / 255
+    seen = given * 0.9  # stands for the normalised tiles
+    calib = ood.calibrate(seen, None, "", input_features=ood.colour_features(given))
+    assert calib["input_colour_tiles"] == 40 and calib["input_colour_threshold"] > 0
+    noise = torch.from_numpy(np.random.default_rng(0).random((2, 3, 28, 28), dtype=np.float32))
+    looks_fine = seen[:2]  # what the model sees is in range; what was given is noise
+    probs = np.full((2, 3), 1 / 3)
+    flags, reasons = ood.flag_tiles(calib, probs, looks_fine, torch.cat([noise[:1], given[:1]]))
+    assert flags.tolist() == [True, False]
+    assert reasons[0] == "colours and contrast unlike the training tiles even before stain normalisation"
+    assert not ood.flag_tiles(calib, probs, looks_fine)[0].any()  # the input check needs the input
+    assert "input_colour_mean" not in ood.calibrate(seen, None, "")  # no normalisation: no input check
 
 
 def test_confidence_check_uses_the_held_out_quantile():

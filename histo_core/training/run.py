@@ -341,12 +341,14 @@ def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: d
 
 def ood_calibration(data: TrainData, heldout: dict[str, np.ndarray]) -> dict[str, Any]:
     """The "unlike the training tiles" thresholds (histo_core.ood): colour statistics of the training tiles as
-    the model sees them, and the confidence on the validation split (else the test split)."""
+    the model sees them (and, with stain normalisation, as given), and the confidence on the validation split
+    (else the test split)."""
     split = "val" if "val" in heldout else "test" if "test" in heldout else None
     limit = pipeline.LAZY_CHUNK if data.train.streamed else 2000  # streamed: one contiguous chunk, one read
     sample = data.train.read_range(0, min(len(data.train), limit))
     feats = ood.colour_features_uint8(sample, data.input_size, data.stain)  # block by block: no float copy of all
-    return ood.calibrate(None, heldout.get(split) if split else None, split or "", features=feats)
+    given = ood.colour_features_uint8(sample, data.input_size, None) if data.stain else None
+    return ood.calibrate(None, heldout.get(split) if split else None, split or "", features=feats, input_features=given)
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
