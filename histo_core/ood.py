@@ -143,7 +143,7 @@ def flag_tiles(
         conf = np.asarray(probs).max(1)
         for i in np.flatnonzero(conf < threshold):
             flag(
-                i,
+                int(i),
                 f"confidence {conf[i]:.2f} is lower than on 95% of the model's own "
                 f"{calib.get('confidence_split', 'held-out')} tiles ({threshold:.2f})",
             )
@@ -158,5 +158,5 @@ def flag_tiles(
         mean, icov = np.asarray(calib[f"{prefix}_mean"]), np.asarray(calib[f"{prefix}_icov"])
         if feats.shape[1] == len(mean):
             for i in np.flatnonzero(_mahalanobis(feats, mean, icov) > calib[f"{prefix}_threshold"]):
-                flag(i, why)
+                flag(int(i), why)
     return flags, reasons
