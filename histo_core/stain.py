@@ -18,9 +18,11 @@ channel are tissue; the plane of the two largest eigenvectors of their OD covari
 vectors, found at the alpha / 100 - alpha percentiles of the angle in that plane; concentrations are
 rescaled so their 99th percentile matches the reference's, and recomposed with the reference's stain
 vectors. Concentrations are clamped at zero (a pixel holds no negative dye: without the clamp, a pale tile
-whose 99th percentile is tiny had its negative values magnified into white with black specks). A tile with fewer than MIN_TISSUE_FRACTION tissue pixels gets default H&E vectors (its own estimate
-would be noise) and is rescaled like any other, as in the normalisation NCT-CRC-HE-100K went through; white
-glass (OD <= 0) stays white.
+whose 99th percentile is tiny had its negative values magnified into white with black specks). A tile with
+fewer than MIN_TISSUE_FRACTION tissue pixels gets default H&E vectors (its own estimate would be noise) and is
+rescaled like any other, as in the normalisation NCT-CRC-HE-100K went through. Bare glass (under
+GLASS_FRACTION of its pixels absorbing in any channel) becomes a uniform tile like the flattest training tiles,
+normalised (reference version 3): for PathMNIST, its background tiles, which are NCT's glass normalised.
 
 Reinhard (Reinhard et al. 2001): per-channel mean and standard deviation in CIELAB matched to the
 reference's (on tissue pixels; background stays white).
@@ -42,7 +44,10 @@ MAX_FIT_TILES = 2000
 WHITE_QUANTILE = 0.999  # the brightest pixels of a tile are taken as its white level (Io) when above IO
 # The Macenko maths a reference was fitted with, saved in it: a run is always normalised the way it was trained.
 # 1 (references without "version"): fixed Io, signed concentrations. 2: each tile's white level, clamped at 0.
-MACENKO_VERSION = 2
+# 3: glass tiles (GLASS_FRACTION) are rendered as uniform stain at the reference's concentrations.
+MACENKO_VERSION = 3
+GLASS_FRACTION = 0.01  # a tile where fewer pixels than this absorb (OD >= beta) in any channel is bare glass
+FLAT_QUANTILE = 0.1  # glass is rendered like this fraction of the training tiles with the least spread in stain
 _DEFAULT_HE = torch.tensor([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])  # Macenko's reference H&E
 
 
@@ -106,19 +111,36 @@ def _macenko(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
     reference's stain vectors, as in the Macenko normalisation NCT-CRC-HE-100K (hence PathMNIST) went through:
     an almost empty tile comes out as the same uniform stain as the background tiles of those sets."""
     n, _, h, w = x01.shape
-    v2 = int(ref.get("version", 1)) >= 2
-    od = _od(x01, white_level=v2)
-    he, max_c = _macenko_estimate(od, _tissue_mask(od), clamp=v2)
+    version = int(ref.get("version", 1))
+    od = _od(x01, white_level=version >= 2)
+    he, max_c = _macenko_estimate(od, _tissue_mask(od), clamp=version >= 2)
     conc = torch.linalg.pinv(he) @ od
-    if v2:
+    if version >= 2:
         conc = conc.clamp_min(0.0)
     ref_he = torch.as_tensor(ref["stain_matrix"], dtype=od.dtype, device=od.device)  # (3, 2)
     ref_max = torch.as_tensor(ref["max_concentration"], dtype=od.dtype, device=od.device)  # (2,)
     conc = conc * (ref_max / max_c).unsqueeze(-1)
+    if version >= 3:
+        # Bare glass has no stain to measure: rescaling its faint texture magnifies dust and uneven light into a
+        # mottled pattern. It becomes a uniform tile like the flattest training tiles (normalised): what NCT's
+        # normalisation made of its glass, PathMNIST's background tiles, when the training set is PathMNIST.
+        glass = (od >= BETA).any(dim=1).to(od.dtype).mean(1) < GLASS_FRACTION  # (N,)
+        flat = torch.as_tensor(ref["glass_concentration"], dtype=od.dtype, device=od.device).view(1, 2, 1)
+        conc = torch.where(glass.view(n, 1, 1), flat.expand_as(conc), conc)
     out = IO * torch.exp(-(ref_he @ conc))  # (N, 3, P) on the 0..255 scale
     out = ((out - 1.0) / 255.0).clamp(0.0, 1.0).reshape(n, 3, h, w)
     usable = torch.isfinite(out).flatten(1).all(1)
     return torch.where(usable.view(n, 1, 1, 1), out.to(x01.dtype), x01)
+
+
+def _flat_concentration(od: torch.Tensor, he: torch.Tensor, max_c: torch.Tensor, ref_max: torch.Tensor) -> torch.Tensor:
+    """(2,) H and E concentrations of a typical pixel of the flattest FLAT_QUANTILE of the tiles (least
+    spread in total optical density), after rescaling to `ref_max`: how a uniform tile looks normalised."""
+    conc = (torch.linalg.pinv(he) @ od).clamp_min(0.0) * (ref_max / max_c).unsqueeze(-1)  # (N, 2, P)
+    total = od.sum(1)  # (N, P)
+    spread = total.std(1) / total.mean(1).clamp_min(1e-6)
+    flattest = spread <= torch.quantile(spread, FLAT_QUANTILE)
+    return conc[flattest].median(dim=2).values.median(dim=0).values
 
 
 # -- CIELAB for Reinhard --------------------------------------------------------------------------------
@@ -197,14 +219,16 @@ def fit_reference(method: str, tiles_uint8: np.ndarray, seed: int = 0) -> dict[s
     # The median of per-tile estimates: the reference is a typical training tile, so normalising a training
     # tile (per tile, like any input) changes it little.
     if method == "macenko":
-        he, max_c = _macenko_estimate(od[usable], mask[usable])
-        he = he.median(dim=0).values
+        tiles_he, tiles_max = _macenko_estimate(od[usable], mask[usable])
+        he = tiles_he.median(dim=0).values
         he = he / he.norm(dim=0, keepdim=True)
+        ref_max = tiles_max.median(dim=0).values
         return {
             "method": "macenko",
             "version": MACENKO_VERSION,
             "stain_matrix": he.tolist(),
-            "max_concentration": max_c.median(dim=0).values.tolist(),
+            "max_concentration": ref_max.tolist(),
+            "glass_concentration": _flat_concentration(od[usable], tiles_he, tiles_max, ref_max).tolist(),
             "fitted_on_tiles": int(usable.sum()),
         }
     mean, std = _lab_stats(rgb_to_lab(x01[usable]), mask[usable])

@@ -169,6 +169,31 @@ def test_glass_brighter_than_the_default_white_level_is_background_stain_not_whi
     assert stain.normalize_uint8(glass[None], v1)[0].reshape(-1, 3).astype(float).mean(0).sum() > 740
 
 
+def test_bare_glass_becomes_uniform_like_the_flattest_training_tiles(shared_data):
+    """Version 3: Kather 2016's EMPTY tiles are glass with a faint texture (uneven light, dust); v2 magnified the
+    texture into a mottled pale stain (read as mucus or adipose). Now any bare glass becomes one uniform colour:
+    that of the flattest training tiles normalised, which on PathMNIST are its background tiles."""
+    from histo_core.datasets import open_dataset
+
+    train = open_dataset(str(shared_data / "pathmnist-mini" / "pathmnist.npz")).split("train")
+    tiles, labels = np.asarray(train.get(np.arange(len(train)))), np.asarray(train.labels)
+    ref = stain.fit_reference("macenko", tiles)
+    assert ref["version"] == 3 and len(ref["glass_concentration"]) == 2
+    background = stain.normalize_uint8(tiles[labels == 1], ref).reshape(-1, 3).astype(float).mean(0)
+    empty = sorted((shared_data / "tiles" / "kather2016" / "08_EMPTY").glob("*.tif"))
+    glass = np.stack([make_tile(np.asarray(Image.open(p).convert("RGB")), 28, 3) for p in empty])
+    out = stain.normalize_uint8(glass, ref).astype(float)
+    assert out.std(axis=(1, 2)).max() < 1.0  # uniform: no magnified texture
+    assert np.abs(out.mean(axis=(1, 2)) - background).max() < 15, (out.mean(axis=(1, 2)), background)
+    v2 = stain.normalize_uint8(glass, {**ref, "version": 2}).astype(float)
+    assert v2.std(axis=(1, 2)).mean() > 5  # what version 2 references still do: the texture, magnified
+    # Tissue is never taken for glass: not the pale eosin-only debris tile, not a mostly empty adipose tile.
+    for cls in ("DEB", "ADI"):
+        path = next((shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM" / cls).iterdir())
+        tile = make_tile(np.asarray(Image.open(path).convert("RGB")), 28, 3)
+        assert stain.normalize_uint8(tile[None], ref).astype(float).std(axis=(1, 2)).max() > 3, cls
+
+
 def test_a_pale_eosin_only_tile_keeps_its_colour(shared_data):
     """NCT-CRC-HE-100K-NONORM's debris tile is uniform pale pink: too little 'tissue' (red OD < beta) for its own
     stain vectors, and a tiny haematoxylin percentile. Negative concentrations, magnified by that percentile,
