@@ -1,16 +1,19 @@
-"""Training on a busy machine: CLI throughput with 0, 1 and 2 competing CPU-bound processes, OpenMP's default
-wait policy against PASSIVE (what every histo_core process now sets before torch loads, histo_core/runtime.py).
+"""Training on a busy machine: CLI throughput with 0, 1 and 2 competing CPU-bound processes under OpenMP wait
+policies: libgomp's default, PASSIVE, and the short spin every histo_core process now sets before torch loads
+(histo_core/runtime.py).
 
 For each load level it starts that many spinning processes (`python -c "while True: pass"`), then runs
 
     python -m histo_core train --dataset ../shared/data/pathmnist-mini/pathmnist.npz --epochs E --no-tta --json
 
-alternating the two policies (default = OMP_WAIT_POLICY empty, which OpenMP treats as unset; passive =
-PASSIVE), and reports the training images/s (from the run's metrics rows) and the command's wall time.
+alternating the policies (default = OMP_WAIT_POLICY empty, which libgomp treats as unset: 300,000 spins;
+passive = OMP_WAIT_POLICY=PASSIVE; spin:N = GOMP_SPINCOUNT=N; histo = what histo_core sets, nothing in the
+environment), and reports the training images/s (from the run's metrics rows) and the command's wall time.
 
-    python benchmarks/busy_machine.py [--json] [--epochs 10] [--loads 0,1,2] [--dataset PATH]
+    python benchmarks/busy_machine.py [--json] [--epochs 10] [--loads 0,1,2] [--policies default,passive,histo]
+                                      [--rounds 1] [--dataset PATH]
 
-Prints one JSON list: [{"competitors", "policy", "img_per_s", "wall_s"}]; figures only, never asserted.
+Prints one JSON list: [{"competitors", "policy", "round", "img_per_s", "wall_s"}]; figures only, never asserted.
 """
 
 from __future__ import annotations
@@ -29,8 +32,16 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "pathmnist-mini" / "pathmnist.n
 
 
 def train_once(dataset: str, epochs: int, policy: str, runs: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env["OMP_WAIT_POLICY"] = "" if policy == "default" else "PASSIVE"
+    drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    if policy == "default":
+        env["OMP_WAIT_POLICY"] = ""
+    elif policy == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif policy.startswith("spin:"):
+        env["GOMP_SPINCOUNT"] = policy.split(":", 1)[1]
+    elif policy != "histo":
+        raise SystemExit(f"error: unknown policy {policy!r} (default, passive, spin:N, histo)")
     cmd = [
         sys.executable,
         "-m",
@@ -63,6 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default=str(DEFAULT_DATA))
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--loads", default="0,1,2", help="numbers of competing CPU-bound processes (default 0,1,2)")
+    p.add_argument("--policies", default="default,passive,histo", help="default, passive, spin:N, histo")
+    p.add_argument("--rounds", type=int, default=1, help="alternations of the policies per load (default 1)")
     args = p.parse_args(argv)
     if not Path(args.dataset).exists() and "/" in args.dataset:
         print(f"error: --dataset {args.dataset}: no such file; give a dataset path or name", file=sys.stderr)
@@ -72,16 +85,18 @@ def main(argv=None) -> int:
         for n in [int(x) for x in args.loads.split(",")]:
             spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
             try:
-                for policy in ("default", "passive"):
-                    row = {
-                        "competitors": n,
-                        "policy": policy,
-                        **train_once(args.dataset, args.epochs, policy, Path(tmp)),
-                    }
-                    results.append(row)
-                    if not args.json:
+                for rnd in range(args.rounds):
+                    for policy in args.policies.split(","):
+                        row = {
+                            "competitors": n,
+                            "policy": policy,
+                            "round": rnd,
+                            **train_once(args.dataset, args.epochs, policy, Path(tmp)),
+                        }
+                        results.append(row)
                         print(
-                            f"{n} competitors  {policy:8s}  {row['img_per_s']:8.1f} img/s  {row['wall_s']:6.1f} s wall",
+                            f"{n} competitors  {policy:10s}  {row['img_per_s']:8.1f} img/s  {row['wall_s']:6.1f} s wall",
+                            file=sys.stderr if args.json else sys.stdout,
                             flush=True,
                         )
             finally:

@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pcam_memory import _pattern_tiles, write_pcam  # noqa: E402
 
+from histo_core.runtime import set_wait_policy  # noqa: E402
+
 
 def child(cmd: list[str], env: dict[str, str]) -> dict:
     t0 = time.perf_counter()
@@ -60,9 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = p.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="embed-memory-"))
-    env = dict(
-        os.environ, OMP_WAIT_POLICY="PASSIVE", HISTO_RUNS_DIR=str(base / "runs"), OMP_NUM_THREADS=str(args.threads)
-    )
+    env = dict(os.environ, HISTO_RUNS_DIR=str(base / "runs"), OMP_NUM_THREADS=str(args.threads))
+    set_wait_policy(env)  # as every histo_core process sets it
     try:
         folder = base / "pcam"
         folder.mkdir()

@@ -108,5 +108,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from histo_core.runtime import set_wait_policy
+
+    set_wait_policy(os.environ)  # as every histo_core process, before torch loads
     raise SystemExit(main())

@@ -24,7 +24,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--compile", action="store_true")
     args = p.parse_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from histo_core.runtime import set_wait_policy
+
+    set_wait_policy(os.environ)  # as every histo_core process, before torch loads
     import torch
     from torch.profiler import ProfilerActivity, profile
     from train_speed import build_ours, synthetic_tiles

@@ -29,8 +29,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--no-channels-last", action="store_true")
     args = p.parse_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from histo_core.runtime import tune_malloc
+    from histo_core.runtime import set_wait_policy, tune_malloc
+
+    set_wait_policy(os.environ)  # as every histo_core process, before torch loads
 
     tuned = tune_malloc(tile_px=args.size)
     import torch

@@ -6,7 +6,8 @@ own child process (imports and compile caches do not leak from one to the next),
 reference per architecture and round, so that a machine-wide slowdown hits both:
 
   ours       histo_core.training.Trainer as `python -m histo_core train` builds it: uint8 tiles resident as one
-             tensor, batches gathered by index, flips batched on the device, channels-last, fused AdamW, and
+             tensor, batches gathered by index, flips batched on the device, channels-last, fused AdamW, bf16
+             autocast where the device computes bf16 natively (CUDA; CPUs with AMX or AVX-512 BF16), and
              torch.compile when --compile is given (off by default: it did not pay on CPU, RESULTS.md);
   reference  the textbook loop: a torch Dataset returning PIL images, RandomHorizontalFlip +
              RandomVerticalFlip + ToTensor + Normalize per item, a DataLoader with batch 128 (no workers),
@@ -78,13 +79,14 @@ def build_ours(arch: str, device: str, threads: int, compile_: bool, tiles, *, b
     import torch
 
     from histo_core import training as T
+    from histo_core.training.device import autocast_dtype
 
     cfg = our_config(arch, device, threads, compile_)
     dev = torch.device(build_device) if build_device else T.setup_device(cfg)
     data = T.build_train_data(cfg, T.array_dataset(*tiles), str(dev), need_test=False)
     trainer = T.Trainer(cfg, data, dev)
-    if build_device and device == "cuda":  # what Trainer sets on a CUDA device
-        trainer.amp_dtype = torch.bfloat16 if cfg.amp else None
+    if build_device:  # what Trainer sets on the device the plan is for
+        trainer.amp_dtype = autocast_dtype(cfg, torch.device(device))
     return trainer, cfg
 
 
@@ -122,7 +124,8 @@ def run_ours(arch: str, device: str, threads: int, seconds: float, compile_: boo
             trainer.train_epoch(on_batch)
     except T.StopRequested:
         pass
-    return _row(clock, time.perf_counter() - t0)
+    amp = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else None
+    return {**_row(clock, time.perf_counter() - t0), "autocast": amp}
 
 
 def _row(clock: dict, elapsed: float) -> dict:
@@ -266,8 +269,10 @@ def _child(kind: str, arch: str, args) -> dict:
         "--seconds",
         str(args.seconds),
     ] + (["--compile"] if args.compile else [])
+    from histo_core.runtime import set_wait_policy
+
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # what every histo_core process sets (histo_core/runtime.py)
+    set_wait_policy(env)  # what every histo_core process sets (histo_core/runtime.py), for both loops
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"error: {kind} {arch} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")

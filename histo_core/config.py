@@ -95,7 +95,7 @@ class TrainConfig:
     min_delta: float = 0.0
     seed: int = 0
     device: Device = "auto"
-    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16 autocast on CUDA, and on CPUs with native bf16 (AMX / AVX-512 BF16)
     channels_last: bool = True  # channels-last memory format (measured faster on CPU and GPU)
     compile: bool = False
     threads: int = 0  # CPU threads; 0 = all cores
@@ -281,7 +281,7 @@ FIELD_HELP: dict[str, str] = {
     "min_delta": "early stopping: smallest change that counts as an improvement",
     "seed": "random seed (same seed, same device and threads -> same results on CPU)",
     "device": "auto (CUDA when present), cpu or cuda",
-    "amp": "bf16 autocast on CUDA (ignored on CPU)",
+    "amp": "bf16 autocast on CUDA, and on CPUs that compute bf16 natively (AMX or AVX-512 BF16); elsewhere fp32",
     "channels_last": "channels-last memory format (measured faster for every architecture, CPU and CUDA)",
     "compile": "torch.compile the model (inductor; kernels cached under <data dir>/torchinductor). Off by default: on 2 CPU cores it did not pay back its compile time (benchmarks/RESULTS.md)",
     "threads": "CPU threads (0 = all cores)",

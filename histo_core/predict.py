@@ -36,7 +36,7 @@ Tiles = np.ndarray | torch.Tensor
 @dataclass(frozen=True)
 class InputSpec:
     """What a model's input needs: normalisation, input size and stain reference (as in its checkpoint),
-    and how to run it (channels-last memory format, autocast dtype on CUDA)."""
+    and how to run it (channels-last memory format, autocast dtype)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -131,8 +131,8 @@ def iter_predictions(
     device = model_device(model)
     size = batch_size or eval_batch_size(spec.input_size, device)
     amp = (
-        torch.autocast(device_type="cuda", dtype=spec.amp_dtype)
-        if spec.amp_dtype is not None and device.type == "cuda"
+        torch.autocast(device_type=device.type, dtype=spec.amp_dtype)
+        if spec.amp_dtype is not None and device.type in ("cuda", "cpu")
         else contextlib.nullcontext()
     )
     model.eval()

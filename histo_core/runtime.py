@@ -1,14 +1,16 @@
 """Process set-up that must happen before torch loads: CPU thread count and OpenMP wait policy.
 
-OpenMP (libgomp, used by torch and by inductor's generated code) reads OMP_WAIT_POLICY and OMP_NUM_THREADS once,
+OpenMP (libgomp, used by torch and by inductor's generated code) reads its wait policy and OMP_NUM_THREADS once,
 when the library loads, so every training and inference process calls `configure_process()` before its first
 `import torch`: `python -m histo_core` (histo_core/__main__.py, which torchrun and the app's job launcher also
 run) and the Streamlit app (app.py). This module must not import torch (a test checks it).
 
-- OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. With one CPU-bound process beside it,
-  a 2-thread training step under the default (spinning) policy ran several times slower; on an idle machine
-  passive gave up about a fifth on the small default model (thread wake-ups per operator), a cost kept for the
-  3-4x it saves as soon as anything else runs (benchmarks/RESULTS.md, "Busy machines" and "On an idle machine").
+- GOMP_SPINCOUNT=3000: an idle OpenMP thread spins a few microseconds for the next parallel region, then
+  sleeps. libgomp's default (300,000 spins per wait) made a 2-thread training step several times slower as soon
+  as one CPU-bound process ran beside it; OMP_WAIT_POLICY=PASSIVE (no spinning, used until 2026-12-03) avoids
+  that but pays a thread wake-up per operator: the default CLI training ran at half its idle-machine speed. The
+  short spin keeps both: 1.9x passive's throughput on an idle machine, 1.06x with one CPU-bound process beside
+  it (benchmarks/RESULTS.md, "Busy machines"). A policy the user set (OMP_WAIT_POLICY or GOMP_SPINCOUNT) is kept.
 - Threads: the cores this process may run on (os.sched_getaffinity: taskset, cgroups cpusets, Slurm's
   --cpus-per-task) divided by the training processes that share them: the CPU training slots
   ($HISTO_MAX_RUNS_CPU, histo_core/slots.py) or torchrun's processes per node ($LOCAL_WORLD_SIZE).
@@ -70,11 +72,21 @@ def default_threads(env=None) -> int:
     return max(1, available_cores() // processes_sharing_cores(env))
 
 
+SPIN_COUNT = "3000"  # GOMP_SPINCOUNT: how long an idle OpenMP thread spins before it sleeps (see the module doc)
+
+
+def set_wait_policy(env) -> None:
+    """Put the OpenMP wait policy in `env` (a dict or os.environ): GOMP_SPINCOUNT=SPIN_COUNT, unless the user
+    set OMP_WAIT_POLICY or GOMP_SPINCOUNT."""
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+
 def thread_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """`env` (default: a copy of os.environ) with OMP_WAIT_POLICY (PASSIVE unless set) and OMP_NUM_THREADS /
+    """`env` (default: a copy of os.environ) with the OpenMP wait policy (`set_wait_policy`) and OMP_NUM_THREADS /
     MKL_NUM_THREADS (`default_threads`) filled in."""
     env = dict(os.environ if env is None else env)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_wait_policy(env)
     threads = str(default_threads(env))
     env["OMP_NUM_THREADS"] = threads
     if _local_world(env) or "MKL_NUM_THREADS" not in env:

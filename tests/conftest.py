@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The suite computes in fp32 on every CPU, so its figures do not depend on the machine; the bf16 path of CPUs
+# with native bf16 has its own tests (tests/test_train.py), which set this themselves.
+os.environ.setdefault("HISTO_CPU_BF16", "0")
 
 
 @pytest.fixture(autouse=True)

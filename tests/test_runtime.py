@@ -26,18 +26,22 @@ def test_default_threads_share_the_available_cores_among_training_slots():
     assert runtime.default_threads({"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "2"}) == max(1, CORES // 2)
 
 
-def test_thread_env_sets_passive_waiting_and_keeps_the_users_policy():
+def test_thread_env_sets_a_short_spin_and_keeps_the_users_policy():
     env = runtime.thread_env({"HISTO_MAX_RUNS_CPU": "2"})
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == str(max(1, CORES // 2))
-    assert runtime.thread_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert env["GOMP_SPINCOUNT"] == runtime.SPIN_COUNT and "OMP_WAIT_POLICY" not in env  # a set policy wins
+    assert env["OMP_NUM_THREADS"] == str(max(1, CORES // 2))
+    for users in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "50"}):
+        env = runtime.thread_env(users)
+        assert {k: env.get(k) for k in users} == users and len({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(env)) == 1
 
 
-def test_job_launcher_child_env_has_threads_and_passive_policy(monkeypatch):
+def test_job_launcher_child_env_has_threads_and_wait_policy(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("HISTO_MAX_RUNS_CPU", "2")
     env = procs.child_env()
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == str(max(1, CORES // 2))
+    assert env["GOMP_SPINCOUNT"] == runtime.SPIN_COUNT and env["OMP_NUM_THREADS"] == str(max(1, CORES // 2))
 
 
 @pytest.mark.slow
@@ -53,7 +57,7 @@ import builtins, os, runpy, sys
 real = builtins.__import__
 def probe(name, *args, **kwargs):
     if name == "torch" and "torch" not in sys.modules:
-        print("AT_TORCH", os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OMP_NUM_THREADS"), flush=True)
+        print("AT_TORCH", os.environ.get("GOMP_SPINCOUNT"), os.environ.get("OMP_NUM_THREADS"), flush=True)
     return real(name, *args, **kwargs)
 builtins.__import__ = probe
 sys.argv = ["histo_core"] + sys.argv[1:]
@@ -63,7 +67,8 @@ runpy.run_module("histo_core", run_name="__main__", alter_sys=True)
 
 @pytest.mark.slow
 def test_cli_sets_threads_and_wait_policy_before_torch_loads(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["HISTO_MAX_RUNS_CPU"] = "2"
     cmd = [
         sys.executable,
@@ -88,7 +93,7 @@ def test_cli_sets_threads_and_wait_policy_before_torch_loads(tmp_path):
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     first = p.stdout.splitlines()[0]
-    assert first == f"AT_TORCH PASSIVE {max(1, CORES // 2)}"
+    assert first == f"AT_TORCH {runtime.SPIN_COUNT} {max(1, CORES // 2)}"
 
 
 def test_tune_malloc_fixes_the_thresholds_unless_the_user_set_them():

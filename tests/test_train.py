@@ -239,6 +239,34 @@ def _trainer(cfg: TrainConfig) -> T.Trainer:
     return T.Trainer(cfg, data, torch.device("cpu"))
 
 
+def test_cpu_autocast_follows_the_cpu(monkeypatch):
+    """bf16 autocast with --amp on CUDA, and on a CPU only where it computes bf16 natively (elsewhere it is
+    emulated and slower); $HISTO_CPU_BF16 overrides the detection."""
+    from histo_core.training.device import autocast_dtype
+
+    cpu, cuda, cfg = torch.device("cpu"), torch.device("cuda"), quick_config()
+    monkeypatch.setenv("HISTO_CPU_BF16", "1")
+    assert autocast_dtype(cfg, cpu) is torch.bfloat16 and autocast_dtype(cfg.replace(amp=False), cpu) is None
+    monkeypatch.setenv("HISTO_CPU_BF16", "0")
+    assert autocast_dtype(cfg, cpu) is None and autocast_dtype(cfg, cuda) is torch.bfloat16
+    monkeypatch.delenv("HISTO_CPU_BF16")
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert (autocast_dtype(cfg, cpu) is torch.bfloat16) == native
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_a_cpu_training_step_runs_in_bf16_where_the_cpu_has_it(native, monkeypatch):
+    monkeypatch.setenv("HISTO_CPU_BF16", native)
+    tr = _trainer(quick_config(max_train_samples=64, batch_size=32))
+    seen: list[torch.dtype] = []
+    conv = next(m for m in tr.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    row = tr.train_epoch()
+    assert seen and set(seen) == {torch.bfloat16 if native == "1" else torch.float32}
+    assert np.isfinite(row["train_loss"])
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())  # the weights themselves stay fp32
+
+
 @pytest.mark.slow
 def test_one_cycle_over_four_steps_trains():
     """One epoch of 4 batches: torch's OneCycleLR divided by zero at pct_start 0.25 (0.25 * 4 == 1)."""

@@ -29,7 +29,7 @@ from histo_core.models import build_model, get_arch, head_module, set_backbone_t
 from histo_core.noise import batch_noise
 from histo_core.predict import InputSpec, predict_tiles
 from histo_core.training.data import TrainData, uses_mlp_head
-from histo_core.training.device import compile_module, eager_optimizer_class, fused_optimizer_ok
+from histo_core.training.device import autocast_dtype, compile_module, eager_optimizer_class, fused_optimizer_ok
 from histo_core.training.distributed import sum_over_ranks
 
 
@@ -64,7 +64,7 @@ class Trainer:
         self.channels_last = bool(config.channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.amp_dtype = torch.bfloat16 if (self.cuda and config.amp) else None
+        self.amp_dtype = autocast_dtype(config, device)  # bf16 on CUDA and on CPUs with native bf16
         self.head_ids = (
             {id(p) for p in head_module(self.model, config.arch).parameters()}
             if get_arch(config.arch).has_backbone
@@ -205,7 +205,7 @@ class Trainer:
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type="cuda" if self.cuda else "cpu", dtype=self.amp_dtype)
 
     def set_train_mode(self) -> None:
         self.net.train()
