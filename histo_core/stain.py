@@ -44,7 +44,7 @@ MAX_FIT_TILES = 2000
 WHITE_QUANTILE = 0.999  # the brightest pixels of a tile are taken as its white level (Io) when above IO
 # The Macenko maths a reference was fitted with, saved in it: a run is always normalised the way it was trained.
 # 1 (references without "version"): fixed Io, signed concentrations. 2: each tile's white level, clamped at 0.
-# 3: glass tiles (GLASS_FRACTION) are rendered as uniform stain at the reference's concentrations.
+# 3: bare glass (GLASS_FRACTION) becomes uniform stain at the reference's glass_concentration (_flat_concentration).
 MACENKO_VERSION = 3
 GLASS_FRACTION = 0.01  # a tile where fewer pixels than this absorb (OD >= beta) in any channel is bare glass
 FLAT_QUANTILE = 0.1  # glass is rendered like this fraction of the training tiles with the least spread in stain
