@@ -7,7 +7,7 @@ with `fit_arrays` on the 200 train+val tiles of ../shared/data/pathmnist-mini/pa
 scores every group of benchmarks/real_tiles.py (the tiles go through `prepare_upload`, as in `predict`):
 
   plain         raw tiles in training and at inference (today's default)
-  macenko       Macenko (version 2) on every tile, training and inference (`--stain-norm macenko`)
+  macenko       Macenko (the current version) on every tile, training and inference (`--stain-norm macenko`)
   mixed         each training tile twice, raw and Macenko-normalised (30 epochs over the doubled set: the
                 same number of steps); at inference the raw view, the normalised view, their mean, or
                 "gated": the normalised view only for tiles whose raw-view features are far from the
