@@ -150,3 +150,26 @@ def resolve_device(name: str) -> str:
             "use --device cpu or auto"
         )
     return name
+
+
+def exit_without_teardown(code: int) -> None:
+    """End the process with `code` the way the interpreter would, less its teardown of modules and native
+    libraries: wait for non-daemon threads, run the atexit handlers (logging, temporary files, weakref
+    finalizers), flush stdout and stderr, then os._exit. Python's finalization of torch, scipy and scikit-learn
+    (module dicts, C++ static destructors) faults in about 70 MB of code and data pages that the run itself never
+    needed, which made the exit the moment of a training process's peak RSS (benchmarks/RESULTS.md, "Peak memory
+    training"); it also takes a second or more of a short command's wall time. Used by `python -m histo_core`."""
+    import atexit
+    import sys
+    import threading
+
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # closed, or a broken pipe: nothing more to deliver
+            pass
+    os._exit(code)

@@ -135,3 +135,46 @@ def test_trainer_keeps_small_tile_activations_in_the_heap(monkeypatch):
     assert runtime.tune_malloc({}, tile_px=96) is True
     assert runtime.tune_malloc({}) is True
     assert calls == [(-3, 32 << 20), (-1, 64 << 20), (-3, 8 << 20), (-1, 32 << 20), (-3, 8 << 20), (-1, 32 << 20)]
+
+
+# `python -m histo_core` skips the interpreter's teardown (runtime.exit_without_teardown): what the teardown would
+# have done for the user must still happen.
+EXIT_PROBE = """
+import atexit, pathlib, runpy, sys, threading, time
+out = pathlib.Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+def late():
+    time.sleep(4)  # longer than the command
+    (out / "thread").write_text("ran")
+threading.Thread(target=late).start()  # not a daemon: the interpreter would wait for it
+sys.argv = ["histo_core"] + sys.argv[2:]
+runpy.run_module("histo_core", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_cli_exit_keeps_output_exit_code_atexit_handlers_and_threads(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout to a pipe is block-buffered
+    env["HISTO_DATA_DIR"] = str(tmp_path / "data")
+    cmd = [sys.executable, "-c", EXIT_PROBE, str(tmp_path), "datasets", "--json"]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+
+    assert p.stdout.endswith("}\n")  # all of it reached the pipe: stdout was flushed before os._exit
+    listed = json.loads(p.stdout)
+    assert any(d.get("name") == "synthetic" for d in listed["datasets"])
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "ran"
+    # A command's own exit status passes through unchanged.
+    for f in ("atexit", "thread"):
+        (tmp_path / f).unlink()
+    bad = subprocess.run(
+        [*cmd[:4], "datasets", "--info", str(tmp_path / "missing.npz")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
