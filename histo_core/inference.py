@@ -312,12 +312,15 @@ def model_input(tiles_uint8: np.ndarray | torch.Tensor, meta: ModelMeta, device:
     return to_model_input(tiles_uint8, meta.mean, meta.std, device, stain_ref=meta.stain)
 
 
-def model_view(tiles_uint8: np.ndarray, meta: ModelMeta) -> torch.Tensor:
-    """The tiles as the model sees them before mean/std normalisation: float (N, C, S, S) in [0, 1], stain-normalised."""
+def model_view(tiles_uint8: np.ndarray, meta: ModelMeta) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tiles as the model sees them before mean/std normalisation, float (N, C, S, S) in [0, 1] and
+    stain-normalised; and, when the model normalises stain, the same tiles as given (for the flag's input-colour
+    check; else None). One float conversion serves both."""
     from histo_core.pipeline import to_float01
     from histo_core.stain import normalize_batch
 
-    return normalize_batch(to_float01(np.asarray(tiles_uint8), "cpu"), meta.stain)
+    given = to_float01(np.asarray(tiles_uint8), "cpu")
+    return normalize_batch(given, meta.stain), given if meta.stain else None
 
 
 def ood_flags(meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None = None) -> np.ndarray | None:
@@ -327,15 +330,8 @@ def ood_flags(meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None
     if tiles_uint8 is None:
         found = flag_tiles(meta.ood, probs, None)
     else:
-        found = flag_tiles(meta.ood, probs, model_view(tiles_uint8, meta), _as_given(tiles_uint8, meta))
+        found = flag_tiles(meta.ood, probs, *model_view(tiles_uint8, meta))
     return None if found is None else found[0]
-
-
-def _as_given(tiles_uint8: np.ndarray, meta: ModelMeta) -> torch.Tensor | None:
-    """The tiles before stain normalisation, for the flag's input-colour check (None: the model has none)."""
-    from histo_core.pipeline import to_float01
-
-    return to_float01(np.asarray(tiles_uint8), "cpu") if meta.stain else None
 
 
 def predict(
@@ -461,9 +457,9 @@ def classify_uploads(
     good = [r for r in results if r.ok and r.tile is not None]
     if good:
         tiles = np.stack([r.tile for r in good if r.tile is not None])
-        view = model_view(tiles, loaded.meta)  # stain-normalised once: shown, checked and classified
+        view, given = model_view(tiles, loaded.meta)  # stain-normalised once: shown, checked and classified
         probs = predict(loaded, view, tta=tta, batch_size=batch_size)
-        flagged = flag_tiles(loaded.meta.ood, probs, view, _as_given(tiles, loaded.meta))
+        flagged = flag_tiles(loaded.meta.ood, probs, view, given)
         seen = (view * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i, (r, p) in enumerate(zip(good, probs)):
             r.probs = p

@@ -40,19 +40,23 @@ def colour_features(x01: torch.Tensor) -> np.ndarray:
     return _colour_block(x01)
 
 
-def colour_features_uint8(tiles_uint8, input_size: int | None, stain_ref: dict[str, Any] | None) -> np.ndarray:
+def colour_features_uint8(
+    tiles_uint8, input_size: int | None, stain_ref: dict[str, Any] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """colour_features of uint8 NHWC tiles as the model sees them (resized to `input_size`, stain-normalised to
-    `stain_ref`), converted COLOUR_BLOCK tiles at a time: memory holds the uint8 tiles and one float block."""
+    `stain_ref`) and, with a `stain_ref`, of the same tiles as given (else None), from one float conversion
+    COLOUR_BLOCK tiles at a time: memory holds the uint8 tiles and one float block."""
     from histo_core import pipeline, stain
 
-    n = len(tiles_uint8)
-    blocks = [
-        _colour_block(
-            stain.normalize_batch(pipeline.to_float01(tiles_uint8[s : s + COLOUR_BLOCK], "cpu", input_size), stain_ref)
-        )
-        for s in range(0, n, COLOUR_BLOCK)
-    ]
-    return np.concatenate(blocks) if blocks else np.zeros((0, 0))
+    seen, given = [], []
+    for s in range(0, len(tiles_uint8), COLOUR_BLOCK):
+        x = pipeline.to_float01(tiles_uint8[s : s + COLOUR_BLOCK], "cpu", input_size)
+        seen.append(_colour_block(stain.normalize_batch(x, stain_ref)))
+        if stain_ref:
+            given.append(_colour_block(x))
+    if not seen:
+        return np.zeros((0, 0)), None
+    return np.concatenate(seen), np.concatenate(given) if given else None
 
 
 def _colour_block(x01: torch.Tensor) -> np.ndarray:

@@ -73,8 +73,11 @@ def _masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torc
     return torch.nanquantile(torch.where(mask, values, torch.full_like(values, float("nan"))), q, dim=1)
 
 
-def _macenko_estimate(od: torch.Tensor, mask: torch.Tensor, clamp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stain matrices (N, 3, 2) [H, E] and 99th-percentile concentrations (N, 2) of each row of OD (N, 3, P).
+def _macenko_estimate(
+    od: torch.Tensor, mask: torch.Tensor, clamp: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stain matrices (N, 3, 2) [H, E], every pixel's concentrations (N, 2, P) (clamped at zero with `clamp`) and
+    their 99th percentiles (N, 2), for each row of OD (N, 3, P).
 
     Rows with too little tissue (under MIN_TISSUE_FRACTION of their pixels) get the default H&E vectors:
     the angle percentiles of a few pixels are noise."""
@@ -103,7 +106,7 @@ def _macenko_estimate(od: torch.Tensor, mask: torch.Tensor, clamp: bool = True) 
     if clamp:
         conc = conc.clamp_min(0.0)
     max_c = torch.quantile(conc, 0.99, dim=2).clamp_min(1e-6)
-    return he, max_c
+    return he, conc, max_c
 
 
 def _macenko(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
@@ -113,10 +116,7 @@ def _macenko(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
     n, _, h, w = x01.shape
     version = int(ref.get("version", 1))
     od = _od(x01, white_level=version >= 2)
-    he, max_c = _macenko_estimate(od, _tissue_mask(od), clamp=version >= 2)
-    conc = torch.linalg.pinv(he) @ od
-    if version >= 2:
-        conc = conc.clamp_min(0.0)
+    _, conc, max_c = _macenko_estimate(od, _tissue_mask(od), clamp=version >= 2)
     ref_he = torch.as_tensor(ref["stain_matrix"], dtype=od.dtype, device=od.device)  # (3, 2)
     ref_max = torch.as_tensor(ref["max_concentration"], dtype=od.dtype, device=od.device)  # (2,)
     conc = conc * (ref_max / max_c).unsqueeze(-1)
@@ -133,10 +133,13 @@ def _macenko(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
     return torch.where(usable.view(n, 1, 1, 1), out.to(x01.dtype), x01)
 
 
-def _flat_concentration(od: torch.Tensor, he: torch.Tensor, max_c: torch.Tensor, ref_max: torch.Tensor) -> torch.Tensor:
+def _flat_concentration(
+    od: torch.Tensor, conc: torch.Tensor, max_c: torch.Tensor, ref_max: torch.Tensor
+) -> torch.Tensor:
     """(2,) H and E concentrations of a typical pixel of the flattest FLAT_QUANTILE of the tiles (least
-    spread in total optical density), after rescaling to `ref_max`: how a uniform tile looks normalised."""
-    conc = (torch.linalg.pinv(he) @ od).clamp_min(0.0) * (ref_max / max_c).unsqueeze(-1)  # (N, 2, P)
+    spread in total optical density), after rescaling to `ref_max`: how a uniform tile looks normalised.
+    `conc` and `max_c`: the tiles' clamped concentrations and their 99th percentiles (_macenko_estimate)."""
+    conc = conc * (ref_max / max_c).unsqueeze(-1)  # (N, 2, P)
     total = od.sum(1)  # (N, P)
     spread = total.std(1) / total.mean(1).clamp_min(1e-6)
     flattest = spread <= torch.quantile(spread, FLAT_QUANTILE)
@@ -219,7 +222,7 @@ def fit_reference(method: str, tiles_uint8: np.ndarray, seed: int = 0) -> dict[s
     # The median of per-tile estimates: the reference is a typical training tile, so normalising a training
     # tile (per tile, like any input) changes it little.
     if method == "macenko":
-        tiles_he, tiles_max = _macenko_estimate(od[usable], mask[usable])
+        tiles_he, tiles_conc, tiles_max = _macenko_estimate(od[usable], mask[usable])
         he = tiles_he.median(dim=0).values
         he = he / he.norm(dim=0, keepdim=True)
         ref_max = tiles_max.median(dim=0).values
@@ -228,7 +231,7 @@ def fit_reference(method: str, tiles_uint8: np.ndarray, seed: int = 0) -> dict[s
             "version": MACENKO_VERSION,
             "stain_matrix": he.tolist(),
             "max_concentration": ref_max.tolist(),
-            "glass_concentration": _flat_concentration(od[usable], tiles_he, tiles_max, ref_max).tolist(),
+            "glass_concentration": _flat_concentration(od[usable], tiles_conc, tiles_max, ref_max).tolist(),
             "fitted_on_tiles": int(usable.sum()),
         }
     mean, std = _lab_stats(rgb_to_lab(x01[usable]), mask[usable])

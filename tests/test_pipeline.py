@@ -211,9 +211,9 @@ def test_ood_colour_features_blockwise_and_from_uint8(monkeypatch):
     whole = ood.colour_features(x01)
     monkeypatch.setattr(ood, "COLOUR_BLOCK", 16)
     np.testing.assert_allclose(ood.colour_features(x01), whole, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(ood.colour_features_uint8(tiles, None, None), whole, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ood.colour_features_uint8(tiles, None, None)[0], whole, rtol=1e-6, atol=1e-9)
     a = ood.calibrate(x01, None, "")
-    b = ood.calibrate(None, None, "", features=ood.colour_features_uint8(tiles, None, None))
+    b = ood.calibrate(None, None, "", features=ood.colour_features_uint8(tiles, None, None)[0])
     assert a["colour_threshold"] == pytest.approx(b["colour_threshold"])
 
 

@@ -346,8 +346,7 @@ def ood_calibration(data: TrainData, heldout: dict[str, np.ndarray]) -> dict[str
     split = "val" if "val" in heldout else "test" if "test" in heldout else None
     limit = pipeline.LAZY_CHUNK if data.train.streamed else 2000  # streamed: one contiguous chunk, one read
     sample = data.train.read_range(0, min(len(data.train), limit))
-    feats = ood.colour_features_uint8(sample, data.input_size, data.stain)  # block by block: no float copy of all
-    given = ood.colour_features_uint8(sample, data.input_size, None) if data.stain else None
+    feats, given = ood.colour_features_uint8(sample, data.input_size, data.stain)  # block by block: no float copy
     return ood.calibrate(None, heldout.get(split) if split else None, split or "", features=feats, input_features=given)
 
 
