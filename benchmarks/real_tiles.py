@@ -13,7 +13,8 @@ model's TTA setting). Groups (see ../shared/data/README.md):
   other-lab       nonorm + kather2016 (30 tiles)
 
 Also reports how often the "unlike the training tiles" flag fires in each group when the model's card has
-an out-of-distribution calibration.
+an out-of-distribution calibration, and on how many of those tiles the prediction is wrong (the flag is worth
+having if the flagged tiles are wrong more often than the rest).
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def measure(model_spec: str, mpp: float | None = None) -> dict:
         flags = np.array([r.unlike_training is not None for r in results])
         out["groups"][name] = _summary(probs, np.array([y for _, y in items]), flags)
     g = out["groups"]
-    out["groups"]["other-lab"] = {k: g["nonorm"][k] + g["kather2016"][k] for k in ("correct", "n", "flagged")}
+    out["groups"]["other-lab"] = {
+        k: g["nonorm"][k] + g["kather2016"][k] for k in ("correct", "n", "flagged", "flagged_wrong")
+    }
     return out
 
 
@@ -91,6 +94,7 @@ def _summary(probs: np.ndarray, labels: np.ndarray, flags: np.ndarray | None) ->
         "correct": int((pred == labels).sum()),
         "n": int(len(labels)),
         "flagged": int(flags.sum()) if flags is not None else 0,
+        "flagged_wrong": int((flags & (pred != labels)).sum()) if flags is not None else 0,
     }
 
 
@@ -112,7 +116,8 @@ def main() -> None:
         cells = []
         for n in names:
             g = r["groups"][n]
-            cells.append(f"{g['correct']}/{g['n']}" + (f" (flag {g['flagged']})" if g["flagged"] else ""))
+            flag = f" (flag {g['flagged']}, {g['flagged_wrong']} of them wrong)" if g["flagged"] else ""
+            cells.append(f"{g['correct']}/{g['n']}{flag}")
         print(f"{r['model']} | " + " | ".join(cells))
 
 
