@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from stain_recipes import NPZ, load_sets  # noqa: E402
+from stain_recipes import NPZ, load_sets, score, seeded_config  # noqa: E402
 
 
 def variant(name: str, stain, train_max):
@@ -90,7 +90,7 @@ def main() -> None:
     import torch
 
     from histo_core import stain
-    from histo_core.training import default_config, fit_arrays, predict_probs
+    from histo_core.training import fit_arrays, predict_probs
 
     torch.set_num_threads(2)
     sets = load_sets()
@@ -108,20 +108,9 @@ def main() -> None:
             normed = {k: stain.normalize_uint8(x, ref) for k, (x, _) in sets.items()}
             ntr = stain.normalize_uint8(xtr, ref)
             for seed in args.seeds:
-                cfg = default_config(str(NPZ), device="cpu")
-                cfg.seed = seed
-                model, meta = fit_arrays(cfg.validate(), ntr, ytr, classes=[str(i) for i in range(9)])
-                r = {"variant": name, "seed": seed}
-                r.update(
-                    {
-                        k: int((predict_probs(model, meta, normed[k], tta=True).argmax(1) == sets[k][1]).sum())
-                        for k in sets
-                    }
-                )
-                r["other-lab"] = r["nonorm"] + r["kather2016"]
-                rows.append(r)
-                cells = " ".join(f"{k} {r[k]}/{len(sets[k][1])}" for k in sets)
-                print(f"{name:8s} seed {seed}: {cells} other-lab {r['other-lab']}/30", file=sys.stderr, flush=True)
+                model, meta = fit_arrays(seeded_config(seed), ntr, ytr, classes=[str(i) for i in range(9)])
+                probs = {k: predict_probs(model, meta, normed[k], tta=True) for k in sets}
+                rows.append(score(name, seed, sets, probs))
     finally:
         stain._macenko = current
     if args.json:

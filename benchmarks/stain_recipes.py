@@ -66,6 +66,26 @@ def load_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
+def seeded_config(seed: int):
+    """The default recipe for pathmnist-mini (`default_config`) with `seed`, validated."""
+    from histo_core.training import default_config
+
+    cfg = default_config(str(NPZ), device="cpu")
+    cfg.seed = seed
+    return cfg.validate()
+
+
+def score(label: str, seed: int, sets: dict, probs: dict[str, np.ndarray], **extra) -> dict:
+    """One result row: correct tiles per group of `sets` (name -> (tiles, labels)) and other-lab, with `extra`
+    fields; also printed as one line to stderr."""
+    r = {"recipe": label, "seed": seed, **extra}
+    r.update({k: int((probs[k].argmax(1) == sets[k][1]).sum()) for k in sets})
+    r["other-lab"] = r["nonorm"] + r["kather2016"]
+    cells = " ".join(f"{k} {r[k]}/{len(sets[k][1])}" for k in sets)
+    print(f"{label:24s} seed {seed}: {cells} other-lab {r['other-lab']}/30", file=sys.stderr, flush=True)
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -78,7 +98,7 @@ def main() -> None:
     from histo_core import stain
     from histo_core.predict import InputSpec, predict_tiles
     from histo_core.similar import cosine_knn
-    from histo_core.training import default_config, fit_arrays, predict_probs
+    from histo_core.training import fit_arrays, predict_probs
 
     torch.set_num_threads(2)
     sets = load_sets()
@@ -90,17 +110,10 @@ def main() -> None:
     rows = []
 
     def row(recipe: str, seed: int, probs: dict[str, np.ndarray], **extra) -> None:
-        r = {"recipe": recipe, "seed": seed, **extra}
-        r.update({k: int((probs[k].argmax(1) == sets[k][1]).sum()) for k in sets})
-        r["other-lab"] = r["nonorm"] + r["kather2016"]
-        rows.append(r)
-        cells = " ".join(f"{k} {r[k]}/{len(sets[k][1])}" for k in sets)
-        print(f"{recipe:24s} seed {seed}: {cells} other-lab {r['other-lab']}/30", file=sys.stderr, flush=True)
+        rows.append(score(recipe, seed, sets, probs, **extra))
 
     for seed in args.seeds:
-        cfg = default_config(str(NPZ), device="cpu")
-        cfg.seed = seed
-        cfg = cfg.validate()
+        cfg = seeded_config(seed)
         model, meta = fit_arrays(cfg, xtr, ytr, classes=classes)
         row("plain", seed, {k: predict_probs(model, meta, x, tta=True) for k, (x, _) in sets.items()})
         model, meta = fit_arrays(cfg, ntr, ytr, classes=classes)
