@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from stain_recipes import NPZ, load_sets, score, seeded_config  # noqa: E402
+from stain_recipes import score, seeded_config, setup  # noqa: E402
 
 
 def variant(name: str, stain, train_max):
@@ -85,17 +85,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if not NPZ.is_file():
-        raise SystemExit(f"{NPZ} is absent: the real sample tiles are needed")
     import torch
 
     from histo_core import stain
     from histo_core.training import fit_arrays, predict_probs
 
-    torch.set_num_threads(2)
-    sets = load_sets()
-    xtr, ytr = sets.pop("train")
-    ref = stain.fit_reference("macenko", xtr)
+    sets, (xtr, ytr), ref = setup()
     od = stain._od(torch.from_numpy(xtr).permute(0, 3, 1, 2).float() / 255.0)
     mask = stain._tissue_mask(od)
     usable = mask.float().mean(1) >= stain.MIN_TISSUE_FRACTION

@@ -86,24 +86,32 @@ def score(label: str, seed: int, sets: dict, probs: dict[str, np.ndarray], **ext
     return r
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def setup() -> tuple[dict, tuple[np.ndarray, np.ndarray], dict]:
+    """Start of a stain experiment: the real tiles present, 2 torch threads, the groups of `load_sets`, the
+    200 training tiles and their Macenko reference."""
     if not NPZ.is_file():
         raise SystemExit(f"{NPZ} is absent: the real sample tiles are needed")
     import torch
 
     from histo_core import stain
-    from histo_core.predict import InputSpec, predict_tiles
-    from histo_core.similar import cosine_knn
-    from histo_core.training import fit_arrays, predict_probs
 
     torch.set_num_threads(2)
     sets = load_sets()
     xtr, ytr = sets.pop("train")
-    ref = stain.fit_reference("macenko", xtr)
+    return sets, (xtr, ytr), stain.fit_reference("macenko", xtr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    from histo_core import stain
+    from histo_core.predict import InputSpec, predict_tiles
+    from histo_core.similar import cosine_knn
+    from histo_core.training import fit_arrays, predict_probs
+
+    sets, (xtr, ytr), ref = setup()
     normed = {k: stain.normalize_uint8(x, ref) for k, (x, _) in sets.items()}
     ntr = stain.normalize_uint8(xtr, ref)
     classes = [str(i) for i in range(9)]
