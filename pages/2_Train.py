@@ -7,7 +7,7 @@ import streamlit as st
 
 from histo_core import jobs
 from histo_core.errors import HistoError
-from pages.ui.common import page_setup, signed_in_user, synthetic_badge, user_errors
+from pages.ui.common import page_setup, signed_in_user, start_once, synthetic_badge, user_errors
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
 from pages.ui.tasks import task_panel
@@ -142,19 +142,28 @@ def start_training(config) -> None:
     from histo_core import paths
     from histo_core.runs import RunDir
 
-    previous = st.session_state.get(PREFIX + "last_submitted")
-    if previous and previous[0] == config.to_dict():
-        run_dir = paths.runs_dir() / previous[1]
-        if run_dir.is_dir() and jobs.refresh_status(RunDir(run_dir)).state in jobs.ACTIVE_STATES:
+    def already_started() -> str | None:
+        previous = st.session_state.get(PREFIX + "last_submitted")
+        if previous and previous[0] == config.to_dict():
+            run_dir = paths.runs_dir() / previous[1]
+            if run_dir.is_dir() and jobs.refresh_status(RunDir(run_dir)).state in jobs.ACTIVE_STATES:
+                return previous[1]
+        return None
+
+    def start() -> str:
+        settings = config.to_dict()
+        run = jobs.submit(config, started_by=signed_in_user())
+        st.session_state[PREFIX + "last_submitted"] = (settings, run.id)
+        st.session_state[PREFIX + "last_run"] = run.id
+        return run.id
+
+    with user_errors("Not started: "):
+        run_id, started = start_once(already_started, start)
+        if not started:
             st.info(
-                f"Run `{previous[1]}` with these settings is already started; change a setting (the seed, "
+                f"Run `{run_id}` with these settings is already started; change a setting (the seed, "
                 "for another repeat) to start another."
             )
-            return
-    with user_errors("Not started: "):
-        run = jobs.submit(config, started_by=signed_in_user())
-        st.session_state[PREFIX + "last_submitted"] = (config.to_dict(), run.id)
-        st.session_state[PREFIX + "last_run"] = run.id
 
 
 if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):

@@ -185,3 +185,34 @@ def test_start_clicked_twice_starts_one_run(started):
     _w(at, "seed").set_value(7).run()
     start()
     assert len(list_runs()) == 2
+
+
+def test_the_two_clicks_of_a_double_click_racing_start_one_thing():
+    """Bug (seen in the browser walk): with Streamlit's fast reruns the second click runs the page again while the
+    first click's run is still launching the process, so both runs saw nothing started and two runs were made.
+    start_once holds one lock from the check to the start: two racing callers start once and agree on what."""
+    import threading
+    import time
+
+    from pages.ui.common import start_once
+
+    started: list[int] = []
+    results: list[tuple[int, bool]] = []
+    barrier = threading.Barrier(2)
+
+    def start() -> int:
+        time.sleep(0.3)  # launching a process takes a while; the other click arrives meanwhile
+        started.append(len(started) + 1)
+        return started[-1]
+
+    def click() -> None:
+        barrier.wait()
+        results.append(start_once(lambda: started[-1] if started else None, start))
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert started == [1]
+    assert sorted(results, key=lambda r: r[1]) == [(1, False), (1, True)]

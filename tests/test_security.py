@@ -618,6 +618,8 @@ def test_signed_in_user_is_recorded_on_the_run_and_shown(monkeypatch):
     assert any("Signed in as ana@lab.example" in c.value for c in at.sidebar.caption)
     next(b for b in at.button if b.label == "Start training").click().run()
     assert not at.exception, [e.value for e in at.exception]
+    next(b for b in at.button if b.label == "Start training").click().run()  # a double click: still one run
+    assert any("already started" in i.value for i in at.info)
     from histo_core.runs import list_runs
 
     (run,) = list_runs()

@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from histo_core import jobs, tasks
-from pages.ui.common import signed_in_user, user_errors
+from pages.ui.common import signed_in_user, start_once, user_errors
 
 
 def task_panel(
@@ -28,8 +28,17 @@ def task_panel(
     active = status is not None and status.state in jobs.ACTIVE_STATES
     label = start_label if status is None or status.state != "completed" else f"{start_label} again"
     if st.button(label, key=f"{key}_start", disabled=active, help=help):
+
+        def already_started() -> tasks.TaskDir | None:
+            latest = tasks.latest_task(kind, params)
+            if latest is not None and tasks.refresh_task(latest).state in jobs.ACTIVE_STATES:
+                return latest  # started by the other click of a double click, or in another tab
+            return None
+
         with user_errors("Not started: "):
-            tasks.submit_task(kind, params, device=device, started_by=signed_in_user())
+            start_once(
+                already_started, lambda: tasks.submit_task(kind, params, device=device, started_by=signed_in_user())
+            )
             st.rerun()
     if task is None:
         return
