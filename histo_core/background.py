@@ -18,7 +18,7 @@ from typing import Any
 
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, write_json_atomic
-from histo_core.procs import histo_command, log_banner, pid_alive, proc_file, spawn_detached
+from histo_core.procs import histo_command, log_banner, one_start, pid_alive, proc_file, spawn_detached
 from histo_core.runs import RunDir
 
 INSPECTION_KINDS = ("embed", "explain-quality")
@@ -30,31 +30,35 @@ def start_inspection_job(kind: str, args: list[str], status_path: str | os.PathL
     if kind not in INSPECTION_KINDS:
         raise HistoError(f"unknown background job {kind!r}; one of {', '.join(INSPECTION_KINDS)}")
     status_path = Path(status_path)
-    current = job_status(status_path)
-    if current and current.get("state") == "running":
-        raise HistoError(f"{kind} is already running (process {current.get('pid')}); wait for it to finish")
-    cmd = histo_command(kind, *args, "--job-status", str(status_path.resolve()))
-    log_path = status_path.with_suffix(".log")
     try:
         status_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            log_banner(log, cmd)
-            pid = spawn_detached(cmd, log)
     except OSError as exc:
         raise HistoError(f"could not start the {kind} process: {exc.strerror or exc}") from None
-    write_job_status(
-        status_path,
-        kind=kind,
-        state="running",
-        pid=pid,
-        host=socket.gethostname(),
-        started_at=time.time(),
-        finished_at=None,
-        progress=0.0,
-        message="starting",
-        error=None,
-        log=str(log_path),
-    )
+    with one_start(status_path.with_suffix(".lock")):  # a double click starts one job; the second is refused
+        current = job_status(status_path)
+        if current and current.get("state") == "running":
+            raise HistoError(f"{kind} is already running (process {current.get('pid')}); wait for it to finish")
+        cmd = histo_command(kind, *args, "--job-status", str(status_path.resolve()))
+        log_path = status_path.with_suffix(".log")
+        try:
+            with open(log_path, "ab") as log:
+                log_banner(log, cmd)
+                pid = spawn_detached(cmd, log)
+        except OSError as exc:
+            raise HistoError(f"could not start the {kind} process: {exc.strerror or exc}") from None
+        write_job_status(
+            status_path,
+            kind=kind,
+            state="running",
+            pid=pid,
+            host=socket.gethostname(),
+            started_at=time.time(),
+            finished_at=None,
+            progress=0.0,
+            message="starting",
+            error=None,
+            log=str(log_path),
+        )
     return pid
 
 
@@ -133,28 +137,31 @@ def start_evaluation(
     folder = _evaluations_dir(model)
     folder.mkdir(parents=True, exist_ok=True)
     job = folder / f"{name}.job.json"
-    previous = _read_job(job)
-    if previous and pid_alive(previous.get("pid")):
-        raise HistoError(f"evaluation {name!r} is already running; wait for it or choose another name")
-    ref = str(model.path.resolve()) if isinstance(model, RunDir) else str(model)
-    cmd = evaluation_command(ref, str(dataset).strip(), split, dict(class_map or {}), name, save_to=folder.resolve())
-    try:
-        with open(folder / f"{name}.out.json", "wb") as out, open(folder / f"{name}.log", "wb") as err:
-            pid = spawn_detached(cmd, out, err)
-    except OSError as exc:
-        raise HistoError(f"could not start the evaluation process ({exc})") from None
-    write_json_atomic(
-        job,
-        {
-            "name": name,
-            "pid": pid,
-            "started_at": time.time(),
-            "dataset": str(dataset),
-            "split": split,
-            "class_map": dict(class_map or {}),
-            "command": cmd[1:],
-        },
-    )
+    with one_start(folder / f"{name}.job.lock"):  # a double click starts one evaluation; the second is refused
+        previous = _read_job(job)
+        if previous and pid_alive(previous.get("pid")):
+            raise HistoError(f"evaluation {name!r} is already running; wait for it or choose another name")
+        ref = str(model.path.resolve()) if isinstance(model, RunDir) else str(model)
+        cmd = evaluation_command(
+            ref, str(dataset).strip(), split, dict(class_map or {}), name, save_to=folder.resolve()
+        )
+        try:
+            with open(folder / f"{name}.out.json", "wb") as out, open(folder / f"{name}.log", "wb") as err:
+                pid = spawn_detached(cmd, out, err)
+        except OSError as exc:
+            raise HistoError(f"could not start the evaluation process ({exc})") from None
+        write_json_atomic(
+            job,
+            {
+                "name": name,
+                "pid": pid,
+                "started_at": time.time(),
+                "dataset": str(dataset),
+                "split": split,
+                "class_map": dict(class_map or {}),
+                "command": cmd[1:],
+            },
+        )
     return name
 
 

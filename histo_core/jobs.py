@@ -42,7 +42,7 @@ from histo_core.liveness import (
     refresh_status,
     wait,
 )
-from histo_core.procs import histo_command, log_banner, pid_alive, proc_start_time, spawn_detached
+from histo_core.procs import histo_command, log_banner, one_start, pid_alive, proc_start_time, spawn_detached
 from histo_core.runs import RunDir, RunStatus, list_runs, resolve_run
 from histo_core.summaries import augmentation_label, best_val, comparison_row, run_summary, summaries
 
@@ -140,24 +140,26 @@ def cancel(run: RunDir) -> RunStatus:
 
 def resume(run: RunDir) -> str:
     """Restart a cancelled or failed run in a new background process, from last.pt when there is one.
-    Returns a sentence saying what will happen."""
-    status = refresh_status(run)
-    if status.state in ACTIVE_STATES:
-        raise HistoError(f"{run.id}: the run is {status.state}; cancel it before resuming")
-    if status.state == STALE:
-        raise HistoError(f"{run.id}: the run is still marked running on {status.host}; resume it there")
-    if status.state == "completed":
-        raise HistoError(f"{run.id}: the run has completed; start a new run to train longer")
-    check_queue_room(run.path.parent)
-    run.cancel_path.unlink(missing_ok=True)
-    from_checkpoint = run.last_ckpt.exists()
-    if from_checkpoint:
-        note = f"resuming {run.id} from epoch {len(run.metrics())} of {status.epochs or '?'}"
-    else:  # the trainer refuses --resume without last.pt; a fresh start also clears the partial metrics
-        note = f"{run.id} has no checkpoint (last.pt): restarting it from scratch"
-    run.update_status(state="queued", error=None, finished_at=None, eta_s=None, phase="")
-    _start_training_process(run, resume=from_checkpoint)
-    return note
+    Returns a sentence saying what will happen. Two callers at once (a double click on Resume) start one process:
+    the second finds the run queued."""
+    with one_start(run.path / ".start.lock"):
+        status = refresh_status(run)
+        if status.state in ACTIVE_STATES:
+            raise HistoError(f"{run.id}: the run is {status.state}; cancel it before resuming")
+        if status.state == STALE:
+            raise HistoError(f"{run.id}: the run is still marked running on {status.host}; resume it there")
+        if status.state == "completed":
+            raise HistoError(f"{run.id}: the run has completed; start a new run to train longer")
+        check_queue_room(run.path.parent)
+        run.cancel_path.unlink(missing_ok=True)
+        from_checkpoint = run.last_ckpt.exists()
+        if from_checkpoint:
+            note = f"resuming {run.id} from epoch {len(run.metrics())} of {status.epochs or '?'}"
+        else:  # the trainer refuses --resume without last.pt; a fresh start also clears the partial metrics
+            note = f"{run.id} has no checkpoint (last.pt): restarting it from scratch"
+        run.update_status(state="queued", error=None, finished_at=None, eta_s=None, phase="")
+        _start_training_process(run, resume=from_checkpoint)
+        return note
 
 
 def delete(run: RunDir) -> None:

@@ -8,11 +8,14 @@ here; each caller records the pid (and `proc_start_time`) in its own status file
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -34,6 +37,20 @@ def child_env() -> dict[str, str]:
     # (benchmarks/RESULTS.md); passive waiting costs nothing on an idle machine. Threads: this process's cores
     # shared by the training slots (histo_core/runtime.py; the child's __main__ applies the same rule).
     return runtime.thread_env(env)
+
+
+@contextmanager
+def one_start(lock_path: str | os.PathLike) -> Iterator[None]:
+    """Hold an OS file lock on `lock_path` from the check "is it already running?" to the record of the process
+    just started: two callers (the two clicks of a double click, two browser tabs, two app servers sharing a runs
+    folder) then start one process, and the second sees the first's record. The OS drops the lock of a killed
+    holder, so a crash never blocks a later start."""
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def spawn_detached(cmd: list[str], stdout: IO[bytes], stderr: IO[bytes] | int = subprocess.STDOUT) -> int:

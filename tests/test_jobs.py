@@ -323,3 +323,51 @@ def test_evaluation_job_runs_the_cli_in_the_background():
     assert failed["state"] == "failed" and "'nope' is not a class of the dataset" in failed["error"]
     with pytest.raises(HistoError, match="no dataset given"):
         jobs.start_evaluation(run, " ")
+
+
+@pytest.mark.parametrize("starter", ["resume", "inspection job", "evaluation"])
+def test_two_starts_at_once_start_one_process(starter, monkeypatch, tmp_path):
+    """A double click runs two starts side by side (Streamlit's fast reruns). Each start checks "already
+    running?", launches a process (which takes a while) and then records it; without a lock around the three both
+    checks passed and two processes were started: two trainers on one run folder, or the same job twice."""
+    import threading
+
+    from histo_core import background
+
+    spawned: list[list[str]] = []
+
+    def slow_spawn(cmd, *streams):
+        time.sleep(0.3)  # importing torch in the child: the other click arrives meanwhile
+        spawned.append(cmd)
+        return os.getpid()  # a live process, as the real child would be
+
+    monkeypatch.setattr(jobs, "spawn_detached", slow_spawn)
+    monkeypatch.setattr(background, "spawn_detached", slow_spawn)
+    monkeypatch.setattr(background, "proc_file", lambda pid, name: None)  # our pid stands in for the job's
+    run = write_run("cancelled", epochs=5, epochs_done=2)
+    start, refusal = {
+        "resume": (lambda: jobs.resume(run), "the run is queued; cancel it before resuming"),
+        "inspection job": (
+            lambda: jobs.start_inspection_job("embed", [str(run.path)], tmp_path / "embed.job.json"),
+            "embed is already running",
+        ),
+        "evaluation": (lambda: jobs.start_evaluation(run, "synthetic", "val"), "is already running"),
+    }[starter]
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def click() -> None:
+        barrier.wait()
+        try:
+            start()
+            outcomes.append("started")
+        except HistoError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(spawned) == 1, spawned
+    assert sorted(outcomes)[1] == "started" and refusal in sorted(outcomes)[0], outcomes
