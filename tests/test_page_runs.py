@@ -101,6 +101,29 @@ def test_failed_run_shows_error_and_log_tail():
     assert at.button(key=f"resume-{run.id}")  # failed runs offer resume
 
 
+def test_resume_starts_the_failed_run_again_once(monkeypatch):
+    import os
+
+    from histo_core import jobs
+
+    run = write_run("failed", error="killed", epochs=5, epochs_done=2)
+    started = []
+
+    def fake_start(r, resume):
+        started.append(resume)
+        r.update_status(pid=os.getpid())
+        return os.getpid()
+
+    monkeypatch.setattr(jobs, "_start_training_process", fake_start)
+    monkeypatch.setattr("histo_core.liveness._is_run_process", lambda pid, r, s: True)
+    at = _app(run.id)
+    at.button(key=f"resume-{run.id}").click().run()
+    assert not at.exception, at.exception
+    assert started == [True] and RunDir(run.path).status().state == "queued"
+    assert any(f"resuming {run.id} from epoch 2 of 5" in s.value for s in at.success)
+    assert at.button(key=f"cancel-{run.id}") and not any(b.key == f"resume-{run.id}" for b in at.button)
+
+
 def test_dead_running_run_is_marked_failed_on_view():
     run = write_run("running", pid=2**22 + 12345)  # no such process
     at = _app(run.id)

@@ -15,7 +15,7 @@ from histo_core import jobs
 from histo_core.fsutil import read_json
 from histo_core.runs import RunDir, RunStatus
 from pages.ui import charts
-from pages.ui.common import synthetic_badge, user_errors
+from pages.ui.common import start_once, synthetic_badge, user_errors
 
 LIVE_REFRESH_S = 2.0
 STATE_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️", jobs.STALE: "❔"}
@@ -352,8 +352,13 @@ def _resume_button(run: RunDir) -> None:
     if st.button(
         "Resume", key=f"resume-{run.id}", type="primary", help="continue from last.pt in a new background process"
     ):
+
+        def resumed_already() -> str | None:  # by the other click of a double click
+            state = jobs.refresh_status(run).state
+            return f"{run.id} is {state} already" if state in jobs.ACTIVE_STATES else None
+
         with user_errors():
-            st.session_state["runs_notice"] = jobs.resume(run)
+            st.session_state["runs_notice"] = start_once(resumed_already, lambda: jobs.resume(run))[0]
             st.rerun()
 
 
