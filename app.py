@@ -6,9 +6,11 @@ is pages/0_Home.py. Each page file also runs on its own (`streamlit run pages/3_
 
 from __future__ import annotations
 
+from histo_core.paths import confine_to_data_roots
 from histo_core.runtime import configure_process
 
 configure_process()  # threads and OpenMP wait policy before the pages load torch (histo_core/runtime.py)
+confine_to_data_roots()  # a web user's datasets, and every process started for one, stay inside the data roots
 
 import streamlit as st  # noqa: E402
 

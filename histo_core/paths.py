@@ -65,6 +65,36 @@ def data_roots(data_dir_override: str | os.PathLike | None = None) -> list[Path]
     return out
 
 
+# A process that serves web users (the Streamlit server, and every process it starts, which inherit the
+# variable) opens the files a dataset reaches only inside the roots; the command line leaves it unset.
+CONFINE_ENV = "HISTO_CONFINE_TO_DATA_ROOTS"
+MEMBER_REFUSAL = "not found or outside the allowed folders"  # one answer for both: no existence oracle
+
+
+def confine_to_data_roots() -> None:
+    """From now on this process, and every process it starts, opens dataset members only inside the roots."""
+    os.environ[CONFINE_ENV] = "1"
+
+
+def confined_roots(data_dir_override: str | os.PathLike | None = None) -> list[Path] | None:
+    """The roots every file of a dataset must resolve inside when this process serves web users; None when it
+    may open anything (the command line)."""
+    return data_roots(data_dir_override) if os.environ.get(CONFINE_ENV) == "1" else None
+
+
+def member_refused(path: str | os.PathLike, roots: list[Path] | None) -> bool:
+    """True when a file a dataset names (a folder member, a CSV row, an .h5 of a PCam folder) must not be opened:
+    with `roots`, when it resolves outside them or does not exist (the same answer, see MEMBER_REFUSAL)."""
+    if roots is None:
+        return False
+    return not (inside_roots(path, roots) and os.path.exists(path))
+
+
+def leaves_folder(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True when `path`, symlinks and `..` resolved, lies outside `folder` (resolved): the command line says so."""
+    return not inside_roots(path, [Path(os.path.realpath(folder))])
+
+
 def inside_roots(path: str | os.PathLike, roots: list[Path]) -> bool:
     """True when `path`, with `..` and every symlink resolved, is one of `roots` or lies under one."""
     try:

@@ -76,14 +76,14 @@ try:
         target = target_for(str(run.path))
         job_args = [str(run.path)]
     else:
-        from histo_core.datasets.catalog import available_datasets
+        from histo_core.datasets.catalog import available_datasets, canonical_spec
 
         by_ref = {m.ref: m for m in models}
         left, right = st.columns(2)
         url_selection("model", "fm_model", {m.name: m.ref for m in models})
         ref = left.selectbox("Model (frozen)", list(by_ref), format_func=lambda r: by_ref[r].label, key="fm_model")
         datasets = {d.spec: d.title for d in available_datasets()}
-        url_selection("dataset", "fm_dataset", list(datasets))
+        url_selection("dataset", "fm_dataset", list(datasets), canonical=canonical_spec)
         spec = right.selectbox(
             "Dataset", list(datasets), format_func=lambda s: f"{datasets[s]} ({s})", key="fm_dataset"
         )

@@ -37,6 +37,8 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     # The web app opens datasets only inside its data roots: let page tests open their tmp_path files and the
     # shared sample data. Tests of the roots themselves unset this.
     monkeypatch.setenv("HISTO_DATA_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()), str(SHARED)]))
+    # A page confines this process to the data roots (as the server); the next test starts unconfined again.
+    monkeypatch.setenv("HISTO_CONFINE_TO_DATA_ROOTS", "0")
     return base
 
 

@@ -47,11 +47,9 @@ def add_local_dataset(
     if not text:
         raise DatasetError("no path given: type the path of an .npz, a .csv manifest, an image folder or a PCam folder")
     base, options = parse_spec(text)
-    resolved = Path(base).expanduser()
-    if not resolved.exists():
+    if not Path(base).expanduser().exists():
         raise DatasetError(f"{base}: no such file or folder")
-    resolved = resolved.resolve()
-    spec = str(resolved) + (f"?{text.split('?', 1)[1]}" if options else "")
+    spec = canonical_spec(text)
     ds = open_dataset(spec, data_dir=data_dir, progress=progress)
     entries = [e for e in local_dataset_entries(data_dir) if e["path"] != spec]
     entries.append(
@@ -66,6 +64,20 @@ def add_local_dataset(
     _catalog_path(data_dir).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(_catalog_path(data_dir), {"datasets": entries})
     return ds
+
+
+def canonical_spec(spec: str) -> str:
+    """The one spelling of a dataset spec that the catalog lists: a path with `~`, `..` and symlinks resolved
+    (options kept), so a link or a typed path reaching a listed dataset by another way (a root on a mount,
+    linked from home) finds it; anything else as given."""
+    from histo_core.datasets.sources import named_source, parse_spec
+
+    text = str(spec).strip()
+    base, options = parse_spec(text)
+    path = Path(base).expanduser()
+    if not base or named_source(base) is not None or not path.exists():
+        return text
+    return str(path.resolve()) + (f"?{text.split('?', 1)[1]}" if options else "")
 
 
 def remove_local_dataset(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_core import paths
 from histo_core.datasets.base import SPLITS, TileDataset, stratified_split
 from histo_core.datasets.decoded_tiles import decode_image_files, decoded_dataset, is_image_file
 from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress
@@ -33,30 +34,62 @@ SPLIT_FOLDER_NAMES = {
 ABOUT_FILES = ("PROVENANCE.md", "README.md", "README.txt", "README", "LICENSE", "LICENSE.txt")
 
 
+class _Members:
+    """What a scan may open. With `roots` (a dataset opened for a web user) only members that resolve inside them:
+    a link to a folder or file outside, or a missing one, is skipped with one refusal for both. Without (the
+    command line) anything, and the members reached through a link out of the dataset's folder are noted."""
+
+    def __init__(self, root: Path, roots: list[Path] | None):
+        self.root, self.roots = root, roots
+        self.skipped: list[str] = []
+        self.linked_out: list[str] = []
+        self._out: set[Path] = set()
+
+    def allowed(self, path: Path) -> bool:
+        if paths.member_refused(path, self.roots):
+            self.skipped.append(f"{path.relative_to(self.root)}: {paths.MEMBER_REFUSAL}")
+            return False
+        if self.roots is None and path.parent not in self._out and paths.leaves_folder(path, self.root):
+            self._out.add(path)  # a linked folder is named once, not with each of its files
+            self.linked_out.append(str(path.relative_to(self.root)))
+        return True
+
+    def subfolders(self, folder: Path) -> list[Path]:
+        return [p for p in _subfolders(folder) if self.allowed(p)]
+
+    def class_files(self, class_dir: Path) -> list[Path]:
+        images = []
+        with os.scandir(class_dir) as entries:  # scandir knows file vs folder without a stat per file
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith(".") or not self.allowed(class_dir / entry.name):
+                    continue
+                if entry.is_file() and is_image_file(Path(entry.name)):
+                    images.append(class_dir / entry.name)
+                else:
+                    what = "folder inside a class folder" if entry.is_dir() else "not an image file"
+                    self.skipped.append(f"{Path(entry.path).relative_to(self.root)}: {what}")
+        return images
+
+    def notes(self) -> list[str]:
+        if not self.linked_out:
+            return []
+        shown = ", ".join(self.linked_out[:3]) + (", ..." if len(self.linked_out) > 3 else "")
+        return [
+            f"{len(self.linked_out)} entries lead out of the dataset's folder through a link and were followed "
+            f"({shown}); the web app skips them unless their targets lie in its allowed folders"
+        ]
+
+
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _class_files(class_dir: Path, skipped: list[str], root: Path) -> list[Path]:
-    images = []
-    with os.scandir(class_dir) as entries:  # scandir knows file vs folder without a stat per file
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_file() and is_image_file(Path(entry.name)):
-                images.append(class_dir / entry.name)
-            else:
-                what = "folder inside a class folder" if entry.is_dir() else "not an image file"
-                skipped.append(f"{Path(entry.path).relative_to(root)}: {what}")
-    return images
-
-
-def _scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str], str]:
-    """{split or '': {class: files}}, skipped entries, layout description."""
-    skipped: list[str] = [
+def _scan(root: Path, members: _Members) -> tuple[dict[str, dict[str, list[Path]]], str]:
+    """{split or '': {class: files}} and the layout description; skipped entries go to `members.skipped`."""
+    members.skipped += [
         f"{p.name}: not in a class folder" for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")
     ]
-    subs = _subfolders(root)
+    subs = members.subfolders(root)
     if not subs:
         raise DatasetError(
             f"{root}: no class sub-folders; put each class's images in its own folder, "
@@ -69,10 +102,10 @@ def _scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str], str]
             split = SPLIT_FOLDER_NAMES[s.name.lower()]
             if split in layout:
                 raise DatasetError(f"{root}: two folders for the {split} split ({s.name} and another); keep one")
-            layout[split] = {c.name: _class_files(c, skipped, root) for c in _subfolders(s)}
-        skipped += [f"{s.name}/: not a train/val/test folder" for s in subs if s not in split_dirs]
-        return layout, skipped, "train/val/test folders"
-    return {"": {c.name: _class_files(c, skipped, root) for c in subs}}, skipped, "class folders"
+            layout[split] = {c.name: members.class_files(c) for c in members.subfolders(s)}
+        members.skipped += [f"{s.name}/: not a train/val/test folder" for s in subs if s not in split_dirs]
+        return layout, "train/val/test folders"
+    return {"": {c.name: members.class_files(c) for c in subs}}, "class folders"
 
 
 def _check_classes(root: Path, layout: dict[str, dict[str, list[Path]]]) -> list[str]:
@@ -106,7 +139,8 @@ def open_class_folders(
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"{path}: no such folder")
-    layout, skipped, layout_name = _scan(root)
+    members = _Members(root, paths.confined_roots(data_dir))
+    layout, layout_name = _scan(root, members)
     classes = _check_classes(root, layout)
     files, labels, split_of = [], [], []
     for split, by_class in layout.items():
@@ -119,9 +153,12 @@ def open_class_folders(
     labels_kept = np.asarray(labels, np.int64)[kept]
     split_kept = np.asarray(split_of)[kept]
     names = [str(files[i].relative_to(root)) for i in kept]
-    notes: list[str] = []
+    notes: list[str] = members.notes()
     split_indices = _split_indices(labels_kept, split_kept, seed, notes)
-    about = next((root / f for f in ABOUT_FILES if (root / f).is_file()), None)
+    about = next(
+        (root / f for f in ABOUT_FILES if not paths.member_refused(root / f, members.roots) and (root / f).is_file()),
+        None,
+    )
     return decoded_dataset(
         decoded,
         labels_kept,
@@ -137,7 +174,7 @@ def open_class_folders(
         description=f"{len(kept)} images in {len(classes)} class folders ({layout_name}), "
         f"decoded to {decoded.size} px and cached.",
         extra={
-            "skipped": skipped + decoded.skipped,
+            "skipped": members.skipped + decoded.skipped,
             "layout": layout_name,
             "cache": str(decoded.cache_file),
             "notes": notes,

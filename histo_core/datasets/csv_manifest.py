@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_core import paths
 from histo_core.datasets.base import SPLITS, TileDataset, check_label_range, stratified_split
 from histo_core.datasets.decoded_tiles import decode_image_files, decoded_dataset
 from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress
@@ -141,12 +142,15 @@ def open_csv_manifest(
     split_col = _optional_column(path, table, options.get("split"), SPLIT_COLUMNS, "split")
 
     files = [_resolve(path.parent, p) for p in table[path_col]]
-    missing = [line for line, f in enumerate(files, start=2) if not f.is_file()]
+    roots = paths.confined_roots(data_dir)  # a web user's manifest: rows outside the roots are refused as missing
+    missing = [line for line, f in enumerate(files, start=2) if paths.member_refused(f, roots) or not f.is_file()]
     if missing:  # line numbers, never the cells themselves: a manifest's values are not echoed back
+        what = "not found" if roots is None else paths.MEMBER_REFUSAL
         raise DatasetError(
-            f"{path}: {len(missing)} of {len(files)} image paths in column {path_col!r} not found (relative to "
+            f"{path}: {len(missing)} of {len(files)} image paths in column {path_col!r} {what} (relative to "
             f"{path.parent}; lines {_first(missing, 5)})"
         )
+    out_lines = [line for line, f in enumerate(files, start=2) if paths.leaves_folder(f, path.parent)]
     labels, classes = _labels(path, list(table[label_col]), label_col)
     if len(classes) < 2:
         raise DatasetError(f"{path}: column {label_col!r} has only one class; need at least 2")
@@ -156,6 +160,11 @@ def open_csv_manifest(
     kept = decoded.kept
     labels_kept, names = labels[kept], [str(table[path_col].iloc[i]) for i in kept]
     notes = []
+    if out_lines:  # only the command line gets here with such rows: say that it followed them
+        notes.append(
+            f"{len(out_lines)} rows lead out of the manifest's folder (lines {_first(out_lines, 5)}) and were "
+            "followed; the web app refuses rows outside its allowed folders"
+        )
     if split_of is None:
         split_indices = stratified_split(labels_kept, seed=seed)
         notes.append(f"no split column: split 70/15/15 per class (stratified, seed {seed})")

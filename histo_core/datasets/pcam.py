@@ -165,9 +165,10 @@ def _check_room(gz: Path, folder: Path, needed: int, limit: int, already: int = 
         )
 
 
-def _existing(folder: Path, name: str) -> Path | None:
+def _existing(folder: Path, name: str, roots: list[Path] | None) -> Path | None:
+    """The file `name` (or `name`.gz) of `folder`; a link out of the web app's roots counts as missing."""
     for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
+        if not paths.member_refused(candidate, roots) and candidate.is_file():
             return candidate
     return None
 
@@ -178,10 +179,11 @@ def _usable(path: Path, data_dir, progress, notes) -> Path:
 
 def _open_split(folder: Path, file_split: str, data_dir, progress, notes) -> Split | None:
     x_name, y_name = file_name(file_split, "x"), file_name(file_split, "y")
-    x_found = _existing(folder, x_name)
+    roots = paths.confined_roots(data_dir)
+    x_found = _existing(folder, x_name, roots)
     if x_found is None:
         return None
-    y_found = _existing(folder, y_name)
+    y_found = _existing(folder, y_name, roots)
     if y_found is None:  # checked before decompressing x: that can take minutes
         raise DatasetError(f"{folder / y_name}: missing (or {y_name}.gz): it holds the labels for {x_found.name}")
     x_path = _usable(x_found, data_dir, progress, notes)

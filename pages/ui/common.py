@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
+from histo_core import paths
 from histo_core.errors import HistoError
 from pages.ui.navigation import page_spec
 
@@ -16,6 +17,7 @@ from pages.ui.navigation import page_spec
 def page_setup(page_file: str) -> None:
     """Tab title, icon, sign-in and heading for the page whose file is `page_file` (pass `__file__`), all read
     from the one page list (pages/ui/navigation.py)."""
+    paths.confine_to_data_roots()  # this process serves web users: datasets open only inside the data roots
     spec = page_spec(page_file)
     tab = spec.page_heading if spec.page_heading == "Histo Explorer" else f"{spec.title} · Histo Explorer"
     st.set_page_config(page_title=tab, page_icon=spec.icon, layout="wide")
@@ -125,14 +127,30 @@ def url_news(param: str, key: str, many: bool = False) -> Any:
     return wanted
 
 
-def url_selection(param: str, key: str, options: Sequence[str] | Mapping[str, Any], many: bool = False) -> None:
+def url_selection(
+    param: str,
+    key: str,
+    options: Sequence[str] | Mapping[str, Any],
+    many: bool = False,
+    canonical: Callable[[str], str] | None = None,
+) -> None:
     """Call before the selectbox (`many`: multiselect) `key`: a `?param=` naming options selects them when it is
     news (`url_news`), and a selection no longer offered (a deleted run) is dropped. `options` maps URL values
     to the widget's option values where they differ (Classify names a model in the URL, its selectbox holds
-    paths)."""
+    paths); `canonical` maps a URL value to the spelling the options use (dataset paths are listed resolved).
+    A link naming something not offered says so, without echoing it, rather than showing another thing silently."""
     values = options if isinstance(options, Mapping) else {o: o for o in options}
     offered = list(values.values())
-    wanted = url_news(param, key, many)
+    news = url_news(param, key, many)
+    wanted = [canonical(w) for w in news] if canonical and many and news else news
+    if canonical and not many and news:
+        wanted = canonical(news)
+    if wanted and any(w not in values for w in (wanted if many else [wanted])):
+        st.warning(
+            f"The {param} this link names is not available here (deleted, not finished, or not one this app may "
+            "open): choose one below.",
+            icon="🔗",
+        )
     if many and wanted and any(w in values for w in wanted):
         st.session_state[key] = [values[w] for w in wanted if w in values]
     elif not many and wanted in values:

@@ -145,8 +145,10 @@ def dataset_picker(
     wanted = default or (url_news(_QUERY_KEY, choice_key) if url else None)
     refused = False
     if wanted:
-        if wanted in specs:
-            st.session_state[choice_key] = wanted
+        from histo_core.datasets.catalog import canonical_spec
+
+        if canonical_spec(wanted) in specs:  # the catalog lists paths resolved; a link may name them another way
+            st.session_state[choice_key] = canonical_spec(wanted)
         elif _allowed(wanted, data_dir):
             st.session_state[choice_key], st.session_state[path_key] = OTHER_PATH, wanted
         else:  # a link naming a path outside the roots: neither opened nor echoed into the path box
