@@ -15,7 +15,7 @@ from histo_core.datasets.decoded_tiles import read_original, source_file
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError
 from histo_core.paths import data_roots
-from pages.ui.common import page_setup, synthetic_badge, user_errors
+from pages.ui.common import page_setup, plain, synthetic_badge, user_errors
 from pages.ui.datasets import (
     class_distribution_figure,
     data_dir_caption,
@@ -55,7 +55,7 @@ def render_download(flag: str, size: int, where: str) -> None:
             download_dataset(flag, size, progress=progress_callback(bar, f"downloading {target.name}"))
         except HistoError as exc:
             bar.empty()
-            st.error(str(exc))
+            st.error(plain(exc))
             return
         bar.empty()
         st.session_state[f"{KEY}_notice"] = f"Downloaded {target.name}."
@@ -71,16 +71,16 @@ def render_not_downloaded(entry, size: int) -> None:
     for col, split in zip(cols, ("train", "val", "test")):
         col.metric(f"{split} (official)", f"{official[split]:,}")
     cols[3].metric("classes", len(entry.classes))
-    st.caption("Classes: " + ", ".join(entry.classes))
+    st.caption("Classes: " + plain(", ".join(entry.classes)))
     st.caption(f"Licence: {entry.license or 'see its source'}")
 
 
 def render_overview(ds) -> None:
     info = ds.info
     synthetic_badge(info)
-    st.subheader(info.title)
+    st.subheader(plain(info.title))
     if info.description:
-        st.markdown(info.description)
+        st.markdown(plain(info.description))
     sizes = ds.split_sizes()
     cols = st.columns(len(sizes) + 3)
     for col, (split, n) in zip(cols, sizes.items()):
@@ -89,9 +89,9 @@ def render_overview(ds) -> None:
     cols[len(sizes) + 1].metric("tile size", f"{info.size} px")
     channels = f"{info.channels}" + (f" (from {info.native_channels})" if info.native_channels != info.channels else "")
     cols[len(sizes) + 2].metric("channels", channels)
-    st.caption(f"Task: {info.task} · source: {info.source} · location: `{info.location}`")
+    st.caption(plain(f"Task: {info.task} · source: {info.source} · location: {info.location}"))
     for note in info.extra.get("notes", []):
-        st.caption(f"Note: {note}")
+        st.caption(f"Note: {plain(note)}")
     skipped = info.extra.get("skipped") or []
     if skipped:
         with st.expander(f"{len(skipped)} file(s) skipped"):
@@ -123,7 +123,7 @@ def render_samples(ds) -> None:
         label = info.classes.index(shown)
         picked = {label: class_sample_indices(s.labels, label, count, seed)}
     for label, idx in picked.items():
-        st.markdown(f"**{info.classes[label]}** · {int((s.labels == label).sum()):,} tiles in {split}")
+        st.markdown(f"**{plain(info.classes[label])}** · {int((s.labels == label).sum()):,} tiles in {split}")
         if len(idx) == 0:
             st.caption("no tiles of this class in this split")
             continue
@@ -176,8 +176,8 @@ def render_viewer(ds) -> None:
     tile = s.get([index])[0]
     big, factor = upscale_nearest(tile, 256)
     label = int(s.labels[index])
-    name = f" · file `{s.tile_names[index]}`" if s.tile_names else ""
-    cols[2].markdown(f"**Label:** {ds.info.classes[label]} (class {label}){name}")
+    name = f" · file {plain(s.tile_names[index])}" if s.tile_names else ""
+    cols[2].markdown(f"**Label:** {plain(ds.info.classes[label])} (class {label}){name}")
     scale = (
         f"shown {factor}× with nearest-neighbour upscaling so single pixels are visible"
         if factor > 1
@@ -207,15 +207,15 @@ def render_about(info) -> None:
         st.markdown(f"**Licence:** {info.license}")
     if info.citation:
         st.markdown("**Cite:**")
-        st.markdown(info.citation)
+        st.markdown(plain(info.citation))
     about = info.extra.get("about_file")
     if about:
-        with st.expander(f"{about}"):
+        with st.expander(plain(about)):
             try:
                 # plain text: a dataset's README is not trusted markup (links, images, HTML)
                 st.text(open(about, encoding="utf-8", errors="replace").read(20000))
             except OSError as exc:
-                st.caption(f"cannot read it: {exc}")
+                st.caption(plain(f"cannot read it: {exc}"))
     if not (info.license or info.citation or about):
         st.caption(
             "No licence or citation is known for these files: check where they came from before sharing results."
@@ -238,7 +238,7 @@ def render_add_path() -> None:
                 ds = add_local_dataset(path, progress=progress_callback(bar, "decoding images"))
             except HistoError as exc:
                 bar.empty()
-                st.error(str(exc))
+                st.error(plain(exc))
                 return
             bar.empty()
             st.session_state[f"{KEY}_notice"] = f"Added {ds.info.title}."
@@ -267,7 +267,7 @@ def render_download_any() -> None:
 notice = st.session_state.pop(f"{KEY}_notice", None)
 with st.empty():  # always one slot, so the page below keeps its place whether or not a notice shows
     if notice:
-        st.success(notice)
+        st.success(plain(notice))
 pending = st.session_state.pop(f"{KEY}_pending", None)  # a just-added dataset becomes the selection
 # ?dataset= selects a dataset (the picker writes the choice back: reloads and shared links keep it)
 choice = dataset_picker(KEY, include_missing=True, default=pending, url="sync")

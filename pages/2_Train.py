@@ -7,7 +7,7 @@ import streamlit as st
 
 from histo_core import jobs
 from histo_core.errors import HistoError
-from pages.ui.common import page_setup, signed_in_user, start_once, synthetic_badge, user_errors
+from pages.ui.common import page_setup, plain, signed_in_user, start_once, synthetic_badge, user_errors
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
 from pages.ui.tasks import task_panel
@@ -30,7 +30,7 @@ def refresh_defaults(spec: str, size: int | None, as_rgb: bool) -> TrainConfig: 
     try:
         defaults = default_config(spec, device)
     except HistoError as exc:  # e.g. device cuda without a GPU: show it, keep going with auto's defaults
-        st.error(str(exc))
+        st.error(plain(exc))
         defaults = default_config(spec, "auto").replace(device=device)
     if st.session_state.get(PREFIX + "defaults_for") != (spec, device):
         apply_defaults(defaults)
@@ -47,7 +47,7 @@ def describe_dataset(spec: str, size: int | None, as_rgb: bool):
         info = ds.info
         sizes = ds.split_sizes()
         st.caption(
-            f"**{info.title}** · {info.num_classes} classes · {info.size} px · {info.channels} channel(s) · "
+            f"**{plain(info.title)}** · {info.num_classes} classes · {info.size} px · {info.channels} channel(s) · "
             + " / ".join(f"{k} {v:,}" for k, v in sizes.items())
         )
         synthetic_badge(info)
@@ -123,7 +123,7 @@ try:
 except HistoError as exc:
     problem = str(exc)
 if problem:
-    st.error(form_message(problem))
+    st.error(plain(form_message(problem)))
 
 if config is not None and ds is not None and not problem:
     left, right = st.columns(2)

@@ -6,14 +6,14 @@ import streamlit as st
 
 from histo_core import jobs, paths
 from histo_core.runs import RunDir, list_runs, read_only_note
-from pages.ui.common import keep_in_url, page_setup, url_selection, user_errors
+from pages.ui.common import keep_in_url, page_setup, plain, url_selection, user_errors
 from pages.ui.runs import link_to_page, render_run, render_summary_table, run_label
 
 page_setup(__file__)
 
 notice = st.session_state.pop("runs_notice", None)
 if notice:
-    st.success(notice)
+    st.success(plain(notice))
 
 runs = None
 with user_errors():
@@ -22,7 +22,7 @@ if runs is None:
     st.stop()
 read_only = read_only_note()
 if read_only:
-    st.warning(read_only)
+    st.warning(plain(read_only))
 if not runs:
     st.info(f"No runs in `{paths.runs_dir()}` yet. Start one on the Train page (the synthetic demo needs no download).")
     link_to_page("pages/2_Train.py", "Train a model", "🏋️")

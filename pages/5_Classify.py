@@ -23,7 +23,7 @@ from pages.ui.classify import (
     table_columns,
     target_select,
 )
-from pages.ui.common import page_setup
+from pages.ui.common import page_setup, plain
 from pages.ui.evaluate import evaluate_panel
 from pages.ui.feature_map import faithfulness_note, similar_tiles
 
@@ -82,7 +82,7 @@ def tiles_mode() -> None:
     good = [i for i, r in enumerate(results) if r.ok]
     bad = [r for r in results if not r.ok]
     for r in bad:
-        st.error(r.error, icon="🚫")
+        st.error(plain(r.error), icon="🚫")
     st.caption(
         f"{len(good)} of {len(results)} file(s) classified"
         + (f", {len(bad)} could not be read" if bad else "")
@@ -123,9 +123,9 @@ def target_for(i: int, predicted: int) -> int:
 
 def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
     with st.container(border=True):
-        st.markdown(f"**{r.name}** → **{meta.classes[r.pred]}** ({r.confidence:.1%})")
+        st.markdown(f"**{plain(r.name)}** → **{plain(meta.classes[r.pred])}** ({r.confidence:.1%})")
         if r.unlike_training:
-            st.warning(f"Unlike the training tiles: treat with care ({r.unlike_training}).", icon="⚠️")
+            st.warning(f"Unlike the training tiles: treat with care ({plain(r.unlike_training)}).", icon="⚠️")
         left, middle, right = st.columns([1, 1, 1.3])
         left.image(r.preview, caption=f"as uploaded: {r.width}x{r.height}, {r.mode_note}", width=224)
         if stain_changed(r):
@@ -154,7 +154,7 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
             )
             target_select(meta.classes, r.pred, key=f"classify_target_{i}")
         for note in r.notes:
-            st.caption(f"ℹ️ {note}")
+            st.caption(f"ℹ️ {plain(note)}")
         similar_tiles(loaded, entry, r.tile, r.probs, key=f"classify_similar_{i}")
 
 
@@ -180,7 +180,7 @@ def large_image_mode() -> None:
         decoded = decode_image(upload.getvalue(), upload.name)
         square_side(decoded.height, decoded.width, decoded.name)  # refuses images under 8 px across
     except HistoError as exc:
-        st.error(str(exc), icon="🚫")
+        st.error(plain(exc), icon="🚫")
         return
     h, w = decoded.height, decoded.width
     default = min(default_tile_px(meta, mpp), h, w)
@@ -213,14 +213,14 @@ def large_image_mode() -> None:
             )
         except HistoError as exc:
             bar.empty()
-            st.error(str(exc))
+            st.error(plain(exc))
             return
         bar.empty()
         cached = {"scope": scope, "map": cmap}
         st.session_state["classify_map"] = cached
     cmap = cached["map"]
     for note in decoded.notes + cmap.notes:
-        st.caption(f"ℹ️ {note}")
+        st.caption(f"ℹ️ {plain(note)}")
     st.image(
         render_class_map(decoded.array, cmap, alpha=alpha),
         caption=f"{decoded.name}: {w}x{h} px, {cmap.cols}x{cmap.rows} tiles of {cmap.tile_px} px",

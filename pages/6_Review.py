@@ -28,7 +28,7 @@ from histo_core.review import (
 from histo_core.runs import RunDir, list_runs
 from pages.ui.charts import confusion_figure, selected_cell
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
-from pages.ui.common import keep_in_url, page_setup, synthetic_badge, url_selection
+from pages.ui.common import keep_in_url, page_setup, plain, synthetic_badge, url_selection
 from pages.ui.tasks import task_panel
 
 page_setup(__file__)
@@ -80,7 +80,7 @@ synthetic_badge(run.dataset())
 try:
     preds = predictions(str(run.path), split, run.predictions_path(split).stat().st_mtime_ns)
 except HistoError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
 classes = preds.classes
 wrong = int(preds.wrong.sum())
@@ -94,7 +94,7 @@ try:
     tiles_source = run_tiles(str(run.path))
 except HistoError as exc:
     tiles_source = None
-    st.warning(f"{exc}. Tables and counts are still shown; tiles are not.")
+    st.warning(f"{plain(exc)}. Tables and counts are still shown; tiles are not.")
 
 
 def tiles_at(split_name: str, rows: np.ndarray) -> np.ndarray | None:
@@ -106,7 +106,7 @@ def tiles_at(split_name: str, rows: np.ndarray) -> np.ndarray | None:
             return tiles_source.training(rows)
         return tiles_source.get(split_name, rows)
     except HistoError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return None
 
 
@@ -219,7 +219,7 @@ if len(rows):
                 ):
                     cam_maps[i] = cam
             except HistoError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
         cam_opts = {"method": method, "alpha": 0.5, "raw": False}
         for start in range(0, len(shown), GRID_COLUMNS):
             cols = st.columns(GRID_COLUMNS)
@@ -230,8 +230,8 @@ if len(rows):
                 pos = int(shown[k])
                 with col.container(border=True):
                     st.markdown(
-                        f"**#{preds.indices[pos]}** · true **{classes[preds.labels[pos]]}** → "
-                        f"**{classes[preds.pred[pos]]}**"
+                        f"**#{preds.indices[pos]}** · true **{plain(classes[preds.labels[pos]])}** → "
+                        f"**{plain(classes[preds.pred[pos]])}**"
                     )
                     st.caption(
                         f"confidence {preds.confidence[pos]:.3f} · p(true) {preds.p_true[pos]:.3f} · "

@@ -13,7 +13,7 @@ from histo_core.faithfulness import DEFAULT_TILES, load_quality
 from histo_core.label_errors import load_label_errors
 from histo_core.model_catalog import list_models
 from histo_core.runs import RunDir, list_runs
-from pages.ui.common import keep_in_url, page_setup, synthetic_badge, url_news, url_selection
+from pages.ui.common import keep_in_url, page_setup, plain, synthetic_badge, url_news, url_selection
 from pages.ui.feature_map import (
     COLOUR_BY,
     current_store,
@@ -92,7 +92,7 @@ try:
         target = target_for(ref, spec)
         job_args = [target.model_ref, "--dataset", spec]
 except HistoError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
 
 store = current_store(target)

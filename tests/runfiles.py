@@ -42,10 +42,12 @@ def write_run(
     error: str | None = None,
     pid: int | None = None,
     run_id: str | None = None,
+    classes: list[str] | None = None,
 ) -> RunDir:
     """A run directory in `state`. completed: results, predictions, best/last.pt; failed/cancelled: the epochs
     done so far, last.pt and val_latest.json; running/queued: status with `pid` and a fresh heartbeat."""
     rng = np.random.default_rng(seed)
+    class_names = list(classes or CLASSES)
     cfg = TrainConfig(
         dataset="synthetic",
         arch=arch,
@@ -63,11 +65,11 @@ def write_run(
         "name": "synthetic",
         "title": "Synthetic H&E demo (SYNTHETIC)",
         "source": "synthetic",
-        "classes": CLASSES,
+        "classes": class_names,
         "channels": 3,
         "size": 28,
         "synthetic": True,
-        "num_classes": len(CLASSES),
+        "num_classes": len(class_names),
     }
     write_json_atomic(run.dataset_path, dataset)
     done = epochs if state == "completed" else (epochs_done if epochs_done is not None else 1)
@@ -86,10 +88,10 @@ def write_run(
                 "images_per_s": 900.0,
             }
         )
-    k = len(CLASSES)
+    k = len(class_names)
     labels = np.repeat(np.arange(k), 10)
     val_probs = _probs(labels, k, skill, rng)
-    val_report = classification_report(val_probs, labels, CLASSES)
+    val_report = classification_report(val_probs, labels, class_names)
     if done:
         write_json_atomic(run.file("val_latest.json"), val_report)
         model = build_model(arch, k, 3, 28)
@@ -98,7 +100,7 @@ def write_run(
             "num_classes": k,
             "in_channels": 3,
             "input_size": 28,
-            "classes": CLASSES,
+            "classes": class_names,
             "mean": [0.5, 0.5, 0.5],
             "std": [0.25, 0.25, 0.25],
             "mlp_head": False,
@@ -109,7 +111,7 @@ def write_run(
             save_checkpoint(run.best_ckpt, model, meta, epoch=done, metrics={"val_acc": 0.75})
     if state == "completed":
         test_probs = _probs(labels, k, skill, rng)
-        test_report = classification_report(test_probs, labels, CLASSES)
+        test_report = classification_report(test_probs, labels, class_names)
         write_json_atomic(
             run.results_path,
             {

@@ -101,7 +101,7 @@ def test_add_local_folder_then_it_is_selected(tmp_path):
     assert metrics(at)["classes"] == "2" and metrics(at)["train"] == "12"
     viewer = [c for c in image_captions(at) if c.startswith("train #0")]
     assert viewer and "nearest-neighbour" in viewer[0]
-    assert any("file `" in md.value for md in at.markdown)  # the viewer names the file
+    assert any(" · file ADI" in md.value for md in at.markdown)  # the viewer names the file
     assert any(c.startswith("original file: 40×40 px") for c in image_captions(at))  # and shows it as stored
 
 

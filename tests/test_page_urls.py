@@ -110,3 +110,24 @@ def test_feature_map_of_a_frozen_model_keeps_model_and_dataset_in_the_url(pathmn
     at.radio(key="fm_source").set_value("A run's dataset").run()  # the user's switch stands
     assert at.radio(key="fm_source").value == "A run's dataset"
     assert param(at, "run") and not param(at, "model") and not param(at, "dataset")
+
+
+@pytest.mark.parametrize(
+    "page,params",
+    [
+        ("3_Runs.py", {"run": "../.."}),
+        ("6_Review.py", {"run": "/etc/passwd"}),
+        ("5_Classify.py", {"model": "/etc/passwd"}),
+        ("5_Classify.py", {"run": "no-such-run"}),
+        ("4_Compare.py", {"run": ["run-a", "../x"]}),
+        ("7_Feature_map.py", {"model": "/etc/passwd"}),
+    ],
+)
+def test_a_link_naming_what_is_not_here_says_so_without_echoing_it(page, params):
+    write_run("completed", seed=1, run_id="run-a")
+    write_run("completed", seed=2, run_id="run-b")
+    at = open_page(page, **params)
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("this link names is not available here" in w for w in warnings), warnings
+    assert "passwd" not in " ".join(warnings) and "../" not in " ".join(warnings)

@@ -27,7 +27,7 @@ from histo_core.explain import (
 )
 from histo_core.inference import LoadedModel, load_model
 from histo_core.model_catalog import ModelEntry, list_models
-from pages.ui.common import keep_in_url, url_selection
+from pages.ui.common import keep_in_url, plain, url_selection
 
 CARD_PX = 224
 PAGE_SIZES = (6, 12, 24, 48)
@@ -47,7 +47,7 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
     notes: list[str] = []
     entries = list_models(notes)
     for note in notes:
-        st.caption(f"⚠️ {note}")
+        st.caption(f"⚠️ {plain(note)}")
     if not entries:
         st.info(
             "No trained model yet. Train one on the Train page (the synthetic demo needs no download), wait "
@@ -73,12 +73,12 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
     try:
         loaded = cached_model(ref)
     except HistoError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return None
     m = loaded.meta
     st.caption(
         f"{m.arch} · input {m.input_size} px, {m.in_channels} channel(s) · {m.num_classes} classes: "
-        f"{', '.join(m.classes)} · trained on {entry.dataset}"
+        f"{plain(', '.join(m.classes))} · trained on {plain(entry.dataset)}"
         + (
             f" (tiles covering {m.field_um:.0f} µm: {m.native_tile_px} px at {m.source_mpp} µm/px)"
             if m.field_um
@@ -279,7 +279,7 @@ def show_cam(
             caption="as uploaded (no map)" if original is not None else "model input (no overlay)",
             **size,
         )
-        box.warning(flat_map_message(method, class_name, predicted))
+        box.warning(plain(flat_map_message(method, class_name, predicted)))
         return
     what = f"{method} for '{class_name}'"
     if options["raw"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -12,6 +13,18 @@ import streamlit as st
 from histo_core import paths
 from histo_core.errors import HistoError
 from pages.ui.navigation import page_spec
+
+# What makes Markdown act: emphasis, code, links and images (they need `[`), HTML and autolinks (`<`), headings,
+# LaTeX, strikethrough, tables, escapes; and `://`, GFM's bare-URL autolink. Other punctuation stays as typed.
+_MARKDOWN_SYNTAX = re.compile(r"([\\`*_\[\]<>#$~|])|:(?=//)")
+
+
+def plain(text: object) -> str:
+    """`text` made safe to place inside Streamlit Markdown (markdown, caption, alerts, labels): the characters
+    Markdown acts on are backslash-escaped and line breaks become spaces, so a run name, class name, file name,
+    dataset title or a message quoting them shows as typed, never as an image, a link, HTML or markup (user
+    text is data)."""
+    return _MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(0), " ".join(str(text).splitlines()))
 
 
 def page_setup(page_file: str) -> None:
@@ -63,7 +76,7 @@ def require_sign_in() -> None:
                 )
         st.stop()
     with st.sidebar:
-        st.caption(f"Signed in as {signed_in_user()}")
+        st.caption(f"Signed in as {plain(signed_in_user())}")
         if st.button("Sign out", key="_histo_sign_out"):
             st.logout()
 
@@ -74,7 +87,7 @@ def user_errors(prefix: str = "") -> Iterator[None]:
     try:
         yield
     except HistoError as exc:
-        st.error(f"{prefix}{exc}")
+        st.error(plain(f"{prefix}{exc}"))
 
 
 T = TypeVar("T")

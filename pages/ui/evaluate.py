@@ -14,7 +14,7 @@ from histo_core.errors import HistoError
 from histo_core.evaluation import list_evaluations
 from histo_core.model_catalog import ModelEntry
 from histo_core.runs import RunDir
-from pages.ui.common import user_errors
+from pages.ui.common import plain, user_errors
 
 NO_COUNTERPART = "(no counterpart: reported apart)"
 SPLITS = ("all", "test", "val", "train")
@@ -108,7 +108,7 @@ def evaluate_panel(model: RunDir | ModelEntry) -> None:
         try:
             mapping = class_map_editor([str(c) for c in ds.info.classes], classes, key=f"evaluate_map_{key}")
         except HistoError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             return
         if mapping is not None and st.button(
             "Start the evaluation",
@@ -126,7 +126,7 @@ def evaluate_panel(model: RunDir | ModelEntry) -> None:
 def _running(target: RunDir | str, key: str) -> None:
     running = [j for j in jobs.evaluation_jobs(target) if j["state"] == "running"]
     for j in running:
-        st.info(f"⏳ Evaluating on {j['dataset']} ({j['split']}) as '{j['name']}'…")
+        st.info(plain(f"⏳ Evaluating on {j['dataset']} ({j['split']}) as '{j['name']}'…"))
     if not running and st.session_state.pop(f"evaluate_waiting_{key}", False):
         st.rerun(scope="app")
     if running:
@@ -143,7 +143,7 @@ def evaluations_view(target: RunDir | str, key: str) -> None:
     saved_names = {e["name"] for e in saved}
     for j in all_jobs:
         if j["state"] == "failed" and j["name"] not in saved_names:
-            st.error(f"Evaluation '{j['name']}' on {j['dataset']} failed: {j['error']}")
+            st.error(plain(f"Evaluation '{j['name']}' on {j['dataset']} failed: {j['error']}"))
     if not saved:
         return
     st.markdown("**Evaluations on other datasets**")
@@ -176,5 +176,5 @@ def evaluations_view(target: RunDir | str, key: str) -> None:
     from histo_core.evaluation import format_matching
     from pages.ui.runs import render_report
 
-    st.caption(" · ".join(format_matching(report)))
+    st.caption(plain(" · ".join(format_matching(report))))
     render_report(report, key=f"eval-{key}-{pick}")

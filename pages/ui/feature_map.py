@@ -17,6 +17,7 @@ from histo_core.embeddings import EmbeddingStore, EmbedTarget, is_current, load_
 from histo_core.errors import HistoError
 from histo_core.explain import uniform_maps
 from pages.ui.classify import tile_grid
+from pages.ui.common import plain
 
 COLOUR_BY = {
     "true class": "true",
@@ -59,12 +60,12 @@ def job_panel(target: EmbedTarget, args: list[str], kind: str, start_label: str,
         _job_progress(str(path), kind)
         return
     if status and status.get("state") == "failed":
-        st.error(f"The last {kind} job failed: {status.get('error')}")
+        st.error(f"The last {kind} job failed: {plain(status.get('error'))}")
     if st.button(start_label, key=key, type="primary"):
         try:
             jobs.start_inspection_job(kind, args, path)
         except HistoError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             return
         st.rerun()
 
@@ -156,7 +157,7 @@ def selection_grid(df: pd.DataFrame, picked: list[tuple[str, int]], tiles_of) ->
     )
     summary = index.loc[picked][["true", "predicted", "confidence", "outcome"]].reset_index()
     counts = summary["true"].value_counts()
-    st.caption("true classes: " + " · ".join(f"{c} {n}" for c, n in counts.items()))
+    st.caption("true classes: " + plain(" · ".join(f"{c} {n}" for c, n in counts.items())))
     images, caps = [], []
     by_split: dict[str, list[int]] = {}
     for split, row in shown:
@@ -166,7 +167,7 @@ def selection_grid(df: pd.DataFrame, picked: list[tuple[str, int]], tiles_of) ->
         try:
             arr = tiles_of(split, np.asarray(rows))
         except HistoError as exc:
-            st.warning(str(exc))
+            st.warning(plain(exc))
             return
         fetched.update({(split, r): t for r, t in zip(rows, arr)})
     for key in shown:
@@ -284,7 +285,7 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
         try:
             target = target_for(entry.ref)
         except HistoError as exc:
-            st.caption(f"Not available: {exc}")
+            st.caption(f"Not available: {plain(exc)}")
             return
         store = current_store(target)
         if store is None:
@@ -297,7 +298,7 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
         try:
             index = _index(target.model_ref, int(store.meta.get("model_mtime_ns", 0)))
         except HistoError as exc:
-            st.caption(f"Not available: {exc}")
+            st.caption(f"Not available: {plain(exc)}")
             return
         feats, _ = tile_features(loaded.model, loaded.meta, tile[None])
         hits = index.search(feats, min(k, len(index)))
@@ -305,8 +306,8 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
         pred = int(np.argmax(probs))
         vote_name, pred_name = index.classes[int(voted[0])], loaded.meta.classes[pred]
         line = (
-            f"k-NN vote of the {hits.labels.shape[1]} nearest of {len(index):,} training tiles: **{vote_name}** "
-            f"({share[0]:.0%}) · model: **{pred_name}** ({probs[pred]:.1%})"
+            f"k-NN vote of the {hits.labels.shape[1]} nearest of {len(index):,} training tiles: **{plain(vote_name)}** "
+            f"({share[0]:.0%}) · model: **{plain(pred_name)}** ({probs[pred]:.1%})"
         )
         if vote_name != pred_name:
             st.warning(line + " — the most similar training tiles disagree with the model: look closer.", icon="⚠️")
@@ -317,7 +318,7 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
         try:
             imgs = [getter(str(s), np.asarray([r]))[0] for s, r in zip(splits, rows)]
         except HistoError as exc:
-            st.caption(str(exc))
+            st.caption(plain(exc))
             imgs = None
         caps = [
             f"{index.classes[int(lab)]} · d={d:.3f} · {s} #{r}"

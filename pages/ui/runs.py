@@ -15,7 +15,7 @@ from histo_core import jobs
 from histo_core.fsutil import read_json
 from histo_core.runs import RunDir, RunStatus
 from pages.ui import charts
-from pages.ui.common import start_once, synthetic_badge, user_errors
+from pages.ui.common import plain, start_once, synthetic_badge, user_errors
 
 LIVE_REFRESH_S = 2.0
 STATE_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️", jobs.STALE: "❔"}
@@ -104,9 +104,9 @@ def render_run(run: RunDir) -> None:
     status = jobs.refresh_status(run)
     config, dataset = run.config(), run.dataset()
     title = config.get("name") or run.id
-    st.subheader(title)
+    st.subheader(plain(title))
     st.caption(
-        f"`{run.id}` · {dataset.get('title') or config.get('dataset')} · {config.get('arch')} · "
+        f"`{run.id}` · {plain(dataset.get('title') or config.get('dataset'))} · {config.get('arch')} · "
         f"{config.get('epochs')} epochs · batch {config.get('batch_size')} · {config.get('optimizer')} "
         f"lr {config.get('lr')} · noise {config.get('noise', 0):g}"
         + (f" ({config.get('noise_mode')})" if config.get("noise") else "")
@@ -141,7 +141,7 @@ def render_progress(run: RunDir, status: RunStatus) -> None:
         )
         return
     if status.state == jobs.STALE:
-        st.warning(f"No heartbeat from {status.host} for a while: the run may have died there.")
+        st.warning(f"No heartbeat from {plain(status.host)} for a while: the run may have died there.")
     if run.cancel_requested():
         st.warning("Cancel requested: the run stops after the current batch and saves last.pt.")
     phase = f" · {status.phase}" if status.phase else ""
@@ -273,14 +273,14 @@ def _finished_view(run: RunDir, status: RunStatus) -> None:
     took = fmt_duration((status.finished_at - status.started_at) if status.finished_at and status.started_at else None)
     results = run.results() or {}
     if status.state == "failed":
-        st.error(f"Run failed: {status.error or 'no error recorded'}")
+        st.error(f"Run failed: {plain(status.error or 'no error recorded')}")
     elif status.state == "cancelled":
         st.warning(
             f"{icon} Cancelled after epoch {status.epoch} of {status.epochs}"
             + (" (last.pt saved: resume continues from there)." if run.last_ckpt.exists() else ".")
         )
         if status.error:
-            st.caption(status.error)
+            st.caption(plain(status.error))
     else:
         early = " (stopped early)" if results.get("stopped_early") else ""
         rows = run.metrics()
@@ -380,7 +380,7 @@ def _delete_control(run: RunDir) -> None:
             st.session_state[confirm_key] = True
             st.rerun()
         return
-    st.warning(f"Delete {run.id} and all its files?")
+    st.warning(f"Delete {plain(run.id)} and all its files?")
     yes, no = st.columns(2)
     if yes.button("Yes, delete", key=f"delete-yes-{run.id}", type="primary"):
         with user_errors():
@@ -404,4 +404,4 @@ def _export_form(run: RunDir) -> None:
             if st.form_submit_button("Export"):
                 with user_errors():
                     path = export_run(run, name, overwrite=overwrite)
-                    st.success(f"Exported to {path} (model card {path.with_suffix('.json').name})")
+                    st.success(plain(f"Exported to {path} (model card {path.with_suffix('.json').name})"))

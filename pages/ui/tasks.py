@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from histo_core import jobs, tasks
-from pages.ui.common import signed_in_user, start_once, user_errors
+from pages.ui.common import plain, signed_in_user, start_once, user_errors
 
 
 def task_panel(
@@ -49,7 +49,7 @@ def task_panel(
         if result is not None:
             render_result(result)
     elif status.state == "failed":
-        st.error(f"Failed: {status.error}")
+        st.error(f"Failed: {plain(status.error)}")
     else:
         st.info(f"The last {kind} task was {status.state}.")
 
