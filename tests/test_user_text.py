@@ -15,7 +15,18 @@ from tests.runfiles import CLASSES, write_run
 PAYLOAD = "![x](http://tracker.invalid/t.png)"
 FILE_PAYLOAD = "![x](t.png)"  # a file name cannot hold a slash
 # Elements that show their text as it is: tables (Arrow), plain text, code, charts, and the options of pickers.
-PLAIN = {"dataframe", "image", "arrow_data_frame", "text", "code", "plotly_chart", "json", "selectbox", "multiselect", "text_input"}
+PLAIN = {
+    "dataframe",
+    "image",
+    "arrow_data_frame",
+    "text",
+    "code",
+    "plotly_chart",
+    "json",
+    "selectbox",
+    "multiselect",
+    "text_input",
+}
 
 
 def rendered_as_markdown(at: AppTest) -> list[str]:
