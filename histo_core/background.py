@@ -41,7 +41,7 @@ def start_inspection_job(kind: str, args: list[str], status_path: str | os.PathL
         cmd = histo_command(kind, *args, "--job-status", str(status_path.resolve()))
         log_path = status_path.with_suffix(".log")
         try:
-            with open(log_path, "ab") as log:
+            with _queue_room(), open(log_path, "ab") as log:
                 log_banner(log, cmd)
                 pid = spawn_detached(cmd, log)
         except OSError as exc:
@@ -60,6 +60,12 @@ def start_inspection_job(kind: str, args: list[str], status_path: str | os.PathL
             log=str(log_path),
         )
     return pid
+
+
+def _queue_room(runs_root: str | os.PathLike | None = None):
+    from histo_core.jobs import queue_room  # jobs re-exports this module's starters: imported when used
+
+    return queue_room(runs_root)
 
 
 def write_job_status(status_path: str | os.PathLike, **changes: Any) -> dict[str, Any]:
@@ -145,9 +151,14 @@ def start_evaluation(
         cmd = evaluation_command(
             ref, str(dataset).strip(), split, dict(class_map or {}), name, save_to=folder.resolve()
         )
+        runs_root = model.path.parent if isinstance(model, RunDir) else None
         try:
-            with open(folder / f"{name}.out.json", "wb") as out, open(folder / f"{name}.log", "wb") as err:
-                pid = spawn_detached(cmd, out, err)
+            with (
+                _queue_room(runs_root),
+                open(folder / f"{name}.out.json", "wb") as out,
+                open(folder / f"{name}.log", "wb") as err,
+            ):
+                pid = spawn_detached(cmd, out, err, runs_root=runs_root)
         except OSError as exc:
             raise HistoError(f"could not start the evaluation process ({exc})") from None
         write_json_atomic(

@@ -21,6 +21,8 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from histo_core import paths
 from histo_core.background import (
@@ -42,8 +44,17 @@ from histo_core.liveness import (
     refresh_status,
     wait,
 )
-from histo_core.procs import histo_command, log_banner, one_start, pid_alive, proc_start_time, spawn_detached
-from histo_core.runs import RunDir, RunStatus, list_runs, resolve_run
+from histo_core.procs import (
+    histo_command,
+    live_registered,
+    log_banner,
+    one_start,
+    pid_alive,
+    proc_start_time,
+    queue_lock,
+    spawn_detached,
+)
+from histo_core.runs import UNREADABLE, RunDir, RunStatus, list_runs, resolve_run
 from histo_core.summaries import augmentation_label, best_val, comparison_row, run_summary, summaries
 
 # -- starting processes ------------------------------------------------------------------------------
@@ -54,11 +65,11 @@ def submit(config, runs_root: str | os.PathLike | None = None, started_by: str |
     `started_by`: the signed-in user, recorded in config.json."""
     from histo_core.training import prepare_run
 
-    check_queue_room(runs_root)
-    if started_by:
-        config.started_by = str(started_by)
-    run = prepare_run(config, runs_root=runs_root)
-    _start_training_process(run, resume=False)
+    with queue_room(runs_root):
+        if started_by:
+            config.started_by = str(started_by)
+        run = prepare_run(config, runs_root=runs_root)
+        _start_training_process(run, resume=False)
     return run
 
 
@@ -67,23 +78,48 @@ def active_runs(runs_root: str | os.PathLike | None = None) -> list[RunDir]:
     return [r for r in list_runs(runs_root) if refresh_status(r).state in ACTIVE_STATES]
 
 
-def check_queue_room(runs_root: str | os.PathLike | None = None) -> None:
-    """Refuse a new background process when HISTO_MAX_QUEUED (default 8) are already queued or running in
-    this runs directory: each waiting process holds its memory (about 900 MB for a trainer)."""
+def active_processes(runs_root: str | os.PathLike | None = None) -> int:
+    """How many background processes of every kind are queued or running in this runs directory: training runs,
+    page tasks, evaluations and inspection jobs (each registered when started, procs.live_registered), and runs
+    or tasks marked active whose process is not registered (started by hand, or about to start)."""
+    from histo_core.tasks import active_tasks, refresh_task
+
+    pids = live_registered(runs_root)
+    waiting = 0
+    statuses = [refresh_status(r) for r in active_runs(runs_root)] + [refresh_task(t) for t in active_tasks(runs_root)]
+    for status in statuses:
+        if status.pid:
+            pids.add(int(status.pid))
+        else:
+            waiting += 1
+    return len(pids) + waiting
+
+
+@contextmanager
+def queue_room(runs_root: str | os.PathLike | None = None) -> Iterator[None]:
+    """Start a background process inside this block: refused when HISTO_MAX_QUEUED (default 8) processes of any
+    kind are already queued or running in this runs directory (each waiting process holds its memory, about
+    900 MB for a trainer). The count and the start happen under one OS file lock, so simultaneous starts (two
+    browser tabs, two app servers) never pass the limit together."""
     from histo_core.limits import max_queued
     from histo_core.slots import max_concurrent
 
     for name in sorted(k for k in os.environ if k.startswith("HISTO_MAX_RUNS_")):
         max_concurrent(name[len("HISTO_MAX_RUNS_") :])  # a bad value is refused here, before a process starts
-    from histo_core.tasks import active_tasks
-
     limit = max_queued()
-    active = len(active_runs(runs_root)) + len(active_tasks(runs_root))
-    if active >= limit:
-        raise HistoError(
-            f"{active} runs and page tasks are already queued or running in {paths.runs_dir(runs_root)}, the limit "
-            f"(HISTO_MAX_QUEUED={limit}): wait for one to finish or cancel one, then start again"
-        )
+    try:
+        lock = queue_lock(runs_root)
+    except OSError as exc:
+        raise HistoError(f"{paths.runs_dir(runs_root)}: cannot start anything there ({exc.strerror or exc})") from None
+    with lock:
+        active = active_processes(runs_root)
+        if active >= limit:
+            raise HistoError(
+                f"{active} background processes (runs, evaluations, page tasks) are already queued or running in "
+                f"{paths.runs_dir(runs_root)}, the limit (HISTO_MAX_QUEUED={limit}): wait for one to finish or "
+                "cancel one, then start again"
+            )
+        yield
 
 
 def _start_training_process(run: RunDir, resume: bool) -> int:
@@ -93,7 +129,7 @@ def _start_training_process(run: RunDir, resume: bool) -> int:
     try:
         with open(run.log_path, "ab") as log:
             log_banner(log, cmd)
-            pid = spawn_detached(cmd, log)
+            pid = spawn_detached(cmd, log, runs_root=run.path.parent)
     except OSError as exc:
         run.update_status(state="failed", error=f"could not start the training process: {exc}")
         raise HistoError(f"{run.id}: could not start the training process ({exc})") from None
@@ -117,6 +153,8 @@ def cancel(run: RunDir) -> RunStatus:
     """Ask a queued or running run to stop. A running trainer stops at a safe point, saves last.pt and writes
     "cancelled" itself; a queued run is marked cancelled at once."""
     status = refresh_status(run)
+    if status.state == UNREADABLE:
+        raise HistoError(unreadable_message(run, status, "cancelled"))
     if status.state not in ACTIVE_STATES:
         raise HistoError(f"{run.id}: the run is {status.state}; only a queued or running run can be cancelled")
     try:
@@ -144,22 +182,31 @@ def resume(run: RunDir) -> str:
     the second finds the run queued."""
     with one_start(run.path / ".start.lock"):
         status = refresh_status(run)
+        if status.state == UNREADABLE:  # never resumed with invented settings
+            raise HistoError(unreadable_message(run, status, "resumed"))
         if status.state in ACTIVE_STATES:
             raise HistoError(f"{run.id}: the run is {status.state}; cancel it before resuming")
         if status.state == STALE:
             raise HistoError(f"{run.id}: the run is still marked running on {status.host}; resume it there")
         if status.state == "completed":
             raise HistoError(f"{run.id}: the run has completed; start a new run to train longer")
-        check_queue_room(run.path.parent)
-        run.cancel_path.unlink(missing_ok=True)
-        from_checkpoint = run.last_ckpt.exists()
-        if from_checkpoint:
-            note = f"resuming {run.id} from epoch {len(run.metrics())} of {status.epochs or '?'}"
-        else:  # the trainer refuses --resume without last.pt; a fresh start also clears the partial metrics
-            note = f"{run.id} has no checkpoint (last.pt): restarting it from scratch"
-        run.update_status(state="queued", error=None, finished_at=None, eta_s=None, phase="")
-        _start_training_process(run, resume=from_checkpoint)
+        with queue_room(run.path.parent):
+            run.cancel_path.unlink(missing_ok=True)
+            from_checkpoint = run.last_ckpt.exists()
+            if from_checkpoint:
+                note = f"resuming {run.id} from epoch {len(run.metrics())} of {status.epochs or '?'}"
+            else:  # the trainer refuses --resume without last.pt; a fresh start also clears the partial metrics
+                note = f"{run.id} has no checkpoint (last.pt): restarting it from scratch"
+            run.update_status(state="queued", error=None, finished_at=None, eta_s=None, phase="")
+            _start_training_process(run, resume=from_checkpoint)
         return note
+
+
+def unreadable_message(run: RunDir, status: RunStatus, verb: str) -> str:
+    return (
+        f"{run.id}: unreadable ({status.error}), so it cannot be {verb}; restore the file, or delete the run "
+        f"(python -m histo_core runs delete {run.id})"
+    )
 
 
 def delete(run: RunDir) -> None:
@@ -183,7 +230,8 @@ __all__ = [
     "augmentation_label",
     "best_val",
     "cancel",
-    "check_queue_room",
+    "queue_room",
+    "active_processes",
     "comparison_row",
     "delete",
     "evaluation_command",

@@ -3,7 +3,9 @@
 Every background process (training runs, page tasks, inspection and evaluation jobs) is started by
 `spawn_detached`: in its own session, so it outlives the Streamlit server, a browser refresh or an app restart,
 and reaped by a daemon thread, so it never lingers as a zombie in a long-lived server. Nothing is kept in memory
-here; each caller records the pid (and `proc_start_time`) in its own status file.
+here; each caller records the pid (and `proc_start_time`) in its own status file, and `spawn_detached` also
+registers every process in `<runs dir>/.processes/` so that the queue limit counts every kind
+(`live_registered`).
 """
 
 from __future__ import annotations
@@ -53,9 +55,15 @@ def one_start(lock_path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def spawn_detached(cmd: list[str], stdout: IO[bytes], stderr: IO[bytes] | int = subprocess.STDOUT) -> int:
-    """Start `cmd` in its own session from the project root, output to the given open files; returns its pid.
-    Raises OSError when it cannot start."""
+def spawn_detached(
+    cmd: list[str],
+    stdout: IO[bytes],
+    stderr: IO[bytes] | int = subprocess.STDOUT,
+    runs_root: str | os.PathLike | None = None,
+) -> int:
+    """Start `cmd` in its own session from the project root, output to the given open files; returns its pid,
+    registered under the runs directory `runs_root` (see `live_registered`). Raises OSError when it cannot
+    start."""
     proc = subprocess.Popen(
         cmd,
         cwd=paths.PROJECT_ROOT,
@@ -66,7 +74,48 @@ def spawn_detached(cmd: list[str], stdout: IO[bytes], stderr: IO[bytes] | int = 
         start_new_session=True,
     )
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    register_process(proc.pid, cmd, runs_root)
     return proc.pid
+
+
+def _registry(runs_root: str | os.PathLike | None) -> Path:
+    return paths.runs_dir(runs_root) / ".processes"
+
+
+def register_process(pid: int, cmd: list[str], runs_root: str | os.PathLike | None = None) -> None:
+    """Record a background process (pid, start time, command) in the runs directory's registry."""
+    from histo_core.fsutil import write_json_atomic
+
+    folder = _registry(runs_root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / f"{pid}.json", {"pid": pid, "pid_start": proc_start_time(pid), "command": cmd[1:]})
+    except OSError:
+        pass  # a read-only runs directory starts nothing anyway; the process's own status file still names it
+
+
+def live_registered(runs_root: str | os.PathLike | None = None) -> set[int]:
+    """The pids of registered background processes that are still alive (the same process: its start time
+    matches); the entries of ended ones are removed."""
+    from histo_core.fsutil import read_json
+
+    folder = _registry(runs_root)
+    alive: set[int] = set()
+    for entry in folder.glob("*.json") if folder.is_dir() else []:
+        doc = read_json(entry)
+        pid = doc.get("pid") if isinstance(doc, dict) else None
+        if isinstance(pid, int) and pid_alive(pid) and doc.get("pid_start") in (None, proc_start_time(pid)):
+            alive.add(pid)
+        else:
+            entry.unlink(missing_ok=True)
+    return alive
+
+
+def queue_lock(runs_root: str | os.PathLike | None = None):
+    """The one lock under which a runs directory's queue is counted and a process started (`jobs.queue_room`)."""
+    folder = _registry(runs_root)
+    folder.mkdir(parents=True, exist_ok=True)
+    return one_start(folder / ".lock")
 
 
 def proc_file(pid: int, name: str) -> bytes | None:

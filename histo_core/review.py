@@ -13,6 +13,7 @@ on the page shown are read from the dataset.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,12 +81,15 @@ def load_predictions(run: RunDir, split: str = "test") -> Predictions:
             labels = np.asarray(z["labels"], np.int64).reshape(-1)
             indices = np.asarray(z["indices"], np.int64).reshape(-1) if "indices" in z else np.arange(len(labels))
             loss = np.asarray(z["loss"], np.float64) if "loss" in z else None
-    except (OSError, ValueError, KeyError) as exc:
-        raise HistoError(f"{path}: unreadable predictions file ({exc}); re-run the evaluation") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated, not an npz, ...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HistoError(f"{path.name}: unreadable predictions file ({reason}); re-run the evaluation") from None
     if probs.ndim != 2 or len(probs) != len(labels) or len(indices) != len(labels):
         raise HistoError(
             f"{path}: inconsistent arrays (probs {probs.shape}, labels {labels.shape}, indices {indices.shape})"
         )
+    if len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+        raise HistoError(f"{path.name}: labels outside 0..{probs.shape[1] - 1}; re-run the evaluation")
     if loss is None:
         loss = per_sample_loss(probs, labels)
     classes = run_classes(run)

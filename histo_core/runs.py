@@ -31,9 +31,10 @@ from typing import Any
 
 from histo_core import paths
 from histo_core.errors import HistoError
-from histo_core.fsutil import read_json, write_json_atomic
+from histo_core.fsutil import write_json_atomic
 
 STATES = ("queued", "running", "completed", "failed", "cancelled")
+UNREADABLE = "unreadable"  # a run whose files cannot be read: listed with the file and the reason, never written
 FINAL_STATES = ("completed", "failed", "cancelled")
 HEARTBEAT_STALE_S = 60.0  # a running run whose heartbeat is older than this and whose pid is gone is dead
 
@@ -73,8 +74,104 @@ class RunStatus:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunStatus:
+        """A status from status.json's object; ValueError naming the field when a value has the wrong type."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if known.get("state", "queued") not in STATES:
+            raise ValueError(f"state {str(known.get('state'))[:40]!r} is not one of {', '.join(STATES)}")
+        for name, value in known.items():
+            if name == "state" or value is None:
+                continue
+            kind = _STATUS_TYPES.get(name, str)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"{name} is {type(value).__name__}, not {_TYPE_WORDS[kind]}")
         return cls(**known)
+
+
+_STATUS_TYPES: dict[str, Any] = {
+    "pid": int,
+    "pid_start": int,
+    "epoch": int,
+    "epochs": int,
+    "step": int,
+    "steps_per_epoch": int,
+    **{k: (int, float) for k in ("created_at", "started_at", "heartbeat", "finished_at", "images_per_s", "eta_s")},
+}
+_TYPE_WORDS: dict[Any, str] = {int: "an integer", (int, float): "a number", str: "text"}
+_NUMBER_FIELDS = ("accuracy", "auc", "loss", "ece", "n")
+
+
+def _json_object(path: Path, required: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """(object, None) for a readable JSON object; (None, reason) otherwise; (None, None) for an optional file
+    that is absent."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, ("missing" if required else None)
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    if not text.strip():
+        return None, "empty"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON (line {exc.lineno}: {exc.msg})"
+    if not isinstance(value, dict):
+        return None, f"holds a JSON {type(value).__name__}, not an object"
+    return value, None
+
+
+def _report_problem(report: Any, where: str) -> str | None:
+    """Why an evaluation report (results.json's test/val) cannot be shown, or None."""
+    if not isinstance(report, dict):
+        return f"{where} is not an object"
+    for key in _NUMBER_FIELDS:
+        value = report.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{where} {key} is {type(value).__name__}, not a number"
+    confusion = report.get("confusion")
+    if confusion is not None and not (
+        isinstance(confusion, list)
+        and all(isinstance(row, list) and all(isinstance(v, (int, float)) for v in row) for row in confusion)
+    ):
+        return f"{where} confusion is not a table of counts"
+    if report.get("classes") is not None and not isinstance(report["classes"], list):
+        return f"{where} classes is not a list"
+    per_class = report.get("per_class")
+    if per_class is not None and not (isinstance(per_class, list) and all(isinstance(c, dict) for c in per_class)):
+        return f"{where} per_class is not a list of objects"
+    return None
+
+
+def _results_problem(results: dict[str, Any]) -> str | None:
+    for split in ("test", "val"):
+        if results.get(split) is not None:
+            problem = _report_problem(results[split], split)
+            if problem:
+                return problem
+    return None
+
+
+def _config_problem(config: dict[str, Any]) -> str | None:
+    for key in ("dataset", "arch"):
+        if not isinstance(config.get(key), str) or not config[key].strip():
+            return f"no {key} (the settings the run was trained with are lost)"
+    for key, kind in (("epochs", int), ("batch_size", int), ("lr", (int, float)), ("noise", (int, float))):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            return f"{key} is {type(value).__name__}, not {_TYPE_WORDS[kind]}"
+    for key in ("name", "started_by", "noise_mode", "optimizer"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            return f"{key} is {type(config[key]).__name__}, not text"
+    return None
+
+
+def _is_epoch_row(row: Any) -> bool:
+    """A metrics.jsonl line as the trainer writes it: an object of numbers with an integer epoch."""
+    return (
+        isinstance(row, dict)
+        and isinstance(row.get("epoch"), int)
+        and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in row.values())
+    )
 
 
 class RunDir:
@@ -108,19 +205,43 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.exists()
 
-    # readers
+    # readers: every file through its schema; a file that does not fit reads as absent, and status() says why
+    def problem(self) -> str | None:
+        """'<file>: <reason>' for the first of the run's files that cannot be read as its schema says, else None."""
+        checks = (
+            (self.config_path, True, _config_problem),
+            (self.status_path, False, _status_problem),
+            (self.dataset_path, False, None),
+            (self.results_path, False, _results_problem),
+        )
+        for path, required, check in checks:
+            value, problem = _json_object(path, required)
+            if problem is None and value is not None and check is not None:
+                problem = check(value)
+            if problem:
+                return f"{path.name}: {problem}"
+        return None
+
     def config(self) -> dict[str, Any]:
-        return read_json(self.config_path, {}) or {}
+        value, problem = _json_object(self.config_path, True)
+        return value if value is not None and not _config_problem(value) else {}
 
     def dataset(self) -> dict[str, Any]:
-        return read_json(self.dataset_path, {}) or {}
+        return _json_object(self.dataset_path, False)[0] or {}
 
     def status(self) -> RunStatus:
-        d = read_json(self.status_path)
-        return RunStatus.from_dict(d) if d else RunStatus(state="queued")
+        """The run's status; state UNREADABLE, with the file and the reason as its error, when any of the run's
+        files does not read (such a run is listed and can be deleted; it is never resumed, cancelled or counted
+        against a limit). No status.json yet: queued (the run is being created)."""
+        problem = self.problem()
+        if problem:
+            return RunStatus(state=UNREADABLE, error=problem, host="", created_at=_mtime(self.path))
+        value, _ = _json_object(self.status_path, False)
+        return RunStatus.from_dict(value) if value else RunStatus(state="queued")
 
     def results(self) -> dict[str, Any] | None:
-        return read_json(self.results_path)
+        value, problem = _json_object(self.results_path, False)
+        return value if value is not None and not _results_problem(value) else None
 
     def metrics(self) -> list[dict[str, Any]]:
         """Per-epoch metric rows; a partial last line (being written) is skipped."""
@@ -131,9 +252,11 @@ class RunDir:
         rows = []
         for line in text.splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if _is_epoch_row(row):  # a line of another shape is not an epoch
+                rows.append(row)
         return rows
 
     # writers
@@ -142,6 +265,8 @@ class RunDir:
 
     def update_status(self, **changes: Any) -> RunStatus:
         st = self.status()
+        if st.state == UNREADABLE:  # never rewrite a run whose files do not read: it would invent the rest
+            raise HistoError(f"{self.id}: unreadable ({st.error}); restore the file or delete the run")
         for k, v in changes.items():
             setattr(st, k, v)
         self.write_status(st)
@@ -163,6 +288,21 @@ class RunDir:
 
     def cancel_requested(self) -> bool:
         return self.cancel_path.exists()
+
+
+def _status_problem(value: dict[str, Any]) -> str | None:
+    try:
+        RunStatus.from_dict(value)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def new_run_id(config_name: str = "", arch: str = "", dataset: str = "") -> str:

@@ -103,7 +103,11 @@ def submit_task(
     from histo_core.runtime import resolve_device
 
     device = resolve_device(device or "cpu")  # the slot name the trainer uses ("auto" -> cpu/cuda)
-    jobs.check_queue_room(runs_root)
+    with jobs.queue_room(runs_root):
+        return _start_task(kind, params, runs_root, device, started_by)
+
+
+def _start_task(kind: str, params: dict[str, Any], runs_root, device: str, started_by: str | None) -> TaskDir:
     root = tasks_root(runs_root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -126,7 +130,7 @@ def submit_task(
     cmd = histo_command("tasks", "run", str(task.path.resolve()))
     try:
         with open(task.log_path, "ab") as log:
-            pid = spawn_detached(cmd, log)
+            pid = spawn_detached(cmd, log, runs_root=runs_root)
     except OSError as exc:
         task.update_status(state="failed", error=f"could not start the task process: {exc}")
         raise HistoError(f"{task.id}: could not start the task process ({exc})") from None

@@ -10,7 +10,7 @@ from typing import Any
 from histo_core import jobs
 from histo_core.cli import emit
 from histo_core.errors import HistoError
-from histo_core.runs import run_by_id
+from histo_core.runs import UNREADABLE, run_by_id
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,6 +73,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def summary_line(s: dict[str, Any]) -> str:
+    if s["state"] == UNREADABLE:  # its files do not say what it is: the file and the reason instead
+        return f"{s['id']}  {UNREADABLE}  {s['error']}"
     noise = f"noise {s['noise']:.2f} {s['noise_mode']}" if s["noise"] else "clean"
     dataset = s["dataset"] + (" [SYNTHETIC]" if s["synthetic"] and "SYNTHETIC" not in s["dataset"] else "")
     return (

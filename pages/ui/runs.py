@@ -13,12 +13,20 @@ import streamlit as st
 
 from histo_core import jobs
 from histo_core.fsutil import read_json
-from histo_core.runs import RunDir, RunStatus
+from histo_core.runs import UNREADABLE, RunDir, RunStatus
 from pages.ui import charts
 from pages.ui.common import plain, start_once, synthetic_badge, user_errors
 
 LIVE_REFRESH_S = 2.0
-STATE_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️", jobs.STALE: "❔"}
+STATE_ICONS = {
+    "queued": "⏳",
+    "running": "🏃",
+    "completed": "✅",
+    "failed": "❌",
+    "cancelled": "⏹️",
+    jobs.STALE: "❔",
+    UNREADABLE: "⚠️",
+}
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -112,7 +120,12 @@ def render_run(run: RunDir) -> None:
         + (f" ({config.get('noise_mode')})" if config.get("noise") else "")
     )
     synthetic_badge(dataset)
-    if status.state in jobs.ACTIVE_STATES:
+    if status.state == UNREADABLE:  # nothing of it can be trusted: the file, the reason, and Delete
+        st.error(
+            f"This run cannot be read: {plain(status.error)}. Restore the file, or delete the run "
+            "(nothing else of it is shown)."
+        )
+    elif status.state in jobs.ACTIVE_STATES:
         _live_panel(run)
     else:
         _finished_view(run, status)
@@ -327,7 +340,7 @@ def _actions(run: RunDir) -> None:
         actions.append(_cancel_button)
     if status.state in ("failed", "cancelled"):
         actions.append(_resume_button)
-    if run.best_ckpt.exists():
+    if run.best_ckpt.exists() and status.state != UNREADABLE:
         actions.append(_download_button)
     if status.state not in jobs.ACTIVE_STATES:
         actions.append(_delete_control)
