@@ -8,6 +8,7 @@ the run directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
@@ -228,8 +229,8 @@ def _positive_int(name: str, value: Any) -> None:
 
 
 def _positive_float(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value != value:
-        raise ConfigError(f"--{name} must be a positive number, got {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+        raise ConfigError(f"--{name} must be a positive finite number, got {value!r}")
 
 
 # One line of help per option, shown by `python -m histo_core train --help` and as tooltips on the Train page.

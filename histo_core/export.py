@@ -51,6 +51,11 @@ def export_run(
 ) -> Path:
     """Write the run's best.pt as weights/<name>.pt plus a model card weights/<name>.json; returns the .pt path."""
     pt_path, card_path = export_paths(name, weights_dir)
+    if pt_path.stem.lower() in {n.lower() for n in shipped_model_names()}:
+        raise HistoError(
+            f"export name {pt_path.stem!r} is the name of a model shipped with Histo Explorer (reserved, so that "
+            "the name always means that model); choose another name"
+        )
     status = run.status()
     if status.state != "completed":
         raise HistoError(f"{run.id}: the run is {status.state}; only a completed run can be exported")
@@ -133,6 +138,15 @@ def list_exports(weights_dir: str | os.PathLike | None = None, notes: list[str] 
         card = dict(card, path=str(card_path.with_suffix(".pt")), card_path=str(card_path))
         cards.append(card)
     return cards
+
+
+def shipped_model_names() -> list[str]:
+    """The names of the models shipped with the project (cards marked "shipped"): reserved for them."""
+    return [
+        str(c.get("name") or Path(c["path"]).stem)
+        for c in list_exports(paths.shipped_weights_dir())
+        if c.get("shipped")
+    ]
 
 
 def _card_problem(card: Any, card_path: Path) -> str | None:

@@ -146,7 +146,8 @@ def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
             "wait until it has finished an epoch"
         )
     if p.suffix == "" and "/" not in text:
-        for folder in (paths.weights_dir(), paths.shipped_weights_dir()):
+        # shipped models first: their names are reserved (an export cannot take one, nor shadow an older one)
+        for folder in (paths.shipped_weights_dir(), paths.weights_dir()):
             exported = folder / f"{text}.pt"
             if exported.is_file():
                 return exported, text, {}

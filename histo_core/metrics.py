@@ -176,3 +176,19 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequen
         "roc": roc_curves(probs, labels, classes) if n else {},
         "reliability": rel,
     }
+
+
+MIN_MEASURABLE_TILES = 20  # below this an evaluation split's accuracy moves in steps of 5 points or more
+
+
+def small_split_warnings(sizes: dict[str, int | None]) -> list[str]:
+    """A sentence for each evaluation split (val, test) too small to measure anything, naming its size."""
+    out = []
+    for split in ("val", "test"):
+        n = sizes.get(split)
+        if n is not None and 0 < n < MIN_MEASURABLE_TILES:
+            out.append(
+                f"the {split} split has only {n} tile{'s' if n > 1 else ''}: its accuracy moves in steps of "
+                f"{100 / n:.0f} points and measures next to nothing; give it at least {MIN_MEASURABLE_TILES} tiles"
+            )
+    return out

@@ -7,6 +7,7 @@ import streamlit as st
 
 from histo_core import jobs
 from histo_core.errors import HistoError
+from histo_core.metrics import small_split_warnings
 from pages.ui.common import page_setup, plain, signed_in_user, start_once, synthetic_badge, user_errors
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
@@ -51,6 +52,8 @@ def describe_dataset(spec: str, size: int | None, as_rgb: bool):
             + " / ".join(f"{k} {v:,}" for k, v in sizes.items())
         )
         synthetic_badge(info)
+        for warning in small_split_warnings(sizes):
+            st.warning(plain(warning), icon="⚠️")
         return ds
     return None
 

@@ -126,3 +126,20 @@ def test_export_of_a_real_run_predicts_like_the_run():
     from_export = predict(load_model("real-export"), tiles)
     from_run = predict(load_model(str(run.path)), tiles)
     assert np.allclose(from_export, from_run, atol=1e-6)
+
+
+def test_a_shipped_models_name_is_reserved(shipped_model, capsys):
+    import shutil
+
+    from histo_core.cli import main
+    from histo_core.inference import resolve_model_path
+
+    run = write_run("completed")
+    code = main(["runs", "export", run.id, "--name", "pathmnist-resnet9"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "name of a model shipped with Histo Explorer" in err and "Traceback" not in err
+    assert not (paths.weights_dir() / "pathmnist-resnet9.pt").exists()
+    # an export that took the name before names were reserved never shadows the shipped model
+    shutil.copy(run.best_ckpt, paths.weights_dir() / "pathmnist-resnet9.pt")
+    assert resolve_model_path("pathmnist-resnet9")[0] == shipped_model

@@ -590,3 +590,45 @@ def test_default_config_small_real_set_is_the_measured_recipe(pathmnist_mini):
     assert T.check_config(cfg).num_classes == 9
     big = T.default_config("synthetic", "cpu")  # 1200 training tiles: keeps its val split
     assert big.train_splits == "train" and big.arch == "resnet9"
+
+
+def test_an_infinite_learning_rate_is_refused_before_anything_runs():
+    for bad in (math.inf, math.nan, -1.0):
+        with pytest.raises(ConfigError, match="--lr must be a positive finite number"):
+            quick_config(lr=bad).validate()
+
+
+@pytest.mark.slow
+def test_a_nan_loss_fails_the_run_naming_the_epoch_and_a_lower_rate():
+    run = T.prepare_run(quick_config(lr=1e30, optimizer="sgd", epochs=4))
+    res = T.run_training(run)
+    assert res["state"] == "failed", res
+    assert "the training loss became" in res["error"] and "in epoch 1" in res["error"]
+    assert "--lr 1e+29" in res["error"]
+    assert run.status().state == "failed" and len(run.metrics()) == 0  # the NaN epoch is not recorded
+
+
+@pytest.mark.slow
+def test_a_split_too_small_to_measure_anything_is_warned_about(tmp_path):
+    npz = tmp_path / "tiny.npz"
+    s = open_dataset("synthetic").split("train")
+    np.savez(
+        npz,
+        train_images=s.images[:40],
+        train_labels=s.labels[:40],
+        val_images=s.images[40:41],
+        val_labels=s.labels[40:41],
+        test_images=s.images[41:42],
+        test_labels=s.labels[41:42],
+    )
+    run = T.prepare_run(quick_config(dataset=str(npz), max_train_samples=0, epochs=1))
+    assert T.run_training(run)["state"] == "completed"
+    warnings = run.results()["warnings"]
+    assert any("the test split has only 1 tile: its accuracy moves in steps of 100 points" in w for w in warnings)
+    assert any("the val split has only 1 tile" in w for w in warnings)
+    from streamlit.testing.v1 import AppTest
+
+    page = AppTest.from_file("../pages/3_Runs.py", default_timeout=120)
+    page.query_params["run"] = run.id
+    page.run()
+    assert any("the test split has only 1 tile" in w.value for w in page.warning), [w.value for w in page.warning]

@@ -11,6 +11,7 @@ and ends with the test/val evaluation of best.pt (results.json, predictions_<spl
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import traceback
@@ -26,7 +27,7 @@ from histo_core import ood, pipeline
 from histo_core.config import TrainConfig
 from histo_core.errors import HistoError
 from histo_core.fsutil import savez_atomic, write_json_atomic
-from histo_core.metrics import classification_report, per_sample_loss
+from histo_core.metrics import classification_report, per_sample_loss, small_split_warnings
 from histo_core.runs import RunDir, RunStatus, create_run_dir, new_run_id
 from histo_core.runtime import resolve_device
 from histo_core.training.data import TrainData, build_train_data, model_meta
@@ -139,6 +140,7 @@ def _train(job: _Job, resume: bool) -> dict[str, Any]:
         except StopRequested:
             _save_last(job, trainer, meta)
             raise
+        _check_finite(job.config, trainer.epoch, row["train_loss"])
         job.writer.update(phase="validate", epoch=trainer.epoch, step=0)
         row = _validate(job, trainer, row)
         if job.rank == 0:
@@ -157,6 +159,19 @@ def _train(job: _Job, resume: bool) -> dict[str, Any]:
     return results
 
 
+def _eval_sizes(data: TrainData) -> dict[str, int | None]:
+    return {"val": None if data.val is None else len(data.val), "test": None if data.test is None else len(data.test)}
+
+
+def _check_finite(config: TrainConfig, epoch: int, loss: float) -> None:
+    """A loss that is NaN or infinite never trains on to "completed": the run fails, naming the epoch."""
+    if not math.isfinite(loss):
+        raise HistoError(
+            f"the training loss became {loss} in epoch {epoch}: the learning rate ({config.lr:g}) is too high "
+            f"for this run; start again with a lower one (e.g. --lr {config.lr / 10:g})"
+        )
+
+
 def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict[str, Any]]:
     """Status "running", the data and the trainer; resumed from last.pt, or a fresh start's files reset."""
     run, config = job.run, job.config
@@ -173,6 +188,8 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
     )
     job.writer.start_heartbeat()
     data = build_train_data(config, open_config_dataset(config), str(device))
+    for warning in small_split_warnings(_eval_sizes(data)):
+        job.log(f"warning: {warning}")
     trainer = Trainer(config, data, device, rank=job.rank, world=job.world)
     if resume:
         job.best = _resume(run, trainer, job.rank)
@@ -283,6 +300,7 @@ def _finish(
     job.writer.update(phase="test")
     final = final_evaluation(run, job.config, trainer, job.best)
     doc = {**final, "stopped_early": stopped_early, "train_seconds": round(train_seconds, 2), "device": str(device)}
+    doc["warnings"] = small_split_warnings(_eval_sizes(trainer.data))
     write_json_atomic(run.results_path, doc)
     job.writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page (never fails the run)
     from histo_core.embeddings import embed_at_end_of_training

@@ -305,6 +305,8 @@ def _finished_view(run: RunDir, status: RunStatus) -> None:
         )
         if not validated:
             st.info(NO_VALIDATION, icon="ℹ️")
+        for warning in results.get("warnings") or []:  # e.g. a test split too small to measure anything
+            st.warning(plain(warning), icon="⚠️")
     render_curves(run.metrics())
     splits = [s for s in ("test", "val") if (results.get(s) or {}).get("n")]
     if status.state == "completed" and splits:
