@@ -62,6 +62,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 f"{path}: refused: loading it would run code stored in the file{what}. Only weights-only "
                 "checkpoints made by Histo Explorer can be loaded."
             ) from None
+        with open(path, "rb") as fh:
+            plain_pickle = fh.read(1) == b"\x80"
+        if plain_pickle:  # pickle.dump's own format (PROTO opcode): no torch.save zip around it
+            raise ModelFileError(
+                f"{path}: a plain Python pickle, not a PyTorch checkpoint (torch.save); only weights-only "
+                "checkpoints made by Histo Explorer can be loaded (`python -m histo_core runs export`)"
+            ) from None
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
         detail = f" ({lines[0][:200]})" if lines else ""
         raise ModelFileError(f"{path}: not a PyTorch checkpoint{detail}") from None

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from histo_core.errors import ConfigError
+
+MAX_TILE_SIZE = 1024  # px per side of a model input
+MAX_THREADS = 512
 
 # Enum-like options: each Literal is the one list of allowed values (validation and the Train form use get_args).
 Optimizer = Literal["adam", "adamw", "sgd"]
@@ -170,10 +174,17 @@ class TrainConfig:
             raise ConfigError(f"--min-delta must be >= 0, got {self.min_delta}")
         if self.size is not None:
             _positive_int("size", self.size)
+            if self.size > MAX_TILE_SIZE:  # 100000 px would allocate 149 GiB for one batch
+                raise ConfigError(f"--size must be at most {MAX_TILE_SIZE} px (a tile, not a slide), got {self.size}")
         if self.mpp is not None and not 0.01 <= self.mpp <= 100:
             raise ConfigError(f"--mpp must be between 0.01 and 100 µm per pixel, got {self.mpp}")
-        if self.threads < 0:
-            raise ConfigError(f"--threads must be >= 0, got {self.threads}")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(
+                f"--threads must be between 0 (all cores) and {MAX_THREADS}, got {self.threads} "
+                f"(this machine has {os.cpu_count() or '?'} cores)"
+            )
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {self.seed}")
         if self.max_train_samples < 0:
             raise ConfigError(f"--max-train-samples must be >= 0, got {self.max_train_samples}")
         if self.mode in HEAD_MODES and not ARCHITECTURES[self.arch].has_backbone:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from histo_core.errors import ImageError
+from histo_core.limits import env_int
 
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_NAME_CHARS = 120
@@ -69,12 +71,7 @@ class DecodedImage:
 
 def max_image_pixels() -> int:
     """The largest image (width x height) accepted: $HISTO_MAX_IMAGE_PIXELS, default 100 million."""
-    raw = os.environ.get("HISTO_MAX_IMAGE_PIXELS", "")
-    try:
-        value = int(raw) if raw.strip() else DEFAULT_MAX_PIXELS
-    except ValueError:
-        return DEFAULT_MAX_PIXELS
-    return value if value > 0 else DEFAULT_MAX_PIXELS
+    return env_int("HISTO_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS)  # "huge" or 0: refused by name (ConfigError)
 
 
 def display_name(name: str | None) -> str:
@@ -308,18 +305,34 @@ MIN_TILE_SIDE = 8  # px: a centre square smaller than this holds nothing to clas
 RESAMPLE = Image.Resampling.LANCZOS  # the one resampling filter of the image path
 
 
-def read_image_file(path: str | os.PathLike, max_bytes: int = 1 << 30) -> DecodedImage:
-    """Decode an image file from disk (dataset folders, `predict` arguments). Raises ImageError."""
+def read_image_bytes(path: str | os.PathLike, max_bytes: int = 1 << 30) -> bytes:
+    """The bytes of an image file on disk, read only from a regular file and within `max_bytes` (a pipe would
+    hang the read, /dev/zero would never end). Raises ImageError with one line naming the file."""
     shown = display_name(os.fspath(path))
     try:
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            raise ImageError(f"{shown}: {size:,} bytes, more than the {max_bytes:,} accepted for one image")
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{shown}: is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{shown}: not an image file (a device, pipe or socket); give a regular image file")
+        if info.st_size > max_bytes:
+            raise ImageError(
+                f"{shown}: {info.st_size / 2**20:,.0f} MiB, more than the {max_bytes >> 20:,} MiB accepted for one image"
+            )
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = fh.read(max_bytes + 1)  # the limit holds even if the file grows meanwhile
+    except FileNotFoundError:
+        raise ImageError(f"{shown}: no such file") from None
     except OSError as exc:
         raise ImageError(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
-    return decode_image(data, os.fspath(path))
+    if len(data) > max_bytes:
+        raise ImageError(f"{shown}: more than the {max_bytes >> 20:,} MiB accepted for one image")
+    return data
+
+
+def read_image_file(path: str | os.PathLike, max_bytes: int = 1 << 30) -> DecodedImage:
+    """Decode an image file from disk (dataset folders, `predict` arguments). Raises ImageError."""
+    return decode_image(read_image_bytes(path, max_bytes), os.fspath(path))
 
 
 def square_side(height: int, width: int, name: str = "image") -> int:

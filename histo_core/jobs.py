@@ -84,15 +84,9 @@ def active_processes(runs_root: str | os.PathLike | None = None) -> int:
     or tasks marked active whose process is not registered (started by hand, or about to start)."""
     from histo_core.tasks import active_tasks, refresh_task
 
-    pids = live_registered(runs_root)
-    waiting = 0
     statuses = [refresh_status(r) for r in active_runs(runs_root)] + [refresh_task(t) for t in active_tasks(runs_root)]
-    for status in statuses:
-        if status.pid:
-            pids.add(int(status.pid))
-        else:
-            waiting += 1
-    return len(pids) + waiting
+    theirs = {int(s.pid) for s in statuses if s.pid}
+    return len(statuses) + len(live_registered(runs_root) - theirs)
 
 
 @contextmanager

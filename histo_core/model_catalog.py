@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histo_core import paths
+from histo_core.errors import HistoError
 
 
 @dataclass
@@ -54,7 +55,13 @@ def list_models(notes: list[str] | None = None) -> list[ModelEntry]:
     from histo_core.runs import list_runs
 
     entries = []
-    for run in list_runs():
+    try:
+        runs = list_runs()
+    except HistoError as exc:  # a runs directory that cannot be read: the exports are still offered
+        runs = []
+        if notes is not None:
+            notes.append(str(exc))
+    for run in runs:
         if run.status().state != "completed" or not (run.best_ckpt.is_file() or run.last_ckpt.is_file()):
             continue
         cfg, ds = run.config(), run.dataset()

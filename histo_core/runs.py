@@ -25,6 +25,7 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,15 +207,19 @@ class RunDir:
         return self.config_path.exists()
 
     # readers: every file through its schema; a file that does not fit reads as absent, and status() says why
-    def problem(self) -> str | None:
-        """'<file>: <reason>' for the first of the run's files that cannot be read as its schema says, else None."""
-        checks = (
+    def schema(self) -> list[tuple[Path, bool, Callable[[dict[str, Any]], str | None] | None]]:
+        """The folder's JSON files: (path, required, check of its object). A folder type lists its own."""
+        return [
             (self.config_path, True, _config_problem),
-            (self.status_path, False, _status_problem),
+            (self.status_path, False, status_problem),
             (self.dataset_path, False, None),
             (self.results_path, False, _results_problem),
-        )
-        for path, required, check in checks:
+        ]
+
+    def problem(self) -> str | None:
+        """'<file>: <reason>' for the first of the folder's files that cannot be read as its schema says, else
+        None."""
+        for path, required, check in self.schema():
             value, problem = _json_object(path, required)
             if problem is None and value is not None and check is not None:
                 problem = check(value)
@@ -290,7 +295,7 @@ class RunDir:
         return self.cancel_path.exists()
 
 
-def _status_problem(value: dict[str, Any]) -> str | None:
+def status_problem(value: dict[str, Any]) -> str | None:
     try:
         RunStatus.from_dict(value)
     except (ValueError, TypeError) as exc:
@@ -343,6 +348,10 @@ def read_only_note(root: str | os.PathLike | None = None) -> str | None:
 def list_runs(root: str | os.PathLike | None = None) -> list[RunDir]:
     """Run directories under `root`, newest first."""
     root = paths.runs_dir(root)
+    if root.exists() and not root.is_dir():
+        raise HistoError(
+            f"{root}: the runs directory is a file, not a folder; point HISTO_RUNS_DIR (or --runs-dir) at a folder"
+        )
     if not root.is_dir():
         return []
     try:

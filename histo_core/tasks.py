@@ -29,7 +29,7 @@ from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, write_json_atomic
 from histo_core.procs import histo_command, proc_start_time, spawn_detached
-from histo_core.runs import RunDir, RunStatus
+from histo_core.runs import RunDir, RunStatus, status_problem
 
 TASKS_FOLDER = ".tasks"
 KINDS = ("lr-find", "estimate", "label-errors")
@@ -44,11 +44,24 @@ class TaskDir(RunDir):
     def exists(self) -> bool:
         return self.task_path.exists()
 
+    def schema(self):
+        return [
+            (self.task_path, True, _task_problem),
+            (self.status_path, False, status_problem),
+            (self.result_path, False, None),
+        ]
+
     def task(self) -> dict[str, Any]:
         return read_json(self.task_path, {}) or {}
 
     def result(self) -> dict[str, Any] | None:
         return read_json(self.result_path)
+
+
+def _task_problem(task: dict[str, Any]) -> str | None:
+    if not isinstance(task.get("kind"), str) or not isinstance(task.get("params", {}), dict):
+        return "no task kind and parameters"
+    return None
 
 
 def tasks_root(runs_root: str | os.PathLike | None = None) -> Path:

@@ -6,8 +6,7 @@ import streamlit as st
 
 from histo_core import __version__, jobs, paths
 from histo_core.datasets.catalog import available_datasets
-from histo_core.runs import list_runs
-from pages.ui.common import page_setup
+from pages.ui.common import listed_runs, page_setup
 from pages.ui.navigation import PAGES
 from pages.ui.runs import link_to_page, render_summary_table
 
@@ -37,7 +36,7 @@ for col, spec in zip(st.columns(len(others)), others):
         link_to_page(spec.file, spec.title, spec.icon)
 
 st.subheader("Latest runs")
-runs = list_runs()[:8]
+runs = listed_runs()[:8]
 if not runs:
     st.info("No runs yet: start one on the Train page (the synthetic demo needs no download).")
 else:

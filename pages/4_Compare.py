@@ -7,9 +7,9 @@ import streamlit as st
 
 from histo_core import jobs, paths
 from histo_core.evaluation import list_evaluations
-from histo_core.runs import RunDir, list_runs
+from histo_core.runs import RunDir
 from pages.ui.charts import confusion_figure, metrics_bar_figure, overlay_figure, run_colours
-from pages.ui.common import keep_in_url, page_setup, url_selection
+from pages.ui.common import keep_in_url, listed_runs, page_setup, url_selection
 from pages.ui.runs import link_to_page, run_label
 
 page_setup(__file__)
@@ -30,7 +30,7 @@ CURVES = {
     "images_per_s": "training images / s",
 }
 
-runs = {r.id: r for r in list_runs()}
+runs = {r.id: r for r in listed_runs()}
 if len(runs) < 2:
     st.info("Comparing needs at least two runs; start them on the Train page.")
     link_to_page("pages/2_Train.py", "Train a model", "🏋️")

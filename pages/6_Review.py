@@ -25,10 +25,10 @@ from histo_core.review import (
     table,
     to_csv,
 )
-from histo_core.runs import RunDir, list_runs
+from histo_core.runs import RunDir
 from pages.ui.charts import confusion_figure, selected_cell
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
-from pages.ui.common import keep_in_url, page_setup, plain, synthetic_badge, url_selection
+from pages.ui.common import keep_in_url, listed_runs, page_setup, plain, synthetic_badge, url_selection
 from pages.ui.tasks import task_panel
 
 page_setup(__file__)
@@ -52,7 +52,7 @@ def predictions(run_path: str, split: str, mtime_ns: int):
     return load_predictions(RunDir(run_path), split)
 
 
-reviewable = [r for r in list_runs() if r.status().state == "completed" and prediction_splits(r)]
+reviewable = [r for r in listed_runs() if r.status().state == "completed" and prediction_splits(r)]
 if not reviewable:
     st.info(
         f"No completed run with saved predictions in `{paths.runs_dir()}` yet. Train one on the Train page and "

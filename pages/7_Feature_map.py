@@ -12,8 +12,8 @@ from histo_core.errors import HistoError
 from histo_core.faithfulness import DEFAULT_TILES, load_quality
 from histo_core.label_errors import load_label_errors
 from histo_core.model_catalog import list_models
-from histo_core.runs import RunDir, list_runs
-from pages.ui.common import keep_in_url, page_setup, plain, synthetic_badge, url_news, url_selection
+from histo_core.runs import RunDir
+from pages.ui.common import keep_in_url, listed_runs, page_setup, plain, synthetic_badge, url_news, url_selection
 from pages.ui.feature_map import (
     COLOUR_BY,
     current_store,
@@ -32,7 +32,7 @@ st.caption(
     "t-SNE): tiles the model finds alike sit together. Select a cluster to look at its tiles."
 )
 
-runs = [r for r in list_runs() if r.status().state == "completed" and (r.best_ckpt.exists() or r.last_ckpt.exists())]
+runs = [r for r in listed_runs() if r.status().state == "completed" and (r.best_ckpt.exists() or r.last_ckpt.exists())]
 models = list_models()
 if not runs and not models:
     st.info(

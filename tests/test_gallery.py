@@ -34,7 +34,7 @@ def make_run(n=3000, seed=0) -> tuple[RunDir, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     run = RunDir(paths.runs_dir() / "r")
     run.path.mkdir(parents=True)
-    write_json_atomic(run.config_path, {"dataset": "synthetic", "size": 28})
+    write_json_atomic(run.config_path, {"dataset": "synthetic", "arch": "simplecnn", "size": 28})
     write_json_atomic(run.dataset_path, {"classes": CLASSES, "synthetic": True})
     labels = rng.integers(0, K, n)
     pred = np.where(rng.random(n) < 0.8, labels, rng.integers(0, K, n))
@@ -157,12 +157,16 @@ def test_run_tiles_of_the_training_set_follow_train_splits():
     run, _, _ = make_run(n=300)
     ds = open_synthetic(28)
     n_train = len(ds.split("train"))
-    write_json_atomic(run.config_path, {"dataset": "synthetic", "size": 28, "train_splits": "train+val"})
+    write_json_atomic(
+        run.config_path, {"dataset": "synthetic", "arch": "simplecnn", "size": 28, "train_splits": "train+val"}
+    )
     tiles = RunTiles(run).training(np.array([3, n_train + 7]))
     np.testing.assert_array_equal(tiles[0], ds.split("train").get(np.array([3]))[0])
     np.testing.assert_array_equal(tiles[1], ds.split("val").get(np.array([7]))[0])
     with pytest.raises(HistoError, match="training set \\(train\\+val\\)"):
         RunTiles(run).training(np.array([n_train + len(ds.split("val"))]))
-    write_json_atomic(run.config_path, {"dataset": "synthetic", "size": 28, "train_splits": "train"})
+    write_json_atomic(
+        run.config_path, {"dataset": "synthetic", "arch": "simplecnn", "size": 28, "train_splits": "train"}
+    )
     with pytest.raises(HistoError, match="refer to row"):
         RunTiles(run).training(np.array([n_train + 7]))

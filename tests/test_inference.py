@@ -102,7 +102,7 @@ def test_run_without_best_uses_last(tmp_path):
 def test_run_without_checkpoint_says_so():
     run = RunDir(paths.runs_dir() / "r1")
     run.path.mkdir(parents=True)
-    write_json_atomic(run.config_path, {})
+    write_json_atomic(run.config_path, {"dataset": "synthetic", "arch": "simplecnn"})
     run.write_status(RunStatus(state="running"))
     with pytest.raises(ModelFileError, match=r"r1: the run has no best.pt or last.pt yet \(state: running\)"):
         load_model("r1")

@@ -336,7 +336,7 @@ def test_two_starts_at_once_start_one_process(starter, monkeypatch, tmp_path):
 
     spawned: list[list[str]] = []
 
-    def slow_spawn(cmd, *streams):
+    def slow_spawn(cmd, *streams, **where):
         time.sleep(0.3)  # importing torch in the child: the other click arrives meanwhile
         spawned.append(cmd)
         return os.getpid()  # a live process, as the real child would be

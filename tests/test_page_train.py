@@ -90,7 +90,7 @@ def test_invalid_value_shows_inline_error_and_starts_nothing(started):
     at = _app()
     _w(at, "lr").set_value(0.0).run()
     assert not at.exception
-    assert any("'Learning rate' must be a positive number, got 0.0" in e.value for e in at.error), [
+    assert any("'Learning rate' must be a positive finite number, got 0.0" in e.value for e in at.error), [
         e.value for e in at.error
     ]
     assert at.button[[b.label for b in at.button].index("Start training")].disabled

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     action.add_argument("--remove", metavar="PATH", help="forget a local dataset path (files are kept)")
     p.add_argument(
         "--size",
-        type=int,
+        type=_tile_size,
         help="MedMNIST size (28, 64, 128, 224) or the tile size image folders "
         "and CSV manifests are decoded to (default: min(64, native))",
     )
@@ -108,6 +108,19 @@ def _download(args: argparse.Namespace) -> int:
     payload = {"dataset": args.download.lower(), "size": size, "path": str(path), "already_present": existed}
     emit(args, payload, f"{path} already present" if existed else f"downloaded {path}")
     return 0
+
+
+def _tile_size(text: str) -> int:
+    """--size: a whole number of pixels, 1 to MAX_TILE_SIZE (a negative or absurd size is refused, not ignored)."""
+    from histo_core.config import MAX_TILE_SIZE
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value <= MAX_TILE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be a tile size in pixels from 1 to {MAX_TILE_SIZE}, got {text!r}")
+    return value
 
 
 def _open(args: argparse.Namespace, spec: str):

@@ -89,21 +89,13 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
 
 def read_file(path: Path) -> tuple[bytes | None, str | None]:
-    """(bytes, None) or (None, error message)."""
-    from histo_core.image_decode import display_name
+    """(bytes, None) or (None, error message): the one reader of image files (image_decode.read_image_bytes)."""
+    from histo_core.image_decode import ImageError, read_image_bytes
 
-    name = display_name(path.name)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return None, f"{name}: {size / 2**20:.0f} MiB file, larger than the {MAX_FILE_BYTES >> 20} MiB limit"
-        return path.read_bytes(), None
-    except FileNotFoundError:
-        return None, f"{name}: no such file"
-    except IsADirectoryError:
-        return None, f"{name}: is a directory"
-    except OSError as exc:
-        return None, f"{name}: cannot read ({exc.strerror or exc})"
+        return read_image_bytes(path, MAX_FILE_BYTES), None
+    except ImageError as exc:
+        return None, str(exc)
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -172,6 +164,7 @@ def _write_cams(args, loaded, results, target) -> dict[int, dict[str, Any]]:
     from PIL import Image
 
     from histo_core.explain import compute_cams, overlay, uniform_maps
+    from histo_core.fsutil import atomic_file
     from histo_core.image_decode import safe_filename
 
     good = [r for r in results if r.ok]
@@ -196,7 +189,13 @@ def _write_cams(args, loaded, results, target) -> dict[int, dict[str, Any]]:
             name = f"{base}-{k}"
         used.add(name)
         path = out_dir / f"{name}.png"
-        Image.fromarray(overlay(r.tile, cam, alpha=args.alpha)).save(path)
+        try:
+            with atomic_file(path) as fh:
+                Image.fromarray(overlay(r.tile, cam, alpha=args.alpha)).save(fh, format="PNG")
+        except OSError as exc:  # /proc, a read-only folder, a full disk
+            raise HistoError(
+                f"--cam-dir {args.cam_dir}: cannot write the overlays there ({exc.strerror or exc})"
+            ) from None
         written[id(r)] = {"path": str(path), "target": loaded.meta.classes[t], "uniform": bool(is_flat)}
     return written
 

@@ -179,6 +179,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if world > 1:
             run = _prepare_distributed(config, args.runs_dir)
         else:
+            from histo_core.runtime import resolve_device
+            from histo_core.slots import max_concurrent
+
+            max_concurrent(
+                resolve_device(config.device)
+            )  # a bad HISTO_MAX_RUNS_<DEVICE> is refused before a run exists
             run = T.prepare_run(config, args.runs_dir)
             print(f"run {run.path}", file=sys.stderr, flush=True)
     result = T.run_training(run, resume=args.resume)

@@ -155,7 +155,9 @@ def _decode_all(files: list[Path], size: int | None, label: str, progress: Progr
                     )
                     continue
                 headers.append((i, im.size, im.mode))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError:  # Pillow's own guard fired first: name ours, the one users set
+            skipped.append(f"{f.name}: more pixels than the limit of {limit:,} (HISTO_MAX_IMAGE_PIXELS)")
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
             skipped.append(f"{f.name}: {_reason(exc)}")
     if not headers:
         raise DatasetError(f"{label}: none of the {total} image files could be read ({'; '.join(skipped[:3])})")

@@ -125,8 +125,23 @@ def read_medmnist_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                     f"{path}: '{split}_labels' has shape {labels.shape}: multi-label data is not supported; "
                     "expected one class index per image, shaped (N,) or (N, 1)"
                 )
-            out[split] = (images, np.asarray(labels).reshape(-1).astype(np.int64))
+            out[split] = (images, _integer_labels(np.asarray(labels).reshape(-1), f"{path} '{split}_labels'"))
         return out
+
+
+def _integer_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    """Labels as int64, refusing what a cast would silently turn into nonsense (NaN, 2.5, text)."""
+    if labels.dtype.kind in "iub":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if bad.size:
+            raise DatasetError(
+                f"{where}: {bad.size} labels are not whole numbers (e.g. {labels[bad[0]].item()!r} at row {bad[0]}); "
+                "labels must be class indices 0..K-1"
+            )
+        return labels.astype(np.int64)
+    raise DatasetError(f"{where}: labels are {labels.dtype} values, not class indices 0..K-1")
 
 
 def _guess_flag(path: Path) -> str | None:

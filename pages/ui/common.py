@@ -27,6 +27,18 @@ def plain(text: object) -> str:
     return _MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(0), " ".join(str(text).splitlines()))
 
 
+def listed_runs() -> list:
+    """runs.list_runs() for a page: a runs directory that cannot be read is one message, and the page stops."""
+    from histo_core.runs import list_runs
+
+    try:
+        return list_runs()
+    except HistoError as exc:
+        st.error(plain(exc))
+        st.stop()
+    return []
+
+
 def page_setup(page_file: str) -> None:
     """Tab title, icon, sign-in and heading for the page whose file is `page_file` (pass `__file__`), all read
     from the one page list (pages/ui/navigation.py)."""
