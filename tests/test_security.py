@@ -205,17 +205,17 @@ def test_queue_cap_refuses_a_new_run_and_creates_nothing(monkeypatch):
     monkeypatch.setenv("HISTO_MAX_QUEUED", "2")
     monkeypatch.setattr(jobs, "_start_training_process", lambda run, resume: 1)
     live = [write_run("running", pid=os.getpid()), write_run("queued", epochs_done=0, pid=os.getpid())]
-    before = sorted(
-        p.name for p in paths.runs_dir().iterdir() if not p.name.startswith(".")
-    )  # runs, not the lock folder
+
+    def run_folders() -> list[str]:  # runs, not the queue's lock folder
+        return sorted(p.name for p in paths.runs_dir().iterdir() if not p.name.startswith("."))
+
+    before = run_folders()
     with pytest.raises(
         HistoError,
         match=r"2 background processes \(runs, evaluations, page tasks\) are already queued or running .*HISTO_MAX_QUEUED=2",
     ):
         jobs.submit(default_config("synthetic", device="cpu"))
-    assert sorted(
-        p.name for p in paths.runs_dir().iterdir() if not p.name.startswith(".")
-    )  # runs, not the lock folder == before
+    assert run_folders() == before
     assert [jobs.refresh_status(r).state for r in live] == ["running", "queued"]
     monkeypatch.setenv("HISTO_MAX_QUEUED", "3")
     assert jobs.submit(default_config("synthetic", device="cpu")).exists()
