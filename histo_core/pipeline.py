@@ -58,10 +58,7 @@ def to_float01(
         raise TypeError(f"expected uint8 tiles, got {x.dtype}")
     if x.ndim == 3:
         x = x.unsqueeze(-1)
-    device = torch.device(device)
-    if x.device != device:
-        x = x.pin_memory() if device.type == "cuda" and not x.is_pinned() else x
-        x = x.to(device, non_blocking=True)
+    x = to_device(x, device)
     n, h, w, c = x.shape
     layout = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((n, c, h, w), dtype=torch.float32, device=x.device, memory_format=layout)  # one float copy
@@ -69,6 +66,18 @@ def to_float01(
     if size is not None and (x.shape[-2] != size or x.shape[-1] != size):
         x = resize_batch(x, size)
     return x.contiguous(memory_format=layout)
+
+
+def to_device(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """`x` on `device`. Only a host-to-device copy is asynchronous (from pinned memory: the stream orders it before
+    the kernels that read it). A device-to-host copy is blocking: a non-blocking one returns before the bytes
+    have arrived, and the host would read a half-copied tensor (the colour statistics of `ood.py` did)."""
+    device = torch.device(device)
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+    return x.to(device)
 
 
 def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -190,7 +190,7 @@ class Trainer:
         y = self.data.train_labels[torch.from_numpy(np.asarray(pos, np.int64))]
         if self.config.noise > 0 and self.config.noise_mode == "batch":
             y = batch_noise(y, self.config.noise, self.data.info.num_classes, self.noise_gen)
-        return y.to(self.device, non_blocking=True)
+        return pipeline.to_device(y, self.device)
 
     def prepare_batch(self, tiles_uint8: torch.Tensor, train: bool) -> torch.Tensor:
         """The steps of `pipeline.to_model_input`, with augmentation after stain normalisation when training."""
