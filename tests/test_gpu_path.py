@@ -5,6 +5,7 @@ nothing here has run on a real GPU (README, "GPU")."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from histo_core import pipeline as P
@@ -54,3 +55,100 @@ def test_to_float01_copies_through_to_device(monkeypatch):
     monkeypatch.setattr(P, "to_device", spy)
     x = P.to_float01(np.zeros((2, 4, 4, 3), np.uint8), "cpu")
     assert seen == [torch.device("cpu")] and x.shape == (2, 3, 4, 4)
+
+
+# -- precision per compute capability (item 2) ---------------------------------------------------------------
+def _quick_config(**changes):
+    from histo_core.config import TrainConfig
+
+    cfg = TrainConfig(
+        dataset="synthetic",
+        arch="simplecnn",
+        epochs=1,
+        batch_size=32,
+        lr=3e-3,
+        optimizer="adamw",
+        max_train_samples=96,
+        threads=1,
+        seed=0,
+    )
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype", "name"),
+    [
+        ((7, 0), torch.float16, "fp16 autocast + GradScaler"),  # V100
+        ((7, 5), torch.float16, "fp16 autocast + GradScaler"),  # T4, RTX 20xx
+        ((8, 0), torch.bfloat16, "bf16 autocast"),  # A100
+        ((8, 6), torch.bfloat16, "bf16 autocast"),  # RTX 30xx, A10
+        ((9, 0), torch.bfloat16, "bf16 autocast"),  # H100
+    ],
+)
+def test_cuda_precision_follows_compute_capability(monkeypatch, capability, dtype, name):
+    from histo_core.training import device as D
+
+    asked = []
+
+    def capability_of(dev=None):
+        asked.append(torch.device(dev))
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability_of)
+    got = D.autocast_dtype(_quick_config(), torch.device("cuda", 1))
+    assert got == dtype and asked == [torch.device("cuda", 1)]  # the run's own card, not card 0
+    assert D.needs_grad_scaler(got) == (dtype == torch.float16)
+    assert D.precision_name(got) == name
+    assert D.autocast_dtype(_quick_config(amp=False), torch.device("cuda", 1)) is None  # --no-amp: fp32
+    assert D.precision_name(None) == "fp32"
+
+
+def test_fp16_trainer_scales_the_loss_and_resumes_the_scale():
+    """The fp16 path (a Turing card's) run on the CPU: autocast fp16 + GradScaler steps, its state in last.pt."""
+    from histo_core import training as T
+
+    def trainer():
+        cfg = _quick_config()
+        data = T.build_train_data(cfg, T.open_config_dataset(cfg), "cpu", need_test=False)
+        t = T.Trainer(cfg, data, torch.device("cpu"))
+        assert not t.scaler.is_enabled() and t.precision == "fp32"  # the suite's CPU: fp32
+        t.amp_dtype, t.precision = torch.float16, "fp16 autocast + GradScaler"
+        t.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        return t
+
+    a = trainer()
+    before = [p.detach().clone() for p in a.model.parameters()]
+    a.set_train_mode()
+    scale_calls = []
+    real_scale = a.scaler.scale
+    a.scaler.scale = lambda loss: scale_calls.append(float(loss.detach())) or real_scale(loss)  # type: ignore[method-assign]
+    for pos in a.batches_of_epoch(0)[:2]:
+        loss, _ = a.train_batch(pos)
+        assert torch.isfinite(loss)
+    assert len(scale_calls) == 2
+    assert any(not torch.equal(b, p) for b, p in zip(before, a.model.parameters(), strict=True))  # it learned
+    state = a.state()
+    assert state["grad_scaler"]["scale"] == a.scaler.get_scale()
+    b = trainer()
+    state["grad_scaler"]["scale"] = 123.0
+    b.load_state(state, a.model.state_dict())
+    assert b.scaler.get_scale() == 123.0
+
+
+@pytest.mark.slow
+def test_run_records_its_precision_in_results_checkpoint_and_card(capsys):
+    from histo_core import checkpoint
+    from histo_core import training as T
+    from histo_core.export import export_run
+
+    run = T.prepare_run(_quick_config())
+    assert T.run_training(run)["state"] == "completed"
+    assert "training on cpu in fp32" in capsys.readouterr().err
+    assert run.results()["precision"] == "fp32"
+    assert checkpoint.load_checkpoint(run.best_ckpt)["precision"] == "fp32"
+    import json
+
+    card = json.loads(export_run(run, "gpu-path-card").with_suffix(".json").read_text())
+    assert card["precision"] == "fp32"

@@ -39,13 +39,41 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere and later compute bf16 natively; Volta and Turing (sm_70, sm_75) do not
+
+
+def cuda_amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on cards of compute capability 8.0 or more; float16 below (V100, T4, RTX 20xx), where bf16 is
+    emulated and slow. float16 needs loss scaling (`needs_grad_scaler`)."""
+    capability = tuple(torch.cuda.get_device_capability(device))
+    return torch.bfloat16 if capability >= BF16_MIN_CAPABILITY else torch.float16
+
+
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bfloat16 autocast with --amp (the default) on CUDA, and on a CPU with native bf16; None: full fp32."""
+    """Autocast with --amp (the default): on CUDA bf16 or fp16 by the card's compute capability
+    (`cuda_amp_dtype`), on a CPU bf16 where it is native; None: full fp32 (--no-amp, also the way out where fp16
+    is unstable for a model)."""
     if not config.amp:
         return None
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+    if device.type == "cuda":
+        return cuda_amp_dtype(device)
+    if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def needs_grad_scaler(amp_dtype: torch.dtype | None) -> bool:
+    """float16 gradients underflow without loss scaling (torch.amp.GradScaler); bf16 has fp32's range."""
+    return amp_dtype == torch.float16
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """How a run computes, as its log, status, results and model card say it."""
+    if amp_dtype is None:
+        return "fp32"
+    if needs_grad_scaler(amp_dtype):
+        return "fp16 autocast + GradScaler"
+    return "bf16 autocast"
 
 
 def fused_optimizer_ok(model: nn.Module) -> bool:

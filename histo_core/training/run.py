@@ -188,7 +188,8 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
             clean_labels=data.clean_train_labels,
             indices=data.train_indices,
         )
-    return trainer, model_meta(config, data)
+    job.log(f"{run.id}: training on {device} in {trainer.precision}")
+    return trainer, {**model_meta(config, data), "precision": trainer.precision}
 
 
 class _BatchProgress:
@@ -282,7 +283,13 @@ def _finish(
     run = job.run
     job.writer.update(phase="test")
     final = final_evaluation(run, job.config, trainer, job.best)
-    doc = {**final, "stopped_early": stopped_early, "train_seconds": round(train_seconds, 2), "device": str(device)}
+    doc = {
+        **final,
+        "stopped_early": stopped_early,
+        "train_seconds": round(train_seconds, 2),
+        "device": str(device),
+        "precision": trainer.precision,
+    }
     write_json_atomic(run.results_path, doc)
     job.writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page (never fails the run)
     from histo_core.embeddings import embed_at_end_of_training

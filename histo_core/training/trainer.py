@@ -29,7 +29,14 @@ from histo_core.models import build_model, get_arch, head_module, set_backbone_t
 from histo_core.noise import batch_noise
 from histo_core.predict import InputSpec, predict_tiles
 from histo_core.training.data import TrainData, uses_mlp_head
-from histo_core.training.device import autocast_dtype, compile_module, eager_optimizer_class, fused_optimizer_ok
+from histo_core.training.device import (
+    autocast_dtype,
+    compile_module,
+    eager_optimizer_class,
+    fused_optimizer_ok,
+    needs_grad_scaler,
+    precision_name,
+)
 from histo_core.training.distributed import sum_over_ranks
 
 
@@ -64,7 +71,10 @@ class Trainer:
         self.channels_last = bool(config.channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.amp_dtype = autocast_dtype(config, device)  # bf16 on CUDA and on CPUs with native bf16
+        self.amp_dtype = autocast_dtype(config, device)  # bf16 (CUDA >= sm_80, native-bf16 CPUs), fp16 (older cards)
+        self.precision = precision_name(self.amp_dtype)
+        # fp16 needs loss scaling; a disabled scaler passes losses and steps through unchanged
+        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(self.amp_dtype))
         self.head_ids = (
             {id(p) for p in head_module(self.model, config.arch).parameters()}
             if get_arch(config.arch).has_backbone
@@ -220,8 +230,13 @@ class Trainer:
             logits = self.net(x)
             loss = self.criterion(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         if self.scheduler is not None and self.per_batch_schedule:
             self.scheduler.step()
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
@@ -313,6 +328,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state() if self.cuda else None,
             "aug_gen": self.aug_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
 
     def load_state(self, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
@@ -329,3 +345,5 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.aug_gen.set_state(state["aug_gen"])
         self.noise_gen.set_state(state["noise_gen"])
+        if self.scaler.is_enabled() and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
