@@ -152,3 +152,103 @@ def test_run_records_its_precision_in_results_checkpoint_and_card(capsys):
 
     card = json.loads(export_run(run, "gpu-path-card").with_suffix(".json").read_text())
     assert card["precision"] == "fp32"
+
+
+# -- slots mapped to GPUs (item 3) ---------------------------------------------------------------------------
+@pytest.fixture
+def gpus(monkeypatch):
+    """A machine with N (patched) CUDA GPUs; returns a setter and the list of set_device calls."""
+    calls: list = []
+
+    def have(n: int) -> list:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.device("cuda", d)))
+        return calls
+
+    return have
+
+
+def test_default_cuda_slots_are_the_gpu_count_and_go_round_the_gpus(gpus, monkeypatch):
+    from histo_core import slots
+
+    monkeypatch.delenv("HISTO_MAX_RUNS_CUDA", raising=False)
+    gpus(3)
+    assert slots.max_concurrent("cuda") == 3 and slots.max_concurrent("cpu") == 1
+    assert [slots.gpu_of_slot(i) for i in range(3)] == [0, 1, 2] and slots.runs_per_gpu() == 1
+    monkeypatch.setenv("HISTO_MAX_RUNS_CUDA", "5")
+    assert slots.max_concurrent("cuda") == 5
+    assert [slots.gpu_of_slot(i) for i in range(5)] == [0, 1, 2, 0, 1] and slots.runs_per_gpu() == 2
+    monkeypatch.delenv("HISTO_MAX_RUNS_CUDA")
+    gpus(0)
+    assert slots.max_concurrent("cuda") == 1
+
+
+def test_physical_gpu_honours_cuda_visible_devices(monkeypatch):
+    from histo_core import slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert [slots.physical_gpu(0), slots.physical_gpu(1)] == ["2", "3"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert slots.physical_gpu(1) == "1"
+
+
+def test_setup_device_pins_the_gpu_modulo_the_visible_ones(gpus, monkeypatch):
+    from histo_core.training import device as D
+
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    calls = gpus(2)
+    try:
+        assert D.setup_device(_quick_config(device="cuda"), 1) == torch.device("cuda", 1)
+        gpus(1)  # a Slurm task bound to one GPU: LOCAL_RANK 3 sees it as cuda:0
+        assert D.setup_device(_quick_config(device="cuda"), 3) == torch.device("cuda", 0)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = flags[:2]
+        torch.backends.cuda.matmul.allow_tf32 = flags[2]
+    assert calls == [torch.device("cuda", 1), torch.device("cuda", 0)]
+
+
+def _run_with_recorded_gpu(monkeypatch, world=(0, 1, 0)):
+    """run_training up to the point where it picks the GPU; returns (gpu, run)."""
+    from histo_core import training as T
+    from histo_core.training import run as R
+
+    got = []
+    monkeypatch.setattr(R, "current_world", lambda: world)
+    monkeypatch.setattr(R, "_train", lambda job, resume, gpu: got.append(gpu) or {"state": "completed"})
+    run = T.prepare_run(_quick_config(device="cuda"))
+    assert R.run_training(run)["state"] == "completed"
+    return got[0]
+
+
+def test_each_run_trains_on_its_slots_gpu(gpus, monkeypatch):
+    from histo_core.slots import device_slot
+
+    monkeypatch.delenv("HISTO_MAX_RUNS_CUDA", raising=False)
+    gpus(2)
+    assert _run_with_recorded_gpu(monkeypatch) == 0
+    with device_slot("cuda") as held:  # another run trains on GPU 0
+        assert held == 0
+        assert _run_with_recorded_gpu(monkeypatch) == 1
+    monkeypatch.setenv("HISTO_MAX_RUNS_CUDA", "4")
+    with device_slot("cuda"), device_slot("cuda"):  # slots 0 and 1 (GPUs 0 and 1) taken
+        assert _run_with_recorded_gpu(monkeypatch) == 0  # slot 2 shares GPU 0
+
+
+def test_a_torchrun_rank_queues_for_the_slot_of_its_own_gpu(gpus, monkeypatch):
+    import threading
+
+    from histo_core.slots import device_slot
+
+    monkeypatch.delenv("HISTO_MAX_RUNS_CUDA", raising=False)
+    gpus(2)
+    assert _run_with_recorded_gpu(monkeypatch, world=(1, 2, 3)) == 1  # LOCAL_RANK 3 on 2 GPUs: GPU 1
+    done = threading.Event()
+    with device_slot("cuda", gpu=1) as held:  # a single-GPU run holds GPU 1
+        assert held == 1
+        t = threading.Thread(target=lambda: (_run_with_recorded_gpu(monkeypatch, world=(1, 2, 1)), done.set()))
+        t.start()
+        assert not done.wait(1.5)  # rank 1 waits for GPU 1 although GPU 0's slot is free
+    t.join(10)
+    assert done.is_set()

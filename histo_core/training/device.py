@@ -12,17 +12,20 @@ from histo_core import runtime
 from histo_core.config import TrainConfig
 
 
-def setup_device(config: TrainConfig, local_rank: int = 0) -> torch.device:
-    """The config's device (resolved by `runtime.resolve_device`), set up for training: cuDNN benchmark and TF32
-    on CUDA, the thread count (--threads, else `runtime.default_threads`) on the CPU."""
+def setup_device(config: TrainConfig, gpu: int = 0) -> torch.device:
+    """The config's device (resolved by `runtime.resolve_device`), set up for training: on CUDA GPU `gpu` (the run's
+    slot's, or torchrun's LOCAL_RANK) modulo the visible GPUs, so that a Slurm task bound to one GPU (which sees it
+    as cuda:0 whatever its local rank) finds it; cuDNN benchmark and TF32. The thread count (--threads, else
+    `runtime.default_threads`) on every device: the host side of a GPU run (decoding, streamed chunks) uses them."""
     dev = runtime.resolve_device(config.device)
+    torch.set_num_threads(config.threads or runtime.default_threads())
     if dev == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    torch.set_num_threads(config.threads or runtime.default_threads())
+        index = gpu % max(1, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 

@@ -25,9 +25,14 @@ def init_distributed(device: str) -> tuple[int, int]:
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if resolve_device(device) == "cuda" else "gloo"
+        timeout = datetime.timedelta(hours=2)
         if backend == "nccl":
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+            # modulo the visible GPUs: Slurm may bind one GPU per task, seen as cuda:0 whatever LOCAL_RANK is
+            gpu = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+            torch.cuda.set_device(gpu)
+            dist.init_process_group(backend, timeout=timeout, device_id=gpu)  # NCCL binds its communicator now
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -69,8 +69,6 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
     cancel.install()
     try:
         job = _Job(run, TrainConfig.from_dict(run.config()), writer, cancel, rank, world, local_rank)
-        if world > 1:  # torchrun placed the processes: no slot to wait for
-            return _train(job, resume)
         return _train_when_a_slot_is_free(job, resume)
     except RunFolderGone:  # deleted under us: stop, write nothing (writers never re-create the folder)
         say(f"{run.path}: the run folder was deleted; stopping without saving", rank)
@@ -112,22 +110,31 @@ class _Job:
 
 
 def _train_when_a_slot_is_free(job: _Job, resume: bool) -> dict[str, Any]:
-    """Queue for the device (status "queued", cancellable while waiting), then train."""
-    from histo_core.slots import device_slot
+    """Queue for the device (status "queued", cancellable while waiting), then train on the slot's GPU. A torchrun
+    rank on CUDA queues for a slot of the GPU it was placed on (LOCAL_RANK); on the CPU torchrun's processes take
+    no slot (they would wait for each other's one slot)."""
+    from histo_core.slots import device_slot, gpu_count, gpu_of_slot
 
     def waiting() -> None:
         job.writer.update(state="queued")
         if job.cancel.requested():
             raise StopRequested()
 
+    kind = resolve_device(job.config.device)
+    rank_gpu = job.local_rank % max(1, gpu_count()) if kind == "cuda" else 0
+    if job.world > 1 and kind != "cuda":
+        return _train(job, resume, 0)
     job.writer.update(state="queued", pid=os.getpid(), pid_start=own_start_time())
-    with device_slot(resolve_device(job.config.device), runs_root=job.run.path.parent, on_wait=waiting):
-        return _train(job, resume)
+    with device_slot(
+        kind, runs_root=job.run.path.parent, on_wait=waiting, gpu=rank_gpu if job.world > 1 else None
+    ) as slot:
+        return _train(job, resume, rank_gpu if job.world > 1 else gpu_of_slot(slot) if kind == "cuda" else 0)
 
 
-def _train(job: _Job, resume: bool) -> dict[str, Any]:
-    """Set up, train epoch by epoch until done, early-stopped or cancelled, then evaluate and embed."""
-    device = setup_device(job.config, job.local_rank)
+def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
+    """Set up on GPU `gpu` (CUDA runs), train epoch by epoch until done, early-stopped or cancelled, then evaluate
+    and embed."""
+    device = setup_device(job.config, gpu)
     trainer, meta = _start(job, device, resume)
     progress = _BatchProgress(job, trainer.steps_per_epoch, device)
     job.writer.update(phase="train", epoch=trainer.epoch, step=trainer.step, steps_per_epoch=trainer.steps_per_epoch)
@@ -188,7 +195,12 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
             clean_labels=data.clean_train_labels,
             indices=data.train_indices,
         )
-    job.log(f"{run.id}: training on {device} in {trainer.precision}")
+    where = str(device)
+    if device.type == "cuda":
+        from histo_core.slots import physical_gpu
+
+        where += f" (the machine's GPU {physical_gpu(device.index or 0)})"
+    job.log(f"{run.id}: training on {where} in {trainer.precision}")
     return trainer, {**model_meta(config, data), "precision": trainer.precision}
 
 
