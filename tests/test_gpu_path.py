@@ -252,3 +252,89 @@ def test_a_torchrun_rank_queues_for_the_slot_of_its_own_gpu(gpus, monkeypatch):
         assert not done.wait(1.5)  # rank 1 waits for GPU 1 although GPU 0's slot is free
     t.join(10)
     assert done.is_set()
+
+
+# -- inference defaults to auto (item 7) ---------------------------------------------------------------------
+def _saved_model(tmp_path):
+    from histo_core.checkpoint import save_checkpoint
+    from histo_core.models import build_model
+
+    meta = {
+        "arch": "simplecnn",
+        "num_classes": 3,
+        "in_channels": 3,
+        "input_size": 28,
+        "classes": ["a", "b", "c"],
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+    }
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("simplecnn", 3, 3, 28), meta)
+    return path
+
+
+def test_load_model_defaults_to_auto_and_caches_one_model_per_device(tmp_path, monkeypatch):
+    """ "auto" is the default: on a (patched) GPU machine the model goes to the GPU; torch's meta device stands in
+    for the card here, as a second device the model can be moved to without one."""
+    from histo_core import inference, runtime
+
+    inference.clear_cache()
+    path = _saved_model(tmp_path)
+    asked: list[str] = []
+    real = runtime.resolve_device
+
+    def resolve(name: str) -> str:
+        asked.append(name)
+        return "meta" if name == "auto" else real(name)
+
+    monkeypatch.setattr(runtime, "resolve_device", resolve)
+    on_gpu = inference.load_model(path)
+    assert asked == ["auto"] and on_gpu.device == "meta"
+    assert next(on_gpu.model.parameters()).device.type == "meta"
+    on_cpu = inference.load_model(path, "cpu")
+    assert next(on_cpu.model.parameters()).device.type == "cpu"
+    assert inference.load_model(path) is on_gpu and inference.load_model(path, "cpu") is on_cpu  # one per device
+    inference.clear_cache()
+
+
+def test_predict_cli_and_page_tasks_default_to_auto():
+    import argparse
+    import inspect
+
+    from histo_core import tasks
+    from histo_core.commands import predict as predict_cmd
+
+    parser = argparse.ArgumentParser()
+    predict_cmd.register(parser.add_subparsers())
+    assert parser.parse_args(["predict", "m", "x.png"]).device == "auto"
+    assert inspect.signature(tasks.submit_task).parameters["device"].default == "auto"
+
+
+def test_label_error_cross_validation_keeps_the_runs_device(tmp_path):
+    from histo_core import label_errors
+    from histo_core.runs import RunDir
+
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    from histo_core.fsutil import write_json_atomic
+
+    write_json_atomic(run.config_path, _quick_config(device="auto").to_dict())
+    assert label_errors._cv_config(run, 1).device == "auto"
+
+
+def test_a_cuda_task_runs_on_its_slots_gpu(gpus, monkeypatch):
+    """A page task (evaluation, embeddings, label errors...) on CUDA makes its slot's GPU the current device, where
+    load_model("auto") and setup_device put the model."""
+    from histo_core import paths, tasks
+    from histo_core.fsutil import write_json_atomic
+    from histo_core.slots import device_slot
+
+    monkeypatch.delenv("HISTO_MAX_RUNS_CUDA", raising=False)
+    calls = gpus(2)
+    monkeypatch.setitem(tasks.KIND_RUNNERS, "gpu-probe", lambda params, progress: {"ok": True})
+    task = tasks.TaskDir(tasks.tasks_root() / "t1")
+    task.path.mkdir(parents=True)
+    write_json_atomic(task.task_path, {"kind": "gpu-probe", "params": {}, "device": "cuda"})
+    with device_slot("cuda", runs_root=paths.runs_dir()):  # GPU 0 busy
+        assert tasks.run_task(task) == 0
+    assert calls == [torch.device("cuda", 1)]

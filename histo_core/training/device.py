@@ -12,9 +12,9 @@ from histo_core import runtime
 from histo_core.config import TrainConfig
 
 
-def setup_device(config: TrainConfig, gpu: int = 0) -> torch.device:
+def setup_device(config: TrainConfig, gpu: int | None = None) -> torch.device:
     """The config's device (resolved by `runtime.resolve_device`), set up for training: on CUDA GPU `gpu` (the run's
-    slot's, or torchrun's LOCAL_RANK) modulo the visible GPUs, so that a Slurm task bound to one GPU (which sees it
+    slot's, or torchrun's LOCAL_RANK; None: the current device, which a task's slot has set) modulo the visible GPUs, so that a Slurm task bound to one GPU (which sees it
     as cuda:0 whatever its local rank) finds it; cuDNN benchmark and TF32. The thread count (--threads, else
     `runtime.default_threads`) on every device: the host side of a GPU run (decoding, streamed chunks) uses them."""
     dev = runtime.resolve_device(config.device)
@@ -23,7 +23,7 @@ def setup_device(config: TrainConfig, gpu: int = 0) -> torch.device:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        index = gpu % max(1, torch.cuda.device_count())
+        index = (torch.cuda.current_device() if gpu is None else gpu) % max(1, torch.cuda.device_count())
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
