@@ -170,13 +170,13 @@ def random_rot90(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Rotate each (square) tile by a random multiple of 90 degrees."""
     if x.shape[-1] != x.shape[-2]:
         return x
-    k = torch.randint(0, 4, (x.shape[0],), generator=gen, device=gen.device).to(x.device)
-    out = x.clone()
-    for turns in (1, 2, 3):
-        sel = k == turns
-        if bool(sel.any()):
-            out[sel] = torch.rot90(x[sel], turns, (2, 3))
-    return out
+    n = x.shape[0]
+    k = torch.randint(0, 4, (n,), generator=gen, device=gen.device).to(x.device).view(n, 1, 1, 1)
+    # rot90 by k = (transpose when k is odd), then flip rows when k is 1 or 2, columns when k is 2 or 3: three
+    # selects, no boolean indexing (which waits for the device to learn how many tiles each k has)
+    x = torch.where(k % 2 == 1, x.transpose(2, 3), x)
+    x = torch.where((k == 1) | (k == 2), x.flip(2), x)
+    return torch.where(k >= 2, x.flip(3), x)
 
 
 def random_affine(
@@ -212,13 +212,14 @@ def random_affine(
 
 
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)  # once here: linalg.inv on a GPU checks its result on the host
+_GRAY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    return (x * stain.constant(_GRAY_WEIGHTS, x)).sum(1, keepdim=True)
 
 
 def color_jitter(
@@ -243,12 +244,11 @@ def color_jitter(
         x = (x - g) * _uniform(n, 1 - saturation, 1 + saturation, gen, dev).view(view) + g
     if x.shape[1] == 3 and hue > 0:
         phi = _uniform(n, -hue, hue, gen, dev) * (2 * math.pi)
-        to_yiq = _RGB_TO_YIQ.to(dev, x.dtype)
-        from_yiq = torch.linalg.inv(to_yiq)
+        to_yiq = stain.constant(_RGB_TO_YIQ, x)
+        from_yiq = stain.constant(_YIQ_TO_RGB, x)
         c, s = torch.cos(phi), torch.sin(phi)
-        rot = torch.zeros(n, 3, 3, device=dev, dtype=x.dtype)
-        rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+        one, zero = torch.ones_like(c), torch.zeros_like(c)
+        rot = torch.stack([one, zero, zero, zero, c, -s, zero, s, c], dim=1).view(n, 3, 3).to(x.dtype)
         m = from_yiq @ rot @ to_yiq  # (n, 3, 3)
         x = torch.einsum("nij,njhw->nihw", m, x)
     return x.clamp(0.0, 1.0)

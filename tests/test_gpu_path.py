@@ -338,3 +338,119 @@ def test_a_cuda_task_runs_on_its_slots_gpu(gpus, monkeypatch):
     with device_slot("cuda", runs_root=paths.runs_dir()):  # GPU 0 busy
         assert tasks.run_task(task) == 0
     assert calls == [torch.device("cuda", 1)]
+
+
+# -- host-device synchronisations per training step (item 4) -------------------------------------------------
+class SyncCounter:
+    """Counts, under a TorchDispatchMode, the operators that make the host wait for a GPU: reading a value
+    (`.item()`, `bool()`, `float()`), `nonzero`, `masked_select`, boolean-mask indexing and assignment (their
+    output size lives on the device), and tensors made from host data (`torch.tensor`, `from_numpy`,
+    `as_tensor`: on a GPU run each becomes a copy from pageable memory; counted even where the copy is then
+    pinned and asynchronous, so the count is an upper bound). On the CPU they are the same operators."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        aten = torch.ops.aten
+        reads = {aten._local_scalar_dense, aten.is_nonzero, aten.nonzero, aten.masked_select}
+        lifts = {aten.lift_fresh, aten.lift_fresh_copy}
+        masked = {aten.index, aten.index_put_, aten.index_put}
+        counter = self
+        self.count = 0
+        self.kinds: dict[str, int] = {}
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                packet = func.overloadpacket
+                bool_index = packet in masked and any(
+                    isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or [])
+                )
+                if packet in reads or packet in lifts or bool_index:
+                    counter.count += 1
+                    counter.kinds[str(packet)] = counter.kinds.get(str(packet), 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+
+def _syncs_per_step(cfg) -> tuple[float, int, dict]:
+    """(syncs per step over a whole epoch, syncs between its first and last batch, kinds) of a warmed-up trainer."""
+    from histo_core import training as T
+
+    data = T.build_train_data(cfg, T.open_config_dataset(cfg), "cpu", need_test=False)
+    trainer = T.Trainer(cfg, data, torch.device("cpu"))
+    trainer.set_train_mode()
+    trainer.train_batch(trainer.batches_of_epoch(0)[0])  # constants are made once, at the first batch
+    counter = SyncCounter()
+    marks: list[int] = []
+
+    def on_batch(t, images):
+        marks.append(counter.count)
+        return False
+
+    with counter.mode:
+        trainer.train_epoch(on_batch)
+    return counter.count / trainer.steps_per_epoch, marks[-1] - marks[0], counter.kinds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # the default recipe's augmentations: flips and 90-degree rotations
+        {"hue": 0.1, "saturation": 0.1, "stain_jitter": 0.05, "rotate": 10.0, "stain_norm": "macenko"},
+        {"stain_norm": "reinhard", "resized_crop": True, "schedule": "onecycle", "optimizer": "sgd"},
+    ],
+)
+def test_a_training_step_does_not_wait_for_the_device(changes):
+    from histo_core.config import Augment
+
+    aug_keys = set(Augment.__dataclass_fields__)
+    aug = Augment(**{k: v for k, v in changes.items() if k in aug_keys})
+    cfg = _quick_config(
+        max_train_samples=120,
+        batch_size=4,
+        epochs=2,
+        augment=aug,
+        **{k: v for k, v in changes.items() if k not in aug_keys},
+    )
+    assert cfg.augment.flip and cfg.augment.rot90
+    per_step, between, kinds = _syncs_per_step(cfg)
+    assert between == 0, kinds  # none inside the epoch: the epoch's order once, its loss and accuracy at the end
+    assert per_step <= 0.1, kinds  # 30 steps
+
+
+def test_ddp_ranks_agree_on_a_cancel_every_n_steps(monkeypatch):
+    from histo_core.training import run as R
+
+    calls = []
+    monkeypatch.setattr(R, "any_rank", lambda flag, world, device: calls.append(world) or flag)
+
+    class Job:
+        world, config = 2, _quick_config(epochs=3)
+        cancel = type("C", (), {"requested": staticmethod(lambda: False)})()
+        writer = type("W", (), {"update": staticmethod(lambda **kw: None)})()
+
+    progress = R._BatchProgress(Job(), 100, torch.device("cpu"))  # type: ignore[arg-type]
+    trainer = type("T", (), {"epoch": 0, "step": 0})()
+    for step in range(1, 101):
+        trainer.step = step
+        progress(trainer, 8)
+    assert len(calls) == 100 // R.CANCEL_CHECK_STEPS
+    Job.world = 1  # one process: a host flag, read at every batch
+    calls.clear()
+    for step in range(1, 11):
+        trainer.step = step
+        progress(trainer, 8)
+    assert len(calls) == 10
+
+
+def test_train_speed_benchmark_measures_the_default_augmentations():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import train_speed
+
+    cfg = train_speed.our_config("simplecnn", "cpu", 1, False)
+    assert cfg.augment.flip and cfg.augment.rot90

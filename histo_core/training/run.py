@@ -204,9 +204,14 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
     return trainer, {**model_meta(config, data), "precision": trainer.precision}
 
 
+CANCEL_CHECK_STEPS = 20  # under torchrun, ranks agree on a cancel every this many batches (a collective waits)
+
+
 class _BatchProgress:
     """Called after every training batch: status (step, speed, ETA) at most once a second, and whether a cancel
-    was requested on any rank (which stops the epoch at this batch)."""
+    was requested (which stops the epoch at this batch). One process checks at every batch (a flag on the host);
+    torchrun's ranks agree every CANCEL_CHECK_STEPS batches, at the same step on every rank (an all-reduce makes
+    the host wait for the device), and at the end of every epoch."""
 
     def __init__(self, job: _Job, steps_per_epoch: int, device: torch.device):
         self.job, self.steps, self.device = job, steps_per_epoch, device
@@ -218,7 +223,9 @@ class _BatchProgress:
         job, cfg = self.job, self.job.config
         self.images += images
         now = time.perf_counter()
-        stop = any_rank(job.cancel.requested(), job.world, self.device)
+        stop = False
+        if job.world == 1 or trainer.step % CANCEL_CHECK_STEPS == 0:
+            stop = any_rank(job.cancel.requested(), job.world, self.device)
         if now - self.last_write >= 1.0 or stop:
             ips = self.images * job.world / max(now - self.t0, 1e-9)
             left = (cfg.epochs - trainer.epoch) * self.steps - trainer.step

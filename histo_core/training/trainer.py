@@ -109,6 +109,8 @@ class Trainer:
         self.epoch = 0  # epochs finished
         self.step = 0  # batches finished in the current epoch
         self.partial = _empty_partial()
+        # labels beside resident tiles: a batch's labels are picked on the device, with the tiles' positions
+        self.labels_on_device = pipeline.to_device(data.train_labels, device) if data.train.resident else None
         self.mean_t = torch.tensor(pipeline._per_channel(data.mean, info.channels), device=device).view(1, -1, 1, 1)
         self.std_t = torch.tensor(pipeline._per_channel(data.std, info.channels), device=device).view(1, -1, 1, 1)
 
@@ -195,8 +197,19 @@ class Trainer:
                 fh.write(f"{self.epoch + 1} {','.join(str(int(i)) for i in np.asarray(pos).reshape(-1))}\n")
         return self.data.train.gather(pos)
 
-    def labels_for(self, pos: np.ndarray) -> torch.Tensor:
+    def epoch_positions(self, batches: list[np.ndarray]) -> list[torch.Tensor] | None:
+        """The epoch's batch positions as slices of one tensor uploaded once, when the tiles are resident (on the
+        GPU a per-batch upload of the indices is a copy from pageable memory every step); None otherwise."""
+        if self.labels_on_device is None or not batches:
+            return None
+        order = pipeline.to_device(torch.from_numpy(np.concatenate(batches).astype(np.int64)), self.device)
+        return list(torch.split(order, [len(b) for b in batches]))
+
+    def labels_for(self, pos: np.ndarray, pos_on_device: torch.Tensor | None = None) -> torch.Tensor:
         """Training labels at positions `pos` on the device (with fresh wrong ones under --noise-mode batch)."""
+        noisy = self.config.noise > 0 and self.config.noise_mode == "batch"
+        if pos_on_device is not None and self.labels_on_device is not None and not noisy:
+            return self.labels_on_device[pos_on_device]
         y = self.data.train_labels[torch.from_numpy(np.asarray(pos, np.int64))]
         if self.config.noise > 0 and self.config.noise_mode == "batch":
             y = batch_noise(y, self.config.noise, self.data.info.num_classes, self.noise_gen)
@@ -241,10 +254,14 @@ class Trainer:
             self.scheduler.step()
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
-    def train_batch(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather, augment and train on the batch at positions `pos` (call `set_train_mode` first)."""
-        x = self.prepare_batch(self.gather(pos), train=True)
-        return self.train_step(x, self.labels_for(pos))
+    def train_batch(
+        self, pos: np.ndarray, pos_on_device: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather, augment and train on the batch at positions `pos` (call `set_train_mode` first);
+        `pos_on_device`: the same positions already on the device (`epoch_positions`)."""
+        tiles = self.gather(pos) if pos_on_device is None or self.shard_log else self.data.train.gather(pos_on_device)
+        x = self.prepare_batch(tiles, train=True)
+        return self.train_step(x, self.labels_for(pos, pos_on_device))
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[-1]["lr"])
@@ -258,6 +275,7 @@ class Trainer:
             self._freeze_backbone(False)
         self.set_train_mode()
         batches = self.batches_of_epoch(epoch)
+        on_device = self.epoch_positions(batches)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         lr = self.current_lr()
@@ -265,7 +283,7 @@ class Trainer:
         for i in range(self.step, len(batches)):
             pos = batches[i]
             lr = self.current_lr()
-            loss, right = self.train_batch(pos)
+            loss, right = self.train_batch(pos, None if on_device is None else on_device[i])
             loss_sum += loss * len(pos)
             correct += right
             self.step = i + 1
