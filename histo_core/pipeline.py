@@ -385,11 +385,21 @@ class TileSource:
             resident = not file_backed and nbytes <= (CPU_RESIDENT_MAX_BYTES if limit is None else limit)
         self.streamed = not resident and file_backed
         if resident:
-            self._tiles = self._load_all().to(self.device)
+            tiles = self._load_all()
+            try:
+                self._tiles = tiles.to(self.device)
+            except torch.OutOfMemoryError:  # the GPU is fuller than it said: batches come from host memory
+                self._tiles = None
+                self.streamed = file_backed
 
     @property
     def resident(self) -> bool:
         return self._tiles is not None
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes this source holds on its device as one tensor (0 when its batches come from host memory)."""
+        return 0 if self._tiles is None else self._tiles.numel() * self._tiles.element_size()
 
     def _load_all(self) -> torch.Tensor:
         if self.indices is None and (getattr(self.split, "lazy", False) or self.file_rows is not None):

@@ -454,3 +454,95 @@ def test_train_speed_benchmark_measures_the_default_augmentations():
 
     cfg = train_speed.our_config("simplecnn", "cpu", 1, False)
     assert cfg.augment.flip and cfg.augment.rot90
+
+
+# -- out of GPU memory (item 6) ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_out_of_memory_saves_last_pt_names_the_batch_size_and_resumes_smaller(monkeypatch):
+    from histo_core import checkpoint
+    from histo_core import training as T
+    from histo_core.training import run as R
+    from histo_core.training.trainer import Trainer
+
+    run = T.prepare_run(_quick_config(epochs=2, batch_size=32, schedule="onecycle"))  # 3 batches an epoch
+    real_step = Trainer.train_step
+    calls = {"n": 0}
+
+    def step_then_oom(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, batch 2
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_oom)
+    result = T.run_training(run)
+    assert result["state"] == "failed" and run.status().state == "failed"
+    assert "lower --batch-size (now 32)" in result["error"] and "--resume --batch-size 16" in result["error"]
+    assert "\n" not in result["error"]
+    state = checkpoint.load_checkpoint(run.last_ckpt)["train_state"]
+    assert (state["epoch"], state["step"], state["partial"]["seen"], state["batch_size"]) == (1, 1, 32, 32)
+
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    R.change_batch_size(run, 16)
+    resumed = T.run_training(run, resume=True)
+    assert resumed["state"] == "completed", resumed.get("error")
+    assert [r["epoch"] for r in run.metrics()] == [1, 2]
+    assert run.config()["batch_size"] == 16
+
+
+def test_cli_resume_accepts_only_a_new_batch_size(tmp_path, capsys):
+    from histo_core import training as T
+    from histo_core.cli import main
+
+    run = T.prepare_run(_quick_config(batch_size=32))
+    assert main(["train", "--run-dir", str(run.path), "--resume", "--lr", "0.1"]) == 2
+    assert "only --batch-size may change" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(run.path), "--resume", "--batch-size", "0"]) == 2
+    assert run.config()["batch_size"] == 32  # a bad value changes nothing
+
+
+def test_splits_share_one_gpu_memory_budget(gpus, monkeypatch):
+    """Train first, then val, then test, out of CUDA_RESIDENT_FRACTION of the free memory (halved when two CUDA
+    slots share the card); a split that does not fit is served from host memory."""
+    from histo_core import pipeline
+    from histo_core import training as T
+    from histo_core.training import data as D
+
+    gpus(1)
+    monkeypatch.delenv("HISTO_MAX_RUNS_CUDA", raising=False)
+    limits = []
+    real_init = pipeline.TileSource.__init__
+
+    def on_cpu(self, split, device, **kw):  # decide as on the GPU, hold the tiles in host memory
+        limits.append(kw.get("resident_max_bytes"))
+        real_init(self, split, "cpu", **kw)
+
+    monkeypatch.setattr(pipeline.TileSource, "__init__", on_cpu)
+    cfg = _quick_config(max_train_samples=0)
+    ds = T.open_config_dataset(cfg)
+    sizes = [len(ds.split(s)) * int(np.prod(ds.split(s).tile_shape)) for s in ("train", "val", "test")]
+    free = -(-(sizes[0] + sizes[1]) * 10 // 4)  # 40% of it: room for train and val, not for test as well
+    assert int(free * pipeline.CUDA_RESIDENT_FRACTION) - sizes[0] - sizes[1] < sizes[2]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (free, 2 * free))
+    data = D.build_train_data(cfg, ds, "cuda")
+    assert data.train.resident and data.val.resident and not data.test.resident  # test from host memory
+    assert limits[0] == int(free * pipeline.CUDA_RESIDENT_FRACTION)
+    assert limits[1:] == [limits[0] - sizes[0], limits[0] - sizes[0] - sizes[1]]
+    monkeypatch.setenv("HISTO_MAX_RUNS_CUDA", "2")
+    assert D.resident_budget("cuda") == limits[0] // 2
+
+
+def test_a_split_that_does_not_fit_on_the_gpu_is_served_from_host_memory(monkeypatch):
+    from histo_core import pipeline
+
+    class Refuses:
+        def to(self, device):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    from histo_core.datasets import Split
+
+    tiles = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    monkeypatch.setattr(pipeline.TileSource, "_load_all", lambda self: Refuses())
+    src = pipeline.TileSource(Split("train", tiles, np.arange(10) % 2), "cpu")
+    assert not src.resident and not src.streamed and src.resident_bytes == 0
+    assert torch.equal(src.gather(np.array([3, 1])), torch.from_numpy(tiles[[3, 1]]))

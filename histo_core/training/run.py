@@ -146,6 +146,8 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
         except StopRequested:
             _save_last(job, trainer, meta)
             raise
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(job, trainer, meta) from None
         job.writer.update(phase="validate", epoch=trainer.epoch, step=0)
         row = _validate(job, trainer, row)
         if job.rank == 0:
@@ -238,6 +240,28 @@ class _BatchProgress:
         return stop
 
 
+def _out_of_memory(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> HistoError:
+    """After torch.OutOfMemoryError in a training step: free what the step held, save last.pt at the last
+    finished batch, and the one-line error that says what to do."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if trainer.cuda:
+        torch.cuda.empty_cache()
+    _save_last(job, trainer, meta)
+    n = job.config.batch_size
+    return HistoError(
+        f"out of GPU memory at batch {trainer.step + 1} of epoch {trainer.epoch + 1}: lower --batch-size (now {n}) "
+        f"and resume from last.pt: python -m histo_core train --run-dir {job.run.path} --resume --batch-size "
+        f"{max(1, n // 2)}"
+    )
+
+
+def change_batch_size(run: RunDir, batch_size: int) -> None:
+    """Set the batch size of a prepared run before `--resume` (after running out of GPU memory): config.json is
+    rewritten; the resumed trainer restarts the saved epoch at its first batch (Trainer.load_state)."""
+    config = TrainConfig.from_dict(run.config()).replace(batch_size=batch_size).validate()
+    write_json_atomic(run.config_path, config.to_dict())
+
+
 def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> None:
     """last.pt: the weights and everything needed to resume at this batch boundary (rank 0 writes)."""
     if job.rank == 0:
@@ -328,6 +352,12 @@ def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
     state = ckpt.get("train_state")
     if not state:
         raise HistoError(f"{run.last_ckpt}: has no training state to resume from")
+    if trainer.batch_size_changed(state):
+        say(
+            f"{run.id}: batch size {state['batch_size']} -> {trainer.config.batch_size}: epoch "
+            f"{int(state['epoch']) + 1} restarts at its first batch",
+            rank,
+        )
     trainer.load_state(state, ckpt["state_dict"])
     if rank == 0:
         run.truncate_metrics(trainer.epoch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -283,7 +284,11 @@ class Trainer:
         for i in range(self.step, len(batches)):
             pos = batches[i]
             lr = self.current_lr()
-            loss, right = self.train_batch(pos, None if on_device is None else on_device[i])
+            try:
+                loss, right = self.train_batch(pos, None if on_device is None else on_device[i])
+            except torch.OutOfMemoryError:  # the batches done so far stay counted, for last.pt
+                self._fold_partial(loss_sum, correct, time.perf_counter() - t0)
+                raise
             loss_sum += loss * len(pos)
             correct += right
             self.step = i + 1
@@ -347,7 +352,12 @@ class Trainer:
             "aug_gen": self.aug_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(),
             "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "batch_size": self.config.batch_size,
         }
+
+    def batch_size_changed(self, state: dict[str, Any]) -> bool:
+        saved = state.get("batch_size")
+        return saved is not None and int(saved) != self.config.batch_size
 
     def load_state(self, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(weights)
@@ -358,6 +368,18 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.partial = dict(state["partial"])
+        if self.batch_size_changed(state):  # e.g. lowered after running out of GPU memory
+            # the epoch's batches are other slices now: it restarts at its first batch, and a per-batch schedule
+            # continues from the first step of this epoch at the new number of steps per epoch
+            self.step, self.partial = 0, _empty_partial()
+            if self.per_batch_schedule:
+                self.scheduler = self._build_scheduler()
+                done = self.epoch * self.steps_per_epoch
+                if done:
+                    self.scheduler.last_epoch = done - 1
+                    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.scheduler.step()
         torch.set_rng_state(state["torch_rng"])
         if self.cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
