@@ -546,3 +546,58 @@ def test_a_split_that_does_not_fit_on_the_gpu_is_served_from_host_memory(monkeyp
     src = pipeline.TileSource(Split("train", tiles, np.arange(10) % 2), "cpu")
     assert not src.resident and not src.streamed and src.resident_bytes == 0
     assert torch.equal(src.gather(np.array([3, 1])), torch.from_numpy(tiles[[3, 1]]))
+
+
+# -- per-rank resume state under torchrun (item 5) -----------------------------------------------------------
+def _resume_worker(rank: int, store: str, out: str) -> None:
+    """One of two gloo ranks: an uninterrupted epoch against one stopped at step 2, saved as run.py saves last.pt
+    (every rank's state gathered, rank 0's file read by both) and resumed in fresh trainers."""
+    import torch.distributed as dist
+
+    from histo_core import training as T
+    from histo_core.training.distributed import broadcast, gather_objects
+    from histo_core.training.trainer import StopRequested
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    cfg = _quick_config(max_train_samples=128, batch_size=16)  # 64 tiles a rank: 4 steps
+    data = T.build_train_data(cfg, T.open_config_dataset(cfg), "cpu", need_test=False)
+
+    def trainer():
+        return T.Trainer(cfg, data, torch.device("cpu"), rank=rank, world=2)
+
+    whole = trainer()
+    row_whole = whole.train_epoch()
+    stopped = trainer()
+    try:
+        stopped.train_epoch(lambda t, images: t.step == 2)
+    except StopRequested:
+        pass
+    ranks = gather_objects(stopped.rank_state(), 2)
+    saved = broadcast(stopped.state(ranks) if rank == 0 else None, 2)  # every rank reads rank 0's last.pt
+    weights = {k: v.clone() for k, v in stopped.model.state_dict().items()}
+    resumed = trainer()
+    resumed.load_state(saved, weights)
+    row_resumed = resumed.train_epoch()
+    same_weights = all(torch.equal(p, q) for p, q in zip(whole.model.parameters(), resumed.model.parameters()))
+    torch.save(
+        {
+            "same_weights": same_weights,
+            "losses": (row_whole["train_loss"], row_resumed["train_loss"]),
+            "own_stream": torch.equal(resumed.aug_gen.get_state(), whole.aug_gen.get_state()),
+        },
+        f"{out}/rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_resume_exactly_with_their_own_state(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_resume_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert got["own_stream"], rank  # rank 1 continues its own augmentation stream, not rank 0's
+        assert got["same_weights"], rank
+        assert got["losses"][0] == pytest.approx(got["losses"][1], rel=1e-6)  # partial counts not summed twice

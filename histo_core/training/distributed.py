@@ -68,6 +68,17 @@ def any_rank(flag: bool, world: int, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def gather_objects(obj: Any, world: int) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order, on every rank; [obj] for one process."""
+    if world <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sums of `values` over all ranks (float64)."""
     import torch.distributed as dist

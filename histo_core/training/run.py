@@ -32,7 +32,7 @@ from histo_core.runtime import resolve_device
 from histo_core.training.data import TrainData, build_train_data, model_meta
 from histo_core.training.defaults import check_config, open_config_dataset
 from histo_core.training.device import setup_device
-from histo_core.training.distributed import any_rank, barrier, broadcast, current_world
+from histo_core.training.distributed import any_rank, barrier, broadcast, current_world, gather_objects
 from histo_core.training.status import (
     CancelFlag,
     RunFolderGone,
@@ -143,15 +143,16 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
     while trainer.epoch < job.config.epochs:
         try:
             row = trainer.train_epoch(progress)
-        except StopRequested:
-            _save_last(job, trainer, meta)
+        except StopRequested:  # every rank stops at the same batch
+            _save_last(job, trainer, meta, gather_objects(trainer.rank_state(), job.world))
             raise
         except torch.OutOfMemoryError:
             raise _out_of_memory(job, trainer, meta) from None
         job.writer.update(phase="validate", epoch=trainer.epoch, step=0)
         row = _validate(job, trainer, row)
+        ranks = gather_objects(trainer.rank_state(), job.world)
         if job.rank == 0:
-            _record_epoch(job, trainer, meta, row)
+            _record_epoch(job, trainer, meta, row, ranks)
         stopped_early = _should_stop_early(job, trainer)
         job.writer.update(phase="train", epoch=trainer.epoch, step=0)
         if stopped_early:
@@ -246,7 +247,7 @@ def _out_of_memory(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> HistoEr
     trainer.optimizer.zero_grad(set_to_none=True)
     if trainer.cuda:
         torch.cuda.empty_cache()
-    _save_last(job, trainer, meta)
+    _save_last(job, trainer, meta, [trainer.rank_state()] if job.world == 1 else None)  # peers: no collective now
     n = job.config.batch_size
     return HistoError(
         f"out of GPU memory at batch {trainer.step + 1} of epoch {trainer.epoch + 1}: lower --batch-size (now {n}) "
@@ -262,15 +263,16 @@ def change_batch_size(run: RunDir, batch_size: int) -> None:
     write_json_atomic(run.config_path, config.to_dict())
 
 
-def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> None:
-    """last.pt: the weights and everything needed to resume at this batch boundary (rank 0 writes)."""
+def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any], ranks: list[dict[str, Any]] | None) -> None:
+    """last.pt: the weights and everything needed to resume at this batch boundary, with every rank's own random
+    streams and partial counts (`ranks`, gathered from all ranks by the caller); rank 0 writes."""
     if job.rank == 0:
         ckpt_mod.save_checkpoint(
             job.run.last_ckpt,
             trainer.model,
             meta,
             epoch=trainer.epoch,
-            train_state={**trainer.state(), "best": dict(job.best)},
+            train_state={**trainer.state(ranks), "best": dict(job.best)},
         )
 
 
@@ -290,7 +292,9 @@ def _validate(job: _Job, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any
     return {k: row[k] for k in ROW_KEYS}
 
 
-def _record_epoch(job: _Job, trainer: Trainer, meta: dict[str, Any], row: dict[str, Any]) -> None:
+def _record_epoch(
+    job: _Job, trainer: Trainer, meta: dict[str, Any], row: dict[str, Any], ranks: list[dict[str, Any]]
+) -> None:
     """best.pt when the monitored metric improved (every epoch without a val split), metrics.csv, last.pt."""
     config, best = job.config, job.best
     value = None if row.get(config.monitor) is None else float(row[config.monitor])
@@ -300,7 +304,7 @@ def _record_epoch(job: _Job, trainer: Trainer, meta: dict[str, Any], row: dict[s
     else:
         best["bad_epochs"] += 1
     job.run.append_metrics(row)
-    _save_last(job, trainer, meta)
+    _save_last(job, trainer, meta, ranks)
     job.log(epoch_line(row, config.epochs))
 
 

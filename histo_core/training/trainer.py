@@ -339,7 +339,19 @@ class Trainer:
         )
 
     # -- resumable state (last.pt; weights_only-loadable: tensors, numbers, strings, lists, dicts) --------
-    def state(self) -> dict[str, Any]:
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between torchrun's ranks: their partial epoch counts and random streams (each rank
+        augments and draws noise with its own generator). last.pt keeps one per rank under "ranks"."""
+        return {
+            "partial": dict(self.partial),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if self.cuda else None,
+            "aug_gen": self.aug_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+        }
+
+    def state(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The resumable state; `ranks`: every rank's `rank_state` (gathered by the caller), else this rank's."""
         return {
             "epoch": self.epoch,
             "step": self.step,
@@ -353,6 +365,7 @@ class Trainer:
             "noise_gen": self.noise_gen.get_state(),
             "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "batch_size": self.config.batch_size,
+            "ranks": ranks if ranks is not None else [self.rank_state()],
         }
 
     def batch_size_changed(self, state: dict[str, Any]) -> bool:
@@ -360,6 +373,12 @@ class Trainer:
         return saved is not None and int(saved) != self.config.batch_size
 
     def load_state(self, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+        ranks = state.get("ranks")
+        if ranks and len(ranks) == self.world:
+            state = {**state, **ranks[self.rank]}  # this rank's own counts and random streams
+        elif self.world > 1 and self.rank != 0:
+            # saved by another number of processes (or before per-rank state): rank 0's partial counts once
+            state = {**state, "partial": _empty_partial()}
         self.model.load_state_dict(weights)
         if self.config.mode in HEAD_MODES:
             self._freeze_backbone(bool(state["backbone_frozen"]))
