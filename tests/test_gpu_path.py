@@ -601,3 +601,20 @@ def test_two_gloo_ranks_resume_exactly_with_their_own_state(tmp_path):
         assert got["own_stream"], rank  # rank 1 continues its own augmentation stream, not rank 0's
         assert got["same_weights"], rank
         assert got["losses"][0] == pytest.approx(got["losses"][1], rel=1e-6)  # partial counts not summed twice
+
+
+def test_a_failing_rank_other_than_0_writes_its_error_line_to_the_runs_log(monkeypatch):
+    from histo_core import training as T
+    from histo_core.errors import HistoError
+    from histo_core.training import run as R
+
+    run = T.prepare_run(_quick_config())
+    monkeypatch.setattr(R, "current_world", lambda: (1, 2, 1))
+
+    def fail(job, resume, gpu):
+        raise HistoError("tiles.npz: unreadable on this node")
+
+    monkeypatch.setattr(R, "_train", fail)
+    assert R.run_training(run)["state"] == "failed"
+    assert "rank 1: failed: tiles.npz: unreadable on this node" in run.log_path.read_text()
+    assert run.status().state == "queued"  # rank 0 owns the status file

@@ -193,6 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             run = T.prepare_run(config, args.runs_dir)
             print(f"run {run.path}", file=sys.stderr, flush=True)
     result = T.run_training(run, resume=args.resume)
+    if world > 1:
+        T.shutdown_distributed()
     if rank == 0:
         payload = {
             "run_dir": str(run.path),

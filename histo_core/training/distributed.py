@@ -36,6 +36,14 @@ def init_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group (torchrun runs), so that NCCL frees its communicators before the process ends."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def current_world() -> tuple[int, int, int]:
     """(rank, world, local_rank) of this process: from the process group once joined, else from the environment."""
     rank, world, local = dist_env()

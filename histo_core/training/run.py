@@ -79,13 +79,16 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
         return {"run_dir": str(run.path), "state": "cancelled", "test": None}
     except BaseException as exc:  # noqa: BLE001 - every failure must end as state "failed"
         line = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else error_line(exc)
+        # every rank's failure reaches the run's log (a torchrun rank's stderr is not the log the Runs page shows)
+        append_log(
+            run, traceback.format_exc() if world <= 1 else f"rank {rank}: failed: {line}\n{traceback.format_exc()}"
+        )
         if rank == 0:
-            append_log(run, traceback.format_exc())
             try:
                 writer.update(state="failed", error=line, finished_at=time.time(), phase="")
             except OSError:
                 pass
-        say(f"{run.id}: failed: {line}", rank)
+        say(f"{run.id}: failed: {line}", 0 if world > 1 else rank)  # on each rank's stderr too
         return {"run_dir": str(run.path), "state": "failed", "error": line, "test": None}
     finally:
         writer.stop()
