@@ -385,9 +385,8 @@ class TileSource:
             resident = not file_backed and nbytes <= (CPU_RESIDENT_MAX_BYTES if limit is None else limit)
         self.streamed = not resident and file_backed
         if resident:
-            tiles = self._load_all()
             try:
-                self._tiles = tiles.to(self.device)
+                self._tiles = self._load_all(self.device)
             except torch.OutOfMemoryError:  # the GPU is fuller than it said: batches come from host memory
                 self._tiles = None
                 self.streamed = file_backed
@@ -401,14 +400,16 @@ class TileSource:
         """Bytes this source holds on its device as one tensor (0 when its batches come from host memory)."""
         return 0 if self._tiles is None else self._tiles.numel() * self._tiles.element_size()
 
-    def _load_all(self) -> torch.Tensor:
+    def _load_all(self, device: torch.device) -> torch.Tensor:
+        """The whole split as one uint8 tensor on `device`. A file-backed split is read chunk by chunk straight
+        into the tensor on the device: host memory holds one chunk at a time, never the whole split."""
         if self.indices is None and (getattr(self.split, "lazy", False) or self.file_rows is not None):
-            out = torch.empty((self.n, *self.tile_shape), dtype=torch.uint8)
+            out = torch.empty((self.n, *self.tile_shape), dtype=torch.uint8, device=device)
             for s in range(0, self.n, LAZY_CHUNK):
-                out[s : s + LAZY_CHUNK] = self._read(s, min(self.n, s + LAZY_CHUNK))
+                out[s : s + LAZY_CHUNK] = to_device(self._read(s, min(self.n, s + LAZY_CHUNK)), device)
             return out
         arr = self.split.get(self.indices) if self.indices is not None else self.split.load_all()
-        return _from_numpy(arr)
+        return _from_numpy(arr).to(device)  # already in host memory: one copy, no pinned duplicate
 
     def __len__(self) -> int:
         return self.n

@@ -534,15 +534,13 @@ def test_splits_share_one_gpu_memory_budget(gpus, monkeypatch):
 
 def test_a_split_that_does_not_fit_on_the_gpu_is_served_from_host_memory(monkeypatch):
     from histo_core import pipeline
-
-    class Refuses:
-        def to(self, device):
-            raise torch.OutOfMemoryError("CUDA out of memory")
-
     from histo_core.datasets import Split
 
+    def refuses(self, device):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
     tiles = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
-    monkeypatch.setattr(pipeline.TileSource, "_load_all", lambda self: Refuses())
+    monkeypatch.setattr(pipeline.TileSource, "_load_all", refuses)
     src = pipeline.TileSource(Split("train", tiles, np.arange(10) % 2), "cpu")
     assert not src.resident and not src.streamed and src.resident_bytes == 0
     assert torch.equal(src.gather(np.array([3, 1])), torch.from_numpy(tiles[[3, 1]]))
@@ -618,3 +616,33 @@ def test_a_failing_rank_other_than_0_writes_its_error_line_to_the_runs_log(monke
     assert R.run_training(run)["state"] == "failed"
     assert "rank 1: failed: tiles.npz: unreadable on this node" in run.log_path.read_text()
     assert run.status().state == "queued"  # rank 0 owns the status file
+
+
+def test_a_file_backed_split_is_read_chunk_by_chunk_into_its_device_tensor(tmp_path, monkeypatch):
+    """No host tensor of the whole split: each chunk goes to the device tensor as it is read (the meta device
+    stands in for a GPU: it allocates nothing)."""
+    from histo_core import pipeline
+    from histo_core.datasets import Split
+
+    monkeypatch.setattr(pipeline, "LAZY_CHUNK", 4)
+    tiles = np.lib.format.open_memmap(tmp_path / "t.npy", mode="w+", dtype=np.uint8, shape=(10, 4, 4, 3))
+    tiles[:] = np.random.default_rng(0).integers(0, 256, tiles.shape, dtype=np.uint8)
+    tiles.flush()
+    src = pipeline.TileSource(Split("train", np.load(tmp_path / "t.npy", mmap_mode="r"), np.zeros(10)), "cpu")
+    copies = []
+    real = pipeline.to_device
+
+    def spy(x, device):
+        copies.append((tuple(x.shape), torch.device(device)))
+        return real(x, device)
+
+    monkeypatch.setattr(pipeline, "to_device", spy)
+    out = src._load_all(torch.device("meta"))
+    assert out.device.type == "meta" and tuple(out.shape) == (10, 4, 4, 3)
+    assert copies == [
+        ((4, 4, 4, 3), torch.device("meta")),
+        ((4, 4, 4, 3), torch.device("meta")),
+        ((2, 4, 4, 3), torch.device("meta")),
+    ]
+    on_cpu = src._load_all(torch.device("cpu"))
+    assert torch.equal(on_cpu, torch.from_numpy(np.asarray(tiles)))
