@@ -646,3 +646,18 @@ def test_a_file_backed_split_is_read_chunk_by_chunk_into_its_device_tensor(tmp_p
     ]
     on_cpu = src._load_all(torch.device("cpu"))
     assert torch.equal(on_cpu, torch.from_numpy(np.asarray(tiles)))
+
+
+def test_cuda_runs_share_the_cores_with_every_training_slot(gpus, monkeypatch):
+    from histo_core import runtime
+    from histo_core.training import device as D
+
+    gpus(4)
+    monkeypatch.delenv("HISTO_MAX_RUNS_CUDA", raising=False)
+    monkeypatch.delenv("HISTO_MAX_RUNS_CPU", raising=False)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 16)
+    monkeypatch.setattr(runtime, "default_threads", lambda env=None: 16)
+    assert D.default_threads("cuda") == 3  # 16 cores, 4 CUDA slots + 1 CPU slot
+    assert D.default_threads("cpu") == 16
+    monkeypatch.setenv("HISTO_MAX_RUNS_CUDA", "8")
+    assert D.default_threads("cuda") == 1

@@ -18,7 +18,7 @@ def setup_device(config: TrainConfig, gpu: int | None = None) -> torch.device:
     as cuda:0 whatever its local rank) finds it; cuDNN benchmark and TF32. The thread count (--threads, else
     `runtime.default_threads`) on every device: the host side of a GPU run (decoding, streamed chunks) uses them."""
     dev = runtime.resolve_device(config.device)
-    torch.set_num_threads(config.threads or runtime.default_threads())
+    torch.set_num_threads(config.threads or default_threads(dev))
     if dev == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -27,6 +27,18 @@ def setup_device(config: TrainConfig, gpu: int | None = None) -> torch.device:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def default_threads(device: str) -> int:
+    """Threads when --threads is 0: `runtime.default_threads` on the CPU; for a CUDA run no more than the cores
+    divided by every training slot of the machine (CUDA and CPU), since several GPU runs feed their cards from
+    the same cores (each needs few: its batches are made on the card)."""
+    threads = runtime.default_threads()
+    if device != "cuda":
+        return threads
+    from histo_core.slots import max_concurrent
+
+    return max(1, min(threads, runtime.available_cores() // (max_concurrent("cuda") + max_concurrent("cpu"))))
 
 
 def cpu_has_native_bf16() -> bool:
