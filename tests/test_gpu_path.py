@@ -530,6 +530,10 @@ def test_splits_share_one_gpu_memory_budget(gpus, monkeypatch):
     assert limits[1:] == [limits[0] - sizes[0], limits[0] - sizes[0] - sizes[1]]
     monkeypatch.setenv("HISTO_MAX_RUNS_CUDA", "2")
     assert D.resident_budget("cuda") == limits[0] // 2
+    limits.clear()  # a torchrun rank other than 0 never evaluates: val and test stay off its GPU
+    monkeypatch.delenv("HISTO_MAX_RUNS_CUDA")
+    data = D.build_train_data(cfg, ds, "cuda", evaluates=False)
+    assert data.train.resident and not data.val.resident and not data.test.resident and limits[1:] == [0, 0]
 
 
 def test_a_split_that_does_not_fit_on_the_gpu_is_served_from_host_memory(monkeypatch):

@@ -51,9 +51,12 @@ def _sample_for_stats(split: Any) -> np.ndarray:
     return np.concatenate(blocks)
 
 
-def build_train_data(config: TrainConfig, ds: TileDataset, device: str, *, need_test: bool = True) -> TrainData:
+def build_train_data(
+    config: TrainConfig, ds: TileDataset, device: str, *, need_test: bool = True, evaluates: bool = True
+) -> TrainData:
     """Sources for train (train or train+val, maybe subsampled), val and test; labels with the configured noise;
-    ImageNet statistics for pretrained models, else the training tiles'; the stain reference."""
+    ImageNet statistics for pretrained models, else the training tiles'; the stain reference. `evaluates` False
+    (torchrun ranks other than 0, which never evaluate): val and test stay in host memory, off the GPU."""
     info = ds.info
     train_split: Any = ds.split("train")
     if config.train_splits == "train+val":
@@ -68,6 +71,8 @@ def build_train_data(config: TrainConfig, ds: TileDataset, device: str, *, need_
         train_split, device, indices=None if len(indices) == n else indices, resident_max_bytes=budget
     )
     budget = None if budget is None else budget - train.resident_bytes
+    if not evaluates and budget is not None:
+        budget = 0
     clean = train.labels.numpy().copy()
     labels, flipped = clean, None
     if config.noise > 0 and config.noise_mode in ("fixed", "pair"):

@@ -185,7 +185,7 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
         phase="loading data",
     )
     job.writer.start_heartbeat()
-    data = build_train_data(config, open_config_dataset(config), str(device))
+    data = build_train_data(config, open_config_dataset(config), str(device), evaluates=job.rank == 0)
     trainer = Trainer(config, data, device, rank=job.rank, world=job.world)
     if resume:
         job.best = _resume(run, trainer, job.rank)
