@@ -88,7 +88,7 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
                 writer.update(state="failed", error=line, finished_at=time.time(), phase="")
             except OSError:
                 pass
-        say(f"{run.id}: failed: {line}", 0 if world > 1 else rank)  # on each rank's stderr too
+        say(f"{run.id}: failed: {line}")  # on every rank's stderr, not only rank 0's
         return {"run_dir": str(run.path), "state": "failed", "error": line, "test": None}
     finally:
         writer.stop()
