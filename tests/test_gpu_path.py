@@ -665,3 +665,38 @@ def test_cuda_runs_share_the_cores_with_every_training_slot(gpus, monkeypatch):
     assert D.default_threads("cpu") == 16
     monkeypatch.setenv("HISTO_MAX_RUNS_CUDA", "8")
     assert D.default_threads("cuda") == 1
+
+
+def _head_then_all_worker(rank: int, store: str, out: str) -> None:
+    """One of two gloo ranks training head-then-all: DDP reduces the head, then (built again) the whole model."""
+    import torch.distributed as dist
+
+    from histo_core import training as T
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    cfg = _quick_config(
+        arch="resnet18", mode="head-then-all", head_epochs=1, epochs=2, max_train_samples=64, batch_size=16
+    )
+    data = T.build_train_data(cfg, T.open_config_dataset(cfg), "cpu", need_test=False)
+    trainer = T.Trainer(cfg, data, torch.device("cpu"), rank=rank, world=2)
+    assert not trainer.net.find_unused_parameters
+    start = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train_epoch()
+    trainer.train_epoch()
+    assert not trainer.backbone_frozen
+    end = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}  # (BatchNorm statistics: per rank)
+    torch.save({"start": start, "end": end}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_head_then_all_syncs_the_backbone_once_unfrozen_without_unused_parameter_search(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_head_then_all_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    conv = next(k for k in a["end"] if k.endswith("weight") and a["end"][k].ndim == 4)  # a backbone convolution
+    assert not torch.equal(a["start"][conv], a["end"][conv])  # the backbone trained in epoch 2
+    for k in a["end"]:
+        assert torch.equal(a["end"][k], b["end"][k]), k  # and every rank holds the same weights

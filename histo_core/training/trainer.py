@@ -84,16 +84,9 @@ class Trainer:
         self.backbone_frozen = False
         self.shard_log = os.environ.get("HISTO_SHARD_LOG") or None
         self.net: nn.Module = self.model
-        if world > 1:  # wrapped before freezing, so that DDP also syncs the backbone once it is unfrozen
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[device.index] if self.cuda else None,
-                find_unused_parameters=config.mode in HEAD_MODES,
-            )
         if config.mode == "frozen" or (config.mode == "head-then-all" and config.head_epochs > 0):
             self._freeze_backbone(True)
-        if config.compile:
-            self.net = compile_module(self.net)
+        self._wrap()
         self.optimizer = self._build_optimizer()
         self.steps_per_epoch = len(self.batches_of_epoch(0))
         self.scheduler = self._build_scheduler()
@@ -117,8 +110,20 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------------------------
     def _freeze_backbone(self, frozen: bool) -> None:
+        changed = frozen != self.backbone_frozen
         set_backbone_trainable(self.model, self.config.arch, not frozen)
         self.backbone_frozen = frozen
+        if changed and self.world > 1 and self.net is not self.model:
+            self._wrap()  # DDP syncs the parameters that trained when it was built: wrap again for the new set
+
+    def _wrap(self) -> None:
+        """`net`, what the steps call: the model, under torchrun in DDP (built after freezing, so it reduces only
+        the parameters that train, with no find_unused_parameters pass over the graph every step; a change of
+        the trainable set builds it again, on every rank at the same epoch), compiled with --compile."""
+        net: nn.Module = self.model
+        if self.world > 1:
+            net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
+        self.net = compile_module(net) if self.config.compile else net
 
     def _param_groups(self) -> list[dict[str, Any]]:
         cfg = self.config
