@@ -1,21 +1,23 @@
 """Training throughput: our trainer against a plain PyTorch reference loop, for a fixed time, set-up included.
 
 Both train the same architecture on the same synthetic 28 px tiles (the built-in SYNTHETIC set, 4096 tiles),
-batch 128, AdamW, the same thread count and random horizontal + vertical flips. Every measurement runs in its
+batch 128, AdamW, the same thread count and random horizontal + vertical flips and 90-degree rotations (the
+default recipe's augmentations). Every measurement runs in its
 own child process (imports and compile caches do not leak from one to the next), alternating ours and the
 reference per architecture and round, so that a machine-wide slowdown hits both:
 
   ours       histo_core.training.Trainer as `python -m histo_core train` builds it: uint8 tiles resident as one
-             tensor, batches gathered by index, flips batched on the device, channels-last, fused AdamW, bf16
+             tensor, batches gathered by index, flips and rotations batched on the device, channels-last, fused AdamW, bf16
              autocast where the device computes bf16 natively (CUDA; CPUs with AMX or AVX-512 BF16), and
              torch.compile when --compile is given (off by default: it did not pay on CPU, RESULTS.md);
   reference  the textbook loop: a torch Dataset returning PIL images, RandomHorizontalFlip +
-             RandomVerticalFlip + ToTensor + Normalize per item, a DataLoader with batch 128 (no workers),
+             RandomVerticalFlip + a random multiple of 90 degrees + ToTensor + Normalize per item, a DataLoader with batch 128 (no workers),
              torch.optim.AdamW with torch's defaults.
 
 Each child's clock starts before the model is built (after imports), so model construction, compilation and
 warm-up count; it trains step by step until --seconds have passed (the step in flight finishes) and reports the
-steps and images done. images/s = images / seconds over that whole time; `steady_img_per_s` excludes the first step.
+steps and images done. On CUDA the host waits for the device after the first step and once at the end, never
+in between (a wait per step measured a loop that users do not run: the trainer itself does not wait). images/s = images / seconds over that whole time; `steady_img_per_s` excludes the first step.
 
     python benchmarks/train_speed.py [--json] [--device cpu|cuda] [--archs simplecnn,resnet18] [--seconds 20]
                                      [--rounds 1] [--threads 2] [--compile] [--dry-run]
@@ -70,7 +72,7 @@ def our_config(arch: str, device: str, threads: int, compile_: bool):
         seed=0,
         compile=compile_,
     )
-    cfg.augment.flip, cfg.augment.rot90 = True, False
+    cfg.augment.flip, cfg.augment.rot90 = True, True
     return cfg
 
 
@@ -86,7 +88,10 @@ def build_ours(arch: str, device: str, threads: int, compile_: bool, tiles, *, b
     data = T.build_train_data(cfg, T.array_dataset(*tiles), str(dev), need_test=False)
     trainer = T.Trainer(cfg, data, dev)
     if build_device:  # what Trainer sets on the device the plan is for
-        trainer.amp_dtype = autocast_dtype(cfg, torch.device(device))
+        if device == "cuda" and not torch.cuda.is_available():  # planned for a card of capability 8.0 or more
+            trainer.amp_dtype = torch.bfloat16 if cfg.amp else None  # (fp16 + GradScaler on older cards)
+        else:
+            trainer.amp_dtype = autocast_dtype(cfg, torch.device(device))
     return trainer, cfg
 
 
@@ -112,10 +117,10 @@ def run_ours(arch: str, device: str, threads: int, seconds: float, compile_: boo
     trainer, _ = build_ours(arch, device, threads, compile_, tiles)
 
     def on_batch(tr, images: int) -> bool:
-        sync()
         clock["steps"] += 1
         clock["images"] += images
         if clock["first"] is None:
+            sync()
             clock["first"] = (time.perf_counter() - t0, images)
         return time.perf_counter() - t0 >= seconds
 
@@ -124,6 +129,7 @@ def run_ours(arch: str, device: str, threads: int, seconds: float, compile_: boo
             trainer.train_epoch(on_batch)
     except T.StopRequested:
         pass
+    sync()
     amp = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else None
     return {**_row(clock, time.perf_counter() - t0), "autocast": amp}
 
@@ -152,6 +158,7 @@ def reference_loader(tiles, device: str):
         [
             transforms.RandomHorizontalFlip(),
             transforms.RandomVerticalFlip(),
+            transforms.RandomChoice([transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
         ]
@@ -197,13 +204,14 @@ def run_reference(arch: str, device: str, threads: int, seconds: float) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sync()
             clock["steps"] += 1
             clock["images"] += len(y)
             if clock["first"] is None:
+                sync()
                 clock["first"] = (time.perf_counter() - t0, len(y))
             if time.perf_counter() - t0 >= seconds:
                 break
+    sync()
     return _row(clock, time.perf_counter() - t0)
 
 

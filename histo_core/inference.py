@@ -166,8 +166,11 @@ _cache: OrderedDict[tuple, LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def load_model(spec: str | os.PathLike, device: str = "cpu") -> LoadedModel:
-    """Load (or fetch from the in-process cache) the model named by `spec`. Raises ModelFileError."""
+def load_model(spec: str | os.PathLike, device: str = "auto") -> LoadedModel:
+    """Load (or fetch from the in-process cache) the model named by `spec` on `device` ("auto": the GPU when
+    there is one, the process's current CUDA device; every caller that does not choose runs there: Classify,
+    Grad-CAM, evaluate, embeddings, faithfulness, inspect, predict). The cache keeps one copy per device.
+    Raises ModelFileError."""
     path, label, dataset = resolve_model_path(spec)
     resolved = path.resolve()
     st = resolved.stat()

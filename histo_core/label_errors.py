@@ -171,7 +171,7 @@ def _cv_config(run: RunDir, seed: int):
         tta=False,
         seed=seed,
         max_train_samples=0,
-        device="cpu" if cfg.device == "auto" else cfg.device,
+        device=cfg.device,  # auto: the GPU of the task's slot when there is one
     )
 
 

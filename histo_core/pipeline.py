@@ -58,10 +58,7 @@ def to_float01(
         raise TypeError(f"expected uint8 tiles, got {x.dtype}")
     if x.ndim == 3:
         x = x.unsqueeze(-1)
-    device = torch.device(device)
-    if x.device != device:
-        x = x.pin_memory() if device.type == "cuda" and not x.is_pinned() else x
-        x = x.to(device, non_blocking=True)
+    x = to_device(x, device)
     n, h, w, c = x.shape
     layout = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((n, c, h, w), dtype=torch.float32, device=x.device, memory_format=layout)  # one float copy
@@ -69,6 +66,18 @@ def to_float01(
     if size is not None and (x.shape[-2] != size or x.shape[-1] != size):
         x = resize_batch(x, size)
     return x.contiguous(memory_format=layout)
+
+
+def to_device(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """`x` on `device`. Only a host-to-device copy is asynchronous (from pinned memory: the stream orders it before
+    the kernels that read it). A device-to-host copy is blocking: a non-blocking one returns before the bytes
+    have arrived, and the host would read a half-copied tensor (the colour statistics of `ood.py` did)."""
+    device = torch.device(device)
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+    return x.to(device)
 
 
 def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -161,13 +170,13 @@ def random_rot90(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Rotate each (square) tile by a random multiple of 90 degrees."""
     if x.shape[-1] != x.shape[-2]:
         return x
-    k = torch.randint(0, 4, (x.shape[0],), generator=gen, device=gen.device).to(x.device)
-    out = x.clone()
-    for turns in (1, 2, 3):
-        sel = k == turns
-        if bool(sel.any()):
-            out[sel] = torch.rot90(x[sel], turns, (2, 3))
-    return out
+    n = x.shape[0]
+    k = torch.randint(0, 4, (n,), generator=gen, device=gen.device).to(x.device).view(n, 1, 1, 1)
+    # rot90 by k = (transpose when k is odd), then flip rows when k is 1 or 2, columns when k is 2 or 3: three
+    # selects, no boolean indexing (which waits for the device to learn how many tiles each k has)
+    x = torch.where(k % 2 == 1, x.transpose(2, 3), x)
+    x = torch.where((k == 1) | (k == 2), x.flip(2), x)
+    return torch.where(k >= 2, x.flip(3), x)
 
 
 def random_affine(
@@ -203,13 +212,14 @@ def random_affine(
 
 
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)  # once here: linalg.inv on a GPU checks its result on the host
+_GRAY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    return (x * stain.constant(_GRAY_WEIGHTS, x)).sum(1, keepdim=True)
 
 
 def color_jitter(
@@ -234,12 +244,11 @@ def color_jitter(
         x = (x - g) * _uniform(n, 1 - saturation, 1 + saturation, gen, dev).view(view) + g
     if x.shape[1] == 3 and hue > 0:
         phi = _uniform(n, -hue, hue, gen, dev) * (2 * math.pi)
-        to_yiq = _RGB_TO_YIQ.to(dev, x.dtype)
-        from_yiq = torch.linalg.inv(to_yiq)
+        to_yiq = stain.constant(_RGB_TO_YIQ, x)
+        from_yiq = stain.constant(_YIQ_TO_RGB, x)
         c, s = torch.cos(phi), torch.sin(phi)
-        rot = torch.zeros(n, 3, 3, device=dev, dtype=x.dtype)
-        rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+        one, zero = torch.ones_like(c), torch.zeros_like(c)
+        rot = torch.stack([one, zero, zero, zero, c, -s, zero, s, c], dim=1).view(n, 3, 3).to(x.dtype)
         m = from_yiq @ rot @ to_yiq  # (n, 3, 3)
         x = torch.einsum("nij,njhw->nihw", m, x)
     return x.clamp(0.0, 1.0)
@@ -376,20 +385,31 @@ class TileSource:
             resident = not file_backed and nbytes <= (CPU_RESIDENT_MAX_BYTES if limit is None else limit)
         self.streamed = not resident and file_backed
         if resident:
-            self._tiles = self._load_all().to(self.device)
+            try:
+                self._tiles = self._load_all(self.device)
+            except torch.OutOfMemoryError:  # the GPU is fuller than it said: batches come from host memory
+                self._tiles = None
+                self.streamed = file_backed
 
     @property
     def resident(self) -> bool:
         return self._tiles is not None
 
-    def _load_all(self) -> torch.Tensor:
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes this source holds on its device as one tensor (0 when its batches come from host memory)."""
+        return 0 if self._tiles is None else self._tiles.numel() * self._tiles.element_size()
+
+    def _load_all(self, device: torch.device) -> torch.Tensor:
+        """The whole split as one uint8 tensor on `device`. A file-backed split is read chunk by chunk straight
+        into the tensor on the device: host memory holds one chunk at a time, never the whole split."""
         if self.indices is None and (getattr(self.split, "lazy", False) or self.file_rows is not None):
-            out = torch.empty((self.n, *self.tile_shape), dtype=torch.uint8)
+            out = torch.empty((self.n, *self.tile_shape), dtype=torch.uint8, device=device)
             for s in range(0, self.n, LAZY_CHUNK):
-                out[s : s + LAZY_CHUNK] = self._read(s, min(self.n, s + LAZY_CHUNK))
+                out[s : s + LAZY_CHUNK] = to_device(self._read(s, min(self.n, s + LAZY_CHUNK)), device)
             return out
         arr = self.split.get(self.indices) if self.indices is not None else self.split.load_all()
-        return _from_numpy(arr)
+        return _from_numpy(arr).to(device)  # already in host memory: one copy, no pinned duplicate
 
     def __len__(self) -> int:
         return self.n

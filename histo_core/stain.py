@@ -50,6 +50,24 @@ GLASS_FRACTION = 0.01  # a tile where fewer pixels than this absorb (OD >= beta)
 FLAT_QUANTILE = 0.1  # glass is rendered like this fraction of the training tiles with the least spread in stain
 _DEFAULT_HE = torch.tensor([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])  # Macenko's reference H&E
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def constant(values: Any, like: torch.Tensor) -> torch.Tensor:
+    """`values` (a tensor, nested lists or numbers) as a tensor of `like`'s dtype on its device, made once and then
+    reused: per-batch code that built its constants from host data copied them to the GPU at every batch, and a
+    copy from pageable memory makes the host wait for the device. Keyed by value, so a new reference gets its own."""
+    if isinstance(values, torch.Tensor):
+        key: tuple = ("t", id(values), like.device, like.dtype)  # module-level constants: alive for the process
+    else:
+        key = ("v", repr(values), like.device, like.dtype)
+    out = _CONSTANTS.get(key)
+    if out is None:
+        if len(_CONSTANTS) > 256:  # many references in one process (tests, a long-lived app): start afresh
+            _CONSTANTS.clear()
+        out = _CONSTANTS[key] = torch.as_tensor(values, dtype=like.dtype).to(like.device)
+    return out
+
 
 # -- optical density and the Macenko estimate ----------------------------------------------------------
 def _od(x01: torch.Tensor, white_level: bool = True) -> torch.Tensor:
@@ -101,7 +119,7 @@ def _macenko_estimate(
     he = torch.stack([torch.where(h_first, v_lo, v_hi), torch.where(h_first, v_hi, v_lo)], dim=2)
     he = he / he.norm(dim=1, keepdim=True).clamp_min(1e-8)
     bad = ~torch.isfinite(he).flatten(1).all(1) | (mask.float().mean(1) < MIN_TISSUE_FRACTION)
-    he = torch.where(bad.view(-1, 1, 1), _DEFAULT_HE.to(he), he)
+    he = torch.where(bad.view(-1, 1, 1), constant(_DEFAULT_HE, he), he)
     conc = torch.linalg.pinv(he) @ od  # (N, 2, P), every pixel
     if clamp:
         conc = conc.clamp_min(0.0)
@@ -117,15 +135,15 @@ def _macenko(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
     version = int(ref.get("version", 1))
     od = _od(x01, white_level=version >= 2)
     _, conc, max_c = _macenko_estimate(od, _tissue_mask(od), clamp=version >= 2)
-    ref_he = torch.as_tensor(ref["stain_matrix"], dtype=od.dtype, device=od.device)  # (3, 2)
-    ref_max = torch.as_tensor(ref["max_concentration"], dtype=od.dtype, device=od.device)  # (2,)
+    ref_he = constant(ref["stain_matrix"], od)  # (3, 2)
+    ref_max = constant(ref["max_concentration"], od)  # (2,)
     conc = conc * (ref_max / max_c).unsqueeze(-1)
     if version >= 3:
         # Bare glass has no stain to measure: rescaling its faint texture magnifies dust and uneven light into a
         # mottled pattern. It becomes a uniform tile like the flattest training tiles (normalised): what NCT's
         # normalisation made of its glass, PathMNIST's background tiles, when the training set is PathMNIST.
         glass = (od >= BETA).any(dim=1).to(od.dtype).mean(1) < GLASS_FRACTION  # (N,)
-        flat = torch.as_tensor(ref["glass_concentration"], dtype=od.dtype, device=od.device).view(1, 2, 1)
+        flat = constant(ref["glass_concentration"], od).view(1, 2, 1)
         conc = torch.where(glass.view(n, 1, 1), flat.expand_as(conc), conc)
     out = IO * torch.exp(-(ref_he @ conc))  # (N, 3, P) on the 0..255 scale
     out = ((out - 1.0) / 255.0).clamp(0.0, 1.0).reshape(n, 3, h, w)
@@ -181,13 +199,11 @@ def _lab_stats(lab: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
 def _reinhard(x01: torch.Tensor, ref: dict[str, Any]) -> torch.Tensor:
     n = x01.shape[0]
     mask = _tissue_mask(_od(x01, white_level=False))
-    usable = mask.float().mean(1) >= MIN_TISSUE_FRACTION
-    if not bool(usable.any()):
-        return x01
+    usable = mask.float().mean(1) >= MIN_TISSUE_FRACTION  # no early exit when none is: that would wait for the GPU
     lab = rgb_to_lab(x01.float())
     mean, std = _lab_stats(lab, mask)
-    ref_mean = torch.as_tensor(ref["lab_mean"], dtype=lab.dtype, device=lab.device)
-    ref_std = torch.as_tensor(ref["lab_std"], dtype=lab.dtype, device=lab.device)
+    ref_mean = constant(ref["lab_mean"], lab)
+    ref_std = constant(ref["lab_std"], lab)
     mapped = (lab - mean.view(n, 3, 1, 1)) / std.clamp_min(1e-3).view(n, 3, 1, 1) * ref_std.view(
         1, 3, 1, 1
     ) + ref_mean.view(1, 3, 1, 1)
@@ -278,10 +294,10 @@ def hed_jitter(x01: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.T
     if sigma <= 0 or x01.shape[1] != 3:
         return x01
     n, dev = x01.shape[0], x01.device
-    hed = torch.einsum("nihw,ij->njhw", torch.log(x01.clamp_min(1e-6)) / _LOG_ADJUST, _HED_FROM_RGB.to(x01))
+    hed = torch.einsum("nihw,ij->njhw", torch.log(x01.clamp_min(1e-6)) / _LOG_ADJUST, constant(_HED_FROM_RGB, x01))
     u = torch.rand((2, n, 3), generator=gen, device=gen.device).to(dev, x01.dtype)
     scale = (1.0 + (2 * u[0] - 1) * sigma).view(n, 3, 1, 1)
     shift = ((2 * u[1] - 1) * sigma).view(n, 3, 1, 1)
     hed = hed * scale + shift
-    rgb = torch.exp(torch.einsum("njhw,ji->nihw", hed, _RGB_FROM_HED.to(x01)) * _LOG_ADJUST)
+    rgb = torch.exp(torch.einsum("njhw,ji->nihw", hed, constant(_RGB_FROM_HED, x01)) * _LOG_ADJUST)
     return rgb.clamp(0.0, 1.0)

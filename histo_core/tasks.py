@@ -104,7 +104,7 @@ def submit_task(
     params: dict[str, Any],
     runs_root: str | os.PathLike | None = None,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     started_by: str | None = None,
 ) -> TaskDir:
     """Start `kind` with `params` in a detached process; refused when HISTO_MAX_QUEUED processes are already
@@ -115,7 +115,7 @@ def submit_task(
         raise HistoError(f"unknown task {kind!r}; one of {', '.join(KINDS)}")
     from histo_core.runtime import resolve_device
 
-    device = resolve_device(device or "cpu")  # the slot name the trainer uses ("auto" -> cpu/cuda)
+    device = resolve_device(device or "auto")  # the slot name the trainer uses ("auto" -> cpu/cuda)
     with jobs.queue_room(runs_root):
         return _start_task(kind, params, runs_root, device, started_by)
 
@@ -247,7 +247,14 @@ def run_task(task: TaskDir) -> int:
             check()
             task.update_status(heartbeat=time.time())
 
-        with device_slot(spec.get("device") or "cpu", runs_root=task.path.parent.parent, on_wait=waiting):
+        kind_of_device = spec.get("device") or "cpu"
+        with device_slot(kind_of_device, runs_root=task.path.parent.parent, on_wait=waiting) as slot:
+            if kind_of_device == "cuda":  # the slot's GPU is this process's current device: models load there
+                import torch
+
+                from histo_core.slots import gpu_of_slot
+
+                torch.cuda.set_device(gpu_of_slot(slot))
             task.update_status(state="running", started_at=time.time(), heartbeat=time.time(), epochs=1)
             result = runner(params, progress)
             check()

@@ -248,6 +248,7 @@ def test_cpu_autocast_follows_the_cpu(monkeypatch):
     monkeypatch.setenv("HISTO_CPU_BF16", "1")
     assert autocast_dtype(cfg, cpu) is torch.bfloat16 and autocast_dtype(cfg.replace(amp=False), cpu) is None
     monkeypatch.setenv("HISTO_CPU_BF16", "0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))  # per card: tests/test_gpu_path.py
     assert autocast_dtype(cfg, cpu) is None and autocast_dtype(cfg, cuda) is torch.bfloat16
     monkeypatch.delenv("HISTO_CPU_BF16")
     native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()

@@ -68,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", metavar="CLASS", help="class to explain (name or index); default: the predicted class")
     p.add_argument("--alpha", type=float, default=0.5, help="CAM overlay opacity, 0..1 (default 0.5)")
     p.add_argument("--batch-size", type=int, default=256, help="tiles per forward pass (default 256)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where to run (default cpu)")
+    p.add_argument(
+        "--device", default="auto", choices=("cpu", "cuda", "auto"), help="where to run (default auto: the GPU if any)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_predict)
 

@@ -93,7 +93,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_options(p)
     p.add_argument("--run-dir", help="execute this already-prepared run directory (options come from its config.json)")
-    p.add_argument("--resume", action="store_true", help="with --run-dir: continue from its last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --run-dir: continue from its last.pt (with a new --batch-size after running out of GPU memory)",
+    )
     p.add_argument("--runs-dir", help="where new run directories go (default $HISTO_RUNS_DIR or ./runs)")
     p.add_argument("--json", action="store_true", help="print one JSON document with the results on stdout")
     p.set_defaults(func=cmd_train)
@@ -159,10 +163,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     rank, world, _ = T.dist_env()
     if args.run_dir:
-        extra = sorted(given_options(args))
+        given = given_options(args)
+        resize = given.pop("batch_size", None) if args.resume else None  # a smaller batch after running out of memory
+        extra = sorted(given)
         if extra:
             raise ConfigError(
                 f"--run-dir executes a prepared run with its own config.json; drop {', '.join(_flag(x) for x in extra)}"
+                + (" (with --resume only --batch-size may change)" if args.resume else "")
             )
         run = RunDir(args.run_dir)
         if not run.exists():
@@ -170,6 +177,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{args.run_dir}: not a run directory (no config.json); prepare one with the Train page "
                 "or run `train` with options"
             )
+        if resize is not None:  # every rank writes the same config.json (atomically), before any reads it
+            from histo_core.training.run import change_batch_size
+
+            change_batch_size(run, resize)
         if world > 1:
             T.init_distributed(run.config().get("device", "auto"))
     else:
@@ -188,6 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             run = T.prepare_run(config, args.runs_dir)
             print(f"run {run.path}", file=sys.stderr, flush=True)
     result = T.run_training(run, resume=args.resume)
+    if world > 1:
+        T.shutdown_distributed()
     if rank == 0:
         payload = {
             "run_dir": str(run.path),

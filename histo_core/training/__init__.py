@@ -37,7 +37,7 @@ from histo_core.training.defaults import (
     open_config_dataset,
 )
 from histo_core.training.device import compile_cache_dir, compile_module, fused_optimizer_ok, setup_device
-from histo_core.training.distributed import any_rank, broadcast, dist_env, init_distributed
+from histo_core.training.distributed import any_rank, broadcast, dist_env, init_distributed, shutdown_distributed
 from histo_core.training.fit import fit_arrays, measure_throughput, predict_probs
 from histo_core.training.run import epoch_line, final_evaluation, ood_calibration, prepare_run, run_training
 from histo_core.training.status import CancelFlag, RunFolderGone, StatusWriter, error_line
@@ -78,5 +78,6 @@ __all__ = [
     "resolve_device",
     "run_training",
     "setup_device",
+    "shutdown_distributed",
     "uses_mlp_head",
 ]

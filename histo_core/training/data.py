@@ -51,9 +51,12 @@ def _sample_for_stats(split: Any) -> np.ndarray:
     return np.concatenate(blocks)
 
 
-def build_train_data(config: TrainConfig, ds: TileDataset, device: str, *, need_test: bool = True) -> TrainData:
+def build_train_data(
+    config: TrainConfig, ds: TileDataset, device: str, *, need_test: bool = True, evaluates: bool = True
+) -> TrainData:
     """Sources for train (train or train+val, maybe subsampled), val and test; labels with the configured noise;
-    ImageNet statistics for pretrained models, else the training tiles'; the stain reference."""
+    ImageNet statistics for pretrained models, else the training tiles'; the stain reference. `evaluates` False
+    (torchrun ranks other than 0, which never evaluate): val and test stay in host memory, off the GPU."""
     info = ds.info
     train_split: Any = ds.split("train")
     if config.train_splits == "train+val":
@@ -63,7 +66,13 @@ def build_train_data(config: TrainConfig, ds: TileDataset, device: str, *, need_
     if config.max_train_samples and config.max_train_samples < n:
         rng = np.random.default_rng([config.seed, 2024])
         indices = np.sort(rng.choice(n, config.max_train_samples, replace=False))
-    train = pipeline.TileSource(train_split, device, indices=None if len(indices) == n else indices)
+    budget = resident_budget(device)
+    train = pipeline.TileSource(
+        train_split, device, indices=None if len(indices) == n else indices, resident_max_bytes=budget
+    )
+    budget = None if budget is None else budget - train.resident_bytes
+    if not evaluates and budget is not None:
+        budget = 0
     clean = train.labels.numpy().copy()
     labels, flipped = clean, None
     if config.noise > 0 and config.noise_mode in ("fixed", "pair"):
@@ -78,9 +87,10 @@ def build_train_data(config: TrainConfig, ds: TileDataset, device: str, *, need_
     stain_ref = fit_stain(config, sample)
     val = None
     if config.train_splits == "train" and "val" in ds.splits and len(ds.splits["val"]):
-        val = pipeline.TileSource(ds.splits["val"], device)
+        val = pipeline.TileSource(ds.splits["val"], device, resident_max_bytes=budget)
+        budget = None if budget is None else budget - val.resident_bytes
     test = (
-        pipeline.TileSource(ds.splits["test"], device)
+        pipeline.TileSource(ds.splits["test"], device, resident_max_bytes=budget)
         if need_test and "test" in ds.splits and len(ds.splits["test"])
         else None
     )
@@ -98,6 +108,19 @@ def build_train_data(config: TrainConfig, ds: TileDataset, device: str, *, need_
         flipped,
         stain_ref,
     )
+
+
+def resident_budget(device: str | torch.device) -> int | None:
+    """GPU bytes the three splits may take together (train first, then val, then test; a split that does not fit
+    is served from host memory, streamed when file-backed): CUDA_RESIDENT_FRACTION of the card's free memory,
+    shared among the runs that HISTO_MAX_RUNS_CUDA puts on one card. None on the CPU (each split its own limit)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    from histo_core.slots import runs_per_gpu
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free * pipeline.CUDA_RESIDENT_FRACTION) // runs_per_gpu()
 
 
 def fit_stain(config: TrainConfig, sample: np.ndarray) -> dict[str, Any] | None:

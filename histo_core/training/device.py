@@ -12,18 +12,33 @@ from histo_core import runtime
 from histo_core.config import TrainConfig
 
 
-def setup_device(config: TrainConfig, local_rank: int = 0) -> torch.device:
-    """The config's device (resolved by `runtime.resolve_device`), set up for training: cuDNN benchmark and TF32
-    on CUDA, the thread count (--threads, else `runtime.default_threads`) on the CPU."""
+def setup_device(config: TrainConfig, gpu: int | None = None) -> torch.device:
+    """The config's device (resolved by `runtime.resolve_device`), set up for training: on CUDA GPU `gpu` (the run's
+    slot's, or torchrun's LOCAL_RANK; None: the current device, which a task's slot has set) modulo the visible GPUs, so that a Slurm task bound to one GPU (which sees it
+    as cuda:0 whatever its local rank) finds it; cuDNN benchmark and TF32. The thread count (--threads, else
+    `runtime.default_threads`) on every device: the host side of a GPU run (decoding, streamed chunks) uses them."""
     dev = runtime.resolve_device(config.device)
+    torch.set_num_threads(config.threads or default_threads(dev))
     if dev == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    torch.set_num_threads(config.threads or runtime.default_threads())
+        index = (torch.cuda.current_device() if gpu is None else gpu) % max(1, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def default_threads(device: str) -> int:
+    """Threads when --threads is 0: `runtime.default_threads` on the CPU; for a CUDA run no more than the cores
+    divided by every training slot of the machine (CUDA and CPU), since several GPU runs feed their cards from
+    the same cores (each needs few: its batches are made on the card)."""
+    threads = runtime.default_threads()
+    if device != "cuda":
+        return threads
+    from histo_core.slots import max_concurrent
+
+    return max(1, min(threads, runtime.available_cores() // (max_concurrent("cuda") + max_concurrent("cpu"))))
 
 
 def cpu_has_native_bf16() -> bool:
@@ -39,13 +54,41 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere and later compute bf16 natively; Volta and Turing (sm_70, sm_75) do not
+
+
+def cuda_amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on cards of compute capability 8.0 or more; float16 below (V100, T4, RTX 20xx), where bf16 is
+    emulated and slow. float16 needs loss scaling (`needs_grad_scaler`)."""
+    capability = tuple(torch.cuda.get_device_capability(device))
+    return torch.bfloat16 if capability >= BF16_MIN_CAPABILITY else torch.float16
+
+
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bfloat16 autocast with --amp (the default) on CUDA, and on a CPU with native bf16; None: full fp32."""
+    """Autocast with --amp (the default): on CUDA bf16 or fp16 by the card's compute capability
+    (`cuda_amp_dtype`), on a CPU bf16 where it is native; None: full fp32 (--no-amp, also the way out where fp16
+    is unstable for a model)."""
     if not config.amp:
         return None
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+    if device.type == "cuda":
+        return cuda_amp_dtype(device)
+    if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def needs_grad_scaler(amp_dtype: torch.dtype | None) -> bool:
+    """float16 gradients underflow without loss scaling (torch.amp.GradScaler); bf16 has fp32's range."""
+    return amp_dtype == torch.float16
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """How a run computes, as its log, status, results and model card say it."""
+    if amp_dtype is None:
+        return "fp32"
+    if needs_grad_scaler(amp_dtype):
+        return "fp16 autocast + GradScaler"
+    return "bf16 autocast"
 
 
 def fused_optimizer_ok(model: nn.Module) -> bool:

@@ -25,10 +25,23 @@ def init_distributed(device: str) -> tuple[int, int]:
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if resolve_device(device) == "cuda" else "gloo"
+        timeout = datetime.timedelta(hours=2)
         if backend == "nccl":
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+            # modulo the visible GPUs: Slurm may bind one GPU per task, seen as cuda:0 whatever LOCAL_RANK is
+            gpu = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+            torch.cuda.set_device(gpu)
+            dist.init_process_group(backend, timeout=timeout, device_id=gpu)  # NCCL binds its communicator now
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group (torchrun runs), so that NCCL frees its communicators before the process ends."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current_world() -> tuple[int, int, int]:
@@ -61,6 +74,17 @@ def any_rank(flag: bool, world: int, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device if device.type == "cuda" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_objects(obj: Any, world: int) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order, on every rank; [obj] for one process."""
+    if world <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:

@@ -33,7 +33,7 @@ from histo_core.runtime import resolve_device
 from histo_core.training.data import TrainData, build_train_data, model_meta
 from histo_core.training.defaults import check_config, open_config_dataset
 from histo_core.training.device import setup_device
-from histo_core.training.distributed import any_rank, barrier, broadcast, current_world
+from histo_core.training.distributed import any_rank, barrier, broadcast, current_world, gather_objects
 from histo_core.training.status import (
     CancelFlag,
     RunFolderGone,
@@ -70,8 +70,6 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
     cancel.install()
     try:
         job = _Job(run, TrainConfig.from_dict(run.config()), writer, cancel, rank, world, local_rank)
-        if world > 1:  # torchrun placed the processes: no slot to wait for
-            return _train(job, resume)
         return _train_when_a_slot_is_free(job, resume)
     except RunFolderGone:  # deleted under us: stop, write nothing (writers never re-create the folder)
         say(f"{run.path}: the run folder was deleted; stopping without saving", rank)
@@ -82,13 +80,16 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
         return {"run_dir": str(run.path), "state": "cancelled", "test": None}
     except BaseException as exc:  # noqa: BLE001 - every failure must end as state "failed"
         line = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else error_line(exc)
+        # every rank's failure reaches the run's log (a torchrun rank's stderr is not the log the Runs page shows)
+        append_log(
+            run, traceback.format_exc() if world <= 1 else f"rank {rank}: failed: {line}\n{traceback.format_exc()}"
+        )
         if rank == 0:
-            append_log(run, traceback.format_exc())
             try:
                 writer.update(state="failed", error=line, finished_at=time.time(), phase="")
             except OSError:
                 pass
-        say(f"{run.id}: failed: {line}", rank)
+        say(f"{run.id}: failed: {line}")  # on every rank's stderr, not only rank 0's
         return {"run_dir": str(run.path), "state": "failed", "error": line, "test": None}
     finally:
         writer.stop()
@@ -113,22 +114,31 @@ class _Job:
 
 
 def _train_when_a_slot_is_free(job: _Job, resume: bool) -> dict[str, Any]:
-    """Queue for the device (status "queued", cancellable while waiting), then train."""
-    from histo_core.slots import device_slot
+    """Queue for the device (status "queued", cancellable while waiting), then train on the slot's GPU. A torchrun
+    rank on CUDA queues for a slot of the GPU it was placed on (LOCAL_RANK); on the CPU torchrun's processes take
+    no slot (they would wait for each other's one slot)."""
+    from histo_core.slots import device_slot, gpu_count, gpu_of_slot
 
     def waiting() -> None:
         job.writer.update(state="queued")
         if job.cancel.requested():
             raise StopRequested()
 
+    kind = resolve_device(job.config.device)
+    rank_gpu = job.local_rank % max(1, gpu_count()) if kind == "cuda" else 0
+    if job.world > 1 and kind != "cuda":
+        return _train(job, resume, 0)
     job.writer.update(state="queued", pid=os.getpid(), pid_start=own_start_time())
-    with device_slot(resolve_device(job.config.device), runs_root=job.run.path.parent, on_wait=waiting):
-        return _train(job, resume)
+    with device_slot(
+        kind, runs_root=job.run.path.parent, on_wait=waiting, gpu=rank_gpu if job.world > 1 else None
+    ) as slot:
+        return _train(job, resume, rank_gpu if job.world > 1 else gpu_of_slot(slot) if kind == "cuda" else 0)
 
 
-def _train(job: _Job, resume: bool) -> dict[str, Any]:
-    """Set up, train epoch by epoch until done, early-stopped or cancelled, then evaluate and embed."""
-    device = setup_device(job.config, job.local_rank)
+def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
+    """Set up on GPU `gpu` (CUDA runs), train epoch by epoch until done, early-stopped or cancelled, then evaluate
+    and embed."""
+    device = setup_device(job.config, gpu)
     trainer, meta = _start(job, device, resume)
     progress = _BatchProgress(job, trainer.steps_per_epoch, device)
     job.writer.update(phase="train", epoch=trainer.epoch, step=trainer.step, steps_per_epoch=trainer.steps_per_epoch)
@@ -137,14 +147,17 @@ def _train(job: _Job, resume: bool) -> dict[str, Any]:
     while trainer.epoch < job.config.epochs:
         try:
             row = trainer.train_epoch(progress)
-        except StopRequested:
-            _save_last(job, trainer, meta)
+        except StopRequested:  # every rank stops at the same batch
+            _save_last(job, trainer, meta, gather_objects(trainer.rank_state(), job.world))
             raise
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(job, trainer, meta) from None
         _check_finite(job.config, trainer.epoch, row["train_loss"])
         job.writer.update(phase="validate", epoch=trainer.epoch, step=0)
         row = _validate(job, trainer, row)
+        ranks = gather_objects(trainer.rank_state(), job.world)
         if job.rank == 0:
-            _record_epoch(job, trainer, meta, row)
+            _record_epoch(job, trainer, meta, row, ranks)
         stopped_early = _should_stop_early(job, trainer)
         job.writer.update(phase="train", epoch=trainer.epoch, step=0)
         if stopped_early:
@@ -187,7 +200,7 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
         phase="loading data",
     )
     job.writer.start_heartbeat()
-    data = build_train_data(config, open_config_dataset(config), str(device))
+    data = build_train_data(config, open_config_dataset(config), str(device), evaluates=job.rank == 0)
     for warning in small_split_warnings(_eval_sizes(data)):
         job.log(f"warning: {warning}")
     trainer = Trainer(config, data, device, rank=job.rank, world=job.world)
@@ -205,12 +218,23 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
             clean_labels=data.clean_train_labels,
             indices=data.train_indices,
         )
-    return trainer, model_meta(config, data)
+    where = str(device)
+    if device.type == "cuda":
+        from histo_core.slots import physical_gpu
+
+        where += f" (the machine's GPU {physical_gpu(device.index or 0)})"
+    job.log(f"{run.id}: training on {where} in {trainer.precision}")
+    return trainer, {**model_meta(config, data), "precision": trainer.precision}
+
+
+CANCEL_CHECK_STEPS = 20  # under torchrun, ranks agree on a cancel every this many batches (a collective waits)
 
 
 class _BatchProgress:
     """Called after every training batch: status (step, speed, ETA) at most once a second, and whether a cancel
-    was requested on any rank (which stops the epoch at this batch)."""
+    was requested (which stops the epoch at this batch). One process checks at every batch (a flag on the host);
+    torchrun's ranks agree every CANCEL_CHECK_STEPS batches, at the same step on every rank (an all-reduce makes
+    the host wait for the device), and at the end of every epoch."""
 
     def __init__(self, job: _Job, steps_per_epoch: int, device: torch.device):
         self.job, self.steps, self.device = job, steps_per_epoch, device
@@ -222,7 +246,9 @@ class _BatchProgress:
         job, cfg = self.job, self.job.config
         self.images += images
         now = time.perf_counter()
-        stop = any_rank(job.cancel.requested(), job.world, self.device)
+        stop = False
+        if job.world == 1 or trainer.step % CANCEL_CHECK_STEPS == 0:
+            stop = any_rank(job.cancel.requested(), job.world, self.device)
         if now - self.last_write >= 1.0 or stop:
             ips = self.images * job.world / max(now - self.t0, 1e-9)
             left = (cfg.epochs - trainer.epoch) * self.steps - trainer.step
@@ -235,15 +261,38 @@ class _BatchProgress:
         return stop
 
 
-def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> None:
-    """last.pt: the weights and everything needed to resume at this batch boundary (rank 0 writes)."""
+def _out_of_memory(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> HistoError:
+    """After torch.OutOfMemoryError in a training step: free what the step held, save last.pt at the last
+    finished batch, and the one-line error that says what to do."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if trainer.cuda:
+        torch.cuda.empty_cache()
+    _save_last(job, trainer, meta, [trainer.rank_state()] if job.world == 1 else None)  # peers: no collective now
+    n = job.config.batch_size
+    return HistoError(
+        f"out of GPU memory at batch {trainer.step + 1} of epoch {trainer.epoch + 1}: lower --batch-size (now {n}) "
+        f"and resume from last.pt: python -m histo_core train --run-dir {job.run.path} --resume --batch-size "
+        f"{max(1, n // 2)}"
+    )
+
+
+def change_batch_size(run: RunDir, batch_size: int) -> None:
+    """Set the batch size of a prepared run before `--resume` (after running out of GPU memory): config.json is
+    rewritten; the resumed trainer restarts the saved epoch at its first batch (Trainer.load_state)."""
+    config = TrainConfig.from_dict(run.config()).replace(batch_size=batch_size).validate()
+    write_json_atomic(run.config_path, config.to_dict())
+
+
+def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any], ranks: list[dict[str, Any]] | None) -> None:
+    """last.pt: the weights and everything needed to resume at this batch boundary, with every rank's own random
+    streams and partial counts (`ranks`, gathered from all ranks by the caller); rank 0 writes."""
     if job.rank == 0:
         ckpt_mod.save_checkpoint(
             job.run.last_ckpt,
             trainer.model,
             meta,
             epoch=trainer.epoch,
-            train_state={**trainer.state(), "best": dict(job.best)},
+            train_state={**trainer.state(ranks), "best": dict(job.best)},
         )
 
 
@@ -263,7 +312,9 @@ def _validate(job: _Job, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any
     return {k: row[k] for k in ROW_KEYS}
 
 
-def _record_epoch(job: _Job, trainer: Trainer, meta: dict[str, Any], row: dict[str, Any]) -> None:
+def _record_epoch(
+    job: _Job, trainer: Trainer, meta: dict[str, Any], row: dict[str, Any], ranks: list[dict[str, Any]]
+) -> None:
     """best.pt when the monitored metric improved (every epoch without a val split), metrics.csv, last.pt."""
     config, best = job.config, job.best
     value = None if row.get(config.monitor) is None else float(row[config.monitor])
@@ -273,7 +324,7 @@ def _record_epoch(job: _Job, trainer: Trainer, meta: dict[str, Any], row: dict[s
     else:
         best["bad_epochs"] += 1
     job.run.append_metrics(row)
-    _save_last(job, trainer, meta)
+    _save_last(job, trainer, meta, ranks)
     job.log(epoch_line(row, config.epochs))
 
 
@@ -299,8 +350,14 @@ def _finish(
     run = job.run
     job.writer.update(phase="test")
     final = final_evaluation(run, job.config, trainer, job.best)
-    doc = {**final, "stopped_early": stopped_early, "train_seconds": round(train_seconds, 2), "device": str(device)}
-    doc["warnings"] = small_split_warnings(_eval_sizes(trainer.data))
+    doc = {
+        **final,
+        "stopped_early": stopped_early,
+        "train_seconds": round(train_seconds, 2),
+        "device": str(device),
+        "precision": trainer.precision,
+        "warnings": small_split_warnings(_eval_sizes(trainer.data)),
+    }
     write_json_atomic(run.results_path, doc)
     job.writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page (never fails the run)
     from histo_core.embeddings import embed_at_end_of_training
@@ -320,6 +377,12 @@ def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
     state = ckpt.get("train_state")
     if not state:
         raise HistoError(f"{run.last_ckpt}: has no training state to resume from")
+    if trainer.batch_size_changed(state):
+        say(
+            f"{run.id}: batch size {state['batch_size']} -> {trainer.config.batch_size}: epoch "
+            f"{int(state['epoch']) + 1} restarts at its first batch",
+            rank,
+        )
     trainer.load_state(state, ckpt["state_dict"])
     if rank == 0:
         run.truncate_metrics(trainer.epoch)

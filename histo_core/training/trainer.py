@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,14 @@ from histo_core.models import build_model, get_arch, head_module, set_backbone_t
 from histo_core.noise import batch_noise
 from histo_core.predict import InputSpec, predict_tiles
 from histo_core.training.data import TrainData, uses_mlp_head
-from histo_core.training.device import autocast_dtype, compile_module, eager_optimizer_class, fused_optimizer_ok
+from histo_core.training.device import (
+    autocast_dtype,
+    compile_module,
+    eager_optimizer_class,
+    fused_optimizer_ok,
+    needs_grad_scaler,
+    precision_name,
+)
 from histo_core.training.distributed import sum_over_ranks
 
 
@@ -64,7 +72,10 @@ class Trainer:
         self.channels_last = bool(config.channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.amp_dtype = autocast_dtype(config, device)  # bf16 on CUDA and on CPUs with native bf16
+        self.amp_dtype = autocast_dtype(config, device)  # bf16 (CUDA >= sm_80, native-bf16 CPUs), fp16 (older cards)
+        self.precision = precision_name(self.amp_dtype)
+        # fp16 needs loss scaling; a disabled scaler passes losses and steps through unchanged
+        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(self.amp_dtype))
         self.head_ids = (
             {id(p) for p in head_module(self.model, config.arch).parameters()}
             if get_arch(config.arch).has_backbone
@@ -73,16 +84,9 @@ class Trainer:
         self.backbone_frozen = False
         self.shard_log = os.environ.get("HISTO_SHARD_LOG") or None
         self.net: nn.Module = self.model
-        if world > 1:  # wrapped before freezing, so that DDP also syncs the backbone once it is unfrozen
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[device.index] if self.cuda else None,
-                find_unused_parameters=config.mode in HEAD_MODES,
-            )
         if config.mode == "frozen" or (config.mode == "head-then-all" and config.head_epochs > 0):
             self._freeze_backbone(True)
-        if config.compile:
-            self.net = compile_module(self.net)
+        self._wrap()
         self.optimizer = self._build_optimizer()
         self.steps_per_epoch = len(self.batches_of_epoch(0))
         self.scheduler = self._build_scheduler()
@@ -99,13 +103,27 @@ class Trainer:
         self.epoch = 0  # epochs finished
         self.step = 0  # batches finished in the current epoch
         self.partial = _empty_partial()
+        # labels beside resident tiles: a batch's labels are picked on the device, with the tiles' positions
+        self.labels_on_device = pipeline.to_device(data.train_labels, device) if data.train.resident else None
         self.mean_t = torch.tensor(pipeline._per_channel(data.mean, info.channels), device=device).view(1, -1, 1, 1)
         self.std_t = torch.tensor(pipeline._per_channel(data.std, info.channels), device=device).view(1, -1, 1, 1)
 
     # -- set-up ----------------------------------------------------------------------------------------
     def _freeze_backbone(self, frozen: bool) -> None:
+        changed = frozen != self.backbone_frozen
         set_backbone_trainable(self.model, self.config.arch, not frozen)
         self.backbone_frozen = frozen
+        if changed and self.world > 1 and self.net is not self.model:
+            self._wrap()  # DDP syncs the parameters that trained when it was built: wrap again for the new set
+
+    def _wrap(self) -> None:
+        """`net`, what the steps call: the model, under torchrun in DDP (built after freezing, so it reduces only
+        the parameters that train, with no find_unused_parameters pass over the graph every step; a change of
+        the trainable set builds it again, on every rank at the same epoch), compiled with --compile."""
+        net: nn.Module = self.model
+        if self.world > 1:
+            net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
+        self.net = compile_module(net) if self.config.compile else net
 
     def _param_groups(self) -> list[dict[str, Any]]:
         cfg = self.config
@@ -185,12 +203,23 @@ class Trainer:
                 fh.write(f"{self.epoch + 1} {','.join(str(int(i)) for i in np.asarray(pos).reshape(-1))}\n")
         return self.data.train.gather(pos)
 
-    def labels_for(self, pos: np.ndarray) -> torch.Tensor:
+    def epoch_positions(self, batches: list[np.ndarray]) -> list[torch.Tensor] | None:
+        """The epoch's batch positions as slices of one tensor uploaded once, when the tiles are resident (on the
+        GPU a per-batch upload of the indices is a copy from pageable memory every step); None otherwise."""
+        if self.labels_on_device is None or not batches:
+            return None
+        order = pipeline.to_device(torch.from_numpy(np.concatenate(batches).astype(np.int64)), self.device)
+        return list(torch.split(order, [len(b) for b in batches]))
+
+    def labels_for(self, pos: np.ndarray, pos_on_device: torch.Tensor | None = None) -> torch.Tensor:
         """Training labels at positions `pos` on the device (with fresh wrong ones under --noise-mode batch)."""
+        noisy = self.config.noise > 0 and self.config.noise_mode == "batch"
+        if pos_on_device is not None and self.labels_on_device is not None and not noisy:
+            return self.labels_on_device[pos_on_device]
         y = self.data.train_labels[torch.from_numpy(np.asarray(pos, np.int64))]
         if self.config.noise > 0 and self.config.noise_mode == "batch":
             y = batch_noise(y, self.config.noise, self.data.info.num_classes, self.noise_gen)
-        return y.to(self.device, non_blocking=True)
+        return pipeline.to_device(y, self.device)
 
     def prepare_batch(self, tiles_uint8: torch.Tensor, train: bool) -> torch.Tensor:
         """The steps of `pipeline.to_model_input`, with augmentation after stain normalisation when training."""
@@ -220,16 +249,25 @@ class Trainer:
             logits = self.net(x)
             loss = self.criterion(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         if self.scheduler is not None and self.per_batch_schedule:
             self.scheduler.step()
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
-    def train_batch(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather, augment and train on the batch at positions `pos` (call `set_train_mode` first)."""
-        x = self.prepare_batch(self.gather(pos), train=True)
-        return self.train_step(x, self.labels_for(pos))
+    def train_batch(
+        self, pos: np.ndarray, pos_on_device: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather, augment and train on the batch at positions `pos` (call `set_train_mode` first);
+        `pos_on_device`: the same positions already on the device (`epoch_positions`)."""
+        tiles = self.gather(pos) if pos_on_device is None or self.shard_log else self.data.train.gather(pos_on_device)
+        x = self.prepare_batch(tiles, train=True)
+        return self.train_step(x, self.labels_for(pos, pos_on_device))
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[-1]["lr"])
@@ -243,6 +281,7 @@ class Trainer:
             self._freeze_backbone(False)
         self.set_train_mode()
         batches = self.batches_of_epoch(epoch)
+        on_device = self.epoch_positions(batches)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         lr = self.current_lr()
@@ -250,7 +289,11 @@ class Trainer:
         for i in range(self.step, len(batches)):
             pos = batches[i]
             lr = self.current_lr()
-            loss, right = self.train_batch(pos)
+            try:
+                loss, right = self.train_batch(pos, None if on_device is None else on_device[i])
+            except torch.OutOfMemoryError:  # the batches done so far stay counted, for last.pt
+                self._fold_partial(loss_sum, correct, time.perf_counter() - t0)
+                raise
             loss_sum += loss * len(pos)
             correct += right
             self.step = i + 1
@@ -301,7 +344,19 @@ class Trainer:
         )
 
     # -- resumable state (last.pt; weights_only-loadable: tensors, numbers, strings, lists, dicts) --------
-    def state(self) -> dict[str, Any]:
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between torchrun's ranks: their partial epoch counts and random streams (each rank
+        augments and draws noise with its own generator). last.pt keeps one per rank under "ranks"."""
+        return {
+            "partial": dict(self.partial),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if self.cuda else None,
+            "aug_gen": self.aug_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+        }
+
+    def state(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The resumable state; `ranks`: every rank's `rank_state` (gathered by the caller), else this rank's."""
         return {
             "epoch": self.epoch,
             "step": self.step,
@@ -313,9 +368,22 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state() if self.cuda else None,
             "aug_gen": self.aug_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "batch_size": self.config.batch_size,
+            "ranks": ranks if ranks is not None else [self.rank_state()],
         }
 
+    def batch_size_changed(self, state: dict[str, Any]) -> bool:
+        saved = state.get("batch_size")
+        return saved is not None and int(saved) != self.config.batch_size
+
     def load_state(self, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+        ranks = state.get("ranks")
+        if ranks and len(ranks) == self.world:
+            state = {**state, **ranks[self.rank]}  # this rank's own counts and random streams
+        elif self.world > 1 and self.rank != 0:
+            # saved by another number of processes (or before per-rank state): rank 0's partial counts once
+            state = {**state, "partial": _empty_partial()}
         self.model.load_state_dict(weights)
         if self.config.mode in HEAD_MODES:
             self._freeze_backbone(bool(state["backbone_frozen"]))
@@ -324,8 +392,22 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.partial = dict(state["partial"])
+        if self.batch_size_changed(state):  # e.g. lowered after running out of GPU memory
+            # the epoch's batches are other slices now: it restarts at its first batch, and a per-batch schedule
+            # continues from the first step of this epoch at the new number of steps per epoch
+            self.step, self.partial = 0, _empty_partial()
+            if self.per_batch_schedule:
+                self.scheduler = self._build_scheduler()
+                done = self.epoch * self.steps_per_epoch
+                if done:
+                    self.scheduler.last_epoch = done - 1
+                    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.scheduler.step()
         torch.set_rng_state(state["torch_rng"])
         if self.cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.aug_gen.set_state(state["aug_gen"])
         self.noise_gen.set_state(state["noise_gen"])
+        if self.scaler.is_enabled() and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])

@@ -21,7 +21,7 @@ def task_panel(
     help: str,
     key: str,
     render_result: Callable[[dict[str, Any]], None],
-    device: str = "cpu",
+    device: str = "auto",
 ) -> None:
     task = tasks.latest_task(kind, params)
     status = tasks.refresh_task(task) if task else None
