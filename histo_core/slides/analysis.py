@@ -144,16 +144,17 @@ def analyse_slide(
     tta: bool = False,
     force: bool = False,
     progress: Progress | None = None,
+    level: int | None = None,
 ) -> dict[str, Any]:
     """Analyse `slide` with `loaded` into its analysis folder (`out_dir`, else the one under the runs
     directory); returns the summary (also in analysis.json). A finished analysis with the same options is
-    returned as is (`skipped`: true) unless `force`."""
+    returned as is (`skipped`: true) unless `force`. `level` forces the pyramid level read (comparisons)."""
     if not 0.0 < tissue_threshold <= 1.0:
         raise HistoError(f"--tissue-threshold must be in (0, 1], got {tissue_threshold}")
     if batch_size < 1:
         raise HistoError(f"--batch-size must be a positive integer, got {batch_size}")
     folder = SlideAnalysis(Path(out_dir).expanduser()) if out_dir else analysis_dir(slide, loaded, runs_root)
-    options = {"tissue_threshold": float(tissue_threshold), "tta": bool(tta), "mpp": slide.mpp}
+    options = {"tissue_threshold": float(tissue_threshold), "tta": bool(tta), "mpp": slide.mpp, "level": level}
     record = folder.record()
     if record.get("state") == "completed" and record.get("options") == options and not force:
         return dict(record.get("summary") or {}, skipped=True)
@@ -162,7 +163,7 @@ def analyse_slide(
     except OSError as exc:
         raise HistoError(f"cannot create the analysis folder {folder.path}: {exc.strerror or exc}") from None
     meta = loaded.meta
-    grid = plan_slide_grid(slide, meta)
+    grid = plan_slide_grid(slide, meta, level)
     thumb = slide.thumbnail()
     scale = thumb.shape[1] / slide.dimensions[0]  # thumbnail px per level-0 px
     mask = tissue_mask(thumb, um_per_px=slide.mpp / scale)

@@ -36,8 +36,9 @@ class SlideGrid:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def plan_slide_grid(slide: Slide, meta: ModelMeta) -> SlideGrid:
-    """The grid of whole tiles of the model's field of view over level 0, and the level to read it from.
+def plan_slide_grid(slide: Slide, meta: ModelMeta, level: int | None = None) -> SlideGrid:
+    """The grid of whole tiles of the model's field of view over level 0, and the level to read it from
+    (`level` forces one, for comparisons; it must not upsample either).
     Raises SlideError when the model's field of view is unknown or does not fit the slide's resolution."""
     field_um = meta.field_um
     if not field_um:
@@ -61,14 +62,21 @@ def plan_slide_grid(slide: Slide, meta: ModelMeta) -> SlideGrid:
             f"{field_um:g} µm tile of the model"
         )
     wanted = tile_l0 / meta.input_size  # the downsample at which a tile is exactly the model's input
-    level, best = 0, 1.0
+    chosen, best = 0, 1.0
     for i, d in enumerate(slide.level_downsamples):
         if d <= wanted * 1.0001 and d > best:
-            level, best = i, d
+            chosen, best = i, d
+    if level is not None:
+        chosen = level
+        if not 0 <= level < len(slide.level_downsamples):
+            raise SlideError(f"{slide.name}: no level {level} (the slide has {len(slide.level_downsamples)})")
+        best = slide.level_downsamples[level]
+        if tile_l0 / best * FIELD_TOLERANCE < meta.input_size:
+            raise SlideError(f"{slide.name}: level {level} holds fewer px per tile than the model's input")
     read_px = max(1, round(tile_l0 / best))
     return SlideGrid(
         tile_l0=tile_l0,
-        level=level,
+        level=chosen,
         downsample=best,
         read_px=read_px,
         rows=rows,

@@ -8,6 +8,7 @@ truncated or unreadable slide, a level 0 larger than MAX_SIDE_PX on a side, and 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,13 @@ class Slide:
 
     def read(self, x0: int, y0: int, level: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 (height, width, 3) of `level`, its top-left corner at level-0 (x0, y0); transparent
-        (unscanned) areas come out white. Raises SlideError on a damaged tile."""
+        (unscanned) areas come out white. Raises SlideError on a damaged tile.
+
+        The corner is moved (by less than one pixel of the level) onto the level's pixel grid: OpenSlide
+        resamples a region that starts between two of a level's pixels, which blurs it."""
+        if level:
+            d = self.level_downsamples[level]
+            x0, y0 = (math.ceil(round(v / d) * d - 1e-6) for v in (x0, y0))
         try:
             rgba = np.asarray(self.handle.read_region((int(x0), int(y0)), int(level), (int(width), int(height))))
         except Exception as exc:  # openslide.OpenSlideError: a corrupt or truncated tile
@@ -148,6 +155,11 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, *, max_side_px
         fmt = openslide.OpenSlide.detect_format(str(p))
     except Exception:  # unreadable header
         fmt = None
+    if fmt is None and _tiff_magic(p):
+        raise SlideError(
+            f"{shown}: a TIFF file OpenSlide cannot read: it may be truncated or damaged (copy it again), or a "
+            "plain TIFF image that is not tiled (use the Classify page or `predict` for those)"
+        )
     if fmt is None:
         raise SlideError(
             f"{shown}: not a slide OpenSlide can read (it reads Aperio .svs, Hamamatsu .ndpi, MIRAX .mrxs, Leica "
@@ -203,6 +215,15 @@ def _checked(p: Path, handle: Any, fmt: str, mpp: float | None, max_side_px: int
         side = min(64, lw, lh)
         slide.read(int((lw - side) * d), int((lh - side) * d), level, side, side)
     return slide
+
+
+def _tiff_magic(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def _float(v: Any) -> float | None:
