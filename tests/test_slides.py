@@ -236,3 +236,48 @@ def test_cli_bad_model(tmp_path, capsys):
     assert main(["slide", "no-such-model", str(tmp_path / "x.svs")]) == 2
     err = capsys.readouterr().err
     assert "no-such-model" in err and "Traceback" not in err
+
+
+# -- background task ------------------------------------------------------------------------------------
+
+
+def test_slide_task_cancels_then_resumes(shipped_model, tmp_path, monkeypatch):
+    from histo_core import tasks
+    from histo_core.slides import analysis, list_analyses
+    from tests.taskfiles import make_task
+
+    monkeypatch.setattr(tasks.signal, "signal", lambda *args: None)  # run_task's SIGTERM hook: not in pytest
+    p = write_slide(tmp_path / "t.tif", pink_tissue(2048, 2048), mpp=0.5, downsamples=(1, 4))
+    params = {"model": "pathmnist-resnet9", "slide": str(p), "batch_size": 8}
+    task = make_task("slide", params, state="queued")
+    real_predict = analysis.predict
+
+    def predict_then_cancel(*args, **kwargs):
+        task.cancel_path.touch()  # as the page's Cancel does (the process also gets SIGTERM)
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "predict", predict_then_cancel)
+    assert tasks.run_task(task) == 0
+    assert task.status().state == "cancelled"
+    [found] = list_analyses()
+    assert found.state() == "stopped" and found.file("partial.npz").is_file()
+    monkeypatch.setattr(analysis, "predict", real_predict)
+    again = make_task("slide", params, state="queued")  # Resume: the same request again
+    assert tasks.run_task(again) == 0 and again.status().state == "completed"
+    result = again.result()
+    assert 8 <= result["resumed_from"] < result["tiles"]["tissue"] == 25
+    assert found.state() == "completed" and not found.file("partial.npz").exists()
+    analysis.delete_analysis(found)
+    assert list_analyses() == []
+
+
+@pytest.mark.slow
+def test_slide_task_runs_in_its_own_process(shipped_model, tmp_path):
+    from histo_core import tasks
+    from tests.taskfiles import wait_for_task
+
+    p = write_slide(tmp_path / "t.tif", pink_tissue(1024, 1024), mpp=0.5, downsamples=(1, 4))
+    task = tasks.submit_task("slide", {"model": "pathmnist-resnet9", "slide": str(p)})
+    status = wait_for_task(task, 240)
+    assert status.state == "completed", status
+    assert task.result()["tiles"]["tissue"] == 4 and status.phase == "done"

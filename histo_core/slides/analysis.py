@@ -41,7 +41,8 @@ from histo_core.slides.tissue import DEFAULT_TISSUE_THRESHOLD, tile_fractions, t
 SLIDES_FOLDER = ".slides"
 QUEUE_BATCHES = 3  # batches read ahead of the model: bounds memory
 STRIP_TILES = 16  # neighbouring tiles read by one OpenSlide call
-CHECKPOINT_S = 15.0
+CHECKPOINT_S = 5.0  # partial.npz: what a resume starts from, and the live map
+RECORD_S = 2.0  # progress in analysis.json at most this often
 DEFAULT_BATCH = 256
 
 Progress = Callable[[dict[str, Any]], None]
@@ -197,7 +198,7 @@ def analyse_slide(
     timing = {"read_s": 0.0, "model_s": 0.0}
     t_start = time.perf_counter()
     done_before = int(done.sum())
-    last_save = time.monotonic()
+    last_save = last_record = time.monotonic()
 
     def save_partial() -> None:
         savez_atomic(folder.file("partial.npz"), cells=cells, probs=probs, done=done, ood=ood, options=repr(options))
@@ -237,6 +238,10 @@ def analyse_slide(
             if time.monotonic() - last_save > CHECKPOINT_S:
                 save_partial()
                 last_save = time.monotonic()
+            if time.monotonic() - last_record > RECORD_S:  # the page's live view reads this
+                live = {"done": n_done, "total": len(cells), "tiles_per_s": round(rate, 1)}
+                _write_record(folder, base, "running", progress=live)
+                last_record = time.monotonic()
             if progress is not None:
                 progress(
                     {
