@@ -72,3 +72,16 @@ def test_slide_metadata_class_map_and_tile(cmu, shipped_model):
     captions = [c for el in at.get("image") for c in el.captions]
     assert any(c.startswith(f"GradCAM for '{first['class']}'") for c in captions), captions
     assert any(c.startswith("the tile, 224 px") for c in captions), captions
+
+
+def test_uploads_are_kept_by_content_in_the_data_dir():
+    from histo_core import paths
+    from histo_core.errors import HistoError
+    from pages.ui.slides import save_upload
+
+    a = save_upload("My slide (1).svs", b"abc")
+    assert a.parent == paths.data_dir() / "slide-uploads" and a.suffix == ".svs" and a.read_bytes() == b"abc"
+    assert save_upload("other name.svs", b"abc").name != a.name and save_upload("My slide (1).svs", b"abc") == a
+    assert paths.inside_roots(a, paths.data_roots())  # opened like any slide in the data roots
+    with pytest.raises(HistoError, match="not a single-file slide"):
+        save_upload("slide.mrxs", b"abc")
