@@ -123,6 +123,13 @@ def live() -> None:
     waiting = "waiting for a free device slot (a training run or another task holds it)"
     st.progress(min(1.0, fraction), text=current.phase or (waiting if current.state == "queued" else "starting…"))
     st.caption(f"Running in the background as task `{task.id}`: you can leave this page and come back.")  # type: ignore[union-attr]
+    so_far = sa.current_results(folder)  # partial results, saved every few seconds
+    if so_far is not None:
+        done_now = int((so_far["pred"] >= 0).sum())
+        live_map = outputs.render_overlay(
+            thumb, so_far["grid"], thumb.shape[1] / info["width"], so_far["pred"], num_classes=meta.num_classes
+        )
+        st.image(live_map, caption=f"class map so far: {done_now} tiles", width=480)
 
 
 if active:

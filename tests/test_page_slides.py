@@ -85,3 +85,24 @@ def test_uploads_are_kept_by_content_in_the_data_dir():
     assert paths.inside_roots(a, paths.data_roots())  # opened like any slide in the data roots
     with pytest.raises(HistoError, match="not a single-file slide"):
         save_upload("slide.mrxs", b"abc")
+
+
+def test_a_running_analysis_shows_progress_its_map_so_far_and_cancel(cmu, shipped_model):
+    from tests.taskfiles import make_task
+
+    loaded = load_model("pathmnist-resnet9")
+
+    def stop(progress):
+        raise KeyboardInterrupt
+
+    with open_slide(cmu) as s, pytest.raises(KeyboardInterrupt):
+        analyse_slide(loaded, s, batch_size=8, progress=stop)  # partial results, as a running task leaves them
+    params = {"model": str(shipped_model), "slide": str(cmu), "mpp": None, "tissue_threshold": 0.5, "tta": False}
+    task = make_task("slide", params, state="running")
+    task.update_status(phase="8/44 tiles · 20 tiles/s · ETA 2 s", step=180, steps_per_epoch=1000)
+    at = page(str(cmu), shipped_model)
+    assert not at.exception, at.exception
+    assert any(b.label == "Cancel" for b in at.button)
+    captions = [c for el in at.get("image") for c in el.captions]
+    assert any(c.startswith("class map so far: ") and int(c.split(": ")[1].split()[0]) >= 8 for c in captions), captions
+    assert "Class map (so far:" in at.subheader[0].value
