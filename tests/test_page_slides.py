@@ -106,3 +106,14 @@ def test_a_running_analysis_shows_progress_its_map_so_far_and_cancel(cmu, shippe
     captions = [c for el in at.get("image") for c in el.captions]
     assert any(c.startswith("class map so far: ") and int(c.split(": ")[1].split()[0]) >= 8 for c in captions), captions
     assert "Class map (so far:" in at.subheader[0].value
+
+
+def test_slides_are_listed_from_the_roots_without_small_tiffs(tmp_path):
+    from pages.ui.slides import find_slides
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "big.tif").write_bytes(b"\0" * (2 << 20))
+    (tmp_path / "a" / "tile.tif").write_bytes(b"\0" * 1000)
+    (tmp_path / "a" / "s.svs").write_bytes(b"\0")
+    (tmp_path / "a" / "notes.txt").write_bytes(b"\0")
+    assert [p.name for p in find_slides([tmp_path])] == ["big.tif", "s.svs"]

@@ -18,7 +18,7 @@ from histo_core.slides.reader import SLIDE_SUFFIXES, UPLOAD_SUFFIXES
 
 UPLOAD_LIMIT_MB = 200  # Streamlit's server.maxUploadSize (.streamlit/config.toml): larger slides go in a data root
 LIST_LIMIT = 500  # slide files listed from the data roots
-REGION_PX = 768  # the full-resolution region view's side, in screen px
+SMALL_TIFF_BYTES = 1 << 20
 
 
 def find_slides(roots: list[Path]) -> list[Path]:
@@ -31,11 +31,21 @@ def find_slides(roots: list[Path]) -> list[Path]:
             continue
         for dirpath, _dirs, files in os.walk(root):
             for f in files:
-                if Path(f).suffix.lower() in SLIDE_SUFFIXES:
+                if Path(f).suffix.lower() in SLIDE_SUFFIXES and not _small_tiff(Path(dirpath) / f):
                     found.append(Path(dirpath) / f)
             if len(found) >= LIST_LIMIT:
                 break
     return sorted(set(found))[:LIST_LIMIT]
+
+
+def _small_tiff(path: Path) -> bool:
+    """A .tif under SMALL_TIFF_BYTES is a tile or a picture, not a slide: not listed (it can still be typed)."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    try:
+        return path.stat().st_size < SMALL_TIFF_BYTES
+    except OSError:
+        return True
 
 
 def pick_slide() -> str | None:
