@@ -1,5 +1,5 @@
-"""Background tasks for heavy work started from a page (LR finder, time estimate, label-error search): never in
-the Streamlit server process, always through the same machinery as training runs.
+"""Background tasks for heavy work started from a page (LR finder, time estimate, label-error search, whole-slide
+analysis): never in the Streamlit server process, always through the same machinery as training runs.
 
     task = submit_task("lr-find", {"config": cfg.to_dict()})   # <runs>/.tasks/<id>/, a detached process
     refresh_task(task)      # status.json: state, progress (0..1), message, pid + start time, heartbeat
@@ -32,7 +32,7 @@ from histo_core.procs import histo_command, proc_start_time, spawn_detached
 from histo_core.runs import RunDir, RunStatus, status_problem
 
 TASKS_FOLDER = ".tasks"
-KINDS = ("lr-find", "estimate", "label-errors")
+KINDS = ("lr-find", "estimate", "label-errors", "slide")
 
 
 class TaskDir(RunDir):
@@ -319,10 +319,39 @@ def _label_errors(params: dict[str, Any], progress: Callable[[float, str], None]
     return {"run": run.id, "summary": report.summary()}
 
 
+def _slide(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """A whole-slide analysis (histo_core.slides): resumes from the analysis folder's partial results."""
+    from histo_core.inference import load_model
+    from histo_core.slides import analyse_slide, open_slide
+
+    progress(0.0, "opening the model and the slide")
+    loaded = load_model(params["model"], device=params.get("device") or "cpu")
+
+    def report(p: dict[str, Any]) -> None:
+        eta = f" · ETA {p['eta_s']:.0f} s" if p.get("eta_s") is not None else ""
+        progress(
+            p["done"] / max(1, p["total"]), f"{p['done']}/{p['total']} tiles · {p['tiles_per_s']:.0f} tiles/s{eta}"
+        )
+
+    with open_slide(params["slide"], mpp=params.get("mpp")) as slide:
+        progress(0.0, "finding the tissue")
+        return analyse_slide(
+            loaded,
+            slide,
+            runs_root=params.get("runs_root"),
+            tissue_threshold=float(params.get("tissue_threshold", 0.5)),
+            batch_size=int(params.get("batch_size", 256)),
+            tta=bool(params.get("tta", False)),
+            force=bool(params.get("force", False)),
+            progress=report,
+        )
+
+
 KIND_RUNNERS: dict[str, Callable[[dict[str, Any], Callable[[float, str], None]], dict[str, Any]]] = {
     "lr-find": _lr_find,
     "estimate": _estimate,
     "label-errors": _label_errors,
+    "slide": _slide,
 }
 
 

@@ -1,0 +1,477 @@
+"""A slide analysis: tissue, grid, a bounded streaming pipeline through the model, and the outputs, in a folder
+under the runs directory (<runs>/.slides/<slide>-<key>/) that records the slide's identity and the model.
+
+    result = analyse_slide(loaded, slide, tissue_threshold=0.5, progress=print_progress)
+
+Streaming: a reader thread reads the tissue tiles (a strip of neighbouring tiles per OpenSlide call, from the
+level chosen by `grid.plan_slide_grid`), makes each into the model's input through the one image path
+(`inference.preprocess`) and puts batches on a queue of QUEUE_BATCHES; the caller's thread runs the model on
+them (`inference.model_view` + `inference.predict`, the one forward path) and the "unlike the training tiles"
+check (`ood.flag_tiles`). Memory holds a few batches and the per-tile results, whatever the slide's size.
+
+Resume: results so far are saved to partial.npz every CHECKPOINT_S seconds and when stopped (cancelled,
+killed by an error); the next analysis of the same slide with the same model and options continues from it.
+A finished analysis is not redone unless `force`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histo_core import paths
+from histo_core.errors import HistoError
+from histo_core.fsutil import read_json, savez_atomic, write_json_atomic
+from histo_core.inference import LoadedModel, model_view, predict, preprocess
+from histo_core.slides import outputs
+from histo_core.slides.grid import SlideGrid, plan_slide_grid
+from histo_core.slides.reader import Slide, SlideError
+from histo_core.slides.tissue import DEFAULT_TISSUE_THRESHOLD, tile_fractions, tissue_mask
+
+SLIDES_FOLDER = ".slides"
+QUEUE_BATCHES = 3  # batches read ahead of the model: bounds memory
+STRIP_TILES = 16  # neighbouring tiles read by one OpenSlide call
+CHECKPOINT_S = 5.0  # partial.npz: what a resume starts from, and the live map
+RECORD_S = 2.0  # progress in analysis.json at most this often
+DEFAULT_BATCH = 256
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class SlideAnalysis:
+    """An analysis folder: analysis.json (slide, model, options, state, summary), thumbnail.png, tissue.png,
+    grid.npz, tiles.csv, tiles.geojson, classmap.png; partial.npz while unfinished."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def record(self) -> dict[str, Any]:
+        return read_json(self.file("analysis.json"), {}) or {}
+
+    def state(self) -> str:
+        return str(self.record().get("state", "new"))
+
+    def grid_arrays(self) -> dict[str, np.ndarray] | None:
+        try:
+            with np.load(self.file("grid.npz"), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+
+def slides_root(runs_root: str | os.PathLike | None = None) -> Path:
+    return paths.runs_dir(runs_root) / SLIDES_FOLDER
+
+
+def model_identity(loaded: LoadedModel) -> str:
+    """sha256 of the checkpoint file (cached by path, mtime and size)."""
+    st = os.stat(loaded.source)
+    key = (loaded.source, st.st_mtime_ns, st.st_size)
+    if key not in _model_hashes:
+        h = hashlib.sha256()
+        with open(loaded.source, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _model_hashes[key] = h.hexdigest()
+    return _model_hashes[key]
+
+
+_model_hashes: dict[tuple, str] = {}
+
+
+def analysis_dir(slide: Slide, loaded: LoadedModel, runs_root: str | os.PathLike | None = None) -> SlideAnalysis:
+    """The folder of this slide with this model: the same slide (by content) and model always map to it."""
+    from histo_core.image_decode import safe_filename
+
+    key = hashlib.sha256(f"{slide.identity}|{model_identity(loaded)}".encode()).hexdigest()[:12]
+    stem = safe_filename(Path(slide.name).stem)[:40] or "slide"
+    return SlideAnalysis(slides_root(runs_root) / f"{stem}-{key}")
+
+
+def list_analyses(runs_root: str | os.PathLike | None = None) -> list[SlideAnalysis]:
+    root = slides_root(runs_root)
+    if not root.is_dir():
+        return []
+    found = [SlideAnalysis(p) for p in root.iterdir() if (p / "analysis.json").is_file()]
+    return sorted(found, key=lambda a: a.record().get("updated_at", 0), reverse=True)
+
+
+def delete_analysis(analysis: SlideAnalysis) -> None:
+    if analysis.state() == "running" and _owner_alive(analysis):
+        raise HistoError(f"{analysis.id}: the analysis is running; cancel it first")
+    shutil.rmtree(analysis.path, ignore_errors=True)
+
+
+def _owner_alive(analysis: SlideAnalysis) -> bool:
+    pid = analysis.record().get("pid")
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return False
+    return True
+
+
+def analyse_slide(
+    loaded: LoadedModel,
+    slide: Slide,
+    *,
+    runs_root: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    tissue_threshold: float = DEFAULT_TISSUE_THRESHOLD,
+    batch_size: int = DEFAULT_BATCH,
+    tta: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    level: int | None = None,
+) -> dict[str, Any]:
+    """Analyse `slide` with `loaded` into its analysis folder (`out_dir`, else the one under the runs
+    directory); returns the summary (also in analysis.json). A finished analysis with the same options is
+    returned as is (`skipped`: true) unless `force`. `level` forces the pyramid level read (comparisons)."""
+    if not 0.0 < tissue_threshold <= 1.0:
+        raise HistoError(f"--tissue-threshold must be in (0, 1], got {tissue_threshold}")
+    if batch_size < 1:
+        raise HistoError(f"--batch-size must be a positive integer, got {batch_size}")
+    folder = SlideAnalysis(Path(out_dir).expanduser()) if out_dir else analysis_dir(slide, loaded, runs_root)
+    options = {"tissue_threshold": float(tissue_threshold), "tta": bool(tta), "mpp": slide.mpp, "level": level}
+    record = folder.record()
+    if record.get("state") == "completed" and record.get("options") == options and not force:
+        return dict(record.get("summary") or {}, skipped=True)
+    try:
+        folder.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HistoError(f"cannot create the analysis folder {folder.path}: {exc.strerror or exc}") from None
+    meta = loaded.meta
+    grid = plan_slide_grid(slide, meta, level)
+    thumb = slide.thumbnail()
+    scale = thumb.shape[1] / slide.dimensions[0]  # thumbnail px per level-0 px
+    mask = tissue_mask(thumb, um_per_px=slide.mpp / scale)
+    fractions = tile_fractions(mask, grid.rows, grid.cols, grid.x0, grid.y0, grid.tile_l0, scale)
+    cells = np.argwhere(fractions >= tissue_threshold)  # row-major: rows of tiles, left to right
+    base = {
+        "slide": slide.info(),
+        "model": {"source": loaded.source, "label": loaded.label, "sha256": model_identity(loaded)},
+        "options": options,
+        "grid": grid.to_dict(),
+        "folder": str(folder.path),
+        "pid": os.getpid(),
+    }
+    outputs.write_png(folder.file("thumbnail.png"), thumb)
+    outputs.write_png(folder.file("tissue.png"), (mask * 255).astype(np.uint8))
+    if not len(cells):
+        _write_record(folder, base, "failed", error="no tissue")
+        raise SlideError(
+            f"{slide.name}: no tissue found: no tile is at least {tissue_threshold:.0%} tissue (the tissue "
+            f"threshold); lower it with --tissue-threshold, or check the slide (tissue.png shows what was found)"
+        )
+    k = meta.num_classes
+    probs = np.zeros((len(cells), k), np.float32)
+    done = np.zeros(len(cells), bool)
+    ood = np.zeros(len(cells), bool)
+    has_ood = bool(meta.ood)
+    partial = _load_partial(folder, cells, options, k) if not force else None
+    if partial is not None:
+        probs, done, ood = partial
+    _write_record(folder, base, "running", progress={"done": int(done.sum()), "total": len(cells)})
+    timing = {"read_s": 0.0, "model_s": 0.0}
+    t_start = time.perf_counter()
+    done_before = int(done.sum())
+    last_save = last_record = time.monotonic()
+
+    def save_partial() -> None:
+        savez_atomic(folder.file("partial.npz"), cells=cells, probs=probs, done=done, ood=ood, options=repr(options))
+
+    stop = threading.Event()
+    todo = np.flatnonzero(~done)
+    batches: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+    reader = threading.Thread(
+        target=_read_tiles,
+        args=(slide, grid, meta, cells, todo, batch_size, batches, stop, timing),
+        name="slide-reader",
+        daemon=True,
+    )
+    reader.start()
+    try:
+        while True:
+            item = batches.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            idx, tiles = item
+            t0 = time.perf_counter()
+            view, given = model_view(tiles, meta)
+            p = predict(loaded, view, tta=tta, batch_size=batch_size)
+            if has_ood:
+                from histo_core.ood import flag_tiles
+
+                flagged = flag_tiles(meta.ood, p, view, given)
+                if flagged is not None:
+                    ood[idx] = flagged[0]
+            probs[idx], done[idx] = p, True
+            timing["model_s"] += time.perf_counter() - t0
+            n_done = int(done.sum())
+            elapsed = time.perf_counter() - t_start
+            rate = (n_done - done_before) / elapsed if elapsed > 0 else 0.0
+            if time.monotonic() - last_save > CHECKPOINT_S:
+                save_partial()
+                last_save = time.monotonic()
+            if time.monotonic() - last_record > RECORD_S:  # the page's live view reads this
+                live = {"done": n_done, "total": len(cells), "tiles_per_s": round(rate, 1)}
+                _write_record(folder, base, "running", progress=live)
+                last_record = time.monotonic()
+            if progress is not None:
+                progress(
+                    {
+                        "done": n_done,
+                        "total": len(cells),
+                        "tiles_per_s": rate,
+                        "eta_s": (len(cells) - n_done) / rate if rate > 0 else None,
+                    }
+                )
+    except BaseException:
+        stop.set()
+        _drain(batches)
+        reader.join(timeout=10)
+        save_partial()
+        _write_record(folder, base, "stopped", progress={"done": int(done.sum()), "total": len(cells)})
+        raise
+    reader.join()
+    elapsed = time.perf_counter() - t_start
+    summary = _finish(folder, slide, loaded, grid, cells, probs, fractions, ood if has_ood else None, thumb, scale)
+    summary.update(
+        seconds=round(elapsed, 3),
+        tiles_per_s=round((len(cells) - done_before) / elapsed, 1) if elapsed > 0 else None,
+        read_s=round(timing["read_s"], 3),
+        model_s=round(timing["model_s"], 3),
+        resumed_from=done_before,
+        tta=bool(tta),
+        skipped=False,
+    )
+    _write_record(folder, base, "completed", summary=summary)
+    folder.file("partial.npz").unlink(missing_ok=True)
+    return summary
+
+
+def _drain(q: queue.Queue) -> None:
+    try:
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def _read_tiles(
+    slide: Slide,
+    grid: SlideGrid,
+    meta: Any,
+    cells: np.ndarray,
+    todo: np.ndarray,
+    batch_size: int,
+    out: queue.Queue,
+    stop: threading.Event,
+    timing: dict[str, float],
+) -> None:
+    """The reader thread: strips of up to STRIP_TILES neighbouring tiles of one row per read, each tile made
+    into the model's input by `inference.preprocess`; batches of `batch_size` onto `out`, then None."""
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise _Stop
+
+    window_mpp = grid.field_um / grid.read_px  # each read tile is one field of view
+    notes: list[str] = []
+    try:
+        idx_batch: list[int] = []
+        tile_batch: list[np.ndarray] = []
+        i = 0
+        while i < len(todo):
+            t0 = time.perf_counter()
+            start = todo[i]
+            r, c = cells[start]
+            j = i + 1
+            while (
+                j < len(todo)
+                and j - i < STRIP_TILES
+                and cells[todo[j]][0] == r
+                and cells[todo[j]][1] == cells[todo[j - 1]][1] + 1
+            ):
+                j += 1
+            n = j - i
+            x, y, _, _ = grid.box(int(r), int(c))
+            strip = slide.read(x, y, grid.level, grid.read_px * n, grid.read_px)
+            for m in range(n):
+                tile = strip[:, m * grid.read_px : (m + 1) * grid.read_px]
+                tile_batch.append(preprocess(tile, meta, notes, mpp=window_mpp))
+                idx_batch.append(int(todo[i + m]))
+            timing["read_s"] += time.perf_counter() - t0
+            i = j
+            if len(tile_batch) >= batch_size or i >= len(todo):
+                put((np.array(idx_batch), np.stack(tile_batch)))
+                idx_batch, tile_batch = [], []
+            if stop.is_set():
+                return
+        put(None)
+    except _Stop:
+        return
+    except BaseException as exc:  # handed to the model thread, which raises it
+        try:
+            put(exc)
+        except _Stop:
+            pass
+
+
+def _load_partial(
+    folder: SlideAnalysis, cells: np.ndarray, options: dict, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(folder.file("partial.npz"), allow_pickle=False) as z:
+            if str(z["options"]) != repr(options) or not np.array_equal(z["cells"], cells) or z["probs"].shape[1] != k:
+                return None
+            return z["probs"].copy(), z["done"].copy(), z["ood"].copy()
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
+
+
+def _write_record(folder: SlideAnalysis, base: dict, state: str, **extra: Any) -> None:
+    write_json_atomic(folder.file("analysis.json"), {**base, "state": state, "updated_at": time.time(), **extra})
+
+
+def _finish(
+    folder: SlideAnalysis,
+    slide: Slide,
+    loaded: LoadedModel,
+    grid: SlideGrid,
+    cells: np.ndarray,
+    probs: np.ndarray,
+    fractions: np.ndarray,
+    ood: np.ndarray | None,
+    thumb: np.ndarray,
+    scale: float,
+) -> dict[str, Any]:
+    classes = loaded.meta.classes
+    frac = fractions[cells[:, 0], cells[:, 1]]
+    rows = outputs.tile_rows(grid, cells, probs, frac, ood, classes)
+    outputs.write_csv(folder.file("tiles.csv"), rows)
+    outputs.write_geojson(folder.file("tiles.geojson"), rows, classes)
+    pred_grid = outputs.class_grid(grid, cells, probs)
+    prob_grid = np.full((grid.rows, grid.cols, len(classes)), np.nan, np.float32)
+    prob_grid[cells[:, 0], cells[:, 1]] = probs
+    ood_grid = np.zeros((grid.rows, grid.cols), bool)
+    if ood is not None:
+        ood_grid[cells[:, 0], cells[:, 1]] = ood
+    savez_atomic(folder.file("grid.npz"), pred=pred_grid, probs=prob_grid, ood=ood_grid, fractions=fractions)
+    overlay = outputs.render_overlay(
+        thumb, grid, scale, pred_grid, alpha=0.5, ood=ood_grid, grey_ood=False, num_classes=len(classes)
+    )
+    outputs.write_png(folder.file("classmap.png"), overlay)
+    preds = probs.argmax(1)
+    return {
+        "slide": slide.name,
+        "folder": str(folder.path),
+        "tiles": {"grid": grid.rows * grid.cols, "tissue": len(cells)},
+        "tile_um": grid.field_um,
+        "level": grid.level,
+        "read_px": grid.read_px,
+        "tissue_mm2": round(len(cells) * grid.tile_mm2, 4),
+        "classes": outputs.legend(classes, preds, grid.tile_mm2),
+        "ood_share": round(float(ood.mean()), 4) if ood is not None else None,
+        "outputs": {
+            name: str(folder.file(name))
+            for name in ("tiles.csv", "tiles.geojson", "classmap.png", "tissue.png", "thumbnail.png", "grid.npz")
+        },
+    }
+
+
+# -- what the page shows ----------------------------------------------------------------------------------
+
+
+def current_results(folder: SlideAnalysis) -> dict[str, Any] | None:
+    """The analysis as far as it got: the grid, and per tile the class (-1: not analysed, or not yet), the
+    probabilities (NaN where none) and the OOD flag; from grid.npz when finished, else from partial.npz (the
+    live map while it runs, and what a stopped analysis has). None before the first results."""
+    rec = folder.record()
+    if not rec.get("grid"):
+        return None
+    grid = SlideGrid(**rec["grid"])
+    arrays = folder.grid_arrays() if rec.get("state") == "completed" else None
+    if arrays is None:
+        try:
+            with np.load(folder.file("partial.npz"), allow_pickle=False) as z:
+                cells, probs, done, ood = z["cells"], z["probs"], z["done"], z["ood"]
+        except (FileNotFoundError, OSError, ValueError, KeyError):
+            return None
+        cells, probs, ood = cells[done], probs[done], ood[done]
+        prob_grid = np.full((grid.rows, grid.cols, probs.shape[1]), np.nan, np.float32)
+        prob_grid[cells[:, 0], cells[:, 1]] = probs
+        ood_grid = np.zeros((grid.rows, grid.cols), bool)
+        ood_grid[cells[:, 0], cells[:, 1]] = ood
+        arrays = {"pred": outputs.class_grid(grid, cells, probs), "probs": prob_grid, "ood": ood_grid}
+    return {"grid": grid, "record": rec, **arrays}
+
+
+def read_tile(
+    slide: Slide, grid: SlideGrid, row: int, col: int, meta: Any, max_px: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the tile at full resolution, or from the level nearest `max_px` px when larger; the model's input for
+    it, made exactly as the analysis made it: read at the grid's level, through `inference.preprocess`)."""
+    x, y, side, _ = grid.box(row, col)
+    level = _level_for(slide, side / max_px)
+    d = slide.level_downsamples[level]
+    shown = slide.read(x, y, level, max(1, round(side / d)), max(1, round(side / d)))
+    raw = slide.read(x, y, grid.level, grid.read_px, grid.read_px)
+    return shown, preprocess(raw, meta, [], mpp=grid.field_um / grid.read_px)
+
+
+def read_region(
+    slide: Slide, grid: SlideGrid, row: int, col: int, tiles: int = 5, max_px: int = 768
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A region `tiles` tiles wide centred on a tile, from the level nearest full resolution that fits `max_px`;
+    and the tile's box in the region's pixels (left, top, right, bottom) to outline it."""
+    x, y, side, _ = grid.box(row, col)
+    span = side * tiles
+    w, h = slide.dimensions
+    left = int(min(max(0, x + side / 2 - span / 2), max(0, w - span)))
+    top = int(min(max(0, y + side / 2 - span / 2), max(0, h - span)))
+    level = _level_for(slide, span / max_px)
+    d = slide.level_downsamples[level]
+    out = max(1, round(min(span, w, h) / d))
+    region = slide.read(left, top, level, out, out)
+    box = tuple(round(v / d) for v in (x - left, y - top, x - left + side, y - top + side))
+    return region, box  # type: ignore[return-value]
+
+
+def _level_for(slide: Slide, downsample: float) -> int:
+    """The most reduced level whose downsample does not exceed `downsample` (never upsampled)."""
+    best = 0
+    for i, d in enumerate(slide.level_downsamples):
+        if d <= max(1.0, downsample) * 1.0001:
+            best = i if d >= slide.level_downsamples[best] else best
+    return best

@@ -1,0 +1,119 @@
+"""Slides page (AppTest): pick the real CMU slide under the data roots, see its metadata, a path outside the
+roots and a bad file refused; with a finished analysis, the class map, legend, downloads and the tile panel
+(probabilities and Grad-CAM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from histo_core.inference import load_model
+from histo_core.slides import analyse_slide, open_slide
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "8_Slides.py")
+
+
+@pytest.fixture
+def cmu(shared_data) -> Path:
+    p = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    if not p.exists():
+        pytest.skip(f"{p} is absent")
+    return p
+
+
+def page(path: str, model: Path | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["slides_path"] = path
+    if model is not None:
+        at.session_state["slides_model"] = str(model)
+    return at.run()
+
+
+def test_outside_roots_and_bad_files_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HISTO_DATA_ROOTS", str(tmp_path / "roots"))
+    (tmp_path / "roots").mkdir()
+    at = page("/etc/passwd")
+    assert at.error and "outside the allowed folders" in at.error[0].value
+    bad = tmp_path / "roots" / "notes.svs"
+    bad.write_text("<b>not</b> a slide")
+    at = page(str(bad))
+    assert at.error and "notes.svs: not a slide OpenSlide can read" in at.error[0].value
+    assert not at.exception
+
+
+def test_slide_metadata_class_map_and_tile(cmu, shipped_model):
+    loaded = load_model("pathmnist-resnet9")
+    with open_slide(cmu) as s:
+        summary = analyse_slide(loaded, s)  # the folder the page finds for this slide and model
+    at = page(str(cmu), shipped_model)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    meta = at.dataframe[0].value
+    assert "0.499 (metadata)" in meta["value"].tolist() and "20x" in meta["value"].tolist()
+    assert any("Tiles of 112 µm = 224 px at level 0" in c.value for c in at.caption)
+    assert any(b.label == "Analyse again" for b in at.button), [b.label for b in at.button]
+    legend = at.dataframe[1].value
+    shown = {r["class"]: r["area mm²"] for _, r in legend.iterrows()}
+    for c in summary["classes"]:
+        if c["tiles"]:
+            assert shown[c["class"]] == pytest.approx(c["area_mm2"])
+    assert "(unlike the training tiles)" in shown
+    # a tile with tissue: its prediction, probabilities and Grad-CAM
+    import csv
+
+    first = next(csv.DictReader(open(summary["outputs"]["tiles.csv"])))
+    at.number_input(key="slides_row").set_value(int(first["row"]))
+    at.number_input(key="slides_col").set_value(int(first["col"]))
+    at.run()
+    assert not at.exception, at.exception
+    assert any(first["class"] in m.value for m in at.markdown)
+    captions = [c for el in at.get("image") for c in el.captions]
+    assert any(c.startswith(f"GradCAM for '{first['class']}'") for c in captions), captions
+    assert any(c.startswith("the tile, 224 px") for c in captions), captions
+
+
+def test_uploads_are_kept_by_content_in_the_data_dir():
+    from histo_core import paths
+    from histo_core.errors import HistoError
+    from pages.ui.slides import save_upload
+
+    a = save_upload("My slide (1).svs", b"abc")
+    assert a.parent == paths.data_dir() / "slide-uploads" and a.suffix == ".svs" and a.read_bytes() == b"abc"
+    assert save_upload("other name.svs", b"abc").name != a.name and save_upload("My slide (1).svs", b"abc") == a
+    assert paths.inside_roots(a, paths.data_roots())  # opened like any slide in the data roots
+    with pytest.raises(HistoError, match="not a single-file slide"):
+        save_upload("slide.mrxs", b"abc")
+
+
+def test_a_running_analysis_shows_progress_its_map_so_far_and_cancel(cmu, shipped_model):
+    from tests.taskfiles import make_task
+
+    loaded = load_model("pathmnist-resnet9")
+
+    def stop(progress):
+        raise KeyboardInterrupt
+
+    with open_slide(cmu) as s, pytest.raises(KeyboardInterrupt):
+        analyse_slide(loaded, s, batch_size=8, progress=stop)  # partial results, as a running task leaves them
+    params = {"model": str(shipped_model), "slide": str(cmu), "mpp": None, "tissue_threshold": 0.5, "tta": False}
+    task = make_task("slide", params, state="running")
+    task.update_status(phase="8/44 tiles · 20 tiles/s · ETA 2 s", step=180, steps_per_epoch=1000)
+    at = page(str(cmu), shipped_model)
+    assert not at.exception, at.exception
+    assert any(b.label == "Cancel" for b in at.button)
+    captions = [c for el in at.get("image") for c in el.captions]
+    assert any(c.startswith("class map so far: ") and int(c.split(": ")[1].split()[0]) >= 8 for c in captions), captions
+    assert "Class map (so far:" in at.subheader[0].value
+
+
+def test_slides_are_listed_from_the_roots_without_small_tiffs(tmp_path):
+    from pages.ui.slides import find_slides
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "big.tif").write_bytes(b"\0" * (2 << 20))
+    (tmp_path / "a" / "tile.tif").write_bytes(b"\0" * 1000)
+    (tmp_path / "a" / "s.svs").write_bytes(b"\0")
+    (tmp_path / "a" / "notes.txt").write_bytes(b"\0")
+    assert [p.name for p in find_slides([tmp_path])] == ["big.tif", "s.svs"]
