@@ -48,7 +48,9 @@ CHOICE_LABELS = {
     "loss": {
         "ce": "cross-entropy",
         "smooth": "cross-entropy + label smoothing",
-        "sce": "symmetric cross-entropy (robust to noisy labels)",
+        "sce": "symmetric cross-entropy",
+        "gce": "generalized cross-entropy",
+        "elr": "early-learning regularisation",
     },
     "mode": {
         "scratch": "scratch: train every layer",
@@ -102,6 +104,10 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("label_smoothing", "Label smoothing", {"step": 0.05, "format": "%.2f"}),
         ("sce_alpha", "SCE alpha (cross-entropy weight)", {"step": 0.05, "format": "%g"}),
         ("sce_beta", "SCE beta (reverse cross-entropy weight)", {"step": 0.1, "format": "%g"}),
+        ("gce_q", "GCE q (0..1]", {"step": 0.05, "format": "%g"}),
+        ("elr_lambda", "ELR lambda (regulariser weight)", {"step": 0.5, "format": "%g"}),
+        ("elr_beta", "ELR beta (target momentum)", {"step": 0.05, "format": "%g"}),
+        ("mixup", "Mixup alpha (0 = off)", {"min_value": 0.0, "step": 0.1, "format": "%g"}),
     ],
     "Augmentation": [
         ("augment.flip", "Random flips", {}),
@@ -205,6 +211,9 @@ def _disabled(path: str) -> bool:
         "label_smoothing": get("loss") != "smooth",
         "sce_alpha": get("loss") != "sce",
         "sce_beta": get("loss") != "sce",
+        "gce_q": get("loss") != "gce",
+        "elr_lambda": get("loss") != "elr",
+        "elr_beta": get("loss") != "elr",
         "noise_mode": not get("noise"),
         "augment.crop_scale": not get("augment.resized_crop"),
         "monitor": False,
