@@ -32,6 +32,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("pages/5_Classify.py", "Classify", "🔎", "Classify"),
     PageSpec("pages/6_Review.py", "Review", "🧐", "Review"),
     PageSpec("pages/7_Feature_map.py", "Feature map", "🗺️", "Feature_map"),
+    PageSpec("pages/8_Studies.py", "Studies", "🧪", "Studies", heading="Noise studies"),
 )
 
 
