@@ -151,6 +151,12 @@ def test_studies_page_draws_lines_table_and_recommendation():
     fig = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec)
     assert {t.name for t in fig.data} == {"ce", "gce"}
     assert all(list(t.x) == [0.0, 0.4] for t in fig.data)
+    ce_clean = next(r for r in S.study_results(task)["summary"] if (r["method"], r["noise"]) == ("ce", 0.0))
+    ce_line = next(t for t in fig.data if t.name == "ce")
+    assert ce_line.y[0] == pytest.approx(ce_clean["accuracy_mean"])
+    assert ce_line.error_y.array[0] == pytest.approx(ce_clean["accuracy_sd"])
+    assert f"95% bootstrap CI {ce_clean['accuracy_ci_low']:.3f}" in ce_line.customdata[0]
+    assert fig.layout.shapes[0].y0 == pytest.approx(ce_clean["accuracy_mean"])  # the clean baseline
     texts = [t.value for t in at.text]
     assert any(t.startswith("noise 0.4: ") for t in texts) and any(t.startswith("noise 0: ce") for t in texts)
     table = at.dataframe[0].value
