@@ -228,3 +228,32 @@ def test_a_study_runs_to_completion_through_a_cancel_and_a_resume():
         assert len(flips) == 2 and np.array_equal(flips[0], flips[1])
     S.delete_study(task)
     assert not task.path.exists() and not any(Path(r["run_dir"]).exists() for r in res["runs"])
+
+
+def test_train_page_starts_the_form_as_a_study_with_its_count(monkeypatch):
+    """The Train page's study panel: the number of runs, then one study of the form's settings (the driver
+    process itself is replaced by a recorder; the real one runs in the slow test above)."""
+    calls = []
+
+    def fake_start(spec, config, runs_root=None, started_by=None):
+        spec.validate()
+        calls.append((spec, config))
+        return fake_study({"ce": 2.5}, noises=(0.0,), seeds=1, state="running")
+
+    monkeypatch.setattr(S, "start_study", fake_start)
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    at.multiselect(key="train.study.noises").set_value([0.0, 0.4])
+    at.multiselect(key="train.study.methods").set_value(["ce", "mixup"])
+    at.number_input(key="train.study.seeds").set_value(2)
+    at.run()
+    assert any(c.value.startswith("8 runs of ") for c in at.caption)
+    at.button(key="train.study.start").click().run()
+    assert not at.exception, at.exception
+    assert len(calls) == 1
+    spec, config = calls[0]
+    assert (spec.noises, spec.methods, spec.seeds, spec.noise_mode) == ([0.0, 0.4], ["ce", "mixup"], 2, "fixed")
+    assert spec.archs == [config.arch] and config.dataset == "synthetic"
+    assert any("Started study" in s.value for s in at.success)
+    at.button(key="train.study.start").click().run()  # the same settings while it runs: not a second study
+    assert len(calls) == 1 and any("already running" in i.value for i in at.info)
