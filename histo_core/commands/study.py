@@ -31,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a grid of runs over noise levels, methods, architectures and seeds, started and managed as one",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("--arch", dest="grid_arch", help="architectures, comma-separated (default: the dataset's default architecture)")
-    p.add_argument("--noise", dest="grid_noise", default="0,0.2,0.4", help="noise levels, comma-separated (default 0,0.2,0.4)")
+    p.add_argument(
+        "--arch", dest="grid_arch", help="architectures, comma-separated (default: the dataset's default architecture)"
+    )
+    p.add_argument(
+        "--noise", dest="grid_noise", default="0,0.2,0.4", help="noise levels, comma-separated (default 0,0.2,0.4)"
+    )
     p.add_argument("--noise-mode", dest="grid_noise_mode", default="fixed", help="fixed (default), pair or batch")
     p.add_argument(
         "--methods", default=",".join(NOISE_METHODS), help=f"comma-separated (default all: {','.join(NOISE_METHODS)})"
