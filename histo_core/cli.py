@@ -1,4 +1,4 @@
-"""`python -m histo_core <command>`: datasets, train, evaluate, lr-find, predict, runs, export, embed, similar, label-errors, explain-quality, slide.
+"""`python -m histo_core <command>`: datasets, train, evaluate, lr-find, predict, runs, export, embed, similar, label-errors, explain-quality, slide, study.
 
 Each command lives in histo_core/commands/<name>.py with `register(subparsers)`. A user error
 (`HistoError`) prints one line on stderr and exits 2; `--json` prints one JSON document on stdout.
@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from histo_core.errors import HistoError
 
-COMMAND_MODULES = ("datasets", "train", "predict", "runs", "tasks", "inspect", "slide")
+COMMAND_MODULES = ("datasets", "train", "predict", "runs", "tasks", "inspect", "slide", "study")
 
 
 class _Parser(argparse.ArgumentParser):

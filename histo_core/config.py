@@ -22,7 +22,8 @@ MAX_THREADS = 512
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["none", "step", "cosine", "onecycle"]
 NoiseMode = Literal["batch", "fixed", "pair"]
-Loss = Literal["ce", "smooth", "sce"]  # cross-entropy, label smoothing, symmetric cross-entropy
+# cross-entropy, label smoothing, symmetric cross-entropy, generalized cross-entropy, early-learning regularisation
+Loss = Literal["ce", "smooth", "sce", "gce", "elr"]
 # scratch: random init, every layer trained; all-layers: every layer trained from the start (usually from
 # ImageNet weights); frozen: only an MLP head on a frozen backbone; head-then-all: fastai-style, the head alone
 # for --head-epochs, then every layer with the backbone at a lower LR
@@ -42,6 +43,20 @@ TRAIN_SPLITS: tuple[str, ...] = get_args(TrainSplits)
 DEVICES: tuple[str, ...] = get_args(Device)
 STAIN_NORMS: tuple[str, ...] = get_args(StainNorm)
 MAX_NOISE = 0.9
+MAX_MIXUP = 4.0
+
+# Label-noise methods: one name per recipe, each a set of TrainConfig changes (a loss, mixup, or both). The
+# studies (`python -m histo_core study --methods ...`), benchmarks/noise_methods.py and the Train page's advice
+# use this one table; how each fares is measured in benchmarks/RESULTS.md ("Noise lab").
+NOISE_METHODS: dict[str, dict[str, Any]] = {
+    "ce": {"loss": "ce", "mixup": 0.0},
+    "smooth": {"loss": "smooth", "mixup": 0.0},
+    "sce": {"loss": "sce", "mixup": 0.0},
+    "gce": {"loss": "gce", "mixup": 0.0},
+    "elr": {"loss": "elr", "mixup": 0.0},
+    "mixup": {"loss": "ce", "mixup": 0.4},
+    "elr+mixup": {"loss": "elr", "mixup": 0.4},
+}
 
 # Mode names before they said what they do; accepted from the CLI and from the config.json of older runs.
 LEGACY_MODES = {"finetune": "all-layers", "fine_tune": "head-then-all"}
@@ -91,6 +106,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     sce_alpha: float = 0.1
     sce_beta: float = 1.0
+    gce_q: float = 0.7
+    elr_lambda: float = 3.0
+    elr_beta: float = 0.7
+    mixup: float = 0.0  # mixup Beta(alpha, alpha) parameter; 0 = off
     noise: float = 0.0
     noise_mode: NoiseMode = "batch"
     augment: Augment = field(default_factory=Augment)
@@ -201,6 +220,14 @@ class TrainConfig:
             raise ConfigError(
                 f"--sce-alpha and --sce-beta must be >= 0 and not both 0, got {self.sce_alpha}, {self.sce_beta}"
             )
+        if not 0.0 < self.gce_q <= 1.0:
+            raise ConfigError(f"--gce-q must be in (0, 1], got {self.gce_q}")
+        if self.elr_lambda < 0:
+            raise ConfigError(f"--elr-lambda must be >= 0, got {self.elr_lambda}")
+        if not 0.0 <= self.elr_beta < 1.0:
+            raise ConfigError(f"--elr-beta must be in [0, 1), got {self.elr_beta}")
+        if not 0.0 <= self.mixup <= MAX_MIXUP:
+            raise ConfigError(f"--mixup must be between 0 (off) and {MAX_MIXUP}, got {self.mixup}")
         if self.early_stopping and self.train_splits == "train+val":
             raise ConfigError(
                 "--early-stopping needs a validation split, but --train-splits train+val trains on it; "
@@ -226,6 +253,20 @@ class TrainConfig:
             raise ConfigError(f"--stain-jitter must be between 0 and 0.2, got {a.stain_jitter}")
         _choice("stain-norm", self.stain_norm, STAIN_NORMS)
         return self
+
+
+def with_method(config: TrainConfig, method: str) -> TrainConfig:
+    """`config` trained with the label-noise method `method` (a NOISE_METHODS name). Raises ConfigError."""
+    _choice("methods", method, tuple(NOISE_METHODS))
+    return config.replace(**NOISE_METHODS[method])
+
+
+def method_of(config: TrainConfig) -> str:
+    """The NOISE_METHODS name of a config's loss and mixup, or "<loss>+mixup<a>" when none matches."""
+    for name, changes in NOISE_METHODS.items():
+        if all(getattr(config, k) == v for k, v in changes.items()):
+            return name
+    return f"{config.loss}+mixup{config.mixup:g}" if config.mixup else config.loss
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -267,10 +308,15 @@ FIELD_HELP: dict[str, str] = {
     "schedule": "learning-rate schedule: none, step, cosine (per epoch) or onecycle (per batch)",
     "step_size": "step schedule: epochs between LR drops",
     "gamma": "step schedule: LR multiplier at each drop",
-    "loss": "ce (cross-entropy), smooth (label smoothing) or sce (symmetric cross-entropy, robust to noise)",
+    "loss": "ce (cross-entropy), smooth (label smoothing), sce (symmetric cross-entropy), gce (generalized "
+    "cross-entropy) or elr (early-learning regularisation); measured under label noise in benchmarks/RESULTS.md",
     "label_smoothing": "smoothing factor for --loss smooth",
     "sce_alpha": "sce: weight of the cross-entropy term",
     "sce_beta": "sce: weight of the reverse cross-entropy term",
+    "gce_q": "gce: the exponent q in (0, 1] (near 0 behaves like cross-entropy, 1 like mean absolute error)",
+    "elr_lambda": "elr: weight of the early-learning regulariser",
+    "elr_beta": "elr: momentum of each tile's running-average target, in [0, 1)",
+    "mixup": f"mixup: train on blends of two tiles and their labels, Beta(a, a) weights; a in 0 (off)..{MAX_MIXUP}",
     "noise": f"fraction of training labels made wrong, 0..{MAX_NOISE} (val/test labels are never touched)",
     "noise_mode": "batch (fresh wrong labels every batch), fixed (a fixed set of samples, symmetric) or pair (class k -> k+1)",
     "flip": "random horizontal/vertical flips",

@@ -13,6 +13,7 @@ for the same kind and parameters, so its progress and result are shown again aft
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,10 +30,11 @@ from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, write_json_atomic
 from histo_core.procs import histo_command, proc_start_time, spawn_detached
-from histo_core.runs import RunDir, RunStatus, status_problem
+from histo_core.runs import UNREADABLE, RunDir, RunStatus, status_problem
 
 TASKS_FOLDER = ".tasks"
-KINDS = ("lr-find", "estimate", "label-errors", "slide")
+KINDS = ("lr-find", "estimate", "label-errors", "slide", "study")
+NO_SLOT_KINDS = ("study",)  # drivers that start runs of their own: holding a device slot would block them
 
 
 class TaskDir(RunDir):
@@ -139,16 +141,40 @@ def _start_task(kind: str, params: dict[str, Any], runs_root, device: str, start
             "created_at": time.time(),
         },
     )
+    _spawn(task, device)
+    return task
+
+
+def _spawn(task: TaskDir, device: str) -> None:
+    """Mark the task queued and start its detached process (`tasks run DIR`), recording its pid."""
     task.write_status(RunStatus(state="queued", device=device))
     cmd = histo_command("tasks", "run", str(task.path.resolve()))
     try:
         with open(task.log_path, "ab") as log:
-            pid = spawn_detached(cmd, log, runs_root=runs_root)
+            pid = spawn_detached(cmd, log, runs_root=task.path.parent.parent)
     except OSError as exc:
         task.update_status(state="failed", error=f"could not start the task process: {exc}")
         raise HistoError(f"{task.id}: could not start the task process ({exc})") from None
     task.update_status(pid=pid, pid_start=proc_start_time(pid), host=socket.gethostname())
-    return task
+
+
+def restart_task(task: TaskDir) -> None:
+    """Start a cancelled or failed task's process again on the same folder (a study's driver resumes this way).
+    Two callers at once start one process: the second finds the task queued."""
+    from histo_core import jobs
+    from histo_core.procs import one_start
+
+    with one_start(task.path / ".start.lock"):
+        status = refresh_task(task)
+        if status.state in jobs.ACTIVE_STATES:
+            raise HistoError(f"{task.id}: the task is {status.state}; cancel it before resuming")
+        if status.state == "completed":
+            raise HistoError(f"{task.id}: the task has completed; there is nothing to resume")
+        if status.state == UNREADABLE:
+            raise HistoError(f"{task.id}: unreadable ({status.error}); it cannot be resumed, delete it")
+        with jobs.queue_room(task.path.parent.parent):
+            task.cancel_path.unlink(missing_ok=True)
+            _spawn(task, task.task().get("device") or "cpu")
 
 
 def refresh_task(task: TaskDir) -> RunStatus:
@@ -217,6 +243,7 @@ def run_task(task: TaskDir) -> int:
     spec = task.task()
     kind, params = spec.get("kind"), dict(spec.get("params") or {})
     params["_startup_s"] = process_age_s()  # before any wait for a slot: what a trainer's start-up costs
+    params["_task_path"] = str(task.path)
     stop = {"signalled": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signalled=True))
     pid_start = jobs.proc_start_time(os.getpid())
@@ -248,8 +275,13 @@ def run_task(task: TaskDir) -> int:
             task.update_status(heartbeat=time.time())
 
         kind_of_device = spec.get("device") or "cpu"
-        with device_slot(kind_of_device, runs_root=task.path.parent.parent, on_wait=waiting) as slot:
-            if kind_of_device == "cuda":  # the slot's GPU is this process's current device: models load there
+        slot_held = (
+            contextlib.nullcontext(None)
+            if kind in NO_SLOT_KINDS
+            else device_slot(kind_of_device, runs_root=task.path.parent.parent, on_wait=waiting)
+        )
+        with slot_held as slot:
+            if slot is not None and kind_of_device == "cuda":  # the slot's GPU is this process's current device
                 import torch
 
                 from histo_core.slots import gpu_of_slot
@@ -347,11 +379,18 @@ def _slide(params: dict[str, Any], progress: Callable[[float, str], None]) -> di
         )
 
 
+def _study(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    from histo_core.study import drive
+
+    return drive(params["_task_path"], params, progress)
+
+
 KIND_RUNNERS: dict[str, Callable[[dict[str, Any], Callable[[float, str], None]], dict[str, Any]]] = {
     "lr-find": _lr_find,
     "estimate": _estimate,
     "label-errors": _label_errors,
     "slide": _slide,
+    "study": _study,
 }
 
 

@@ -57,10 +57,10 @@ def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monk
     monkeypatch.setattr(estimate, "_clock", lambda: now["t"])
     real_step, real_predict = T.Trainer.train_step, T.Trainer.predict
 
-    def step(self, x, y):
+    def step(self, x, y, *rest):
         now["steps"] += 1
         now["t"] += {1: 5.0, 2: 2.5}.get(now["steps"], 0.1)
-        return real_step(self, x, y)
+        return real_step(self, x, y, *rest)
 
     def predict(self, source, *a, **k):
         now["t"] += 0.001 * len(source)

@@ -14,7 +14,7 @@ import torch
 
 from histo_core import checkpoint
 from histo_core import training as T
-from histo_core.config import TrainConfig
+from histo_core.config import TrainConfig, with_method
 from histo_core.datasets import open_dataset
 from histo_core.errors import ConfigError, DatasetError, HistoError
 from histo_core.models import get_arch
@@ -107,9 +107,10 @@ def _cancel_after_epochs(monkeypatch, epochs: int, step: int = 0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mid_epoch_step", [0, 2])
-def test_cancel_then_resume_continues_exactly(monkeypatch, mid_epoch_step):
-    cfg = quick_config(epochs=3, noise=0.2, noise_mode="batch", schedule="onecycle")
+@pytest.mark.parametrize("mid_epoch_step,method", [(0, "ce"), (2, "ce"), (2, "elr+mixup")])
+def test_cancel_then_resume_continues_exactly(monkeypatch, mid_epoch_step, method):
+    # elr+mixup: ELR's per-tile targets and the mixup generator are part of the resumable state
+    cfg = with_method(quick_config(epochs=3, noise=0.2, noise_mode="batch", schedule="onecycle"), method)
     reference = T.run_training(T.prepare_run(cfg))
     ref_rows = RunDir(reference["run_dir"]).metrics()
 
@@ -299,7 +300,7 @@ def test_schedules_step_as_configured():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-@pytest.mark.parametrize("loss", ["ce", "smooth", "sce"])
+@pytest.mark.parametrize("loss", ["ce", "smooth", "sce", "gce", "elr"])
 def test_each_optimizer_and_loss_trains_a_step(optimizer, loss):
     tr = _trainer(quick_config(optimizer=optimizer, loss=loss, max_train_samples=64, batch_size=32))
     before = [p.detach().clone() for p in tr.model.parameters()]

@@ -40,10 +40,13 @@ def _arg_type(annotation: object) -> type:
     return str
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig (and Augment) field; booleans get --x/--no-x. Unset flags stay absent."""
+def add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig (and Augment) field; booleans get --x/--no-x. Unset flags stay absent.
+    `exclude`: fields the command sets itself (a study's grid)."""
     group = parser.add_argument_group("training options (defaults depend on the dataset and device)")
     for f in _CONFIG_FIELDS + list(fields(Augment)):
+        if f.name in exclude:
+            continue
         help_text = FIELD_HELP.get(f.name, "")
         if str(f.type) == "bool":
             group.add_argument(

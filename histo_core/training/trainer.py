@@ -25,7 +25,7 @@ from torch import nn
 
 from histo_core import pipeline, runtime, stain
 from histo_core.config import HEAD_MODES, TrainConfig
-from histo_core.losses import build_loss
+from histo_core.losses import build_loss, mixup_batch
 from histo_core.models import build_model, get_arch, head_module, set_backbone_trainable
 from histo_core.noise import batch_noise
 from histo_core.predict import InputSpec, predict_tiles
@@ -96,10 +96,15 @@ class Trainer:
             label_smoothing=config.label_smoothing,
             sce_alpha=config.sce_alpha,
             sce_beta=config.sce_beta,
-        )
+            gce_q=config.gce_q,
+            elr_lambda=config.elr_lambda,
+            elr_beta=config.elr_beta,
+            num_samples=len(data.train),
+        ).to(device)
         gen_device = device if self.cuda else torch.device("cpu")
         self.aug_gen = torch.Generator(device=gen_device).manual_seed(config.seed * 1000 + 17 + rank)
         self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 29 + rank)
+        self.mixup_gen = torch.Generator().manual_seed(config.seed * 1000 + 41 + rank)
         self.epoch = 0  # epochs finished
         self.step = 0  # batches finished in the current epoch
         self.partial = _empty_partial()
@@ -243,11 +248,21 @@ class Trainer:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a prepared batch: (loss, number right), both detached tensors."""
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a prepared batch: (loss, number right), both detached tensors. `index`: the
+        batch's positions in the train source (per-tile state of the loss, e.g. ELR). With --mixup the batch is
+        blended with a permutation of itself and the loss is the same blend of the two labels' losses."""
+        perm, lam = None, 1.0
+        if self.config.mixup > 0:
+            x, perm, lam = mixup_batch(x, self.config.mixup, self.mixup_gen)
         with self._autocast():
             logits = self.net(x)
-            loss = self.criterion(logits.float(), y)
+            loss = self.criterion(logits.float(), y, index)
+            if perm is not None:
+                other = None if index is None else index[perm.cpu()]
+                loss = lam * loss + (1.0 - lam) * self.criterion(logits.float(), y[perm], other)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
             self.scaler.scale(loss).backward()
@@ -267,7 +282,7 @@ class Trainer:
         `pos_on_device`: the same positions already on the device (`epoch_positions`)."""
         tiles = self.gather(pos) if pos_on_device is None or self.shard_log else self.data.train.gather(pos_on_device)
         x = self.prepare_batch(tiles, train=True)
-        return self.train_step(x, self.labels_for(pos, pos_on_device))
+        return self.train_step(x, self.labels_for(pos, pos_on_device), torch.from_numpy(np.asarray(pos, np.int64)))
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[-1]["lr"])
@@ -371,6 +386,8 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "batch_size": self.config.batch_size,
             "ranks": ranks if ranks is not None else [self.rank_state()],
+            "mixup_gen": self.mixup_gen.get_state(),
+            "criterion": {k: v.detach().cpu() for k, v in self.criterion.state_dict().items()},
         }
 
     def batch_size_changed(self, state: dict[str, Any]) -> bool:
@@ -411,3 +428,7 @@ class Trainer:
         self.noise_gen.set_state(state["noise_gen"])
         if self.scaler.is_enabled() and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
+        if state.get("mixup_gen") is not None:  # absent in the last.pt of runs from before --mixup
+            self.mixup_gen.set_state(state["mixup_gen"])
+        if state.get("criterion"):
+            self.criterion.load_state_dict(state["criterion"])

@@ -263,3 +263,39 @@ def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested_lr: 
         fig.update_xaxes(range=[float(np.log10(min(tested))), float(np.log10(max(tested)))])
     fig.update_xaxes(type="log", exponentformat="power")
     return _layout(fig, "Learning-rate finder", "learning rate (log scale)", "loss", height=360)
+
+
+def _ci_text(row: Mapping[str, Any], metric: str) -> str:
+    """ ", 95% CI a-b (n seeds)" for accuracy rows that have a bootstrap interval, else the seed count."""
+    lo, hi = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    ci = f", 95% bootstrap CI {lo:.3f}-{hi:.3f}" if lo is not None and hi is not None else ""
+    return f"{ci} ({row.get('seeds', '?')} seeds)"
+
+
+def study_figure(
+    summary: Sequence[Mapping[str, Any]], metric: str = "accuracy", baseline: float | None = None
+) -> go.Figure:
+    """A study's test `metric` (accuracy, auc, macro_f1) against the noise level: one line per architecture +
+    method with mean ± sd over seeds as error bars (the bootstrap CI of the mean on hover), and the clean
+    baseline as a dashed line."""
+    fig = go.Figure()
+    names = list(dict.fromkeys((r["arch"], r["method"]) for r in summary))
+    several_archs = len({a for a, _ in names}) > 1
+    for arch, method in names:
+        rows = sorted((r for r in summary if (r["arch"], r["method"]) == (arch, method)), key=lambda r: r["noise"])
+        rows = [r for r in rows if r.get(f"{metric}_mean") is not None]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["noise"] for r in rows],
+                y=[r[f"{metric}_mean"] for r in rows],
+                error_y=dict(type="data", array=[r.get(f"{metric}_sd") or 0.0 for r in rows], visible=True),
+                mode="lines+markers",
+                name=f"{method} ({arch})" if several_archs else method,
+                customdata=[_ci_text(r, metric) for r in rows],
+                hovertemplate="noise %{x}: %{y:.3f} ± %{error_y.array:.3f}%{customdata}<extra>%{fullData.name}</extra>",
+            )
+        )
+    if baseline is not None:
+        fig.add_hline(y=baseline, line_dash="dash", line_color="grey", annotation_text="clean baseline")
+    title = {"accuracy": "test accuracy", "auc": "test AUC", "macro_f1": "test macro-F1"}.get(metric, metric)
+    return _layout(fig, f"{title} against label noise (mean ± sd over seeds)", "noise level", title, height=420)

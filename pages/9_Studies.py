@@ -1,0 +1,111 @@
+"""Studies: a grid of runs over noise levels and methods, as one thing: accuracy against noise per method, the
+table and its CSV, the recommended method per noise level; cancel, resume or delete the whole study."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from histo_core import jobs
+from histo_core import study as S
+from histo_core.tasks import refresh_task, task_summary
+from pages.ui.charts import study_figure
+from pages.ui.common import keep_in_url, page_setup, url_selection, user_errors
+
+page_setup(__file__)
+
+studies = {t.id: t for t in S.list_studies()}
+if not studies:
+    st.info(
+        "No study yet. Start one from a terminal, e.g. `python -m histo_core study --dataset synthetic "
+        "--noise 0,0.2,0.4 --methods ce,gce,mixup --seeds 3`; it appears here as it runs."
+    )
+    st.stop()
+
+url_selection("study", "study_id", list(studies))
+if st.session_state.get("study_id") not in studies:
+    st.session_state["study_id"] = next(iter(studies))
+chosen = st.selectbox("Study", list(studies), key="study_id")
+keep_in_url("study", "study_id", chosen)
+task = studies[chosen]
+info = task_summary(task, refresh_task(task))
+spec = (task.task().get("params") or {}).get("spec") or {}
+st.caption(
+    f"{info['state']} · {info['progress']:.0%} · {info['message'] or ''} · "
+    f"{len(spec.get('archs', []))} architecture(s) × {len(spec.get('noises', []))} noise levels × "
+    f"{len(spec.get('methods', []))} methods × {spec.get('seeds', '?')} seeds, {spec.get('noise_mode', '')} noise"
+)
+if info["error"]:
+    st.error(info["error"])
+
+active = info["state"] in jobs.ACTIVE_STATES
+c1, c2, c3 = st.columns(3)
+if c1.button("Cancel the study", disabled=not active, key="study_cancel"):
+    with user_errors():
+        S.cancel_study(task)
+        st.success("Cancel requested: the driver and its runs stop at their next safe point.")
+if c2.button("Resume", disabled=active or info["state"] == "completed", key="study_resume"):
+    with user_errors():
+        S.resume_study(task)
+        st.success("The study's driver started again: finished runs are kept, the others resumed or started.")
+if c3.button("Delete the study and its runs", disabled=active, key="study_delete"):
+    with user_errors():
+        S.delete_study(task)
+        st.success("Deleted.")
+        st.stop()
+
+results = S.study_results(task)
+summary = results["summary"]
+if not summary:
+    st.info("No run of this study has finished yet.")
+    st.stop()
+
+metric = st.radio(
+    "Metric",
+    ["accuracy", "auc", "macro_f1"],
+    format_func={"accuracy": "accuracy", "auc": "AUC", "macro_f1": "macro-F1"}.get,
+    horizontal=True,
+    key="study_metric",
+)
+clean = [r[f"{metric}_mean"] for r in summary if r["noise"] == 0 and r["method"] == "ce" and r[f"{metric}_mean"]]
+st.plotly_chart(study_figure(summary, metric, baseline=clean[0] if clean else None), width="stretch")
+
+st.subheader("Recommended method per noise level")
+st.caption("Chosen on the validation split with labels as noisy as the training labels, never on the test split.")
+for noise, rec in results["recommended"].items():
+    if rec is None:
+        st.text(f"noise {noise}: none yet (no finished run with a validation split)")
+        continue
+    runner = rec["runner_up"]
+    st.text(
+        f"noise {noise}: {rec['method']} ({rec['arch']}), noisy-validation accuracy {rec['val_noisy_acc']:.3f} "
+        f"over {rec['seeds']} seed(s); stays best in {rec['certainty']:.0%} of seed resamples"
+        + (f"; runner-up {runner['method']} ({runner['val_noisy_acc']:.3f})" if runner else "")
+    )
+
+st.subheader("Table")
+table = pd.DataFrame(summary)
+st.dataframe(table, hide_index=True, width="stretch")
+st.download_button(
+    "Download CSV", S.results_csv(results), file_name=f"study-{task.id}.csv", mime="text/csv", key="study_csv"
+)
+with st.expander("Runs"):
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "run": r["run"],
+                    "arch": r["arch"],
+                    "method": r["method"],
+                    "noise": r["noise"],
+                    "seed": r["seed"],
+                    "state": r["state"],
+                    "test acc": (r["test"] or {}).get("accuracy"),
+                    "noisy-val acc": r["val_noisy_acc"],
+                }
+                for r in results["runs"]
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )

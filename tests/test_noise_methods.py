@@ -1,0 +1,93 @@
+"""The label-noise methods: each loss against a value computed by hand, mixup, the method table and its checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from histo_core import config as C
+from histo_core.config import NOISE_METHODS, TrainConfig, method_of, with_method
+from histo_core.errors import ConfigError
+from histo_core.losses import build_loss, mixup_batch
+
+
+def test_gce_matches_the_hand_computed_value():
+    # two classes, equal logits: p_y = 0.5; (1 - 0.5 ** 0.7) / 0.7 = (1 - 0.615572) / 0.7 = 0.549183
+    loss = build_loss("gce", 2, gce_q=0.7)(torch.zeros(1, 2), torch.tensor([0]))
+    assert float(loss) == pytest.approx(0.549183, abs=1e-5)
+    # q = 1 is the mean absolute error of p_y: logits (ln 3, 0) -> p = (0.75, 0.25); target 1 -> 1 - 0.25
+    loss = build_loss("gce", 2, gce_q=1.0)(torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([1]))
+    assert float(loss) == pytest.approx(0.75, abs=1e-6)
+
+
+def test_elr_matches_the_hand_computed_value_and_keeps_its_targets():
+    elr = build_loss("elr", 2, elr_lambda=3.0, elr_beta=0.7, num_samples=4)
+    logits, y, idx = torch.zeros(1, 2), torch.tensor([0]), torch.tensor([2])
+    # step 1: t = 0.3 * (0.5, 0.5) = (0.15, 0.15); <p, t> = 0.15; CE = ln 2
+    # loss = ln 2 + 3 * ln(1 - 0.15) = 0.693147 - 0.487555 = 0.205592
+    assert float(elr(logits, y, idx)) == pytest.approx(0.205592, abs=1e-5)
+    assert elr.targets[2].tolist() == pytest.approx([0.15, 0.15]) and elr.targets[0].sum() == 0
+    # step 2: t = 0.7 * 0.15 + 0.3 * 0.5 = 0.255 each; <p, t> = 0.255; ln 2 + 3 ln(0.745) = -0.189791
+    assert float(elr(logits, y, idx)) == pytest.approx(0.693147 + 3 * math.log(0.745), abs=1e-5)
+    # without positions in the training source (e.g. a validation batch) it is plain cross-entropy
+    assert float(elr(logits, y)) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_elr_gradient_pushes_towards_its_running_target():
+    elr = build_loss("elr", 2, elr_lambda=3.0, elr_beta=0.0, num_samples=1)
+    logits = torch.tensor([[2.0, 0.0]], requires_grad=True)
+    # the label says class 1, the model (and so the target) says class 0: the regulariser resists the label
+    ce_grad = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([1])), logits)[0]
+    elr_grad = torch.autograd.grad(elr(logits, torch.tensor([1]), torch.tensor([0])), logits)[0]
+    assert abs(float(elr_grad[0, 0])) < abs(float(ce_grad[0, 0]))
+
+
+def test_mixup_blends_with_a_permutation_and_is_reproducible():
+    x = torch.arange(8.0).view(4, 2)
+    a = mixup_batch(x, 0.4, torch.Generator().manual_seed(3))
+    b = mixup_batch(x, 0.4, torch.Generator().manual_seed(3))
+    mixed, perm, lam = a
+    assert torch.equal(mixed, b[0]) and torch.equal(perm, b[1]) and lam == b[2]
+    assert 0.5 <= lam <= 1.0 and sorted(perm.tolist()) == [0, 1, 2, 3]
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
+
+
+def test_every_method_is_a_valid_config_and_named_back():
+    base = TrainConfig()
+    for name in NOISE_METHODS:
+        cfg = with_method(base, name).validate()
+        assert method_of(cfg) == name
+    assert set(C.LOSSES) <= set(NOISE_METHODS)  # every loss is also a method of the studies
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"loss": "focal"}, "--loss must be one of"),
+        ({"gce_q": 0.0}, "--gce-q must be in (0, 1]"),
+        ({"elr_beta": 1.0}, "--elr-beta must be in [0, 1)"),
+        ({"elr_lambda": -1.0}, "--elr-lambda must be >= 0"),
+        ({"mixup": -0.1}, "--mixup must be between 0 (off)"),
+    ],
+)
+def test_bad_method_options_name_the_option(changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        TrainConfig(**changes).validate()
+    with pytest.raises(ConfigError, match="--methods must be one of"):
+        with_method(TrainConfig(), "dividemix")
+
+
+def test_the_train_page_calls_no_loss_robust_and_points_at_the_measurement():
+    from pathlib import Path
+
+    from pages.ui.train_form import CHOICE_LABELS, GROUPS, LOSS_ADVICE
+
+    labels = CHOICE_LABELS["loss"]
+    assert set(labels) == set(C.LOSSES)  # every loss has its words on the page
+    assert not any("robust" in text for text in labels.values())  # SCE measured worse than CE under noise
+    assert "Noise lab" in LOSS_ADVICE and "None of them is robust" in LOSS_ADVICE
+    assert dict((f, k) for f, _, k in GROUPS["Loss"])["loss"]["help"] == LOSS_ADVICE
+    results = (Path(__file__).resolve().parent.parent / "benchmarks" / "RESULTS.md").read_text()
+    assert "## Noise lab" in results  # the measurement the advice cites is recorded

@@ -1,0 +1,259 @@
+"""Studies: the grid, the recommendation (noisy validation, never test), the Studies page (AppTest), the CLI's
+checks, and a real 2 methods x 2 noise levels x 2 seeds study that survives a cancel and a resume (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import plotly.io
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from histo_core import jobs, paths
+from histo_core import study as S
+from histo_core.config import TrainConfig
+from histo_core.fsutil import savez_atomic, write_json_atomic
+from histo_core.runs import RunStatus
+from histo_core.tasks import TASKS_FOLDER, TaskDir, refresh_task
+from tests.runfiles import write_run
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages" / "9_Studies.py")
+
+
+def fake_study(skills: dict[str, float], noises=(0.0, 0.4), seeds: int = 2, state: str = "completed") -> TaskDir:
+    """A finished study folder whose runs are written directly (no training): method m's runs predict with
+    `skills[m]` (higher = more accurate), less so under noise."""
+    spec = S.StudySpec(archs=["simplecnn"], noises=list(noises), methods=list(skills), seeds=seeds)
+    task = TaskDir(paths.runs_dir() / TASKS_FOLDER / "20260101-000000-study-abc123")
+    task.path.mkdir(parents=True)
+    write_json_atomic(
+        task.task_path,
+        {"kind": "study", "params": {"spec": S.asdict(spec), "base": TrainConfig().to_dict()}, "key": "k"},
+    )
+    task.write_status(RunStatus(state=state, step=1000, steps_per_epoch=1000, phase="done"))
+    mapping = {}
+    for i, cell in enumerate(S.cells(spec)):
+        skill = skills[cell["method"]] * (1.0 - cell["noise"])
+        run = write_run(
+            "completed", name=f"{cell['method']}-{cell['noise']:g}", skill=skill, seed=i, noise=cell["noise"]
+        )
+        rng = np.random.default_rng(100 + i)
+        labels = np.repeat(np.arange(9), 10)
+        logits = rng.normal(0, 1, (90, 9))
+        logits[np.arange(90), labels] += skill
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        savez_atomic(run.predictions_path("val"), probs=probs.astype(np.float32), labels=labels)
+        mapping[cell["key"]] = str(run.path)
+    write_json_atomic(task.path / S.RUNS_FILE, mapping)
+    return task
+
+
+def test_grid_and_configs_give_every_method_the_same_noise():
+    spec = S.StudySpec(archs=["simplecnn"], noises=[0.0, 0.4], methods=["ce", "elr+mixup"], seeds=2).validate()
+    grid = S.cells(spec)
+    assert spec.size() == len(grid) == 8 and len({c["key"] for c in grid}) == 8
+    base = TrainConfig(dataset="synthetic", train_splits="train+val")
+    a = S.cell_config(base, spec, {"arch": "simplecnn", "noise": 0.4, "method": "ce", "seed": 1})
+    b = S.cell_config(base, spec, {"arch": "simplecnn", "noise": 0.4, "method": "elr+mixup", "seed": 1})
+    # noise, mode and seed (what fixes the flipped labels) are the same; only the method differs
+    assert (a.noise, a.noise_mode, a.seed) == (b.noise, b.noise_mode, b.seed) == (0.4, "fixed", 1)
+    assert (a.loss, a.mixup) == ("ce", 0.0) and (b.loss, b.mixup) == ("elr", 0.4)
+    assert a.train_splits == "train"  # a validation split to choose on
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"methods": ["ce", "coteach"]}, "--methods must be among"),
+        ({"noises": [0.0, 0.95]}, "--noise levels must be between 0 and 0.9"),
+        ({"archs": ["resnet1000"]}, "--arch must be among"),
+        ({"seeds": 0}, "--seeds must be between 1 and 20"),
+    ],
+)
+def test_bad_spec_names_the_option(changes, message):
+    from histo_core.errors import ConfigError
+
+    kwargs = {"archs": ["simplecnn"], "noises": [0.0], "methods": ["ce"], **changes}
+    with pytest.raises(ConfigError, match=message):
+        S.StudySpec(**kwargs).validate()
+
+
+def test_cli_refuses_a_bad_method_in_one_line():
+    import contextlib
+    import io
+
+    from histo_core.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["study", "--dataset", "synthetic", "--methods", "ce,nope", "--noise", "0"])
+    assert (
+        code == 2 and err.getvalue().startswith("error: --methods must be among") and "Traceback" not in err.getvalue()
+    )
+
+
+def test_recommendation_follows_noisy_validation_not_test():
+    rows = []
+    for seed in range(3):
+        # "testwin" is best on test but worst on noisy validation: the recommendation must not see the test split
+        rows.append(
+            {
+                "arch": "a",
+                "method": "testwin",
+                "noise": 0.4,
+                "seed": seed,
+                "test": {"accuracy": 0.9},
+                "val_noisy_acc": 0.5,
+            }
+        )
+        rows.append(
+            {
+                "arch": "a",
+                "method": "valwin",
+                "noise": 0.4,
+                "seed": seed,
+                "test": {"accuracy": 0.6},
+                "val_noisy_acc": 0.6 + 0.01 * seed,
+            }
+        )
+    rec = S.recommend(rows)["0.4"]
+    assert rec["method"] == "valwin" and rec["runner_up"]["method"] == "testwin"
+    assert rec["certainty"] == 1.0  # better on every seed
+
+
+def test_results_summary_ci_and_csv():
+    task = fake_study({"ce": 2.5, "gce": 1.0})
+    res = S.study_results(task)
+    assert len(res["runs"]) == 8 and all(r["state"] == "completed" for r in res["runs"])
+    by = {(r["method"], r["noise"]): r for r in res["summary"]}
+    assert set(by) == {("ce", 0.0), ("ce", 0.4), ("gce", 0.0), ("gce", 0.4)}
+    ce = by[("ce", 0.0)]
+    accs = [r["test"]["accuracy"] for r in res["runs"] if (r["method"], r["noise"]) == ("ce", 0.0)]
+    assert ce["accuracy_mean"] == pytest.approx(np.mean(accs)) and ce["seeds"] == 2
+    assert min(accs) - 1e-9 <= ce["accuracy_ci_low"] <= ce["accuracy_ci_high"] <= max(accs) + 1e-9
+    assert res["recommended"]["0"]["method"] == "ce"  # the far more skilled method on the validation split
+    csv = S.results_csv(res).splitlines()
+    assert csv[0].startswith("arch,method,noise,seeds,accuracy_mean") and len(csv) == 5
+
+
+def test_studies_page_draws_lines_table_and_recommendation():
+    task = fake_study({"ce": 2.5, "gce": 1.0})
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="study_id").value == task.id
+    fig = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec)
+    assert {t.name for t in fig.data} == {"ce", "gce"}
+    assert all(list(t.x) == [0.0, 0.4] for t in fig.data)
+    ce_clean = next(r for r in S.study_results(task)["summary"] if (r["method"], r["noise"]) == ("ce", 0.0))
+    ce_line = next(t for t in fig.data if t.name == "ce")
+    assert ce_line.y[0] == pytest.approx(ce_clean["accuracy_mean"])
+    assert ce_line.error_y.array[0] == pytest.approx(ce_clean["accuracy_sd"])
+    assert f"95% bootstrap CI {ce_clean['accuracy_ci_low']:.3f}" in ce_line.customdata[0]
+    assert fig.layout.shapes[0].y0 == pytest.approx(ce_clean["accuracy_mean"])  # the clean baseline
+    texts = [t.value for t in at.text]
+    assert any(t.startswith("noise 0.4: ") for t in texts) and any(t.startswith("noise 0: ce") for t in texts)
+    table = at.dataframe[0].value
+    assert len(table) == 4 and {"accuracy_mean", "accuracy_sd", "accuracy_ci_low"} <= set(table.columns)
+    # a finished study: Cancel is off, Delete removes it and all its runs
+    assert at.button(key="study_cancel").disabled
+    runs = list(S.study_runs(task).values())
+    at.button(key="study_delete").click().run()
+    assert not at.exception and not task.path.exists() and not any(r.path.exists() for r in runs)
+
+
+def test_studies_page_without_studies_says_how_to_start_one():
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception and "python -m histo_core study" in at.info[0].value
+
+
+def _histo(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "histo_core", *args], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+
+
+@pytest.mark.slow
+def test_a_study_runs_to_completion_through_a_cancel_and_a_resume():
+    args = ["--dataset", "synthetic", "--arch", "simplecnn", "--noise", "0,0.4", "--methods", "ce,gce", "--seeds", "2"]
+    tiny = ["--epochs", "1", "--max-train-samples", "64", "--batch-size", "32", "--threads", "1", "--no-tta"]
+    started = _histo("study", *args, *tiny, "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    sid = json.loads(started.stdout)["study"]
+    task = S.study_by_id(sid)
+    deadline = time.monotonic() + 600
+    while not any(jobs.refresh_status(r).state == "completed" for r in S.study_runs(task).values()):
+        assert time.monotonic() < deadline and refresh_task(task).state in jobs.ACTIVE_STATES
+        time.sleep(0.5)
+    # never all at once: one run of the study queued or running at a time (--parallel 1)
+    assert sum(jobs.refresh_status(r).state in jobs.ACTIVE_STATES for r in S.study_runs(task).values()) <= 1
+    S.cancel_study(task)
+    while refresh_task(task).state in jobs.ACTIVE_STATES:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert refresh_task(task).state == "cancelled"
+    first = {k: r.path for k, r in S.study_runs(task).items() if jobs.refresh_status(r).state == "completed"}
+    assert first and len(S.study_runs(task)) < 8
+    S.resume_study(task)
+    while refresh_task(task).state in jobs.ACTIVE_STATES:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    shown = _histo("study", "--show", sid, "--json")
+    assert shown.returncode == 0, shown.stderr
+    res = json.loads(shown.stdout)
+    assert res["state"] == "completed" and len(res["runs"]) == 8
+    assert all(r["state"] == "completed" and r["test"]["accuracy"] is not None for r in res["runs"])
+    assert {(r["method"], r["noise"], r["seed"]) for r in res["runs"]} == {
+        (m, n, s) for m in ("ce", "gce") for n in (0.0, 0.4) for s in (0, 1)
+    }
+    for key, path in first.items():  # runs finished before the cancel were kept, not retrained
+        assert str(S.study_runs(task)[key].path) == str(path)
+    assert set(res["recommended"]) == {"0", "0.4"} and all(
+        r["method"] in ("ce", "gce") for r in res["recommended"].values()
+    )
+    # every method trained on the same flipped labels for a given seed and noise level
+    for seed in (0, 1):
+        flips = [
+            np.load(Path(r["run_dir"]) / "noise.npz")["noisy_labels"]
+            for r in res["runs"]
+            if r["noise"] == 0.4 and r["seed"] == seed
+        ]
+        assert len(flips) == 2 and np.array_equal(flips[0], flips[1])
+    S.delete_study(task)
+    assert not task.path.exists() and not any(Path(r["run_dir"]).exists() for r in res["runs"])
+
+
+def test_train_page_starts_the_form_as_a_study_with_its_count(monkeypatch):
+    """The Train page's study panel: the number of runs, then one study of the form's settings (the driver
+    process itself is replaced by a recorder; the real one runs in the slow test above)."""
+    calls = []
+
+    def fake_start(spec, config, runs_root=None, started_by=None):
+        spec.validate()
+        calls.append((spec, config))
+        return fake_study({"ce": 2.5}, noises=(0.0,), seeds=1, state="running")
+
+    monkeypatch.setattr(S, "start_study", fake_start)
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    at.multiselect(key="train.study.noises").set_value([0.0, 0.4])
+    at.multiselect(key="train.study.methods").set_value(["ce", "mixup"])
+    at.number_input(key="train.study.seeds").set_value(2)
+    at.run()
+    assert any(c.value.startswith("8 runs of ") for c in at.caption)
+    at.button(key="train.study.start").click().run()
+    assert not at.exception, at.exception
+    assert len(calls) == 1
+    spec, config = calls[0]
+    assert (spec.noises, spec.methods, spec.seeds, spec.noise_mode) == ([0.0, 0.4], ["ce", "mixup"], 2, "fixed")
+    assert spec.archs == [config.arch] and config.dataset == "synthetic"
+    assert any("Started study" in s.value for s in at.success)
+    at.button(key="train.study.start").click().run()  # the same settings while it runs: not a second study
+    assert len(calls) == 1 and any("already running" in i.value for i in at.info)
