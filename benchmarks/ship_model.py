@@ -6,7 +6,9 @@
 Steps (all in-process, 2 CPU cores: about 3 minutes on an idle machine, 2026-11-23):
 1. k-fold cross-validation over the 240 tiles with the recipe (`default_config` for the file, plus the
    options given): out-of-fold predictions give the cross-validated accuracy and calibrate the "unlike the
-   training tiles" confidence threshold (the tiles a model never saw).
+   training tiles" confidence threshold (the tiles a model never saw), and each fold's model scores its
+   held-out tiles against its own training tiles' features: the 95th percentile of those out-of-fold scores
+   (scaled per model by its training tiles' median, so they transfer) is the feature check's threshold.
 2. One model trained on all 240 tiles with the same recipe.
 3. weights/<name>.pt (the checkpoint format) and weights/<name>.json (the model card): dataset, classes, tile
    size, field of view, normalisation, stain reference, recipe, cross-validated accuracy, and the real-tile
@@ -47,20 +49,28 @@ def recipe(stain_norm: str, stain_jitter: float, seed: int):
     return cfg.validate()
 
 
-def cross_validate(cfg, images, labels, classes, folds: int) -> np.ndarray:
+def cross_validate(cfg, images, labels, classes, folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities, and out-of-fold feature scores of the "unlike the training tiles" feature
+    check (each fold's model, fitted on its own training tiles, scoring the tiles it never saw)."""
     from sklearn.model_selection import StratifiedKFold
 
+    from histo_core import ood
+    from histo_core.predict import InputSpec
     from histo_core.training import fit_arrays, predict_probs
 
     oof = np.zeros((len(labels), len(classes)), np.float32)
+    oof_scores = np.zeros(len(labels))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
     for k, (tr, te) in enumerate(splitter.split(images, labels)):
         t0 = time.time()
         model, meta = fit_arrays(cfg, images[tr], labels[tr], classes=classes)
         oof[te] = predict_probs(model, meta, images[te], tta=cfg.tta)
+        spec = InputSpec.of(meta)
+        stats = ood.fit_features(ood.layer_features(model, images[tr], spec))
+        oof_scores[te] = ood.feature_scores(stats, ood.layer_features(model, images[te], spec))
         acc = float((oof[te].argmax(1) == labels[te]).mean())
         print(f"fold {k + 1}/{folds}: accuracy {acc:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-    return oof
+    return oof, oof_scores
 
 
 def main() -> None:
@@ -84,7 +94,7 @@ def main() -> None:
 
     images, labels, classes = all_tiles()
     cfg = recipe(args.stain_norm, args.stain_jitter, args.seed)
-    oof = cross_validate(cfg, images, labels, classes, args.folds)
+    oof, oof_scores = cross_validate(cfg, images, labels, classes, args.folds)
     cv_acc = float((oof.argmax(1) == labels).mean())
     print(f"{args.folds}-fold cross-validated accuracy: {cv_acc:.3f}", file=sys.stderr)
 
@@ -96,6 +106,14 @@ def main() -> None:
         oof,
         f"{args.folds}-fold out-of-fold",
         input_features=ood.colour_features(given) if meta.get("stain") else None,
+    )
+    from histo_core.predict import InputSpec
+
+    calibration["feature"] = ood.calibrate_features(
+        ood.layer_features(model, images, InputSpec.of(meta)),
+        None,
+        f"{args.folds}-fold out-of-fold",
+        heldout_scores=oof_scores,
     )
     meta["dataset"] = {
         "name": "pathmnist",
@@ -172,7 +190,7 @@ def main() -> None:
             }
             for k, v in real.items()
         },
-        "ood": {k: v for k, v in calibration.items() if not k.endswith(("_mean", "_icov"))},
+        "ood": ood.calibration_summary(calibration),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(out_dir / f"{args.name}.json", card)

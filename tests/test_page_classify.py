@@ -181,9 +181,11 @@ def test_fresh_install_offers_the_shipped_models_and_shows_the_normalised_view(s
     assert not at.exception, at.exception
     captions = [c for img in images(at) for c in img.captions]
     assert any(c.startswith("as the model sees it: Macenko stain-normalised") for c in captions)
-    flagged = [w.value for w in at.warning if "Unlike the training tiles: treat with care" in w.value]
+    flagged = [w.value for w in at.warning if w.value.startswith("Unlike the training tiles (score ")]
     assert len(flagged) == 1, flagged  # one of the three: the noise, not the two real NONORM tiles
-    assert "even before stain normalisation" in flagged[0], flagged
+    assert "even before stain normalisation" in flagged[0] and "treat with care" in flagged[0], flagged
+    scores = [c.value for c in at.caption if c.value.startswith("Unlike-the-training-tiles score ")]
+    assert len(scores) == 2, scores  # the two unflagged tiles show their score too
 
 
 def test_flat_map_for_the_predicted_class_does_not_contradict_the_prediction(model_run, shared_data, monkeypatch):
