@@ -181,24 +181,28 @@ def selection_grid(df: pd.DataFrame, picked: list[tuple[str, int]], tiles_of) ->
 
 
 # -- faithfulness table ------------------------------------------------------------------------------------
-def quality_table(doc: dict[str, Any]) -> None:
+def quality_frame(doc: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The faithfulness table and its column config: the shares (0-1 in the document) shown in percent."""
     rows = pd.DataFrame(doc["methods"])[
         ["rank", "method", "road_mean", "road_median", "unfaithful_share", "flat_share", "seconds_per_tile"]
-    ]
-    st.dataframe(
-        rows,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "road_mean": st.column_config.NumberColumn("ROAD mean", format="%+.4f"),
-            "road_median": st.column_config.NumberColumn("ROAD median", format="%+.4f"),
-            "unfaithful_share": st.column_config.ProgressColumn(
-                "unfaithful maps", min_value=0.0, max_value=1.0, format="%.0f%%"
-            ),
-            "flat_share": st.column_config.ProgressColumn("flat maps", min_value=0.0, max_value=1.0, format="%.0f%%"),
-            "seconds_per_tile": st.column_config.NumberColumn("s / tile", format="%.3f"),
-        },
-    )
+    ].copy()
+    for col in ("unfaithful_share", "flat_share"):
+        rows[col] = rows[col].astype(float) * 100.0
+    config = {
+        "road_mean": st.column_config.NumberColumn("ROAD mean", format="%+.4f"),
+        "road_median": st.column_config.NumberColumn("ROAD median", format="%+.4f"),
+        "unfaithful_share": st.column_config.ProgressColumn(
+            "unfaithful maps", min_value=0.0, max_value=100.0, format="%.0f%%"
+        ),
+        "flat_share": st.column_config.ProgressColumn("flat maps", min_value=0.0, max_value=100.0, format="%.0f%%"),
+        "seconds_per_tile": st.column_config.NumberColumn("s / tile", format="%.3f"),
+    }
+    return rows, config
+
+
+def quality_table(doc: dict[str, Any]) -> None:
+    rows, config = quality_frame(doc)
+    st.dataframe(rows, hide_index=True, width="stretch", column_config=config)
     best = doc.get("best")
     st.caption(
         f"{doc['metric']}; {doc['tiles']} {doc['split']} tiles"
