@@ -333,8 +333,14 @@ def test_confusion_figure_cells_are_clickable():
 
     fig = confusion_figure([[5, 1], [2, 7]], ["a", "b"], clickable=True)
     cells = fig.data[1]
-    assert [list(c) for c in cells.customdata] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert [list(c[:2]) for c in cells.customdata] == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert list(cells.x) == ["a", "b", "a", "b"] and list(cells.y) == ["a", "a", "b", "b"]
-    event = {"selection": {"points": [{"x": "b", "y": "a", "customdata": [0, 1]}]}}
+    # Bug: the click targets skipped hover, so the heat map under them took the click and nothing was selected.
+    # The click targets carry the hover (with the cell's names and count); the heat map has none.
+    assert fig.data[0].hoverinfo == "skip" and cells.hoverinfo != "skip"
+    assert "%{customdata[2]}" in cells.hovertemplate and list(cells.customdata[1][2:]) == ["a", "b", "1"]
+    assert fig.layout.clickmode == "event+select"
+    event = {"selection": {"points": [{"x": "b", "y": "a", "customdata": [0, 1, "a", "b", "1"]}]}}
     assert selected_cell(event) == (0, 1)
+    assert selected_cell({"selection": {"points": [{"customdata": ["a", "b"]}]}}) is None  # the heat map's
     assert selected_cell({"selection": {"points": []}}) is None and selected_cell(None) is None

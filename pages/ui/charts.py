@@ -148,21 +148,26 @@ def confusion_figure(
             hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}<extra></extra>",
         )
     )
-    if clickable:  # invisible markers on the cells: plotly's point selection reports the clicked cell
+    if clickable:
+        # Invisible markers on the cells: plotly's point selection reports the clicked cell. A click goes to the
+        # point under the pointer's hover, so the markers carry the hover and the heat map none (with the hover
+        # on the heat map, the heat map took the click and nothing was selected).
         cells = [(i, j) for i in range(len(names)) for j in range(len(names))]
+        fig.update_traces(hoverinfo="skip", hovertemplate=None, selector=dict(type="heatmap"))
         fig.add_trace(
             go.Scatter(
                 x=[names[j] for _, j in cells],
                 y=[names[i] for i, _ in cells],
                 mode="markers",
-                customdata=[[i, j] for i, j in cells],
+                customdata=[[i, j, full[i], full[j], text[i][j]] for i, j in cells],
                 showlegend=False,
-                hoverinfo="skip",
+                hovertemplate="true %{customdata[2]}<br>predicted %{customdata[3]}<br>%{customdata[4]}"
+                "<br>click to list these tiles<extra></extra>",
                 marker=dict(size=30, opacity=0.01, symbol="square", color="#000"),
                 name="cells",
             )
         )
-        fig.update_layout(clickmode="event+select", dragmode=False)
+        fig.update_layout(clickmode="event+select", dragmode=False, hovermode="closest")
     fig.update_yaxes(autorange="reversed")
     size = max(360, 60 + 38 * len(names))
     return _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true", height=size)
@@ -177,8 +182,11 @@ def selected_cell(selection: Any) -> tuple[int, int] | None:
         points = getattr(getattr(selection, "selection", None), "points", None) or []
     for point in points or []:
         data = point.get("customdata") if isinstance(point, Mapping) else None
-        if isinstance(data, (list, tuple)) and len(data) == 2:
-            return int(data[0]), int(data[1])
+        if isinstance(data, (list, tuple)) and len(data) >= 2:
+            try:
+                return int(data[0]), int(data[1])
+            except (TypeError, ValueError):  # a point of another trace (the heat map's names)
+                continue
     return None
 
 
