@@ -251,3 +251,32 @@ def test_embed_cli_in_a_subprocess(trained_pathmnist_run, tmp_path):
     doc = json.loads(proc.stdout)
     assert doc["counts"] == {"val": 40} and doc["projected"] == 40
     assert "[100%] saved 40 tiles' features" in proc.stderr
+
+
+# -- the training tiles of a shipped model -------------------------------------------------------------------
+def test_shipped_model_uses_the_dataset_its_card_names(shipped_model, pathmnist_mini):
+    """Bug: for a shipped model the similar-tiles panel said the model does not record its dataset (its card
+    names it), showing a server path and a CLI flag."""
+    from histo_core.embeddings import target_for
+
+    target = target_for(str(shipped_model))
+    assert Path(target.dataset).resolve() == pathmnist_mini.resolve()
+
+
+def test_a_model_whose_tiles_are_absent_says_so_in_plain_words(shipped_model, tmp_path):
+    import json
+    import shutil
+
+    from histo_core.embeddings import MissingTrainingData, target_for
+
+    pt = tmp_path / "elsewhere.pt"
+    shutil.copy(shipped_model, pt)
+    card = json.loads(shipped_model.with_suffix(".json").read_text())
+    card["dataset"]["file"] = "no/such/pathmnist.npz"
+    card["training"]["config"]["dataset"] = str(tmp_path / "gone" / "pathmnist.npz")
+    pt.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(MissingTrainingData) as info:
+        target_for(str(pt))
+    text = str(info.value)
+    assert "was trained on PathMNIST" in text and "ships no data" in text
+    assert "--dataset" not in text and str(tmp_path) not in text
