@@ -310,7 +310,8 @@ def cmd_label_errors(args: argparse.Namespace) -> int:
     }
     s = payload["summary"]
     text = [
-        f"{run.id}: {s['flagged']} of {s['tiles']} training tiles flagged ({s['flagged_share']:.1%})"
+        f"{run.id}: {s['flagged']} of {s['tiles']} training tiles flagged ({s['flagged_share']:.1%}; estimated "
+        f"share of wrong labels {s['estimated_noise']:.1%})"
         + (" [saved result; --recompute to search again]" if cached else "")
     ]
     if s.get("flipped") is not None:
