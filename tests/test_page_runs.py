@@ -344,3 +344,33 @@ def test_confusion_figure_cells_are_clickable():
     assert selected_cell(event) == (0, 1)
     assert selected_cell({"selection": {"points": [{"customdata": ["a", "b"]}]}}) is None  # the heat map's
     assert selected_cell({"selection": {"points": []}}) is None and selected_cell(None) is None
+
+
+def test_runs_table_refreshes_while_a_run_is_active(monkeypatch):
+    """Bug: the table was drawn once, so it went stale while a run trained (0%, epoch 0/60 while the run's
+    panel said 4/60) and a queued run stayed "queued" after the run ahead finished. While a run is queued or
+    running the table is a fragment re-run every LIVE_REFRESH_S; with none active it is drawn once."""
+    import os
+
+    import streamlit
+
+    from pages.ui.runs import LIVE_REFRESH_S
+
+    calls: list[tuple[str | None, float | None]] = []
+    real = streamlit.fragment
+
+    def spy(func=None, *, run_every=None):
+        calls.append((getattr(func, "__name__", None), run_every))
+        return real(func, run_every=run_every)
+
+    monkeypatch.setattr(streamlit, "fragment", spy)
+    done = write_run("completed")
+    at = _app(done.id)
+    assert not at.exception, at.exception
+    assert not [c for c in calls if c[0] == "live_runs_table"]
+    running = write_run("running", epochs=5, epochs_done=2, pid=os.getpid())
+    monkeypatch.setattr("histo_core.liveness._is_run_process", lambda pid, r, s: True)
+    at = _app(running.id)
+    assert not at.exception, at.exception
+    assert ("live_runs_table", LIVE_REFRESH_S) in calls
+    assert any("1 queued or running" in c.value for c in at.caption)
