@@ -293,8 +293,9 @@ def test_run_without_validation_shows_what_exists():
 
 @pytest.mark.slow
 def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
-    """The class-map editor lists the dataset's classes against the model's (none match the synthetic model's by
-    name here, so Start is withheld with a message); saved evaluations are listed with their report."""
+    """The class-map editor lists the dataset's classes against the model's, pre-filled by known words (Kather's
+    01_TUMOR is the synthetic model's tumour) and says which stay unscored; saved evaluations are listed with
+    their report."""
     from histo_core.evaluation import evaluate
 
     run = write_run("completed")
@@ -313,15 +314,20 @@ def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
     assert editor, "class-map editor missing"
     table = editor[0].value
     assert list(table["dataset class"])[:2] == ["01_TUMOR", "02_STROMA"]
-    assert set(table["model class"]) == {"(no counterpart: reported apart)"}
-    assert any("No dataset class is matched" in e.value for e in at.error)
+    prefilled = dict(zip(table["dataset class"], table["model class"]))
+    assert prefilled["01_TUMOR"] == "tumour" and prefilled["04_LYMPHO"] == "LYM · lymphocytes"
+    assert (
+        prefilled["08_EMPTY"] == "BACK · background" and prefilled["03_COMPLEX"] == "(no counterpart: reported apart)"
+    )
+    assert not at.error  # bug: an error showed before any edit
+    assert any("Not scored" in c.value and "03_COMPLEX" in c.value for c in at.caption)
     # NCT's abbreviations match the model's PathMNIST-style names without a map
     nct = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
     at.text_input(key=f"{key}_path").set_value(str(nct)).run()
     table = [d for d in at.dataframe if "dataset class" in d.value.columns][0].value
-    assert dict(zip(table["dataset class"], table["model class"]))["ADI"] == "adipose"
+    assert dict(zip(table["dataset class"], table["model class"]))["ADI"] == "ADI · adipose"
     at.button(key=f"evaluate_start_{run.id}").click().run()
-    assert started == [(run.id, str(nct), "all", {}, None)]
+    assert started == [(run.id, str(nct), "all", {"STR": "stroma", "TUM": "tumour"}, None)]  # by known words
     # a saved evaluation is listed, with its report
     evaluate(str(run.path), "synthetic", "val", name="own-val")
     at.run()
