@@ -10,6 +10,10 @@ from histo_core.runtime import configure_process
 
 configure_process()  # threads and OpenMP wait policy before the pages load torch (histo_core/runtime.py)
 
+from histo_core import warmup  # noqa: E402
+
+warmup.start()  # once per server process: heavy imports and the default model, in a background thread
+
 import streamlit as st  # noqa: E402
 
 from pages.ui.navigation import PAGES  # noqa: E402
