@@ -106,6 +106,7 @@ class _Job:
     world: int
     local_rank: int
     best: dict[str, Any] = field(default_factory=lambda: {"value": None, "epoch": 0, "bad_epochs": 0})
+    board: Any = None  # tensorboard_log.RunBoard of rank 0
 
     def log(self, text: str) -> None:
         say(text, self.rank)
@@ -129,6 +130,10 @@ def _train(job: _Job, resume: bool) -> dict[str, Any]:
     """Set up, train epoch by epoch until done, early-stopped or cancelled, then evaluate and embed."""
     device = setup_device(job.config, job.local_rank)
     trainer, meta = _start(job, device, resume)
+    if job.rank == 0:
+        from histo_core.tensorboard_log import RunBoard
+
+        job.board = RunBoard(job.run.path)  # events beside metrics.jsonl: tensorboard --logdir RUNS_DIR
     progress = _BatchProgress(job, trainer.steps_per_epoch, device)
     job.writer.update(phase="train", epoch=trainer.epoch, step=trainer.step, steps_per_epoch=trainer.steps_per_epoch)
     started = time.time()
@@ -256,6 +261,8 @@ def _record_epoch(job: _Job, trainer: Trainer, meta: dict[str, Any], row: dict[s
     else:
         best["bad_epochs"] += 1
     job.run.append_metrics(row)
+    if job.board is not None:
+        job.board.epoch(row)
     _save_last(job, trainer, meta)
     job.log(epoch_line(row, config.epochs))
 
@@ -284,6 +291,9 @@ def _finish(
     final = final_evaluation(run, job.config, trainer, job.best)
     doc = {**final, "stopped_early": stopped_early, "train_seconds": round(train_seconds, 2), "device": str(device)}
     write_json_atomic(run.results_path, doc)
+    if job.board is not None:
+        job.board.finish(job.config.to_dict(), final, list(trainer.data.info.classes))
+        job.board.close()
     job.writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page (never fails the run)
     from histo_core.embeddings import embed_at_end_of_training
 
