@@ -207,7 +207,7 @@ def _disabled(path: str) -> bool:
         "sce_beta": get("loss") != "sce",
         "noise_mode": not get("noise"),
         "augment.crop_scale": not get("augment.resized_crop"),
-        "monitor": False,
+        "monitor": get("train_splits") == "train+val",  # no validation split: nothing to monitor
         "patience": not get("early_stopping"),
         "min_delta": not get("early_stopping"),
         "head_epochs": get("mode") != "head-then-all",
