@@ -357,7 +357,7 @@ def project(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     xy = TSNE(
         n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed, n_jobs=1
     ).fit_transform(reduced)
-    return xy.astype(np.float32), f"PCA ({dims} dims) + t-SNE (perplexity {perplexity:g})"
+    return xy.astype(np.float32), f"PCA ({dims} dims) + t-SNE (perplexity {perplexity:.0f})"
 
 
 def embed(

@@ -108,7 +108,9 @@ def test_faithfulness_ranks_wrong_maps_below_real_ones(trained_pathmnist_run):
     assert (real > inverted).mean() >= 0.7
     assert np.allclose(real, road_scores(loaded.model, loaded.meta, tiles, cams, targets))  # seeded
     assert verdict(np.array([0.1, -0.02, 0.3]), np.array([False, False, True])) == ["faithful", "unfaithful", "flat"]
-    assert "UNFAITHFUL" in describe(-0.01, False) and describe(0.0, True).startswith("flat")
+    assert "may mislead" in describe(-0.01, False) and describe(0.0, True).startswith("flat")
+    assert "-0.000" not in describe(-0.0001, False) and "ROAD score 0.000" in describe(-0.0001, False)  # was jargon
+    assert "UNFAITHFUL" not in describe(-0.01, False) and "may mislead" not in describe(0.02, False)
 
 
 # -- CLI -----------------------------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ def faithfulness_note(
     loaded, tile: np.ndarray, cam: np.ndarray, target: int, method: str, cache_key: str, container=None
 ) -> None:
     """The ROAD score of the map just drawn, one line under the overlay (computed once per map and kept)."""
-    from histo_core.faithfulness import describe, road_scores
+    from histo_core.faithfulness import describe, misleading, road_scores
 
     box = container or st
     import hashlib
@@ -234,8 +234,8 @@ def faithfulness_note(
     if not flat and key not in store:
         store[key] = float(road_scores(loaded.model, loaded.meta, tile[None], cam[None], [int(target)])[0])
     text = describe(store.get(key), flat)
-    if "UNFAITHFUL" in text:
-        box.warning(text, icon="⚠️")
+    if misleading(store.get(key), flat):
+        box.warning(f"Faithfulness: {text}", icon="⚠️")
     elif text:
         box.caption(f"Faithfulness: {text}")
 
