@@ -4,7 +4,8 @@
     python benchmarks/page_speed.py --repeat 3      # each page's first load in 3 fresh servers (median shown)
     python benchmarks/page_speed.py --json
 
-For each repeat: a fresh `streamlit run app.py` on a free port with an empty data folder (HISTO_DATA_DIR, runs in
+For each repeat: a fresh server (`python serve.py`, which starts the warm-up with the server; `--launcher
+streamlit` for `streamlit run app.py`, where it starts with the first session) on a free port with an empty data folder (HISTO_DATA_DIR, runs in
 it), then `--settle` seconds (default 10: a user opening the page and choosing files takes longer), then each
 page is opened in a fresh browser tab and timed from navigation to an idle page (the app's status widget gone,
 its heading drawn, nothing running for half a second; the time is taken where the running stopped). Then
@@ -63,13 +64,13 @@ def upload_sets(n: int) -> tuple[list[Path], list[Path]]:
     return tiles[0 : 2 * n : 2], tiles[1 : 2 * n : 2]
 
 
-def one_server(settle_s: float, n_tiles: int, tmp: Path) -> dict[str, float]:
+def one_server(settle_s: float, n_tiles: int, tmp: Path, launcher: str = "serve") -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
     env = {"HISTO_DATA_DIR": str(tmp / "data"), "HISTO_RUNS_DIR": str(tmp / "data" / "runs"), "PYTHONPATH": str(ROOT)}
     out: dict[str, float] = {}
     first, second = upload_sets(n_tiles)
-    with streamlit_server(env, tmp / "server.log") as url, sync_playwright() as p:
+    with streamlit_server(env, tmp / "server.log", launcher=launcher) as url, sync_playwright() as p:
         time.sleep(settle_s)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -100,6 +101,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="fresh servers to measure (median shown)")
     ap.add_argument("--settle", type=float, default=10.0, help="seconds the server is up before the first page")
     ap.add_argument("--tiles", type=int, default=12, help="files per classification")
+    ap.add_argument(
+        "--launcher",
+        choices=("serve", "streamlit"),
+        default="serve",
+        help="serve: python serve.py (warm-up at server start, the default); streamlit: streamlit run app.py",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not Path(CHROMIUM).exists():
@@ -109,13 +116,16 @@ def main() -> None:
     runs = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
-            runs.append(one_server(args.settle, args.tiles, Path(tmp)))
+            runs.append(one_server(args.settle, args.tiles, Path(tmp), args.launcher))
     table = {k: [r[k] for r in runs] for k in runs[0]}
     if args.json:
         print(json.dumps({"settle_s": args.settle, "tiles": args.tiles, "cpus": os.cpu_count(), "seconds": table}))
         return
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"server up {args.settle:g} s before the first page; {os.cpu_count()} CPUs, load average {load:.1f}")
+    print(
+        f"{args.launcher} launcher, server up {args.settle:g} s before the first page; {os.cpu_count()} CPUs, "
+        f"load average {load:.1f}" + (" (HISTO_NO_WARMUP=1)" if os.environ.get("HISTO_NO_WARMUP") == "1" else "")
+    )
     print("| page | seconds to idle" + (f" (median of {args.repeat})" if args.repeat > 1 else "") + " |")
     print("|---|---|")
     for k, v in table.items():

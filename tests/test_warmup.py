@@ -47,3 +47,19 @@ def test_the_app_starts_the_warmup(monkeypatch):
     monkeypatch.setattr(warmup, "start", lambda *a, **k: calls.append(1))
     AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60).run()
     assert calls
+
+
+def test_serve_starts_the_warmup_before_the_server(monkeypatch):
+    """`streamlit run app.py` runs app.py only when the first session connects; serve.py warms at server start."""
+    import pytest
+    from streamlit.web import cli as stcli
+
+    import serve
+
+    order: list[str] = []
+    monkeypatch.setattr(warmup, "start", lambda *a, **k: order.append("warmup"))
+    monkeypatch.setattr(stcli, "main", lambda: order.append(" ".join(sys.argv[:1] + sys.argv[2:])) or 0)
+    monkeypatch.setattr(sys, "argv", ["serve.py"])
+    with pytest.raises(SystemExit):
+        serve.main(["--server.port", "1234"])
+    assert order[0] == "warmup" and order[1].endswith("app.py --server.port 1234")
