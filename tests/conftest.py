@@ -37,6 +37,8 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     # The web app opens datasets only inside its data roots: let page tests open their tmp_path files and the
     # shared sample data. Tests of the roots themselves unset this.
     monkeypatch.setenv("HISTO_DATA_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()), str(SHARED)]))
+    # No background warm-up in tests that run app.py or serve.py (tests/test_warmup.py turns it back on).
+    monkeypatch.setenv("HISTO_NO_WARMUP", "1")
     return base
 
 
