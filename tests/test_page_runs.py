@@ -380,3 +380,13 @@ def test_runs_table_refreshes_while_a_run_is_active(monkeypatch):
     assert not at.exception, at.exception
     assert ("live_runs_table", LIVE_REFRESH_S) in calls
     assert any("1 queued or running" in c.value for c in at.caption)
+
+
+def test_compact_confusion_matrix_for_side_by_side():
+    """Compare's matrices were unreadable side by side: 4 px numbers, a colour bar taking a third."""
+    from pages.ui.charts import confusion_figure
+
+    fig = confusion_figure([[5, 1], [2, 7]], ["a", "b"], compact=True)
+    heat = fig.data[0]
+    assert heat.showscale is False and heat.textfont.size >= 12
+    assert confusion_figure([[5, 1], [2, 7]], ["a", "b"]).data[0].showscale is not False  # the single view keeps it

@@ -119,8 +119,10 @@ def confusion_figure(
     normalize: bool = False,
     title: str = "Confusion matrix",
     clickable: bool = False,
+    compact: bool = False,
 ) -> go.Figure:
-    """Heat map, rows = true class, columns = predicted. normalize=True divides each row by its total (recall)."""
+    """Heat map, rows = true class, columns = predicted. normalize=True divides each row by its total (recall).
+    `compact` (several side by side, Compare): no colour bar, cell numbers at a readable 13 px, tight margins."""
     counts = np.asarray(confusion, dtype=float)
     if normalize:
         totals = counts.sum(axis=1, keepdims=True)
@@ -170,7 +172,11 @@ def confusion_figure(
         fig.update_layout(clickmode="event+select", dragmode=False, hovermode="closest")
     fig.update_yaxes(autorange="reversed")
     size = max(360, 60 + 38 * len(names))
-    return _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true", height=size)
+    fig = _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true", height=size)
+    if compact:
+        fig.update_traces(showscale=False, textfont=dict(size=13), selector=dict(type="heatmap"))
+        fig.update_layout(margin=dict(l=45, r=5, t=50, b=40), title_font=dict(size=13))
+    return fig
 
 
 def selected_cell(selection: Any) -> tuple[int, int] | None:
