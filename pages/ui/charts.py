@@ -42,7 +42,8 @@ def curve_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> go.Figure:
     """Train vs validation `metric` ("loss", "accuracy", "auc") per epoch."""
     train_key, val_key, label = CURVE_METRICS[metric]
     fig = go.Figure()
-    for key, name, colour in ((train_key, "train", TRAIN_COLOUR), (val_key, "validation", VAL_COLOUR)):
+    train_name = "train (labels trained on)" if metric == "accuracy" else "train"
+    for key, name, colour in ((train_key, train_name, TRAIN_COLOUR), (val_key, "validation", VAL_COLOUR)):
         if key is None:
             continue
         xs, ys = _series(rows, key)
@@ -72,6 +73,21 @@ def run_colours(labels: Sequence[str]) -> dict[str, str]:
     return {label: RUN_COLOURS[i % len(RUN_COLOURS)] for i, label in enumerate(labels)}
 
 
+METRIC_LABELS = {
+    "train_loss": "training loss",
+    "val_loss": "validation loss",
+    "train_acc": "training accuracy (on the labels trained on, noisy ones included)",
+    "val_acc": "validation accuracy",
+    "val_auc": "validation AUC",
+    "lr": "learning rate",
+}
+
+
+def metric_label(key: str) -> str:
+    """A metrics.jsonl column in words (`train_acc` -> "training accuracy (on the labels trained on, ...)")."""
+    return METRIC_LABELS.get(key, key.replace("_", " "))
+
+
 def overlay_figure(
     series: Mapping[str, Sequence[Mapping[str, Any]]],
     key: str,
@@ -85,7 +101,8 @@ def overlay_figure(
         xs, ys = _series(rows, key)
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, line=dict(color=colours.get(label))))
-    return _layout(fig, title or f"{key} per epoch", "epoch", key, height=420)
+    label = metric_label(key)
+    return _layout(fig, title or f"{label} per epoch", "epoch", label, height=420)
 
 
 def metrics_bar_figure(
