@@ -12,6 +12,10 @@ from histo_core.runtime import configure_process
 configure_process()  # threads and OpenMP wait policy before the pages load torch (histo_core/runtime.py)
 confine_to_data_roots()  # a web user's datasets, and every process started for one, stay inside the data roots
 
+from histo_core import warmup  # noqa: E402
+
+warmup.start()  # once per server process: heavy imports and the default model, in a background thread
+
 import streamlit as st  # noqa: E402
 
 from pages.ui.navigation import PAGES  # noqa: E402

@@ -70,7 +70,7 @@ def measure(model_spec: str, mpp: float | None = None) -> dict:
     test = open_dataset(str(SHARED / "pathmnist-mini" / "pathmnist.npz")).split("test")
     tiles = np.asarray(test.get(np.arange(len(test))))
     probs = predict(loaded, tiles, tta=tta)
-    flags = ood_flags(loaded.meta, probs, tiles)
+    flags = ood_flags(loaded.meta, probs, tiles, loaded.model)
     out["groups"]["pathmnist-test"] = _summary(probs, np.asarray(test.labels), flags)
 
     for name, items in tile_groups().items():

@@ -6,7 +6,9 @@
 Steps (all in-process, 2 CPU cores: about 3 minutes on an idle machine, 2026-11-23):
 1. k-fold cross-validation over the 240 tiles with the recipe (`default_config` for the file, plus the
    options given): out-of-fold predictions give the cross-validated accuracy and calibrate the "unlike the
-   training tiles" confidence threshold (the tiles a model never saw).
+   training tiles" confidence threshold (the tiles a model never saw), and each fold's model scores its
+   held-out tiles against its own training tiles' features: the 95th percentile of those out-of-fold scores
+   (scaled per model by its training tiles' median, so they transfer) is the feature check's threshold.
 2. One model trained on all 240 tiles with the same recipe.
 3. weights/<name>.pt (the checkpoint format) and weights/<name>.json (the model card): dataset, classes, tile
    size, field of view, normalisation, stain reference, recipe, cross-validated accuracy, and the real-tile
@@ -47,20 +49,31 @@ def recipe(stain_norm: str, stain_jitter: float, seed: int):
     return cfg.validate()
 
 
-def cross_validate(cfg, images, labels, classes, folds: int) -> np.ndarray:
+def cross_validate(cfg, images, labels, classes, folds: int, used: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities, and out-of-fold feature scores of the "unlike the training tiles" feature
+    check (each fold's model, fitted on its own training tiles, scoring the tiles it never saw). With `used`,
+    only the first `used` folds are trained (the other tiles' scores are NaN)."""
     from sklearn.model_selection import StratifiedKFold
 
+    from histo_core import ood
+    from histo_core.predict import InputSpec
     from histo_core.training import fit_arrays, predict_probs
 
     oof = np.zeros((len(labels), len(classes)), np.float32)
+    oof_scores = np.full(len(labels), np.nan)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
     for k, (tr, te) in enumerate(splitter.split(images, labels)):
+        if used is not None and k >= used:
+            break
         t0 = time.time()
         model, meta = fit_arrays(cfg, images[tr], labels[tr], classes=classes)
         oof[te] = predict_probs(model, meta, images[te], tta=cfg.tta)
+        spec = InputSpec.of(meta)
+        stats = ood.fit_features(ood.layer_features(model, images[tr], spec))
+        oof_scores[te] = ood.feature_scores(stats, ood.layer_features(model, images[te], spec))
         acc = float((oof[te].argmax(1) == labels[te]).mean())
         print(f"fold {k + 1}/{folds}: accuracy {acc:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-    return oof
+    return oof, oof_scores
 
 
 def main() -> None:
@@ -71,9 +84,19 @@ def main() -> None:
     ap.add_argument("--stain-jitter", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights-dir", default=str(ROOT / "weights"))
+    ap.add_argument(
+        "--recalibrate",
+        type=int,
+        default=0,
+        metavar="K",
+        help="keep the shipped weights; only re-calibrate the flag's feature check from the first K folds",
+    )
     args = ap.parse_args()
     if not NPZ.exists():
         raise SystemExit(f"{NPZ} is absent: the 240 real PathMNIST tiles are needed")
+    if args.recalibrate:
+        recalibrate(args)
+        return
 
     import torch
 
@@ -84,7 +107,7 @@ def main() -> None:
 
     images, labels, classes = all_tiles()
     cfg = recipe(args.stain_norm, args.stain_jitter, args.seed)
-    oof = cross_validate(cfg, images, labels, classes, args.folds)
+    oof, oof_scores = cross_validate(cfg, images, labels, classes, args.folds)
     cv_acc = float((oof.argmax(1) == labels).mean())
     print(f"{args.folds}-fold cross-validated accuracy: {cv_acc:.3f}", file=sys.stderr)
 
@@ -96,6 +119,14 @@ def main() -> None:
         oof,
         f"{args.folds}-fold out-of-fold",
         input_features=ood.colour_features(given) if meta.get("stain") else None,
+    )
+    from histo_core.predict import InputSpec
+
+    calibration["feature"] = ood.calibrate_features(
+        ood.layer_features(model, images, InputSpec.of(meta)),
+        None,
+        f"{args.folds}-fold out-of-fold",
+        heldout_scores=oof_scores,
     )
     meta["dataset"] = {
         "name": "pathmnist",
@@ -172,12 +203,55 @@ def main() -> None:
             }
             for k, v in real.items()
         },
-        "ood": {k: v for k, v in calibration.items() if not k.endswith(("_mean", "_icov"))},
+        "ood": ood.calibration_summary(calibration),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(out_dir / f"{args.name}.json", card)
     print(json.dumps({"weights": str(pt), "cv_accuracy": cv_acc, "real_tiles": card["real_tiles"]}, indent=2))
     del torch
+
+
+def recalibrate(args) -> None:
+    """Add (or replace) the feature check of the "unlike the training tiles" flag in a shipped model's
+    checkpoint and card, keeping its weights: the first `args.recalibrate` folds of the same cross-validation
+    (same recipe, seed and splits) give out-of-fold feature scores; the shipped model's own statistics come
+    from all 240 tiles."""
+    from histo_core import ood
+    from histo_core.checkpoint import load_checkpoint
+    from histo_core.fsutil import torch_save_atomic, write_json_atomic
+    from histo_core.inference import load_model
+    from histo_core.predict import InputSpec
+
+    pt = Path(args.weights_dir) / f"{args.name}.pt"
+    card_path = pt.with_suffix(".json")
+    ckpt = load_checkpoint(pt)
+    images, labels, classes = all_tiles()
+    stain_norm = (ckpt.get("stain") or {}).get("method") or "none"
+    cfg = recipe(stain_norm, args.stain_jitter, args.seed)
+    _, oof_scores = cross_validate(cfg, images, labels, classes, args.folds, used=args.recalibrate)
+    held = oof_scores[~np.isnan(oof_scores)]
+    loaded = load_model(str(pt))
+    split = f"{args.recalibrate} of {args.folds} folds out-of-fold ({len(held)} tiles)"
+    feature = ood.calibrate_features(
+        ood.layer_features(loaded.model, images, InputSpec.of(loaded.meta)), None, split, heldout_scores=held
+    )
+    ckpt["ood"] = {**(ckpt.get("ood") or {}), "feature": feature}
+    torch_save_atomic(pt, ckpt)
+    import real_tiles
+
+    real = real_tiles.measure(str(pt))["groups"]
+    card = json.loads(card_path.read_text())
+    card["ood"] = ood.calibration_summary(ckpt["ood"])
+    for k, v in real.items():
+        if k in card.get("real_tiles", {}):
+            card["real_tiles"][k]["flagged_unlike_training"] = v["flagged"]
+    card["ood_recalibrated"] = {
+        "command": f"python benchmarks/ship_model.py --name {args.name} --folds {args.folds} "
+        f"--recalibrate {args.recalibrate} --seed {args.seed}",
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(card_path, card)
+    print(json.dumps({"weights": str(pt), "feature_threshold": feature.get("threshold"), "real_tiles": real}))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from histo_core.errors import HistoError
 
 # NCT-CRC-HE-100K abbreviations (Kather et al. 2019) -> PathMNIST's class names (MedMNIST v2)
@@ -44,6 +46,83 @@ def short_names(classes: Sequence[str]) -> list[str]:
 def _key(name: str) -> str:
     text = str(name).strip().lower()
     return _LONG_TO_SHORT.get(text, text.upper() if text.upper() in NCT_ABBREVIATIONS else text).lower()
+
+
+# words a dataset's class names use for the NCT classes (Kather 2016's 01_TUMOR ... 08_EMPTY among them)
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "TUM": ("tumor", "tumour", "cancer", "carcinoma", "adenocarcinoma", "malignant", "epithelium"),
+    "STR": ("stroma", "stromal"),
+    "LYM": ("lympho", "lymphocyte", "lymphocytes", "lymphoid", "immune"),
+    "DEB": ("debris", "necrosis", "necrotic"),
+    "NORM": ("mucosa", "normal"),
+    "ADI": ("adipose", "fat"),
+    "BACK": ("empty", "background", "blank", "glass"),
+    "MUC": ("mucus", "mucin"),
+    "MUS": ("muscle", "smooth muscle", "muscularis"),
+}
+
+
+def _words(name: str) -> str:
+    """ "01_TUMOR" -> "tumor": a dataset class name without its number prefix, lower case, spaces for _ and -."""
+    import re
+
+    return re.sub(r"^\d+[\s_.-]*", "", str(name).strip()).replace("_", " ").replace("-", " ").strip().lower()
+
+
+def _concept(name: str) -> str | None:
+    """The NCT class a name stands for (its abbreviation, long name or a known word: "tumour", "LYMPHO",
+    "lymphocytes", "empty"), else None."""
+    raw = str(name).strip().lower()
+    if raw in _LONG_TO_SHORT:
+        return _LONG_TO_SHORT[raw]
+    words = _words(name)
+    if not words:
+        return None
+    if words.upper() in NCT_ABBREVIATIONS:
+        return words.upper()
+    if words in _LONG_TO_SHORT:
+        return _LONG_TO_SHORT[words]
+    for abbrev, syns in SYNONYMS.items():
+        if words in syns or any(w in syns for w in words.split()):
+            return abbrev
+    return None
+
+
+def suggest_classes(dataset_classes: Sequence[str], model_classes: Sequence[str]) -> list[int | None]:
+    """For each dataset class, the model class it most likely is, to pre-fill a class map a person then checks:
+    the automatic match (`match_classes`: same name or NCT abbreviation), else the name without a number
+    prefix matched the same way, else known words for the NCT classes (TUMOR -> TUM, LYMPHO -> LYM, EMPTY ->
+    BACK), else a close spelling (difflib, ratio >= 0.8) of a model class or its abbreviation. A model class
+    is suggested for one dataset class at most; None where nothing fits (03_COMPLEX)."""
+    import difflib
+
+    auto = match_classes(dataset_classes, model_classes)
+    taken = {m for m in auto if m is not None}
+    out: list[int | None] = []
+    short = [short_name(c).lower() for c in model_classes]
+    full = [str(c).lower() for c in model_classes]
+    for name, a in zip(dataset_classes, auto):
+        if a is not None:
+            out.append(a)
+            continue
+        words = _words(name)
+        found = _model_index(words, model_classes) if words and not words.isdigit() else None
+        if found is None:
+            concept = _concept(words)
+            found = next((i for i, c in enumerate(model_classes) if concept and _concept(str(c)) == concept), None)
+        if found is None and words:
+            scores = [
+                max(difflib.SequenceMatcher(None, words, f).ratio(), difflib.SequenceMatcher(None, words, s).ratio())
+                for f, s in zip(full, short)
+            ]
+            best = int(np.argmax(scores)) if scores else -1
+            found = best if best >= 0 and scores[best] >= 0.8 else None
+        if found is not None and found in taken:
+            found = None
+        if found is not None:
+            taken.add(found)
+        out.append(found)
+    return out
 
 
 def parse_class_map(text: str | None) -> dict[str, str]:

@@ -66,6 +66,11 @@ def tile_features(
     return feats, probs
 
 
+class MissingTrainingData(HistoError):
+    """The model's training tiles are not on this machine (or it does not say which they were); the message is
+    plain words for a page. The CLI adds how to name a dataset (`--dataset SPEC`)."""
+
+
 # -- where -----------------------------------------------------------------------------------------------
 @dataclass
 class EmbedTarget:
@@ -86,12 +91,53 @@ class EmbedTarget:
 
 
 def _training_config(model_path: Path) -> dict[str, Any]:
-    """The training config of a run's checkpoint (config.json) or of an export (its model card)."""
+    """The training config of a run's checkpoint (config.json) or of an export or shipped model (its card's
+    `training_config`, or `training.config`)."""
     run_cfg = model_path.parent / "config.json"
     if run_cfg.exists():
         return read_json(run_cfg, {}) or {}
-    card = read_json(model_path.with_suffix(".json"), {}) or {}
-    return card.get("training_config") or {}
+    card = _card(model_path)
+    return card.get("training_config") or (card.get("training") or {}).get("config") or {}
+
+
+def _card(model_path: Path) -> dict[str, Any]:
+    card = read_json(model_path.with_suffix(".json"), {}) if model_path.with_suffix(".json").exists() else {}
+    return card if isinstance(card, dict) else {}
+
+
+def _own_dataset(model_path: Path, cfg: dict[str, Any]) -> str | None:
+    """The dataset the model was trained on, as a spec that opens here: the config's, when it is a registered
+    name or exists on this machine; else the file the model card names (relative to the project root, where
+    the shipped models' cards point into ../shared/data), when it exists. None when neither is here."""
+    own = cfg.get("dataset")
+    if own and not _looks_like_path(str(own)):
+        return str(own)
+    if own and Path(str(own)).expanduser().exists():
+        return str(own)
+    file = (_card(model_path).get("dataset") or {}).get("file")
+    if file:
+        root = Path(__file__).resolve().parent.parent
+        for candidate in (root / file, model_path.parent / file):
+            if candidate.exists():
+                return str(candidate.resolve())
+    return None
+
+
+def _looks_like_path(spec: str) -> bool:
+    return "/" in spec or "\\" in spec or spec.endswith((".npz", ".h5", ".hdf5", ".csv"))
+
+
+def missing_dataset_message(model_path: Path, label: str) -> str:
+    """Plain words for a model whose training tiles are not on this machine: what it was trained on, if its
+    card or config says, and that the repository ships no data."""
+    card = _card(model_path)
+    title = (card.get("dataset") or {}).get("title") or _training_config(model_path).get("dataset")
+    if title:
+        return (
+            f"{label} was trained on {title}, which is not on this machine (Histo Explorer ships no data), "
+            "so there are no training tiles to compare with."
+        )
+    return f"{label} does not say which tiles it was trained on, so there are no training tiles to compare with."
 
 
 def target_for(model_spec: str | os.PathLike, dataset: str | None = None) -> EmbedTarget:
@@ -102,12 +148,10 @@ def target_for(model_spec: str | os.PathLike, dataset: str | None = None) -> Emb
 
     model_path, label, _ = resolve_model_path(model_spec)
     cfg = _training_config(model_path)
-    own = cfg.get("dataset")
+    own = _own_dataset(model_path, cfg)
     spec = str(dataset).strip() if dataset else own
     if not spec:
-        raise HistoError(
-            f"{model_spec}: the model does not record the dataset it was trained on; name one with --dataset SPEC"
-        )
+        raise MissingTrainingData(missing_dataset_message(model_path, label))
     same = bool(own) and spec == own
     run_path = model_path.parent if same and (model_path.parent / "config.json").exists() else None
     kwargs = {
@@ -313,7 +357,7 @@ def project(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     xy = TSNE(
         n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed, n_jobs=1
     ).fit_transform(reduced)
-    return xy.astype(np.float32), f"PCA ({dims} dims) + t-SNE (perplexity {perplexity:g})"
+    return xy.astype(np.float32), f"PCA ({dims} dims) + t-SNE (perplexity {perplexity:.0f})"
 
 
 def embed(

@@ -4,8 +4,9 @@ dataset, in a process like the trainer's.
     est = estimate_run_time(config)   # {"per_epoch_s", "fixed_s", "total_s", "train_images_per_s", ...}
 
 Training steps are timed only after warm-up (the first batches of a fresh process are several times slower:
-allocator, oneDNN/cuDNN kernel selection), until two consecutive timings agree; validation and the final test
-pass are timed at evaluation speed; fixed costs (process start with the torch import, opening/decoding the
+allocator, oneDNN/cuDNN kernel selection), until two consecutive timings agree; validation, the final test
+pass and the end-of-run feature pass are timed at evaluation speed; the checkpoints written every epoch
+(last.pt, best.pt) are timed by writing them; fixed costs (process start with the torch import, opening/decoding the
 dataset, building the model) are measured as they happen here, so a cold cache is counted.
 """
 
@@ -35,6 +36,23 @@ def process_age_s() -> float:
         return max(0.0, time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK")))
     except (OSError, ValueError, IndexError, StopIteration):
         return 0.0
+
+
+def _time_checkpoints(config: TrainConfig, data: Any, trainer: Any) -> float:
+    """Seconds to write what a run writes every epoch: last.pt with the optimizer's state, and best.pt (small
+    models on small sets spend more time on these atomic, synced writes than on their batches)."""
+    import tempfile
+    from pathlib import Path
+
+    from histo_core import checkpoint as ckpt_mod
+    from histo_core.training import model_meta
+
+    meta = model_meta(config, data)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = _clock()
+        ckpt_mod.save_checkpoint(Path(tmp) / "last.pt", trainer.model, meta, epoch=1, train_state=trainer.state())
+        ckpt_mod.save_checkpoint(Path(tmp) / "best.pt", trainer.model, meta, epoch=1, metrics={})
+        return max(0.0, _clock() - t)
 
 
 def estimate_run_time(
@@ -94,8 +112,12 @@ def estimate_run_time(
         eval_ips = len(source) / max(_clock() - t, 1e-9)
     val_s = val_n / eval_ips if eval_ips else 0.0
     test_s = (test_n + val_n) / eval_ips if eval_ips else 0.0  # final evaluation: test and val predictions
-    per_epoch = train_epoch + val_s
-    fixed_total = fixed + max(warmup_extra, 0.0) + test_s
+    # the feature map's features of every tile at the end of the run (one more pass over all splits)
+    embed_s = (len(data.train) + val_n + test_n) / eval_ips if eval_ips else 0.0
+    say(0.92, "timing the checkpoint writes")
+    save_s = _time_checkpoints(config, data, trainer)
+    per_epoch = train_epoch + val_s + save_s
+    fixed_total = fixed + max(warmup_extra, 0.0) + test_s + embed_s
     say(1.0, "done")
     return {
         "train_tiles": len(data.train),
@@ -107,6 +129,7 @@ def estimate_run_time(
         "test_tiles": test_n,
         "warmup_batches": warm_at or len(times) // 2,
         "per_epoch_s": per_epoch,
+        "checkpoint_s": save_s,
         "fixed_s": fixed_total,
         "total_s": fixed_total + per_epoch * config.epochs,
         "epochs": config.epochs,

@@ -77,17 +77,23 @@ def verdict(scores: np.ndarray, flat: np.ndarray) -> list[str]:
 
 
 def describe(score: float | None, flat: bool) -> str:
-    """One line for under an overlay."""
+    """One line for under an overlay, in plain words (the ROAD score in brackets, never "-0.000")."""
     if flat:
         return "flat map: nothing to score"
     if score is None:
         return ""
+    shown = f"{0.0 if abs(score) < 5e-4 else score:+.3f}".replace("+0.000", "0.000")
     if score <= UNFAITHFUL_AT:
         return (
-            f"ROAD {score:+.3f}: UNFAITHFUL — removing the highlighted pixels hurts the prediction no more than "
-            "removing the others"
+            "this map may mislead: hiding the pixels it highlights lowers the model's confidence no more than "
+            f"hiding the others (ROAD score {shown})"
         )
-    return f"ROAD {score:+.3f}: removing the highlighted pixels lowers p(class) more than removing the others"
+    return f"hiding the pixels this map highlights lowers the model's confidence more than hiding the others (ROAD score {shown})"
+
+
+def misleading(score: float | None, flat: bool) -> bool:
+    """Whether `describe` warns: a scored map at or below UNFAITHFUL_AT."""
+    return not flat and score is not None and score <= UNFAITHFUL_AT
 
 
 def method_table(

@@ -327,15 +327,37 @@ def model_view(tiles_uint8: np.ndarray, meta: ModelMeta) -> tuple[torch.Tensor, 
     return normalize_batch(given, meta.stain), given if meta.stain else None
 
 
-def ood_flags(meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None = None) -> np.ndarray | None:
-    """Per tile: True where it looks unlike the training tiles (histo_core.ood); None without a calibration."""
-    from histo_core.ood import flag_tiles
+def ood_flags(
+    meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None = None, model: nn.Module | None = None
+) -> np.ndarray | None:
+    """Per tile: True where it looks unlike the training tiles (histo_core.ood); None without a calibration.
+    With the `model` (and the tiles), the feature check runs too."""
+    found = ood_check(meta, probs, tiles_uint8, model)
+    return None if found is None else found.flags
+
+
+def ood_check(
+    meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None = None, model: nn.Module | None = None
+):
+    """histo_core.ood.check_tiles for uint8 tiles at the model's size: flags, reasons and scores (None
+    without a calibration). The feature check needs the `model` and the tiles."""
+    from histo_core.ood import check_tiles
 
     if tiles_uint8 is None:
-        found = flag_tiles(meta.ood, probs, None)
-    else:
-        found = flag_tiles(meta.ood, probs, *model_view(tiles_uint8, meta))
-    return None if found is None else found[0]
+        return check_tiles(meta.ood, probs, None)
+    view, given = model_view(tiles_uint8, meta)
+    return check_tiles(meta.ood, probs, view, given, features=_ood_features(model, meta, view))
+
+
+def _ood_features(model: nn.Module | None, meta: ModelMeta, view: torch.Tensor) -> list[np.ndarray] | None:
+    """The tiles' stage features for the "unlike the training tiles" feature check, when the model's
+    calibration has one (else None: nothing computed)."""
+    from histo_core.ood import layer_features
+    from histo_core.predict import InputSpec
+
+    if model is None or not isinstance((meta.ood or {}).get("feature"), dict) or not len(view):
+        return None
+    return layer_features(model, view, InputSpec.of(meta))
 
 
 def predict(
@@ -391,6 +413,7 @@ class TileResult:
     probs: np.ndarray | None = None  # (K,)
     model_view: np.ndarray | None = None  # the tile after stain normalisation, when the model normalises
     unlike_training: str | None = None  # why the tile looks unlike the training tiles, when it does
+    ood_score: float | None = None  # how unlike (histo_core.ood: 1.0 or more is flagged); None: no calibration
 
     @property
     def ok(self) -> bool:
@@ -455,7 +478,7 @@ def classify_uploads(
 ) -> list[TileResult]:
     """Decode, preprocess and classify (name, bytes) pairs in one batched pass, in the order given; each tile
     also gets the model's view of it (when stain-normalised) and the "unlike the training tiles" check."""
-    from histo_core.ood import flag_tiles
+    from histo_core.ood import check_tiles
 
     results = [prepare_upload(data, name, loaded.meta, mpp=mpp) for name, data in files]
     good = [r for r in results if r.ok and r.tile is not None]
@@ -463,12 +486,16 @@ def classify_uploads(
         tiles = np.stack([r.tile for r in good if r.tile is not None])
         view, given = model_view(tiles, loaded.meta)  # stain-normalised once: shown, checked and classified
         probs = predict(loaded, view, tta=tta, batch_size=batch_size)
-        flagged = flag_tiles(loaded.meta.ood, probs, view, given)
+        flagged = check_tiles(
+            loaded.meta.ood, probs, view, given, features=_ood_features(loaded.model, loaded.meta, view)
+        )
         seen = (view * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i, (r, p) in enumerate(zip(good, probs)):
             r.probs = p
             if loaded.meta.stain:
                 r.model_view = seen[i]
-            if flagged is not None and flagged[0][i]:
-                r.unlike_training = flagged[1][i]
+            if flagged is not None:
+                r.unlike_training = flagged.reasons[i] if flagged.flags[i] else None
+                score = float(flagged.scores[i])
+                r.ood_score = None if np.isnan(score) else score
     return results

@@ -10,8 +10,12 @@
    that saw its label.
 2. Ranking: by self-confidence, the out-of-sample probability of the given label (lowest first).
 3. Flags (Northcutt et al., "Confident Learning", 2021): class j's threshold t_j is the mean probability of j
-   over the tiles labelled j. A tile is flagged when the most probable class among those reaching their
-   threshold is not its given label, i.e. it confidently looks like another class.
+   over the tiles labelled j; a tile's confident class is its most probable class among those reaching their
+   threshold. The confident joint (given label x confident class, counts), calibrated so each row sums to the
+   tiles given that label, estimates the share of wrong labels: its off-diagonal mass (`estimate_noise`).
+   That many tiles are flagged, the top of the ranking (prune by noise rate), so the flagged share tracks the
+   estimated noise rate (flagging every tile whose confident class differs flagged half the tiles of a 20%-noise
+   run and over a quarter of a clean one).
 
 For a run trained with fixed label noise, the given labels are the noisy ones from noise.npz and which tiles
 were flipped is known, so the report says how many flipped tiles were flagged (precision and recall).
@@ -67,7 +71,14 @@ class LabelErrorReport:
 
     def summary(self) -> dict[str, Any]:
         n, flagged = len(self.given), int(self.flagged.sum())
-        out: dict[str, Any] = {"tiles": n, "flagged": flagged, "flagged_share": flagged / n if n else 0.0, **self.info}
+        rate, _ = estimate_noise(self.probs, self.given)
+        out: dict[str, Any] = {
+            "tiles": n,
+            "flagged": flagged,
+            "flagged_share": flagged / n if n else 0.0,
+            "estimated_noise": rate,
+            **self.info,
+        }
         if self.flipped is not None:
             flips = int(self.flipped.sum())
             hit = int((self.flagged & self.flipped).sum())
@@ -108,16 +119,50 @@ def confident_thresholds(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     return np.array([probs[given == j, j].mean() if (given == j).any() else 1.0 for j in range(k)])
 
 
+def confident_joint(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(K, K) counts: tiles given label i whose confident class (the most probable among the classes reaching
+    their threshold) is j; tiles with no confident class are not counted."""
+    k = probs.shape[1]
+    above = probs >= thresholds[None, :] - 1e-12
+    confident_class = np.where(above, probs, -1.0).argmax(axis=1)
+    has = above.any(axis=1)
+    joint = np.zeros((k, k), np.int64)
+    np.add.at(joint, (given[has], confident_class[has]), 1)
+    return joint
+
+
+def estimate_noise(probs: np.ndarray, given: np.ndarray) -> tuple[float, int]:
+    """(estimated share of wrong labels, estimated number of them): the off-diagonal mass of the confident
+    joint, each row calibrated to the number of tiles given that label."""
+    probs = np.asarray(probs, dtype=np.float64)
+    given = np.asarray(given, dtype=np.int64)
+    n = len(given)
+    if not n:
+        return 0.0, 0
+    joint = confident_joint(probs, given, confident_thresholds(probs, given)).astype(np.float64)
+    counts = np.bincount(given, minlength=probs.shape[1]).astype(np.float64)
+    rows = joint.sum(axis=1, keepdims=True)
+    calibrated = np.divide(joint * counts[:, None], rows, out=np.zeros_like(joint), where=rows > 0)
+    total = calibrated.sum()
+    rate = float(1.0 - np.trace(calibrated) / total) if total > 0 else 0.0
+    return rate, int(round(rate * n))
+
+
 def flag_label_errors(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flagged bool (N,), thresholds (K,)): the off-diagonal of the confident joint."""
+    """(flagged bool (N,), thresholds (K,)): the `estimate_noise` count of tiles, lowest self-confidence first
+    (the ranking), among the tiles whose confident class is not their given label or that have none."""
     probs = np.asarray(probs, dtype=np.float64)
     given = np.asarray(given, dtype=np.int64)
     thresholds = confident_thresholds(probs, given)
+    _, n_errors = estimate_noise(probs, given)
     above = probs >= thresholds[None, :] - 1e-12
-    masked = np.where(above, probs, -1.0)
-    confident_class = masked.argmax(axis=1)
-    has_confident = above.any(axis=1)
-    return has_confident & (confident_class != given), thresholds
+    confident_class = np.where(above, probs, -1.0).argmax(axis=1)
+    own = above.any(axis=1) & (confident_class == given)  # confidently its own label: never flagged
+    self_conf = probs[np.arange(len(given)), given]
+    order = [i for i in np.argsort(self_conf, kind="stable") if not own[i]]
+    flagged = np.zeros(len(given), bool)
+    flagged[np.asarray(order[:n_errors], dtype=np.int64)] = True
+    return flagged, thresholds
 
 
 # -- out-of-sample probabilities -----------------------------------------------------------------------------

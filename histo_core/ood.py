@@ -14,19 +14,37 @@ Two checks, both calibrated when the model is made and stored in its card:
   normalisation, against the training tiles as they were given. Normalisation maps almost anything to
   plausible H&E colours (a tile of random noise becomes a uniform stain the model reads as background), so
   the check after normalisation alone would miss what only the original shows.
+- features: how far the tile's activations inside the model are from the training tiles' (Mahalanobis
+  distance of the per-channel mean activation of each stage, Ledoit-Wolf covariance, each stage scaled by
+  its median over the training tiles, averaged over the stages), above the 95th percentile of the same score on
+  held-out in-domain tiles (validation split, else test split; out-of-fold tiles for the shipped models).
+  Catches tissue of another organ or of no tissue that still has H&E colours, which the classifier would
+  otherwise place confidently in one of its classes. The penultimate layer alone (the pooled last stage) does
+  not separate them on the small models: intermediate stages carry the texture.
+
+    feats = layer_features(model, tiles, spec)                            # per stage (N, C)
+    calib["feature"] = calibrate_features(train_feats, heldout_feats, "val")
+    result = check_tiles(calib, probs, tiles01, input01, features=feats)  # flags, reasons, scores
+
+Each check's value is expressed as a ratio to its threshold; a tile's score is the largest ratio, so the flag
+fires at a score of 1.0 or more, and the score says by how much.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 CONFIDENCE_QUANTILE = 0.05
 COLOUR_QUANTILE = 0.99
 COLOUR_MARGIN = 1.5  # the distance threshold is this many times the training tiles' 99th percentile
 SHRINKAGE = 0.2  # towards the diagonal: a steadier covariance from a few hundred tiles
+FEATURE_QUANTILE = 0.95  # of held-out in-domain tiles' feature scores: the feature check's threshold
+FEATURE_MAX_TILES = 2000  # training tiles the feature statistics are fitted on (a sample when more)
 
 
 COLOUR_BLOCK = 256  # tiles per block: the intermediates stay small whatever the sample size
@@ -123,34 +141,167 @@ def calibrate(
     return out
 
 
-def flag_tiles(
+# -- the feature check -------------------------------------------------------------------------------------
+def feature_layers(model: nn.Module) -> list[nn.Module]:
+    """The stages whose activations the feature check measures: the children of a `features` Sequential
+    (histo_core's own architectures, DenseNet), a ResNet's layer1..layer4, else the whole model but its head
+    (torchvision-style `fc`/`classifier`/`head`) as one stage."""
+    feats = getattr(model, "features", None)
+    if isinstance(feats, nn.Sequential) and len(feats) > 1:
+        return list(feats.children())
+    stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    if all(isinstance(m, nn.Module) for m in stages):
+        return [m for m in stages if m is not None]
+    from histo_core.predict import feature_layer
+
+    return [feature_layer(model)]
+
+
+def layer_features(model: nn.Module, tiles: Any, spec: Any, batch_size: int = 256) -> list[np.ndarray]:
+    """Per stage of `feature_layers(model)`, the per-channel mean activation (N, C) float64 of `tiles`
+    (uint8 NHWC, or the model's float view of them, as `predict.model_batch` takes), one forward pass per
+    batch under the model's lock. For a single linear stage, its input (the penultimate features)."""
+    from histo_core.inference import model_lock
+    from histo_core.predict import model_batch, model_device
+
+    layers = feature_layers(model)
+    linear = len(layers) == 1 and isinstance(layers[0], nn.Linear)
+    out: list[list[np.ndarray]] = [[] for _ in layers]
+    captured: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, inp: tuple[torch.Tensor, ...], outp: torch.Tensor) -> None:
+        t = (inp[0] if linear else outp).detach().float()
+        captured.append(t.flatten(2).mean(-1) if t.ndim > 2 else t.flatten(1))
+
+    hooks = [m.register_forward_hook(keep) for m in layers]
+    try:
+        with model_lock(model), torch.inference_mode():
+            model.eval()
+            device = model_device(model)
+            for s in range(0, len(tiles), batch_size):
+                captured.clear()
+                model(model_batch(tiles[s : s + batch_size], spec, device))
+                for k, t in enumerate(captured[: len(layers)]):
+                    out[k].append(t.cpu().numpy().astype(np.float64))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [np.concatenate(parts) if parts else np.zeros((0, 0)) for parts in out]
+
+
+def _fit_layer(feats: np.ndarray) -> dict[str, Any]:
+    from sklearn.covariance import LedoitWolf
+
+    fit = LedoitWolf().fit(feats)
+    mean, icov = fit.location_, fit.precision_
+    d2 = _sq_mahalanobis(feats, mean, icov)
+    return {"mean": mean.tolist(), "icov": icov.tolist(), "scale": float(max(np.median(d2), 1e-12))}
+
+
+def _sq_mahalanobis(feats: np.ndarray, mean: np.ndarray, icov: np.ndarray) -> np.ndarray:
+    d = feats - mean
+    return np.maximum(np.einsum("ni,ij,nj->n", d, icov, d), 0.0)
+
+
+def fit_features(train_feats: list[np.ndarray]) -> list[dict[str, Any]]:
+    """The per-stage statistics of the training tiles' `layer_features` (mean, precision, median score)."""
+    return [_fit_layer(np.asarray(f, np.float64)) for f in train_feats]
+
+
+def feature_scores(layers: list[dict[str, Any]], feats: list[np.ndarray]) -> np.ndarray:
+    """Per tile, the mean over stages of its squared Mahalanobis distance to the training tiles, each stage in
+    units of its median over the training tiles (about 1 for a typical training tile)."""
+    if len(feats) != len(layers) or not len(layers):
+        raise ValueError(f"{len(feats)} stages of features for a calibration of {len(layers)}")
+    per = [
+        _sq_mahalanobis(np.asarray(f, np.float64), np.asarray(L["mean"]), np.asarray(L["icov"])) / L["scale"]
+        for L, f in zip(layers, feats)
+    ]
+    return np.mean(per, axis=0)
+
+
+def calibrate_features(
+    train_feats: list[np.ndarray],
+    heldout_feats: list[np.ndarray] | None,
+    split: str,
+    *,
+    heldout_scores: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The feature check's calibration: statistics of the training tiles' `layer_features`, and the threshold
+    at the FEATURE_QUANTILE of held-out in-domain tiles' scores (`heldout_feats`, or their `heldout_scores`
+    already computed, e.g. out-of-fold by other models). Without held-out tiles there is no threshold and
+    the check stays off."""
+    layers = fit_features(train_feats)
+    out: dict[str, Any] = {"layers": layers, "tiles": int(len(train_feats[0])) if train_feats else 0}
+    if heldout_scores is None and heldout_feats is not None and len(heldout_feats) and len(heldout_feats[0]):
+        heldout_scores = feature_scores(layers, heldout_feats)
+    if heldout_scores is not None and len(heldout_scores):
+        out.update(
+            threshold=float(np.quantile(heldout_scores, FEATURE_QUANTILE)),
+            split=split,
+            heldout_tiles=int(len(heldout_scores)),
+        )
+    return out
+
+
+def calibration_summary(calib: dict[str, Any] | None) -> dict[str, Any]:
+    """The calibration without its matrices: what a model card records (thresholds, splits, tile counts)."""
+    out: dict[str, Any] = {}
+    for k, v in (calib or {}).items():
+        if k.endswith(("_mean", "_icov")):
+            continue
+        out[k] = {kk: vv for kk, vv in v.items() if kk != "layers"} if k == "feature" and isinstance(v, dict) else v
+    return out
+
+
+# -- the checks together --------------------------------------------------------------------------------------
+@dataclass
+class OodResult:
+    """Per tile: flagged or not, why (None where not), and the score (the largest ratio of a check's value to
+    its threshold: 1.0 or more is flagged; NaN where no check could run)."""
+
+    flags: np.ndarray
+    reasons: list[str | None]
+    scores: np.ndarray
+
+
+def check_tiles(
     calib: dict[str, Any] | None,
     probs: np.ndarray,
     tiles01: torch.Tensor | None,
     input01: torch.Tensor | None = None,
-) -> tuple[np.ndarray, list[str | None]] | None:
-    """Per tile, whether it looks unlike the training tiles, and why (None where it does not). `tiles01`: the
-    tiles as the model sees them; `input01`: as given, before stain normalisation (checked when the
-    calibration has input colours). None when the model has no calibration (older runs)."""
+    *,
+    features: list[np.ndarray] | None = None,
+) -> OodResult | None:
+    """Every check of the calibration that its inputs allow: confidence (`probs`), colour (`tiles01`, the
+    tiles as the model sees them), input colour (`input01`, as given, for a stain-normalised model), features
+    (`features`: `layer_features` of the tiles). None when the model has no calibration (older runs)."""
     if not calib:
         return None
     n = len(probs)
     flags = np.zeros(n, bool)
     reasons: list[str | None] = [None] * n
+    scores = np.full(n, np.nan)
 
-    def flag(i: int, why: str) -> None:
-        flags[i] = True
-        reasons[i] = f"{reasons[i]}; {why}" if reasons[i] else why
+    def record(ratio: np.ndarray, why: Any) -> None:
+        nonlocal scores
+        scores = np.fmax(scores, ratio)
+        for i in np.flatnonzero(ratio >= 1.0):
+            text = why(int(i))
+            flags[i] = True
+            reasons[i] = f"{reasons[i]}; {text}" if reasons[i] else text
 
     threshold = calib.get("confidence_threshold")
-    if threshold is not None:
+    if threshold is not None and n:
         conf = np.asarray(probs).max(1)
-        for i in np.flatnonzero(conf < threshold):
-            flag(
-                int(i),
+        # ratio of doubt: 1 - confidence against 1 - threshold (>= 1 where the confidence is below it)
+        record(
+            (1.0 - conf) / max(1.0 - threshold, 1e-6),
+            lambda i: (
                 f"confidence {conf[i]:.2f} is lower than on 95% of the model's own "
-                f"{calib.get('confidence_split', 'held-out')} tiles ({threshold:.2f})",
-            )
+                f"{calib.get('confidence_split', 'held-out')} tiles ({threshold:.2f})"
+            ),
+        )
     checks = (
         (tiles01, "colour", "colours and contrast unlike the training tiles"),
         (input01, "input_colour", "colours and contrast unlike the training tiles even before stain normalisation"),
@@ -161,6 +312,32 @@ def flag_tiles(
         feats = colour_features(tiles)
         mean, icov = np.asarray(calib[f"{prefix}_mean"]), np.asarray(calib[f"{prefix}_icov"])
         if feats.shape[1] == len(mean):
-            for i in np.flatnonzero(_mahalanobis(feats, mean, icov) > calib[f"{prefix}_threshold"]):
-                flag(int(i), why)
-    return flags, reasons
+            record(_mahalanobis(feats, mean, icov) / calib[f"{prefix}_threshold"], lambda i, w=why: w)
+    fcal = calib.get("feature")
+    if features is not None and isinstance(fcal, dict) and fcal.get("threshold") and len(fcal.get("layers", ())):
+        if len(features) == len(fcal["layers"]):
+            ratio = feature_scores(fcal["layers"], features) / fcal["threshold"]
+            record(
+                ratio,
+                lambda i: (
+                    f"the model's features are further from its training tiles' ({ratio[i]:.1f}x the threshold) "
+                    f"than on 95% of held-out in-domain tiles"
+                ),
+            )
+    return OodResult(flags, reasons, scores)
+
+
+def flag_tiles(
+    calib: dict[str, Any] | None,
+    probs: np.ndarray,
+    tiles01: torch.Tensor | None,
+    input01: torch.Tensor | None = None,
+    features: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, list[str | None]] | None:
+    """Per tile, whether it looks unlike the training tiles, and why (None where it does not). `tiles01`: the
+    tiles as the model sees them; `input01`: as given, before stain normalisation (checked when the
+    calibration has input colours); `features`: `layer_features` of the tiles (checked when the calibration
+    has a feature threshold). None when the model has no calibration (older runs). `check_tiles` also gives
+    the scores."""
+    found = check_tiles(calib, probs, tiles01, input01, features=features)
+    return None if found is None else (found.flags, found.reasons)

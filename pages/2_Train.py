@@ -65,7 +65,8 @@ def estimate_panel(config) -> None:
             f"{fmt_duration(est['per_epoch_s'])} per epoch of {est['train_tiles']:,} tiles "
             f"({est['train_images_per_s']:,.0f} images/s after {est['warmup_batches']} warm-up batches"
             + (f", validation of {est['val_tiles']:,} tiles included" if est["val_tiles"] else "")
-            + f") plus {fmt_duration(est['fixed_s'])} once (start, loading the data, final test)."
+            + (f", {fmt_duration(est['checkpoint_s'])} of checkpoint writes" if est.get("checkpoint_s") else "")
+            + f") plus {fmt_duration(est['fixed_s'])} once (start, loading the data, final test, feature map)."
         )
 
     task_panel(

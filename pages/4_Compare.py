@@ -96,7 +96,9 @@ if tested:
     for start in range(0, len(items), 3):
         for col, (rid, rep) in zip(st.columns(3), items[start : start + 3]):
             col.plotly_chart(
-                confusion_figure(rep["confusion"], rep.get("classes") or [], normalize=normalise, title=legend[rid]),
+                confusion_figure(
+                    rep["confusion"], rep.get("classes") or [], normalize=normalise, title=legend[rid], compact=True
+                ),
                 width="stretch",
                 key=f"compare_cm_{rid}",
             )

@@ -125,7 +125,13 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
     with st.container(border=True):
         st.markdown(f"**{plain(r.name)}** → **{plain(meta.classes[r.pred])}** ({r.confidence:.1%})")
         if r.unlike_training:
-            st.warning(f"Unlike the training tiles: treat with care ({plain(r.unlike_training)}).", icon="⚠️")
+            st.warning(
+                f"Unlike the training tiles (score {r.ood_score:.2f}; flagged at 1.00): treat with care "
+                f"({plain(r.unlike_training)}).",
+                icon="⚠️",
+            )
+        elif r.ood_score is not None:
+            st.caption(f"Unlike-the-training-tiles score {r.ood_score:.2f} (flagged at 1.00)")
         left, middle, right = st.columns([1, 1, 1.3])
         left.image(r.preview, caption=f"as uploaded: {r.width}x{r.height}, {r.mode_note}", width=224)
         if stain_changed(r):

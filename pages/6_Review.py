@@ -338,7 +338,10 @@ if report is not None:
     m2.metric(
         "Flagged",
         f"{s['flagged']} ({s['flagged_share']:.1%})",
-        help="training tiles whose given label the cross-validated models doubt",
+        f"estimated wrong labels: {s['estimated_noise']:.1%}",
+        delta_color="off",
+        help="as many tiles as the estimated share of wrong labels (confident learning: the off-diagonal of "
+        "the calibrated confident joint), the ones the cross-validated models doubt most",
     )
     if report.flipped is not None:
         m3.metric(

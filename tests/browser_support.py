@@ -34,15 +34,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(env: dict[str, str], log_path: Path, timeout_s: float = 90) -> Iterator[str]:
-    """Start the app on 127.0.0.1:<free port>; yield its URL; stop the whole process group afterwards."""
+def streamlit_server(
+    env: dict[str, str], log_path: Path, timeout_s: float = 90, launcher: str = "streamlit"
+) -> Iterator[str]:
+    """Start the app on 127.0.0.1:<free port>; yield its URL; stop the whole process group afterwards.
+    `launcher`: "streamlit" (`streamlit run app.py`) or "serve" (`python serve.py`: the warm-up starts with the
+    server, not with the first session)."""
     port = free_port()
+    start = (
+        [sys.executable, str(ROOT / "serve.py")]
+        if launcher == "serve"
+        else [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
+    )
     cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(ROOT / "app.py"),
+        *start,
         "--server.port",
         str(port),
         "--server.address",

@@ -39,6 +39,8 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HISTO_DATA_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()), str(SHARED)]))
     # A page confines this process to the data roots (as the server); the next test starts unconfined again.
     monkeypatch.setenv("HISTO_CONFINE_TO_DATA_ROOTS", "0")
+    # No background warm-up in tests that run app.py or serve.py (tests/test_warmup.py turns it back on).
+    monkeypatch.setenv("HISTO_NO_WARMUP", "1")
     return base
 
 

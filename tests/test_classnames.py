@@ -45,3 +45,15 @@ def test_user_map_and_classes_without_counterpart():
         match_classes(kather, PATHMNIST, {"01_TUMOR": "tumor"})
     with pytest.raises(HistoError, match="is not DATASET_CLASS=MODEL_CLASS"):
         parse_class_map("01_TUMOR")
+
+
+def test_suggested_classes_for_kather_2016_and_other_namings():
+    from histo_core.classnames import NCT_ABBREVIATIONS, suggest_classes
+
+    nct = list(NCT_ABBREVIATIONS.values())
+    kather = ["01_TUMOR", "02_STROMA", "03_COMPLEX", "04_LYMPHO", "05_DEBRIS", "06_MUCOSA", "07_ADIPOSE", "08_EMPTY"]
+    got = [None if i is None else list(NCT_ABBREVIATIONS)[i] for i in suggest_classes(kather, nct)]
+    assert got == ["TUM", "STR", None, "LYM", "DEB", "NORM", "ADI", "BACK"]
+    assert suggest_classes(["benign", "malignant"], ["benign", "malignant"]) == [0, 1]
+    assert suggest_classes(["cat", "dog"], ["a", "b"]) == [None, None]
+    assert suggest_classes(["tumor", "tumour"], ["tumour"]) == [None, 0]  # the exact match first, one per class

@@ -524,3 +524,17 @@ def test_spec_options_rejected_where_meaningless(tmp_path):
     write_medmnist_npz(tmp_path / "pathmnist.npz")
     with pytest.raises(DatasetError, match="only for CSV manifests"):
         open_dataset(f"{tmp_path / 'pathmnist.npz'}?label=x")
+
+
+def test_folder_split_note_says_what_the_split_made(tmp_path):
+    """Bug: the note said "split 70/15/15 per class" where the split made val 0 / test 0."""
+    make_class_folders(tmp_path / "tiny", per_class=2)
+    tiny = open_dataset(tmp_path / "tiny")
+    sizes = {s: len(tiny.split(s)) if s in tiny.splits else 0 for s in ("train", "val", "test")}
+    note = " ".join(tiny.info.extra["notes"])
+    assert "70/15/15 per class" not in note
+    assert f"train {sizes['train']}, val 0, test 0" in note and "val and test are empty" in note
+    assert "fewer than 3 tiles" in note
+    make_class_folders(tmp_path / "set", per_class=10)
+    note = " ".join(open_dataset(tmp_path / "set", seed=3).info.extra["notes"])
+    assert "train 18, val 6, test 6" in note and "empty" not in note

@@ -108,7 +108,9 @@ def test_faithfulness_ranks_wrong_maps_below_real_ones(trained_pathmnist_run):
     assert (real > inverted).mean() >= 0.7
     assert np.allclose(real, road_scores(loaded.model, loaded.meta, tiles, cams, targets))  # seeded
     assert verdict(np.array([0.1, -0.02, 0.3]), np.array([False, False, True])) == ["faithful", "unfaithful", "flat"]
-    assert "UNFAITHFUL" in describe(-0.01, False) and describe(0.0, True).startswith("flat")
+    assert "may mislead" in describe(-0.01, False) and describe(0.0, True).startswith("flat")
+    assert "-0.000" not in describe(-0.0001, False) and "ROAD score 0.000" in describe(-0.0001, False)  # was jargon
+    assert "UNFAITHFUL" not in describe(-0.01, False) and "may mislead" not in describe(0.02, False)
 
 
 # -- CLI -----------------------------------------------------------------------------------------------------
@@ -251,3 +253,32 @@ def test_embed_cli_in_a_subprocess(trained_pathmnist_run, tmp_path):
     doc = json.loads(proc.stdout)
     assert doc["counts"] == {"val": 40} and doc["projected"] == 40
     assert "[100%] saved 40 tiles' features" in proc.stderr
+
+
+# -- the training tiles of a shipped model -------------------------------------------------------------------
+def test_shipped_model_uses_the_dataset_its_card_names(shipped_model, pathmnist_mini):
+    """Bug: for a shipped model the similar-tiles panel said the model does not record its dataset (its card
+    names it), showing a server path and a CLI flag."""
+    from histo_core.embeddings import target_for
+
+    target = target_for(str(shipped_model))
+    assert Path(target.dataset).resolve() == pathmnist_mini.resolve()
+
+
+def test_a_model_whose_tiles_are_absent_says_so_in_plain_words(shipped_model, tmp_path):
+    import json
+    import shutil
+
+    from histo_core.embeddings import MissingTrainingData, target_for
+
+    pt = tmp_path / "elsewhere.pt"
+    shutil.copy(shipped_model, pt)
+    card = json.loads(shipped_model.with_suffix(".json").read_text())
+    card["dataset"]["file"] = "no/such/pathmnist.npz"
+    card["training"]["config"]["dataset"] = str(tmp_path / "gone" / "pathmnist.npz")
+    pt.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(MissingTrainingData) as info:
+        target_for(str(pt))
+    text = str(info.value)
+    assert "was trained on PathMNIST" in text and "ships no data" in text
+    assert "--dataset" not in text and str(tmp_path) not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -299,6 +300,12 @@ def test_run_summary_and_comparison_row():
     row = jobs.comparison_row(run)
     assert row["lr"] == 2e-3 and row["epochs"] == "3/3" and row["noise"] == "0.2 batch"
     assert row["augmentation"] == "flip+rot90" and row["test AUC"] == run.results()["test"]["auc"]
+    # Compare omitted the train splits, seed and TTA from its table and CSV
+    other = write_run("completed", seed=7)
+    cfg = json.loads((other.path / "config.json").read_text())
+    (other.path / "config.json").write_text(json.dumps({**cfg, "tta": True, "train_splits": "train+val"}))
+    tuned = jobs.comparison_row(other)
+    assert tuned["seed"] == 7 and tuned["TTA"] == "yes" and tuned["train splits"] == "train+val"
 
 
 @pytest.mark.slow

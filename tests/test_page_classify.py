@@ -181,9 +181,11 @@ def test_fresh_install_offers_the_shipped_models_and_shows_the_normalised_view(s
     assert not at.exception, at.exception
     captions = [c for img in images(at) for c in img.captions]
     assert any(c.startswith("as the model sees it: Macenko stain-normalised") for c in captions)
-    flagged = [w.value for w in at.warning if "Unlike the training tiles: treat with care" in w.value]
+    flagged = [w.value for w in at.warning if w.value.startswith("Unlike the training tiles (score ")]
     assert len(flagged) == 1, flagged  # one of the three: the noise, not the two real NONORM tiles
-    assert "even before stain normalisation" in flagged[0], flagged
+    assert "even before stain normalisation" in flagged[0] and "treat with care" in flagged[0], flagged
+    scores = [c.value for c in at.caption if c.value.startswith("Unlike-the-training-tiles score ")]
+    assert len(scores) == 2, scores  # the two unflagged tiles show their score too
 
 
 def test_flat_map_for_the_predicted_class_does_not_contradict_the_prediction(model_run, shared_data, monkeypatch):
@@ -260,12 +262,44 @@ def test_a_ready_made_model_is_evaluated_on_another_dataset_from_the_page(shippe
     key = _evaluation_panel(at, shipped_model, nct)
     table = [d for d in at.dataframe if "dataset class" in d.value.columns][0].value
     matched = dict(zip(table["dataset class"], table["model class"]))
-    assert matched["ADI"] == "adipose" and matched["TUM"] == "colorectal adenocarcinoma epithelium"
+    assert matched["ADI"] == "ADI · adipose" and matched["TUM"] == "TUM · colorectal adenocarcinoma epithelium"
     at.selectbox(key=f"evaluate_split_{key}").set_value("all")
     at.text_input(key=f"evaluate_name_{key}").set_value("nct sample")
     at.button(key=f"evaluate_start_{key}").click().run()
     assert not at.exception, at.exception
     assert started == [(str(shipped_model), str(nct), "all", {}, "nct sample")]
+
+
+def test_kather_evaluation_prefills_the_map_accepts_short_names_and_a_pasted_map(
+    shipped_model, shared_data, monkeypatch
+):
+    """Bug: on the Kather folder no class was pre-filled, an error showed before any edit, the grid took only
+    full names and a partial entry silently dropped a class."""
+    started = []
+    monkeypatch.setattr(
+        "histo_core.jobs.start_evaluation",
+        lambda model, spec, split, mapping, name: started.append(mapping) or "x",
+    )
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    key = _evaluation_panel(at, shipped_model, shared_data / "tiles" / "kather2016")
+    assert not at.error, [e.value for e in at.error]
+    editor = [d for d in at.dataframe if "dataset class" in d.value.columns][0].value
+    prefilled = dict(zip(editor["dataset class"], editor["model class"]))
+    assert prefilled["01_TUMOR"].startswith("TUM · ") and prefilled["02_STROMA"].startswith("STR · ")
+    assert prefilled["04_LYMPHO"].startswith("LYM · ") and prefilled["08_EMPTY"].startswith("BACK · ")
+    assert prefilled["03_COMPLEX"] == "(no counterpart: reported apart)"
+    assert any("Not scored" in c.value and "03_COMPLEX" in c.value for c in at.caption)
+    at.button(key=f"evaluate_start_{key}").click().run()
+    assert started[-1]["01_TUMOR"] == "TUM" and started[-1]["08_EMPTY"] == "BACK" and "03_COMPLEX" not in started[-1]
+    # a pasted map with short names overrides the rows it names, the others stay as pre-filled
+    at.text_input(key=f"evaluate_map_{key}_paste").set_value("02_STROMA=MUS, 03_COMPLEX=STR").run()
+    assert not at.exception and not at.error
+    assert not any("03_COMPLEX" in c.value for c in at.caption if "Not scored" in c.value)
+    at.button(key=f"evaluate_start_{key}").click().run()
+    assert started[-1]["02_STROMA"] == "MUS" and started[-1]["03_COMPLEX"] == "STR"
+    assert started[-1]["01_TUMOR"] == "TUM"
+    at.text_input(key=f"evaluate_map_{key}_paste").set_value("02_STROMA").run()  # malformed: one clear line
+    assert any("DATASET_CLASS=MODEL_CLASS" in e.value for e in at.error) and not at.exception
 
 
 @pytest.mark.slow

@@ -102,3 +102,12 @@ def test_runs_without_validation_side_by_side_test_metrics_colours_and_evaluatio
     assert list(table.columns[:4]) == ["run", "test acc", "test AUC", "test ECE"]
     evals = at.dataframe[1].value
     assert list(evals["evaluation"]) == ["own-val"] and evals["tiles scored"].iloc[0] == 300
+
+
+def test_overlay_axis_titles_are_words_not_column_names():
+    """Bug: axis titles read `train_acc`; a noisy run's training accuracy is against the noisy labels."""
+    from pages.ui.charts import overlay_figure
+
+    fig = overlay_figure({"a": [{"epoch": 1, "train_acc": 0.5}]}, "train_acc")
+    assert fig.layout.yaxis.title.text.startswith("training accuracy (on the labels trained on")
+    assert "train_acc" not in fig.layout.title.text

@@ -157,3 +157,13 @@ def test_a_link_followed_while_on_the_page_selects_its_dataset(pathmnist_mini):
     assert metrics(at)["train"] == "160"
     dataset_box(at).select("synthetic").run()  # and the user's next choice stands
     assert dataset_box(at).value == "synthetic" and metrics(at)["train"] == "1,200"
+
+
+def test_count_chart_has_whole_number_ticks():
+    """Bug: a count chart of a few tiles had ticks at 0.5."""
+    from pages.ui.datasets import class_distribution_figure
+
+    small = class_distribution_figure(["a", "b"], {"train": [2, 3], "val": [0, 1]})
+    assert small.layout.yaxis.dtick == 1 and small.layout.yaxis.tickformat == "d"
+    big = class_distribution_figure(["a"], {"train": [1200]})
+    assert big.layout.yaxis.tickformat == ",d"

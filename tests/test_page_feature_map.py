@@ -166,8 +166,33 @@ def test_classify_shows_similar_training_tiles(linked_run, pathmnist_mini):
     assert not at.exception, at.exception
     body = texts(at)
     assert "k-NN vote of the 8 nearest of 160 training tiles" in body
-    assert "Faithfulness: ROAD" in body or "UNFAITHFUL" in body or "Flat GradCAM map" in body
+    assert "Faithfulness: " in body and "ROAD score" in body or "Flat GradCAM map" in body
     caps = [c for img in at.get("image") for c in img.captions]
     neighbours = [c for c in caps if " · d=" in c]
     assert len(neighbours) == 8 and neighbours[0].endswith("train #12")
     assert float(neighbours[0].split("d=")[1].split(" ")[0]) < 1e-3
+
+
+def test_quality_table_shows_shares_in_percent():
+    """Bug: the unfaithful/flat shares (0-1) were formatted with %.0f%%, so 25% read "0%"."""
+    from pages.ui.feature_map import quality_frame
+
+    doc = {
+        "methods": [
+            {
+                "rank": 1,
+                "method": "GradCAM",
+                "road_mean": 0.01,
+                "road_median": 0.0,
+                "unfaithful_share": 0.25,
+                "flat_share": 0.5,
+                "seconds_per_tile": 0.1,
+            }
+        ]
+    }
+    rows, config = quality_frame(doc)
+    for col, shown in (("unfaithful_share", "25%"), ("flat_share", "50%")):
+        tc = config[col]["type_config"]
+        assert tc["format"] % rows[col].iloc[0] == shown
+        assert tc["min_value"] <= rows[col].iloc[0] <= tc["max_value"]
+    assert doc["methods"][0]["unfaithful_share"] == 0.25  # the document is left as it was

@@ -293,8 +293,9 @@ def test_run_without_validation_shows_what_exists():
 
 @pytest.mark.slow
 def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
-    """The class-map editor lists the dataset's classes against the model's (none match the synthetic model's by
-    name here, so Start is withheld with a message); saved evaluations are listed with their report."""
+    """The class-map editor lists the dataset's classes against the model's, pre-filled by known words (Kather's
+    01_TUMOR is the synthetic model's tumour) and says which stay unscored; saved evaluations are listed with
+    their report."""
     from histo_core.evaluation import evaluate
 
     run = write_run("completed")
@@ -313,15 +314,20 @@ def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
     assert editor, "class-map editor missing"
     table = editor[0].value
     assert list(table["dataset class"])[:2] == ["01_TUMOR", "02_STROMA"]
-    assert set(table["model class"]) == {"(no counterpart: reported apart)"}
-    assert any("No dataset class is matched" in e.value for e in at.error)
+    prefilled = dict(zip(table["dataset class"], table["model class"]))
+    assert prefilled["01_TUMOR"] == "tumour" and prefilled["04_LYMPHO"] == "LYM · lymphocytes"
+    assert (
+        prefilled["08_EMPTY"] == "BACK · background" and prefilled["03_COMPLEX"] == "(no counterpart: reported apart)"
+    )
+    assert not at.error  # bug: an error showed before any edit
+    assert any("Not scored" in c.value and "03_COMPLEX" in c.value for c in at.caption)
     # NCT's abbreviations match the model's PathMNIST-style names without a map
     nct = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
     at.text_input(key=f"{key}_path").set_value(str(nct)).run()
     table = [d for d in at.dataframe if "dataset class" in d.value.columns][0].value
-    assert dict(zip(table["dataset class"], table["model class"]))["ADI"] == "adipose"
+    assert dict(zip(table["dataset class"], table["model class"]))["ADI"] == "ADI · adipose"
     at.button(key=f"evaluate_start_{run.id}").click().run()
-    assert started == [(run.id, str(nct), "all", {}, None)]
+    assert started == [(run.id, str(nct), "all", {"STR": "stroma", "TUM": "tumour"}, None)]  # by known words
     # a saved evaluation is listed, with its report
     evaluate(str(run.path), "synthetic", "val", name="own-val")
     at.run()
@@ -333,8 +339,54 @@ def test_confusion_figure_cells_are_clickable():
 
     fig = confusion_figure([[5, 1], [2, 7]], ["a", "b"], clickable=True)
     cells = fig.data[1]
-    assert [list(c) for c in cells.customdata] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert [list(c[:2]) for c in cells.customdata] == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert list(cells.x) == ["a", "b", "a", "b"] and list(cells.y) == ["a", "a", "b", "b"]
-    event = {"selection": {"points": [{"x": "b", "y": "a", "customdata": [0, 1]}]}}
+    # Bug: the click targets skipped hover, so the heat map under them took the click and nothing was selected.
+    # The click targets carry the hover (with the cell's names and count); the heat map has none.
+    assert fig.data[0].hoverinfo == "skip" and cells.hoverinfo != "skip"
+    assert "%{customdata[2]}" in cells.hovertemplate and list(cells.customdata[1][2:]) == ["a", "b", "1"]
+    assert fig.layout.clickmode == "event+select"
+    event = {"selection": {"points": [{"x": "b", "y": "a", "customdata": [0, 1, "a", "b", "1"]}]}}
     assert selected_cell(event) == (0, 1)
+    assert selected_cell({"selection": {"points": [{"customdata": ["a", "b"]}]}}) is None  # the heat map's
     assert selected_cell({"selection": {"points": []}}) is None and selected_cell(None) is None
+
+
+def test_runs_table_refreshes_while_a_run_is_active(monkeypatch):
+    """Bug: the table was drawn once, so it went stale while a run trained (0%, epoch 0/60 while the run's
+    panel said 4/60) and a queued run stayed "queued" after the run ahead finished. While a run is queued or
+    running the table is a fragment re-run every LIVE_REFRESH_S; with none active it is drawn once."""
+    import os
+
+    import streamlit
+
+    from pages.ui.runs import LIVE_REFRESH_S
+
+    calls: list[tuple[str | None, float | None]] = []
+    real = streamlit.fragment
+
+    def spy(func=None, *, run_every=None):
+        calls.append((getattr(func, "__name__", None), run_every))
+        return real(func, run_every=run_every)
+
+    monkeypatch.setattr(streamlit, "fragment", spy)
+    done = write_run("completed")
+    at = _app(done.id)
+    assert not at.exception, at.exception
+    assert not [c for c in calls if c[0] == "live_runs_table"]
+    running = write_run("running", epochs=5, epochs_done=2, pid=os.getpid())
+    monkeypatch.setattr("histo_core.liveness._is_run_process", lambda pid, r, s: True)
+    at = _app(running.id)
+    assert not at.exception, at.exception
+    assert ("live_runs_table", LIVE_REFRESH_S) in calls
+    assert any("1 queued or running" in c.value for c in at.caption)
+
+
+def test_compact_confusion_matrix_for_side_by_side():
+    """Compare's matrices were unreadable side by side: 4 px numbers, a colour bar taking a third."""
+    from pages.ui.charts import confusion_figure
+
+    fig = confusion_figure([[5, 1], [2, 7]], ["a", "b"], compact=True)
+    heat = fig.data[0]
+    assert heat.showscale is False and heat.textfont.size >= 12
+    assert confusion_figure([[5, 1], [2, 7]], ["a", "b"]).data[0].showscale is not False  # the single view keeps it

@@ -216,3 +216,12 @@ def test_the_two_clicks_of_a_double_click_racing_start_one_thing():
         t.join()
     assert started == [1]
     assert sorted(results, key=lambda r: r[1]) == [(1, False), (1, True)]
+
+
+def test_monitor_is_not_offered_without_a_validation_split():
+    """Bug: "Monitor val_loss" was offered when the run trains on train+val (no validation split)."""
+    at = _app()
+    _w(at, "train_splits").set_value("train").run()
+    assert not _w(at, "monitor").disabled
+    _w(at, "train_splits").set_value("train+val").run()
+    assert not at.exception and _w(at, "monitor").disabled

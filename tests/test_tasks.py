@@ -68,16 +68,27 @@ def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monk
 
     monkeypatch.setattr(T.Trainer, "train_step", step)
     monkeypatch.setattr(T.Trainer, "predict", predict)
+    from histo_core import checkpoint as ckpt_mod
+
+    real_save = ckpt_mod.save_checkpoint
+
+    def save(*a, **k):  # each checkpoint write takes 0.2 s (bug: "13 s" estimated for a 61 s run)
+        now["t"] += 0.2
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", save)
     cfg = small_config(train_splits="train")
     est = estimate.estimate_run_time(cfg, startup_s=3.0)
+    assert est["checkpoint_s"] == pytest.approx(0.4)  # last.pt and best.pt, every epoch
     assert est["warmup_batches"] == 4  # warm once two consecutive batches agree
     assert est["train_images_per_s"] == pytest.approx(cfg.batch_size / 0.1)  # the cold batches are not averaged in
     assert est["val_tiles"] > 0 and est["eval_images_per_s"] == pytest.approx(1000)
-    per_epoch = est["steps_per_epoch"] * 0.1 + est["val_tiles"] / 1000
+    per_epoch = est["steps_per_epoch"] * 0.1 + est["val_tiles"] / 1000 + 0.4
     assert est["per_epoch_s"] == pytest.approx(per_epoch) and est["per_epoch_s"] > 1  # never "0 s per epoch"
     cold_extra = (5.0 + 2.5 + 0.1 + 0.1) - 4 * 0.1
     final_eval = (est["test_tiles"] + est["val_tiles"]) / 1000
-    assert est["fixed_s"] == pytest.approx(3.0 + cold_extra + final_eval)  # start-up, warm-up, final test
+    embed = (est["train_tiles"] + est["val_tiles"] + est["test_tiles"]) / 1000  # the feature map's pass
+    assert est["fixed_s"] == pytest.approx(3.0 + cold_extra + final_eval + embed)  # start-up, warm-up, final test
     assert est["total_s"] == pytest.approx(est["fixed_s"] + 3 * per_epoch)
 
 
@@ -205,3 +216,10 @@ def test_the_panel_shows_a_running_task_again_with_cancel_then_its_result():
     write_json_atomic(task.result_path, {"total_s": 42})
     at.run()
     assert [s.value for s in at.success] == ["result 42"] and at.button(key="t_start").label == "Estimate again"
+
+
+def test_durations_under_ten_seconds_keep_a_decimal():
+    from pages.ui.runs import fmt_duration
+
+    assert fmt_duration(0.4) == "0.4 s" and fmt_duration(3.26) == "3.3 s"  # bug: "0 s per epoch"
+    assert fmt_duration(75) == "1 min 15 s" and fmt_duration(None) == "-"

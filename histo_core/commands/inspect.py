@@ -157,11 +157,14 @@ def _as_job(args: argparse.Namespace, work: Callable[[], Any]) -> Any:
 
 # -- embed -------------------------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
-    from histo_core.embeddings import embed, target_for
+    from histo_core.embeddings import MissingTrainingData, embed, target_for
 
     if args.max_points < 10:
         raise HistoError(f"--max-points must be at least 10, got {args.max_points}")
-    target = target_for(args.model, args.dataset)
+    try:
+        target = target_for(args.model, args.dataset)
+    except MissingTrainingData as exc:
+        raise HistoError(f"{exc} Name a dataset to embed with --dataset SPEC.") from None
     progress = stderr_progress(args.job_status)
     splits = list(dict.fromkeys(args.split)) if args.split else None
     store = _as_job(args, lambda: embed(target, splits, progress=progress, max_points=args.max_points))
@@ -307,7 +310,8 @@ def cmd_label_errors(args: argparse.Namespace) -> int:
     }
     s = payload["summary"]
     text = [
-        f"{run.id}: {s['flagged']} of {s['tiles']} training tiles flagged ({s['flagged_share']:.1%})"
+        f"{run.id}: {s['flagged']} of {s['tiles']} training tiles flagged ({s['flagged_share']:.1%}; estimated "
+        f"share of wrong labels {s['estimated_noise']:.1%})"
         + (" [saved result; --recompute to search again]" if cached else "")
     ]
     if s.get("flipped") is not None:

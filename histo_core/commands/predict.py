@@ -214,6 +214,7 @@ def _record(r, classes, cam: dict | None) -> dict[str, Any]:
         "format": r.mode_note,
         "notes": r.notes,
         "unlike_training": r.unlike_training,
+        "unlike_training_score": None if r.ood_score is None else round(float(r.ood_score), 4),
     }
     if cam:
         rec["cam"] = cam
@@ -235,6 +236,8 @@ def _text(payload: dict[str, Any]) -> str:
         lines.append(f"{rec['file']}: {rec['prediction']} ({rec['confidence']:.3f})")
         if rec["unlike_training"]:
             lines.append(f"  UNLIKE THE TRAINING TILES, treat with care: {rec['unlike_training']}")
+        if rec["unlike_training_score"] is not None:
+            lines.append(f"  unlike-the-training-tiles score {rec['unlike_training_score']:.2f} (flagged at 1.00)")
         lines.append("  " + "  ".join(f"{c} {p:.3f}" for c, p in rec["probabilities"].items()))
         for note in rec["notes"]:
             lines.append(f"  note: {note}")

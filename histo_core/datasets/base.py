@@ -153,6 +153,23 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         )
 
 
+def split_note(what: str, parts: dict[str, np.ndarray], seed: int) -> str:
+    """What a stratified split made, in counts: "no train/val/test folders: split per class (stratified, seed
+    0): train 24, val 4, test 4", saying why when val or test came out empty (classes of fewer than 3 tiles
+    stay whole in train)."""
+    counts = {s: len(parts.get(s, ())) for s in SPLITS}
+    text = f"{what}: split per class (stratified, about 70/15/15, seed {seed}): " + ", ".join(
+        f"{s} {n}" for s, n in counts.items()
+    )
+    empty = [s for s in SPLITS[1:] if not counts[s]]
+    if empty:
+        text += (
+            f"; {' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: every class has fewer than 3 "
+            "tiles, so all stay in train"
+        )
+    return text
+
+
 def stratified_split(
     labels: np.ndarray, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
 ) -> dict[str, np.ndarray]:

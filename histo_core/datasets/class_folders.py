@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from histo_core import paths
-from histo_core.datasets.base import SPLITS, TileDataset, stratified_split
+from histo_core.datasets.base import SPLITS, TileDataset, split_note, stratified_split
 from histo_core.datasets.decoded_tiles import decode_image_files, decoded_dataset, is_image_file
 from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress
 from histo_core.errors import DatasetError
@@ -186,8 +186,9 @@ def open_class_folders(
 def _split_indices(labels: np.ndarray, split_of: np.ndarray, seed: int, notes: list[str]) -> dict[str, np.ndarray]:
     """Indices per split: the folders' own splits (missing val/test carved from train), else stratified."""
     if (split_of == "").all():
-        notes.append(f"no train/val/test folders: split 70/15/15 per class (stratified, seed {seed})")
-        return stratified_split(labels, seed=seed)
+        parts = stratified_split(labels, seed=seed)
+        notes.append(split_note("no train/val/test folders", parts, seed))
+        return parts
     given = {s: np.flatnonzero(split_of == s) for s in SPLITS if (split_of == s).any()}
     missing = [s for s in SPLITS if s not in given]
     if missing and "train" in given:

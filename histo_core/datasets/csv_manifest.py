@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from histo_core import paths
-from histo_core.datasets.base import SPLITS, TileDataset, check_label_range, stratified_split
+from histo_core.datasets.base import SPLITS, TileDataset, check_label_range, split_note, stratified_split
 from histo_core.datasets.decoded_tiles import decode_image_files, decoded_dataset
 from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress
 from histo_core.errors import DatasetError
@@ -167,7 +167,7 @@ def open_csv_manifest(
         )
     if split_of is None:
         split_indices = stratified_split(labels_kept, seed=seed)
-        notes.append(f"no split column: split 70/15/15 per class (stratified, seed {seed})")
+        notes.append(split_note("no split column", split_indices, seed))
     else:
         split_kept = split_of[kept]
         split_indices = {s: np.flatnonzero(split_kept == s) for s in SPLITS if (split_kept == s).any()}

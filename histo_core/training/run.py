@@ -108,6 +108,7 @@ class _Job:
     world: int
     local_rank: int
     best: dict[str, Any] = field(default_factory=lambda: {"value": None, "epoch": 0, "bad_epochs": 0})
+    board: Any = None  # tensorboard_log.RunBoard of rank 0
 
     def log(self, text: str) -> None:
         say(text, self.rank)
@@ -140,6 +141,10 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
     and embed."""
     device = setup_device(job.config, gpu)
     trainer, meta = _start(job, device, resume)
+    if job.rank == 0:
+        from histo_core.tensorboard_log import RunBoard
+
+        job.board = RunBoard(job.run.path)  # events beside metrics.jsonl: tensorboard --logdir RUNS_DIR
     progress = _BatchProgress(job, trainer.steps_per_epoch, device)
     job.writer.update(phase="train", epoch=trainer.epoch, step=trainer.step, steps_per_epoch=trainer.steps_per_epoch)
     started = time.time()
@@ -324,6 +329,8 @@ def _record_epoch(
     else:
         best["bad_epochs"] += 1
     job.run.append_metrics(row)
+    if job.board is not None:
+        job.board.epoch(row)
     _save_last(job, trainer, meta, ranks)
     job.log(epoch_line(row, config.epochs))
 
@@ -359,6 +366,9 @@ def _finish(
         "warnings": small_split_warnings(_eval_sizes(trainer.data)),
     }
     write_json_atomic(run.results_path, doc)
+    if job.board is not None:
+        job.board.finish(job.config.to_dict(), final, list(trainer.data.info.classes))
+        job.board.close()
     job.writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page (never fails the run)
     from histo_core.embeddings import embed_at_end_of_training
 
@@ -416,19 +426,32 @@ def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: d
             indices=np.arange(len(labels)),
             loss=per_sample_loss(probs, labels),
         )
-    out["ood"] = ood_calibration(data, heldout)
+    out["ood"] = ood_calibration(data, heldout, trainer.model)
     return out
 
 
-def ood_calibration(data: TrainData, heldout: dict[str, np.ndarray]) -> dict[str, Any]:
+def ood_calibration(
+    data: TrainData, heldout: dict[str, np.ndarray], model: torch.nn.Module | None = None
+) -> dict[str, Any]:
     """The "unlike the training tiles" thresholds (histo_core.ood): colour statistics of the training tiles as
-    the model sees them (and, with stain normalisation, as given), and the confidence on the validation split
-    (else the test split)."""
+    the model sees them (and, with stain normalisation, as given), the confidence on the validation split
+    (else the test split), and (with the `model`) the statistics of its features on the training tiles with
+    the threshold from the same held-out split."""
     split = "val" if "val" in heldout else "test" if "test" in heldout else None
-    limit = pipeline.LAZY_CHUNK if data.train.streamed else 2000  # streamed: one contiguous chunk, one read
+    limit = pipeline.LAZY_CHUNK if data.train.streamed else ood.FEATURE_MAX_TILES  # streamed: one chunk, one read
     sample = data.train.read_range(0, min(len(data.train), limit))
     feats, given = ood.colour_features_uint8(sample, data.input_size, data.stain)  # block by block: no float copy
-    return ood.calibrate(None, heldout.get(split) if split else None, split or "", features=feats, input_features=given)
+    out = ood.calibrate(None, heldout.get(split) if split else None, split or "", features=feats, input_features=given)
+    source = {"val": data.val, "test": data.test}.get(split or "")
+    if model is not None and source is not None and len(sample) > 1:
+        from histo_core.predict import InputSpec
+
+        spec = InputSpec.of(data)
+        held = source.read_range(0, min(len(source), limit))
+        out["feature"] = ood.calibrate_features(
+            ood.layer_features(model, sample, spec), ood.layer_features(model, held, spec), split or ""
+        )
+    return out
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:

@@ -42,7 +42,8 @@ def curve_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> go.Figure:
     """Train vs validation `metric` ("loss", "accuracy", "auc") per epoch."""
     train_key, val_key, label = CURVE_METRICS[metric]
     fig = go.Figure()
-    for key, name, colour in ((train_key, "train", TRAIN_COLOUR), (val_key, "validation", VAL_COLOUR)):
+    train_name = "train (labels trained on)" if metric == "accuracy" else "train"
+    for key, name, colour in ((train_key, train_name, TRAIN_COLOUR), (val_key, "validation", VAL_COLOUR)):
         if key is None:
             continue
         xs, ys = _series(rows, key)
@@ -72,6 +73,21 @@ def run_colours(labels: Sequence[str]) -> dict[str, str]:
     return {label: RUN_COLOURS[i % len(RUN_COLOURS)] for i, label in enumerate(labels)}
 
 
+METRIC_LABELS = {
+    "train_loss": "training loss",
+    "val_loss": "validation loss",
+    "train_acc": "training accuracy (on the labels trained on, noisy ones included)",
+    "val_acc": "validation accuracy",
+    "val_auc": "validation AUC",
+    "lr": "learning rate",
+}
+
+
+def metric_label(key: str) -> str:
+    """A metrics.jsonl column in words (`train_acc` -> "training accuracy (on the labels trained on, ...)")."""
+    return METRIC_LABELS.get(key, key.replace("_", " "))
+
+
 def overlay_figure(
     series: Mapping[str, Sequence[Mapping[str, Any]]],
     key: str,
@@ -85,7 +101,8 @@ def overlay_figure(
         xs, ys = _series(rows, key)
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, line=dict(color=colours.get(label))))
-    return _layout(fig, title or f"{key} per epoch", "epoch", key, height=420)
+    label = metric_label(key)
+    return _layout(fig, title or f"{label} per epoch", "epoch", label, height=420)
 
 
 def metrics_bar_figure(
@@ -119,8 +136,10 @@ def confusion_figure(
     normalize: bool = False,
     title: str = "Confusion matrix",
     clickable: bool = False,
+    compact: bool = False,
 ) -> go.Figure:
-    """Heat map, rows = true class, columns = predicted. normalize=True divides each row by its total (recall)."""
+    """Heat map, rows = true class, columns = predicted. normalize=True divides each row by its total (recall).
+    `compact` (several side by side, Compare): no colour bar, cell numbers at a readable 13 px, tight margins."""
     counts = np.asarray(confusion, dtype=float)
     if normalize:
         totals = counts.sum(axis=1, keepdims=True)
@@ -148,24 +167,33 @@ def confusion_figure(
             hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}<extra></extra>",
         )
     )
-    if clickable:  # invisible markers on the cells: plotly's point selection reports the clicked cell
+    if clickable:
+        # Invisible markers on the cells: plotly's point selection reports the clicked cell. A click goes to the
+        # point under the pointer's hover, so the markers carry the hover and the heat map none (with the hover
+        # on the heat map, the heat map took the click and nothing was selected).
         cells = [(i, j) for i in range(len(names)) for j in range(len(names))]
+        fig.update_traces(hoverinfo="skip", hovertemplate=None, selector=dict(type="heatmap"))
         fig.add_trace(
             go.Scatter(
                 x=[names[j] for _, j in cells],
                 y=[names[i] for i, _ in cells],
                 mode="markers",
-                customdata=[[i, j] for i, j in cells],
+                customdata=[[i, j, full[i], full[j], text[i][j]] for i, j in cells],
                 showlegend=False,
-                hoverinfo="skip",
+                hovertemplate="true %{customdata[2]}<br>predicted %{customdata[3]}<br>%{customdata[4]}"
+                "<br>click to list these tiles<extra></extra>",
                 marker=dict(size=30, opacity=0.01, symbol="square", color="#000"),
                 name="cells",
             )
         )
-        fig.update_layout(clickmode="event+select", dragmode=False)
+        fig.update_layout(clickmode="event+select", dragmode=False, hovermode="closest")
     fig.update_yaxes(autorange="reversed")
     size = max(360, 60 + 38 * len(names))
-    return _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true", height=size)
+    fig = _layout(fig, title + (" (row-normalised)" if normalize else " (counts)"), "predicted", "true", height=size)
+    if compact:
+        fig.update_traces(showscale=False, textfont=dict(size=13), selector=dict(type="heatmap"))
+        fig.update_layout(margin=dict(l=45, r=5, t=50, b=40), title_font=dict(size=13))
+    return fig
 
 
 def selected_cell(selection: Any) -> tuple[int, int] | None:
@@ -177,8 +205,11 @@ def selected_cell(selection: Any) -> tuple[int, int] | None:
         points = getattr(getattr(selection, "selection", None), "points", None) or []
     for point in points or []:
         data = point.get("customdata") if isinstance(point, Mapping) else None
-        if isinstance(data, (list, tuple)) and len(data) == 2:
-            return int(data[0]), int(data[1])
+        if isinstance(data, (list, tuple)) and len(data) >= 2:
+            try:
+                return int(data[0]), int(data[1])
+            except (TypeError, ValueError):  # a point of another trace (the heat map's names)
+                continue
     return None
 
 

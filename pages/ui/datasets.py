@@ -228,6 +228,11 @@ def class_distribution_figure(classes: Sequence[str], counts: dict[str, Sequence
         margin=dict(l=50, r=20, t=30, b=60),
         legend=dict(orientation="h", y=1.1),
     )
+    top = max((max(v) for v in counts.values() if len(v)), default=0)
+    if top < 10:  # whole tiles only: no ticks at 0.5 on small counts
+        fig.update_yaxes(dtick=1, tickformat="d", rangemode="tozero")
+    else:
+        fig.update_yaxes(tickformat=",d", rangemode="tozero")
     return fig
 
 

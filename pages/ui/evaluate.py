@@ -35,13 +35,27 @@ def _target(model: RunDir | ModelEntry) -> tuple[RunDir | str, str, list[str], s
     return model.ref, f"{model.kind}-{model.name}", list(model.classes), "in the data folder's evaluations/"
 
 
+def _option(model_class: str) -> str:
+    """A model class as the grid offers it: its NCT abbreviation first where it has one (typing TUM finds it)."""
+    short = short_name(model_class)
+    return f"{short} · {model_class}" if short != model_class else model_class
+
+
 def class_map_editor(dataset_classes: list[str], classes: list[str], key: str) -> dict[str, str] | None:
-    """A table: each dataset class and the model class it counts as (pre-filled by name or NCT abbreviation).
-    Returns the map to pass on (only the rows that differ from the automatic match), or None (with st.error)."""
+    """A table: each dataset class and the model class it counts as, pre-filled by name, NCT abbreviation, known
+    words (01_TUMOR -> TUM, 08_EMPTY -> BACK) or a close spelling (classnames.suggest_classes); the model's
+    classes offered by abbreviation and name. A pasted map (`01_TUMOR=TUM,03_COMPLEX=-`) overrides the rows it
+    names. Says which dataset classes stay unscored. Returns the map to pass on (the rows that differ from the
+    automatic match), or None when no class is matched (with a hint, not an error: nothing is wrong yet)."""
     auto = match_classes(dataset_classes, classes)
-    options = [NO_COUNTERPART, *classes]
+    suggested = classnames.suggest_classes(dataset_classes, classes)
+    options = [NO_COUNTERPART, *[_option(c) for c in classes]]
+    back = {_option(c): c for c in classes}
     frame = pd.DataFrame(
-        {"dataset class": dataset_classes, "model class": [NO_COUNTERPART if m is None else classes[m] for m in auto]}
+        {
+            "dataset class": dataset_classes,
+            "model class": [NO_COUNTERPART if m is None else _option(classes[m]) for m in suggested],
+        }
     )
     edited = st.data_editor(
         frame,
@@ -54,22 +68,45 @@ def class_map_editor(dataset_classes: list[str], classes: list[str], key: str) -
                 "model class",
                 options=options,
                 required=True,
-                help="Which of the model's classes this dataset class is; tiles of a class with no counterpart are not "
-                "scored but listed apart with what the model called them",
+                help="Which of the model's classes this dataset class is (type its abbreviation, e.g. TUM); tiles of "
+                "a class with no counterpart are not scored but listed apart with what the model called them",
             )
         },
     )
+    pasted = st.text_input(
+        "Or paste a class map",
+        key=f"{key}_paste",
+        placeholder="01_TUMOR=TUM,02_STROMA=STR,03_COMPLEX=-",
+        help="DATASET_CLASS=MODEL_CLASS pairs, comma-separated; a model class by name or abbreviation; - for none. "
+        "The rows it names override the table.",
+    )
+
+    def index_of(shown: str) -> int | None:
+        name = back.get(str(shown), str(shown))
+        return classes.index(name) if name in classes else None
+
+    chosen = [None if d == NO_COUNTERPART else index_of(d) for d in edited["model class"]]
+    if pasted.strip():
+        overrides = classnames.parse_class_map(pasted)  # HistoError on a malformed pair: shown by the caller
+        resolved = match_classes(dataset_classes, classes, overrides)
+        named = {classnames._key(k) for k in overrides}
+        chosen = [r if classnames._key(c) in named else m for c, r, m in zip(dataset_classes, resolved, chosen)]
     mapping = {}
-    for src, dst, a in zip(edited["dataset class"], edited["model class"], auto):
-        if dst == NO_COUNTERPART:
-            if a is not None:  # the user unmatched an automatic match
+    for src, dst, a in zip(dataset_classes, chosen, auto):
+        if dst is None:
+            if a is not None:  # an automatic match undone
                 mapping[str(src)] = classnames.NO_COUNTERPART
-        elif a is None or classes[a] != dst:
-            mapping[str(src)] = short_name(dst) if short_name(dst) != dst else dst
-    chosen = [d for d in edited["model class"] if d != NO_COUNTERPART]
-    if not chosen:
-        st.error("No dataset class is matched to a model class: pick the model class of at least one row.")
+        elif a != dst:
+            mapping[str(src)] = short_name(classes[dst])
+    unscored = [str(c) for c, d in zip(dataset_classes, chosen) if d is None]
+    if len(unscored) == len(dataset_classes):
+        st.info("No dataset class is matched to a model class yet: pick the model class of at least one row.")
         return None
+    if unscored:
+        st.caption(
+            f"Not scored ({len(unscored)} of {len(dataset_classes)} classes, no counterpart): {', '.join(unscored)}; "
+            "their tiles are listed apart with what the model called them."
+        )
     return mapping
 
 

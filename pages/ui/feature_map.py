@@ -182,24 +182,28 @@ def selection_grid(df: pd.DataFrame, picked: list[tuple[str, int]], tiles_of) ->
 
 
 # -- faithfulness table ------------------------------------------------------------------------------------
-def quality_table(doc: dict[str, Any]) -> None:
+def quality_frame(doc: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The faithfulness table and its column config: the shares (0-1 in the document) shown in percent."""
     rows = pd.DataFrame(doc["methods"])[
         ["rank", "method", "road_mean", "road_median", "unfaithful_share", "flat_share", "seconds_per_tile"]
-    ]
-    st.dataframe(
-        rows,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "road_mean": st.column_config.NumberColumn("ROAD mean", format="%+.4f"),
-            "road_median": st.column_config.NumberColumn("ROAD median", format="%+.4f"),
-            "unfaithful_share": st.column_config.ProgressColumn(
-                "unfaithful maps", min_value=0.0, max_value=1.0, format="%.0f%%"
-            ),
-            "flat_share": st.column_config.ProgressColumn("flat maps", min_value=0.0, max_value=1.0, format="%.0f%%"),
-            "seconds_per_tile": st.column_config.NumberColumn("s / tile", format="%.3f"),
-        },
-    )
+    ].copy()
+    for col in ("unfaithful_share", "flat_share"):
+        rows[col] = rows[col].astype(float) * 100.0
+    config = {
+        "road_mean": st.column_config.NumberColumn("ROAD mean", format="%+.4f"),
+        "road_median": st.column_config.NumberColumn("ROAD median", format="%+.4f"),
+        "unfaithful_share": st.column_config.ProgressColumn(
+            "unfaithful maps", min_value=0.0, max_value=100.0, format="%.0f%%"
+        ),
+        "flat_share": st.column_config.ProgressColumn("flat maps", min_value=0.0, max_value=100.0, format="%.0f%%"),
+        "seconds_per_tile": st.column_config.NumberColumn("s / tile", format="%.3f"),
+    }
+    return rows, config
+
+
+def quality_table(doc: dict[str, Any]) -> None:
+    rows, config = quality_frame(doc)
+    st.dataframe(rows, hide_index=True, width="stretch", column_config=config)
     best = doc.get("best")
     st.caption(
         f"{doc['metric']}; {doc['tiles']} {doc['split']} tiles"
@@ -215,7 +219,7 @@ def faithfulness_note(
     loaded, tile: np.ndarray, cam: np.ndarray, target: int, method: str, cache_key: str, container=None
 ) -> None:
     """The ROAD score of the map just drawn, one line under the overlay (computed once per map and kept)."""
-    from histo_core.faithfulness import describe, road_scores
+    from histo_core.faithfulness import describe, misleading, road_scores
 
     box = container or st
     import hashlib
@@ -231,8 +235,8 @@ def faithfulness_note(
     if not flat and key not in store:
         store[key] = float(road_scores(loaded.model, loaded.meta, tile[None], cam[None], [int(target)])[0])
     text = describe(store.get(key), flat)
-    if "UNFAITHFUL" in text:
-        box.warning(text, icon="⚠️")
+    if misleading(store.get(key), flat):
+        box.warning(f"Faithfulness: {text}", icon="⚠️")
     elif text:
         box.caption(f"Faithfulness: {text}")
 

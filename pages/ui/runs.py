@@ -32,6 +32,8 @@ STATE_ICONS = {
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 10:  # "0 s per epoch" hid a second-long epoch
+        return f"{max(0.0, seconds):.1f} s"
     seconds = int(max(0, seconds))
     if seconds >= 3600:
         return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

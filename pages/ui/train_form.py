@@ -225,7 +225,7 @@ def _disabled(path: str) -> bool:
         "elr_beta": get("loss") != "elr",
         "noise_mode": not get("noise"),
         "augment.crop_scale": not get("augment.resized_crop"),
-        "monitor": False,
+        "monitor": get("train_splits") == "train+val",  # no validation split: nothing to monitor
         "patience": not get("early_stopping"),
         "min_delta": not get("early_stopping"),
         "head_epochs": get("mode") != "head-then-all",

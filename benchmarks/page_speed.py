@@ -1,0 +1,137 @@
+"""How fast the pages answer in a real browser: start the app, wait, drive Chromium, print the table.
+
+    python benchmarks/page_speed.py                 # every page once, then the first and a later classification
+    python benchmarks/page_speed.py --repeat 3      # each page's first load in 3 fresh servers (median shown)
+    python benchmarks/page_speed.py --json
+
+For each repeat: a fresh server (`python serve.py`, which starts the warm-up with the server; `--launcher
+streamlit` for `streamlit run app.py`, where it starts with the first session) on a free port with an empty data folder (HISTO_DATA_DIR, runs in
+it), then `--settle` seconds (default 10: a user opening the page and choosing files takes longer), then each
+page is opened in a fresh browser tab and timed from navigation to an idle page (the app's status widget gone,
+its heading drawn, nothing running for half a second; the time is taken where the running stopped). Then
+`--tiles` (default 12) real tiles of ../shared/data are dropped on the Classify page and timed until "N of N
+file(s) classified" is shown and the page is idle: the first classification after server start (model load and
+imports), and a second one with other files.
+
+Needs Playwright (a dependency) and Debian's chromium at /usr/bin/chromium (`apt-get install -y chromium`).
+Figures depend on the machine and on its load: quote them with both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+PAGES = [("Home", ""), ("Datasets", "Datasets"), ("Train", "Train"), ("Runs", "Runs"), ("Compare", "Compare")]
+PAGES += [("Classify", "Classify"), ("Review", "Review"), ("Feature map", "Feature_map")]
+QUIET_S = 0.5
+
+
+def time_to_idle(page, started: float, timeout_s: float = 120) -> float:
+    """Seconds from `started` (time.monotonic) until the page's script had finished: heading drawn, no status
+    widget, skeleton or spinner for QUIET_S; the time is where they were last seen."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
+    page.wait_for_selector("h1", timeout=timeout_s * 1000)
+    last_busy = time.monotonic()
+    deadline = last_busy + timeout_s
+    busy_sel = '[data-testid="stStatusWidget"], [data-testid="stAppSkeleton"], [data-testid="stSpinner"]'
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if page.locator(busy_sel).count() > 0:
+            last_busy = now
+        elif now - last_busy >= QUIET_S:
+            return last_busy - started
+        time.sleep(0.03)
+    raise RuntimeError("the page did not become idle in time")
+
+
+def upload_sets(n: int) -> tuple[list[Path], list[Path]]:
+    tiles = sorted((SHARED / "tiles" / "pathmnist-224").rglob("*.png"))
+    if len(tiles) < 2 * n:
+        raise SystemExit(f"{SHARED}/tiles/pathmnist-224 has {len(tiles)} tiles; {2 * n} are needed")
+    return tiles[0 : 2 * n : 2], tiles[1 : 2 * n : 2]
+
+
+def one_server(settle_s: float, n_tiles: int, tmp: Path, launcher: str = "serve") -> dict[str, float]:
+    from playwright.sync_api import sync_playwright
+
+    env = {"HISTO_DATA_DIR": str(tmp / "data"), "HISTO_RUNS_DIR": str(tmp / "data" / "runs"), "PYTHONPATH": str(ROOT)}
+    out: dict[str, float] = {}
+    first, second = upload_sets(n_tiles)
+    with streamlit_server(env, tmp / "server.log", launcher=launcher) as url, sync_playwright() as p:
+        time.sleep(settle_s)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for title, path in PAGES:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                t0 = time.monotonic()
+                page.goto(f"{url}/{path}", wait_until="commit")
+                out[title] = time_to_idle(page, t0)
+                page.close()
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{url}/Classify", wait_until="commit")
+            time_to_idle(page, time.monotonic())
+            for label, files in (("first classification", first), ("later classification", second)):
+                staged = tmp / label.replace(" ", "-")
+                staged.mkdir()
+                paths = [str(shutil.copy(f, staged / f"{i}-{f.name}")) for i, f in enumerate(files)]
+                t0 = time.monotonic()
+                page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(paths)
+                page.get_by_text(f"{len(paths)} of {len(paths)} file(s) classified").first.wait_for(timeout=180_000)
+                out[label] = time_to_idle(page, t0)
+        finally:
+            browser.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=1, help="fresh servers to measure (median shown)")
+    ap.add_argument("--settle", type=float, default=10.0, help="seconds the server is up before the first page")
+    ap.add_argument("--tiles", type=int, default=12, help="files per classification")
+    ap.add_argument(
+        "--launcher",
+        choices=("serve", "streamlit"),
+        default="serve",
+        help="serve: python serve.py (warm-up at server start, the default); streamlit: streamlit run app.py",
+    )
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED} is absent: the real sample tiles are needed")
+    runs = []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(one_server(args.settle, args.tiles, Path(tmp), args.launcher))
+    table = {k: [r[k] for r in runs] for k in runs[0]}
+    if args.json:
+        print(json.dumps({"settle_s": args.settle, "tiles": args.tiles, "cpus": os.cpu_count(), "seconds": table}))
+        return
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"{args.launcher} launcher, server up {args.settle:g} s before the first page; {os.cpu_count()} CPUs, "
+        f"load average {load:.1f}" + (" (HISTO_NO_WARMUP=1)" if os.environ.get("HISTO_NO_WARMUP") == "1" else "")
+    )
+    print("| page | seconds to idle" + (f" (median of {args.repeat})" if args.repeat > 1 else "") + " |")
+    print("|---|---|")
+    for k, v in table.items():
+        shown = f"{statistics.median(v):.2f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
+        print(f"| {k}{f' ({args.tiles} tiles)' if 'classification' in k else ''} | {shown} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Warm the app's server process in the background, once, when it starts: the heavy imports the pages need
+(torch, torchvision, plotly, pandas, scikit-learn, the Grad-CAM package, histo_core's inference path) and the
+default model of the Classify page (the first of `model_catalog.list_models`), loaded into inference's model
+cache with one forward pass and the "unlike the training tiles" feature pass. A user opening a page or
+dropping files after that does not wait for them.
+
+    warmup.start()        # app.py; returns the thread, or None when already started (or HISTO_NO_WARMUP=1)
+
+Nothing here may fail the app: every step is best-effort and a failure is only recorded in `state()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+from typing import Any
+
+MODULES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "plotly.graph_objects",
+    "sklearn.covariance",
+    "PIL.Image",
+    "histo_core.inference",
+    "histo_core.ood",
+    "histo_core.explain",
+    "histo_core.model_catalog",
+    "histo_core.tables",
+    "pytorch_grad_cam",
+)
+
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+_state: dict[str, Any] = {"started": None, "imports_s": None, "model": None, "model_s": None, "errors": []}
+
+
+def state() -> dict[str, Any]:
+    """What the warm-up did so far: start time, seconds for the imports and the model, the model's ref, errors."""
+    with _lock:
+        return {**_state, "errors": list(_state["errors"])}
+
+
+def start(modules: tuple[str, ...] = MODULES, model: bool = True) -> threading.Thread | None:
+    """Start the warm-up thread once per process; None when it has started already or HISTO_NO_WARMUP=1."""
+    global _thread
+    if os.environ.get("HISTO_NO_WARMUP") == "1":
+        return None
+    with _lock:
+        if _thread is not None:
+            return None
+        _state["started"] = time.time()
+        _thread = threading.Thread(target=_warm, args=(modules, model), name="histo-warmup", daemon=True)
+    _thread.start()
+    return _thread
+
+
+def _error(what: str, exc: BaseException) -> None:
+    with _lock:
+        _state["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _warm(modules: tuple[str, ...], model: bool) -> None:
+    t0 = time.perf_counter()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # an optional package missing must not stop the rest
+            _error(f"import {name}", exc)
+    with _lock:
+        _state["imports_s"] = round(time.perf_counter() - t0, 2)
+    if model:
+        t1 = time.perf_counter()
+        try:
+            ref = _warm_default_model()
+        except Exception as exc:
+            _error("default model", exc)
+            return
+        with _lock:
+            _state["model"], _state["model_s"] = ref, round(time.perf_counter() - t1, 2)
+
+
+def _warm_default_model() -> str | None:
+    import numpy as np
+
+    from histo_core.inference import load_model, ood_check, predict
+    from histo_core.model_catalog import list_models
+
+    entries = list_models([])
+    if not entries:
+        return None
+    loaded = load_model(entries[0].ref)
+    m = loaded.meta
+    tiles = np.full((2, m.input_size, m.input_size, m.in_channels), 200, np.uint8)
+    probs = predict(loaded, tiles, tta=bool(m.tta))
+    ood_check(m, probs, tiles, loaded.model)
+    return entries[0].ref

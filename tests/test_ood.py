@@ -1,0 +1,146 @@
+"""The "unlike the training tiles" feature check (histo_core.ood): calibration on held-out tiles, scores, and the
+score in the Classify CSV and `predict --json`."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from histo_core import ood
+from histo_core.checkpoint import save_checkpoint
+from histo_core.cli import main
+from histo_core.inference import classify_uploads, load_model
+from histo_core.models import build_model
+from histo_core.predict import InputSpec
+from histo_core.tables import classify_table
+
+CLASSES = ["a", "b", "c"]
+MEAN, STD = [0.5] * 3, [0.25] * 3
+
+
+def blobs(seed: int, size: int = 28) -> np.ndarray:
+    """In-domain: smooth pink-purple tissue-like blobs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    field = sum(np.sin(rng.uniform(2, 6) * xx + rng.uniform(0, 6)) * np.cos(rng.uniform(2, 6) * yy) for _ in range(3))
+    t = (field - field.min()) / (np.ptp(field) + 1e-6)
+    rgb = np.stack([200 - 60 * t, 120 - 70 * t, 190 - 40 * t], -1) + rng.normal(0, 4, (size, size, 3))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def stripes(seed: int, size: int = 28) -> np.ndarray:
+    """Another kind of tissue in the same colours: sharp fine stripes."""
+    rng = np.random.default_rng(1000 + seed)
+    period = int(rng.integers(2, 4))
+    t = ((np.arange(size)[:, None] + np.arange(size)[None, :] * rng.integers(0, 2)) // period % 2).astype(float)
+    t = np.broadcast_to(t, (size, size))
+    rgb = np.stack([200 - 60 * t, 120 - 70 * t, 190 - 40 * t], -1) + rng.normal(0, 4, (size, size, 3))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def model_and_spec():
+    torch.manual_seed(0)
+    model = build_model("simplecnn", 3, 3, 28).eval()
+    return model, InputSpec(mean=tuple(MEAN), std=tuple(STD), input_size=28)
+
+
+def calibrated(model, spec) -> dict:
+    train = np.stack([blobs(s) for s in range(120)])
+    heldout = np.stack([blobs(s) for s in range(200, 260)])
+    calib = ood.calibrate(torch.from_numpy(train).permute(0, 3, 1, 2).float() / 255, None, "")
+    calib["feature"] = ood.calibrate_features(
+        ood.layer_features(model, train, spec), ood.layer_features(model, heldout, spec), "val"
+    )
+    return calib
+
+
+def test_feature_check_fires_on_other_tissue_and_stays_quiet_on_new_in_domain_tiles():
+    model, spec = model_and_spec()
+    calib = calibrated(model, spec)
+    assert calib["feature"]["split"] == "val" and calib["feature"]["heldout_tiles"] == 60
+    assert len(calib["feature"]["layers"]) == len(ood.feature_layers(model)) > 1  # intermediate stages too
+    new = np.stack([blobs(s) for s in range(500, 560)])
+    other = np.stack([stripes(s) for s in range(40)])
+    probs = np.full((60, 3), 1 / 3)
+    quiet = ood.check_tiles(calib, probs, None, features=ood.layer_features(model, new, spec))
+    loud = ood.check_tiles(calib, probs[:40], None, features=ood.layer_features(model, other, spec))
+    assert quiet is not None and loud is not None
+    assert quiet.flags.mean() <= 0.15, quiet.scores
+    assert loud.flags.mean() >= 0.8, loud.scores
+    assert all("features" in (r or "") for r, f in zip(loud.reasons, loud.flags) if f)
+    # the score is the ratio to the threshold: flagged exactly where it is 1 or more
+    for res in (quiet, loud):
+        assert np.array_equal(res.flags, res.scores >= 1.0)
+    assert np.median(loud.scores) > 2 * np.median(quiet.scores)
+
+
+def test_scores_combine_the_checks_and_old_calibrations_still_work():
+    calib = {"confidence_threshold": 0.6, "confidence_split": "val"}
+    probs = np.array([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]])
+    res = ood.check_tiles(calib, probs, None, features=[np.zeros((2, 4))])  # no feature calibration: ignored
+    assert res is not None and res.flags.tolist() == [True, False]
+    np.testing.assert_allclose(res.scores, [0.5 / 0.4, 0.1 / 0.4])
+    assert ood.flag_tiles(calib, probs, None)[0].tolist() == [True, False]  # the older entry point agrees
+    assert ood.check_tiles(None, probs, None) is None
+    model, spec = model_and_spec()
+    full = calibrated(model, spec)
+    summary = ood.calibration_summary(full)
+    assert "layers" not in summary["feature"] and summary["feature"]["threshold"] == full["feature"]["threshold"]
+    assert not any(k.endswith(("_mean", "_icov")) for k in summary)
+    json.dumps(summary)  # a model card records it
+
+
+def png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).resize((224, 224), Image.Resampling.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def saved_model(tmp_path):
+    model, spec = model_and_spec()
+    meta = {
+        "arch": "simplecnn",
+        "num_classes": 3,
+        "in_channels": 3,
+        "input_size": 28,
+        "classes": CLASSES,
+        "mean": MEAN,
+        "std": STD,
+        "dataset": {"name": "folder", "title": "blobs", "source": "folder", "synthetic": False},
+    }
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, meta, ood=calibrated(model, spec))
+    return path
+
+
+def test_classify_csv_and_predict_json_carry_the_score(tmp_path, capsys):
+    path = saved_model(tmp_path)
+    loaded = load_model(path)
+    files = [("a/in.png", png(blobs(900))), ("a/other.png", png(stripes(7)))]
+    results = classify_uploads(loaded, files)
+    assert all(r.ood_score is not None for r in results)
+    assert results[1].unlike_training and results[1].ood_score >= 1.0
+    table = classify_table(results, CLASSES, sources=[n for n, _ in files])
+    assert table["unlike training score"].tolist() == [round(r.ood_score, 3) for r in results]
+    assert table["unlike training"].iloc[1] == results[1].unlike_training
+    assert "unlike" not in " ".join(table["notes"])  # its own column, not in the notes
+    (tmp_path / "other.png").write_bytes(files[1][1])
+    code = main(["predict", str(path), str(tmp_path / "other.png"), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rec = json.loads(out)["results"][0]
+    assert rec["unlike_training_score"] >= 1.0 and rec["unlike_training"]
+
+
+def test_true_class_from_a_file_name_that_starts_with_a_class_abbreviation():
+    from histo_core.inference import TileResult
+
+    classes = ["adipose", "background", "debris"]
+    r = TileResult(name="x", probs=np.array([0.8, 0.1, 0.1]))
+    table = classify_table([r, r, r], classes, sources=["ADI-AAAWMSFI.tif", "DEB_1.png", "notes.png"])
+    assert table["true class"].tolist() == ["adipose", "debris", ""]
+    assert table["correct"].tolist() == [True, False, None]
