@@ -634,3 +634,23 @@ def test_a_split_too_small_to_measure_anything_is_warned_about(tmp_path):
     page.query_params["run"] = run.id
     page.run()
     assert any("the test split has only 1 tile" in w.value for w in page.warning), [w.value for w in page.warning]
+
+
+@pytest.mark.slow
+def test_a_run_folder_deleted_between_checks_stops_quietly(monkeypatch, capsys):
+    import shutil
+
+    from histo_core.training import run as run_module
+
+    real_record = run_module._record_epoch
+
+    def deleted_then_record(job, *args):
+        shutil.rmtree(job.run.path)  # the user deletes the run just as the epoch is written
+        return real_record(job, *args)
+
+    monkeypatch.setattr(run_module, "_record_epoch", deleted_then_record)
+    run = T.prepare_run(quick_config(epochs=2))
+    assert T.run_training(run)["state"] == "deleted"
+    out = capsys.readouterr()
+    assert "the run folder was deleted; stopping without saving" in out.out + out.err
+    assert "FileNotFoundError" not in out.out + out.err and not run.path.exists()

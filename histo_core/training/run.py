@@ -79,6 +79,9 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
         say(f"{run.id}: cancelled", rank)
         return {"run_dir": str(run.path), "state": "cancelled", "test": None}
     except BaseException as exc:  # noqa: BLE001 - every failure must end as state "failed"
+        if isinstance(exc, OSError) and not run.path.is_dir():  # deleted between two checks: the same stop
+            say(f"{run.path}: the run folder was deleted; stopping without saving", rank)
+            return {"run_dir": str(run.path), "state": "deleted", "test": None}
         line = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else error_line(exc)
         # every rank's failure reaches the run's log (a torchrun rank's stderr is not the log the Runs page shows)
         append_log(
