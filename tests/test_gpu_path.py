@@ -59,22 +59,10 @@ def test_to_float01_copies_through_to_device(monkeypatch):
 
 # -- precision per compute capability (item 2) ---------------------------------------------------------------
 def _quick_config(**changes):
-    from histo_core.config import TrainConfig
+    """tests/test_train.py's seconds-long synthetic run, one epoch of 96 tiles in batches of 32."""
+    from tests.test_train import quick_config
 
-    cfg = TrainConfig(
-        dataset="synthetic",
-        arch="simplecnn",
-        epochs=1,
-        batch_size=32,
-        lr=3e-3,
-        optimizer="adamw",
-        max_train_samples=96,
-        threads=1,
-        seed=0,
-    )
-    for k, v in changes.items():
-        setattr(cfg, k, v)
-    return cfg
+    return quick_config(**{"epochs": 1, "batch_size": 32, "max_train_samples": 96, **changes})
 
 
 @pytest.mark.parametrize(
