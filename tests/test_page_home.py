@@ -41,6 +41,7 @@ def test_navigation_lists_every_page_file_once_home_first(monkeypatch):
         "Classify",
         "Review",
         "Feature_map",
+        "Slides",
         "Studies",
     ]
     assert all(page.icon for page in registered)
