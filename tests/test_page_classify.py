@@ -90,8 +90,11 @@ def test_real_tiles_and_bad_files(model_run, shared_data):
     assert len(table) == len(good) + 4
     assert (table["predicted"] != "").sum() == len(good)
     assert [c for c in table.columns if c.startswith("p(")][-1] == "p(TUM)"  # one column per class, short names
-    tum = table[table["folder"] == ""]  # uploads carry no folder here: no true class claimed
-    assert (tum["true class"] == "").all()
+    # uploads carry no folder here: a true class is claimed only where the file name starts with a class's
+    # abbreviation (PathMNIST's adi_01.png, NCT's ADI-TCGA-....tif), never for the bad files
+    by_file = dict(zip(table["file"], table["true class"]))
+    assert all(by_file[name] == "" for name, _, _ in bad)
+    assert by_file["adi_01.png"] == "adipose"
     assert f"{len(good)} of {len(good) + 4} file(s) classified, 4 could not be read" in texts(at)
     # first page: 12 cards, each with the upload, a non-flat Grad-CAM overlay and a probability chart
     assert len(at.get("plotly_chart")) == 12
