@@ -111,7 +111,19 @@ def test_user_journey(tmp_path, shared_data):
             assert page.get_by_text("Histo Explorer").first.is_visible()
             nav = page.locator('[data-testid="stSidebarNav"]').inner_text()  # icons and titles, "Home" first
             words = [w for w in nav.split() if w.isascii()]
-            assert words == ["Home", "Datasets", "Train", "Runs", "Compare", "Classify", "Review", "Feature", "map"]
+            assert words == [
+                "Home",
+                "Datasets",
+                "Train",
+                "Runs",
+                "Compare",
+                "Classify",
+                "Review",
+                "Feature",
+                "map",
+                "Slides",
+                "Studies",
+            ]
             shot(page, "home")
             for name in PAGES:
                 goto(page, f"{url}/{name}", name)
