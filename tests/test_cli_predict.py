@@ -154,7 +154,8 @@ def test_folder_input_and_text_output(trained_pathmnist_run, shared_data, capsys
     assert lines[-1] == "9 classified, 0 could not be read"
     first = lines[1]
     assert first.startswith("ADI-") and "(" in first
-    assert lines[2].startswith("  adipose ") and "colorectal adenocarcinoma epithelium" in lines[2]
+    assert lines[2].startswith("  unlike-the-training-tiles score ")  # the flag's score under each file
+    assert lines[3].startswith("  adipose ") and "colorectal adenocarcinoma epithelium" in lines[3]
 
 
 def test_model_by_id_and_export_name(trained_pathmnist_run, shared_data, capsys):

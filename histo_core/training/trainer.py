@@ -282,7 +282,10 @@ class Trainer:
         `pos_on_device`: the same positions already on the device (`epoch_positions`)."""
         tiles = self.gather(pos) if pos_on_device is None or self.shard_log else self.data.train.gather(pos_on_device)
         x = self.prepare_batch(tiles, train=True)
-        return self.train_step(x, self.labels_for(pos, pos_on_device), torch.from_numpy(np.asarray(pos, np.int64)))
+        y = self.labels_for(pos, pos_on_device)
+        if self.config.loss != "elr":  # only ELR keeps per-tile state: no index tensor made for other losses
+            return self.train_step(x, y)
+        return self.train_step(x, y, torch.from_numpy(np.asarray(pos, np.int64)))
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[-1]["lr"])
