@@ -106,20 +106,21 @@ def _card(model_path: Path) -> dict[str, Any]:
 
 
 def _own_dataset(model_path: Path, cfg: dict[str, Any]) -> str | None:
-    """The dataset the model was trained on, as a spec that opens here: the config's, when it is a registered
-    name or exists on this machine; else the file the model card names (relative to the project root, where
-    the shipped models' cards point into ../shared/data), when it exists. None when neither is here."""
-    own = cfg.get("dataset")
-    if own and not _looks_like_path(str(own)):
-        return str(own)
-    if own and Path(str(own)).expanduser().exists():
-        return str(own)
+    """The dataset the model was trained on, as a spec that opens here: the file the model card names first
+    (relative to the project root, where the shipped models' cards point into ../shared/data: the card is the
+    portable record, while the config holds the absolute path of the machine it was trained on); else the
+    config's, when it is a registered name or exists on this machine. None when neither is here."""
     file = (_card(model_path).get("dataset") or {}).get("file")
     if file:
         root = Path(__file__).resolve().parent.parent
         for candidate in (root / file, model_path.parent / file):
             if candidate.exists():
                 return str(candidate.resolve())
+    own = cfg.get("dataset")
+    if own and not _looks_like_path(str(own)):
+        return str(own)
+    if own and Path(str(own)).expanduser().exists():
+        return str(own)
     return None
 
 

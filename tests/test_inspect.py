@@ -282,3 +282,21 @@ def test_a_model_whose_tiles_are_absent_says_so_in_plain_words(shipped_model, tm
     text = str(info.value)
     assert "was trained on PathMNIST" in text and "ships no data" in text
     assert "--dataset" not in text and str(tmp_path) not in text
+
+
+def test_the_card_names_the_training_file_before_the_trainers_absolute_path(shipped_model, pathmnist_mini, tmp_path):
+    """Bug (CI on a clone elsewhere): the config's absolute path of the machine that trained the shipped model
+    exists on some machines and won over the card's portable file."""
+    import json
+    import shutil
+
+    from histo_core.embeddings import target_for
+
+    pt = tmp_path / "moved.pt"
+    shutil.copy(shipped_model, pt)
+    shutil.copy(pathmnist_mini, tmp_path / "its-tiles.npz")
+    card = json.loads(shipped_model.with_suffix(".json").read_text())
+    card["dataset"]["file"] = "its-tiles.npz"
+    card["training"]["config"]["dataset"] = str(pathmnist_mini.resolve())
+    pt.with_suffix(".json").write_text(json.dumps(card))
+    assert Path(target_for(str(pt)).dataset) == (tmp_path / "its-tiles.npz").resolve()
