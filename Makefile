@@ -27,11 +27,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not browser" -n 2
 
-# ruff (lint + format check) over the repository, mypy over histo_core (settings in pyproject.toml)
+# ruff (lint + format check) over the repository, mypy over histo_core, the declared layers (import-linter
+# contracts in pyproject.toml: no cycles, no import of a higher layer, no Streamlit in histo_core) and the
+# 500-line rule (.ci/max_lines.py)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports --no-cache --no-logo
+	$(BIN)/python .ci/max_lines.py --max 500 histo_core pages app.py serve.py
 
 test-browser: $(STAMP)
 	HISTO_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m browser

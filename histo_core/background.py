@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from histo_core.classnames import format_class_map
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, write_json_atomic
+from histo_core.launch import queue_room
 from histo_core.procs import histo_command, log_banner, one_start, pid_alive, proc_file, spawn_detached
 from histo_core.runs import RunDir
 
@@ -63,8 +65,6 @@ def start_inspection_job(kind: str, args: list[str], status_path: str | os.PathL
 
 
 def _queue_room(runs_root: str | os.PathLike | None = None):
-    from histo_core.jobs import queue_room  # jobs re-exports this module's starters: imported when used
-
     return queue_room(runs_root)
 
 
@@ -117,7 +117,6 @@ def _evaluations_dir(model: RunDir | str) -> Path:
 def evaluation_command(
     model: str, dataset: str, split: str, class_map: dict[str, str], name: str, save_to: str | Path | None = None
 ) -> list[str]:
-    from histo_core.classnames import format_class_map
 
     cmd = histo_command("evaluate", model, "--dataset", dataset, "--split", split, "--name", name, "--json")
     if save_to is not None:

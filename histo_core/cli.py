@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from histo_core.errors import HistoError
+from histo_core.fsutil import _json_default
 
 COMMAND_MODULES = ("datasets", "train", "predict", "runs", "tasks", "inspect", "slide", "study")
 
@@ -41,7 +42,6 @@ def emit(args: argparse.Namespace, payload: Any, text: str) -> None:
 
 
 def _default(o: Any) -> Any:
-    from histo_core.fsutil import _json_default
 
     return _json_default(o)
 

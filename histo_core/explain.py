@@ -26,7 +26,8 @@ from PIL import Image
 from torch import nn
 
 from histo_core.errors import HistoError
-from histo_core.inference import ModelMeta, model_input, model_lock
+from histo_core.inference import ModelMeta, model_input
+from histo_core.model_lock import model_lock
 from histo_core.models import cam_target_layer
 
 UNIFORM_RANGE = 1e-6

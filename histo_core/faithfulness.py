@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from histo_core.errors import HistoError
+from histo_core.fsutil import read_json, write_json_atomic
+from histo_core.model_lock import model_lock
 
 PERCENTILES = (20, 40, 60, 80)
 UNFAITHFUL_AT = 0.0
@@ -47,7 +49,7 @@ def road_scores(
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    from histo_core.inference import model_input, model_lock
+    from histo_core.inference import model_input
 
     tiles = np.asarray(tiles_uint8)
     cams = np.asarray(cams, np.float32)
@@ -156,7 +158,6 @@ def explain_quality(
 ) -> dict[str, Any]:
     """The method table over a seeded sample of `tiles` test tiles of a run (all of them when fewer), saved to
     faithfulness.json in the run directory."""
-    from histo_core.fsutil import write_json_atomic
     from histo_core.inference import load_model
     from histo_core.review import RunTiles
 
@@ -190,6 +191,5 @@ def explain_quality(
 
 
 def load_quality(run) -> dict[str, Any] | None:
-    from histo_core.fsutil import read_json
 
     return read_json(run.file(FILE_NAME))

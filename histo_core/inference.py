@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,10 +25,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from histo_core import paths
+from histo_core import paths, runtime, stain
 from histo_core.checkpoint import load_checkpoint, model_from_checkpoint
-from histo_core.errors import HistoError, ModelFileError
-from histo_core.image_decode import DecodedImage
+from histo_core.errors import HistoError, ImageError, ModelFileError
+from histo_core.fsutil import read_json
+from histo_core.image_decode import DecodedImage, centre_box, decode_image, display_name, make_tile
+from histo_core.model_lock import model_lock
+from histo_core.ood import check_tiles, layer_features
+from histo_core.pipeline import to_float01, to_model_input
+from histo_core.predict import InputSpec, predict_tiles
+from histo_core.runs import RunDir, resolve_run
 
 CACHE_SIZE = 4  # models kept loaded at once
 SCALE_NOTE_FACTOR = 4.0  # without a known field of view: a tile this many times larger/smaller gets a note
@@ -123,7 +128,6 @@ def source_scale(dataset: dict) -> tuple[int | None, float | None]:
 # -- finding and loading ---------------------------------------------------------------------------
 def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
     """(checkpoint file, display label, dataset dict) for a run directory, a run id, a .pt file or an export name."""
-    from histo_core.runs import RunDir, resolve_run
 
     text = str(spec).strip()
     if not text:
@@ -198,7 +202,6 @@ def load_model(spec: str | os.PathLike, device: str = "auto") -> LoadedModel:
 
 def _run_ood(checkpoint: Path) -> dict | None:
     """The out-of-distribution calibration a finished run wrote next to its checkpoints (results.json)."""
-    from histo_core.fsutil import read_json
 
     results = read_json(checkpoint.parent / "results.json")
     return results.get("ood") if isinstance(results, dict) else None
@@ -211,22 +214,8 @@ def clear_cache() -> None:
 
 def _pick_device(device: str) -> str:
     """`runtime.resolve_device`, the one device resolver ('auto' -> cuda or cpu; 'cuda' without a GPU: an error)."""
-    from histo_core.runtime import resolve_device
 
-    return resolve_device(device)
-
-
-_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """One lock per model object: held for every forward pass and while Grad-CAM hooks are attached."""
-    with _locks_guard:
-        lock = _locks.get(model)
-        if lock is None:
-            lock = _locks[model] = threading.RLock()
-        return lock
+    return runtime.resolve_device(device)  # through the module: tests stand in for it
 
 
 # -- preprocessing ---------------------------------------------------------------------------------
@@ -245,7 +234,6 @@ def preprocess(
     `mpp` µm per pixel (default: the training images' own resolution) and its centre field of view is what the
     model sees; an image covering clearly less than that is enlarged to fill the tile, with a note. Lines
     describing what was done are appended to `notes`."""
-    from histo_core.image_decode import make_tile
 
     notes = notes if notes is not None else []
     arr = decoded.array if isinstance(decoded, DecodedImage) else np.asarray(decoded)
@@ -311,7 +299,6 @@ def _scale_notes(h: int, w: int, meta: ModelMeta, mpp: float | None, region: int
 # -- prediction ------------------------------------------------------------------------------------
 def model_input(tiles_uint8: np.ndarray | torch.Tensor, meta: ModelMeta, device: str | torch.device) -> torch.Tensor:
     """uint8 NHWC tiles at the model's size -> the normalised NCHW float tensor the model was trained on."""
-    from histo_core.pipeline import to_model_input
 
     return to_model_input(tiles_uint8, meta.mean, meta.std, device, stain_ref=meta.stain)
 
@@ -320,11 +307,9 @@ def model_view(tiles_uint8: np.ndarray, meta: ModelMeta) -> tuple[torch.Tensor, 
     """The tiles as the model sees them before mean/std normalisation, float (N, C, S, S) in [0, 1] and
     stain-normalised; and, when the model normalises stain, the same tiles as given (for the flag's input-colour
     check; else None). One float conversion serves both."""
-    from histo_core.pipeline import to_float01
-    from histo_core.stain import normalize_batch
 
     given = to_float01(np.asarray(tiles_uint8), "cpu")
-    return normalize_batch(given, meta.stain), given if meta.stain else None
+    return stain.normalize_batch(given, meta.stain), given if meta.stain else None
 
 
 def ood_flags(
@@ -341,7 +326,6 @@ def ood_check(
 ):
     """histo_core.ood.check_tiles for uint8 tiles at the model's size: flags, reasons and scores (None
     without a calibration). The feature check needs the `model` and the tiles."""
-    from histo_core.ood import check_tiles
 
     if tiles_uint8 is None:
         return check_tiles(meta.ood, probs, None)
@@ -352,8 +336,6 @@ def ood_check(
 def _ood_features(model: nn.Module | None, meta: ModelMeta, view: torch.Tensor) -> list[np.ndarray] | None:
     """The tiles' stage features for the "unlike the training tiles" feature check, when the model's
     calibration has one (else None: nothing computed)."""
-    from histo_core.ood import layer_features
-    from histo_core.predict import InputSpec
 
     if model is None or not isinstance((meta.ood or {}).get("feature"), dict) or not len(view):
         return None
@@ -368,7 +350,6 @@ def predict(
 
     With `tta`, the probabilities are averaged over the 8 dihedral views (flips and 90-degree rotations),
     all label-preserving for tissue."""
-    from histo_core.predict import InputSpec, predict_tiles
 
     tiles = tiles_uint8 if isinstance(tiles_uint8, torch.Tensor) else np.asarray(tiles_uint8)
     if not isinstance(tiles, torch.Tensor):
@@ -436,8 +417,6 @@ class TileResult:
 def prepare_upload(data: bytes, name: str, meta: ModelMeta, mpp: float | None = None) -> TileResult:
     """Decode and preprocess one file (at `mpp` µm per pixel when known); a bad file gives a TileResult with
     `error` set, never an exception."""
-    from histo_core.errors import ImageError
-    from histo_core.image_decode import centre_box, decode_image, display_name
 
     try:
         decoded = decode_image(data, name)
@@ -478,7 +457,6 @@ def classify_uploads(
 ) -> list[TileResult]:
     """Decode, preprocess and classify (name, bytes) pairs in one batched pass, in the order given; each tile
     also gets the model's view of it (when stain-normalised) and the "unlike the training tiles" check."""
-    from histo_core.ood import check_tiles
 
     results = [prepare_upload(data, name, loaded.meta, mpp=mpp) for name, data in files]
     good = [r for r in results if r.ok and r.tile is not None]

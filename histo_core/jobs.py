@@ -21,10 +21,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from histo_core import paths
 from histo_core.background import (
     INSPECTION_KINDS,
     evaluation_command,
@@ -35,6 +32,7 @@ from histo_core.background import (
     write_job_status,
 )
 from histo_core.errors import HistoError
+from histo_core.launch import active_processes, active_runs, queue_room
 from histo_core.liveness import (
     ACTIVE_STATES,
     STALE,
@@ -46,15 +44,13 @@ from histo_core.liveness import (
 )
 from histo_core.procs import (
     histo_command,
-    live_registered,
     log_banner,
     one_start,
     pid_alive,
     proc_start_time,
-    queue_lock,
     spawn_detached,
 )
-from histo_core.runs import UNREADABLE, RunDir, RunStatus, list_runs, resolve_run
+from histo_core.runs import UNREADABLE, RunDir, RunStatus, resolve_run
 from histo_core.summaries import augmentation_label, best_val, comparison_row, run_summary, summaries
 
 # -- starting processes ------------------------------------------------------------------------------
@@ -71,49 +67,6 @@ def submit(config, runs_root: str | os.PathLike | None = None, started_by: str |
         run = prepare_run(config, runs_root=runs_root)
         _start_training_process(run, resume=False)
     return run
-
-
-def active_runs(runs_root: str | os.PathLike | None = None) -> list[RunDir]:
-    """Runs under the runs root whose process is queued or running (liveness refreshed)."""
-    return [r for r in list_runs(runs_root) if refresh_status(r).state in ACTIVE_STATES]
-
-
-def active_processes(runs_root: str | os.PathLike | None = None) -> int:
-    """How many background processes of every kind are queued or running in this runs directory: training runs,
-    page tasks, evaluations and inspection jobs (each registered when started, procs.live_registered), and runs
-    or tasks marked active whose process is not registered (started by hand, or about to start)."""
-    from histo_core.tasks import active_tasks, refresh_task
-
-    statuses = [refresh_status(r) for r in active_runs(runs_root)] + [refresh_task(t) for t in active_tasks(runs_root)]
-    theirs = {int(s.pid) for s in statuses if s.pid}
-    return len(statuses) + len(live_registered(runs_root) - theirs)
-
-
-@contextmanager
-def queue_room(runs_root: str | os.PathLike | None = None) -> Iterator[None]:
-    """Start a background process inside this block: refused when HISTO_MAX_QUEUED (default 8) processes of any
-    kind are already queued or running in this runs directory (each waiting process holds its memory, about
-    900 MB for a trainer). The count and the start happen under one OS file lock, so simultaneous starts (two
-    browser tabs, two app servers) never pass the limit together."""
-    from histo_core.limits import max_queued
-    from histo_core.slots import max_concurrent
-
-    for name in sorted(k for k in os.environ if k.startswith("HISTO_MAX_RUNS_")):
-        max_concurrent(name[len("HISTO_MAX_RUNS_") :])  # a bad value is refused here, before a process starts
-    limit = max_queued()
-    try:
-        lock = queue_lock(runs_root)
-    except OSError as exc:
-        raise HistoError(f"{paths.runs_dir(runs_root)}: cannot start anything there ({exc.strerror or exc})") from None
-    with lock:
-        active = active_processes(runs_root)
-        if active >= limit:
-            raise HistoError(
-                f"{active} background processes (runs, evaluations, page tasks) are already queued or running in "
-                f"{paths.runs_dir(runs_root)}, the limit (HISTO_MAX_QUEUED={limit}): wait for one to finish or "
-                "cancel one, then start again"
-            )
-        yield
 
 
 def _start_training_process(run: RunDir, resume: bool) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from histo_core import paths
 from histo_core.errors import HistoError
+from histo_core.runs import list_runs
 
 
 @dataclass
@@ -52,7 +53,6 @@ def list_models(notes: list[str] | None = None) -> list[ModelEntry]:
     """Completed runs with a checkpoint (newest first), then exports in weights/ (by name), then the models
     shipped with the project (weights/ in the repository, when exports are kept elsewhere)."""
     from histo_core.export import list_exports
-    from histo_core.runs import list_runs
 
     entries = []
     try:

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from histo_core.model_lock import model_lock
+
 CONFIDENCE_QUANTILE = 0.05
 COLOUR_QUANTILE = 0.99
 COLOUR_MARGIN = 1.5  # the distance threshold is this many times the training tiles' 99th percentile
@@ -161,7 +163,6 @@ def layer_features(model: nn.Module, tiles: Any, spec: Any, batch_size: int = 25
     """Per stage of `feature_layers(model)`, the per-channel mean activation (N, C) float64 of `tiles`
     (uint8 NHWC, or the model's float view of them, as `predict.model_batch` takes), one forward pass per
     batch under the model's lock. For a single linear stage, its input (the penultimate features)."""
-    from histo_core.inference import model_lock
     from histo_core.predict import model_batch, model_device
 
     layers = feature_layers(model)

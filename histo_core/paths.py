@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from histo_core.fsutil import read_json
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,14 +50,26 @@ OUTSIDE_ROOTS_MESSAGE = (
 )
 
 
+DATASETS_FILE = "histo_datasets.json"  # the datasets a user added (`datasets --add`; histo_core.datasets.catalog)
+
+
+def datasets_file(data_dir_override: str | os.PathLike | None = None) -> Path:
+    return data_dir(data_dir_override) / DATASETS_FILE
+
+
+def added_datasets(data_dir_override: str | os.PathLike | None = None) -> list[dict]:
+    """The user-added datasets as stored in DATASETS_FILE: {path, title, source, kind, channels}, in the order
+    added (the catalog writes the file; the data roots read it)."""
+    data = read_json(datasets_file(data_dir_override), {}) or {}
+    return [e for e in data.get("datasets", []) if isinstance(e, dict) and e.get("path")]
+
+
 def data_roots(data_dir_override: str | os.PathLike | None = None) -> list[Path]:
     """Folders (and single files) the web app may open datasets in: the data dir, every dataset registered
     with `python -m histo_core datasets --add`, and the os.pathsep-separated folders of $HISTO_DATA_ROOTS.
     Resolved (symlinks followed), without duplicates, in that order. The CLI is not limited by them."""
     candidates: list[str] = [str(data_dir(data_dir_override))]
-    from histo_core.datasets.catalog import local_datasets
-
-    candidates += [p.split("?", 1)[0] for p in local_datasets(data_dir_override)]
+    candidates += [str(e["path"]).split("?", 1)[0] for e in added_datasets(data_dir_override)]
     candidates += [p for p in os.environ.get("HISTO_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
     out: list[Path] = []
     for c in candidates:

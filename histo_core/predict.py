@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from histo_core import pipeline, stain
+from histo_core import augment, pipeline, stain
 from histo_core.errors import DatasetError, HistoError
 
 EVAL_BATCH = 512
@@ -139,7 +139,7 @@ def iter_predictions(
     with torch.inference_mode():
         for start, batch in _batches(tiles, size):
             x = model_batch(batch, spec, device)
-            views = pipeline.dihedral_views(x) if tta else [x]
+            views = augment.dihedral_views(x) if tta else [x]
             probs: torch.Tensor | float = 0.0
             feats: torch.Tensor | float = 0.0
             with amp:

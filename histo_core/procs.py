@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from histo_core import paths, runtime
+from histo_core.fsutil import read_json, write_json_atomic
 
 
 def histo_command(*args: str) -> list[str]:
@@ -84,7 +85,6 @@ def _registry(runs_root: str | os.PathLike | None) -> Path:
 
 def register_process(pid: int, cmd: list[str], runs_root: str | os.PathLike | None = None) -> None:
     """Record a background process (pid, start time, command) in the runs directory's registry."""
-    from histo_core.fsutil import write_json_atomic
 
     folder = _registry(runs_root)
     try:
@@ -97,7 +97,6 @@ def register_process(pid: int, cmd: list[str], runs_root: str | os.PathLike | No
 def live_registered(runs_root: str | os.PathLike | None = None) -> set[int]:
     """The pids of registered background processes that are still alive (the same process: its start time
     matches); the entries of ended ones are removed."""
-    from histo_core.fsutil import read_json
 
     folder = _registry(runs_root)
     alive: set[int] = set()

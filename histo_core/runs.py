@@ -32,7 +32,7 @@ from typing import Any
 
 from histo_core import paths
 from histo_core.errors import HistoError
-from histo_core.fsutil import write_json_atomic
+from histo_core.fsutil import write_json_atomic, write_text_atomic
 
 STATES = ("queued", "running", "completed", "failed", "cancelled")
 UNREADABLE = "unreadable"  # a run whose files cannot be read: listed with the file and the reason, never written
@@ -287,7 +287,6 @@ class RunDir:
     def truncate_metrics(self, epochs: int) -> None:
         """Keep the rows of the first `epochs` epochs (resume after a crash rewrites what follows)."""
         rows = [r for r in self.metrics() if int(r.get("epoch", 0)) <= epochs]
-        from histo_core.fsutil import write_text_atomic
 
         write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 

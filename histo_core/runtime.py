@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import os
 
+from histo_core.errors import ConfigError
+
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity), not the machine's count."""
@@ -139,8 +141,6 @@ def resolve_device(name: str) -> str:
     """The one device resolver: 'auto' -> 'cuda' when a GPU is usable, else 'cpu'; 'cuda' without a GPU is a
     ConfigError naming the fix; 'cpu' stays 'cpu'. (torch is imported here, on the first call, not at import.)"""
     import torch
-
-    from histo_core.errors import ConfigError
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

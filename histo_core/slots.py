@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from histo_core import paths
+from histo_core.limits import env_int
 
 
 def gpu_count() -> int:
@@ -27,7 +28,6 @@ def gpu_count() -> int:
 def max_concurrent(device: str) -> int:
     """$HISTO_MAX_RUNS_<DEVICE> (e.g. HISTO_MAX_RUNS_CPU=2). Default: one CUDA slot per visible GPU; one CPU slot
     (two CPU runs on 2 cores only slow each other down)."""
-    from histo_core.limits import env_int
 
     name = f"HISTO_MAX_RUNS_{device.upper()}"
     if device == "cuda" and not os.environ.get(name, "").strip():

@@ -28,10 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from histo_core import jobs
 from histo_core.config import MAX_NOISE, NOISE_METHODS, NOISE_MODES, TrainConfig, with_method
 from histo_core.errors import ConfigError, HistoError
 from histo_core.fsutil import read_json, write_json_atomic
+from histo_core.launch import restart_task, submit_task
 from histo_core.runs import RunDir
+from histo_core.task_folders import TaskDir, cancel_task, list_tasks, refresh_task, task_by_id
 
 KIND = "study"
 RUNS_FILE = "runs.json"
@@ -114,8 +117,6 @@ def start_study(
     started_by: str | None = None,
 ) -> Any:
     """Validate, then start the driver process. Returns its TaskDir."""
-    from histo_core.tasks import submit_task
-
     spec.validate()
     for cell in cells(spec)[: len(spec.archs) * len(spec.methods)]:
         cell_config(base, spec, cell)  # every architecture and method checked before anything starts
@@ -124,14 +125,10 @@ def start_study(
 
 
 def list_studies(runs_root: str | os.PathLike | None = None) -> list[Any]:
-    from histo_core.tasks import list_tasks
-
     return list_tasks(runs_root, KIND)
 
 
 def study_by_id(study_id: str, runs_root: str | os.PathLike | None = None) -> Any:
-    from histo_core.tasks import task_by_id
-
     task = task_by_id(study_id, runs_root)
     if task.task().get("kind") != KIND:
         raise HistoError(f"{study_id}: not a study (see `python -m histo_core tasks list`)")
@@ -145,9 +142,6 @@ def study_runs(task: Any) -> dict[str, RunDir]:
 
 def cancel_study(task: Any) -> None:
     """Stop the driver and every queued or running run of the study."""
-    from histo_core import jobs
-    from histo_core.tasks import cancel_task, refresh_task
-
     if refresh_task(task).state in jobs.ACTIVE_STATES:
         cancel_task(task)
     for run in study_runs(task).values():
@@ -160,16 +154,11 @@ def cancel_study(task: Any) -> None:
 
 def resume_study(task: Any) -> None:
     """Start the driver again on the same study: finished runs kept, the others resumed or submitted."""
-    from histo_core.tasks import restart_task
-
     restart_task(task)
 
 
 def delete_study(task: Any) -> None:
     """Delete the study folder and all its runs; refused while the driver or any of its runs is active."""
-    from histo_core import jobs
-    from histo_core.tasks import refresh_task
-
     if refresh_task(task).state in jobs.ACTIVE_STATES:
         raise HistoError(f"{task.id}: the study is running; cancel it before deleting it")
     runs = [r for r in study_runs(task).values() if r.exists()]
@@ -197,9 +186,6 @@ def drive(
 ) -> dict[str, Any]:
     """Body of the study task: submit runs as the study's slots free until every cell has ended. `progress`
     raises (TaskCancelled) when the study is cancelled; its active runs are cancelled then."""
-    from histo_core import jobs
-    from histo_core.tasks import TaskDir
-
     task = TaskDir(task_path)
     spec = StudySpec(**params["spec"]).validate()
     base = TrainConfig.from_dict(params["base"])
@@ -287,9 +273,6 @@ def bootstrap_ci(values: list[float], seed: int = 0) -> tuple[float, float] | No
 def study_results(task: Any) -> dict[str, Any]:
     """Every run (folder, method, noise, seed, state, test metrics, noisy-validation accuracy), the summary per
     architecture x method x noise (mean, sd, bootstrap CI over seeds) and the recommendation per noise level."""
-    from histo_core import jobs
-    from histo_core.tasks import refresh_task
-
     params = task.task().get("params") or {}
     spec = StudySpec(**params["spec"])
     mapping = study_runs(task)

@@ -9,223 +9,42 @@ analysis): never in the Streamlit server process, always through the same machin
 A task counts against HISTO_MAX_QUEUED with the runs of its runs directory, waits for the same device slot
 (histo_core.slots) as training, and is listed by `python -m histo_core tasks list`. Pages find the latest task
 for the same kind and parameters, so its progress and result are shown again after navigating away or reloading.
+
+This module is the task process (`run_task`) and the kinds it runs (KIND_RUNNERS); the task folder, its liveness
+and cancelling are `task_folders.py`, starting one is `launch.py` (re-exported here for the pages).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from histo_core import paths
 from histo_core.errors import HistoError
-from histo_core.fsutil import read_json, write_json_atomic
-from histo_core.procs import histo_command, proc_start_time, spawn_detached
-from histo_core.runs import UNREADABLE, RunDir, RunStatus, status_problem
-
-TASKS_FOLDER = ".tasks"
-KINDS = ("lr-find", "estimate", "label-errors", "slide", "study")
-NO_SLOT_KINDS = ("study",)  # drivers that start runs of their own: holding a device slot would block them
-
-
-class TaskDir(RunDir):
-    """A task folder: task.json (kind, params, key), status.json, result.json, log.txt, cancel."""
-
-    task_path = property(lambda self: self.path / "task.json")
-    result_path = property(lambda self: self.path / "result.json")
-
-    def exists(self) -> bool:
-        return self.task_path.exists()
-
-    def schema(self):
-        return [
-            (self.task_path, True, _task_problem),
-            (self.status_path, False, status_problem),
-            (self.result_path, False, None),
-        ]
-
-    def task(self) -> dict[str, Any]:
-        return read_json(self.task_path, {}) or {}
-
-    def result(self) -> dict[str, Any] | None:
-        return read_json(self.result_path)
-
-
-def _task_problem(task: dict[str, Any]) -> str | None:
-    if not isinstance(task.get("kind"), str) or not isinstance(task.get("params", {}), dict):
-        return "no task kind and parameters"
-    return None
-
-
-def tasks_root(runs_root: str | os.PathLike | None = None) -> Path:
-    return paths.runs_dir(runs_root) / TASKS_FOLDER
-
-
-def params_key(kind: str, params: dict[str, Any]) -> str:
-    """Identifies "the same request": the page shows the latest task with this key."""
-    text = json.dumps({"kind": kind, "params": params}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def list_tasks(runs_root: str | os.PathLike | None = None, kind: str | None = None) -> list[TaskDir]:
-    """Task folders, newest first."""
-    root = tasks_root(runs_root)
-    if not root.is_dir():
-        return []
-    found = [TaskDir(p) for p in root.iterdir() if (p / "task.json").exists()]
-    if kind:
-        found = [t for t in found if t.task().get("kind") == kind]
-    return sorted(found, key=lambda t: t.id, reverse=True)
-
-
-def latest_task(kind: str, params: dict[str, Any], runs_root: str | os.PathLike | None = None) -> TaskDir | None:
-    key = params_key(kind, params)
-    return next((t for t in list_tasks(runs_root, kind) if t.task().get("key") == key), None)
-
-
-def task_by_id(task_id: str, runs_root: str | os.PathLike | None = None) -> TaskDir:
-    from histo_core.runs import check_run_id
-
-    task = TaskDir(tasks_root(runs_root) / check_run_id(task_id))
-    if not task.exists():
-        raise HistoError(f"{task_id}: no such task (see `python -m histo_core tasks list`)")
-    return task
-
-
-def submit_task(
-    kind: str,
-    params: dict[str, Any],
-    runs_root: str | os.PathLike | None = None,
-    *,
-    device: str = "auto",
-    started_by: str | None = None,
-) -> TaskDir:
-    """Start `kind` with `params` in a detached process; refused when HISTO_MAX_QUEUED processes are already
-    queued or running in this runs directory."""
-    from histo_core import jobs
-
-    if kind not in KINDS:
-        raise HistoError(f"unknown task {kind!r}; one of {', '.join(KINDS)}")
-    from histo_core.runtime import resolve_device
-
-    device = resolve_device(device or "auto")  # the slot name the trainer uses ("auto" -> cpu/cuda)
-    with jobs.queue_room(runs_root):
-        return _start_task(kind, params, runs_root, device, started_by)
-
-
-def _start_task(kind: str, params: dict[str, Any], runs_root, device: str, started_by: str | None) -> TaskDir:
-    root = tasks_root(runs_root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        task = TaskDir(root / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}")
-        task.path.mkdir()
-    except OSError as exc:
-        raise HistoError(f"cannot create a task folder in {root}: {exc.strerror or exc}") from None
-    write_json_atomic(
-        task.task_path,
-        {
-            "kind": kind,
-            "params": params,
-            "key": params_key(kind, params),
-            "device": device,
-            "started_by": started_by or "",
-            "created_at": time.time(),
-        },
-    )
-    _spawn(task, device)
-    return task
-
-
-def _spawn(task: TaskDir, device: str) -> None:
-    """Mark the task queued and start its detached process (`tasks run DIR`), recording its pid."""
-    task.write_status(RunStatus(state="queued", device=device))
-    cmd = histo_command("tasks", "run", str(task.path.resolve()))
-    try:
-        with open(task.log_path, "ab") as log:
-            pid = spawn_detached(cmd, log, runs_root=task.path.parent.parent)
-    except OSError as exc:
-        task.update_status(state="failed", error=f"could not start the task process: {exc}")
-        raise HistoError(f"{task.id}: could not start the task process ({exc})") from None
-    task.update_status(pid=pid, pid_start=proc_start_time(pid), host=socket.gethostname())
-
-
-def restart_task(task: TaskDir) -> None:
-    """Start a cancelled or failed task's process again on the same folder (a study's driver resumes this way).
-    Two callers at once start one process: the second finds the task queued."""
-    from histo_core import jobs
-    from histo_core.procs import one_start
-
-    with one_start(task.path / ".start.lock"):
-        status = refresh_task(task)
-        if status.state in jobs.ACTIVE_STATES:
-            raise HistoError(f"{task.id}: the task is {status.state}; cancel it before resuming")
-        if status.state == "completed":
-            raise HistoError(f"{task.id}: the task has completed; there is nothing to resume")
-        if status.state == UNREADABLE:
-            raise HistoError(f"{task.id}: unreadable ({status.error}); it cannot be resumed, delete it")
-        with jobs.queue_room(task.path.parent.parent):
-            task.cancel_path.unlink(missing_ok=True)
-            _spawn(task, task.task().get("device") or "cpu")
-
-
-def refresh_task(task: TaskDir) -> RunStatus:
-    """The task's status; a queued/running task whose process is gone is marked failed (or cancelled)."""
-    from histo_core import jobs
-
-    status = task.status()
-    if status.state not in jobs.ACTIVE_STATES or status.pid is None:
-        if status.state in jobs.ACTIVE_STATES and time.time() - (status.created_at or 0) > 60:
-            return _end(task, status, "failed", "the task process was never started")
-        return status
-    if jobs.process_alive(task, status):
-        return status
-    fresh = task.status()
-    if fresh.state not in jobs.ACTIVE_STATES:
-        return fresh
-    if task.cancel_requested():
-        return _end(task, fresh, "cancelled", None)
-    last = jobs.last_log_line(task)
-    return _end(task, fresh, "failed", "the task process ended unexpectedly" + (f". Log: {last}" if last else ""))
-
-
-def _end(task: TaskDir, status: RunStatus, state: str, error: str | None) -> RunStatus:
-    status.state, status.error, status.finished_at = state, error, time.time()
-    try:
-        task.write_status(status)
-    except OSError:
-        pass
-    return status
-
-
-def cancel_task(task: TaskDir) -> RunStatus:
-    from histo_core import jobs
-
-    status = refresh_task(task)
-    if status.state not in jobs.ACTIVE_STATES:
-        raise HistoError(f"{task.id}: the task is {status.state}; only a queued or running task can be cancelled")
-    task.cancel_path.touch()
-    if status.pid and jobs.process_alive(task, status):
-        try:
-            os.kill(int(status.pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    return status
-
-
-def active_tasks(runs_root: str | os.PathLike | None = None) -> list[TaskDir]:
-    from histo_core import jobs
-
-    return [t for t in list_tasks(runs_root) if refresh_task(t).state in jobs.ACTIVE_STATES]
-
+from histo_core.fsutil import write_json_atomic
+from histo_core.launch import restart_task, submit_task
+from histo_core.procs import proc_start_time
+from histo_core.runs import run_by_id
+from histo_core.slots import device_slot, gpu_of_slot
+from histo_core.task_folders import (
+    KINDS,
+    NO_SLOT_KINDS,
+    TASKS_FOLDER,
+    TaskDir,
+    active_tasks,
+    cancel_task,
+    latest_task,
+    list_tasks,
+    params_key,
+    refresh_task,
+    task_by_id,
+    task_summary,
+    tasks_root,
+)
 
 # -- the task process ---------------------------------------------------------------------------------------
 
@@ -236,9 +55,7 @@ class TaskCancelled(Exception):
 
 def run_task(task: TaskDir) -> int:
     """Body of `python -m histo_core tasks run DIR`: wait for a device slot, run, write result.json."""
-    from histo_core import jobs
     from histo_core.estimate import process_age_s
-    from histo_core.slots import device_slot
 
     spec = task.task()
     kind, params = spec.get("kind"), dict(spec.get("params") or {})
@@ -246,7 +63,7 @@ def run_task(task: TaskDir) -> int:
     params["_task_path"] = str(task.path)
     stop = {"signalled": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signalled=True))
-    pid_start = jobs.proc_start_time(os.getpid())
+    pid_start = proc_start_time(os.getpid())
 
     def check() -> None:
         if not task.path.is_dir():
@@ -283,8 +100,6 @@ def run_task(task: TaskDir) -> int:
         with slot_held as slot:
             if slot is not None and kind_of_device == "cuda":  # the slot's GPU is this process's current device
                 import torch
-
-                from histo_core.slots import gpu_of_slot
 
                 torch.cuda.set_device(gpu_of_slot(slot))
             task.update_status(state="running", started_at=time.time(), heartbeat=time.time(), epochs=1)
@@ -344,7 +159,6 @@ def _estimate(params: dict[str, Any], progress: Callable[[float, str], None]) ->
 
 def _label_errors(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
     from histo_core.label_errors import find_label_errors
-    from histo_core.runs import run_by_id
 
     run = run_by_id(params["run"], params.get("runs_root"))
     report = find_label_errors(run, folds=int(params["folds"]), epochs=int(params["epochs"]), progress=progress)
@@ -394,16 +208,23 @@ KIND_RUNNERS: dict[str, Callable[[dict[str, Any], Callable[[float, str], None]],
 }
 
 
-def task_summary(task: TaskDir, status: RunStatus | None = None) -> dict[str, Any]:
-    status = status or refresh_task(task)
-    spec = task.task()
-    return {
-        "id": task.id,
-        "kind": spec.get("kind", ""),
-        "state": status.state,
-        "progress": status.step / status.steps_per_epoch if status.steps_per_epoch else 0.0,
-        "message": status.phase,
-        "error": status.error,
-        "started_by": spec.get("started_by", ""),
-        "created_at": spec.get("created_at"),
-    }
+__all__ = [
+    "KINDS",
+    "KIND_RUNNERS",
+    "NO_SLOT_KINDS",
+    "TASKS_FOLDER",
+    "TaskCancelled",
+    "TaskDir",
+    "active_tasks",
+    "cancel_task",
+    "latest_task",
+    "list_tasks",
+    "params_key",
+    "refresh_task",
+    "restart_task",
+    "run_task",
+    "submit_task",
+    "task_by_id",
+    "task_summary",
+    "tasks_root",
+]

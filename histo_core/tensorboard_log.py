@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from histo_core.classnames import short_names
+
 SCALARS = {
     "train_loss": "loss/train",
     "val_loss": "loss/val",
@@ -112,8 +114,6 @@ def confusion_image(cm: np.ndarray, classes: list[str], cell: int = 44) -> np.nd
     """(H, W, 3) uint8: the confusion matrix (rows true, columns predicted) as white-to-blue cells with counts,
     class names (NCT abbreviations where known) along both axes."""
     from PIL import Image, ImageDraw
-
-    from histo_core.classnames import short_names
 
     names = [n[:10] for n in short_names([str(c) for c in classes])]
     k = len(names)

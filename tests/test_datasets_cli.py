@@ -81,7 +81,7 @@ def test_bad_spec_exits_2_with_one_line(tmp_path):
 
 
 def test_download_offline_exits_2(capsys, monkeypatch, tmp_path):
-    import histo_core.datasets.download as download
+    import histo_core.datasets.medmnist_source as download
 
     monkeypatch.setattr(download, "download_source", lambda f, s: ("http://127.0.0.1:9/pathmnist.npz", "x"))
     code, out, err = run_cli(capsys, "--download", "pathmnist", "--size", "28", "--data-dir", str(tmp_path))

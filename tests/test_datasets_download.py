@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import histo_core.datasets.download as download
+import histo_core.datasets.medmnist_source as medmnist_source
 from histo_core.datasets import open_dataset
-from histo_core.datasets.download import download_medmnist
+from histo_core.datasets.medmnist_source import download_medmnist, download_source  # before any monkeypatch
 from histo_core.errors import DownloadError
 
 
@@ -47,7 +48,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def _serve(monkeypatch, url, md5):
-    monkeypatch.setattr(download, "download_source", lambda flag, size: (url, md5))
+    monkeypatch.setattr(medmnist_source, "download_source", lambda flag, size: (url, md5))
 
 
 def test_download_success_with_progress_and_md5(served_npz, monkeypatch, tmp_path):
@@ -67,11 +68,9 @@ def test_download_success_with_progress_and_md5(served_npz, monkeypatch, tmp_pat
 def test_download_uses_the_size_specific_url(served_npz, monkeypatch, tmp_path):
     url, md5, _ = served_npz
     asked = []
-    monkeypatch.setattr(download, "download_source", lambda flag, size: asked.append((flag, size)) or (url, md5))
+    monkeypatch.setattr(medmnist_source, "download_source", lambda flag, size: asked.append((flag, size)) or (url, md5))
     path = download_medmnist("pathmnist", 64, data_dir=tmp_path)
     assert asked == [("pathmnist", 64)] and path.name == "pathmnist_64.npz"
-    from histo_core.datasets.medmnist_source import download_source
-
     assert download_source("pathmnist", 64)[0].endswith("pathmnist_64.npz?download=1")
     assert download_source("pathmnist", 28)[1] == "a8b06965200029087d5bd730944a56c1"
 
@@ -128,5 +127,5 @@ def test_download_refuses_unknown_flag_and_size(tmp_path):
 
 def test_present_file_is_not_downloaded_again(monkeypatch, tmp_path):
     (tmp_path / "pathmnist.npz").write_bytes(b"already here")
-    monkeypatch.setattr(download, "download_file", lambda *a, **k: pytest.fail("downloaded again"))
+    monkeypatch.setattr(medmnist_source, "download_file", lambda *a, **k: pytest.fail("downloaded again"))
     assert download_medmnist("pathmnist", 28, data_dir=tmp_path) == tmp_path / "pathmnist.npz"

@@ -269,7 +269,7 @@ def test_a_model_whose_tiles_are_absent_says_so_in_plain_words(shipped_model, tm
     import json
     import shutil
 
-    from histo_core.embeddings import MissingTrainingData, target_for
+    from histo_core.embed_target import MissingTrainingData, target_for
 
     pt = tmp_path / "elsewhere.pt"
     shutil.copy(shipped_model, pt)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import histo_core.datasets.download as download
+import histo_core.datasets.medmnist_source as medmnist_source
 from tests.conftest import ROOT
 from tests.test_datasets_sources import make_class_folders, write_medmnist_npz
 
@@ -72,7 +72,9 @@ def test_bad_path_shows_an_error_not_an_exception(tmp_path):
 
 
 def test_download_failure_offline_shows_a_message(monkeypatch):
-    monkeypatch.setattr(download, "download_source", lambda flag, size: ("http://127.0.0.1:9/pathmnist.npz", "x"))
+    monkeypatch.setattr(
+        medmnist_source, "download_source", lambda flag, size: ("http://127.0.0.1:9/pathmnist.npz", "x")
+    )
     at = open_page("pathmnist")
     assert any("is not downloaded" in i.value for i in at.info)
     at.button(key=f"{KEY}_download_selected").click().run()

@@ -16,6 +16,7 @@ from typing import Any
 
 from histo_core import paths
 from histo_core.cli import emit
+from histo_core.errors import DatasetError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -186,7 +187,6 @@ def _add(args: argparse.Namespace) -> int:
 
 def _remove(args: argparse.Namespace) -> int:
     from histo_core.datasets.catalog import remove_local_dataset
-    from histo_core.errors import DatasetError
 
     if not remove_local_dataset(args.remove, args.data_dir):
         raise DatasetError(f"{args.remove}: not in the list of added datasets (see `python -m histo_core datasets`)")

@@ -20,6 +20,7 @@ import numpy as np
 
 from histo_core.cli import emit
 from histo_core.errors import HistoError
+from histo_core.runs import resolve_run
 
 
 def _command(
@@ -157,7 +158,8 @@ def _as_job(args: argparse.Namespace, work: Callable[[], Any]) -> Any:
 
 # -- embed -------------------------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
-    from histo_core.embeddings import MissingTrainingData, embed, target_for
+    from histo_core.embed_target import MissingTrainingData, target_for
+    from histo_core.embeddings import embed
 
     if args.max_points < 10:
         raise HistoError(f"--max-points must be at least 10, got {args.max_points}")
@@ -282,7 +284,6 @@ def _similar_text(payload: dict[str, Any]) -> str:
 # -- label-errors ------------------------------------------------------------------------------------------
 def cmd_label_errors(args: argparse.Namespace) -> int:
     from histo_core.label_errors import find_label_errors, load_label_errors
-    from histo_core.runs import resolve_run
 
     if args.folds < 2:
         raise HistoError(f"--folds must be at least 2, got {args.folds}")
@@ -328,7 +329,6 @@ def cmd_label_errors(args: argparse.Namespace) -> int:
 # -- explain-quality ---------------------------------------------------------------------------------------
 def cmd_explain_quality(args: argparse.Namespace) -> int:
     from histo_core.faithfulness import explain_quality
-    from histo_core.runs import resolve_run
 
     if args.tiles < 1:
         raise HistoError(f"--tiles must be a positive integer, got {args.tiles}")

@@ -15,6 +15,8 @@ import numpy as np
 
 from histo_core.cli import emit
 from histo_core.errors import HistoError
+from histo_core.fsutil import atomic_file
+from histo_core.image_decode import ImageError, read_image_bytes, safe_filename
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 MAX_FILE_BYTES = 1 << 30  # a tile or a region; anything larger is refused before reading
@@ -92,7 +94,6 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
 def read_file(path: Path) -> tuple[bytes | None, str | None]:
     """(bytes, None) or (None, error message): the one reader of image files (image_decode.read_image_bytes)."""
-    from histo_core.image_decode import ImageError, read_image_bytes
 
     try:
         return read_image_bytes(path, MAX_FILE_BYTES), None
@@ -166,8 +167,6 @@ def _write_cams(args, loaded, results, target) -> dict[int, dict[str, Any]]:
     from PIL import Image
 
     from histo_core.explain import compute_cams, overlay, uniform_maps
-    from histo_core.fsutil import atomic_file
-    from histo_core.image_decode import safe_filename
 
     good = [r for r in results if r.ok]
     if not good:

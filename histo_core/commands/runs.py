@@ -10,7 +10,7 @@ from typing import Any
 from histo_core import jobs
 from histo_core.cli import emit
 from histo_core.errors import HistoError
-from histo_core.runs import UNREADABLE, run_by_id
+from histo_core.runs import UNREADABLE, read_only_note, run_by_id
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,7 +86,6 @@ def summary_line(s: dict[str, Any]) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from histo_core import paths
-    from histo_core.runs import read_only_note
 
     note = read_only_note(args.runs_dir)
     if note:

@@ -19,8 +19,11 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from histo_core.classnames import parse_class_map
 from histo_core.config import FIELD_HELP, Augment, TrainConfig, canonical_mode
 from histo_core.errors import ConfigError, HistoError
+from histo_core.runs import RunDir
+from histo_core.slots import max_concurrent
 
 _AUG_FIELDS = [f.name for f in fields(Augment)]
 _CONFIG_FIELDS = [f for f in fields(TrainConfig) if f.name != "augment"]
@@ -162,7 +165,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from histo_core import training as T
     from histo_core.cli import emit
-    from histo_core.runs import RunDir
 
     rank, world, _ = T.dist_env()
     if args.run_dir:
@@ -194,7 +196,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             run = _prepare_distributed(config, args.runs_dir)
         else:
             from histo_core.runtime import resolve_device
-            from histo_core.slots import max_concurrent
 
             max_concurrent(
                 resolve_device(config.device)
@@ -228,7 +229,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _prepare_distributed(config: TrainConfig, runs_dir: str | None):
     """Rank 0 checks the config and creates the run; every rank learns its path (or the error)."""
     from histo_core import training as T
-    from histo_core.runs import RunDir
 
     rank, world = T.init_distributed(config.device)
     msg: dict[str, Any] = {}
@@ -253,7 +253,6 @@ def _fmt(v) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from histo_core.classnames import parse_class_map
     from histo_core.cli import emit
     from histo_core.evaluation import evaluate, format_matching
 

@@ -11,6 +11,8 @@ open_dataset("/data/pcam")                    # folder of PatchCamelyon .h5 file
 
 from __future__ import annotations
 
+# The built-in kinds: each module registers its source when imported (their `order` says which is tried first).
+from histo_core.datasets import class_folders, csv_manifest, medmnist_source, pcam, synthetic  # noqa: F401
 from histo_core.datasets.base import SPLITS, DatasetInfo, Split, TileDataset, stratified_split
 from histo_core.datasets.sources import (
     DatasetEntry,

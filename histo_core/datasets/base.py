@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from histo_core.errors import DatasetError
+from histo_core.limits import MAX_CLASSES
 
 SPLITS = ("train", "val", "test")
 
@@ -133,7 +134,6 @@ class TileDataset:
 
 def check_label_range(max_label: int, where: str) -> None:
     """Refuse a label so large that sizing anything by it (class lists, bincounts) would exhaust memory."""
-    from histo_core.limits import MAX_CLASSES
 
     if max_label >= MAX_CLASSES:
         raise DatasetError(

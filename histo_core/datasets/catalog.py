@@ -12,21 +12,23 @@ import os
 from pathlib import Path
 
 from histo_core import paths
-from histo_core.datasets.sources import DatasetEntry, Progress, dataset_statuses, path_source
+from histo_core.datasets.sources import (
+    DatasetEntry,
+    Progress,
+    dataset_statuses,
+    describe_spec,
+    named_source,
+    open_dataset,
+    parse_spec,
+    path_source,
+    registered_names,
+)
 from histo_core.errors import DatasetError
-from histo_core.fsutil import read_json, write_json_atomic
+from histo_core.fsutil import write_json_atomic
 
-CATALOG_FILE = "histo_datasets.json"
-
-
-def _catalog_path(data_dir) -> Path:
-    return paths.data_dir(data_dir) / CATALOG_FILE
-
-
-def local_dataset_entries(data_dir: str | os.PathLike | None = None) -> list[dict]:
-    """The user-added datasets as stored: {path, title, source, kind, channels}."""
-    data = read_json(_catalog_path(data_dir), {}) or {}
-    return [e for e in data.get("datasets", []) if isinstance(e, dict) and e.get("path")]
+CATALOG_FILE = paths.DATASETS_FILE
+_catalog_path = paths.datasets_file
+local_dataset_entries = paths.added_datasets  # the user-added datasets as stored: {path, title, source, kind, channels}
 
 
 def local_datasets(data_dir: str | os.PathLike | None = None) -> list[str]:
@@ -41,8 +43,6 @@ def add_local_dataset(
 
     Returns the opened TileDataset. Raises DatasetError with the reason it cannot be used.
     """
-    from histo_core.datasets import describe_spec, open_dataset, parse_spec
-
     text = str(path).strip()
     if not text:
         raise DatasetError("no path given: type the path of an .npz, a .csv manifest, an image folder or a PCam folder")
@@ -70,8 +70,6 @@ def canonical_spec(spec: str) -> str:
     """The one spelling of a dataset spec that the catalog lists: a path with `~`, `..` and symlinks resolved
     (options kept), so a link or a typed path reaching a listed dataset by another way (a root on a mount,
     linked from home) finds it; anything else as given."""
-    from histo_core.datasets.sources import named_source, parse_spec
-
     text = str(spec).strip()
     base, options = parse_spec(text)
     path = Path(base).expanduser()
@@ -134,8 +132,6 @@ def check_web_spec(spec: str, data_dir: str | os.PathLike | None = None) -> str:
     Checked before anything looks at the file, and the message is the same whatever is there (an existing
     file, a folder, nothing), so it reveals nothing about the server. Returns `spec` unchanged; raises
     DatasetError(paths.OUTSIDE_ROOTS_MESSAGE). The CLI does not call this: it opens any path."""
-    from histo_core.datasets import registered_names
-
     text = str(spec).strip()
     if not text:
         return text

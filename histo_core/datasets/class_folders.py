@@ -19,7 +19,7 @@ import numpy as np
 from histo_core import paths
 from histo_core.datasets.base import SPLITS, TileDataset, split_note, stratified_split
 from histo_core.datasets.decoded_tiles import decode_image_files, decoded_dataset, is_image_file
-from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress
+from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress, register_source
 from histo_core.errors import DatasetError
 
 SPLIT_FOLDER_NAMES = {
@@ -210,6 +210,7 @@ class ClassFoldersSource(DatasetSource):
     """Any other folder: one sub-folder per class (optionally inside train/val/test folders)."""
 
     kind = "folder"
+    order = 90  # the catch-all: tried last
     label = "image folder"
     path_sizes = DECODE_SIZES
 
@@ -218,3 +219,6 @@ class ClassFoldersSource(DatasetSource):
 
     def open(self, spec, options, *, size, as_rgb, data_dir, seed, progress) -> TileDataset:
         return open_class_folders(spec, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, progress=progress)
+
+
+register_source(ClassFoldersSource(), first=False)

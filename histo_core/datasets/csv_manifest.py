@@ -21,7 +21,7 @@ import numpy as np
 from histo_core import paths
 from histo_core.datasets.base import SPLITS, TileDataset, check_label_range, split_note, stratified_split
 from histo_core.datasets.decoded_tiles import decode_image_files, decoded_dataset
-from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress
+from histo_core.datasets.sources import DECODE_SIZES, DatasetSource, Progress, register_source
 from histo_core.errors import DatasetError
 
 PATH_COLUMNS = ("path", "image", "filepath", "file", "filename", "image_path", "img", "tile")
@@ -202,6 +202,7 @@ class CsvManifestSource(DatasetSource):
     """A .csv file listing image paths and labels (`manifest.csv?image=col&label=col&split=col`)."""
 
     kind = "csv"
+    order = 40
     label = "CSV manifest"
     takes_options = True
     path_sizes = DECODE_SIZES
@@ -213,3 +214,6 @@ class CsvManifestSource(DatasetSource):
         return open_csv_manifest(
             spec, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, options=options, progress=progress
         )
+
+
+register_source(CsvManifestSource(), first=False)

@@ -1,4 +1,5 @@
-"""Downloading MedMNIST npz files into the data dir, with progress and an MD5 check.
+"""Downloading a dataset file into the data dir, with progress and an MD5 check (MedMNIST npz files:
+`medmnist_source.download_medmnist`).
 
 The file is streamed in chunks to a temp file next to its destination, its MD5 checked, then renamed
 into place, so an interrupted or corrupt download never leaves a file that looks complete. Without
@@ -8,7 +9,6 @@ internet the download fails within `timeout` seconds with a message saying where
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import threading
 import urllib.error
@@ -17,8 +17,6 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from histo_core import paths
-from histo_core.datasets.medmnist_source import SIZES, download_source, flags_2d, npz_filename
 from histo_core.errors import DownloadError
 from histo_core.fsutil import atomic_file
 
@@ -26,38 +24,6 @@ CHUNK = 1 << 20
 DEFAULT_TIMEOUT = 10.0
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total; 0 when the server does not say)
-
-
-def medmnist_file(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None) -> Path:
-    return paths.data_dir(data_dir) / npz_filename(flag, size)
-
-
-def download_medmnist(
-    flag: str,
-    size: int = 28,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    progress: Progress | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    force: bool = False,
-) -> Path:
-    """Download MedMNIST `flag` at `size` px into the data dir (no-op when present). Raises DownloadError."""
-    flag = flag.lower()
-    if flag not in flags_2d():
-        raise DownloadError(f"{flag}: not a MedMNIST 2D dataset; choose one of {', '.join(flags_2d())}")
-    if int(size) not in SIZES:
-        raise DownloadError(f"{flag}: size must be one of {', '.join(map(str, SIZES))}, got {size}")
-    dest = medmnist_file(flag, int(size), data_dir)
-    if dest.exists() and not force:
-        return dest
-    url, md5 = download_source(flag, int(size))
-    try:
-        return download_file(url, dest, md5, progress=progress, timeout=timeout)
-    except DownloadError as exc:
-        raise DownloadError(
-            f"{flag} ({size} px): {exc}. Without internet, download {url} on another machine and put it at "
-            f"{dest} (or point --data-dir / HISTO_DATA_DIR at the folder that holds {dest.name})"
-        ) from None
 
 
 def download_file(

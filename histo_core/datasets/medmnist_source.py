@@ -8,6 +8,7 @@ sample counts and so refuse subsets such as ../shared/data/pathmnist-mini.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import zipfile
 from functools import lru_cache
@@ -18,8 +19,9 @@ import numpy as np
 from histo_core import paths
 from histo_core.datasets import npzio
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset, check_label_range, check_labels
-from histo_core.datasets.sources import DatasetEntry, DatasetSource
-from histo_core.errors import DatasetError
+from histo_core.datasets.download import DEFAULT_TIMEOUT, Progress, download_file
+from histo_core.datasets.sources import DatasetEntry, DatasetSource, register_source
+from histo_core.errors import DatasetError, DownloadError
 
 NPZ_SPLITS = {"train": "train", "val": "val", "test": "test"}
 SIZES = (28, 64, 128, 224)
@@ -64,6 +66,38 @@ def download_source(flag: str, size: int) -> tuple[str, str]:
     meta = medmnist_info()[flag]
     suffix = "" if size == 28 else f"_{size}"
     return meta[f"url{suffix}"], meta[f"MD5{suffix}"]
+
+
+def medmnist_file(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None) -> Path:
+    return paths.data_dir(data_dir) / npz_filename(flag, size)
+
+
+def download_medmnist(
+    flag: str,
+    size: int = 28,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    force: bool = False,
+) -> Path:
+    """Download MedMNIST `flag` at `size` px into the data dir (no-op when present). Raises DownloadError."""
+    flag = flag.lower()
+    if flag not in flags_2d():
+        raise DownloadError(f"{flag}: not a MedMNIST 2D dataset; choose one of {', '.join(flags_2d())}")
+    if int(size) not in SIZES:
+        raise DownloadError(f"{flag}: size must be one of {', '.join(map(str, SIZES))}, got {size}")
+    dest = medmnist_file(flag, int(size), data_dir)
+    if dest.exists() and not force:
+        return dest
+    url, md5 = download_source(flag, int(size))
+    try:
+        return download_file(url, dest, md5, progress=progress, timeout=timeout)
+    except DownloadError as exc:
+        raise DownloadError(
+            f"{flag} ({size} px): {exc}. Without internet, download {url} on another machine and put it at "
+            f"{dest} (or point --data-dir / HISTO_DATA_DIR at the folder that holds {dest.name})"
+        ) from None
 
 
 def npz_split_sizes(path: Path) -> dict[str, int]:
@@ -202,6 +236,7 @@ class MedMNISTSource(DatasetSource):
     """Every MedMNIST 2D flag, one npz per size in the data dir, downloadable from the official URLs."""
 
     kind = "medmnist"
+    order = 20
     label = "MedMNIST set"
     downloadable = True
 
@@ -270,8 +305,6 @@ class MedMNISTSource(DatasetSource):
         )
 
     def download(self, name, size, *, data_dir=None, progress=None, timeout=10.0) -> Path:
-        from histo_core.datasets.download import download_medmnist
-
         return download_medmnist(name, int(size or 28), data_dir=data_dir, progress=progress, timeout=timeout)
 
 
@@ -279,6 +312,7 @@ class NpzFileSource(DatasetSource):
     """Any npz in the MedMNIST layout (train_images, train_labels, ...), served at its own tile size."""
 
     kind = "npz"
+    order = 45
     label = "MedMNIST-layout npz"
 
     def recognises(self, path: Path) -> bool:
@@ -286,3 +320,7 @@ class NpzFileSource(DatasetSource):
 
     def open(self, spec, options, *, size, as_rgb, data_dir, seed, progress) -> TileDataset:
         return open_medmnist_npz(Path(spec).expanduser(), as_rgb=as_rgb)
+
+
+register_source(MedMNISTSource(), first=False)
+register_source(NpzFileSource(), first=False)

@@ -13,6 +13,9 @@ from typing import Any, cast
 
 import numpy as np
 
+from histo_core.errors import DatasetError
+from histo_core.fsutil import atomic_file
+
 MMAP_THRESHOLD = 64 * 1024 * 1024  # members larger than this are memory-mapped when stored uncompressed
 
 
@@ -43,7 +46,6 @@ def check_declared_sizes(zf: zipfile.ZipFile, path: Path, max_bytes: int | None 
     HISTO_MAX_DATASET_BYTES in all, or one expanding more than MAX_COMPRESSION_RATIO times (a zip bomb).
     Raises DatasetError naming the file and the limit."""
     from histo_core import limits
-    from histo_core.errors import DatasetError
 
     limit = limits.max_dataset_bytes() if max_bytes is None else max_bytes
     total = 0
@@ -101,7 +103,6 @@ def _read_npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     """Uncompressed npz (so `load_member` can map it), written atomically (histo_core.fsutil.atomic_file)."""
-    from histo_core.fsutil import atomic_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from histo_core import limits, paths
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset
-from histo_core.datasets.sources import DatasetEntry, DatasetSource, Progress
+from histo_core.datasets.sources import DatasetEntry, DatasetSource, Progress, register_source
 from histo_core.errors import DatasetError
 from histo_core.fsutil import atomic_file
 
@@ -252,6 +252,7 @@ class PCamSource(DatasetSource):
     """PatchCamelyon: the registered name `pcam` (files in `<data dir>/pcam`) or any folder of its HDF5 files."""
 
     kind = "pcam"
+    order = 30
     label = "PCam folder"
     path_channels = 3
 
@@ -317,3 +318,6 @@ def _h5_rows(path: Path) -> int | None:
             return int(f["x"].shape[0])
     except (OSError, KeyError):
         return None
+
+
+register_source(PCamSource(), first=False)

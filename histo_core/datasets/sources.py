@@ -10,8 +10,9 @@ knows the kinds.
     entries = dataset_statuses()                                    # every registered dataset and its state
     ds = open_dataset("pathmnist", size=64)
 
-Adding a kind is one class: subclass `DatasetSource` (see synthetic.py for the smallest one) and list it in
-`_builtin_sources()` below, or call `register_source(MySource())` from outside.
+Adding a kind is one class: subclass `DatasetSource` (see synthetic.py for the smallest one) and call
+`register_source(MySource())` in its module (a built-in one is imported by `histo_core/datasets/__init__.py`;
+its `order` places it among the others). This module imports no kind.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class DatasetSource:
     downloadable: bool = False
     path_sizes: tuple[int | None, ...] = ()  # sizes a path of this kind can be opened at; () = native only
     path_channels: int | None = None  # channels of a path of this kind, None when unknown before opening
+    order: int = 50  # place among the sources registered with first=False: lower is listed and tried first
 
     def names(self) -> tuple[str, ...]:
         """Registered names this source owns (lower case)."""
@@ -111,39 +113,22 @@ class DatasetSource:
         raise DatasetError(f"{name}: {self.label or self.kind} datasets cannot be downloaded by Histo Explorer")
 
 
-_SOURCES: list[DatasetSource] = []
-
-
-def _builtin_sources() -> list[DatasetSource]:
-    """Every built-in kind. Order matters for paths: the first source that recognises a path opens it."""
-    from histo_core.datasets.class_folders import ClassFoldersSource
-    from histo_core.datasets.csv_manifest import CsvManifestSource
-    from histo_core.datasets.medmnist_source import MedMNISTSource, NpzFileSource
-    from histo_core.datasets.pcam import PCamSource
-    from histo_core.datasets.synthetic import SyntheticSource
-
-    return [
-        SyntheticSource(),
-        MedMNISTSource(),
-        PCamSource(),
-        CsvManifestSource(),
-        NpzFileSource(),
-        ClassFoldersSource(),
-    ]
+_SOURCES: list[DatasetSource] = []  # each kind's module registers its source when imported (timm-style)
 
 
 def sources() -> list[DatasetSource]:
-    if not _SOURCES:
-        _SOURCES.extend(_builtin_sources())
+    """Every registered source; the built-in kinds are imported (and so registered) by `histo_core.datasets`."""
     return _SOURCES
 
 
 def register_source(source: DatasetSource, *, first: bool = True) -> DatasetSource:
-    """Add a kind. `first`: ahead of the built-in ones for paths (so a specific kind wins over a plain folder)."""
+    """Add a kind. `first`: ahead of every registered one (so a specific kind wins over a plain folder); else
+    placed by its `order` (how the built-in kinds register themselves)."""
     taken = {n for s in sources() for n in s.names()} & set(source.names())
     if taken:
         raise DatasetError(f"dataset name(s) {', '.join(sorted(taken))} already registered")
-    sources().insert(0, source) if first else sources().append(source)
+    after = [i for i, s in enumerate(_SOURCES) if s.order > source.order]
+    _SOURCES.insert(0 if first else (after[0] if after else len(_SOURCES)), source)
     return source
 
 

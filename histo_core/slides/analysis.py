@@ -32,6 +32,7 @@ import numpy as np
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, savez_atomic, write_json_atomic
+from histo_core.image_decode import safe_filename
 from histo_core.inference import LoadedModel, model_view, predict, preprocess
 from histo_core.slides import outputs
 from histo_core.slides.grid import SlideGrid, plan_slide_grid
@@ -102,7 +103,6 @@ _model_hashes: dict[tuple, str] = {}
 
 def analysis_dir(slide: Slide, loaded: LoadedModel, runs_root: str | os.PathLike | None = None) -> SlideAnalysis:
     """The folder of this slide with this model: the same slide (by content) and model always map to it."""
-    from histo_core.image_decode import safe_filename
 
     key = hashlib.sha256(f"{slide.identity}|{model_identity(loaded)}".encode()).hexdigest()[:12]
     stem = safe_filename(Path(slide.name).stem)[:40] or "slide"

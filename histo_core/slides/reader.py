@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from histo_core.errors import HistoError
+from histo_core.image_decode import display_name
 
 MAX_SIDE_PX = 250_000  # level 0, per side: the largest scanners write about 150,000 px
 MPP_RANGE = (0.05, 20.0)  # µm per pixel a slide's level 0 may plausibly have (100x oil .. a 0.5x overview)
@@ -53,7 +54,6 @@ class Slide:
 
     @property
     def name(self) -> str:
-        from histo_core.image_decode import display_name
 
         return display_name(self.path.name)
 
@@ -142,7 +142,6 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, *, max_side_px
     slide records none. Raises SlideError with one line naming the file and the fix."""
     openslide = _openslide()
     p = Path(path).expanduser()
-    from histo_core.image_decode import display_name
 
     shown = display_name(str(path))
     if not p.exists():

@@ -19,6 +19,7 @@ from histo_core.datasets import DatasetInfo, Split, TileDataset
 from histo_core.datasets.concat import ConcatSplit
 from histo_core.errors import ConfigError, DatasetError
 from histo_core.noise import fixed_noise
+from histo_core.slots import runs_per_gpu
 from histo_core.training.defaults import input_size_of
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -117,7 +118,6 @@ def resident_budget(device: str | torch.device) -> int | None:
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    from histo_core.slots import runs_per_gpu
 
     free, _ = torch.cuda.mem_get_info(device)
     return int(free * pipeline.CUDA_RESIDENT_FRACTION) // runs_per_gpu()

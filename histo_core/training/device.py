@@ -10,6 +10,7 @@ from torch import nn
 
 from histo_core import runtime
 from histo_core.config import TrainConfig
+from histo_core.slots import max_concurrent
 
 
 def setup_device(config: TrainConfig, gpu: int | None = None) -> torch.device:
@@ -36,7 +37,6 @@ def default_threads(device: str) -> int:
     threads = runtime.default_threads()
     if device != "cuda":
         return threads
-    from histo_core.slots import max_concurrent
 
     return max(1, min(threads, runtime.available_cores() // (max_concurrent("cuda") + max_concurrent("cpu"))))
 

@@ -30,6 +30,7 @@ from histo_core.fsutil import savez_atomic, write_json_atomic
 from histo_core.metrics import classification_report, per_sample_loss, small_split_warnings
 from histo_core.runs import RunDir, RunStatus, create_run_dir, new_run_id
 from histo_core.runtime import resolve_device
+from histo_core.slots import device_slot, gpu_count, gpu_of_slot, physical_gpu
 from histo_core.training.data import TrainData, build_train_data, model_meta
 from histo_core.training.defaults import check_config, open_config_dataset
 from histo_core.training.device import setup_device
@@ -121,7 +122,6 @@ def _train_when_a_slot_is_free(job: _Job, resume: bool) -> dict[str, Any]:
     """Queue for the device (status "queued", cancellable while waiting), then train on the slot's GPU. A torchrun
     rank on CUDA queues for a slot of the GPU it was placed on (LOCAL_RANK); on the CPU torchrun's processes take
     no slot (they would wait for each other's one slot)."""
-    from histo_core.slots import device_slot, gpu_count, gpu_of_slot
 
     def waiting() -> None:
         job.writer.update(state="queued")
@@ -228,8 +228,6 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
         )
     where = str(device)
     if device.type == "cuda":
-        from histo_core.slots import physical_gpu
-
         where += f" (the machine's GPU {physical_gpu(device.index or 0)})"
     job.log(f"{run.id}: training on {where} in {trainer.precision}")
     return trainer, {**model_meta(config, data), "precision": trainer.precision}

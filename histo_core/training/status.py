@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from histo_core.errors import HistoError
+from histo_core.procs import proc_start_time
 from histo_core.runs import RunDir
 
 HEARTBEAT_S = 3.0
@@ -99,8 +100,6 @@ class CancelFlag:
 
 def own_start_time() -> int | None:
     """This process's start time as `jobs.proc_start_time` reads it (with the pid, it names the process)."""
-    from histo_core.jobs import proc_start_time
-
     return proc_start_time(os.getpid())
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from histo_core import pipeline, runtime, stain
+from histo_core import augment, pipeline, runtime, stain
 from histo_core.config import HEAD_MODES, TrainConfig
 from histo_core.losses import build_loss, mixup_batch
 from histo_core.models import build_model, get_arch, head_module, set_backbone_trainable
@@ -231,7 +231,7 @@ class Trainer:
         x = pipeline.to_float01(tiles_uint8, self.device, self.data.input_size, channels_last=self.channels_last)
         x = stain.normalize_batch(x, self.data.stain)
         if train:
-            x = pipeline.augment_batch(x, self.config.augment, self.aug_gen)
+            x = augment.augment_batch(x, self.config.augment, self.aug_gen)
         x = x.sub_(self.mean_t).div_(self.std_t)  # x is this batch's own float copy
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 

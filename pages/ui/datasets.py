@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from histo_core import paths
+from pages.ui.common import keep_in_url, url_news
 
 OTHER_PATH = "__path__"
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
@@ -137,8 +138,6 @@ def dataset_picker(
     offers their download). `default`: a spec to select now (a dataset just added). `url="read"`: a
     `?dataset=` link selects its dataset (when it is news, see `url_news`); `"sync"`: also writes the choice
     back into the URL, so a reload or a shared link shows the same dataset."""
-    from pages.ui.common import url_news
-
     options = _options(include_missing, data_dir)
     specs = [o.spec for o in options]
     choice_key, path_key = f"{key}_choice", f"{key}_path"
@@ -204,8 +203,6 @@ def dataset_picker(
     if not spec:
         return None
     if url == "sync":
-        from pages.ui.common import keep_in_url
-
         keep_in_url(_QUERY_KEY, choice_key, spec)
     return DatasetChoice(spec, size, bool(as_rgb))
 

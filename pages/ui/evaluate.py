@@ -15,6 +15,8 @@ from histo_core.evaluation import list_evaluations
 from histo_core.model_catalog import ModelEntry
 from histo_core.runs import RunDir
 from pages.ui.common import plain, user_errors
+from pages.ui.datasets import dataset_picker, open_cached
+from pages.ui.report import render_report
 
 NO_COUNTERPART = "(no counterpart: reported apart)"
 SPLITS = ("all", "test", "val", "train")
@@ -113,8 +115,6 @@ def class_map_editor(dataset_classes: list[str], classes: list[str], key: str) -
 def evaluate_panel(model: RunDir | ModelEntry) -> None:
     """The panel for a run (Runs page) or an exported / ready-made model (Classify page): one code path, the
     evaluations of a run saved in it, those of a weights model in `<data dir>/evaluations/<model name>/`."""
-    from pages.ui.datasets import dataset_picker, open_cached
-
     target, key, classes, where = _target(model)
     wanted = st.query_params.get("dataset")  # Runs?run=<id>&dataset=<spec> opens this panel on that dataset
     with st.expander("Evaluate on another dataset (a folder of class folders, an npz, a CSV)", expanded=bool(wanted)):
@@ -211,7 +211,6 @@ def evaluations_view(target: RunDir | str, key: str) -> None:
     pick = st.selectbox("Show evaluation", [e["name"] for e in saved], key=f"evaluate_show_{key}")
     report = next(e for e in saved if e["name"] == pick)
     from histo_core.evaluation import format_matching
-    from pages.ui.runs import render_report
 
     st.caption(plain(" · ".join(format_matching(report))))
     render_report(report, key=f"eval-{key}-{pick}")

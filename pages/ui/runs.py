@@ -16,6 +16,8 @@ from histo_core.fsutil import read_json
 from histo_core.runs import UNREADABLE, RunDir, RunStatus
 from pages.ui import charts
 from pages.ui.common import plain, start_once, synthetic_badge, user_errors
+from pages.ui.evaluate import evaluate_panel
+from pages.ui.report import render_report
 
 LIVE_REFRESH_S = 2.0
 STATE_ICONS = {
@@ -196,93 +198,6 @@ NO_VALIDATION = (
 )
 
 
-def render_report(report: dict[str, Any], key: str) -> None:
-    """Accuracy, AUC, loss, ECE, then tabs for what the report holds: confusion matrix (counts / row-normalised,
-    short class names, long on hover), per-class table, ROC curves, reliability diagram with tiles per bin."""
-
-    classes = report.get("classes") or []
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("accuracy", _pct(report.get("accuracy")))
-    c2.metric("AUC" + (f" ({report['auc_kind']})" if report.get("auc_kind") else ""), _num(report.get("auc")))
-    c3.metric("loss", _num(report.get("loss")))
-    c4.metric(
-        "ECE",
-        _num(report.get("ece")),
-        help="expected calibration error: the gap between confidence and "
-        "accuracy, averaged over confidence bins (0 is perfect)",
-    )
-    parts = [
-        (name, part)
-        for name, part in (
-            ("Confusion matrix", "confusion"),
-            ("Per class", "per_class"),
-            ("ROC", "roc"),
-            ("Reliability", "reliability"),
-        )
-        if report.get(part)
-    ]
-    if not parts:
-        return
-    for (_name, part), tab in zip(parts, st.tabs([p[0] for p in parts])):
-        with tab:
-            if part == "confusion":
-                normalise = st.toggle("row-normalised (recall per class)", key=f"norm-{key}")
-                st.plotly_chart(
-                    charts.confusion_figure(report["confusion"], classes, normalize=normalise),
-                    width="stretch",
-                    key=f"cm-{key}",
-                )
-            elif part == "per_class":
-                st.dataframe(per_class_frame(report), hide_index=True, width="stretch", column_config=PER_CLASS_COLUMNS)
-            elif part == "roc":
-                st.plotly_chart(charts.roc_figure(report["roc"]), width="stretch", key=f"roc-{key}")
-            else:
-                st.plotly_chart(
-                    charts.reliability_figure(report["reliability"], report.get("ece")),
-                    width="stretch",
-                    key=f"rel-{key}",
-                )
-
-
-PER_CLASS_COLUMNS = {
-    "class": st.column_config.TextColumn("class", help="short name; the full name is in the next column"),
-    "precision": st.column_config.NumberColumn(format="%.3f"),
-    "recall": st.column_config.NumberColumn(format="%.3f"),
-    "F1": st.column_config.NumberColumn(format="%.3f"),
-    "AUC": st.column_config.NumberColumn(format="%.3f"),
-}
-
-
-def per_class_frame(report: dict[str, Any]) -> pd.DataFrame:
-    """Per-class metrics with short class names (NCT: ADI..TUM) first and the full name beside them."""
-    from histo_core.classnames import short_names
-
-    rows = report.get("per_class") or []
-    short = short_names([r["class"] for r in rows])
-    return pd.DataFrame(
-        [
-            {
-                "class": s,
-                "full name": r["class"],
-                "precision": r["precision"],
-                "recall": r["recall"],
-                "F1": r["f1"],
-                "tiles": r["support"],
-                "AUC": r.get("auc"),
-            }
-            for s, r in zip(short, rows)
-        ]
-    )
-
-
-def _pct(v: Any) -> str:
-    return f"{v:.1%}" if isinstance(v, (int, float)) else "-"
-
-
-def _num(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-
-
 def _finished_view(run: RunDir, status: RunStatus) -> None:
     icon = STATE_ICONS.get(status.state, "")
     took = fmt_duration((status.finished_at - status.started_at) if status.finished_at and status.started_at else None)
@@ -353,8 +268,6 @@ def _actions(run: RunDir) -> None:
             action(run)
     if status.state == "completed":
         _export_form(run)
-        from pages.ui.evaluate import evaluate_panel
-
         evaluate_panel(run)
 
 

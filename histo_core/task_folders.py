@@ -1,0 +1,146 @@
+"""Task folders: `<runs>/.tasks/<id>/` holds a page task (LR finder, time estimate, label-error search,
+whole-slide analysis, a study's driver): task.json (kind, params, key), status.json, result.json, log.txt,
+cancel. Reading, liveness and cancelling live here; starting one is `histo_core.launch.submit_task`, running
+one is `histo_core.tasks.run_task`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from histo_core import paths
+from histo_core.errors import HistoError
+from histo_core.fsutil import read_json
+from histo_core.liveness import ACTIVE_STATES, last_log_line, process_alive
+from histo_core.runs import RunDir, RunStatus, check_run_id, status_problem
+
+TASKS_FOLDER = ".tasks"
+KINDS = ("lr-find", "estimate", "label-errors", "slide", "study")
+NO_SLOT_KINDS = ("study",)  # drivers that start runs of their own: holding a device slot would block them
+
+
+class TaskDir(RunDir):
+    """A task folder: task.json (kind, params, key), status.json, result.json, log.txt, cancel."""
+
+    task_path = property(lambda self: self.path / "task.json")
+    result_path = property(lambda self: self.path / "result.json")
+
+    def exists(self) -> bool:
+        return self.task_path.exists()
+
+    def schema(self):
+        return [
+            (self.task_path, True, _task_problem),
+            (self.status_path, False, status_problem),
+            (self.result_path, False, None),
+        ]
+
+    def task(self) -> dict[str, Any]:
+        return read_json(self.task_path, {}) or {}
+
+    def result(self) -> dict[str, Any] | None:
+        return read_json(self.result_path)
+
+
+def _task_problem(task: dict[str, Any]) -> str | None:
+    if not isinstance(task.get("kind"), str) or not isinstance(task.get("params", {}), dict):
+        return "no task kind and parameters"
+    return None
+
+
+def tasks_root(runs_root: str | os.PathLike | None = None) -> Path:
+    return paths.runs_dir(runs_root) / TASKS_FOLDER
+
+
+def params_key(kind: str, params: dict[str, Any]) -> str:
+    """Identifies "the same request": the page shows the latest task with this key."""
+    text = json.dumps({"kind": kind, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def list_tasks(runs_root: str | os.PathLike | None = None, kind: str | None = None) -> list[TaskDir]:
+    """Task folders, newest first."""
+    root = tasks_root(runs_root)
+    if not root.is_dir():
+        return []
+    found = [TaskDir(p) for p in root.iterdir() if (p / "task.json").exists()]
+    if kind:
+        found = [t for t in found if t.task().get("kind") == kind]
+    return sorted(found, key=lambda t: t.id, reverse=True)
+
+
+def latest_task(kind: str, params: dict[str, Any], runs_root: str | os.PathLike | None = None) -> TaskDir | None:
+    key = params_key(kind, params)
+    return next((t for t in list_tasks(runs_root, kind) if t.task().get("key") == key), None)
+
+
+def task_by_id(task_id: str, runs_root: str | os.PathLike | None = None) -> TaskDir:
+    task = TaskDir(tasks_root(runs_root) / check_run_id(task_id))
+    if not task.exists():
+        raise HistoError(f"{task_id}: no such task (see `python -m histo_core tasks list`)")
+    return task
+
+
+def refresh_task(task: TaskDir) -> RunStatus:
+    """The task's status; a queued/running task whose process is gone is marked failed (or cancelled)."""
+    status = task.status()
+    if status.state not in ACTIVE_STATES or status.pid is None:
+        if status.state in ACTIVE_STATES and time.time() - (status.created_at or 0) > 60:
+            return _end(task, status, "failed", "the task process was never started")
+        return status
+    if process_alive(task, status):
+        return status
+    fresh = task.status()
+    if fresh.state not in ACTIVE_STATES:
+        return fresh
+    if task.cancel_requested():
+        return _end(task, fresh, "cancelled", None)
+    last = last_log_line(task)
+    return _end(task, fresh, "failed", "the task process ended unexpectedly" + (f". Log: {last}" if last else ""))
+
+
+def _end(task: TaskDir, status: RunStatus, state: str, error: str | None) -> RunStatus:
+    status.state, status.error, status.finished_at = state, error, time.time()
+    try:
+        task.write_status(status)
+    except OSError:
+        pass
+    return status
+
+
+def cancel_task(task: TaskDir) -> RunStatus:
+    status = refresh_task(task)
+    if status.state not in ACTIVE_STATES:
+        raise HistoError(f"{task.id}: the task is {status.state}; only a queued or running task can be cancelled")
+    task.cancel_path.touch()
+    if status.pid and process_alive(task, status):
+        try:
+            os.kill(int(status.pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return status
+
+
+def active_tasks(runs_root: str | os.PathLike | None = None) -> list[TaskDir]:
+    return [t for t in list_tasks(runs_root) if refresh_task(t).state in ACTIVE_STATES]
+
+
+def task_summary(task: TaskDir, status: RunStatus | None = None) -> dict[str, Any]:
+    status = status or refresh_task(task)
+    spec = task.task()
+    return {
+        "id": task.id,
+        "kind": spec.get("kind", ""),
+        "state": status.state,
+        "progress": status.step / status.steps_per_epoch if status.steps_per_epoch else 0.0,
+        "message": status.phase,
+        "error": status.error,
+        "started_by": spec.get("started_by", ""),
+        "created_at": spec.get("created_at"),
+    }
