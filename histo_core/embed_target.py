@@ -16,8 +16,7 @@ from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json
 from histo_core.inference import resolve_model_path
-
-DIR_NAME = "embeddings"
+from histo_core.runs import RunDir
 
 
 class MissingTrainingData(HistoError):
@@ -47,7 +46,7 @@ class EmbedTarget:
 def _training_config(model_path: Path) -> dict[str, Any]:
     """The training config of a run's checkpoint (config.json) or of an export or shipped model (its card's
     `training_config`, or `training.config`)."""
-    run_cfg = model_path.parent / "config.json"
+    run_cfg = RunDir(model_path.parent).config_path
     if run_cfg.exists():
         return read_json(run_cfg, {}) or {}
     card = _card(model_path)
@@ -105,7 +104,7 @@ def target_for(model_spec: str | os.PathLike, dataset: str | None = None) -> Emb
     if not spec:
         raise MissingTrainingData(missing_dataset_message(model_path, label))
     same = bool(own) and spec == own
-    run_path = model_path.parent if same and (model_path.parent / "config.json").exists() else None
+    run_path = model_path.parent if same and RunDir(model_path.parent).exists() else None
     kwargs = {
         "size": cfg.get("size") if same else None,
         "as_rgb": bool(cfg.get("as_rgb")) if same else None,
@@ -113,7 +112,7 @@ def target_for(model_spec: str | os.PathLike, dataset: str | None = None) -> Emb
         "seed": int(cfg.get("seed", 0)) if same else 0,
     }
     if run_path is not None:
-        out_dir = run_path / DIR_NAME
+        out_dir = RunDir(run_path).embeddings_dir
     else:
         st = model_path.resolve().stat()
         key = hashlib.blake2b(

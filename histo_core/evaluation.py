@@ -30,7 +30,7 @@ from histo_core.errors import DatasetError, HistoError
 from histo_core.fsutil import read_json, write_json_atomic
 from histo_core.runs import RunDir
 
-EVALUATIONS_DIR = "evaluations"
+EVALUATIONS_DIR = "evaluations"  # under the data dir, for a model that is not a run
 SPLIT_ORDER = ("train", "val", "test")
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -49,7 +49,7 @@ def evaluations_folder(model: RunDir | str) -> Path:
     name) `<data dir>/evaluations/<model name>/`."""
     run = model if isinstance(model, RunDir) else model_run(model)
     if run is not None:
-        return run.file(EVALUATIONS_DIR)
+        return run.evaluations_dir
     stem = _NAME_RE.sub("-", Path(str(model).rstrip("/")).stem).strip("-.") or "model"
     return paths.data_dir() / EVALUATIONS_DIR / stem
 
@@ -169,7 +169,7 @@ def evaluate(
         seconds=round(time.time() - started, 2),
         evaluated_at=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
-    folder = Path(save_to) if save_to else run.file(EVALUATIONS_DIR) if run is not None else None
+    folder = Path(save_to) if save_to else run.evaluations_dir if run is not None else None
     if save and folder is not None:
         path = folder / f"{report['name']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

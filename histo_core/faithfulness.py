@@ -31,7 +31,6 @@ from histo_core.model_lock import model_lock
 PERCENTILES = (20, 40, 60, 80)
 UNFAITHFUL_AT = 0.0
 DEFAULT_TILES = 40
-FILE_NAME = "faithfulness.json"
 
 
 def road_scores(
@@ -186,10 +185,10 @@ def explain_quality(
         "seconds": round(time.time() - started, 1),
         "computed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    write_json_atomic(run.file(FILE_NAME), doc)
+    write_json_atomic(run.faithfulness_path, doc)
     return doc
 
 
 def load_quality(run) -> dict[str, Any] | None:
 
-    return read_json(run.file(FILE_NAME))
+    return read_json(run.faithfulness_path)

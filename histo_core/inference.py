@@ -27,6 +27,7 @@ from torch import nn
 
 from histo_core import paths, runtime, stain
 from histo_core.checkpoint import load_checkpoint, model_from_checkpoint
+from histo_core.datasets.sources import source_scale
 from histo_core.errors import HistoError, ImageError, ModelFileError
 from histo_core.fsutil import read_json
 from histo_core.image_decode import DecodedImage, centre_box, decode_image, display_name, make_tile
@@ -39,10 +40,6 @@ from histo_core.runs import RunDir, resolve_run
 CACHE_SIZE = 4  # models kept loaded at once
 SCALE_NOTE_FACTOR = 4.0  # without a known field of view: a tile this many times larger/smaller gets a note
 FIELD_TOLERANCE = 1.25  # with one: an image covering this much less than the model's field gets a note
-# Source tiles of known sets: (pixels at the scanner's resolution, µm per pixel). A model trained on them sees
-# this field of view, whatever its input size in pixels (PathMNIST: NCT-CRC-HE 224 px tiles at 0.5 µm/px
-# shown at 28/64/128/224 px; PatchCamelyon: 96 px at 0.972 µm/px).
-KNOWN_SCALES = {"pathmnist": (224, 0.5), "pcam": (96, 0.972)}
 
 
 @dataclass(frozen=True)
@@ -107,22 +104,6 @@ class LoadedModel:
     source: str  # the checkpoint file
     label: str = ""  # for display: run id or export name
     device: str = "cpu"
-
-
-def source_scale(dataset: dict) -> tuple[int | None, float | None]:
-    """(source pixels one training tile covered, µm per source pixel), each None when unknown: recorded by the
-    dataset (extra "native_tile_px", "mpp") or known for the set (KNOWN_SCALES)."""
-    extra = dataset.get("extra") or {}
-    px = extra.get("native_tile_px") or extra.get("native_size") or dataset.get("native_tile_px")
-    mpp = extra.get("mpp") or dataset.get("mpp")
-    flag = str(extra.get("flag") or dataset.get("name") or "").lower()
-    flag = Path(flag).stem.split("_")[0] if flag else flag
-    known_px, known_mpp = KNOWN_SCALES.get(flag, (None, None))
-    if dataset.get("source") == "pcam" and not known_px:
-        known_px, known_mpp = KNOWN_SCALES["pcam"]
-    px = px or known_px
-    mpp = mpp or known_mpp
-    return (int(px) if px else None), (float(mpp) if mpp else None)
 
 
 # -- finding and loading ---------------------------------------------------------------------------
@@ -202,8 +183,7 @@ def load_model(spec: str | os.PathLike, device: str = "auto") -> LoadedModel:
 
 def _run_ood(checkpoint: Path) -> dict | None:
     """The out-of-distribution calibration a finished run wrote next to its checkpoints (results.json)."""
-
-    results = read_json(checkpoint.parent / "results.json")
+    results = read_json(RunDir(checkpoint.parent).results_path)
     return results.get("ood") if isinstance(results, dict) else None
 
 

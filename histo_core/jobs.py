@@ -127,7 +127,7 @@ def resume(run: RunDir) -> str:
     """Restart a cancelled or failed run in a new background process, from last.pt when there is one.
     Returns a sentence saying what will happen. Two callers at once (a double click on Resume) start one process:
     the second finds the run queued."""
-    with one_start(run.path / ".start.lock"):
+    with one_start(run.start_lock_path):
         status = refresh_status(run)
         if status.state == UNREADABLE:  # never resumed with invented settings
             raise HistoError(unreadable_message(run, status, "resumed"))

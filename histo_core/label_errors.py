@@ -36,7 +36,6 @@ from histo_core.errors import HistoError
 from histo_core.fsutil import savez_atomic
 from histo_core.runs import RunDir
 
-FILE_NAME = "label_errors.npz"
 DEFAULT_FOLDS = 3
 DEFAULT_EPOCHS = 5
 DEFAULT_MAX_SAMPLES = 3000  # a random subset beyond this keeps CPU time to minutes
@@ -317,12 +316,12 @@ def save_label_errors(run: RunDir, report: LabelErrorReport) -> None:
         arrays["flipped"] = report.flipped
     if report.clean is not None:
         arrays["clean"] = report.clean
-    savez_atomic(run.file(FILE_NAME), **arrays)
+    savez_atomic(run.label_errors_path, **arrays)
 
 
 def load_label_errors(run: RunDir) -> LabelErrorReport | None:
     """The cached report, or None when not computed (or unreadable: compute it again)."""
-    path = run.file(FILE_NAME)
+    path = run.label_errors_path
     if not path.exists():
         return None
     try:

@@ -120,7 +120,7 @@ def _spawn(task: TaskDir, device: str) -> None:
 def restart_task(task: TaskDir) -> None:
     """Start a cancelled or failed task's process again on the same folder (a study's driver resumes this way).
     Two callers at once start one process: the second finds the task queued."""
-    with one_start(task.path / ".start.lock"):
+    with one_start(task.start_lock_path):
         status = refresh_task(task)
         if status.state in ACTIVE_STATES:
             raise HistoError(f"{task.id}: the task is {status.state}; cancel it before resuming")

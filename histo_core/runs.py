@@ -10,8 +10,17 @@
       results.json         final test evaluation (accuracy, auc, loss, ece, per_class, confusion, roc)
       predictions_<split>.npz   probs (N,K) float32, labels (N,), indices (N,) for the Review page
       noise.npz            for --noise-mode fixed: noisy_labels and flipped (bool) of the train split
+      val_latest.json      the last epoch's validation report (live on the Runs page)
       log.txt              the process's stdout/stderr
       cancel               present when a cancel was requested (the trainer stops at a safe point)
+      .start.lock          held while a resume starts its process (two clicks start one)
+      embeddings/          feature map of the run's tiles (histo_core.embeddings)
+      evaluations/         the model on other labelled datasets (histo_core.evaluation)
+      label_errors.npz     cross-validated label-error search (histo_core.label_errors)
+      faithfulness.json    ROAD scores of the Grad-CAM methods (histo_core.faithfulness)
+      job-<kind>.json      status of an inspection job the pages started on the run (embed, ...)
+
+Every name is a property of RunDir below: no other module spells a file of a run.
 
 Every file except metrics.jsonl and log.txt is written with temp file + rename, so the UI never reads half
 a file. The UI holds no training state: it reads these files on every refresh.
@@ -186,9 +195,6 @@ class RunDir:
     def id(self) -> str:
         return self.path.name
 
-    def file(self, name: str) -> Path:
-        return self.path / name
-
     config_path = property(lambda self: self.path / "config.json")
     dataset_path = property(lambda self: self.path / "dataset.json")
     status_path = property(lambda self: self.path / "status.json")
@@ -199,6 +205,16 @@ class RunDir:
     log_path = property(lambda self: self.path / "log.txt")
     cancel_path = property(lambda self: self.path / "cancel")
     noise_path = property(lambda self: self.path / "noise.npz")
+    val_latest_path = property(lambda self: self.path / "val_latest.json")
+    start_lock_path = property(lambda self: self.path / ".start.lock")
+    embeddings_dir = property(lambda self: self.path / "embeddings")
+    evaluations_dir = property(lambda self: self.path / "evaluations")
+    label_errors_path = property(lambda self: self.path / "label_errors.npz")
+    faithfulness_path = property(lambda self: self.path / "faithfulness.json")
+
+    def job_status_path(self, kind: str) -> Path:
+        """Status file of an inspection job (`embed`, ...) started on this run."""
+        return self.path / f"job-{kind}.json"
 
     def predictions_path(self, split: str) -> Path:
         return self.path / f"predictions_{split}.npz"

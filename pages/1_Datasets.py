@@ -11,7 +11,8 @@ import streamlit as st
 
 from histo_core.datasets import dataset_status, dataset_statuses, download_dataset, registered_names
 from histo_core.datasets.catalog import add_local_dataset, check_web_spec, local_datasets, remove_local_dataset
-from histo_core.datasets.decoded_tiles import read_original, source_file
+from histo_core.datasets.decoded_tiles import read_original
+from histo_core.datasets.sources import original_file
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError
 from histo_core.paths import data_roots
@@ -190,7 +191,7 @@ def render_viewer(ds) -> None:
         width=big.shape[1],
         output_format="PNG",
     )
-    original = source_file(ds.info, s.tile_names[index]) if s.tile_names else None
+    original = original_file(ds.info, s.tile_names[index]) if s.tile_names else None
     if original is not None:
         with original_col, user_errors():
             pixels = read_original(original)

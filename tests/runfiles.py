@@ -93,7 +93,7 @@ def write_run(
     val_probs = _probs(labels, k, skill, rng)
     val_report = classification_report(val_probs, labels, class_names)
     if done:
-        write_json_atomic(run.file("val_latest.json"), val_report)
+        write_json_atomic(run.val_latest_path, val_report)
         model = build_model(arch, k, 3, 28)
         meta = {
             "arch": arch,

@@ -147,9 +147,9 @@ def test_explain_quality_cli(trained_pathmnist_run, capsys):
     assert doc["tiles"] == 6 and doc["sampled"] and [r["rank"] for r in doc["methods"]] == [1, 2]
     assert {r["method"] for r in doc["methods"]} == {"GradCAM", "EigenCAM"}
     assert "EigenCAM: maps and ROAD scores" in err  # progress on stderr
-    saved = json.loads(trained_pathmnist_run.file("faithfulness.json").read_text())
+    saved = json.loads(trained_pathmnist_run.faithfulness_path.read_text())
     assert saved["methods"] == doc["methods"]
-    trained_pathmnist_run.file("faithfulness.json").unlink()
+    trained_pathmnist_run.faithfulness_path.unlink()
 
 
 def test_label_errors_cli(trained_pathmnist_run, capsys):
@@ -173,7 +173,7 @@ def test_label_errors_cli(trained_pathmnist_run, capsys):
     assert "fold 1/2: training on" in err  # progress on stderr (the first line of each step is always shown)
     code, out, _ = cli(capsys, "label-errors", trained_pathmnist_run.path)
     assert code == 0 and "[saved result; --recompute to search again]" in out
-    trained_pathmnist_run.file("label_errors.npz").unlink()  # the session's shared run stays as it was
+    trained_pathmnist_run.label_errors_path.unlink()  # the session's shared run stays as it was
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ from histo_core.config import TrainConfig
 from histo_core.datasets.synthetic import CLASSES, open_synthetic
 from histo_core.errors import HistoError
 from histo_core.label_errors import (
-    FILE_NAME,
     confident_thresholds,
     cross_val_probs,
     find_label_errors,
@@ -122,7 +121,7 @@ def test_run_with_fixed_noise(trained_pathmnist_run):
     df = report.table()
     assert list(df.columns[:6]) == ["index", "given", "suggested", "p_given", "p_suggested", "flagged"]
     assert "flipped" in df and df["p_given"].is_monotonic_increasing
-    assert (run.path / FILE_NAME).exists()
+    assert run.label_errors_path.exists()
     again = load_label_errors(run)
     np.testing.assert_array_equal(again.probs, report.probs)
     assert again.summary() == summary and again.classes == report.classes
@@ -133,5 +132,5 @@ def test_load_missing_or_corrupt(tmp_path):
 
     run = RunDir(tmp_path)
     assert load_label_errors(run) is None
-    (tmp_path / FILE_NAME).write_bytes(b"junk")
+    run.label_errors_path.write_bytes(b"junk")
     assert load_label_errors(run) is None

@@ -84,7 +84,7 @@ def test_runs_without_validation_side_by_side_test_metrics_colours_and_evaluatio
     runs = [write_run("completed", name=f"r{i}", seed=i) for i in range(3)]
     for run in runs:  # trained on train+val: no validation curves
         rows = [{k: v for k, v in r.items() if not k.startswith("val_")} for r in run.metrics()]
-        run.file("metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     evaluate(str(runs[0].path), "synthetic", "val", name="own-val")
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.run()

@@ -127,8 +127,8 @@ def test_label_error_colouring_and_quality_table(linked_run):
         assert set(table["method"]) == {"GradCAM", "EigenCAM"} and list(table["rank"]) == [1, 2]
         assert "Recompute the table" in [b.label for b in at.button]
     finally:
-        linked_run.file("label_errors.npz").unlink()
-        linked_run.file("faithfulness.json").unlink()
+        linked_run.label_errors_path.unlink()
+        linked_run.faithfulness_path.unlink()
 
 
 def test_run_without_embeddings_offers_the_background_job():

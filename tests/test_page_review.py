@@ -9,7 +9,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from histo_core import jobs, paths, tasks
-from histo_core.label_errors import FILE_NAME
 from histo_core.review import load_predictions, query
 from tests.taskfiles import wait_for_task
 
@@ -102,7 +101,7 @@ def test_pairs_and_side_by_side(synthetic_run):
 def test_real_run_with_label_errors(trained_pathmnist_run):
     run = trained_pathmnist_run
     (paths.runs_dir() / run.id).symlink_to(run.path)
-    (run.path / FILE_NAME).unlink(missing_ok=True)
+    run.label_errors_path.unlink(missing_ok=True)
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.query_params["run"] = run.id
     at.run()
@@ -125,7 +124,7 @@ def test_real_run_with_label_errors(trained_pathmnist_run):
     assert metrics["Training tiles checked"] == "160"
     assert metrics["Known flipped labels flagged"].endswith("/ 16")
     assert "This run trained with fixed label noise: 16 training labels were flipped" in texts(at)
-    assert (run.path / FILE_NAME).exists()
+    assert run.label_errors_path.exists()
     suspicious = [c for c in captions(at) if " given " in c and "looks like" in c]
     assert len(suspicious) == 12
     at.toggle(key="review_le_flips").set_value(True).run()

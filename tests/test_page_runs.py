@@ -275,11 +275,11 @@ def test_run_without_validation_shows_what_exists():
 
     run = write_run("completed", epochs=2)
     rows = [{k: v for k, v in r.items() if not k.startswith("val_")} for r in run.metrics()]
-    run.file("metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     results = run.results()
     results["val"] = None
     run.results_path.write_text(json.dumps(results))
-    run.file("val_latest.json").unlink()
+    run.val_latest_path.unlink()
     at = _app(run.id)
     assert not at.exception, at.exception
     titles = _plotly_titles(at)

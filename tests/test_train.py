@@ -67,10 +67,10 @@ def test_run_produces_every_artifact():
     rows = run.metrics()
     assert [r["epoch"] for r in rows] == [1, 2] and all(set(r) == ROW_KEYS for r in rows)
     assert all(0 <= r["val_acc"] <= 1 and r["val_auc"] is not None and r["images_per_s"] > 0 for r in rows)
-    latest = json.loads(run.file("val_latest.json").read_text())
+    latest = json.loads(run.val_latest_path.read_text())
     assert REPORT_KEYS <= set(latest) and latest["epoch"] == 2 and latest["n"] == 300
-    for name in ("best.pt", "last.pt"):
-        ck = checkpoint.load_checkpoint(run.file(name))
+    for path in (run.best_ckpt, run.last_ckpt):
+        ck = checkpoint.load_checkpoint(path)
         model = checkpoint.model_from_checkpoint(ck)
         assert ck["classes"] == run.dataset()["classes"] and ck["input_size"] == 28 and len(ck["mean"]) == 3
         assert model(torch.zeros(1, 3, 28, 28)).shape == (1, 6)

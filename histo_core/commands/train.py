@@ -257,7 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from histo_core.evaluation import evaluate, format_matching
 
     model = args.run
-    if args.runs_dir and (Path(args.runs_dir) / model / "config.json").exists():
+    if args.runs_dir and RunDir(Path(args.runs_dir) / model).exists():
         model = str(Path(args.runs_dir) / model)
     report = evaluate(
         model,

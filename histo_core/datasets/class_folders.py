@@ -217,6 +217,9 @@ class ClassFoldersSource(DatasetSource):
     def recognises(self, path: Path) -> bool:
         return path.is_dir()
 
+    def original_file(self, info, tile_name: str) -> Path | None:
+        return Path(info.location) / tile_name
+
     def open(self, spec, options, *, size, as_rgb, data_dir, seed, progress) -> TileDataset:
         return open_class_folders(spec, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, progress=progress)
 

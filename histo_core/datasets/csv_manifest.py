@@ -210,6 +210,10 @@ class CsvManifestSource(DatasetSource):
     def recognises(self, path: Path) -> bool:
         return path.suffix.lower() == ".csv" and not path.is_dir()
 
+    def original_file(self, info, tile_name: str) -> Path | None:
+        p = Path(tile_name).expanduser()  # a manifest's relative paths are relative to the manifest
+        return p if p.is_absolute() else Path(info.location).parent / p
+
     def open(self, spec, options, *, size, as_rgb, data_dir, seed, progress) -> TileDataset:
         return open_csv_manifest(
             spec, size=size, seed=seed, as_rgb=as_rgb, data_dir=data_dir, options=options, progress=progress

@@ -212,16 +212,6 @@ class _Rows:
         return len(self.index)
 
 
-def source_file(info, tile_name: str) -> Path | None:
-    """The original image file behind a folder/CSV tile (`Split.tile_names` entry), or None for other sources."""
-    if info.source == "folder":
-        return Path(info.location) / tile_name
-    if info.source == "csv":
-        p = Path(tile_name).expanduser()
-        return p if p.is_absolute() else Path(info.location).parent / p
-    return None
-
-
 def read_original(path: Path, max_side: int = 2048) -> np.ndarray:
     """An original image file as 8-bit RGB (H, W, 3) for viewing, shrunk only if larger than `max_side`."""
     try:

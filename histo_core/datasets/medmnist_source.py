@@ -20,7 +20,7 @@ from histo_core import paths
 from histo_core.datasets import npzio
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset, check_label_range, check_labels
 from histo_core.datasets.download import DEFAULT_TIMEOUT, Progress, download_file
-from histo_core.datasets.sources import DatasetEntry, DatasetSource, register_source
+from histo_core.datasets.sources import DatasetEntry, DatasetSource, dataset_flag, register_source
 from histo_core.errors import DatasetError, DownloadError
 
 NPZ_SPLITS = {"train": "train", "val": "val", "test": "test"}
@@ -237,6 +237,10 @@ class MedMNISTSource(DatasetSource):
 
     kind = "medmnist"
     order = 20
+    # Source tiles of known flags: (pixels at the scanner's resolution, µm per pixel). A model trained on them
+    # sees this field of view whatever its input size (PathMNIST: NCT-CRC-HE 224 px tiles at 0.5 µm/px, shown
+    # at 28/64/128/224 px). Any npz named after the flag counts.
+    SCALES = {"pathmnist": (224, 0.5)}
     label = "MedMNIST set"
     downloadable = True
 
@@ -266,6 +270,9 @@ class MedMNISTSource(DatasetSource):
         if not file.exists():
             raise DatasetError(self._how_to_get(spec, size_, data_dir))
         return open_medmnist_npz(file, flag=spec, as_rgb=as_rgb, name=spec)
+
+    def known_scale(self, dataset):
+        return self.SCALES.get(dataset_flag(dataset))
 
     def entries(self, data_dir=None) -> list[DatasetEntry]:
         return [self.status(flag, None, data_dir) for flag in flags_2d()]

@@ -22,7 +22,7 @@ import numpy as np
 
 from histo_core import limits, paths
 from histo_core.datasets.base import DatasetInfo, Split, TileDataset
-from histo_core.datasets.sources import DatasetEntry, DatasetSource, Progress, register_source
+from histo_core.datasets.sources import DatasetEntry, DatasetSource, Progress, dataset_flag, register_source
 from histo_core.errors import DatasetError
 from histo_core.fsutil import atomic_file
 
@@ -255,6 +255,10 @@ class PCamSource(DatasetSource):
     order = 30
     label = "PCam folder"
     path_channels = 3
+    SCALE = (96, 0.972)  # PatchCamelyon tiles: 96 px at 0.972 µm/px
+
+    def known_scale(self, dataset):
+        return self.SCALE if dataset.get("source") == self.kind or dataset_flag(dataset) == "pcam" else None
 
     def names(self) -> tuple[str, ...]:
         return ("pcam",)

@@ -112,6 +112,16 @@ class DatasetSource:
     ) -> Path:
         raise DatasetError(f"{name}: {self.label or self.kind} datasets cannot be downloaded by Histo Explorer")
 
+    def known_scale(self, dataset: dict[str, Any]) -> tuple[int, float] | None:
+        """(source pixels one tile covers, µm per source pixel) known for a dataset of this kind (a
+        `DatasetInfo.to_dict()`, as dataset.json and model cards keep it), or None."""
+        return None
+
+    def original_file(self, info: Any, tile_name: str) -> Path | None:
+        """The original image file behind a tile (`Split.tile_names` entry) of a dataset of this kind, or None
+        when its tiles have no file of their own."""
+        return None
+
 
 _SOURCES: list[DatasetSource] = []  # each kind's module registers its source when imported (timm-style)
 
@@ -135,6 +145,36 @@ def register_source(source: DatasetSource, *, first: bool = True) -> DatasetSour
 def unregister_source(source: DatasetSource) -> None:
     if source in sources():
         sources().remove(source)
+
+
+def kind_source(kind: str) -> DatasetSource | None:
+    """The source of kind `kind` (a `DatasetInfo.source`), or None."""
+    return next((s for s in sources() if s.kind == kind), None)
+
+
+def dataset_flag(dataset: dict[str, Any]) -> str:
+    """The set a dataset dict names, lower case: a MedMNIST flag (`extra.flag`) or its name's stem before '_'
+    ('pathmnist_64.npz' -> 'pathmnist')."""
+    flag = str((dataset.get("extra") or {}).get("flag") or dataset.get("name") or "").lower()
+    return Path(flag).stem.split("_")[0] if flag else flag
+
+
+def source_scale(dataset: dict[str, Any]) -> tuple[int | None, float | None]:
+    """(source pixels one training tile covered, µm per source pixel), each None when unknown: recorded by the
+    dataset (extra "native_tile_px", "mpp") or known to a source (`DatasetSource.known_scale`)."""
+    extra = dataset.get("extra") or {}
+    px = extra.get("native_tile_px") or extra.get("native_size") or dataset.get("native_tile_px")
+    mpp = extra.get("mpp") or dataset.get("mpp")
+    known = next((k for s in sources() if (k := s.known_scale(dataset))), None)
+    if known:
+        px, mpp = px or known[0], mpp or known[1]
+    return (int(px) if px else None), (float(mpp) if mpp else None)
+
+
+def original_file(info: Any, tile_name: str) -> Path | None:
+    """The original image file behind a tile of `info`'s dataset (folder and CSV kinds), or None."""
+    source = kind_source(getattr(info, "source", ""))
+    return source.original_file(info, tile_name) if source else None
 
 
 def registered_names() -> list[str]:

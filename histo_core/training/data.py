@@ -17,6 +17,7 @@ from histo_core import pipeline, stain
 from histo_core.config import HEAD_MODES, TrainConfig
 from histo_core.datasets import DatasetInfo, Split, TileDataset
 from histo_core.datasets.concat import ConcatSplit
+from histo_core.datasets.sources import source_scale
 from histo_core.errors import ConfigError, DatasetError
 from histo_core.noise import fixed_noise
 from histo_core.slots import runs_per_gpu
@@ -163,9 +164,7 @@ def model_meta(config: TrainConfig, data: TrainData) -> dict[str, Any]:
 
 
 def _scale_of(config: TrainConfig, info: DatasetInfo) -> dict[str, Any]:
-    """The source scale of the training tiles, when known: native tile px and µm per px (see inference.source_scale)."""
-    from histo_core.inference import source_scale
-
+    """The source scale of the training tiles, when known: native tile px and µm per px (datasets.source_scale)."""
     px, mpp = source_scale({**info.to_dict(), **({"mpp": config.mpp} if config.mpp else {})})
     return {k: v for k, v in (("native_tile_px", px), ("mpp", config.mpp or mpp)) if v}
 

@@ -309,7 +309,7 @@ def _validate(job: _Job, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any
     report = None
     if data.val is not None and job.rank == 0:
         report = classification_report(trainer.predict(data.val), data.val.labels.numpy(), data.info.classes)
-        write_json_atomic(job.run.file("val_latest.json"), {**report, "epoch": trainer.epoch, "split": "val"})
+        write_json_atomic(job.run.val_latest_path, {**report, "epoch": trainer.epoch, "split": "val"})
     row.update(
         val_loss=report["loss"] if report else None,
         val_acc=report["accuracy"] if report else None,

@@ -16,6 +16,7 @@ from histo_core import jobs
 from histo_core.embeddings import EmbeddingStore, EmbedTarget, is_current, load_store
 from histo_core.errors import HistoError
 from histo_core.explain import uniform_maps
+from histo_core.runs import RunDir
 from pages.ui.classify import tile_grid
 from pages.ui.common import plain
 
@@ -33,7 +34,7 @@ MAX_SHOWN = 48  # selected tiles drawn at once
 def job_path(target: EmbedTarget, kind: str = "embed") -> Path:
     """Status file of a target's background job: in the run for a run's own dataset, else next to the cache."""
     if target.run_path is not None:
-        return target.run_path / f"job-{kind}.json"
+        return RunDir(target.run_path).job_status_path(kind)
     return target.out_dir.with_name(f"{target.out_dir.name}.job-{kind}.json")
 
 

@@ -144,7 +144,7 @@ def _live_panel(run: RunDir) -> None:
     render_progress(run, status)
     rows = run.metrics()
     render_curves(rows)
-    val = read_json(run.file("val_latest.json"))
+    val = read_json(run.val_latest_path)
     if val:
         st.markdown(f"**Validation after epoch {len(rows)}** (the test set is evaluated at the end)")
         render_report(val, key=f"live-{run.id}")
@@ -242,7 +242,7 @@ def _finished_view(run: RunDir, status: RunStatus) -> None:
         which = "best checkpoint by validation" if has_validation(run) else "final model"
         st.markdown(f"**{'validation' if split == 'val' else split} set** ({report['n']:,} tiles, {which})")
         render_report(report, key=f"{split}-{run.id}")
-    elif val := read_json(run.file("val_latest.json")):
+    elif val := read_json(run.val_latest_path):
         st.markdown(f"**Validation after the last finished epoch** ({val.get('n', '?')} tiles)")
         render_report(val, key=f"val-{run.id}")
     if status.state in ("failed", "cancelled"):
