@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -30,12 +31,14 @@ from histo_core.fsutil import savez_atomic, write_json_atomic
 from histo_core.metrics import classification_report, per_sample_loss, small_split_warnings
 from histo_core.runs import RunDir, RunStatus, create_run_dir, new_run_id
 from histo_core.runtime import resolve_device
+from histo_core.training import status as status_mod
 from histo_core.training.data import TrainData, build_train_data, model_meta
 from histo_core.training.defaults import check_config, open_config_dataset
 from histo_core.training.device import setup_device
 from histo_core.training.distributed import any_rank, barrier, broadcast, current_world, gather_objects
 from histo_core.training.status import (
     CancelFlag,
+    RankBeacon,
     RunFolderGone,
     StatusWriter,
     append_log,
@@ -68,6 +71,7 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
     writer = StatusWriter(run, enabled=rank == 0)
     cancel = CancelFlag(run)
     cancel.install()
+    beacon = _start_beacon(run, writer, rank, world)
     try:
         job = _Job(run, TrainConfig.from_dict(run.config()), writer, cancel, rank, world, local_rank)
         return _train_when_a_slot_is_free(job, resume)
@@ -75,6 +79,8 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
         say(f"{run.path}: the run folder was deleted; stopping without saving", rank)
         return {"run_dir": str(run.path), "state": "deleted", "test": None}
     except StopRequested:
+        if _peer_death(beacon):  # torchrun's agent stops the other ranks when one dies: not a cancel
+            return _failed(run, writer, rank, str(_peer_death(beacon)))
         writer.update(state="cancelled", finished_at=time.time(), phase="")
         say(f"{run.id}: cancelled", rank)
         return {"run_dir": str(run.path), "state": "cancelled", "test": None}
@@ -83,20 +89,65 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
             say(f"{run.path}: the run folder was deleted; stopping without saving", rank)
             return {"run_dir": str(run.path), "state": "deleted", "test": None}
         line = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else error_line(exc)
+        if beacon is not None:
+            beacon.failed(line)  # first: rank 0 quotes it when this rank's collectives break
         # every rank's failure reaches the run's log (a torchrun rank's stderr is not the log the Runs page shows)
         append_log(
             run, traceback.format_exc() if world <= 1 else f"rank {rank}: failed: {line}\n{traceback.format_exc()}"
         )
-        if rank == 0:
-            try:
-                writer.update(state="failed", error=line, finished_at=time.time(), phase="")
-            except OSError:
-                pass
-        say(f"{run.id}: failed: {line}")  # on every rank's stderr, not only rank 0's
-        return {"run_dir": str(run.path), "state": "failed", "error": line, "test": None}
+        death = _peer_death(beacon)
+        return _failed(run, writer, rank, death or line)
     finally:
+        if beacon is not None:
+            beacon.stop()
         writer.stop()
         cancel.restore()
+
+
+def _failed(run: RunDir, writer: StatusWriter, rank: int, line: str) -> dict[str, Any]:
+    if rank == 0:
+        try:
+            writer.update(state="failed", error=line, finished_at=time.time(), phase="")
+        except OSError:
+            pass
+    say(f"{run.id}: failed: {line}")  # on every rank's stderr, not only rank 0's
+    return {"run_dir": str(run.path), "state": "failed", "error": line, "test": None}
+
+
+def _start_beacon(run: RunDir, writer: StatusWriter, rank: int, world: int) -> RankBeacon | None:
+    """Under torchrun every rank's heartbeat file (status.RankBeacon); rank 0 watches its peers'. When a peer
+    dies, rank 0 writes "rank R died: ..." to the status and the log at once, then gives a collective it may be
+    blocked in PEER_GRACE_S to fail (gloo fails at once, NCCL waits for its timeout) before it ends the process."""
+    import torch.distributed as dist
+
+    if world <= 1 or not dist.is_initialized():  # the token is agreed through the process group
+        return None
+    import uuid
+
+    def on_death(line: str) -> None:
+        append_log(run, line)
+        try:
+            writer.update(state="failed", error=line, finished_at=time.time(), phase="")
+        except OSError:
+            pass
+        say(f"{run.id}: failed: {line}")
+        timer = threading.Timer(status_mod.PEER_GRACE_S, lambda: os._exit(1))
+        timer.daemon = True
+        timer.start()
+        beacon.grace = timer
+
+    token = broadcast(uuid.uuid4().hex if rank == 0 else None, world)
+    beacon = RankBeacon(run, rank, world, token, on_death if rank == 0 else None)
+    beacon.start()
+    return beacon
+
+
+def _peer_death(beacon: RankBeacon | None) -> str | None:
+    """Rank 0: "rank R died: ..." when a peer died (looked at once more now: a broken collective may come before
+    the watch's next look); None otherwise and on other ranks."""
+    if beacon is None or beacon.rank != 0:
+        return None
+    return beacon.death or beacon.check_peers()
 
 
 @dataclass
@@ -174,8 +225,11 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
         if any_rank(job.cancel.requested(), job.world, device):
             raise StopRequested()
     results: dict[str, Any] = {"run_dir": str(job.run.path), "state": "completed"}
+    train_seconds = time.time() - started
+    job.writer.update(phase="test")
+    final = final_evaluation(job.run, job.config, trainer, job.best)  # every rank predicts its share
     if job.rank == 0:
-        results.update(_finish(job, trainer, device, stopped_early, time.time() - started))
+        results.update(_finish(job, trainer, device, stopped_early, train_seconds, final))
     barrier(job.world)
     return results
 
@@ -309,9 +363,11 @@ def _validate(job: _Job, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any
     val_latest.json."""
     data = trainer.data
     report = None
-    if data.val is not None and job.rank == 0:
-        report = classification_report(trainer.predict(data.val), data.val.labels.numpy(), data.info.classes)
-        write_json_atomic(job.run.file("val_latest.json"), {**report, "epoch": trainer.epoch, "split": "val"})
+    if data.val is not None:
+        probs = trainer.predict(data.val)  # under torchrun each rank its share, gathered
+        if job.rank == 0:
+            report = classification_report(probs, data.val.labels.numpy(), data.info.classes)
+            write_json_atomic(job.run.file("val_latest.json"), {**report, "epoch": trainer.epoch, "split": "val"})
     row.update(
         val_loss=report["loss"] if report else None,
         val_acc=report["accuracy"] if report else None,
@@ -354,12 +410,10 @@ def _should_stop_early(job: _Job, trainer: Trainer) -> bool:
 
 
 def _finish(
-    job: _Job, trainer: Trainer, device: torch.device, stopped_early: bool, train_seconds: float
+    job: _Job, trainer: Trainer, device: torch.device, stopped_early: bool, train_seconds: float, final: dict[str, Any]
 ) -> dict[str, Any]:
-    """Rank 0: the final evaluation into results.json, the embeddings, status "completed"."""
+    """Rank 0: the final evaluation (`final_evaluation`) into results.json, the embeddings, status "completed"."""
     run = job.run
-    job.writer.update(phase="test")
-    final = final_evaluation(run, job.config, trainer, job.best)
     doc = {
         **final,
         "stopped_early": stopped_early,
@@ -403,11 +457,18 @@ def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
 
 
 def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: dict[str, Any]) -> dict[str, Any]:
-    """Test (and val) reports and prediction files from best.pt, and the out-of-distribution calibration."""
+    """Test (and val) reports and prediction files from best.pt, and the out-of-distribution calibration. Under
+    torchrun every rank calls it: rank 0 reads best.pt and sends its weights to the others (their nodes may not
+    see the run folder), each rank predicts its share of each split, and rank 0 alone writes and returns the
+    reports ({} on the other ranks)."""
     data = trainer.data
-    ckpt = ckpt_mod.load_checkpoint(run.best_ckpt) if run.best_ckpt.exists() else None
-    if ckpt is not None:
-        trainer.model.load_state_dict(ckpt["state_dict"])
+    rank, world = trainer.rank, trainer.world
+    weights = None
+    if rank == 0 and run.best_ckpt.exists():
+        weights = ckpt_mod.load_checkpoint(run.best_ckpt)["state_dict"]
+    weights = broadcast(weights, world)
+    if weights is not None:
+        trainer.model.load_state_dict(weights)
     out: dict[str, Any] = {
         "best_epoch": int(best.get("epoch") or trainer.epoch),
         "epochs_run": trainer.epoch,
@@ -419,6 +480,8 @@ def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: d
         if source is None:
             continue
         probs = heldout[split] = trainer.predict(source, tta=config.tta)
+        if rank != 0:
+            continue
         labels = source.labels.numpy()
         out[split] = classification_report(probs, labels, data.info.classes)
         out[split]["tta"] = bool(config.tta)
@@ -429,6 +492,8 @@ def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: d
             indices=np.arange(len(labels)),
             loss=per_sample_loss(probs, labels),
         )
+    if rank != 0:
+        return {}
     out["ood"] = ood_calibration(data, heldout, trainer.model)
     return out
 
