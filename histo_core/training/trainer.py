@@ -38,7 +38,7 @@ from histo_core.training.device import (
     needs_grad_scaler,
     precision_name,
 )
-from histo_core.training.distributed import sum_over_ranks
+from histo_core.training.distributed import broadcast_buffers, gather_objects, sum_over_ranks
 
 
 class StopRequested(Exception):
@@ -351,15 +351,23 @@ class Trainer:
     def predict(
         self, source: pipeline.TileSource, tta: bool = False, on_batch: Callable[[], None] | None = None
     ) -> np.ndarray:
-        """Softmax probabilities (N, K) float32 of a whole source (`histo_core.predict`, the one loop)."""
-        return predict_tiles(
+        """Softmax probabilities (N, K) float32 of a whole source (`histo_core.predict`, the one loop). Under
+        torchrun every rank must call it: each predicts its contiguous share (`pipeline.shard_range`) and every
+        rank gets all the rows, in order."""
+        rows = pipeline.shard_range(len(source), self.rank, self.world) if self.world > 1 else None
+        broadcast_buffers(self.model, self.world)  # every share seen by rank 0's model
+        probs = predict_tiles(
             self.model,
             source,
             self.input_spec(),
             tta=tta,
             on_batch=on_batch,
             num_classes=self.data.info.num_classes,
+            rows=rows,
         )
+        if self.world <= 1:
+            return probs
+        return np.concatenate(gather_objects(probs, self.world))
 
     # -- resumable state (last.pt; weights_only-loadable: tensors, numbers, strings, lists, dicts) --------
     def rank_state(self) -> dict[str, Any]:
