@@ -828,3 +828,23 @@ def test_validation_and_test_are_spread_over_the_ranks_and_gathered_as_one_proce
         assert run.results()[split]["n"] == len(alone)
     val = json.loads(run.file("val_latest.json").read_text())
     assert val["n"] == len(ds.split("val"))
+
+
+@pytest.mark.slow
+def test_out_of_memory_on_one_torchrun_rank_saves_per_rank_state(tmp_path):
+    from histo_core import checkpoint
+    from histo_core import training as T
+    from histo_core.training import run as R
+
+    run = T.prepare_run(_quick_config(epochs=2, max_train_samples=128, batch_size=16))
+    codes = _two_ranks(_dying_peer_worker, str(tmp_path / "store"), str(run.path), "oom")
+    assert codes[0] is not None, "rank 0 hung after its peer ran out of memory"
+    status = run.status()
+    assert status.state == "failed" and status.error.startswith(  # type: ignore[union-attr]
+        "rank 1 died: out of GPU memory at batch 2 of epoch 1: lower --batch-size (now 16)"
+    ), status
+    state = checkpoint.load_checkpoint(run.last_ckpt)["train_state"]  # written by rank 1 itself
+    assert (state["epoch"], state["step"], state["ranks"]) == (0, 1, [None, None])
+    ranks = R._rank_states_from_files(run, state, 2)  # each rank's own file, as --resume reads them
+    assert ranks[1]["partial"]["seen"] == 16 and ranks[0]["partial"]["seen"] == 16
+    assert not torch.equal(ranks[0]["aug_gen"], ranks[1]["aug_gen"])  # two streams, not one

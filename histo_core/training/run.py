@@ -73,7 +73,7 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
     cancel.install()
     beacon = _start_beacon(run, writer, rank, world)
     try:
-        job = _Job(run, TrainConfig.from_dict(run.config()), writer, cancel, rank, world, local_rank)
+        job = _Job(run, TrainConfig.from_dict(run.config()), writer, cancel, rank, world, local_rank, beacon=beacon)
         return _train_when_a_slot_is_free(job, resume)
     except RunFolderGone:  # deleted under us: stop, write nothing (writers never re-create the folder)
         say(f"{run.path}: the run folder was deleted; stopping without saving", rank)
@@ -131,7 +131,13 @@ def _start_beacon(run: RunDir, writer: StatusWriter, rank: int, world: int) -> R
         except OSError:
             pass
         say(f"{run.id}: failed: {line}")
-        timer = threading.Timer(status_mod.PEER_GRACE_S, lambda: os._exit(1))
+
+        def end() -> None:  # still blocked in a collective: keep this rank's state, then stop
+            if beacon.before_exit is not None:
+                beacon.before_exit()
+            os._exit(1)
+
+        timer = threading.Timer(status_mod.PEER_GRACE_S, end)
         timer.daemon = True
         timer.start()
         beacon.grace = timer
@@ -163,6 +169,7 @@ class _Job:
     local_rank: int
     best: dict[str, Any] = field(default_factory=lambda: {"value": None, "epoch": 0, "bad_epochs": 0})
     board: Any = None  # tensorboard_log.RunBoard of rank 0
+    beacon: RankBeacon | None = None  # under torchrun: the heartbeat files (status.RankBeacon)
 
     def log(self, text: str) -> None:
         say(text, self.rank)
@@ -200,6 +207,8 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
 
         job.board = RunBoard(job.run.path)  # events beside metrics.jsonl: tensorboard --logdir RUNS_DIR
     progress = _BatchProgress(job, trainer.steps_per_epoch, device)
+    if job.beacon is not None:  # rank 0 stuck in a collective after a peer died keeps its state before it ends
+        job.beacon.before_exit = lambda: _save_rank_state(job, trainer)
     job.writer.update(phase="train", epoch=trainer.epoch, step=trainer.step, steps_per_epoch=trainer.steps_per_epoch)
     started = time.time()
     stopped_early = False
@@ -211,6 +220,10 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
             raise
         except torch.OutOfMemoryError:
             raise _out_of_memory(job, trainer, meta) from None
+        except Exception:
+            if job.world > 1:  # e.g. a collective broken by a peer that ran out of memory: keep this rank's state
+                _save_rank_state(job, trainer)
+            raise
         _check_finite(job.config, trainer.epoch, row["train_loss"])
         job.writer.update(phase="validate", epoch=trainer.epoch, step=0)
         row = _validate(job, trainer, row)
@@ -329,7 +342,11 @@ def _out_of_memory(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> HistoEr
     trainer.optimizer.zero_grad(set_to_none=True)
     if trainer.cuda:
         torch.cuda.empty_cache()
-    _save_last(job, trainer, meta, [trainer.rank_state()] if job.world == 1 else None)  # peers: no collective now
+    if job.world == 1:
+        _save_last(job, trainer, meta, [trainer.rank_state()])
+    else:  # the peers wait in a collective that never completes: no gathering; this rank writes last.pt itself
+        _save_rank_state(job, trainer)  # (the shared state is every rank's) and each rank its own state file
+        _save_last(job, trainer, meta, [None] * job.world, by_this_rank=True)
     n = job.config.batch_size
     return HistoError(
         f"out of GPU memory at batch {trainer.step + 1} of epoch {trainer.epoch + 1}: lower --batch-size (now {n}) "
@@ -345,10 +362,13 @@ def change_batch_size(run: RunDir, batch_size: int) -> None:
     write_json_atomic(run.config_path, config.to_dict())
 
 
-def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any], ranks: list[dict[str, Any]] | None) -> None:
+def _save_last(
+    job: _Job, trainer: Trainer, meta: dict[str, Any], ranks: list[Any] | None, by_this_rank: bool = False
+) -> None:
     """last.pt: the weights and everything needed to resume at this batch boundary, with every rank's own random
-    streams and partial counts (`ranks`, gathered from all ranks by the caller); rank 0 writes."""
-    if job.rank == 0:
+    streams and partial counts (`ranks`, gathered from all ranks by the caller; None for a rank whose state is in
+    its own file, `_save_rank_state`); rank 0 writes (`by_this_rank`: this rank, after running out of memory)."""
+    if job.rank == 0 or by_this_rank:
         ckpt_mod.save_checkpoint(
             job.run.last_ckpt,
             trainer.model,
@@ -356,6 +376,40 @@ def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any], ranks: list[di
             epoch=trainer.epoch,
             train_state={**trainer.state(ranks), "best": dict(job.best)},
         )
+
+
+def rank_state_path(run: RunDir, rank: int) -> Path:
+    return run.path / "ranks" / f"rank{rank}.pt"
+
+
+def _save_rank_state(job: _Job, trainer: Trainer) -> None:
+    """Under torchrun, after a failure inside an epoch (this rank ran out of memory, or a collective broke because
+    a peer did): this rank's partial counts and random streams at its last finished batch, in its own file beside
+    the heartbeats, for `--resume` (no collective gathers them now). Never raises: the failure is what matters."""
+    from histo_core.fsutil import torch_save_atomic
+
+    try:
+        path = rank_state_path(job.run, job.rank)
+        path.parent.mkdir(exist_ok=True)
+        torch_save_atomic(path, {"epoch": trainer.epoch, "step": trainer.step, "state": trainer.rank_state()})
+    except (OSError, RuntimeError) as exc:
+        job.log(f"rank {job.rank}: its state was not saved ({exc})")
+
+
+def _rank_states_from_files(run: RunDir, state: dict[str, Any], world: int) -> list[Any] | None:
+    """last.pt's per-rank states with the gaps (None: saved after running out of memory) filled from the ranks'
+    own files of the same batch (`_save_rank_state`)."""
+    ranks = state.get("ranks")
+    if not ranks or len(ranks) != world or all(r is not None for r in ranks):
+        return ranks
+    out = list(ranks)
+    for r in range(world):
+        path = rank_state_path(run, r)
+        if out[r] is None and path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if (saved.get("epoch"), saved.get("step")) == (state.get("epoch"), state.get("step")):
+                out[r] = saved["state"]
+    return out
 
 
 def _validate(job: _Job, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
@@ -444,6 +498,8 @@ def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
     state = ckpt.get("train_state")
     if not state:
         raise HistoError(f"{run.last_ckpt}: has no training state to resume from")
+    if trainer.world > 1:
+        state = {**state, "ranks": _rank_states_from_files(run, state, trainer.world)}
     if trainer.batch_size_changed(state):
         say(
             f"{run.id}: batch size {state['batch_size']} -> {trainer.config.batch_size}: epoch "

@@ -153,6 +153,7 @@ class RankBeacon:
         self.heartbeats: dict[int, float] = {}
         self.error: str | None = None
         self.grace: threading.Timer | None = None  # rank 0, after a peer died: ends a process stuck in a collective
+        self.before_exit: Any = None  # called before that end (saves this rank's state)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.folder = run.path / "ranks"

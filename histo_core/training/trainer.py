@@ -407,11 +407,16 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
         ranks = state.get("ranks")
-        if ranks and len(ranks) == self.world:
-            state = {**state, **ranks[self.rank]}  # this rank's own counts and random streams
-        elif self.world > 1 and self.rank != 0:
-            # saved by another number of processes (or before per-rank state): rank 0's partial counts once
+        own = ranks[self.rank] if ranks and len(ranks) == self.world else None
+        own_streams = True
+        if own is not None:
+            state = {**state, **own}  # this rank's own counts and random streams
+        elif self.world > 1 and (self.rank != 0 or ranks):
+            # saved by another number of processes (or before per-rank state): rank 0's partial counts once; or
+            # this rank's state was lost (a peer ran out of memory while this rank hung): its own seeded streams,
+            # never another rank's
             state = {**state, "partial": _empty_partial()}
+            own_streams = ranks is None or len(ranks) != self.world
         self.model.load_state_dict(weights)
         if self.config.mode in HEAD_MODES:
             self._freeze_backbone(bool(state["backbone_frozen"]))
@@ -432,11 +437,12 @@ class Trainer:
                     with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
                         warnings.simplefilter("ignore", UserWarning)
                         self.scheduler.step()
-        torch.set_rng_state(state["torch_rng"])
-        if self.cuda and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        self.aug_gen.set_state(state["aug_gen"])
-        self.noise_gen.set_state(state["noise_gen"])
+        if own_streams:
+            torch.set_rng_state(state["torch_rng"])
+            if self.cuda and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"])
+            self.aug_gen.set_state(state["aug_gen"])
+            self.noise_gen.set_state(state["noise_gen"])
         if self.scaler.is_enabled() and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
         if state.get("mixup_gen") is not None:  # absent in the last.pt of runs from before --mixup
