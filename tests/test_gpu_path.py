@@ -848,3 +848,46 @@ def test_out_of_memory_on_one_torchrun_rank_saves_per_rank_state(tmp_path):
     ranks = R._rank_states_from_files(run, state, 2)  # each rank's own file, as --resume reads them
     assert ranks[1]["partial"]["seen"] == 16 and ranks[0]["partial"]["seen"] == 16
     assert not torch.equal(ranks[0]["aug_gen"], ranks[1]["aug_gen"])  # two streams, not one
+
+
+# -- fp16 that keeps overflowing falls back to fp32 (item 2) -------------------------------------------------
+@pytest.mark.slow
+def test_fp16_that_keeps_overflowing_falls_back_to_fp32_and_says_so(monkeypatch, capsys):
+    """A Turing card's fp16 + GradScaler path on the CPU, with gradients made infinite while autocast is on (an
+    injected overflow): after FP16_MAX_SKIPPED_STEPS skipped steps the run goes on in fp32 and completes."""
+    import json
+
+    from histo_core import checkpoint
+    from histo_core import training as T
+    from histo_core.export import export_run
+    from histo_core.training import trainer as TR
+
+    monkeypatch.setattr(TR, "autocast_dtype", lambda cfg, dev: torch.float16)
+    real_loss = TR.build_loss
+
+    def overflowing_loss(*args, **kw):
+        loss = real_loss(*args, **kw)
+        forward = loss.forward
+
+        def overflow(logits, y, index=None):
+            if torch.is_autocast_enabled("cpu") and logits.requires_grad:
+                logits.register_hook(lambda g: g * float("inf"))
+            return forward(logits, y, index)
+
+        loss.forward = overflow
+        return loss
+
+    monkeypatch.setattr(TR, "build_loss", overflowing_loss)
+    run = T.prepare_run(_quick_config(max_train_samples=240, batch_size=8, epochs=1))  # 30 steps
+    assert T.run_training(run)["state"] == "completed"
+    err = capsys.readouterr().err
+    assert "in fp16 autocast + GradScaler" in err  # it started in fp16
+    why = "fp16 autocast + GradScaler -> fp32 at epoch 1, batch 20: the GradScaler skipped 20 steps in a row"
+    assert f"fp16 kept overflowing, training goes on in fp32 ({why}" in err
+    results = run.results()
+    assert results["precision"] == "fp32" and results["precision_fallback"].startswith(why)
+    best = checkpoint.load_checkpoint(run.best_ckpt)
+    assert best["precision"] == "fp32" and best["precision_fallback"].startswith(why)
+    assert checkpoint.load_checkpoint(run.last_ckpt)["train_state"]["fp32_fallback"].startswith(why)  # kept on resume
+    card = json.loads(export_run(run, "fp16-fallback").with_suffix(".json").read_text())
+    assert card["precision"] == "fp32" and card["precision_fallback"].startswith(why)

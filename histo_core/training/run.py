@@ -206,7 +206,7 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
         from histo_core.tensorboard_log import RunBoard
 
         job.board = RunBoard(job.run.path)  # events beside metrics.jsonl: tensorboard --logdir RUNS_DIR
-    progress = _BatchProgress(job, trainer.steps_per_epoch, device)
+    progress = _BatchProgress(job, trainer.steps_per_epoch, device, meta)
     if job.beacon is not None:  # rank 0 stuck in a collective after a peer died keeps its state before it ends
         job.beacon.before_exit = lambda: _save_rank_state(job, trainer)
     job.writer.update(phase="train", epoch=trainer.epoch, step=trainer.step, steps_per_epoch=trainer.steps_per_epoch)
@@ -311,8 +311,9 @@ class _BatchProgress:
     torchrun's ranks agree every CANCEL_CHECK_STEPS batches, at the same step on every rank (an all-reduce makes
     the host wait for the device), and at the end of every epoch."""
 
-    def __init__(self, job: _Job, steps_per_epoch: int, device: torch.device):
+    def __init__(self, job: _Job, steps_per_epoch: int, device: torch.device, meta: dict[str, Any] | None = None):
         self.job, self.steps, self.device = job, steps_per_epoch, device
+        self.meta = meta  # the checkpoints' metadata: its precision changes if fp16 falls back to fp32
         self.last_write = 0.0
         self.t0 = time.perf_counter()
         self.images = 0
@@ -320,6 +321,9 @@ class _BatchProgress:
     def __call__(self, trainer: Trainer, images: int) -> bool:
         job, cfg = self.job, self.job.config
         self.images += images
+        if trainer.fallback and self.meta is not None and self.meta.get("precision_fallback") != trainer.fallback:
+            self.meta.update(precision=trainer.precision, precision_fallback=trainer.fallback)
+            job.log(f"{job.run.id}: fp16 kept overflowing, training goes on in fp32 ({trainer.fallback})")
         now = time.perf_counter()
         stop = False
         if job.world == 1 or trainer.step % CANCEL_CHECK_STEPS == 0:
@@ -474,6 +478,7 @@ def _finish(
         "train_seconds": round(train_seconds, 2),
         "device": str(device),
         "precision": trainer.precision,
+        "precision_fallback": trainer.fallback,  # fp16 -> fp32, when and why; None when it never happened
         "warnings": small_split_warnings(_eval_sizes(trainer.data)),
     }
     write_json_atomic(run.results_path, doc)
