@@ -420,7 +420,7 @@ def test_ddp_ranks_agree_on_a_cancel_every_n_steps(monkeypatch):
         writer = type("W", (), {"update": staticmethod(lambda **kw: None)})()
 
     progress = R._BatchProgress(Job(), 100, torch.device("cpu"))  # type: ignore[arg-type]
-    trainer = type("T", (), {"epoch": 0, "step": 0})()
+    trainer = type("T", (), {"epoch": 0, "step": 0, "fallback": None})()
     for step in range(1, 101):
         trainer.step = step
         progress(trainer, 8)
