@@ -581,10 +581,6 @@ def _resume_worker(rank: int, store: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes in the working checkout, fails in a fresh clone under CI: cause not found yet (see the closing note of 2026-12-06)",
-)
 @pytest.mark.slow
 def test_two_gloo_ranks_resume_exactly_with_their_own_state(tmp_path):
     import torch.multiprocessing as mp
@@ -682,10 +678,6 @@ def _head_then_all_worker(rank: int, store: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes in the working checkout, fails in a fresh clone under CI: cause not found yet (see the closing note of 2026-12-06)",
-)
 @pytest.mark.slow
 def test_ddp_head_then_all_syncs_the_backbone_once_unfrozen_without_unused_parameter_search(tmp_path):
     import torch.multiprocessing as mp
