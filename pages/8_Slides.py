@@ -3,6 +3,7 @@ single tile at full resolution (with its Grad-CAM and most similar training tile
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from histo_core import jobs, tasks
@@ -219,8 +220,12 @@ probs = prob_grid[row, col]
 k = int(probs.argmax())
 x, y, side, _ = grid.box(row, col)
 st.markdown(f"**{meta.classes[k]}** ({probs[k]:.1%}) · level-0 box x {x}, y {y}, {side} px ({grid.field_um:g} µm)")
+score = results.get("ood_score")
+score_text = "" if score is None or np.isnan(score[row, col]) else f" (score {score[row, col]:.2f}; flagged at 1.00)"
 if ood_grid[row, col]:
-    st.warning("This tile looks unlike the model's training tiles: treat its prediction with care.")
+    st.warning(f"This tile looks unlike the model's training tiles{score_text}: treat its prediction with care.")
+elif score_text:
+    st.caption(f"Unlike-the-training-tiles score {score[row, col]:.2f} (flagged at 1.00)")
 p1, p2 = st.columns(2)
 p1.image(shown, caption=f"the tile, {shown.shape[1]} px", width="stretch")
 p2.plotly_chart(probability_figure(probs, meta.classes, top=meta.num_classes, highlight=k), width="stretch")

@@ -72,6 +72,10 @@ def test_slide_metadata_class_map_and_tile(cmu, shipped_model):
     captions = [c for el in at.get("image") for c in el.captions]
     assert any(c.startswith(f"GradCAM for '{first['class']}'") for c in captions), captions
     assert any(c.startswith("the tile, 224 px") for c in captions), captions
+    # its "unlike the training tiles" score, as in the CSV (flagged: a warning; else a caption)
+    said = [w.value for w in at.warning] + [c.value for c in at.caption]
+    assert any(f"score {float(first['ood_score']):.2f}" in t for t in said), said
+    assert any(w.value.startswith("This tile looks unlike") for w in at.warning) == (first["ood"] == "1")
 
 
 def test_uploads_are_kept_by_content_in_the_data_dir():

@@ -116,13 +116,24 @@ def test_outputs_geojson_and_csv(cmu, shipped_model, tmp_path):
         total = sum(float(r[f"prob_{c}"]) for c in loaded.meta.classes)
         assert total == pytest.approx(1.0, abs=1e-4)
         assert r["class"] == max(loaded.meta.classes, key=lambda c: float(r[f"prob_{c}"]))
+        assert int(r["ood"]) == (float(r["ood_score"]) >= 1.0)  # the score, and the flag it gives
+        assert 0 <= int(r["x"]) and int(r["x"]) + int(r["width"]) <= w and int(r["y"]) + int(r["height"]) <= h
     gj = json.loads(Path(out["outputs"]["tiles.geojson"]).read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == len(rows)
-    for f in gj["features"]:
+    for f, r in zip(gj["features"], rows):
         assert f["properties"]["objectType"] == "detection" and f["properties"]["classification"]["name"]
+        assert f["properties"]["classification"]["name"] == r["class"]
         ring = f["geometry"]["coordinates"][0]
         assert f["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) == 5
         assert all(0 <= x <= w and 0 <= y <= h for x, y in ring)
+        xs, ys = {x for x, _ in ring}, {y for _, y in ring}
+        assert xs == {int(r["x"]), int(r["x"]) + int(r["width"])} and ys == {
+            int(r["y"]),
+            int(r["y"]) + int(r["height"]),
+        }
+        m = f["properties"]["measurements"]
+        assert sum(m[f"p({c})"] for c in loaded.meta.classes) == pytest.approx(1.0, abs=1e-4)
+        assert m["unlike training score"] == float(r["ood_score"]) and m["unlike training"] == int(r["ood"])
     assert sum(c["tiles"] for c in out["classes"]) == len(rows)
     assert sum(c["share"] for c in out["classes"]) == pytest.approx(1.0, abs=1e-3)
     cmap = Image.open(out["outputs"]["classmap.png"])
@@ -131,6 +142,34 @@ def test_outputs_geojson_and_csv(cmu, shipped_model, tmp_path):
     with open_slide(cmu) as s:
         assert analyse_slide(loaded, s, out_dir=tmp_path / "a")["skipped"] is True
         assert analyse_slide(loaded, s, out_dir=tmp_path / "a", force=True)["skipped"] is False
+
+
+def test_the_ood_flag_fires_on_most_of_the_skin_slide(cmu, shipped_model, tmp_path):
+    """A PathMNIST (colon) model on a skin slide: most tissue tiles are unlike its training tiles, and the
+    feature check (run in the analysis's own forward pass) is what finds them."""
+    loaded = load_model("pathmnist-resnet9")
+    assert isinstance(loaded.meta.ood.get("feature"), dict)
+    with open_slide(cmu) as s:
+        out = analyse_slide(loaded, s, out_dir=tmp_path / "a", batch_size=16)  # several batches
+    rows = list(csv.DictReader(open(out["outputs"]["tiles.csv"])))
+    flags = np.array([int(r["ood"]) for r in rows])
+    scores = np.array([float(r["ood_score"]) for r in rows])
+    assert flags.mean() >= 0.75, (flags.mean(), scores)
+    assert out["ood_share"] == pytest.approx(flags.mean(), abs=1e-3)
+    assert np.median(scores) > 1.0
+    # the scores are the ones a separate pass over the same tiles gives (inference.ood_check, the Classify path)
+    from histo_core.inference import ood_check
+    from histo_core.slides.analysis import SlideAnalysis, current_results, read_tile
+
+    res = current_results(SlideAnalysis(tmp_path / "a"))
+    assert res is not None and np.allclose(res["ood_score"][res["pred"] >= 0], scores, atol=1e-3)
+    with open_slide(cmu) as s:
+        tiles = np.stack([read_tile(s, res["grid"], int(r["row"]), int(r["col"]), loaded.meta)[1] for r in rows[:8]])
+    from histo_core.inference import predict
+
+    again = ood_check(loaded.meta, predict(loaded, tiles), tiles, loaded.model)
+    assert again is not None
+    np.testing.assert_allclose(again.scores, scores[:8], rtol=1e-3, atol=1e-3)
 
 
 def test_an_interrupted_analysis_resumes(shipped_model, tmp_path):
