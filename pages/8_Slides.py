@@ -76,7 +76,15 @@ st.caption(
 )
 
 params = {"model": entry.ref, "slide": str(path), "mpp": mpp_given or None, "tissue_threshold": threshold, "tta": tta}
-task = tasks.latest_task("slide", params)
+
+
+def latest_task() -> tasks.TaskDir | None:
+    """The newest task of this request, started by Analyse/Resume (force False) or Analyse again (force True)."""
+    found = [t for t in (tasks.latest_task("slide", {**params, "force": f}) for f in (False, True)) if t]
+    return max(found, key=lambda t: t.id, default=None)
+
+
+task = latest_task()
 status = tasks.refresh_task(task) if task else None
 active = status is not None and status.state in jobs.ACTIVE_STATES
 state = folder.state()
@@ -84,7 +92,7 @@ state = folder.state()
 
 def start(force: bool = False) -> None:
     def already() -> tasks.TaskDir | None:
-        latest = tasks.latest_task("slide", params)
+        latest = latest_task()
         return latest if latest is not None and tasks.refresh_task(latest).state in jobs.ACTIVE_STATES else None
 
     with user_errors("Not started: "):
@@ -160,6 +168,10 @@ else:
     )
 sel_key = "slides_selected"
 selected = st.session_state.get(sel_key)
+if selected is None or not (0 <= selected[0] < grid.rows and 0 <= selected[1] < grid.cols):
+    # chosen before the figure is drawn: Streamlit tells a chart by its figure, so a click is lost when the
+    # run it causes draws another figure (the outline moved) than the one clicked
+    selected = st.session_state[sel_key] = (grid.rows // 2, grid.cols // 2)
 event = st.plotly_chart(
     overview_figure(image, grid.to_dict(), scale, selected),
     on_select="rerun",
@@ -167,9 +179,10 @@ event = st.plotly_chart(
     key="slides_overview",
     width="stretch",
 )
-clicked = clicked_tile(event)
+clicked = clicked_tile(event, grid.cols)
 if clicked is not None and clicked != selected:
     st.session_state[sel_key] = clicked
+    st.session_state["slides_row"], st.session_state["slides_col"] = clicked  # the boxes below follow the click
     st.rerun()
 legend = outputs.legend(meta.classes, pred[done], grid.tile_mm2)
 ood_share = float(ood_grid[done].mean()) if meta.ood and done.any() else None
@@ -198,10 +211,13 @@ if rec.get("state") == "completed":
 
 # -- the selected tile ------------------------------------------------------------------------------------
 st.subheader("Tile")
-r0, c0 = selected or (grid.rows // 2, grid.cols // 2)
+r0, c0 = selected
+for box_key, start_at, top in (("slides_row", r0, grid.rows - 1), ("slides_col", c0, grid.cols - 1)):
+    if not 0 <= st.session_state.get(box_key, -1) <= top:  # first visit, or another slide's grid
+        st.session_state[box_key] = int(min(start_at, top))
 t1, t2 = st.columns(2)
-row = int(t1.number_input("Row", 0, grid.rows - 1, int(r0), key="slides_row"))
-col = int(t2.number_input("Column", 0, grid.cols - 1, int(c0), key="slides_col"))
+row = int(t1.number_input("Row", 0, grid.rows - 1, key="slides_row"))
+col = int(t2.number_input("Column", 0, grid.cols - 1, key="slides_col"))
 if (row, col) != selected:
     st.session_state[sel_key] = (row, col)
 region, box = sa.read_region(slide, grid, row, col)

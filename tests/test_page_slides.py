@@ -102,6 +102,7 @@ def test_a_running_analysis_shows_progress_its_map_so_far_and_cancel(cmu, shippe
     with open_slide(cmu) as s, pytest.raises(KeyboardInterrupt):
         analyse_slide(loaded, s, batch_size=8, progress=stop)  # partial results, as a running task leaves them
     params = {"model": str(shipped_model), "slide": str(cmu), "mpp": None, "tissue_threshold": 0.5, "tta": False}
+    params["force"] = False  # as the page's Analyse button submits it
     task = make_task("slide", params, state="running")
     task.update_status(phase="8/44 tiles · 20 tiles/s · ETA 2 s", step=180, steps_per_epoch=1000)
     at = page(str(cmu), shipped_model)
@@ -121,3 +122,15 @@ def test_slides_are_listed_from_the_roots_without_small_tiffs(tmp_path):
     (tmp_path / "a" / "s.svs").write_bytes(b"\0")
     (tmp_path / "a" / "notes.txt").write_bytes(b"\0")
     assert [p.name for p in find_slides([tmp_path])] == ["big.tif", "s.svs"]
+
+
+def test_a_click_on_the_overview_selects_its_tile():
+    """The event a click on a tile marker gives in the browser (tests/test_browser_slides.py clicks for real):
+    customdata comes back as an index-keyed object, so the tile is found from the point's index."""
+    from pages.ui.slides import clicked_tile
+
+    point = {"curve_number": 1, "point_number": 13, "point_index": 13, "customdata": {"0": 1, "1": 4}}
+    assert clicked_tile({"selection": {"points": [point]}}, cols=9) == (1, 4)
+    assert clicked_tile({"selection": {"points": [{**point, "curve_number": 0}]}}, cols=9) is None  # the image
+    assert clicked_tile({"selection": {"points": []}}, cols=9) is None
+    assert clicked_tile(None, cols=9) is None

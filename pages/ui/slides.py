@@ -152,15 +152,17 @@ def overview_figure(
     return fig
 
 
-def clicked_tile(event: Any) -> tuple[int, int] | None:
+def clicked_tile(event: Any, cols: int) -> tuple[int, int] | None:
+    """The tile (row, column) of a click on `overview_figure`'s tile markers (trace 1, one marker per tile, row
+    by row), from the point's index: its customdata comes back as a list or as an index-keyed object."""
     try:
         points = event["selection"]["points"]
     except (KeyError, TypeError):
         return None
     for p in points:
-        data = p.get("customdata")
-        if data is not None and len(data) == 2:
-            return int(data[0]), int(data[1])
+        index = p.get("point_index", p.get("point_number"))
+        if p.get("curve_number") == 1 and isinstance(index, int) and index >= 0:
+            return index // cols, index % cols
     return None
 
 
