@@ -13,7 +13,7 @@ from histo_core.slides import analysis as sa
 from histo_core.slides import open_slide, outputs
 from histo_core.slides.tissue import DEFAULT_TISSUE_THRESHOLD
 from pages.ui.classify import cam_options, pick_model, probability_figure, show_cam, target_select
-from pages.ui.common import page_setup, signed_in_user, start_once, user_errors
+from pages.ui.common import page_setup, plain, signed_in_user, start_once, user_errors
 from pages.ui.feature_map import similar_tiles
 from pages.ui.slides import clicked_tile, legend_table, metadata_rows, overview_figure, pick_slide
 
@@ -38,7 +38,7 @@ mpp_given = st.number_input(
 try:
     slide = open_slide(path, mpp=mpp_given or None)
 except HistoError as exc:
-    st.error(str(exc))
+    st.error(plain(str(exc)))
     st.stop()
 info = slide.info()
 left, right = st.columns([1, 2])
@@ -67,7 +67,7 @@ try:
 
     grid_plan = plan_slide_grid(slide, meta)
 except HistoError as exc:
-    st.error(str(exc))
+    st.error(plain(str(exc)))
     st.stop()
 st.caption(
     f"Tiles of {grid_plan.field_um:g} µm = {grid_plan.tile_l0} px at level 0, read from level {grid_plan.level} "
@@ -120,7 +120,7 @@ if folder.path.exists() and not active and c3.button("Delete this analysis", key
         sa.delete_analysis(folder)
         st.rerun()
 if status is not None and status.state == "failed":
-    st.error(f"The analysis failed: {status.error}")
+    st.error(plain(f"The analysis failed: {status.error}"))
 
 
 @st.fragment(run_every=2.0)

@@ -91,6 +91,20 @@ def test_uploads_are_kept_by_content_in_the_data_dir():
         save_upload("slide.mrxs", b"abc")
 
 
+def test_an_upload_over_the_limit_is_refused_with_what_to_do():
+    import tomllib
+
+    from pages.ui.slides import UPLOAD_LIMIT_MB, upload_refusal
+
+    config = tomllib.loads((Path(PAGE).parent.parent / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == UPLOAD_LIMIT_MB  # the browser's limit is the page's
+    assert upload_refusal("s.svs", UPLOAD_LIMIT_MB * 2**20) is None
+    said = upload_refusal("s.svs", 300 * 2**20)
+    assert (
+        said == "s.svs: 300 MB, over the 200 MB upload limit; put the slide in a data folder and pick it from the list"
+    )
+
+
 def test_a_running_analysis_shows_progress_its_map_so_far_and_cancel(cmu, shipped_model):
     from tests.taskfiles import make_task
 
@@ -134,3 +148,25 @@ def test_a_click_on_the_overview_selects_its_tile():
     assert clicked_tile({"selection": {"points": [{**point, "curve_number": 0}]}}, cols=9) is None  # the image
     assert clicked_tile({"selection": {"points": []}}, cols=9) is None
     assert clicked_tile(None, cols=9) is None
+
+
+def test_each_bad_slide_gets_its_message_on_the_page(shipped_model, tmp_path, monkeypatch):
+    """The refusals of the CLI (tests/test_slides.py), as st.error on the page; no tissue is found by the
+    analysis task, whose failure the page shows."""
+    from histo_core import tasks
+    from histo_core.slides import reader
+    from pages.ui.common import plain
+    from tests.slidefiles import bad_slides
+    from tests.taskfiles import make_task
+
+    monkeypatch.setattr(reader, "MAX_SIDE_PX", 1100)
+    monkeypatch.setattr(tasks.signal, "signal", lambda *args: None)  # run_task's SIGTERM hook: not in pytest
+    for what, (path, message) in bad_slides(tmp_path / "bad").items():  # tmp_path is inside the data roots
+        if what == "no tissue":
+            params = {"model": str(shipped_model), "slide": str(path), "mpp": None, "tissue_threshold": 0.5}
+            task = make_task("slide", {**params, "tta": False, "force": False}, state="queued")
+            assert tasks.run_task(task) != 0 and task.status().state == "failed"
+        at = page(str(path), shipped_model)
+        assert not at.exception, (what, at.exception)
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and plain(message) in errors[0], (what, errors)  # file names shown as text

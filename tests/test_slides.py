@@ -17,7 +17,7 @@ from histo_core.slides import analyse_slide, open_slide
 from histo_core.slides.grid import plan_slide_grid
 from histo_core.slides.reader import SlideError
 from histo_core.slides.tissue import tissue_mask
-from tests.slidefiles import cmu_pixels, pink_tissue, write_slide
+from tests.slidefiles import bad_slides, cmu_pixels, pink_tissue, write_slide
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -320,3 +320,26 @@ def test_slide_task_runs_in_its_own_process(shipped_model, tmp_path):
     status = wait_for_task(task, 240)
     assert status.state == "completed", status
     assert task.result()["tiles"]["tissue"] == 4 and status.phase == "done"
+
+
+# -- each bad input, in the CLI (one line, exit 2) and on the page (st.error) ---------------------------
+
+
+def test_cli_refuses_each_bad_input_in_one_line(shipped_model, tmp_path, monkeypatch, capsys):
+    from histo_core.slides import reader
+
+    monkeypatch.setattr(reader, "MAX_SIDE_PX", 1100)
+    good = write_slide(tmp_path / "good.tif", pink_tissue(1024, 1024), mpp=0.5, downsamples=(1,))
+    for what, (path, message) in bad_slides(tmp_path / "bad").items():
+        assert main(["slide", "pathmnist-resnet9", str(path), str(good), "--json"]) == 2, what
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], (what, captured.err)
+        assert "Traceback" not in captured.err
+        out = json.loads(captured.out)  # nothing else is disturbed: the good slide is analysed
+        assert (out["failed"], out["analysed"]) == (1, 1), what
+        assert message in out["slides"][0]["error"]
+    assert main(["slide", "pathmnist-resnet9", str(good), "--mpp", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--mpp must be between 0.05 and 20 µm per pixel, got 1000" in err
