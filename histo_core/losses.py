@@ -10,8 +10,9 @@
   boot    dynamic bootstrapping with a loss split (Arazo et al. 2019; the split is DivideMix's, Li et al. 2020):
           plain CE for the first `boot_warmup` of the epochs; after each epoch a 2-component Gaussian mixture
           over every training tile's loss says how likely its label is wrong (w_i, the high-loss component);
-          then each tile trains on (1 - w_i) * its label + w_i * the model's own sharpened prediction, so a
-          doubtful tile keeps teaching with the model's guess instead of being dropped
+          then each tile the model disagrees with trains on (1 - w_i) * its label + w_i * the model's own
+          sharpened prediction (w_i also scaled by the model's confidence), so a doubtful tile keeps teaching
+          with the model's guess instead of being dropped
 
 Every criterion is called `criterion(logits, target, index)`; `index` (positions of the batch's tiles in the
 training source) is used by the losses with per-tile state (`per_tile = True`: ELR, boot), whose buffers are
@@ -117,10 +118,13 @@ def gmm_high_posterior(x: torch.Tensor, iters: int = 20, reg: float = 5e-4) -> t
 class DynamicBootstrapping(nn.Module):
     """Cross-entropy against (1 - w_i) * one_hot(y_i) + w_i * sharpen(p_i), averaged over the batch.
 
-    p_i: the model's softmax for the tile (detached), sharpened as p^(1/T) / sum p^(1/T); w_i: the probability that
-    tile i's label is wrong, from `gmm_high_posterior` over the tiles' latest training losses (`losses`, recorded
-    as each tile is trained on), refitted by `end_epoch` once `warmup` of the epochs are done; before that w = 0
-    (plain CE). Without `index` (a batch not from the training source) it is plain CE."""
+    p_i: the model's softmax for the tile (detached), sharpened as p^(1/T) / sum p^(1/T). w_i = d_i * c_i * [the
+    model's class != y_i]: d_i, the probability that tile i's label is wrong, from `gmm_high_posterior` over the
+    tiles' latest training losses (`losses`, recorded as each tile is trained on), refitted by `end_epoch` once
+    `warmup` of the epochs are done (before that d = 0: plain CE); c_i = max p_i, the model's confidence. A tile
+    the model agrees with keeps its label: without that gate the split, which always splits, relabelled the
+    hard clean tiles of a noise-free set (0.650 against CE's 0.773, benchmarks/RESULTS.md). Without `index` (a
+    batch not from the training source) it is plain CE."""
 
     per_tile = True
     losses: torch.Tensor
@@ -139,8 +143,10 @@ class DynamicBootstrapping(nn.Module):
         index = index.to(self.losses.device)
         with torch.no_grad():
             self.losses[index] = -log_p.gather(1, target.view(-1, 1)).squeeze(1).detach().to(self.losses.device)
+            p = log_p.exp()
             guess = F.softmax(logits.detach().float() / self.temperature, dim=1)  # p^(1/T), normalised
-            w = self.noisy[index].to(log_p.device).unsqueeze(1)
+            conf, pred = p.max(1)
+            w = (self.noisy[index].to(log_p.device) * conf * (pred != target).float()).unsqueeze(1)
             soft = (1.0 - w) * F.one_hot(target, self.num_classes).float() + w * guess
         return -(soft * log_p).sum(1).mean()
 

@@ -60,10 +60,13 @@ def test_boot_matches_the_hand_computed_value_and_splits_after_its_warmup():
     # before any split w = 0: cross-entropy, -ln 0.25; the tile's loss is recorded
     assert float(boot(logits, y, idx)) == pytest.approx(math.log(4.0), abs=1e-6)
     assert float(boot.losses[4]) == pytest.approx(math.log(4.0), abs=1e-6) and torch.isnan(boot.losses[0])
-    # w = 0.5: p = (0.75, 0.25), sharpened (T 0.5) to (0.5625, 0.0625) / 0.625 = (0.9, 0.1);
-    # target 0.5 * (0, 1) + 0.5 * (0.9, 0.1) = (0.45, 0.55); loss = 0.45 ln(4/3) + 0.55 ln 4 = 0.891919
+    # doubt 0.5; the model says class 0 with confidence 0.75, so w = 0.5 * 0.75 = 0.375; p = (0.75, 0.25)
+    # sharpened (T 0.5) to (0.5625, 0.0625) / 0.625 = (0.9, 0.1); target 0.625 * (0, 1) + 0.375 * (0.9, 0.1)
+    # = (0.3375, 0.6625); loss = 0.3375 ln(4/3) + 0.6625 ln 4 = 0.097093 + 0.918420 = 1.015513
     boot.noisy[4] = 0.5
-    assert float(boot(logits, y, idx)) == pytest.approx(0.891919, abs=1e-5)
+    assert float(boot(logits, y, idx)) == pytest.approx(1.015513, abs=1e-5)
+    # a tile whose label the model agrees with keeps it, however doubtful: cross-entropy, ln(4/3)
+    assert float(boot(logits, torch.tensor([0]), idx)) == pytest.approx(math.log(4 / 3), abs=1e-6)
     assert float(boot(logits, y)) == pytest.approx(math.log(4.0), abs=1e-6)  # not a training tile: plain CE
     boot.noisy.zero_()
     boot.losses.copy_(torch.tensor([0.1, 0.12, 0.09, 2.0, 2.2, 0.11]))
@@ -76,11 +79,13 @@ def test_boot_matches_the_hand_computed_value_and_splits_after_its_warmup():
 def test_boot_gradient_moves_a_doubtful_tile_towards_the_models_guess():
     boot = build_loss("boot", 2, num_samples=1)
     logits = torch.tensor([[2.0, 0.0]], requires_grad=True)
-    # the label says class 1, the model says class 0: once the split calls the label doubtful (w = 1) the loss
-    # pulls towards class 0, where cross-entropy pulls towards class 1
+    # the label says class 1, the model says class 0 (p0 = 0.881): once the split doubts the label fully, the
+    # target is 0.119 * (0, 1) + 0.881 * (0.982, 0.018) = (0.865, 0.135) and the gradient p - target is
+    # (0.016, -0.016), where cross-entropy's, p - (0, 1), is (0.881, -0.881): the wrong label's pull is gone
     boot.noisy[0] = 1.0
     grad = torch.autograd.grad(boot(logits, torch.tensor([1]), torch.tensor([0])), logits)[0]
-    assert float(grad[0, 0]) < 0 < float(grad[0, 1])
+    ce_grad = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([1])), logits)[0]
+    assert float(grad[0, 0]) == pytest.approx(0.0160, abs=2e-3) and abs(float(grad[0, 0])) < 0.05 * float(ce_grad[0, 0])
 
 
 def test_mixup_blends_with_a_permutation_and_is_reproducible():
