@@ -34,7 +34,9 @@ from histo_core.fsutil import read_json, write_json_atomic
 from histo_core.runs import RunDir
 
 KIND = "study"
+AS_LABELLED, WITH_CORRECTIONS = "as labelled", "with corrections"
 RUNS_FILE = "runs.json"
+SEARCHES_FILE = "searches.json"  # cell key -> the label-errors task folder of its run (--find-errors)
 BOOTSTRAP = 2000
 
 
@@ -46,6 +48,8 @@ class StudySpec:
     noise_mode: str = "fixed"
     seeds: int = 3
     parallel: int = 1  # runs of this study queued or running at once
+    compare_corrections: bool = False  # every cell twice: as labelled, and with the base config's corrections
+    find_errors: bool = False  # a label-error search on each noisy run of the first method (detection quality)
 
     def validate(self) -> StudySpec:
         from histo_core.models import ARCHITECTURES
@@ -74,7 +78,9 @@ class StudySpec:
         return self
 
     def size(self) -> int:
-        return len(self.archs) * len(self.noises) * len(self.methods) * self.seeds
+        return (
+            len(self.archs) * len(self.noises) * len(self.methods) * self.seeds * (2 if self.compare_corrections else 1)
+        )
 
 
 def cells(spec: StudySpec) -> list[dict[str, Any]]:
@@ -84,8 +90,12 @@ def cells(spec: StudySpec) -> list[dict[str, Any]]:
         for noise in spec.noises:
             for arch in spec.archs:
                 for method in spec.methods:
-                    key = f"{arch}|{noise:g}|{method}|{seed}"
-                    out.append({"key": key, "arch": arch, "noise": noise, "method": method, "seed": seed})
+                    for corrected in (False, True) if spec.compare_corrections else (False,):
+                        key = f"{arch}|{noise:g}|{method}|{seed}" + ("|corrected" if corrected else "")
+                        out.append(
+                            {"key": key, "arch": arch, "noise": noise, "method": method, "seed": seed}
+                            | ({"as_labelled": True} if spec.compare_corrections and not corrected else {})
+                        )
     return out
 
 
@@ -101,6 +111,8 @@ def cell_config(base: TrainConfig, spec: StudySpec, cell: dict[str, Any]) -> Tra
         early_stopping=False,
         name=f"study-{cell['method']}-n{cell['noise']:g}-s{cell['seed']}",
     )
+    if cell.get("as_labelled"):
+        cfg = cfg.replace(corrections="")
     return cfg.validate()
 
 
@@ -117,6 +129,8 @@ def start_study(
     from histo_core.tasks import submit_task
 
     spec.validate()
+    if spec.compare_corrections and not base.corrections:
+        raise ConfigError("--compare-corrections runs every cell as labelled and with --corrections FILE: give one")
     for cell in cells(spec)[: len(spec.archs) * len(spec.methods)]:
         cell_config(base, spec, cell)  # every architecture and method checked before anything starts
     params = {"spec": asdict(spec), "base": base.to_dict()}
@@ -206,6 +220,7 @@ def drive(
     runs_root = task.path.parent.parent
     grid = cells(spec)
     mapping: dict[str, str] = dict(read_json(task.path / RUNS_FILE, {}) or {})
+    searches: dict[str, str] = dict(read_json(task.path / SEARCHES_FILE, {}) or {})
     resumed: set[str] = set()  # cells resumed by this driver: a run that fails again is left failed
     try:
         while True:
@@ -213,8 +228,10 @@ def drive(
             for key, path in mapping.items():
                 run = RunDir(path)
                 states[key] = jobs.refresh_status(run).state if run.exists() else "missing"
-            active = sum(s in jobs.ACTIVE_STATES for s in states.values())
+            active = sum(s in jobs.ACTIVE_STATES for s in states.values()) + _active_searches(searches)
             done = sum(s == "completed" for s in states.values())
+            due = [c["key"] for c in grid if wants_search(spec, c) and states.get(c["key"]) == "completed"]
+            due = [k for k in due if k not in searches]
             startable = [
                 c
                 for c in grid
@@ -222,8 +239,16 @@ def drive(
                 or (states[c["key"]] in ("cancelled", "failed") and c["key"] not in resumed)
             ]
             progress(done / len(grid), f"{done} of {len(grid)} runs completed, {active} queued or running")
-            if not startable and active == 0:
+            if not startable and not due and active == 0:
                 break
+            for key in due[: max(0, spec.parallel - active)]:
+                try:
+                    searches[key] = str(_start_search(RunDir(mapping[key]), runs_root, base.device).path)
+                except HistoError as exc:  # the queue is full: try again at the next poll
+                    progress(done / len(grid), f"waiting to search the label errors of {key}: {exc}"[:200])
+                    break
+                write_json_atomic(task.path / SEARCHES_FILE, searches)
+                active += 1
             for cell in startable[: max(0, spec.parallel - active)]:
                 key = cell["key"]
                 try:
@@ -239,6 +264,12 @@ def drive(
                     break
             time.sleep(poll_s)
     except BaseException:
+        from histo_core.tasks import TaskDir as _Task
+        from histo_core.tasks import cancel_task, refresh_task
+
+        for path in searches.values():
+            if refresh_task(_Task(path)).state in jobs.ACTIVE_STATES:
+                cancel_task(_Task(path))
         for path in mapping.values():
             run = RunDir(path)
             try:
@@ -248,6 +279,27 @@ def drive(
                 pass
         raise
     return study_results(task)
+
+
+def wants_search(spec: StudySpec, cell: dict[str, Any]) -> bool:
+    """--find-errors: the label-error search runs on the noisy runs of the first method (fixed or pair noise,
+    whose flips are known), so detection quality is measured once per noise level, seed and labels."""
+    return spec.find_errors and cell["noise"] > 0 and spec.noise_mode != "batch" and cell["method"] == spec.methods[0]
+
+
+def _start_search(run: RunDir, runs_root: Any, device: str) -> Any:
+    from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS
+    from histo_core.tasks import submit_task
+
+    params = {"run": run.id, "folds": DEFAULT_FOLDS, "epochs": DEFAULT_EPOCHS, "runs_root": str(runs_root)}
+    return submit_task("label-errors", params, runs_root, device=device)
+
+
+def _active_searches(searches: dict[str, str]) -> int:
+    from histo_core import jobs
+    from histo_core.tasks import TaskDir, refresh_task
+
+    return sum(refresh_task(TaskDir(p)).state in jobs.ACTIVE_STATES for p in searches.values())
 
 
 # -- results ----------------------------------------------------------------------------------------------------
@@ -292,13 +344,22 @@ def study_results(task: Any) -> dict[str, Any]:
 
     params = task.task().get("params") or {}
     spec = StudySpec(**params["spec"])
+    base_corrections = (params.get("base") or {}).get("corrections")
     mapping = study_runs(task)
     rows = []
     for cell in cells(spec):
         run = mapping.get(cell["key"])
         row: dict[str, Any] = {**{k: cell[k] for k in ("arch", "method", "noise", "seed")}}
         row.update(
-            noise_mode=spec.noise_mode, run=None, run_dir=None, state="not started", test=None, val_noisy_acc=None
+            noise_mode=spec.noise_mode,
+            labels=AS_LABELLED if cell.get("as_labelled") or not base_corrections else WITH_CORRECTIONS,
+            run=None,
+            run_dir=None,
+            state="not started",
+            test=None,
+            val_noisy_acc=None,
+            per_class=None,
+            detection=None,
         )
         if run is not None and run.exists():
             row.update(run=run.id, run_dir=str(run.path), state=jobs.refresh_status(run).state)
@@ -306,6 +367,8 @@ def study_results(task: Any) -> dict[str, Any]:
             if res and res.get("test"):
                 t = res["test"]
                 row["test"] = {"accuracy": t["accuracy"], "auc": t["auc"], "macro_f1": _macro_f1(t)}
+                row["per_class"] = {c["class"]: c["recall"] for c in t.get("per_class") or []}
+            row["detection"] = detection_quality(run)
             if row["state"] == "completed":
                 row["val_noisy_acc"] = noisy_val_accuracy(run, cell["noise"], spec.noise_mode, cell["seed"])
         rows.append(row)
@@ -316,19 +379,21 @@ def study_results(task: Any) -> dict[str, Any]:
         "spec": asdict(spec),
         "runs": rows,
         "summary": summarise(rows),
+        "per_class": per_class_summary(rows),
+        "detection": detection_summary(rows),
         "recommended": recommend(rows),
     }
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per architecture x method x noise level over the completed seeds."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = {}
     for r in rows:
         if r["test"] is not None:
-            groups.setdefault((r["arch"], r["method"], r["noise"]), []).append(r)
+            groups.setdefault((r["arch"], r["method"], r["noise"], r.get("labels", AS_LABELLED)), []).append(r)
     out = []
-    for (arch, method, noise), rs in groups.items():
-        d: dict[str, Any] = {"arch": arch, "method": method, "noise": noise, "seeds": len(rs)}
+    for (arch, method, noise, labels), rs in groups.items():
+        d: dict[str, Any] = {"arch": arch, "method": method, "noise": noise, "labels": labels, "seeds": len(rs)}
         for metric in ("accuracy", "auc", "macro_f1"):
             vals = [r["test"][metric] for r in rs if r["test"].get(metric) is not None]
             d[f"{metric}_mean"] = float(np.mean(vals)) if vals else None
@@ -338,7 +403,67 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         vals = [r["val_noisy_acc"] for r in rs if r["val_noisy_acc"] is not None]
         d["val_noisy_acc_mean"] = float(np.mean(vals)) if vals else None
         out.append(d)
-    return sorted(out, key=lambda d: (d["arch"], d["method"], d["noise"]))
+    return sorted(out, key=lambda d: (d["arch"], d["method"], d["labels"], d["noise"]))
+
+
+def per_class_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Which classes suffer: per architecture x method x labels x noise level x class, the mean (and sd) over
+    seeds of the class's test accuracy (recall: the share of its test tiles classified as it)."""
+    groups: dict[tuple[str, str, str, float, str], list[float]] = {}
+    for r in rows:
+        for cls, acc in (r.get("per_class") or {}).items():
+            key = (r["arch"], r["method"], r.get("labels", AS_LABELLED), r["noise"], cls)
+            groups.setdefault(key, []).append(float(acc))
+    return [
+        {
+            "arch": arch,
+            "method": method,
+            "labels": labels,
+            "noise": noise,
+            "class": cls,
+            "seeds": len(v),
+            "accuracy_mean": float(np.mean(v)),
+            "accuracy_sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+        }
+        for (arch, method, labels, noise, cls), v in sorted(groups.items())
+    ]
+
+
+def detection_quality(run: RunDir) -> dict[str, Any] | None:
+    """How well the run's label-error search (label_errors.npz, --find-errors or the Review page) found the
+    labels its fixed noise flipped: precision and recall of the flagged set, average precision of the ranking."""
+    from histo_core.label_errors import load_label_errors
+
+    report = load_label_errors(run)
+    if report is None or report.flipped is None or not report.flipped.any():
+        return None
+    from sklearn.metrics import average_precision_score
+
+    s = report.summary()
+    return {
+        "flipped": s["flipped"],
+        "flagged": s["flagged"],
+        "precision": s["precision"],
+        "recall": s["recall"],
+        "average_precision": float(average_precision_score(report.flipped, -report.self_confidence)),
+    }
+
+
+def detection_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Label-error detection quality against the injected flips, per method x labels x noise level (mean over the
+    seeds with a search)."""
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("detection"):
+            groups.setdefault((r["method"], r.get("labels", AS_LABELLED), r["noise"]), []).append(r["detection"])
+    out = []
+    for (method, labels, noise), ds in sorted(groups.items()):
+        d: dict[str, Any] = {"method": method, "labels": labels, "noise": noise, "seeds": len(ds)}
+        for k in ("flipped", "flagged", "precision", "recall", "average_precision"):
+            vals = [x[k] for x in ds if x[k] is not None]
+            d[k] = float(np.mean(vals)) if vals else None
+        out.append(d)
+    return out
 
 
 def recommend(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
@@ -346,10 +471,12 @@ def recommend(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     runner-up, and `certainty`: the fraction of paired bootstrap resamples of the seeds in which it stays best."""
     out: dict[str, Any] = {}
     for noise in sorted({r["noise"] for r in rows}):
-        table: dict[tuple[str, str], dict[int, float]] = {}
+        table: dict[tuple[str, str, str], dict[int, float]] = {}
         for r in rows:
             if r["noise"] == noise and r["val_noisy_acc"] is not None:
-                table.setdefault((r["arch"], r["method"]), {})[r["seed"]] = r["val_noisy_acc"]
+                table.setdefault((r["arch"], r["method"], r.get("labels", AS_LABELLED)), {})[r["seed"]] = r[
+                    "val_noisy_acc"
+                ]
         if not table:
             out[f"{noise:g}"] = None
             continue
@@ -369,37 +496,50 @@ def recommend(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
         out[f"{noise:g}"] = {
             "arch": names[best][0],
             "method": names[best][1],
+            "labels": names[best][2],
             "val_noisy_acc": float(means[best]),
             "seeds": len(seeds),
             "runner_up": None
             if runner is None
-            else {"arch": runner[0], "method": runner[1], "val_noisy_acc": float(means[order[1]])},
+            else {"arch": runner[0], "method": runner[1], "labels": runner[2], "val_noisy_acc": float(means[order[1]])},
             "certainty": float(wins) if len(names) > 1 else 1.0,
             "chosen_on": "validation split with labels as noisy as the training labels (never the test split)",
         }
     return out
 
 
-def results_csv(results: dict[str, Any]) -> str:
-    """The summary as CSV text (one row per architecture x method x noise level)."""
+CSV_TABLES = ("summary", "per_class", "detection")
+
+
+def results_csv(results: dict[str, Any], table: str = "summary") -> str:
+    """One of the results' tables as CSV text: "summary" (one row per architecture x method x noise level x
+    labels), "per_class" (per class as well) or "detection" (label-error detection per method x noise level)."""
     import csv
     import io
 
+    if table not in CSV_TABLES:
+        raise HistoError(f"table must be one of {', '.join(CSV_TABLES)}, got {table!r}")
     buf = io.StringIO()
-    rows = results["summary"]
-    cols = [
-        "arch",
-        "method",
-        "noise",
-        "seeds",
-        "accuracy_mean",
-        "accuracy_sd",
-        "accuracy_ci_low",
-        "accuracy_ci_high",
-        "auc_mean",
-        "macro_f1_mean",
-        "val_noisy_acc_mean",
-    ]
+    rows = results[table]
+    cols = {
+        "summary": [
+            "arch",
+            "method",
+            "noise",
+            "seeds",
+            "accuracy_mean",
+            "accuracy_sd",
+            "accuracy_ci_low",
+            "accuracy_ci_high",
+            "auc_mean",
+            "macro_f1_mean",
+            "val_noisy_acc_mean",
+            "labels",
+        ],
+        "per_class": ["arch", "method", "labels", "noise", "class", "seeds", "accuracy_mean", "accuracy_sd"],
+        "detection": ["method", "labels", "noise", "seeds", "flipped", "flagged", "precision", "recall"]
+        + ["average_precision"],
+    }[table]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     for r in rows:
