@@ -189,6 +189,7 @@ def _histo(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_a_study_runs_to_completion_through_a_cancel_and_a_resume():
     args = ["--dataset", "synthetic", "--arch", "simplecnn", "--noise", "0,0.4", "--methods", "ce,gce", "--seeds", "2"]
+    args += ["--find-errors"]
     tiny = ["--epochs", "1", "--max-train-samples", "64", "--batch-size", "32", "--threads", "1", "--no-tta"]
     started = _histo("study", *args, *tiny, "--detach", "--json")
     assert started.returncode == 0, started.stderr
@@ -232,6 +233,15 @@ def test_a_study_runs_to_completion_through_a_cancel_and_a_resume():
             if r["noise"] == 0.4 and r["seed"] == seed
         ]
         assert len(flips) == 2 and np.array_equal(flips[0], flips[1])
+    # --find-errors: the label errors of ce's noisy runs were searched, scored against the injected flips
+    [det] = res["detection"]
+    assert (det["method"], det["noise"], det["seeds"]) == ("ce", 0.4, 2) and 0 <= det["average_precision"] <= 1
+    assert res["per_class"] and {r["noise"] for r in res["per_class"]} == {0.0, 0.4}
+    # its view renders: lines, tables and the three CSV downloads
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert {t.name for t in plotly.io.from_json(at.get("plotly_chart")[0].proto.spec).data} == {"ce", "gce"}
+    assert len(at.get("download_button")) == 3
     S.delete_study(task)
     assert not task.path.exists() and not any(Path(r["run_dir"]).exists() for r in res["runs"])
 
