@@ -299,6 +299,10 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
 
         where += f" (the machine's GPU {physical_gpu(device.index or 0)})"
     job.log(f"{run.id}: training on {where} in {trainer.precision}")
+    if data.corrections:
+        from histo_core.corrections import summary_line
+
+        job.log(f"{run.id}: {summary_line(data.corrections)}")
     return trainer, {**model_meta(config, data), "precision": trainer.precision}
 
 
@@ -480,6 +484,7 @@ def _finish(
         "precision": trainer.precision,
         "precision_fallback": trainer.fallback,  # fp16 -> fp32, when and why; None when it never happened
         "warnings": small_split_warnings(_eval_sizes(trainer.data)),
+        "corrections": trainer.data.corrections,
     }
     write_json_atomic(run.results_path, doc)
     if job.board is not None:
