@@ -11,6 +11,7 @@
       predictions_<split>.npz   probs (N,K) float32, labels (N,), indices (N,) for the Review page
       noise.npz            for --noise-mode fixed: noisy_labels and flipped (bool) of the train split
       val_latest.json      the last epoch's validation report (live on the Runs page)
+      ranks/               under torchrun: each rank's training state and liveness beacon
       log.txt              the process's stdout/stderr
       cancel               present when a cancel was requested (the trainer stops at a safe point)
       .start.lock          held while a resume starts its process (two clicks start one)
@@ -206,6 +207,7 @@ class RunDir:
     cancel_path = property(lambda self: self.path / "cancel")
     noise_path = property(lambda self: self.path / "noise.npz")
     val_latest_path = property(lambda self: self.path / "val_latest.json")
+    ranks_dir = property(lambda self: self.path / "ranks")  # under torchrun: each rank's state and beacon
     start_lock_path = property(lambda self: self.path / ".start.lock")
     embeddings_dir = property(lambda self: self.path / "embeddings")
     evaluations_dir = property(lambda self: self.path / "evaluations")

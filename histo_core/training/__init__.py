@@ -38,8 +38,9 @@ from histo_core.training.defaults import (
 )
 from histo_core.training.device import compile_cache_dir, compile_module, fused_optimizer_ok, setup_device
 from histo_core.training.distributed import any_rank, broadcast, dist_env, init_distributed, shutdown_distributed
+from histo_core.training.final import epoch_line, final_evaluation, ood_calibration
 from histo_core.training.fit import fit_arrays, measure_throughput, predict_probs
-from histo_core.training.run import epoch_line, final_evaluation, ood_calibration, prepare_run, run_training
+from histo_core.training.run import prepare_run, run_training
 from histo_core.training.status import CancelFlag, RunFolderGone, StatusWriter, error_line
 from histo_core.training.trainer import StopRequested, Trainer
 
