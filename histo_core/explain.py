@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from histo_core.errors import HistoError
+from histo_core.image_decode import gray_to_rgb
 from histo_core.inference import ModelMeta, model_input
 from histo_core.model_lock import model_lock
 from histo_core.models import cam_target_layer
@@ -192,11 +193,7 @@ def _colormap() -> np.ndarray:
 
 
 def _upscale_tile(tile: np.ndarray, out_size: int) -> np.ndarray:
-    tile = np.asarray(tile, dtype=np.uint8)
-    if tile.ndim == 2:
-        tile = tile[..., None]
-    if tile.shape[2] == 1:
-        tile = np.repeat(tile, 3, axis=2)
+    tile = gray_to_rgb(np.asarray(tile, dtype=np.uint8))
     if tile.shape[:2] == (out_size, out_size):
         return tile
     # Nearest-neighbour keeps a 28 px tile's pixels crisp instead of inventing a blur.
@@ -243,10 +240,7 @@ CONTOUR_COLOUR = (0, 255, 0)  # green: absent from H&E, so the outline never ble
 def model_field(image: np.ndarray) -> np.ndarray:
     """The model's field of view as RGB uint8 (`TileResult.field_view`: the part of an upload the model saw, found by
     the one image path; grayscale repeated to 3 channels)."""
-    arr = np.asarray(image, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+    return gray_to_rgb(np.asarray(image, dtype=np.uint8))
 
 
 def _resize_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -293,11 +293,8 @@ def _short(exc: BaseException) -> str:
 
 def to_png_bytes(array: np.ndarray) -> bytes:
     """uint8 (H, W[, 1 or 3]) -> PNG bytes (for downloads and tests)."""
-    arr = np.asarray(array, dtype=np.uint8)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    pil_image(array).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -307,6 +304,33 @@ MIN_TILE_SIDE = 8  # px: a centre square smaller than this holds nothing to clas
 # and BOX leave them sharper; benchmarks/resample_match.py), and the one `pipeline.resize_batch` uses for large
 # images, slides and training at another size. Full-size uploads are thus shrunk the way the training tiles were.
 RESAMPLE = Image.Resampling.BILINEAR
+
+
+# -- uint8 arrays: the one gray -> RGB expansion and the one shrink for display -------------------------------
+def gray_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """uint8 image(s) with the channel last, (..., 1) or (..., 3), or one (H, W) image -> three channels:
+    grayscale repeated, colour unchanged (the same array)."""
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
+
+
+def pil_image(arr: np.ndarray) -> Image.Image:
+    """One uint8 (H, W), (H, W, 1) or (H, W, 3) image as a PIL image ("L" or "RGB")."""
+    arr = np.asarray(arr, dtype=np.uint8)
+    return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+
+
+def shrink_for_display(arr: np.ndarray, max_side: int) -> np.ndarray:
+    """One uint8 (H, W, C) image with its longer side at most `max_side` (RESAMPLE, aspect kept, channels kept);
+    the same array when it is small enough."""
+    h, w = arr.shape[:2]
+    if max(h, w) <= max_side:
+        return arr
+    scale = max_side / max(h, w)
+    out = np.asarray(pil_image(arr).resize((max(1, round(w * scale)), max(1, round(h * scale))), RESAMPLE))
+    return out[..., None] if out.ndim == 2 else out
 
 
 def read_image_bytes(path: str | os.PathLike, max_bytes: int = 1 << 30) -> bytes:
@@ -386,11 +410,11 @@ def make_tile(
             if notes is not None:
                 notes.append("colour image converted to grayscale for a grayscale model")
         else:
-            arr = np.repeat(arr, 3, axis=2)
+            arr = gray_to_rgb(arr)
             if notes is not None:
                 notes.append("grayscale image repeated to 3 channels; the model was trained on colour tiles")
     if side != size:
-        im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).resize((size, size), RESAMPLE)
+        im = pil_image(arr).resize((size, size), RESAMPLE)
         arr = np.asarray(im, np.uint8)
         arr = arr[..., None] if arr.ndim == 2 else arr
     return np.ascontiguousarray(arr)

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from histo_core import paths, runtime, stain
@@ -30,7 +29,14 @@ from histo_core.checkpoint import load_checkpoint, model_from_checkpoint
 from histo_core.datasets.sources import source_scale
 from histo_core.errors import HistoError, ImageError, ModelFileError
 from histo_core.fsutil import read_json
-from histo_core.image_decode import DecodedImage, centre_box, decode_image, display_name, make_tile
+from histo_core.image_decode import (
+    DecodedImage,
+    centre_box,
+    decode_image,
+    display_name,
+    make_tile,
+    shrink_for_display,
+)
 from histo_core.model_lock import model_lock
 from histo_core.ood import check_tiles, layer_features
 from histo_core.pipeline import to_float01, to_model_input
@@ -405,27 +411,17 @@ def prepare_upload(data: bytes, name: str, meta: ModelMeta, mpp: float | None = 
     except ImageError as exc:
         return TileResult(name=display_name(name), error=str(exc))
     top, left, side = centre_box(decoded.height, decoded.width, field_region(meta, mpp))
-    field_view = _preview(decoded.array[top : top + side, left : left + side])
+    field_view = shrink_for_display(decoded.array[top : top + side, left : left + side], PREVIEW_PX)
     return TileResult(
         name=decoded.name,
         tile=tile,
-        preview=_preview(decoded.array),
+        preview=shrink_for_display(decoded.array, PREVIEW_PX),
         field_view=field_view,
         width=decoded.width,
         height=decoded.height,
         mode_note=decoded.mode_note,
         notes=notes,
     )
-
-
-def _preview(arr: np.ndarray) -> np.ndarray:
-    h, w = arr.shape[:2]
-    if max(h, w) <= PREVIEW_PX:
-        return arr
-    scale = PREVIEW_PX / max(h, w)
-    im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-    out = np.asarray(im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS))
-    return out[..., None] if out.ndim == 2 else out
 
 
 def classify_uploads(

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import time
 
+from histo_core import liveness
 from histo_core.background import (
     INSPECTION_KINDS,
     evaluation_command,
@@ -99,20 +99,9 @@ def _start_training_process(run: RunDir, resume: bool) -> int:
 def cancel(run: RunDir) -> RunStatus:
     """Ask a queued or running run to stop. A running trainer stops at a safe point, saves last.pt and writes
     "cancelled" itself; a queued run is marked cancelled at once."""
-    status = refresh_status(run)
-    if status.state == UNREADABLE:
+    if (status := run.status()).state == UNREADABLE:
         raise HistoError(unreadable_message(run, status, "cancelled"))
-    if status.state not in ACTIVE_STATES:
-        raise HistoError(f"{run.id}: the run is {status.state}; only a queued or running run can be cancelled")
-    try:
-        run.cancel_path.touch()
-    except OSError as exc:
-        raise HistoError(f"{run.id}: cannot write to the run directory ({exc.strerror or exc})") from None
-    if status.pid and process_alive(run, status):
-        try:
-            os.kill(int(status.pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    status = liveness.cancel(run)
     if status.state == "queued":
         status = run.status()
         if status.state == "queued":

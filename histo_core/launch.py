@@ -10,20 +10,51 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import write_json_atomic
 from histo_core.limits import max_queued
 from histo_core.liveness import ACTIVE_STATES, refresh_status
-from histo_core.procs import histo_command, live_registered, one_start, proc_start_time, queue_lock, spawn_detached
+from histo_core.procs import (
+    histo_command,
+    live_registered,
+    one_start,
+    proc_start_time,
+    queue_lock,
+    spawn_detached,
+    start_lock,
+)
 from histo_core.runs import UNREADABLE, RunDir, RunStatus, list_runs
 from histo_core.runtime import resolve_device
 from histo_core.slots import max_concurrent
 from histo_core.task_folders import KINDS, TaskDir, active_tasks, params_key, refresh_task, tasks_root
+
+T = TypeVar("T")
+
+
+def start_once(
+    already_started: Callable[[], T | None], start: Callable[[], T], runs_root: str | os.PathLike | None = None
+) -> tuple[T, bool]:
+    """Start something at most once for a double click: returns (what runs, whether this call started it).
+
+    With Streamlit's fast reruns the second click of a double click runs the page again while the first click's
+    run is still inside `start` (a training process takes a second to launch), so a check made outside a lock
+    sees nothing started yet and starts a second one. The check and the start are made under one OS file lock of
+    the runs directory: the second click (or a second tab, or a second app server) waits, then finds what the
+    first one started. The page keeps no lock of its own."""
+    try:
+        lock = start_lock(runs_root)
+    except OSError as exc:
+        raise HistoError(f"{paths.runs_dir(runs_root)}: cannot start anything there ({exc.strerror or exc})") from None
+    with lock:
+        found = already_started()
+        if found is not None:
+            return found, False
+        return start(), True
 
 
 def active_runs(runs_root: str | os.PathLike | None = None) -> list[RunDir]:

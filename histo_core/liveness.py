@@ -1,6 +1,7 @@
-"""Is a run (or page task) really alive? Its status with a dead process noticed, and its log.
+"""Is a run (or page task) really alive? Its status with a dead process noticed, cancelling it, and its log.
 
     status = refresh_status(run)   # a queued/running run whose process is gone is marked failed (on disk)
+    cancel(run)                    # the cancel file + SIGTERM (runs and tasks alike)
     log_tail(run); last_log_line(run); wait(run, timeout_s)
 
 The run directory is the only contract: the trainer writes status.json (pid, start time, heartbeat); these
@@ -10,9 +11,11 @@ readers check the pid against /proc and the heartbeat against the clock. Nothing
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 
+from histo_core.errors import HistoError
 from histo_core.procs import pid_alive, proc_file, proc_start_time
 from histo_core.runs import FINAL_STATES, HEARTBEAT_STALE_S, RunDir, RunStatus
 
@@ -44,13 +47,14 @@ def process_alive(run: RunDir, status: RunStatus | None = None) -> bool:
     return pid is not None and pid_alive(pid) and _is_run_process(int(pid), run, status)
 
 
-def refresh_status(run: RunDir) -> RunStatus:
-    """The run's status, with a queued/running run whose process is gone marked failed (written to disk).
+def refresh_status(folder: RunDir) -> RunStatus:
+    """The status of a run or task folder, with a queued/running one whose process is gone marked failed (or
+    cancelled, when a cancel was asked for), written to disk; the folder says how (`RunDir.ended_message`).
 
-    Cheap enough to call on every page refresh: a few small file reads. A run on another host cannot be
+    Cheap enough to call on every page refresh: a few small file reads. A process on another host cannot be
     checked by pid; when its heartbeat is older than HEARTBEAT_STALE_S it is reported as "stale" (not written).
     """
-    status = run.status()
+    status = folder.status()
     if status.state not in ACTIVE_STATES:
         return status
     if status.host and status.host != socket.gethostname():
@@ -58,44 +62,44 @@ def refresh_status(run: RunDir) -> RunStatus:
             status.state = STALE
         return status
     if status.pid is None:
-        # prepare_run wrote "queued" and submit is about to record the pid; give it a moment.
+        # the starter wrote "queued" and is about to record the pid; give it a moment.
         if time.time() - (status.created_at or 0) > HEARTBEAT_STALE_S:
-            return _mark_failed(run, status, "the training process was never started — resume to start it")
+            return _end(folder, status, "failed", folder.never_started_message())
         return status
-    if process_alive(run, status):
+    if process_alive(folder, status):
         return status
-    fresh = run.status()  # the trainer may have written its final state just before it exited
+    fresh = folder.status()  # the process may have written its final state just before it exited
     if fresh.state not in ACTIVE_STATES:
         return fresh
-    if run.cancel_requested():  # asked to stop and stopped, just not cleanly: that is still a cancel
-        fresh.state, fresh.finished_at, fresh.eta_s = "cancelled", time.time(), None
-        fresh.error = f"cancelled; the process ended before it could save ({_checkpoint_note(run)})"
-        _write_if_possible(run, fresh)
-        return fresh
-    return _mark_failed(run, fresh, _unexpected_end_message(run, fresh))
+    if folder.cancel_requested():  # asked to stop and stopped, just not cleanly: that is still a cancel
+        return _end(folder, fresh, "cancelled", folder.cancelled_error())
+    return _end(folder, fresh, "failed", folder.ended_message(fresh, last_log_line(folder)))
 
 
-def _checkpoint_note(run: RunDir) -> str:
-    if not run.last_ckpt.exists():
-        return "no checkpoint yet"
-    epochs = len(run.metrics())
-    return f"last checkpoint: epoch {epochs}" if epochs else "last checkpoint: before the first epoch ended"
+def cancel(folder: RunDir) -> RunStatus:
+    """Ask the queued or running process of a run or task folder to stop: the `cancel` file (checked by the
+    process at safe points) and SIGTERM, sent only when the pid is still the folder's process. Returns the
+    status it had."""
+    status = refresh_status(folder)
+    if status.state not in ACTIVE_STATES:
+        raise HistoError(
+            f"{folder.id}: the {folder.noun} is {status.state}; only a queued or running {folder.noun} can be cancelled"
+        )
+    try:
+        folder.cancel_path.touch()
+    except OSError as exc:
+        raise HistoError(f"{folder.id}: cannot write to the {folder.noun} folder ({exc.strerror or exc})") from None
+    if status.pid and process_alive(folder, status):
+        try:
+            os.kill(int(status.pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return status
 
 
-def _unexpected_end_message(run: RunDir, status: RunStatus) -> str:
-    where = _checkpoint_note(run)
-    advice = "resume to continue" if run.last_ckpt.exists() else "resume to start again from scratch"
-    msg = f"training process {status.pid} ended unexpectedly (killed or crashed); {where} — {advice}"
-    last = last_log_line(run)
-    return f"{msg}. Log: {last}" if last else msg
-
-
-def _mark_failed(run: RunDir, status: RunStatus, error: str) -> RunStatus:
-    status.state = "failed"
-    status.error = error
-    status.finished_at = time.time()
-    status.eta_s = None
-    _write_if_possible(run, status)
+def _end(folder: RunDir, status: RunStatus, state: str, error: str | None) -> RunStatus:
+    status.state, status.error, status.finished_at, status.eta_s = state, error, time.time(), None
+    _write_if_possible(folder, status)
     return status
 
 

@@ -167,7 +167,7 @@ class StageCapture:
     """Forward hooks on `feature_layers(model)` that keep, per stage, the per-channel mean activation of every
     forward pass made while attached (float64 (N, C); for a single linear stage, its input): the feature
     check's features collected during a prediction's own forward pass, with no second pass. Attach it under
-    `inference.model_lock(model)` so that no other thread's forward is captured.
+    `model_lock.model_lock(model)` so that no other thread's forward is captured.
 
         with model_lock(model), StageCapture(model) as cap:
             probs = predict(...)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from histo_core import stain
+from histo_core.image_decode import gray_to_rgb
 
 LAZY_CHUNK = 1024  # tiles per contiguous read from a streamed split (28 MB of 96 px RGB tiles)
 CPU_RESIDENT_MAX_BYTES = 2 * 1024**3  # in-memory splits up to this size become one torch tensor
@@ -273,8 +274,8 @@ class TileSource:
             arr = self.file_rows.read(start, stop)
             if arr.ndim == 3:
                 arr = arr[..., None]
-            if getattr(self.split, "expand_to_rgb", False) and arr.shape[-1] == 1:
-                arr = np.repeat(arr, 3, axis=-1)
+            if getattr(self.split, "expand_to_rgb", False):
+                arr = gray_to_rgb(arr)
             return torch.from_numpy(arr)
         if self.indices is None:
             return _from_numpy(self.split.get(slice(start, stop)))

@@ -10,7 +10,7 @@ Every prediction in histo_core goes through `iter_predictions`: a run's validati
 (label-error cross-validation) and embeddings (features and probabilities of every tile). Each batch is
 resized to the model's input size, stain-normalised to its reference (when it has one), mean/std-normalised,
 and with `tta` the softmax probabilities are averaged over the 8 flips/rotations of each tile. Callers that
-share a model between threads (the app) hold `inference.model_lock(model)` around the call.
+share a model between threads (the app) hold `model_lock.model_lock(model)` around the call.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 
 from histo_core import augment, pipeline, stain
 from histo_core.errors import DatasetError, HistoError
+from histo_core.image_decode import gray_to_rgb
 
 EVAL_BATCH = 512
 EVAL_PIXELS = 128 * 96 * 96  # per evaluation batch on CPU: large batches, bounded activation memory
@@ -194,8 +195,8 @@ def match_channels(images: np.ndarray, in_channels: int) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
-    if images.shape[-1] == 1 and in_channels == 3:
-        images = np.repeat(images, 3, axis=-1)
+    if in_channels == 3:
+        images = gray_to_rgb(images)
     if images.shape[-1] != in_channels:
         raise DatasetError(f"tiles have {images.shape[-1]} channels, the model takes {in_channels}")
     return images

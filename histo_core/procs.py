@@ -110,6 +110,13 @@ def live_registered(runs_root: str | os.PathLike | None = None) -> set[int]:
     return alive
 
 
+def start_lock(runs_root: str | os.PathLike | None = None):
+    """The lock a page holds from "is it already started?" to the start (`launch.start_once`)."""
+    folder = _registry(runs_root)
+    folder.mkdir(parents=True, exist_ok=True)
+    return one_start(folder / ".start.lock")
+
+
 def queue_lock(runs_root: str | os.PathLike | None = None):
     """The one lock under which a runs directory's queue is counted and a process started (`jobs.queue_room`)."""
     folder = _registry(runs_root)

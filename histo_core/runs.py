@@ -218,6 +218,30 @@ class RunDir:
         """Status file of an inspection job (`embed`, ...) started on this run."""
         return self.path / f"job-{kind}.json"
 
+    # how liveness.py speaks of this folder's process when it died; a task folder (task_folders.py) says it its way
+    noun = "run"
+
+    def never_started_message(self) -> str:
+        return "the training process was never started — resume to start it"
+
+    def checkpoint_note(self) -> str:
+        if not self.last_ckpt.exists():
+            return "no checkpoint yet"
+        epochs = len(self.metrics())
+        return f"last checkpoint: epoch {epochs}" if epochs else "last checkpoint: before the first epoch ended"
+
+    def cancelled_error(self) -> str | None:
+        """The error recorded when a cancelled process ended before it stopped cleanly."""
+        return f"cancelled; the process ended before it could save ({self.checkpoint_note()})"
+
+    def ended_message(self, status: RunStatus, last_log_line: str) -> str:
+        """The error recorded when the process ended without saying so (killed, OOM, crash)."""
+        advice = "resume to continue" if self.last_ckpt.exists() else "resume to start again from scratch"
+        msg = (
+            f"training process {status.pid} ended unexpectedly (killed or crashed); {self.checkpoint_note()} — {advice}"
+        )
+        return f"{msg}. Log: {last_log_line}" if last_log_line else msg
+
     def predictions_path(self, split: str) -> Path:
         return self.path / f"predictions_{split}.npz"
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json
-from histo_core.liveness import ACTIVE_STATES, last_log_line, process_alive
+from histo_core.liveness import ACTIVE_STATES, cancel, refresh_status
 from histo_core.runs import RunDir, RunStatus, check_run_id, status_problem
 
 TASKS_FOLDER = ".tasks"
@@ -28,6 +26,7 @@ NO_SLOT_KINDS = ("study",)  # drivers that start runs of their own: holding a de
 class TaskDir(RunDir):
     """A task folder: task.json (kind, params, key), status.json, result.json, log.txt, cancel."""
 
+    noun = "task"
     task_path = property(lambda self: self.path / "task.json")
     result_path = property(lambda self: self.path / "result.json")
 
@@ -40,6 +39,15 @@ class TaskDir(RunDir):
             (self.status_path, False, status_problem),
             (self.result_path, False, None),
         ]
+
+    def never_started_message(self) -> str:
+        return "the task process was never started"
+
+    def cancelled_error(self) -> str | None:
+        return None
+
+    def ended_message(self, status: RunStatus, last_log_line: str) -> str:
+        return "the task process ended unexpectedly" + (f". Log: {last_log_line}" if last_log_line else "")
 
     def task(self) -> dict[str, Any]:
         return read_json(self.task_path, {}) or {}
@@ -87,44 +95,8 @@ def task_by_id(task_id: str, runs_root: str | os.PathLike | None = None) -> Task
     return task
 
 
-def refresh_task(task: TaskDir) -> RunStatus:
-    """The task's status; a queued/running task whose process is gone is marked failed (or cancelled)."""
-    status = task.status()
-    if status.state not in ACTIVE_STATES or status.pid is None:
-        if status.state in ACTIVE_STATES and time.time() - (status.created_at or 0) > 60:
-            return _end(task, status, "failed", "the task process was never started")
-        return status
-    if process_alive(task, status):
-        return status
-    fresh = task.status()
-    if fresh.state not in ACTIVE_STATES:
-        return fresh
-    if task.cancel_requested():
-        return _end(task, fresh, "cancelled", None)
-    last = last_log_line(task)
-    return _end(task, fresh, "failed", "the task process ended unexpectedly" + (f". Log: {last}" if last else ""))
-
-
-def _end(task: TaskDir, status: RunStatus, state: str, error: str | None) -> RunStatus:
-    status.state, status.error, status.finished_at = state, error, time.time()
-    try:
-        task.write_status(status)
-    except OSError:
-        pass
-    return status
-
-
-def cancel_task(task: TaskDir) -> RunStatus:
-    status = refresh_task(task)
-    if status.state not in ACTIVE_STATES:
-        raise HistoError(f"{task.id}: the task is {status.state}; only a queued or running task can be cancelled")
-    task.cancel_path.touch()
-    if status.pid and process_alive(task, status):
-        try:
-            os.kill(int(status.pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    return status
+refresh_task = refresh_status  # the one liveness check (liveness.py), under the name the pages know
+cancel_task = cancel
 
 
 def active_tasks(runs_root: str | os.PathLike | None = None) -> list[TaskDir]:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from histo_core.errors import HistoError
+from histo_core.image_decode import gray_to_rgb, pil_image
 from histo_core.inference import LoadedModel, ModelMeta, predict, preprocess
 
 DEFAULT_TILE_PX = 224
@@ -224,10 +225,7 @@ def render_class_map(
 ) -> np.ndarray:
     """The image (downscaled so its longer side is at most `max_px`) with each tile tinted by its predicted
     class colour at opacity `alpha`, and thin lines between tiles. Unclassified margins stay untinted."""
-    image = np.asarray(image, dtype=np.uint8)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    rgb = Image.fromarray(image).convert("RGB")
+    rgb = pil_image(gray_to_rgb(np.asarray(image, dtype=np.uint8)))
     h, w = cmap.image_shape
     scale = min(1.0, max_px / max(h, w))
     if scale < 1.0:

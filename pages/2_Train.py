@@ -7,8 +7,9 @@ import streamlit as st
 
 from histo_core import jobs
 from histo_core.errors import HistoError
+from histo_core.launch import start_once
 from histo_core.metrics import small_split_warnings
-from pages.ui.common import page_setup, plain, signed_in_user, start_once, synthetic_badge, user_errors
+from pages.ui.common import page_setup, plain, signed_in_user, synthetic_badge, user_errors
 from pages.ui.curation import corrections_choice
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page

@@ -7,7 +7,8 @@ import streamlit as st
 from histo_core import jobs, paths
 from histo_core.runs import RunDir, list_runs, read_only_note
 from pages.ui.common import keep_in_url, page_setup, plain, url_selection, user_errors
-from pages.ui.runs import LIVE_REFRESH_S, link_to_page, render_run, render_summary_table, run_label
+from pages.ui.live import live
+from pages.ui.runs import link_to_page, render_run, render_summary_table, run_label
 
 page_setup(__file__)
 
@@ -44,14 +45,15 @@ def live_runs_table() -> None:
     """The table while a run is queued or running, re-read every LIVE_REFRESH_S (it went stale: 0%, epoch 0/60
     while the run's panel said 4/60; a queued run stayed "queued" after the run ahead finished). When none is
     active any more, the whole page is redrawn once in its settled form."""
-    rows = [jobs.run_summary(r) for r in list_runs()]
-    runs_table(rows)
-    if not any(s["state"] in jobs.ACTIVE_STATES for s in rows):
-        st.rerun(scope="app")
+    runs_table([jobs.run_summary(r) for r in list_runs()])
+
+
+def any_active() -> bool:
+    return any(jobs.refresh_status(r).state in jobs.ACTIVE_STATES for r in list_runs())
 
 
 if any(s["state"] in jobs.ACTIVE_STATES for s in summaries):
-    st.fragment(live_runs_table, run_every=LIVE_REFRESH_S)()
+    live(any_active, live_runs_table)
 else:
     runs_table(summaries)
 

@@ -9,12 +9,15 @@ import streamlit as st
 from histo_core import jobs, tasks
 from histo_core.errors import HistoError
 from histo_core.explain import compute_cams
+from histo_core.launch import start_once
 from histo_core.slides import analysis as sa
-from histo_core.slides import open_slide, outputs, view
+from histo_core.slides import open_slide, outputs
+from histo_core.slides import view as slide_view
 from histo_core.slides.tissue import DEFAULT_TISSUE_THRESHOLD
 from pages.ui.classify import cam_options, pick_model, probability_figure, show_cam, target_select
-from pages.ui.common import page_setup, plain, signed_in_user, start_once, user_errors
+from pages.ui.common import page_setup, plain, signed_in_user, user_errors
 from pages.ui.feature_map import similar_tiles
+from pages.ui.live import live, task_active, task_progress
 from pages.ui.slides import clicked_tile, legend_table, metadata_rows, overview_figure, pick_slide
 
 page_setup(__file__)
@@ -123,16 +126,9 @@ if status is not None and status.state == "failed":
     st.error(plain(f"The analysis failed: {status.error}"))
 
 
-@st.fragment(run_every=2.0)
-def live() -> None:
-    current = tasks.refresh_task(task)  # type: ignore[arg-type]
-    if current.state not in jobs.ACTIVE_STATES:
-        st.rerun()
-    fraction = current.step / current.steps_per_epoch if current.steps_per_epoch else 0.0
-    waiting = "waiting for a free device slot (a training run or another task holds it)"
-    st.progress(min(1.0, fraction), text=current.phase or (waiting if current.state == "queued" else "starting…"))
-    st.caption(f"Running in the background as task `{task.id}`: you can leave this page and come back.")  # type: ignore[union-attr]
-    so_far = view.current_results(folder)  # partial results, saved every few seconds
+def progress_and_map_so_far() -> None:
+    task_progress(task)  # type: ignore[arg-type]
+    so_far = slide_view.current_results(folder)  # partial results, saved every few seconds
     if so_far is not None:
         done_now = int((so_far["pred"] >= 0).sum())
         live_map = outputs.render_overlay(
@@ -142,9 +138,9 @@ def live() -> None:
 
 
 if active:
-    live()
+    live(lambda: task_active(task), progress_and_map_so_far)  # type: ignore[arg-type]
 
-results = view.current_results(folder)
+results = slide_view.current_results(folder)
 if results is None:
     st.stop()
 grid = results["grid"]
@@ -220,7 +216,7 @@ row = int(t1.number_input("Row", 0, grid.rows - 1, key="slides_row"))
 col = int(t2.number_input("Column", 0, grid.cols - 1, key="slides_col"))
 if (row, col) != selected:
     st.session_state[sel_key] = (row, col)
-region, box = view.read_region(slide, grid, row, col)
+region, box = slide_view.read_region(slide, grid, row, col)
 from PIL import Image, ImageDraw  # noqa: E402
 
 view = Image.fromarray(region)
@@ -231,7 +227,7 @@ st.image(
 if not done[row, col]:
     st.info("This tile was not analysed (not enough tissue, or not yet).")
     st.stop()
-shown, tile = view.read_tile(slide, grid, row, col, meta)
+shown, tile = slide_view.read_tile(slide, grid, row, col, meta)
 probs = prob_grid[row, col]
 k = int(probs.argmax())
 x, y, side, _ = grid.box(row, col)

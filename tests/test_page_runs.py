@@ -384,25 +384,32 @@ def test_runs_table_refreshes_while_a_run_is_active(monkeypatch):
 
     import streamlit
 
-    from pages.ui.runs import LIVE_REFRESH_S
+    import pages.ui.live
+    from pages.ui.live import LIVE_REFRESH_S
 
-    calls: list[tuple[str | None, float | None]] = []
-    real = streamlit.fragment
+    fragments: list[float | None] = []
+    bodies: list[str] = []
+    real_fragment, real_live = streamlit.fragment, pages.ui.live.live
 
-    def spy(func=None, *, run_every=None):
-        calls.append((getattr(func, "__name__", None), run_every))
-        return real(func, run_every=run_every)
+    def spy_fragment(func=None, *, run_every=None):
+        fragments.append(run_every)
+        return real_fragment(func, run_every=run_every)
 
-    monkeypatch.setattr(streamlit, "fragment", spy)
+    def spy_live(active, body):  # the one poller: which part of the page it keeps live
+        bodies.append(getattr(body, "__name__", ""))
+        return real_live(active, body)
+
+    monkeypatch.setattr(streamlit, "fragment", spy_fragment)
+    monkeypatch.setattr(pages.ui.live, "live", spy_live)
     done = write_run("completed")
     at = _app(done.id)
     assert not at.exception, at.exception
-    assert not [c for c in calls if c[0] == "live_runs_table"]
+    assert "live_runs_table" not in bodies and not fragments
     running = write_run("running", epochs=5, epochs_done=2, pid=os.getpid())
     monkeypatch.setattr("histo_core.liveness._is_run_process", lambda pid, r, s: True)
     at = _app(running.id)
     assert not at.exception, at.exception
-    assert ("live_runs_table", LIVE_REFRESH_S) in calls
+    assert "live_runs_table" in bodies and LIVE_REFRESH_S in fragments
     assert any("1 queued or running" in c.value for c in at.caption)
 
 

@@ -190,11 +190,11 @@ def test_start_clicked_twice_starts_one_run(started):
 def test_the_two_clicks_of_a_double_click_racing_start_one_thing():
     """Bug (seen in the browser walk): with Streamlit's fast reruns the second click runs the page again while the
     first click's run is still launching the process, so both runs saw nothing started and two runs were made.
-    start_once holds one lock from the check to the start: two racing callers start once and agree on what."""
+    launch.start_once holds one OS file lock from the check to the start: two racing callers start once and agree on what."""
     import threading
     import time
 
-    from pages.ui.common import start_once
+    from histo_core.launch import start_once
 
     started: list[int] = []
     results: list[tuple[int, bool]] = []

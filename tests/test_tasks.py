@@ -111,6 +111,27 @@ def test_latest_task_is_found_by_kind_and_parameters():
     assert tasks.latest_task("estimate", {"config": {"lr": 1}}) is None
 
 
+def test_every_task_kind_has_a_runner():
+    assert set(tasks.KINDS) == set(tasks.KIND_RUNNERS)
+
+
+def test_a_task_whose_process_died_is_noticed_by_the_one_liveness_check():
+    """Tasks and runs share liveness.refresh_status and liveness.cancel; the task folder words the messages."""
+    gone = 2**22 + 777  # above pid_max: no such process
+    died = make_task("estimate", {"x": 2}, state="running")
+    died.update_status(pid=gone, pid_start=1)
+    status = tasks.refresh_task(died)
+    assert status.state == "failed" and status.error == "the task process ended unexpectedly"
+    assert died.status().state == "failed"  # written to disk
+    with pytest.raises(HistoError, match="the task is failed; only a queued or running task can be cancelled"):
+        tasks.cancel_task(died)
+    asked = make_task("estimate", {"x": 3}, state="running")
+    asked.update_status(pid=gone, pid_start=1)
+    asked.cancel_path.touch()  # a cancel was asked for, and the process went: that is a cancel
+    status = tasks.refresh_task(asked)
+    assert status.state == "cancelled" and status.error is None
+
+
 def test_a_task_of_an_unknown_kind_fails_with_a_line_naming_the_kind(monkeypatch, capsys):
     monkeypatch.setattr(tasks.signal, "signal", lambda *args: None)  # run_task's SIGTERM hook: not in pytest
     task = make_task("no-such-kind", {}, state="queued")

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from histo_core.errors import DatasetError
+from histo_core.image_decode import gray_to_rgb
 from histo_core.limits import MAX_CLASSES
 
 SPLITS = ("train", "val", "test")
@@ -100,8 +101,8 @@ class Split:
                 out = np.asarray(self.images[idx])
         if out.ndim == 3:
             out = out[..., None]
-        if self.expand_to_rgb and out.shape[-1] == 1:
-            out = np.repeat(out, 3, axis=-1)
+        if self.expand_to_rgb:
+            out = gray_to_rgb(out)
         return np.ascontiguousarray(out, dtype=np.uint8)
 
     def load_all(self) -> np.ndarray:

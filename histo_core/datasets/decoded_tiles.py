@@ -33,7 +33,7 @@ from histo_core.errors import DatasetError, ImageError
 
 if TYPE_CHECKING:
     from histo_core.datasets.base import TileDataset
-from histo_core.image_decode import make_tile, max_image_pixels, read_image_file
+from histo_core.image_decode import gray_to_rgb, make_tile, max_image_pixels, read_image_file, shrink_for_display
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_MAX_SIZE = 64
@@ -218,10 +218,7 @@ def read_original(path: Path, max_side: int = 2048) -> np.ndarray:
         arr = read_image_file(path).array
     except ImageError as exc:
         raise DatasetError(f"cannot read the original image: {exc}") from None
-    img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
-    if max(img.size) > max_side:
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return np.asarray(img, np.uint8)
+    return shrink_for_display(gray_to_rgb(arr), max_side)
 
 
 def decoded_dataset(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import streamlit as st
 
@@ -114,24 +113,6 @@ def user_errors(prefix: str = "") -> Iterator[None]:
         yield
     except HistoError as exc:
         st.error(plain(f"{prefix}{exc}"))
-
-
-T = TypeVar("T")
-_START_LOCK = threading.Lock()
-
-
-def start_once(already_started: Callable[[], T | None], start: Callable[[], T]) -> tuple[T, bool]:
-    """Start something at most once for a double click: returns (what runs, whether this call started it).
-
-    With Streamlit's fast reruns (the default) the second click of a double click starts a new run of the page
-    while the first click's run is still inside `start` (a training process takes a second to launch), so a
-    check made outside a lock sees nothing started yet and starts a second one. The check and the start are
-    made under one process-wide lock: the second click waits, then finds what the first one started."""
-    with _START_LOCK:
-        found = already_started()
-        if found is not None:
-            return found, False
-        return start(), True
 
 
 def synthetic_badge(info) -> None:

@@ -16,11 +16,11 @@ from histo_core.model_catalog import ModelEntry
 from histo_core.runs import RunDir
 from pages.ui.common import plain, user_errors
 from pages.ui.datasets import dataset_picker, open_cached
+from pages.ui.live import live
 from pages.ui.report import render_report
 
 NO_COUNTERPART = "(no counterpart: reported apart)"
 SPLITS = ("all", "test", "val", "train")
-REFRESH_S = 2.0
 
 
 def model_classes(run: RunDir) -> list[str]:
@@ -159,23 +159,21 @@ def evaluate_panel(model: RunDir | ModelEntry) -> None:
     evaluations_view(target, key)
 
 
-@st.fragment(run_every=REFRESH_S)
-def _running(target: RunDir | str, key: str) -> None:
-    running = [j for j in jobs.evaluation_jobs(target) if j["state"] == "running"]
-    for j in running:
+def _running_jobs(target: RunDir | str) -> list[dict]:
+    return [j for j in jobs.evaluation_jobs(target) if j["state"] == "running"]
+
+
+def _running(target: RunDir | str) -> None:
+    for j in _running_jobs(target):
         st.info(plain(f"⏳ Evaluating on {j['dataset']} ({j['split']}) as '{j['name']}'…"))
-    if not running and st.session_state.pop(f"evaluate_waiting_{key}", False):
-        st.rerun(scope="app")
-    if running:
-        st.session_state[f"evaluate_waiting_{key}"] = True
 
 
 def evaluations_view(target: RunDir | str, key: str) -> None:
     """Running jobs (refreshed), failed ones with their error line, and the saved evaluations of a run or of a
     weights model (its ref)."""
     all_jobs = jobs.evaluation_jobs(target)
-    if any(j["state"] == "running" for j in all_jobs) or st.session_state.get(f"evaluate_waiting_{key}"):
-        _running(target, key)
+    if any(j["state"] == "running" for j in all_jobs):
+        live(lambda: bool(_running_jobs(target)), lambda: _running(target))
     saved = list_evaluations(target)
     saved_names = {e["name"] for e in saved}
     for j in all_jobs:

@@ -19,6 +19,7 @@ from histo_core.explain import uniform_maps
 from histo_core.runs import RunDir
 from pages.ui.classify import tile_grid
 from pages.ui.common import plain
+from pages.ui.live import live
 
 COLOUR_BY = {
     "true class": "true",
@@ -60,7 +61,7 @@ def job_panel(target: EmbedTarget, args: list[str], kind: str, start_label: str,
     path = job_path(target, kind)
     status = jobs.job_status(path)
     if status and status.get("state") == "running":
-        _job_progress(str(path), kind)
+        live(lambda: (jobs.job_status(path) or {}).get("state") == "running", lambda: _job_progress(str(path), kind))
         return
     if status and status.get("state") == "failed":
         st.error(f"The last {kind} job failed: {plain(status.get('error'))}")
@@ -73,11 +74,8 @@ def job_panel(target: EmbedTarget, args: list[str], kind: str, start_label: str,
         st.rerun()
 
 
-@st.fragment(run_every=2.0)
 def _job_progress(path: str, kind: str) -> None:
     status = jobs.job_status(path) or {}
-    if status.get("state") != "running":
-        st.rerun()  # finished (or failed): redraw the whole page with the result
     st.progress(
         min(1.0, float(status.get("progress") or 0.0)),
         text=f"{kind} running in the background (process {status.get('pid')}): {status.get('message', '')}",

@@ -13,13 +13,14 @@ import streamlit as st
 
 from histo_core import jobs
 from histo_core.fsutil import read_json
+from histo_core.launch import start_once
 from histo_core.runs import UNREADABLE, RunDir, RunStatus
 from pages.ui import charts
-from pages.ui.common import plain, start_once, synthetic_badge, user_errors
+from pages.ui.common import plain, synthetic_badge, user_errors
 from pages.ui.evaluate import evaluate_panel
+from pages.ui.live import live
 from pages.ui.report import render_report
 
-LIVE_REFRESH_S = 2.0
 STATE_ICONS = {
     "queued": "⏳",
     "running": "🏃",
@@ -111,7 +112,7 @@ def link_to_page(page: str, label: str, icon: str | None = None, query_params: d
 
 
 def render_run(run: RunDir) -> None:
-    """Header, then a live panel (re-run every LIVE_REFRESH_S by a fragment) while the run is active, else the
+    """Header, then a live panel (re-run every LIVE_REFRESH_S by `live`) while the run is active, else the
     finished view; actions at the end."""
     status = jobs.refresh_status(run)
     config, dataset = run.config(), run.dataset()
@@ -130,18 +131,14 @@ def render_run(run: RunDir) -> None:
             "(nothing else of it is shown)."
         )
     elif status.state in jobs.ACTIVE_STATES:
-        _live_panel(run)
+        live(lambda: jobs.refresh_status(run).state in jobs.ACTIVE_STATES, lambda: _live_panel(run))
     else:
         _finished_view(run, status)
     _actions(run)
 
 
-@st.fragment(run_every=LIVE_REFRESH_S)
 def _live_panel(run: RunDir) -> None:
-    status = jobs.refresh_status(run)
-    if status.state not in jobs.ACTIVE_STATES:
-        st.rerun(scope="app")  # the run just ended: redraw the whole page in its finished form
-    render_progress(run, status)
+    render_progress(run, jobs.refresh_status(run))
     rows = run.metrics()
     render_curves(rows)
     val = read_json(run.val_latest_path)

@@ -10,7 +10,9 @@ from typing import Any
 import streamlit as st
 
 from histo_core import jobs, tasks
-from pages.ui.common import plain, signed_in_user, start_once, user_errors
+from histo_core.launch import start_once
+from pages.ui.common import plain, signed_in_user, user_errors
+from pages.ui.live import live, task_active, task_progress
 
 
 def task_panel(
@@ -43,7 +45,7 @@ def task_panel(
     if task is None:
         return
     if active:
-        _live_status(task.id, key)
+        live(lambda: task_active(task), lambda: _progress_and_cancel(task, key))
     elif status.state == "completed":
         result = task.result()
         if result is not None:
@@ -54,16 +56,8 @@ def task_panel(
         st.info(f"The last {kind} task was {status.state}.")
 
 
-@st.fragment(run_every=1.5)
-def _live_status(task_id: str, key: str) -> None:
-    task = tasks.TaskDir(tasks.tasks_root() / task_id)
-    status = tasks.refresh_task(task)
-    if status.state not in jobs.ACTIVE_STATES:
-        st.rerun()  # finished: redraw the whole page with the result
-    fraction = status.step / status.steps_per_epoch if status.steps_per_epoch else 0.0
-    waiting = "waiting for a free device slot (a training run or another task holds it)"
-    st.progress(min(1.0, fraction), text=status.phase or (waiting if status.state == "queued" else "starting…"))
-    st.caption(f"Running in the background as task `{task.id}`: you can leave this page and come back.")
+def _progress_and_cancel(task: tasks.TaskDir, key: str) -> None:
+    task_progress(task)
     if st.button("Cancel", key=f"{key}_cancel"):
         with user_errors():
             tasks.cancel_task(task)
