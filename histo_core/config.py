@@ -115,6 +115,7 @@ class TrainConfig:
     mixup: float = 0.0  # mixup Beta(alpha, alpha) parameter; 0 = off
     noise: float = 0.0
     noise_mode: NoiseMode = "batch"
+    corrections: str = ""  # a label-corrections file (histo_core.corrections); "" = the labels as given
     augment: Augment = field(default_factory=Augment)
     early_stopping: bool = False
     monitor: Monitor = "val_loss"
@@ -327,6 +328,8 @@ FIELD_HELP: dict[str, str] = {
     "mixup": f"mixup: train on blends of two tiles and their labels, Beta(a, a) weights; a in 0 (off)..{MAX_MIXUP}",
     "noise": f"fraction of training labels made wrong, 0..{MAX_NOISE} (val/test labels are never touched)",
     "noise_mode": "batch (fresh wrong labels every batch), fixed (a fixed set of samples, symmetric) or pair (class k -> k+1)",
+    "corrections": "a label-corrections file (made on the Review page, listed on the Curation page): its relabels "
+    "and exclusions change the training labels only; val/test labels and everything else stay as they are",
     "flip": "random horizontal/vertical flips",
     "rot90": "random 90-degree rotations",
     "rotate": "random rotations up to this many degrees (0 = off)",

@@ -75,6 +75,16 @@ def test_run_produces_every_artifact():
         assert ck["classes"] == run.dataset()["classes"] and ck["input_size"] == 28 and len(ck["mean"]) == 3
         assert model(torch.zeros(1, 3, 28, 28)).shape == (1, 6)
     assert "train_state" in checkpoint.load_checkpoint(run.last_ckpt)
+    # the "unlike the training tiles" flag has one threshold, set on the combined score of the val tiles: 5% of
+    # them are flagged (each check at its own 5% flagged more together)
+    from histo_core.inference import load_model, ood_check, predict
+
+    combined = run.results()["ood"]["combined"]  # a run keeps its calibration in results.json
+    assert combined["split"] == "val" and combined["heldout_tiles"] == 300 and combined["quantile"] == 0.95
+    loaded = load_model(str(run.best_ckpt))
+    val = open_dataset("synthetic").split("val").images[:300]
+    found = ood_check(loaded.meta, predict(loaded, val, tta=True), val, loaded.model)
+    assert found is not None and 0.02 <= found.flags.mean() <= 0.06, found.flags.mean()
     res = run.results()
     assert {"test", "val", "best_epoch", "epochs_run", "stopped_early", "train_seconds", "device"} <= set(res)
     assert REPORT_KEYS <= set(res["test"]) and res["test"]["n"] == 300 and res["epochs_run"] == 2

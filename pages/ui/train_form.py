@@ -21,8 +21,8 @@ from histo_core.models import ARCHITECTURES
 
 PREFIX = "train."
 # chosen elsewhere on the page (dataset picker) or not a training choice (data_dir comes with the picker;
-# started_by is the signed-in user, set when the run is submitted)
-OUTSIDE_FORM = ("dataset", "size", "as_rgb", "data_dir", "started_by")
+# started_by is the signed-in user, set when the run is submitted; corrections has its own picker)
+OUTSIDE_FORM = ("dataset", "size", "as_rgb", "data_dir", "started_by", "corrections")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "arch": tuple(ARCHITECTURES),
