@@ -57,7 +57,8 @@ def build_train_data(
 ) -> TrainData:
     """Sources for train (train or train+val, maybe subsampled), val and test; labels with the configured noise;
     ImageNet statistics for pretrained models, else the training tiles'; the stain reference. `evaluates` False
-    (torchrun ranks other than 0, which never evaluate): val and test stay in host memory, off the GPU."""
+    (torchrun ranks other than 0, which evaluate only their share of each split): val and test stay in host
+    memory, off the GPU."""
     info = ds.info
     train_split: Any = ds.split("train")
     if config.train_splits == "train+val":
