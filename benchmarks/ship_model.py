@@ -76,6 +76,24 @@ def cross_validate(cfg, images, labels, classes, folds: int, used: int | None = 
     return oof, oof_scores
 
 
+def combined_threshold(calibration: dict, stain_ref, images, oof, oof_scores, split: str) -> dict | None:
+    """The flag's one threshold (histo_core.ood.calibrate_combined) from the out-of-fold tiles (those with a
+    feature score): their out-of-fold probabilities and feature scores, and their colours as the shipped model
+    sees them."""
+    from histo_core import ood, pipeline, stain
+
+    held = ~np.isnan(oof_scores)
+    given = pipeline.to_float01(images[held], "cpu")
+    combined = ood.combined_scores(
+        calibration,
+        oof[held],
+        stain.normalize_batch(given, stain_ref),
+        given if stain_ref else None,
+        feature_scores_=oof_scores[held],
+    )
+    return ood.calibrate_combined(combined, split)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="pathmnist-resnet9")
@@ -127,6 +145,9 @@ def main() -> None:
         None,
         f"{args.folds}-fold out-of-fold",
         heldout_scores=oof_scores,
+    )
+    calibration["combined"] = combined_threshold(
+        calibration, meta.get("stain"), images, oof, oof_scores, f"{args.folds}-fold out-of-fold"
     )
     meta["dataset"] = {
         "name": "pathmnist",
@@ -212,10 +233,10 @@ def main() -> None:
 
 
 def recalibrate(args) -> None:
-    """Add (or replace) the feature check of the "unlike the training tiles" flag in a shipped model's
-    checkpoint and card, keeping its weights: the first `args.recalibrate` folds of the same cross-validation
-    (same recipe, seed and splits) give out-of-fold feature scores; the shipped model's own statistics come
-    from all 240 tiles."""
+    """Add (or replace) the feature check and the one threshold of the "unlike the training tiles" flag in a
+    shipped model's checkpoint and card, keeping its weights: the first `args.recalibrate` folds of the same
+    cross-validation (same recipe, seed and splits) give out-of-fold probabilities and feature scores; the
+    shipped model's own statistics come from all 240 tiles."""
     from histo_core import ood
     from histo_core.checkpoint import load_checkpoint
     from histo_core.fsutil import torch_save_atomic, write_json_atomic
@@ -228,7 +249,7 @@ def recalibrate(args) -> None:
     images, labels, classes = all_tiles()
     stain_norm = (ckpt.get("stain") or {}).get("method") or "none"
     cfg = recipe(stain_norm, args.stain_jitter, args.seed)
-    _, oof_scores = cross_validate(cfg, images, labels, classes, args.folds, used=args.recalibrate)
+    oof, oof_scores = cross_validate(cfg, images, labels, classes, args.folds, used=args.recalibrate)
     held = oof_scores[~np.isnan(oof_scores)]
     loaded = load_model(str(pt))
     split = f"{args.recalibrate} of {args.folds} folds out-of-fold ({len(held)} tiles)"
@@ -236,6 +257,7 @@ def recalibrate(args) -> None:
         ood.layer_features(loaded.model, images, InputSpec.of(loaded.meta)), None, split, heldout_scores=held
     )
     ckpt["ood"] = {**(ckpt.get("ood") or {}), "feature": feature}
+    ckpt["ood"]["combined"] = combined_threshold(ckpt["ood"], ckpt.get("stain") or None, images, oof, oof_scores, split)
     torch_save_atomic(pt, ckpt)
     import real_tiles
 
@@ -251,7 +273,16 @@ def recalibrate(args) -> None:
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(card_path, card)
-    print(json.dumps({"weights": str(pt), "feature_threshold": feature.get("threshold"), "real_tiles": real}))
+    print(
+        json.dumps(
+            {
+                "weights": str(pt),
+                "feature_threshold": feature.get("threshold"),
+                "combined": ckpt["ood"]["combined"],
+                "real_tiles": real,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

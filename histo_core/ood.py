@@ -26,13 +26,17 @@ Two checks, both calibrated when the model is made and stored in its card:
     calib["feature"] = calibrate_features(train_feats, heldout_feats, "val")
     result = check_tiles(calib, probs, tiles01, input01, features=feats)  # flags, reasons, scores
 
-Each check's value is expressed as a ratio to its threshold; a tile's score is the largest ratio, so the flag
-fires at a score of 1.0 or more, and the score says by how much.
+Each check's value is expressed as a ratio to its own threshold; the combined score is the largest ratio, and the
+flag has one threshold on it: the 95th percentile of the combined score on held-out in-domain tiles
+(`combined_scores`, `calibrate_combined`; stored as calib["combined"]), so the flag as a whole, not each check, fires on 5% of such
+tiles. A tile's score is its combined score over that threshold: the flag fires at 1.0 or more, and the score
+says by how much.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -157,36 +161,58 @@ def feature_layers(model: nn.Module) -> list[nn.Module]:
     return [feature_layer(model)]
 
 
+class StageCapture:
+    """Forward hooks on `feature_layers(model)` that keep, per stage, the per-channel mean activation of every
+    forward pass made while attached (float64 (N, C); for a single linear stage, its input): the feature
+    check's features collected during a prediction's own forward pass, with no second pass. Attach it under
+    `inference.model_lock(model)` so that no other thread's forward is captured.
+
+        with model_lock(model), StageCapture(model) as cap:
+            probs = predict(...)
+        feats = cap.take()
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = feature_layers(model)
+        self._linear = len(self.layers) == 1 and isinstance(self.layers[0], nn.Linear)
+        self._parts: list[list[np.ndarray]] = [[] for _ in self.layers]
+        self._hooks: list[Any] = []
+
+    def _keep(self, k: int, _m: nn.Module, inp: tuple[torch.Tensor, ...], outp: torch.Tensor) -> None:
+        t = (inp[0] if self._linear else outp).detach().float()
+        t = t.flatten(2).mean(-1) if t.ndim > 2 else t.flatten(1)
+        self._parts[k].append(t.cpu().numpy().astype(np.float64))
+
+    def __enter__(self) -> StageCapture:
+        self._hooks = [m.register_forward_hook(partial(self._keep, k)) for k, m in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def take(self) -> list[np.ndarray]:
+        """What was captured since the last take, per stage, in forward order; then forgotten."""
+        out = [np.concatenate(parts) if parts else np.zeros((0, 0)) for parts in self._parts]
+        self._parts = [[] for _ in self.layers]
+        return out
+
+
 def layer_features(model: nn.Module, tiles: Any, spec: Any, batch_size: int = 256) -> list[np.ndarray]:
     """Per stage of `feature_layers(model)`, the per-channel mean activation (N, C) float64 of `tiles`
     (uint8 NHWC, or the model's float view of them, as `predict.model_batch` takes), one forward pass per
-    batch under the model's lock. For a single linear stage, its input (the penultimate features)."""
+    batch under the model's lock (`StageCapture`). For a single linear stage, its input (the penultimate
+    features)."""
     from histo_core.inference import model_lock
     from histo_core.predict import model_batch, model_device
 
-    layers = feature_layers(model)
-    linear = len(layers) == 1 and isinstance(layers[0], nn.Linear)
-    out: list[list[np.ndarray]] = [[] for _ in layers]
-    captured: list[torch.Tensor] = []
-
-    def keep(_m: nn.Module, inp: tuple[torch.Tensor, ...], outp: torch.Tensor) -> None:
-        t = (inp[0] if linear else outp).detach().float()
-        captured.append(t.flatten(2).mean(-1) if t.ndim > 2 else t.flatten(1))
-
-    hooks = [m.register_forward_hook(keep) for m in layers]
-    try:
-        with model_lock(model), torch.inference_mode():
-            model.eval()
-            device = model_device(model)
-            for s in range(0, len(tiles), batch_size):
-                captured.clear()
-                model(model_batch(tiles[s : s + batch_size], spec, device))
-                for k, t in enumerate(captured[: len(layers)]):
-                    out[k].append(t.cpu().numpy().astype(np.float64))
-    finally:
-        for h in hooks:
-            h.remove()
-    return [np.concatenate(parts) if parts else np.zeros((0, 0)) for parts in out]
+    with model_lock(model), StageCapture(model) as cap, torch.inference_mode():
+        model.eval()
+        device = model_device(model)
+        for s in range(0, len(tiles), batch_size):
+            model(model_batch(tiles[s : s + batch_size], spec, device))
+        return cap.take()
 
 
 def _fit_layer(feats: np.ndarray) -> dict[str, Any]:
@@ -255,14 +281,90 @@ def calibration_summary(calib: dict[str, Any] | None) -> dict[str, Any]:
 
 
 # -- the checks together --------------------------------------------------------------------------------------
+COMBINED_QUANTILE = 0.95  # of held-out in-domain tiles' combined scores: the one threshold of the flag
+
+
 @dataclass
 class OodResult:
-    """Per tile: flagged or not, why (None where not), and the score (the largest ratio of a check's value to
-    its threshold: 1.0 or more is flagged; NaN where no check could run)."""
+    """Per tile: flagged or not, why (None where not), and the score (the combined score over its threshold:
+    1.0 or more is flagged; NaN where no check could run)."""
 
     flags: np.ndarray
     reasons: list[str | None]
     scores: np.ndarray
+
+
+def check_ratios(
+    calib: dict[str, Any],
+    probs: np.ndarray,
+    tiles01: torch.Tensor | None,
+    input01: torch.Tensor | None = None,
+    *,
+    features: list[np.ndarray] | None = None,
+    feature_scores_: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per check that the calibration and inputs allow, each tile's value over that check's own threshold:
+    "confidence" (doubt, 1 - top probability, over the doubt at the confidence threshold), "colour",
+    "input_colour" (Mahalanobis distance over its threshold), "features" (feature score over its threshold;
+    from `features`, or from `feature_scores_` already computed, e.g. by a cross-validation fold's model)."""
+    n = len(probs)
+    out: dict[str, np.ndarray] = {}
+    threshold = calib.get("confidence_threshold")
+    if threshold is not None and n:
+        out["confidence"] = (1.0 - np.asarray(probs).max(1)) / max(1.0 - threshold, 1e-6)
+    for tiles, prefix in ((tiles01, "colour"), (input01, "input_colour")):
+        if tiles is None or calib.get(f"{prefix}_mean") is None:
+            continue
+        feats = colour_features(tiles)
+        mean, icov = np.asarray(calib[f"{prefix}_mean"]), np.asarray(calib[f"{prefix}_icov"])
+        if feats.shape[1] == len(mean):
+            out[prefix] = _mahalanobis(feats, mean, icov) / calib[f"{prefix}_threshold"]
+    fcal = calib.get("feature")
+    if isinstance(fcal, dict) and fcal.get("threshold") and len(fcal.get("layers", ())):
+        if feature_scores_ is not None:
+            out["features"] = np.asarray(feature_scores_, np.float64) / fcal["threshold"]
+        elif features is not None and len(features) == len(fcal["layers"]):
+            out["features"] = feature_scores(fcal["layers"], features) / fcal["threshold"]
+    return out
+
+
+def _combine(ratios: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """The combined score before its threshold: per tile, the largest of the checks' ratios (NaN: none ran)."""
+    combined = np.full(n, np.nan)
+    for r in ratios.values():
+        combined = np.fmax(combined, r)
+    return combined
+
+
+def combined_scores(
+    calib: dict[str, Any],
+    probs: np.ndarray,
+    tiles01: torch.Tensor | None,
+    input01: torch.Tensor | None = None,
+    *,
+    features: list[np.ndarray] | None = None,
+    feature_scores_: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per tile, the combined score before the flag's threshold: the largest of the checks' ratios
+    (`check_ratios`, same arguments); NaN where no check could run."""
+    ratios = check_ratios(calib, probs, tiles01, input01, features=features, feature_scores_=feature_scores_)
+    return _combine(ratios, len(probs))
+
+
+def calibrate_combined(heldout_combined: np.ndarray, split: str) -> dict[str, Any] | None:
+    """The flag's one threshold: the COMBINED_QUANTILE of `combined_scores` on held-out in-domain tiles. Each check
+    alone is at its own 5% (confidence, features) or less (colour) on such tiles; taking the largest adds their
+    false alarms up, which this threshold takes back to 5% for the flag as a whole. None without held-out tiles."""
+    scores = np.asarray(heldout_combined, np.float64)
+    scores = scores[~np.isnan(scores)]
+    if not len(scores):
+        return None
+    return {
+        "threshold": float(np.quantile(scores, COMBINED_QUANTILE)),
+        "quantile": COMBINED_QUANTILE,
+        "split": split,
+        "heldout_tiles": int(len(scores)),
+    }
 
 
 def check_tiles(
@@ -275,55 +377,36 @@ def check_tiles(
 ) -> OodResult | None:
     """Every check of the calibration that its inputs allow: confidence (`probs`), colour (`tiles01`, the
     tiles as the model sees them), input colour (`input01`, as given, for a stain-normalised model), features
-    (`features`: `layer_features` of the tiles). None when the model has no calibration (older runs)."""
+    (`features`: `layer_features` of the tiles). The score is the combined score (the largest of the checks'
+    ratios) over the calibration's one threshold (`calib["combined"]`; 1.0 for calibrations made before it):
+    flagged at 1.0 or more, and the reasons name the checks above that threshold. None when the model has no
+    calibration (older runs)."""
     if not calib:
         return None
     n = len(probs)
-    flags = np.zeros(n, bool)
+    ratios = check_ratios(calib, probs, tiles01, input01, features=features)
+    threshold = float((calib.get("combined") or {}).get("threshold") or 1.0)
+    scores = _combine(ratios, n) / threshold
+    flags = scores >= 1.0  # NaN: False
+    conf = np.asarray(probs).max(1) if n else np.zeros(0)
+    doubt_at = 1.0 - threshold * (1.0 - float(calib.get("confidence_threshold") or 0.0))
+    split = calib.get("confidence_split") or "held-out"
+    why = {
+        "confidence": lambda i: (
+            f"confidence {conf[i]:.2f}, lower than the model gives its own {split} tiles"
+            + (f" (below {doubt_at:.2f} on at most 5% of them)" if doubt_at > 0 else "")
+        ),
+        "colour": lambda i: "colours and contrast unlike the training tiles",
+        "input_colour": lambda i: "colours and contrast unlike the training tiles even before stain normalisation",
+        "features": lambda i: (
+            f"the model's features are further from its training tiles' than almost all held-out in-domain tiles' "
+            f"({ratios['features'][i] / threshold:.1f}x the flag's threshold)"
+        ),
+    }
     reasons: list[str | None] = [None] * n
-    scores = np.full(n, np.nan)
-
-    def record(ratio: np.ndarray, why: Any) -> None:
-        nonlocal scores
-        scores = np.fmax(scores, ratio)
-        for i in np.flatnonzero(ratio >= 1.0):
-            text = why(int(i))
-            flags[i] = True
-            reasons[i] = f"{reasons[i]}; {text}" if reasons[i] else text
-
-    threshold = calib.get("confidence_threshold")
-    if threshold is not None and n:
-        conf = np.asarray(probs).max(1)
-        # ratio of doubt: 1 - confidence against 1 - threshold (>= 1 where the confidence is below it)
-        record(
-            (1.0 - conf) / max(1.0 - threshold, 1e-6),
-            lambda i: (
-                f"confidence {conf[i]:.2f} is lower than on 95% of the model's own "
-                f"{calib.get('confidence_split', 'held-out')} tiles ({threshold:.2f})"
-            ),
-        )
-    checks = (
-        (tiles01, "colour", "colours and contrast unlike the training tiles"),
-        (input01, "input_colour", "colours and contrast unlike the training tiles even before stain normalisation"),
-    )
-    for tiles, prefix, why in checks:
-        if tiles is None or calib.get(f"{prefix}_mean") is None:
-            continue
-        feats = colour_features(tiles)
-        mean, icov = np.asarray(calib[f"{prefix}_mean"]), np.asarray(calib[f"{prefix}_icov"])
-        if feats.shape[1] == len(mean):
-            record(_mahalanobis(feats, mean, icov) / calib[f"{prefix}_threshold"], lambda i, w=why: w)
-    fcal = calib.get("feature")
-    if features is not None and isinstance(fcal, dict) and fcal.get("threshold") and len(fcal.get("layers", ())):
-        if len(features) == len(fcal["layers"]):
-            ratio = feature_scores(fcal["layers"], features) / fcal["threshold"]
-            record(
-                ratio,
-                lambda i: (
-                    f"the model's features are further from its training tiles' ({ratio[i]:.1f}x the threshold) "
-                    f"than on 95% of held-out in-domain tiles"
-                ),
-            )
+    for i in np.flatnonzero(flags):
+        named = [why[k](int(i)) for k, r in ratios.items() if r[i] / threshold >= 1.0]
+        reasons[i] = "; ".join(named)
     return OodResult(flags, reasons, scores)
 
 

@@ -95,7 +95,8 @@ def render_overview(ds) -> None:
     skipped = info.extra.get("skipped") or []
     if skipped:
         with st.expander(f"{len(skipped)} file(s) skipped"):
-            st.code("\n".join(skipped[:500]) + (f"\n… and {len(skipped) - 500} more" if len(skipped) > 500 else ""))
+            more = [f"… and {len(skipped) - 500:,} more"] if len(skipped) > 500 else []
+            st.markdown("\n".join(f"- {plain(line)}" for line in [*skipped[:500], *more]))  # words, not code
 
 
 def render_classes(ds) -> None:

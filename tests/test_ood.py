@@ -78,6 +78,25 @@ def test_feature_check_fires_on_other_tissue_and_stays_quiet_on_new_in_domain_ti
     assert np.median(loud.scores) > 2 * np.median(quiet.scores)
 
 
+def test_stage_capture_during_a_prediction_gives_the_features_of_a_pass_of_their_own():
+    """The slide analysis takes the feature check's features from the prediction's own forward pass."""
+    from histo_core.predict import predict_tiles
+
+    model, spec = model_and_spec()
+    tiles = np.stack([blobs(s) for s in range(20)] + [stripes(s) for s in range(20)])
+    with ood.StageCapture(model) as cap:
+        probs = predict_tiles(model, tiles, spec, batch_size=16)  # three forward passes
+    captured = cap.take()
+    assert cap.take()[0].shape == (0, 0)  # taken: forgotten
+    own = ood.layer_features(model, tiles, spec)
+    assert len(captured) == len(own) == len(ood.feature_layers(model)) and probs.shape == (40, 3)
+    for a, b in zip(captured, own):
+        assert a.shape == b.shape and a.shape[0] == 40
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    model(torch.zeros(1, 3, 28, 28))  # detached on exit: nothing more is captured
+    assert cap.take()[0].shape == (0, 0)
+
+
 def test_scores_combine_the_checks_and_old_calibrations_still_work():
     calib = {"confidence_threshold": 0.6, "confidence_split": "val"}
     probs = np.array([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]])
@@ -92,6 +111,32 @@ def test_scores_combine_the_checks_and_old_calibrations_still_work():
     assert "layers" not in summary["feature"] and summary["feature"]["threshold"] == full["feature"]["threshold"]
     assert not any(k.endswith(("_mean", "_icov")) for k in summary)
     json.dumps(summary)  # a model card records it
+
+
+def test_one_threshold_on_the_combined_score_keeps_held_out_tiles_at_five_percent():
+    """Each check is calibrated at its own 5%; flagging when any fires added their false alarms up (10-15% of
+    in-domain tiles). The flag's one threshold is set on the combined score of held-out tiles, so 5% of them are
+    flagged, and tiles of another kind still are."""
+    model, spec = model_and_spec()
+    calib = calibrated(model, spec)
+    rng = np.random.default_rng(0)
+    heldout = np.stack([blobs(s) for s in range(200, 260)])
+    confident = rng.dirichlet([8.0, 1.0, 1.0], 60)  # a confident model on in-domain tiles, with a tail
+    calib.update(confidence_threshold=float(np.quantile(confident.max(1), 0.05)), confidence_split="val")
+    feats = ood.layer_features(model, heldout, spec)
+    raw = ood.combined_scores(calib, confident, None, features=feats)
+    calib["combined"] = ood.calibrate_combined(raw, "val")
+    assert calib["combined"]["heldout_tiles"] == 60 and calib["combined"]["split"] == "val"
+    assert calib["combined"]["threshold"] > 1.0  # the checks' own thresholds alone flag more than 5%
+    before = (raw >= 1.0).mean()
+    res = ood.check_tiles(calib, confident, None, features=feats)
+    assert res is not None and res.flags.mean() <= 0.05 < before, (res.flags.mean(), before)
+    np.testing.assert_allclose(res.scores, raw / calib["combined"]["threshold"])
+    other = np.stack([stripes(s) for s in range(40)])
+    loud = ood.check_tiles(calib, confident[:40], None, features=ood.layer_features(model, other, spec))
+    assert loud is not None and loud.flags.mean() >= 0.8
+    assert all(r for r, f in zip(loud.reasons, loud.flags) if f)  # each flagged tile says why
+    assert ood.calibrate_combined(np.full(3, np.nan), "val") is None  # no check ran: no threshold
 
 
 def png(a: np.ndarray) -> bytes:

@@ -105,6 +105,15 @@ def test_add_local_folder_then_it_is_selected(tmp_path):
     assert any(c.startswith("original file: 40×40 px") for c in image_captions(at))  # and shows it as stored
 
 
+def test_skipped_files_are_listed_in_words_not_as_code(tmp_path):
+    make_class_folders(tmp_path / "mine", classes=("ADI", "TUM"), per_class=10)
+    (tmp_path / "mine" / "ADI" / "broken_tile.png").write_bytes(b"not an image")
+    at = open_page(str(tmp_path / "mine"))
+    assert not at.exception and not at.code, [c.value for c in at.code]
+    listed = [md.value for md in at.markdown if "broken\\_tile.png" in md.value or "broken_tile.png" in md.value]
+    assert listed and listed[0].startswith("- "), [md.value for md in at.markdown]
+
+
 def test_add_invalid_path_shows_the_reason(tmp_path):
     make_class_folders(tmp_path / "one", classes=("TUM",), per_class=2)
     at = open_page()

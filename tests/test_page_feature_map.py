@@ -196,3 +196,33 @@ def test_quality_table_shows_shares_in_percent():
         assert tc["format"] % rows[col].iloc[0] == shown
         assert tc["min_value"] <= rows[col].iloc[0] <= tc["max_value"]
     assert doc["methods"][0]["unfaithful_share"] == 0.25  # the document is left as it was
+
+
+def test_map_legend_lists_each_class_once():
+    """Colour by class and a symbol per split made 27 legend entries for 9 classes; the legend lists each colour
+    once (toggling it in every split) and the title names the split symbols."""
+    import pandas as pd
+
+    from pages.ui.feature_map import scatter
+
+    classes = [f"class {k}" for k in range(9)]
+    rows = [(c, s) for c in classes for s in ("train", "val", "test") for _ in range(2)]
+    df = pd.DataFrame(
+        {
+            "x": np.arange(len(rows), dtype=float),
+            "y": np.arange(len(rows), dtype=float),
+            "split": [s for _, s in rows],
+            "row": np.arange(len(rows)),
+            "true": [c for c, _ in rows],
+            "predicted": [c for c, _ in rows],
+            "confidence": np.full(len(rows), 0.9),
+            "outcome": "correct",
+            "label_error": "not checked",
+        }
+    )
+    fig = scatter(df, "true class", "54 tiles")
+    shown = [t.name for t in fig.data if t.showlegend is not False]
+    assert shown == classes and len(fig.data) == 27
+    assert {t.legendgroup for t in fig.data} == set(classes)
+    assert "● train ◆ val ■ test" in fig.layout.title.text
+    assert {t.marker.symbol for t in fig.data if t.name == "class 0"} == {"circle", "diamond", "square"}

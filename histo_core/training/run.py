@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from histo_core import checkpoint as ckpt_mod
-from histo_core import ood, pipeline
+from histo_core import ood, pipeline, stain
 from histo_core.config import TrainConfig
 from histo_core.errors import HistoError
 from histo_core.fsutil import savez_atomic, write_json_atomic
@@ -299,6 +299,10 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
 
         where += f" (the machine's GPU {physical_gpu(device.index or 0)})"
     job.log(f"{run.id}: training on {where} in {trainer.precision}")
+    if data.corrections:
+        from histo_core.corrections import summary_line
+
+        job.log(f"{run.id}: {summary_line(data.corrections)}")
     return trainer, {**model_meta(config, data), "precision": trainer.precision}
 
 
@@ -480,6 +484,7 @@ def _finish(
         "precision": trainer.precision,
         "precision_fallback": trainer.fallback,  # fp16 -> fp32, when and why; None when it never happened
         "warnings": small_split_warnings(_eval_sizes(trainer.data)),
+        "corrections": trainer.data.corrections,
     }
     write_json_atomic(run.results_path, doc)
     if job.board is not None:
@@ -564,22 +569,42 @@ def ood_calibration(
 ) -> dict[str, Any]:
     """The "unlike the training tiles" thresholds (histo_core.ood): colour statistics of the training tiles as
     the model sees them (and, with stain normalisation, as given), the confidence on the validation split
-    (else the test split), and (with the `model`) the statistics of its features on the training tiles with
-    the threshold from the same held-out split."""
+    (else the test split), (with the `model`) the statistics of its features on the training tiles with the
+    threshold from the same held-out split, and the flag's one threshold on the combined score of that split's
+    tiles (`ood.calibrate_combined`)."""
     split = "val" if "val" in heldout else "test" if "test" in heldout else None
     limit = pipeline.LAZY_CHUNK if data.train.streamed else ood.FEATURE_MAX_TILES  # streamed: one chunk, one read
     sample = data.train.read_range(0, min(len(data.train), limit))
     feats, given = ood.colour_features_uint8(sample, data.input_size, data.stain)  # block by block: no float copy
     out = ood.calibrate(None, heldout.get(split) if split else None, split or "", features=feats, input_features=given)
     source = {"val": data.val, "test": data.test}.get(split or "")
-    if model is not None and source is not None and len(sample) > 1:
+    if source is None or split is None:
+        return out
+    held = source.read_range(0, min(len(source), limit))
+    held_feats = None
+    if model is not None and len(sample) > 1:
         from histo_core.predict import InputSpec
 
         spec = InputSpec.of(data)
-        held = source.read_range(0, min(len(source), limit))
-        out["feature"] = ood.calibrate_features(
-            ood.layer_features(model, sample, spec), ood.layer_features(model, held, spec), split or ""
+        held_feats = ood.layer_features(model, held, spec)
+        out["feature"] = ood.calibrate_features(ood.layer_features(model, sample, spec), held_feats, split)
+    # the flag's one threshold: the combined score of the same held-out tiles as the model sees them, a block at a
+    # time (the float tiles of one block in memory)
+    probs, parts = heldout[split], []
+    for s in range(0, len(held), ood.COLOUR_BLOCK):
+        held01 = pipeline.to_float01(held[s : s + ood.COLOUR_BLOCK], "cpu", data.input_size)
+        parts.append(
+            ood.combined_scores(
+                out,
+                probs[s : s + len(held01)],
+                stain.normalize_batch(held01, data.stain),
+                held01 if data.stain else None,
+                features=None if held_feats is None else [f[s : s + len(held01)] for f in held_feats],
+            )
         )
+    combined = ood.calibrate_combined(np.concatenate(parts) if parts else np.zeros(0), split)
+    if combined:
+        out["combined"] = combined
     return out
 
 

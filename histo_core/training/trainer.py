@@ -105,6 +105,7 @@ class Trainer:
             elr_lambda=config.elr_lambda,
             elr_beta=config.elr_beta,
             num_samples=len(data.train),
+            boot_warmup=config.boot_warmup,
         ).to(device)
         gen_device = device if self.cuda else torch.device("cpu")
         self.aug_gen = torch.Generator(device=gen_device).manual_seed(config.seed * 1000 + 17 + rank)
@@ -323,7 +324,7 @@ class Trainer:
         tiles = self.gather(pos) if pos_on_device is None or self.shard_log else self.data.train.gather(pos_on_device)
         x = self.prepare_batch(tiles, train=True)
         y = self.labels_for(pos, pos_on_device)
-        if self.config.loss != "elr":  # only ELR keeps per-tile state: no index tensor made for other losses
+        if not getattr(self.criterion, "per_tile", False):  # no index tensor made for losses without per-tile state
             return self.train_step(x, y)
         return self.train_step(x, y, torch.from_numpy(np.asarray(pos, np.int64)))
 
@@ -376,6 +377,9 @@ class Trainer:
         }
         if self.scheduler is not None and not self.per_batch_schedule:
             self.scheduler.step()
+        end_epoch = getattr(self.criterion, "end_epoch", None)
+        if end_epoch is not None:  # e.g. boot's loss split, refitted on this epoch's losses (kept in last.pt)
+            end_epoch(epoch + 1, cfg.epochs)
         self.epoch += 1
         self.step = 0
         self.partial = _empty_partial()

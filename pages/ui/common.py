@@ -43,11 +43,25 @@ def page_setup(page_file: str) -> None:
     """Tab title, icon, sign-in and heading for the page whose file is `page_file` (pass `__file__`), all read
     from the one page list (pages/ui/navigation.py)."""
     paths.confine_to_data_roots()  # this process serves web users: datasets open only inside the data roots
+    use_app_navigation()
     spec = page_spec(page_file)
     tab = spec.page_heading if spec.page_heading == "Histo Explorer" else f"{spec.title} · Histo Explorer"
     st.set_page_config(page_title=tab, page_icon=spec.icon, layout="wide")
     require_sign_in()
     st.title(spec.page_heading)
+
+
+def use_app_navigation() -> None:
+    """A link to a page opened before any session has run app.py (a shared link, the first visit after the
+    server starts): Streamlit, seeing a pages/ folder and no st.navigation call yet, runs the page in its old
+    pages-folder mode (a sidebar with an extra "app" entry and no icons, app.py's start-up skipped) until `/` is
+    opened. Switch that mode off and run again: app.py then runs with its navigation and opens this same page
+    (the page hash is its URL path in both modes)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def sign_in_required() -> bool:

@@ -27,6 +27,8 @@ COLOUR_BY = {
     "suspected label error": "label_error",
 }
 MAX_SHOWN = 48  # selected tiles drawn at once
+SPLIT_SYMBOLS = {"train": "circle", "val": "diamond", "test": "square"}  # the map's marker per split
+SPLIT_MARKS = {"circle": "●", "diamond": "◆", "square": "■"}  # named in the title (the legend lists colours)
 
 
 # -- embeddings and their background job -------------------------------------------------------------------
@@ -100,12 +102,17 @@ def scatter(df: pd.DataFrame, colour: str, title: str):
         kwargs["color_discrete_map"] = {"correct": "#2ca02c", "wrong": "#d62728", "n/a": "#7f7f7f"}
     elif column == "label_error":
         kwargs["color_discrete_map"] = {"suspected": "#d62728", "not flagged": "#1f77b4", "not checked": "#c7c7c7"}
+    else:  # classes: a colour-blind-safe palette of well-separated colours
+        kwargs["color_discrete_sequence"] = px.colors.qualitative.Safe
+    present = [s for s in SPLIT_SYMBOLS if s in set(df["split"])]
+    title = f"{title} · " + " ".join(f"{SPLIT_MARKS[SPLIT_SYMBOLS[s]]} {s}" for s in present)
     fig = px.scatter(
         df,
         x="x",
         y="y",
         color=column,
         symbol="split",
+        symbol_map=SPLIT_SYMBOLS,
         custom_data=["split", "row"],
         hover_data={
             "split": True,
@@ -120,6 +127,7 @@ def scatter(df: pd.DataFrame, colour: str, title: str):
         **kwargs,
     )
     fig.update_traces(marker=dict(size=7 if len(df) < 2000 else 4, opacity=0.85))
+    one_legend_entry_per_colour(fig)
     fig.update_layout(
         height=620,
         dragmode="lasso",
@@ -129,6 +137,17 @@ def scatter(df: pd.DataFrame, colour: str, title: str):
         yaxis=dict(title="t-SNE 2", showticklabels=False),
     )
     return fig
+
+
+def one_legend_entry_per_colour(fig) -> None:
+    """Plotly Express makes one trace per colour and symbol (9 classes x 3 splits: a 27-entry legend). The legend
+    keeps one entry per colour, which toggles that colour's points in every split; the symbols (one per split)
+    are named in the hover and the caption."""
+    seen: set[str] = set()
+    for trace in fig.data:
+        colour = str(trace.name).split(", ")[0]
+        trace.update(name=colour, legendgroup=colour, showlegend=colour not in seen)
+        seen.add(colour)
 
 
 def selected_points(event: Any) -> list[tuple[str, int]]:

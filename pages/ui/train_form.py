@@ -21,8 +21,8 @@ from histo_core.models import ARCHITECTURES
 
 PREFIX = "train."
 # chosen elsewhere on the page (dataset picker) or not a training choice (data_dir comes with the picker;
-# started_by is the signed-in user, set when the run is submitted)
-OUTSIDE_FORM = ("dataset", "size", "as_rgb", "data_dir", "started_by")
+# started_by is the signed-in user, set when the run is submitted; corrections has its own picker)
+OUTSIDE_FORM = ("dataset", "size", "as_rgb", "data_dir", "started_by", "corrections")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "arch": tuple(ARCHITECTURES),
@@ -51,6 +51,7 @@ CHOICE_LABELS = {
         "sce": "symmetric cross-entropy",
         "gce": "generalized cross-entropy",
         "elr": "early-learning regularisation",
+        "boot": "dynamic bootstrapping (doubtful labels -> the model's guess)",
     },
     "mode": {
         "scratch": "scratch: train every layer",
@@ -116,6 +117,7 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("gce_q", "GCE q (0..1]", {"step": 0.05, "format": "%g"}),
         ("elr_lambda", "ELR lambda (regulariser weight)", {"step": 0.5, "format": "%g"}),
         ("elr_beta", "ELR beta (target momentum)", {"step": 0.05, "format": "%g"}),
+        ("boot_warmup", "Bootstrapping warm-up (fraction of epochs)", {"step": 0.05, "format": "%g"}),
         ("mixup", "Mixup alpha (0 = off)", {"min_value": 0.0, "step": 0.1, "format": "%g"}),
     ],
     "Augmentation": [
@@ -223,6 +225,7 @@ def _disabled(path: str) -> bool:
         "gce_q": get("loss") != "gce",
         "elr_lambda": get("loss") != "elr",
         "elr_beta": get("loss") != "elr",
+        "boot_warmup": get("loss") != "boot",
         "noise_mode": not get("noise"),
         "augment.crop_scale": not get("augment.resized_crop"),
         "monitor": get("train_splits") == "train+val",  # no validation split: nothing to monitor
