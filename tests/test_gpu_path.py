@@ -883,3 +883,41 @@ def test_fp16_that_keeps_overflowing_falls_back_to_fp32_and_says_so(monkeypatch,
     assert checkpoint.load_checkpoint(run.last_ckpt)["train_state"]["fp32_fallback"].startswith(why)  # kept on resume
     card = json.loads(export_run(run, "fp16-fallback").with_suffix(".json").read_text())
     assert card["precision"] == "fp32" and card["precision_fallback"].startswith(why)
+
+
+def test_rank_0_reads_its_peers_heartbeat_files(tmp_path, monkeypatch):
+    """What makes a peer dead for rank 0: its error line, its process gone on this machine, or its heartbeat
+    silent; never a peer that finished its part and exited, nor an earlier attempt's file."""
+    import socket
+
+    from histo_core.fsutil import write_json_atomic
+    from histo_core.runs import RunDir
+    from histo_core.training import status as S
+
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    deaths: list[str] = []
+    watch = S.RankBeacon(run, 0, 3, "tok", deaths.append)
+    watch.beat()
+    here, gone = socket.gethostname(), 2**22 + 12345
+
+    def peer(rank, **doc):
+        base = {"token": "tok", "pid": gone, "host": here, "heartbeat": 1.0, "error": None, "done": False}
+        write_json_atomic(watch.path(rank), {**base, **doc})
+
+    peer(1, done=True)  # finished and exited: not dead
+    peer(2, token="earlier")  # an earlier attempt's file
+    assert watch.check_peers() is None and deaths == []
+    peer(2, host="another-node", heartbeat=5.0)  # alive elsewhere, heartbeat seen once
+    assert watch.check_peers() is None
+    monkeypatch.setattr(S, "PEER_SILENCE_S", -1.0)  # then silent for longer than allowed
+    assert watch.check_peers() == "rank 2 died: no heartbeat for 0 s (hung, or its node is gone)"
+    peer(2, host="another-node", heartbeat=6.0, error="RuntimeError: disk full")
+    assert watch.check_peers() == "rank 2 died: RuntimeError: disk full"
+    peer(2, host="another-node", heartbeat=7.0)
+    peer(1)  # not done, and its pid is no process on this machine
+    assert (
+        watch.check_peers()
+        == f"rank 1 died: its process (pid {gone}) ended without a word (killed, e.g. out of memory?)"
+    )
+    assert len(deaths) == 3
