@@ -436,7 +436,6 @@ def test_walk_from_a_shared_link(tmp_path, shared_data, shipped_model, monkeypat
                 timeout=180_000
             )
             wait_idle(page)
-            shot(page, "walk2-classify-table")
             with page.expect_download() as dl:
                 page.get_by_role("button", name=re.compile("Download the table")).click()
             import pandas as pd
