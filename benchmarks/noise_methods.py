@@ -2,6 +2,12 @@
 
     python benchmarks/noise_methods.py [--noise 0,0.2,0.4] [--seeds 3] [--folds 6] [--methods ce,gce,...]
         [--arch resnet9] [--epochs 30] [--out /tmp/noise_bench.jsonl] [--table-only]
+    python benchmarks/noise_methods.py --trace --arch simplecnn --epochs 30 --noise 0.4
+
+`--trace`: one CE fit (seed 0, fold 0, the first --noise level), epoch by epoch: training accuracy against the
+noisy labels (above 1 - noise it is learning the wrong labels), how many flipped tiles the model puts in
+their TRUE class, and how well each tile's loss against its noisy label ranks the flipped tiles first (AUC:
+what a loss split such as boot's can find).
 
 For each seed and noise level the 200 train+val tiles get ONE set of wrong labels (histo_core.noise.fixed_noise,
 the function training uses, with the seed): every method sees the same flips. 6-fold cross-validation: each fold
@@ -43,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="/tmp/noise_bench.jsonl", help="JSON lines, one per finished fold")
     p.add_argument("--table-only", action="store_true", help="print the table of what --out holds and stop")
+    p.add_argument("--trace", action="store_true", help="trace one CE fit epoch by epoch (see the docstring)")
     return p.parse_args(argv)
 
 
@@ -113,6 +120,48 @@ def run(args: argparse.Namespace) -> None:
             print(table(load(out), args.folds), flush=True)
 
 
+def trace(args: argparse.Namespace) -> None:
+    import torch
+
+    from histo_core.config import TrainConfig
+    from histo_core.noise import fixed_noise
+    from histo_core.training.data import array_dataset, build_train_data
+    from histo_core.training.device import setup_device
+    from histo_core.training.trainer import Trainer
+
+    z = np.load(SAMPLE)
+    images = np.concatenate([z["train_images"], z["val_images"]])
+    clean = np.concatenate([z["train_labels"], z["val_labels"]]).ravel().astype(np.int64)
+    noise = float(args.noise.split(",")[0])
+    noisy, flipped = fixed_noise(clean, noise, 9, 0, "fixed")
+    tr = fold_of(len(clean), args.folds, 0) != 0
+    cfg = TrainConfig(
+        dataset="arrays",
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=32,
+        optimizer="adamw",
+        lr=3e-3,
+        schedule="onecycle",
+        weight_decay=5e-4,
+        threads=args.threads,
+    ).validate()
+    device = setup_device(cfg)
+    ds = array_dataset(images[tr], noisy[tr], [str(i) for i in range(9)])
+    trainer = Trainer(cfg, build_train_data(cfg, ds, str(device), need_test=False), device)
+    y, true, flip = noisy[tr], clean[tr], flipped[tr]
+    print(f"{args.arch}, {args.epochs} epochs, {noise:g} noise, seed 0 fold 0: {int(flip.sum())}/{len(y)} flipped")
+    print("epoch | train acc (noisy labels) | flipped tiles put in their true class | loss AUC for flipped")
+    for _ in range(cfg.epochs):
+        row = trainer.train_epoch()
+        probs = trainer.predict(trainer.data.train)
+        loss = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))
+        pred = probs.argmax(1)
+        ranks = torch.from_numpy(loss).argsort().argsort().numpy() + 1  # rank-sum AUC (no ties in float losses)
+        auc = (ranks[flip].sum() - flip.sum() * (flip.sum() + 1) / 2) / max(1, flip.sum() * (~flip).sum())
+        print(f"{row['epoch']} | {row['train_acc']:.2f} | {(pred == true)[flip].mean():.2f} | {auc:.2f}", flush=True)
+
+
 def load(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -164,6 +213,8 @@ def main() -> None:
     args = parse_args()
     if not SAMPLE.exists():
         sys.exit(f"benchmarks/noise_methods.py: {SAMPLE} not found (the shared real-data sample)")
+    if args.trace:
+        return trace(args)
     if not args.table_only:
         run(args)
     print(table(load(Path(args.out)), args.folds))

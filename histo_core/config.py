@@ -22,8 +22,9 @@ MAX_THREADS = 512
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["none", "step", "cosine", "onecycle"]
 NoiseMode = Literal["batch", "fixed", "pair"]
-# cross-entropy, label smoothing, symmetric cross-entropy, generalized cross-entropy, early-learning regularisation
-Loss = Literal["ce", "smooth", "sce", "gce", "elr"]
+# cross-entropy, label smoothing, symmetric cross-entropy, generalized cross-entropy, early-learning regularisation,
+# dynamic bootstrapping with a loss split
+Loss = Literal["ce", "smooth", "sce", "gce", "elr", "boot"]
 # scratch: random init, every layer trained; all-layers: every layer trained from the start (usually from
 # ImageNet weights); frozen: only an MLP head on a frozen backbone; head-then-all: fastai-style, the head alone
 # for --head-epochs, then every layer with the backbone at a lower LR
@@ -56,6 +57,7 @@ NOISE_METHODS: dict[str, dict[str, Any]] = {
     "elr": {"loss": "elr", "mixup": 0.0},
     "mixup": {"loss": "ce", "mixup": 0.4},
     "elr+mixup": {"loss": "elr", "mixup": 0.4},
+    "boot": {"loss": "boot", "mixup": 0.0},
 }
 
 # Mode names before they said what they do; accepted from the CLI and from the config.json of older runs.
@@ -109,9 +111,11 @@ class TrainConfig:
     gce_q: float = 0.7
     elr_lambda: float = 3.0
     elr_beta: float = 0.7
+    boot_warmup: float = 0.3  # boot: fraction of the epochs trained with plain CE before the first split
     mixup: float = 0.0  # mixup Beta(alpha, alpha) parameter; 0 = off
     noise: float = 0.0
     noise_mode: NoiseMode = "batch"
+    corrections: str = ""  # a label-corrections file (histo_core.corrections); "" = the labels as given
     augment: Augment = field(default_factory=Augment)
     early_stopping: bool = False
     monitor: Monitor = "val_loss"
@@ -226,6 +230,8 @@ class TrainConfig:
             raise ConfigError(f"--elr-lambda must be >= 0, got {self.elr_lambda}")
         if not 0.0 <= self.elr_beta < 1.0:
             raise ConfigError(f"--elr-beta must be in [0, 1), got {self.elr_beta}")
+        if not 0.0 <= self.boot_warmup < 1.0:
+            raise ConfigError(f"--boot-warmup must be in [0, 1), got {self.boot_warmup}")
         if not 0.0 <= self.mixup <= MAX_MIXUP:
             raise ConfigError(f"--mixup must be between 0 (off) and {MAX_MIXUP}, got {self.mixup}")
         if self.early_stopping and self.train_splits == "train+val":
@@ -309,16 +315,21 @@ FIELD_HELP: dict[str, str] = {
     "step_size": "step schedule: epochs between LR drops",
     "gamma": "step schedule: LR multiplier at each drop",
     "loss": "ce (cross-entropy), smooth (label smoothing), sce (symmetric cross-entropy), gce (generalized "
-    "cross-entropy) or elr (early-learning regularisation); measured under label noise in benchmarks/RESULTS.md",
+    "cross-entropy), elr (early-learning regularisation) or boot (dynamic bootstrapping: tiles whose loss marks their "
+    "label as doubtful train towards the model's own guess); measured under label noise in benchmarks/RESULTS.md",
     "label_smoothing": "smoothing factor for --loss smooth",
     "sce_alpha": "sce: weight of the cross-entropy term",
     "sce_beta": "sce: weight of the reverse cross-entropy term",
     "gce_q": "gce: the exponent q in (0, 1] (near 0 behaves like cross-entropy, 1 like mean absolute error)",
     "elr_lambda": "elr: weight of the early-learning regulariser",
     "elr_beta": "elr: momentum of each tile's running-average target, in [0, 1)",
+    "boot_warmup": "boot: fraction of the epochs trained with plain cross-entropy before doubtful labels are "
+    "split off, in [0, 1)",
     "mixup": f"mixup: train on blends of two tiles and their labels, Beta(a, a) weights; a in 0 (off)..{MAX_MIXUP}",
     "noise": f"fraction of training labels made wrong, 0..{MAX_NOISE} (val/test labels are never touched)",
     "noise_mode": "batch (fresh wrong labels every batch), fixed (a fixed set of samples, symmetric) or pair (class k -> k+1)",
+    "corrections": "a label-corrections file (made on the Review page, listed on the Curation page): its relabels "
+    "and exclusions change the training labels only; val/test labels and everything else stay as they are",
     "flip": "random horizontal/vertical flips",
     "rot90": "random 90-degree rotations",
     "rotate": "random rotations up to this many degrees (0 = off)",

@@ -115,7 +115,9 @@ def model_card(run: RunDir, ckpt: dict[str, Any], name: str) -> dict[str, Any]:
             "best_epoch": results.get("best_epoch", meta.get("epoch")),
         },
         "precision": meta.get("precision") or results.get("precision"),  # bf16/fp16/fp32 (runs since issue 26)
+        "precision_fallback": meta.get("precision_fallback") or results.get("precision_fallback"),  # fp16 -> fp32
         "training_config": run.config(),
+        "corrections": results.get("corrections"),  # the label corrections it trained with (histo_core.corrections)
         "run_id": run.id,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

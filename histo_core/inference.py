@@ -346,10 +346,10 @@ def ood_check(
     if tiles_uint8 is None:
         return check_tiles(meta.ood, probs, None)
     view, given = model_view(tiles_uint8, meta)
-    return check_tiles(meta.ood, probs, view, given, features=_ood_features(model, meta, view))
+    return check_tiles(meta.ood, probs, view, given, features=ood_features(model, meta, view))
 
 
-def _ood_features(model: nn.Module | None, meta: ModelMeta, view: torch.Tensor) -> list[np.ndarray] | None:
+def ood_features(model: nn.Module | None, meta: ModelMeta, view: torch.Tensor) -> list[np.ndarray] | None:
     """The tiles' stage features for the "unlike the training tiles" feature check, when the model's
     calibration has one (else None: nothing computed)."""
     from histo_core.ood import layer_features
@@ -487,7 +487,7 @@ def classify_uploads(
         view, given = model_view(tiles, loaded.meta)  # stain-normalised once: shown, checked and classified
         probs = predict(loaded, view, tta=tta, batch_size=batch_size)
         flagged = check_tiles(
-            loaded.meta.ood, probs, view, given, features=_ood_features(loaded.model, loaded.meta, view)
+            loaded.meta.ood, probs, view, given, features=ood_features(loaded.model, loaded.meta, view)
         )
         seen = (view * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i, (r, p) in enumerate(zip(good, probs)):

@@ -170,8 +170,10 @@ def cancel(run: RunDir) -> RunStatus:
     return status
 
 
-def resume(run: RunDir) -> str:
-    """Restart a cancelled or failed run in a new background process, from last.pt when there is one.
+def resume(run: RunDir, batch_size: int | None = None) -> str:
+    """Restart a cancelled or failed run in a new background process, from last.pt when there is one; with
+    `batch_size` other than the run's (after running out of GPU memory), config.json gets the new one first and
+    the saved epoch restarts at its first batch (as `train --resume --batch-size N`).
     Returns a sentence saying what will happen. Two callers at once (a double click on Resume) start one process:
     the second finds the run queued."""
     with one_start(run.path / ".start.lock"):
@@ -185,10 +187,17 @@ def resume(run: RunDir) -> str:
         if status.state == "completed":
             raise HistoError(f"{run.id}: the run has completed; start a new run to train longer")
         with queue_room(run.path.parent):
+            resized = ""
+            old = int(run.config().get("batch_size") or 0)
+            if batch_size is not None and batch_size != old:
+                from histo_core.training.run import change_batch_size
+
+                change_batch_size(run, batch_size)  # checked like --batch-size: a bad value changes nothing
+                resized = f" with batch size {batch_size} (was {old}; the epoch restarts at its first batch)"
             run.cancel_path.unlink(missing_ok=True)
             from_checkpoint = run.last_ckpt.exists()
             if from_checkpoint:
-                note = f"resuming {run.id} from epoch {len(run.metrics())} of {status.epochs or '?'}"
+                note = f"resuming {run.id} from epoch {len(run.metrics())} of {status.epochs or '?'}{resized}"
             else:  # the trainer refuses --resume without last.pt; a fresh start also clears the partial metrics
                 note = f"{run.id} has no checkpoint (last.pt): restarting it from scratch"
             run.update_status(state="queued", error=None, finished_at=None, eta_s=None, phase="")

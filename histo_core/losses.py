@@ -7,13 +7,22 @@
   elr     early-learning regularisation (Liu et al. 2020): CE + lambda * log(1 - <p, t_i>), where t_i is a
           running average (momentum beta) of the model's own predictions for training tile i; it keeps the
           model close to what it predicted early, before it memorised the wrong labels
+  boot    dynamic bootstrapping with a loss split (Arazo et al. 2019; the split is DivideMix's, Li et al. 2020):
+          plain CE for the first `boot_warmup` of the epochs; after each epoch a 2-component Gaussian mixture
+          over every training tile's loss says how likely its label is wrong (w_i, the high-loss component);
+          then each tile the model disagrees with trains on (1 - w_i) * its label + w_i * the model's own
+          sharpened prediction (w_i also scaled by the model's confidence), so a doubtful tile keeps teaching
+          with the model's guess instead of being dropped
 
 Every criterion is called `criterion(logits, target, index)`; `index` (positions of the batch's tiles in the
-training source) is used by ELR only. Which of them helps on small noisy histology sets is measured, not
+training source) is used by the losses with per-tile state (`per_tile = True`: ELR, boot), whose buffers are
+part of the trainer's resumable state; `end_epoch(done, total)`, where a loss has it, runs after each epoch. Which of them helps on small noisy histology sets is measured, not
 assumed: benchmarks/RESULTS.md, "Noise lab".
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -57,6 +66,7 @@ class GeneralizedCrossEntropy(nn.Module):
 
 
 class EarlyLearningRegularization(nn.Module):
+    per_tile = True
     """CE + lambda * mean(log(1 - <p_i, t_i>)). Before the loss, t_i <- beta * t_i + (1 - beta) * p_i / sum(p_i)
     (p detached, clamped to [1e-4, 1 - 1e-4]); t starts at zero. `targets` (N, K) is part of the trainer's
     resumable state. Without `index` (a batch that is not from the training source) it is plain CE."""
@@ -81,6 +91,73 @@ class EarlyLearningRegularization(nn.Module):
         return ce + self.lam * torch.log(1.0 - inner).mean()
 
 
+def gmm_high_posterior(x: torch.Tensor, iters: int = 20, reg: float = 5e-4) -> torch.Tensor:
+    """P(high component | x) of a 2-component 1-D Gaussian mixture fitted by EM to `x` (float, any scale).
+
+    Deterministic: x is min-max scaled to [0, 1], the components start at means 0.25 / 0.75, variances 0.05,
+    equal weights; `reg` is added to each variance (as scikit-learn's reg_covar). Constant x -> all 0.5."""
+    x = x.double()
+    span = x.max() - x.min()
+    if x.numel() < 2 or float(span) <= 0:
+        return torch.full_like(x, 0.5).float()
+    x = (x - x.min()) / span
+    mu = torch.tensor([0.25, 0.75], dtype=x.dtype)
+    var = torch.tensor([0.05, 0.05], dtype=x.dtype)
+    pi = torch.tensor([0.5, 0.5], dtype=x.dtype)
+    for _ in range(iters):
+        log_p = -0.5 * ((x[:, None] - mu) ** 2 / var + torch.log(2 * math.pi * var)) + torch.log(pi)
+        r = torch.softmax(log_p, dim=1)  # (N, 2) responsibilities
+        n_k = r.sum(0).clamp(min=1e-12)
+        mu = (r * x[:, None]).sum(0) / n_k
+        var = (r * (x[:, None] - mu) ** 2).sum(0) / n_k + reg
+        pi = n_k / n_k.sum()
+    log_p = -0.5 * ((x[:, None] - mu) ** 2 / var + torch.log(2 * math.pi * var)) + torch.log(pi)
+    return torch.softmax(log_p, dim=1)[:, int(mu.argmax())].float()
+
+
+class DynamicBootstrapping(nn.Module):
+    """Cross-entropy against (1 - w_i) * one_hot(y_i) + w_i * sharpen(p_i), averaged over the batch.
+
+    p_i: the model's softmax for the tile (detached), sharpened as p^(1/T) / sum p^(1/T). w_i = d_i * c_i * [the
+    model's class != y_i]: d_i, the probability that tile i's label is wrong, from `gmm_high_posterior` over the
+    tiles' latest training losses (`losses`, recorded as each tile is trained on), refitted by `end_epoch` once
+    `warmup` of the epochs are done (before that d = 0: plain CE); c_i = max p_i, the model's confidence. A tile
+    the model agrees with keeps its label: without that gate the split, which always splits, relabelled the
+    hard clean tiles of a noise-free set (0.650 against CE's 0.773, benchmarks/RESULTS.md). Without `index` (a
+    batch not from the training source) it is plain CE."""
+
+    per_tile = True
+    losses: torch.Tensor
+    noisy: torch.Tensor
+
+    def __init__(self, num_samples: int, num_classes: int, warmup: float = 0.3, temperature: float = 0.5):
+        super().__init__()
+        self.num_classes, self.warmup, self.temperature = num_classes, warmup, temperature
+        self.register_buffer("losses", torch.full((num_samples,), float("nan")))
+        self.register_buffer("noisy", torch.zeros(num_samples))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        if index is None:
+            return F.cross_entropy(logits, target)
+        log_p = F.log_softmax(logits.float(), dim=1)
+        index = index.to(self.losses.device)
+        with torch.no_grad():
+            self.losses[index] = -log_p.gather(1, target.view(-1, 1)).squeeze(1).detach().to(self.losses.device)
+            p = log_p.exp()
+            guess = F.softmax(logits.detach().float() / self.temperature, dim=1)  # p^(1/T), normalised
+            conf, pred = p.max(1)
+            w = (self.noisy[index].to(log_p.device) * conf * (pred != target).float()).unsqueeze(1)
+            soft = (1.0 - w) * F.one_hot(target, self.num_classes).float() + w * guess
+        return -(soft * log_p).sum(1).mean()
+
+    def end_epoch(self, done: int, total: int) -> None:
+        """After epoch `done` of `total`: refit the split on the recorded losses once the warm-up is over."""
+        seen = ~torch.isnan(self.losses)
+        if done < max(1, round(self.warmup * total)) or int(seen.sum()) < 2:
+            return
+        self.noisy[seen] = gmm_high_posterior(self.losses[seen].cpu()).to(self.noisy.device)
+
+
 def build_loss(
     name: str,
     num_classes: int,
@@ -92,6 +169,7 @@ def build_loss(
     elr_lambda: float = 3.0,
     elr_beta: float = 0.7,
     num_samples: int = 0,
+    boot_warmup: float = 0.3,
 ) -> nn.Module:
     """The criterion of `--loss NAME`; `num_samples` (training tiles) sizes ELR's per-tile targets."""
     if name == "ce":
@@ -104,6 +182,8 @@ def build_loss(
         return GeneralizedCrossEntropy(gce_q)
     if name == "elr":
         return EarlyLearningRegularization(num_samples, num_classes, elr_lambda, elr_beta)
+    if name == "boot":
+        return DynamicBootstrapping(num_samples, num_classes, boot_warmup)
     raise ValueError(f"unknown loss {name!r}")
 
 

@@ -36,6 +36,7 @@ says by how much.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -160,36 +161,58 @@ def feature_layers(model: nn.Module) -> list[nn.Module]:
     return [feature_layer(model)]
 
 
+class StageCapture:
+    """Forward hooks on `feature_layers(model)` that keep, per stage, the per-channel mean activation of every
+    forward pass made while attached (float64 (N, C); for a single linear stage, its input): the feature
+    check's features collected during a prediction's own forward pass, with no second pass. Attach it under
+    `inference.model_lock(model)` so that no other thread's forward is captured.
+
+        with model_lock(model), StageCapture(model) as cap:
+            probs = predict(...)
+        feats = cap.take()
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = feature_layers(model)
+        self._linear = len(self.layers) == 1 and isinstance(self.layers[0], nn.Linear)
+        self._parts: list[list[np.ndarray]] = [[] for _ in self.layers]
+        self._hooks: list[Any] = []
+
+    def _keep(self, k: int, _m: nn.Module, inp: tuple[torch.Tensor, ...], outp: torch.Tensor) -> None:
+        t = (inp[0] if self._linear else outp).detach().float()
+        t = t.flatten(2).mean(-1) if t.ndim > 2 else t.flatten(1)
+        self._parts[k].append(t.cpu().numpy().astype(np.float64))
+
+    def __enter__(self) -> StageCapture:
+        self._hooks = [m.register_forward_hook(partial(self._keep, k)) for k, m in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def take(self) -> list[np.ndarray]:
+        """What was captured since the last take, per stage, in forward order; then forgotten."""
+        out = [np.concatenate(parts) if parts else np.zeros((0, 0)) for parts in self._parts]
+        self._parts = [[] for _ in self.layers]
+        return out
+
+
 def layer_features(model: nn.Module, tiles: Any, spec: Any, batch_size: int = 256) -> list[np.ndarray]:
     """Per stage of `feature_layers(model)`, the per-channel mean activation (N, C) float64 of `tiles`
     (uint8 NHWC, or the model's float view of them, as `predict.model_batch` takes), one forward pass per
-    batch under the model's lock. For a single linear stage, its input (the penultimate features)."""
+    batch under the model's lock (`StageCapture`). For a single linear stage, its input (the penultimate
+    features)."""
     from histo_core.inference import model_lock
     from histo_core.predict import model_batch, model_device
 
-    layers = feature_layers(model)
-    linear = len(layers) == 1 and isinstance(layers[0], nn.Linear)
-    out: list[list[np.ndarray]] = [[] for _ in layers]
-    captured: list[torch.Tensor] = []
-
-    def keep(_m: nn.Module, inp: tuple[torch.Tensor, ...], outp: torch.Tensor) -> None:
-        t = (inp[0] if linear else outp).detach().float()
-        captured.append(t.flatten(2).mean(-1) if t.ndim > 2 else t.flatten(1))
-
-    hooks = [m.register_forward_hook(keep) for m in layers]
-    try:
-        with model_lock(model), torch.inference_mode():
-            model.eval()
-            device = model_device(model)
-            for s in range(0, len(tiles), batch_size):
-                captured.clear()
-                model(model_batch(tiles[s : s + batch_size], spec, device))
-                for k, t in enumerate(captured[: len(layers)]):
-                    out[k].append(t.cpu().numpy().astype(np.float64))
-    finally:
-        for h in hooks:
-            h.remove()
-    return [np.concatenate(parts) if parts else np.zeros((0, 0)) for parts in out]
+    with model_lock(model), StageCapture(model) as cap, torch.inference_mode():
+        model.eval()
+        device = model_device(model)
+        for s in range(0, len(tiles), batch_size):
+            model(model_batch(tiles[s : s + batch_size], spec, device))
+        return cap.take()
 
 
 def _fit_layer(feats: np.ndarray) -> dict[str, Any]:

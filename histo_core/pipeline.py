@@ -473,11 +473,15 @@ class TileSource:
     def gather_labels(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.labels[torch.as_tensor(idx, dtype=torch.long).cpu()]
 
-    def iter_sequential(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """(start, uint8 batch) over the whole source in order: for evaluation."""
+    def iter_sequential(
+        self, batch_size: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, uint8 batch) over positions [start, stop) (default: the whole source) in order: for
+        evaluation (a torchrun rank evaluates its `shard_range`)."""
         self._drop_chunks()  # a training chunk is not needed while evaluating
-        for start in range(0, self.n, batch_size):
-            yield start, self.read_range(start, min(self.n, start + batch_size))
+        end = self.n if stop is None else min(self.n, stop)
+        for s in range(start, end, batch_size):
+            yield s, self.read_range(s, min(end, s + batch_size))
 
 
 # -- epoch order -----------------------------------------------------------------------------------
@@ -494,6 +498,13 @@ def shard(order: np.ndarray, rank: int, world: int) -> np.ndarray:
     per_rank = math.ceil(len(order) / world)
     padded = np.concatenate([order, order[: per_rank * world - len(order)]]) if len(order) % world else order
     return padded[rank::world]
+
+
+def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous share [start, stop) of n rows for evaluation (one sequential read each; the
+    shares in rank order are the rows in order, so gathered predictions line up with the labels)."""
+    per_rank = math.ceil(n / max(1, world))
+    return min(n, rank * per_rank), min(n, (rank + 1) * per_rank)
 
 
 def chunk_order(n: int, seed: int, epoch: int, chunk: int = LAZY_CHUNK) -> list[np.ndarray]:

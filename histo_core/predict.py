@@ -110,10 +110,13 @@ def model_batch(tiles: Tiles, spec: InputSpec, device: torch.device | str) -> to
     return x.contiguous(memory_format=torch.channels_last) if spec.channels_last else x
 
 
-def _batches(tiles: Tiles | pipeline.TileSource, batch_size: int) -> Iterable[tuple[int, Tiles]]:
+def _batches(
+    tiles: Tiles | pipeline.TileSource, batch_size: int, rows: tuple[int, int] | None = None
+) -> Iterable[tuple[int, Tiles]]:
+    start, stop = rows if rows is not None else (0, len(tiles))
     if isinstance(tiles, pipeline.TileSource):
-        return tiles.iter_sequential(batch_size)
-    return ((s, tiles[s : s + batch_size]) for s in range(0, len(tiles), batch_size))
+        return tiles.iter_sequential(batch_size, start, stop)
+    return ((s, tiles[s : min(stop, s + batch_size)]) for s in range(start, stop, batch_size))
 
 
 def iter_predictions(
@@ -124,10 +127,12 @@ def iter_predictions(
     tta: bool = False,
     features: bool = False,
     batch_size: int | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """(start row, probabilities (B, K) float32, features (B, D) float32 or None) per batch, in order, under
     inference_mode with the model in eval mode. With `tta` both are means over the 8 dihedral views.
-    `batch_size`: tiles per batch (default `eval_batch_size`: large, with bounded activation memory)."""
+    `batch_size`: tiles per batch (default `eval_batch_size`: large, with bounded activation memory); `rows`:
+    only the rows [start, stop) (a torchrun rank's share)."""
     device = model_device(model)
     size = batch_size or eval_batch_size(spec.input_size, device)
     amp = (
@@ -137,7 +142,7 @@ def iter_predictions(
     )
     model.eval()
     with torch.inference_mode():
-        for start, batch in _batches(tiles, size):
+        for start, batch in _batches(tiles, size, rows):
             x = model_batch(batch, spec, device)
             views = pipeline.dihedral_views(x) if tta else [x]
             probs: torch.Tensor | float = 0.0
@@ -165,12 +170,13 @@ def predict_tiles(
     batch_size: int | None = None,
     on_batch: Callable[[], None] | None = None,
     num_classes: int | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> Any:
-    """Probabilities (N, K) float32 of every tile, or (probabilities, features (N, D)) with `features`.
-    `on_batch` runs after each batch (progress, heartbeats)."""
+    """Probabilities (N, K) float32 of every tile (of the rows [start, stop) with `rows`), or (probabilities,
+    features (N, D)) with `features`. `on_batch` runs after each batch (progress, heartbeats)."""
     probs: list[np.ndarray] = []
     feats: list[np.ndarray] = []
-    for _, p, f in iter_predictions(model, tiles, spec, tta=tta, features=features, batch_size=batch_size):
+    for _, p, f in iter_predictions(model, tiles, spec, tta=tta, features=features, batch_size=batch_size, rows=rows):
         probs.append(p)
         if f is not None:
             feats.append(f)

@@ -32,9 +32,18 @@ from histo_core.config import MAX_NOISE, NOISE_METHODS, NOISE_MODES, TrainConfig
 from histo_core.errors import ConfigError, HistoError
 from histo_core.fsutil import read_json, write_json_atomic
 from histo_core.runs import RunDir
+from histo_core.study_tables import (
+    AS_LABELLED,
+    WITH_CORRECTIONS,
+    detection_quality,
+    detection_summary,
+    per_class_summary,
+)
+from histo_core.study_tables import results_csv as results_csv
 
 KIND = "study"
 RUNS_FILE = "runs.json"
+SEARCHES_FILE = "searches.json"  # cell key -> the label-errors task folder of its run (--find-errors)
 BOOTSTRAP = 2000
 
 
@@ -46,6 +55,8 @@ class StudySpec:
     noise_mode: str = "fixed"
     seeds: int = 3
     parallel: int = 1  # runs of this study queued or running at once
+    compare_corrections: bool = False  # every cell twice: as labelled, and with the base config's corrections
+    find_errors: bool = False  # a label-error search on each noisy run of the first method (detection quality)
 
     def validate(self) -> StudySpec:
         from histo_core.models import ARCHITECTURES
@@ -74,7 +85,9 @@ class StudySpec:
         return self
 
     def size(self) -> int:
-        return len(self.archs) * len(self.noises) * len(self.methods) * self.seeds
+        return (
+            len(self.archs) * len(self.noises) * len(self.methods) * self.seeds * (2 if self.compare_corrections else 1)
+        )
 
 
 def cells(spec: StudySpec) -> list[dict[str, Any]]:
@@ -84,8 +97,12 @@ def cells(spec: StudySpec) -> list[dict[str, Any]]:
         for noise in spec.noises:
             for arch in spec.archs:
                 for method in spec.methods:
-                    key = f"{arch}|{noise:g}|{method}|{seed}"
-                    out.append({"key": key, "arch": arch, "noise": noise, "method": method, "seed": seed})
+                    for corrected in (False, True) if spec.compare_corrections else (False,):
+                        key = f"{arch}|{noise:g}|{method}|{seed}" + ("|corrected" if corrected else "")
+                        out.append(
+                            {"key": key, "arch": arch, "noise": noise, "method": method, "seed": seed}
+                            | ({"as_labelled": True} if spec.compare_corrections and not corrected else {})
+                        )
     return out
 
 
@@ -101,6 +118,8 @@ def cell_config(base: TrainConfig, spec: StudySpec, cell: dict[str, Any]) -> Tra
         early_stopping=False,
         name=f"study-{cell['method']}-n{cell['noise']:g}-s{cell['seed']}",
     )
+    if cell.get("as_labelled"):
+        cfg = cfg.replace(corrections="")
     return cfg.validate()
 
 
@@ -117,6 +136,8 @@ def start_study(
     from histo_core.tasks import submit_task
 
     spec.validate()
+    if spec.compare_corrections and not base.corrections:
+        raise ConfigError("--compare-corrections runs every cell as labelled and with --corrections FILE: give one")
     for cell in cells(spec)[: len(spec.archs) * len(spec.methods)]:
         cell_config(base, spec, cell)  # every architecture and method checked before anything starts
     params = {"spec": asdict(spec), "base": base.to_dict()}
@@ -180,6 +201,8 @@ def delete_study(task: Any) -> None:
         )
     for run in runs:
         jobs.delete(run)
+    for search in (read_json(task.path / SEARCHES_FILE, {}) or {}).values():  # --find-errors: their task folders
+        shutil.rmtree(search, ignore_errors=True)
     try:
         shutil.rmtree(task.path)
     except OSError as exc:
@@ -206,6 +229,7 @@ def drive(
     runs_root = task.path.parent.parent
     grid = cells(spec)
     mapping: dict[str, str] = dict(read_json(task.path / RUNS_FILE, {}) or {})
+    searches = _kept_searches(dict(read_json(task.path / SEARCHES_FILE, {}) or {}))
     resumed: set[str] = set()  # cells resumed by this driver: a run that fails again is left failed
     try:
         while True:
@@ -213,8 +237,10 @@ def drive(
             for key, path in mapping.items():
                 run = RunDir(path)
                 states[key] = jobs.refresh_status(run).state if run.exists() else "missing"
-            active = sum(s in jobs.ACTIVE_STATES for s in states.values())
+            active = sum(s in jobs.ACTIVE_STATES for s in states.values()) + _active_searches(searches)
             done = sum(s == "completed" for s in states.values())
+            due = [c["key"] for c in grid if wants_search(spec, c) and states.get(c["key"]) == "completed"]
+            due = [k for k in due if k not in searches]
             startable = [
                 c
                 for c in grid
@@ -222,8 +248,16 @@ def drive(
                 or (states[c["key"]] in ("cancelled", "failed") and c["key"] not in resumed)
             ]
             progress(done / len(grid), f"{done} of {len(grid)} runs completed, {active} queued or running")
-            if not startable and active == 0:
+            if not startable and not due and active == 0:
                 break
+            for key in due[: max(0, spec.parallel - active)]:
+                try:
+                    searches[key] = str(_start_search(RunDir(mapping[key]), runs_root, base.device).path)
+                except HistoError as exc:  # the queue is full: try again at the next poll
+                    progress(done / len(grid), f"waiting to search the label errors of {key}: {exc}"[:200])
+                    break
+                write_json_atomic(task.path / SEARCHES_FILE, searches)
+                active += 1
             for cell in startable[: max(0, spec.parallel - active)]:
                 key = cell["key"]
                 try:
@@ -239,6 +273,12 @@ def drive(
                     break
             time.sleep(poll_s)
     except BaseException:
+        from histo_core.tasks import TaskDir as _Task
+        from histo_core.tasks import cancel_task, refresh_task
+
+        for path in searches.values():
+            if refresh_task(_Task(path)).state in jobs.ACTIVE_STATES:
+                cancel_task(_Task(path))
         for path in mapping.values():
             run = RunDir(path)
             try:
@@ -248,6 +288,34 @@ def drive(
                 pass
         raise
     return study_results(task)
+
+
+def wants_search(spec: StudySpec, cell: dict[str, Any]) -> bool:
+    """--find-errors: the label-error search runs on the noisy runs of the first method (fixed or pair noise,
+    whose flips are known), so detection quality is measured once per noise level, seed and labels."""
+    return spec.find_errors and cell["noise"] > 0 and spec.noise_mode != "batch" and cell["method"] == spec.methods[0]
+
+
+def _start_search(run: RunDir, runs_root: Any, device: str) -> Any:
+    from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS
+    from histo_core.tasks import submit_task
+
+    params = {"run": run.id, "folds": DEFAULT_FOLDS, "epochs": DEFAULT_EPOCHS, "runs_root": str(runs_root)}
+    return submit_task("label-errors", params, runs_root, device=device)
+
+
+def _kept_searches(searches: dict[str, str]) -> dict[str, str]:
+    """The searches a resumed driver keeps: those not cancelled or failed (the others are started again)."""
+    from histo_core.tasks import TaskDir, refresh_task
+
+    return {k: p for k, p in searches.items() if refresh_task(TaskDir(p)).state not in ("cancelled", "failed")}
+
+
+def _active_searches(searches: dict[str, str]) -> int:
+    from histo_core import jobs
+    from histo_core.tasks import TaskDir, refresh_task
+
+    return sum(refresh_task(TaskDir(p)).state in jobs.ACTIVE_STATES for p in searches.values())
 
 
 # -- results ----------------------------------------------------------------------------------------------------
@@ -292,13 +360,22 @@ def study_results(task: Any) -> dict[str, Any]:
 
     params = task.task().get("params") or {}
     spec = StudySpec(**params["spec"])
+    base_corrections = (params.get("base") or {}).get("corrections")
     mapping = study_runs(task)
     rows = []
     for cell in cells(spec):
         run = mapping.get(cell["key"])
         row: dict[str, Any] = {**{k: cell[k] for k in ("arch", "method", "noise", "seed")}}
         row.update(
-            noise_mode=spec.noise_mode, run=None, run_dir=None, state="not started", test=None, val_noisy_acc=None
+            noise_mode=spec.noise_mode,
+            labels=AS_LABELLED if cell.get("as_labelled") or not base_corrections else WITH_CORRECTIONS,
+            run=None,
+            run_dir=None,
+            state="not started",
+            test=None,
+            val_noisy_acc=None,
+            per_class=None,
+            detection=None,
         )
         if run is not None and run.exists():
             row.update(run=run.id, run_dir=str(run.path), state=jobs.refresh_status(run).state)
@@ -306,6 +383,8 @@ def study_results(task: Any) -> dict[str, Any]:
             if res and res.get("test"):
                 t = res["test"]
                 row["test"] = {"accuracy": t["accuracy"], "auc": t["auc"], "macro_f1": _macro_f1(t)}
+                row["per_class"] = {c["class"]: c["recall"] for c in t.get("per_class") or []}
+            row["detection"] = detection_quality(run)
             if row["state"] == "completed":
                 row["val_noisy_acc"] = noisy_val_accuracy(run, cell["noise"], spec.noise_mode, cell["seed"])
         rows.append(row)
@@ -316,19 +395,21 @@ def study_results(task: Any) -> dict[str, Any]:
         "spec": asdict(spec),
         "runs": rows,
         "summary": summarise(rows),
+        "per_class": per_class_summary(rows),
+        "detection": detection_summary(rows),
         "recommended": recommend(rows),
     }
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per architecture x method x noise level over the completed seeds."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = {}
     for r in rows:
         if r["test"] is not None:
-            groups.setdefault((r["arch"], r["method"], r["noise"]), []).append(r)
+            groups.setdefault((r["arch"], r["method"], r["noise"], r.get("labels", AS_LABELLED)), []).append(r)
     out = []
-    for (arch, method, noise), rs in groups.items():
-        d: dict[str, Any] = {"arch": arch, "method": method, "noise": noise, "seeds": len(rs)}
+    for (arch, method, noise, labels), rs in groups.items():
+        d: dict[str, Any] = {"arch": arch, "method": method, "noise": noise, "labels": labels, "seeds": len(rs)}
         for metric in ("accuracy", "auc", "macro_f1"):
             vals = [r["test"][metric] for r in rs if r["test"].get(metric) is not None]
             d[f"{metric}_mean"] = float(np.mean(vals)) if vals else None
@@ -338,7 +419,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         vals = [r["val_noisy_acc"] for r in rs if r["val_noisy_acc"] is not None]
         d["val_noisy_acc_mean"] = float(np.mean(vals)) if vals else None
         out.append(d)
-    return sorted(out, key=lambda d: (d["arch"], d["method"], d["noise"]))
+    return sorted(out, key=lambda d: (d["arch"], d["method"], d["labels"], d["noise"]))
 
 
 def recommend(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
@@ -346,10 +427,12 @@ def recommend(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     runner-up, and `certainty`: the fraction of paired bootstrap resamples of the seeds in which it stays best."""
     out: dict[str, Any] = {}
     for noise in sorted({r["noise"] for r in rows}):
-        table: dict[tuple[str, str], dict[int, float]] = {}
+        table: dict[tuple[str, str, str], dict[int, float]] = {}
         for r in rows:
             if r["noise"] == noise and r["val_noisy_acc"] is not None:
-                table.setdefault((r["arch"], r["method"]), {})[r["seed"]] = r["val_noisy_acc"]
+                table.setdefault((r["arch"], r["method"], r.get("labels", AS_LABELLED)), {})[r["seed"]] = r[
+                    "val_noisy_acc"
+                ]
         if not table:
             out[f"{noise:g}"] = None
             continue
@@ -369,39 +452,13 @@ def recommend(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
         out[f"{noise:g}"] = {
             "arch": names[best][0],
             "method": names[best][1],
+            "labels": names[best][2],
             "val_noisy_acc": float(means[best]),
             "seeds": len(seeds),
             "runner_up": None
             if runner is None
-            else {"arch": runner[0], "method": runner[1], "val_noisy_acc": float(means[order[1]])},
+            else {"arch": runner[0], "method": runner[1], "labels": runner[2], "val_noisy_acc": float(means[order[1]])},
             "certainty": float(wins) if len(names) > 1 else 1.0,
             "chosen_on": "validation split with labels as noisy as the training labels (never the test split)",
         }
     return out
-
-
-def results_csv(results: dict[str, Any]) -> str:
-    """The summary as CSV text (one row per architecture x method x noise level)."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    rows = results["summary"]
-    cols = [
-        "arch",
-        "method",
-        "noise",
-        "seeds",
-        "accuracy_mean",
-        "accuracy_sd",
-        "accuracy_ci_low",
-        "accuracy_ci_high",
-        "auc_mean",
-        "macro_f1_mean",
-        "val_noisy_acc_mean",
-    ]
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    return buf.getvalue()

@@ -9,6 +9,7 @@ from histo_core import jobs
 from histo_core.errors import HistoError
 from histo_core.metrics import small_split_warnings
 from pages.ui.common import page_setup, plain, signed_in_user, start_once, synthetic_badge, user_errors
+from pages.ui.curation import corrections_choice
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
 from pages.ui.tasks import task_panel
@@ -118,6 +119,7 @@ if not spec:
     st.stop()
 base = refresh_defaults(spec, size, as_rgb)
 ds = describe_dataset(spec, size, as_rgb)
+base = corrections_choice(base, ds)
 
 render_fields()
 config, problem = None, None

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from histo_core import paths
+from histo_core.corrections import dataset_identity, training_tile_ids
 from histo_core.errors import HistoError
 from histo_core.explain import CAM_METHODS, upscale_tile
 from histo_core.inference import preprocess
@@ -29,6 +30,7 @@ from histo_core.runs import RunDir
 from pages.ui.charts import confusion_figure, selected_cell
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
 from pages.ui.common import keep_in_url, listed_runs, page_setup, plain, synthetic_badge, url_selection
+from pages.ui.curation import Candidate, mark_panel
 from pages.ui.tasks import task_panel
 
 page_setup(__file__)
@@ -95,6 +97,9 @@ try:
 except HistoError as exc:
     tiles_source = None
     st.warning(f"{plain(exc)}. Tables and counts are still shown; tiles are not.")
+
+
+identity = dataset_identity(tiles_source.dataset) if tiles_source is not None else None
 
 
 def tiles_at(split_name: str, rows: np.ndarray) -> np.ndarray | None:
@@ -173,6 +178,34 @@ st.download_button(
     mime="text/csv",
     key="review_csv",
 )
+
+with st.expander("Mark the listed tiles for label correction"):
+    if split == "test":
+        st.caption(
+            "Test labels are never corrected: corrections change training labels only. Mark training tiles "
+            "under Suspected label errors below, or validation mistakes (Split: val)."
+        )
+    elif identity is not None:
+        st.caption(
+            "Validation tiles are training tiles only in runs trained on train+val; other runs leave "
+            "validation labels as they are."
+        )
+        mark_panel(
+            "review_mark",
+            identity,
+            classes,
+            [
+                Candidate(
+                    f"{split}:{int(preds.indices[p])}",
+                    int(preds.labels[p]),
+                    int(preds.pred[p]),
+                    f"p {preds.confidence[p]:.2f}",
+                )
+                for p in rows[:500]
+            ],
+            run.id,
+            f"Review mistakes ({split})",
+        )
 
 
 def apply_clicked_cell() -> None:
@@ -370,6 +403,25 @@ if report is not None:
         mime="text/csv",
         key="review_le_csv",
     )
+    if identity is not None and tiles_source is not None:
+        st.markdown("**Mark suspected errors**: relabel, exclude or confirm (most suspicious first)")
+        order = report.ranked()
+        if only_flagged:
+            order = order[report.flagged[order]]
+        tile_ids = training_tile_ids(report.indices[order[:500]], len(tiles_source.dataset.split("train")))
+        mark_panel(
+            "review_le_mark",
+            identity,
+            list(report.classes),
+            [
+                Candidate(
+                    t, int(report.given[p]), int(report.suggested[p]), f"p(given) {report.self_confidence[p]:.2f}"
+                )
+                for t, p in zip(tile_ids, order[:500])
+            ],
+            run.id,
+            "Review suspected label errors",
+        )
     top = report.ranked()[:12]
     imgs = tiles_at("training", report.indices[top])
     if imgs is not None:

@@ -3,6 +3,7 @@ single tile at full resolution (with its Grad-CAM and most similar training tile
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from histo_core import jobs, tasks
@@ -12,7 +13,7 @@ from histo_core.slides import analysis as sa
 from histo_core.slides import open_slide, outputs
 from histo_core.slides.tissue import DEFAULT_TISSUE_THRESHOLD
 from pages.ui.classify import cam_options, pick_model, probability_figure, show_cam, target_select
-from pages.ui.common import page_setup, signed_in_user, start_once, user_errors
+from pages.ui.common import page_setup, plain, signed_in_user, start_once, user_errors
 from pages.ui.feature_map import similar_tiles
 from pages.ui.slides import clicked_tile, legend_table, metadata_rows, overview_figure, pick_slide
 
@@ -37,7 +38,7 @@ mpp_given = st.number_input(
 try:
     slide = open_slide(path, mpp=mpp_given or None)
 except HistoError as exc:
-    st.error(str(exc))
+    st.error(plain(str(exc)))
     st.stop()
 info = slide.info()
 left, right = st.columns([1, 2])
@@ -66,7 +67,7 @@ try:
 
     grid_plan = plan_slide_grid(slide, meta)
 except HistoError as exc:
-    st.error(str(exc))
+    st.error(plain(str(exc)))
     st.stop()
 st.caption(
     f"Tiles of {grid_plan.field_um:g} µm = {grid_plan.tile_l0} px at level 0, read from level {grid_plan.level} "
@@ -75,7 +76,15 @@ st.caption(
 )
 
 params = {"model": entry.ref, "slide": str(path), "mpp": mpp_given or None, "tissue_threshold": threshold, "tta": tta}
-task = tasks.latest_task("slide", params)
+
+
+def latest_task() -> tasks.TaskDir | None:
+    """The newest task of this request, started by Analyse/Resume (force False) or Analyse again (force True)."""
+    found = [t for t in (tasks.latest_task("slide", {**params, "force": f}) for f in (False, True)) if t]
+    return max(found, key=lambda t: t.id, default=None)
+
+
+task = latest_task()
 status = tasks.refresh_task(task) if task else None
 active = status is not None and status.state in jobs.ACTIVE_STATES
 state = folder.state()
@@ -83,7 +92,7 @@ state = folder.state()
 
 def start(force: bool = False) -> None:
     def already() -> tasks.TaskDir | None:
-        latest = tasks.latest_task("slide", params)
+        latest = latest_task()
         return latest if latest is not None and tasks.refresh_task(latest).state in jobs.ACTIVE_STATES else None
 
     with user_errors("Not started: "):
@@ -111,7 +120,7 @@ if folder.path.exists() and not active and c3.button("Delete this analysis", key
         sa.delete_analysis(folder)
         st.rerun()
 if status is not None and status.state == "failed":
-    st.error(f"The analysis failed: {status.error}")
+    st.error(plain(f"The analysis failed: {status.error}"))
 
 
 @st.fragment(run_every=2.0)
@@ -159,6 +168,10 @@ else:
     )
 sel_key = "slides_selected"
 selected = st.session_state.get(sel_key)
+if selected is None or not (0 <= selected[0] < grid.rows and 0 <= selected[1] < grid.cols):
+    # chosen before the figure is drawn: Streamlit tells a chart by its figure, so a click is lost when the
+    # run it causes draws another figure (the outline moved) than the one clicked
+    selected = st.session_state[sel_key] = (grid.rows // 2, grid.cols // 2)
 event = st.plotly_chart(
     overview_figure(image, grid.to_dict(), scale, selected),
     on_select="rerun",
@@ -166,9 +179,10 @@ event = st.plotly_chart(
     key="slides_overview",
     width="stretch",
 )
-clicked = clicked_tile(event)
+clicked = clicked_tile(event, grid.cols)
 if clicked is not None and clicked != selected:
     st.session_state[sel_key] = clicked
+    st.session_state["slides_row"], st.session_state["slides_col"] = clicked  # the boxes below follow the click
     st.rerun()
 legend = outputs.legend(meta.classes, pred[done], grid.tile_mm2)
 ood_share = float(ood_grid[done].mean()) if meta.ood and done.any() else None
@@ -197,10 +211,13 @@ if rec.get("state") == "completed":
 
 # -- the selected tile ------------------------------------------------------------------------------------
 st.subheader("Tile")
-r0, c0 = selected or (grid.rows // 2, grid.cols // 2)
+r0, c0 = selected
+for box_key, start_at, top in (("slides_row", r0, grid.rows - 1), ("slides_col", c0, grid.cols - 1)):
+    if not 0 <= st.session_state.get(box_key, -1) <= top:  # first visit, or another slide's grid
+        st.session_state[box_key] = int(min(start_at, top))
 t1, t2 = st.columns(2)
-row = int(t1.number_input("Row", 0, grid.rows - 1, int(r0), key="slides_row"))
-col = int(t2.number_input("Column", 0, grid.cols - 1, int(c0), key="slides_col"))
+row = int(t1.number_input("Row", 0, grid.rows - 1, key="slides_row"))
+col = int(t2.number_input("Column", 0, grid.cols - 1, key="slides_col"))
 if (row, col) != selected:
     st.session_state[sel_key] = (row, col)
 region, box = sa.read_region(slide, grid, row, col)
@@ -219,8 +236,12 @@ probs = prob_grid[row, col]
 k = int(probs.argmax())
 x, y, side, _ = grid.box(row, col)
 st.markdown(f"**{meta.classes[k]}** ({probs[k]:.1%}) · level-0 box x {x}, y {y}, {side} px ({grid.field_um:g} µm)")
+score = results.get("ood_score")
+score_text = "" if score is None or np.isnan(score[row, col]) else f" (score {score[row, col]:.2f}; flagged at 1.00)"
 if ood_grid[row, col]:
-    st.warning("This tile looks unlike the model's training tiles: treat its prediction with care.")
+    st.warning(f"This tile looks unlike the model's training tiles{score_text}: treat its prediction with care.")
+elif score_text:
+    st.caption(f"Unlike-the-training-tiles score {score[row, col]:.2f} (flagged at 1.00)")
 p1, p2 = st.columns(2)
 p1.image(shown, caption=f"the tile, {shown.shape[1]} px", width="stretch")
 p2.plotly_chart(probability_figure(probs, meta.classes, top=meta.num_classes, highlight=k), width="stretch")

@@ -1,5 +1,6 @@
 """Studies: a grid of runs over noise levels and methods, as one thing: accuracy against noise per method, the
-table and its CSV, the recommended method per noise level; cancel, resume or delete the whole study."""
+table and its CSV, per-class accuracy, label-error detection against the injected flips, "as labelled" against
+"with corrections", the recommended method per noise level; cancel, resume or delete the whole study."""
 
 from __future__ import annotations
 
@@ -67,8 +68,14 @@ metric = st.radio(
     horizontal=True,
     key="study_metric",
 )
-clean = [r[f"{metric}_mean"] for r in summary if r["noise"] == 0 and r["method"] == "ce" and r[f"{metric}_mean"]]
-st.plotly_chart(study_figure(summary, metric, baseline=clean[0] if clean else None), width="stretch")
+both_labels = len({r["labels"] for r in summary}) > 1
+clean = [
+    r[f"{metric}_mean"]
+    for r in summary
+    if r["noise"] == 0 and r["method"] == "ce" and r["labels"] == S.AS_LABELLED and r[f"{metric}_mean"]
+]
+lines = [{**r, "method": f"{r['method']} ({r['labels']})"} for r in summary] if both_labels else summary
+st.plotly_chart(study_figure(lines, metric, baseline=clean[0] if clean else None), width="stretch")
 
 st.subheader("Recommended method per noise level")
 st.caption("Chosen on the validation split with labels as noisy as the training labels, never on the test split.")
@@ -78,7 +85,7 @@ for noise, rec in results["recommended"].items():
         continue
     runner = rec["runner_up"]
     st.text(
-        f"noise {noise}: {rec['method']} ({rec['arch']}), noisy-validation accuracy {rec['val_noisy_acc']:.3f} "
+        f"noise {noise}: {rec['method']} ({rec['arch']}{', ' + rec['labels'] if both_labels else ''}), noisy-validation accuracy {rec['val_noisy_acc']:.3f} "
         f"over {rec['seeds']} seed(s); stays best in {rec['certainty']:.0%} of seed resamples"
         + (f"; runner-up {runner['method']} ({runner['val_noisy_acc']:.3f})" if runner else "")
     )
@@ -89,6 +96,69 @@ st.dataframe(table, hide_index=True, width="stretch")
 st.download_button(
     "Download CSV", S.results_csv(results), file_name=f"study-{task.id}.csv", mime="text/csv", key="study_csv"
 )
+if both_labels:
+    st.subheader("As labelled against with corrections")
+    st.caption(
+        "The same cells trained on the labels as given and with the label corrections (Curation page): test "
+        "accuracy, mean over seeds; only the training labels differ."
+    )
+    pair = (
+        pd.DataFrame(summary)
+        .pivot_table(index=["arch", "method", "noise"], columns="labels", values="accuracy_mean")
+        .reset_index()
+    )
+    if {S.AS_LABELLED, S.WITH_CORRECTIONS} <= set(pair.columns):
+        pair["difference"] = pair[S.WITH_CORRECTIONS] - pair[S.AS_LABELLED]
+    st.dataframe(pair, hide_index=True, width="stretch")
+
+st.subheader("Per-class accuracy under noise")
+st.caption(
+    "Which classes suffer: each class's test accuracy (the share of its tiles classified as it), mean over seeds."
+)
+per_class = pd.DataFrame(results["per_class"])
+if len(per_class):
+    variants = list(dict.fromkeys(zip(per_class["arch"], per_class["method"], per_class["labels"])))
+    variant = st.selectbox(
+        "Method",
+        range(len(variants)),
+        key="study_class_method",
+        format_func=lambda i: " · ".join(variants[i]),
+    )
+    arch, method, labels = variants[variant]
+    chosen_rows = per_class[
+        (per_class["arch"] == arch) & (per_class["method"] == method) & (per_class["labels"] == labels)
+    ]
+    grid = chosen_rows.pivot_table(index="class", columns="noise", values="accuracy_mean")
+    grid.columns = [f"noise {c:g}" for c in grid.columns]
+    st.dataframe(grid.reset_index(), hide_index=True, width="stretch")
+    st.download_button(
+        "Download per-class CSV",
+        S.results_csv(results, "per_class"),
+        file_name=f"study-{task.id}-per-class.csv",
+        mime="text/csv",
+        key="study_class_csv",
+    )
+
+st.subheader("Label-error detection against the injected flips")
+if results["detection"]:
+    st.caption(
+        "How well the label-error search (confident learning) finds the labels the noise flipped: precision and "
+        "recall of the flagged tiles, and the average precision of the whole ranking (1 = every flip ranked first)."
+    )
+    st.dataframe(pd.DataFrame(results["detection"]), hide_index=True, width="stretch")
+    st.download_button(
+        "Download detection CSV",
+        S.results_csv(results, "detection"),
+        file_name=f"study-{task.id}-detection.csv",
+        mime="text/csv",
+        key="study_detection_csv",
+    )
+else:
+    st.caption(
+        "No label-error search on this study's noisy runs yet: start the study with `--find-errors`, or run the "
+        "search on a run from the Review page."
+    )
+
 with st.expander("Runs"):
     st.dataframe(
         pd.DataFrame(
@@ -97,6 +167,7 @@ with st.expander("Runs"):
                     "run": r["run"],
                     "arch": r["arch"],
                     "method": r["method"],
+                    "labels": r["labels"],
                     "noise": r["noise"],
                     "seed": r["seed"],
                     "state": r["state"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 # Imported here, before the tests' process guard, because their first import starts a process: torch runs
@@ -42,6 +43,18 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     # No background warm-up in tests that run app.py or serve.py (tests/test_warmup.py turns it back on).
     monkeypatch.setenv("HISTO_NO_WARMUP", "1")
     return base
+
+
+@pytest.fixture(autouse=True)
+def real_main_module():
+    """Each test ends with the interpreter's own __main__ back. Streamlit's script runner (every AppTest) installs
+    a module named __main__ whose __file__ is the page it ran, and never puts the real one back; the "spawn"
+    start method of multiprocessing then runs that page again in every process it starts
+    (multiprocessing.spawn._fixup_main_from_path), so the gloo-rank tests of tests/test_gpu_path.py failed after
+    any page test in the same session (their ranks died in pages/6_Review.py: StopIteration)."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture

@@ -123,6 +123,7 @@ def test_user_journey(tmp_path, shared_data):
                 "map",
                 "Slides",
                 "Studies",
+                "Curation",
             ]
             shot(page, "home")
             for name in PAGES:

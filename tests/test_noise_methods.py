@@ -44,6 +44,50 @@ def test_elr_gradient_pushes_towards_its_running_target():
     assert abs(float(elr_grad[0, 0])) < abs(float(ce_grad[0, 0]))
 
 
+def test_gmm_split_gives_the_high_loss_cluster_its_posterior():
+    from histo_core.losses import gmm_high_posterior
+
+    x = torch.tensor([0.10, 0.12, 0.11, 0.09, 2.0, 2.1, 1.9])
+    post = gmm_high_posterior(x)
+    assert post[:4].max() < 1e-3 and post[4:].min() > 1 - 1e-3
+    assert torch.equal(post, gmm_high_posterior(x))  # deterministic
+    assert gmm_high_posterior(torch.ones(5)).tolist() == [0.5] * 5  # nothing to split
+
+
+def test_boot_matches_the_hand_computed_value_and_splits_after_its_warmup():
+    boot = build_loss("boot", 2, num_samples=6, boot_warmup=0.3)
+    logits, y, idx = torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([1]), torch.tensor([4])
+    # before any split w = 0: cross-entropy, -ln 0.25; the tile's loss is recorded
+    assert float(boot(logits, y, idx)) == pytest.approx(math.log(4.0), abs=1e-6)
+    assert float(boot.losses[4]) == pytest.approx(math.log(4.0), abs=1e-6) and torch.isnan(boot.losses[0])
+    # doubt 0.5; the model says class 0 with confidence 0.75, so w = 0.5 * 0.75 = 0.375; p = (0.75, 0.25)
+    # sharpened (T 0.5) to (0.5625, 0.0625) / 0.625 = (0.9, 0.1); target 0.625 * (0, 1) + 0.375 * (0.9, 0.1)
+    # = (0.3375, 0.6625); loss = 0.3375 ln(4/3) + 0.6625 ln 4 = 0.097093 + 0.918420 = 1.015513
+    boot.noisy[4] = 0.5
+    assert float(boot(logits, y, idx)) == pytest.approx(1.015513, abs=1e-5)
+    # a tile whose label the model agrees with keeps it, however doubtful: cross-entropy, ln(4/3)
+    assert float(boot(logits, torch.tensor([0]), idx)) == pytest.approx(math.log(4 / 3), abs=1e-6)
+    assert float(boot(logits, y)) == pytest.approx(math.log(4.0), abs=1e-6)  # not a training tile: plain CE
+    boot.noisy.zero_()
+    boot.losses.copy_(torch.tensor([0.1, 0.12, 0.09, 2.0, 2.2, 0.11]))
+    boot.end_epoch(2, 10)  # 30% of 10 epochs = 3: still warming up
+    assert boot.noisy.sum() == 0
+    boot.end_epoch(3, 10)
+    assert (boot.noisy > 0.99).tolist() == [False, False, False, True, True, False]
+
+
+def test_boot_gradient_moves_a_doubtful_tile_towards_the_models_guess():
+    boot = build_loss("boot", 2, num_samples=1)
+    logits = torch.tensor([[2.0, 0.0]], requires_grad=True)
+    # the label says class 1, the model says class 0 (p0 = 0.881): once the split doubts the label fully, the
+    # target is 0.119 * (0, 1) + 0.881 * (0.982, 0.018) = (0.865, 0.135) and the gradient p - target is
+    # (0.016, -0.016), where cross-entropy's, p - (0, 1), is (0.881, -0.881): the wrong label's pull is gone
+    boot.noisy[0] = 1.0
+    grad = torch.autograd.grad(boot(logits, torch.tensor([1]), torch.tensor([0])), logits)[0]
+    ce_grad = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([1])), logits)[0]
+    assert float(grad[0, 0]) == pytest.approx(0.0160, abs=2e-3) and abs(float(grad[0, 0])) < 0.05 * float(ce_grad[0, 0])
+
+
 def test_mixup_blends_with_a_permutation_and_is_reproducible():
     x = torch.arange(8.0).view(4, 2)
     a = mixup_batch(x, 0.4, torch.Generator().manual_seed(3))
@@ -70,6 +114,7 @@ def test_every_method_is_a_valid_config_and_named_back():
         ({"elr_beta": 1.0}, "--elr-beta must be in [0, 1)"),
         ({"elr_lambda": -1.0}, "--elr-lambda must be >= 0"),
         ({"mixup": -0.1}, "--mixup must be between 0 (off)"),
+        ({"boot_warmup": 1.0}, "--boot-warmup must be in [0, 1)"),
     ],
 )
 def test_bad_method_options_name_the_option(changes, message):

@@ -78,6 +78,25 @@ def test_feature_check_fires_on_other_tissue_and_stays_quiet_on_new_in_domain_ti
     assert np.median(loud.scores) > 2 * np.median(quiet.scores)
 
 
+def test_stage_capture_during_a_prediction_gives_the_features_of_a_pass_of_their_own():
+    """The slide analysis takes the feature check's features from the prediction's own forward pass."""
+    from histo_core.predict import predict_tiles
+
+    model, spec = model_and_spec()
+    tiles = np.stack([blobs(s) for s in range(20)] + [stripes(s) for s in range(20)])
+    with ood.StageCapture(model) as cap:
+        probs = predict_tiles(model, tiles, spec, batch_size=16)  # three forward passes
+    captured = cap.take()
+    assert cap.take()[0].shape == (0, 0)  # taken: forgotten
+    own = ood.layer_features(model, tiles, spec)
+    assert len(captured) == len(own) == len(ood.feature_layers(model)) and probs.shape == (40, 3)
+    for a, b in zip(captured, own):
+        assert a.shape == b.shape and a.shape[0] == 40
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    model(torch.zeros(1, 3, 28, 28))  # detached on exit: nothing more is captured
+    assert cap.take()[0].shape == (0, 0)
+
+
 def test_scores_combine_the_checks_and_old_calibrations_still_work():
     calib = {"confidence_threshold": 0.6, "confidence_split": "val"}
     probs = np.array([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]])

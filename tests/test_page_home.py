@@ -43,6 +43,7 @@ def test_navigation_lists_every_page_file_once_home_first(monkeypatch):
         "Feature_map",
         "Slides",
         "Studies",
+        "Curation",
     ]
     assert all(page.icon for page in registered)
 

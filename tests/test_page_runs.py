@@ -124,6 +124,30 @@ def test_resume_starts_the_failed_run_again_once(monkeypatch):
     assert at.button(key=f"cancel-{run.id}") and not any(b.key == f"resume-{run.id}" for b in at.button)
 
 
+def test_resume_can_lower_the_batch_size_after_running_out_of_memory(monkeypatch):
+    import os
+
+    from histo_core import jobs
+
+    run = write_run("failed", error="out of GPU memory at batch 3 of epoch 3: lower --batch-size (now 64)", epochs=5)
+    started = []
+
+    def fake_start(r, resume):
+        started.append((resume, RunDir(r.path).config()["batch_size"]))  # config.json changed before the start
+        r.update_status(pid=os.getpid())
+        return os.getpid()
+
+    monkeypatch.setattr(jobs, "_start_training_process", fake_start)
+    monkeypatch.setattr("histo_core.liveness._is_run_process", lambda pid, r, s: True)
+    at = _app(run.id)
+    assert at.number_input(key=f"resume-batch-{run.id}").value == 64  # the run's own
+    at.number_input(key=f"resume-batch-{run.id}").set_value(16)
+    at.button(key=f"resume-{run.id}").click().run()
+    assert not at.exception, at.exception
+    assert started == [(True, 16)] and RunDir(run.path).config()["batch_size"] == 16
+    assert any("with batch size 16 (was 64; the epoch restarts at its first batch)" in s.value for s in at.success)
+
+
 def test_dead_running_run_is_marked_failed_on_view():
     run = write_run("running", pid=2**22 + 12345)  # no such process
     at = _app(run.id)

@@ -72,6 +72,10 @@ def test_slide_metadata_class_map_and_tile(cmu, shipped_model):
     captions = [c for el in at.get("image") for c in el.captions]
     assert any(c.startswith(f"GradCAM for '{first['class']}'") for c in captions), captions
     assert any(c.startswith("the tile, 224 px") for c in captions), captions
+    # its "unlike the training tiles" score, as in the CSV (flagged: a warning; else a caption)
+    said = [w.value for w in at.warning] + [c.value for c in at.caption]
+    assert any(f"score {float(first['ood_score']):.2f}" in t for t in said), said
+    assert any(w.value.startswith("This tile looks unlike") for w in at.warning) == (first["ood"] == "1")
 
 
 def test_uploads_are_kept_by_content_in_the_data_dir():
@@ -87,6 +91,20 @@ def test_uploads_are_kept_by_content_in_the_data_dir():
         save_upload("slide.mrxs", b"abc")
 
 
+def test_an_upload_over_the_limit_is_refused_with_what_to_do():
+    import tomllib
+
+    from pages.ui.slides import UPLOAD_LIMIT_MB, upload_refusal
+
+    config = tomllib.loads((Path(PAGE).parent.parent / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == UPLOAD_LIMIT_MB  # the browser's limit is the page's
+    assert upload_refusal("s.svs", UPLOAD_LIMIT_MB * 2**20) is None
+    said = upload_refusal("s.svs", 300 * 2**20)
+    assert (
+        said == "s.svs: 300 MB, over the 200 MB upload limit; put the slide in a data folder and pick it from the list"
+    )
+
+
 def test_a_running_analysis_shows_progress_its_map_so_far_and_cancel(cmu, shipped_model):
     from tests.taskfiles import make_task
 
@@ -98,6 +116,7 @@ def test_a_running_analysis_shows_progress_its_map_so_far_and_cancel(cmu, shippe
     with open_slide(cmu) as s, pytest.raises(KeyboardInterrupt):
         analyse_slide(loaded, s, batch_size=8, progress=stop)  # partial results, as a running task leaves them
     params = {"model": str(shipped_model), "slide": str(cmu), "mpp": None, "tissue_threshold": 0.5, "tta": False}
+    params["force"] = False  # as the page's Analyse button submits it
     task = make_task("slide", params, state="running")
     task.update_status(phase="8/44 tiles · 20 tiles/s · ETA 2 s", step=180, steps_per_epoch=1000)
     at = page(str(cmu), shipped_model)
@@ -117,3 +136,37 @@ def test_slides_are_listed_from_the_roots_without_small_tiffs(tmp_path):
     (tmp_path / "a" / "s.svs").write_bytes(b"\0")
     (tmp_path / "a" / "notes.txt").write_bytes(b"\0")
     assert [p.name for p in find_slides([tmp_path])] == ["big.tif", "s.svs"]
+
+
+def test_a_click_on_the_overview_selects_its_tile():
+    """The event a click on a tile marker gives in the browser (tests/test_browser_slides.py clicks for real):
+    customdata comes back as an index-keyed object, so the tile is found from the point's index."""
+    from pages.ui.slides import clicked_tile
+
+    point = {"curve_number": 1, "point_number": 13, "point_index": 13, "customdata": {"0": 1, "1": 4}}
+    assert clicked_tile({"selection": {"points": [point]}}, cols=9) == (1, 4)
+    assert clicked_tile({"selection": {"points": [{**point, "curve_number": 0}]}}, cols=9) is None  # the image
+    assert clicked_tile({"selection": {"points": []}}, cols=9) is None
+    assert clicked_tile(None, cols=9) is None
+
+
+def test_each_bad_slide_gets_its_message_on_the_page(shipped_model, tmp_path, monkeypatch):
+    """The refusals of the CLI (tests/test_slides.py), as st.error on the page; no tissue is found by the
+    analysis task, whose failure the page shows."""
+    from histo_core import tasks
+    from histo_core.slides import reader
+    from pages.ui.common import plain
+    from tests.slidefiles import bad_slides
+    from tests.taskfiles import make_task
+
+    monkeypatch.setattr(reader, "MAX_SIDE_PX", 1100)
+    monkeypatch.setattr(tasks.signal, "signal", lambda *args: None)  # run_task's SIGTERM hook: not in pytest
+    for what, (path, message) in bad_slides(tmp_path / "bad").items():  # tmp_path is inside the data roots
+        if what == "no tissue":
+            params = {"model": str(shipped_model), "slide": str(path), "mpp": None, "tissue_threshold": 0.5}
+            task = make_task("slide", {**params, "tta": False, "force": False}, state="queued")
+            assert tasks.run_task(task) != 0 and task.status().state == "failed"
+        at = page(str(path), shipped_model)
+        assert not at.exception, (what, at.exception)
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and plain(message) in errors[0], (what, errors)  # file names shown as text

@@ -17,7 +17,7 @@ from histo_core.slides import analyse_slide, open_slide
 from histo_core.slides.grid import plan_slide_grid
 from histo_core.slides.reader import SlideError
 from histo_core.slides.tissue import tissue_mask
-from tests.slidefiles import cmu_pixels, pink_tissue, write_slide
+from tests.slidefiles import bad_slides, cmu_pixels, pink_tissue, write_slide
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -116,13 +116,24 @@ def test_outputs_geojson_and_csv(cmu, shipped_model, tmp_path):
         total = sum(float(r[f"prob_{c}"]) for c in loaded.meta.classes)
         assert total == pytest.approx(1.0, abs=1e-4)
         assert r["class"] == max(loaded.meta.classes, key=lambda c: float(r[f"prob_{c}"]))
+        assert int(r["ood"]) == (float(r["ood_score"]) >= 1.0)  # the score, and the flag it gives
+        assert 0 <= int(r["x"]) and int(r["x"]) + int(r["width"]) <= w and int(r["y"]) + int(r["height"]) <= h
     gj = json.loads(Path(out["outputs"]["tiles.geojson"]).read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == len(rows)
-    for f in gj["features"]:
+    for f, r in zip(gj["features"], rows):
         assert f["properties"]["objectType"] == "detection" and f["properties"]["classification"]["name"]
+        assert f["properties"]["classification"]["name"] == r["class"]
         ring = f["geometry"]["coordinates"][0]
         assert f["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) == 5
         assert all(0 <= x <= w and 0 <= y <= h for x, y in ring)
+        xs, ys = {x for x, _ in ring}, {y for _, y in ring}
+        assert xs == {int(r["x"]), int(r["x"]) + int(r["width"])} and ys == {
+            int(r["y"]),
+            int(r["y"]) + int(r["height"]),
+        }
+        m = f["properties"]["measurements"]
+        assert sum(m[f"p({c})"] for c in loaded.meta.classes) == pytest.approx(1.0, abs=1e-4)
+        assert m["unlike training score"] == float(r["ood_score"]) and m["unlike training"] == int(r["ood"])
     assert sum(c["tiles"] for c in out["classes"]) == len(rows)
     assert sum(c["share"] for c in out["classes"]) == pytest.approx(1.0, abs=1e-3)
     cmap = Image.open(out["outputs"]["classmap.png"])
@@ -131,6 +142,34 @@ def test_outputs_geojson_and_csv(cmu, shipped_model, tmp_path):
     with open_slide(cmu) as s:
         assert analyse_slide(loaded, s, out_dir=tmp_path / "a")["skipped"] is True
         assert analyse_slide(loaded, s, out_dir=tmp_path / "a", force=True)["skipped"] is False
+
+
+def test_the_ood_flag_fires_on_most_of_the_skin_slide(cmu, shipped_model, tmp_path):
+    """A PathMNIST (colon) model on a skin slide: most tissue tiles are unlike its training tiles, and the
+    feature check (run in the analysis's own forward pass) is what finds them."""
+    loaded = load_model("pathmnist-resnet9")
+    assert isinstance(loaded.meta.ood.get("feature"), dict)
+    with open_slide(cmu) as s:
+        out = analyse_slide(loaded, s, out_dir=tmp_path / "a", batch_size=16)  # several batches
+    rows = list(csv.DictReader(open(out["outputs"]["tiles.csv"])))
+    flags = np.array([int(r["ood"]) for r in rows])
+    scores = np.array([float(r["ood_score"]) for r in rows])
+    assert flags.mean() >= 0.75, (flags.mean(), scores)
+    assert out["ood_share"] == pytest.approx(flags.mean(), abs=1e-3)
+    assert np.median(scores) > 1.0
+    # the scores are the ones a separate pass over the same tiles gives (inference.ood_check, the Classify path)
+    from histo_core.inference import ood_check
+    from histo_core.slides.analysis import SlideAnalysis, current_results, read_tile
+
+    res = current_results(SlideAnalysis(tmp_path / "a"))
+    assert res is not None and np.allclose(res["ood_score"][res["pred"] >= 0], scores, atol=1e-3)
+    with open_slide(cmu) as s:
+        tiles = np.stack([read_tile(s, res["grid"], int(r["row"]), int(r["col"]), loaded.meta)[1] for r in rows[:8]])
+    from histo_core.inference import predict
+
+    again = ood_check(loaded.meta, predict(loaded, tiles), tiles, loaded.model)
+    assert again is not None
+    np.testing.assert_allclose(again.scores, scores[:8], rtol=1e-3, atol=1e-3)
 
 
 def test_an_interrupted_analysis_resumes(shipped_model, tmp_path):
@@ -281,3 +320,26 @@ def test_slide_task_runs_in_its_own_process(shipped_model, tmp_path):
     status = wait_for_task(task, 240)
     assert status.state == "completed", status
     assert task.result()["tiles"]["tissue"] == 4 and status.phase == "done"
+
+
+# -- each bad input, in the CLI (one line, exit 2) and on the page (st.error) ---------------------------
+
+
+def test_cli_refuses_each_bad_input_in_one_line(shipped_model, tmp_path, monkeypatch, capsys):
+    from histo_core.slides import reader
+
+    monkeypatch.setattr(reader, "MAX_SIDE_PX", 1100)
+    good = write_slide(tmp_path / "good.tif", pink_tissue(1024, 1024), mpp=0.5, downsamples=(1,))
+    for what, (path, message) in bad_slides(tmp_path / "bad").items():
+        assert main(["slide", "pathmnist-resnet9", str(path), str(good), "--json"]) == 2, what
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], (what, captured.err)
+        assert "Traceback" not in captured.err
+        out = json.loads(captured.out)  # nothing else is disturbed: the good slide is analysed
+        assert (out["failed"], out["analysed"]) == (1, 1), what
+        assert message in out["slides"][0]["error"]
+    assert main(["slide", "pathmnist-resnet9", str(good), "--mpp", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--mpp must be between 0.05 and 20 µm per pixel, got 1000" in err

@@ -27,20 +27,26 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "9_Studies.py")
 
 
-def fake_study(skills: dict[str, float], noises=(0.0, 0.4), seeds: int = 2, state: str = "completed") -> TaskDir:
+def fake_study(
+    skills: dict[str, float], noises=(0.0, 0.4), seeds: int = 2, state: str = "completed", compare: bool = False
+) -> TaskDir:
     """A finished study folder whose runs are written directly (no training): method m's runs predict with
-    `skills[m]` (higher = more accurate), less so under noise."""
-    spec = S.StudySpec(archs=["simplecnn"], noises=list(noises), methods=list(skills), seeds=seeds)
+    `skills[m]` (higher = more accurate), less so under noise; with `compare`, every cell also with corrections
+    (skill + 1)."""
+    spec = S.StudySpec(
+        archs=["simplecnn"], noises=list(noises), methods=list(skills), seeds=seeds, compare_corrections=compare
+    )
     task = TaskDir(paths.runs_dir() / TASKS_FOLDER / "20260101-000000-study-abc123")
     task.path.mkdir(parents=True)
+    base = TrainConfig(corrections="/data/corrections/synthetic-0123.json" if compare else "")
     write_json_atomic(
         task.task_path,
-        {"kind": "study", "params": {"spec": S.asdict(spec), "base": TrainConfig().to_dict()}, "key": "k"},
+        {"kind": "study", "params": {"spec": S.asdict(spec), "base": base.to_dict()}, "key": "k"},
     )
     task.write_status(RunStatus(state=state, step=1000, steps_per_epoch=1000, phase="done"))
     mapping = {}
     for i, cell in enumerate(S.cells(spec)):
-        skill = skills[cell["method"]] * (1.0 - cell["noise"])
+        skill = (skills[cell["method"]] + (0.0 if cell.get("as_labelled", True) else 1.0)) * (1.0 - cell["noise"])
         run = write_run(
             "completed", name=f"{cell['method']}-{cell['noise']:g}", skill=skill, seed=i, noise=cell["noise"]
         )
@@ -183,6 +189,7 @@ def _histo(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_a_study_runs_to_completion_through_a_cancel_and_a_resume():
     args = ["--dataset", "synthetic", "--arch", "simplecnn", "--noise", "0,0.4", "--methods", "ce,gce", "--seeds", "2"]
+    args += ["--find-errors"]
     tiny = ["--epochs", "1", "--max-train-samples", "64", "--batch-size", "32", "--threads", "1", "--no-tta"]
     started = _histo("study", *args, *tiny, "--detach", "--json")
     assert started.returncode == 0, started.stderr
@@ -226,6 +233,15 @@ def test_a_study_runs_to_completion_through_a_cancel_and_a_resume():
             if r["noise"] == 0.4 and r["seed"] == seed
         ]
         assert len(flips) == 2 and np.array_equal(flips[0], flips[1])
+    # --find-errors: the label errors of ce's noisy runs were searched, scored against the injected flips
+    [det] = res["detection"]
+    assert (det["method"], det["noise"], det["seeds"]) == ("ce", 0.4, 2) and 0 <= det["average_precision"] <= 1
+    assert res["per_class"] and {r["noise"] for r in res["per_class"]} == {0.0, 0.4}
+    # its view renders: lines, tables and the three CSV downloads
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert {t.name for t in plotly.io.from_json(at.get("plotly_chart")[0].proto.spec).data} == {"ce", "gce"}
+    assert len(at.get("download_button")) == 3
     S.delete_study(task)
     assert not task.path.exists() and not any(Path(r["run_dir"]).exists() for r in res["runs"])
 
@@ -257,3 +273,95 @@ def test_train_page_starts_the_form_as_a_study_with_its_count(monkeypatch):
     assert any("Started study" in s.value for s in at.success)
     at.button(key="train.study.start").click().run()  # the same settings while it runs: not a second study
     assert len(calls) == 1 and any("already running" in i.value for i in at.info)
+
+
+def _save_search(run, flipped: np.ndarray, order: np.ndarray, flagged: np.ndarray) -> None:
+    """A label-error report whose ranking (most suspicious first) is `order` over len(flipped) training tiles."""
+    from histo_core.label_errors import LabelErrorReport, save_label_errors
+
+    n, k = len(flipped), 3
+    probs = np.full((n, k), 0.1, np.float32)
+    given = np.zeros(n, np.int64)
+    probs[order, 0] = np.linspace(0.05, 0.8, n)  # self-confidence rises along `order`
+    save_label_errors(
+        run,
+        LabelErrorReport(
+            classes=["a", "b", "c"],
+            indices=np.arange(n),
+            given=given,
+            probs=probs,
+            flagged=flagged,
+            thresholds=np.full(k, 0.5),
+            flipped=flipped,
+            clean=np.ones(n, np.int64),
+            info={"folds": 2, "epochs": 1, "arch": "simplecnn", "seconds": 1.0, "sampled": False},
+        ),
+    )
+
+
+def test_per_class_and_detection_quality_tables_and_csv():
+    task = fake_study({"ce": 2.5, "gce": 1.0})
+    runs = S.study_runs(task)
+    # seed 0: a perfect ranking (AP 1); seed 1: flips ranked 1st and 3rd of 4 (AP (1 + 2/3) / 2)
+    flipped = np.array([True, True, False, False])
+    _save_search(runs["simplecnn|0.4|ce|0"], flipped, np.array([0, 1, 2, 3]), np.array([True, True, True, False]))
+    _save_search(runs["simplecnn|0.4|ce|1"], flipped, np.array([0, 2, 1, 3]), np.array([True, False, False, False]))
+    res = S.study_results(task)
+    [det] = res["detection"]
+    assert (det["method"], det["noise"], det["seeds"], det["labels"]) == ("ce", 0.4, 2, "as labelled")
+    assert det["precision"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert det["recall"] == pytest.approx((1.0 + 0.5) / 2)
+    assert det["average_precision"] == pytest.approx((1.0 + (1 + 2 / 3) / 2) / 2)
+    # per class: the mean over seeds of each class's test recall
+    tumour = [r for r in res["per_class"] if (r["method"], r["noise"], r["class"]) == ("gce", 0.4, CLASS)]
+    recalls = [
+        next(c["recall"] for c in run.results()["test"]["per_class"] if c["class"] == CLASS)
+        for key, run in runs.items()
+        if key.startswith("simplecnn|0.4|gce|")
+    ]
+    assert len(tumour) == 1 and tumour[0]["accuracy_mean"] == pytest.approx(np.mean(recalls))
+    per_class_csv = S.results_csv(res, "per_class").splitlines()
+    assert per_class_csv[0] == "arch,method,labels,noise,class,seeds,accuracy_mean,accuracy_sd"
+    n_classes = len(runs["simplecnn|0|ce|0"].results()["test"]["per_class"])
+    assert len(per_class_csv) == 1 + 2 * 2 * n_classes
+    assert S.results_csv(res, "detection").splitlines()[1].startswith("ce,as labelled,0.4,2,2.0,")
+
+
+CLASS = "tumour"
+
+
+def test_compare_corrections_runs_every_cell_twice_and_only_the_labels_differ():
+    spec = S.StudySpec(archs=["simplecnn"], noises=[0.4], methods=["ce"], seeds=1, compare_corrections=True)
+    base = TrainConfig(dataset="synthetic", arch="simplecnn", corrections="/c.json")
+    plain_cell, corrected_cell = S.cells(spec)
+    assert spec.size() == 2 and corrected_cell["key"] == plain_cell["key"] + "|corrected"
+    plain, corrected = S.cell_config(base, spec, plain_cell), S.cell_config(base, spec, corrected_cell)
+    assert plain.corrections == "" and corrected.corrections == "/c.json"
+    assert plain.replace(corrections="/c.json") == corrected
+    with pytest.raises(S.ConfigError, match="--compare-corrections .* give one"):
+        S.start_study(spec, base.replace(corrections=""))
+
+
+def test_studies_page_compares_labels_and_shows_per_class_and_detection():
+    task = fake_study({"ce": 2.5, "gce": 1.0}, compare=True)
+    runs = S.study_runs(task)
+    _save_search(runs["simplecnn|0.4|ce|0"], np.array([True, False]), np.array([0, 1]), np.array([True, False]))
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    fig = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec)
+    assert {t.name for t in fig.data} == {"ce (as labelled)", "ce (with corrections)", "gce (as labelled)"} | {
+        "gce (with corrections)"
+    }
+    tables = [d.value for d in at.dataframe]
+    pair = next(t for t in tables if "difference" in t.columns)
+    summary = {(r["method"], r["noise"], r["labels"]): r["accuracy_mean"] for r in S.study_results(task)["summary"]}
+    row = pair[(pair["method"] == "ce") & (pair["noise"] == 0.4)].iloc[0]
+    assert row["difference"] == pytest.approx(
+        summary[("ce", 0.4, "with corrections")] - summary[("ce", 0.4, "as labelled")]
+    )
+    per_class = next(t for t in tables if "class" in t.columns)
+    assert list(per_class.columns) == ["class", "noise 0", "noise 0.4"] and CLASS in set(per_class["class"])
+    detection = next(t for t in tables if "average_precision" in t.columns)
+    assert detection["average_precision"].tolist() == [1.0]
+    keys = {b.proto.id.split("-")[-1] for b in at.get("download_button")}
+    assert len(at.get("download_button")) == 3, keys  # summary, per class, detection

@@ -117,9 +117,10 @@ def _cancel_after_epochs(monkeypatch, epochs: int, step: int = 0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mid_epoch_step,method", [(0, "ce"), (2, "ce"), (2, "elr+mixup")])
+@pytest.mark.parametrize("mid_epoch_step,method", [(0, "ce"), (2, "ce"), (2, "elr+mixup"), (2, "boot")])
 def test_cancel_then_resume_continues_exactly(monkeypatch, mid_epoch_step, method):
-    # elr+mixup: ELR's per-tile targets and the mixup generator are part of the resumable state
+    # elr+mixup: ELR's per-tile targets and the mixup generator are part of the resumable state; boot: its
+    # recorded losses and the split fitted after epoch 1 (boot_warmup 0.3 of 3 epochs)
     cfg = with_method(quick_config(epochs=3, noise=0.2, noise_mode="batch", schedule="onecycle"), method)
     reference = T.run_training(T.prepare_run(cfg))
     ref_rows = RunDir(reference["run_dir"]).metrics()
@@ -310,7 +311,7 @@ def test_schedules_step_as_configured():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-@pytest.mark.parametrize("loss", ["ce", "smooth", "sce", "gce", "elr"])
+@pytest.mark.parametrize("loss", ["ce", "smooth", "sce", "gce", "elr", "boot"])
 def test_each_optimizer_and_loss_trains_a_step(optimizer, loss):
     tr = _trainer(quick_config(optimizer=optimizer, loss=loss, max_train_samples=64, batch_size=32))
     before = [p.detach().clone() for p in tr.model.parameters()]
@@ -319,6 +320,23 @@ def test_each_optimizer_and_loss_trains_a_step(optimizer, loss):
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
     assert type(tr.optimizer).__name__.lower() == f"eager{optimizer}"  # the stock class minus dynamo's hooks
     assert tr.optimizer.defaults["fused"] is True  # one fused kernel (measured faster on CPU than torch's default)
+
+
+def test_boot_trains_and_its_split_finds_the_flipped_labels():
+    """boot on the synthetic set with 40% fixed noise: after its warm-up the split doubts the tiles whose labels
+    were flipped more than the others, and training goes on with finite losses."""
+    cfg = with_method(
+        quick_config(epochs=4, noise=0.4, noise_mode="fixed", max_train_samples=192, batch_size=32), "boot"
+    )
+    tr = _trainer(cfg)
+    flipped = torch.from_numpy(tr.data.noise_flipped)
+    for _ in range(cfg.epochs):
+        assert math.isfinite(tr.train_epoch()["train_loss"])
+    doubt = tr.criterion.noisy
+    assert not torch.isnan(tr.criterion.losses).any()  # every training tile's loss recorded
+    # the split's ranking: the chance that a flipped tile is doubted more than a clean one (0.5 = no better than chance)
+    auc = float((doubt[flipped][:, None] > doubt[~flipped][None, :]).float().mean())
+    assert auc > 0.75, auc
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])

@@ -22,7 +22,7 @@ MODEL is a run directory, a run id, a weights .pt file or an export name (as for
 view in µm (PathMNIST: 224 px at 0.5 µm/px = 112 µm) sets the tile size on the slide.
 
 outputs (per slide, in its analysis folder): tiles.csv (x, y, width, height in level-0 px, class, every class
-probability, ood), tiles.geojson (QuPath: File > Import objects), classmap.png, tissue.png, thumbnail.png.
+probability, ood_score, ood), tiles.geojson (QuPath: File > Import objects), classmap.png, tissue.png, thumbnail.png.
 
 examples:
   python -m histo_core slide pathmnist-resnet9 CMU-1.svs --json

@@ -2,6 +2,7 @@
 
     python -m histo_core study --dataset SPEC [--arch A,...] --noise 0,0.2,0.4 --noise-mode fixed \\
         --methods ce,gce,... --seeds 3 [--runs-dir D] [--detach] [--json]
+    python -m histo_core study --dataset SPEC ... --corrections FILE --compare-corrections --find-errors
     python -m histo_core study --show ID | --cancel ID | --resume ID | --delete ID  [--runs-dir D] [--json]
     python -m histo_core study --list
 
@@ -43,6 +44,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every cell (default 3)")
     p.add_argument("--parallel", type=int, default=1, help="runs of the study queued or running at once (default 1)")
+    p.add_argument(
+        "--compare-corrections",
+        action="store_true",
+        help="with --corrections FILE: run every cell twice, as labelled and with the corrections (the view "
+        "compares them)",
+    )
+    p.add_argument(
+        "--find-errors",
+        action="store_true",
+        help="search the label errors of each noisy run of the first method and measure how well the search finds "
+        "the injected flips (precision, recall, average precision)",
+    )
     p.add_argument("--runs-dir", help="runs root (default: $HISTO_RUNS_DIR, else ./runs)")
     p.add_argument("--detach", action="store_true", help="start the driver and return at once")
     p.add_argument("--json", action="store_true", help="print the results as one JSON document")
@@ -92,6 +105,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         noise_mode=args.grid_noise_mode,
         seeds=args.seeds,
         parallel=args.parallel,
+        compare_corrections=args.compare_corrections,
+        find_errors=args.find_errors,
     )
     task = S.start_study(spec, base, args.runs_dir)
     print(f"{task.id}: study of {spec.size()} runs started", file=sys.stderr)
@@ -117,9 +132,14 @@ def _print(args: argparse.Namespace, results: dict) -> int:
     for r in results["summary"]:
         sd = r["accuracy_sd"]
         lines.append(
-            f"  {r['arch']:<10} {r['method']:<10} noise {r['noise']:<4g} test acc {r['accuracy_mean']:.4f}"
+            f"  {r['arch']:<10} {r['method']:<10} noise {r['noise']:<4g} {r['labels']:<16} test acc {r['accuracy_mean']:.4f}"
             + (f" ± {sd:.4f}" if sd is not None else "")
             + f" ({r['seeds']} seeds)"
+        )
+    for d in results["detection"]:
+        lines.append(
+            f"  label-error search, {d['method']} at noise {d['noise']:g} ({d['labels']}): precision "
+            f"{_fmt(d['precision'])}, recall {_fmt(d['recall'])}, average precision {_fmt(d['average_precision'])}"
         )
     for noise, rec in results["recommended"].items():
         lines.append(
@@ -132,3 +152,7 @@ def _print(args: argparse.Namespace, results: dict) -> int:
         )
     emit(args, results, "\n".join(lines))
     return 0
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"

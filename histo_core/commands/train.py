@@ -83,6 +83,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = default_config(opts["dataset"], opts.get("device", "auto"))
     if "mode" in opts:
         opts["mode"] = canonical_mode(opts["mode"])  # the old names finetune / fine_tune still work
+    if opts.get("corrections"):  # the run's process starts elsewhere: the file by its absolute path
+        import os
+
+        opts["corrections"] = os.path.abspath(os.path.expanduser(opts["corrections"]))
     for k, v in opts.items():
         setattr(cfg.augment if k in _AUG_FIELDS else cfg, k, v)
     return cfg.validate()

@@ -7,7 +7,8 @@ Streaming: a reader thread reads the tissue tiles (a strip of neighbouring tiles
 level chosen by `grid.plan_slide_grid`), makes each into the model's input through the one image path
 (`inference.preprocess`) and puts batches on a queue of QUEUE_BATCHES; the caller's thread runs the model on
 them (`inference.model_view` + `inference.predict`, the one forward path) and the "unlike the training tiles"
-check (`ood.flag_tiles`). Memory holds a few batches and the per-tile results, whatever the slide's size.
+check (`ood.check_tiles`, its feature check fed by the same forward pass through `ood.StageCapture`): a flag
+and a score per tile. Memory holds a few batches and the per-tile results, whatever the slide's size.
 
 Resume: results so far are saved to partial.npz every CHECKPOINT_S seconds and when stopped (cancelled,
 killed by an error); the next analysis of the same slide with the same model and options continues from it.
@@ -32,7 +33,8 @@ import numpy as np
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, savez_atomic, write_json_atomic
-from histo_core.inference import LoadedModel, model_view, predict, preprocess
+from histo_core.inference import LoadedModel, model_lock, model_view, ood_features, predict, preprocess
+from histo_core.ood import StageCapture, check_tiles
 from histo_core.slides import outputs
 from histo_core.slides.grid import SlideGrid, plan_slide_grid
 from histo_core.slides.reader import Slide, SlideError
@@ -190,18 +192,28 @@ def analyse_slide(
     probs = np.zeros((len(cells), k), np.float32)
     done = np.zeros(len(cells), bool)
     ood = np.zeros(len(cells), bool)
+    ood_score = np.full(len(cells), np.nan, np.float32)
     has_ood = bool(meta.ood)
     partial = _load_partial(folder, cells, options, k) if not force else None
     if partial is not None:
-        probs, done, ood = partial
+        probs, done, ood, ood_score = partial
     _write_record(folder, base, "running", progress={"done": int(done.sum()), "total": len(cells)})
     timing = {"read_s": 0.0, "model_s": 0.0}
+    feature_check = isinstance((meta.ood or {}).get("feature"), dict)
     t_start = time.perf_counter()
     done_before = int(done.sum())
     last_save = last_record = time.monotonic()
 
     def save_partial() -> None:
-        savez_atomic(folder.file("partial.npz"), cells=cells, probs=probs, done=done, ood=ood, options=repr(options))
+        savez_atomic(
+            folder.file("partial.npz"),
+            cells=cells,
+            probs=probs,
+            done=done,
+            ood=ood,
+            ood_score=ood_score,
+            options=repr(options),
+        )
 
     stop = threading.Event()
     todo = np.flatnonzero(~done)
@@ -223,13 +235,11 @@ def analyse_slide(
             idx, tiles = item
             t0 = time.perf_counter()
             view, given = model_view(tiles, meta)
-            p = predict(loaded, view, tta=tta, batch_size=batch_size)
+            p, feats = _predict(loaded, view, tta, batch_size, feature_check)
             if has_ood:
-                from histo_core.ood import flag_tiles
-
-                flagged = flag_tiles(meta.ood, p, view, given)
-                if flagged is not None:
-                    ood[idx] = flagged[0]
+                found = check_tiles(meta.ood, p, view, given, features=feats)
+                if found is not None:
+                    ood[idx], ood_score[idx] = found.flags, found.scores
             probs[idx], done[idx] = p, True
             timing["model_s"] += time.perf_counter() - t0
             n_done = int(done.sum())
@@ -260,7 +270,9 @@ def analyse_slide(
         raise
     reader.join()
     elapsed = time.perf_counter() - t_start
-    summary = _finish(folder, slide, loaded, grid, cells, probs, fractions, ood if has_ood else None, thumb, scale)
+    summary = _finish(
+        folder, slide, loaded, grid, cells, probs, fractions, (ood, ood_score) if has_ood else None, thumb, scale
+    )
     summary.update(
         seconds=round(elapsed, 3),
         tiles_per_s=round((len(cells) - done_before) / elapsed, 1) if elapsed > 0 else None,
@@ -273,6 +285,21 @@ def analyse_slide(
     _write_record(folder, base, "completed", summary=summary)
     folder.file("partial.npz").unlink(missing_ok=True)
     return summary
+
+
+def _predict(
+    loaded: LoadedModel, view: Any, tta: bool, batch_size: int, feature_check: bool
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """The probabilities of a batch and, for a calibration with a feature check, the stage features of the
+    tiles from the same forward pass (with `tta`, from a pass of their own: the check is calibrated on the
+    single view)."""
+    if not feature_check:
+        return predict(loaded, view, tta=tta, batch_size=batch_size), None
+    if tta:
+        return predict(loaded, view, tta=True, batch_size=batch_size), ood_features(loaded.model, loaded.meta, view)
+    with model_lock(loaded.model), StageCapture(loaded.model) as capture:
+        p = predict(loaded, view, batch_size=batch_size)
+    return p, capture.take()
 
 
 def _drain(q: queue.Queue) -> None:
@@ -350,12 +377,12 @@ def _read_tiles(
 
 def _load_partial(
     folder: SlideAnalysis, cells: np.ndarray, options: dict, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     try:
         with np.load(folder.file("partial.npz"), allow_pickle=False) as z:
             if str(z["options"]) != repr(options) or not np.array_equal(z["cells"], cells) or z["probs"].shape[1] != k:
                 return None
-            return z["probs"].copy(), z["done"].copy(), z["ood"].copy()
+            return z["probs"].copy(), z["done"].copy(), z["ood"].copy(), z["ood_score"].copy()
     except (FileNotFoundError, OSError, ValueError, KeyError):
         return None
 
@@ -372,22 +399,33 @@ def _finish(
     cells: np.ndarray,
     probs: np.ndarray,
     fractions: np.ndarray,
-    ood: np.ndarray | None,
+    ood_found: tuple[np.ndarray, np.ndarray] | None,
     thumb: np.ndarray,
     scale: float,
 ) -> dict[str, Any]:
+    """`ood_found`: per tile, the "unlike the training tiles" flag and score (None: no calibration)."""
     classes = loaded.meta.classes
     frac = fractions[cells[:, 0], cells[:, 1]]
-    rows = outputs.tile_rows(grid, cells, probs, frac, ood, classes)
+    ood, ood_score = ood_found if ood_found is not None else (None, None)
+    rows = outputs.tile_rows(grid, cells, probs, frac, ood, classes, ood_score)
     outputs.write_csv(folder.file("tiles.csv"), rows)
     outputs.write_geojson(folder.file("tiles.geojson"), rows, classes)
     pred_grid = outputs.class_grid(grid, cells, probs)
     prob_grid = np.full((grid.rows, grid.cols, len(classes)), np.nan, np.float32)
     prob_grid[cells[:, 0], cells[:, 1]] = probs
     ood_grid = np.zeros((grid.rows, grid.cols), bool)
-    if ood is not None:
+    score_grid = np.full((grid.rows, grid.cols), np.nan, np.float32)
+    if ood is not None and ood_score is not None:
         ood_grid[cells[:, 0], cells[:, 1]] = ood
-    savez_atomic(folder.file("grid.npz"), pred=pred_grid, probs=prob_grid, ood=ood_grid, fractions=fractions)
+        score_grid[cells[:, 0], cells[:, 1]] = ood_score
+    savez_atomic(
+        folder.file("grid.npz"),
+        pred=pred_grid,
+        probs=prob_grid,
+        ood=ood_grid,
+        ood_score=score_grid,
+        fractions=fractions,
+    )
     overlay = outputs.render_overlay(
         thumb, grid, scale, pred_grid, alpha=0.5, ood=ood_grid, grey_ood=False, num_classes=len(classes)
     )
@@ -415,7 +453,7 @@ def _finish(
 
 def current_results(folder: SlideAnalysis) -> dict[str, Any] | None:
     """The analysis as far as it got: the grid, and per tile the class (-1: not analysed, or not yet), the
-    probabilities (NaN where none) and the OOD flag; from grid.npz when finished, else from partial.npz (the
+    probabilities (NaN where none), the OOD flag and score (NaN where none); from grid.npz when finished, else from partial.npz (the
     live map while it runs, and what a stopped analysis has). None before the first results."""
     rec = folder.record()
     if not rec.get("grid"):
@@ -425,15 +463,18 @@ def current_results(folder: SlideAnalysis) -> dict[str, Any] | None:
     if arrays is None:
         try:
             with np.load(folder.file("partial.npz"), allow_pickle=False) as z:
-                cells, probs, done, ood = z["cells"], z["probs"], z["done"], z["ood"]
+                cells, probs, done, ood, score = z["cells"], z["probs"], z["done"], z["ood"], z["ood_score"]
         except (FileNotFoundError, OSError, ValueError, KeyError):
             return None
-        cells, probs, ood = cells[done], probs[done], ood[done]
+        cells, probs, ood, score = cells[done], probs[done], ood[done], score[done]
         prob_grid = np.full((grid.rows, grid.cols, probs.shape[1]), np.nan, np.float32)
         prob_grid[cells[:, 0], cells[:, 1]] = probs
         ood_grid = np.zeros((grid.rows, grid.cols), bool)
         ood_grid[cells[:, 0], cells[:, 1]] = ood
+        score_grid = np.full((grid.rows, grid.cols), np.nan, np.float32)
+        score_grid[cells[:, 0], cells[:, 1]] = score
         arrays = {"pred": outputs.class_grid(grid, cells, probs), "probs": prob_grid, "ood": ood_grid}
+        arrays["ood_score"] = score_grid
     return {"grid": grid, "record": rec, **arrays}
 
 

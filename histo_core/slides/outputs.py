@@ -26,14 +26,22 @@ def tile_rows(
     fractions: np.ndarray,
     ood: np.ndarray | None,
     classes: tuple[str, ...],
+    ood_score: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
+    """One row per analysed tile: its level-0 box, grid cell, tissue fraction, class, confidence, every class
+    probability, and the "unlike the training tiles" score (`histo_core.ood`: 1.0 or more is flagged) and flag
+    (0/1); both empty without a calibration."""
     out = []
-    for (r, c), p, f, o in zip(cells, probs, fractions, ood if ood is not None else [None] * len(cells)):
+    none = [None] * len(cells)
+    for (r, c), p, f, o, sc in zip(
+        cells, probs, fractions, none if ood is None else ood, none if ood_score is None else ood_score
+    ):
         x, y, w, h = grid.box(int(r), int(c))
         k = int(np.argmax(p))
         row: dict[str, Any] = {"x": x, "y": y, "width": w, "height": h, "row": int(r), "col": int(c)}
         row.update(tissue_fraction=round(float(f), 4), **{"class": classes[k]}, confidence=round(float(p[k]), 6))
         row.update({f"prob_{name}": round(float(v), 6) for name, v in zip(classes, p)})
+        row["ood_score"] = "" if sc is None or np.isnan(sc) else round(float(sc), 4)
         row["ood"] = "" if o is None else int(bool(o))
         out.append(row)
     return out
@@ -59,6 +67,8 @@ def geojson(rows: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, A
         ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
         measurements = {f"p({c})": row[f"prob_{c}"] for c in classes}
         measurements["tissue fraction"] = row["tissue_fraction"]
+        if row["ood_score"] != "":
+            measurements["unlike training score"] = row["ood_score"]
         if row["ood"] != "":
             measurements["unlike training"] = row["ood"]
         features.append(

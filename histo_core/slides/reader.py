@@ -137,9 +137,10 @@ def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgba[..., :3])
 
 
-def open_slide(path: str | os.PathLike, mpp: float | None = None, *, max_side_px: int = MAX_SIDE_PX) -> Slide:
+def open_slide(path: str | os.PathLike, mpp: float | None = None, *, max_side_px: int | None = None) -> Slide:
     """Open and check a slide. `mpp` (µm per level-0 pixel) overrides the metadata, and is required where the
-    slide records none. Raises SlideError with one line naming the file and the fix."""
+    slide records none; `max_side_px`: the level-0 limit (default MAX_SIDE_PX). Raises SlideError with one line
+    naming the file and the fix."""
     openslide = _openslide()
     p = Path(path).expanduser()
     from histo_core.image_decode import display_name
@@ -171,7 +172,7 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, *, max_side_px
     except Exception as exc:
         raise SlideError(f"{shown}: cannot open the slide ({exc}); the file may be truncated or damaged") from None
     try:
-        return _checked(p, handle, fmt, mpp, max_side_px, shown)
+        return _checked(p, handle, fmt, mpp, max_side_px or MAX_SIDE_PX, shown)
     except BaseException:
         handle.close()
         raise

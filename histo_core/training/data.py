@@ -39,6 +39,7 @@ class TrainData:
     train_indices: np.ndarray  # rows of the training split(s) used (max_train_samples may subsample)
     noise_flipped: np.ndarray | None = None
     stain: dict[str, Any] | None = None  # stain reference fitted on the training tiles (histo_core.stain)
+    corrections: dict[str, Any] | None = None  # what --corrections changed (histo_core.corrections)
 
 
 def _sample_for_stats(split: Any) -> np.ndarray:
@@ -56,7 +57,8 @@ def build_train_data(
 ) -> TrainData:
     """Sources for train (train or train+val, maybe subsampled), val and test; labels with the configured noise;
     ImageNet statistics for pretrained models, else the training tiles'; the stain reference. `evaluates` False
-    (torchrun ranks other than 0, which never evaluate): val and test stay in host memory, off the GPU."""
+    (torchrun ranks other than 0, which evaluate only their share of each split): val and test stay in host
+    memory, off the GPU."""
     info = ds.info
     train_split: Any = ds.split("train")
     if config.train_splits == "train+val":
@@ -66,6 +68,19 @@ def build_train_data(
     if config.max_train_samples and config.max_train_samples < n:
         rng = np.random.default_rng([config.seed, 2024])
         indices = np.sort(rng.choice(n, config.max_train_samples, replace=False))
+    clean = np.asarray(train_split.labels, np.int64)[indices]
+    labels, flipped = clean, None
+    if config.noise > 0 and config.noise_mode in ("fixed", "pair"):
+        labels, flipped = fixed_noise(clean, config.noise, info.num_classes, config.seed, config.noise_mode)
+    applied = None
+    if config.corrections:  # after the noise: a user corrects the labels as they are (noisy ones included)
+        from histo_core.corrections import apply_corrections, check_corrections, dataset_identity
+
+        corr = check_corrections(config.corrections, dataset_identity(ds))
+        labels, keep, applied = apply_corrections(corr, indices, labels, len(ds.split("train")))
+        indices, labels, clean = indices[keep], labels[keep], clean[keep]
+        if flipped is not None:
+            flipped = labels != clean  # what is still wrong after the corrections
     budget = resident_budget(device)
     train = pipeline.TileSource(
         train_split, device, indices=None if len(indices) == n else indices, resident_max_bytes=budget
@@ -73,10 +88,6 @@ def build_train_data(
     budget = None if budget is None else budget - train.resident_bytes
     if not evaluates and budget is not None:
         budget = 0
-    clean = train.labels.numpy().copy()
-    labels, flipped = clean, None
-    if config.noise > 0 and config.noise_mode in ("fixed", "pair"):
-        labels, flipped = fixed_noise(clean, config.noise, info.num_classes, config.seed, config.noise_mode)
     sample = _sample_for_stats(train_split)
     if config.pretrained:
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
@@ -107,6 +118,7 @@ def build_train_data(
         indices,
         flipped,
         stain_ref,
+        applied,
     )
 
 
@@ -150,6 +162,7 @@ def model_meta(config: TrainConfig, data: TrainData) -> dict[str, Any]:
         "mlp_head": uses_mlp_head(config),
         "stain": data.stain,
         "tta": bool(config.tta),
+        "corrections": data.corrections,
         "dataset": {
             "name": info.name,
             "title": info.title,

@@ -92,6 +92,10 @@ def check_config(config: TrainConfig) -> DatasetInfo:
     if info.num_classes < 2:
         raise DatasetError(f"{config.dataset}: a classifier needs at least 2 classes, found {info.num_classes}")
     check_input(config.arch, input_size_of(config, info), info.channels)
+    if config.corrections:
+        from histo_core.corrections import check_corrections, dataset_identity
+
+        check_corrections(config.corrections, dataset_identity(ds))
     if config.pretrained:
         if not get_arch(config.arch).has_backbone:
             raise ConfigError(

@@ -96,6 +96,17 @@ def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     return [float(v) for v in t]
 
 
+def broadcast_buffers(module: torch.nn.Module, world: int) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: DDP keeps the parameters equal, but each
+    rank's last forward updated its own statistics, and a sharded evaluation must see one model."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist

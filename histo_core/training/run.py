@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -30,12 +31,14 @@ from histo_core.fsutil import savez_atomic, write_json_atomic
 from histo_core.metrics import classification_report, per_sample_loss, small_split_warnings
 from histo_core.runs import RunDir, RunStatus, create_run_dir, new_run_id
 from histo_core.runtime import resolve_device
+from histo_core.training import status as status_mod
 from histo_core.training.data import TrainData, build_train_data, model_meta
 from histo_core.training.defaults import check_config, open_config_dataset
 from histo_core.training.device import setup_device
 from histo_core.training.distributed import any_rank, barrier, broadcast, current_world, gather_objects
 from histo_core.training.status import (
     CancelFlag,
+    RankBeacon,
     RunFolderGone,
     StatusWriter,
     append_log,
@@ -68,13 +71,16 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
     writer = StatusWriter(run, enabled=rank == 0)
     cancel = CancelFlag(run)
     cancel.install()
+    beacon = _start_beacon(run, writer, rank, world)
     try:
-        job = _Job(run, TrainConfig.from_dict(run.config()), writer, cancel, rank, world, local_rank)
+        job = _Job(run, TrainConfig.from_dict(run.config()), writer, cancel, rank, world, local_rank, beacon=beacon)
         return _train_when_a_slot_is_free(job, resume)
     except RunFolderGone:  # deleted under us: stop, write nothing (writers never re-create the folder)
         say(f"{run.path}: the run folder was deleted; stopping without saving", rank)
         return {"run_dir": str(run.path), "state": "deleted", "test": None}
     except StopRequested:
+        if _peer_death(beacon):  # torchrun's agent stops the other ranks when one dies: not a cancel
+            return _failed(run, writer, rank, str(_peer_death(beacon)))
         writer.update(state="cancelled", finished_at=time.time(), phase="")
         say(f"{run.id}: cancelled", rank)
         return {"run_dir": str(run.path), "state": "cancelled", "test": None}
@@ -83,20 +89,71 @@ def run_training(run: RunDir, resume: bool = False) -> dict[str, Any]:
             say(f"{run.path}: the run folder was deleted; stopping without saving", rank)
             return {"run_dir": str(run.path), "state": "deleted", "test": None}
         line = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else error_line(exc)
+        if beacon is not None:
+            beacon.failed(line)  # first: rank 0 quotes it when this rank's collectives break
         # every rank's failure reaches the run's log (a torchrun rank's stderr is not the log the Runs page shows)
         append_log(
             run, traceback.format_exc() if world <= 1 else f"rank {rank}: failed: {line}\n{traceback.format_exc()}"
         )
-        if rank == 0:
-            try:
-                writer.update(state="failed", error=line, finished_at=time.time(), phase="")
-            except OSError:
-                pass
-        say(f"{run.id}: failed: {line}")  # on every rank's stderr, not only rank 0's
-        return {"run_dir": str(run.path), "state": "failed", "error": line, "test": None}
+        death = _peer_death(beacon)
+        return _failed(run, writer, rank, death or line)
     finally:
+        if beacon is not None:
+            beacon.stop()
         writer.stop()
         cancel.restore()
+
+
+def _failed(run: RunDir, writer: StatusWriter, rank: int, line: str) -> dict[str, Any]:
+    if rank == 0:
+        try:
+            writer.update(state="failed", error=line, finished_at=time.time(), phase="")
+        except OSError:
+            pass
+    say(f"{run.id}: failed: {line}")  # on every rank's stderr, not only rank 0's
+    return {"run_dir": str(run.path), "state": "failed", "error": line, "test": None}
+
+
+def _start_beacon(run: RunDir, writer: StatusWriter, rank: int, world: int) -> RankBeacon | None:
+    """Under torchrun every rank's heartbeat file (status.RankBeacon); rank 0 watches its peers'. When a peer
+    dies, rank 0 writes "rank R died: ..." to the status and the log at once, then gives a collective it may be
+    blocked in PEER_GRACE_S to fail (gloo fails at once, NCCL waits for its timeout) before it ends the process."""
+    import torch.distributed as dist
+
+    if world <= 1 or not dist.is_initialized():  # the token is agreed through the process group
+        return None
+    import uuid
+
+    def on_death(line: str) -> None:
+        append_log(run, line)
+        try:
+            writer.update(state="failed", error=line, finished_at=time.time(), phase="")
+        except OSError:
+            pass
+        say(f"{run.id}: failed: {line}")
+
+        def end() -> None:  # still blocked in a collective: keep this rank's state, then stop
+            if beacon.before_exit is not None:
+                beacon.before_exit()
+            os._exit(1)
+
+        timer = threading.Timer(status_mod.PEER_GRACE_S, end)
+        timer.daemon = True
+        timer.start()
+        beacon.grace = timer
+
+    token = broadcast(uuid.uuid4().hex if rank == 0 else None, world)
+    beacon = RankBeacon(run, rank, world, token, on_death if rank == 0 else None)
+    beacon.start()
+    return beacon
+
+
+def _peer_death(beacon: RankBeacon | None) -> str | None:
+    """Rank 0: "rank R died: ..." when a peer died (looked at once more now: a broken collective may come before
+    the watch's next look); None otherwise and on other ranks."""
+    if beacon is None or beacon.rank != 0:
+        return None
+    return beacon.death or beacon.check_peers()
 
 
 @dataclass
@@ -112,6 +169,7 @@ class _Job:
     local_rank: int
     best: dict[str, Any] = field(default_factory=lambda: {"value": None, "epoch": 0, "bad_epochs": 0})
     board: Any = None  # tensorboard_log.RunBoard of rank 0
+    beacon: RankBeacon | None = None  # under torchrun: the heartbeat files (status.RankBeacon)
 
     def log(self, text: str) -> None:
         say(text, self.rank)
@@ -148,7 +206,9 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
         from histo_core.tensorboard_log import RunBoard
 
         job.board = RunBoard(job.run.path)  # events beside metrics.jsonl: tensorboard --logdir RUNS_DIR
-    progress = _BatchProgress(job, trainer.steps_per_epoch, device)
+    progress = _BatchProgress(job, trainer.steps_per_epoch, device, meta)
+    if job.beacon is not None:  # rank 0 stuck in a collective after a peer died keeps its state before it ends
+        job.beacon.before_exit = lambda: _save_rank_state(job, trainer)
     job.writer.update(phase="train", epoch=trainer.epoch, step=trainer.step, steps_per_epoch=trainer.steps_per_epoch)
     started = time.time()
     stopped_early = False
@@ -160,6 +220,10 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
             raise
         except torch.OutOfMemoryError:
             raise _out_of_memory(job, trainer, meta) from None
+        except Exception:
+            if job.world > 1:  # e.g. a collective broken by a peer that ran out of memory: keep this rank's state
+                _save_rank_state(job, trainer)
+            raise
         _check_finite(job.config, trainer.epoch, row["train_loss"])
         job.writer.update(phase="validate", epoch=trainer.epoch, step=0)
         row = _validate(job, trainer, row)
@@ -174,8 +238,11 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
         if any_rank(job.cancel.requested(), job.world, device):
             raise StopRequested()
     results: dict[str, Any] = {"run_dir": str(job.run.path), "state": "completed"}
+    train_seconds = time.time() - started
+    job.writer.update(phase="test")
+    final = final_evaluation(job.run, job.config, trainer, job.best)  # every rank predicts its share
     if job.rank == 0:
-        results.update(_finish(job, trainer, device, stopped_early, time.time() - started))
+        results.update(_finish(job, trainer, device, stopped_early, train_seconds, final))
     barrier(job.world)
     return results
 
@@ -232,6 +299,10 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
 
         where += f" (the machine's GPU {physical_gpu(device.index or 0)})"
     job.log(f"{run.id}: training on {where} in {trainer.precision}")
+    if data.corrections:
+        from histo_core.corrections import summary_line
+
+        job.log(f"{run.id}: {summary_line(data.corrections)}")
     return trainer, {**model_meta(config, data), "precision": trainer.precision}
 
 
@@ -244,8 +315,9 @@ class _BatchProgress:
     torchrun's ranks agree every CANCEL_CHECK_STEPS batches, at the same step on every rank (an all-reduce makes
     the host wait for the device), and at the end of every epoch."""
 
-    def __init__(self, job: _Job, steps_per_epoch: int, device: torch.device):
+    def __init__(self, job: _Job, steps_per_epoch: int, device: torch.device, meta: dict[str, Any] | None = None):
         self.job, self.steps, self.device = job, steps_per_epoch, device
+        self.meta = meta  # the checkpoints' metadata: its precision changes if fp16 falls back to fp32
         self.last_write = 0.0
         self.t0 = time.perf_counter()
         self.images = 0
@@ -253,6 +325,9 @@ class _BatchProgress:
     def __call__(self, trainer: Trainer, images: int) -> bool:
         job, cfg = self.job, self.job.config
         self.images += images
+        if trainer.fallback and self.meta is not None and self.meta.get("precision_fallback") != trainer.fallback:
+            self.meta.update(precision=trainer.precision, precision_fallback=trainer.fallback)
+            job.log(f"{job.run.id}: fp16 kept overflowing, training goes on in fp32 ({trainer.fallback})")
         now = time.perf_counter()
         stop = False
         if job.world == 1 or trainer.step % CANCEL_CHECK_STEPS == 0:
@@ -275,7 +350,11 @@ def _out_of_memory(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> HistoEr
     trainer.optimizer.zero_grad(set_to_none=True)
     if trainer.cuda:
         torch.cuda.empty_cache()
-    _save_last(job, trainer, meta, [trainer.rank_state()] if job.world == 1 else None)  # peers: no collective now
+    if job.world == 1:
+        _save_last(job, trainer, meta, [trainer.rank_state()])
+    else:  # the peers wait in a collective that never completes: no gathering; this rank writes last.pt itself
+        _save_rank_state(job, trainer)  # (the shared state is every rank's) and each rank its own state file
+        _save_last(job, trainer, meta, [None] * job.world, by_this_rank=True)
     n = job.config.batch_size
     return HistoError(
         f"out of GPU memory at batch {trainer.step + 1} of epoch {trainer.epoch + 1}: lower --batch-size (now {n}) "
@@ -291,10 +370,13 @@ def change_batch_size(run: RunDir, batch_size: int) -> None:
     write_json_atomic(run.config_path, config.to_dict())
 
 
-def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any], ranks: list[dict[str, Any]] | None) -> None:
+def _save_last(
+    job: _Job, trainer: Trainer, meta: dict[str, Any], ranks: list[Any] | None, by_this_rank: bool = False
+) -> None:
     """last.pt: the weights and everything needed to resume at this batch boundary, with every rank's own random
-    streams and partial counts (`ranks`, gathered from all ranks by the caller); rank 0 writes."""
-    if job.rank == 0:
+    streams and partial counts (`ranks`, gathered from all ranks by the caller; None for a rank whose state is in
+    its own file, `_save_rank_state`); rank 0 writes (`by_this_rank`: this rank, after running out of memory)."""
+    if job.rank == 0 or by_this_rank:
         ckpt_mod.save_checkpoint(
             job.run.last_ckpt,
             trainer.model,
@@ -304,14 +386,50 @@ def _save_last(job: _Job, trainer: Trainer, meta: dict[str, Any], ranks: list[di
         )
 
 
+def rank_state_path(run: RunDir, rank: int) -> Path:
+    return run.path / "ranks" / f"rank{rank}.pt"
+
+
+def _save_rank_state(job: _Job, trainer: Trainer) -> None:
+    """Under torchrun, after a failure inside an epoch (this rank ran out of memory, or a collective broke because
+    a peer did): this rank's partial counts and random streams at its last finished batch, in its own file beside
+    the heartbeats, for `--resume` (no collective gathers them now). Never raises: the failure is what matters."""
+    from histo_core.fsutil import torch_save_atomic
+
+    try:
+        path = rank_state_path(job.run, job.rank)
+        path.parent.mkdir(exist_ok=True)
+        torch_save_atomic(path, {"epoch": trainer.epoch, "step": trainer.step, "state": trainer.rank_state()})
+    except (OSError, RuntimeError) as exc:
+        job.log(f"rank {job.rank}: its state was not saved ({exc})")
+
+
+def _rank_states_from_files(run: RunDir, state: dict[str, Any], world: int) -> list[Any] | None:
+    """last.pt's per-rank states with the gaps (None: saved after running out of memory) filled from the ranks'
+    own files of the same batch (`_save_rank_state`)."""
+    ranks = state.get("ranks")
+    if not ranks or len(ranks) != world or all(r is not None for r in ranks):
+        return ranks
+    out = list(ranks)
+    for r in range(world):
+        path = rank_state_path(run, r)
+        if out[r] is None and path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if (saved.get("epoch"), saved.get("step")) == (state.get("epoch"), state.get("step")):
+                out[r] = saved["state"]
+    return out
+
+
 def _validate(job: _Job, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
     """The epoch's row with its validation loss, accuracy and AUC (None without a val split); rank 0 also writes
     val_latest.json."""
     data = trainer.data
     report = None
-    if data.val is not None and job.rank == 0:
-        report = classification_report(trainer.predict(data.val), data.val.labels.numpy(), data.info.classes)
-        write_json_atomic(job.run.file("val_latest.json"), {**report, "epoch": trainer.epoch, "split": "val"})
+    if data.val is not None:
+        probs = trainer.predict(data.val)  # under torchrun each rank its share, gathered
+        if job.rank == 0:
+            report = classification_report(probs, data.val.labels.numpy(), data.info.classes)
+            write_json_atomic(job.run.file("val_latest.json"), {**report, "epoch": trainer.epoch, "split": "val"})
     row.update(
         val_loss=report["loss"] if report else None,
         val_acc=report["accuracy"] if report else None,
@@ -354,19 +472,19 @@ def _should_stop_early(job: _Job, trainer: Trainer) -> bool:
 
 
 def _finish(
-    job: _Job, trainer: Trainer, device: torch.device, stopped_early: bool, train_seconds: float
+    job: _Job, trainer: Trainer, device: torch.device, stopped_early: bool, train_seconds: float, final: dict[str, Any]
 ) -> dict[str, Any]:
-    """Rank 0: the final evaluation into results.json, the embeddings, status "completed"."""
+    """Rank 0: the final evaluation (`final_evaluation`) into results.json, the embeddings, status "completed"."""
     run = job.run
-    job.writer.update(phase="test")
-    final = final_evaluation(run, job.config, trainer, job.best)
     doc = {
         **final,
         "stopped_early": stopped_early,
         "train_seconds": round(train_seconds, 2),
         "device": str(device),
         "precision": trainer.precision,
+        "precision_fallback": trainer.fallback,  # fp16 -> fp32, when and why; None when it never happened
         "warnings": small_split_warnings(_eval_sizes(trainer.data)),
+        "corrections": trainer.data.corrections,
     }
     write_json_atomic(run.results_path, doc)
     if job.board is not None:
@@ -390,6 +508,8 @@ def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
     state = ckpt.get("train_state")
     if not state:
         raise HistoError(f"{run.last_ckpt}: has no training state to resume from")
+    if trainer.world > 1:
+        state = {**state, "ranks": _rank_states_from_files(run, state, trainer.world)}
     if trainer.batch_size_changed(state):
         say(
             f"{run.id}: batch size {state['batch_size']} -> {trainer.config.batch_size}: epoch "
@@ -403,11 +523,18 @@ def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
 
 
 def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: dict[str, Any]) -> dict[str, Any]:
-    """Test (and val) reports and prediction files from best.pt, and the out-of-distribution calibration."""
+    """Test (and val) reports and prediction files from best.pt, and the out-of-distribution calibration. Under
+    torchrun every rank calls it: rank 0 reads best.pt and sends its weights to the others (their nodes may not
+    see the run folder), each rank predicts its share of each split, and rank 0 alone writes and returns the
+    reports ({} on the other ranks)."""
     data = trainer.data
-    ckpt = ckpt_mod.load_checkpoint(run.best_ckpt) if run.best_ckpt.exists() else None
-    if ckpt is not None:
-        trainer.model.load_state_dict(ckpt["state_dict"])
+    rank, world = trainer.rank, trainer.world
+    weights = None
+    if rank == 0 and run.best_ckpt.exists():
+        weights = ckpt_mod.load_checkpoint(run.best_ckpt)["state_dict"]
+    weights = broadcast(weights, world)
+    if weights is not None:
+        trainer.model.load_state_dict(weights)
     out: dict[str, Any] = {
         "best_epoch": int(best.get("epoch") or trainer.epoch),
         "epochs_run": trainer.epoch,
@@ -419,6 +546,8 @@ def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: d
         if source is None:
             continue
         probs = heldout[split] = trainer.predict(source, tta=config.tta)
+        if rank != 0:
+            continue
         labels = source.labels.numpy()
         out[split] = classification_report(probs, labels, data.info.classes)
         out[split]["tta"] = bool(config.tta)
@@ -429,6 +558,8 @@ def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: d
             indices=np.arange(len(labels)),
             loss=per_sample_loss(probs, labels),
         )
+    if rank != 0:
+        return {}
     out["ood"] = ood_calibration(data, heldout, trainer.model)
     return out
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -128,3 +129,102 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return f"cannot write the run directory ({exc.filename or ''}: {exc.strerror}); check its permissions"
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+
+
+PEER_SILENCE_S = 120.0  # a torchrun peer whose heartbeat file stops for this long is taken for dead
+PEER_GRACE_S = 30.0  # after a peer died, how long rank 0 waits for its blocked collective to fail on its own
+
+
+class RankBeacon:
+    """Under torchrun, how rank 0 learns that a peer died (a collective would otherwise wait for the process
+    group's timeout: NCCL never notices a dead peer by itself). Every rank keeps its own file,
+    `<run>/ranks/rank<R>.json` (pid, host, heartbeat, and its error line once it failed), refreshed every
+    HEARTBEAT_S by a daemon thread. Rank 0's thread also reads its peers' files: a peer that wrote an error, whose
+    process is gone (same host), or whose heartbeat stopped for PEER_SILENCE_S (once seen: a peer on another node
+    with its own copy of the run folder is never called dead) is reported once through `on_death(rank, reason)`.
+    `token` (rank 0's, broadcast at the start) tells this start's files from an earlier attempt's."""
+
+    def __init__(self, run: RunDir, rank: int, world: int, token: str, on_death: Any = None):
+        self.run, self.rank, self.world, self.token = run, rank, world, token
+        self.on_death = on_death
+        self.death: str | None = None  # "rank R died: ..." once a peer died
+        self.started = time.time()
+        self.seen: dict[int, float] = {}  # peer -> when its heartbeat was last seen to change
+        self.heartbeats: dict[int, float] = {}
+        self.error: str | None = None
+        self.done = False
+        self.grace: threading.Timer | None = None  # rank 0, after a peer died: ends a process stuck in a collective
+        self.before_exit: Any = None  # called before that end (saves this rank's state)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.folder = run.path / "ranks"
+
+    def path(self, rank: int) -> Any:
+        return self.folder / f"rank{rank}.json"
+
+    def start(self) -> None:
+        self.beat()
+        self._thread = threading.Thread(target=self._loop, name="rank-beacon", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """The run is over in this process (run_training returns): a last beat that says so (rank 0 never takes a
+        peer that finished and exited for a dead one), then no more beats and no forced end."""
+        self._stop.set()
+        if self.grace is not None:
+            self.grace.cancel()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self.done = True
+        self.beat()
+
+    def beat(self) -> None:
+        from histo_core.fsutil import write_json_atomic
+
+        try:
+            self.folder.mkdir(exist_ok=True)  # never the run folder itself (a deleted run stays deleted)
+            doc = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time()}
+            write_json_atomic(self.path(self.rank), {**doc, "error": self.error, "done": self.done})
+        except OSError:
+            pass
+
+    def failed(self, line: str) -> None:
+        """This rank failed: its error line goes into its file at once, for rank 0 to quote."""
+        self.error = line
+        self.beat()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(min(HEARTBEAT_S, 1.0) if self.rank == 0 else HEARTBEAT_S):
+            self.beat()
+            if self.rank == 0 and self.death is None:
+                self.check_peers()
+
+    def check_peers(self) -> str | None:
+        """Rank 0: "rank R died: ..." for the first peer found dead (also kept in `death`), else None."""
+        from histo_core.fsutil import read_json
+        from histo_core.procs import pid_alive
+
+        now = time.time()
+        for peer in range(1, self.world):
+            doc = read_json(self.path(peer))
+            if not isinstance(doc, dict) or doc.get("token") != self.token:
+                continue  # not started yet, or an earlier attempt's file
+            reason = None
+            if doc.get("done") and not doc.get("error"):
+                continue  # finished its part and may have exited
+            if doc.get("error"):
+                reason = str(doc["error"])
+            elif doc.get("host") == socket.gethostname() and not pid_alive(int(doc.get("pid") or 0)):
+                reason = f"its process (pid {doc.get('pid')}) ended without a word (killed, e.g. out of memory?)"
+            else:
+                beat = float(doc.get("heartbeat") or 0)
+                if self.heartbeats.get(peer) != beat:
+                    self.heartbeats[peer], self.seen[peer] = beat, now
+                elif now - self.seen[peer] > PEER_SILENCE_S:
+                    reason = f"no heartbeat for {now - self.seen[peer]:.0f} s (hung, or its node is gone)"
+            if reason is not None:
+                self.death = f"rank {peer} died: {reason}"
+                if self.on_death is not None:
+                    self.on_death(self.death)
+                return self.death
+        return None

@@ -38,7 +38,10 @@ from histo_core.training.device import (
     needs_grad_scaler,
     precision_name,
 )
-from histo_core.training.distributed import sum_over_ranks
+from histo_core.training.distributed import broadcast_buffers, gather_objects, sum_over_ranks
+
+FP16_MAX_SKIPPED_STEPS = 20  # GradScaler steps skipped in a row (inf/NaN gradients) before fp16 gives way to fp32
+FP16_CHECK_STEPS = 20  # how often the host reads that count (a read waits for the device)
 
 
 class StopRequested(Exception):
@@ -76,6 +79,8 @@ class Trainer:
         self.precision = precision_name(self.amp_dtype)
         # fp16 needs loss scaling; a disabled scaler passes losses and steps through unchanged
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(self.amp_dtype))
+        self.skipped_in_a_row: torch.Tensor | None = None  # fp16: steps the scaler skipped in a row, on the device
+        self.fallback: str | None = None  # how and when fp16 gave way to fp32 (`fall_back_to_fp32`)
         self.head_ids = (
             {id(p) for p in head_module(self.model, config.arch).parameters()}
             if get_arch(config.arch).has_backbone
@@ -100,6 +105,7 @@ class Trainer:
             elr_lambda=config.elr_lambda,
             elr_beta=config.elr_beta,
             num_samples=len(data.train),
+            boot_warmup=config.boot_warmup,
         ).to(device)
         gen_device = device if self.cuda else torch.device("cpu")
         self.aug_gen = torch.Generator(device=gen_device).manual_seed(config.seed * 1000 + 17 + rank)
@@ -267,13 +273,48 @@ class Trainer:
         if self.scaler.is_enabled():
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self._update_scaler()
         else:
             loss.backward()
             self.optimizer.step()
         if self.scheduler is not None and self.per_batch_schedule:
             self.scheduler.step()
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    def _update_scaler(self) -> None:
+        """GradScaler.update, counting on the device (no wait) the steps it skipped in a row: a skipped step (inf or
+        NaN gradients) is one where the scale went down."""
+        before = getattr(self.scaler, "_scale", None)
+        before = None if before is None else before.clone()
+        self.scaler.update()
+        after = getattr(self.scaler, "_scale", None)
+        if before is None or after is None:
+            return
+        if self.skipped_in_a_row is None:
+            self.skipped_in_a_row = torch.zeros((), dtype=torch.long, device=after.device)
+        self.skipped_in_a_row = torch.where(after < before, self.skipped_in_a_row + 1, 0)
+
+    def check_fp16(self) -> bool:
+        """fp16 only: when the GradScaler skipped FP16_MAX_SKIPPED_STEPS steps in a row (the model overflows fp16
+        whatever the scale), switch to fp32 for the rest of the run. True when it switched now."""
+        if not self.scaler.is_enabled() or self.skipped_in_a_row is None:
+            return False
+        skipped = int(self.skipped_in_a_row)
+        if skipped < FP16_MAX_SKIPPED_STEPS:
+            return False
+        self.fall_back_to_fp32(
+            f"{self.precision} -> fp32 at epoch {self.epoch + 1}, batch {self.step}: the GradScaler skipped "
+            f"{skipped} steps in a row (inf/NaN gradients)"
+        )
+        return True
+
+    def fall_back_to_fp32(self, why: str) -> None:
+        """From now on full fp32 (no autocast, no scaler); `why` goes into the log, results.json, checkpoints and
+        the model card. The skipped steps left the weights as they were."""
+        self.fallback = why
+        self.amp_dtype, self.precision = None, precision_name(None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
+        self.skipped_in_a_row = None
 
     def train_batch(
         self, pos: np.ndarray, pos_on_device: torch.Tensor | None = None
@@ -283,7 +324,7 @@ class Trainer:
         tiles = self.gather(pos) if pos_on_device is None or self.shard_log else self.data.train.gather(pos_on_device)
         x = self.prepare_batch(tiles, train=True)
         y = self.labels_for(pos, pos_on_device)
-        if self.config.loss != "elr":  # only ELR keeps per-tile state: no index tensor made for other losses
+        if not getattr(self.criterion, "per_tile", False):  # no index tensor made for losses without per-tile state
             return self.train_step(x, y)
         return self.train_step(x, y, torch.from_numpy(np.asarray(pos, np.int64)))
 
@@ -316,6 +357,8 @@ class Trainer:
             correct += right
             self.step = i + 1
             self.partial["seen"] += len(pos)
+            if self.step % FP16_CHECK_STEPS == 0:
+                self.check_fp16()
             if on_batch is not None and on_batch(self, len(pos)):
                 self._fold_partial(loss_sum, correct, time.perf_counter() - t0)
                 raise StopRequested()
@@ -334,6 +377,9 @@ class Trainer:
         }
         if self.scheduler is not None and not self.per_batch_schedule:
             self.scheduler.step()
+        end_epoch = getattr(self.criterion, "end_epoch", None)
+        if end_epoch is not None:  # e.g. boot's loss split, refitted on this epoch's losses (kept in last.pt)
+            end_epoch(epoch + 1, cfg.epochs)
         self.epoch += 1
         self.step = 0
         self.partial = _empty_partial()
@@ -351,15 +397,23 @@ class Trainer:
     def predict(
         self, source: pipeline.TileSource, tta: bool = False, on_batch: Callable[[], None] | None = None
     ) -> np.ndarray:
-        """Softmax probabilities (N, K) float32 of a whole source (`histo_core.predict`, the one loop)."""
-        return predict_tiles(
+        """Softmax probabilities (N, K) float32 of a whole source (`histo_core.predict`, the one loop). Under
+        torchrun every rank must call it: each predicts its contiguous share (`pipeline.shard_range`) and every
+        rank gets all the rows, in order."""
+        rows = pipeline.shard_range(len(source), self.rank, self.world) if self.world > 1 else None
+        broadcast_buffers(self.model, self.world)  # every share seen by rank 0's model
+        probs = predict_tiles(
             self.model,
             source,
             self.input_spec(),
             tta=tta,
             on_batch=on_batch,
             num_classes=self.data.info.num_classes,
+            rows=rows,
         )
+        if self.world <= 1:
+            return probs
+        return np.concatenate(gather_objects(probs, self.world))
 
     # -- resumable state (last.pt; weights_only-loadable: tensors, numbers, strings, lists, dicts) --------
     def rank_state(self) -> dict[str, Any]:
@@ -387,6 +441,7 @@ class Trainer:
             "aug_gen": self.aug_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(),
             "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "fp32_fallback": self.fallback,
             "batch_size": self.config.batch_size,
             "ranks": ranks if ranks is not None else [self.rank_state()],
             "mixup_gen": self.mixup_gen.get_state(),
@@ -399,11 +454,16 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
         ranks = state.get("ranks")
-        if ranks and len(ranks) == self.world:
-            state = {**state, **ranks[self.rank]}  # this rank's own counts and random streams
-        elif self.world > 1 and self.rank != 0:
-            # saved by another number of processes (or before per-rank state): rank 0's partial counts once
+        own = ranks[self.rank] if ranks and len(ranks) == self.world else None
+        own_streams = True
+        if own is not None:
+            state = {**state, **own}  # this rank's own counts and random streams
+        elif self.world > 1 and (self.rank != 0 or ranks):
+            # saved by another number of processes (or before per-rank state): rank 0's partial counts once; or
+            # this rank's state was lost (a peer ran out of memory while this rank hung): its own seeded streams,
+            # never another rank's
             state = {**state, "partial": _empty_partial()}
+            own_streams = ranks is None or len(ranks) != self.world
         self.model.load_state_dict(weights)
         if self.config.mode in HEAD_MODES:
             self._freeze_backbone(bool(state["backbone_frozen"]))
@@ -424,11 +484,14 @@ class Trainer:
                     with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
                         warnings.simplefilter("ignore", UserWarning)
                         self.scheduler.step()
-        torch.set_rng_state(state["torch_rng"])
-        if self.cuda and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        self.aug_gen.set_state(state["aug_gen"])
-        self.noise_gen.set_state(state["noise_gen"])
+        if own_streams:
+            torch.set_rng_state(state["torch_rng"])
+            if self.cuda and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"])
+            self.aug_gen.set_state(state["aug_gen"])
+            self.noise_gen.set_state(state["noise_gen"])
+        if state.get("fp32_fallback") and self.scaler.is_enabled():  # fp16 overflowed before the stop: stay in fp32
+            self.fall_back_to_fp32(str(state["fp32_fallback"]))
         if self.scaler.is_enabled() and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
         if state.get("mixup_gen") is not None:  # absent in the last.pt of runs from before --mixup

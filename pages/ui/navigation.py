@@ -34,6 +34,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("pages/7_Feature_map.py", "Feature map", "🗺️", "Feature_map"),
     PageSpec("pages/8_Slides.py", "Slides", "🧫", "Slides"),
     PageSpec("pages/9_Studies.py", "Studies", "🧪", "Studies", heading="Noise studies"),
+    PageSpec("pages/10_Curation.py", "Curation", "🏷️", "Curation", heading="Label curation"),
 )
 
 

@@ -366,6 +366,15 @@ def _cancel_button(run: RunDir) -> None:
 
 
 def _resume_button(run: RunDir) -> None:
+    current = int(run.config().get("batch_size") or 1)
+    batch_size = st.number_input(
+        "Batch size",
+        min_value=1,
+        value=current,
+        step=1,
+        key=f"resume-batch-{run.id}",
+        help="lower it after running out of GPU memory: the epoch that failed restarts at its first batch",
+    )
     if st.button(
         "Resume", key=f"resume-{run.id}", type="primary", help="continue from last.pt in a new background process"
     ):
@@ -375,7 +384,9 @@ def _resume_button(run: RunDir) -> None:
             return f"{run.id} is {state} already" if state in jobs.ACTIVE_STATES else None
 
         with user_errors():
-            st.session_state["runs_notice"] = start_once(resumed_already, lambda: jobs.resume(run))[0]
+            st.session_state["runs_notice"] = start_once(
+                resumed_already, lambda: jobs.resume(run, batch_size=int(batch_size))
+            )[0]
             st.rerun()
 
 

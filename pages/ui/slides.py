@@ -15,6 +15,7 @@ import streamlit as st
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.slides.reader import SLIDE_SUFFIXES, UPLOAD_SUFFIXES
+from pages.ui.common import plain
 
 UPLOAD_LIMIT_MB = 200  # Streamlit's server.maxUploadSize (.streamlit/config.toml): larger slides go in a data root
 LIST_LIMIT = 500  # slide files listed from the data roots
@@ -61,10 +62,9 @@ def pick_slide() -> str | None:
         )
         if up is None:
             return None
-        if up.size > UPLOAD_LIMIT_MB * 2**20:
-            st.error(
-                f"{up.name}: {up.size / 2**20:.0f} MB, over the {UPLOAD_LIMIT_MB} MB upload limit; put it in a data folder"
-            )
+        refused = upload_refusal(up.name, up.size)
+        if refused:
+            st.error(plain(refused))
             return None
         return str(save_upload(up.name, up.getvalue()))
     found = find_slides(roots)
@@ -75,7 +75,7 @@ def pick_slide() -> str | None:
     )
     if typed.strip():
         if not paths.inside_roots(typed.strip(), roots):
-            st.error(f"{typed.strip()}: outside the allowed folders. {paths.OUTSIDE_ROOTS_MESSAGE}")
+            st.error(plain(f"{typed.strip()}: outside the allowed folders. {paths.OUTSIDE_ROOTS_MESSAGE}"))
             return None
         return typed.strip()
     if not found:
@@ -83,6 +83,17 @@ def pick_slide() -> str | None:
         return None
     picked = st.selectbox("Slides found in the data folders", [str(p) for p in found], key="slides_pick")
     return picked
+
+
+def upload_refusal(name: str, size: int) -> str | None:
+    """Why an upload of `size` bytes is refused (over UPLOAD_LIMIT_MB), else None. Streamlit's maxUploadSize
+    stops larger files in the browser; this says what to do instead."""
+    if size <= UPLOAD_LIMIT_MB * 2**20:
+        return None
+    return (
+        f"{name}: {size / 2**20:.0f} MB, over the {UPLOAD_LIMIT_MB} MB upload limit; put the slide in a data folder "
+        "and pick it from the list"
+    )
 
 
 def save_upload(name: str, data: bytes) -> Path:
@@ -152,15 +163,17 @@ def overview_figure(
     return fig
 
 
-def clicked_tile(event: Any) -> tuple[int, int] | None:
+def clicked_tile(event: Any, cols: int) -> tuple[int, int] | None:
+    """The tile (row, column) of a click on `overview_figure`'s tile markers (trace 1, one marker per tile, row
+    by row), from the point's index: its customdata comes back as a list or as an index-keyed object."""
     try:
         points = event["selection"]["points"]
     except (KeyError, TypeError):
         return None
     for p in points:
-        data = p.get("customdata")
-        if data is not None and len(data) == 2:
-            return int(data[0]), int(data[1])
+        index = p.get("point_index", p.get("point_number"))
+        if p.get("curve_number") == 1 and isinstance(index, int) and index >= 0:
+            return index // cols, index % cols
     return None
 
 
