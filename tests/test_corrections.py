@@ -153,6 +153,11 @@ def test_train_with_corrections_records_them_and_refuses_a_bad_file(synthetic, t
     assert run.config()["corrections"] == str(path)
     recorded = run.results()["corrections"]
     assert recorded["file"] == str(path) and recorded["marks"] == 2
+    from histo_core.export import export_run
+    from histo_core.fsutil import read_json
+
+    card = read_json(export_run(run, "corrected").with_suffix(".json"))
+    assert card["corrections"] == recorded and card["training_config"]["corrections"] == str(path)
     assert f"corrections {path.name}" in out.err and "1 relabelled, 1 excluded" in out.err
     assert main([*args, "--corrections", str(tmp_path / "nope.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

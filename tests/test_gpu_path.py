@@ -822,6 +822,87 @@ def test_validation_and_test_are_spread_over_the_ranks_and_gathered_as_one_proce
     assert val["n"] == len(ds.split("val"))
 
 
+def _embedding_run_worker(rank: int, store: str, run_path: str) -> None:
+    """One of two gloo ranks running a whole run with the end-of-run embedding; records which rows of each split
+    this rank computed features of."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from histo_core import embeddings as E
+    from histo_core.runs import RunDir
+    from histo_core.training import run as R
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), HISTO_EMBED_AFTER_TRAINING="1")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    real, shares = E.iter_predictions, []
+
+    def spy(model, source, spec, **kw):
+        shares.append([len(source), *kw["rows"]])
+        return real(model, source, spec, **kw)
+
+    E.iter_predictions = spy
+    result = R.run_training(RunDir(run_path))
+    with open(f"{run_path}/embed-shares-rank{rank}.json", "w") as fh:
+        json.dump({"shares": shares, "state": result["state"]}, fh)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_the_end_of_run_embedding_is_spread_over_the_ranks_and_equals_one_process(tmp_path, capfd):
+    import dataclasses
+    import json
+
+    from histo_core import embeddings as E
+    from histo_core import training as T
+
+    cfg = _quick_config(epochs=1, max_train_samples=128, batch_size=16)
+    run = T.prepare_run(cfg)
+    assert _two_ranks(_embedding_run_worker, str(tmp_path / "store"), str(run.path)) == [0, 0]
+    got = [json.loads((run.path / f"embed-shares-rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0]["state"] == got[1]["state"] == "completed"
+    sizes = {s: len(v) for s, v in T.open_config_dataset(cfg).splits.items()}
+    for r in (0, 1):  # each rank computed the features of its half of every split, rank 0 the first
+        assert sorted(n for n, _, _ in got[r]["shares"]) == sorted(sizes.values())
+        for n, start, stop in got[r]["shares"]:
+            assert (start, stop) == ((0, -(-n // 2)) if r == 0 else (-(-n // 2), n))
+    assert "features computed by 2 ranks" in capfd.readouterr().err  # rank 0's line (the ranks' stderr)
+    spread = E.load_store(run.path / E.DIR_NAME)
+    assert spread is not None and spread.meta["counts"] == {s: sizes[s] for s in spread.splits}
+    target = dataclasses.replace(E.target_for(str(run.path)), out_dir=tmp_path / "alone")
+    alone = E.embed(target, max_points=E.END_OF_TRAINING_MAX_POINTS)  # one process, best.pt loaded afresh
+    assert alone.splits == spread.splits == ["train", "val", "test"]
+    for split in alone.splits:
+        a, b = np.asarray(alone.features(split), np.float32), np.asarray(spread.features(split), np.float32)
+        assert a.shape == b.shape == (sizes[split], alone.meta["dims"])
+        np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-3)  # float16: at most one unit in the last place
+        (pa, la), (pb, lb) = alone.outputs(split), spread.outputs(split)
+        np.testing.assert_allclose(pb, pa, atol=1e-5)
+        np.testing.assert_array_equal(lb, la)
+    for x, y in zip(alone.projection()[1:], spread.projection()[1:]):  # the same tiles mapped
+        np.testing.assert_array_equal(x, y)
+    assert not list(run.path.glob(f".{E.DIR_NAME}.tmp-*"))
+
+
+def test_the_out_of_memory_message_names_the_command_that_resumes_the_run(monkeypatch):
+    from pathlib import Path
+
+    from histo_core.training.run import resume_command
+
+    run = Path("/runs/r1")
+    assert resume_command(run, 16, 1) == "python -m histo_core train --run-dir /runs/r1 --resume --batch-size 16"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert resume_command(run, 8, 2) == (
+        "torchrun --nproc_per_node=2 -m histo_core train --run-dir /runs/r1 --resume --batch-size 8"
+    )
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # two nodes of four processes: the rendezvous form, on each
+    multi = resume_command(run, 8, 8)
+    assert multi.startswith("torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d ")
+    assert "-m histo_core train --run-dir /runs/r1 --resume --batch-size 8 (on every node" in multi
+
+
 @pytest.mark.slow
 def test_out_of_memory_on_one_torchrun_rank_saves_per_rank_state(tmp_path):
     from histo_core import checkpoint
@@ -835,6 +916,7 @@ def test_out_of_memory_on_one_torchrun_rank_saves_per_rank_state(tmp_path):
     assert status.state == "failed" and status.error.startswith(  # type: ignore[union-attr]
         "rank 1 died: out of GPU memory at batch 2 of epoch 1: lower --batch-size (now 16)"
     ), status
+    assert f"resume from last.pt: torchrun --nproc_per_node=2 -m histo_core train --run-dir {run.path}" in status.error
     state = checkpoint.load_checkpoint(run.last_ckpt)["train_state"]  # written by rank 1 itself
     assert (state["epoch"], state["step"], state["ranks"]) == (0, 1, [None, None])
     ranks = R._rank_states_from_files(run, state, 2)  # each rank's own file, as --resume reads them
@@ -883,3 +965,41 @@ def test_fp16_that_keeps_overflowing_falls_back_to_fp32_and_says_so(monkeypatch,
     assert checkpoint.load_checkpoint(run.last_ckpt)["train_state"]["fp32_fallback"].startswith(why)  # kept on resume
     card = json.loads(export_run(run, "fp16-fallback").with_suffix(".json").read_text())
     assert card["precision"] == "fp32" and card["precision_fallback"].startswith(why)
+
+
+def test_rank_0_reads_its_peers_heartbeat_files(tmp_path, monkeypatch):
+    """What makes a peer dead for rank 0: its error line, its process gone on this machine, or its heartbeat
+    silent; never a peer that finished its part and exited, nor an earlier attempt's file."""
+    import socket
+
+    from histo_core.fsutil import write_json_atomic
+    from histo_core.runs import RunDir
+    from histo_core.training import status as S
+
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    deaths: list[str] = []
+    watch = S.RankBeacon(run, 0, 3, "tok", deaths.append)
+    watch.beat()
+    here, gone = socket.gethostname(), 2**22 + 12345
+
+    def peer(rank, **doc):
+        base = {"token": "tok", "pid": gone, "host": here, "heartbeat": 1.0, "error": None, "done": False}
+        write_json_atomic(watch.path(rank), {**base, **doc})
+
+    peer(1, done=True)  # finished and exited: not dead
+    peer(2, token="earlier")  # an earlier attempt's file
+    assert watch.check_peers() is None and deaths == []
+    peer(2, host="another-node", heartbeat=5.0)  # alive elsewhere, heartbeat seen once
+    assert watch.check_peers() is None
+    monkeypatch.setattr(S, "PEER_SILENCE_S", -1.0)  # then silent for longer than allowed
+    assert watch.check_peers() == "rank 2 died: no heartbeat for 0 s (hung, or its node is gone)"
+    peer(2, host="another-node", heartbeat=6.0, error="RuntimeError: disk full")
+    assert watch.check_peers() == "rank 2 died: RuntimeError: disk full"
+    peer(2, host="another-node", heartbeat=7.0)
+    peer(1)  # not done, and its pid is no process on this machine
+    assert (
+        watch.check_peers()
+        == f"rank 1 died: its process (pid {gone}) ended without a word (killed, e.g. out of memory?)"
+    )
+    assert len(deaths) == 3

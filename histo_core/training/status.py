@@ -152,6 +152,7 @@ class RankBeacon:
         self.seen: dict[int, float] = {}  # peer -> when its heartbeat was last seen to change
         self.heartbeats: dict[int, float] = {}
         self.error: str | None = None
+        self.done = False
         self.grace: threading.Timer | None = None  # rank 0, after a peer died: ends a process stuck in a collective
         self.before_exit: Any = None  # called before that end (saves this rank's state)
         self._stop = threading.Event()
@@ -167,12 +168,15 @@ class RankBeacon:
         self._thread.start()
 
     def stop(self) -> None:
-        """The run is over in this process (run_training returns): no more beats, and no forced end."""
+        """The run is over in this process (run_training returns): a last beat that says so (rank 0 never takes a
+        peer that finished and exited for a dead one), then no more beats and no forced end."""
         self._stop.set()
         if self.grace is not None:
             self.grace.cancel()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        self.done = True
+        self.beat()
 
     def beat(self) -> None:
         from histo_core.fsutil import write_json_atomic
@@ -180,7 +184,7 @@ class RankBeacon:
         try:
             self.folder.mkdir(exist_ok=True)  # never the run folder itself (a deleted run stays deleted)
             doc = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time()}
-            write_json_atomic(self.path(self.rank), {**doc, "error": self.error})
+            write_json_atomic(self.path(self.rank), {**doc, "error": self.error, "done": self.done})
         except OSError:
             pass
 
@@ -206,6 +210,8 @@ class RankBeacon:
             if not isinstance(doc, dict) or doc.get("token") != self.token:
                 continue  # not started yet, or an earlier attempt's file
             reason = None
+            if doc.get("done") and not doc.get("error"):
+                continue  # finished its part and may have exited
             if doc.get("error"):
                 reason = str(doc["error"])
             elif doc.get("host") == socket.gethostname() and not pid_alive(int(doc.get("pid") or 0)):
