@@ -3,6 +3,7 @@
     python benchmarks/ood_flag.py                         # the shipped models + a run trained here
     python benchmarks/ood_flag.py weights/x.pt RUN_ID     # given models (and a run trained here)
     python benchmarks/ood_flag.py --no-train ...          # given models only
+    python benchmarks/ood_flag.py --heldout RUN --heldout-only   # only a run trained on the train split
 
 Every image goes through the Classify page's path (inference.classify_uploads: decoding, field of view,
 stain normalisation, every check of the flag), with the microns per pixel unknown, as an upload would be.
@@ -127,6 +128,7 @@ def main() -> None:
         "--heldout", help="a run (dir or best.pt) trained on the train split only: used instead of training"
     )
     ap.add_argument("--epochs", type=int, default=None, help="epochs of the run trained here (default: the recipe's)")
+    ap.add_argument("--heldout-only", action="store_true", help="measure only the --heldout run (no shipped models)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not SHARED.is_dir():
@@ -140,7 +142,7 @@ def main() -> None:
         "kather2016": images_under(TILES / "kather2016"),
     }
     table: dict[str, dict[str, dict]] = {}
-    for m in args.models or [str(ROOT / p) for p in SHIPPED]:
+    for m in [] if args.heldout_only else args.models or [str(ROOT / p) for p in SHIPPED]:
         table[Path(m).stem if m.endswith(".pt") else m] = measure(m, common)
     if args.heldout:
         table["run on train split"] = measure(args.heldout, {"pathmnist-test": npz_test_uploads(), **common})

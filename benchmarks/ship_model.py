@@ -266,7 +266,7 @@ def recalibrate(args) -> None:
     card["ood"] = ood.calibration_summary(ckpt["ood"])
     for k, v in real.items():
         if k in card.get("real_tiles", {}):
-            card["real_tiles"][k]["flagged_unlike_training"] = v["flagged"]
+            card["real_tiles"][k].update(correct=v["correct"], flagged_unlike_training=v["flagged"])
     card["ood_recalibrated"] = {
         "command": f"python benchmarks/ship_model.py --name {args.name} --folds {args.folds} "
         f"--recalibrate {args.recalibrate} --seed {args.seed}",

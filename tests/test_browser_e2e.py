@@ -358,3 +358,126 @@ def test_datasets_first_choice_and_offline_download(tmp_path, shared_data):
             shot(page, "datasets-offline-download")
         finally:
             browser.close()
+
+
+DOCS_SHOTS = ROOT / "docs" / "screenshots"  # small viewport shots the README shows; HISTO_UPDATE_SCREENSHOTS=1
+
+
+def doc_shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    if os.environ.get("HISTO_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS_SHOTS / f"{name}.png"))
+
+
+def nav_words(page) -> list[str]:
+    return [w for w in page.locator('[data-testid="stSidebarNav"]').inner_text().split() if w.isascii()]
+
+
+def test_walk_from_a_shared_link(tmp_path, shared_data, shipped_model, monkeypatch):
+    """Issue 24's walk II: a shared Review link opened first after the server starts (the sidebar as from /), a
+    click on a confusion-matrix cell, the shipped model on Classify (the CSV with the flag's columns, its most
+    similar training tiles) and its evaluation on the Kather folder with the pre-filled class map."""
+    sync_api = _require_browser()
+    env = {
+        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
+        "HISTO_DATA_DIR": str(tmp_path / "data"),
+        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
+    }
+    for d in env.values():
+        Path(d).mkdir(parents=True, exist_ok=True)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    env["HISTO_SHIPPED_WEIGHTS_DIR"] = str(shipped_model.parent)  # the repository's weights/
+    from tests.runfiles import CLASSES, write_run
+
+    run = write_run("completed", skill=1.0, seed=5)
+    kather = shared_data / "tiles" / "kather2016"
+    uploads = sorted((shared_data / "tiles" / "breakhis-400x").rglob("*.png"))[:2]
+    uploads += sorted((shared_data / "tiles" / "crc-he" / "CRC-VAL-HE-7K").rglob("*.tif"))[:2]
+    log = ARTIFACTS / "streamlit-shared-link.log"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    with streamlit_server(env, log) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+            # a shared link is the first page the server serves: the sidebar is the app's, as when / comes first
+            goto(page, f"{url}/Review?run={run.id}", "Review (shared link first)")
+            first = nav_words(page)
+            assert first[:3] == ["Home", "Datasets", "Train"] and "app" not in first, first
+            icons = page.locator('[data-testid="stSidebarNav"] [data-testid="stIconEmoji"]').count()
+            goto(page, url, "Home")
+            assert nav_words(page) == first
+            assert page.locator('[data-testid="stSidebarNav"] [data-testid="stIconEmoji"]').count() == icons > 0
+
+            # Review: a click on an off-diagonal cell of the matrix (true class 0, predicted 1) filters the tiles
+            goto(page, f"{url}/Review?run={run.id}", "Review")
+            chart = page.locator('[data-testid="stPlotlyChart"]').first
+            chart.scroll_into_view_if_needed()
+            point = chart.locator(".scatterlayer .point").nth(1)  # cells row by row: (0, 1)
+            box = point.bounding_box()
+            assert box is not None
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            wait_idle(page)
+            assert page.get_by_role("combobox", name="True class").input_value() == CLASSES[0]
+            assert page.get_by_role("combobox", name="Predicted class").input_value() == CLASSES[1]
+            assert_no_exception(page, "Review after a cell click")
+            doc_shot(page, "walk2-review-cell-click")
+
+            # the shipped model on Classify, as a shared link in a new tab: real tiles of two organs, the CSV with
+            # the flag's score in its columns
+            page = browser.new_page(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+            goto(page, f"{url}/Classify?model=pathmnist-resnet9", "Classify (shipped model)")
+            assert page.get_by_role("combobox", name="Model").input_value().startswith("pathmnist-resnet9 ")
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(p) for p in uploads])
+            page.get_by_text(re.compile(rf"{len(uploads)} of {len(uploads)} file\(s\) classified")).first.wait_for(
+                timeout=180_000
+            )
+            wait_idle(page)
+            with page.expect_download() as dl:
+                page.get_by_role("button", name=re.compile("Download the table")).click()
+            import pandas as pd
+
+            csv = pd.read_csv(dl.value.path())
+            assert {"unlike training score", "unlike training"} <= set(csv.columns)
+            assert csv["unlike training score"].notna().all() and len(csv) == len(uploads)
+            breakhis = csv[csv["file"].astype(str).str.contains("SOB_")]
+            assert len(breakhis) == 2 and (breakhis["unlike training score"] >= 1.0).all(), csv.to_string()
+            # each card shows the score (flagged or not), after its Grad-CAM is computed
+            page.get_by_text(re.compile(r"[Uu]nlike.the.training.tiles\W{0,3}score \d")).first.wait_for(timeout=240_000)
+            wait_idle(page)
+            doc_shot(page, "walk2-classify-flag")
+
+            # its most similar training tiles: the card names the dataset, embedded once in the background
+            page.get_by_text("Most similar training tiles").first.click()
+            wait_idle(page)
+            assert page.get_by_text("does not record").count() == 0
+            embed = page.get_by_role("button", name="Embed the training tiles")
+            if embed.count():
+                embed.first.click()
+            page.get_by_text(re.compile(r"k-NN vote of the \d+ nearest")).first.wait_for(timeout=300_000)
+            wait_idle(page)
+            assert_no_exception(page, "Classify, similar tiles")
+            page.get_by_text(re.compile(r"k-NN vote of the")).first.scroll_into_view_if_needed()
+            doc_shot(page, "walk2-similar-tiles")
+
+            # the Kather folder: classes pre-filled (only 03_COMPLEX unscored), evaluated in the background
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            goto(page, f"{url}/Classify?model=pathmnist-resnet9&dataset={kather}", "Classify (evaluate on Kather)")
+            page.get_by_text(re.compile(r"Not scored \(1 of 8 classes.*03_COMPLEX")).first.wait_for(timeout=120_000)
+            assert page.get_by_text("No dataset class is matched").count() == 0
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0  # no error before an edit
+            page.get_by_role("button", name="Start the evaluation").click()
+            page.get_by_text("Evaluations on other datasets").first.wait_for(timeout=240_000)
+            wait_idle(page)
+            assert_no_exception(page, "Classify after the Kather evaluation")
+            page.get_by_text("Evaluations on other datasets").first.scroll_into_view_if_needed()
+            doc_shot(page, "walk2-kather-evaluation")
+        finally:
+            browser.close()
+    assert not re.search(r"Traceback \(most recent call last\)", log.read_text()), (
+        f"the server logged a traceback:\n{log.read_text()[-3000:]}"
+    )

@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from histo_core.inference import preprocess
 from histo_core.slides import outputs
-from histo_core.slides.analysis import SlideAnalysis
+from histo_core.slides.analysis import SlideAnalysis, model_tile
 from histo_core.slides.grid import SlideGrid
 from histo_core.slides.reader import Slide
 
@@ -61,7 +60,7 @@ def read_tile(
     d = slide.level_downsamples[level]
     shown = slide.read(x, y, level, max(1, round(side / d)), max(1, round(side / d)))
     raw = slide.read(x, y, grid.level, grid.read_px, grid.read_px)
-    return shown, preprocess(raw, meta, [], mpp=grid.field_um / grid.read_px)
+    return shown, model_tile(raw, meta, [], grid.field_um / grid.read_px)
 
 
 def read_region(

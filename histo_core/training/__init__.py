@@ -19,6 +19,7 @@ Batches come from `histo_core.pipeline` (uint8 tiles, converted and augmented on
 through `histo_core.predict`, the one batched forward pass; DDP is used under torchrun (WORLD_SIZE > 1).
 """
 
+from histo_core.distributed import any_rank, broadcast, dist_env, init_distributed, shutdown_distributed
 from histo_core.runtime import resolve_device
 from histo_core.training.data import (
     IMAGENET_MEAN,
@@ -37,7 +38,6 @@ from histo_core.training.defaults import (
     open_config_dataset,
 )
 from histo_core.training.device import compile_cache_dir, compile_module, fused_optimizer_ok, setup_device
-from histo_core.training.distributed import any_rank, broadcast, dist_env, init_distributed, shutdown_distributed
 from histo_core.training.final import epoch_line, final_evaluation, ood_calibration
 from histo_core.training.fit import fit_arrays, measure_throughput, predict_probs
 from histo_core.training.run import prepare_run, run_training

@@ -11,11 +11,11 @@ import torch
 from histo_core import checkpoint as ckpt_mod
 from histo_core import ood, pipeline, stain
 from histo_core.config import TrainConfig
+from histo_core.distributed import broadcast
 from histo_core.fsutil import savez_atomic
 from histo_core.metrics import classification_report, per_sample_loss
 from histo_core.runs import RunDir
 from histo_core.training.data import TrainData
-from histo_core.training.distributed import broadcast
 from histo_core.training.trainer import Trainer
 
 

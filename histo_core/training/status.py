@@ -235,7 +235,7 @@ def start_beacon(run: RunDir, writer: StatusWriter, rank: int, world: int) -> Ra
     blocked in PEER_GRACE_S to fail (gloo fails at once, NCCL waits for its timeout) before it ends the process."""
     import torch.distributed as dist  # torch only in a training process
 
-    from histo_core.training.distributed import broadcast
+    from histo_core.distributed import broadcast
 
     if world <= 1 or not dist.is_initialized():  # the token is agreed through the process group
         return None

@@ -25,6 +25,7 @@ from torch import nn
 
 from histo_core import augment, pipeline, runtime, stain
 from histo_core.config import HEAD_MODES, TrainConfig
+from histo_core.distributed import broadcast_buffers, gather_objects, sum_over_ranks
 from histo_core.losses import build_loss, mixup_batch
 from histo_core.models import build_model, get_arch, head_module, set_backbone_trainable
 from histo_core.noise import batch_noise
@@ -38,7 +39,6 @@ from histo_core.training.device import (
     needs_grad_scaler,
     precision_name,
 )
-from histo_core.training.distributed import broadcast_buffers, gather_objects, sum_over_ranks
 
 FP16_MAX_SKIPPED_STEPS = 20  # GradScaler steps skipped in a row (inf/NaN gradients) before fp16 gives way to fp32
 FP16_CHECK_STEPS = 20  # how often the host reads that count (a read waits for the device)
