@@ -283,6 +283,9 @@ def test_input_colour_check_sees_what_normalisation_hides():
     assert flags.tolist() == [True, False]
     assert reasons[0] == "colours and contrast unlike the training tiles even before stain normalisation"
     assert not ood.flag_tiles(calib, probs, looks_fine)[0].any()  # the input check needs the input
+    # the flag's one threshold scales the checks calibrated on held-out tiles, not the colour checks' own
+    calib["combined"] = {"threshold": 3.0}
+    assert ood.flag_tiles(calib, probs, looks_fine, torch.cat([noise[:1], given[:1]]))[0].tolist() == [True, False]
     assert "input_colour_mean" not in ood.calibrate(seen, None, "")  # no normalisation: no input check
 
 
