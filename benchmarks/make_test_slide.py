@@ -80,7 +80,8 @@ def write_slide(
                 period
                 if d == 1
                 else np.asarray(
-                    Image.fromarray(period).resize((max(1, pw // d), max(1, ph // d)), Image.Resampling.LANCZOS)
+                    # area averaging, as scanners and libvips make pyramid levels
+                    Image.fromarray(period).resize((max(1, pw // d), max(1, ph // d)), Image.Resampling.BOX)
                 )
             )
             extra = {}

@@ -43,6 +43,7 @@ from histo_core.predict import InputSpec, eval_batch_size, iter_predictions, pre
 
 DIR_NAME = "embeddings"
 SPLITS = ("train", "val", "test")
+EMBED_BLOCK = 8192  # rows a rank computes per round (what it holds, and rank 0 receives from each, at once)
 MAX_POINTS = 20_000  # t-SNE runs on at most this many points (a seeded, per-split proportional sample)
 PCA_DIMS = 50
 FORMAT = 1
@@ -374,90 +375,150 @@ def embed(
 
     `model`: an already-loaded model in eval mode (the trainer's, at the end of training); default: load
     target.model_ref on the CPU."""
+    store = _embed(target, splits, model=model, batch_size=batch_size, progress=progress, max_points=max_points)
+    assert store is not None  # one process: rank 0
+    return store
+
+
+def _embed(
+    target: EmbedTarget,
+    splits: Sequence[str] | None = None,
+    *,
+    model: nn.Module | None = None,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+    max_points: int = MAX_POINTS,
+    rank: int = 0,
+    world: int = 1,
+) -> EmbeddingStore | None:
+    """`embed`, also under torchrun (`world` > 1, `model` given, the same weights on every rank), where every
+    rank calls it: each computes the features of its contiguous share of each split
+    (`pipeline.shard_range`), EMBED_BLOCK rows a round, rank 0 gathers the rounds' blocks in rank order, draws
+    the map and alone writes the files (it needs the run folder; the others return None). A failure on any rank
+    before the features raises the same HistoError on every rank; one while computing them, on rank 0."""
     from histo_core.checkpoint import load_checkpoint
     from histo_core.datasets import open_dataset
     from histo_core.inference import ModelMeta, load_model
-    from histo_core.pipeline import TileSource
+    from histo_core.pipeline import TileSource, shard_range
+    from histo_core.training.distributed import broadcast, gather_to_first
 
     started = time.time()
     say = progress or (lambda f, m: None)
     if model is None:
         loaded = load_model(target.model_ref)
         model, meta = loaded.model, loaded.meta
-    else:
-        meta = ModelMeta.from_checkpoint(load_checkpoint(target.model_path))
-    kw = dict(target.open_kwargs)
-    if kw.get("as_rgb") is None:
-        kw["as_rgb"] = meta.in_channels == 3
-    try:
-        ds = open_dataset(target.dataset, **kw)
-    except HistoError as exc:
-        raise HistoError(f"{target.dataset}: cannot open the dataset to embed: {exc}") from None
-    if ds.info.channels != meta.in_channels:
-        raise HistoError(
-            f"{target.dataset}: tiles have {ds.info.channels} channel(s), the model takes {meta.in_channels}"
+    else:  # rank 0 reads the checkpoint (the other ranks' nodes may not see the run folder)
+        read = _on_every_rank(
+            lambda: ModelMeta.from_checkpoint(load_checkpoint(target.model_path)) if rank == 0 else None, rank, world
         )
-    have = [s for s in SPLITS if s in ds.splits and len(ds.splits[s])]
-    wanted = list(splits) if splits else have
-    bad = [s for s in wanted if s not in have]
-    if bad:
-        raise HistoError(f"--split {bad[0]}: the dataset has no such split; it has {', '.join(have)}")
+        meta = broadcast(read, world)
+
+    def open_splits() -> tuple[Any, list[str]]:
+        kw = dict(target.open_kwargs)
+        if kw.get("as_rgb") is None:
+            kw["as_rgb"] = meta.in_channels == 3
+        try:
+            ds = open_dataset(target.dataset, **kw)
+        except HistoError as exc:
+            raise HistoError(f"{target.dataset}: cannot open the dataset to embed: {exc}") from None
+        if ds.info.channels != meta.in_channels:
+            raise HistoError(
+                f"{target.dataset}: tiles have {ds.info.channels} channel(s), the model takes {meta.in_channels}"
+            )
+        have = [s for s in SPLITS if s in ds.splits and len(ds.splits[s])]
+        wanted = list(splits) if splits else have
+        bad = [s for s in wanted if s not in have]
+        if bad:
+            raise HistoError(f"--split {bad[0]}: the dataset has no such split; it has {', '.join(have)}")
+        return ds, wanted
+
+    ds, wanted = _on_every_rank(open_splits, rank, world)
     device = next(model.parameters()).device
     batch = batch_size or eval_batch_size(meta.input_size, device)
+    block = max(batch, EMBED_BLOCK // batch * batch)
     out_dir = Path(target.out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        raise HistoError(f"{out_dir.parent}: cannot write embeddings there ({exc.strerror or exc})") from None
+
+    def make_tmp() -> None:
+        if rank != 0:
+            return
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise HistoError(f"{out_dir.parent}: cannot write embeddings there ({exc.strerror or exc})") from None
+
+    _on_every_rank(make_tmp, rank, world)
     try:
         counts = {s: len(ds.splits[s]) for s in wanted}
         total = sum(counts.values())
         done = 0
         dims = None
+        failed: str | None = None  # this rank's error while computing (it still takes part in every gather)
         was_training = model.training  # iter_predictions puts it in eval mode
-        from histo_core.inference import model_lock
-
         spec = InputSpec.of(meta)  # tiles of another size are resized: a frozen model embeds any dataset
         for split in wanted:
             source = TileSource(ds.splits[split], "cpu", resident_max_bytes=0)  # streamed, one batch in memory
             n = counts[split]
-            probs = np.zeros((n, meta.num_classes), np.float32)
+            first, stop = shard_range(n, rank, world)
+            probs = np.zeros((n, meta.num_classes), np.float32) if rank == 0 else None
             feats = None
-            with model_lock(model):
-                for start, p, f in iter_predictions(model, source, spec, features=True, batch_size=batch):
-                    assert f is not None  # features=True
-                    if feats is None:
-                        dims = f.shape[1]
-                        feats = np.lib.format.open_memmap(
-                            tmp / f"features_{split}.npy", mode="w+", dtype=np.float16, shape=(n, dims)
-                        )
-                    feats[start : start + len(f)] = f.astype(np.float16)
-                    probs[start : start + len(f)] = p
-                    done += len(f)
-                    say(0.8 * done / max(1, total), f"{split}: {start + len(f):,}/{n:,} tiles")
+            for offset in range(0, -(-n // max(1, world)), block):  # the same number of rounds on every rank
+                rows = (min(stop, first + offset), min(stop, first + offset + block))
+
+                def tick(k: int, before: int = done, at: int = offset, split: str = split, n: int = n) -> None:
+                    if rank == 0:  # rank 0's own rows done in this round, times the ranks: an estimate of all
+                        est = min(total, before + world * k)
+                        say(0.8 * est / max(1, total), f"{split}: {min(n, world * (at + k)):,}/{n:,} tiles")
+
+                part: Any = failed
+                if failed is None:
+                    try:
+                        part = _features_block(model, source, spec, batch, rows, tick)
+                    except Exception as exc:  # noqa: BLE001 - reported by rank 0 after the last round
+                        if world <= 1:
+                            raise
+                        part = failed = f"rank {rank}: {type(exc).__name__}: {exc}"
+                parts = gather_to_first(part, world)
+                for got in parts or []:
+                    if isinstance(got, str):
+                        failed = failed or got
+                    elif got is not None and failed is None:
+                        at, f, p = got
+                        if feats is None:
+                            dims = f.shape[1]
+                            feats = np.lib.format.open_memmap(
+                                tmp / f"features_{split}.npy", mode="w+", dtype=np.float16, shape=(n, dims)
+                            )
+                        feats[at : at + len(f)] = f
+                        probs[at : at + len(f)] = p  # type: ignore[index]
+                        done += len(f)
             if feats is not None:
                 feats.flush()
                 del feats
-            np.savez(tmp / f"outputs_{split}.npz", probs=probs, labels=source.labels.numpy())
+            if probs is not None and failed is None:  # rank 0
+                np.savez(tmp / f"outputs_{split}.npz", probs=probs, labels=source.labels.numpy())
         if was_training:
             model.train()
-        rows = sample_points(counts, max_points)
-        parts = []
+        if rank != 0:
+            return None
+        if failed is not None:
+            raise HistoError(f"computing the features failed on {failed}")
+        rows_of = sample_points(counts, max_points)
+        parts_xy = []
         for split in wanted:
             mm = np.load(tmp / f"features_{split}.npy", mmap_mode="r")
-            parts.append(np.asarray(mm[rows[split]], np.float32))
+            parts_xy.append(np.asarray(mm[rows_of[split]], np.float32))
             del mm
-        m = sum(len(r) for r in rows.values())
+        m = sum(len(r) for r in rows_of.values())
         say(0.82, f"projecting {m:,} tiles (PCA + t-SNE)")
-        xy, method = project(np.concatenate(parts) if parts else np.zeros((0, dims or 1), np.float32))
-        del parts
+        xy, method = project(np.concatenate(parts_xy) if parts_xy else np.zeros((0, dims or 1), np.float32))
+        del parts_xy
         np.savez(
             tmp / "projection.npz",
             xy=xy,
-            split=np.concatenate([np.full(len(rows[s]), i) for i, s in enumerate(wanted)]).astype(np.int64),
-            row=np.concatenate([rows[s] for s in wanted]).astype(np.int64),
+            split=np.concatenate([np.full(len(rows_of[s]), i) for i, s in enumerate(wanted)]).astype(np.int64),
+            row=np.concatenate([rows_of[s] for s in wanted]).astype(np.int64),
         )
         st = target.model_path.stat()
         meta_doc = {
@@ -489,10 +550,54 @@ def embed(
         write_json_atomic(tmp / "meta.json", meta_doc)
         _swap_into_place(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     say(1.0, f"saved {total:,} tiles' features ({dims} dims) to {out_dir}")
     return EmbeddingStore(out_dir, meta_doc)
+
+
+def _features_block(
+    model: nn.Module,
+    source: Any,
+    spec: InputSpec,
+    batch: int,
+    rows: tuple[int, int],
+    tick: Callable[[int], None],
+) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(first row, features (B, D) float16, probabilities (B, K)) of the rows [start, stop) of `source`; None
+    when there are none (a rank's share may be empty). Holds the model's lock, like every other forward pass."""
+    from histo_core.inference import model_lock
+
+    feats: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    if rows[0] >= rows[1]:
+        return None
+    with model_lock(model):
+        for start, p, f in iter_predictions(model, source, spec, features=True, batch_size=batch, rows=rows):
+            assert f is not None  # features=True
+            feats.append(f.astype(np.float16))
+            probs.append(p)
+            tick(start + len(f) - rows[0])
+    return rows[0], np.concatenate(feats), np.concatenate(probs)
+
+
+def _on_every_rank(step: Callable[[], Any], rank: int, world: int) -> Any:
+    """`step()` on this rank. Under torchrun every rank then learns whether any rank failed and raises that
+    rank's HistoError, so that none is left waiting in a collective; one process just runs it."""
+    from histo_core.training.distributed import gather_objects
+
+    if world <= 1:
+        return step()
+    value, error = None, None
+    try:
+        value = step()
+    except Exception as exc:  # noqa: BLE001 - every rank must hear of it
+        error = str(exc) if isinstance(exc, HistoError) else f"rank {rank}: {type(exc).__name__}: {exc}"
+    first = next((e for e in gather_objects(error, world) if e), None)
+    if first is not None:
+        raise HistoError(first)
+    return value
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
@@ -506,22 +611,38 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
 END_OF_TRAINING_MAX_POINTS = 5_000
 
 
-def embed_at_end_of_training(run, model: nn.Module, log: Callable[[str], None]) -> None:
+def embed_at_end_of_training(run, model: nn.Module, log: Callable[[str], None], rank: int = 0, world: int = 1) -> None:
     """The trainer's hook: embed the run's dataset with its final model. Never fails the run: a problem is
-    logged, and `python -m histo_core embed RUN` can redo it later."""
+    logged, and `python -m histo_core embed RUN` can redo it later. Under torchrun every rank calls it with
+    the same weights and computes its share of the features (`_embed`); rank 0 finds the target and logs."""
+    from histo_core.training.distributed import broadcast
+
     if os.environ.get("HISTO_EMBED_AFTER_TRAINING", "1") == "0":
         return
+    target: EmbedTarget | str | None = None
     try:
-        target = target_for(str(run.path))
+        if rank == 0:
+            target = target_for(str(run.path))
+    except Exception as exc:  # noqa: BLE001 - an optional extra must never fail a finished training run
+        target = f"{type(exc).__name__}: {exc}"
+    target = broadcast(target, world)  # the other ranks' nodes may not see the run folder
+    try:
+        if isinstance(target, str):
+            raise HistoError(target)
+        assert target is not None
         # the map drawn inside the training process is capped lower than on demand (t-SNE of 20,000 points
         # takes minutes on 2 cores); `python -m histo_core embed RUN` redraws it with up to MAX_POINTS
-        store = embed(target, model=model, max_points=min(MAX_POINTS, END_OF_TRAINING_MAX_POINTS))
-        log(
-            f"embeddings: {sum(store.meta['counts'].values()):,} tiles, {store.meta['dims']} dims, "
-            f"{store.meta['projection']}, {store.meta['seconds']} s"
-        )
+        cap = min(MAX_POINTS, END_OF_TRAINING_MAX_POINTS)
+        store = _embed(target, model=model, max_points=cap, rank=rank, world=world)
+        if store is not None:
+            log(
+                f"embeddings: {sum(store.meta['counts'].values()):,} tiles, {store.meta['dims']} dims, "
+                f"{store.meta['projection']}, {store.meta['seconds']} s"
+                + (f", features computed by {world} ranks" if world > 1 else "")
+            )
     except Exception as exc:  # noqa: BLE001 - an optional extra must never fail a finished training run
-        log(f"embeddings not saved ({type(exc).__name__}: {exc}); run `python -m histo_core embed {run.id}`")
+        if rank == 0:
+            log(f"embeddings not saved ({type(exc).__name__}: {exc}); run `python -m histo_core embed {run.id}`")
 
 
 __all__ = [

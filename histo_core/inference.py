@@ -361,19 +361,27 @@ def ood_features(model: nn.Module | None, meta: ModelMeta, view: torch.Tensor) -
 
 
 def predict(
-    loaded: LoadedModel, tiles_uint8: np.ndarray | torch.Tensor, tta: bool = False, batch_size: int = 256
+    loaded: LoadedModel,
+    tiles_uint8: np.ndarray | torch.Tensor,
+    tta: bool = False,
+    batch_size: int = 256,
+    amp_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, K) float32 for uint8 tiles (N, S, S, C) already at the model's input size, or for
     the model's view of them (`model_view`: stain-normalised already). Runs `histo_core.predict`, the one loop.
 
     With `tta`, the probabilities are averaged over the 8 dihedral views (flips and 90-degree rotations),
-    all label-preserving for tissue."""
+    all label-preserving for tissue. `amp_dtype`: autocast to it, with channels-last batches (the slide
+    analysis: `training.device.native_amp_dtype`); None: full fp32."""
     from histo_core.predict import InputSpec, predict_tiles
 
     tiles = tiles_uint8 if isinstance(tiles_uint8, torch.Tensor) else np.asarray(tiles_uint8)
     if not isinstance(tiles, torch.Tensor):
         _check_tiles(tiles, loaded.meta)
-    spec, k = InputSpec.of(loaded.meta), loaded.meta.num_classes
+    spec, k = (
+        InputSpec.of(loaded.meta, amp_dtype=amp_dtype, channels_last=amp_dtype is not None),
+        loaded.meta.num_classes,
+    )
     with model_lock(loaded.model):
         return predict_tiles(loaded.model, tiles, spec, tta=tta, batch_size=batch_size, num_classes=k)
 

@@ -375,6 +375,7 @@ def _slide(params: dict[str, Any], progress: Callable[[float, str], None]) -> di
             batch_size=int(params.get("batch_size", 256)),
             tta=bool(params.get("tta", False)),
             force=bool(params.get("force", False)),
+            amp=bool(params.get("amp", True)),
             progress=report,
         )
 

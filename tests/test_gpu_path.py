@@ -822,6 +822,87 @@ def test_validation_and_test_are_spread_over_the_ranks_and_gathered_as_one_proce
     assert val["n"] == len(ds.split("val"))
 
 
+def _embedding_run_worker(rank: int, store: str, run_path: str) -> None:
+    """One of two gloo ranks running a whole run with the end-of-run embedding; records which rows of each split
+    this rank computed features of."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from histo_core import embeddings as E
+    from histo_core.runs import RunDir
+    from histo_core.training import run as R
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), HISTO_EMBED_AFTER_TRAINING="1")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    real, shares = E.iter_predictions, []
+
+    def spy(model, source, spec, **kw):
+        shares.append([len(source), *kw["rows"]])
+        return real(model, source, spec, **kw)
+
+    E.iter_predictions = spy
+    result = R.run_training(RunDir(run_path))
+    with open(f"{run_path}/embed-shares-rank{rank}.json", "w") as fh:
+        json.dump({"shares": shares, "state": result["state"]}, fh)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_the_end_of_run_embedding_is_spread_over_the_ranks_and_equals_one_process(tmp_path, capfd):
+    import dataclasses
+    import json
+
+    from histo_core import embeddings as E
+    from histo_core import training as T
+
+    cfg = _quick_config(epochs=1, max_train_samples=128, batch_size=16)
+    run = T.prepare_run(cfg)
+    assert _two_ranks(_embedding_run_worker, str(tmp_path / "store"), str(run.path)) == [0, 0]
+    got = [json.loads((run.path / f"embed-shares-rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0]["state"] == got[1]["state"] == "completed"
+    sizes = {s: len(v) for s, v in T.open_config_dataset(cfg).splits.items()}
+    for r in (0, 1):  # each rank computed the features of its half of every split, rank 0 the first
+        assert sorted(n for n, _, _ in got[r]["shares"]) == sorted(sizes.values())
+        for n, start, stop in got[r]["shares"]:
+            assert (start, stop) == ((0, -(-n // 2)) if r == 0 else (-(-n // 2), n))
+    assert "features computed by 2 ranks" in capfd.readouterr().err  # rank 0's line (the ranks' stderr)
+    spread = E.load_store(run.path / E.DIR_NAME)
+    assert spread is not None and spread.meta["counts"] == {s: sizes[s] for s in spread.splits}
+    target = dataclasses.replace(E.target_for(str(run.path)), out_dir=tmp_path / "alone")
+    alone = E.embed(target, max_points=E.END_OF_TRAINING_MAX_POINTS)  # one process, best.pt loaded afresh
+    assert alone.splits == spread.splits == ["train", "val", "test"]
+    for split in alone.splits:
+        a, b = np.asarray(alone.features(split), np.float32), np.asarray(spread.features(split), np.float32)
+        assert a.shape == b.shape == (sizes[split], alone.meta["dims"])
+        np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-3)  # float16: at most one unit in the last place
+        (pa, la), (pb, lb) = alone.outputs(split), spread.outputs(split)
+        np.testing.assert_allclose(pb, pa, atol=1e-5)
+        np.testing.assert_array_equal(lb, la)
+    for x, y in zip(alone.projection()[1:], spread.projection()[1:]):  # the same tiles mapped
+        np.testing.assert_array_equal(x, y)
+    assert not list(run.path.glob(f".{E.DIR_NAME}.tmp-*"))
+
+
+def test_the_out_of_memory_message_names_the_command_that_resumes_the_run(monkeypatch):
+    from pathlib import Path
+
+    from histo_core.training.run import resume_command
+
+    run = Path("/runs/r1")
+    assert resume_command(run, 16, 1) == "python -m histo_core train --run-dir /runs/r1 --resume --batch-size 16"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert resume_command(run, 8, 2) == (
+        "torchrun --nproc_per_node=2 -m histo_core train --run-dir /runs/r1 --resume --batch-size 8"
+    )
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # two nodes of four processes: the rendezvous form, on each
+    multi = resume_command(run, 8, 8)
+    assert multi.startswith("torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d ")
+    assert "-m histo_core train --run-dir /runs/r1 --resume --batch-size 8 (on every node" in multi
+
+
 @pytest.mark.slow
 def test_out_of_memory_on_one_torchrun_rank_saves_per_rank_state(tmp_path):
     from histo_core import checkpoint
@@ -835,6 +916,7 @@ def test_out_of_memory_on_one_torchrun_rank_saves_per_rank_state(tmp_path):
     assert status.state == "failed" and status.error.startswith(  # type: ignore[union-attr]
         "rank 1 died: out of GPU memory at batch 2 of epoch 1: lower --batch-size (now 16)"
     ), status
+    assert f"resume from last.pt: torchrun --nproc_per_node=2 -m histo_core train --run-dir {run.path}" in status.error
     state = checkpoint.load_checkpoint(run.last_ckpt)["train_state"]  # written by rank 1 itself
     assert (state["epoch"], state["step"], state["ranks"]) == (0, 1, [None, None])
     ranks = R._rank_states_from_files(run, state, 2)  # each rank's own file, as --resume reads them

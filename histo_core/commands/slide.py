@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="tiles per forward pass (default 256)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x the model's time)")
     p.add_argument("--force", action="store_true", help="analyse again even when a finished analysis exists")
+    p.add_argument(
+        "--no-amp",
+        dest="amp",
+        action="store_false",
+        help="full fp32 (default: bf16 autocast and channels-last where the CPU or GPU computes bf16 natively)",
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where to run (default cpu)")
     p.add_argument("--runs-dir", help="runs root (default: $HISTO_RUNS_DIR, else ./runs)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -100,6 +106,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size,
                     tta=args.tta,
                     force=args.force,
+                    amp=args.amp,
                     progress=_progress(slide.name),
                 )
             results.append({"slide": item, **summary})

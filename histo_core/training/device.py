@@ -68,8 +68,12 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     """Autocast with --amp (the default): on CUDA bf16 or fp16 by the card's compute capability
     (`cuda_amp_dtype`), on a CPU bf16 where it is native; None: full fp32 (--no-amp, also the way out where fp16
     is unstable for a model)."""
-    if not config.amp:
-        return None
+    return native_amp_dtype(device) if config.amp else None
+
+
+def native_amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype the device computes natively (CUDA: `cuda_amp_dtype`; a CPU with AMX or AVX-512
+    BF16: bfloat16); None where there is none (full fp32)."""
     if device.type == "cuda":
         return cuda_amp_dtype(device)
     if device.type == "cpu" and cpu_has_native_bf16():

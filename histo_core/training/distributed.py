@@ -87,6 +87,18 @@ def gather_objects(obj: Any, world: int) -> list[Any]:
     return out
 
 
+def gather_to_first(obj: Any, world: int) -> list[Any] | None:
+    """Every rank's `obj` (picklable), in rank order, on rank 0 alone (None on the others); [obj] for one
+    process. Unlike `gather_objects` only rank 0 receives them: for large payloads (embedding features)."""
+    if world <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sums of `values` over all ranks (float64)."""
     import torch.distributed as dist

@@ -243,6 +243,13 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
     final = final_evaluation(job.run, job.config, trainer, job.best)  # every rank predicts its share
     if job.rank == 0:
         results.update(_finish(job, trainer, device, stopped_early, train_seconds, final))
+        job.writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page
+    from histo_core.embeddings import embed_at_end_of_training
+
+    # every rank computes its share of the features (never fails the run); rank 0 writes them and the map
+    embed_at_end_of_training(job.run, trainer.model, job.log, job.rank, job.world)
+    if job.rank == 0:
+        _completed(job, trainer, final)
     barrier(job.world)
     return results
 
@@ -358,8 +365,24 @@ def _out_of_memory(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> HistoEr
     n = job.config.batch_size
     return HistoError(
         f"out of GPU memory at batch {trainer.step + 1} of epoch {trainer.epoch + 1}: lower --batch-size (now {n}) "
-        f"and resume from last.pt: python -m histo_core train --run-dir {job.run.path} --resume --batch-size "
-        f"{max(1, n // 2)}"
+        f"and resume from last.pt: {resume_command(job.run.path, max(1, n // 2), job.world)}"
+    )
+
+
+def resume_command(run_path: Path, batch_size: int, world: int) -> str:
+    """The command that resumes a run with another batch size: `python -m histo_core train ...` for one process;
+    under torchrun the same torchrun form (processes per node from LOCAL_WORLD_SIZE), on every node when the
+    job spans several."""
+    args = f"-m histo_core train --run-dir {run_path} --resume --batch-size {batch_size}"
+    if world <= 1:
+        return f"python {args}"
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or world))
+    nodes = max(1, world // per_node)
+    if nodes == 1:
+        return f"torchrun --nproc_per_node={per_node} {args}"
+    return (
+        f"torchrun --nnodes {nodes} --nproc-per-node {per_node} --rdzv-backend c10d --rdzv-endpoint HOST:PORT "
+        f"--rdzv-id ID {args} (on every node, as the run was started)"
     )
 
 
@@ -474,7 +497,7 @@ def _should_stop_early(job: _Job, trainer: Trainer) -> bool:
 def _finish(
     job: _Job, trainer: Trainer, device: torch.device, stopped_early: bool, train_seconds: float, final: dict[str, Any]
 ) -> dict[str, Any]:
-    """Rank 0: the final evaluation (`final_evaluation`) into results.json, the embeddings, status "completed"."""
+    """Rank 0: the final evaluation (`final_evaluation`) into results.json and TensorBoard."""
     run = job.run
     doc = {
         **final,
@@ -490,15 +513,15 @@ def _finish(
     if job.board is not None:
         job.board.finish(job.config.to_dict(), final, list(trainer.data.info.classes))
         job.board.close()
-    job.writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page (never fails the run)
-    from histo_core.embeddings import embed_at_end_of_training
+    return {**final, "stopped_early": stopped_early, "train_seconds": doc["train_seconds"]}
 
-    embed_at_end_of_training(run, trainer.model, job.log)
+
+def _completed(job: _Job, trainer: Trainer, final: dict[str, Any]) -> None:
+    """Rank 0, after the embeddings: status "completed" and the run's last log line."""
     job.writer.update(state="completed", finished_at=time.time(), phase="", epoch=trainer.epoch, step=0, eta_s=0.0)
     t = final.get("test")
     auc = None if not t or t["auc"] is None else round(t["auc"], 4)
-    job.log(f"{run.id}: completed" + (f", test accuracy {t['accuracy']:.4f}, auc {auc}" if t else ""))
-    return {**final, "stopped_early": stopped_early, "train_seconds": doc["train_seconds"]}
+    job.log(f"{job.run.id}: completed" + (f", test accuracy {t['accuracy']:.4f}, auc {auc}" if t else ""))
 
 
 def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
