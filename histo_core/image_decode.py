@@ -1,7 +1,7 @@
 """The one image path: any image file -> the uint8 tile a model sees.
 
     decoded = decode_image(data, "tile.png")      # DecodedImage(array HxWxC uint8, mode_note, notes, name)
-    tile = make_tile(decoded.array, 28, 3)        # centre square, resized (BILINEAR), channels matched
+    tile = make_tile(decoded.array, 28, 3)        # centre square, resized (LANCZOS), channels matched
 
 Every road uses these two functions: dataset folders and CSV manifests (`datasets.decoded_tiles`), uploads
 and `predict` (`inference.prepare_upload`), and the windows of a large image (`tiling`), so one file gives
@@ -299,11 +299,10 @@ def to_png_bytes(array: np.ndarray) -> bytes:
 
 
 MIN_TILE_SIDE = 8  # px: a centre square smaller than this holds nothing to classify
-# The one resampling filter of the image path. Bilinear (Pillow's, antialiased when shrinking): the filter whose
-# 28 px shrinks of real 224 px NCT-CRC-HE tiles are closest in sharpness to PathMNIST's own tiles (LANCZOS, BICUBIC
-# and BOX leave them sharper; benchmarks/resample_match.py), and the one `pipeline.resize_batch` uses for large
-# images, slides and training at another size. Full-size uploads are thus shrunk the way the training tiles were.
-RESAMPLE = Image.Resampling.BILINEAR
+# The one resampling filter of the image path. LANCZOS: it composes across scales (a slide level made by 4x and
+# read at 2x gives the classes of level 0 read at 8x; bilinear does not, tests/test_slides.py), though a 224 px
+# NCT-CRC-HE tile shrunk to 28 px with it is sharper than PathMNIST's own tiles (benchmarks/resample_match.py).
+RESAMPLE = Image.Resampling.LANCZOS
 
 
 # -- uint8 arrays: the one gray -> RGB expansion and the one shrink for display -------------------------------
@@ -395,7 +394,7 @@ def make_tile(
     """A decoded uint8 image (H, W, 1 or 3) -> the model's uint8 tile (size, size, channels).
 
     The centre square of side min(H, W) is taken (or of side `region_px`, the model's field of view in this
-    image's pixels, when the image is larger than that), resized with one filter (RESAMPLE, bilinear), and its channels
+    image's pixels, when the image is larger than that), resized with one filter (RESAMPLE, LANCZOS), and its channels
     matched: colour -> grayscale by ITU-R 601 luma (Pillow's "L"), grayscale -> colour by repetition."""
     arr = np.asarray(array)
     if arr.ndim == 2:

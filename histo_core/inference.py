@@ -214,7 +214,7 @@ def preprocess(
     name: str = "image",
 ) -> np.ndarray:
     """A decoded image -> uint8 (S, S, C) at the model's input size S and channel count C, through the one
-    image path (`image_decode.make_tile`: centre square, bilinear resize, channels matched).
+    image path (`image_decode.make_tile`: centre square, LANCZOS resize, channels matched).
 
     Physical scale: when the model's field of view is known (`meta.field_um`), the image is taken to be at
     `mpp` µm per pixel (default: the training images' own resolution) and its centre field of view is what the

@@ -26,11 +26,12 @@ Two checks, both calibrated when the model is made and stored in its card:
     calib["feature"] = calibrate_features(train_feats, heldout_feats, "val")
     result = check_tiles(calib, probs, tiles01, input01, features=feats)  # flags, reasons, scores
 
-Each check's value is expressed as a ratio to its own threshold; the combined score is the largest ratio, and the
-flag has one threshold on it: the 95th percentile of the combined score on held-out in-domain tiles
-(`combined_scores`, `calibrate_combined`; stored as calib["combined"]), so the flag as a whole, not each check, fires on 5% of such
-tiles. A tile's score is its combined score over that threshold: the flag fires at 1.0 or more, and the score
-says by how much.
+Each check's value is expressed as a ratio to its own threshold. The confidence and feature checks, each at 5% of
+held-out in-domain tiles, are combined by their largest ratio, with one threshold on it: the 95th percentile of
+that on held-out in-domain tiles (`combined_scores`, `calibrate_combined`; stored as calib["combined"]), so
+together they fire on 5% of such tiles, not 10-15%. The colour checks (gross outliers, below 1 in-domain by their
+margin) keep their own threshold. A tile's score is the largest of these: the flag fires at 1.0 or more, and the
+score says by how much.
 """
 
 from __future__ import annotations
@@ -329,11 +330,18 @@ def check_ratios(
     return out
 
 
-def _combine(ratios: dict[str, np.ndarray], n: int) -> np.ndarray:
-    """The combined score before its threshold: per tile, the largest of the checks' ratios (NaN: none ran)."""
+HELDOUT_CHECKS = ("confidence", "features")  # calibrated at a quantile of held-out tiles: the one threshold scales them
+
+
+def _combine(ratios: dict[str, np.ndarray], n: int, threshold: float = 1.0) -> np.ndarray:
+    """Per tile, the largest of the checks' ratios, those calibrated on held-out tiles (confidence, features) over
+    the flag's one `threshold`; NaN where none ran. The colour checks (99th percentile of the training tiles with
+    a 1.5x margin: gross outliers, such as noise or another stain) keep their own threshold: on in-domain tiles
+    they stay below 1, so they add no false alarms for the one threshold to take back, and scaling them by it
+    would only hide what they catch."""
     combined = np.full(n, np.nan)
-    for r in ratios.values():
-        combined = np.fmax(combined, r)
+    for k, r in ratios.items():
+        combined = np.fmax(combined, r / threshold if k in HELDOUT_CHECKS else r)
     return combined
 
 
@@ -346,16 +354,17 @@ def combined_scores(
     features: list[np.ndarray] | None = None,
     feature_scores_: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per tile, the combined score before the flag's threshold: the largest of the checks' ratios
-    (`check_ratios`, same arguments); NaN where no check could run."""
+    """Per tile, the score the flag's one threshold is set on: the largest ratio of the checks calibrated on held-out
+    tiles (confidence, features; `check_ratios`, same arguments); NaN where neither could run."""
     ratios = check_ratios(calib, probs, tiles01, input01, features=features, feature_scores_=feature_scores_)
-    return _combine(ratios, len(probs))
+    return _combine({k: r for k, r in ratios.items() if k in HELDOUT_CHECKS}, len(probs))
 
 
 def calibrate_combined(heldout_combined: np.ndarray, split: str) -> dict[str, Any] | None:
-    """The flag's one threshold: the COMBINED_QUANTILE of `combined_scores` on held-out in-domain tiles. Each check
-    alone is at its own 5% (confidence, features) or less (colour) on such tiles; taking the largest adds their
-    false alarms up, which this threshold takes back to 5% for the flag as a whole. None without held-out tiles."""
+    """The flag's one threshold: the COMBINED_QUANTILE of `combined_scores` on held-out in-domain tiles. The
+    confidence and feature checks are each at their own 5% on such tiles; taking the largest adds their false
+    alarms up, which this threshold takes back to 5% for the flag as a whole (the colour checks, below 1 on
+    in-domain tiles, keep their own threshold: `_combine`). None without held-out tiles."""
     scores = np.asarray(heldout_combined, np.float64)
     scores = scores[~np.isnan(scores)]
     if not len(scores):
@@ -387,7 +396,8 @@ def check_tiles(
     n = len(probs)
     ratios = check_ratios(calib, probs, tiles01, input01, features=features)
     threshold = float((calib.get("combined") or {}).get("threshold") or 1.0)
-    scores = _combine(ratios, n) / threshold
+    scaled = {k: r / threshold if k in HELDOUT_CHECKS else r for k, r in ratios.items()}
+    scores = _combine(ratios, n, threshold)
     flags = scores >= 1.0  # NaN: False
     conf = np.asarray(probs).max(1) if n else np.zeros(0)
     doubt_at = 1.0 - threshold * (1.0 - float(calib.get("confidence_threshold") or 0.0))
@@ -401,12 +411,12 @@ def check_tiles(
         "input_colour": lambda i: "colours and contrast unlike the training tiles even before stain normalisation",
         "features": lambda i: (
             f"the model's features are further from its training tiles' than almost all held-out in-domain tiles' "
-            f"({ratios['features'][i] / threshold:.1f}x the flag's threshold)"
+            f"({scaled['features'][i]:.1f}x the flag's threshold)"
         ),
     }
     reasons: list[str | None] = [None] * n
     for i in np.flatnonzero(flags):
-        named = [why[k](int(i)) for k, r in ratios.items() if r[i] / threshold >= 1.0]
+        named = [why[k](int(i)) for k, r in scaled.items() if r[i] >= 1.0]
         reasons[i] = "; ".join(named)
     return OodResult(flags, reasons, scores)
 

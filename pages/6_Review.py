@@ -284,7 +284,8 @@ if len(rows):
                         )
                     else:
                         st.image(upscale_tile(tiles[k], 160))
-                    st.toggle("Grad-CAM", key=f"review_cam_{split}_{pos}", disabled=cam_all)
+                    if not cam_all:  # with "CAM on all" every card has its map: no greyed-out toggle per card
+                        st.toggle("Grad-CAM", key=f"review_cam_{split}_{pos}")
     st.dataframe(
         listed.iloc[:500].rename(columns={"p_true": "p(true class)"}),
         hide_index=True,

@@ -86,6 +86,10 @@ def test_cam_toggles(synthetic_run):
     at.toggle(key="review_cam_all").set_value(True).run(timeout=120)
     cams = [c for c in captions(at) if "GradCAM for" in c] + [w.value for w in at.warning if "Flat GradCAM" in w.value]
     assert len(cams) == 12
+    # "CAM on all" leaves no per-card toggle greyed out beside a map it cannot turn off
+    assert not [t for t in at.toggle if t.key and t.key.startswith("review_cam_test_")]
+    at.toggle(key="review_cam_all").set_value(False).run(timeout=120)
+    assert len([t for t in at.toggle if t.key and t.key.startswith("review_cam_test_")]) == 12
 
 
 def test_pairs_and_side_by_side(synthetic_run):
