@@ -56,9 +56,11 @@ def use_app_navigation() -> None:
     pages-folder mode (a sidebar with an extra "app" entry and no icons, app.py's start-up skipped) until `/` is
     opened. Switch that mode off and run again: app.py then runs with its navigation and opens this same page
     (the page hash is its URL path in both modes)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
+    try:  # a private Streamlit class: a release without it keeps its old sidebar for such a link, nothing worse
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return
+    if getattr(PagesManager, "uses_pages_directory", None):
         PagesManager.uses_pages_directory = False
         st.rerun()
 
