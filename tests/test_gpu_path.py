@@ -578,7 +578,8 @@ def _resume_worker(rank: int, store: str, out: str) -> None:
         },
         f"{out}/rank{rank}.pt",
     )
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks done with every collective before either tears gloo down (an early
+    dist.destroy_process_group()  # teardown once aborted the other: "terminate called without an active exception")
 
 
 @pytest.mark.slow
@@ -675,7 +676,8 @@ def _head_then_all_worker(rank: int, store: str, out: str) -> None:
     assert not trainer.backbone_frozen
     end = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}  # (BatchNorm statistics: per rank)
     torch.save({"start": start, "end": end}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks done with every collective before either tears gloo down (an early
+    dist.destroy_process_group()  # teardown once aborted the other: "terminate called without an active exception")
 
 
 @pytest.mark.slow
@@ -789,7 +791,8 @@ def _sharded_run_worker(rank: int, store: str, run_path: str) -> None:
     result = R.run_training(RunDir(run_path))
     with open(f"{run_path}/shares-rank{rank}.json", "w") as fh:
         json.dump({"shares": shares, "state": result["state"]}, fh)
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks done with every collective before either tears gloo down (an early
+    dist.destroy_process_group()  # teardown once aborted the other: "terminate called without an active exception")
 
 
 @pytest.mark.slow
@@ -847,7 +850,8 @@ def _embedding_run_worker(rank: int, store: str, run_path: str) -> None:
     result = R.run_training(RunDir(run_path))
     with open(f"{run_path}/embed-shares-rank{rank}.json", "w") as fh:
         json.dump({"shares": shares, "state": result["state"]}, fh)
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks done with every collective before either tears gloo down (an early
+    dist.destroy_process_group()  # teardown once aborted the other: "terminate called without an active exception")
 
 
 @pytest.mark.slow
@@ -869,7 +873,7 @@ def test_the_end_of_run_embedding_is_spread_over_the_ranks_and_equals_one_proces
         for n, start, stop in got[r]["shares"]:
             assert (start, stop) == ((0, -(-n // 2)) if r == 0 else (-(-n // 2), n))
     assert "features computed by 2 ranks" in capfd.readouterr().err  # rank 0's line (the ranks' stderr)
-    spread = E.load_store(run.path / E.DIR_NAME)
+    spread = E.load_store(run.embeddings_dir)
     assert spread is not None and spread.meta["counts"] == {s: sizes[s] for s in spread.splits}
     target = dataclasses.replace(E.target_for(str(run.path)), out_dir=tmp_path / "alone")
     alone = E.embed(target, max_points=E.END_OF_TRAINING_MAX_POINTS)  # one process, best.pt loaded afresh
@@ -883,7 +887,7 @@ def test_the_end_of_run_embedding_is_spread_over_the_ranks_and_equals_one_proces
         np.testing.assert_array_equal(lb, la)
     for x, y in zip(alone.projection()[1:], spread.projection()[1:]):  # the same tiles mapped
         np.testing.assert_array_equal(x, y)
-    assert not list(run.path.glob(f".{E.DIR_NAME}.tmp-*"))
+    assert not list(run.path.glob(f".{run.embeddings_dir.name}.tmp-*"))
 
 
 def test_the_out_of_memory_message_names_the_command_that_resumes_the_run(monkeypatch):
