@@ -158,6 +158,93 @@ class DynamicBootstrapping(nn.Module):
         self.noisy[seen] = gmm_high_posterior(self.losses[seen].cpu()).to(self.noisy.device)
 
 
+class SplitMix(nn.Module):
+    """A one-network DivideMix (Li et al. 2020): a loss split fitted once, after a cross-entropy warm-up, from the
+    model's predictions averaged over the warm-up's second half (before memorisation sets in); then every tile
+    trains on a refined soft label, mixed with other tiles by the trainer's --mixup (MixMatch-style), plus a
+    prior penalty against collapse.
+
+    Plain CE (and no mixup, `mixup_now`) for the first `warmup` of the epochs. After each epoch of the warm-up's
+    second half the trainer passes every training tile's predicted probabilities to `observe` (when
+    `wants_predictions(done, total)`); one epoch's predictions swing a lot under the one-cycle schedule's high
+    learning rate, their mean does not (benchmarks/RESULTS.md, "Noise lab III"). At the warm-up's last epoch,
+    from the mean p: d_i = P(label wrong) from `gmm_high_posterior` over 1 - p_i[y_i] (bounded, unlike the loss,
+    whose few largest values took the high component alone on the synthetic set); w_i = 1 - d_i,
+    or 1 where the model agrees with the label; target q_i = sharpen(w_i * one_hot(y_i) + (1 - w_i) * p_i, T)
+    (p^(1/T), normalised): a tile whose label looks right keeps it, a doubtful one trains on the model's
+    averaged guess (DivideMix's labelled and unlabelled sets, with the clean probability as a soft boundary).
+    The split and targets are then held. The loss is -mean_i sum_c q_ic log s_ic + prior * sum_c pi_c
+    log(pi_c / mean_i s_ic), s = softmax(logits), pi = the targets' class frequencies (mean of q). Without
+    `index` (a batch not from the training source) it is plain CE."""
+
+    per_tile = True
+    targets: torch.Tensor
+    prob_sum: torch.Tensor
+    observed: torch.Tensor
+    class_prior: torch.Tensor
+    fitted: torch.Tensor
+
+    def __init__(
+        self, num_samples: int, num_classes: int, warmup: float = 0.5, temperature: float = 0.5, prior: float = 1.0
+    ):
+        super().__init__()
+        self.num_classes, self.warmup, self.temperature, self.prior = num_classes, warmup, temperature, prior
+        self.register_buffer("targets", torch.zeros(num_samples, num_classes))
+        self.register_buffer("prob_sum", torch.zeros(num_samples, num_classes))  # summed predictions so far
+        self.register_buffer("observed", torch.zeros((), dtype=torch.long))  # epochs summed into prob_sum
+        self.register_buffer("class_prior", torch.full((num_classes,), 1.0 / num_classes))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.long))  # the epoch it was fitted after; 0 = not
+
+    def window(self, total: int) -> tuple[int, int]:
+        """(first, last) epoch, counted from 1, whose predictions are averaged; the split is fitted after `last`."""
+        last = min(total - 1, max(1, round(self.warmup * total)))
+        return max(1, last - last // 2 + 1), last
+
+    @property
+    def mixup_now(self) -> bool:
+        """The trainer's --mixup applies only once the split is fitted (the warm-up is plain CE, as DivideMix's)."""
+        return int(self.fitted) > 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        if index is None or int(self.fitted) == 0:
+            return F.cross_entropy(logits, target)
+        log_p = F.log_softmax(logits.float(), dim=1)
+        q = self.targets[index.to(self.targets.device)].to(log_p.device)
+        loss = -(q * log_p).sum(1).mean()
+        if self.prior > 0:
+            pi = self.class_prior.to(log_p.device)
+            mean_p = log_p.exp().mean(0).clamp(min=1e-7)
+            loss = loss + self.prior * (pi * torch.log(pi.clamp(min=1e-7) / mean_p)).sum()
+        return loss
+
+    def wants_predictions(self, done: int, total: int) -> bool:
+        """Whether the trainer should `observe` the training tiles' predictions after epoch `done` of `total`."""
+        first, last = self.window(total)
+        return total > 1 and first <= done <= last and int(self.fitted) == 0
+
+    def observe(self, probs: torch.Tensor, labels: torch.Tensor, done: int, total: int) -> None:
+        """Add every training tile's predicted probabilities (N, K) after epoch `done`; fit the split and the
+        targets from their mean (and the training labels) after the window's last epoch."""
+        self.prob_sum += probs.to(self.prob_sum.device, self.prob_sum.dtype)
+        self.observed += 1
+        if done == self.window(total)[1]:
+            self.fit_split(self.prob_sum / int(self.observed), labels, done)
+
+    def fit_split(self, probs: torch.Tensor, labels: torch.Tensor, done: int) -> None:
+        """Fit the split and the targets from the training tiles' probabilities (N, K) and labels (N,)."""
+        p = probs.double().clamp(min=1e-7)
+        p = p / p.sum(1, keepdim=True)
+        y = labels.long().view(-1).to(p.device)
+        w = 1.0 - gmm_high_posterior(1.0 - p.gather(1, y.view(-1, 1)).squeeze(1)).double()
+        w = torch.where(p.argmax(1) == y, torch.ones_like(w), w).unsqueeze(1)
+        refined = w * F.one_hot(y, self.num_classes).double() + (1.0 - w) * p
+        sharp = refined.pow(1.0 / self.temperature)
+        q = (sharp / sharp.sum(1, keepdim=True)).float()
+        self.targets.copy_(q.to(self.targets.device))
+        self.class_prior.copy_(q.mean(0).to(self.class_prior.device))
+        self.fitted.fill_(done)
+
+
 def build_loss(
     name: str,
     num_classes: int,
@@ -170,6 +257,7 @@ def build_loss(
     elr_beta: float = 0.7,
     num_samples: int = 0,
     boot_warmup: float = 0.3,
+    splitmix_warmup: float = 0.5,
 ) -> nn.Module:
     """The criterion of `--loss NAME`; `num_samples` (training tiles) sizes ELR's per-tile targets."""
     if name == "ce":
@@ -184,6 +272,8 @@ def build_loss(
         return EarlyLearningRegularization(num_samples, num_classes, elr_lambda, elr_beta)
     if name == "boot":
         return DynamicBootstrapping(num_samples, num_classes, boot_warmup)
+    if name == "splitmix":
+        return SplitMix(num_samples, num_classes, splitmix_warmup)
     raise ValueError(f"unknown loss {name!r}")
 
 

@@ -88,6 +88,36 @@ def test_boot_gradient_moves_a_doubtful_tile_towards_the_models_guess():
     assert float(grad[0, 0]) == pytest.approx(0.0160, abs=2e-3) and abs(float(grad[0, 0])) < 0.05 * float(ce_grad[0, 0])
 
 
+def test_splitmix_matches_the_hand_computed_value_after_its_averaged_split(monkeypatch):
+    from histo_core import losses
+
+    sm = build_loss("splitmix", 2, num_samples=3, splitmix_warmup=0.5)
+    logits, idx = torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([2])
+    # 8 epochs, warm-up 0.5: the split is fitted after epoch 4 from the predictions of epochs 3-4
+    assert sm.window(8) == (3, 4)
+    assert [sm.wants_predictions(e, 8) for e in range(1, 9)] == [False, False, True, True] + [False] * 4
+    # before the split: cross-entropy, -ln 0.25, and no mixup
+    assert float(sm(logits, torch.tensor([1]), idx)) == pytest.approx(math.log(4.0), abs=1e-6) and not sm.mixup_now
+    # the split's doubt, fixed here (its GMM has its own test): tile 0 0, tile 1 0.9, tile 2 0.5
+    monkeypatch.setattr(losses, "gmm_high_posterior", lambda x: torch.tensor([0.0, 0.9, 0.5]))
+    labels = torch.tensor([0, 0, 1])
+    sm.observe(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]]), labels, 3, 8)
+    assert int(sm.fitted) == 0  # epoch 3 only adds to the mean
+    sm.observe(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.8, 0.2]]), labels, 4, 8)
+    assert int(sm.fitted) == 4 and sm.mixup_now and not sm.wants_predictions(4, 8)
+    # mean p: tile 0 (0.9, 0.1) and tile 1 (0.8, 0.2) agree with their label 0: they keep it, whatever the doubt;
+    # tile 2 (0.75, 0.25), label 1, doubt 0.5: 0.5 * (0, 1) + 0.5 * (0.75, 0.25) = (0.375, 0.625), sharpened
+    # (T 0.5): (0.140625, 0.390625) / 0.53125 = (0.264706, 0.735294)
+    assert sm.targets.flatten().tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0, 0.264706, 0.735294], abs=1e-6)
+    # prior pi = mean target = (2.264706 / 3, 0.735294 / 3) = (0.754902, 0.245098)
+    assert sm.class_prior.tolist() == pytest.approx([0.754902, 0.245098], abs=1e-6)
+    # loss for tile 2 at logits (ln 3, 0), s = (0.75, 0.25): -(0.264706 ln 0.75 + 0.735294 ln 0.25) = 1.095485,
+    # plus 0.754902 ln(0.754902 / 0.75) + 0.245098 ln(0.245098 / 0.25) = 0.000064; its label is not used
+    for y in (0, 1):
+        assert float(sm(logits, torch.tensor([y]), idx)) == pytest.approx(1.095550, abs=1e-5)
+    assert float(sm(logits, torch.tensor([1]))) == pytest.approx(math.log(4.0), abs=1e-6)  # not a training tile
+
+
 def test_mixup_blends_with_a_permutation_and_is_reproducible():
     x = torch.arange(8.0).view(4, 2)
     a = mixup_batch(x, 0.4, torch.Generator().manual_seed(3))
@@ -115,6 +145,7 @@ def test_every_method_is_a_valid_config_and_named_back():
         ({"elr_lambda": -1.0}, "--elr-lambda must be >= 0"),
         ({"mixup": -0.1}, "--mixup must be between 0 (off)"),
         ({"boot_warmup": 1.0}, "--boot-warmup must be in [0, 1)"),
+        ({"splitmix_warmup": 0.0}, "--splitmix-warmup must be in (0, 1)"),
     ],
 )
 def test_bad_method_options_name_the_option(changes, message):

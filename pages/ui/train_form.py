@@ -52,6 +52,7 @@ CHOICE_LABELS = {
         "gce": "generalized cross-entropy",
         "elr": "early-learning regularisation",
         "boot": "dynamic bootstrapping (doubtful labels -> the model's guess)",
+        "splitmix": "loss split + soft labels + mixup (one-network DivideMix)",
     },
     "mode": {
         "scratch": "scratch: train every layer",
@@ -120,6 +121,7 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("elr_lambda", "ELR lambda (regulariser weight)", {"step": 0.5, "format": "%g"}),
         ("elr_beta", "ELR beta (target momentum)", {"step": 0.05, "format": "%g"}),
         ("boot_warmup", "Bootstrapping warm-up (fraction of epochs)", {"step": 0.05, "format": "%g"}),
+        ("splitmix_warmup", "Splitmix warm-up (fraction of epochs)", {"step": 0.05, "format": "%g"}),
         ("mixup", "Mixup alpha (0 = off)", {"min_value": 0.0, "step": 0.1, "format": "%g"}),
     ],
     "Augmentation": [
@@ -228,6 +230,7 @@ def _disabled(path: str) -> bool:
         "elr_lambda": get("loss") != "elr",
         "elr_beta": get("loss") != "elr",
         "boot_warmup": get("loss") != "boot",
+        "splitmix_warmup": get("loss") != "splitmix",
         "noise_mode": not get("noise"),
         "augment.crop_scale": not get("augment.resized_crop"),
         "monitor": get("train_splits") == "train+val",  # no validation split: nothing to monitor
