@@ -11,9 +11,9 @@ import streamlit as st
 
 from histo_core.errors import HistoError
 from histo_core.image_decode import UPLOAD_TYPES, decode_image, square_side
-from histo_core.inference import classify_uploads
 from histo_core.tables import classify_table
 from histo_core.tiling import classify_large_image, default_tile_px, legend, render_class_map
+from histo_core.uploads import classify_uploads
 from pages.ui.classify import (
     PAGE_SIZES,
     CamCache,

@@ -14,8 +14,8 @@ from histo_core import paths
 from histo_core.corrections import dataset_identity, training_tile_ids
 from histo_core.errors import HistoError
 from histo_core.explain import CAM_METHODS, upscale_tile
-from histo_core.inference import preprocess
 from histo_core.label_errors import DEFAULT_EPOCHS, DEFAULT_FOLDS, load_label_errors
+from histo_core.model_input import preprocess
 from histo_core.review import (
     SORTS,
     Predictions,
