@@ -25,8 +25,8 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["none", "step", "cosine", "onecycle"]
 NoiseMode = Literal["batch", "fixed", "pair"]
 # cross-entropy, label smoothing, symmetric cross-entropy, generalized cross-entropy, early-learning regularisation,
-# dynamic bootstrapping with a loss split, a one-network DivideMix (loss split held from the warm-up + soft targets)
-Loss = Literal["ce", "smooth", "sce", "gce", "elr", "boot", "splitmix"]
+# dynamic bootstrapping with a loss split, a one-network DivideMix (a held loss split + the model's averaged guess)
+Loss = Literal["ce", "smooth", "sce", "gce", "elr", "boot", "divide"]
 # scratch: random init, every layer trained; all-layers: every layer trained from the start (usually from
 # ImageNet weights); frozen: only an MLP head on a frozen backbone; head-then-all: fastai-style, the head alone
 # for --head-epochs, then every layer with the backbone at a lower LR
@@ -60,7 +60,7 @@ NOISE_METHODS: dict[str, dict[str, Any]] = {
     "mixup": {"loss": "ce", "mixup": 0.4},
     "elr+mixup": {"loss": "elr", "mixup": 0.4},
     "boot": {"loss": "boot", "mixup": 0.0},
-    "splitmix": {"loss": "splitmix", "mixup": 1.0},
+    "divide": {"loss": "divide", "mixup": 0.0},
 }
 
 # Mode names before they said what they do; accepted from the CLI and from the config.json of older runs.
@@ -122,7 +122,7 @@ class TrainConfig:
     elr_lambda: float = 3.0
     elr_beta: float = 0.7
     boot_warmup: float = 0.3  # boot: fraction of the epochs trained with plain CE before the first split
-    splitmix_warmup: float = 0.5  # splitmix: fraction of the epochs trained with plain CE before the split
+    divide_warmup: float = 0.5  # divide: fraction of the epochs trained with plain CE before the split
     mixup: float = 0.0  # mixup Beta(alpha, alpha) parameter; 0 = off
     noise: float = 0.0
     noise_mode: NoiseMode = "batch"
@@ -243,8 +243,8 @@ class TrainConfig:
             raise ConfigError(f"--elr-beta must be in [0, 1), got {self.elr_beta}")
         if not 0.0 <= self.boot_warmup < 1.0:
             raise ConfigError(f"--boot-warmup must be in [0, 1), got {self.boot_warmup}")
-        if not 0.0 < self.splitmix_warmup < 1.0:
-            raise ConfigError(f"--splitmix-warmup must be in (0, 1), got {self.splitmix_warmup}")
+        if not 0.0 < self.divide_warmup < 1.0:
+            raise ConfigError(f"--divide-warmup must be in (0, 1), got {self.divide_warmup}")
         if not 0.0 <= self.mixup <= MAX_MIXUP:
             raise ConfigError(f"--mixup must be between 0 (off) and {MAX_MIXUP}, got {self.mixup}")
         if self.early_stopping and self.train_splits == "train+val":

@@ -13,10 +13,16 @@
           then each tile the model disagrees with trains on (1 - w_i) * its label + w_i * the model's own
           sharpened prediction (w_i also scaled by the model's confidence), so a doubtful tile keeps teaching
           with the model's guess instead of being dropped
+  divide  a one-network DivideMix (Li et al. 2020): plain CE until `divide_warmup` of the epochs, while the
+          model's predictions of every training tile are averaged over the warm-up's second half; then a loss
+          split on that mean, held: a tile whose label looks right keeps it, a doubtful one trains on the
+          averaged guess (sharpened); --mixup, if set, mixes these targets MixMatch-style
 
 Every criterion is called `criterion(logits, target, index)`; `index` (positions of the batch's tiles in the
-training source) is used by the losses with per-tile state (`per_tile = True`: ELR, boot), whose buffers are
-part of the trainer's resumable state; `end_epoch(done, total)`, where a loss has it, runs after each epoch. Which of them helps on small noisy histology sets is measured, not
+training source) is used by the losses with per-tile state (`per_tile = True`: ELR, boot, divide), whose buffers
+are part of the trainer's resumable state; `end_epoch(done, total)`, where a loss has it, runs after each epoch;
+`observe(probs, labels, done, total)` (divide) gets every training tile's predictions after the epochs for which
+`wants_predictions(done, total)` says so. Which of them helps on small noisy histology sets is measured, not
 assumed: benchmarks/RESULTS.md, "Noise lab".
 """
 
@@ -158,11 +164,11 @@ class DynamicBootstrapping(nn.Module):
         self.noisy[seen] = gmm_high_posterior(self.losses[seen].cpu()).to(self.noisy.device)
 
 
-class SplitMix(nn.Module):
+class Divide(nn.Module):
     """A one-network DivideMix (Li et al. 2020): a loss split fitted once, after a cross-entropy warm-up, from the
     model's predictions averaged over the warm-up's second half (before memorisation sets in); then every tile
-    trains on a refined soft label, mixed with other tiles by the trainer's --mixup (MixMatch-style), plus a
-    prior penalty against collapse.
+    trains on a refined soft label (mixed with other tiles by the trainer's --mixup, MixMatch-style, when it is
+    set; the `divide` method sets none: measured worse with it), plus a prior penalty against collapse.
 
     Plain CE (and no mixup, `mixup_now`) for the first `warmup` of the epochs. After each epoch of the warm-up's
     second half the trainer passes every training tile's predicted probabilities to `observe` (when
@@ -257,7 +263,7 @@ def build_loss(
     elr_beta: float = 0.7,
     num_samples: int = 0,
     boot_warmup: float = 0.3,
-    splitmix_warmup: float = 0.5,
+    divide_warmup: float = 0.5,
 ) -> nn.Module:
     """The criterion of `--loss NAME`; `num_samples` (training tiles) sizes ELR's per-tile targets."""
     if name == "ce":
@@ -272,8 +278,8 @@ def build_loss(
         return EarlyLearningRegularization(num_samples, num_classes, elr_lambda, elr_beta)
     if name == "boot":
         return DynamicBootstrapping(num_samples, num_classes, boot_warmup)
-    if name == "splitmix":
-        return SplitMix(num_samples, num_classes, splitmix_warmup)
+    if name == "divide":
+        return Divide(num_samples, num_classes, divide_warmup)
     raise ValueError(f"unknown loss {name!r}")
 
 

@@ -209,8 +209,8 @@ TABLE: tuple[Option, ...] = (
             "Loss",
             "ce (cross-entropy), smooth (label smoothing), sce (symmetric cross-entropy), gce (generalized "
             "cross-entropy), elr (early-learning regularisation), boot (dynamic bootstrapping: tiles whose loss marks "
-            "their label as doubtful train towards the model's own guess) or splitmix (a one-network DivideMix: after a "
-            "warm-up, doubtful tiles train on the model's averaged guess, with mixup); measured under label noise in "
+            "their label as doubtful train towards the model's own guess) or divide (a one-network DivideMix: after a "
+            "warm-up, doubtful tiles train on the model's averaged guess); measured under label noise in "
             "benchmarks/RESULTS.md",
             choices=_choices(C.LOSSES),
             choice_labels={
@@ -220,7 +220,7 @@ TABLE: tuple[Option, ...] = (
                 "gce": "generalized cross-entropy",
                 "elr": "early-learning regularisation",
                 "boot": "dynamic bootstrapping (doubtful labels -> the model's guess)",
-                "splitmix": "loss split + soft labels + mixup (one-network DivideMix)",
+                "divide": "loss split, doubtful labels -> the averaged guess (one-network DivideMix)",
             },
             page_note=LOSS_ADVICE,
         ),
@@ -274,11 +274,11 @@ TABLE: tuple[Option, ...] = (
             widget=_num(0.05),
         ),
         Option(
-            "splitmix_warmup",
-            "Splitmix warm-up (fraction of epochs)",
-            "splitmix: fraction of the epochs trained with plain cross-entropy before the loss split is fitted (from "
+            "divide_warmup",
+            "Divide warm-up (fraction of epochs)",
+            "divide: fraction of the epochs trained with plain cross-entropy before the loss split is fitted (from "
             "the predictions averaged over the warm-up's second half), in (0, 1)",
-            applies=_is("loss", "splitmix"),
+            applies=_is("loss", "divide"),
             widget=_num(0.05),
         ),
         Option(

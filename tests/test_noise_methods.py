@@ -88,10 +88,10 @@ def test_boot_gradient_moves_a_doubtful_tile_towards_the_models_guess():
     assert float(grad[0, 0]) == pytest.approx(0.0160, abs=2e-3) and abs(float(grad[0, 0])) < 0.05 * float(ce_grad[0, 0])
 
 
-def test_splitmix_matches_the_hand_computed_value_after_its_averaged_split(monkeypatch):
+def test_divide_matches_the_hand_computed_value_after_its_averaged_split(monkeypatch):
     from histo_core import losses
 
-    sm = build_loss("splitmix", 2, num_samples=3, splitmix_warmup=0.5)
+    sm = build_loss("divide", 2, num_samples=3, divide_warmup=0.5)
     logits, idx = torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([2])
     # 8 epochs, warm-up 0.5: the split is fitted after epoch 4 from the predictions of epochs 3-4
     assert sm.window(8) == (3, 4)
@@ -145,7 +145,7 @@ def test_every_method_is_a_valid_config_and_named_back():
         ({"elr_lambda": -1.0}, "--elr-lambda must be >= 0"),
         ({"mixup": -0.1}, "--mixup must be between 0 (off)"),
         ({"boot_warmup": 1.0}, "--boot-warmup must be in [0, 1)"),
-        ({"splitmix_warmup": 0.0}, "--splitmix-warmup must be in (0, 1)"),
+        ({"divide_warmup": 0.0}, "--divide-warmup must be in (0, 1)"),
     ],
 )
 def test_bad_method_options_name_the_option(changes, message):

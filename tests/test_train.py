@@ -119,13 +119,11 @@ def _cancel_after_epochs(monkeypatch, epochs: int, step: int = 0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "mid_epoch_step,method", [(0, "ce"), (2, "ce"), (2, "elr+mixup"), (2, "boot"), (2, "splitmix")]
-)
+@pytest.mark.parametrize("mid_epoch_step,method", [(0, "ce"), (2, "ce"), (2, "elr+mixup"), (2, "boot"), (2, "divide")])
 def test_cancel_then_resume_continues_exactly(monkeypatch, mid_epoch_step, method):
     # elr+mixup: ELR's per-tile targets and the mixup generator are part of the resumable state; boot: its
-    # recorded losses and the split fitted after epoch 1 (boot_warmup 0.3 of 3 epochs); splitmix: its split and
-    # targets, fitted from the predictions after epoch 1 (warm-up 0.5 of 3 epochs), and mixup from epoch 2 on
+    # recorded losses and the split fitted after epoch 1 (boot_warmup 0.3 of 3 epochs); divide: its split and
+    # targets, fitted from the predictions after epoch 1 (warm-up 0.5 of 3 epochs)
     cfg = with_method(quick_config(epochs=3, noise=0.2, noise_mode="batch", schedule="onecycle"), method)
     reference = T.run_training(T.prepare_run(cfg))
     ref_rows = RunDir(reference["run_dir"]).metrics()
@@ -316,7 +314,7 @@ def test_schedules_step_as_configured():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-@pytest.mark.parametrize("loss", ["ce", "smooth", "sce", "gce", "elr", "boot", "splitmix"])
+@pytest.mark.parametrize("loss", ["ce", "smooth", "sce", "gce", "elr", "boot", "divide"])
 def test_each_optimizer_and_loss_trains_a_step(optimizer, loss):
     tr = _trainer(quick_config(optimizer=optimizer, loss=loss, max_train_samples=64, batch_size=32))
     before = [p.detach().clone() for p in tr.model.parameters()]
@@ -344,12 +342,12 @@ def test_boot_trains_and_its_split_finds_the_flipped_labels():
     assert auc > 0.75, auc
 
 
-def test_splitmix_trains_and_its_targets_correct_flipped_labels():
-    """splitmix on the synthetic set with 40% fixed noise: after its warm-up the held targets of the flipped tiles
+def test_divide_trains_and_its_targets_correct_flipped_labels():
+    """divide on the synthetic set with 40% fixed noise: after its warm-up the held targets of the flipped tiles
     put more weight on their true class than on the wrong label, and training goes on with finite losses."""
     cfg = with_method(
-        quick_config(epochs=8, noise=0.4, noise_mode="fixed", max_train_samples=192, batch_size=32), "splitmix"
-    ).replace(splitmix_warmup=0.25)
+        quick_config(epochs=8, noise=0.4, noise_mode="fixed", max_train_samples=192, batch_size=32), "divide"
+    ).replace(divide_warmup=0.25)
     tr = _trainer(cfg)
     flipped = torch.from_numpy(tr.data.noise_flipped)
     for _ in range(cfg.epochs):

@@ -106,7 +106,7 @@ class Trainer:
             elr_beta=config.elr_beta,
             num_samples=len(data.train),
             boot_warmup=config.boot_warmup,
-            splitmix_warmup=config.splitmix_warmup,
+            divide_warmup=config.divide_warmup,
         ).to(device)
         gen_device = device if self.cuda else torch.device("cpu")
         self.aug_gen = torch.Generator(device=gen_device).manual_seed(config.seed * 1000 + 17 + rank)
@@ -262,7 +262,7 @@ class Trainer:
         batch's positions in the train source (per-tile state of the loss, e.g. ELR). With --mixup the batch is
         blended with a permutation of itself and the loss is the same blend of the two labels' losses."""
         perm, lam = None, 1.0
-        if self.config.mixup > 0 and getattr(self.criterion, "mixup_now", True):  # splitmix: none in its warm-up
+        if self.config.mixup > 0 and getattr(self.criterion, "mixup_now", True):  # divide: none in its warm-up
             x, perm, lam = mixup_batch(x, self.config.mixup, self.mixup_gen)
         with self._autocast():
             logits = self.net(x)
@@ -382,7 +382,7 @@ class Trainer:
         if end_epoch is not None:  # e.g. boot's loss split, refitted on this epoch's losses (kept in last.pt)
             end_epoch(epoch + 1, cfg.epochs)
         wants, observe = getattr(self.criterion, "wants_predictions", None), getattr(self.criterion, "observe", None)
-        if wants is not None and observe is not None and wants(epoch + 1, cfg.epochs):  # splitmix: its split's input
+        if wants is not None and observe is not None and wants(epoch + 1, cfg.epochs):  # divide: its split's input
             observe(torch.from_numpy(self.predict(self.data.train)), self.data.train_labels, epoch + 1, cfg.epochs)
         self.epoch += 1
         self.step = 0
