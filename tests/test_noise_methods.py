@@ -106,15 +106,18 @@ def test_divide_matches_the_hand_computed_value_after_its_averaged_split(monkeyp
     sm.observe(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.8, 0.2]]), labels, 4, 8)
     assert int(sm.fitted) == 4 and sm.mixup_now and not sm.wants_predictions(4, 8)
     # mean p: tile 0 (0.9, 0.1) and tile 1 (0.8, 0.2) agree with their label 0: they keep it, whatever the doubt;
-    # tile 2 (0.75, 0.25), label 1, doubt 0.5: 0.5 * (0, 1) + 0.5 * (0.75, 0.25) = (0.375, 0.625), sharpened
-    # (T 0.5): (0.140625, 0.390625) / 0.53125 = (0.264706, 0.735294)
-    assert sm.targets.flatten().tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0, 0.264706, 0.735294], abs=1e-6)
-    # prior pi = mean target = (2.264706 / 3, 0.735294 / 3) = (0.754902, 0.245098)
-    assert sm.class_prior.tolist() == pytest.approx([0.754902, 0.245098], abs=1e-6)
-    # loss for tile 2 at logits (ln 3, 0), s = (0.75, 0.25): -(0.264706 ln 0.75 + 0.735294 ln 0.25) = 1.095485,
-    # plus 0.754902 ln(0.754902 / 0.75) + 0.245098 ln(0.245098 / 0.25) = 0.000064; its label is not used
+    # tile 2 (0.75, 0.25), label 1, doubt 0.5: 0.5 * (0, 1) + 0.5 * (0.75, 0.25) = (0.375, 0.625) (T 1: as is)
+    assert sm.targets.flatten().tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0, 0.375, 0.625], abs=1e-6)
+    # prior pi = mean target = (2.375 / 3, 0.625 / 3) = (0.791667, 0.208333)
+    assert sm.class_prior.tolist() == pytest.approx([0.791667, 0.208333], abs=1e-6)
+    # loss for tile 2 at logits (ln 3, 0), s = (0.75, 0.25): -(0.375 ln 0.75 + 0.625 ln 0.25) = 0.974315,
+    # plus 0.791667 ln(0.791667 / 0.75) + 0.208333 ln(0.208333 / 0.25) = 0.004820; its label is not used
     for y in (0, 1):
-        assert float(sm(logits, torch.tensor([y]), idx)) == pytest.approx(1.095550, abs=1e-5)
+        assert float(sm(logits, torch.tensor([y]), idx)) == pytest.approx(0.979134, abs=1e-5)
+    # DivideMix's sharpening, T 0.5: (0.375^2, 0.625^2) / 0.53125 = (0.264706, 0.735294)
+    sharp = losses.Divide(3, 2, warmup=0.5, temperature=0.5)
+    sharp.fit_split(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.75, 0.25]]), labels, 4)
+    assert sharp.targets[2].tolist() == pytest.approx([0.264706, 0.735294], abs=1e-6)
     assert float(sm(logits, torch.tensor([1]))) == pytest.approx(math.log(4.0), abs=1e-6)  # not a training tile
 
 
