@@ -18,6 +18,7 @@ import streamlit as st
 from histo_core import config as C
 from histo_core.config import Augment, TrainConfig
 from histo_core.models import ARCHITECTURES
+from pages.ui.common import WRAP
 
 PREFIX = "train."
 # chosen elsewhere on the page (dataset picker) or not a training choice (data_dir comes with the picker;
@@ -254,7 +255,7 @@ def field_widget(path: str, label: str, kwargs: dict[str, Any]) -> None:
         return
     kind = float if path in UNKNOWN_AS_ZERO else _field_type(path)
     if kind is bool:
-        st.checkbox(label, key=key, **{k: v for k, v in kwargs.items() if k in ("help", "disabled")})
+        st.checkbox(label, key=key, **WRAP, **{k: v for k, v in kwargs.items() if k in ("help", "disabled")})
     elif kind is int:
         st.number_input(label, key=key, **kwargs)
     elif kind is float:
