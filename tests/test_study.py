@@ -161,7 +161,8 @@ def test_studies_page_draws_lines_table_and_recommendation():
     ce_line = next(t for t in fig.data if t.name == "ce")
     assert ce_line.y[0] == pytest.approx(ce_clean["accuracy_mean"])
     assert ce_line.error_y.array[0] == pytest.approx(ce_clean["accuracy_sd"])
-    assert f"95% bootstrap CI {ce_clean['accuracy_ci_low']:.3f}" in ce_line.customdata[0]
+    low, high = ce_clean["accuracy_ci_low"], ce_clean["accuracy_ci_high"]
+    assert f"95% bootstrap CI {100 * low:.1f}%-{100 * high:.1f}%" in ce_line.customdata[0]  # accuracies as %
     assert fig.layout.shapes[0].y0 == pytest.approx(ce_clean["accuracy_mean"])  # the clean baseline
     texts = [t.value for t in at.text]
     assert any(t.startswith("noise 0.4: ") for t in texts) and any(t.startswith("noise 0: ce") for t in texts)

@@ -14,7 +14,7 @@ from histo_core.errors import HistoError
 from histo_core.evaluation import list_evaluations
 from histo_core.model_catalog import ModelEntry
 from histo_core.runs import RunDir
-from pages.ui.common import plain, user_errors
+from pages.ui.common import percent_column, plain, show_table, user_errors
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.live import live
 from pages.ui.report import render_report
@@ -197,14 +197,9 @@ def evaluations_view(target: RunDir | str, key: str) -> None:
             for e in saved
         ]
     )
-    st.dataframe(
+    show_table(
         table,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "accuracy": st.column_config.NumberColumn(format="%.3f"),
-            "AUC": st.column_config.NumberColumn(format="%.3f"),
-        },
+        column_config={"accuracy": percent_column(), "AUC": st.column_config.NumberColumn(format="%.3f")},
     )
     pick = st.selectbox("Show evaluation", [e["name"] for e in saved], key=f"evaluate_show_{key}")
     report = next(e for e in saved if e["name"] == pick)

@@ -18,7 +18,7 @@ from histo_core.errors import HistoError
 from histo_core.explain import uniform_maps
 from histo_core.runs import RunDir
 from pages.ui.classify import tile_grid
-from pages.ui.common import plain
+from pages.ui.common import plain, show_table
 from pages.ui.live import live
 
 COLOUR_BY = {
@@ -196,7 +196,7 @@ def selection_grid(df: pd.DataFrame, picked: list[tuple[str, int]], tiles_of) ->
             f"{key[0]} #{key[1]} · true {rec['true']} · pred {rec['predicted']} ({rec['confidence']:.2f}){mark}"
         )
     tile_grid(images, caps, columns=6, px=128)
-    st.dataframe(summary, hide_index=True, width="stretch")
+    show_table(summary)
 
 
 # -- faithfulness table ------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def quality_frame(doc: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 def quality_table(doc: dict[str, Any]) -> None:
     rows, config = quality_frame(doc)
-    st.dataframe(rows, hide_index=True, width="stretch", column_config=config)
+    show_table(rows, column_config=config)
     best = doc.get("best")
     st.caption(
         f"{doc['metric']}; {doc['tiles']} {doc['split']} tiles"
@@ -349,4 +349,4 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
         if imgs is not None:
             tile_grid(imgs, caps, columns=4, px=112)
         else:
-            st.dataframe(pd.DataFrame({"neighbour": caps}), hide_index=True)
+            show_table(pd.DataFrame({"neighbour": caps}))

@@ -16,7 +16,7 @@ from histo_core.fsutil import read_json
 from histo_core.launch import start_once
 from histo_core.runs import UNREADABLE, RunDir, RunStatus
 from pages.ui import charts
-from pages.ui.common import plain, synthetic_badge, user_errors
+from pages.ui.common import WRAP, percent_column, plain, show_table, synthetic_badge, user_errors
 from pages.ui.evaluate import evaluate_panel
 from pages.ui.live import live
 from pages.ui.report import render_report
@@ -84,14 +84,24 @@ def _metric_text(name: str, value: float | None) -> str:
     return f"{name} {value:.4f}" if value is not None else "-"
 
 
+# The columns the runs table shows, narrow enough for a 1024 px wide window beside the sidebar (newest run first);
+# the rest (best val, duration, created, run id) are in the run's own view below the table. Progress and epoch
+# only while a run is active.
+SHOWN_COLUMNS = ("run", "state", "test acc", "test AUC", "dataset", "architecture", "noise", "started by")
+ACTIVE_COLUMNS = ("progress", "epoch")
+
+
 def render_summary_table(summaries: list[dict[str, Any]]) -> None:
-    st.dataframe(
-        summary_table(summaries),
-        hide_index=True,
-        width="stretch",
+    table = summary_table(summaries)
+    shown = list(SHOWN_COLUMNS)
+    if any(s["state"] in jobs.ACTIVE_STATES for s in summaries):
+        shown[2:2] = ACTIVE_COLUMNS
+    show_table(
+        table,
+        column_order=[c for c in shown if c in table.columns],
         column_config={
             "progress": st.column_config.ProgressColumn("progress", format="%d%%", min_value=0, max_value=100),
-            "test acc": st.column_config.NumberColumn(format="percent", help="accuracy on the test split"),
+            "test acc": percent_column(help="accuracy on the test split"),
             "test AUC": st.column_config.NumberColumn(format="%.3f"),
         },
     )
@@ -338,7 +348,7 @@ def _export_form(run: RunDir) -> None:
         with st.form(key=f"export-{run.id}"):
             default = (run.config().get("name") or f"{run.config().get('arch')}-{run.id[-4:]}").replace(" ", "-")
             name = st.text_input("Export name", value=default, help="letters, digits, '-', '_', '.'")
-            overwrite = st.checkbox("Overwrite an export with this name")
+            overwrite = st.checkbox("Overwrite an export with this name", **WRAP)
             if st.form_submit_button("Export"):
                 with user_errors():
                     path = export_run(run, name, overwrite=overwrite)

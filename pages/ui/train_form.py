@@ -16,6 +16,7 @@ import streamlit as st
 
 from histo_core.config import ELSEWHERE, Option, TrainConfig, config_paths
 from histo_core.train_options import GROUPS, OPTIONS, TABLE
+from pages.ui.common import WRAP
 
 PREFIX = "train."
 # drawn by this form, in the table's order; the rest (ELSEWHERE) are picked elsewhere on the page: the dataset
@@ -67,7 +68,7 @@ def field_widget(opt: Option) -> None:
         return
     kind = opt.kind
     if kind is bool:
-        st.checkbox(opt.label, key=key, **common)
+        st.checkbox(opt.label, key=key, **WRAP, **common)
     elif kind is int:
         st.number_input(opt.label, key=key, **opt.widget, **common)
     elif kind is float:
