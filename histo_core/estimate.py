@@ -134,3 +134,10 @@ def estimate_run_time(
         "total_s": fixed_total + per_epoch * config.epochs,
         "epochs": config.epochs,
     }
+
+
+def task_main(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """The `estimate` process kind (histo_core.kinds): params config (a TrainConfig dict)."""
+    return estimate_run_time(
+        TrainConfig.from_dict(params["config"]), progress=progress, startup_s=params.get("_startup_s")
+    )

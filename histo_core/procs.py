@@ -118,7 +118,7 @@ def start_lock(runs_root: str | os.PathLike | None = None):
 
 
 def queue_lock(runs_root: str | os.PathLike | None = None):
-    """The one lock under which a runs directory's queue is counted and a process started (`jobs.queue_room`)."""
+    """The one lock under which a runs directory's queue is counted and a process started (`launch.queue_room`)."""
     folder = _registry(runs_root)
     folder.mkdir(parents=True, exist_ok=True)
     return one_start(folder / ".lock")

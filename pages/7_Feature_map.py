@@ -74,7 +74,7 @@ try:
         keep_in_url("run", ["fm_run", "fm_source"], run_id, drop=["model", "dataset"])
         run = next(r for r in runs if r.id == run_id)
         target = target_for(str(run.path))
-        job_args = [str(run.path)]
+        job_args = {"model": str(run.path)}
     else:
         from histo_core.datasets.catalog import available_datasets, canonical_spec
 
@@ -90,7 +90,7 @@ try:
         keep_in_url("model", ["fm_model", "fm_source"], by_ref[ref].name, drop=["run"])
         keep_in_url("dataset", "fm_dataset", spec)
         target = target_for(ref, spec)
-        job_args = [target.model_ref, "--dataset", spec]
+        job_args = {"model": target.model_ref, "dataset": spec}
 except HistoError as exc:
     st.error(plain(exc))
     st.stop()
@@ -102,7 +102,7 @@ if store is None:
         + (" (the run finished before feature maps were saved, or its model changed)." if run else ".")
         + " It is computed in the background: features of every tile, then PCA + t-SNE."
     )
-    job_panel(target, job_args, "embed", "Compute the feature map", key="fm_embed")
+    job_panel(job_args, "embed", "Compute the feature map", key="fm_embed")
     st.stop()
 
 meta = store.meta
@@ -121,7 +121,7 @@ colour = top[1].selectbox(
     "label-errors RUN`) has searched this run's training set.",
 )
 with top[2]:
-    job_panel(target, job_args, "embed", "Recompute", key="fm_recompute")
+    job_panel(job_args, "embed", "Recompute", key="fm_recompute")
 st.caption(
     f"{meta['model']} ({meta['arch']}, {meta['dims']}-dim features) on {meta['dataset_title']}: "
     + ", ".join(f"{s} {n:,}" for s, n in meta["counts"].items())
@@ -155,8 +155,7 @@ if run is not None:
     if doc:
         quality_table(doc)
     job_panel(
-        target,
-        [str(run.path), "--tiles", str(DEFAULT_TILES)],
+        {"run": str(run.path), "tiles": DEFAULT_TILES},
         "explain-quality",
         "Recompute the table" if doc else f"Score the CAM methods on {DEFAULT_TILES} test tiles",
         key="fm_quality",

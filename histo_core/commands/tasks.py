@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histo_core import tasks
+from histo_core import task_folders, tasks
 from histo_core.cli import emit
 
 
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = [tasks.task_summary(t) for t in tasks.list_tasks(args.runs_dir)]
+    rows = [task_folders.task_summary(t) for t in task_folders.list_tasks(args.runs_dir)]
     lines = [
         f"{r['id']}  {r['kind']:<12} {r['state']:<9} {r['progress']:.0%}  {r['error'] or r['message'] or ''}"
         + (f"  by {r['started_by']}" if r["started_by"] else "")
@@ -42,11 +42,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    task = tasks.task_by_id(args.task, args.runs_dir)
-    tasks.cancel_task(task)
+    task = task_folders.task_by_id(args.task, args.runs_dir)
+    task_folders.cancel_task(task)
     print(f"{task.id}: cancel requested")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return tasks.run_task(tasks.TaskDir(Path(args.dir)))
+    return tasks.run_task(task_folders.TaskDir(Path(args.dir)))

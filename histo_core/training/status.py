@@ -100,7 +100,7 @@ class CancelFlag:
 
 
 def own_start_time() -> int | None:
-    """This process's start time as `jobs.proc_start_time` reads it (with the pid, it names the process)."""
+    """This process's start time as `procs.proc_start_time` reads it (with the pid, it names the process)."""
     return proc_start_time(os.getpid())
 
 
