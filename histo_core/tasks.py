@@ -1,17 +1,14 @@
-"""Background tasks for heavy work started from a page (LR finder, time estimate, label-error search, whole-slide
-analysis): never in the Streamlit server process, always through the same machinery as training runs.
+"""The task process: `python -m histo_core tasks run DIR`, the body of every background process kind but the
+training run (histo_core.kinds). It waits for a device slot (histo_core.slots) when its kind says so, runs the
+function its kind declares with the task's params and a progress callback, and writes result.json.
 
-    task = submit_task("lr-find", {"config": cfg.to_dict()})   # <runs>/.tasks/<id>/, a detached process
-    refresh_task(task)      # status.json: state, progress (0..1), message, pid + start time, heartbeat
-    task.result()           # result.json once completed
-    cancel_task(task)       # the `cancel` file + SIGTERM, checked against the process start time
+    task = launch.submit_task("lr-find", {"config": cfg.to_dict()})   # <runs>/.tasks/<id>/, a detached process
+    liveness.refresh_status(task)      # status.json: state, progress, message, pid + start time, heartbeat
+    task.result()                      # result.json once completed
+    liveness.cancel(task)              # the `cancel` file + SIGTERM, checked against the process start time
 
-A task counts against HISTO_MAX_QUEUED with the runs of its runs directory, waits for the same device slot
-(histo_core.slots) as training, and is listed by `python -m histo_core tasks list`. Pages find the latest task
-for the same kind and parameters, so its progress and result are shown again after navigating away or reloading.
-
-This module is the task process (`run_task`): it runs the function its kind declares (histo_core.kinds). The task
-folder, its liveness and cancelling are `task_folders.py`; starting one is `launch.submit_task`.
+The task folder is `task_folders.TaskDir`; starting one is `launch.submit_task`. Pages find the latest task for
+the same kind and parameters, so its progress and result are shown again after navigating away or reloading.
 """
 
 from __future__ import annotations

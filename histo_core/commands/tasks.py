@@ -1,5 +1,6 @@
-"""`python -m histo_core tasks list|cancel`: the background tasks pages start (LR finder, time estimate,
-label-error search). `tasks run DIR` is what such a task's process executes."""
+"""`python -m histo_core tasks list|cancel`: the background tasks (every process kind of histo_core.kinds but the
+training run: LR finder, time estimate, label errors, evaluations, feature maps, slides, studies). `tasks run DIR`
+is what such a task's process executes."""
 
 from __future__ import annotations
 
