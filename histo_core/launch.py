@@ -69,7 +69,7 @@ def active_runs(runs_root: str | os.PathLike | None = None) -> list[RunDir]:
 
 def active_processes(runs_root: str | os.PathLike | None = None) -> int:
     """How many background processes of every kind are queued or running in this runs directory: training runs,
-    page tasks, evaluations and inspection jobs (each registered when started, procs.live_registered), and runs
+    and tasks of every other kind (each registered when started, procs.live_registered), and runs
     or tasks marked active whose process is not registered (started by hand, or about to start)."""
     statuses = [refresh_status(r) for r in active_runs(runs_root)] + [refresh_task(t) for t in active_tasks(runs_root)]
     theirs = {int(s.pid) for s in statuses if s.pid}

@@ -22,7 +22,8 @@ import time
 from histo_core.errors import HistoError
 from histo_core.fsutil import write_json_atomic
 from histo_core.kinds import get_kind
-from histo_core.procs import proc_start_time
+from histo_core.liveness import error_line
+from histo_core.procs import proc_start_time, process_age_s
 from histo_core.slots import device_slot, gpu_of_slot
 from histo_core.task_folders import TaskDir
 
@@ -35,8 +36,6 @@ class TaskCancelled(Exception):
 
 def run_task(task: TaskDir) -> int:
     """Body of `python -m histo_core tasks run DIR`: wait for a device slot, run, write result.json."""
-    from histo_core.estimate import process_age_s
-
     spec = task.task()
     kind, params = spec.get("kind"), dict(spec.get("params") or {})
     params["_startup_s"] = process_age_s()  # before any wait for a slot: what a trainer's start-up costs
@@ -107,8 +106,6 @@ def run_task(task: TaskDir) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BaseException as exc:  # noqa: BLE001 - the page must see "failed" with a line, not a dead process
-        from histo_core.training import error_line
-
         if task.path.is_dir():
             try:
                 task.update_status(state="failed", error=error_line(exc), finished_at=time.time())

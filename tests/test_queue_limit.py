@@ -1,4 +1,4 @@
-"""HISTO_MAX_QUEUED counts every background process of every kind (training runs, evaluations, inspection jobs,
+"""HISTO_MAX_QUEUED counts every background process of every kind (training runs, evaluations, feature maps,
 page tasks), and the count and the start happen under one lock: simultaneous starts never pass the limit."""
 
 from __future__ import annotations

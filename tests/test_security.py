@@ -485,7 +485,7 @@ def test_torch_write_failure_on_a_full_disk_says_disk_full(tmp_path, monkeypatch
     import torch
 
     from histo_core import fsutil
-    from histo_core.training import error_line
+    from histo_core.liveness import error_line
 
     def failing_save(obj, fh):
         raise RuntimeError(TORCH_WRITE_ERROR)

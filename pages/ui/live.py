@@ -1,5 +1,5 @@
-"""The one poller of the pages: a part of a page that follows a background process (a training run, a page task,
-an inspection or evaluation job) is re-run every LIVE_REFRESH_S by a Streamlit fragment while the process is
+"""The one poller of the pages: a part of a page that follows a background process (a training run or a task of
+any other kind, histo_core.kinds) is re-run every LIVE_REFRESH_S by a Streamlit fragment while the process is
 active; when it is not any more, the whole page is redrawn once in its settled form (the result, the error).
 
     live(lambda: liveness.refresh_status(run).state in liveness.ACTIVE_STATES, lambda: render_progress(run))
