@@ -445,24 +445,10 @@ def _finish(
     rows = outputs.tile_rows(grid, cells, probs, frac, ood, classes, ood_score)
     outputs.write_csv(folder.file("tiles.csv"), rows)
     outputs.write_geojson(folder.file("tiles.geojson"), rows, classes)
-    pred_grid = outputs.class_grid(grid, cells, probs)
-    prob_grid = np.full((grid.rows, grid.cols, len(classes)), np.nan, np.float32)
-    prob_grid[cells[:, 0], cells[:, 1]] = probs
-    ood_grid = np.zeros((grid.rows, grid.cols), bool)
-    score_grid = np.full((grid.rows, grid.cols), np.nan, np.float32)
-    if ood is not None and ood_score is not None:
-        ood_grid[cells[:, 0], cells[:, 1]] = ood
-        score_grid[cells[:, 0], cells[:, 1]] = ood_score
-    savez_atomic(
-        folder.file("grid.npz"),
-        pred=pred_grid,
-        probs=prob_grid,
-        ood=ood_grid,
-        ood_score=score_grid,
-        fractions=fractions,
-    )
+    grids = outputs.tile_grids(grid, cells, probs, ood, ood_score)
+    savez_atomic(folder.file("grid.npz"), **grids, fractions=fractions)
     overlay = outputs.render_overlay(
-        thumb, grid, scale, pred_grid, alpha=0.5, ood=ood_grid, grey_ood=False, num_classes=len(classes)
+        thumb, grid, scale, grids["pred"], alpha=0.5, ood=grids["ood"], grey_ood=False, num_classes=len(classes)
     )
     outputs.write_png(folder.file("classmap.png"), overlay)
     preds = probs.argmax(1)

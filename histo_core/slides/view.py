@@ -38,15 +38,7 @@ def current_results(folder: SlideAnalysis) -> dict[str, Any] | None:
                 cells, probs, done, ood, score = z["cells"], z["probs"], z["done"], z["ood"], z["ood_score"]
         except (FileNotFoundError, OSError, ValueError, KeyError):
             return None
-        cells, probs, ood, score = cells[done], probs[done], ood[done], score[done]
-        prob_grid = np.full((grid.rows, grid.cols, probs.shape[1]), np.nan, np.float32)
-        prob_grid[cells[:, 0], cells[:, 1]] = probs
-        ood_grid = np.zeros((grid.rows, grid.cols), bool)
-        ood_grid[cells[:, 0], cells[:, 1]] = ood
-        score_grid = np.full((grid.rows, grid.cols), np.nan, np.float32)
-        score_grid[cells[:, 0], cells[:, 1]] = score
-        arrays = {"pred": outputs.class_grid(grid, cells, probs), "probs": prob_grid, "ood": ood_grid}
-        arrays["ood_score"] = score_grid
+        arrays = outputs.tile_grids(grid, cells[done], probs[done], ood[done], score[done])
     return {"grid": grid, "record": rec, **arrays}
 
 
