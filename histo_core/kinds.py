@@ -60,12 +60,12 @@ def register_kind(kind: ProcessKind) -> ProcessKind:
     return kind
 
 
-def get_kind(name: object, *, task: bool = True) -> ProcessKind:
-    """The declaration of `name`; a clear error for an unknown one (or, with `task`, one that is not a task)."""
+def get_kind(name: object) -> ProcessKind:
+    """The declaration of task kind `name`; one clear line for an unknown one (or the training run, which is no
+    task: it starts with jobs.submit)."""
     kind = KINDS.get(name) if isinstance(name, str) else None
-    if kind is None or (task and not kind.is_task):
-        names = [k for k, v in KINDS.items() if v.is_task or not task]
-        raise HistoError(f"unknown task kind {name!r}; one of {', '.join(names)}")
+    if kind is None or not kind.is_task:
+        raise HistoError(f"unknown task kind {name!r}; one of {', '.join(k for k, v in KINDS.items() if v.is_task)}")
     return kind
 
 
