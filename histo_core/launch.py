@@ -194,8 +194,8 @@ def restart_task(task: TaskDir) -> None:
         if status.state == UNREADABLE:
             raise HistoError(f"{task.id}: unreadable ({status.error}); it cannot be resumed, delete it")
 
-    declared = get_kind(task.task().get("kind"))
     with queue_room(_runs_root(task), check=restartable):
+        declared = get_kind(task.task().get("kind"))  # after the check: an unreadable task.json says so first
         task.cancel_path.unlink(missing_ok=True)
         task.write_status(RunStatus(state="queued", device=task.task().get("device") or "cpu"))
         start_process(task, declared)
