@@ -267,9 +267,9 @@ def _saved_model(tmp_path):
 def test_load_model_defaults_to_auto_and_caches_one_model_per_device(tmp_path, monkeypatch):
     """ "auto" is the default: on a (patched) GPU machine the model goes to the GPU; torch's meta device stands in
     for the card here, as a second device the model can be moved to without one."""
-    from histo_core import inference, runtime
+    from histo_core import model_cache, runtime
 
-    inference.clear_cache()
+    model_cache.clear_cache()
     path = _saved_model(tmp_path)
     asked: list[str] = []
     real = runtime.resolve_device
@@ -279,13 +279,13 @@ def test_load_model_defaults_to_auto_and_caches_one_model_per_device(tmp_path, m
         return "meta" if name == "auto" else real(name)
 
     monkeypatch.setattr(runtime, "resolve_device", resolve)
-    on_gpu = inference.load_model(path)
+    on_gpu = model_cache.load_model(path)
     assert asked == ["auto"] and on_gpu.device == "meta"
     assert next(on_gpu.model.parameters()).device.type == "meta"
-    on_cpu = inference.load_model(path, "cpu")
+    on_cpu = model_cache.load_model(path, "cpu")
     assert next(on_cpu.model.parameters()).device.type == "cpu"
-    assert inference.load_model(path) is on_gpu and inference.load_model(path, "cpu") is on_cpu  # one per device
-    inference.clear_cache()
+    assert model_cache.load_model(path) is on_gpu and model_cache.load_model(path, "cpu") is on_cpu  # one per device
+    model_cache.clear_cache()
 
 
 def test_predict_cli_and_page_tasks_default_to_auto():
@@ -811,7 +811,7 @@ def test_validation_and_test_are_spread_over_the_ranks_and_gathered_as_one_proce
     import json
 
     from histo_core import training as T
-    from histo_core.inference import load_model
+    from histo_core.model_cache import load_model
     from histo_core.predict import InputSpec, predict_tiles
 
     cfg = _quick_config(epochs=2, max_train_samples=128, batch_size=16, tta=True)

@@ -18,7 +18,7 @@ __all__ = ["Slide", "SlideAnalysis", "analyse_slide", "analysis_dir", "list_anal
 def task_main(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
     """The `slide` process kind (histo_core.kinds): a whole-slide analysis, resumed from the analysis folder's
     partial results. Params: model, slide, mpp, device, runs_root, tissue_threshold, batch_size, tta, force, amp."""
-    from histo_core.inference import load_model
+    from histo_core.model_cache import load_model
 
     progress(0.0, "opening the model and the slide")
     loaded = load_model(params["model"], device=params.get("device") or "cpu")

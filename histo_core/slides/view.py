@@ -46,7 +46,7 @@ def read_tile(
     slide: Slide, grid: SlideGrid, row: int, col: int, meta: Any, max_px: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the tile at full resolution, or from the level nearest `max_px` px when larger; the model's input for
-    it, made exactly as the analysis made it: read at the grid's level, through `inference.preprocess`)."""
+    it, made exactly as the analysis made it: read at the grid's level, through `model_input.preprocess`)."""
     x, y, side, _ = grid.box(row, col)
     level = _level_for(slide, side / max_px)
     d = slide.level_downsamples[level]
