@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from histo_core import jobs
+from histo_core import jobs, liveness
 from histo_core.errors import HistoError
 from histo_core.launch import start_once
 from histo_core.metrics import small_split_warnings
@@ -121,7 +121,7 @@ def start_training(config) -> None:
         previous = st.session_state.get(PREFIX + "last_submitted")
         if previous and previous[0] == config.to_dict():
             run_dir = paths.runs_dir() / previous[1]
-            if run_dir.is_dir() and jobs.refresh_status(RunDir(run_dir)).state in jobs.ACTIVE_STATES:
+            if run_dir.is_dir() and liveness.refresh_status(RunDir(run_dir)).state in liveness.ACTIVE_STATES:
                 return previous[1]
         return None
 
@@ -146,7 +146,7 @@ def study_panel(config) -> None:
     the number of runs and, once the time of one run is estimated above, the total."""
     from histo_core import study as S
     from histo_core.config import NOISE_METHODS
-    from histo_core.tasks import latest_task, refresh_task
+    from histo_core.task_folders import latest_task, refresh_task
 
     c1, c2, c3 = st.columns(3)
     noises = c1.multiselect(
@@ -176,7 +176,7 @@ def study_panel(config) -> None:
             previous = st.session_state.get(PREFIX + "study.submitted")
             if previous and previous[0] == request:
                 task = S.study_by_id(previous[1])
-                if refresh_task(task).state in jobs.ACTIVE_STATES:
+                if refresh_task(task).state in liveness.ACTIVE_STATES:
                     return previous[1]
             return None
 

@@ -15,12 +15,12 @@ import plotly.io
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core import jobs, paths
+from histo_core import liveness, paths
 from histo_core import study as S
 from histo_core.config import TrainConfig
 from histo_core.fsutil import savez_atomic, write_json_atomic
 from histo_core.runs import RunStatus
-from histo_core.tasks import TASKS_FOLDER, TaskDir, refresh_task
+from histo_core.task_folders import TASKS_FOLDER, TaskDir, refresh_task
 from tests.runfiles import write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,20 +197,20 @@ def test_a_study_runs_to_completion_through_a_cancel_and_a_resume():
     sid = json.loads(started.stdout)["study"]
     task = S.study_by_id(sid)
     deadline = time.monotonic() + 600
-    while not any(jobs.refresh_status(r).state == "completed" for r in S.study_runs(task).values()):
-        assert time.monotonic() < deadline and refresh_task(task).state in jobs.ACTIVE_STATES
+    while not any(liveness.refresh_status(r).state == "completed" for r in S.study_runs(task).values()):
+        assert time.monotonic() < deadline and refresh_task(task).state in liveness.ACTIVE_STATES
         time.sleep(0.5)
     # never all at once: one run of the study queued or running at a time (--parallel 1)
-    assert sum(jobs.refresh_status(r).state in jobs.ACTIVE_STATES for r in S.study_runs(task).values()) <= 1
+    assert sum(liveness.refresh_status(r).state in liveness.ACTIVE_STATES for r in S.study_runs(task).values()) <= 1
     S.cancel_study(task)
-    while refresh_task(task).state in jobs.ACTIVE_STATES:
+    while refresh_task(task).state in liveness.ACTIVE_STATES:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert refresh_task(task).state == "cancelled"
-    first = {k: r.path for k, r in S.study_runs(task).items() if jobs.refresh_status(r).state == "completed"}
+    first = {k: r.path for k, r in S.study_runs(task).items() if liveness.refresh_status(r).state == "completed"}
     assert first and len(S.study_runs(task)) < 8
     S.resume_study(task)
-    while refresh_task(task).state in jobs.ACTIVE_STATES:
+    while refresh_task(task).state in liveness.ACTIVE_STATES:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     shown = _histo("study", "--show", sid, "--json")
