@@ -54,7 +54,7 @@ def tile_features(
     model: nn.Module, meta, tiles_uint8: np.ndarray, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, D) float32 and probabilities (N, K) of uint8 tiles (N, S, S, C) at the model's input size
-    (`meta`: an inference.ModelMeta). Holds the model's lock, like every other forward pass."""
+    (`meta`: an model_meta.ModelMeta). Holds the model's lock, like every other forward pass."""
 
     spec, k = InputSpec.of(meta), meta.num_classes
     with model_lock(model):
@@ -235,7 +235,8 @@ def _embed(
     from histo_core.checkpoint import load_checkpoint
     from histo_core.datasets import open_dataset
     from histo_core.distributed import broadcast, gather_to_first
-    from histo_core.inference import ModelMeta, load_model
+    from histo_core.model_cache import load_model
+    from histo_core.model_meta import ModelMeta
     from histo_core.pipeline import TileSource, shard_range
 
     started = time.time()
@@ -403,7 +404,7 @@ def _features_block(
 ) -> tuple[int, np.ndarray, np.ndarray] | None:
     """(first row, features (B, D) float16, probabilities (B, K)) of the rows [start, stop) of `source`; None
     when there are none (a rank's share may be empty). Holds the model's lock, like every other forward pass."""
-    from histo_core.inference import model_lock
+    from histo_core.model_lock import model_lock
 
     feats: list[np.ndarray] = []
     probs: list[np.ndarray] = []

@@ -37,7 +37,7 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def model_run(model_ref: str) -> RunDir | None:
     """The run a model reference belongs to (a run id or directory, or a .pt file inside one), else None."""
-    from histo_core.inference import resolve_model_path
+    from histo_core.model_catalog import resolve_model_path
 
     path, _, _ = resolve_model_path(model_ref)
     run = RunDir(path.parent)
@@ -98,8 +98,8 @@ def evaluate(
 
     from histo_core import pipeline, runtime
     from histo_core.datasets import open_dataset
-    from histo_core.inference import load_model
     from histo_core.metrics import classification_report
+    from histo_core.model_cache import load_model
     from histo_core.predict import InputSpec, predict_tiles
 
     loaded = load_model(model_ref)

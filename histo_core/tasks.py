@@ -167,7 +167,7 @@ def _label_errors(params: dict[str, Any], progress: Callable[[float, str], None]
 
 def _slide(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
     """A whole-slide analysis (histo_core.slides): resumes from the analysis folder's partial results."""
-    from histo_core.inference import load_model
+    from histo_core.model_cache import load_model
     from histo_core.slides import analyse_slide, open_slide
 
     progress(0.0, "opening the model and the slide")

@@ -1,7 +1,7 @@
 """Warm the app's server process in the background, once, when it starts: the heavy imports the pages need
 (torch, torchvision, plotly, pandas, scikit-learn, the Grad-CAM package, histo_core's inference path) and the
-default model of the Classify page (the first of `model_catalog.list_models`), loaded into inference's model
-cache with one forward pass and the "unlike the training tiles" feature pass. A user opening a page or
+default model of the Classify page (the first of `model_catalog.list_models`), loaded into the one model
+cache (`model_cache`) with one forward pass and the "unlike the training tiles" feature pass. A user opening a page or
 dropping files after that does not wait for them.
 
     warmup.start()        # app.py; returns the thread, or None when already started (or HISTO_NO_WARMUP=1)
@@ -25,7 +25,8 @@ MODULES = (
     "plotly.graph_objects",
     "sklearn.covariance",
     "PIL.Image",
-    "histo_core.inference",
+    "histo_core.model_cache",
+    "histo_core.uploads",
     "histo_core.ood",
     "histo_core.explain",
     "histo_core.model_catalog",
@@ -86,8 +87,10 @@ def _warm(modules: tuple[str, ...], model: bool) -> None:
 def _warm_default_model() -> str | None:
     import numpy as np
 
-    from histo_core.inference import load_model, ood_check, predict
+    from histo_core.model_cache import load_model
     from histo_core.model_catalog import list_models
+    from histo_core.ood import ood_check
+    from histo_core.predict import predict
 
     entries = list_models([])
     if not entries:

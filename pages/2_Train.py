@@ -16,8 +16,6 @@ from pages.ui.runs import fmt_duration, link_to_page
 from pages.ui.tasks import task_panel
 from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, form_message, render_fields
 
-page_setup(__file__)
-
 
 def pick_dataset() -> tuple[str | None, int | None, bool]:
     """(spec, size or None for native, as_rgb) from the shared picker; `?dataset=<spec>` preselects one."""
@@ -113,36 +111,6 @@ def lr_finder_panel(config) -> None:
     )
 
 
-# -- page ----------------------------------------------------------------------------------------------
-spec, size, as_rgb = pick_dataset()
-if not spec:
-    st.info("Choose a dataset, or type the path of your own files.")
-    st.stop()
-base = refresh_defaults(spec, size, as_rgb)
-ds = describe_dataset(spec, size, as_rgb)
-base = corrections_choice(base, ds)
-
-render_fields()
-config, problem = None, None
-try:
-    config = config_from_state(base)
-    config.validate()
-except HistoError as exc:
-    problem = str(exc)
-if problem:
-    st.error(plain(form_message(problem)))
-
-if config is not None and ds is not None and not problem:
-    left, right = st.columns(2)
-    with left:
-        estimate_panel(config)
-    with right:
-        with st.expander("Learning-rate finder"):
-            lr_finder_panel(config)
-
-st.divider()
-
-
 def start_training(config) -> None:
     """Submit `config` once: a second click with the same settings while that run is still queued or running
     (a double click sends two clicks) names the run already started instead of starting an identical one."""
@@ -171,10 +139,6 @@ def start_training(config) -> None:
                 f"Run `{run_id}` with these settings is already started; change a setting (the seed, "
                 "for another repeat) to start another."
             )
-
-
-if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):
-    start_training(config)
 
 
 def study_panel(config) -> None:
@@ -232,13 +196,49 @@ def study_panel(config) -> None:
         link_to_page("pages/9_Studies.py", "Watch it on the Studies page", "🧪", query_params={"study": last})
 
 
-if config is not None and ds is not None and not problem:
-    with st.expander("Run as a noise study (noise levels x methods x seeds)"):
-        study_panel(config)
-last_run = st.session_state.get(PREFIX + "last_run")
-if last_run:
-    st.success(
-        f"Started run `{last_run}` in the background: it continues if you close this tab. "
-        "It waits in the queue while another run uses the device."
-    )
-    link_to_page("pages/3_Runs.py", "Watch it on the Runs page", "📈", query_params={"run": last_run})
+def main() -> None:
+    page_setup(__file__)
+    spec, size, as_rgb = pick_dataset()
+    if not spec:
+        st.info("Choose a dataset, or type the path of your own files.")
+        return
+    base = refresh_defaults(spec, size, as_rgb)
+    ds = describe_dataset(spec, size, as_rgb)
+    base = corrections_choice(base, ds)
+
+    render_fields()
+    config, problem = None, None
+    try:
+        config = config_from_state(base)
+        config.validate()
+    except HistoError as exc:
+        problem = str(exc)
+    if problem:
+        st.error(plain(form_message(problem)))
+
+    if config is not None and ds is not None and not problem:
+        left, right = st.columns(2)
+        with left:
+            estimate_panel(config)
+        with right:
+            with st.expander("Learning-rate finder"):
+                lr_finder_panel(config)
+
+    st.divider()
+
+    if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):
+        start_training(config)
+    if config is not None and ds is not None and not problem:
+        with st.expander("Run as a noise study (noise levels x methods x seeds)"):
+            study_panel(config)
+    last_run = st.session_state.get(PREFIX + "last_run")
+    if last_run:
+        st.success(
+            f"Started run `{last_run}` in the background: it continues if you close this tab. "
+            "It waits in the queue while another run uses the device."
+        )
+        link_to_page("pages/3_Runs.py", "Watch it on the Runs page", "📈", query_params={"run": last_run})
+
+
+if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing
+    main()

@@ -93,7 +93,8 @@ def test_knn_vote_agrees_with_the_model(trained_pathmnist_run):
 def test_faithfulness_ranks_wrong_maps_below_real_ones(trained_pathmnist_run):
     from histo_core.explain import compute_cams
     from histo_core.faithfulness import describe, road_scores, verdict
-    from histo_core.inference import load_model, predict
+    from histo_core.model_cache import load_model
+    from histo_core.predict import predict
     from histo_core.review import RunTiles
 
     loaded = load_model(str(trained_pathmnist_run.path))

@@ -45,11 +45,19 @@ def _w(at: AppTest, field: str):
 
 
 def test_every_config_field_has_a_widget():
+    """Every option of the one table (histo_core.train_options) is drawn with its label and help, and disabled
+    exactly where the table says it does not apply."""
+    from histo_core.train_options import OPTIONS
+
     assert set(FORM_FIELDS) | set(OUTSIDE_FORM) == all_config_fields()
     at = _app()
     assert not at.exception, at.exception
+    values = {field: _w(at, field).value for field in FORM_FIELDS}  # raises KeyError when a widget is missing
     for field in FORM_FIELDS:
-        _w(at, field)  # raises KeyError when a widget is missing
+        opt, widget = OPTIONS[field], _w(at, field)
+        assert widget.label == opt.label, field
+        assert widget.help.startswith(opt.help_text()), field
+        assert widget.disabled == (not opt.is_active(values.get)), field
 
 
 def test_defaults_come_from_default_config_and_follow_the_dataset(pathmnist_mini):

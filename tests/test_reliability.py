@@ -152,7 +152,8 @@ def test_two_sessions_classifying_at_once_keep_their_own_results():
 @pytest.mark.slow
 def test_repeated_uploads_and_cams_do_not_grow_memory():
     from histo_core.explain import compute_cams, hook_count
-    from histo_core.inference import classify_uploads, load_model
+    from histo_core.model_cache import load_model
+    from histo_core.uploads import classify_uploads
     from tests.runfiles import write_run
 
     run = write_run("completed")

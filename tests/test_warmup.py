@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from histo_core import inference, warmup
+from histo_core import model_cache, warmup
 
 
 def fresh(monkeypatch) -> None:
@@ -18,7 +18,7 @@ def fresh(monkeypatch) -> None:
 def test_warmup_loads_the_default_model_once(shipped_model, monkeypatch):
     fresh(monkeypatch)
     monkeypatch.delenv("HISTO_NO_WARMUP", raising=False)
-    inference.clear_cache()
+    model_cache.clear_cache()
     thread = warmup.start(modules=("json", "histo_core.ood", "no_such_module_xyz"))
     assert thread is not None and warmup.start() is None  # once per process
     thread.join(180)
@@ -30,7 +30,7 @@ def test_warmup_loads_the_default_model_once(shipped_model, monkeypatch):
     assert done["imports_s"] is not None and done["model_s"] is not None
     assert done["errors"] and "no_such_module_xyz" in done["errors"][0]  # recorded, the rest went on
     assert "histo_core.ood" in sys.modules
-    assert any(Path(k[0]) == default for k in inference._cache)  # the page's load is a cache hit
+    assert any(Path(k[0]) == default for k in model_cache._cache)  # the page's load is a cache hit
 
 
 def test_warmup_can_be_turned_off(monkeypatch):

@@ -201,8 +201,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_similar(args: argparse.Namespace) -> int:
     from histo_core.commands.predict import expand_inputs, read_file
     from histo_core.embeddings import tile_features
-    from histo_core.inference import load_model, prepare_upload
+    from histo_core.model_cache import load_model
     from histo_core.similar import SimilarityIndex, knn_vote
+    from histo_core.uploads import prepare_upload
 
     if args.k < 1:
         raise HistoError(f"--k must be a positive integer, got {args.k}")

@@ -25,8 +25,9 @@ from histo_core.explain import (
     uniform_maps,
     upscale_tile,
 )
-from histo_core.inference import LoadedModel, load_model
+from histo_core.model_cache import load_model
 from histo_core.model_catalog import ModelEntry, list_models
+from histo_core.model_meta import LoadedModel
 from pages.ui.common import WRAP, keep_in_url, plain, url_selection
 
 CARD_PX = 224
@@ -35,7 +36,7 @@ PAGE_SIZES = (6, 12, 24, 48)
 
 # -- models ----------------------------------------------------------------------------------------------
 def cached_model(ref: str) -> LoadedModel:
-    """The model for `ref` (run dir, file, export name) from histo_core.inference's model cache, the only one:
+    """The model for `ref` (run dir, file, export name) from histo_core.model_cache, the one model cache, the only one:
     it is shared by every session and CLI call in this process and reloads a file whose mtime or size changed
     (a Streamlit cache on top would hold a second copy of each model and miss a rewritten file)."""
     with st.spinner("Loading the model…"):
