@@ -84,6 +84,7 @@ METRIC_LABELS = {
     "val_acc": "validation accuracy",
     "val_auc": "validation AUC",
     "lr": "learning rate",
+    "images_per_s": "training images / s",
 }
 
 

@@ -27,9 +27,12 @@ def plain(text: object) -> str:
     return _MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(0), " ".join(str(text).splitlines()))
 
 
-def show_table(data: Any, **kwargs: Any) -> Any:
+def show_table(data: Any, percent: Sequence[str] = (), **kwargs: Any) -> Any:
     """st.dataframe for every table of the app (hide_index and width="stretch" unless given): a missing value
-    shows as "-", never "None" (Streamlit's own placeholder for an empty cell)."""
+    shows as "-", never "None" (Streamlit's own placeholder for an empty cell); the `percent` columns (accuracies
+    and other shares, 0-1) as percentages, like every accuracy of the app."""
+    if percent:
+        kwargs["column_config"] = {c: percent_column() for c in percent} | dict(kwargs.get("column_config") or {})
     kwargs.setdefault("hide_index", True)
     kwargs.setdefault("width", "stretch")
     return st.dataframe(data, **kwargs, **_TABLE_PLACEHOLDER)
