@@ -12,7 +12,7 @@ from histo_core import study as S
 from histo_core.tasks import refresh_task, task_summary
 from pages.ui.charts import study_figure
 from pages.ui.common import keep_in_url, page_setup, show_table, url_selection, user_errors
-from pages.ui.formats import pct
+from pages.ui.formats import pct, plural
 
 
 def main() -> None:
@@ -36,8 +36,11 @@ def main() -> None:
     spec = (task.task().get("params") or {}).get("spec") or {}
     st.caption(
         f"{info['state']} · {info['progress']:.0%} · {info['message'] or ''} · "
-        f"{len(spec.get('archs', []))} architecture(s) × {len(spec.get('noises', []))} noise levels × "
-        f"{len(spec.get('methods', []))} methods × {spec.get('seeds', '?')} seeds, {spec.get('noise_mode', '')} noise"
+        f"{plural(len(spec.get('archs', [])), 'architecture')} × {plural(len(spec.get('noises', [])), 'noise level')}"
+        f" × {plural(len(spec.get('methods', [])), 'method')} × {plural(int(spec.get('seeds', 0)), 'seed')}, "
+        f"{spec.get('noise_mode', '')} noise"
+        + (" · label-error search measured" if spec.get("find_errors") else "")
+        + (" · as labelled and with corrections" if spec.get("compare_corrections") else "")
     )
     if info["error"]:
         st.error(info["error"])

@@ -402,6 +402,11 @@ def test_train_page_starts_a_study_with_find_errors_and_compare_corrections(monk
     assert (spec["noises"], spec["methods"], spec["seeds"]) == ([0.2], ["ce"], 1)
     assert base["corrections"] == str(path) and base["epochs"] == 1
     assert S.StudySpec(**spec).size() == 2
+    view = AppTest.from_file(PAGE, default_timeout=60).run()  # the Studies page says what the study measures
+    assert not view.exception, view.exception
+    header = view.caption[0].value
+    assert "1 architecture × 1 noise level × 1 method × 1 seed," in header, header
+    assert "label-error search measured" in header and "as labelled and with corrections" in header
 
 
 def test_train_page_study_counts_one_run_in_the_singular(monkeypatch):
