@@ -52,10 +52,10 @@ _TABLE_PLACEHOLDER = _if_streamlit_takes(st.dataframe, placeholder=MISSING)
 WRAP = _if_streamlit_takes(st.checkbox, wrap=True)
 
 
-def percent_column(label: str | None = None, help: str | None = None) -> Any:
+def percent_column(label: str | None = None, help: str | None = None, **kwargs: Any) -> Any:
     """The column config of a column of accuracies or other shares (values 0-1), shown as percentages like
-    every accuracy of the app (pages.ui.formats.pct in text)."""
-    return st.column_config.NumberColumn(label, format=TABLE_PERCENT, help=help)
+    every accuracy of the app (pages.ui.formats.pct in text); `kwargs`: NumberColumn's others (width...)."""
+    return st.column_config.NumberColumn(label, format=TABLE_PERCENT, help=help, **kwargs)
 
 
 def listed_runs() -> list:

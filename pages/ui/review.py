@@ -258,7 +258,7 @@ def mark_mistakes(v: Reviewed, rows: np.ndarray) -> None:
 def mistake_cards(v: Reviewed, rows: np.ndarray) -> None:
     """A page of the matching mistakes as cards: the tile, and its Grad-CAM where asked (per card or all)."""
     preds, classes, split = v.preds, v.preds.classes, v.split
-    c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
+    c1, c2, c3, c4 = st.columns([1, 2, 2, 2])  # "CAM on all" on one line at 1024 px
     page_size = c1.selectbox("Tiles per page", (12, 24, 48, 96), key="review_page_size")
     method = c2.selectbox("Grad-CAM method", list(CAM_METHODS), key="review_cam_method")
     explain = c3.radio("Explain", ["predicted class", "true class"], horizontal=True, key="review_explain")
