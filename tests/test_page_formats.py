@@ -129,3 +129,18 @@ def test_count_charts_tick_whole_numbers_only():
     assert charts.confusion_figure([[40, 3], [2, 55]], ["a", "b"]).data[0].colorbar.tickformat == ",d"
     assert charts.confusion_figure([[1, 0], [1, 0]], ["a", "b"], normalize=True).data[0].colorbar.dtick is None
     assert class_distribution_figure(["a", "b"], {"train": [3, 1]}).layout.yaxis.dtick == 1
+
+
+def test_train_form_help_names_widgets_not_command_line_flags():
+    """The option table's help is shared with the CLI; on the page "stop when --monitor has not improved for
+    --patience epochs" names the widgets instead."""
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    assert not at.exception, at.exception
+    helps = {
+        w.key: w.help
+        for kind in ("selectbox", "number_input", "checkbox", "text_input")
+        for w in at.get(kind)
+        if getattr(w, "key", "") and str(w.key).startswith("train.") and getattr(w, "help", None)
+    }
+    assert helps and not [k for k, h in helps.items() if re.search(r"--[a-z]", h)], helps
+    assert "'Monitor" in helps["train.early_stopping"]
