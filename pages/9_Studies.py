@@ -21,8 +21,8 @@ def main() -> None:
     studies = {t.id: t for t in S.list_studies()}
     if not studies:
         st.info(
-            "No study yet. Start one from a terminal, e.g. `python -m histo_core study --dataset synthetic "
-            "--noise 0,0.2,0.4 --methods ce,gce,mixup --seeds 3`; it appears here as it runs."
+            "No study yet. Start one on the Train page ('Run as a noise study', below the training options) or "
+            "from a terminal (`python -m histo_core study`, see the README); it appears here as it runs."
         )
         return
 
