@@ -144,3 +144,15 @@ def test_train_form_help_names_widgets_not_command_line_flags():
     }
     assert helps and not [k for k, h in helps.items() if re.search(r"--[a-z]", h)], helps
     assert "'Monitor" in helps["train.early_stopping"]
+
+
+def test_compare_says_training_accuracy_is_on_the_labels_trained_on():
+    """A noisy run's training accuracy is measured against its noisy labels: Compare's curve says so, in the same
+    words as the Runs page's charts (it said "training accuracy")."""
+    write_run("completed", name="clean", seed=1)
+    write_run("completed", name="noisy", seed=2, noise=0.4)
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Compare.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    at.selectbox(key="compare_metric").set_value("train_acc").run()
+    title = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec).layout.title.text
+    assert "labels trained on" in title and "noisy ones included" in title, title
