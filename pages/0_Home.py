@@ -7,7 +7,7 @@ import streamlit as st
 from histo_core import __version__, paths
 from histo_core.datasets.catalog import available_datasets
 from histo_core.summaries import run_summary
-from pages.ui.common import listed_runs, page_setup
+from pages.ui.common import listed_runs, page_setup, show_table
 from pages.ui.navigation import PAGES
 from pages.ui.runs import link_to_page, render_summary_table
 
@@ -47,10 +47,8 @@ def main() -> None:
     st.caption(f"Runs directory: `{paths.runs_dir()}` (set HISTO_RUNS_DIR to change).")
 
     st.subheader("Datasets available here")
-    st.dataframe(
+    show_table(
         [{"dataset": r.title, "spec": r.spec, "source": r.source} for r in available_datasets()],
-        hide_index=True,
-        width="stretch",
     )
     st.caption(
         f"Dataset cache: `{paths.data_dir()}` (set HISTO_DATA_DIR to change). "

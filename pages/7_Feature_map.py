@@ -106,8 +106,7 @@ def map_section(run: RunDir | None, target: EmbedTarget, job_args: dict[str, str
         "Colour by",
         colours,
         key="fm_colour",
-        help="Suspected label errors appear once the Review page (or `python -m histo_core "
-        "label-errors RUN`) has searched this run's training set.",
+        help="Suspected label errors appear once the Review page has searched this run's training set.",
     )
     with top[2]:
         job_panel(job_args, "embed", "Recompute", key="fm_recompute")
@@ -118,8 +117,7 @@ def map_section(run: RunDir | None, target: EmbedTarget, job_args: dict[str, str
     )
     if report is None and run is not None:
         st.caption(
-            "Colour by suspected label error: search for them first on the Review page or with "
-            f"`python -m histo_core label-errors {run.id}`."
+            "Colour by suspected label error: search for them first on the Review page (Suspected label errors)."
         )
     if not splits:
         st.warning("Pick at least one split.")

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from histo_core import jobs, paths, task_folders
 from histo_core.runs import list_runs
 from histo_core.training import default_config
-from pages.ui.train_form import FORM_FIELDS, OUTSIDE_FORM, all_config_fields
+from pages.ui.train_form import FORM_FIELDS, OUTSIDE_FORM, all_config_fields, form_message
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
 
@@ -56,7 +56,7 @@ def test_every_config_field_has_a_widget():
     for field in FORM_FIELDS:
         opt, widget = OPTIONS[field], _w(at, field)
         assert widget.label == opt.label, field
-        assert widget.help.startswith(opt.help_text()), field
+        assert widget.help.startswith(form_message(opt.help_text())), field  # its --flags named as widgets
         assert widget.disabled == (not opt.is_active(values.get)), field
 
 

@@ -366,3 +366,54 @@ def test_studies_page_compares_labels_and_shows_per_class_and_detection():
     assert detection["average_precision"].tolist() == [1.0]
     keys = {b.proto.id.split("-")[-1] for b in at.get("download_button")}
     assert len(at.get("download_button")) == 3, keys  # summary, per class, detection
+
+
+def test_train_page_starts_a_study_with_find_errors_and_compare_corrections(monkeypatch):
+    """The Train page's study panel offers `study --find-errors` and `--compare-corrections`: a tiny study
+    launched from the page records both in its parameters (the task folder is written as the CLI writes it; only
+    the driver process is not started)."""
+    from histo_core import launch
+    from histo_core.corrections import add_marks, corrections_path, dataset_identity
+    from histo_core.datasets import open_dataset
+
+    monkeypatch.setattr(launch, "_spawn", lambda task, device: task.write_status(RunStatus(state="queued")))
+    ident = dataset_identity(open_dataset("synthetic"))
+    path = corrections_path(ident)
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    assert not at.exception, at.exception
+    assert at.checkbox(key="train.study.compare_corrections").disabled  # no corrections ticked: nothing to compare
+    add_marks(path, ident, [{"tile": "train:1", "action": "exclude"}])
+    at.run()
+    at.checkbox(key="train.use_corrections").check().run()
+    at.number_input(key="train.epochs").set_value(1)
+    at.multiselect(key="train.study.noises").set_value([0.2])
+    at.multiselect(key="train.study.methods").set_value(["ce"])
+    at.number_input(key="train.study.seeds").set_value(1)
+    at.checkbox(key="train.study.find_errors").check()
+    at.checkbox(key="train.study.compare_corrections").check()
+    at.run()
+    assert any(c.value.startswith("2 runs of ") for c in at.caption)  # as labelled and with the corrections
+    at.button(key="train.study.start").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    [task] = S.list_studies()
+    params = task.task()["params"]
+    spec, base = params["spec"], params["base"]
+    assert spec["find_errors"] is True and spec["compare_corrections"] is True
+    assert (spec["noises"], spec["methods"], spec["seeds"]) == ([0.2], ["ce"], 1)
+    assert base["corrections"] == str(path) and base["epochs"] == 1
+    assert S.StudySpec(**spec).size() == 2
+    view = AppTest.from_file(PAGE, default_timeout=60).run()  # the Studies page says what the study measures
+    assert not view.exception, view.exception
+    header = view.caption[0].value
+    assert "1 architecture × 1 noise level × 1 method × 1 seed," in header, header
+    assert "label-error search measured" in header and "as labelled and with corrections" in header
+
+
+def test_train_page_study_counts_one_run_in_the_singular(monkeypatch):
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    at.multiselect(key="train.study.noises").set_value([0.0])
+    at.multiselect(key="train.study.methods").set_value(["ce"])
+    at.number_input(key="train.study.seeds").set_value(1)
+    at.run()
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("1 run of ") for c in at.caption)

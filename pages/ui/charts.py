@@ -84,6 +84,7 @@ METRIC_LABELS = {
     "val_acc": "validation accuracy",
     "val_auc": "validation AUC",
     "lr": "learning rate",
+    "images_per_s": "training images / s",
 }
 
 
@@ -136,6 +137,11 @@ def metrics_bar_figure(
     return _layout(fig, title, "", "value", height=380)
 
 
+def count_ticks(top: float) -> dict[str, Any]:
+    """Axis (or colour bar) settings for counts up to `top`: whole numbers only, never a tick at 0.5."""
+    return {"dtick": 1, "tickformat": "d"} if top < 10 else {"tickformat": ",d"}
+
+
 def confusion_figure(
     confusion: Sequence[Sequence[float]],
     classes: Sequence[str],
@@ -170,6 +176,7 @@ def confusion_figure(
             colorscale="Blues",
             zmin=0,
             zmax=1 if normalize else None,
+            colorbar=None if normalize else count_ticks(float(counts.max(initial=0))),
             hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}<extra></extra>",
         )
     )

@@ -329,8 +329,10 @@ def _escape(text: str) -> str:
 
 
 def tile_grid(images: Sequence[np.ndarray], captions: Sequence[str], columns: int = 6, px: int = 128) -> None:
-    """Images in rows of `columns`, each upscaled to `px` (nearest-neighbour for small tiles)."""
+    """Images in rows of `columns`, each upscaled to `px` (nearest-neighbour for small tiles) and drawn at the width
+    of its column, so that every tile of the grid has the same size whatever its caption (at its own width, a tile
+    whose caption ran to two lines was drawn larger than its neighbours)."""
     for start in range(0, len(images), columns):
         cols = st.columns(columns)
         for col, img, cap in zip(cols, images[start : start + columns], captions[start : start + columns]):
-            col.image(upscale_tile(img, px), caption=cap)
+            col.image(upscale_tile(img, px), caption=cap, width="stretch")

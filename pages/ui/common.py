@@ -27,9 +27,12 @@ def plain(text: object) -> str:
     return _MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(0), " ".join(str(text).splitlines()))
 
 
-def show_table(data: Any, **kwargs: Any) -> Any:
+def show_table(data: Any, percent: Sequence[str] = (), **kwargs: Any) -> Any:
     """st.dataframe for every table of the app (hide_index and width="stretch" unless given): a missing value
-    shows as "-", never "None" (Streamlit's own placeholder for an empty cell)."""
+    shows as "-", never "None" (Streamlit's own placeholder for an empty cell); the `percent` columns (accuracies
+    and other shares, 0-1) as percentages, like every accuracy of the app."""
+    if percent:
+        kwargs["column_config"] = {c: percent_column() for c in percent} | dict(kwargs.get("column_config") or {})
     kwargs.setdefault("hide_index", True)
     kwargs.setdefault("width", "stretch")
     return st.dataframe(data, **kwargs, **_TABLE_PLACEHOLDER)
@@ -49,10 +52,10 @@ _TABLE_PLACEHOLDER = _if_streamlit_takes(st.dataframe, placeholder=MISSING)
 WRAP = _if_streamlit_takes(st.checkbox, wrap=True)
 
 
-def percent_column(label: str | None = None, help: str | None = None) -> Any:
+def percent_column(label: str | None = None, help: str | None = None, **kwargs: Any) -> Any:
     """The column config of a column of accuracies or other shares (values 0-1), shown as percentages like
-    every accuracy of the app (pages.ui.formats.pct in text)."""
-    return st.column_config.NumberColumn(label, format=TABLE_PERCENT, help=help)
+    every accuracy of the app (pages.ui.formats.pct in text); `kwargs`: NumberColumn's others (width...)."""
+    return st.column_config.NumberColumn(label, format=TABLE_PERCENT, help=help, **kwargs)
 
 
 def listed_runs() -> list:

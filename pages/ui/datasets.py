@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from histo_core import paths
+from pages.ui.charts import count_ticks
 from pages.ui.common import WRAP, keep_in_url, url_news
 
 OTHER_PATH = "__path__"
@@ -228,10 +229,7 @@ def class_distribution_figure(classes: Sequence[str], counts: dict[str, Sequence
         legend=dict(orientation="h", y=1.1),
     )
     top = max((max(v) for v in counts.values() if len(v)), default=0)
-    if top < 10:  # whole tiles only: no ticks at 0.5 on small counts
-        fig.update_yaxes(dtick=1, tickformat="d", rangemode="tozero")
-    else:
-        fig.update_yaxes(tickformat=",d", rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero", **count_ticks(top))  # whole tiles only
     return fig
 
 

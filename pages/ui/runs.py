@@ -84,25 +84,36 @@ def _metric_text(name: str, value: float | None) -> str:
     return f"{name} {value:.4f}" if value is not None else "-"
 
 
-# The columns the runs table shows, narrow enough for a 1024 px wide window beside the sidebar (newest run first);
-# the rest (best val, duration, created, run id) are in the run's own view below the table. Progress and epoch
-# only while a run is active.
-SHOWN_COLUMNS = ("run", "state", "test acc", "test AUC", "dataset", "architecture", "noise", "started by")
-ACTIVE_COLUMNS = ("progress", "epoch")
+# The columns the runs table shows (newest run first), each of a set width, so that all of them fit beside the
+# sidebar in a 1024 px window (a long run name or dataset title is cut inside its cell, not a whole column off the
+# edge); the progress bar only while a run is queued or running. The other columns of summary_table (AUC, epoch,
+# best val, duration, created, run id) are in the run's own view below the table.
+SHOWN_COLUMNS = {
+    "run": 100,
+    "state": 80,
+    "progress": 75,
+    "test acc": 65,
+    "dataset": 110,
+    "architecture": 70,
+    "noise": 60,
+}
 
 
 def render_summary_table(summaries: list[dict[str, Any]]) -> None:
     table = summary_table(summaries)
-    shown = list(SHOWN_COLUMNS)
-    if any(s["state"] in jobs.ACTIVE_STATES for s in summaries):
-        shown[2:2] = ACTIVE_COLUMNS
+    active = any(s["state"] in liveness.ACTIVE_STATES for s in summaries)
+    shown = [c for c in [*SHOWN_COLUMNS, "started by"] if c in table.columns and (c != "progress" or active)]
+    column = st.column_config.Column
     show_table(
         table,
-        column_order=[c for c in shown if c in table.columns],
-        column_config={
-            "progress": st.column_config.ProgressColumn("progress", format="%d%%", min_value=0, max_value=100),
-            "test acc": percent_column(help="accuracy on the test split"),
-            "test AUC": st.column_config.NumberColumn(format="%.3f"),
+        column_order=shown,
+        column_config={name: column(width=px) for name, px in SHOWN_COLUMNS.items()}
+        | {
+            "progress": st.column_config.ProgressColumn(
+                "progress", format="%d%%", min_value=0, max_value=100, width=SHOWN_COLUMNS["progress"]
+            ),
+            "test acc": percent_column(help="accuracy on the test split", width=SHOWN_COLUMNS["test acc"]),
+            "architecture": column("arch", width=SHOWN_COLUMNS["architecture"]),
         },
     )
 

@@ -58,7 +58,8 @@ def _disabled(opt: Option) -> bool:
 
 def field_widget(opt: Option) -> None:
     key = PREFIX + opt.path
-    help_text = opt.help_text() + (f"\n\n{opt.page_note}" if opt.page_note else "")
+    # the table's help is the CLI's too: on the page its --flags name the widgets ('Monitor', not --monitor)
+    help_text = form_message(opt.help_text()) + (f"\n\n{opt.page_note}" if opt.page_note else "")
     common: dict[str, Any] = {"help": help_text, "disabled": _disabled(opt)}
     if opt.choices is not None:
         value = st.selectbox(opt.label, list(opt.choices()), key=key, format_func=opt.choice_label, **common)
