@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from histo_core import warmup
 from histo_core.paths import confine_to_data_roots
 from histo_core.runtime import configure_process
-from pages.ui.navigation import PAGES
+from pages.ui.navigation import PAGES, start_warmup
 
 
 def main() -> None:
     configure_process()  # threads and OpenMP wait policy before the pages load torch (histo_core/runtime.py)
     confine_to_data_roots()  # a web user's datasets, and every process started for one, stay inside the data roots
-    warmup.start()  # once per server process: heavy imports and the default model, in a background thread
+    start_warmup()  # once per server process: heavy imports, the pages' modules, the default model, in the background
     st.navigation(
         [
             st.Page(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from histo_core import jobs
+from histo_core import jobs, liveness
 from histo_core.errors import HistoError
 from histo_core.launch import start_once
 from histo_core.metrics import small_split_warnings
@@ -122,7 +122,7 @@ def start_training(config) -> None:
         previous = st.session_state.get(PREFIX + "last_submitted")
         if previous and previous[0] == config.to_dict():
             run_dir = paths.runs_dir() / previous[1]
-            if run_dir.is_dir() and jobs.refresh_status(RunDir(run_dir)).state in jobs.ACTIVE_STATES:
+            if run_dir.is_dir() and liveness.refresh_status(RunDir(run_dir)).state in liveness.ACTIVE_STATES:
                 return previous[1]
         return None
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from histo_core import jobs, paths
+from histo_core import paths
 from histo_core.evaluation import list_evaluations
 from histo_core.runs import RunDir
+from histo_core.summaries import comparison_row, run_summary
 from pages.ui.charts import confusion_figure, metric_label, metrics_bar_figure, overlay_figure, run_colours
 from pages.ui.common import keep_in_url, listed_runs, page_setup, show_table, url_selection
 from pages.ui.runs import link_to_page, run_label
@@ -97,7 +98,7 @@ def held_out_section(chosen: list[str], legend: dict[str, str], colours: dict) -
 
 def settings_table(runs: dict[str, RunDir], summaries: dict[str, dict], chosen: list[str]) -> None:
     """Settings and results of the chosen runs, one row each, and its CSV."""
-    table = pd.DataFrame([jobs.comparison_row(runs[rid]) for rid in chosen])
+    table = pd.DataFrame([comparison_row(runs[rid]) for rid in chosen])
     front = [c for c in ("run", "test acc", "test AUC", "test ECE", "dataset", "arch", "epochs", "noise") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
     st.subheader("Settings and results")
@@ -148,7 +149,7 @@ def main() -> None:
         st.info("Comparing needs at least two runs; start them on the Train page.")
         link_to_page("pages/2_Train.py", "Train a model", "🏋️")
         return
-    summaries = {rid: jobs.run_summary(r) for rid, r in runs.items()}
+    summaries = {rid: run_summary(r) for rid, r in runs.items()}
     chosen = choose_runs(runs, summaries)
     if not chosen:
         st.info("Pick runs to compare.")

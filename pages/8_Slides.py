@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from histo_core import jobs, tasks
+from histo_core import launch, liveness, task_folders
 from histo_core.errors import HistoError
 from histo_core.explain import compute_cams
 from histo_core.launch import start_once
@@ -104,33 +104,37 @@ def choose_analysis(path: Any, slide: Any, info: dict, thumb: np.ndarray, mpp: f
     return Analysed(slide, info, thumb, entry, loaded, folder, params)
 
 
-def latest_task(params: dict) -> tasks.TaskDir | None:
+def latest_task(params: dict) -> task_folders.TaskDir | None:
     """The newest task of this request, started by Analyse/Resume (force False) or Analyse again (force True)."""
-    found = [t for t in (tasks.latest_task("slide", {**params, "force": f}) for f in (False, True)) if t]
+    found = [t for t in (task_folders.latest_task("slide", {**params, "force": f}) for f in (False, True)) if t]
     return max(found, key=lambda t: t.id, default=None)
 
 
 def start(params: dict, force: bool = False) -> None:
-    def already() -> tasks.TaskDir | None:
+    def already() -> task_folders.TaskDir | None:
         latest = latest_task(params)
-        return latest if latest is not None and tasks.refresh_task(latest).state in jobs.ACTIVE_STATES else None
+        return (
+            latest if latest is not None and task_folders.refresh_task(latest).state in liveness.ACTIVE_STATES else None
+        )
 
     with user_errors("Not started: "):
-        start_once(already, lambda: tasks.submit_task("slide", {**params, "force": force}, started_by=signed_in_user()))
+        start_once(
+            already, lambda: launch.submit_task("slide", {**params, "force": force}, started_by=signed_in_user())
+        )
         st.rerun()
 
 
 def analysis_controls(a: Analysed) -> None:
     """Analyse / Resume / Analyse again / Cancel / Delete, and the progress with the map so far while it runs."""
     task = latest_task(a.params)
-    status = tasks.refresh_task(task) if task else None
-    active = status is not None and status.state in jobs.ACTIVE_STATES
+    status = task_folders.refresh_task(task) if task else None
+    active = status is not None and status.state in liveness.ACTIVE_STATES
     state = a.folder.state()
     c1, c2, c3 = st.columns(3)
     if active:
         if c1.button("Cancel", key="slides_cancel"):
             with user_errors():
-                tasks.cancel_task(task)  # type: ignore[arg-type]
+                task_folders.cancel_task(task)  # type: ignore[arg-type]
                 st.rerun()
     elif (
         state == "completed"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from histo_core import jobs
+from histo_core import liveness
 from histo_core import study as S
-from histo_core.tasks import refresh_task, task_summary
+from histo_core.task_folders import refresh_task, task_summary
 from pages.ui.charts import study_figure
 from pages.ui.common import keep_in_url, page_setup, show_table, url_selection, user_errors
 from pages.ui.formats import pct, plural
@@ -45,7 +45,7 @@ def main() -> None:
     if info["error"]:
         st.error(info["error"])
 
-    active = info["state"] in jobs.ACTIVE_STATES
+    active = info["state"] in liveness.ACTIVE_STATES
     c1, c2, c3 = st.columns(3)
     if c1.button("Cancel the study", disabled=not active, key="study_cancel"):
         with user_errors():

@@ -15,13 +15,12 @@ import plotly.io
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core import jobs, paths
+from histo_core import liveness, paths
 from histo_core import study as S
 from histo_core.config import TrainConfig
 from histo_core.fsutil import savez_atomic, write_json_atomic
 from histo_core.runs import RunStatus
-from histo_core.tasks import TASKS_FOLDER, TaskDir, refresh_task
-from pages.ui.formats import pct
+from histo_core.task_folders import TASKS_FOLDER, TaskDir, refresh_task
 from tests.runfiles import write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +161,8 @@ def test_studies_page_draws_lines_table_and_recommendation():
     ce_line = next(t for t in fig.data if t.name == "ce")
     assert ce_line.y[0] == pytest.approx(ce_clean["accuracy_mean"])
     assert ce_line.error_y.array[0] == pytest.approx(ce_clean["accuracy_sd"])
-    assert f"95% bootstrap CI {pct(ce_clean['accuracy_ci_low'])}" in ce_line.customdata[0]  # accuracy in percent
+    low, high = ce_clean["accuracy_ci_low"], ce_clean["accuracy_ci_high"]
+    assert f"95% bootstrap CI {100 * low:.1f}%-{100 * high:.1f}%" in ce_line.customdata[0]  # accuracies as %
     assert fig.layout.shapes[0].y0 == pytest.approx(ce_clean["accuracy_mean"])  # the clean baseline
     texts = [t.value for t in at.text]
     assert any(t.startswith("noise 0.4: ") for t in texts) and any(t.startswith("noise 0: ce") for t in texts)
@@ -197,20 +197,20 @@ def test_a_study_runs_to_completion_through_a_cancel_and_a_resume():
     sid = json.loads(started.stdout)["study"]
     task = S.study_by_id(sid)
     deadline = time.monotonic() + 600
-    while not any(jobs.refresh_status(r).state == "completed" for r in S.study_runs(task).values()):
-        assert time.monotonic() < deadline and refresh_task(task).state in jobs.ACTIVE_STATES
+    while not any(liveness.refresh_status(r).state == "completed" for r in S.study_runs(task).values()):
+        assert time.monotonic() < deadline and refresh_task(task).state in liveness.ACTIVE_STATES
         time.sleep(0.5)
     # never all at once: one run of the study queued or running at a time (--parallel 1)
-    assert sum(jobs.refresh_status(r).state in jobs.ACTIVE_STATES for r in S.study_runs(task).values()) <= 1
+    assert sum(liveness.refresh_status(r).state in liveness.ACTIVE_STATES for r in S.study_runs(task).values()) <= 1
     S.cancel_study(task)
-    while refresh_task(task).state in jobs.ACTIVE_STATES:
+    while refresh_task(task).state in liveness.ACTIVE_STATES:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert refresh_task(task).state == "cancelled"
-    first = {k: r.path for k, r in S.study_runs(task).items() if jobs.refresh_status(r).state == "completed"}
+    first = {k: r.path for k, r in S.study_runs(task).items() if liveness.refresh_status(r).state == "completed"}
     assert first and len(S.study_runs(task)) < 8
     S.resume_study(task)
-    while refresh_task(task).state in jobs.ACTIVE_STATES:
+    while refresh_task(task).state in liveness.ACTIVE_STATES:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     shown = _histo("study", "--show", sid, "--json")

@@ -1,6 +1,6 @@
 """The "Evaluate on another dataset" panel (Runs page for a run, Classify page for an exported or ready-made
 model): pick a dataset, edit how its classes map onto the model's,
-start `python -m histo_core evaluate ... --json` as a background job (histo_core.jobs), and show the saved
+start an evaluation in the background (histo_core.evaluation.start_evaluation: the `evaluate` process kind), and show the saved
 evaluations. Matching and scoring live in histo_core.classnames / histo_core.evaluation."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from histo_core import classnames, jobs
+from histo_core import classnames, evaluation
 from histo_core.classnames import match_classes, short_name
 from histo_core.errors import HistoError
 from histo_core.evaluation import list_evaluations
@@ -154,13 +154,13 @@ def evaluate_panel(model: RunDir | ModelEntry) -> None:
             help=f"runs `python -m histo_core evaluate` in the background; the result is saved {where}",
         ):
             with user_errors("Not started: "):
-                started = jobs.start_evaluation(target, choice.spec, split, mapping, name or None)
+                started = evaluation.start_evaluation(target, choice.spec, split, mapping, name or None)
                 st.session_state[f"evaluate_started_{key}"] = started
     evaluations_view(target, key)
 
 
 def _running_jobs(target: RunDir | str) -> list[dict]:
-    return [j for j in jobs.evaluation_jobs(target) if j["state"] == "running"]
+    return [j for j in evaluation.evaluation_jobs(target) if j["state"] == "running"]
 
 
 def _running(target: RunDir | str) -> None:
@@ -171,7 +171,7 @@ def _running(target: RunDir | str) -> None:
 def evaluations_view(target: RunDir | str, key: str) -> None:
     """Running jobs (refreshed), failed ones with their error line, and the saved evaluations of a run or of a
     weights model (its ref)."""
-    all_jobs = jobs.evaluation_jobs(target)
+    all_jobs = evaluation.evaluation_jobs(target)
     if any(j["state"] == "running" for j in all_jobs):
         live(lambda: bool(_running_jobs(target)), lambda: _running(target))
     saved = list_evaluations(target)

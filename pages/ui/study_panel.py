@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from histo_core import jobs
+from histo_core import liveness
 from histo_core.config import NOISE_METHODS, TrainConfig
 from histo_core.launch import start_once
 from pages.ui.common import WRAP, signed_in_user, user_errors
@@ -20,7 +20,7 @@ def study_panel(config: TrainConfig) -> None:
     """Start `config` as a noise study, with the number of runs and, once the time of one run is estimated on
     the page, the total."""
     from histo_core import study as S
-    from histo_core.tasks import latest_task, refresh_task
+    from histo_core.task_folders import latest_task, refresh_task
 
     c1, c2, c3 = st.columns(3)
     noises = c1.multiselect(
@@ -75,7 +75,7 @@ def study_panel(config: TrainConfig) -> None:
             previous = st.session_state.get(KEY + "submitted")
             if previous and previous[0] == request:
                 task = S.study_by_id(previous[1])
-                if refresh_task(task).state in jobs.ACTIVE_STATES:
+                if refresh_task(task).state in liveness.ACTIVE_STATES:
                     return previous[1]
             return None
 

@@ -69,7 +69,7 @@ def field_widget(opt: Option) -> None:
         return
     kind = opt.kind
     if kind is bool:
-        st.checkbox(opt.label, key=key, **common, **WRAP)
+        st.checkbox(opt.label, key=key, **WRAP, **common)
     elif kind is int:
         st.number_input(opt.label, key=key, **opt.widget, **common)
     elif kind is float:
