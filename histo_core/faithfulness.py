@@ -193,3 +193,11 @@ def explain_quality(
 def load_quality(run) -> dict[str, Any] | None:
 
     return read_json(run.faithfulness_path)
+
+
+def task_main(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """The `explain-quality` process kind (histo_core.kinds): params run, tiles, methods."""
+    from histo_core.runs import resolve_run
+
+    tiles, methods = int(params.get("tiles", DEFAULT_TILES)), params.get("methods")
+    return explain_quality(resolve_run(params["run"]), tiles=tiles, methods=methods, progress=progress)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from histo_core import __version__, jobs, paths
+from histo_core import __version__, paths
 from histo_core.datasets.catalog import available_datasets
-from pages.ui.common import listed_runs, page_setup
+from histo_core.summaries import run_summary
+from pages.ui.common import listed_runs, page_setup, show_table
 from pages.ui.navigation import PAGES
 from pages.ui.runs import link_to_page, render_summary_table
 
@@ -42,14 +43,12 @@ def main() -> None:
     if not runs:
         st.info("No runs yet: start one on the Train page (the synthetic demo needs no download).")
     else:
-        render_summary_table([jobs.run_summary(run) for run in runs])  # the Runs page's table
+        render_summary_table([run_summary(run) for run in runs])  # the Runs page's table
     st.caption(f"Runs directory: `{paths.runs_dir()}` (set HISTO_RUNS_DIR to change).")
 
     st.subheader("Datasets available here")
-    st.dataframe(
+    show_table(
         [{"dataset": r.title, "spec": r.spec, "source": r.source} for r in available_datasets()],
-        hide_index=True,
-        width="stretch",
     )
     st.caption(
         f"Dataset cache: `{paths.data_dir()}` (set HISTO_DATA_DIR to change). "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from histo_core.corrections import list_corrections, remove_marks
-from pages.ui.common import keep_in_url, listed_runs, page_setup, plain, url_selection, user_errors
+from pages.ui.common import keep_in_url, listed_runs, page_setup, plain, show_table, url_selection, user_errors
 from pages.ui.curation import marks_table
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     )
 
     table = marks_table(corr)
-    st.dataframe(table, hide_index=True, width="stretch")
+    show_table(table)
     st.download_button(
         "Download the corrections (CSV)", corr.to_csv(), file_name=f"{chosen}.csv", mime="text/csv", key="curation_csv"
     )

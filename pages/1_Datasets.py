@@ -16,7 +16,7 @@ from histo_core.datasets.sources import original_file
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError
 from histo_core.paths import data_roots
-from pages.ui.common import page_setup, plain, synthetic_badge, user_errors
+from pages.ui.common import page_setup, plain, show_table, synthetic_badge, user_errors
 from pages.ui.datasets import (
     class_distribution_figure,
     data_dir_caption,
@@ -104,7 +104,7 @@ def render_classes(ds) -> None:
     st.plotly_chart(class_distribution_figure(ds.info.classes, counts), key="class_distribution")
     table = pd.DataFrame({split: c for split, c in counts.items()}, index=ds.info.classes)
     table.index.name = "class"
-    st.dataframe(table, width="stretch")
+    show_table(table, hide_index=False)
 
 
 def render_samples(ds) -> None:
@@ -153,7 +153,7 @@ def render_stats(ds, choice) -> None:
             "std (0-255)": np.round(np.array(stats["std"]) * 255, 1),
         }
     )
-    st.dataframe(table, hide_index=True, width="stretch")
+    show_table(table)
     sampled = (
         f"a seeded sample of {stats['n_tiles']:,} of {stats['n_total']:,} tiles"
         if stats["sampled"]

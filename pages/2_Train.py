@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from histo_core import jobs
+from histo_core import jobs, liveness
 from histo_core.errors import HistoError
 from histo_core.launch import start_once
 from histo_core.metrics import small_split_warnings
@@ -13,6 +13,7 @@ from pages.ui.common import page_setup, plain, signed_in_user, synthetic_badge, 
 from pages.ui.curation import corrections_choice
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
+from pages.ui.study_panel import study_panel
 from pages.ui.tasks import task_panel
 from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, form_message, render_fields
 
@@ -121,7 +122,7 @@ def start_training(config) -> None:
         previous = st.session_state.get(PREFIX + "last_submitted")
         if previous and previous[0] == config.to_dict():
             run_dir = paths.runs_dir() / previous[1]
-            if run_dir.is_dir() and jobs.refresh_status(RunDir(run_dir)).state in jobs.ACTIVE_STATES:
+            if run_dir.is_dir() and liveness.refresh_status(RunDir(run_dir)).state in liveness.ACTIVE_STATES:
                 return previous[1]
         return None
 
@@ -139,61 +140,6 @@ def start_training(config) -> None:
                 f"Run `{run_id}` with these settings is already started; change a setting (the seed, "
                 "for another repeat) to start another."
             )
-
-
-def study_panel(config) -> None:
-    """Start this form's settings as a noise study: noise levels x methods x seeds (histo_core.study), with
-    the number of runs and, once the time of one run is estimated above, the total."""
-    from histo_core import study as S
-    from histo_core.config import NOISE_METHODS
-    from histo_core.tasks import latest_task, refresh_task
-
-    c1, c2, c3 = st.columns(3)
-    noises = c1.multiselect(
-        "Noise levels", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], default=[0.0, 0.2, 0.4], key=PREFIX + "study.noises"
-    )
-    methods = c2.multiselect("Methods", list(NOISE_METHODS), default=list(NOISE_METHODS), key=PREFIX + "study.methods")
-    seeds = int(c3.number_input("Seeds", min_value=1, max_value=20, value=3, key=PREFIX + "study.seeds"))
-    count = len(noises) * len(methods) * seeds
-    est_task = latest_task("estimate", {"config": config.to_dict()})
-    est = est_task.result() if est_task is not None else None
-    st.caption(
-        f"{count} runs of {config.arch}, fixed symmetric noise, one at a time"
-        + (
-            f": about {fmt_duration(count * est['total_s'])} in all at the estimate of one run above"
-            if est
-            else "; estimate the training time above to see the total"
-        )
-        + ". The study recommends a method per noise level from the validation split with noisy labels."
-    )
-    if st.button("Start the study", disabled=count == 0, key=PREFIX + "study.start"):
-        spec = S.StudySpec(
-            archs=[config.arch], noises=sorted(noises), methods=list(methods), noise_mode="fixed", seeds=seeds
-        )
-        request = (S.asdict(spec), config.to_dict())
-
-        def already_started() -> str | None:  # a double click: the second click finds the first study
-            previous = st.session_state.get(PREFIX + "study.submitted")
-            if previous and previous[0] == request:
-                task = S.study_by_id(previous[1])
-                if refresh_task(task).state in jobs.ACTIVE_STATES:
-                    return previous[1]
-            return None
-
-        def start() -> str:
-            task = S.start_study(spec, config, started_by=signed_in_user())
-            st.session_state[PREFIX + "study.submitted"] = (request, task.id)
-            st.session_state[PREFIX + "last_study"] = task.id
-            return task.id
-
-        with user_errors("Not started: "):
-            study_id, started = start_once(already_started, start)
-            if not started:
-                st.info(f"Study `{study_id}` with these settings is already running.")
-    last = st.session_state.get(PREFIX + "last_study")
-    if last:
-        st.success(f"Started study `{last}` in the background.")
-        link_to_page("pages/9_Studies.py", "Watch it on the Studies page", "🧪", query_params={"study": last})
 
 
 def main() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from histo_core import jobs, paths
+from histo_core import liveness, paths
 from histo_core.runs import RunDir, list_runs, read_only_note
+from histo_core.summaries import run_summary
 from pages.ui.common import keep_in_url, page_setup, plain, url_selection, user_errors
 from pages.ui.live import live
 from pages.ui.runs import link_to_page, render_run, render_summary_table, run_label
@@ -13,7 +14,7 @@ from pages.ui.runs import link_to_page, render_run, render_summary_table, run_la
 
 def runs_table(rows: list[dict]) -> None:
     render_summary_table(rows)
-    active = sum(s["state"] in jobs.ACTIVE_STATES for s in rows)
+    active = sum(s["state"] in liveness.ACTIVE_STATES for s in rows)
     st.caption(
         f"{len(rows)} {'run' if len(rows) == 1 else 'runs'} in `{paths.runs_dir()}` · {active} queued or running · "
         "runs train in their own processes: closing the browser or restarting the app does not stop them"
@@ -24,11 +25,11 @@ def live_runs_table() -> None:
     """The table while a run is queued or running, re-read every LIVE_REFRESH_S (it went stale: 0%, epoch 0/60
     while the run's panel said 4/60; a queued run stayed "queued" after the run ahead finished). When none is
     active any more, the whole page is redrawn once in its settled form."""
-    runs_table([jobs.run_summary(r) for r in list_runs()])
+    runs_table([run_summary(r) for r in list_runs()])
 
 
 def any_active() -> bool:
-    return any(jobs.refresh_status(r).state in jobs.ACTIVE_STATES for r in list_runs())
+    return any(liveness.refresh_status(r).state in liveness.ACTIVE_STATES for r in list_runs())
 
 
 def main() -> None:
@@ -52,8 +53,8 @@ def main() -> None:
         link_to_page("pages/2_Train.py", "Train a model", "🏋️")
         return
 
-    summaries = [jobs.run_summary(r) for r in runs]
-    if any(s["state"] in jobs.ACTIVE_STATES for s in summaries):
+    summaries = [run_summary(r) for r in runs]
+    if any(s["state"] in liveness.ACTIVE_STATES for s in summaries):
         live(any_active, live_runs_table)
     else:
         runs_table(summaries)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from histo_core import jobs, paths
+from histo_core import paths
 from histo_core.evaluation import list_evaluations
 from histo_core.runs import RunDir
-from pages.ui.charts import confusion_figure, metrics_bar_figure, overlay_figure, run_colours
-from pages.ui.common import keep_in_url, listed_runs, page_setup, url_selection
+from histo_core.summaries import comparison_row, run_summary
+from pages.ui.charts import confusion_figure, metric_label, metrics_bar_figure, overlay_figure, run_colours
+from pages.ui.common import keep_in_url, listed_runs, page_setup, show_table, url_selection
 from pages.ui.runs import link_to_page, run_label
 
 
@@ -18,14 +19,10 @@ def _macro_f1(report: dict) -> float | None:
     return sum(f1) / len(f1) if f1 else None
 
 
+# the curves a user can overlay, in the words of the Runs page's charts (training accuracy says it is measured
+# on the labels trained on, noisy ones included)
 CURVES = {
-    "val_acc": "validation accuracy",
-    "val_loss": "validation loss",
-    "val_auc": "validation AUC",
-    "train_acc": "training accuracy",
-    "train_loss": "training loss",
-    "lr": "learning rate",
-    "images_per_s": "training images / s",
+    k: metric_label(k) for k in ("val_acc", "val_loss", "val_auc", "train_acc", "train_loss", "lr", "images_per_s")
 }
 
 
@@ -101,15 +98,14 @@ def held_out_section(chosen: list[str], legend: dict[str, str], colours: dict) -
 
 def settings_table(runs: dict[str, RunDir], summaries: dict[str, dict], chosen: list[str]) -> None:
     """Settings and results of the chosen runs, one row each, and its CSV."""
-    table = pd.DataFrame([jobs.comparison_row(runs[rid]) for rid in chosen])
+    table = pd.DataFrame([comparison_row(runs[rid]) for rid in chosen])
     front = [c for c in ("run", "test acc", "test AUC", "test ECE", "dataset", "arch", "epochs", "noise") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
     st.subheader("Settings and results")
-    st.dataframe(
+    show_table(
         table,
-        hide_index=True,
-        width="stretch",
-        column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("test acc", "test AUC", "test ECE")},
+        percent=["test acc"],
+        column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("test AUC", "test ECE")},
     )
     synthetic = [rid for rid in chosen if summaries[rid]["synthetic"]]
     if synthetic:
@@ -139,11 +135,10 @@ def evaluations_table(runs: dict[str, RunDir], chosen: list[str], legend: dict[s
     ]
     if evaluations:
         st.subheader("Evaluations on other datasets")
-        st.dataframe(
+        show_table(
             pd.DataFrame(evaluations),
-            hide_index=True,
-            width="stretch",
-            column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("accuracy", "AUC")},
+            percent=["accuracy"],
+            column_config={"AUC": st.column_config.NumberColumn(format="%.3f")},
         )
 
 
@@ -154,7 +149,7 @@ def main() -> None:
         st.info("Comparing needs at least two runs; start them on the Train page.")
         link_to_page("pages/2_Train.py", "Train a model", "🏋️")
         return
-    summaries = {rid: jobs.run_summary(r) for rid, r in runs.items()}
+    summaries = {rid: run_summary(r) for rid, r in runs.items()}
     chosen = choose_runs(runs, summaries)
     if not chosen:
         st.info("Pick runs to compare.")

@@ -26,7 +26,7 @@ from pages.ui.classify import (
     table_columns,
     target_select,
 )
-from pages.ui.common import page_setup, plain
+from pages.ui.common import page_setup, plain, show_table
 from pages.ui.evaluate import evaluate_panel
 from pages.ui.feature_map import faithfulness_note, similar_tiles
 
@@ -104,7 +104,7 @@ def tiles_mode(c: Chosen) -> None:
         + (" · TTA on" if tta else "")
     )
     table = classify_table(results, meta.classes, [u.name for u in uploads])
-    st.dataframe(table, hide_index=True, width="stretch", column_config=table_columns(table, meta.classes))
+    show_table(table, column_config=table_columns(table, meta.classes))
     st.download_button(
         "Download the table (CSV: one column per class probability; the true class where the "
         "folder is named after one)",
@@ -250,12 +250,10 @@ def large_image_mode(c: Chosen) -> None:
     )
     rows = legend(cmap)
     st.markdown(legend_html([r for r in rows if r["tiles"]]), unsafe_allow_html=True)
-    st.dataframe(
+    show_table(
         pd.DataFrame(rows)
         .drop(columns="colour")
         .rename(columns={"mean_confidence": "mean confidence", "share": "share of the image"}),
-        hide_index=True,
-        width="stretch",
         column_config={
             "share of the image": st.column_config.NumberColumn(format="percent"),
             "mean confidence": st.column_config.NumberColumn(format="%.3f"),

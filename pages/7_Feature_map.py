@@ -29,7 +29,7 @@ from pages.ui.feature_map import (
 SOURCES = ["A run's dataset", "Any dataset, with a frozen model"]
 
 
-def choose_target(runs: list[RunDir], models: list) -> tuple[RunDir | None, EmbedTarget, list[str]] | None:
+def choose_target(runs: list[RunDir], models: list) -> tuple[RunDir | None, EmbedTarget, dict[str, str]] | None:
     """The map to show: a run's own (run, its target, the embed job's arguments) or a frozen model's on a dataset
     (None, ...); None when there is nothing to choose (a message says so)."""
     if url_news("model", "fm_source"):  # ?model=<name>&dataset=<spec>: a frozen model's map; ?run=<id>: a run's
@@ -62,7 +62,7 @@ def choose_target(runs: list[RunDir], models: list) -> tuple[RunDir | None, Embe
             )
             keep_in_url("run", ["fm_run", "fm_source"], run_id, drop=["model", "dataset"])
             run = next(r for r in runs if r.id == run_id)
-            return run, target_for(str(run.path)), [str(run.path)]
+            return run, target_for(str(run.path)), {"model": str(run.path)}
         from histo_core.datasets.catalog import available_datasets, canonical_spec
 
         by_ref = {m.ref: m for m in models}
@@ -77,13 +77,13 @@ def choose_target(runs: list[RunDir], models: list) -> tuple[RunDir | None, Embe
         keep_in_url("model", ["fm_model", "fm_source"], by_ref[ref].name, drop=["run"])
         keep_in_url("dataset", "fm_dataset", spec)
         target = target_for(ref, spec)
-        return None, target, [target.model_ref, "--dataset", spec]
+        return None, target, {"model": target.model_ref, "dataset": spec}
     except HistoError as exc:
         st.error(plain(exc))
         return None
 
 
-def map_section(run: RunDir | None, target: EmbedTarget, job_args: list[str]) -> None:
+def map_section(run: RunDir | None, target: EmbedTarget, job_args: dict[str, str]) -> None:
     """The feature map of `target` (or the job that computes it), its controls, and the tiles of a selection."""
     store = current_store(target)
     if store is None:
@@ -92,7 +92,7 @@ def map_section(run: RunDir | None, target: EmbedTarget, job_args: list[str]) ->
             + (" (the run finished before feature maps were saved, or its model changed)." if run else ".")
             + " It is computed in the background: features of every tile, then PCA + t-SNE."
         )
-        job_panel(target, job_args, "embed", "Compute the feature map", key="fm_embed")
+        job_panel(job_args, "embed", "Compute the feature map", key="fm_embed")
         st.stop()  # nothing below (the explanation methods' table) until the map exists
     meta = store.meta
     synthetic_badge({"synthetic": meta.get("synthetic")})
@@ -106,11 +106,10 @@ def map_section(run: RunDir | None, target: EmbedTarget, job_args: list[str]) ->
         "Colour by",
         colours,
         key="fm_colour",
-        help="Suspected label errors appear once the Review page (or `python -m histo_core "
-        "label-errors RUN`) has searched this run's training set.",
+        help="Suspected label errors appear once the Review page has searched this run's training set.",
     )
     with top[2]:
-        job_panel(target, job_args, "embed", "Recompute", key="fm_recompute")
+        job_panel(job_args, "embed", "Recompute", key="fm_recompute")
     st.caption(
         f"{meta['model']} ({meta['arch']}, {meta['dims']}-dim features) on {meta['dataset_title']}: "
         + ", ".join(f"{s} {n:,}" for s, n in meta["counts"].items())
@@ -118,8 +117,7 @@ def map_section(run: RunDir | None, target: EmbedTarget, job_args: list[str]) ->
     )
     if report is None and run is not None:
         st.caption(
-            "Colour by suspected label error: search for them first on the Review page or with "
-            f"`python -m histo_core label-errors {run.id}`."
+            "Colour by suspected label error: search for them first on the Review page (Suspected label errors)."
         )
     if not splits:
         st.warning("Pick at least one split.")
@@ -132,7 +130,7 @@ def map_section(run: RunDir | None, target: EmbedTarget, job_args: list[str]) ->
     selection_grid(df, selected_points(event), dataset_tiles(target, meta))
 
 
-def faithfulness_section(run: RunDir, target: EmbedTarget) -> None:
+def faithfulness_section(run: RunDir) -> None:
     """Which CAM method's maps are most faithful on the run's test tiles (ROAD), and the job that scores them."""
     st.header("Which explanation method is most faithful on this run?")
     st.caption(
@@ -144,8 +142,7 @@ def faithfulness_section(run: RunDir, target: EmbedTarget) -> None:
     if doc:
         quality_table(doc)
     job_panel(
-        target,
-        [str(run.path), "--tiles", str(DEFAULT_TILES)],
+        {"run": str(run.path), "tiles": DEFAULT_TILES},
         "explain-quality",
         "Recompute the table" if doc else f"Score the CAM methods on {DEFAULT_TILES} test tiles",
         key="fm_quality",
@@ -174,7 +171,7 @@ def main() -> None:
     run, target, job_args = chosen
     map_section(run, target, job_args)
     if run is not None:
-        faithfulness_section(run, target)
+        faithfulness_section(run)
 
 
 if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from histo_core import jobs, tasks
+from histo_core import launch, liveness, task_folders
 from histo_core.errors import HistoError
 from histo_core.explain import compute_cams
 from histo_core.launch import start_once
@@ -18,7 +18,7 @@ from histo_core.slides import open_slide, outputs
 from histo_core.slides import view as slide_view
 from histo_core.slides.tissue import DEFAULT_TISSUE_THRESHOLD
 from pages.ui.classify import cam_options, pick_model, probability_figure, show_cam, target_select
-from pages.ui.common import page_setup, plain, signed_in_user, user_errors
+from pages.ui.common import WRAP, page_setup, plain, show_table, signed_in_user, user_errors
 from pages.ui.feature_map import similar_tiles
 from pages.ui.live import live, task_active, task_progress
 from pages.ui.slides import clicked_tile, legend_table, metadata_rows, overview_figure, pick_slide
@@ -66,7 +66,8 @@ def open_chosen_slide() -> tuple[Any, Any, dict, np.ndarray, float | None] | Non
     left, right = st.columns([1, 2])
     thumb = slide.thumbnail()
     left.image(thumb, caption=info["name"], width="stretch")
-    right.dataframe(metadata_rows(info), hide_index=True, width="stretch")
+    with right:
+        show_table(metadata_rows(info))
     return path, slide, info, thumb, mpp_given or None
 
 
@@ -85,7 +86,7 @@ def choose_analysis(path: Any, slide: Any, info: dict, thumb: np.ndarray, mpp: f
         0.05,
         key="slides_thr",
     )
-    tta = b.toggle("Test-time augmentation (8 views: 8x the model's time)", key="slides_tta")
+    tta = b.toggle("Test-time augmentation (8 views: 8x the model's time)", key="slides_tta", **WRAP)
     try:
         folder = sa.analysis_dir(slide, loaded)
         from histo_core.slides.grid import plan_slide_grid
@@ -103,33 +104,37 @@ def choose_analysis(path: Any, slide: Any, info: dict, thumb: np.ndarray, mpp: f
     return Analysed(slide, info, thumb, entry, loaded, folder, params)
 
 
-def latest_task(params: dict) -> tasks.TaskDir | None:
+def latest_task(params: dict) -> task_folders.TaskDir | None:
     """The newest task of this request, started by Analyse/Resume (force False) or Analyse again (force True)."""
-    found = [t for t in (tasks.latest_task("slide", {**params, "force": f}) for f in (False, True)) if t]
+    found = [t for t in (task_folders.latest_task("slide", {**params, "force": f}) for f in (False, True)) if t]
     return max(found, key=lambda t: t.id, default=None)
 
 
 def start(params: dict, force: bool = False) -> None:
-    def already() -> tasks.TaskDir | None:
+    def already() -> task_folders.TaskDir | None:
         latest = latest_task(params)
-        return latest if latest is not None and tasks.refresh_task(latest).state in jobs.ACTIVE_STATES else None
+        return (
+            latest if latest is not None and task_folders.refresh_task(latest).state in liveness.ACTIVE_STATES else None
+        )
 
     with user_errors("Not started: "):
-        start_once(already, lambda: tasks.submit_task("slide", {**params, "force": force}, started_by=signed_in_user()))
+        start_once(
+            already, lambda: launch.submit_task("slide", {**params, "force": force}, started_by=signed_in_user())
+        )
         st.rerun()
 
 
 def analysis_controls(a: Analysed) -> None:
     """Analyse / Resume / Analyse again / Cancel / Delete, and the progress with the map so far while it runs."""
     task = latest_task(a.params)
-    status = tasks.refresh_task(task) if task else None
-    active = status is not None and status.state in jobs.ACTIVE_STATES
+    status = task_folders.refresh_task(task) if task else None
+    active = status is not None and status.state in liveness.ACTIVE_STATES
     state = a.folder.state()
     c1, c2, c3 = st.columns(3)
     if active:
         if c1.button("Cancel", key="slides_cancel"):
             with user_errors():
-                tasks.cancel_task(task)  # type: ignore[arg-type]
+                task_folders.cancel_task(task)  # type: ignore[arg-type]
                 st.rerun()
     elif (
         state == "completed"
@@ -181,7 +186,7 @@ def class_map_section(a: Analysed, results: dict) -> tuple[int, int]:
     m1, m2, m3 = st.columns(3)
     mode = m1.radio("Show", ("Classes", "Probability of a class"), horizontal=True, key="slides_mode")
     alpha = m2.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="slides_alpha")
-    grey = m3.toggle("Grey out tiles unlike the training tiles", value=True, key="slides_grey")
+    grey = m3.toggle("Grey out tiles unlike the training tiles", value=True, key="slides_grey", **WRAP)
     if mode == "Classes":
         image = outputs.render_overlay(
             thumb, grid, scale, pred, alpha=alpha, ood=ood_grid, grey_ood=grey, num_classes=meta.num_classes
@@ -210,9 +215,8 @@ def class_map_section(a: Analysed, results: dict) -> tuple[int, int]:
         st.rerun()
     legend = outputs.legend(meta.classes, pred[done], grid.tile_mm2)
     ood_share = float(ood_grid[done].mean()) if meta.ood and done.any() else None
-    st.dataframe(
+    show_table(
         legend_table(legend, ood_share),
-        hide_index=True,
         column_config={
             "colour": st.column_config.TextColumn("colour", help="the class colour on the map"),
             "share": st.column_config.ProgressColumn("share of tissue", min_value=0.0, max_value=1.0, format="percent"),

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from histo_core import jobs
+from histo_core import liveness
 from histo_core import study as S
-from histo_core.tasks import refresh_task, task_summary
+from histo_core.task_folders import refresh_task, task_summary
 from pages.ui.charts import study_figure
-from pages.ui.common import keep_in_url, page_setup, url_selection, user_errors
+from pages.ui.common import keep_in_url, page_setup, show_table, url_selection, user_errors
+from pages.ui.formats import pct, plural
 
 
 def main() -> None:
@@ -20,8 +21,8 @@ def main() -> None:
     studies = {t.id: t for t in S.list_studies()}
     if not studies:
         st.info(
-            "No study yet. Start one from a terminal, e.g. `python -m histo_core study --dataset synthetic "
-            "--noise 0,0.2,0.4 --methods ce,gce,mixup --seeds 3`; it appears here as it runs."
+            "No study yet. Start one on the Train page ('Run as a noise study', below the training options) or "
+            "from a terminal (`python -m histo_core study`, see the README); it appears here as it runs."
         )
         return
 
@@ -35,13 +36,16 @@ def main() -> None:
     spec = (task.task().get("params") or {}).get("spec") or {}
     st.caption(
         f"{info['state']} · {info['progress']:.0%} · {info['message'] or ''} · "
-        f"{len(spec.get('archs', []))} architecture(s) × {len(spec.get('noises', []))} noise levels × "
-        f"{len(spec.get('methods', []))} methods × {spec.get('seeds', '?')} seeds, {spec.get('noise_mode', '')} noise"
+        f"{plural(len(spec.get('archs', [])), 'architecture')} × {plural(len(spec.get('noises', [])), 'noise level')}"
+        f" × {plural(len(spec.get('methods', [])), 'method')} × {plural(int(spec.get('seeds', 0)), 'seed')}, "
+        f"{spec.get('noise_mode', '')} noise"
+        + (" · label-error search measured" if spec.get("find_errors") else "")
+        + (" · as labelled and with corrections" if spec.get("compare_corrections") else "")
     )
     if info["error"]:
         st.error(info["error"])
 
-    active = info["state"] in jobs.ACTIVE_STATES
+    active = info["state"] in liveness.ACTIVE_STATES
     c1, c2, c3 = st.columns(3)
     if c1.button("Cancel the study", disabled=not active, key="study_cancel"):
         with user_errors():
@@ -87,14 +91,15 @@ def main() -> None:
             continue
         runner = rec["runner_up"]
         st.text(
-            f"noise {noise}: {rec['method']} ({rec['arch']}{', ' + rec['labels'] if both_labels else ''}), noisy-validation accuracy {rec['val_noisy_acc']:.3f} "
+            f"noise {noise}: {rec['method']} ({rec['arch']}{', ' + rec['labels'] if both_labels else ''}), "
+            f"noisy-validation accuracy {pct(rec['val_noisy_acc'])} "
             f"over {rec['seeds']} seed(s); stays best in {rec['certainty']:.0%} of seed resamples"
-            + (f"; runner-up {runner['method']} ({runner['val_noisy_acc']:.3f})" if runner else "")
+            + (f"; runner-up {runner['method']} ({pct(runner['val_noisy_acc'])})" if runner else "")
         )
 
     st.subheader("Table")
     table = pd.DataFrame(summary)
-    st.dataframe(table, hide_index=True, width="stretch")
+    show_table(table, percent=[c for c in table.columns if c.startswith("accuracy") or c.endswith("_acc")])
     st.download_button(
         "Download CSV", S.results_csv(results), file_name=f"study-{task.id}.csv", mime="text/csv", key="study_csv"
     )
@@ -111,7 +116,7 @@ def main() -> None:
         )
         if {S.AS_LABELLED, S.WITH_CORRECTIONS} <= set(pair.columns):
             pair["difference"] = pair[S.WITH_CORRECTIONS] - pair[S.AS_LABELLED]
-        st.dataframe(pair, hide_index=True, width="stretch")
+        show_table(pair, percent=[c for c in pair.columns if c not in ("arch", "method", "noise")])
 
     st.subheader("Per-class accuracy under noise")
     st.caption(
@@ -132,7 +137,7 @@ def main() -> None:
         ]
         grid = chosen_rows.pivot_table(index="class", columns="noise", values="accuracy_mean")
         grid.columns = [f"noise {c:g}" for c in grid.columns]
-        st.dataframe(grid.reset_index(), hide_index=True, width="stretch")
+        show_table(grid.reset_index(), percent=list(grid.columns))
         st.download_button(
             "Download per-class CSV",
             S.results_csv(results, "per_class"),
@@ -147,7 +152,7 @@ def main() -> None:
             "How well the label-error search (confident learning) finds the labels the noise flipped: precision and "
             "recall of the flagged tiles, and the average precision of the whole ranking (1 = every flip ranked first)."
         )
-        st.dataframe(pd.DataFrame(results["detection"]), hide_index=True, width="stretch")
+        show_table(pd.DataFrame(results["detection"]))
         st.download_button(
             "Download detection CSV",
             S.results_csv(results, "detection"),
@@ -157,12 +162,12 @@ def main() -> None:
         )
     else:
         st.caption(
-            "No label-error search on this study's noisy runs yet: start the study with `--find-errors`, or run the "
-            "search on a run from the Review page."
+            "No label-error search on this study's noisy runs yet: start the study with 'Measure the label-error "
+            "search' (Train page) or `--find-errors`, or run the search on a run from the Review page."
         )
 
     with st.expander("Runs"):
-        st.dataframe(
+        show_table(
             pd.DataFrame(
                 [
                     {
@@ -179,8 +184,7 @@ def main() -> None:
                     for r in results["runs"]
                 ]
             ),
-            hide_index=True,
-            width="stretch",
+            percent=["test acc", "noisy-val acc"],
         )
 
 

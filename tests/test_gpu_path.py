@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from histo_core import launch, task_folders
 from histo_core import pipeline as P
 
 
@@ -291,13 +292,12 @@ def test_predict_cli_and_page_tasks_default_to_auto():
     import argparse
     import inspect
 
-    from histo_core import tasks
     from histo_core.commands import predict as predict_cmd
 
     parser = argparse.ArgumentParser()
     predict_cmd.register(parser.add_subparsers())
     assert parser.parse_args(["predict", "m", "x.png"]).device == "auto"
-    assert inspect.signature(tasks.submit_task).parameters["device"].default == "auto"
+    assert inspect.signature(launch.submit_task).parameters["device"].default == "auto"
 
 
 def test_label_error_cross_validation_keeps_the_runs_device(tmp_path):
@@ -312,6 +312,11 @@ def test_label_error_cross_validation_keeps_the_runs_device(tmp_path):
     assert label_errors._cv_config(run, 1).device == "auto"
 
 
+def gpu_probe(params, progress):
+    """The runner of the test kind "gpu-probe" (a task's work: nothing)."""
+    return {"ok": True}
+
+
 def test_a_cuda_task_runs_on_its_slots_gpu(gpus, monkeypatch):
     """A page task (evaluation, embeddings, label errors...) on CUDA makes its slot's GPU the current device, where
     load_model("auto") and setup_device put the model."""
@@ -321,8 +326,10 @@ def test_a_cuda_task_runs_on_its_slots_gpu(gpus, monkeypatch):
 
     monkeypatch.delenv("HISTO_MAX_RUNS_CUDA", raising=False)
     calls = gpus(2)
-    monkeypatch.setitem(tasks.KIND_RUNNERS, "gpu-probe", lambda params, progress: {"ok": True})
-    task = tasks.TaskDir(tasks.tasks_root() / "t1")
+    from histo_core.kinds import KINDS, ProcessKind
+
+    monkeypatch.setitem(KINDS, "gpu-probe", ProcessKind("gpu-probe", "probe", f"{__name__}:gpu_probe", "ok"))
+    task = task_folders.TaskDir(task_folders.tasks_root() / "t1")
     task.path.mkdir(parents=True)
     write_json_atomic(task.task_path, {"kind": "gpu-probe", "params": {}, "device": "cuda"})
     with device_slot("cuda", runs_root=paths.runs_dir()):  # GPU 0 busy

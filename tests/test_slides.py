@@ -330,11 +330,11 @@ def test_slide_task_cancels_then_resumes(shipped_model, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_slide_task_runs_in_its_own_process(shipped_model, tmp_path):
-    from histo_core import tasks
+    from histo_core import launch
     from tests.taskfiles import wait_for_task
 
     p = write_slide(tmp_path / "t.tif", pink_tissue(1024, 1024), mpp=0.5, downsamples=(1, 4))
-    task = tasks.submit_task("slide", {"model": "pathmnist-resnet9", "slide": str(p)})
+    task = launch.submit_task("slide", {"model": "pathmnist-resnet9", "slide": str(p)})
     status = wait_for_task(task, 240)
     assert status.state == "completed", status
     assert task.result()["tiles"]["tissue"] == 4 and status.phase == "done"

@@ -33,8 +33,9 @@ from histo_core.review import (
 from histo_core.runs import RunDir
 from pages.ui.charts import confusion_figure, selected_cell
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
-from pages.ui.common import keep_in_url, plain, synthetic_badge, url_selection
+from pages.ui.common import WRAP, keep_in_url, plain, show_table, synthetic_badge, url_selection
 from pages.ui.curation import Candidate, mark_panel
+from pages.ui.formats import pct
 from pages.ui.tasks import task_panel
 
 GRID_COLUMNS = 4
@@ -111,7 +112,7 @@ def choose(reviewable: list[RunDir]) -> Reviewed | None:
     wrong = int(preds.wrong.sum())
     split_report = (run.results() or {}).get(split) or {}
     st.caption(
-        f"{len(preds)} {split} tiles · {wrong} misclassified · accuracy {1 - wrong / max(1, len(preds)):.3f}"
+        f"{len(preds)} {split} tiles · {wrong} misclassified · accuracy {pct(1 - wrong / max(1, len(preds)))}"
         + (" · predictions with TTA" if split_report.get("tta") else "")
     )
     try:
@@ -166,7 +167,9 @@ def mistakes_section(v: Reviewed) -> None:
     for key in ("review_true", "review_pred"):
         if st.session_state.get(key, -1) not in filter_options:
             st.session_state.pop(key)
-    f1, f2, f3, f4 = st.columns([2, 2, 2, 1])
+    # two rows, so that every select shows its whole value in a 1024 px window ("Sort by" was cut to "los")
+    f1, f4 = st.columns([2, 1])
+    f2, f3 = st.columns(2)
     f1.selectbox(
         "Confusion-matrix cell (true → predicted, count)",
         ["any", *cell_labels],
@@ -213,10 +216,8 @@ def mistakes_section(v: Reviewed) -> None:
         st.success("No misclassified tile matches these filters.")
         return
     mistake_cards(v, rows)
-    st.dataframe(
+    show_table(
         listed.iloc[:500].rename(columns={"p_true": "p(true class)"}),
-        hide_index=True,
-        width="stretch",
         column_config={
             "confidence": st.column_config.NumberColumn(format="%.3f"),
             "p(true class)": st.column_config.NumberColumn(format="%.3f"),
@@ -257,11 +258,11 @@ def mark_mistakes(v: Reviewed, rows: np.ndarray) -> None:
 def mistake_cards(v: Reviewed, rows: np.ndarray) -> None:
     """A page of the matching mistakes as cards: the tile, and its Grad-CAM where asked (per card or all)."""
     preds, classes, split = v.preds, v.preds.classes, v.split
-    c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
+    c1, c2, c3, c4 = st.columns([1, 2, 2, 2])  # "CAM on all" on one line at 1024 px
     page_size = c1.selectbox("Tiles per page", (12, 24, 48, 96), key="review_page_size")
     method = c2.selectbox("Grad-CAM method", list(CAM_METHODS), key="review_cam_method")
     explain = c3.radio("Explain", ["predicted class", "true class"], horizontal=True, key="review_explain")
-    cam_all = c4.toggle("CAM on all", key="review_cam_all", help="Grad-CAM for every tile on this page")
+    cam_all = c4.toggle("CAM on all", key="review_cam_all", help="Grad-CAM for every tile on this page", **WRAP)
     pages = paginate(rows, 1, page_size)[1]
     page = st.pagination(pages, key="review_page") if pages > 1 else 1
     shown, _ = paginate(rows, page, page_size)
@@ -329,7 +330,7 @@ def confused_pairs_section(v: Reviewed) -> None:
     if not pairs:
         st.success("No mistakes on this split.")
         return
-    st.dataframe(
+    show_table(
         pd.DataFrame(
             [
                 {
@@ -341,8 +342,6 @@ def confused_pairs_section(v: Reviewed) -> None:
                 for p in pairs[:15]
             ]
         ),
-        hide_index=True,
-        width="stretch",
         column_config={"share of the true class": st.column_config.NumberColumn(format="percent")},
     )
     examples = side_by_side(preds)
@@ -434,7 +433,7 @@ def label_errors_report(v: Reviewed, report) -> None:
     ranked = report.table()
     only_flagged = st.toggle("Flagged tiles only", value=True, key="review_le_flagged")
     shown_table = ranked[ranked["flagged"]] if only_flagged else ranked
-    st.dataframe(shown_table.iloc[:500].rename(columns=LABEL_ERROR_COLUMNS), hide_index=True, width="stretch")
+    show_table(shown_table.iloc[:500].rename(columns=LABEL_ERROR_COLUMNS))
     st.download_button(
         "Download the ranking (CSV)",
         ranked.to_csv(index=False).encode("utf-8"),

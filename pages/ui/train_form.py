@@ -16,6 +16,7 @@ import streamlit as st
 
 from histo_core.config import ELSEWHERE, Option, TrainConfig, config_paths
 from histo_core.train_options import GROUPS, OPTIONS, TABLE
+from pages.ui.common import WRAP
 
 PREFIX = "train."
 # drawn by this form, in the table's order; the rest (ELSEWHERE) are picked elsewhere on the page: the dataset
@@ -57,7 +58,8 @@ def _disabled(opt: Option) -> bool:
 
 def field_widget(opt: Option) -> None:
     key = PREFIX + opt.path
-    help_text = opt.help_text() + (f"\n\n{opt.page_note}" if opt.page_note else "")
+    # the table's help is the CLI's too: on the page its --flags name the widgets ('Monitor', not --monitor)
+    help_text = form_message(opt.help_text()) + (f"\n\n{opt.page_note}" if opt.page_note else "")
     common: dict[str, Any] = {"help": help_text, "disabled": _disabled(opt)}
     if opt.choices is not None:
         value = st.selectbox(opt.label, list(opt.choices()), key=key, format_func=opt.choice_label, **common)
@@ -67,7 +69,7 @@ def field_widget(opt: Option) -> None:
         return
     kind = opt.kind
     if kind is bool:
-        st.checkbox(opt.label, key=key, **common)
+        st.checkbox(opt.label, key=key, **WRAP, **common)
     elif kind is int:
         st.number_input(opt.label, key=key, **opt.widget, **common)
     elif kind is float:
