@@ -53,7 +53,11 @@ def calibrated(model, spec) -> dict:
     heldout = np.stack([blobs(s) for s in range(200, 260)])
     calib = ood.calibrate(torch.from_numpy(train).permute(0, 3, 1, 2).float() / 255, None, "")
     calib["feature"] = ood.calibrate_features(
-        ood.layer_features(model, train, spec), ood.layer_features(model, heldout, spec), "val"
+        ood.layer_features(model, train, spec),
+        ood.layer_features(model, heldout, spec),
+        "val",
+        labels=np.arange(120) % 3,
+        stage=ood.feature_stage(model),
     )
     return calib
 
@@ -62,7 +66,9 @@ def test_feature_check_fires_on_other_tissue_and_stays_quiet_on_new_in_domain_ti
     model, spec = model_and_spec()
     calib = calibrated(model, spec)
     assert calib["feature"]["split"] == "val" and calib["feature"]["heldout_tiles"] == 60
-    assert len(calib["feature"]["layers"]) == len(ood.feature_layers(model)) > 1  # intermediate stages too
+    layers = calib["feature"]["layers"]
+    assert [L["stage"] for L in layers] == [1]  # the first non-linear stage (conv, max-pool), by index
+    assert all(np.shape(L["class_means"]) == (3, 10) for L in layers)  # one mean per class (10 channels)
     new = np.stack([blobs(s) for s in range(500, 560)])
     other = np.stack([stripes(s) for s in range(40)])
     probs = np.full((60, 3), 1 / 3)
@@ -113,29 +119,34 @@ def test_scores_combine_the_checks_and_old_calibrations_still_work():
     json.dumps(summary)  # a model card records it
 
 
-def test_one_threshold_on_the_combined_score_keeps_held_out_tiles_at_five_percent():
-    """Each check is calibrated at its own 5%; flagging when any fires added their false alarms up (10-15% of
-    in-domain tiles). The flag's one threshold is set on the combined score of held-out tiles, so 5% of them are
-    flagged, and tiles of another kind still are."""
+def test_one_threshold_on_the_feature_check_leaves_confidence_out_and_old_calibrations_combine_both():
+    """With a feature check, the flag's one threshold is set on it alone: low confidence on in-domain tiles (the
+    ambiguous ones) no longer adds false alarms, and tiles of another kind are still flagged. A calibration made
+    before (its combined threshold records no checks) still combines confidence and features as it was set."""
     model, spec = model_and_spec()
     calib = calibrated(model, spec)
     rng = np.random.default_rng(0)
     heldout = np.stack([blobs(s) for s in range(200, 260)])
     confident = rng.dirichlet([8.0, 1.0, 1.0], 60)  # a confident model on in-domain tiles, with a tail
     calib.update(confidence_threshold=float(np.quantile(confident.max(1), 0.05)), confidence_split="val")
+    assert ood.flag_checks(calib) == ("features",)
     feats = ood.layer_features(model, heldout, spec)
     raw = ood.combined_scores(calib, confident, None, features=feats)
-    calib["combined"] = ood.calibrate_combined(raw, "val")
-    assert calib["combined"]["heldout_tiles"] == 60 and calib["combined"]["split"] == "val"
-    assert calib["combined"]["threshold"] > 1.0  # the checks' own thresholds alone flag more than 5%
-    before = (raw >= 1.0).mean()
+    calib["combined"] = ood.calibrate_combined(raw, "val", ood.flag_checks(calib))
+    assert calib["combined"]["heldout_tiles"] == 60 and calib["combined"]["checks"] == ["features"]
     res = ood.check_tiles(calib, confident, None, features=feats)
-    assert res is not None and res.flags.mean() <= 0.05 < before, (res.flags.mean(), before)
+    assert res is not None and res.flags.mean() <= 0.05
     np.testing.assert_allclose(res.scores, raw / calib["combined"]["threshold"])
+    unsure = np.full((60, 3), 1 / 3)  # the same in-domain tiles, the model unsure of every one
+    assert ood.check_tiles(calib, unsure, None, features=feats).flags.mean() <= 0.05
     other = np.stack([stripes(s) for s in range(40)])
     loud = ood.check_tiles(calib, confident[:40], None, features=ood.layer_features(model, other, spec))
     assert loud is not None and loud.flags.mean() >= 0.8
-    assert all(r for r, f in zip(loud.reasons, loud.flags) if f)  # each flagged tile says why
+    assert all("features" in (r or "") for r, f in zip(loud.reasons, loud.flags) if f)  # each flagged says why
+    # a calibration made before: its combined threshold was set on both checks, and both still count
+    old = {**calib, "combined": {k: v for k, v in calib["combined"].items() if k != "checks"}}
+    assert ood.flag_checks(old) == ("confidence", "features")
+    assert ood.check_tiles(old, unsure, None, features=feats).flags.all()  # doubt 2/3 is far above its threshold
     assert ood.calibrate_combined(np.full(3, np.nan), "val") is None  # no check ran: no threshold
 
 
