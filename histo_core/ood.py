@@ -3,9 +3,10 @@
     calib = calibrate(train_tiles01, heldout_probs, split="test")   # at the end of training; saved with the model
     flags, reasons = flag_tiles(calib, probs, tiles01)                # at inference: one bool and reason per tile
 
-Two checks, both calibrated when the model is made and stored in its card:
+The checks, calibrated when the model is made and stored in its card:
 - confidence: the top-class probability is below what the model gives 95% of its own held-out tiles
-  (validation split, else test split). Catches tissue the model cannot place.
+  (validation split, else test split). Catches tissue the model cannot place; part of the flag only where
+  the model has no feature check (`flag_checks`).
 - colour: the tile's colour statistics, as the model sees them (after stain normalisation), are further from
   the training tiles' (Mahalanobis distance over per-channel means, standard deviations and inter-channel
   correlations) than 99% of the training tiles, by a margin. Catches inputs a classifier is confidently wrong
@@ -14,24 +15,28 @@ Two checks, both calibrated when the model is made and stored in its card:
   normalisation, against the training tiles as they were given. Normalisation maps almost anything to
   plausible H&E colours (a tile of random noise becomes a uniform stain the model reads as background), so
   the check after normalisation alone would miss what only the original shows.
-- features: how far the tile's activations inside the model are from the training tiles' (Mahalanobis
-  distance of the per-channel mean activation of each stage, Ledoit-Wolf covariance, each stage scaled by
-  its median over the training tiles, averaged over the stages), above the 95th percentile of the same score on
-  held-out in-domain tiles (validation split, else test split; out-of-fold tiles for the shipped models).
-  Catches tissue of another organ or of no tissue that still has H&E colours, which the classifier would
-  otherwise place confidently in one of its classes. The penultimate layer alone (the pooled last stage) does
-  not separate them on the small models: intermediate stages carry the texture.
+- features: how far the tile's activations inside the model are from the training tiles' (`fit_features`): the
+  per-channel mean activation of the first non-linear stage (`feature_stage`: a ResNet-9's first block), its
+  squared Mahalanobis distance to the nearest class mean of the training tiles (one covariance shared by the
+  classes, Ledoit-Wolf; Lee et al. 2018), in units of its median over the training tiles, above the 95th
+  percentile of the same score on held-out in-domain tiles (validation split, else test split; out-of-fold tiles
+  for the shipped models). Catches tissue of another organ or of no tissue that still has H&E colours, which
+  the classifier would otherwise place confidently in one of its classes. Measured on the real samples
+  (benchmarks/RESULTS.md, issue #24): the later stages' means (and the penultimate layer) move as far for a
+  full-size in-domain tile shrunk to the model's size as for another organ; the first stage, per class, does not.
 
     feats = layer_features(model, tiles, spec)                            # per stage (N, C)
-    calib["feature"] = calibrate_features(train_feats, heldout_feats, "val")
+    calib["feature"] = calibrate_features(train_feats, heldout_feats, "val", labels=y, stage=feature_stage(model))
     result = check_tiles(calib, probs, tiles01, input01, features=feats)  # flags, reasons, scores
 
-Each check's value is expressed as a ratio to its own threshold. The confidence and feature checks, each at 5% of
-held-out in-domain tiles, are combined by their largest ratio, with one threshold on it: the 95th percentile of
-that on held-out in-domain tiles (`combined_scores`, `calibrate_combined`; stored as calib["combined"]), so
-together they fire on 5% of such tiles, not 10-15%. The colour checks (gross outliers, below 1 in-domain by their
-margin) keep their own threshold. A tile's score is the largest of these: the flag fires at 1.0 or more, and the
-score says by how much.
+Each check's value is expressed as a ratio to its own threshold. The flag's one threshold is set on the checks
+calibrated on held-out tiles (`flag_checks`): the feature check when it runs, else the confidence check; its 95th
+percentile on held-out in-domain tiles (`combined_scores`, `calibrate_combined`; stored as calib["combined"] with
+the checks it was set on). The confidence check is left out of the flag when the feature check runs: on the real
+samples it fired on ambiguous in-domain tiles and almost never on another organ. Calibrations made before that
+(no "checks" recorded) combine confidence and features by their largest ratio, as they were calibrated. The
+colour checks (gross outliers, below 1 in-domain by their margin) keep their own threshold. A tile's score is the
+largest of these: the flag fires at 1.0 or more, and the score says by how much.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -200,3 +201,44 @@ def test_true_class_from_a_file_name_that_starts_with_a_class_abbreviation():
     table = classify_table([r, r, r], classes, sources=["ADI-AAAWMSFI.tif", "DEB_1.png", "notes.png"])
     assert table["true class"].tolist() == ["adipose", "debris", ""]
     assert table["correct"].tolist() == [True, False, None]
+
+
+def _uploads(folder, pattern: str = "*/*") -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted(folder.glob(pattern)) if p.is_file()]
+
+
+def _skin_tiles(slide, px: int = 224, step: int = 448) -> list[tuple[str, bytes]]:
+    """Every other 224 px tile of the skin slide region (0.5 µm/px: a PathMNIST tile's field), as PNG uploads."""
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(slide) as im:
+        arr = np.asarray(im.convert("RGB"))
+    out = []
+    for y in range(0, arr.shape[0] - px + 1, step):
+        for x in range(0, arr.shape[1] - px + 1, step):
+            buf = io.BytesIO()
+            Image.fromarray(arr[y : y + px, x : x + px]).save(buf, format="PNG")
+            out.append((f"skin-{y}-{x}.png", buf.getvalue()))
+    return out
+
+
+def test_shipped_model_flags_other_organs_and_stays_quiet_on_full_size_in_domain_tiles(shipped_model, shared_data):
+    """Issue #24's goal on the real samples, through the Classify page's path: the shipped model (no stain
+    normalisation) flags fewer than 10% of the full-size CRC-VAL-HE-7K tiles (the source of PathMNIST's test
+    split) and most BreaKHis breast images and skin-slide tiles (another organ, or no tissue)."""
+    tiles = shared_data / "tiles"
+    slide = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    crc = _uploads(tiles / "crc-he" / "CRC-VAL-HE-7K")
+    breast = _uploads(tiles / "breakhis-400x", "*/*/*")
+    if len(crc) < 10 or len(breast) < 4 or not slide.exists():
+        pytest.skip("the CRC-VAL, BreaKHis or skin-slide samples are absent")
+    loaded = load_model(shipped_model)
+    assert (loaded.meta.ood or {}).get("combined", {}).get("checks") == ["features"]
+
+    def flagged(files):
+        results = classify_uploads(loaded, files)
+        assert all(r.ok and r.ood_score is not None for r in results)
+        return np.array([r.unlike_training is not None for r in results])
+
+    assert flagged(crc).mean() < 0.10
+    assert flagged(breast).mean() > 0.5
+    assert flagged(_skin_tiles(slide)).mean() > 0.5
