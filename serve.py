@@ -3,7 +3,7 @@
 `streamlit run app.py` runs app.py (and so starts histo_core.warmup) only when the first browser session
 connects, so the first pages race the warm-up. This starts the warm-up thread first, then Streamlit's server in
 the same process (`streamlit run app.py` with the options given), so by the time a user opens a page the
-imports and the default model are ready.
+imports (every page's modules among them), the default dataset and the default model are ready.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ def main(argv: list[str]) -> None:
     from histo_core.runtime import configure_process
 
     configure_process()
-    from histo_core import warmup
+    from pages.ui.navigation import start_warmup
 
-    warmup.start()
+    start_warmup()  # the heavy imports, every page's modules, the default dataset and model, in the background
     from streamlit.web import cli as stcli
 
     sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *argv]

@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from histo_core.explain import compute_cams, overlay
-    from histo_core.inference import classify_uploads, load_model
+    from histo_core.model_cache import load_model
+    from histo_core.uploads import classify_uploads
 
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load_model(model_spec(args, Path(tmp)))
@@ -135,7 +136,8 @@ def run(args: argparse.Namespace) -> dict:
         out["upload_100_s"] = round(median_time(lambda: classify(files, False), args.repeats), 3)
         out["upload_100_gradcam_s"] = round(median_time(lambda: classify(files, True), args.repeats), 3)
         # where the 100-tile time goes
-        from histo_core.inference import predict, prepare_upload
+        from histo_core.predict import predict
+        from histo_core.uploads import prepare_upload
 
         out["upload_100_decode_preprocess_s"] = round(
             median_time(lambda: [prepare_upload(d, n, meta) for n, d in files], args.repeats), 3

@@ -5,7 +5,7 @@
     python benchmarks/ood_flag.py --no-train ...          # given models only
     python benchmarks/ood_flag.py --heldout RUN --heldout-only   # only a run trained on the train split
 
-Every image goes through the Classify page's path (inference.classify_uploads: decoding, field of view,
+Every image goes through the Classify page's path (uploads.classify_uploads: decoding, field of view,
 stain normalisation, every check of the flag), with the microns per pixel unknown, as an upload would be.
 
 Sample sets:
@@ -103,7 +103,8 @@ def train_heldout_model(runs_root: Path, epochs: int | None = None) -> str:
 
 
 def measure(model: str, groups: dict[str, list[tuple[str, bytes]]]) -> dict[str, dict]:
-    from histo_core.inference import classify_uploads, load_model
+    from histo_core.model_cache import load_model
+    from histo_core.uploads import classify_uploads
 
     loaded = load_model(model)
     out = {}

@@ -59,7 +59,10 @@ def tile_groups() -> dict[str, list[tuple[Path, int]]]:
 
 def measure(model_spec: str, mpp: float | None = None) -> dict:
     from histo_core.datasets import open_dataset
-    from histo_core.inference import classify_uploads, load_model, ood_flags, predict
+    from histo_core.model_cache import load_model
+    from histo_core.ood import ood_flags
+    from histo_core.predict import predict
+    from histo_core.uploads import classify_uploads
 
     loaded = load_model(model_spec)
     if len(loaded.meta.classes) != len(NCT):

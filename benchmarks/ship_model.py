@@ -242,7 +242,7 @@ def recalibrate(args) -> None:
     from histo_core import ood
     from histo_core.checkpoint import load_checkpoint
     from histo_core.fsutil import torch_save_atomic, write_json_atomic
-    from histo_core.inference import load_model
+    from histo_core.model_cache import load_model
     from histo_core.predict import InputSpec
 
     pt = Path(args.weights_dir) / f"{args.name}.pt"

@@ -19,7 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from histo_core.inference import load_model, model_view  # noqa: E402
+from histo_core.model_cache import load_model  # noqa: E402
+from histo_core.model_input import model_view  # noqa: E402
 from histo_core.ood import StageCapture, check_tiles  # noqa: E402
 from histo_core.predict import InputSpec, predict_tiles  # noqa: E402
 from histo_core.slides import open_slide  # noqa: E402

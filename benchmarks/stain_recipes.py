@@ -40,7 +40,8 @@ K = 5
 
 def load_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from histo_core.datasets import open_dataset
-    from histo_core.inference import load_model, prepare_upload
+    from histo_core.model_cache import load_model
+    from histo_core.uploads import prepare_upload
 
     ds = open_dataset(str(NPZ))
 

@@ -2,7 +2,8 @@
 
 Built by the CLI (`python -m histo_core train ...`) and by the Train page alike, validated here once
 (`validate()` raises `ConfigError` naming the option and the allowed values), and saved as config.json in
-the run directory.
+the run directory. Each field's label, help, group, choices and when it applies are in the one table of
+options, `histo_core/train_options.py`, from which the CLI's flags and the Train page's form are made.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
@@ -65,6 +67,13 @@ LEGACY_MODES = {"finetune": "all-layers", "fine_tune": "head-then-all"}
 HEAD_MODES = ("frozen", "head-then-all")  # an MLP head on a backbone that is frozen for a while (or always)
 
 
+def _baseline_arch() -> str:
+    """The architecture of a bare TrainConfig(), from the registry's module (imported when first needed: torch)."""
+    from histo_core.models import BASELINE_ARCH
+
+    return BASELINE_ARCH
+
+
 def canonical_mode(mode: str) -> str:
     """The current name of a training mode (old names -> new ones; anything else unchanged)."""
     return LEGACY_MODES.get(mode, mode)
@@ -89,7 +98,7 @@ class TrainConfig:
     dataset: str = "synthetic"
     size: int | None = None  # tile size fed to the model; None = the dataset's native size
     as_rgb: bool = False  # expand 1-channel sets to 3 channels
-    arch: str = "simplecnn"
+    arch: str = field(default_factory=_baseline_arch)  # models.BASELINE_ARCH
     mode: Mode = "scratch"
     pretrained: bool = False
     head_epochs: int = 1  # head-then-all: epochs with the backbone frozen first
@@ -291,72 +300,69 @@ def _positive_float(name: str, value: Any) -> None:
         raise ConfigError(f"--{name} must be a positive finite number, got {value!r}")
 
 
-# One line of help per option, shown by `python -m histo_core train --help` and as tooltips on the Train page.
-FIELD_HELP: dict[str, str] = {
-    "dataset": "registered name (synthetic, pathmnist, pcam, ...) or a path (.npz, .csv, image folder, PCam folder)",
-    "size": "tile size fed to the model in px (default: the dataset's own size; other sizes are resized)",
-    "as_rgb": "expand 1-channel (grayscale) tiles to 3 channels",
-    "arch": "architecture: simplecnn, cnn3, resnet9, resnet18, resnet50, densenet121",
-    "mode": "scratch (random init, every layer trained), all-layers (every layer trained from the start; with "
-    "--pretrained from ImageNet weights), frozen (only an MLP head trained on a frozen backbone), head-then-all "
-    "(the head alone for --head-epochs, then every layer with a lower backbone LR); the old names finetune "
-    "(= all-layers) and fine_tune (= head-then-all) are still accepted",
-    "pretrained": "start from ImageNet weights (resnet18/50, densenet121; needs them cached or internet)",
-    "head_epochs": "head-then-all: epochs training only the head before unfreezing the backbone",
-    "backbone_lr_mult": "head-then-all: backbone learning rate = --lr times this, once unfrozen",
-    "epochs": "number of training epochs",
-    "train_splits": "train (validate on val) or train+val (train on both; no validation, the last epoch is kept)",
-    "batch_size": "training batch size (per process under torchrun)",
-    "optimizer": "adam, adamw or sgd",
-    "lr": "learning rate (the peak rate with --schedule onecycle)",
-    "momentum": "SGD momentum (Nesterov when > 0)",
-    "weight_decay": "weight decay (decoupled for adamw)",
-    "schedule": "learning-rate schedule: none, step, cosine (per epoch) or onecycle (per batch)",
-    "step_size": "step schedule: epochs between LR drops",
-    "gamma": "step schedule: LR multiplier at each drop",
-    "loss": "ce (cross-entropy), smooth (label smoothing), sce (symmetric cross-entropy), gce (generalized "
-    "cross-entropy), elr (early-learning regularisation) or boot (dynamic bootstrapping: tiles whose loss marks their "
-    "label as doubtful train towards the model's own guess); measured under label noise in benchmarks/RESULTS.md",
-    "label_smoothing": "smoothing factor for --loss smooth",
-    "sce_alpha": "sce: weight of the cross-entropy term",
-    "sce_beta": "sce: weight of the reverse cross-entropy term",
-    "gce_q": "gce: the exponent q in (0, 1] (near 0 behaves like cross-entropy, 1 like mean absolute error)",
-    "elr_lambda": "elr: weight of the early-learning regulariser",
-    "elr_beta": "elr: momentum of each tile's running-average target, in [0, 1)",
-    "boot_warmup": "boot: fraction of the epochs trained with plain cross-entropy before doubtful labels are "
-    "split off, in [0, 1)",
-    "mixup": f"mixup: train on blends of two tiles and their labels, Beta(a, a) weights; a in 0 (off)..{MAX_MIXUP}",
-    "noise": f"fraction of training labels made wrong, 0..{MAX_NOISE} (val/test labels are never touched)",
-    "noise_mode": "batch (fresh wrong labels every batch), fixed (a fixed set of samples, symmetric) or pair (class k -> k+1)",
-    "corrections": "a label-corrections file (made on the Review page, listed on the Curation page): its relabels "
-    "and exclusions change the training labels only; val/test labels and everything else stay as they are",
-    "flip": "random horizontal/vertical flips",
-    "rot90": "random 90-degree rotations",
-    "rotate": "random rotations up to this many degrees (0 = off)",
-    "resized_crop": "random resized crops",
-    "crop_scale": "smallest area fraction kept by --resized-crop",
-    "brightness": "random brightness change up to this fraction",
-    "contrast": "random contrast change up to this fraction",
-    "saturation": "random saturation change up to this fraction",
-    "hue": "random hue shift up to this fraction of the colour wheel (0..0.5)",
-    "mpp": "µm per pixel of the dataset's source images, when known (PathMNIST and PCam are known): the model "
-    "then records the field of view of its tiles and brings inputs of other resolutions to it",
-    "stain_jitter": "H&E stain augmentation: random scale/shift of each HED channel by up to this much (0..0.2)",
-    "stain_norm": "stain normalisation of every tile, in training and at inference, to the training set's stain: "
-    "none, macenko or reinhard",
-    "early_stopping": "stop when --monitor has not improved for --patience epochs",
-    "monitor": "validation metric that selects best.pt and drives early stopping: val_loss, val_acc or val_auc",
-    "patience": "early stopping: epochs without improvement before stopping",
-    "min_delta": "early stopping: smallest change that counts as an improvement",
-    "seed": "random seed (same seed, same device and threads -> same results on CPU)",
-    "device": "auto (CUDA when present), cpu or cuda",
-    "amp": "bf16 autocast on CUDA, and on CPUs that compute bf16 natively (AMX or AVX-512 BF16); elsewhere fp32",
-    "channels_last": "channels-last memory format (measured faster for every architecture, CPU and CUDA)",
-    "compile": "torch.compile the model (inductor; kernels cached under <data dir>/torchinductor). Off by default: on 2 CPU cores it did not pay back its compile time (benchmarks/RESULTS.md)",
-    "threads": "CPU threads (0 = all cores)",
-    "tta": "test-time augmentation: average predictions over the 8 flips/rotations of each tile",
-    "max_train_samples": "train on a random subset of this many tiles (0 = all)",
-    "data_dir": "dataset cache folder (default $HISTO_DATA_DIR or ~/.medmnist)",
-    "name": "a label for the run (part of its id)",
-    "started_by": "who started the run (the web app records the signed-in user when sign-in is required)",
-}
+# -- the options' descriptions: one `Option` per field in histo_core/train_options.py (the table) --------------
+ELSEWHERE = "elsewhere"  # group of the options the Train page picks outside the form (dataset picker, sign-in)
+Getter = Callable[[str], Any]  # an option's current value by path, e.g. `values.get`
+
+
+@dataclass(frozen=True)
+class Option:
+    """One training option: a field of TrainConfig ("epochs") or of its Augment ("augment.flip")."""
+
+    path: str
+    label: str  # the Train page's label
+    help: str | Callable[[], str]  # one line: `train --help` and the page's tooltip (a function: read a registry)
+    group: str = ""  # the page's section ("": the top of the form; ELSEWHERE: picked outside the form)
+    choices: Callable[[], tuple[str, ...]] | None = None  # the allowed values, read from their registry when called
+    # how the page words each choice (default: its name), and a line it shows under the chosen one; a mapping,
+    # or a function giving one (read from a registry when asked)
+    choice_labels: Mapping[str, str] | Callable[[], Mapping[str, str]] = field(default_factory=dict)
+    choice_captions: Callable[[], Mapping[str, str]] | None = None
+    applies: Callable[[Getter], bool] | None = None  # given the other values: does this option matter? (None: always)
+    widget: Mapping[str, Any] = field(default_factory=dict)  # the page's number box: min_value, step, format
+    page_note: str = ""  # more words for the page's tooltip (advice that points at the page or a measurement)
+    none_as_zero: bool = False  # a `float | None` option the page shows as a number, 0 standing for None
+
+    @property
+    def name(self) -> str:
+        """The field's own name (augmentation options without the "augment." prefix)."""
+        return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def kind(self) -> type:
+        """bool, int, float or str (enum-like Literals and paths), from the dataclass annotation."""
+        return field_kind(self.path)
+
+    def help_text(self) -> str:
+        """The help, with a registry's names as registered now (not at import)."""
+        return self.help() if callable(self.help) else self.help
+
+    def choice_label(self, value: str) -> str:
+        labels = self.choice_labels() if callable(self.choice_labels) else self.choice_labels
+        return labels.get(value, value)
+
+    def choice_caption(self, value: str) -> str:
+        return (self.choice_captions() if self.choice_captions else {}).get(value, "")
+
+    def is_active(self, get: Getter) -> bool:
+        return True if self.applies is None else bool(self.applies(get))
+
+
+def field_kind(path: str) -> type:
+    """bool, int, float or str for a TrainConfig path, from its annotation ("int | None" -> int)."""
+    cls, name = (Augment, path.split(".", 1)[1]) if path.startswith("augment.") else (TrainConfig, path)
+    annotation = str(next(f for f in fields(cls) if f.name == name).type).replace(" ", "")
+    for kind in (bool, int, float):
+        if annotation == kind.__name__ or annotation.startswith(kind.__name__ + "|"):
+            return kind
+    return str
+
+
+def config_paths() -> list[str]:
+    """Every TrainConfig field as the table names it (augmentation fields as augment.<name>), in dataclass order."""
+    top = [f.name for f in fields(TrainConfig) if f.name != "augment"]
+    return top + [f"augment.{f.name}" for f in fields(Augment)]

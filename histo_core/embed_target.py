@@ -15,7 +15,7 @@ from typing import Any
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json
-from histo_core.inference import resolve_model_path
+from histo_core.model_catalog import resolve_model_path
 from histo_core.runs import RunDir
 
 
@@ -29,7 +29,7 @@ class MissingTrainingData(HistoError):
 class EmbedTarget:
     """A model and a dataset to embed, and where the result lives."""
 
-    model_ref: str  # what inference.load_model takes
+    model_ref: str  # what model_cache.load_model takes
     model_path: Path  # the checkpoint file
     label: str  # run id or export name
     dataset: str  # dataset spec

@@ -5,22 +5,16 @@
     store.features("train")                                       # (N, D) float16, memory-mapped
     store.points()                                                # DataFrame: split, row, x, y, label, pred, ...
 
-Where they are kept (`EmbedTarget.out_dir`):
-  - a run's own model on the run's own dataset: `runs/<id>/embeddings/` (saved at the end of training, or
-    on demand with `python -m histo_core embed RUN`);
-  - any model (a run or a weights/ export, used frozen) on another dataset, or an export on its training
-    dataset: `<data dir>/cache/embeddings/<key>/`, keyed by the model file (path, mtime, size) and the dataset.
+Where they are kept (`EmbedTarget.out_dir`): a run's own model on its own dataset in `runs/<id>/embeddings/`
+(end of training, or `python -m histo_core embed RUN`); any other model and dataset pair in
+`<data dir>/cache/embeddings/<key>/`, keyed by the model file (path, mtime, size) and the dataset.
 
 Files (written into a temporary folder and renamed into place, so a reader never sees half a set):
-  features_<split>.npy   (N, D) float16: the input of the classifier's last linear layer, written a batch at a
-                         time into a memory map (memory stays bounded by one batch whatever N is)
+  features_<split>.npy   (N, D) float16: the classifier's last linear layer's input, memory-mapped, by batch
   outputs_<split>.npz    probs (N, K) float32 (the model's softmax) and labels (N,) (the dataset's labels)
   projection.npz         xy (M, 2) float32, split (M,) index into meta["splits"], row (M,) dataset row
   meta.json              model, dataset, classes, dims, counts, the projection's method and sampling rule
-
-Projection: PCA to at most 50 dimensions, then scikit-learn's t-SNE (Barnes-Hut). Above MAX_POINTS tiles a
-seeded random sample of MAX_POINTS is projected, each split sampled in proportion to its size (`sample_rule`
-says so on the page); every tile keeps its features and prediction, only the map is sampled.
+                         (PCA to at most 50 dimensions, then t-SNE of at most MAX_POINTS tiles: projection.py)
 """
 
 from __future__ import annotations
@@ -54,7 +48,7 @@ def tile_features(
     model: nn.Module, meta, tiles_uint8: np.ndarray, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, D) float32 and probabilities (N, K) of uint8 tiles (N, S, S, C) at the model's input size
-    (`meta`: an inference.ModelMeta). Holds the model's lock, like every other forward pass."""
+    (`meta`: an model_meta.ModelMeta). Holds the model's lock, like every other forward pass."""
 
     spec, k = InputSpec.of(meta), meta.num_classes
     with model_lock(model):
@@ -235,7 +229,8 @@ def _embed(
     from histo_core.checkpoint import load_checkpoint
     from histo_core.datasets import open_dataset
     from histo_core.distributed import broadcast, gather_to_first
-    from histo_core.inference import ModelMeta, load_model
+    from histo_core.model_cache import load_model
+    from histo_core.model_meta import ModelMeta
     from histo_core.pipeline import TileSource, shard_range
 
     started = time.time()
@@ -403,7 +398,7 @@ def _features_block(
 ) -> tuple[int, np.ndarray, np.ndarray] | None:
     """(first row, features (B, D) float16, probabilities (B, K)) of the rows [start, stop) of `source`; None
     when there are none (a rank's share may be empty). Holds the model's lock, like every other forward pass."""
-    from histo_core.inference import model_lock
+    from histo_core.model_lock import model_lock
 
     feats: list[np.ndarray] = []
     probs: list[np.ndarray] = []
@@ -496,3 +491,10 @@ __all__ = [
     "embed_at_end_of_training",
     "MAX_POINTS",
 ]
+
+
+def task_main(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """The `embed` process kind (histo_core.kinds): params model, dataset (None: its own), splits, max_points."""
+    target = target_for(params["model"], params.get("dataset"))
+    store = embed(target, params.get("splits"), progress=progress, max_points=int(params.get("max_points", MAX_POINTS)))
+    return {"path": str(store.path), "counts": store.meta["counts"], "dims": store.meta["dims"]}

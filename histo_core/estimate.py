@@ -13,7 +13,6 @@ dataset, building the model) are measured as they happen here, so a cold cache i
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,21 +20,11 @@ from typing import Any
 import numpy as np
 
 from histo_core.config import TrainConfig
+from histo_core.procs import process_age_s
 
 WARMUP_MIN, WARMUP_MAX, TIMED_BATCHES = 2, 8, 4
 _clock = time.perf_counter  # tests replace it with a deterministic clock
 STABLE = 0.25  # warm when two consecutive batch times differ by less than this fraction
-
-
-def process_age_s() -> float:
-    """Seconds since this process started (its start time in /proc), 0 where unknown."""
-    try:
-        stat = open(f"/proc/{os.getpid()}/stat", "rb").read()
-        start_ticks = int(stat[stat.rfind(b")") + 2 :].split()[19])
-        boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
-        return max(0.0, time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK")))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return 0.0
 
 
 def _time_checkpoints(config: TrainConfig, data: Any, trainer: Any) -> float:
@@ -134,3 +123,10 @@ def estimate_run_time(
         "total_s": fixed_total + per_epoch * config.epochs,
         "epochs": config.epochs,
     }
+
+
+def task_main(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """The `estimate` process kind (histo_core.kinds): params config (a TrainConfig dict)."""
+    return estimate_run_time(
+        TrainConfig.from_dict(params["config"]), progress=progress, startup_s=params.get("_startup_s")
+    )

@@ -5,6 +5,7 @@
     report["accuracy"], report["per_class"], report["confusion"], report["unmatched"]
     list_evaluations(run)                    # the named evaluations saved with a run (evaluations/<name>.json)
     list_evaluations("weights/x.pt")         # those of a weights model, saved in <data dir>/evaluations/x/
+    start_evaluation(run, "kather2016", "all"); evaluation_jobs(run)   # in a background process (kind "evaluate")
 
 The dataset's classes are matched to the model's by name, by NCT abbreviation (ADI..TUM = PathMNIST's long
 names) or by `class_map` (classnames.match_classes). Tiles of a dataset class with no counterpart are not scored:
@@ -28,7 +29,10 @@ from histo_core import paths
 from histo_core.classnames import match_classes, short_name
 from histo_core.errors import DatasetError, HistoError
 from histo_core.fsutil import read_json, write_json_atomic
+from histo_core.launch import submit_task
+from histo_core.liveness import ACTIVE_STATES
 from histo_core.runs import RunDir
+from histo_core.task_folders import list_tasks, refresh_task
 
 EVALUATIONS_DIR = "evaluations"  # under the data dir, for a model that is not a run
 SPLIT_ORDER = ("train", "val", "test")
@@ -37,7 +41,7 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def model_run(model_ref: str) -> RunDir | None:
     """The run a model reference belongs to (a run id or directory, or a .pt file inside one), else None."""
-    from histo_core.inference import resolve_model_path
+    from histo_core.model_catalog import resolve_model_path
 
     path, _, _ = resolve_model_path(model_ref)
     run = RunDir(path.parent)
@@ -98,8 +102,8 @@ def evaluate(
 
     from histo_core import pipeline, runtime
     from histo_core.datasets import open_dataset
-    from histo_core.inference import load_model
     from histo_core.metrics import classification_report
+    from histo_core.model_cache import load_model
     from histo_core.predict import InputSpec, predict_tiles
 
     loaded = load_model(model_ref)
@@ -184,7 +188,8 @@ def list_evaluations(model: RunDir | str) -> list[dict[str, Any]]:
     folder = evaluations_folder(model)
     if not folder.is_dir():
         return []
-    files = [p for p in folder.glob("*.json") if not p.name.endswith((".job.json", ".out.json"))]  # job records
+    # <name>.job.json and <name>.out.json: the job records of evaluations started before they were tasks
+    files = [p for p in folder.glob("*.json") if not p.name.endswith((".job.json", ".out.json"))]
     found = [r for r in (read_json(p) for p in files) if isinstance(r, dict) and "accuracy" in r]
     return sorted(found, key=lambda r: r.get("evaluated_at", ""), reverse=True)
 
@@ -211,3 +216,62 @@ def evaluate_run(
     """A run's best.pt (else last.pt) on a split of its own or another dataset, not saved (the trainer's and
     older callers' entry point)."""
     return evaluate(str(run.path), dataset_spec, split, tta=tta, save=False)
+
+
+# -- in the background -----------------------------------------------------------------------------------------
+def start_evaluation(
+    model: RunDir | str,
+    dataset: str,
+    split: str = "test",
+    class_map: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> str:
+    """Start evaluating a run's model (or a weights file / export name) on `dataset` in a background process (the
+    `evaluate` process kind); returns the evaluation's name. It is saved in evaluations_folder(model); its
+    progress is read back with evaluation_jobs(model). Refused while an evaluation of that name runs."""
+    if not str(dataset or "").strip():
+        raise HistoError("no dataset given: type a registered name or the path of an npz, a CSV or a folder")
+    name = evaluation_name(name, dataset, split)
+    folder = evaluations_folder(model)
+    params = {
+        "model": str(model.path.resolve()) if isinstance(model, RunDir) else str(model),
+        "dataset": str(dataset).strip(),
+        "split": split,
+        "class_map": dict(class_map or {}),
+        "name": name,
+        "save_to": str(folder.resolve()),
+    }
+    submit_task("evaluate", params, model.path.parent if isinstance(model, RunDir) else None)
+    return name
+
+
+def evaluation_jobs(model: RunDir | str) -> list[dict[str, Any]]:
+    """The background evaluations of a run (or a weights model), newest first: name, dataset, split, class_map,
+    started_at, state ("running" while queued or running, else "completed", "failed" or "cancelled") and error."""
+    folder = str(evaluations_folder(model).resolve())
+    out = []
+    for task in list_tasks(model.path.parent if isinstance(model, RunDir) else None, "evaluate"):
+        spec = task.task()
+        params = spec.get("params") or {}
+        if params.get("save_to") != folder:
+            continue
+        status = refresh_task(task)
+        state = "running" if status.state in ACTIVE_STATES else status.state
+        job = {k: params.get(k) for k in ("name", "dataset", "split", "class_map")}
+        out.append(
+            {**job, "task": task.id, "started_at": spec.get("created_at"), "state": state, "error": status.error}
+        )
+    return out
+
+
+def task_main(params: dict[str, Any], progress) -> dict[str, Any]:
+    """The `evaluate` process kind (histo_core.kinds): params model, dataset, split, class_map, name, save_to."""
+    progress(0.0, f"evaluating on {params['dataset']} ({params['split']})")
+    return evaluate(
+        params["model"],
+        params["dataset"],
+        params["split"],
+        class_map=params.get("class_map") or None,
+        name=params["name"],
+        save_to=params.get("save_to"),
+    )

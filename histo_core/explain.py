@@ -27,8 +27,9 @@ from torch import nn
 
 from histo_core.errors import HistoError
 from histo_core.image_decode import gray_to_rgb
-from histo_core.inference import ModelMeta, model_input
+from histo_core.model_input import model_input
 from histo_core.model_lock import model_lock
+from histo_core.model_meta import ModelMeta
 from histo_core.models import cam_target_layer
 
 UNIFORM_RANGE = 1e-6

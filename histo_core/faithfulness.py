@@ -48,7 +48,7 @@ def road_scores(
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    from histo_core.inference import model_input
+    from histo_core.model_input import model_input
 
     tiles = np.asarray(tiles_uint8)
     cams = np.asarray(cams, np.float32)
@@ -109,7 +109,8 @@ def method_table(
     median ROAD score over the maps that are not flat, shares of flat and unfaithful maps, seconds. Sorted
     most faithful first."""
     from histo_core.explain import CAM_METHODS, compute_cams, uniform_maps
-    from histo_core.inference import LoadedModel, predict
+    from histo_core.model_meta import LoadedModel
+    from histo_core.predict import predict
 
     methods = list(methods or CAM_METHODS)
     for m in methods:
@@ -157,7 +158,7 @@ def explain_quality(
 ) -> dict[str, Any]:
     """The method table over a seeded sample of `tiles` test tiles of a run (all of them when fewer), saved to
     faithfulness.json in the run directory."""
-    from histo_core.inference import load_model
+    from histo_core.model_cache import load_model
     from histo_core.review import RunTiles
 
     if tiles < 1:
@@ -167,7 +168,7 @@ def explain_quality(
     split = "test" if "test" in source.dataset.splits else "val"
     n = len(source.dataset.split(split))
     rows = np.arange(n) if n <= tiles else np.sort(np.random.default_rng([seed, 5]).choice(n, tiles, replace=False))
-    from histo_core.inference import preprocess
+    from histo_core.model_input import preprocess
 
     images = source.get(split, rows)
     images = np.stack([preprocess(t, loaded.meta) for t in images]) if len(images) else images
@@ -192,3 +193,11 @@ def explain_quality(
 def load_quality(run) -> dict[str, Any] | None:
 
     return read_json(run.faithfulness_path)
+
+
+def task_main(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """The `explain-quality` process kind (histo_core.kinds): params run, tiles, methods."""
+    from histo_core.runs import resolve_run
+
+    tiles, methods = int(params.get("tiles", DEFAULT_TILES)), params.get("methods")
+    return explain_quality(resolve_run(params["run"]), tiles=tiles, methods=methods, progress=progress)

@@ -4,7 +4,7 @@
     tile = make_tile(decoded.array, 28, 3)        # centre square, resized (LANCZOS), channels matched
 
 Every road uses these two functions: dataset folders and CSV manifests (`datasets.decoded_tiles`), uploads
-and `predict` (`inference.prepare_upload`), and the windows of a large image (`tiling`), so one file gives
+and `predict` (`uploads.prepare_upload`), and the windows of a large image (`tiling`), so one file gives
 the same tile whichever road it takes.
 
 Bit depth: 8-bit images are kept; deeper integer images are scaled by their declared significant bits (a

@@ -1,59 +1,26 @@
-"""Background training runs: one detached OS process per run, controlled through its run directory.
+"""Training runs: submit, cancel, resume and delete one. A run is the `train` process kind (histo_core.kinds):
+one detached `python -m histo_core train --run-dir DIR` per run, controlled through its run directory.
 
-    run = submit(config)          # prepare the run dir, start `python -m histo_core train --run-dir DIR`
-    refresh_status(run)           # notices a process that died without saying so (killed, OOM, crash)
+    run = submit(config)          # prepare the run dir, start its process (launch.start_process)
     cancel(run); resume(run); delete(run)
 
-The process is started in its own session (histo_core.procs), so it outlives the Streamlit server, a browser
-refresh or an app restart; nothing here keeps state in memory. The concurrency limit per device is the
-trainer's own slot lock (histo_core/slots.py): every submitted process starts at once and stays "queued" until
-a slot frees.
-
-This module is also the one import for callers (pages, CLI) of the neighbouring modules it re-exports:
-liveness (refresh_status, wait, log_tail), summaries (run_summary, comparison_row) and background (inspection
-and evaluation jobs).
+Its liveness is liveness.refresh_status, as for every kind; nothing here keeps state in memory. The concurrency
+limit per device is the trainer's own slot lock (histo_core/slots.py): every submitted process starts at once and
+stays "queued" until a slot frees.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 
 from histo_core import liveness
-from histo_core.background import (
-    INSPECTION_KINDS,
-    evaluation_command,
-    evaluation_jobs,
-    job_status,
-    start_evaluation,
-    start_inspection_job,
-    write_job_status,
-)
 from histo_core.errors import HistoError
-from histo_core.launch import active_processes, active_runs, queue_room
-from histo_core.liveness import (
-    ACTIVE_STATES,
-    STALE,
-    last_log_line,
-    log_tail,
-    process_alive,
-    refresh_status,
-    wait,
-)
-from histo_core.procs import (
-    histo_command,
-    log_banner,
-    one_start,
-    pid_alive,
-    proc_start_time,
-    spawn_detached,
-)
-from histo_core.runs import UNREADABLE, RunDir, RunStatus, resolve_run
-from histo_core.summaries import augmentation_label, best_val, comparison_row, run_summary, summaries
-
-# -- starting processes ------------------------------------------------------------------------------
+from histo_core.kinds import TRAINING
+from histo_core.launch import queue_room, start_process
+from histo_core.liveness import ACTIVE_STATES, STALE, process_alive, refresh_status
+from histo_core.runs import UNREADABLE, RunDir, RunStatus
 
 
 def submit(config, runs_root: str | os.PathLike | None = None, started_by: str | None = None) -> RunDir:
@@ -70,30 +37,7 @@ def submit(config, runs_root: str | os.PathLike | None = None, started_by: str |
 
 
 def _start_training_process(run: RunDir, resume: bool) -> int:
-    """Start the trainer detached from us; record its pid at once so a crash before the trainer writes its
-    first status is still noticed by refresh_status."""
-    cmd = histo_command("train", "--run-dir", str(run.path.resolve()), *(["--resume"] if resume else []))
-    try:
-        with open(run.log_path, "ab") as log:
-            log_banner(log, cmd)
-            pid = spawn_detached(cmd, log, runs_root=run.path.parent)
-    except OSError as exc:
-        run.update_status(state="failed", error=f"could not start the training process: {exc}")
-        raise HistoError(f"{run.id}: could not start the training process ({exc})") from None
-    # The trainer needs a second or more to import torch before it writes status.json, so this write does
-    # not race with it in practice; the trainer records its own pid too.
-    run.update_status(
-        pid=pid,
-        pid_start=proc_start_time(pid),
-        host=socket.gethostname(),
-        state="queued",
-        error=None,
-        finished_at=None,
-    )
-    return pid
-
-
-# -- control -----------------------------------------------------------------------------------------
+    return start_process(run, TRAINING, *(["--resume"] if resume else []))
 
 
 def cancel(run: RunDir) -> RunStatus:
@@ -118,7 +62,8 @@ def resume(run: RunDir, batch_size: int | None = None) -> str:
     the saved epoch restarts at its first batch (as `train --resume --batch-size N`).
     Returns a sentence saying what will happen. Two callers at once (a double click on Resume) start one process:
     the second finds the run queued."""
-    with one_start(run.start_lock_path):
+
+    def resumable() -> None:
         status = refresh_status(run)
         if status.state == UNREADABLE:  # never resumed with invented settings
             raise HistoError(unreadable_message(run, status, "resumed"))
@@ -128,23 +73,25 @@ def resume(run: RunDir, batch_size: int | None = None) -> str:
             raise HistoError(f"{run.id}: the run is still marked running on {status.host}; resume it there")
         if status.state == "completed":
             raise HistoError(f"{run.id}: the run has completed; start a new run to train longer")
-        with queue_room(run.path.parent):
-            resized = ""
-            old = int(run.config().get("batch_size") or 0)
-            if batch_size is not None and batch_size != old:
-                from histo_core.training.run import change_batch_size
 
-                change_batch_size(run, batch_size)  # checked like --batch-size: a bad value changes nothing
-                resized = f" with batch size {batch_size} (was {old}; the epoch restarts at its first batch)"
-            run.cancel_path.unlink(missing_ok=True)
-            from_checkpoint = run.last_ckpt.exists()
-            if from_checkpoint:
-                note = f"resuming {run.id} from epoch {len(run.metrics())} of {status.epochs or '?'}{resized}"
-            else:  # the trainer refuses --resume without last.pt; a fresh start also clears the partial metrics
-                note = f"{run.id} has no checkpoint (last.pt): restarting it from scratch"
-            run.update_status(state="queued", error=None, finished_at=None, eta_s=None, phase="")
-            _start_training_process(run, resume=from_checkpoint)
-        return note
+    with queue_room(run.path.parent, check=resumable):
+        status = run.status()
+        resized = ""
+        old = int(run.config().get("batch_size") or 0)
+        if batch_size is not None and batch_size != old:
+            from histo_core.training.run import change_batch_size
+
+            change_batch_size(run, batch_size)  # checked like --batch-size: a bad value changes nothing
+            resized = f" with batch size {batch_size} (was {old}; the epoch restarts at its first batch)"
+        run.cancel_path.unlink(missing_ok=True)
+        from_checkpoint = run.last_ckpt.exists()
+        if from_checkpoint:
+            note = f"resuming {run.id} from epoch {len(run.metrics())} of {status.epochs or '?'}{resized}"
+        else:  # the trainer refuses --resume without last.pt; a fresh start also clears the partial metrics
+            note = f"{run.id} has no checkpoint (last.pt): restarting it from scratch"
+        run.update_status(state="queued", error=None, finished_at=None, eta_s=None, phase="")
+        _start_training_process(run, resume=from_checkpoint)
+    return note
 
 
 def unreadable_message(run: RunDir, status: RunStatus, verb: str) -> str:
@@ -165,36 +112,3 @@ def delete(run: RunDir) -> None:
         shutil.rmtree(run.path)
     except OSError as exc:
         raise HistoError(f"{run.path}: could not delete the run ({exc.strerror or exc})") from None
-
-
-__all__ = [
-    "ACTIVE_STATES",
-    "INSPECTION_KINDS",
-    "STALE",
-    "active_runs",
-    "augmentation_label",
-    "best_val",
-    "cancel",
-    "queue_room",
-    "active_processes",
-    "comparison_row",
-    "delete",
-    "evaluation_command",
-    "evaluation_jobs",
-    "job_status",
-    "last_log_line",
-    "log_tail",
-    "pid_alive",
-    "proc_start_time",
-    "process_alive",
-    "refresh_status",
-    "resolve_run",
-    "resume",
-    "run_summary",
-    "start_evaluation",
-    "start_inspection_job",
-    "submit",
-    "summaries",
-    "wait",
-    "write_job_status",
-]

@@ -339,3 +339,12 @@ def load_label_errors(run: RunDir) -> LabelErrorReport | None:
             )
     except (OSError, ValueError, KeyError):
         return None
+
+
+def task_main(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """The `label-errors` process kind (histo_core.kinds): params run (id), runs_root, folds, epochs."""
+    from histo_core.runs import run_by_id
+
+    run = run_by_id(params["run"], params.get("runs_root"))
+    report = find_label_errors(run, folds=int(params["folds"]), epochs=int(params["epochs"]), progress=progress)
+    return {"run": run.id, "summary": report.summary()}

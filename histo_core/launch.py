@@ -1,7 +1,10 @@
-"""Starting a background process under the queue limit: every kind (training runs, page tasks, evaluations,
-inspection jobs) starts inside `queue_room`, which counts what is queued or running in the runs directory and
-starts the new one under one OS file lock, so simultaneous starts (two browser tabs, two app servers) never pass
-HISTO_MAX_QUEUED together. Page tasks are started here too (`submit_task`, `restart_task`).
+"""The one start of a background process of any kind (histo_core.kinds): `start_process` inside `queue_room`.
+
+`queue_room` holds one OS file lock of the runs directory while it checks that the process is not already
+running (the double-start guard: two clicks, two browser tabs, two app servers), counts what is queued or
+running there against HISTO_MAX_QUEUED, and starts the new process; `start_process` spawns the kind's command
+on its folder and records it queued with its pid and start time. Training runs start through `jobs.submit`
+and `jobs.resume`, every other kind as a task (`submit_task`, `restart_task`).
 """
 
 from __future__ import annotations
@@ -12,17 +15,19 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import write_json_atomic
+from histo_core.kinds import ProcessKind, get_kind
 from histo_core.limits import max_queued
 from histo_core.liveness import ACTIVE_STATES, refresh_status
 from histo_core.procs import (
     histo_command,
     live_registered,
-    one_start,
+    log_banner,
     proc_start_time,
     queue_lock,
     spawn_detached,
@@ -31,7 +36,7 @@ from histo_core.procs import (
 from histo_core.runs import UNREADABLE, RunDir, RunStatus, list_runs
 from histo_core.runtime import resolve_device
 from histo_core.slots import max_concurrent
-from histo_core.task_folders import KINDS, TaskDir, active_tasks, params_key, refresh_task, tasks_root
+from histo_core.task_folders import TaskDir, active_tasks, list_tasks, params_key, refresh_task, tasks_root
 
 T = TypeVar("T")
 
@@ -64,7 +69,7 @@ def active_runs(runs_root: str | os.PathLike | None = None) -> list[RunDir]:
 
 def active_processes(runs_root: str | os.PathLike | None = None) -> int:
     """How many background processes of every kind are queued or running in this runs directory: training runs,
-    page tasks, evaluations and inspection jobs (each registered when started, procs.live_registered), and runs
+    and tasks of every other kind (each registered when started, procs.live_registered), and runs
     or tasks marked active whose process is not registered (started by hand, or about to start)."""
     statuses = [refresh_status(r) for r in active_runs(runs_root)] + [refresh_task(t) for t in active_tasks(runs_root)]
     theirs = {int(s.pid) for s in statuses if s.pid}
@@ -72,11 +77,12 @@ def active_processes(runs_root: str | os.PathLike | None = None) -> int:
 
 
 @contextmanager
-def queue_room(runs_root: str | os.PathLike | None = None) -> Iterator[None]:
+def queue_room(runs_root: str | os.PathLike | None = None, check: Callable[[], None] | None = None) -> Iterator[None]:
     """Start a background process inside this block: refused when HISTO_MAX_QUEUED (default 8) processes of any
     kind are already queued or running in this runs directory (each waiting process holds its memory, about
-    900 MB for a trainer). The count and the start happen under one OS file lock, so simultaneous starts (two
-    browser tabs, two app servers) never pass the limit together."""
+    900 MB for a trainer). `check` (the double-start guard: is this process already running?) raises a
+    HistoError to refuse. The check, the count and the start happen under one OS file lock, so simultaneous
+    starts (two clicks, two browser tabs, two app servers) never start one process twice nor pass the limit."""
     for name in sorted(k for k in os.environ if k.startswith("HISTO_MAX_RUNS_")):
         max_concurrent(name[len("HISTO_MAX_RUNS_") :])  # a bad value is refused here, before a process starts
     limit = max_queued()
@@ -85,6 +91,8 @@ def queue_room(runs_root: str | os.PathLike | None = None) -> Iterator[None]:
     except OSError as exc:
         raise HistoError(f"{paths.runs_dir(runs_root)}: cannot start anything there ({exc.strerror or exc})") from None
     with lock:
+        if check is not None:
+            check()
         active = active_processes(runs_root)
         if active >= limit:
             raise HistoError(
@@ -95,6 +103,36 @@ def queue_room(runs_root: str | os.PathLike | None = None) -> Iterator[None]:
         yield
 
 
+def start_process(folder: RunDir, kind: ProcessKind, *args: str) -> int:
+    """Start `python -m histo_core *kind.command FOLDER *args` detached, its output appended to the folder's
+    log.txt, and record it queued with its pid and start time at once, so that a process that dies before it
+    writes its own status is still noticed (liveness.refresh_status). Call it inside `queue_room`."""
+    cmd = histo_command(*kind.command, str(folder.path.resolve()), *args)
+    try:
+        with open(folder.log_path, "ab") as log:
+            log_banner(log, cmd)
+            pid = spawn_detached(cmd, log, runs_root=_runs_root(folder))
+    except OSError as exc:
+        folder.update_status(state="failed", error=f"could not start the {kind.label} process: {exc}")
+        raise HistoError(f"{folder.id}: could not start the {kind.label} process ({exc})") from None
+    # The process needs a second or more to import torch before it writes its own status, so this write does not
+    # race with it in practice; it records its own pid too.
+    folder.update_status(
+        pid=pid,
+        pid_start=proc_start_time(pid),
+        host=socket.gethostname(),
+        state="queued",
+        error=None,
+        finished_at=None,
+    )
+    return pid
+
+
+def _runs_root(folder: RunDir) -> Path:
+    """The runs directory a run or task folder belongs to (a task sits in <runs>/.tasks/)."""
+    return folder.path.parent.parent if isinstance(folder, TaskDir) else folder.path.parent
+
+
 def submit_task(
     kind: str,
     params: dict[str, Any],
@@ -103,16 +141,25 @@ def submit_task(
     device: str = "auto",
     started_by: str | None = None,
 ) -> TaskDir:
-    """Start `kind` with `params` in a detached process; refused when HISTO_MAX_QUEUED processes are already
-    queued or running in this runs directory."""
-    if kind not in KINDS:
-        raise HistoError(f"unknown task {kind!r}; one of {', '.join(KINDS)}")
+    """Start a task of `kind` (histo_core.kinds) with `params` in a detached process; refused while the same task
+    (its kind's identity: the same parameters) is queued or running, or when HISTO_MAX_QUEUED processes are."""
+    declared = get_kind(kind)
     device = resolve_device(device or "auto")  # the slot name the trainer uses ("auto" -> cpu/cuda)
-    with queue_room(runs_root):
-        return _start_task(kind, params, runs_root, device, started_by)
+    key = params_key(kind, params)
+
+    def not_running() -> None:
+        for task in list_tasks(runs_root, kind):
+            if task.task().get("key") == key and (state := refresh_task(task).state) in ACTIVE_STATES:
+                raise HistoError(f"this {declared.label} is already {state} (task {task.id}); wait for it or cancel it")
+
+    with queue_room(runs_root, check=not_running):
+        task = _new_task(kind, params, runs_root, device, started_by)
+        task.write_status(RunStatus(state="queued", device=device))
+        start_process(task, declared)
+        return task
 
 
-def _start_task(kind: str, params: dict[str, Any], runs_root, device: str, started_by: str | None) -> TaskDir:
+def _new_task(kind: str, params: dict[str, Any], runs_root, device: str, started_by: str | None) -> TaskDir:
     root = tasks_root(runs_root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -131,27 +178,14 @@ def _start_task(kind: str, params: dict[str, Any], runs_root, device: str, start
             "created_at": time.time(),
         },
     )
-    _spawn(task, device)
     return task
-
-
-def _spawn(task: TaskDir, device: str) -> None:
-    """Mark the task queued and start its detached process (`tasks run DIR`), recording its pid."""
-    task.write_status(RunStatus(state="queued", device=device))
-    cmd = histo_command("tasks", "run", str(task.path.resolve()))
-    try:
-        with open(task.log_path, "ab") as log:
-            pid = spawn_detached(cmd, log, runs_root=task.path.parent.parent)
-    except OSError as exc:
-        task.update_status(state="failed", error=f"could not start the task process: {exc}")
-        raise HistoError(f"{task.id}: could not start the task process ({exc})") from None
-    task.update_status(pid=pid, pid_start=proc_start_time(pid), host=socket.gethostname())
 
 
 def restart_task(task: TaskDir) -> None:
     """Start a cancelled or failed task's process again on the same folder (a study's driver resumes this way).
     Two callers at once start one process: the second finds the task queued."""
-    with one_start(task.start_lock_path):
+
+    def restartable() -> None:
         status = refresh_task(task)
         if status.state in ACTIVE_STATES:
             raise HistoError(f"{task.id}: the task is {status.state}; cancel it before resuming")
@@ -159,6 +193,9 @@ def restart_task(task: TaskDir) -> None:
             raise HistoError(f"{task.id}: the task has completed; there is nothing to resume")
         if status.state == UNREADABLE:
             raise HistoError(f"{task.id}: unreadable ({status.error}); it cannot be resumed, delete it")
-        with queue_room(task.path.parent.parent):
-            task.cancel_path.unlink(missing_ok=True)
-            _spawn(task, task.task().get("device") or "cpu")
+
+    with queue_room(_runs_root(task), check=restartable):
+        declared = get_kind(task.task().get("kind"))  # after the check: an unreadable task.json says so first
+        task.cancel_path.unlink(missing_ok=True)
+        task.write_status(RunStatus(state="queued", device=task.task().get("device") or "cpu"))
+        start_process(task, declared)

@@ -10,6 +10,7 @@ readers check the pid against /proc and the heartbeat against the clock. Nothing
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -109,6 +110,18 @@ def _write_if_possible(run: RunDir, status: RunStatus) -> None:
         run.write_status(status)
     except OSError:
         pass
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a failed run or task: the HistoError's message, a full or read-only disk in words, else the
+    exception's type and first line."""
+    if isinstance(exc, HistoError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing the run ({exc.filename or ''}): free space and resume the run"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"cannot write the run directory ({exc.filename or ''}: {exc.strerror}); check its permissions"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
 
 
 def log_tail(run: RunDir, lines: int = 40, max_bytes: int = 64_000) -> str:

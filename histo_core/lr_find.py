@@ -90,3 +90,14 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float | None:
     slope = np.gradient(y, x)
     steepest = lrs[lo + int(np.argmin(slope))]
     return float(min(steepest, lrs[hi] / 10))
+
+
+def task_main(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """The `lr-find` process kind (histo_core.kinds): params config (a TrainConfig dict), steps."""
+    steps = int(params.get("steps", 100))
+    progress(0.0, "opening the dataset")
+    return lr_find(
+        TrainConfig.from_dict(params["config"]),
+        num_steps=steps,
+        on_step=lambda step, lr, loss: progress((step + 1) / steps, f"lr {lr:.2g}, loss {loss:.3f}"),
+    )

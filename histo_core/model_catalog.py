@@ -1,14 +1,17 @@
-"""Which trained models can be picked here: completed runs, exports in weights/, and the models shipped with the
-project, each described from its files without loading its weights (the Classify and Feature map pickers)."""
+"""Which trained models there are: completed runs, exports in weights/, and the models shipped with the project,
+each described from its files without loading its weights (the Classify and Feature map pickers), and the
+checkpoint file a model's name stands for (`resolve_model_path`: a run directory, a run id, a .pt file or an
+export name; `model_cache.load_model` loads it)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from histo_core import paths
-from histo_core.errors import HistoError
-from histo_core.runs import list_runs
+from histo_core.errors import HistoError, ModelFileError
+from histo_core.runs import RunDir, list_runs, resolve_run
 
 
 @dataclass
@@ -102,3 +105,40 @@ def list_models(notes: list[str] | None = None) -> list[ModelEntry]:
             )
         )
     return entries
+
+
+def resolve_model_path(spec: str | os.PathLike) -> tuple[Path, str, dict]:
+    """(checkpoint file, display label, dataset dict) for a run directory, a run id, a .pt file or an export name."""
+
+    text = str(spec).strip()
+    if not text:
+        raise ModelFileError("no model given: name a run directory, a run id, a weights .pt file or an export name")
+    p = Path(text).expanduser()
+    if p.is_file():
+        run = RunDir(p.parent)
+        return p, (run.id if run.exists() else p.stem), (run.dataset() if run.exists() else {})
+    found: RunDir | None
+    try:
+        found = resolve_run(text)
+    except HistoError:
+        found = None
+    if found is not None:
+        for ckpt in (found.best_ckpt, found.last_ckpt):
+            if ckpt.is_file():
+                return ckpt, found.id, found.dataset()
+        raise ModelFileError(
+            f"{text}: the run has no best.pt or last.pt yet (state: {found.status().state}); "
+            "wait until it has finished an epoch"
+        )
+    if p.suffix == "" and "/" not in text:
+        # shipped models first: their names are reserved (an export cannot take one, nor shadow an older one)
+        for folder in (paths.shipped_weights_dir(), paths.weights_dir()):
+            exported = folder / f"{text}.pt"
+            if exported.is_file():
+                return exported, text, {}
+    if p.suffix == ".pt":
+        raise ModelFileError(f"{text}: no such model file")
+    raise ModelFileError(
+        f"{text}: not a run directory, run id, model file or export name (runs live in {paths.runs_dir()}, "
+        f"exports in {paths.weights_dir()})"
+    )

@@ -362,6 +362,21 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
+# Which architecture a new run gets when none is chosen (`TrainConfig()` and `training.default_config`); the
+# picks are measured in benchmarks/RESULTS.md. Architecture names are spelled here and in ARCHITECTURES only.
+BASELINE_ARCH = "simplecnn"  # a bare TrainConfig(), before the recipe for a dataset and device
+GPU_ARCH = "resnet18"  # CUDA
+CPU_ARCH_SMALL, CPU_ARCH_LARGE = "resnet9", "cnn3"  # CPU: tiles up to CPU_SMALL_TILE_PX, and larger ones
+CPU_SMALL_TILE_PX = 64  # larger tiles on CPU get CPU_ARCH_LARGE (ResNet-9 costs 12x more at 96 px)
+
+
+def default_arch(device: str, size: int) -> str:
+    """The architecture `training.default_config` picks for a resolved device ("cpu" or "cuda") and tile size."""
+    if device == "cuda":
+        return GPU_ARCH
+    return CPU_ARCH_SMALL if size <= CPU_SMALL_TILE_PX else CPU_ARCH_LARGE
+
+
 def get_arch(name: str) -> ArchSpec:
     if name not in ARCHITECTURES:
         raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {name!r}")

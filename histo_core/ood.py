@@ -49,7 +49,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from histo_core.model_input import model_view
 from histo_core.model_lock import model_lock
+from histo_core.model_meta import ModelMeta
+from histo_core.predict import InputSpec
 
 CONFIDENCE_QUANTILE = 0.05
 COLOUR_QUANTILE = 0.99
@@ -537,3 +540,34 @@ def flag_tiles(
     the scores."""
     found = check_tiles(calib, probs, tiles01, input01, features=features)
     return None if found is None else (found.flags, found.reasons)
+
+
+# -- for a model's card: uint8 tiles at its size, its calibration, its features -----------------------------
+def ood_flags(
+    meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None = None, model: nn.Module | None = None
+) -> np.ndarray | None:
+    """Per tile: True where it looks unlike the training tiles (histo_core.ood); None without a calibration.
+    With the `model` (and the tiles), the feature check runs too."""
+    found = ood_check(meta, probs, tiles_uint8, model)
+    return None if found is None else found.flags
+
+
+def ood_check(
+    meta: ModelMeta, probs: np.ndarray, tiles_uint8: np.ndarray | None = None, model: nn.Module | None = None
+) -> OodResult | None:
+    """histo_core.ood.check_tiles for uint8 tiles at the model's size: flags, reasons and scores (None
+    without a calibration). The feature check needs the `model` and the tiles."""
+
+    if tiles_uint8 is None:
+        return check_tiles(meta.ood, probs, None)
+    view, given = model_view(tiles_uint8, meta)
+    return check_tiles(meta.ood, probs, view, given, features=ood_features(model, meta, view))
+
+
+def ood_features(model: nn.Module | None, meta: ModelMeta, view: torch.Tensor) -> list[np.ndarray] | None:
+    """The tiles' stage features for the "unlike the training tiles" feature check, when the model's
+    calibration has one (else None: nothing computed)."""
+
+    if model is None or not isinstance((meta.ood or {}).get("feature"), dict) or not len(view):
+        return None
+    return layer_features(model, view, InputSpec.of(meta))

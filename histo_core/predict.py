@@ -5,12 +5,15 @@
     probs, feats = predict_tiles(model, source, spec, features=True)
     for start, probs, feats in iter_predictions(model, source, spec, features=True): ...   # a batch at a time
 
+    probs = predict(loaded, tiles_uint8, tta=True)               # a loaded model (model_cache.load_model)
+
 Every prediction in histo_core goes through `iter_predictions`: a run's validation and test predictions
-(`Trainer.predict`), `evaluate`, `inference.predict` (uploads, large images, the CLI), `fit_arrays` models
-(label-error cross-validation) and embeddings (features and probabilities of every tile). Each batch is
-resized to the model's input size, stain-normalised to its reference (when it has one), mean/std-normalised,
-and with `tta` the softmax probabilities are averaged over the 8 flips/rotations of each tile. Callers that
-share a model between threads (the app) hold `model_lock.model_lock(model)` around the call.
+(`Trainer.predict`), `evaluate`, `predict` (a loaded model: uploads, large images, slides, the CLI),
+`fit_arrays` models (label-error cross-validation) and embeddings (features and probabilities of every tile).
+Each batch is resized to the model's input size, stain-normalised to its reference (when it has one),
+mean/std-normalised, and with `tta` the softmax probabilities are averaged over the 8 flips/rotations of each
+tile. Callers that share a model between threads (the app) hold `model_lock.model_lock(model)` around the
+call; `predict` takes it itself.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from torch import nn
 from histo_core import augment, pipeline, stain
 from histo_core.errors import DatasetError, HistoError
 from histo_core.image_decode import gray_to_rgb
+from histo_core.model_lock import model_lock
+from histo_core.model_meta import LoadedModel, ModelMeta
 
 EVAL_BATCH = 512
 EVAL_PIXELS = 128 * 96 * 96  # per evaluation batch on CPU: large batches, bounded activation memory
@@ -48,7 +53,7 @@ class InputSpec:
 
     @classmethod
     def of(cls, meta: Any, **run_options: Any) -> InputSpec:
-        """From an `inference.ModelMeta`, a checkpoint or model-meta dict, or a training `TrainData`."""
+        """From a `model_meta.ModelMeta`, a checkpoint or model-meta dict, or a training `TrainData`."""
 
         def get(key: str) -> Any:
             return meta.get(key) if isinstance(meta, dict) else getattr(meta, key, None)
@@ -100,7 +105,7 @@ def forward_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, t
 # -- the loop --------------------------------------------------------------------------------------
 def model_batch(tiles: Tiles, spec: InputSpec, device: torch.device | str) -> torch.Tensor:
     """A batch as the model takes it. `tiles`: uint8 NHWC (any size), or float NCHW in [0, 1] already
-    stain-normalised (`inference.model_view`), which is then only resized and mean/std-normalised."""
+    stain-normalised (`model_input.model_view`), which is then only resized and mean/std-normalised."""
     if isinstance(tiles, torch.Tensor) and tiles.is_floating_point():
         x = tiles.to(device)
         if x.shape[-1] != spec.input_size or x.shape[-2] != spec.input_size:
@@ -202,6 +207,48 @@ def match_channels(images: np.ndarray, in_channels: int) -> np.ndarray:
     return images
 
 
+# -- a loaded model (model_cache.load_model) ---------------------------------------------------------
+def predict(
+    loaded: LoadedModel,
+    tiles_uint8: np.ndarray | torch.Tensor,
+    tta: bool = False,
+    batch_size: int = 256,
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Class probabilities (N, K) float32 for uint8 tiles (N, S, S, C) already at the model's input size, or for
+    the model's view of them (`model_view`: stain-normalised already). Runs `predict_tiles`, the one loop, under the
+    model's lock.
+
+    With `tta`, the probabilities are averaged over the 8 dihedral views (flips and 90-degree rotations),
+    all label-preserving for tissue. `amp_dtype`: autocast to it, with channels-last batches (the slide
+    analysis: `training.device.native_amp_dtype`); None: full fp32."""
+
+    tiles = tiles_uint8 if isinstance(tiles_uint8, torch.Tensor) else np.asarray(tiles_uint8)
+    if not isinstance(tiles, torch.Tensor):
+        _check_tiles(tiles, loaded.meta)
+    spec, k = (
+        InputSpec.of(loaded.meta, amp_dtype=amp_dtype, channels_last=amp_dtype is not None),
+        loaded.meta.num_classes,
+    )
+    with model_lock(loaded.model):
+        return predict_tiles(loaded.model, tiles, spec, tta=tta, batch_size=batch_size, num_classes=k)
+
+
+def _check_tiles(tiles: np.ndarray, meta: ModelMeta) -> None:
+    expected = (meta.input_size, meta.input_size, meta.in_channels)
+    if tiles.ndim != 4 or tiles.dtype != np.uint8 or tuple(tiles.shape[1:]) != expected:
+        raise ValueError(
+            f"expected uint8 tiles (N, {expected[0]}, {expected[1]}, {expected[2]}), "
+            f"got {tiles.dtype} {tiles.shape}; run preprocess() first"
+        )
+
+
+def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
+    """Per row, the k most probable (class, probability) pairs, most probable first."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(str(classes[j]), float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
 __all__: Sequence[str] = [
     "InputSpec",
     "eval_batch_size",
@@ -211,5 +258,7 @@ __all__: Sequence[str] = [
     "match_channels",
     "model_batch",
     "model_device",
+    "predict",
     "predict_tiles",
+    "top_k",
 ]

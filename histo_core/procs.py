@@ -1,6 +1,6 @@
 """Operating-system processes: start a detached `python -m histo_core ...` child, and tell whether a pid is alive.
 
-Every background process (training runs, page tasks, inspection and evaluation jobs) is started by
+Every background process (training runs and tasks of every other kind, histo_core.kinds) is started by
 `spawn_detached`: in its own session, so it outlives the Streamlit server, a browser refresh or an app restart,
 and reaped by a daemon thread, so it never lingers as a zombie in a long-lived server. Nothing is kept in memory
 here; each caller records the pid (and `proc_start_time`) in its own status file, and `spawn_detached` also
@@ -118,7 +118,7 @@ def start_lock(runs_root: str | os.PathLike | None = None):
 
 
 def queue_lock(runs_root: str | os.PathLike | None = None):
-    """The one lock under which a runs directory's queue is counted and a process started (`jobs.queue_room`)."""
+    """The one lock under which a runs directory's queue is counted and a process started (`launch.queue_room`)."""
     folder = _registry(runs_root)
     folder.mkdir(parents=True, exist_ok=True)
     return one_start(folder / ".lock")
@@ -162,6 +162,18 @@ def proc_start_time(pid: int | None) -> int | None:
         return int(fields[22 - 3])
     except (IndexError, ValueError):
         return None
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (its start time in /proc), 0 where unknown."""
+    try:
+        start_ticks = proc_start_time(os.getpid())
+        boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+    if start_ticks is None:
+        return 0.0
+    return max(0.0, time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK")))
 
 
 def log_banner(log: IO[bytes], cmd: list[str]) -> None:

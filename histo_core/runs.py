@@ -14,12 +14,10 @@
       ranks/               under torchrun: each rank's training state and liveness beacon
       log.txt              the process's stdout/stderr
       cancel               present when a cancel was requested (the trainer stops at a safe point)
-      .start.lock          held while a resume starts its process (two clicks start one)
       embeddings/          feature map of the run's tiles (histo_core.embeddings)
       evaluations/         the model on other labelled datasets (histo_core.evaluation)
       label_errors.npz     cross-validated label-error search (histo_core.label_errors)
       faithfulness.json    ROAD scores of the Grad-CAM methods (histo_core.faithfulness)
-      job-<kind>.json      status of an inspection job the pages started on the run (embed, ...)
 
 Every name is a property of RunDir below: no other module spells a file of a run.
 
@@ -208,15 +206,10 @@ class RunDir:
     noise_path = property(lambda self: self.path / "noise.npz")
     val_latest_path = property(lambda self: self.path / "val_latest.json")
     ranks_dir = property(lambda self: self.path / "ranks")  # under torchrun: each rank's state and beacon
-    start_lock_path = property(lambda self: self.path / ".start.lock")
     embeddings_dir = property(lambda self: self.path / "embeddings")
     evaluations_dir = property(lambda self: self.path / "evaluations")
     label_errors_path = property(lambda self: self.path / "label_errors.npz")
     faithfulness_path = property(lambda self: self.path / "faithfulness.json")
-
-    def job_status_path(self, kind: str) -> Path:
-        """Status file of an inspection job (`embed`, ...) started on this run."""
-        return self.path / f"job-{kind}.json"
 
     # how liveness.py speaks of this folder's process when it died; a task folder (task_folders.py) says it its way
     noun = "run"

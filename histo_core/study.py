@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from histo_core import jobs
+from histo_core import jobs, liveness
 from histo_core.config import MAX_NOISE, NOISE_METHODS, NOISE_MODES, TrainConfig, with_method
 from histo_core.errors import ConfigError, HistoError
 from histo_core.fsutil import read_json, write_json_atomic
@@ -163,10 +163,10 @@ def study_runs(task: Any) -> dict[str, RunDir]:
 
 def cancel_study(task: Any) -> None:
     """Stop the driver and every queued or running run of the study."""
-    if refresh_task(task).state in jobs.ACTIVE_STATES:
+    if refresh_task(task).state in liveness.ACTIVE_STATES:
         cancel_task(task)
     for run in study_runs(task).values():
-        if run.exists() and jobs.refresh_status(run).state in jobs.ACTIVE_STATES:
+        if run.exists() and liveness.refresh_status(run).state in liveness.ACTIVE_STATES:
             try:
                 jobs.cancel(run)
             except HistoError:
@@ -180,10 +180,10 @@ def resume_study(task: Any) -> None:
 
 def delete_study(task: Any) -> None:
     """Delete the study folder and all its runs; refused while the driver or any of its runs is active."""
-    if refresh_task(task).state in jobs.ACTIVE_STATES:
+    if refresh_task(task).state in liveness.ACTIVE_STATES:
         raise HistoError(f"{task.id}: the study is running; cancel it before deleting it")
     runs = [r for r in study_runs(task).values() if r.exists()]
-    busy = [r.id for r in runs if jobs.refresh_status(r).state in jobs.ACTIVE_STATES]
+    busy = [r.id for r in runs if liveness.refresh_status(r).state in liveness.ACTIVE_STATES]
     if busy:
         raise HistoError(
             f"{task.id}: {len(busy)} of its runs are still active ({busy[0]}, ...); cancel the study first"
@@ -199,6 +199,9 @@ def delete_study(task: Any) -> None:
 
 
 # -- the driver process -----------------------------------------------------------------------------------------
+def task_main(params: dict[str, Any], progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """The `study` process kind (histo_core.kinds): the driver, on its own task folder."""
+    return drive(params["_task_path"], params, progress)
 
 
 def drive(
@@ -222,8 +225,8 @@ def drive(
             states = {}
             for key, path in mapping.items():
                 run = RunDir(path)
-                states[key] = jobs.refresh_status(run).state if run.exists() else "missing"
-            active = sum(s in jobs.ACTIVE_STATES for s in states.values()) + _active_searches(searches)
+                states[key] = liveness.refresh_status(run).state if run.exists() else "missing"
+            active = sum(s in liveness.ACTIVE_STATES for s in states.values()) + _active_searches(searches)
             done = sum(s == "completed" for s in states.values())
             due = [c["key"] for c in grid if wants_search(spec, c) and states.get(c["key"]) == "completed"]
             due = [k for k in due if k not in searches]
@@ -260,12 +263,12 @@ def drive(
             time.sleep(poll_s)
     except BaseException:
         for path in searches.values():
-            if refresh_task(TaskDir(path)).state in jobs.ACTIVE_STATES:
+            if refresh_task(TaskDir(path)).state in liveness.ACTIVE_STATES:
                 cancel_task(TaskDir(path))
         for path in mapping.values():
             run = RunDir(path)
             try:
-                if run.exists() and jobs.refresh_status(run).state in jobs.ACTIVE_STATES:
+                if run.exists() and liveness.refresh_status(run).state in liveness.ACTIVE_STATES:
                     jobs.cancel(run)
             except HistoError:
                 pass
@@ -292,7 +295,7 @@ def _kept_searches(searches: dict[str, str]) -> dict[str, str]:
 
 
 def _active_searches(searches: dict[str, str]) -> int:
-    return sum(refresh_task(TaskDir(p)).state in jobs.ACTIVE_STATES for p in searches.values())
+    return sum(refresh_task(TaskDir(p)).state in liveness.ACTIVE_STATES for p in searches.values())
 
 
 # -- results ----------------------------------------------------------------------------------------------------
@@ -352,7 +355,7 @@ def study_results(task: Any) -> dict[str, Any]:
             detection=None,
         )
         if run is not None and run.exists():
-            row.update(run=run.id, run_dir=str(run.path), state=jobs.refresh_status(run).state)
+            row.update(run=run.id, run_dir=str(run.path), state=liveness.refresh_status(run).state)
             res = run.results() if row["state"] == "completed" else None
             if res and res.get("test"):
                 t = res["test"]

@@ -1,7 +1,8 @@
-"""Task folders: `<runs>/.tasks/<id>/` holds a page task (LR finder, time estimate, label-error search,
-whole-slide analysis, a study's driver): task.json (kind, params, key), status.json, result.json, log.txt,
-cancel. Reading, liveness and cancelling live here; starting one is `histo_core.launch.submit_task`, running
-one is `histo_core.tasks.run_task`.
+"""Task folders: `<runs>/.tasks/<id>/` holds a background process of every kind but the training run
+(histo_core.kinds: LR finder, time estimate, label-error search, slide analysis, a study's driver, embeddings,
+CAM faithfulness, evaluation): task.json (kind, params, key), status.json (the run's schema, `RunStatus`),
+result.json, log.txt, cancel. Reading them lives here; liveness and cancelling are liveness.py's (the same as a
+run's), starting one is `launch.submit_task`, running one is `tasks.run_task`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import Any
 from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json
+from histo_core.kinds import KINDS
 from histo_core.liveness import ACTIVE_STATES, cancel, refresh_status
 from histo_core.runs import RunDir, RunStatus, check_run_id, status_problem
 
 TASKS_FOLDER = ".tasks"
-KINDS = ("lr-find", "estimate", "label-errors", "slide", "study")
-NO_SLOT_KINDS = ("study",)  # drivers that start runs of their own: holding a device slot would block them
 
 
 class TaskDir(RunDir):
@@ -67,7 +67,11 @@ def tasks_root(runs_root: str | os.PathLike | None = None) -> Path:
 
 
 def params_key(kind: str, params: dict[str, Any]) -> str:
-    """Identifies "the same request": the page shows the latest task with this key."""
+    """Identifies "the same request": the page shows the latest task with this key, and a second start of it is
+    refused while it runs. The kind's `identity` names the parameters that count (default: all of them)."""
+    declared = KINDS.get(kind)
+    if declared is not None and declared.identity:
+        params = {name: params.get(name) for name in declared.identity}
     text = json.dumps({"kind": kind, "params": params}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from histo_core.errors import HistoError
-from histo_core.image_decode import gray_to_rgb, pil_image
-from histo_core.inference import LoadedModel, ModelMeta, predict, preprocess
+from histo_core.image_decode import gray_to_rgb, shrink_for_display
+from histo_core.model_input import preprocess
+from histo_core.model_meta import LoadedModel, ModelMeta
+from histo_core.predict import predict
 
 DEFAULT_TILE_PX = 224
 MIN_TILE_PX = 8
@@ -225,12 +226,9 @@ def render_class_map(
 ) -> np.ndarray:
     """The image (downscaled so its longer side is at most `max_px`) with each tile tinted by its predicted
     class colour at opacity `alpha`, and thin lines between tiles. Unclassified margins stay untinted."""
-    rgb = pil_image(gray_to_rgb(np.asarray(image, dtype=np.uint8)))
     h, w = cmap.image_shape
     scale = min(1.0, max_px / max(h, w))
-    if scale < 1.0:
-        rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
-    base = np.asarray(rgb, dtype=np.float32)
+    base = shrink_for_display(gray_to_rgb(np.asarray(image, dtype=np.uint8)), max_px).astype(np.float32)
     tint = base.copy()
     mask = np.zeros(base.shape[:2], bool)
     colours = class_colours(len(cmap.classes)).astype(np.float32)

@@ -1,10 +1,11 @@
 """Warm the app's server process in the background, once, when it starts: the heavy imports the pages need
-(torch, torchvision, plotly, pandas, scikit-learn, the Grad-CAM package, histo_core's inference path) and the
-default model of the Classify page (the first of `model_catalog.list_models`), loaded into inference's model
-cache with one forward pass and the "unlike the training tiles" feature pass. A user opening a page or
-dropping files after that does not wait for them.
+(torch, torchvision, plotly, pandas, scikit-learn, the Grad-CAM package, histo_core's inference path; the app adds
+its pages' own modules, pages/ui/navigation.start_warmup), the Datasets and Train pages' default dataset when it
+is the synthetic demo, and the default model of the Classify page (the first of `model_catalog.list_models`),
+loaded into the one model cache (`model_cache`) with one forward pass and the "unlike the training tiles" feature
+pass. A user opening a page or dropping files after that does not wait for them.
 
-    warmup.start()        # app.py; returns the thread, or None when already started (or HISTO_NO_WARMUP=1)
+    warmup.start(modules)  # the thread, or None when already started (or HISTO_NO_WARMUP=1)
 
 Nothing here may fail the app: every step is best-effort and a failure is only recorded in `state()`.
 """
@@ -25,7 +26,8 @@ MODULES = (
     "plotly.graph_objects",
     "sklearn.covariance",
     "PIL.Image",
-    "histo_core.inference",
+    "histo_core.model_cache",
+    "histo_core.uploads",
     "histo_core.ood",
     "histo_core.explain",
     "histo_core.model_catalog",
@@ -35,17 +37,27 @@ MODULES = (
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
-_state: dict[str, Any] = {"started": None, "imports_s": None, "model": None, "model_s": None, "errors": []}
+_state: dict[str, Any] = {
+    "started": None,
+    "imports_s": None,
+    "dataset": None,
+    "dataset_s": None,
+    "model": None,
+    "model_s": None,
+    "errors": [],
+}
 
 
 def state() -> dict[str, Any]:
-    """What the warm-up did so far: start time, seconds for the imports and the model, the model's ref, errors."""
+    """What the warm-up did so far: start time, seconds for the imports, the default dataset and the model, the
+    dataset's spec and the model's ref, errors."""
     with _lock:
         return {**_state, "errors": list(_state["errors"])}
 
 
-def start(modules: tuple[str, ...] = MODULES, model: bool = True) -> threading.Thread | None:
-    """Start the warm-up thread once per process; None when it has started already or HISTO_NO_WARMUP=1."""
+def start(modules: tuple[str, ...] = MODULES, model: bool = True, dataset: bool = True) -> threading.Thread | None:
+    """Start the warm-up thread once per process; None when it has started already or HISTO_NO_WARMUP=1.
+    `modules` in order, then the default dataset (`dataset`), then the default model (`model`)."""
     global _thread
     if os.environ.get("HISTO_NO_WARMUP") == "1":
         return None
@@ -53,7 +65,7 @@ def start(modules: tuple[str, ...] = MODULES, model: bool = True) -> threading.T
         if _thread is not None:
             return None
         _state["started"] = time.time()
-        _thread = threading.Thread(target=_warm, args=(modules, model), name="histo-warmup", daemon=True)
+        _thread = threading.Thread(target=_warm, args=(modules, model, dataset), name="histo-warmup", daemon=True)
     _thread.start()
     return _thread
 
@@ -63,7 +75,7 @@ def _error(what: str, exc: BaseException) -> None:
         _state["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def _warm(modules: tuple[str, ...], model: bool) -> None:
+def _warm(modules: tuple[str, ...], model: bool, dataset: bool) -> None:
     t0 = time.perf_counter()
     for name in modules:
         try:
@@ -72,6 +84,15 @@ def _warm(modules: tuple[str, ...], model: bool) -> None:
             _error(f"import {name}", exc)
     with _lock:
         _state["imports_s"] = round(time.perf_counter() - t0, 2)
+    if dataset:
+        t1 = time.perf_counter()
+        try:
+            spec = _warm_default_dataset()
+        except Exception as exc:
+            _error("default dataset", exc)
+        else:
+            with _lock:
+                _state["dataset"], _state["dataset_s"] = spec, round(time.perf_counter() - t1, 2)
     if model:
         t1 = time.perf_counter()
         try:
@@ -83,11 +104,26 @@ def _warm(modules: tuple[str, ...], model: bool) -> None:
             _state["model"], _state["model_s"] = ref, round(time.perf_counter() - t1, 2)
 
 
+def _warm_default_dataset() -> str | None:
+    """The Datasets and Train pages' first choice when no real dataset is here: the synthetic demo, generated once
+    per process (its tiles are kept by `synthetic._generate`'s cache). A real dataset opens from its files and is
+    left alone. Returns the spec warmed, or None."""
+    from histo_core.datasets.catalog import default_dataset_spec
+    from histo_core.datasets.synthetic import open_synthetic
+
+    if default_dataset_spec() != "synthetic":
+        return None
+    open_synthetic()
+    return "synthetic"
+
+
 def _warm_default_model() -> str | None:
     import numpy as np
 
-    from histo_core.inference import load_model, ood_check, predict
+    from histo_core.model_cache import load_model
     from histo_core.model_catalog import list_models
+    from histo_core.ood import ood_check
+    from histo_core.predict import predict
 
     entries = list_models([])
     if not entries:

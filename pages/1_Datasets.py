@@ -16,7 +16,7 @@ from histo_core.datasets.sources import original_file
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError
 from histo_core.paths import data_roots
-from pages.ui.common import page_setup, plain, synthetic_badge, user_errors
+from pages.ui.common import page_setup, plain, show_table, synthetic_badge, user_errors
 from pages.ui.datasets import (
     class_distribution_figure,
     data_dir_caption,
@@ -28,7 +28,6 @@ from pages.ui.datasets import (
 )
 
 KEY = "datasets_page"
-page_setup(__file__)
 
 
 @st.cache_data(show_spinner="Computing pixel statistics on a sample…", max_entries=32)
@@ -105,7 +104,7 @@ def render_classes(ds) -> None:
     st.plotly_chart(class_distribution_figure(ds.info.classes, counts), key="class_distribution")
     table = pd.DataFrame({split: c for split, c in counts.items()}, index=ds.info.classes)
     table.index.name = "class"
-    st.dataframe(table, width="stretch")
+    show_table(table, hide_index=False)
 
 
 def render_samples(ds) -> None:
@@ -154,7 +153,7 @@ def render_stats(ds, choice) -> None:
             "std (0-255)": np.round(np.array(stats["std"]) * 255, 1),
         }
     )
-    st.dataframe(table, hide_index=True, width="stretch")
+    show_table(table)
     sampled = (
         f"a seeded sample of {stats['n_tiles']:,} of {stats['n_total']:,} tiles"
         if stats["sampled"]
@@ -264,56 +263,60 @@ def render_download_any() -> None:
             render_download(flag, size, "any")
 
 
-# -- page -----------------------------------------------------------------------------------------------
+def main() -> None:
+    page_setup(__file__)
+    notice = st.session_state.pop(f"{KEY}_notice", None)
+    with st.empty():  # always one slot, so the page below keeps its place whether or not a notice shows
+        if notice:
+            st.success(plain(notice))
+    pending = st.session_state.pop(f"{KEY}_pending", None)  # a just-added dataset becomes the selection
+    # ?dataset= selects a dataset (the picker writes the choice back: reloads and shared links keep it)
+    choice = dataset_picker(KEY, include_missing=True, default=pending, url="sync")
+    st.caption(data_dir_caption())
+    render_add_path()
+    render_download_any()
 
-notice = st.session_state.pop(f"{KEY}_notice", None)
-with st.empty():  # always one slot, so the page below keeps its place whether or not a notice shows
-    if notice:
-        st.success(plain(notice))
-pending = st.session_state.pop(f"{KEY}_pending", None)  # a just-added dataset becomes the selection
-# ?dataset= selects a dataset (the picker writes the choice back: reloads and shared links keep it)
-choice = dataset_picker(KEY, include_missing=True, default=pending, url="sync")
-st.caption(data_dir_caption())
-render_add_path()
-render_download_any()
+    if choice is None:
+        st.info("Choose a dataset above, or type the path of your own files.")
+        return
 
-if choice is None:
-    st.info("Choose a dataset above, or type the path of your own files.")
-    st.stop()
+    status = dataset_status(choice.spec, choice.size) if choice.spec in registered_names() else None
+    if status is not None and status.downloadable and not status.present:
+        render_not_downloaded(status, choice.size or status.all_sizes[0])
+        return
 
-status = dataset_status(choice.spec, choice.size) if choice.spec in registered_names() else None
-if status is not None and status.downloadable and not status.present:
-    render_not_downloaded(status, choice.size or status.all_sizes[0])
-    st.stop()
-
-ds = None
-with user_errors():
-    ds = open_cached(*choice)
-if ds is None:
-    st.stop()
-
-if choice.spec in local_datasets() and st.button(
-    "Remove from the list", key=f"{KEY}_remove", help="forget this path (the files are not touched)"
-):
-    remove_local_dataset(choice.spec)
-    st.query_params.pop("dataset", None)
-    st.session_state.pop(f"{KEY}_choice", None)
-    st.rerun()
-
-render_overview(ds)
-classes_tab, samples_tab, stats_tab, viewer_tab, about_tab = st.tabs(
-    ["Class distribution", "Sample tiles", "Pixel statistics", "Tile viewer", "Citation & licence"],
-    key="datasets_tab",
-    bind="query-params",
-)  # the open tab survives adding a dataset, a reload, a shared link
-with classes_tab:
-    render_classes(ds)
-with samples_tab:
-    render_samples(ds)
-with stats_tab:
+    ds = None
     with user_errors():
-        render_stats(ds, choice)
-with viewer_tab:
-    render_viewer(ds)
-with about_tab:
-    render_about(ds.info)
+        ds = open_cached(*choice)
+    if ds is None:
+        return
+
+    if choice.spec in local_datasets() and st.button(
+        "Remove from the list", key=f"{KEY}_remove", help="forget this path (the files are not touched)"
+    ):
+        remove_local_dataset(choice.spec)
+        st.query_params.pop("dataset", None)
+        st.session_state.pop(f"{KEY}_choice", None)
+        st.rerun()
+
+    render_overview(ds)
+    classes_tab, samples_tab, stats_tab, viewer_tab, about_tab = st.tabs(
+        ["Class distribution", "Sample tiles", "Pixel statistics", "Tile viewer", "Citation & licence"],
+        key="datasets_tab",
+        bind="query-params",
+    )  # the open tab survives adding a dataset, a reload, a shared link
+    with classes_tab:
+        render_classes(ds)
+    with samples_tab:
+        render_samples(ds)
+    with stats_tab:
+        with user_errors():
+            render_stats(ds, choice)
+    with viewer_tab:
+        render_viewer(ds)
+    with about_tab:
+        render_about(ds.info)
+
+
+if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing
+    main()

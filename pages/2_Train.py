@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from histo_core import jobs
+from histo_core import jobs, liveness
 from histo_core.errors import HistoError
 from histo_core.launch import start_once
 from histo_core.metrics import small_split_warnings
@@ -13,10 +13,9 @@ from pages.ui.common import page_setup, plain, signed_in_user, synthetic_badge, 
 from pages.ui.curation import corrections_choice
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
+from pages.ui.study_panel import study_panel
 from pages.ui.tasks import task_panel
 from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, form_message, render_fields
-
-page_setup(__file__)
 
 
 def pick_dataset() -> tuple[str | None, int | None, bool]:
@@ -113,36 +112,6 @@ def lr_finder_panel(config) -> None:
     )
 
 
-# -- page ----------------------------------------------------------------------------------------------
-spec, size, as_rgb = pick_dataset()
-if not spec:
-    st.info("Choose a dataset, or type the path of your own files.")
-    st.stop()
-base = refresh_defaults(spec, size, as_rgb)
-ds = describe_dataset(spec, size, as_rgb)
-base = corrections_choice(base, ds)
-
-render_fields()
-config, problem = None, None
-try:
-    config = config_from_state(base)
-    config.validate()
-except HistoError as exc:
-    problem = str(exc)
-if problem:
-    st.error(plain(form_message(problem)))
-
-if config is not None and ds is not None and not problem:
-    left, right = st.columns(2)
-    with left:
-        estimate_panel(config)
-    with right:
-        with st.expander("Learning-rate finder"):
-            lr_finder_panel(config)
-
-st.divider()
-
-
 def start_training(config) -> None:
     """Submit `config` once: a second click with the same settings while that run is still queued or running
     (a double click sends two clicks) names the run already started instead of starting an identical one."""
@@ -153,7 +122,7 @@ def start_training(config) -> None:
         previous = st.session_state.get(PREFIX + "last_submitted")
         if previous and previous[0] == config.to_dict():
             run_dir = paths.runs_dir() / previous[1]
-            if run_dir.is_dir() and jobs.refresh_status(RunDir(run_dir)).state in jobs.ACTIVE_STATES:
+            if run_dir.is_dir() and liveness.refresh_status(RunDir(run_dir)).state in liveness.ACTIVE_STATES:
                 return previous[1]
         return None
 
@@ -173,72 +142,49 @@ def start_training(config) -> None:
             )
 
 
-if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):
-    start_training(config)
+def main() -> None:
+    page_setup(__file__)
+    spec, size, as_rgb = pick_dataset()
+    if not spec:
+        st.info("Choose a dataset, or type the path of your own files.")
+        return
+    base = refresh_defaults(spec, size, as_rgb)
+    ds = describe_dataset(spec, size, as_rgb)
+    base = corrections_choice(base, ds)
 
+    render_fields()
+    config, problem = None, None
+    try:
+        config = config_from_state(base)
+        config.validate()
+    except HistoError as exc:
+        problem = str(exc)
+    if problem:
+        st.error(plain(form_message(problem)))
 
-def study_panel(config) -> None:
-    """Start this form's settings as a noise study: noise levels x methods x seeds (histo_core.study), with
-    the number of runs and, once the time of one run is estimated above, the total."""
-    from histo_core import study as S
-    from histo_core.config import NOISE_METHODS
-    from histo_core.tasks import latest_task, refresh_task
+    if config is not None and ds is not None and not problem:
+        left, right = st.columns(2)
+        with left:
+            estimate_panel(config)
+        with right:
+            with st.expander("Learning-rate finder"):
+                lr_finder_panel(config)
 
-    c1, c2, c3 = st.columns(3)
-    noises = c1.multiselect(
-        "Noise levels", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], default=[0.0, 0.2, 0.4], key=PREFIX + "study.noises"
-    )
-    methods = c2.multiselect("Methods", list(NOISE_METHODS), default=list(NOISE_METHODS), key=PREFIX + "study.methods")
-    seeds = int(c3.number_input("Seeds", min_value=1, max_value=20, value=3, key=PREFIX + "study.seeds"))
-    count = len(noises) * len(methods) * seeds
-    est_task = latest_task("estimate", {"config": config.to_dict()})
-    est = est_task.result() if est_task is not None else None
-    st.caption(
-        f"{count} runs of {config.arch}, fixed symmetric noise, one at a time"
-        + (
-            f": about {fmt_duration(count * est['total_s'])} in all at the estimate of one run above"
-            if est
-            else "; estimate the training time above to see the total"
+    st.divider()
+
+    if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):
+        start_training(config)
+    if config is not None and ds is not None and not problem:
+        with st.expander("Run as a noise study (noise levels x methods x seeds)"):
+            study_panel(config)
+    last_run = st.session_state.get(PREFIX + "last_run")
+    if last_run:
+        st.success(
+            f"Started run `{last_run}` in the background: it continues if you close this tab. "
+            "It waits in the queue while another run uses the device."
         )
-        + ". The study recommends a method per noise level from the validation split with noisy labels."
-    )
-    if st.button("Start the study", disabled=count == 0, key=PREFIX + "study.start"):
-        spec = S.StudySpec(
-            archs=[config.arch], noises=sorted(noises), methods=list(methods), noise_mode="fixed", seeds=seeds
-        )
-        request = (S.asdict(spec), config.to_dict())
-
-        def already_started() -> str | None:  # a double click: the second click finds the first study
-            previous = st.session_state.get(PREFIX + "study.submitted")
-            if previous and previous[0] == request:
-                task = S.study_by_id(previous[1])
-                if refresh_task(task).state in jobs.ACTIVE_STATES:
-                    return previous[1]
-            return None
-
-        def start() -> str:
-            task = S.start_study(spec, config, started_by=signed_in_user())
-            st.session_state[PREFIX + "study.submitted"] = (request, task.id)
-            st.session_state[PREFIX + "last_study"] = task.id
-            return task.id
-
-        with user_errors("Not started: "):
-            study_id, started = start_once(already_started, start)
-            if not started:
-                st.info(f"Study `{study_id}` with these settings is already running.")
-    last = st.session_state.get(PREFIX + "last_study")
-    if last:
-        st.success(f"Started study `{last}` in the background.")
-        link_to_page("pages/9_Studies.py", "Watch it on the Studies page", "🧪", query_params={"study": last})
+        link_to_page("pages/3_Runs.py", "Watch it on the Runs page", "📈", query_params={"run": last_run})
 
 
-if config is not None and ds is not None and not problem:
-    with st.expander("Run as a noise study (noise levels x methods x seeds)"):
-        study_panel(config)
-last_run = st.session_state.get(PREFIX + "last_run")
-if last_run:
-    st.success(
-        f"Started run `{last_run}` in the background: it continues if you close this tab. "
-        "It waits in the queue while another run uses the device."
-    )
-    link_to_page("pages/3_Runs.py", "Watch it on the Runs page", "📈", query_params={"run": last_run})
+if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing
+    main()

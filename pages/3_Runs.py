@@ -4,37 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from histo_core import jobs, paths
+from histo_core import liveness, paths
 from histo_core.runs import RunDir, list_runs, read_only_note
+from histo_core.summaries import run_summary
 from pages.ui.common import keep_in_url, page_setup, plain, url_selection, user_errors
 from pages.ui.live import live
 from pages.ui.runs import link_to_page, render_run, render_summary_table, run_label
 
-page_setup(__file__)
-
-notice = st.session_state.pop("runs_notice", None)
-if notice:
-    st.success(plain(notice))
-
-runs = None
-with user_errors():
-    runs = list_runs()
-if runs is None:
-    st.stop()
-read_only = read_only_note()
-if read_only:
-    st.warning(plain(read_only))
-if not runs:
-    st.info(f"No runs in `{paths.runs_dir()}` yet. Start one on the Train page (the synthetic demo needs no download).")
-    link_to_page("pages/2_Train.py", "Train a model", "🏋️")
-    st.stop()
-
-summaries = [jobs.run_summary(r) for r in runs]
-
 
 def runs_table(rows: list[dict]) -> None:
     render_summary_table(rows)
-    active = sum(s["state"] in jobs.ACTIVE_STATES for s in rows)
+    active = sum(s["state"] in liveness.ACTIVE_STATES for s in rows)
     st.caption(
         f"{len(rows)} {'run' if len(rows) == 1 else 'runs'} in `{paths.runs_dir()}` · {active} queued or running · "
         "runs train in their own processes: closing the browser or restarting the app does not stop them"
@@ -45,22 +25,48 @@ def live_runs_table() -> None:
     """The table while a run is queued or running, re-read every LIVE_REFRESH_S (it went stale: 0%, epoch 0/60
     while the run's panel said 4/60; a queued run stayed "queued" after the run ahead finished). When none is
     active any more, the whole page is redrawn once in its settled form."""
-    runs_table([jobs.run_summary(r) for r in list_runs()])
+    runs_table([run_summary(r) for r in list_runs()])
 
 
 def any_active() -> bool:
-    return any(jobs.refresh_status(r).state in jobs.ACTIVE_STATES for r in list_runs())
+    return any(liveness.refresh_status(r).state in liveness.ACTIVE_STATES for r in list_runs())
 
 
-if any(s["state"] in jobs.ACTIVE_STATES for s in summaries):
-    live(any_active, live_runs_table)
-else:
-    runs_table(summaries)
+def main() -> None:
+    page_setup(__file__)
+    notice = st.session_state.pop("runs_notice", None)
+    if notice:
+        st.success(plain(notice))
 
-ids = [s["id"] for s in summaries]
-labels = {s["id"]: run_label(s) for s in summaries}
-url_selection("run", "runs_select", ids)  # ?run=<id> (the Train page links here so); a deleted run is dropped
-selected = st.selectbox("Run", ids, format_func=labels.get, key="runs_select")
-keep_in_url("run", "runs_select", selected)  # a browser reload or a shared link keeps the selection
+    runs = None
+    with user_errors():
+        runs = list_runs()
+    if runs is None:
+        return
+    read_only = read_only_note()
+    if read_only:
+        st.warning(plain(read_only))
+    if not runs:
+        st.info(
+            f"No runs in `{paths.runs_dir()}` yet. Start one on the Train page (the synthetic demo needs no download)."
+        )
+        link_to_page("pages/2_Train.py", "Train a model", "🏋️")
+        return
 
-render_run(RunDir(paths.runs_dir() / selected))
+    summaries = [run_summary(r) for r in runs]
+    if any(s["state"] in liveness.ACTIVE_STATES for s in summaries):
+        live(any_active, live_runs_table)
+    else:
+        runs_table(summaries)
+
+    ids = [s["id"] for s in summaries]
+    labels = {s["id"]: run_label(s) for s in summaries}
+    url_selection("run", "runs_select", ids)  # ?run=<id> (the Train page links here so); a deleted run is dropped
+    selected = st.selectbox("Run", ids, format_func=labels.get, key="runs_select")
+    keep_in_url("run", "runs_select", selected)  # a browser reload or a shared link keeps the selection
+
+    render_run(RunDir(paths.runs_dir() / selected))
+
+
+if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing
+    main()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from histo_core import jobs, paths
+from histo_core import paths
 from histo_core.evaluation import list_evaluations
 from histo_core.runs import RunDir
-from pages.ui.charts import confusion_figure, metrics_bar_figure, overlay_figure, run_colours
-from pages.ui.common import keep_in_url, listed_runs, page_setup, url_selection
+from histo_core.summaries import comparison_row, run_summary
+from pages.ui.charts import confusion_figure, metric_label, metrics_bar_figure, overlay_figure, run_colours
+from pages.ui.common import keep_in_url, listed_runs, page_setup, show_table, url_selection
 from pages.ui.runs import link_to_page, run_label
-
-page_setup(__file__)
 
 
 def _macro_f1(report: dict) -> float | None:
@@ -20,46 +19,36 @@ def _macro_f1(report: dict) -> float | None:
     return sum(f1) / len(f1) if f1 else None
 
 
+# the curves a user can overlay, in the words of the Runs page's charts (training accuracy says it is measured
+# on the labels trained on, noisy ones included)
 CURVES = {
-    "val_acc": "validation accuracy",
-    "val_loss": "validation loss",
-    "val_auc": "validation AUC",
-    "train_acc": "training accuracy",
-    "train_loss": "training loss",
-    "lr": "learning rate",
-    "images_per_s": "training images / s",
+    k: metric_label(k) for k in ("val_acc", "val_loss", "val_auc", "train_acc", "train_loss", "lr", "images_per_s")
 }
 
-runs = {r.id: r for r in listed_runs()}
-if len(runs) < 2:
-    st.info("Comparing needs at least two runs; start them on the Train page.")
-    link_to_page("pages/2_Train.py", "Train a model", "🏋️")
-    st.stop()
 
-summaries = {rid: jobs.run_summary(r) for rid, r in runs.items()}
-# default: the latest runs that have curves, at most four
-with_curves = [rid for rid, r in runs.items() if summaries[rid]["epoch"]][:4]
-if len(runs) > 10:
-    st.caption("Up to 10 runs get distinct colours; pick fewer for readable charts.")
-url_selection("run", "compare_runs", list(runs), many=True)  # ?run=<id>&run=<id>: these runs side by side
-if "compare_runs" not in st.session_state:
-    st.session_state["compare_runs"] = with_curves[:4] or list(runs)[:2]
-chosen = st.multiselect("Runs", list(runs), format_func=lambda rid: run_label(summaries[rid]), key="compare_runs")
-keep_in_url("run", "compare_runs", chosen)  # a reload or a shared link compares the same runs
-if not chosen:
-    st.info("Pick runs to compare.")
-    st.stop()
+def choose_runs(runs: dict[str, RunDir], summaries: dict[str, dict]) -> list[str]:
+    """The multiselect of runs (?run=<id>&run=<id> picks them); by default the latest runs with curves, at most four."""
+    with_curves = [rid for rid, r in runs.items() if summaries[rid]["epoch"]][:4]
+    if len(runs) > 10:
+        st.caption("Up to 10 runs get distinct colours; pick fewer for readable charts.")
+    url_selection("run", "compare_runs", list(runs), many=True)  # ?run=<id>&run=<id>: these runs side by side
+    if "compare_runs" not in st.session_state:
+        st.session_state["compare_runs"] = with_curves[:4] or list(runs)[:2]
+    chosen = st.multiselect("Runs", list(runs), format_func=lambda rid: run_label(summaries[rid]), key="compare_runs")
+    keep_in_url("run", "compare_runs", chosen)  # a reload or a shared link compares the same runs
+    return chosen
 
-legend = {rid: (summaries[rid]["name"] or rid) for rid in chosen}
-colours = run_colours([legend[rid] for rid in chosen])
-metrics_rows = {rid: RunDir(paths.runs_dir() / rid).metrics() for rid in chosen}
-# curves that exist in at least one chosen run (a train+val run logs no validation curves)
-available = [
-    k for k in CURVES if any(isinstance(r.get(k), (int, float)) for rows in metrics_rows.values() for r in rows)
-]
-if not available:
-    st.info("None of these runs has finished an epoch yet.")
-else:
+
+def curves_section(chosen: list[str], legend: dict[str, str], colours: dict) -> None:
+    """One curve of every chosen run, overlaid; the curve picked from those some run has logged."""
+    metrics_rows = {rid: RunDir(paths.runs_dir() / rid).metrics() for rid in chosen}
+    # curves that exist in at least one chosen run (a train+val run logs no validation curves)
+    available = [
+        k for k in CURVES if any(isinstance(r.get(k), (int, float)) for rows in metrics_rows.values() for r in rows)
+    ]
+    if not available:
+        st.info("None of these runs has finished an epoch yet.")
+        return
     if st.session_state.get("compare_metric") not in available:
         st.session_state.pop("compare_metric", None)
     metric = st.selectbox("Curve", available, format_func=CURVES.get, key="compare_metric")
@@ -76,10 +65,13 @@ else:
             + (" (trained on train+val: no validation split)" if metric.startswith("val_") else "")
         )
 
-# -- test metrics and confusion matrices, side by side -----------------------------------------------------
-tested = {rid: (RunDir(paths.runs_dir() / rid).results() or {}).get("test") for rid in chosen}
-tested = {rid: rep for rid, rep in tested.items() if rep and rep.get("n")}
-if tested:
+
+def held_out_section(chosen: list[str], legend: dict[str, str], colours: dict) -> None:
+    """Test metrics and confusion matrices of the chosen runs, side by side."""
+    tested = {rid: (RunDir(paths.runs_dir() / rid).results() or {}).get("test") for rid in chosen}
+    tested = {rid: rep for rid, rep in tested.items() if rep and rep.get("n")}
+    if not tested:
+        return
     st.subheader("Test set, side by side")
     st.plotly_chart(
         metrics_bar_figure(
@@ -103,44 +95,72 @@ if tested:
                 key=f"compare_cm_{rid}",
             )
 
-table = pd.DataFrame([jobs.comparison_row(runs[rid]) for rid in chosen])
-front = [c for c in ("run", "test acc", "test AUC", "test ECE", "dataset", "arch", "epochs", "noise") if c in table]
-table = table[front + [c for c in table.columns if c not in front]]
-st.subheader("Settings and results")
-st.dataframe(
-    table,
-    hide_index=True,
-    width="stretch",
-    column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("test acc", "test AUC", "test ECE")},
-)
-synthetic = [rid for rid in chosen if summaries[rid]["synthetic"]]
-if synthetic:
-    st.warning(f"{len(synthetic)} of these runs trained on the SYNTHETIC demo data.", icon="🧪")
-st.download_button(
-    "Download the table as CSV",
-    data=table.to_csv(index=False).encode("utf-8"),
-    file_name="histo-runs-comparison.csv",
-    mime="text/csv",
-    on_click="ignore",
-)
 
-evaluations = [
-    {
-        "run": legend[rid],
-        "evaluation": e["name"],
-        "dataset": e.get("dataset_title") or e.get("dataset"),
-        "tiles scored": e["n"],
-        "accuracy": e.get("accuracy"),
-        "AUC": e.get("auc"),
-    }
-    for rid in chosen
-    for e in list_evaluations(runs[rid])
-]
-if evaluations:
-    st.subheader("Evaluations on other datasets")
-    st.dataframe(
-        pd.DataFrame(evaluations),
-        hide_index=True,
-        width="stretch",
-        column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("accuracy", "AUC")},
+def settings_table(runs: dict[str, RunDir], summaries: dict[str, dict], chosen: list[str]) -> None:
+    """Settings and results of the chosen runs, one row each, and its CSV."""
+    table = pd.DataFrame([comparison_row(runs[rid]) for rid in chosen])
+    front = [c for c in ("run", "test acc", "test AUC", "test ECE", "dataset", "arch", "epochs", "noise") if c in table]
+    table = table[front + [c for c in table.columns if c not in front]]
+    st.subheader("Settings and results")
+    show_table(
+        table,
+        percent=["test acc"],
+        column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("test AUC", "test ECE")},
     )
+    synthetic = [rid for rid in chosen if summaries[rid]["synthetic"]]
+    if synthetic:
+        st.warning(f"{len(synthetic)} of these runs trained on the SYNTHETIC demo data.", icon="🧪")
+    st.download_button(
+        "Download the table as CSV",
+        data=table.to_csv(index=False).encode("utf-8"),
+        file_name="histo-runs-comparison.csv",
+        mime="text/csv",
+        on_click="ignore",
+    )
+
+
+def evaluations_table(runs: dict[str, RunDir], chosen: list[str], legend: dict[str, str]) -> None:
+    """The chosen runs' evaluations on other datasets (the Runs page starts them)."""
+    evaluations = [
+        {
+            "run": legend[rid],
+            "evaluation": e["name"],
+            "dataset": e.get("dataset_title") or e.get("dataset"),
+            "tiles scored": e["n"],
+            "accuracy": e.get("accuracy"),
+            "AUC": e.get("auc"),
+        }
+        for rid in chosen
+        for e in list_evaluations(runs[rid])
+    ]
+    if evaluations:
+        st.subheader("Evaluations on other datasets")
+        show_table(
+            pd.DataFrame(evaluations),
+            percent=["accuracy"],
+            column_config={"AUC": st.column_config.NumberColumn(format="%.3f")},
+        )
+
+
+def main() -> None:
+    page_setup(__file__)
+    runs = {r.id: r for r in listed_runs()}
+    if len(runs) < 2:
+        st.info("Comparing needs at least two runs; start them on the Train page.")
+        link_to_page("pages/2_Train.py", "Train a model", "🏋️")
+        return
+    summaries = {rid: run_summary(r) for rid, r in runs.items()}
+    chosen = choose_runs(runs, summaries)
+    if not chosen:
+        st.info("Pick runs to compare.")
+        return
+    legend = {rid: (summaries[rid]["name"] or rid) for rid in chosen}
+    colours = run_colours([legend[rid] for rid in chosen])
+    curves_section(chosen, legend, colours)
+    held_out_section(chosen, legend, colours)
+    settings_table(runs, summaries, chosen)
+    evaluations_table(runs, chosen, legend)
+
+
+if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing
+    main()

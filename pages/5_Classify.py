@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from histo_core.errors import HistoError
 from histo_core.image_decode import UPLOAD_TYPES, decode_image, square_side
-from histo_core.inference import classify_uploads
 from histo_core.tables import classify_table
 from histo_core.tiling import classify_large_image, default_tile_px, legend, render_class_map
+from histo_core.uploads import classify_uploads
 from pages.ui.classify import (
     PAGE_SIZES,
     CamCache,
@@ -23,24 +26,35 @@ from pages.ui.classify import (
     table_columns,
     target_select,
 )
-from pages.ui.common import page_setup, plain
+from pages.ui.common import page_setup, plain, show_table
 from pages.ui.evaluate import evaluate_panel
 from pages.ui.feature_map import faithfulness_note, similar_tiles
 
-page_setup(__file__)
-picked = pick_model("classify_model")
-if picked is None:
-    st.stop()
-entry, loaded = picked
-meta = loaded.meta
-if entry.kind != "run":  # a run's evaluations are started from the Runs page
-    evaluate_panel(entry)
-model_key = f"{loaded.source}:{id(loaded.model)}"
 
-tta = st.toggle("Test-time augmentation (average over 8 flips/rotations)", key="classify_tta")
-mpp = None
-if meta.field_um:
-    mpp = (
+@dataclass(frozen=True)
+class Chosen:
+    """The model this page classifies with (pick_model's entry and loaded model) and the options above the tabs."""
+
+    entry: Any
+    loaded: Any
+    tta: bool
+    mpp: float | None
+
+    @property
+    def meta(self) -> Any:
+        return self.loaded.meta
+
+    @property
+    def key(self) -> str:
+        """Names this model in the session's result caches."""
+        return f"{self.loaded.source}:{id(self.loaded.model)}"
+
+
+def resolution_input(meta) -> float | None:
+    """The µm/px of the user's images when the model knows its field of view; None: as the training images."""
+    if not meta.field_um:
+        return None
+    return (
         st.number_input(
             "Resolution of your images (µm per pixel)",
             min_value=0.0,
@@ -57,7 +71,8 @@ if meta.field_um:
     )
 
 
-def tiles_mode() -> None:
+def tiles_mode(c: Chosen) -> None:
+    loaded, meta, tta, mpp = c.loaded, c.meta, c.tta, c.mpp
     uploads = st.file_uploader(
         "Tiles (drag and drop; PNG, JPEG, TIFF, BMP, GIF)",
         type=list(UPLOAD_TYPES),
@@ -72,7 +87,7 @@ def tiles_mode() -> None:
         )
         return
     files = [(u.name, u.getvalue()) for u in uploads]
-    scope = f"{model_key}:{fingerprint(files)}:{tta}:{mpp}"
+    scope = f"{c.key}:{fingerprint(files)}:{tta}:{mpp}"
     cached = st.session_state.get("classify_results")
     if not cached or cached["scope"] != scope:
         with st.spinner(f"Classifying {len(files)} file(s)…"):
@@ -89,7 +104,7 @@ def tiles_mode() -> None:
         + (" · TTA on" if tta else "")
     )
     table = classify_table(results, meta.classes, [u.name for u in uploads])
-    st.dataframe(table, hide_index=True, width="stretch", column_config=table_columns(table, meta.classes))
+    show_table(table, column_config=table_columns(table, meta.classes))
     st.download_button(
         "Download the table (CSV: one column per class probability; the true class where the "
         "folder is named after one)",
@@ -110,18 +125,19 @@ def tiles_mode() -> None:
         page = st.pagination(pages, key="classify_page") if pages > 1 else 1
     shown = good[(page - 1) * page_size : page * page_size]
     cams = CamCache("classify_cams", scope)
-    targets = [target_for(i, results[i].pred) for i in shown]
+    targets = [target_for(meta, i, results[i].pred) for i in shown]
     maps = cams.get_many(loaded, shown, [results[i].tile for i in shown], options["method"], targets)
     for i, target, cam in zip(shown, targets, maps):
-        tile_card(i, results[i], target, cam, options)
+        tile_card(c, i, results[i], target, cam, options)
 
 
-def target_for(i: int, predicted: int) -> int:
+def target_for(meta, i: int, predicted: int) -> int:
     value = st.session_state.get(f"classify_target_{i}")
     return int(value) if isinstance(value, int) and 0 <= value < meta.num_classes else predicted
 
 
-def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
+def tile_card(c: Chosen, i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
+    meta = c.meta
     with st.container(border=True):
         st.markdown(f"**{plain(r.name)}** → **{plain(meta.classes[r.pred])}** ({r.confidence:.1%})")
         if r.unlike_training:
@@ -151,7 +167,7 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
             original=r.field_view,
             width=224,
         )
-        faithfulness_note(loaded, r.tile, cam, target, options["method"], model_key, container=middle)
+        faithfulness_note(c.loaded, r.tile, cam, target, options["method"], c.key, container=middle)
         with right:
             st.plotly_chart(
                 probability_figure(r.probs, meta.classes, highlight=r.pred),
@@ -161,7 +177,7 @@ def tile_card(i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
             target_select(meta.classes, r.pred, key=f"classify_target_{i}")
         for note in r.notes:
             st.caption(f"ℹ️ {plain(note)}")
-        similar_tiles(loaded, entry, r.tile, r.probs, key=f"classify_similar_{i}")
+        similar_tiles(c.loaded, c.entry, r.tile, r.probs, key=f"classify_similar_{i}")
 
 
 def stain_changed(r) -> bool:
@@ -169,7 +185,8 @@ def stain_changed(r) -> bool:
     return r.model_view is not None and float(np.abs(r.model_view.astype(np.int16) - r.tile).mean()) > 2.0
 
 
-def large_image_mode() -> None:
+def large_image_mode(c: Chosen) -> None:
+    loaded, meta, tta, mpp = c.loaded, c.meta, c.tta, c.mpp
     upload = st.file_uploader(
         "One large image (a field or a region; PNG, JPEG, TIFF, BMP)",
         type=list(UPLOAD_TYPES),
@@ -204,7 +221,7 @@ def large_image_mode() -> None:
         )
     )
     alpha = b.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="classify_map_alpha")
-    scope = f"{model_key}:{fingerprint([(upload.name, upload.getvalue())])}:{tile_px}:{tta}"
+    scope = f"{c.key}:{fingerprint([(upload.name, upload.getvalue())])}:{tile_px}:{tta}"
     cached = st.session_state.get("classify_map")
     if not cached or cached["scope"] != scope:
         bar = st.progress(0.0, text="Classifying tiles…")
@@ -233,12 +250,10 @@ def large_image_mode() -> None:
     )
     rows = legend(cmap)
     st.markdown(legend_html([r for r in rows if r["tiles"]]), unsafe_allow_html=True)
-    st.dataframe(
+    show_table(
         pd.DataFrame(rows)
         .drop(columns="colour")
         .rename(columns={"mean_confidence": "mean confidence", "share": "share of the image"}),
-        hide_index=True,
-        width="stretch",
         column_config={
             "share of the image": st.column_config.NumberColumn(format="percent"),
             "mean confidence": st.column_config.NumberColumn(format="%.3f"),
@@ -254,11 +269,25 @@ def large_image_mode() -> None:
     )
 
 
-# Both tabs stay rendered, so switching between them keeps what was uploaded in each.
-tiles_tab, large_tab = st.tabs(["Tiles", "Large image"])
-with tiles_tab:
-    st.caption("Each file is one tile.")
-    tiles_mode()
-with large_tab:
-    st.caption("One image cut into tiles of the model's field of view and shown as a class map.")
-    large_image_mode()
+def main() -> None:
+    page_setup(__file__)
+    picked = pick_model("classify_model")
+    if picked is None:
+        return
+    entry, loaded = picked
+    if entry.kind != "run":  # a run's evaluations are started from the Runs page
+        evaluate_panel(entry)
+    tta = st.toggle("Test-time augmentation (average over 8 flips/rotations)", key="classify_tta")
+    chosen = Chosen(entry, loaded, tta, resolution_input(loaded.meta))
+    # Both tabs stay rendered, so switching between them keeps what was uploaded in each.
+    tiles_tab, large_tab = st.tabs(["Tiles", "Large image"])
+    with tiles_tab:
+        st.caption("Each file is one tile.")
+        tiles_mode(chosen)
+    with large_tab:
+        st.caption("One image cut into tiles of the model's field of view and shown as a class map.")
+        large_image_mode(chosen)
+
+
+if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing
+    main()

@@ -7,176 +7,186 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from histo_core import jobs
+from histo_core import liveness
 from histo_core import study as S
-from histo_core.tasks import refresh_task, task_summary
+from histo_core.task_folders import refresh_task, task_summary
 from pages.ui.charts import study_figure
-from pages.ui.common import keep_in_url, page_setup, url_selection, user_errors
+from pages.ui.common import keep_in_url, page_setup, show_table, url_selection, user_errors
+from pages.ui.formats import pct, plural
 
-page_setup(__file__)
 
-studies = {t.id: t for t in S.list_studies()}
-if not studies:
-    st.info(
-        "No study yet. Start one from a terminal, e.g. `python -m histo_core study --dataset synthetic "
-        "--noise 0,0.2,0.4 --methods ce,gce,mixup --seeds 3`; it appears here as it runs."
-    )
-    st.stop()
+def main() -> None:
+    page_setup(__file__)
 
-url_selection("study", "study_id", list(studies))
-if st.session_state.get("study_id") not in studies:
-    st.session_state["study_id"] = next(iter(studies))
-chosen = st.selectbox("Study", list(studies), key="study_id")
-keep_in_url("study", "study_id", chosen)
-task = studies[chosen]
-info = task_summary(task, refresh_task(task))
-spec = (task.task().get("params") or {}).get("spec") or {}
-st.caption(
-    f"{info['state']} · {info['progress']:.0%} · {info['message'] or ''} · "
-    f"{len(spec.get('archs', []))} architecture(s) × {len(spec.get('noises', []))} noise levels × "
-    f"{len(spec.get('methods', []))} methods × {spec.get('seeds', '?')} seeds, {spec.get('noise_mode', '')} noise"
-)
-if info["error"]:
-    st.error(info["error"])
+    studies = {t.id: t for t in S.list_studies()}
+    if not studies:
+        st.info(
+            "No study yet. Start one on the Train page ('Run as a noise study', below the training options) or "
+            "from a terminal (`python -m histo_core study`, see the README); it appears here as it runs."
+        )
+        return
 
-active = info["state"] in jobs.ACTIVE_STATES
-c1, c2, c3 = st.columns(3)
-if c1.button("Cancel the study", disabled=not active, key="study_cancel"):
-    with user_errors():
-        S.cancel_study(task)
-        st.success("Cancel requested: the driver and its runs stop at their next safe point.")
-if c2.button("Resume", disabled=active or info["state"] == "completed", key="study_resume"):
-    with user_errors():
-        S.resume_study(task)
-        st.success("The study's driver started again: finished runs are kept, the others resumed or started.")
-if c3.button("Delete the study and its runs", disabled=active, key="study_delete"):
-    with user_errors():
-        S.delete_study(task)
-        st.success("Deleted.")
-        st.stop()
-
-results = S.study_results(task)
-summary = results["summary"]
-if not summary:
-    st.info("No run of this study has finished yet.")
-    st.stop()
-
-metric = st.radio(
-    "Metric",
-    ["accuracy", "auc", "macro_f1"],
-    format_func={"accuracy": "accuracy", "auc": "AUC", "macro_f1": "macro-F1"}.get,
-    horizontal=True,
-    key="study_metric",
-)
-both_labels = len({r["labels"] for r in summary}) > 1
-clean = [
-    r[f"{metric}_mean"]
-    for r in summary
-    if r["noise"] == 0 and r["method"] == "ce" and r["labels"] == S.AS_LABELLED and r[f"{metric}_mean"]
-]
-lines = [{**r, "method": f"{r['method']} ({r['labels']})"} for r in summary] if both_labels else summary
-st.plotly_chart(study_figure(lines, metric, baseline=clean[0] if clean else None), width="stretch")
-
-st.subheader("Recommended method per noise level")
-st.caption("Chosen on the validation split with labels as noisy as the training labels, never on the test split.")
-for noise, rec in results["recommended"].items():
-    if rec is None:
-        st.text(f"noise {noise}: none yet (no finished run with a validation split)")
-        continue
-    runner = rec["runner_up"]
-    st.text(
-        f"noise {noise}: {rec['method']} ({rec['arch']}{', ' + rec['labels'] if both_labels else ''}), noisy-validation accuracy {rec['val_noisy_acc']:.3f} "
-        f"over {rec['seeds']} seed(s); stays best in {rec['certainty']:.0%} of seed resamples"
-        + (f"; runner-up {runner['method']} ({runner['val_noisy_acc']:.3f})" if runner else "")
-    )
-
-st.subheader("Table")
-table = pd.DataFrame(summary)
-st.dataframe(table, hide_index=True, width="stretch")
-st.download_button(
-    "Download CSV", S.results_csv(results), file_name=f"study-{task.id}.csv", mime="text/csv", key="study_csv"
-)
-if both_labels:
-    st.subheader("As labelled against with corrections")
+    url_selection("study", "study_id", list(studies))
+    if st.session_state.get("study_id") not in studies:
+        st.session_state["study_id"] = next(iter(studies))
+    chosen = st.selectbox("Study", list(studies), key="study_id")
+    keep_in_url("study", "study_id", chosen)
+    task = studies[chosen]
+    info = task_summary(task, refresh_task(task))
+    spec = (task.task().get("params") or {}).get("spec") or {}
     st.caption(
-        "The same cells trained on the labels as given and with the label corrections (Curation page): test "
-        "accuracy, mean over seeds; only the training labels differ."
+        f"{info['state']} · {info['progress']:.0%} · {info['message'] or ''} · "
+        f"{plural(len(spec.get('archs', [])), 'architecture')} × {plural(len(spec.get('noises', [])), 'noise level')}"
+        f" × {plural(len(spec.get('methods', [])), 'method')} × {plural(int(spec.get('seeds', 0)), 'seed')}, "
+        f"{spec.get('noise_mode', '')} noise"
+        + (" · label-error search measured" if spec.get("find_errors") else "")
+        + (" · as labelled and with corrections" if spec.get("compare_corrections") else "")
     )
-    pair = (
-        pd.DataFrame(summary)
-        .pivot_table(index=["arch", "method", "noise"], columns="labels", values="accuracy_mean")
-        .reset_index()
-    )
-    if {S.AS_LABELLED, S.WITH_CORRECTIONS} <= set(pair.columns):
-        pair["difference"] = pair[S.WITH_CORRECTIONS] - pair[S.AS_LABELLED]
-    st.dataframe(pair, hide_index=True, width="stretch")
+    if info["error"]:
+        st.error(info["error"])
 
-st.subheader("Per-class accuracy under noise")
-st.caption(
-    "Which classes suffer: each class's test accuracy (the share of its tiles classified as it), mean over seeds."
-)
-per_class = pd.DataFrame(results["per_class"])
-if len(per_class):
-    variants = list(dict.fromkeys(zip(per_class["arch"], per_class["method"], per_class["labels"])))
-    variant = st.selectbox(
-        "Method",
-        range(len(variants)),
-        key="study_class_method",
-        format_func=lambda i: " · ".join(variants[i]),
+    active = info["state"] in liveness.ACTIVE_STATES
+    c1, c2, c3 = st.columns(3)
+    if c1.button("Cancel the study", disabled=not active, key="study_cancel"):
+        with user_errors():
+            S.cancel_study(task)
+            st.success("Cancel requested: the driver and its runs stop at their next safe point.")
+    if c2.button("Resume", disabled=active or info["state"] == "completed", key="study_resume"):
+        with user_errors():
+            S.resume_study(task)
+            st.success("The study's driver started again: finished runs are kept, the others resumed or started.")
+    if c3.button("Delete the study and its runs", disabled=active, key="study_delete"):
+        with user_errors():
+            S.delete_study(task)
+            st.success("Deleted.")
+            return
+
+    results = S.study_results(task)
+    summary = results["summary"]
+    if not summary:
+        st.info("No run of this study has finished yet.")
+        return
+
+    metric = st.radio(
+        "Metric",
+        ["accuracy", "auc", "macro_f1"],
+        format_func={"accuracy": "accuracy", "auc": "AUC", "macro_f1": "macro-F1"}.get,
+        horizontal=True,
+        key="study_metric",
     )
-    arch, method, labels = variants[variant]
-    chosen_rows = per_class[
-        (per_class["arch"] == arch) & (per_class["method"] == method) & (per_class["labels"] == labels)
+    both_labels = len({r["labels"] for r in summary}) > 1
+    clean = [
+        r[f"{metric}_mean"]
+        for r in summary
+        if r["noise"] == 0 and r["method"] == "ce" and r["labels"] == S.AS_LABELLED and r[f"{metric}_mean"]
     ]
-    grid = chosen_rows.pivot_table(index="class", columns="noise", values="accuracy_mean")
-    grid.columns = [f"noise {c:g}" for c in grid.columns]
-    st.dataframe(grid.reset_index(), hide_index=True, width="stretch")
-    st.download_button(
-        "Download per-class CSV",
-        S.results_csv(results, "per_class"),
-        file_name=f"study-{task.id}-per-class.csv",
-        mime="text/csv",
-        key="study_class_csv",
-    )
+    lines = [{**r, "method": f"{r['method']} ({r['labels']})"} for r in summary] if both_labels else summary
+    st.plotly_chart(study_figure(lines, metric, baseline=clean[0] if clean else None), width="stretch")
 
-st.subheader("Label-error detection against the injected flips")
-if results["detection"]:
-    st.caption(
-        "How well the label-error search (confident learning) finds the labels the noise flipped: precision and "
-        "recall of the flagged tiles, and the average precision of the whole ranking (1 = every flip ranked first)."
-    )
-    st.dataframe(pd.DataFrame(results["detection"]), hide_index=True, width="stretch")
-    st.download_button(
-        "Download detection CSV",
-        S.results_csv(results, "detection"),
-        file_name=f"study-{task.id}-detection.csv",
-        mime="text/csv",
-        key="study_detection_csv",
-    )
-else:
-    st.caption(
-        "No label-error search on this study's noisy runs yet: start the study with `--find-errors`, or run the "
-        "search on a run from the Review page."
-    )
+    st.subheader("Recommended method per noise level")
+    st.caption("Chosen on the validation split with labels as noisy as the training labels, never on the test split.")
+    for noise, rec in results["recommended"].items():
+        if rec is None:
+            st.text(f"noise {noise}: none yet (no finished run with a validation split)")
+            continue
+        runner = rec["runner_up"]
+        st.text(
+            f"noise {noise}: {rec['method']} ({rec['arch']}{', ' + rec['labels'] if both_labels else ''}), "
+            f"noisy-validation accuracy {pct(rec['val_noisy_acc'])} "
+            f"over {rec['seeds']} seed(s); stays best in {rec['certainty']:.0%} of seed resamples"
+            + (f"; runner-up {runner['method']} ({pct(runner['val_noisy_acc'])})" if runner else "")
+        )
 
-with st.expander("Runs"):
-    st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    "run": r["run"],
-                    "arch": r["arch"],
-                    "method": r["method"],
-                    "labels": r["labels"],
-                    "noise": r["noise"],
-                    "seed": r["seed"],
-                    "state": r["state"],
-                    "test acc": (r["test"] or {}).get("accuracy"),
-                    "noisy-val acc": r["val_noisy_acc"],
-                }
-                for r in results["runs"]
-            ]
-        ),
-        hide_index=True,
-        width="stretch",
+    st.subheader("Table")
+    table = pd.DataFrame(summary)
+    show_table(table, percent=[c for c in table.columns if c.startswith("accuracy") or c.endswith("_acc")])
+    st.download_button(
+        "Download CSV", S.results_csv(results), file_name=f"study-{task.id}.csv", mime="text/csv", key="study_csv"
     )
+    if both_labels:
+        st.subheader("As labelled against with corrections")
+        st.caption(
+            "The same cells trained on the labels as given and with the label corrections (Curation page): test "
+            "accuracy, mean over seeds; only the training labels differ."
+        )
+        pair = (
+            pd.DataFrame(summary)
+            .pivot_table(index=["arch", "method", "noise"], columns="labels", values="accuracy_mean")
+            .reset_index()
+        )
+        if {S.AS_LABELLED, S.WITH_CORRECTIONS} <= set(pair.columns):
+            pair["difference"] = pair[S.WITH_CORRECTIONS] - pair[S.AS_LABELLED]
+        show_table(pair, percent=[c for c in pair.columns if c not in ("arch", "method", "noise")])
+
+    st.subheader("Per-class accuracy under noise")
+    st.caption(
+        "Which classes suffer: each class's test accuracy (the share of its tiles classified as it), mean over seeds."
+    )
+    per_class = pd.DataFrame(results["per_class"])
+    if len(per_class):
+        variants = list(dict.fromkeys(zip(per_class["arch"], per_class["method"], per_class["labels"])))
+        variant = st.selectbox(
+            "Method",
+            range(len(variants)),
+            key="study_class_method",
+            format_func=lambda i: " · ".join(variants[i]),
+        )
+        arch, method, labels = variants[variant]
+        chosen_rows = per_class[
+            (per_class["arch"] == arch) & (per_class["method"] == method) & (per_class["labels"] == labels)
+        ]
+        grid = chosen_rows.pivot_table(index="class", columns="noise", values="accuracy_mean")
+        grid.columns = [f"noise {c:g}" for c in grid.columns]
+        show_table(grid.reset_index(), percent=list(grid.columns))
+        st.download_button(
+            "Download per-class CSV",
+            S.results_csv(results, "per_class"),
+            file_name=f"study-{task.id}-per-class.csv",
+            mime="text/csv",
+            key="study_class_csv",
+        )
+
+    st.subheader("Label-error detection against the injected flips")
+    if results["detection"]:
+        st.caption(
+            "How well the label-error search (confident learning) finds the labels the noise flipped: precision and "
+            "recall of the flagged tiles, and the average precision of the whole ranking (1 = every flip ranked first)."
+        )
+        show_table(pd.DataFrame(results["detection"]))
+        st.download_button(
+            "Download detection CSV",
+            S.results_csv(results, "detection"),
+            file_name=f"study-{task.id}-detection.csv",
+            mime="text/csv",
+            key="study_detection_csv",
+        )
+    else:
+        st.caption(
+            "No label-error search on this study's noisy runs yet: start the study with 'Measure the label-error "
+            "search' (Train page) or `--find-errors`, or run the search on a run from the Review page."
+        )
+
+    with st.expander("Runs"):
+        show_table(
+            pd.DataFrame(
+                [
+                    {
+                        "run": r["run"],
+                        "arch": r["arch"],
+                        "method": r["method"],
+                        "labels": r["labels"],
+                        "noise": r["noise"],
+                        "seed": r["seed"],
+                        "state": r["state"],
+                        "test acc": (r["test"] or {}).get("accuracy"),
+                        "noisy-val acc": r["val_noisy_acc"],
+                    }
+                    for r in results["runs"]
+                ]
+            ),
+            percent=["test acc", "noisy-val acc"],
+        )
+
+
+if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing
+    main()

@@ -125,7 +125,7 @@ def write_run(
             },
         )
         savez_atomic(run.predictions_path("test"), probs=test_probs, labels=labels, indices=np.arange(len(labels)))
-    from histo_core.jobs import proc_start_time
+    from histo_core.procs import proc_start_time
 
     status = RunStatus(
         state=state,

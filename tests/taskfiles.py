@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import time
 
-from histo_core import jobs, tasks
+from histo_core import launch, liveness, task_folders
 from histo_core.fsutil import write_json_atomic
 from histo_core.runs import RunStatus
 
 
-def make_task(kind: str, params: dict, state: str = "completed", result: dict | None = None) -> tasks.TaskDir:
+def make_task(kind: str, params: dict, state: str = "completed", result: dict | None = None) -> task_folders.TaskDir:
     """A task folder as a finished task process leaves it (no process started)."""
-    root = tasks.tasks_root()
+    root = task_folders.tasks_root()
     root.mkdir(parents=True, exist_ok=True)
-    task = tasks.TaskDir(root / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{time.monotonic_ns() % 10**6:06d}")
+    task = task_folders.TaskDir(root / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{time.monotonic_ns() % 10**6:06d}")
     task.path.mkdir()
     write_json_atomic(
         task.task_path,
         {
             "kind": kind,
             "params": params,
-            "key": tasks.params_key(kind, params),
+            "key": task_folders.params_key(kind, params),
             "device": "cpu",
             "started_by": "",
             "created_at": time.time(),
@@ -33,21 +33,21 @@ def make_task(kind: str, params: dict, state: str = "completed", result: dict | 
 
 
 def instant_submit(monkeypatch, results: dict[str, dict]) -> list:
-    """Replace tasks.submit_task by one that completes at once with results[kind]; returns the calls seen."""
+    """Replace launch.submit_task by one that completes at once with results[kind]; returns the calls seen."""
     seen = []
 
     def submit(kind, params, runs_root=None, *, device="cpu", started_by=None):
         seen.append((kind, params))
         return make_task(kind, params, "completed", results[kind])
 
-    monkeypatch.setattr(tasks, "submit_task", submit)
+    monkeypatch.setattr(launch, "submit_task", submit)
     return seen
 
 
-def wait_for_task(task: tasks.TaskDir, timeout_s: float = 300) -> RunStatus:
+def wait_for_task(task: task_folders.TaskDir, timeout_s: float = 300) -> RunStatus:
     deadline = time.monotonic() + timeout_s
     while True:
-        status = tasks.refresh_task(task)
-        if status.state not in jobs.ACTIVE_STATES or time.monotonic() > deadline:
+        status = task_folders.refresh_task(task)
+        if status.state not in liveness.ACTIVE_STATES or time.monotonic() > deadline:
             return status
         time.sleep(0.5)

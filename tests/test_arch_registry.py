@@ -16,7 +16,7 @@ from torch import nn
 from histo_core import jobs
 from histo_core.errors import ConfigError
 from histo_core.explain import compute_cams, hook_count
-from histo_core.inference import ModelMeta
+from histo_core.model_meta import ModelMeta
 from histo_core.models import ARCHITECTURES, ArchSpec, build_model, cam_target_layer, register_architecture
 from histo_core.runs import list_runs
 from tests.runfiles import write_run

@@ -14,7 +14,8 @@ import pytest
 
 from histo_core import paths
 from histo_core.cli import build_parser, main
-from histo_core.config import FIELD_HELP, Augment, TrainConfig
+from histo_core.config import Augment, TrainConfig
+from histo_core.train_options import OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = [
@@ -45,7 +46,8 @@ def test_every_config_field_is_a_flag_with_help():
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "augment"]
     fields += [f.name for f in dataclasses.fields(Augment)]
     assert set(fields) <= dests
-    assert all(FIELD_HELP.get(f) for f in fields)
+    assert all(a.help for a in train._actions if a.dest in fields)
+    assert {a.dest: a.help for a in train._actions}["epochs"] == OPTIONS["epochs"].help_text()
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,11 @@ from histo_core.explain import (
     uniform_maps,
     upscale_tile,
 )
-from histo_core.inference import LoadedModel, ModelMeta, load_model, predict, prepare_upload
+from histo_core.model_cache import load_model
+from histo_core.model_meta import LoadedModel, ModelMeta
 from histo_core.models import ARCHITECTURES, build_model
+from histo_core.predict import predict
+from histo_core.uploads import prepare_upload
 
 torch.set_num_threads(2)
 
@@ -125,7 +128,7 @@ def test_gradcam_points_at_the_evidence():
     meta = meta_for("simplecnn", 28, k=2)
     model = build_model("simplecnn", 2, 3, 28)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
-    from histo_core.inference import model_input
+    from histo_core.model_input import model_input
 
     x, y = model_input(tiles, meta, "cpu"), torch.from_numpy(labels)
     for _ in range(30):

@@ -97,7 +97,8 @@ def test_export_of_a_real_run_predicts_like_the_run():
     import numpy as np
 
     from histo_core.config import TrainConfig
-    from histo_core.inference import load_model, predict
+    from histo_core.model_cache import load_model
+    from histo_core.predict import predict
     from histo_core.training import prepare_run, run_training
 
     threads = torch.get_num_threads()
@@ -132,7 +133,7 @@ def test_a_shipped_models_name_is_reserved(shipped_model, capsys):
     import shutil
 
     from histo_core.cli import main
-    from histo_core.inference import resolve_model_path
+    from histo_core.model_catalog import resolve_model_path
 
     run = write_run("completed")
     code = main(["runs", "export", run.id, "--name", "pathmnist-resnet9"])

@@ -10,7 +10,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core import jobs
+from histo_core import launch
 from histo_core.cli import main
 from histo_core.runs import UNREADABLE, RunDir
 from tests.conftest import ROOT
@@ -95,8 +95,8 @@ def test_runs_show_resume_cancel_answer_in_one_line(faulty_runs, capsys, run_id)
 
 def test_unreadable_runs_never_count_against_the_queue_limit(faulty_runs, monkeypatch):
     monkeypatch.setenv("HISTO_MAX_QUEUED", "1")
-    assert jobs.active_processes() == 0
-    with jobs.queue_room():
+    assert launch.active_processes() == 0
+    with launch.queue_room():
         pass  # one slot is free: nothing broken counts
 
 

@@ -4,10 +4,13 @@ nothing here has run on a real GPU (README, "GPU")."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
+from histo_core import launch, task_folders
 from histo_core import pipeline as P
 
 
@@ -264,9 +267,9 @@ def _saved_model(tmp_path):
 def test_load_model_defaults_to_auto_and_caches_one_model_per_device(tmp_path, monkeypatch):
     """ "auto" is the default: on a (patched) GPU machine the model goes to the GPU; torch's meta device stands in
     for the card here, as a second device the model can be moved to without one."""
-    from histo_core import inference, runtime
+    from histo_core import model_cache, runtime
 
-    inference.clear_cache()
+    model_cache.clear_cache()
     path = _saved_model(tmp_path)
     asked: list[str] = []
     real = runtime.resolve_device
@@ -276,26 +279,25 @@ def test_load_model_defaults_to_auto_and_caches_one_model_per_device(tmp_path, m
         return "meta" if name == "auto" else real(name)
 
     monkeypatch.setattr(runtime, "resolve_device", resolve)
-    on_gpu = inference.load_model(path)
+    on_gpu = model_cache.load_model(path)
     assert asked == ["auto"] and on_gpu.device == "meta"
     assert next(on_gpu.model.parameters()).device.type == "meta"
-    on_cpu = inference.load_model(path, "cpu")
+    on_cpu = model_cache.load_model(path, "cpu")
     assert next(on_cpu.model.parameters()).device.type == "cpu"
-    assert inference.load_model(path) is on_gpu and inference.load_model(path, "cpu") is on_cpu  # one per device
-    inference.clear_cache()
+    assert model_cache.load_model(path) is on_gpu and model_cache.load_model(path, "cpu") is on_cpu  # one per device
+    model_cache.clear_cache()
 
 
 def test_predict_cli_and_page_tasks_default_to_auto():
     import argparse
     import inspect
 
-    from histo_core import tasks
     from histo_core.commands import predict as predict_cmd
 
     parser = argparse.ArgumentParser()
     predict_cmd.register(parser.add_subparsers())
     assert parser.parse_args(["predict", "m", "x.png"]).device == "auto"
-    assert inspect.signature(tasks.submit_task).parameters["device"].default == "auto"
+    assert inspect.signature(launch.submit_task).parameters["device"].default == "auto"
 
 
 def test_label_error_cross_validation_keeps_the_runs_device(tmp_path):
@@ -310,6 +312,11 @@ def test_label_error_cross_validation_keeps_the_runs_device(tmp_path):
     assert label_errors._cv_config(run, 1).device == "auto"
 
 
+def gpu_probe(params, progress):
+    """The runner of the test kind "gpu-probe" (a task's work: nothing)."""
+    return {"ok": True}
+
+
 def test_a_cuda_task_runs_on_its_slots_gpu(gpus, monkeypatch):
     """A page task (evaluation, embeddings, label errors...) on CUDA makes its slot's GPU the current device, where
     load_model("auto") and setup_device put the model."""
@@ -319,8 +326,10 @@ def test_a_cuda_task_runs_on_its_slots_gpu(gpus, monkeypatch):
 
     monkeypatch.delenv("HISTO_MAX_RUNS_CUDA", raising=False)
     calls = gpus(2)
-    monkeypatch.setitem(tasks.KIND_RUNNERS, "gpu-probe", lambda params, progress: {"ok": True})
-    task = tasks.TaskDir(tasks.tasks_root() / "t1")
+    from histo_core.kinds import KINDS, ProcessKind
+
+    monkeypatch.setitem(KINDS, "gpu-probe", ProcessKind("gpu-probe", "probe", f"{__name__}:gpu_probe", "ok"))
+    task = task_folders.TaskDir(task_folders.tasks_root() / "t1")
     task.path.mkdir(parents=True)
     write_json_atomic(task.task_path, {"kind": "gpu-probe", "params": {}, "device": "cuda"})
     with device_slot("cuda", runs_root=paths.runs_dir()):  # GPU 0 busy
@@ -538,48 +547,57 @@ def test_a_split_that_does_not_fit_on_the_gpu_is_served_from_host_memory(monkeyp
     assert torch.equal(src.gather(np.array([3, 1])), torch.from_numpy(tiles[[3, 1]]))
 
 
+# -- two gloo ranks in spawned processes ----------------------------------------------------------------------
+@contextlib.contextmanager
+def _gloo_rank(rank: int, store: str):
+    """This process as one of two gloo ranks (one thread); on leaving, both ranks meet at a barrier before either
+    tears gloo down (an early teardown once aborted the other: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    yield
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 # -- per-rank resume state under torchrun (item 5) -----------------------------------------------------------
 def _resume_worker(rank: int, store: str, out: str) -> None:
     """One of two gloo ranks: an uninterrupted epoch against one stopped at step 2, saved as run.py saves last.pt
     (every rank's state gathered, rank 0's file read by both) and resumed in fresh trainers."""
-    import torch.distributed as dist
-
     from histo_core import training as T
     from histo_core.distributed import broadcast, gather_objects
     from histo_core.training.trainer import StopRequested
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    cfg = _quick_config(max_train_samples=128, batch_size=16)  # 64 tiles a rank: 4 steps
-    data = T.build_train_data(cfg, T.open_config_dataset(cfg), "cpu", need_test=False)
+    with _gloo_rank(rank, store):
+        cfg = _quick_config(max_train_samples=128, batch_size=16)  # 64 tiles a rank: 4 steps
+        data = T.build_train_data(cfg, T.open_config_dataset(cfg), "cpu", need_test=False)
 
-    def trainer():
-        return T.Trainer(cfg, data, torch.device("cpu"), rank=rank, world=2)
+        def trainer():
+            return T.Trainer(cfg, data, torch.device("cpu"), rank=rank, world=2)
 
-    whole = trainer()
-    row_whole = whole.train_epoch()
-    stopped = trainer()
-    try:
-        stopped.train_epoch(lambda t, images: t.step == 2)
-    except StopRequested:
-        pass
-    ranks = gather_objects(stopped.rank_state(), 2)
-    saved = broadcast(stopped.state(ranks) if rank == 0 else None, 2)  # every rank reads rank 0's last.pt
-    weights = {k: v.clone() for k, v in stopped.model.state_dict().items()}
-    resumed = trainer()
-    resumed.load_state(saved, weights)
-    row_resumed = resumed.train_epoch()
-    same_weights = all(torch.equal(p, q) for p, q in zip(whole.model.parameters(), resumed.model.parameters()))
-    torch.save(
-        {
-            "same_weights": same_weights,
-            "losses": (row_whole["train_loss"], row_resumed["train_loss"]),
-            "own_stream": torch.equal(resumed.aug_gen.get_state(), whole.aug_gen.get_state()),
-        },
-        f"{out}/rank{rank}.pt",
-    )
-    dist.barrier()  # both ranks done with every collective before either tears gloo down (an early
-    dist.destroy_process_group()  # teardown once aborted the other: "terminate called without an active exception")
+        whole = trainer()
+        row_whole = whole.train_epoch()
+        stopped = trainer()
+        try:
+            stopped.train_epoch(lambda t, images: t.step == 2)
+        except StopRequested:
+            pass
+        ranks = gather_objects(stopped.rank_state(), 2)
+        saved = broadcast(stopped.state(ranks) if rank == 0 else None, 2)  # every rank reads rank 0's last.pt
+        weights = {k: v.clone() for k, v in stopped.model.state_dict().items()}
+        resumed = trainer()
+        resumed.load_state(saved, weights)
+        row_resumed = resumed.train_epoch()
+        same_weights = all(torch.equal(p, q) for p, q in zip(whole.model.parameters(), resumed.model.parameters()))
+        torch.save(
+            {
+                "same_weights": same_weights,
+                "losses": (row_whole["train_loss"], row_resumed["train_loss"]),
+                "own_stream": torch.equal(resumed.aug_gen.get_state(), whole.aug_gen.get_state()),
+            },
+            f"{out}/rank{rank}.pt",
+        )
 
 
 @pytest.mark.slow
@@ -658,26 +676,21 @@ def test_cuda_runs_share_the_cores_with_every_training_slot(gpus, monkeypatch):
 
 def _head_then_all_worker(rank: int, store: str, out: str) -> None:
     """One of two gloo ranks training head-then-all: DDP reduces the head, then (built again) the whole model."""
-    import torch.distributed as dist
-
     from histo_core import training as T
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    cfg = _quick_config(
-        arch="resnet18", mode="head-then-all", head_epochs=1, epochs=2, max_train_samples=64, batch_size=16
-    )
-    data = T.build_train_data(cfg, T.open_config_dataset(cfg), "cpu", need_test=False)
-    trainer = T.Trainer(cfg, data, torch.device("cpu"), rank=rank, world=2)
-    assert not trainer.net.find_unused_parameters
-    start = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
-    trainer.train_epoch()
-    trainer.train_epoch()
-    assert not trainer.backbone_frozen
-    end = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}  # (BatchNorm statistics: per rank)
-    torch.save({"start": start, "end": end}, f"{out}/rank{rank}.pt")
-    dist.barrier()  # both ranks done with every collective before either tears gloo down (an early
-    dist.destroy_process_group()  # teardown once aborted the other: "terminate called without an active exception")
+    with _gloo_rank(rank, store):
+        cfg = _quick_config(
+            arch="resnet18", mode="head-then-all", head_epochs=1, epochs=2, max_train_samples=64, batch_size=16
+        )
+        data = T.build_train_data(cfg, T.open_config_dataset(cfg), "cpu", need_test=False)
+        trainer = T.Trainer(cfg, data, torch.device("cpu"), rank=rank, world=2)
+        assert not trainer.net.find_unused_parameters
+        start = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+        trainer.train_epoch()
+        trainer.train_epoch()
+        assert not trainer.backbone_frozen
+        end = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}  # (BatchNorm: per rank)
+        torch.save({"start": start, "end": end}, f"{out}/rank{rank}.pt")
 
 
 @pytest.mark.slow
@@ -767,32 +780,30 @@ def test_rank_0_is_told_when_a_peer_died_and_does_not_hang(tmp_path, how):
 
 
 # -- evaluation spread over the ranks (item 8) ---------------------------------------------------------------
-def _sharded_run_worker(rank: int, store: str, run_path: str) -> None:
-    """One of two gloo ranks running a whole run; records which rows of each split this rank predicted."""
+def _spied_run_worker(rank: int, store: str, run_path: str, spied: str, embed: str, out_name: str) -> None:
+    """One of two gloo ranks running a whole run (as under torchrun); records which rows of each split this rank
+    handed to `spied` ("module:function", the prediction or the embedding's feature pass) in `out_name`."""
+    import importlib
     import json
     import os
 
-    import torch.distributed as dist
-
     from histo_core.runs import RunDir
     from histo_core.training import run as R
-    from histo_core.training import trainer as TR
 
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), HISTO_EMBED_AFTER_TRAINING="0")
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    real, shares = TR.predict_tiles, []
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), HISTO_EMBED_AFTER_TRAINING=embed)
+    with _gloo_rank(rank, store):
+        module_name, name = spied.split(":")
+        module = importlib.import_module(module_name)
+        real, shares = getattr(module, name), []
 
-    def spy(model, source, spec, **kw):
-        shares.append([len(source), *kw["rows"]])
-        return real(model, source, spec, **kw)
+        def spy(model, source, spec, **kw):
+            shares.append([len(source), *kw["rows"]])
+            return real(model, source, spec, **kw)
 
-    TR.predict_tiles = spy
-    result = R.run_training(RunDir(run_path))
-    with open(f"{run_path}/shares-rank{rank}.json", "w") as fh:
-        json.dump({"shares": shares, "state": result["state"]}, fh)
-    dist.barrier()  # both ranks done with every collective before either tears gloo down (an early
-    dist.destroy_process_group()  # teardown once aborted the other: "terminate called without an active exception")
+        setattr(module, name, spy)
+        result = R.run_training(RunDir(run_path))
+        with open(f"{run_path}/{out_name}-rank{rank}.json", "w") as fh:
+            json.dump({"shares": shares, "state": result["state"]}, fh)
 
 
 @pytest.mark.slow
@@ -800,12 +811,19 @@ def test_validation_and_test_are_spread_over_the_ranks_and_gathered_as_one_proce
     import json
 
     from histo_core import training as T
-    from histo_core.inference import load_model
+    from histo_core.model_cache import load_model
     from histo_core.predict import InputSpec, predict_tiles
 
     cfg = _quick_config(epochs=2, max_train_samples=128, batch_size=16, tta=True)
     run = T.prepare_run(cfg)
-    assert _two_ranks(_sharded_run_worker, str(tmp_path / "store"), str(run.path)) == [0, 0]
+    assert _two_ranks(
+        _spied_run_worker,
+        str(tmp_path / "store"),
+        str(run.path),
+        "histo_core.training.trainer:predict_tiles",
+        "0",
+        "shares",
+    ) == [0, 0]
     got = [json.loads((run.path / f"shares-rank{r}.json").read_text()) for r in (0, 1)]
     assert got[0]["state"] == got[1]["state"] == "completed"
     # every prediction (val after each epoch, then test and val) split in two halves, one per rank
@@ -825,35 +843,6 @@ def test_validation_and_test_are_spread_over_the_ranks_and_gathered_as_one_proce
     assert val["n"] == len(ds.split("val"))
 
 
-def _embedding_run_worker(rank: int, store: str, run_path: str) -> None:
-    """One of two gloo ranks running a whole run with the end-of-run embedding; records which rows of each split
-    this rank computed features of."""
-    import json
-    import os
-
-    import torch.distributed as dist
-
-    from histo_core import embeddings as E
-    from histo_core.runs import RunDir
-    from histo_core.training import run as R
-
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), HISTO_EMBED_AFTER_TRAINING="1")
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    real, shares = E.iter_predictions, []
-
-    def spy(model, source, spec, **kw):
-        shares.append([len(source), *kw["rows"]])
-        return real(model, source, spec, **kw)
-
-    E.iter_predictions = spy
-    result = R.run_training(RunDir(run_path))
-    with open(f"{run_path}/embed-shares-rank{rank}.json", "w") as fh:
-        json.dump({"shares": shares, "state": result["state"]}, fh)
-    dist.barrier()  # both ranks done with every collective before either tears gloo down (an early
-    dist.destroy_process_group()  # teardown once aborted the other: "terminate called without an active exception")
-
-
 @pytest.mark.slow
 def test_the_end_of_run_embedding_is_spread_over_the_ranks_and_equals_one_process(tmp_path, capfd):
     import dataclasses
@@ -864,7 +853,14 @@ def test_the_end_of_run_embedding_is_spread_over_the_ranks_and_equals_one_proces
 
     cfg = _quick_config(epochs=1, max_train_samples=128, batch_size=16)
     run = T.prepare_run(cfg)
-    assert _two_ranks(_embedding_run_worker, str(tmp_path / "store"), str(run.path)) == [0, 0]
+    assert _two_ranks(
+        _spied_run_worker,
+        str(tmp_path / "store"),
+        str(run.path),
+        "histo_core.embeddings:iter_predictions",
+        "1",
+        "embed-shares",
+    ) == [0, 0]
     got = [json.loads((run.path / f"embed-shares-rank{r}.json").read_text()) for r in (0, 1)]
     assert got[0]["state"] == got[1]["state"] == "completed"
     sizes = {s: len(v) for s, v in T.open_config_dataset(cfg).splits.items()}

@@ -18,19 +18,14 @@ from histo_core.errors import HistoError, ModelFileError
 from histo_core.fsutil import write_json_atomic
 from histo_core.image_decode import decode_image
 from histo_core.image_decode import to_png_bytes as encode_png
-from histo_core.inference import (
-    LoadedModel,
-    ModelMeta,
-    clear_cache,
-    load_model,
-    predict,
-    prepare_upload,
-    preprocess,
-    top_k,
-)
+from histo_core.model_cache import clear_cache, load_model
 from histo_core.model_catalog import list_models
+from histo_core.model_input import preprocess
+from histo_core.model_meta import LoadedModel, ModelMeta
 from histo_core.models import build_model
+from histo_core.predict import predict, top_k
 from histo_core.runs import RunDir, RunStatus
+from histo_core.uploads import prepare_upload
 
 CLASSES = ["ADI", "BACK", "TUM"]
 
@@ -339,7 +334,7 @@ def test_list_models_runs_and_exports():
 
 
 def test_classify_uploads_keeps_order_and_reports_bad_files():
-    from histo_core.inference import PREVIEW_PX, classify_uploads
+    from histo_core.uploads import PREVIEW_PX, classify_uploads
 
     loaded = LoadedModel(build_model("simplecnn", 3, 3, 28).eval(), ModelMeta.from_checkpoint(meta_dict()), "t")
     big = _encode(Image.fromarray(np.zeros((600, 900, 3), np.uint8)))
@@ -365,7 +360,7 @@ def test_classify_uploads_stain_normalises_each_tile_once(monkeypatch):
     """The model's view (shown, and checked against the training tiles) is the tiles it classifies: one stain
     normalisation per batch, not one for the view and another inside the forward pass."""
     from histo_core import stain
-    from histo_core.inference import classify_uploads
+    from histo_core.uploads import classify_uploads
 
     rng = np.random.default_rng(0)
     tissue = (rng.random((8, 28, 28, 3)) * np.array([120, 60, 140]) + np.array([100, 40, 90])).astype(np.uint8)

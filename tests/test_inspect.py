@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from histo_core import jobs, paths
+from histo_core import paths
 from histo_core.cli import main
 from histo_core.embeddings import load_store, sample_points, target_for
 from histo_core.errors import HistoError
@@ -93,7 +92,8 @@ def test_knn_vote_agrees_with_the_model(trained_pathmnist_run):
 def test_faithfulness_ranks_wrong_maps_below_real_ones(trained_pathmnist_run):
     from histo_core.explain import compute_cams
     from histo_core.faithfulness import describe, road_scores, verdict
-    from histo_core.inference import load_model, predict
+    from histo_core.model_cache import load_model
+    from histo_core.predict import predict
     from histo_core.review import RunTiles
 
     loaded = load_model(str(trained_pathmnist_run.path))
@@ -202,38 +202,28 @@ def test_help(command, capsys):
     assert exc.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
-# -- background embed job ---------------------------------------------------------------------------------
+# -- background embed process (the `embed` kind) ---------------------------------------------------------------
 @pytest.mark.slow
-def test_embed_job_for_an_export_and_a_failing_job(trained_pathmnist_run, tmp_path):
+def test_embed_task_for_an_export_and_a_failing_one(trained_pathmnist_run):
     from histo_core.export import export_run
+    from histo_core.launch import submit_task
+    from tests.taskfiles import wait_for_task
 
     export_run(trained_pathmnist_run, "mini")
     target = target_for("mini")
     assert target.run_path is None and str(paths.data_dir()) in str(target.out_dir)
-    status_path = tmp_path / "job-embed.json"
-    jobs.start_inspection_job("embed", ["mini", "--split", "test", "--split", "train"], status_path)
-    with pytest.raises(HistoError, match="already running"):
-        jobs.start_inspection_job("embed", ["mini"], status_path)
-    doc = _wait(status_path)
-    assert doc["state"] == "completed", (doc, status_path.with_suffix(".log").read_text())
+    task = submit_task("embed", {"model": "mini", "splits": ["test", "train"]})
+    with pytest.raises(HistoError, match="this feature map is already (queued|running)"):
+        submit_task("embed", {"model": "mini", "splits": ["test", "train"]})
+    status = wait_for_task(task, 240)
+    assert status.state == "completed", (status, task.log_path.read_text())
     store = load_store(target.out_dir)
     assert store.meta["counts"] == {"test": 40, "train": 160} and store.meta["projected"] == 200
-    assert "[100%]" in status_path.with_suffix(".log").read_text()
+    assert task.result()["counts"] == {"test": 40, "train": 160} and status.step == status.steps_per_epoch
 
-    bad = tmp_path / "job-bad.json"
-    jobs.start_inspection_job("embed", ["no-such-model"], bad)
-    doc = _wait(bad)
-    assert doc["state"] == "failed" and "no-such-model: not a run directory" in doc["error"]
-
-
-def _wait(path: Path, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        doc = jobs.job_status(path)
-        if doc and doc.get("state") != "running":
-            return doc
-        time.sleep(0.5)
-    raise AssertionError(f"job still running after {timeout} s: {jobs.job_status(path)}")
+    bad = submit_task("embed", {"model": "no-such-model"})
+    status = wait_for_task(bad, 240)
+    assert status.state == "failed" and "no-such-model: not a run directory" in status.error
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ def test_the_code_keeps_its_contracts(capsys, monkeypatch):
     code = lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True)
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "Contracts: 4 kept, 0 broken." in out
+    assert "Contracts: 5 kept, 0 broken." in out
 
 
 @pytest.mark.slow
@@ -57,6 +57,8 @@ def test_the_code_keeps_its_contracts(capsys, monkeypatch):
         # a cycle inside one layer (jobs already imports launch), and one inside a subpackage
         ("histo_core/launch.py", "from histo_core import jobs  # noqa", "no import cycles"),
         ("histo_core/datasets/sources.py", "from histo_core.datasets import pcam  # noqa", "no import cycles"),
+        # the task process importing the work it runs (a driver may import work: only this contract says no)
+        ("histo_core/tasks.py", "def _run():\n    from histo_core import training  # noqa", "never imports the work"),
         # Streamlit in the core, even inside a function
         ("histo_core/errors.py", "def _show():\n    import streamlit  # noqa", "never imports Streamlit"),
         # the pages calling the command line

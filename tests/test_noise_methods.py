@@ -127,12 +127,13 @@ def test_bad_method_options_name_the_option(changes, message):
 def test_the_train_page_calls_no_loss_robust_and_points_at_the_measurement():
     from pathlib import Path
 
-    from pages.ui.train_form import CHOICE_LABELS, GROUPS, LOSS_ADVICE
+    from histo_core.train_options import LOSS_ADVICE, OPTIONS
 
-    labels = CHOICE_LABELS["loss"]
-    assert set(labels) == set(C.LOSSES)  # every loss has its words on the page
+    loss = OPTIONS["loss"]
+    labels = {name: loss.choice_label(name) for name in C.LOSSES}
+    assert set(loss.choice_labels) == set(C.LOSSES)  # every loss has its words on the page
     assert not any("robust" in text for text in labels.values())  # SCE measured worse than CE under noise
     assert "Noise lab" in LOSS_ADVICE and "None of them is robust" in LOSS_ADVICE
-    assert dict((f, k) for f, _, k in GROUPS["Loss"])["loss"]["help"] == LOSS_ADVICE
+    assert loss.page_note == LOSS_ADVICE  # the page's tooltip of the loss (pages/ui/train_form.field_widget)
     results = (Path(__file__).resolve().parent.parent / "benchmarks" / "RESULTS.md").read_text()
     assert "## Noise lab" in results  # the measurement the advice cites is recorded

@@ -14,10 +14,11 @@ from PIL import Image
 from histo_core import ood
 from histo_core.checkpoint import save_checkpoint
 from histo_core.cli import main
-from histo_core.inference import classify_uploads, load_model
+from histo_core.model_cache import load_model
 from histo_core.models import build_model
 from histo_core.predict import InputSpec
 from histo_core.tables import classify_table
+from histo_core.uploads import classify_uploads
 
 CLASSES = ["a", "b", "c"]
 MEAN, STD = [0.5] * 3, [0.25] * 3
@@ -194,7 +195,7 @@ def test_classify_csv_and_predict_json_carry_the_score(tmp_path, capsys):
 
 
 def test_true_class_from_a_file_name_that_starts_with_a_class_abbreviation():
-    from histo_core.inference import TileResult
+    from histo_core.uploads import TileResult
 
     classes = ["adipose", "background", "debris"]
     r = TileResult(name="x", probs=np.array([0.8, 0.1, 0.1]))

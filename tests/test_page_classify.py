@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core import paths
+from histo_core import evaluation, paths
 from tests.test_security import as_shown
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_Classify.py")
@@ -258,7 +258,7 @@ def test_a_ready_made_model_is_evaluated_on_another_dataset_from_the_page(shippe
     from the model's classes (NCT abbreviations), and Start hands the model's weights file to the job."""
     started = []
     monkeypatch.setattr(
-        "histo_core.jobs.start_evaluation",
+        "histo_core.evaluation.start_evaluation",
         lambda model, spec, split, mapping, name: started.append((model, spec, split, mapping, name)) or "x",
     )
     at = AppTest.from_file(PAGE, default_timeout=120).run()
@@ -281,7 +281,7 @@ def test_kather_evaluation_prefills_the_map_accepts_short_names_and_a_pasted_map
     full names and a partial entry silently dropped a class."""
     started = []
     monkeypatch.setattr(
-        "histo_core.jobs.start_evaluation",
+        "histo_core.evaluation.start_evaluation",
         lambda model, spec, split, mapping, name: started.append(mapping) or "x",
     )
     at = AppTest.from_file(PAGE, default_timeout=120).run()
@@ -312,8 +312,6 @@ def test_a_ready_made_models_evaluation_is_saved_in_the_data_dir_and_listed(ship
     weights/) and the panel lists it with its report."""
     import time
 
-    from histo_core import jobs
-
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     nct = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
     key = _evaluation_panel(at, shipped_model, nct)
@@ -322,9 +320,9 @@ def test_a_ready_made_models_evaluation_is_saved_in_the_data_dir_and_listed(ship
     at.button(key=f"evaluate_start_{key}").click().run()
     assert not at.exception, at.exception
     deadline = time.time() + 240
-    while time.time() < deadline and jobs.evaluation_jobs(str(shipped_model))[0]["state"] == "running":
+    while time.time() < deadline and evaluation.evaluation_jobs(str(shipped_model))[0]["state"] == "running":
         time.sleep(0.5)
-    job = jobs.evaluation_jobs(str(shipped_model))[0]
+    job = evaluation.evaluation_jobs(str(shipped_model))[0]
     assert job["state"] == "completed", job
     saved = paths.data_dir() / "evaluations" / "pathmnist-resnet9" / "nct-sample.json"
     assert saved.is_file() and not (shipped_model.parent / "evaluations").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core import jobs, paths, tasks
+from histo_core import liveness, paths, task_folders
 from histo_core.review import load_predictions, query
 from tests.taskfiles import wait_for_task
 
@@ -119,9 +119,9 @@ def test_real_run_with_label_errors(trained_pathmnist_run):
     at.button(key="review_le_start").click().run(timeout=120)
     assert not at.exception, at.exception
     # the search runs as a background task (never in the server process); the page shows it when it is done
-    (task,) = tasks.list_tasks(kind="label-errors")
+    (task,) = task_folders.list_tasks(kind="label-errors")
     status = wait_for_task(task)
-    assert status.state == "completed", (status, jobs.log_tail(task))
+    assert status.state == "completed", (status, liveness.log_tail(task))
     at.run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}

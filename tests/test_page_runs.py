@@ -325,7 +325,7 @@ def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
     run = write_run("completed")
     started = []
     monkeypatch.setattr(
-        "histo_core.jobs.start_evaluation",
+        "histo_core.evaluation.start_evaluation",
         lambda r, spec, split, mapping, name: started.append((r.id, spec, split, mapping, name)) or "x",
     )
     at = _app(run.id)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core.inference import load_model
+from histo_core.model_cache import load_model
 from histo_core.slides import analyse_slide, open_slide
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "8_Slides.py")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core import jobs, paths
+from histo_core import jobs, paths, task_folders
 from histo_core.runs import list_runs
 from histo_core.training import default_config
-from pages.ui.train_form import FORM_FIELDS, OUTSIDE_FORM, all_config_fields
+from pages.ui.train_form import FORM_FIELDS, OUTSIDE_FORM, all_config_fields, form_message
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
 
@@ -45,11 +45,19 @@ def _w(at: AppTest, field: str):
 
 
 def test_every_config_field_has_a_widget():
+    """Every option of the one table (histo_core.train_options) is drawn with its label and help, and disabled
+    exactly where the table says it does not apply."""
+    from histo_core.train_options import OPTIONS
+
     assert set(FORM_FIELDS) | set(OUTSIDE_FORM) == all_config_fields()
     at = _app()
     assert not at.exception, at.exception
+    values = {field: _w(at, field).value for field in FORM_FIELDS}  # raises KeyError when a widget is missing
     for field in FORM_FIELDS:
-        _w(at, field)  # raises KeyError when a widget is missing
+        opt, widget = OPTIONS[field], _w(at, field)
+        assert widget.label == opt.label, field
+        assert widget.help.startswith(form_message(opt.help_text())), field  # its --flags named as widgets
+        assert widget.disabled == (not opt.is_active(values.get)), field
 
 
 def test_defaults_come_from_default_config_and_follow_the_dataset(pathmnist_mini):
@@ -133,7 +141,6 @@ def test_start_training_creates_a_run_and_links_to_it(started):
 def test_estimate_and_lr_finder(monkeypatch):
     """Both run as background tasks (histo_core.tasks); here a task that completes at once stands in for the
     process (tests/test_tasks.py runs real ones)."""
-    from histo_core import tasks
     from tests.taskfiles import instant_submit
 
     est = {
@@ -163,7 +170,7 @@ def test_estimate_and_lr_finder(monkeypatch):
     assert '"type":"log"' in fig.proto.spec.replace(" ", "")
     use = [b for b in at.button if b.label.startswith("Use the suggested rate")][0]
     use.click().run()
-    assert len(tasks.list_tasks()) == 2
+    assert len(task_folders.list_tasks()) == 2
     assert _w(at, "lr").value == pytest.approx(0.004)
 
 

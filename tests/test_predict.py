@@ -8,7 +8,7 @@ import torch
 
 from histo_core import pipeline
 from histo_core.datasets import Split
-from histo_core.inference import ModelMeta
+from histo_core.model_meta import ModelMeta
 from histo_core.models import build_model
 from histo_core.predict import InputSpec, forward_features, iter_predictions, model_batch, predict_tiles
 

@@ -1,4 +1,4 @@
-"""HISTO_MAX_QUEUED counts every background process of every kind (training runs, evaluations, inspection jobs,
+"""HISTO_MAX_QUEUED counts every background process of every kind (training runs, evaluations, feature maps,
 page tasks), and the count and the start happen under one lock: simultaneous starts never pass the limit."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from histo_core import background, jobs, procs
+from histo_core import evaluation, jobs, launch, procs
 from histo_core.errors import HistoError
 from histo_core.runs import list_runs
 from tests.runfiles import write_run
@@ -50,9 +50,7 @@ def test_six_simultaneous_submits_with_a_limit_of_two_start_two(monkeypatch):
 @pytest.fixture
 def sleeping_commands(monkeypatch):
     """Background commands replaced by `sleep`: real detached processes that the limit must count."""
-    monkeypatch.setattr(
-        background, "histo_command", lambda *args: ["sh", "-c", "sleep 60", "sh"]
-    )  # extra arguments are ignored
+    monkeypatch.setattr(launch, "histo_command", lambda *args: ["sh", "-c", "sleep 60", "sh"])  # extra args ignored
     started: list[int] = []
     real_spawn = procs.spawn_detached
 
@@ -61,7 +59,7 @@ def sleeping_commands(monkeypatch):
         started.append(pid)
         return pid
 
-    monkeypatch.setattr(background, "spawn_detached", spawn)
+    monkeypatch.setattr(launch, "spawn_detached", spawn)
     yield started
     for pid in started:
         try:
@@ -71,17 +69,17 @@ def sleeping_commands(monkeypatch):
 
 
 @pytest.mark.slow
-def test_evaluations_and_inspection_jobs_count_against_the_limit(sleeping_commands, monkeypatch, tmp_path):
+def test_evaluations_and_inspection_tasks_count_against_the_limit(sleeping_commands, monkeypatch):
     from histo_core.training import default_config
 
     monkeypatch.setenv("HISTO_MAX_QUEUED", "3")
     run = write_run("completed")
-    background.start_evaluation(run, "synthetic", name="one")
-    background.start_evaluation(run, "synthetic", name="two")
-    background.start_inspection_job("embed", [str(run.path)], tmp_path / "embed.json")
-    assert jobs.active_processes() == 3
+    evaluation.start_evaluation(run, "synthetic", name="one")
+    evaluation.start_evaluation(run, "synthetic", name="two")
+    launch.submit_task("embed", {"model": str(run.path)})
+    assert launch.active_processes() == 3
     with pytest.raises(HistoError, match=r"3 background processes .*HISTO_MAX_QUEUED=3"):
-        background.start_evaluation(run, "synthetic", name="three")
+        evaluation.start_evaluation(run, "synthetic", name="three")
     monkeypatch.setattr(jobs, "_start_training_process", lambda run, resume: 1)
     with pytest.raises(HistoError, match="HISTO_MAX_QUEUED=3"):
         jobs.submit(default_config("synthetic", device="cpu"))
@@ -89,5 +87,5 @@ def test_evaluations_and_inspection_jobs_count_against_the_limit(sleeping_comman
     deadline = time.monotonic() + 30
     while procs.pid_alive(sleeping_commands[0]) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert jobs.active_processes() == 2
-    background.start_evaluation(run, "synthetic", name="four")
+    assert launch.active_processes() == 2
+    evaluation.start_evaluation(run, "synthetic", name="four")

@@ -16,9 +16,11 @@ from histo_core import ood, paths, stain
 from histo_core.checkpoint import save_checkpoint
 from histo_core.datasets import open_dataset
 from histo_core.image_decode import make_tile
-from histo_core.inference import ModelMeta, classify_uploads, load_model, prepare_upload
+from histo_core.model_cache import load_model
 from histo_core.model_catalog import list_models
+from histo_core.model_meta import ModelMeta
 from histo_core.models import build_model
+from histo_core.uploads import classify_uploads, prepare_upload
 
 CLASSES = ["a", "b", "c"]
 

@@ -18,7 +18,7 @@ import tomllib
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from histo_core import jobs
+from histo_core import liveness
 from histo_core.checkpoint import load_checkpoint
 from histo_core.runs import list_runs
 
@@ -84,7 +84,7 @@ def test_sigkill_mid_epoch_then_resume_from_the_cli():
         if proc.poll() is None:
             proc.kill()
     rows_before = run.metrics()
-    status = jobs.refresh_status(run)
+    status = liveness.refresh_status(run)
     assert status.state == "failed"
     assert "ended unexpectedly" in status.error and "resume" in status.error
     ckpt = load_checkpoint(run.last_ckpt)
@@ -152,7 +152,8 @@ def test_two_sessions_classifying_at_once_keep_their_own_results():
 @pytest.mark.slow
 def test_repeated_uploads_and_cams_do_not_grow_memory():
     from histo_core.explain import compute_cams, hook_count
-    from histo_core.inference import classify_uploads, load_model
+    from histo_core.model_cache import load_model
+    from histo_core.uploads import classify_uploads
     from tests.runfiles import write_run
 
     run = write_run("completed")

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core import jobs, paths
+from histo_core import jobs, liveness, paths, procs
 from histo_core.errors import ConfigError, DatasetError, HistoError
 from histo_core.paths import OUTSIDE_ROOTS_MESSAGE
 from tests.conftest import ROOT
@@ -216,7 +216,7 @@ def test_queue_cap_refuses_a_new_run_and_creates_nothing(monkeypatch):
     ):
         jobs.submit(default_config("synthetic", device="cpu"))
     assert run_folders() == before
-    assert [jobs.refresh_status(r).state for r in live] == ["running", "queued"]
+    assert [liveness.refresh_status(r).state for r in live] == ["running", "queued"]
     monkeypatch.setenv("HISTO_MAX_QUEUED", "3")
     assert jobs.submit(default_config("synthetic", device="cpu")).exists()
 
@@ -280,13 +280,13 @@ def test_cancel_checks_the_process_start_time_not_the_command_line():
     run = write_run("running")
     proc = _sleeper(run.id, "histo_core")  # its command line even names the run
     try:
-        run.update_status(pid=proc.pid, pid_start=jobs.proc_start_time(proc.pid) + 1)  # another process's time
-        status = jobs.refresh_status(run)
+        run.update_status(pid=proc.pid, pid_start=procs.proc_start_time(proc.pid) + 1)  # another process's time
+        status = liveness.refresh_status(run)
         assert status.state == "failed" and "ended unexpectedly" in status.error
         assert proc.poll() is None  # never signalled
         run2 = write_run("running")
-        run2.update_status(pid=proc.pid, pid_start=jobs.proc_start_time(proc.pid))
-        assert jobs.refresh_status(run2).state == "running"
+        run2.update_status(pid=proc.pid, pid_start=procs.proc_start_time(proc.pid))
+        assert liveness.refresh_status(run2).state == "running"
         jobs.cancel(run2)
         assert proc.wait(timeout=10) == -signal.SIGTERM
     finally:
@@ -302,7 +302,7 @@ def test_trainer_records_its_pid_and_start_time(tmp_path):
     run = prepare_run(cfg)
     assert run_training(run)["state"] == "completed"
     status = run.status()
-    assert status.pid == os.getpid() and status.pid_start == jobs.proc_start_time(os.getpid())
+    assert status.pid == os.getpid() and status.pid_start == procs.proc_start_time(os.getpid())
 
 
 def test_atomic_writers_never_create_missing_folders_and_follow_the_umask(tmp_path):
@@ -343,18 +343,18 @@ def test_deleting_a_running_runs_folder_stops_it_and_it_stays_gone():
             if status.state == "running" and status.step > 0:
                 pid = status.pid
                 break
-            assert status.state in jobs.ACTIVE_STATES, (status, jobs.log_tail(run))
+            assert status.state in liveness.ACTIVE_STATES, (status, liveness.log_tail(run))
             time.sleep(0.5)
         assert pid, "the run never started training"
         shutil.rmtree(run.path)
         deadline = time.monotonic() + 60
-        while jobs.pid_alive(pid) and time.monotonic() < deadline:
+        while procs.pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not jobs.pid_alive(pid), "the trainer kept going after its folder was deleted"
+        assert not procs.pid_alive(pid), "the trainer kept going after its folder was deleted"
         time.sleep(2)
         assert not run.path.exists()
     finally:
-        if pid and jobs.pid_alive(pid):
+        if pid and procs.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -485,7 +485,7 @@ def test_torch_write_failure_on_a_full_disk_says_disk_full(tmp_path, monkeypatch
     import torch
 
     from histo_core import fsutil
-    from histo_core.training import error_line
+    from histo_core.liveness import error_line
 
     def failing_save(obj, fh):
         raise RuntimeError(TORCH_WRITE_ERROR)

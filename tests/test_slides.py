@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from histo_core.cli import main
-from histo_core.inference import ModelMeta, load_model
+from histo_core.model_cache import load_model
+from histo_core.model_meta import ModelMeta
 from histo_core.slides import analyse_slide, open_slide
 from histo_core.slides.grid import plan_slide_grid
 from histo_core.slides.reader import SlideError
@@ -156,8 +157,8 @@ def test_the_ood_flag_fires_on_most_of_the_skin_slide(cmu, shipped_model, tmp_pa
     scores = np.array([float(r["ood_score"]) for r in rows])
     assert flags.mean() > 0.5, (flags.mean(), scores)  # most
     assert out["ood_share"] == pytest.approx(flags.mean(), abs=1e-3)
-    # the scores are the ones a separate pass over the same tiles gives (inference.ood_check, the Classify path)
-    from histo_core.inference import ood_check
+    # the scores are the ones a separate pass over the same tiles gives (ood.ood_check, the Classify path)
+    from histo_core.ood import ood_check
     from histo_core.slides.analysis import SlideAnalysis
     from histo_core.slides.view import current_results, read_tile
 
@@ -165,7 +166,7 @@ def test_the_ood_flag_fires_on_most_of_the_skin_slide(cmu, shipped_model, tmp_pa
     assert res is not None and np.allclose(res["ood_score"][res["pred"] >= 0], scores, atol=1e-3)
     with open_slide(cmu) as s:
         tiles = np.stack([read_tile(s, res["grid"], int(r["row"]), int(r["col"]), loaded.meta)[1] for r in rows[:8]])
-    from histo_core.inference import predict
+    from histo_core.predict import predict
 
     again = ood_check(loaded.meta, predict(loaded, tiles), tiles, loaded.model)
     assert again is not None
@@ -329,11 +330,11 @@ def test_slide_task_cancels_then_resumes(shipped_model, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_slide_task_runs_in_its_own_process(shipped_model, tmp_path):
-    from histo_core import tasks
+    from histo_core import launch
     from tests.taskfiles import wait_for_task
 
     p = write_slide(tmp_path / "t.tif", pink_tissue(1024, 1024), mpp=0.5, downsamples=(1, 4))
-    task = tasks.submit_task("slide", {"model": "pathmnist-resnet9", "slide": str(p)})
+    task = launch.submit_task("slide", {"model": "pathmnist-resnet9", "slide": str(p)})
     status = wait_for_task(task, 240)
     assert status.state == "completed", status
     assert task.result()["tiles"]["tissue"] == 4 and status.phase == "done"

@@ -15,12 +15,12 @@ import plotly.io
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from histo_core import jobs, paths
+from histo_core import liveness, paths
 from histo_core import study as S
 from histo_core.config import TrainConfig
 from histo_core.fsutil import savez_atomic, write_json_atomic
 from histo_core.runs import RunStatus
-from histo_core.tasks import TASKS_FOLDER, TaskDir, refresh_task
+from histo_core.task_folders import TASKS_FOLDER, TaskDir, refresh_task
 from tests.runfiles import write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +161,8 @@ def test_studies_page_draws_lines_table_and_recommendation():
     ce_line = next(t for t in fig.data if t.name == "ce")
     assert ce_line.y[0] == pytest.approx(ce_clean["accuracy_mean"])
     assert ce_line.error_y.array[0] == pytest.approx(ce_clean["accuracy_sd"])
-    assert f"95% bootstrap CI {ce_clean['accuracy_ci_low']:.3f}" in ce_line.customdata[0]
+    low, high = ce_clean["accuracy_ci_low"], ce_clean["accuracy_ci_high"]
+    assert f"95% bootstrap CI {100 * low:.1f}%-{100 * high:.1f}%" in ce_line.customdata[0]  # accuracies as %
     assert fig.layout.shapes[0].y0 == pytest.approx(ce_clean["accuracy_mean"])  # the clean baseline
     texts = [t.value for t in at.text]
     assert any(t.startswith("noise 0.4: ") for t in texts) and any(t.startswith("noise 0: ce") for t in texts)
@@ -196,20 +197,20 @@ def test_a_study_runs_to_completion_through_a_cancel_and_a_resume():
     sid = json.loads(started.stdout)["study"]
     task = S.study_by_id(sid)
     deadline = time.monotonic() + 600
-    while not any(jobs.refresh_status(r).state == "completed" for r in S.study_runs(task).values()):
-        assert time.monotonic() < deadline and refresh_task(task).state in jobs.ACTIVE_STATES
+    while not any(liveness.refresh_status(r).state == "completed" for r in S.study_runs(task).values()):
+        assert time.monotonic() < deadline and refresh_task(task).state in liveness.ACTIVE_STATES
         time.sleep(0.5)
     # never all at once: one run of the study queued or running at a time (--parallel 1)
-    assert sum(jobs.refresh_status(r).state in jobs.ACTIVE_STATES for r in S.study_runs(task).values()) <= 1
+    assert sum(liveness.refresh_status(r).state in liveness.ACTIVE_STATES for r in S.study_runs(task).values()) <= 1
     S.cancel_study(task)
-    while refresh_task(task).state in jobs.ACTIVE_STATES:
+    while refresh_task(task).state in liveness.ACTIVE_STATES:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert refresh_task(task).state == "cancelled"
-    first = {k: r.path for k, r in S.study_runs(task).items() if jobs.refresh_status(r).state == "completed"}
+    first = {k: r.path for k, r in S.study_runs(task).items() if liveness.refresh_status(r).state == "completed"}
     assert first and len(S.study_runs(task)) < 8
     S.resume_study(task)
-    while refresh_task(task).state in jobs.ACTIVE_STATES:
+    while refresh_task(task).state in liveness.ACTIVE_STATES:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     shown = _histo("study", "--show", sid, "--json")
@@ -365,3 +366,54 @@ def test_studies_page_compares_labels_and_shows_per_class_and_detection():
     assert detection["average_precision"].tolist() == [1.0]
     keys = {b.proto.id.split("-")[-1] for b in at.get("download_button")}
     assert len(at.get("download_button")) == 3, keys  # summary, per class, detection
+
+
+def test_train_page_starts_a_study_with_find_errors_and_compare_corrections(monkeypatch):
+    """The Train page's study panel offers `study --find-errors` and `--compare-corrections`: a tiny study
+    launched from the page records both in its parameters (the task folder is written as the CLI writes it; only
+    the driver process is not started)."""
+    from histo_core import launch
+    from histo_core.corrections import add_marks, corrections_path, dataset_identity
+    from histo_core.datasets import open_dataset
+
+    monkeypatch.setattr(launch, "_spawn", lambda task, device: task.write_status(RunStatus(state="queued")))
+    ident = dataset_identity(open_dataset("synthetic"))
+    path = corrections_path(ident)
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    assert not at.exception, at.exception
+    assert at.checkbox(key="train.study.compare_corrections").disabled  # no corrections ticked: nothing to compare
+    add_marks(path, ident, [{"tile": "train:1", "action": "exclude"}])
+    at.run()
+    at.checkbox(key="train.use_corrections").check().run()
+    at.number_input(key="train.epochs").set_value(1)
+    at.multiselect(key="train.study.noises").set_value([0.2])
+    at.multiselect(key="train.study.methods").set_value(["ce"])
+    at.number_input(key="train.study.seeds").set_value(1)
+    at.checkbox(key="train.study.find_errors").check()
+    at.checkbox(key="train.study.compare_corrections").check()
+    at.run()
+    assert any(c.value.startswith("2 runs of ") for c in at.caption)  # as labelled and with the corrections
+    at.button(key="train.study.start").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    [task] = S.list_studies()
+    params = task.task()["params"]
+    spec, base = params["spec"], params["base"]
+    assert spec["find_errors"] is True and spec["compare_corrections"] is True
+    assert (spec["noises"], spec["methods"], spec["seeds"]) == ([0.2], ["ce"], 1)
+    assert base["corrections"] == str(path) and base["epochs"] == 1
+    assert S.StudySpec(**spec).size() == 2
+    view = AppTest.from_file(PAGE, default_timeout=60).run()  # the Studies page says what the study measures
+    assert not view.exception, view.exception
+    header = view.caption[0].value
+    assert "1 architecture × 1 noise level × 1 method × 1 seed," in header, header
+    assert "label-error search measured" in header and "as labelled and with corrections" in header
+
+
+def test_train_page_study_counts_one_run_in_the_singular(monkeypatch):
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    at.multiselect(key="train.study.noises").set_value([0.0])
+    at.multiselect(key="train.study.methods").set_value(["ce"])
+    at.number_input(key="train.study.seeds").set_value(1)
+    at.run()
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("1 run of ") for c in at.caption)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from histo_core.inference import TileResult
 from histo_core.tables import classify_table
+from histo_core.uploads import TileResult
 
 PATHMNIST = [
     "adipose",

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from histo_core import jobs, tasks
+from histo_core import kinds, launch, liveness, procs, task_folders, tasks
 from histo_core.errors import HistoError
 from tests.conftest import ROOT
 from tests.taskfiles import make_task, wait_for_task
@@ -98,21 +98,60 @@ def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monk
 def test_page_tasks_count_against_the_queue_cap(monkeypatch):
     monkeypatch.setenv("HISTO_MAX_QUEUED", "1")
     task = make_task("estimate", {"x": 1}, state="running")
-    task.update_status(pid=os.getpid(), pid_start=jobs.proc_start_time(os.getpid()))
+    task.update_status(pid=os.getpid(), pid_start=procs.proc_start_time(os.getpid()))
     with pytest.raises(HistoError, match="HISTO_MAX_QUEUED=1"):
-        tasks.submit_task("lr-find", {"config": small_config().to_dict()})
-    assert len(tasks.list_tasks()) == 1
+        launch.submit_task("lr-find", {"config": small_config().to_dict()})
+    assert len(task_folders.list_tasks()) == 1
 
 
 def test_latest_task_is_found_by_kind_and_parameters():
     a = make_task("lr-find", {"config": {"lr": 1}}, result={"lrs": []})
     make_task("lr-find", {"config": {"lr": 2}}, result={"lrs": []})
-    assert tasks.latest_task("lr-find", {"config": {"lr": 1}}).id == a.id
-    assert tasks.latest_task("estimate", {"config": {"lr": 1}}) is None
+    assert task_folders.latest_task("lr-find", {"config": {"lr": 1}}).id == a.id
+    assert task_folders.latest_task("estimate", {"config": {"lr": 1}}) is None
 
 
-def test_every_task_kind_has_a_runner():
-    assert set(tasks.KINDS) == set(tasks.KIND_RUNNERS)
+def test_every_kind_is_declared_once_with_a_runner_the_task_process_can_import():
+    """The registry (histo_core.kinds) names each kind's function as "module:function"; a typo there would only
+    show when a user starts that kind, so every declared runner is resolved here."""
+    import inspect
+
+    declared = kinds.KINDS
+    assert {
+        "train",
+        "lr-find",
+        "estimate",
+        "label-errors",
+        "slide",
+        "study",
+        "embed",
+        "explain-quality",
+        "evaluate",
+    } <= set(declared)
+    for name, kind in declared.items():
+        assert kind.name == name and kind.label and kind.result
+        if kind.is_task:
+            runner = kind.run_function()
+            assert list(inspect.signature(runner).parameters)[:2] == ["params", "progress"], name
+    assert not declared["train"].is_task and declared["train"].command == ("train", "--run-dir")
+    with pytest.raises(HistoError, match="unknown task kind 'train'; one of lr-find"):
+        launch.submit_task("train", {})
+    with pytest.raises(ValueError, match="module:function"):
+        kinds.register_kind(kinds.ProcessKind("x", "x", "no_colon", "x"))
+
+
+def test_a_new_kind_is_one_declaration(monkeypatch):
+    """A kind registered from outside runs through the same task process: its function, its result file."""
+    monkeypatch.setitem(kinds.KINDS, "echo", kinds.ProcessKind("echo", "echo", f"{__name__}:echo_runner", "the params"))
+    monkeypatch.setattr(tasks.signal, "signal", lambda *args: None)  # run_task's SIGTERM hook: not in pytest
+    task = make_task("echo", {"word": "hi"}, state="queued")
+    assert tasks.run_task(task) == 0
+    assert task.status().state == "completed" and task.result() == {"word": "hi", "seen": 0.5}
+
+
+def echo_runner(params, progress):
+    progress(0.5, "half way")
+    return {"word": params["word"], "seen": 0.5}
 
 
 def test_a_task_whose_process_died_is_noticed_by_the_one_liveness_check():
@@ -120,15 +159,15 @@ def test_a_task_whose_process_died_is_noticed_by_the_one_liveness_check():
     gone = 2**22 + 777  # above pid_max: no such process
     died = make_task("estimate", {"x": 2}, state="running")
     died.update_status(pid=gone, pid_start=1)
-    status = tasks.refresh_task(died)
+    status = task_folders.refresh_task(died)
     assert status.state == "failed" and status.error == "the task process ended unexpectedly"
     assert died.status().state == "failed"  # written to disk
     with pytest.raises(HistoError, match="the task is failed; only a queued or running task can be cancelled"):
-        tasks.cancel_task(died)
+        task_folders.cancel_task(died)
     asked = make_task("estimate", {"x": 3}, state="running")
     asked.update_status(pid=gone, pid_start=1)
     asked.cancel_path.touch()  # a cancel was asked for, and the process went: that is a cancel
-    status = tasks.refresh_task(asked)
+    status = task_folders.refresh_task(asked)
     assert status.state == "cancelled" and status.error is None
 
 
@@ -144,9 +183,9 @@ def test_a_task_of_an_unknown_kind_fails_with_a_line_naming_the_kind(monkeypatch
 
 @pytest.mark.slow
 def test_estimate_task_runs_in_its_own_process_and_is_listed():
-    task = tasks.submit_task("estimate", {"config": small_config().to_dict()})
+    task = launch.submit_task("estimate", {"config": small_config().to_dict()})
     status = wait_for_task(task, 240)
-    assert status.state == "completed", (status, jobs.log_tail(task))
+    assert status.state == "completed", (status, liveness.log_tail(task))
     assert status.pid != os.getpid()
     result = task.result()
     assert result["per_epoch_s"] > 0 and result["fixed_s"] > 0 and result["total_s"] > result["fixed_s"]
@@ -164,12 +203,12 @@ def test_estimate_task_runs_in_its_own_process_and_is_listed():
 @pytest.mark.slow
 def test_a_task_can_be_cancelled_while_it_runs():
     cfg = small_config(max_train_samples=0)
-    task = tasks.submit_task("lr-find", {"config": cfg.to_dict(), "steps": 100000})
+    task = launch.submit_task("lr-find", {"config": cfg.to_dict(), "steps": 100000})
     deadline = time.monotonic() + 180
-    while tasks.refresh_task(task).step == 0 and time.monotonic() < deadline:
+    while task_folders.refresh_task(task).step == 0 and time.monotonic() < deadline:
         time.sleep(0.5)
-    status = tasks.refresh_task(task)
-    assert status.state == "running", (status, jobs.log_tail(task))
+    status = task_folders.refresh_task(task)
+    assert status.state == "running", (status, liveness.log_tail(task))
     proc = subprocess.run(
         [sys.executable, "-m", "histo_core", "tasks", "cancel", task.id],
         cwd=ROOT,
@@ -182,9 +221,9 @@ def test_a_task_can_be_cancelled_while_it_runs():
     status = wait_for_task(task, 60)
     assert status.state == "cancelled"
     deadline = time.monotonic() + 30
-    while jobs.pid_alive(status.pid) and time.monotonic() < deadline:  # it wrote "cancelled", then exits
+    while procs.pid_alive(status.pid) and time.monotonic() < deadline:  # it wrote "cancelled", then exits
         time.sleep(0.2)
-    assert not jobs.pid_alive(status.pid)
+    assert not procs.pid_alive(status.pid)
     assert task.result() is None
     assert (
         subprocess.run(
@@ -221,7 +260,7 @@ def test_the_panel_shows_a_running_task_again_with_cancel_then_its_result():
     task = make_task("estimate", {"config": {"lr": 1}}, state="running")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for the task
     try:
-        task.update_status(pid=sleeper.pid, pid_start=jobs.proc_start_time(sleeper.pid), step=250)
+        task.update_status(pid=sleeper.pid, pid_start=procs.proc_start_time(sleeper.pid), step=250)
         at = AppTest.from_function(_panel_app, default_timeout=60)
         at.run()
         assert not at.exception, [e.value for e in at.exception]

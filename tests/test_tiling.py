@@ -9,7 +9,8 @@ from torch import nn
 
 from histo_core.errors import HistoError
 from histo_core.image_decode import decode_image
-from histo_core.inference import LoadedModel, ModelMeta, load_model
+from histo_core.model_cache import load_model
+from histo_core.model_meta import LoadedModel, ModelMeta
 from histo_core.tiling import (
     MAX_TILES,
     class_colours,

@@ -77,7 +77,9 @@ def test_run_produces_every_artifact():
     assert "train_state" in checkpoint.load_checkpoint(run.last_ckpt)
     # the "unlike the training tiles" flag has one threshold, set on the combined score of the val tiles: 5% of
     # them are flagged (each check at its own 5% flagged more together)
-    from histo_core.inference import load_model, ood_check, predict
+    from histo_core.model_cache import load_model
+    from histo_core.ood import ood_check
+    from histo_core.predict import predict
 
     combined = run.results()["ood"]["combined"]  # a run keeps its calibration in results.json
     assert combined["split"] == "val" and combined["heldout_tiles"] == 300 and combined["quantile"] == 0.95
@@ -429,7 +431,7 @@ def test_compiled_run_cancels_resumes_and_explains_like_an_eager_one(monkeypatch
     ck = checkpoint.load_checkpoint(run.best_ckpt)
     assert not any(k.startswith("_orig_mod") for k in ck["state_dict"])
     from histo_core.explain import compute_cams
-    from histo_core.inference import load_model
+    from histo_core.model_cache import load_model
 
     loaded = load_model(str(run.best_ckpt))
     tiles = open_dataset("synthetic").split("test").images[:2]

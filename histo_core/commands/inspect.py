@@ -65,7 +65,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="split(s) to embed (repeatable; default: every split the dataset has)",
     )
     p.add_argument("--max-points", type=int, default=20_000, help="tiles on the 2-D map at most (default 20000)")
-    p.add_argument("--job-status", help=argparse.SUPPRESS)
 
     p = _command(
         subparsers,
@@ -112,12 +111,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tiles", type=int, default=40, help="test tiles to score (default 40)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(CAM_METHODS)} (default: all)")
-    p.add_argument("--job-status", help=argparse.SUPPRESS)
 
 
-def stderr_progress(job_status: str | None = None) -> Callable[[float, str], None]:
-    """Progress lines on stderr, mirrored into a job status file: at most one per 0.5 s within a step, but
-    always the first line of a new step (a message that differs by more than its numbers) and the last."""
+def stderr_progress() -> Callable[[float, str], None]:
+    """Progress lines on stderr: at most one per 0.5 s within a step, but always the first line of a new step (a
+    message that differs by more than its numbers) and the last."""
     import re
 
     last_time, last_step = 0.0, ""
@@ -130,30 +128,8 @@ def stderr_progress(job_status: str | None = None) -> Callable[[float, str], Non
             return
         last_time, last_step = now, step
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
-        if job_status:
-            from histo_core.jobs import write_job_status
-
-            write_job_status(job_status, progress=round(float(fraction), 4), message=message)
 
     return report
-
-
-def _as_job(args: argparse.Namespace, work: Callable[[], Any]) -> Any:
-    """Run `work`, recording completion or failure in --job-status when given."""
-    if not getattr(args, "job_status", None):
-        return work()
-    from histo_core.jobs import write_job_status
-
-    try:
-        result = work()
-    except HistoError as exc:
-        write_job_status(args.job_status, state="failed", error=str(exc), finished_at=time.time())
-        raise
-    except BaseException as exc:
-        write_job_status(args.job_status, state="failed", error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
-        raise
-    write_job_status(args.job_status, state="completed", progress=1.0, message="done", finished_at=time.time())
-    return result
 
 
 # -- embed -------------------------------------------------------------------------------------------------
@@ -167,9 +143,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         target = target_for(args.model, args.dataset)
     except MissingTrainingData as exc:
         raise HistoError(f"{exc} Name a dataset to embed with --dataset SPEC.") from None
-    progress = stderr_progress(args.job_status)
     splits = list(dict.fromkeys(args.split)) if args.split else None
-    store = _as_job(args, lambda: embed(target, splits, progress=progress, max_points=args.max_points))
+    store = embed(target, splits, progress=stderr_progress(), max_points=args.max_points)
     m = store.meta
     payload = {
         "path": str(store.path),
@@ -201,8 +176,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_similar(args: argparse.Namespace) -> int:
     from histo_core.commands.predict import expand_inputs, read_file
     from histo_core.embeddings import tile_features
-    from histo_core.inference import load_model, prepare_upload
+    from histo_core.model_cache import load_model
     from histo_core.similar import SimilarityIndex, knn_vote
+    from histo_core.uploads import prepare_upload
 
     if args.k < 1:
         raise HistoError(f"--k must be a positive integer, got {args.k}")
@@ -343,9 +319,7 @@ def cmd_explain_quality(args: argparse.Namespace) -> int:
                 f"--methods: unknown method {bad[0] if bad else '(none)'!r}; choose from {', '.join(CAM_METHODS)}"
             )
     run = resolve_run(args.run)
-    doc = _as_job(
-        args, lambda: explain_quality(run, tiles=args.tiles, methods=methods, progress=stderr_progress(args.job_status))
-    )
+    doc = explain_quality(run, tiles=args.tiles, methods=methods, progress=stderr_progress())
     lines = [f"{run.id}: {doc['metric']}, {doc['tiles']} {doc['split']} tiles; higher = more faithful"]
     for r in doc["methods"]:
         mean = "-" if r["road_mean"] is None else f"{r['road_mean']:+.4f}"

@@ -118,7 +118,8 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from histo_core.explain import class_index
-    from histo_core.inference import TileResult, classify_uploads, load_model
+    from histo_core.model_cache import load_model
+    from histo_core.uploads import TileResult, classify_uploads
 
     _check_options(args)
     loaded = load_model(args.model, device=args.device)

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from histo_core import jobs
+from histo_core import jobs, liveness, summaries
 from histo_core.cli import emit
 from histo_core.errors import HistoError
 from histo_core.runs import UNREADABLE, read_only_note, run_by_id
@@ -90,7 +90,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     note = read_only_note(args.runs_dir)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    rows = jobs.summaries(args.runs_dir)
+    rows = summaries.summaries(args.runs_dir)
 
     text = "\n".join(summary_line(r) for r in rows) if rows else f"no runs in {paths.runs_dir(args.runs_dir)}"
     emit(args, rows, text)
@@ -99,8 +99,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     run = run_by_id(args.run, args.runs_dir)
-    status = jobs.refresh_status(run)
-    summary = jobs.run_summary(run, status)
+    status = liveness.refresh_status(run)
+    summary = summaries.run_summary(run, status)
     results = run.results() or {}
     payload = {
         "summary": summary,
@@ -111,7 +111,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         "results": results,
     }
     lines = [summary_line(summary), f"directory: {run.path}"]
-    if status.state in jobs.ACTIVE_STATES:
+    if status.state in liveness.ACTIVE_STATES:
         lines.append(
             f"progress: {status.progress:.0%}  phase {status.phase or '-'}  "
             f"{_fmt(status.images_per_s, '.0f')} img/s  ETA {_duration(status.eta_s)}"

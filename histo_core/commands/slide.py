@@ -80,7 +80,7 @@ def _progress(name: str) -> Any:
 
 
 def cmd_slide(args: argparse.Namespace) -> int:
-    from histo_core.inference import load_model
+    from histo_core.model_cache import load_model
     from histo_core.slides import analyse_slide, open_slide
 
     if args.out and len(args.slides) > 1:

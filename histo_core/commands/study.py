@@ -17,6 +17,7 @@ import argparse
 import sys
 import time
 
+from histo_core import liveness
 from histo_core import study as S
 from histo_core.cli import emit
 from histo_core.commands.train import add_config_options, config_from_args
@@ -81,7 +82,7 @@ def _names(text: str | None) -> list[str]:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from histo_core.tasks import task_summary
+    from histo_core.task_folders import task_summary
 
     if args.list:
         rows = [task_summary(t) for t in S.list_studies(args.runs_dir)]
@@ -113,11 +114,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.detach:
         emit(args, {"study": task.id, "runs": spec.size()}, task.id)
         return 0
-    from histo_core import jobs
-    from histo_core.tasks import refresh_task
+    from histo_core.task_folders import refresh_task
 
     last = ""
-    while (status := refresh_task(task)).state in jobs.ACTIVE_STATES:
+    while (status := refresh_task(task)).state in liveness.ACTIVE_STATES:
         if status.phase and status.phase != last:
             print(f"{task.id}: {status.phase}", file=sys.stderr)
             last = status.phase

@@ -1,12 +1,13 @@
-"""`python -m histo_core tasks list|cancel`: the background tasks pages start (LR finder, time estimate,
-label-error search). `tasks run DIR` is what such a task's process executes."""
+"""`python -m histo_core tasks list|cancel`: the background tasks (every process kind of histo_core.kinds but the
+training run: LR finder, time estimate, label errors, evaluations, feature maps, slides, studies). `tasks run DIR`
+is what such a task's process executes."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from histo_core import tasks
+from histo_core import task_folders, tasks
 from histo_core.cli import emit
 
 
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = [tasks.task_summary(t) for t in tasks.list_tasks(args.runs_dir)]
+    rows = [task_folders.task_summary(t) for t in task_folders.list_tasks(args.runs_dir)]
     lines = [
         f"{r['id']}  {r['kind']:<12} {r['state']:<9} {r['progress']:.0%}  {r['error'] or r['message'] or ''}"
         + (f"  by {r['started_by']}" if r["started_by"] else "")
@@ -42,11 +43,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    task = tasks.task_by_id(args.task, args.runs_dir)
-    tasks.cancel_task(task)
+    task = task_folders.task_by_id(args.task, args.runs_dir)
+    task_folders.cancel_task(task)
     print(f"{task.id}: cancel requested")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return tasks.run_task(tasks.TaskDir(Path(args.dir)))
+    return tasks.run_task(task_folders.TaskDir(Path(args.dir)))

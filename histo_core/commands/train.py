@@ -7,8 +7,9 @@
     python -m histo_core evaluate MODEL --dataset FOLDER --split all --class-map 01_TUMOR=TUM,02_STROMA=STR
     python -m histo_core lr-find --dataset pathmnist --arch cnn3 [--json]
 
-The option flags are generated from the TrainConfig / Augment dataclass fields (help from
-config.FIELD_HELP), so the CLI and the config cannot drift apart. Values left out come from
+The option flags are made from the one table of training options (`histo_core.train_options`: flag, type,
+help, choices from the registries), the table the Train page's form is made from too, so the CLI, the page and
+the config cannot drift apart. Values left out come from
 `training.default_config(dataset, device)`.
 """
 
@@ -20,10 +21,11 @@ from dataclasses import fields
 from typing import Any
 
 from histo_core.classnames import parse_class_map
-from histo_core.config import FIELD_HELP, Augment, TrainConfig, canonical_mode
+from histo_core.config import ELSEWHERE, Augment, TrainConfig, canonical_mode
 from histo_core.errors import ConfigError, HistoError
 from histo_core.runs import RunDir
 from histo_core.slots import max_concurrent
+from histo_core.train_options import TABLE
 
 _AUG_FIELDS = [f.name for f in fields(Augment)]
 _CONFIG_FIELDS = [f for f in fields(TrainConfig) if f.name != "augment"]
@@ -33,40 +35,34 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _arg_type(annotation: object) -> type:
-    """argparse's `type=` for a dataclass field annotation (a string under `from __future__ import annotations`)."""
-    t = str(annotation).replace(" ", "")
-    if t.startswith("int"):
-        return int
-    if t.startswith("float"):
-        return float
-    return str
-
-
 def add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """One flag per TrainConfig (and Augment) field; booleans get --x/--no-x. Unset flags stay absent.
-    `exclude`: fields the command sets itself (a study's grid)."""
-    group = parser.add_argument_group("training options (defaults depend on the dataset and device)")
-    for f in _CONFIG_FIELDS + list(fields(Augment)):
-        if f.name in exclude:
+    """One flag per option of the table (histo_core.train_options), under its group; booleans get --x/--no-x,
+    choice options show their registry's names. Unset flags stay absent. `exclude`: fields the command sets
+    itself (a study's grid)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in TABLE:
+        if opt.name in exclude:
             continue
-        help_text = FIELD_HELP.get(f.name, "")
-        if str(f.type) == "bool":
+        if opt.group not in groups:
+            section = "dataset and run" if opt.group == ELSEWHERE else (opt.group or "model and labels").lower()
+            first = "values left out: the defaults for the dataset and device" if not groups else None
+            groups[opt.group] = parser.add_argument_group(f"training options: {section}", first)
+        group, help_text = groups[opt.group], opt.help_text()
+        if opt.kind is bool:
             group.add_argument(
-                _flag(f.name),
-                dest=f.name,
+                opt.flag,
+                dest=opt.name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
         else:
-            metavar = f.name.upper()
             group.add_argument(
-                _flag(f.name),
-                dest=f.name,
-                type=_arg_type(f.type),
+                opt.flag,
+                dest=opt.name,
+                type=opt.kind,
                 default=argparse.SUPPRESS,
-                metavar=metavar,
+                metavar="{" + ",".join(opt.choices()) + "}" if opt.choices else opt.name.upper(),
                 help=help_text,
             )
 

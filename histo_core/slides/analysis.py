@@ -5,8 +5,8 @@ under the runs directory (<runs>/.slides/<slide>-<key>/) that records the slide'
 
 Streaming: a reader thread reads the tissue tiles (a strip of neighbouring tiles per OpenSlide call, from the
 level chosen by `grid.plan_slide_grid`), makes each into the model's input through the one image path
-(`inference.preprocess`) and puts batches on a queue of QUEUE_BATCHES; the caller's thread runs the model on
-them (`inference.model_view` + `inference.predict`, the one forward path) and the "unlike the training tiles"
+(`model_input.preprocess`) and puts batches on a queue of QUEUE_BATCHES; the caller's thread runs the model on
+them (`model_input.model_view` + `predict.predict`, the one forward path) and the "unlike the training tiles"
 check (`ood.check_tiles`, its feature check fed by the same forward pass through `ood.StageCapture`): a flag
 and a score per tile. Memory holds a few batches and the per-tile results, whatever the slide's size.
 
@@ -34,9 +34,11 @@ from histo_core import paths
 from histo_core.errors import HistoError
 from histo_core.fsutil import read_json, savez_atomic, write_json_atomic
 from histo_core.image_decode import safe_filename
-from histo_core.inference import LoadedModel, model_view, ood_features, predict, preprocess
+from histo_core.model_input import model_view, preprocess
 from histo_core.model_lock import model_lock
-from histo_core.ood import StageCapture, check_tiles
+from histo_core.model_meta import LoadedModel
+from histo_core.ood import StageCapture, check_tiles, ood_features
+from histo_core.predict import predict
 from histo_core.slides import outputs
 from histo_core.slides.grid import SlideGrid, plan_slide_grid
 from histo_core.slides.reader import Slide, SlideError
@@ -339,7 +341,7 @@ def _read_tiles(
     timing: dict[str, float],
 ) -> None:
     """The reader thread: strips of up to STRIP_TILES neighbouring tiles of one row per read, each tile made
-    into the model's input by `inference.preprocess`; batches of `batch_size` onto `out`, then None."""
+    into the model's input by `model_input.preprocess`; batches of `batch_size` onto `out`, then None."""
 
     def put(item: Any) -> None:
         while not stop.is_set():
@@ -396,7 +398,7 @@ def model_tile(tile: np.ndarray, meta: Any, notes: list[str], mpp: float) -> np.
     """A tile read from the slide made into the model's input: first box-averaged by the largest whole factor
     that keeps it at least the model's input size (as scanners and libvips make pyramid levels: a 224 px level-0
     read becomes 28 px by 8x8 averages, a 56 px read from a 4x level by 2x2 ones, so both give the same input),
-    then the one image path (`inference.preprocess`: channels, and the rest of the resize when the factor was not
+    then the one image path (`model_input.preprocess`: channels, and the rest of the resize when the factor was not
     whole). Without the first step a level-0 read is shrunk 8x by the image path's bilinear filter and a 4x
     level's read 2x, and the shipped model's classes agreed on 86% of the CMU slide's tissue tiles across two
     levels (tests/test_slides.py::test_two_levels_give_the_same_classes holds it to 95%)."""
@@ -445,24 +447,10 @@ def _finish(
     rows = outputs.tile_rows(grid, cells, probs, frac, ood, classes, ood_score)
     outputs.write_csv(folder.file("tiles.csv"), rows)
     outputs.write_geojson(folder.file("tiles.geojson"), rows, classes)
-    pred_grid = outputs.class_grid(grid, cells, probs)
-    prob_grid = np.full((grid.rows, grid.cols, len(classes)), np.nan, np.float32)
-    prob_grid[cells[:, 0], cells[:, 1]] = probs
-    ood_grid = np.zeros((grid.rows, grid.cols), bool)
-    score_grid = np.full((grid.rows, grid.cols), np.nan, np.float32)
-    if ood is not None and ood_score is not None:
-        ood_grid[cells[:, 0], cells[:, 1]] = ood
-        score_grid[cells[:, 0], cells[:, 1]] = ood_score
-    savez_atomic(
-        folder.file("grid.npz"),
-        pred=pred_grid,
-        probs=prob_grid,
-        ood=ood_grid,
-        ood_score=score_grid,
-        fractions=fractions,
-    )
+    grids = outputs.tile_grids(grid, cells, probs, ood, ood_score)
+    savez_atomic(folder.file("grid.npz"), **grids, fractions=fractions)
     overlay = outputs.render_overlay(
-        thumb, grid, scale, pred_grid, alpha=0.5, ood=ood_grid, grey_ood=False, num_classes=len(classes)
+        thumb, grid, scale, grids["pred"], alpha=0.5, ood=grids["ood"], grey_ood=False, num_classes=len(classes)
     )
     outputs.write_png(folder.file("classmap.png"), overlay)
     preds = probs.argmax(1)

@@ -1,13 +1,14 @@
 """The tile grid of a slide at the model's field of view, in µm: a PathMNIST model saw 224 px at 0.5 µm/px =
 112 µm, so on a 0.25 µm/px slide a tile is 448 level-0 px. Tiles are read from the pyramid level closest to the
 model's input resolution without going below it (read fewer pixels, never upsample), then resized to the
-model's input size by the one image path (`inference.preprocess`)."""
+model's input size by the one image path (`model_input.preprocess`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from histo_core.inference import FIELD_TOLERANCE, ModelMeta
+from histo_core.model_input import FIELD_TOLERANCE
+from histo_core.model_meta import ModelMeta
 from histo_core.slides.reader import Slide, SlideError
 
 

@@ -144,6 +144,22 @@ def class_grid(grid: SlideGrid, cells: np.ndarray, probs: np.ndarray) -> np.ndar
     return out
 
 
+def tile_grids(
+    grid: SlideGrid, cells: np.ndarray, probs: np.ndarray, ood: np.ndarray | None, ood_score: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Per-tile results scattered onto the grid: `pred` (-1 where no tile), `probs` (NaN where none), `ood`
+    (False where none) and `ood_score` (NaN where none). The one layout of grid.npz and of the live map."""
+    probs_grid = np.full((grid.rows, grid.cols, probs.shape[1]), np.nan, np.float32)
+    ood_grid = np.zeros((grid.rows, grid.cols), bool)
+    score_grid = np.full((grid.rows, grid.cols), np.nan, np.float32)
+    rows, cols = cells[:, 0], cells[:, 1]
+    probs_grid[rows, cols] = probs
+    if ood is not None and ood_score is not None:
+        ood_grid[rows, cols] = ood
+        score_grid[rows, cols] = ood_score
+    return {"pred": class_grid(grid, cells, probs), "probs": probs_grid, "ood": ood_grid, "ood_score": score_grid}
+
+
 def write_png(path: Path, rgb: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")

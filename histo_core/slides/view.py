@@ -38,15 +38,7 @@ def current_results(folder: SlideAnalysis) -> dict[str, Any] | None:
                 cells, probs, done, ood, score = z["cells"], z["probs"], z["done"], z["ood"], z["ood_score"]
         except (FileNotFoundError, OSError, ValueError, KeyError):
             return None
-        cells, probs, ood, score = cells[done], probs[done], ood[done], score[done]
-        prob_grid = np.full((grid.rows, grid.cols, probs.shape[1]), np.nan, np.float32)
-        prob_grid[cells[:, 0], cells[:, 1]] = probs
-        ood_grid = np.zeros((grid.rows, grid.cols), bool)
-        ood_grid[cells[:, 0], cells[:, 1]] = ood
-        score_grid = np.full((grid.rows, grid.cols), np.nan, np.float32)
-        score_grid[cells[:, 0], cells[:, 1]] = score
-        arrays = {"pred": outputs.class_grid(grid, cells, probs), "probs": prob_grid, "ood": ood_grid}
-        arrays["ood_score"] = score_grid
+        arrays = outputs.tile_grids(grid, cells[done], probs[done], ood[done], score[done])
     return {"grid": grid, "record": rec, **arrays}
 
 
@@ -54,7 +46,7 @@ def read_tile(
     slide: Slide, grid: SlideGrid, row: int, col: int, meta: Any, max_px: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the tile at full resolution, or from the level nearest `max_px` px when larger; the model's input for
-    it, made exactly as the analysis made it: read at the grid's level, through `inference.preprocess`)."""
+    it, made exactly as the analysis made it: read at the grid's level, through `model_input.preprocess`)."""
     x, y, side, _ = grid.box(row, col)
     level = _level_for(slide, side / max_px)
     d = slide.level_downsamples[level]

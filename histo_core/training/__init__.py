@@ -41,7 +41,7 @@ from histo_core.training.device import compile_cache_dir, compile_module, fused_
 from histo_core.training.final import epoch_line, final_evaluation, ood_calibration
 from histo_core.training.fit import fit_arrays, measure_throughput, predict_probs
 from histo_core.training.run import prepare_run, run_training
-from histo_core.training.status import CancelFlag, RunFolderGone, StatusWriter, error_line
+from histo_core.training.status import CancelFlag, RunFolderGone, StatusWriter
 from histo_core.training.trainer import StopRequested, Trainer
 
 __all__ = [
@@ -64,7 +64,6 @@ __all__ = [
     "default_config",
     "dist_env",
     "epoch_line",
-    "error_line",
     "final_evaluation",
     "fit_arrays",
     "fused_optimizer_ok",

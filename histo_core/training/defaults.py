@@ -9,7 +9,7 @@ from __future__ import annotations
 from histo_core.config import TrainConfig
 from histo_core.datasets import DatasetInfo, TileDataset, open_dataset
 from histo_core.errors import ConfigError, DatasetError, HistoError
-from histo_core.models import check_input, get_arch, load_pretrained_state
+from histo_core.models import ARCHITECTURES, check_input, default_arch, get_arch, load_pretrained_state
 from histo_core.runtime import resolve_device
 
 SMALL_TRAIN_SET = 1000  # below this many training tiles, hold-out validation costs more than it tells
@@ -34,7 +34,8 @@ def default_config(dataset_spec: str, device: str = "auto") -> TrainConfig:
     train+val for 60 epochs: about a minute on 2 cores for 200 tiles, >= 90% on held-out real PathMNIST
     tiles. Larger sets get fewer epochs and bigger batches (a full 90k-tile PathMNIST epoch takes minutes).
     Tiles above 64 px on CPU get cnn3 (ResNet-9 costs 12x more at 96 px). CUDA: ResNet-18 with the
-    small-input stem below 64 px, bf16 autocast, channels-last, larger batches.
+    small-input stem below 64 px, bf16 autocast, channels-last, larger batches. The architecture comes from
+    `models.default_arch`, next to the registry.
     """
     dev = "cuda" if device in ("auto", "cuda") and resolve_device("auto") == "cuda" else "cpu"
     info, n_train, has_val = _peek_dataset(dataset_spec)
@@ -56,12 +57,11 @@ def default_config(dataset_spec: str, device: str = "auto") -> TrainConfig:
         cfg.epochs, cfg.batch_size = 8, 128
     else:
         cfg.epochs, cfg.batch_size = 3, 128
+    cfg.arch = default_arch(dev, size)
     if dev == "cuda":
-        cfg.arch, cfg.lr = "resnet18", 2e-3
+        cfg.lr = 2e-3
         cfg.batch_size = 32 if small else 256
         cfg.epochs = cfg.epochs if small else max(cfg.epochs, 10)
-    else:
-        cfg.arch = "resnet9" if size <= 64 else "cnn3"
     return cfg
 
 
@@ -99,7 +99,8 @@ def check_config(config: TrainConfig) -> DatasetInfo:
     if config.pretrained:
         if not get_arch(config.arch).has_backbone:
             raise ConfigError(
-                f"--pretrained: no ImageNet weights exist for {config.arch}; use resnet18, resnet50 or densenet121"
+                f"--pretrained: no ImageNet weights exist for {config.arch}; use "
+                + " or ".join(n for n, a in ARCHITECTURES.items() if a.has_backbone)
             )
         load_pretrained_state(config.arch)  # raises a HistoError naming where to put the file when offline
     return info

@@ -26,6 +26,7 @@ from histo_core.config import TrainConfig
 from histo_core.distributed import any_rank, barrier, broadcast, current_world, gather_objects
 from histo_core.errors import HistoError
 from histo_core.fsutil import savez_atomic, write_json_atomic
+from histo_core.liveness import error_line
 from histo_core.metrics import classification_report, small_split_warnings
 from histo_core.runs import RunDir, RunStatus, create_run_dir, new_run_id
 from histo_core.runtime import resolve_device
@@ -41,7 +42,6 @@ from histo_core.training.status import (
     RunFolderGone,
     StatusWriter,
     append_log,
-    error_line,
     own_start_time,
     say,
 )

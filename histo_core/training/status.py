@@ -3,7 +3,6 @@ request it obeys, and one-line error messages for the status and the log."""
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import socket
@@ -12,7 +11,6 @@ import threading
 import time
 from typing import Any
 
-from histo_core.errors import HistoError
 from histo_core.procs import proc_start_time
 from histo_core.runs import RunDir
 
@@ -100,7 +98,7 @@ class CancelFlag:
 
 
 def own_start_time() -> int | None:
-    """This process's start time as `jobs.proc_start_time` reads it (with the pid, it names the process)."""
+    """This process's start time as `procs.proc_start_time` reads it (with the pid, it names the process)."""
     return proc_start_time(os.getpid())
 
 
@@ -116,18 +114,6 @@ def append_log(run: RunDir, text: str) -> None:
             fh.write(text if text.endswith("\n") else text + "\n")
     except OSError:
         pass
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for a failed run or task: the HistoError's message, a full or read-only disk in words, else the
-    exception's type and first line."""
-    if isinstance(exc, HistoError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"disk full while writing the run ({exc.filename or ''}): free space and resume the run"
-    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return f"cannot write the run directory ({exc.filename or ''}: {exc.strerror}); check its permissions"
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
 
 
 PEER_SILENCE_S = 120.0  # a torchrun peer whose heartbeat file stops for this long is taken for dead

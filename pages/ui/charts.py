@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from pages.ui.formats import PERCENT_AXIS, PERCENT_HOVER, num, pct
+
 # metric key in a metrics.jsonl row -> (train key or None, val key, axis title)
 CURVE_METRICS: dict[str, tuple[str | None, str, str]] = {
     "loss": ("train_loss", "val_loss", "loss"),
@@ -50,6 +52,8 @@ def curve_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> go.Figure:
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, line=dict(color=colour)))
     fig.update_xaxes(dtick=1 if len(rows) <= 20 else None)
+    if metric == "accuracy":
+        fig.update_yaxes(tickformat=PERCENT_AXIS, hoverformat=PERCENT_HOVER)
     return _layout(fig, f"{label} per epoch", "epoch", label)
 
 
@@ -80,6 +84,7 @@ METRIC_LABELS = {
     "val_acc": "validation accuracy",
     "val_auc": "validation AUC",
     "lr": "learning rate",
+    "images_per_s": "training images / s",
 }
 
 
@@ -102,6 +107,8 @@ def overlay_figure(
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, line=dict(color=colours.get(label))))
     label = metric_label(key)
+    if key.endswith("_acc"):  # accuracies are percentages everywhere in the app
+        fig.update_yaxes(tickformat=PERCENT_AXIS, hoverformat=PERCENT_HOVER)
     return _layout(fig, title or f"{label} per epoch", "epoch", label, height=420)
 
 
@@ -121,13 +128,18 @@ def metrics_bar_figure(
                 y=[metrics[m] for m in names],
                 name=label,
                 marker_color=colours.get(label),
-                text=[f"{metrics[m]:.3f}" for m in names],
+                text=[pct(metrics[m]) if m == "accuracy" else num(metrics[m]) for m in names],
                 textposition="outside",
             )
         )
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.1])
     return _layout(fig, title, "", "value", height=380)
+
+
+def count_ticks(top: float) -> dict[str, Any]:
+    """Axis (or colour bar) settings for counts up to `top`: whole numbers only, never a tick at 0.5."""
+    return {"dtick": 1, "tickformat": "d"} if top < 10 else {"tickformat": ",d"}
 
 
 def confusion_figure(
@@ -164,6 +176,7 @@ def confusion_figure(
             colorscale="Blues",
             zmin=0,
             zmax=1 if normalize else None,
+            colorbar=None if normalize else count_ticks(float(counts.max(initial=0))),
             hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}<extra></extra>",
         )
     )
@@ -261,7 +274,7 @@ def reliability_figure(
             text=[f"{n}" if n is not None else "" for n in counts],
             textposition="outside",
             customdata=np.array([confs, counts], dtype=object).T if centres else None,
-            hovertemplate="accuracy %{y:.3f}<br>mean confidence %{customdata[0]:.3f}"
+            hovertemplate=f"accuracy %{{y:{PERCENT_HOVER}}}<br>mean confidence %{{customdata[0]:.3f}}"
             "<br>%{customdata[1]} tiles<extra></extra>",
         )
     )
@@ -299,7 +312,8 @@ def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested_lr: 
 def _ci_text(row: Mapping[str, Any], metric: str) -> str:
     """ ", 95% CI a-b (n seeds)" for accuracy rows that have a bootstrap interval, else the seed count."""
     lo, hi = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
-    ci = f", 95% bootstrap CI {lo:.3f}-{hi:.3f}" if lo is not None and hi is not None else ""
+    shown = pct if metric == "accuracy" else num
+    ci = f", 95% bootstrap CI {shown(lo)}-{shown(hi)}" if lo is not None and hi is not None else ""
     return f"{ci} ({row.get('seeds', '?')} seeds)"
 
 
@@ -310,6 +324,7 @@ def study_figure(
     method with mean ± sd over seeds as error bars (the bootstrap CI of the mean on hover), and the clean
     baseline as a dashed line."""
     fig = go.Figure()
+    value = PERCENT_HOVER if metric == "accuracy" else ".3f"
     names = list(dict.fromkeys((r["arch"], r["method"]) for r in summary))
     several_archs = len({a for a, _ in names}) > 1
     for arch, method in names:
@@ -323,10 +338,13 @@ def study_figure(
                 mode="lines+markers",
                 name=f"{method} ({arch})" if several_archs else method,
                 customdata=[_ci_text(r, metric) for r in rows],
-                hovertemplate="noise %{x}: %{y:.3f} ± %{error_y.array:.3f}%{customdata}<extra>%{fullData.name}</extra>",
+                hovertemplate=f"noise %{{x}}: %{{y:{value}}} ± %{{error_y.array:{value}}}%{{customdata}}"
+                "<extra>%{fullData.name}</extra>",
             )
         )
     if baseline is not None:
         fig.add_hline(y=baseline, line_dash="dash", line_color="grey", annotation_text="clean baseline")
     title = {"accuracy": "test accuracy", "auc": "test AUC", "macro_f1": "test macro-F1"}.get(metric, metric)
+    if metric == "accuracy":
+        fig.update_yaxes(tickformat=PERCENT_AXIS)
     return _layout(fig, f"{title} against label noise (mean ± sd over seeds)", "noise level", title, height=420)

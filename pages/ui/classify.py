@@ -25,9 +25,10 @@ from histo_core.explain import (
     uniform_maps,
     upscale_tile,
 )
-from histo_core.inference import LoadedModel, load_model
+from histo_core.model_cache import load_model
 from histo_core.model_catalog import ModelEntry, list_models
-from pages.ui.common import keep_in_url, plain, url_selection
+from histo_core.model_meta import LoadedModel
+from pages.ui.common import WRAP, keep_in_url, plain, url_selection
 
 CARD_PX = 224
 PAGE_SIZES = (6, 12, 24, 48)
@@ -35,7 +36,7 @@ PAGE_SIZES = (6, 12, 24, 48)
 
 # -- models ----------------------------------------------------------------------------------------------
 def cached_model(ref: str) -> LoadedModel:
-    """The model for `ref` (run dir, file, export name) from histo_core.inference's model cache, the only one:
+    """The model for `ref` (run dir, file, export name) from histo_core.model_cache, the one model cache, the only one:
     it is shared by every session and CLI call in this process and reloads a file whose mtime or size changed
     (a Streamlit cache on top would hold a second copy of each model and miss a rewritten file)."""
     with st.spinner("Loading the model…"):
@@ -197,7 +198,7 @@ def cam_options(key_prefix: str) -> dict[str, Any]:
         threshold = b.slider(
             "Contour threshold (share of the map's maximum)", 0.05, 0.95, 0.5, 0.05, key=f"{key_prefix}_threshold"
         )
-    raw = c.toggle("Raw heat map", key=f"{key_prefix}_raw", help="Show the map alone instead of over the tile")
+    raw = c.toggle("Raw heat map", key=f"{key_prefix}_raw", **WRAP, help="Show the map alone instead of over the tile")
     if method == "ScoreCAM":
         st.caption("⏱️ ScoreCAM runs one forward pass per feature channel: seconds per tile on CPU (ResNets: more).")
     if not CAM_METHODS[method].uses_target:
@@ -328,8 +329,10 @@ def _escape(text: str) -> str:
 
 
 def tile_grid(images: Sequence[np.ndarray], captions: Sequence[str], columns: int = 6, px: int = 128) -> None:
-    """Images in rows of `columns`, each upscaled to `px` (nearest-neighbour for small tiles)."""
+    """Images in rows of `columns`, each upscaled to `px` (nearest-neighbour for small tiles) and drawn at the width
+    of its column, so that every tile of the grid has the same size whatever its caption (at its own width, a tile
+    whose caption ran to two lines was drawn larger than its neighbours)."""
     for start in range(0, len(images), columns):
         cols = st.columns(columns)
         for col, img, cap in zip(cols, images[start : start + columns], captions[start : start + columns]):
-            col.image(upscale_tile(img, px), caption=cap)
+            col.image(upscale_tile(img, px), caption=cap, width="stretch")

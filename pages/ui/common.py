@@ -11,6 +11,7 @@ import streamlit as st
 
 from histo_core import paths
 from histo_core.errors import HistoError
+from pages.ui.formats import MISSING, TABLE_PERCENT
 from pages.ui.navigation import page_spec
 
 # What makes Markdown act: emphasis, code, links and images (they need `[`), HTML and autolinks (`<`), headings,
@@ -24,6 +25,37 @@ def plain(text: object) -> str:
     dataset title or a message quoting them shows as typed, never as an image, a link, HTML or markup (user
     text is data)."""
     return _MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(0), " ".join(str(text).splitlines()))
+
+
+def show_table(data: Any, percent: Sequence[str] = (), **kwargs: Any) -> Any:
+    """st.dataframe for every table of the app (hide_index and width="stretch" unless given): a missing value
+    shows as "-", never "None" (Streamlit's own placeholder for an empty cell); the `percent` columns (accuracies
+    and other shares, 0-1) as percentages, like every accuracy of the app."""
+    if percent:
+        kwargs["column_config"] = {c: percent_column() for c in percent} | dict(kwargs.get("column_config") or {})
+    kwargs.setdefault("hide_index", True)
+    kwargs.setdefault("width", "stretch")
+    return st.dataframe(data, **kwargs, **_TABLE_PLACEHOLDER)
+
+
+def _if_streamlit_takes(function: Callable, **kwargs: Any) -> dict[str, Any]:
+    """`kwargs` when this Streamlit's `function` has those parameters, else {} (requirements allow any 1.x; an
+    older release keeps its own look)."""
+    import inspect
+
+    return kwargs if set(kwargs) <= set(inspect.signature(function).parameters) else {}
+
+
+_TABLE_PLACEHOLDER = _if_streamlit_takes(st.dataframe, placeholder=MISSING)
+# Pass to every st.checkbox and st.toggle (`st.checkbox(label, **WRAP)`): placed in a column, Streamlit cuts a long
+# label off with "…"; this lets it wrap onto a second line instead.
+WRAP = _if_streamlit_takes(st.checkbox, wrap=True)
+
+
+def percent_column(label: str | None = None, help: str | None = None, **kwargs: Any) -> Any:
+    """The column config of a column of accuracies or other shares (values 0-1), shown as percentages like
+    every accuracy of the app (pages.ui.formats.pct in text); `kwargs`: NumberColumn's others (width...)."""
+    return st.column_config.NumberColumn(label, format=TABLE_PERCENT, help=help, **kwargs)
 
 
 def listed_runs() -> list:

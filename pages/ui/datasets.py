@@ -18,7 +18,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from histo_core import paths
-from pages.ui.common import keep_in_url, url_news
+from pages.ui.charts import count_ticks
+from pages.ui.common import WRAP, keep_in_url, url_news
 
 OTHER_PATH = "__path__"
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
@@ -122,7 +123,7 @@ def _allowed(spec: str, data_dir) -> bool:
 
 
 def _size_label(size: int | None) -> str:
-    return "auto (native, at most 64 px)" if size is None else f"{size} px"
+    return "auto (≤ 64 px)" if size is None else f"{size} px"
 
 
 def dataset_picker(
@@ -164,7 +165,7 @@ def dataset_picker(
 
         st.session_state[choice_key] = default_dataset_spec(data_dir)
     labels = {o.spec: o.label for o in options} | {OTHER_PATH: "Another file or folder (type its path)…"}
-    cols = st.columns([3, 1, 1])
+    cols = st.columns([2, 1])  # the tile size column fits "auto (≤ 64 px)" in a 1024 px window
     spec = cols[0].selectbox("Dataset", specs + [OTHER_PATH], format_func=labels.get, key=choice_key)
     if spec == OTHER_PATH:
         roots = paths.data_roots(data_dir)
@@ -189,14 +190,16 @@ def dataset_picker(
             list(option.sizes),
             format_func=_size_label,
             key=f"{key}_size_{spec}",
-            help="MedMNIST: which file (28/64/128/224); folders and CSV: the size images are decoded to",
+            help="MedMNIST: which file (28/64/128/224); folders and CSV: the size images are decoded to (auto: "
+            "their native size, at most 64 px)",
         )
     else:
         cols[1].caption("Tile size: native")
     as_rgb = False
     if option.channels in (1, None):
-        as_rgb = cols[2].checkbox(
+        as_rgb = cols[1].checkbox(
             "Grayscale → RGB",
+            **WRAP,
             key=f"{key}_rgb",
             help="serve 1-channel sets as 3 identical channels (for ImageNet-pretrained models)",
         )
@@ -226,10 +229,7 @@ def class_distribution_figure(classes: Sequence[str], counts: dict[str, Sequence
         legend=dict(orientation="h", y=1.1),
     )
     top = max((max(v) for v in counts.values() if len(v)), default=0)
-    if top < 10:  # whole tiles only: no ticks at 0.5 on small counts
-        fig.update_yaxes(dtick=1, tickformat="d", rangemode="tozero")
-    else:
-        fig.update_yaxes(tickformat=",d", rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero", **count_ticks(top))  # whole tiles only
     return fig
 
 

@@ -1,6 +1,6 @@
 """The "Evaluate on another dataset" panel (Runs page for a run, Classify page for an exported or ready-made
 model): pick a dataset, edit how its classes map onto the model's,
-start `python -m histo_core evaluate ... --json` as a background job (histo_core.jobs), and show the saved
+start an evaluation in the background (histo_core.evaluation.start_evaluation: the `evaluate` process kind), and show the saved
 evaluations. Matching and scoring live in histo_core.classnames / histo_core.evaluation."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from histo_core import classnames, jobs
+from histo_core import classnames, evaluation
 from histo_core.classnames import match_classes, short_name
 from histo_core.errors import HistoError
 from histo_core.evaluation import list_evaluations
 from histo_core.model_catalog import ModelEntry
 from histo_core.runs import RunDir
-from pages.ui.common import plain, user_errors
+from pages.ui.common import percent_column, plain, show_table, user_errors
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.live import live
 from pages.ui.report import render_report
@@ -154,13 +154,13 @@ def evaluate_panel(model: RunDir | ModelEntry) -> None:
             help=f"runs `python -m histo_core evaluate` in the background; the result is saved {where}",
         ):
             with user_errors("Not started: "):
-                started = jobs.start_evaluation(target, choice.spec, split, mapping, name or None)
+                started = evaluation.start_evaluation(target, choice.spec, split, mapping, name or None)
                 st.session_state[f"evaluate_started_{key}"] = started
     evaluations_view(target, key)
 
 
 def _running_jobs(target: RunDir | str) -> list[dict]:
-    return [j for j in jobs.evaluation_jobs(target) if j["state"] == "running"]
+    return [j for j in evaluation.evaluation_jobs(target) if j["state"] == "running"]
 
 
 def _running(target: RunDir | str) -> None:
@@ -171,7 +171,7 @@ def _running(target: RunDir | str) -> None:
 def evaluations_view(target: RunDir | str, key: str) -> None:
     """Running jobs (refreshed), failed ones with their error line, and the saved evaluations of a run or of a
     weights model (its ref)."""
-    all_jobs = jobs.evaluation_jobs(target)
+    all_jobs = evaluation.evaluation_jobs(target)
     if any(j["state"] == "running" for j in all_jobs):
         live(lambda: bool(_running_jobs(target)), lambda: _running(target))
     saved = list_evaluations(target)
@@ -197,14 +197,9 @@ def evaluations_view(target: RunDir | str, key: str) -> None:
             for e in saved
         ]
     )
-    st.dataframe(
+    show_table(
         table,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "accuracy": st.column_config.NumberColumn(format="%.3f"),
-            "AUC": st.column_config.NumberColumn(format="%.3f"),
-        },
+        column_config={"accuracy": percent_column(), "AUC": st.column_config.NumberColumn(format="%.3f")},
     )
     pick = st.selectbox("Show evaluation", [e["name"] for e in saved], key=f"evaluate_show_{key}")
     report = next(e for e in saved if e["name"] == pick)

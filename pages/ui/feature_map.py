@@ -1,10 +1,9 @@
 """Streamlit pieces of the Feature map page and of the Classify page's "most similar training tiles" and
-faithfulness notes. The work is in histo_core (embeddings, similar, faithfulness, jobs)."""
+faithfulness notes. The work is in histo_core (embeddings, similar, faithfulness; kinds for the background)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,14 +11,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from histo_core import jobs
 from histo_core.embeddings import EmbeddingStore, EmbedTarget, is_current, load_store
 from histo_core.errors import HistoError
 from histo_core.explain import uniform_maps
-from histo_core.runs import RunDir
+from histo_core.kinds import get_kind
 from pages.ui.classify import tile_grid
-from pages.ui.common import plain
-from pages.ui.live import live
+from pages.ui.common import plain, show_table
+from pages.ui.tasks import task_panel
 
 COLOUR_BY = {
     "true class": "true",
@@ -33,14 +31,7 @@ SPLIT_SYMBOLS = {"train": "circle", "val": "diamond", "test": "square"}  # the m
 SPLIT_MARKS = {"circle": "●", "diamond": "◆", "square": "■"}  # named in the title (the legend lists colours)
 
 
-# -- embeddings and their background job -------------------------------------------------------------------
-def job_path(target: EmbedTarget, kind: str = "embed") -> Path:
-    """Status file of a target's background job: in the run for a run's own dataset, else next to the cache."""
-    if target.run_path is not None:
-        return RunDir(target.run_path).job_status_path(kind)
-    return target.out_dir.with_name(f"{target.out_dir.name}.job-{kind}.json")
-
-
+# -- embeddings and their background process --------------------------------------------------------------
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _store(path: str, mtime_ns: int) -> EmbeddingStore | None:
     return load_store(path)
@@ -56,29 +47,12 @@ def current_store(target: EmbedTarget) -> EmbeddingStore | None:
     return store if is_current(store, target) else None
 
 
-def job_panel(target: EmbedTarget, args: list[str], kind: str, start_label: str, key: str) -> None:
-    """Start button, then live progress of the background job; reruns the page when it has finished."""
-    path = job_path(target, kind)
-    status = jobs.job_status(path)
-    if status and status.get("state") == "running":
-        live(lambda: (jobs.job_status(path) or {}).get("state") == "running", lambda: _job_progress(str(path), kind))
-        return
-    if status and status.get("state") == "failed":
-        st.error(f"The last {kind} job failed: {plain(status.get('error'))}")
-    if st.button(start_label, key=key, type="primary"):
-        try:
-            jobs.start_inspection_job(kind, args, path)
-        except HistoError as exc:
-            st.error(plain(exc))
-            return
-        st.rerun()
-
-
-def _job_progress(path: str, kind: str) -> None:
-    status = jobs.job_status(path) or {}
-    st.progress(
-        min(1.0, float(status.get("progress") or 0.0)),
-        text=f"{kind} running in the background (process {status.get('pid')}): {status.get('message', '')}",
+def job_panel(params: dict[str, Any], kind: str, start_label: str, key: str) -> None:
+    """Start button, then the live progress of the background process (histo_core.kinds: `embed` with params model
+    and, for another dataset than its own, dataset; `explain-quality` with run, tiles); the page redraws itself
+    when it has finished."""
+    task_panel(
+        kind, params, start_label=start_label, help=f"runs the {get_kind(kind).label} in the background", key=key
     )
 
 
@@ -196,7 +170,7 @@ def selection_grid(df: pd.DataFrame, picked: list[tuple[str, int]], tiles_of) ->
             f"{key[0]} #{key[1]} · true {rec['true']} · pred {rec['predicted']} ({rec['confidence']:.2f}){mark}"
         )
     tile_grid(images, caps, columns=6, px=128)
-    st.dataframe(summary, hide_index=True, width="stretch")
+    show_table(summary)
 
 
 # -- faithfulness table ------------------------------------------------------------------------------------
@@ -221,7 +195,7 @@ def quality_frame(doc: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 def quality_table(doc: dict[str, Any]) -> None:
     rows, config = quality_frame(doc)
-    st.dataframe(rows, hide_index=True, width="stretch", column_config=config)
+    show_table(rows, column_config=config)
     best = doc.get("best")
     st.caption(
         f"{doc['metric']}; {doc['tiles']} {doc['split']} tiles"
@@ -315,7 +289,7 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
                 "The training tiles of this model are not embedded yet (a run trained before this feature, or "
                 "an export). Compute them once, in the background:"
             )
-            job_panel(target, [target.model_ref], "embed", "Embed the training tiles", key=f"{key}_embed")
+            job_panel({"model": target.model_ref}, "embed", "Embed the training tiles", key=f"{key}_embed")
             return
         try:
             index = _index(target.model_ref, int(store.meta.get("model_mtime_ns", 0)))
@@ -349,4 +323,4 @@ def similar_tiles(loaded, entry, tile: np.ndarray, probs: np.ndarray, key: str, 
         if imgs is not None:
             tile_grid(imgs, caps, columns=4, px=112)
         else:
-            st.dataframe(pd.DataFrame({"neighbour": caps}), hide_index=True)
+            show_table(pd.DataFrame({"neighbour": caps}))

@@ -1,8 +1,8 @@
-"""The one poller of the pages: a part of a page that follows a background process (a training run, a page task,
-an inspection or evaluation job) is re-run every LIVE_REFRESH_S by a Streamlit fragment while the process is
+"""The one poller of the pages: a part of a page that follows a background process (a training run or a task of
+any other kind, histo_core.kinds) is re-run every LIVE_REFRESH_S by a Streamlit fragment while the process is
 active; when it is not any more, the whole page is redrawn once in its settled form (the result, the error).
 
-    live(lambda: jobs.refresh_status(run).state in jobs.ACTIVE_STATES, lambda: render_progress(run))
+    live(lambda: liveness.refresh_status(run).state in liveness.ACTIVE_STATES, lambda: render_progress(run))
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from histo_core import jobs, tasks
+from histo_core import liveness, task_folders
 from histo_core.runs import RunStatus
 
 LIVE_REFRESH_S = 2.0
@@ -29,13 +29,13 @@ def live(active: Callable[[], bool], body: Callable[[], None]) -> None:
     st.fragment(_poll, run_every=LIVE_REFRESH_S)(active, body)
 
 
-def task_active(task: tasks.TaskDir) -> bool:
-    return tasks.refresh_task(task).state in jobs.ACTIVE_STATES
+def task_active(task: task_folders.TaskDir) -> bool:
+    return task_folders.refresh_task(task).state in liveness.ACTIVE_STATES
 
 
-def task_progress(task: tasks.TaskDir, status: RunStatus | None = None) -> None:
+def task_progress(task: task_folders.TaskDir, status: RunStatus | None = None) -> None:
     """A page task's progress bar (its message, or why it waits) and where it runs."""
-    status = status or tasks.refresh_task(task)
+    status = status or task_folders.refresh_task(task)
     fraction = status.step / status.steps_per_epoch if status.steps_per_epoch else 0.0
     text = status.phase or (WAITING_FOR_SLOT if status.state == "queued" else "starting…")
     st.progress(min(1.0, fraction), text=text)

@@ -45,3 +45,24 @@ def page_spec(page_file: str) -> PageSpec:
         if Path(spec.file).name == name:
             return spec
     raise KeyError(f"{name} is not in the page list (pages/ui/navigation.py): add a PageSpec for it")
+
+
+# What a page's first run imports beyond its own module: Streamlit's emoji table (1-2 s of regex compiling on a busy
+# machine, at the first page icon of the server) and its DataFrame conversion, first; the training package (the
+# Train page's defaults) and the export module (the model menus), after the heavy imports they need.
+STREAMLIT_FIRST_USE = ("streamlit.emojis", "pyarrow.pandas_compat")
+PAGES_LAZY = ("histo_core.training", "histo_core.export")
+
+
+def page_modules() -> tuple[str, ...]:
+    """Every page as an importable module ("pages.3_Runs"). Importing one runs its imports, not its main(): a page
+    runs main() only as __main__, which is how Streamlit runs it."""
+    return tuple(f"pages.{Path(spec.file).stem}" for spec in PAGES)
+
+
+def start_warmup() -> None:
+    """The server's background warm-up (histo_core.warmup) with the pages' modules too, so the first visit of any
+    page, opened from the sidebar or by a link, waits for no import; once per process (serve.py, app.py)."""
+    from histo_core import warmup
+
+    warmup.start((*STREAMLIT_FIRST_USE, *warmup.MODULES, *PAGES_LAZY, *page_modules()))

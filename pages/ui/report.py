@@ -11,6 +11,8 @@ import streamlit as st
 
 from histo_core.classnames import short_names
 from pages.ui import charts
+from pages.ui.common import WRAP, show_table
+from pages.ui.formats import num, pct
 
 
 def render_report(report: dict[str, Any], key: str) -> None:
@@ -19,12 +21,12 @@ def render_report(report: dict[str, Any], key: str) -> None:
 
     classes = report.get("classes") or []
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("accuracy", _pct(report.get("accuracy")))
-    c2.metric("AUC" + (f" ({report['auc_kind']})" if report.get("auc_kind") else ""), _num(report.get("auc")))
-    c3.metric("loss", _num(report.get("loss")))
+    c1.metric("accuracy", pct(report.get("accuracy")))
+    c2.metric("AUC" + (f" ({report['auc_kind']})" if report.get("auc_kind") else ""), num(report.get("auc"), 4))
+    c3.metric("loss", num(report.get("loss"), 4))
     c4.metric(
         "ECE",
-        _num(report.get("ece")),
+        num(report.get("ece"), 4),
         help="expected calibration error: the gap between confidence and "
         "accuracy, averaged over confidence bins (0 is perfect)",
     )
@@ -43,14 +45,14 @@ def render_report(report: dict[str, Any], key: str) -> None:
     for (_name, part), tab in zip(parts, st.tabs([p[0] for p in parts])):
         with tab:
             if part == "confusion":
-                normalise = st.toggle("row-normalised (recall per class)", key=f"norm-{key}")
+                normalise = st.toggle("row-normalised (recall per class)", key=f"norm-{key}", **WRAP)
                 st.plotly_chart(
                     charts.confusion_figure(report["confusion"], classes, normalize=normalise),
                     width="stretch",
                     key=f"cm-{key}",
                 )
             elif part == "per_class":
-                st.dataframe(per_class_frame(report), hide_index=True, width="stretch", column_config=PER_CLASS_COLUMNS)
+                show_table(per_class_frame(report), column_config=PER_CLASS_COLUMNS)
             elif part == "roc":
                 st.plotly_chart(charts.roc_figure(report["roc"]), width="stretch", key=f"roc-{key}")
             else:
@@ -88,11 +90,3 @@ def per_class_frame(report: dict[str, Any]) -> pd.DataFrame:
             for s, r in zip(short, rows)
         ]
     )
-
-
-def _pct(v: Any) -> str:
-    return f"{v:.1%}" if isinstance(v, (int, float)) else "-"
-
-
-def _num(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"

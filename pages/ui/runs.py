@@ -11,12 +11,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from histo_core import jobs
+from histo_core import jobs, liveness
 from histo_core.fsutil import read_json
 from histo_core.launch import start_once
 from histo_core.runs import UNREADABLE, RunDir, RunStatus
 from pages.ui import charts
-from pages.ui.common import plain, synthetic_badge, user_errors
+from pages.ui.common import WRAP, percent_column, plain, show_table, synthetic_badge, user_errors
 from pages.ui.evaluate import evaluate_panel
 from pages.ui.live import live
 from pages.ui.report import render_report
@@ -27,7 +27,7 @@ STATE_ICONS = {
     "completed": "✅",
     "failed": "❌",
     "cancelled": "⏹️",
-    jobs.STALE: "❔",
+    liveness.STALE: "❔",
     UNREADABLE: "⚠️",
 }
 
@@ -84,15 +84,36 @@ def _metric_text(name: str, value: float | None) -> str:
     return f"{name} {value:.4f}" if value is not None else "-"
 
 
+# The columns the runs table shows (newest run first), each of a set width, so that all of them fit beside the
+# sidebar in a 1024 px window (a long run name or dataset title is cut inside its cell, not a whole column off the
+# edge); the progress bar only while a run is queued or running. The other columns of summary_table (AUC, epoch,
+# best val, duration, created, run id) are in the run's own view below the table.
+SHOWN_COLUMNS = {
+    "run": 100,
+    "state": 80,
+    "progress": 75,
+    "test acc": 65,
+    "dataset": 110,
+    "architecture": 70,
+    "noise": 60,
+}
+
+
 def render_summary_table(summaries: list[dict[str, Any]]) -> None:
-    st.dataframe(
-        summary_table(summaries),
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "progress": st.column_config.ProgressColumn("progress", format="%d%%", min_value=0, max_value=100),
-            "test acc": st.column_config.NumberColumn(format="percent", help="accuracy on the test split"),
-            "test AUC": st.column_config.NumberColumn(format="%.3f"),
+    table = summary_table(summaries)
+    active = any(s["state"] in liveness.ACTIVE_STATES for s in summaries)
+    shown = [c for c in [*SHOWN_COLUMNS, "started by"] if c in table.columns and (c != "progress" or active)]
+    column = st.column_config.Column
+    show_table(
+        table,
+        column_order=shown,
+        column_config={name: column(width=px) for name, px in SHOWN_COLUMNS.items()}
+        | {
+            "progress": st.column_config.ProgressColumn(
+                "progress", format="%d%%", min_value=0, max_value=100, width=SHOWN_COLUMNS["progress"]
+            ),
+            "test acc": percent_column(help="accuracy on the test split", width=SHOWN_COLUMNS["test acc"]),
+            "architecture": column("arch", width=SHOWN_COLUMNS["architecture"]),
         },
     )
 
@@ -114,7 +135,7 @@ def link_to_page(page: str, label: str, icon: str | None = None, query_params: d
 def render_run(run: RunDir) -> None:
     """Header, then a live panel (re-run every LIVE_REFRESH_S by `live`) while the run is active, else the
     finished view; actions at the end."""
-    status = jobs.refresh_status(run)
+    status = liveness.refresh_status(run)
     config, dataset = run.config(), run.dataset()
     title = config.get("name") or run.id
     st.subheader(plain(title))
@@ -130,15 +151,15 @@ def render_run(run: RunDir) -> None:
             f"This run cannot be read: {plain(status.error)}. Restore the file, or delete the run "
             "(nothing else of it is shown)."
         )
-    elif status.state in jobs.ACTIVE_STATES:
-        live(lambda: jobs.refresh_status(run).state in jobs.ACTIVE_STATES, lambda: _live_panel(run))
+    elif status.state in liveness.ACTIVE_STATES:
+        live(lambda: liveness.refresh_status(run).state in liveness.ACTIVE_STATES, lambda: _live_panel(run))
     else:
         _finished_view(run, status)
     _actions(run)
 
 
 def _live_panel(run: RunDir) -> None:
-    render_progress(run, jobs.refresh_status(run))
+    render_progress(run, liveness.refresh_status(run))
     rows = run.metrics()
     render_curves(rows)
     val = read_json(run.val_latest_path)
@@ -154,7 +175,7 @@ def render_progress(run: RunDir, status: RunStatus) -> None:
             "running run ends (limit per device: HISTO_MAX_RUNS_CPU / HISTO_MAX_RUNS_CUDA)."
         )
         return
-    if status.state == jobs.STALE:
+    if status.state == liveness.STALE:
         st.warning(f"No heartbeat from {plain(status.host)} for a while: the run may have died there.")
     if run.cancel_requested():
         st.warning("Cancel requested: the run stops after the current batch and saves last.pt.")
@@ -244,21 +265,21 @@ def _finished_view(run: RunDir, status: RunStatus) -> None:
         render_report(val, key=f"val-{run.id}")
     if status.state in ("failed", "cancelled"):
         with st.expander("log.txt (last lines)", expanded=status.state == "failed"):
-            st.code(jobs.log_tail(run, 40) or "(empty log)", language=None)
+            st.code(liveness.log_tail(run, 40) or "(empty log)", language=None)
 
 
 def _actions(run: RunDir) -> None:
     """The buttons that apply to the run's state, side by side."""
-    status = jobs.refresh_status(run)
+    status = liveness.refresh_status(run)
     st.divider()
     actions = []
-    if status.state in jobs.ACTIVE_STATES:
+    if status.state in liveness.ACTIVE_STATES:
         actions.append(_cancel_button)
     if status.state in ("failed", "cancelled"):
         actions.append(_resume_button)
     if run.best_ckpt.exists() and status.state != UNREADABLE:
         actions.append(_download_button)
-    if status.state not in jobs.ACTIVE_STATES:
+    if status.state not in liveness.ACTIVE_STATES:
         actions.append(_delete_control)
     for col, action in zip(st.columns(4), actions):
         with col:
@@ -290,8 +311,8 @@ def _resume_button(run: RunDir) -> None:
     ):
 
         def resumed_already() -> str | None:  # by the other click of a double click
-            state = jobs.refresh_status(run).state
-            return f"{run.id} is {state} already" if state in jobs.ACTIVE_STATES else None
+            state = liveness.refresh_status(run).state
+            return f"{run.id} is {state} already" if state in liveness.ACTIVE_STATES else None
 
         with user_errors():
             st.session_state["runs_notice"] = start_once(
@@ -338,7 +359,7 @@ def _export_form(run: RunDir) -> None:
         with st.form(key=f"export-{run.id}"):
             default = (run.config().get("name") or f"{run.config().get('arch')}-{run.id[-4:]}").replace(" ", "-")
             name = st.text_input("Export name", value=default, help="letters, digits, '-', '_', '.'")
-            overwrite = st.checkbox("Overwrite an export with this name")
+            overwrite = st.checkbox("Overwrite an export with this name", **WRAP)
             if st.form_submit_button("Export"):
                 with user_errors():
                     path = export_run(run, name, overwrite=overwrite)

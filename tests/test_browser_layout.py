@@ -1,0 +1,130 @@
+"""In real Chromium at 1024 px wide (issue 24, "labels cut off"): the labels and values a user reads are whole, not
+cut off with "…", the runs table fits beside the sidebar, and tiles shown side by side have one size.
+
+Only what needs a browser's layout is tested here; what AppTest can see (formats, "None" cells) is in
+tests/test_page_formats.py. Needs /usr/bin/chromium; skipped where it is absent (see tests/test_browser_e2e.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tests.test_browser_e2e import ARTIFACTS, _require_browser, goto, shot
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
+
+WIDTH = 1024
+
+# Text cut off inside a widget: a select's value (an <input> narrower than its text) or a label drawn on one line
+# with an ellipsis (Streamlit's stMarkdownEllipsis) that is wider than its box.
+CUT_OFF = """(root) => {
+  const cut = [];
+  const wider = (el) => el.scrollWidth > el.clientWidth + 1;
+  for (const w of root.querySelectorAll('[data-testid="stSelectbox"], [data-testid="stCheckbox"]')) {
+    for (const input of w.querySelectorAll('input')) {
+      if (input.type !== 'checkbox' && wider(input)) cut.push(input.value);
+    }
+    for (const el of w.querySelectorAll('[class*="stMarkdownEllipsis"]')) {
+      if (wider(el)) cut.push(el.textContent.trim());
+    }
+  }
+  return cut;
+}"""
+
+
+def _cut_off(page, where: str = "body") -> list[str]:
+    return page.locator(where).first.evaluate(CUT_OFF)
+
+
+def _settle(page) -> None:
+    """Widgets appear after their code is fetched: wait until no skeleton placeholder is left."""
+    deadline = time.monotonic() + 60
+    while page.locator('[data-testid="stSkeleton"]').count() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+
+
+def _image_folder(root: Path) -> Path:
+    """A folder of class folders (the tile-size select offers "auto" for it)."""
+    rng = np.random.default_rng(0)
+    for cls in ("tumour", "stroma"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_labels_and_tables_fit_a_1024_px_window(tmp_path, monkeypatch):
+    sync_api = _require_browser()
+    env = {
+        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
+        "HISTO_DATA_DIR": str(tmp_path / "data"),
+        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
+    }
+    for d in env.values():
+        Path(d).mkdir(parents=True, exist_ok=True)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    from tests.runfiles import write_run
+
+    run = write_run("completed", name="first", skill=1.0, seed=5)
+    write_run("completed", name="second", skill=1.5, seed=6, noise=0.2)
+    folder = _image_folder(tmp_path / "data" / "tiles")
+    log = ARTIFACTS / "streamlit-layout.log"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    with streamlit_server(env, log) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+
+            # Train on an image folder: the tile-size select shows "auto (≤ 64 px)" whole; every checkbox of the
+            # form (its sections opened) shows its whole label, wrapped where long
+            goto(page, f"{url}/Train?dataset={folder}", "Train (folder)")
+            _settle(page)
+            size = page.locator('[data-testid="stSelectbox"]').filter(has_text="Tile size").locator("input")
+            assert size.input_value().startswith("auto")
+            for section in page.locator('[data-testid="stExpander"] summary').all():
+                section.click()
+            _settle(page)
+            cut = _cut_off(page)
+            assert size.input_value() not in cut, f"the tile-size select is cut off: {cut}"
+            boxes = page.locator('[data-testid="stCheckbox"]')
+            assert boxes.count() >= 5
+            cut_boxes = [c for c in cut if any(c == t.strip() for t in boxes.all_inner_texts())]
+            assert not cut_boxes, f"checkbox labels cut off: {cut_boxes}"
+            shot(page, "layout-train-1024")
+
+            # Runs: the table's columns all fit beside the sidebar (no hidden last columns)
+            goto(page, f"{url}/Runs", "Runs")
+            _settle(page)
+            scroller = page.locator('[data-testid="stDataFrame"] .dvn-scroller').first
+            assert scroller.evaluate("el => el.scrollWidth <= el.clientWidth + 1"), "the runs table scrolls sideways"
+
+            # Review: the filters' values are whole ("Sort by" showed "los"), "CAM on all" stays on one line,
+            # and the examples side by side have one size
+            goto(page, f"{url}/Review?run={run.id}", "Review")
+            _settle(page)
+            cut = _cut_off(page, '[data-testid="stMain"]')
+            for name in ("Sort by", "True class", "Predicted class", "Tiles per page"):
+                value = page.locator('[data-testid="stSelectbox"]').filter(has_text=name).locator("input")
+                assert value.input_value() not in cut, f"{name} is cut off: {cut}"
+            toggle = page.locator('[data-testid="stCheckbox"]').filter(has_text="CAM on all")
+            label_height = toggle.locator("p").first.evaluate("el => el.getBoundingClientRect().height")
+            line_height = toggle.locator("p").first.evaluate("el => parseFloat(getComputedStyle(el).lineHeight)")
+            assert label_height < 1.5 * line_height, "'CAM on all' wraps onto several lines"
+            examples = page.locator('[data-testid="stExpander"]').filter(has_text="Examples side by side")
+            examples.locator("summary").click()
+            _settle(page)
+            widths = examples.locator('[data-testid="stImage"] img').evaluate_all(
+                "imgs => imgs.map(i => Math.round(i.getBoundingClientRect().width))"
+            )
+            assert len(widths) >= 2 and len(set(widths)) == 1, f"examples of mixed sizes: {widths}"
+            shot(page, "layout-review-1024")
+        finally:
+            browser.close()
