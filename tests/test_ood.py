@@ -243,3 +243,26 @@ def test_shipped_model_flags_other_organs_and_stays_quiet_on_full_size_in_domain
     assert flagged(crc).mean() < 0.10
     assert flagged(breast).mean() > 0.5
     assert flagged(_skin_tiles(slide)).mean() > 0.5
+
+
+def test_feature_calibrations_made_before_still_score_every_stage():
+    """A calibration saved before the class-conditional first-stage score (one Gaussian per stage, every stage,
+    no stage index) scores as it did: the mean over all stages of each one's distance in units of its median."""
+    rng = np.random.default_rng(0)
+    train = [rng.normal(size=(80, c)) for c in (4, 6, 8)]
+    tiles = [rng.normal(size=(5, c)) + 3.0 for c in (4, 6, 8)]
+    old = []
+    for f in train:  # the old format: mean, precision, median score
+        layer = ood.fit_features([f])[0]
+        assert "mean" in layer and layer.pop("stage") == 0
+        old.append(layer)
+    expected = np.mean(
+        [ood._sq_mahalanobis(t, np.asarray(L["mean"]), np.asarray(L["icov"])) / L["scale"] for L, t in zip(old, tiles)],
+        axis=0,
+    )
+    np.testing.assert_allclose(ood.feature_scores(old, tiles), expected)
+    assert not ood.feature_stages_match(old, tiles[:2])  # an old calibration needs every stage
+    new = ood.fit_features(train, np.arange(80) % 2, stage=2)  # now: the given stage, a mean per class
+    assert new[0]["stage"] == 2 and np.shape(new[0]["class_means"]) == (2, 8)
+    assert ood.feature_stages_match(new, tiles) and not ood.feature_stages_match(new, tiles[:2])
+    assert (ood.feature_scores(new, tiles) > 1.0).all()  # shifted tiles: far from both classes
