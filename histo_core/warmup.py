@@ -1,9 +1,10 @@
 """Warm the app's server process in the background, once, when it starts: the heavy imports the pages need
 (torch, torchvision, plotly, pandas, scikit-learn, the Grad-CAM package, histo_core's inference path; the app adds
 its pages' own modules, pages/ui/navigation.start_warmup), the Datasets and Train pages' default dataset when it
-is the synthetic demo, and the default model of the Classify page (the first of `model_catalog.list_models`),
-loaded into the one model cache (`model_cache`) with one forward pass and the "unlike the training tiles" feature
-pass. A user opening a page or dropping files after that does not wait for them.
+is the synthetic demo; then it freezes the heap out of the garbage collector's full collections (`freeze_heap`)
+and loads the default model of the Classify page (the first of `model_catalog.list_models`) into the one model
+cache (`model_cache`) with one forward pass and the "unlike the training tiles" feature pass. A user opening a
+page or dropping files after that does not wait for them.
 
     warmup.start(modules)  # the thread, or None when already started (or HISTO_NO_WARMUP=1)
 
@@ -12,6 +13,7 @@ Nothing here may fail the app: every step is best-effort and a failure is only r
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import threading
@@ -42,6 +44,7 @@ _state: dict[str, Any] = {
     "imports_s": None,
     "dataset": None,
     "dataset_s": None,
+    "frozen": None,
     "model": None,
     "model_s": None,
     "errors": [],
@@ -57,7 +60,7 @@ def state() -> dict[str, Any]:
 
 def start(modules: tuple[str, ...] = MODULES, model: bool = True, dataset: bool = True) -> threading.Thread | None:
     """Start the warm-up thread once per process; None when it has started already or HISTO_NO_WARMUP=1.
-    `modules` in order, then the default dataset (`dataset`), then the default model (`model`)."""
+    `modules` in order, then the default dataset (`dataset`), `freeze_heap`, then the default model (`model`)."""
     global _thread
     if os.environ.get("HISTO_NO_WARMUP") == "1":
         return None
@@ -93,6 +96,8 @@ def _warm(modules: tuple[str, ...], model: bool, dataset: bool) -> None:
         else:
             with _lock:
                 _state["dataset"], _state["dataset_s"] = spec, round(time.perf_counter() - t1, 2)
+    with _lock:
+        _state["frozen"] = freeze_heap()
     if model:
         t1 = time.perf_counter()
         try:
@@ -102,6 +107,19 @@ def _warm(modules: tuple[str, ...], model: bool, dataset: bool) -> None:
             return
         with _lock:
             _state["model"], _state["model_s"] = ref, round(time.perf_counter() - t1, 2)
+
+
+def freeze_heap() -> int:
+    """Move every object that exists now out of the cyclic garbage collector's sight (gc.freeze, after one last
+    collection), and return how many are frozen. Streamlit runs a full collection after every script run (a page
+    load, a widget change, each 2 s poll of a live panel: `runner.postScriptGC`), and over the ~500,000 objects of
+    torch, pandas, plotly & co. it took 0.4-0.6 s on a busy 2-core machine, holding the GIL while the page's
+    messages waited to be sent; frozen, it takes milliseconds. What is frozen here (modules, their tables, the
+    synthetic demo's tiles) lives as long as the process anyway; refcounting still frees it. The model is loaded
+    after, so a model that leaves the cache later is collected as usual."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def _warm_default_dataset() -> str | None:

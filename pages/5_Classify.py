@@ -28,7 +28,7 @@ from pages.ui.classify import (
 )
 from pages.ui.common import page_setup, plain, show_table
 from pages.ui.evaluate import evaluate_panel
-from pages.ui.feature_map import faithfulness_note, similar_tiles
+from pages.ui.feature_map import faithfulness_note, faithfulness_scores, similar_tiles
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ def tiles_mode(c: Chosen) -> None:
     cams = CamCache("classify_cams", scope)
     targets = [target_for(meta, i, results[i].pred) for i in shown]
     maps = cams.get_many(loaded, shown, [results[i].tile for i in shown], options["method"], targets)
+    faithfulness_scores(loaded, [results[i].tile for i in shown], maps, targets, options["method"], c.key)
     for i, target, cam in zip(shown, targets, maps):
         tile_card(c, i, results[i], target, cam, options)
 

@@ -331,3 +331,24 @@ def test_a_ready_made_models_evaluation_is_saved_in_the_data_dir_and_listed(ship
     listed = [d.value for d in at.dataframe if "scored" in d.value.columns]
     assert listed and list(listed[0]["name"]) == ["nct-sample"] and list(listed[0]["scored"]) == [9]
     assert at.selectbox(key=f"evaluate_show_{key}").value == "nct-sample"
+
+
+def test_a_page_of_tiles_is_scored_for_faithfulness_in_one_batch(shipped_model, shared_data, monkeypatch):
+    """The ROAD score under each card: one road_scores call for the page's maps (8 forward passes of the whole
+    page), not one per card (8 each: the first classification of 12 tiles spent most of its time there), and
+    every card still shows its own score; a rerun scores nothing again."""
+    from histo_core import faithfulness
+
+    calls: list[int] = []
+    real = faithfulness.road_scores
+    monkeypatch.setattr(
+        faithfulness, "road_scores", lambda m, meta, t, *a, **k: calls.append(len(t)) or real(m, meta, t, *a, **k)
+    )
+    tiles = sorted((shared_data / "tiles" / "pathmnist-224").rglob("*.png"))[:4]
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    at.file_uploader(key="classify_files").set_value([upload(p) for p in tiles]).run(timeout=180)
+    assert not at.exception, at.exception
+    notes = [n for n in [c.value for c in at.caption] + [w.value for w in at.warning] if n.startswith("Faithfulness: ")]
+    assert len(notes) == len(tiles) and calls == [len(tiles)], (notes, calls)
+    at.run(timeout=180)
+    assert calls == [len(tiles)]

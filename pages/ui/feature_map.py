@@ -207,25 +207,49 @@ def quality_table(doc: dict[str, Any]) -> None:
 
 
 # -- Classify page additions -------------------------------------------------------------------------------
+def _score_key(cache_key: str, tile: np.ndarray, method: str, target: int) -> tuple:
+    import hashlib
+
+    digest = hashlib.blake2b(np.ascontiguousarray(tile).tobytes(), digest_size=12).hexdigest()
+    return (cache_key, digest, method, int(target))
+
+
+def faithfulness_scores(
+    loaded, tiles: list[np.ndarray], cams: list[np.ndarray], targets: list[int], method: str, cache_key: str
+) -> None:
+    """ROAD scores of the maps about to be drawn, computed together (one batch: 8 forward passes for a page of
+    tiles, not 8 per tile) and kept for `faithfulness_note`; flat maps and maps scored before are skipped."""
+    from histo_core.faithfulness import road_scores
+
+    store = st.session_state.setdefault("faithfulness_scores", {})
+    todo = [
+        (k, tile, cam, target)
+        for tile, cam, target in zip(tiles, cams, targets)
+        if not uniform_maps(cam)[0] and (k := _score_key(cache_key, tile, method, target)) not in store
+    ]
+    if not todo:
+        return
+    scores = road_scores(
+        loaded.model,
+        loaded.meta,
+        np.stack([t for _, t, _, _ in todo]),
+        np.stack([c for _, _, c, _ in todo]),
+        [int(t) for *_, t in todo],
+    )
+    store.update({k: float(v) for (k, *_), v in zip(todo, scores)})
+
+
 def faithfulness_note(
     loaded, tile: np.ndarray, cam: np.ndarray, target: int, method: str, cache_key: str, container=None
 ) -> None:
     """The ROAD score of the map just drawn, one line under the overlay (computed once per map and kept)."""
-    from histo_core.faithfulness import describe, misleading, road_scores
+    from histo_core.faithfulness import describe, misleading
 
     box = container or st
-    import hashlib
-
-    store = st.session_state.setdefault("faithfulness_scores", {})
+    faithfulness_scores(loaded, [tile], [cam], [target], method, cache_key)  # a no-op when scored with its page
+    store = st.session_state["faithfulness_scores"]
+    key = _score_key(cache_key, tile, method, target)
     flat = bool(uniform_maps(cam)[0])
-    key = (
-        cache_key,
-        hashlib.blake2b(np.ascontiguousarray(tile).tobytes(), digest_size=12).hexdigest(),
-        method,
-        int(target),
-    )
-    if not flat and key not in store:
-        store[key] = float(road_scores(loaded.model, loaded.meta, tile[None], cam[None], [int(target)])[0])
     text = describe(store.get(key), flat)
     if misleading(store.get(key), flat):
         box.warning(f"Faithfulness: {text}", icon="⚠️")

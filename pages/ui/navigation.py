@@ -49,9 +49,10 @@ def page_spec(page_file: str) -> PageSpec:
 
 # What a page's first run imports beyond its own module: Streamlit's emoji table (1-2 s of regex compiling on a busy
 # machine, at the first page icon of the server) and its DataFrame conversion, first; the training package (the
-# Train page's defaults) and the export module (the model menus), after the heavy imports they need.
+# Train page's defaults), the export module (the model menus), the similar-tiles index and plotly's JSON writer
+# (the first classification), after the heavy imports they need.
 STREAMLIT_FIRST_USE = ("streamlit.emojis", "pyarrow.pandas_compat")
-PAGES_LAZY = ("histo_core.training", "histo_core.export")
+PAGES_LAZY = ("histo_core.training", "histo_core.export", "histo_core.similar", "plotly.io")
 
 
 def page_modules() -> tuple[str, ...]:
