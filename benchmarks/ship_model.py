@@ -69,7 +69,7 @@ def cross_validate(cfg, images, labels, classes, folds: int, used: int | None = 
         model, meta = fit_arrays(cfg, images[tr], labels[tr], classes=classes)
         oof[te] = predict_probs(model, meta, images[te], tta=cfg.tta)
         spec = InputSpec.of(meta)
-        stats = ood.fit_features(ood.layer_features(model, images[tr], spec))
+        stats = ood.fit_features(ood.layer_features(model, images[tr], spec), labels[tr], ood.feature_stage(model))
         oof_scores[te] = ood.feature_scores(stats, ood.layer_features(model, images[te], spec))
         acc = float((oof[te].argmax(1) == labels[te]).mean())
         print(f"fold {k + 1}/{folds}: accuracy {acc:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -91,7 +91,7 @@ def combined_threshold(calibration: dict, stain_ref, images, oof, oof_scores, sp
         given if stain_ref else None,
         feature_scores_=oof_scores[held],
     )
-    return ood.calibrate_combined(combined, split)
+    return ood.calibrate_combined(combined, split, ood.flag_checks(calibration))
 
 
 def main() -> None:
@@ -145,6 +145,8 @@ def main() -> None:
         None,
         f"{args.folds}-fold out-of-fold",
         heldout_scores=oof_scores,
+        labels=labels,
+        stage=ood.feature_stage(model),
     )
     calibration["combined"] = combined_threshold(
         calibration, meta.get("stain"), images, oof, oof_scores, f"{args.folds}-fold out-of-fold"
@@ -254,9 +256,15 @@ def recalibrate(args) -> None:
     loaded = load_model(str(pt))
     split = f"{args.recalibrate} of {args.folds} folds out-of-fold ({len(held)} tiles)"
     feature = ood.calibrate_features(
-        ood.layer_features(loaded.model, images, InputSpec.of(loaded.meta)), None, split, heldout_scores=held
+        ood.layer_features(loaded.model, images, InputSpec.of(loaded.meta)),
+        None,
+        split,
+        heldout_scores=held,
+        labels=labels,
+        stage=ood.feature_stage(loaded.model),
     )
-    ckpt["ood"] = {**(ckpt.get("ood") or {}), "feature": feature}
+    kept = {k: v for k, v in (ckpt.get("ood") or {}).items() if k != "combined"}  # recalibrated below
+    ckpt["ood"] = {**kept, "feature": feature}
     ckpt["ood"]["combined"] = combined_threshold(ckpt["ood"], ckpt.get("stain") or None, images, oof, oof_scores, split)
     torch_save_atomic(pt, ckpt)
     import real_tiles

@@ -3,9 +3,10 @@
     calib = calibrate(train_tiles01, heldout_probs, split="test")   # at the end of training; saved with the model
     flags, reasons = flag_tiles(calib, probs, tiles01)                # at inference: one bool and reason per tile
 
-Two checks, both calibrated when the model is made and stored in its card:
+The checks, calibrated when the model is made and stored in its card:
 - confidence: the top-class probability is below what the model gives 95% of its own held-out tiles
-  (validation split, else test split). Catches tissue the model cannot place.
+  (validation split, else test split). Catches tissue the model cannot place; part of the flag only where
+  the model has no feature check (`flag_checks`).
 - colour: the tile's colour statistics, as the model sees them (after stain normalisation), are further from
   the training tiles' (Mahalanobis distance over per-channel means, standard deviations and inter-channel
   correlations) than 99% of the training tiles, by a margin. Catches inputs a classifier is confidently wrong
@@ -14,24 +15,28 @@ Two checks, both calibrated when the model is made and stored in its card:
   normalisation, against the training tiles as they were given. Normalisation maps almost anything to
   plausible H&E colours (a tile of random noise becomes a uniform stain the model reads as background), so
   the check after normalisation alone would miss what only the original shows.
-- features: how far the tile's activations inside the model are from the training tiles' (Mahalanobis
-  distance of the per-channel mean activation of each stage, Ledoit-Wolf covariance, each stage scaled by
-  its median over the training tiles, averaged over the stages), above the 95th percentile of the same score on
-  held-out in-domain tiles (validation split, else test split; out-of-fold tiles for the shipped models).
-  Catches tissue of another organ or of no tissue that still has H&E colours, which the classifier would
-  otherwise place confidently in one of its classes. The penultimate layer alone (the pooled last stage) does
-  not separate them on the small models: intermediate stages carry the texture.
+- features: how far the tile's activations inside the model are from the training tiles' (`fit_features`): the
+  per-channel mean activation of the first non-linear stage (`feature_stage`: a ResNet-9's first block), its
+  squared Mahalanobis distance to the nearest class mean of the training tiles (one covariance shared by the
+  classes, Ledoit-Wolf; Lee et al. 2018), in units of its median over the training tiles, above the 95th
+  percentile of the same score on held-out in-domain tiles (validation split, else test split; out-of-fold tiles
+  for the shipped models). Catches tissue of another organ or of no tissue that still has H&E colours, which
+  the classifier would otherwise place confidently in one of its classes. Measured on the real samples
+  (benchmarks/RESULTS.md, issue #24): the later stages' means (and the penultimate layer) move as far for a
+  full-size in-domain tile shrunk to the model's size as for another organ; the first stage, per class, does not.
 
     feats = layer_features(model, tiles, spec)                            # per stage (N, C)
-    calib["feature"] = calibrate_features(train_feats, heldout_feats, "val")
+    calib["feature"] = calibrate_features(train_feats, heldout_feats, "val", labels=y, stage=feature_stage(model))
     result = check_tiles(calib, probs, tiles01, input01, features=feats)  # flags, reasons, scores
 
-Each check's value is expressed as a ratio to its own threshold. The confidence and feature checks, each at 5% of
-held-out in-domain tiles, are combined by their largest ratio, with one threshold on it: the 95th percentile of
-that on held-out in-domain tiles (`combined_scores`, `calibrate_combined`; stored as calib["combined"]), so
-together they fire on 5% of such tiles, not 10-15%. The colour checks (gross outliers, below 1 in-domain by their
-margin) keep their own threshold. A tile's score is the largest of these: the flag fires at 1.0 or more, and the
-score says by how much.
+Each check's value is expressed as a ratio to its own threshold. The flag's one threshold is set on the checks
+calibrated on held-out tiles (`flag_checks`): the feature check when it runs, else the confidence check; its 95th
+percentile on held-out in-domain tiles (`combined_scores`, `calibrate_combined`; stored as calib["combined"] with
+the checks it was set on). The confidence check is left out of the flag when the feature check runs: on the real
+samples it fired on ambiguous in-domain tiles and almost never on another organ. Calibrations made before that
+(no "checks" recorded) combine confidence and features by their largest ratio, as they were calibrated. The
+colour checks (gross outliers, below 1 in-domain by their margin) keep their own threshold. A tile's score is the
+largest of these: the flag fires at 1.0 or more, and the score says by how much.
 """
 
 from __future__ import annotations
@@ -220,13 +225,28 @@ def layer_features(model: nn.Module, tiles: Any, spec: Any, batch_size: int = 25
         return cap.take()
 
 
-def _fit_layer(feats: np.ndarray) -> dict[str, Any]:
+def _fit_layer(feats: np.ndarray, labels: np.ndarray | None, stage: int) -> dict[str, Any]:
+    """One stage's statistics: with `labels`, one mean per class and a covariance shared by the classes
+    (Ledoit-Wolf, on the class-centred features); without, one mean and covariance. `scale`: the median
+    score of the training tiles themselves."""
     from sklearn.covariance import LedoitWolf
 
+    classes = np.unique(labels) if labels is not None else np.zeros(0)
+    if labels is not None and len(classes) > 1 and all((labels == c).sum() > 0 for c in classes):
+        means = np.stack([feats[labels == c].mean(0) for c in classes])
+        centred = feats - means[np.searchsorted(classes, labels)]
+        icov = LedoitWolf(assume_centered=True).fit(centred).precision_
+        d2 = _sq_mahalanobis_nearest(feats, means, icov)
+        return {
+            "class_means": means.tolist(),
+            "icov": icov.tolist(),
+            "scale": float(max(np.median(d2), 1e-12)),
+            "stage": stage,
+        }
     fit = LedoitWolf().fit(feats)
     mean, icov = fit.location_, fit.precision_
     d2 = _sq_mahalanobis(feats, mean, icov)
-    return {"mean": mean.tolist(), "icov": icov.tolist(), "scale": float(max(np.median(d2), 1e-12))}
+    return {"mean": mean.tolist(), "icov": icov.tolist(), "scale": float(max(np.median(d2), 1e-12)), "stage": stage}
 
 
 def _sq_mahalanobis(feats: np.ndarray, mean: np.ndarray, icov: np.ndarray) -> np.ndarray:
@@ -234,20 +254,72 @@ def _sq_mahalanobis(feats: np.ndarray, mean: np.ndarray, icov: np.ndarray) -> np
     return np.maximum(np.einsum("ni,ij,nj->n", d, icov, d), 0.0)
 
 
-def fit_features(train_feats: list[np.ndarray]) -> list[dict[str, Any]]:
-    """The per-stage statistics of the training tiles' `layer_features` (mean, precision, median score)."""
-    return [_fit_layer(np.asarray(f, np.float64)) for f in train_feats]
+def _sq_mahalanobis_nearest(feats: np.ndarray, means: np.ndarray, icov: np.ndarray) -> np.ndarray:
+    """Per tile, the squared Mahalanobis distance to the nearest of the class `means` (shared `icov`)."""
+    return np.min([_sq_mahalanobis(feats, m, icov) for m in means], axis=0)
+
+
+def feature_stage(model: nn.Module) -> int:
+    """The stage of `feature_layers(model)` the feature check measures: the first whose output is non-linear in
+    the input (it is, or contains, an activation or a pooling), so that its per-channel means measure texture,
+    not only the mean colour (a bare convolution's would). A ResNet-9: its first block (conv, batch norm,
+    ReLU); a plain Sequential: its first activation or pooling."""
+    nonlinear = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.AvgPool2d)
+    for k, m in enumerate(feature_layers(model)):
+        if any(isinstance(x, nonlinear) for x in m.modules()):
+            return k
+    return 0
+
+
+def fit_features(
+    train_feats: list[np.ndarray], labels: np.ndarray | None = None, stage: int = 0
+) -> list[dict[str, Any]]:
+    """The statistics of the training tiles' `layer_features` the feature check compares a tile with: at the
+    `stage` of `feature_stage(model)`, one mean per class (`labels`, the training labels) with a covariance
+    shared by the classes, and the median score of the training tiles (a class-conditional Gaussian, as in
+    Lee et al. 2018). Without labels, one mean for all tiles. A list (one entry per stage measured) with the
+    stage's index.
+
+    Why the first stage, per class: measured on the real samples (benchmarks/RESULTS.md, issue #24), the
+    per-channel means of the later stages are shifted as much by a full-size in-domain tile shrunk to the
+    model's size as by another organ (they measure what the tile looks like as one of the classes, and the
+    classifier places another organ confidently in one), while the first stage's texture and colour responses,
+    compared with the nearest class rather than the mix of all, keep held-out and full-size in-domain tiles
+    close and put tiles of another organ or of no tissue far."""
+    y = None if labels is None else np.asarray(labels).reshape(-1)
+    f = np.asarray(train_feats[stage], np.float64)
+    return [_fit_layer(f, None if y is None else y[: len(f)], stage)]
+
+
+def _layer_stage(layers: list[dict[str, Any]], k: int) -> int:
+    return int(layers[k].get("stage", k))
+
+
+def feature_stages_match(layers: list[dict[str, Any]], feats: list[np.ndarray]) -> bool:
+    """Whether `feats` (per stage, as `layer_features` gives them) has every stage the calibration measures:
+    calibrations with stage indices need those stages; older ones (every stage, no index) need them all."""
+    if not layers:
+        return False
+    if all("stage" in L for L in layers):
+        return max(int(L["stage"]) for L in layers) < len(feats)
+    return len(feats) == len(layers)
 
 
 def feature_scores(layers: list[dict[str, Any]], feats: list[np.ndarray]) -> np.ndarray:
-    """Per tile, the mean over stages of its squared Mahalanobis distance to the training tiles, each stage in
-    units of its median over the training tiles (about 1 for a typical training tile)."""
-    if len(feats) != len(layers) or not len(layers):
+    """Per tile, the mean over the calibrated stages of its squared Mahalanobis distance to the training tiles
+    (to the nearest class mean where the calibration has one per class), each stage in units of its median
+    over the training tiles (about 1 for a typical training tile). `feats`: every stage of `layer_features`."""
+    if not feature_stages_match(layers, feats):
         raise ValueError(f"{len(feats)} stages of features for a calibration of {len(layers)}")
-    per = [
-        _sq_mahalanobis(np.asarray(f, np.float64), np.asarray(L["mean"]), np.asarray(L["icov"])) / L["scale"]
-        for L, f in zip(layers, feats)
-    ]
+    per = []
+    for k, L in enumerate(layers):
+        f = np.asarray(feats[_layer_stage(layers, k)], np.float64)
+        icov = np.asarray(L["icov"])
+        if "class_means" in L:
+            d2 = _sq_mahalanobis_nearest(f, np.asarray(L["class_means"]), icov)
+        else:
+            d2 = _sq_mahalanobis(f, np.asarray(L["mean"]), icov)
+        per.append(d2 / L["scale"])
     return np.mean(per, axis=0)
 
 
@@ -257,12 +329,14 @@ def calibrate_features(
     split: str,
     *,
     heldout_scores: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    stage: int = 0,
 ) -> dict[str, Any]:
     """The feature check's calibration: statistics of the training tiles' `layer_features`, and the threshold
     at the FEATURE_QUANTILE of held-out in-domain tiles' scores (`heldout_feats`, or their `heldout_scores`
     already computed, e.g. out-of-fold by other models). Without held-out tiles there is no threshold and
-    the check stays off."""
-    layers = fit_features(train_feats)
+    the check stays off. `labels`: the training tiles' labels; `stage`: `feature_stage(model)` (`fit_features`)."""
+    layers = fit_features(train_feats, labels, stage)
     out: dict[str, Any] = {"layers": layers, "tiles": int(len(train_feats[0])) if train_feats else 0}
     if heldout_scores is None and heldout_feats is not None and len(heldout_feats) and len(heldout_feats[0]):
         heldout_scores = feature_scores(layers, heldout_feats)
@@ -328,7 +402,7 @@ def check_ratios(
     if isinstance(fcal, dict) and fcal.get("threshold") and len(fcal.get("layers", ())):
         if feature_scores_ is not None:
             out["features"] = np.asarray(feature_scores_, np.float64) / fcal["threshold"]
-        elif features is not None and len(features) == len(fcal["layers"]):
+        elif features is not None and feature_stages_match(fcal["layers"], features):
             out["features"] = feature_scores(fcal["layers"], features) / fcal["threshold"]
     return out
 
@@ -336,12 +410,29 @@ def check_ratios(
 HELDOUT_CHECKS = ("confidence", "features")  # calibrated at a quantile of held-out tiles: the one threshold scales them
 
 
+def flag_checks(calib: dict[str, Any]) -> tuple[str, ...]:
+    """The checks calibrated on held-out tiles that the flag's one threshold is set on. A calibration made now:
+    the feature check when it has a threshold, else the confidence check. The confidence check is left out when
+    the feature check runs because, measured on the real samples (benchmarks/RESULTS.md, issue #24), it fired on
+    in-domain tiles the model finds ambiguous (2 of the 13 full-size CRC-VAL tiles, 10% of a run's test tiles)
+    and on almost no tile of another organ (1 of 8 BreaKHis images, 1 of 117 skin tiles): it doubled the false
+    alarms and took detections away through the shared threshold. The confidence itself is shown beside the
+    class. Calibrations made before record no list: both checks, as they were calibrated."""
+    combined = calib.get("combined")
+    if isinstance(combined, dict):
+        return tuple(combined.get("checks") or HELDOUT_CHECKS)
+    fcal = calib.get("feature")
+    if isinstance(fcal, dict) and fcal.get("threshold") and len(fcal.get("layers", ())):
+        return ("features",)
+    return HELDOUT_CHECKS
+
+
 def _combine(ratios: dict[str, np.ndarray], n: int, threshold: float = 1.0) -> np.ndarray:
-    """Per tile, the largest of the checks' ratios, those calibrated on held-out tiles (confidence, features) over
-    the flag's one `threshold`; NaN where none ran. The colour checks (99th percentile of the training tiles with
-    a 1.5x margin: gross outliers, such as noise or another stain) keep their own threshold: on in-domain tiles
-    they stay below 1, so they add no false alarms for the one threshold to take back, and scaling them by it
-    would only hide what they catch."""
+    """Per tile, the largest of the checks' ratios, those calibrated on held-out tiles (the flag's checks,
+    `flag_checks`; `ratios` holds only those and the colour checks) over the flag's one `threshold`; NaN where
+    none ran. The colour checks (99th percentile of the training tiles with a 1.5x margin: gross outliers, such
+    as noise or another stain) keep their own threshold: on in-domain tiles they stay below 1, so they add no
+    false alarms for the one threshold to take back, and scaling them by it would only hide what they catch."""
     combined = np.full(n, np.nan)
     for k, r in ratios.items():
         combined = np.fmax(combined, r / threshold if k in HELDOUT_CHECKS else r)
@@ -357,17 +448,22 @@ def combined_scores(
     features: list[np.ndarray] | None = None,
     feature_scores_: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per tile, the score the flag's one threshold is set on: the largest ratio of the checks calibrated on held-out
-    tiles (confidence, features; `check_ratios`, same arguments); NaN where neither could run."""
+    """Per tile, the score the flag's one threshold is set on: the largest ratio of the flag's checks calibrated
+    on held-out tiles (`flag_checks`: the feature check, else confidence; `check_ratios`, same arguments); NaN
+    where none could run."""
     ratios = check_ratios(calib, probs, tiles01, input01, features=features, feature_scores_=feature_scores_)
-    return _combine({k: r for k, r in ratios.items() if k in HELDOUT_CHECKS}, len(probs))
+    checks = flag_checks(calib)
+    return _combine({k: r for k, r in ratios.items() if k in checks}, len(probs))
 
 
-def calibrate_combined(heldout_combined: np.ndarray, split: str) -> dict[str, Any] | None:
+def calibrate_combined(
+    heldout_combined: np.ndarray, split: str, checks: tuple[str, ...] = HELDOUT_CHECKS
+) -> dict[str, Any] | None:
     """The flag's one threshold: the COMBINED_QUANTILE of `combined_scores` on held-out in-domain tiles. The
     confidence and feature checks are each at their own 5% on such tiles; taking the largest adds their false
     alarms up, which this threshold takes back to 5% for the flag as a whole (the colour checks, below 1 on
-    in-domain tiles, keep their own threshold: `_combine`). None without held-out tiles."""
+    in-domain tiles, keep their own threshold: `_combine`). `checks`: the checks the scores combine
+    (`flag_checks` of the calibration they were computed with), recorded. None without held-out tiles."""
     scores = np.asarray(heldout_combined, np.float64)
     scores = scores[~np.isnan(scores)]
     if not len(scores):
@@ -377,6 +473,7 @@ def calibrate_combined(heldout_combined: np.ndarray, split: str) -> dict[str, An
         "quantile": COMBINED_QUANTILE,
         "split": split,
         "heldout_tiles": int(len(scores)),
+        "checks": list(checks),
     }
 
 
@@ -397,7 +494,12 @@ def check_tiles(
     if not calib:
         return None
     n = len(probs)
-    ratios = check_ratios(calib, probs, tiles01, input01, features=features)
+    checks = flag_checks(calib)
+    ratios = {
+        k: r
+        for k, r in check_ratios(calib, probs, tiles01, input01, features=features).items()
+        if k in checks or k not in HELDOUT_CHECKS
+    }
     threshold = float((calib.get("combined") or {}).get("threshold") or 1.0)
     scaled = {k: r / threshold if k in HELDOUT_CHECKS else r for k, r in ratios.items()}
     scores = _combine(ratios, n, threshold)

@@ -376,7 +376,7 @@ def test_train_page_starts_a_study_with_find_errors_and_compare_corrections(monk
     from histo_core.corrections import add_marks, corrections_path, dataset_identity
     from histo_core.datasets import open_dataset
 
-    monkeypatch.setattr(launch, "_spawn", lambda task, device: task.write_status(RunStatus(state="queued")))
+    monkeypatch.setattr(launch, "start_process", lambda folder, kind, *args: 0)  # the driver is not started
     ident = dataset_identity(open_dataset("synthetic"))
     path = corrections_path(ident)
     at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()

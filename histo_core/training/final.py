@@ -84,7 +84,10 @@ def ood_calibration(
 
         spec = InputSpec.of(data)
         held_feats = ood.layer_features(model, held, spec)
-        out["feature"] = ood.calibrate_features(ood.layer_features(model, sample, spec), held_feats, split)
+        labels = np.asarray(data.train_labels[: len(sample)])
+        out["feature"] = ood.calibrate_features(
+            ood.layer_features(model, sample, spec), held_feats, split, labels=labels, stage=ood.feature_stage(model)
+        )
     # the flag's one threshold: the combined score of the same held-out tiles as the model sees them, a block at a
     # time (the float tiles of one block in memory)
     probs, parts = heldout[split], []
@@ -99,7 +102,7 @@ def ood_calibration(
                 features=None if held_feats is None else [f[s : s + len(held01)] for f in held_feats],
             )
         )
-    combined = ood.calibrate_combined(np.concatenate(parts) if parts else np.zeros(0), split)
+    combined = ood.calibrate_combined(np.concatenate(parts) if parts else np.zeros(0), split, ood.flag_checks(out))
     if combined:
         out["combined"] = combined
     return out

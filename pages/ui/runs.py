@@ -84,36 +84,39 @@ def _metric_text(name: str, value: float | None) -> str:
     return f"{name} {value:.4f}" if value is not None else "-"
 
 
-# The columns the runs table shows (newest run first), each of a set width, so that all of them fit beside the
-# sidebar in a 1024 px window (a long run name or dataset title is cut inside its cell, not a whole column off the
-# edge); the progress bar only while a run is queued or running. The other columns of summary_table (AUC, epoch,
-# best val, duration, created, run id) are in the run's own view below the table.
+# The columns the runs table shows (newest run first), each of a set width (px), so that all of them fit beside the
+# sidebar in a 1024 px window (a long run name or dataset title is cut inside its cell there, not a whole column
+# off the edge); a wider window stretches them in proportion, the run and the dataset most. The progress bar only
+# while a run is queued or running (run and dataset narrower then). The other columns of summary_table (AUC,
+# epoch, best val, duration, created, run id) are in the run's own view below the table.
 SHOWN_COLUMNS = {
-    "run": 100,
-    "state": 80,
-    "progress": 75,
-    "test acc": 65,
-    "dataset": 110,
-    "architecture": 70,
-    "noise": 60,
+    "run": 135,
+    "state": 75,
+    "progress": 70,
+    "test acc": 60,
+    "dataset": 150,
+    "architecture": 65,
+    "noise": 55,
 }
+NARROWER_WHILE_ACTIVE = {"run": 105, "dataset": 110}
 
 
 def render_summary_table(summaries: list[dict[str, Any]]) -> None:
     table = summary_table(summaries)
     active = any(s["state"] in liveness.ACTIVE_STATES for s in summaries)
     shown = [c for c in [*SHOWN_COLUMNS, "started by"] if c in table.columns and (c != "progress" or active)]
+    widths = SHOWN_COLUMNS | (NARROWER_WHILE_ACTIVE if active else {})
     column = st.column_config.Column
     show_table(
         table,
         column_order=shown,
-        column_config={name: column(width=px) for name, px in SHOWN_COLUMNS.items()}
+        column_config={name: column(width=px) for name, px in widths.items()}
         | {
             "progress": st.column_config.ProgressColumn(
-                "progress", format="%d%%", min_value=0, max_value=100, width=SHOWN_COLUMNS["progress"]
+                "progress", format="%d%%", min_value=0, max_value=100, width=widths["progress"]
             ),
-            "test acc": percent_column(help="accuracy on the test split", width=SHOWN_COLUMNS["test acc"]),
-            "architecture": column("arch", width=SHOWN_COLUMNS["architecture"]),
+            "test acc": percent_column(help="accuracy on the test split", width=widths["test acc"]),
+            "architecture": column("arch", width=widths["architecture"]),
         },
     )
 

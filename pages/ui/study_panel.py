@@ -82,14 +82,14 @@ def study_panel(config: TrainConfig) -> None:
         def start() -> str:
             task = S.start_study(spec, config, started_by=signed_in_user())
             st.session_state[KEY + "submitted"] = (request, task.id)
-            st.session_state["train.last_study"] = task.id
+            st.session_state[KEY + "last"] = task.id
             return task.id
 
         with user_errors("Not started: "):
             study_id, started = start_once(already_started, start)
             if not started:
                 st.info(f"Study `{study_id}` with these settings is already running.")
-    last = st.session_state.get("train.last_study")
+    last = st.session_state.get(KEY + "last")
     if last:
         st.success(f"Started study `{last}` in the background.")
         link_to_page("pages/9_Studies.py", "Watch it on the Studies page", "🧪", query_params={"study": last})
