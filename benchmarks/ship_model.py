@@ -55,7 +55,7 @@ def cross_validate(cfg, images, labels, classes, folds: int, used: int | None = 
     only the first `used` folds are trained (the other tiles' scores are NaN)."""
     from sklearn.model_selection import StratifiedKFold
 
-    from histo_core import ood
+    from histo_core import ood_features
     from histo_core.predict import InputSpec
     from histo_core.training import fit_arrays, predict_probs
 
@@ -69,8 +69,10 @@ def cross_validate(cfg, images, labels, classes, folds: int, used: int | None = 
         model, meta = fit_arrays(cfg, images[tr], labels[tr], classes=classes)
         oof[te] = predict_probs(model, meta, images[te], tta=cfg.tta)
         spec = InputSpec.of(meta)
-        stats = ood.fit_features(ood.layer_features(model, images[tr], spec), labels[tr], ood.feature_stage(model))
-        oof_scores[te] = ood.feature_scores(stats, ood.layer_features(model, images[te], spec))
+        stats = ood_features.fit_features(
+            ood_features.layer_features(model, images[tr], spec), labels[tr], ood_features.feature_stage(model)
+        )
+        oof_scores[te] = ood_features.feature_scores(stats, ood_features.layer_features(model, images[te], spec))
         acc = float((oof[te].argmax(1) == labels[te]).mean())
         print(f"fold {k + 1}/{folds}: accuracy {acc:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     return oof, oof_scores
@@ -118,7 +120,7 @@ def main() -> None:
 
     import torch
 
-    from histo_core import ood, pipeline, stain
+    from histo_core import ood, ood_features, pipeline, stain
     from histo_core.checkpoint import save_checkpoint
     from histo_core.fsutil import write_json_atomic
     from histo_core.training import fit_arrays
@@ -140,13 +142,13 @@ def main() -> None:
     )
     from histo_core.predict import InputSpec
 
-    calibration["feature"] = ood.calibrate_features(
-        ood.layer_features(model, images, InputSpec.of(meta)),
+    calibration["feature"] = ood_features.calibrate_features(
+        ood_features.layer_features(model, images, InputSpec.of(meta)),
         None,
         f"{args.folds}-fold out-of-fold",
         heldout_scores=oof_scores,
         labels=labels,
-        stage=ood.feature_stage(model),
+        stage=ood_features.feature_stage(model),
     )
     calibration["combined"] = combined_threshold(
         calibration, meta.get("stain"), images, oof, oof_scores, f"{args.folds}-fold out-of-fold"
@@ -239,7 +241,7 @@ def recalibrate(args) -> None:
     shipped model's checkpoint and card, keeping its weights: the first `args.recalibrate` folds of the same
     cross-validation (same recipe, seed and splits) give out-of-fold probabilities and feature scores; the
     shipped model's own statistics come from all 240 tiles."""
-    from histo_core import ood
+    from histo_core import ood, ood_features
     from histo_core.checkpoint import load_checkpoint
     from histo_core.fsutil import torch_save_atomic, write_json_atomic
     from histo_core.model_cache import load_model
@@ -255,13 +257,13 @@ def recalibrate(args) -> None:
     held = oof_scores[~np.isnan(oof_scores)]
     loaded = load_model(str(pt))
     split = f"{args.recalibrate} of {args.folds} folds out-of-fold ({len(held)} tiles)"
-    feature = ood.calibrate_features(
-        ood.layer_features(loaded.model, images, InputSpec.of(loaded.meta)),
+    feature = ood_features.calibrate_features(
+        ood_features.layer_features(loaded.model, images, InputSpec.of(loaded.meta)),
         None,
         split,
         heldout_scores=held,
         labels=labels,
-        stage=ood.feature_stage(loaded.model),
+        stage=ood_features.feature_stage(loaded.model),
     )
     kept = {k: v for k, v in (ckpt.get("ood") or {}).items() if k != "combined"}  # recalibrated below
     ckpt["ood"] = {**kept, "feature": feature}

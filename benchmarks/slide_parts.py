@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from histo_core.model_cache import load_model  # noqa: E402
 from histo_core.model_input import model_view  # noqa: E402
-from histo_core.ood import StageCapture, check_tiles  # noqa: E402
+from histo_core.ood import check_tiles  # noqa: E402
+from histo_core.ood_features import StageCapture  # noqa: E402
 from histo_core.predict import InputSpec, predict_tiles  # noqa: E402
 from histo_core.slides import open_slide  # noqa: E402
 from histo_core.slides.analysis import read_tile  # noqa: E402

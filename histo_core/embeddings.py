@@ -220,6 +220,7 @@ def _embed(
     max_points: int = MAX_POINTS,
     rank: int = 0,
     world: int = 1,
+    dataset: Any = None,
 ) -> EmbeddingStore | None:
     """`embed`, also under torchrun (`world` > 1, `model` given, the same weights on every rank), where every
     rank calls it: each computes the features of its contiguous share of each split
@@ -248,8 +249,8 @@ def _embed(
         kw = dict(target.open_kwargs)
         if kw.get("as_rgb") is None:
             kw["as_rgb"] = meta.in_channels == 3
-        try:
-            ds = open_dataset(target.dataset, **kw)
+        try:  # the training process's own dataset (opened with the same options) is not opened again
+            ds = dataset if dataset is not None else open_dataset(target.dataset, **kw)
         except HistoError as exc:
             raise HistoError(f"{target.dataset}: cannot open the dataset to embed: {exc}") from None
         if ds.info.channels != meta.in_channels:
@@ -442,10 +443,13 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
 END_OF_TRAINING_MAX_POINTS = 5_000
 
 
-def embed_at_end_of_training(run, model: nn.Module, log: Callable[[str], None], rank: int = 0, world: int = 1) -> None:
+def embed_at_end_of_training(
+    run, model: nn.Module, log: Callable[[str], None], rank: int = 0, world: int = 1, dataset: Any = None
+) -> None:
     """The trainer's hook: embed the run's dataset with its final model. Never fails the run: a problem is
     logged, and `python -m histo_core embed RUN` can redo it later. Under torchrun every rank calls it with
-    the same weights and computes its share of the features (`_embed`); rank 0 finds the target and logs."""
+    the same weights and computes its share of the features (`_embed`); rank 0 finds the target and logs.
+    `dataset`: the run's dataset as the training process opened it (not opened again)."""
     from histo_core.distributed import broadcast
 
     if os.environ.get("HISTO_EMBED_AFTER_TRAINING", "1") == "0":
@@ -464,7 +468,8 @@ def embed_at_end_of_training(run, model: nn.Module, log: Callable[[str], None], 
         # the map drawn inside the training process is capped lower than on demand (t-SNE of 20,000 points
         # takes minutes on 2 cores); `python -m histo_core embed RUN` redraws it with up to MAX_POINTS
         cap = min(MAX_POINTS, END_OF_TRAINING_MAX_POINTS)
-        store = _embed(target, model=model, max_points=cap, rank=rank, world=world)
+        own = dataset if target.run_path is not None else None  # the run's own dataset, as trained on
+        store = _embed(target, model=model, max_points=cap, rank=rank, world=world, dataset=own)
         if store is not None:
             log(
                 f"embeddings: {sum(store.meta['counts'].values()):,} tiles, {store.meta['dims']} dims, "
@@ -474,23 +479,6 @@ def embed_at_end_of_training(run, model: nn.Module, log: Callable[[str], None], 
     except Exception as exc:  # noqa: BLE001 - an optional extra must never fail a finished training run
         if rank == 0:
             log(f"embeddings not saved ({type(exc).__name__}: {exc}); run `python -m histo_core embed {run.id}`")
-
-
-__all__ = [
-    "EmbedTarget",
-    "EmbeddingStore",
-    "target_for",
-    "embed",
-    "load_store",
-    "is_current",
-    "tile_features",
-    "sample_points",
-    "sample_rule",
-    "project",
-    "label_error_flags",
-    "embed_at_end_of_training",
-    "MAX_POINTS",
-]
 
 
 def task_main(params: dict[str, Any], progress: Progress) -> dict[str, Any]:

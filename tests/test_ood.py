@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from histo_core import ood
+from histo_core import ood, ood_features
 from histo_core.checkpoint import save_checkpoint
 from histo_core.cli import main
 from histo_core.model_cache import load_model
@@ -54,12 +54,12 @@ def calibrated(model, spec) -> dict:
     train = np.stack([blobs(s) for s in range(120)])
     heldout = np.stack([blobs(s) for s in range(200, 260)])
     calib = ood.calibrate(torch.from_numpy(train).permute(0, 3, 1, 2).float() / 255, None, "")
-    calib["feature"] = ood.calibrate_features(
-        ood.layer_features(model, train, spec),
-        ood.layer_features(model, heldout, spec),
+    calib["feature"] = ood_features.calibrate_features(
+        ood_features.layer_features(model, train, spec),
+        ood_features.layer_features(model, heldout, spec),
         "val",
         labels=np.arange(120) % 3,
-        stage=ood.feature_stage(model),
+        stage=ood_features.feature_stage(model),
     )
     return calib
 
@@ -74,8 +74,8 @@ def test_feature_check_fires_on_other_tissue_and_stays_quiet_on_new_in_domain_ti
     new = np.stack([blobs(s) for s in range(500, 560)])
     other = np.stack([stripes(s) for s in range(40)])
     probs = np.full((60, 3), 1 / 3)
-    quiet = ood.check_tiles(calib, probs, None, features=ood.layer_features(model, new, spec))
-    loud = ood.check_tiles(calib, probs[:40], None, features=ood.layer_features(model, other, spec))
+    quiet = ood.check_tiles(calib, probs, None, features=ood_features.layer_features(model, new, spec))
+    loud = ood.check_tiles(calib, probs[:40], None, features=ood_features.layer_features(model, other, spec))
     assert quiet is not None and loud is not None
     assert quiet.flags.mean() <= 0.15, quiet.scores
     assert loud.flags.mean() >= 0.8, loud.scores
@@ -92,12 +92,12 @@ def test_stage_capture_during_a_prediction_gives_the_features_of_a_pass_of_their
 
     model, spec = model_and_spec()
     tiles = np.stack([blobs(s) for s in range(20)] + [stripes(s) for s in range(20)])
-    with ood.StageCapture(model) as cap:
+    with ood_features.StageCapture(model) as cap:
         probs = predict_tiles(model, tiles, spec, batch_size=16)  # three forward passes
     captured = cap.take()
     assert cap.take()[0].shape == (0, 0)  # taken: forgotten
-    own = ood.layer_features(model, tiles, spec)
-    assert len(captured) == len(own) == len(ood.feature_layers(model)) and probs.shape == (40, 3)
+    own = ood_features.layer_features(model, tiles, spec)
+    assert len(captured) == len(own) == len(ood_features.feature_layers(model)) and probs.shape == (40, 3)
     for a, b in zip(captured, own):
         assert a.shape == b.shape and a.shape[0] == 40
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -132,7 +132,7 @@ def test_one_threshold_on_the_feature_check_leaves_confidence_out_and_old_calibr
     confident = rng.dirichlet([8.0, 1.0, 1.0], 60)  # a confident model on in-domain tiles, with a tail
     calib.update(confidence_threshold=float(np.quantile(confident.max(1), 0.05)), confidence_split="val")
     assert ood.flag_checks(calib) == ("features",)
-    feats = ood.layer_features(model, heldout, spec)
+    feats = ood_features.layer_features(model, heldout, spec)
     raw = ood.combined_scores(calib, confident, None, features=feats)
     calib["combined"] = ood.calibrate_combined(raw, "val", ood.flag_checks(calib))
     assert calib["combined"]["heldout_tiles"] == 60 and calib["combined"]["checks"] == ["features"]
@@ -142,7 +142,7 @@ def test_one_threshold_on_the_feature_check_leaves_confidence_out_and_old_calibr
     unsure = np.full((60, 3), 1 / 3)  # the same in-domain tiles, the model unsure of every one
     assert ood.check_tiles(calib, unsure, None, features=feats).flags.mean() <= 0.05
     other = np.stack([stripes(s) for s in range(40)])
-    loud = ood.check_tiles(calib, confident[:40], None, features=ood.layer_features(model, other, spec))
+    loud = ood.check_tiles(calib, confident[:40], None, features=ood_features.layer_features(model, other, spec))
     assert loud is not None and loud.flags.mean() >= 0.8
     assert all("features" in (r or "") for r, f in zip(loud.reasons, loud.flags) if f)  # each flagged says why
     # a calibration made before: its combined threshold was set on both checks, and both still count
@@ -210,9 +210,12 @@ def _uploads(folder, pattern: str = "*/*") -> list[tuple[str, bytes]]:
 
 def _skin_tiles(slide, px: int = 224, step: int = 448) -> list[tuple[str, bytes]]:
     """Every other 224 px tile of the skin slide region (0.5 µm/px: a PathMNIST tile's field), as PNG uploads."""
-    Image.MAX_IMAGE_PIXELS = None
-    with Image.open(slide) as im:
-        arr = np.asarray(im.convert("RGB"))
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the region is over Pillow's guard: lift it here
+    try:  # only (the guard is process-wide: other tests in this worker rely on it)
+        with Image.open(slide) as im:
+            arr = np.asarray(im.convert("RGB"))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     out = []
     for y in range(0, arr.shape[0] - px + 1, step):
         for x in range(0, arr.shape[1] - px + 1, step):
@@ -253,16 +256,19 @@ def test_feature_calibrations_made_before_still_score_every_stage():
     tiles = [rng.normal(size=(5, c)) + 3.0 for c in (4, 6, 8)]
     old = []
     for f in train:  # the old format: mean, precision, median score
-        layer = ood.fit_features([f])[0]
+        layer = ood_features.fit_features([f])[0]
         assert "mean" in layer and layer.pop("stage") == 0
         old.append(layer)
     expected = np.mean(
-        [ood._sq_mahalanobis(t, np.asarray(L["mean"]), np.asarray(L["icov"])) / L["scale"] for L, t in zip(old, tiles)],
+        [
+            ood_features._sq_mahalanobis(t, np.asarray(L["mean"]), np.asarray(L["icov"])) / L["scale"]
+            for L, t in zip(old, tiles)
+        ],
         axis=0,
     )
-    np.testing.assert_allclose(ood.feature_scores(old, tiles), expected)
-    assert not ood.feature_stages_match(old, tiles[:2])  # an old calibration needs every stage
-    new = ood.fit_features(train, np.arange(80) % 2, stage=2)  # now: the given stage, a mean per class
+    np.testing.assert_allclose(ood_features.feature_scores(old, tiles), expected)
+    assert not ood_features.feature_stages_match(old, tiles[:2])  # an old calibration needs every stage
+    new = ood_features.fit_features(train, np.arange(80) % 2, stage=2)  # now: the given stage, a mean per class
     assert new[0]["stage"] == 2 and np.shape(new[0]["class_means"]) == (2, 8)
-    assert ood.feature_stages_match(new, tiles) and not ood.feature_stages_match(new, tiles[:2])
-    assert (ood.feature_scores(new, tiles) > 1.0).all()  # shifted tiles: far from both classes
+    assert ood_features.feature_stages_match(new, tiles) and not ood_features.feature_stages_match(new, tiles[:2])
+    assert (ood_features.feature_scores(new, tiles) > 1.0).all()  # shifted tiles: far from both classes

@@ -705,3 +705,26 @@ def test_a_run_folder_deleted_between_checks_stops_quietly(monkeypatch, capsys):
     out = capsys.readouterr()
     assert "the run folder was deleted; stopping without saving" in out.out + out.err
     assert "FileNotFoundError" not in out.out + out.err and not run.path.exists()
+
+
+def test_the_training_process_opens_its_dataset_once_and_embeds_that_one(monkeypatch):
+    """Issue 23: the training process opens its dataset once and hands it to the end-of-training embedding."""
+    import histo_core.datasets as D
+    from histo_core import embeddings as E
+    from histo_core import training as T
+    from histo_core.training import defaults
+
+    run = T.prepare_run(quick_config(epochs=1))  # the submitting side's checks (another process in the app)
+    real, opened = D.open_dataset, []
+
+    def counting(spec, *args, **kwargs):
+        opened.append(spec)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(D, "open_dataset", counting)
+    monkeypatch.setattr(defaults, "open_dataset", counting)
+    monkeypatch.setenv("HISTO_EMBED_AFTER_TRAINING", "1")
+    assert T.run_training(run)["state"] == "completed"
+    assert opened == ["synthetic"]
+    store = E.load_store(run.embeddings_dir)
+    assert store is not None and store.meta["counts"]["train"] > 0

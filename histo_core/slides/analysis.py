@@ -7,7 +7,7 @@ Streaming: a reader thread reads the tissue tiles (a strip of neighbouring tiles
 level chosen by `grid.plan_slide_grid`), makes each into the model's input through the one image path
 (`model_input.preprocess`) and puts batches on a queue of QUEUE_BATCHES; the caller's thread runs the model on
 them (`model_input.model_view` + `predict.predict`, the one forward path) and the "unlike the training tiles"
-check (`ood.check_tiles`, its feature check fed by the same forward pass through `ood.StageCapture`): a flag
+check (`ood.check_tiles`, its feature check fed by the same forward pass through `ood_features.StageCapture`): a flag
 and a score per tile. Memory holds a few batches and the per-tile results, whatever the slide's size.
 
 Resume: results so far are saved to partial.npz every CHECKPOINT_S seconds and when stopped (cancelled,
@@ -37,7 +37,8 @@ from histo_core.image_decode import safe_filename
 from histo_core.model_input import model_view, preprocess
 from histo_core.model_lock import model_lock
 from histo_core.model_meta import LoadedModel
-from histo_core.ood import StageCapture, check_tiles, ood_features
+from histo_core.ood import check_tiles, ood_features
+from histo_core.ood_features import StageCapture
 from histo_core.predict import predict
 from histo_core.slides import outputs
 from histo_core.slides.grid import SlideGrid, plan_slide_grid

@@ -42,6 +42,7 @@ class TrainData:
     noise_flipped: np.ndarray | None = None
     stain: dict[str, Any] | None = None  # stain reference fitted on the training tiles (histo_core.stain)
     corrections: dict[str, Any] | None = None  # what --corrections changed (histo_core.corrections)
+    dataset: TileDataset | None = None  # the dataset opened for the run: the end-of-training embedding reuses it
 
 
 def _sample_for_stats(split: Any) -> np.ndarray:
@@ -121,6 +122,7 @@ def build_train_data(
         flipped,
         stain_ref,
         applied,
+        ds,
     )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from histo_core import checkpoint as ckpt_mod
-from histo_core import ood, pipeline, stain
+from histo_core import ood, ood_features, pipeline, stain
 from histo_core.config import TrainConfig
 from histo_core.distributed import broadcast
 from histo_core.fsutil import savez_atomic
@@ -70,7 +70,9 @@ def ood_calibration(
     threshold from the same held-out split, and the flag's one threshold on the combined score of that split's
     tiles (`ood.calibrate_combined`)."""
     split = "val" if "val" in heldout else "test" if "test" in heldout else None
-    limit = pipeline.LAZY_CHUNK if data.train.streamed else ood.FEATURE_MAX_TILES  # streamed: one chunk, one read
+    limit = (
+        pipeline.LAZY_CHUNK if data.train.streamed else ood_features.FEATURE_MAX_TILES
+    )  # streamed: one chunk, one read
     sample = data.train.read_range(0, min(len(data.train), limit))
     feats, given = ood.colour_features_uint8(sample, data.input_size, data.stain)  # block by block: no float copy
     out = ood.calibrate(None, heldout.get(split) if split else None, split or "", features=feats, input_features=given)
@@ -83,10 +85,14 @@ def ood_calibration(
         from histo_core.predict import InputSpec
 
         spec = InputSpec.of(data)
-        held_feats = ood.layer_features(model, held, spec)
+        held_feats = ood_features.layer_features(model, held, spec)
         labels = np.asarray(data.train_labels[: len(sample)])
-        out["feature"] = ood.calibrate_features(
-            ood.layer_features(model, sample, spec), held_feats, split, labels=labels, stage=ood.feature_stage(model)
+        out["feature"] = ood_features.calibrate_features(
+            ood_features.layer_features(model, sample, spec),
+            held_feats,
+            split,
+            labels=labels,
+            stage=ood_features.feature_stage(model),
         )
     # the flag's one threshold: the combined score of the same held-out tiles as the model sees them, a block at a
     # time (the float tiles of one block in memory)

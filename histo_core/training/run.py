@@ -203,7 +203,7 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
     from histo_core.embeddings import embed_at_end_of_training
 
     # every rank computes its share of the features (never fails the run); rank 0 writes them and the map
-    embed_at_end_of_training(job.run, trainer.model, job.log, job.rank, job.world)
+    embed_at_end_of_training(job.run, trainer.model, job.log, job.rank, job.world, dataset=trainer.data.dataset)
     if job.rank == 0:
         _completed(job, trainer, final)
     barrier(job.world)
