@@ -252,6 +252,12 @@ class Divide(nn.Module):
         self.fitted.fill_(done)
 
 
+# build_loss's options, each also a TrainConfig field of the same name (the trainer passes them on by name)
+LOSS_OPTIONS = (
+    "label_smoothing", "sce_alpha", "sce_beta", "gce_q", "elr_lambda", "elr_beta", "boot_warmup", "divide_warmup"
+)  # fmt: skip
+
+
 def build_loss(
     name: str,
     num_classes: int,

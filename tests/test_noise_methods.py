@@ -171,3 +171,16 @@ def test_the_train_page_calls_no_loss_robust_and_points_at_the_measurement():
     assert loss.page_note == LOSS_ADVICE  # the page's tooltip of the loss (pages/ui/train_form.field_widget)
     results = (Path(__file__).resolve().parent.parent / "benchmarks" / "RESULTS.md").read_text()
     assert "## Noise lab" in results  # the measurement the advice cites is recorded
+
+
+def test_every_loss_option_is_a_training_option_of_the_same_name():
+    """The trainer passes build_loss its options by name from the TrainConfig: each must exist on both sides."""
+    import dataclasses
+    import inspect
+
+    from histo_core.config import TrainConfig
+    from histo_core.losses import LOSS_OPTIONS
+
+    keywords = {p.name for p in inspect.signature(build_loss).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    assert set(LOSS_OPTIONS) == keywords - {"num_samples"}
+    assert set(LOSS_OPTIONS) <= {f.name for f in dataclasses.fields(TrainConfig)}

@@ -26,7 +26,7 @@ from torch import nn
 from histo_core import augment, pipeline, runtime, stain
 from histo_core.config import HEAD_MODES, TrainConfig
 from histo_core.distributed import broadcast_buffers, gather_objects, sum_over_ranks
-from histo_core.losses import build_loss, mixup_batch
+from histo_core.losses import LOSS_OPTIONS, build_loss, mixup_batch
 from histo_core.models import build_model, get_arch, head_module, set_backbone_trainable
 from histo_core.noise import batch_noise
 from histo_core.predict import InputSpec, predict_tiles
@@ -95,19 +95,8 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.steps_per_epoch = len(self.batches_of_epoch(0))
         self.scheduler = self._build_scheduler()
-        self.criterion = build_loss(
-            config.loss,
-            info.num_classes,
-            label_smoothing=config.label_smoothing,
-            sce_alpha=config.sce_alpha,
-            sce_beta=config.sce_beta,
-            gce_q=config.gce_q,
-            elr_lambda=config.elr_lambda,
-            elr_beta=config.elr_beta,
-            num_samples=len(data.train),
-            boot_warmup=config.boot_warmup,
-            divide_warmup=config.divide_warmup,
-        ).to(device)
+        options = {k: getattr(config, k) for k in LOSS_OPTIONS}  # TrainConfig fields of the same names
+        self.criterion = build_loss(config.loss, info.num_classes, num_samples=len(data.train), **options).to(device)
         gen_device = device if self.cuda else torch.device("cpu")
         self.aug_gen = torch.Generator(device=gen_device).manual_seed(config.seed * 1000 + 17 + rank)
         self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 29 + rank)
