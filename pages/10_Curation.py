@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from histo_core.corrections import list_corrections, remove_marks
-from pages.ui.common import keep_in_url, listed_runs, page_setup, plain, show_table, url_selection, user_errors
+from pages.ui.common import listed_runs, page_setup, plain, show_table, url_selectbox, user_errors
 from pages.ui.curation import marks_table
 
 
@@ -21,16 +21,13 @@ def main() -> None:
         )
         return
 
-    url_selection("corrections", "curation_file", list(files))
-    if st.session_state.get("curation_file") not in files:
-        st.session_state["curation_file"] = next(iter(files))
-    chosen = st.selectbox(
+    chosen = url_selectbox(
         "Dataset",
+        "corrections",
+        "curation_file",
         list(files),
-        key="curation_file",
         format_func=lambda k: f"{files[k].identity.get('title', '?')} · {k}",
     )
-    keep_in_url("corrections", "curation_file", chosen)
     corr = files[chosen]
     counts = corr.counts()
     m1, m2, m3 = st.columns(3)

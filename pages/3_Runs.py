@@ -7,7 +7,7 @@ import streamlit as st
 from histo_core import liveness, paths
 from histo_core.runs import RunDir, list_runs, read_only_note
 from histo_core.summaries import run_summary
-from pages.ui.common import keep_in_url, page_setup, plain, url_selection, user_errors
+from pages.ui.common import page_setup, plain, url_selectbox, user_errors
 from pages.ui.live import live
 from pages.ui.runs import link_to_page, render_run, render_summary_table, run_label
 
@@ -61,9 +61,8 @@ def main() -> None:
 
     ids = [s["id"] for s in summaries]
     labels = {s["id"]: run_label(s) for s in summaries}
-    url_selection("run", "runs_select", ids)  # ?run=<id> (the Train page links here so); a deleted run is dropped
-    selected = st.selectbox("Run", ids, format_func=labels.get, key="runs_select")
-    keep_in_url("run", "runs_select", selected)  # a browser reload or a shared link keeps the selection
+    # ?run=<id> (the Train page links here so; a deleted run is dropped); a reload or a shared link keeps the choice
+    selected = url_selectbox("Run", "run", "runs_select", ids, format_func=labels.get)
 
     render_run(RunDir(paths.runs_dir() / selected))
 

@@ -11,7 +11,7 @@ from histo_core import liveness
 from histo_core import study as S
 from histo_core.task_folders import refresh_task, task_summary
 from pages.ui.charts import study_figure
-from pages.ui.common import keep_in_url, page_setup, show_table, url_selection, user_errors
+from pages.ui.common import page_setup, show_table, url_selectbox, user_errors
 from pages.ui.formats import pct, plural
 
 
@@ -26,11 +26,7 @@ def main() -> None:
         )
         return
 
-    url_selection("study", "study_id", list(studies))
-    if st.session_state.get("study_id") not in studies:
-        st.session_state["study_id"] = next(iter(studies))
-    chosen = st.selectbox("Study", list(studies), key="study_id")
-    keep_in_url("study", "study_id", chosen)
+    chosen = url_selectbox("Study", "study", "study_id", list(studies))
     task = studies[chosen]
     info = task_summary(task, refresh_task(task))
     spec = (task.task().get("params") or {}).get("spec") or {}

@@ -217,6 +217,18 @@ def url_selection(
         st.session_state.pop(key, None)
 
 
+def url_selectbox(label: str, param: str, key: str, options: Sequence[str], **kwargs: Any) -> str:
+    """A selectbox that a `?param=` link sets and the URL keeps (`url_selection` before it, `keep_in_url` after),
+    on the first option when what it held is no longer offered; `kwargs`: the selectbox's others."""
+    options = list(options)
+    url_selection(param, key, options)
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = options[0]
+    chosen = st.selectbox(label, options, key=key, **kwargs)
+    keep_in_url(param, key, chosen)
+    return chosen
+
+
 def keep_in_url(param: str, key: str | Sequence[str], value: str | list[str] | None, drop: Sequence[str] = ()) -> None:
     """Call after the widget `key`: the URL names its selection (a list: the param repeated), and no longer the
     `drop` params, so a reload or a shared link shows the same view. Several keys: widgets that all follow
