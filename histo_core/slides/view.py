@@ -12,14 +12,6 @@ from histo_core.slides.analysis import SlideAnalysis, model_tile
 from histo_core.slides.grid import SlideGrid
 from histo_core.slides.reader import Slide
 
-SLIDES_FOLDER = ".slides"
-QUEUE_BATCHES = 3  # batches read ahead of the model: bounds memory
-STRIP_TILES = 16  # neighbouring tiles read by one OpenSlide call
-CHECKPOINT_S = 5.0  # partial.npz: what a resume starts from, and the live map
-RECORD_S = 2.0  # progress in analysis.json at most this often
-DEFAULT_BATCH = 256
-
-
 # -- what the page shows ----------------------------------------------------------------------------------
 
 
