@@ -25,7 +25,8 @@ with the label. Then A's target is
 training-tile predictions (no TTA) are folded into their running averages after every epoch (p <- M p + (1 - M)
 p_new, M = --refit-momentum, starting from the warm-up's mean) and the splits and targets refitted from them every N
 epochs. --snapshots K: score with the mean over both networks and K snapshots of each, taken every
---snapshot-gap epochs back from the last. --warmup: the `divide` warm-up fraction (window = its second half).
+--snapshot-gap epochs back from the last (each fold then also gets a row scored with the final
+weights alone, under the name without the snapshot knobs: one training, two rows). --warmup: the `divide` warm-up fraction (window = its second half).
 """
 
 from __future__ import annotations
@@ -90,12 +91,15 @@ def set_targets(criterion: object, q: np.ndarray, epoch: int) -> None:
     criterion.fitted.fill_(epoch)  # type: ignore[attr-defined]
 
 
-def method_name(args: argparse.Namespace) -> str:
+def method_name(args: argparse.Namespace, **override: object) -> str:
     """ "codivide" (or "ce-pair") plus every knob that differs from the pilot's default, e.g. codivide[guess=both]."""
     if args.name:
         return str(args.name)
     base = "codivide" if args.pair_of == "divide" else "ce-pair"
-    diff = [f"{k}={getattr(args, k)}" for k in (*KNOBS, "warmup", "epochs") if getattr(args, k) != DEFAULTS[k]]
+    knobs = {k: override.get(k, getattr(args, k)) for k in (*KNOBS, "warmup", "epochs")}
+    if knobs["snapshots"] == 1:
+        knobs["snapshot_gap"] = DEFAULTS["snapshot_gap"]
+    diff = [f"{k}={v}" for k, v in knobs.items() if v != DEFAULTS[k]]
     return base + (f"[{','.join(diff)}]" if diff else "")
 
 
@@ -159,6 +163,10 @@ def main() -> None:
         for k in range(6):
             if (name, seed, k) in done:
                 continue
+            if args.name and args.snapshots > 1:
+                sys.exit(
+                    "benchmarks/noise_codivide_pilot.py: --name with --snapshots (two rows per fold) is not supported"
+                )
             tr, ho = folds != k, folds == k
             t0 = time.perf_counter()
             nets = []
@@ -205,41 +213,48 @@ def main() -> None:
                         snaps[j].append(copy.deepcopy(t.model.state_dict()))
             seconds = time.perf_counter() - t0
             metas = [model_meta(t.config, t.data) for t in nets]
-            p_ho: np.ndarray | float = 0.0
-            p_te: np.ndarray | float = 0.0
-            for j, (t, meta) in enumerate(zip(nets, metas)):
-                for state in snaps[j] or [None]:
-                    if state is not None:
-                        t.model.load_state_dict(state)
-                    p_ho = p_ho + predict_probs(t.model.eval(), meta, images[ho], tta=True)
-                    p_te = p_te + predict_probs(t.model.eval(), meta, test_x, tta=True)
+            # scored with the final weights, and with --snapshots K also with the K snapshots: one row each
+            scored = {name: [[None], [None]]}
+            if args.snapshots > 1:
+                scored = {method_name(args, snapshots=1): [[None], [None]], name: snaps}
             targets_wrong = (
                 [int((t.criterion.targets.argmax(1).numpy() != clean[tr]).sum()) for t in nets] if divide else []
             )
-            row = {
-                "method": name,
-                "noise": 0.4,
-                "seed": seed,
-                "fold": k,
-                "arch": "resnet9",
-                "epochs": base.epochs,
-                "cv_right": int((np.asarray(p_ho).argmax(1) == clean[ho]).sum()),
-                "cv_n": int(ho.sum()),
-                "test_right": int((np.asarray(p_te).argmax(1) == test_y).sum()),
-                "test_n": len(test_y),
-                "flipped_in_train": int(flipped[tr].sum()),
-                "seconds": round(seconds, 2),
-                "knobs": {k2: getattr(args, k2) for k2 in (*KNOBS, "warmup", "epochs", "pair_of")},
-                "targets_wrong": targets_wrong,  # per network: training tiles whose final target's argmax != truth
-                "relabelled": split_stats,  # per network at the split: targets whose argmax != the noisy label
-            }
-            with out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            print(
-                f"{name} seed {seed} fold {k}: cv {row['cv_right']}/{row['cv_n']} test {row['test_right']}/40 "
-                f"targets wrong {targets_wrong} {seconds:.0f}s",
-                flush=True,
-            )
+            for method, states in scored.items():
+                if (method, seed, k) in done:
+                    continue
+                p_ho: np.ndarray | float = 0.0
+                p_te: np.ndarray | float = 0.0
+                for j, (t, meta) in enumerate(zip(nets, metas)):
+                    for state in states[j]:
+                        if state is not None:
+                            t.model.load_state_dict(state)
+                        p_ho = p_ho + predict_probs(t.model.eval(), meta, images[ho], tta=True)
+                        p_te = p_te + predict_probs(t.model.eval(), meta, test_x, tta=True)
+                row = {
+                    "method": method,
+                    "noise": 0.4,
+                    "seed": seed,
+                    "fold": k,
+                    "arch": "resnet9",
+                    "epochs": base.epochs,
+                    "cv_right": int((np.asarray(p_ho).argmax(1) == clean[ho]).sum()),
+                    "cv_n": int(ho.sum()),
+                    "test_right": int((np.asarray(p_te).argmax(1) == test_y).sum()),
+                    "test_n": len(test_y),
+                    "flipped_in_train": int(flipped[tr].sum()),
+                    "seconds": round(seconds, 2),
+                    "knobs": {k2: getattr(args, k2) for k2 in (*KNOBS, "warmup", "epochs", "pair_of")},
+                    "targets_wrong": targets_wrong,  # per network: training tiles whose final target's argmax != truth
+                    "relabelled": split_stats,  # per network at the split: targets whose argmax != the noisy label
+                }
+                with out.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(
+                    f"{method} seed {seed} fold {k}: cv {row['cv_right']}/{row['cv_n']} test {row['test_right']}/40 "
+                    f"targets wrong {targets_wrong} {seconds:.0f}s",
+                    flush=True,
+                )
         print(nm.table(nm.load(out)), flush=True)
 
 
