@@ -174,8 +174,9 @@ class Divide(nn.Module):
     set; the `divide` method sets none: measured worse with it), plus a prior penalty against collapse.
 
     Plain CE (and no mixup, `mixup_now`) for the first `warmup` of the epochs. After each epoch of the warm-up's
-    second half the trainer passes every training tile's predicted probabilities to `observe` (when
-    `wants_predictions(done, total)`); one epoch's predictions swing a lot under the one-cycle schedule's high
+    last `window` (0.5: its second half; `in_window`) the trainer passes every training tile's predicted
+    probabilities to `observe` (when `wants_predictions(done, total)`; with `own_split` False, codivide's, the
+    trainer does not: the pair passes each network the OTHER's predictions, histo_core.training.codivide); one epoch's predictions swing a lot under the one-cycle schedule's high
     learning rate, their mean does not (benchmarks/RESULTS.md, "Noise lab III"). At the warm-up's last epoch,
     from the mean p: d_i = P(label wrong) from `gmm_high_posterior` over 1 - p_i[y_i] (bounded, unlike the loss,
     whose few largest values took the high component alone on the synthetic set); w_i = 1 - d_i, or 1 where
