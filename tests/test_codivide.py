@@ -170,3 +170,10 @@ def test_cancel_then_resume_continues_exactly(monkeypatch, mid_step):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     assert result["test"]["accuracy"] == pytest.approx(reference["test"]["accuracy"])
+
+
+def test_codivide_under_torchrun_is_refused_in_one_line():
+    from histo_core.errors import HistoError
+
+    with pytest.raises(HistoError, match="trains its two networks in one process; run it without torchrun"):
+        PairTrainer(quick_config(), None, torch.device("cpu"), rank=0, world=2)  # type: ignore[arg-type]

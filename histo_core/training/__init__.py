@@ -15,7 +15,8 @@
 - device.py       device set-up, fused optimizers, torch.compile
 - fit.py          in-process fitting on arrays (fit_arrays, predict_probs) and throughput measurement
 
-One `Trainer` does the work for runs, in-process fits, throughput and run-time estimates and the LR finder.
+One `Trainer` does the work for runs, in-process fits, throughput and run-time estimates and the LR finder
+(`codivide` runs two, in a `PairTrainer`, from `make_trainer`).
 Batches come from `histo_core.pipeline` (uint8 tiles, converted and augmented on the device); predictions go
 through `histo_core.predict`, the one batched forward pass; DDP is used under torchrun (WORLD_SIZE > 1).
 """
