@@ -12,14 +12,17 @@ files takes longer), then each page (`--pages`: some of them) is opened in a fre
 navigation to an idle page: its heading drawn, the script finished (the app root's `data-test-script-state`), no
 element still waiting for its code (Streamlit's grey skeletons while a chart's or a table's JavaScript loads), no
 spinner and no stale element, for half a second; the time is taken where the last of them was seen. Then `--tiles`
-(default 12) real tiles of ../shared/data are dropped on the Classify page and timed from the drop until "N of N
-file(s) classified" is shown and the page is idle: the first classification after server start (model load and
-imports), and a later one, other tiles dropped on the page in a new tab (a new session: nothing of the first is
-reused but what the server process keeps, the model and the imports). `--no-classify` leaves them out.
+(default 12) real tiles of ../shared/data are dropped on the Classify page and timed from the drop until the
+results are shown ("N of N file(s) classified" and every card of the first page drawn down to its map's
+faithfulness line, which says "being checked" until the page's maps are scored) and until the page is idle: the
+first classification after server start (model load and imports), and a later one, other tiles dropped on the
+page in a new tab (a new session: nothing of the first is reused but what the server process keeps, the model and
+the imports). `--no-classify` leaves them out.
 
-Before 2026-12-07 (branch h-speed) the script took a page as busy only while Streamlit's status widget or a spinner was
-shown; the app's minimal toolbar never shows the status widget, so the figures before that were mostly the time
-to the heading (see RESULTS.md), and the later classification dropped its tiles beside the first ones (24 files).
+Before 2026-12-07 (branch h-speed) the script took a page as busy only while Streamlit's status widget or a
+spinner was shown; the app's minimal toolbar never shows the status widget, so the figures before that were
+mostly the time to the heading (see RESULTS.md), and the later classification dropped its tiles beside the first
+ones (24 files in the uploader).
 
 Needs Playwright (a dependency) and Debian's chromium at /usr/bin/chromium (`apt-get install -y chromium`).
 Figures depend on the machine and on its load: quote them with both.
@@ -45,6 +48,7 @@ SHARED = ROOT.parent / "shared" / "data"
 PAGES = [("Home", ""), ("Datasets", "Datasets"), ("Train", "Train"), ("Runs", "Runs"), ("Compare", "Compare")]
 PAGES += [("Classify", "Classify"), ("Review", "Review"), ("Feature map", "Feature_map")]
 QUIET_S = 0.5
+CARDS_PER_PAGE = 12  # the Classify page's default "Tiles per page"
 
 
 BUSY_JS = """() => {
@@ -80,8 +84,14 @@ def upload_sets(n: int) -> tuple[list[Path], list[Path]]:
     return tiles[0 : 2 * n : 2], tiles[1 : 2 * n : 2]
 
 
-def drop_and_time(browser, url: str, files: list[Path], staged: Path) -> float:
-    """Open Classify in a new tab, wait for it, drop `files` and time until they are classified and the page idle."""
+CARDS_JS = """() => [...document.querySelectorAll('[data-testid="stCaptionContainer"], [data-testid="stAlert"]')]
+  .filter(e => e.innerText.trim().startsWith('Faithfulness')).length"""
+
+
+def drop_and_time(browser, url: str, files: list[Path], staged: Path) -> tuple[float, float]:
+    """Open Classify in a new tab, wait for it, drop `files`; seconds until the results are shown (the count and
+    every card of the first page down to its map's faithfulness line, scored or being checked) and until the
+    page is idle."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(f"{url}/Classify", wait_until="commit")
     time_to_idle(page, time.monotonic())
@@ -90,9 +100,14 @@ def drop_and_time(browser, url: str, files: list[Path], staged: Path) -> float:
     t0 = time.monotonic()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(paths)
     page.get_by_text(f"{len(paths)} of {len(paths)} file(s) classified").first.wait_for(timeout=180_000)
-    seconds = time_to_idle(page, t0)
+    while page.evaluate(CARDS_JS) < min(len(paths), CARDS_PER_PAGE):
+        if time.monotonic() - t0 > 180:
+            raise RuntimeError("the cards were not drawn in time")
+        time.sleep(0.03)
+    shown = time.monotonic() - t0
+    idle = time_to_idle(page, t0)
     page.close()
-    return seconds
+    return shown, idle
 
 
 def one_server(
@@ -115,7 +130,8 @@ def one_server(
                 page.close()
             if classify:
                 for label, files in (("first classification", first), ("later classification", second)):
-                    out[label] = drop_and_time(browser, url, files, tmp / label.replace(" ", "-"))
+                    shown, idle = drop_and_time(browser, url, files, tmp / label.replace(" ", "-"))
+                    out[f"{label}: results shown"], out[label] = shown, idle
         finally:
             browser.close()
     return out
