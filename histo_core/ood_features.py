@@ -11,6 +11,7 @@ scores (`calibrate_features`).
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any
 
@@ -93,6 +94,13 @@ def layer_features(model: nn.Module, tiles: Any, spec: Any, batch_size: int = 25
         for s in range(0, len(tiles), batch_size):
             model(model_batch(tiles[s : s + batch_size], spec, device))
         return cap.take()
+
+
+def input_layer_features(model: nn.Module, tiles_uint8: Any, spec: Any, batch_size: int = 256) -> list[np.ndarray]:
+    """`layer_features` of uint8 tiles as given, without the stain normalisation of `spec`: the input-feature
+    check of a model trained with stain normalisation (histo_core.ood), which measures what normalisation would
+    hide (another organ mapped into the training stain)."""
+    return layer_features(model, tiles_uint8, dataclasses.replace(spec, stain=None), batch_size)
 
 
 def _fit_layer(feats: np.ndarray, labels: np.ndarray | None, stage: int) -> dict[str, Any]:
