@@ -3,7 +3,7 @@
     python benchmarks/noise_codivide_pilot.py [--seeds 0,1,2] [--epochs 60] [--out /tmp/codivide.jsonl]
         [--pair-of codivide|ce] [--warmup F] [--split soft|hard] [--guess partner|both|own]
         [--refine partner|both|own] [--smooth EPS] [--temperature T] [--refit N] [--refit-momentum M]
-        [--snapshots K] [--snapshot-gap G] [--name NAME]
+        [--snapshots K] [--snapshot-gap G] [--name NAME] [--only-folds 0,...]
 
 `codivide` ships as a method (`python benchmarks/noise_methods.py --methods codivide` runs it,
 `histo_core.training.codivide`); this script was its pilot. It trains the same `PairTrainer` (seeds s and s + 100,
@@ -109,6 +109,7 @@ def method_name(args: argparse.Namespace, **override: Any) -> str:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--only-folds", default="", help="run only these of the 6 folds, comma-separated (a check)")
     p.add_argument("--pair-of", choices=("codivide", "ce"), default="codivide")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     p.add_argument("--warmup", type=float, default=DEFAULTS["warmup"])
@@ -169,7 +170,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         noisy, flipped = fixed_noise(clean, 0.4, 9, seed, "fixed")
         folds = nm.fold_of(len(clean), 6, seed)
-        for k in range(6):
+        for k in [int(f) for f in args.only_folds.split(",")] if args.only_folds else range(6):
             if (name, seed, k) in done:
                 continue
             tr, ho = folds != k, folds == k
