@@ -28,7 +28,10 @@ FEATURE_MAX_TILES = 2000  # training tiles the feature statistics are fitted on 
 def feature_layers(model: nn.Module) -> list[nn.Module]:
     """The stages whose activations the feature check measures: the children of a `features` Sequential
     (histo_core's own architectures, DenseNet), a ResNet's layer1..layer4, else the whole model but its head
-    (torchvision-style `fc`/`classifier`/`head`) as one stage."""
+    (torchvision-style `fc`/`classifier`/`head`) as one stage. Of an ensemble: its first member's stages."""
+    from histo_core.models import first_member
+
+    model = first_member(model)
     feats = getattr(model, "features", None)
     if isinstance(feats, nn.Sequential) and len(feats) > 1:
         return list(feats.children())

@@ -16,7 +16,7 @@ from histo_core.datasets.sources import original_file
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError
 from histo_core.paths import data_roots
-from pages.ui.common import page_setup, plain, show_table, synthetic_badge, user_errors
+from pages.ui.common import lazy_tabs, page_setup, plain, show_table, synthetic_badge, user_errors
 from pages.ui.datasets import (
     class_distribution_figure,
     data_dir_caption,
@@ -28,6 +28,9 @@ from pages.ui.datasets import (
 )
 
 KEY = "datasets_page"
+TABS = ("Class distribution", "Sample tiles", "Pixel statistics", "Tile viewer", "Citation & licence")
+# the widgets of each tab, by key prefix: their values are kept while the tab is closed
+KEPT = {"Sample tiles": f"{KEY}_grid_", "Pixel statistics": f"{KEY}_stats_", "Tile viewer": f"{KEY}_view_"}
 
 
 @st.cache_data(show_spinner="Computing pixel statistics on a sample…", max_entries=32)
@@ -300,22 +303,20 @@ def main() -> None:
         st.rerun()
 
     render_overview(ds)
-    classes_tab, samples_tab, stats_tab, viewer_tab, about_tab = st.tabs(
-        ["Class distribution", "Sample tiles", "Pixel statistics", "Tile viewer", "Citation & licence"],
-        key="datasets_tab",
-        bind="query-params",
-    )  # the open tab survives adding a dataset, a reload, a shared link
-    with classes_tab:
-        render_classes(ds)
-    with samples_tab:
-        render_samples(ds)
-    with stats_tab:
-        with user_errors():
-            render_stats(ds, choice)
-    with viewer_tab:
-        render_viewer(ds)
-    with about_tab:
-        render_about(ds.info)
+    # only the open tab is built: the browser drew all five (charts, tile grids, the viewer) on every load
+    opened, tab = lazy_tabs(TABS, "datasets_tab", keep=KEPT)  # ?datasets_tab= opens one (a link, a reload)
+    with tab:
+        if opened == "Class distribution":
+            render_classes(ds)
+        elif opened == "Sample tiles":
+            render_samples(ds)
+        elif opened == "Pixel statistics":
+            with user_errors():
+                render_stats(ds, choice)
+        elif opened == "Tile viewer":
+            render_viewer(ds)
+        else:
+            render_about(ds.info)
 
 
 if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing

@@ -126,10 +126,14 @@ def tiles_mode(c: Chosen) -> None:
     shown = good[(page - 1) * page_size : page * page_size]
     cams = CamCache("classify_cams", scope)
     targets = [target_for(meta, i, results[i].pred) for i in shown]
-    maps = cams.get_many(loaded, shown, [results[i].tile for i in shown], options["method"], targets)
-    faithfulness_scores(loaded, [results[i].tile for i in shown], maps, targets, options["method"], c.key)
-    for i, target, cam in zip(shown, targets, maps):
-        tile_card(c, i, results[i], target, cam, options)
+    tiles = [results[i].tile for i in shown]
+    maps = cams.get_many(loaded, shown, tiles, options["method"], targets)
+    slots = [tile_card(c, i, results[i], target, cam, options) for i, target, cam in zip(shown, targets, maps)]
+    # The maps' faithfulness (ROAD: 8 forward passes of the page's tiles, most of an upload's time) is scored
+    # after the cards are drawn, in one batch, so the results show at once and the line under each map follows.
+    faithfulness_scores(loaded, tiles, maps, targets, options["method"], c.key)
+    for slot, tile, target, cam in zip(slots, tiles, targets, maps):
+        faithfulness_note(loaded, tile, cam, target, options["method"], c.key, container=slot)
 
 
 def target_for(meta, i: int, predicted: int) -> int:
@@ -137,7 +141,9 @@ def target_for(meta, i: int, predicted: int) -> int:
     return int(value) if isinstance(value, int) and 0 <= value < meta.num_classes else predicted
 
 
-def tile_card(c: Chosen, i: int, r, target: int, cam: np.ndarray, options: dict) -> None:
+def tile_card(c: Chosen, i: int, r, target: int, cam: np.ndarray, options: dict) -> Any:
+    """One tile's card; returns the slot under its map where the faithfulness line goes (filled by the caller,
+    once the page's maps are scored together; "being checked" until then)."""
     meta = c.meta
     with st.container(border=True):
         st.markdown(f"**{plain(r.name)}** → **{plain(meta.classes[r.pred])}** ({r.confidence:.1%})")
@@ -168,7 +174,8 @@ def tile_card(c: Chosen, i: int, r, target: int, cam: np.ndarray, options: dict)
             original=r.field_view,
             width=224,
         )
-        faithfulness_note(c.loaded, r.tile, cam, target, options["method"], c.key, container=middle)
+        slot = middle.empty()
+        faithfulness_note(c.loaded, r.tile, cam, target, options["method"], c.key, container=slot, compute=False)
         with right:
             st.plotly_chart(
                 probability_figure(r.probs, meta.classes, highlight=r.pred),
@@ -179,6 +186,7 @@ def tile_card(c: Chosen, i: int, r, target: int, cam: np.ndarray, options: dict)
         for note in r.notes:
             st.caption(f"ℹ️ {plain(note)}")
         similar_tiles(c.loaded, c.entry, r.tile, r.probs, key=f"classify_similar_{i}")
+    return slot
 
 
 def stain_changed(r) -> bool:

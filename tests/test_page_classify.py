@@ -335,20 +335,29 @@ def test_a_ready_made_models_evaluation_is_saved_in_the_data_dir_and_listed(ship
 
 def test_a_page_of_tiles_is_scored_for_faithfulness_in_one_batch(shipped_model, shared_data, monkeypatch):
     """The ROAD score under each card: one road_scores call for the page's maps (8 forward passes of the whole
-    page), not one per card (8 each: the first classification of 12 tiles spent most of its time there), and
-    every card still shows its own score; a rerun scores nothing again."""
+    page), not one per card (8 each: the first classification of 12 tiles spent most of its time there), made
+    after every card is drawn (the results show at once, the scores follow), and every card still shows its own
+    score; a rerun scores nothing again."""
     from histo_core import faithfulness
+    from pages.ui import classify
 
     calls: list[int] = []
+    events: list[str] = []
     real = faithfulness.road_scores
     monkeypatch.setattr(
-        faithfulness, "road_scores", lambda m, meta, t, *a, **k: calls.append(len(t)) or real(m, meta, t, *a, **k)
+        faithfulness,
+        "road_scores",
+        lambda m, meta, t, *a, **k: calls.append(len(t)) or events.append("scored") or real(m, meta, t, *a, **k),
     )
+    real_figure = classify.probability_figure
+    monkeypatch.setattr(classify, "probability_figure", lambda *a, **k: events.append("card") or real_figure(*a, **k))
     tiles = sorted((shared_data / "tiles" / "pathmnist-224").rglob("*.png"))[:4]
     at = AppTest.from_file(PAGE, default_timeout=180).run()
     at.file_uploader(key="classify_files").set_value([upload(p) for p in tiles]).run(timeout=180)
     assert not at.exception, at.exception
     notes = [n for n in [c.value for c in at.caption] + [w.value for w in at.warning] if n.startswith("Faithfulness: ")]
     assert len(notes) == len(tiles) and calls == [len(tiles)], (notes, calls)
+    assert events == ["card"] * len(tiles) + ["scored"], events  # the cards first, then the page's scores
+    assert not any("being checked" in n for n in notes)
     at.run(timeout=180)
     assert calls == [len(tiles)]

@@ -24,6 +24,14 @@ def open_page(dataset: str | None = None) -> AppTest:
     return at
 
 
+def open_tab(at: AppTest, label: str) -> AppTest:
+    """Click a tab of the page (only the open one is built)."""
+    at.session_state["datasets_tab"] = label
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
@@ -54,12 +62,13 @@ def test_pathmnist_mini_by_path_shows_splits_classes_samples_and_stats(pathmnist
     assert not any("SYNTHETIC" in w.value for w in at.warning)
     table = at.dataframe[0].value  # class counts per split
     assert list(table.columns) == ["train", "val", "test"] and table["train"].sum() == 160 and len(table) == 9
-    stats = at.dataframe[1].value
+    stats = open_tab(at, "Pixel statistics").dataframe[0].value
     assert list(stats["channel"]) == ["red", "green", "blue"] and 0.5 < stats["mean (0-1)"].iloc[0] < 0.9
-    captions = image_captions(at)
+    captions = image_captions(open_tab(at, "Tile viewer"))
     assert any("nearest-neighbour" in c for c in captions)  # 28 px tile in the viewer, enlarged
+    captions = image_captions(open_tab(at, "Sample tiles"))
     assert sum(c.startswith("#") for c in captions) >= 9  # at least one sample per class in the grid
-    assert any("CC BY 4.0" in md.value for md in at.markdown)
+    assert any("CC BY 4.0" in md.value for md in open_tab(at, "Citation & licence").markdown)
     assert at.query_params["dataset"] == [str(pathmnist_mini)] or at.query_params["dataset"] == str(pathmnist_mini)
 
 
@@ -101,7 +110,7 @@ def test_add_local_folder_then_it_is_selected(tmp_path):
     assert any("Added mine" in s.value for s in at.success)
     assert at.subheader[0].value == "mine (image folder, 40 px)"
     assert metrics(at)["classes"] == "2" and metrics(at)["train"] == "12"
-    viewer = [c for c in image_captions(at) if c.startswith("train #0")]
+    viewer = [c for c in image_captions(open_tab(at, "Tile viewer")) if c.startswith("train #0")]
     assert viewer and "nearest-neighbour" in viewer[0]
     assert any(" · file ADI" in md.value for md in at.markdown)  # the viewer names the file
     assert any(c.startswith("original file: 40×40 px") for c in image_captions(at))  # and shows it as stored
@@ -126,7 +135,7 @@ def test_add_invalid_path_shows_the_reason(tmp_path):
 
 
 def test_reshuffle_and_single_class_grid():
-    at = open_page()
+    at = open_tab(open_page(), "Sample tiles")
     before = [c for c in image_captions(at) if c.startswith("#")]
     at.button(key=f"{KEY}_reshuffle").click().run()
     after = [c for c in image_captions(at) if c.startswith("#")]
@@ -136,6 +145,38 @@ def test_reshuffle_and_single_class_grid():
     grid = [c for c in image_captions(at) if c.startswith("#")]
     assert len(grid) == 5
     assert any(md.value.startswith("**tumour**") for md in at.markdown)
+
+
+def test_only_the_open_tab_is_built_and_closed_tabs_keep_their_settings():
+    """The browser drew all five tabs on every load (issue 24: Datasets 1.8 s); only the open one is built now."""
+    at = open_page()
+    tabs = at.tabs
+    assert [t.label for t in tabs] == [
+        "Class distribution",
+        "Sample tiles",
+        "Pixel statistics",
+        "Tile viewer",
+        "Citation & licence",
+    ]
+    assert len(tabs[0].children) > 0 and all(len(t.children) == 0 for t in tabs[1:])
+    assert len(at.get("plotly_chart")) == 1 and not image_captions(at)  # no tile grid, no viewer, no histogram
+    open_tab(at, "Sample tiles")
+    assert len(at.tabs[0].children) == 0 and len(at.tabs[1].children) > 0
+    assert not at.get("plotly_chart") and sum(c.startswith("#") for c in image_captions(at)) == 6 * 8
+    at.slider(key=f"{KEY}_grid_count").set_value(3).run()
+    open_tab(at, "Pixel statistics")
+    assert not any(c.startswith("#") for c in image_captions(at)) and len(at.get("plotly_chart")) == 1
+    open_tab(at, "Sample tiles")  # the tile count chosen before is still set
+    assert at.slider(key=f"{KEY}_grid_count").value == 3
+    assert sum(c.startswith("#") for c in image_captions(at)) == 6 * 3
+
+
+def test_a_link_opens_its_tab():
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["datasets_tab"] = "Tile viewer"
+    at.run()
+    assert not at.exception
+    assert [c for c in image_captions(at) if c.startswith("train #0")] and not at.get("plotly_chart")
 
 
 @pytest.mark.parametrize("spec", ["pcam"])

@@ -15,11 +15,11 @@ from histo_core.distributed import broadcast
 from histo_core.fsutil import savez_atomic
 from histo_core.metrics import classification_report, per_sample_loss
 from histo_core.runs import RunDir
+from histo_core.training.codivide import AnyTrainer
 from histo_core.training.data import TrainData
-from histo_core.training.trainer import Trainer
 
 
-def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: dict[str, Any]) -> dict[str, Any]:
+def final_evaluation(run: RunDir, config: TrainConfig, trainer: AnyTrainer, best: dict[str, Any]) -> dict[str, Any]:
     """Test (and val) reports and prediction files from best.pt, and the out-of-distribution calibration. Under
     torchrun every rank calls it: rank 0 reads best.pt and sends its weights to the others (their nodes may not
     see the run folder), each rank predicts its share of each split, and rank 0 alone writes and returns the

@@ -246,3 +246,17 @@ def keep_in_url(param: str, key: str | Sequence[str], value: str | list[str] | N
         st.query_params[param] = value
     for k in keys:
         st.session_state[_url_mark(param, k)] = list(value) if isinstance(value, list) else value
+
+
+def lazy_tabs(labels: Sequence[str], key: str, keep: Mapping[str, str] | None = None) -> tuple[str, Any]:
+    """Tabs of which only the open one is built: returns its label and its container; the others stay empty until
+    chosen (a click reruns the page). The open tab is bound to `?key=` in the URL, so a reload or a shared link
+    opens the same one. Streamlit forgets the value of a widget a run does not draw: for each closed tab in `keep`
+    (label -> the prefix of its widgets' keys; buttons excluded) the values are kept for when it opens again."""
+    tabs = st.tabs(list(labels), key=key, bind="query-params")
+    opened = next((i for i, tab in enumerate(tabs) if tab.open), 0)
+    for label, prefix in (keep or {}).items():
+        if label != labels[opened]:
+            for k in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefix)]:
+                st.session_state[k] = st.session_state[k]
+    return labels[opened], tabs[opened]

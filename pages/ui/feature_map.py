@@ -240,16 +240,28 @@ def faithfulness_scores(
 
 
 def faithfulness_note(
-    loaded, tile: np.ndarray, cam: np.ndarray, target: int, method: str, cache_key: str, container=None
+    loaded,
+    tile: np.ndarray,
+    cam: np.ndarray,
+    target: int,
+    method: str,
+    cache_key: str,
+    container=None,
+    compute: bool = True,
 ) -> None:
-    """The ROAD score of the map just drawn, one line under the overlay (computed once per map and kept)."""
+    """The ROAD score of the map just drawn, one line under the overlay (computed once per map and kept).
+    `compute=False`: a map not scored yet says it is being checked (the caller scores it and writes again)."""
     from histo_core.faithfulness import describe, misleading
 
     box = container or st
-    faithfulness_scores(loaded, [tile], [cam], [target], method, cache_key)  # a no-op when scored with its page
-    store = st.session_state["faithfulness_scores"]
+    if compute:
+        faithfulness_scores(loaded, [tile], [cam], [target], method, cache_key)  # a no-op when scored with its page
+    store = st.session_state.setdefault("faithfulness_scores", {})
     key = _score_key(cache_key, tile, method, target)
     flat = bool(uniform_maps(cam)[0])
+    if not compute and not flat and key not in store:
+        box.caption("Faithfulness: being checked…")
+        return
     text = describe(store.get(key), flat)
     if misleading(store.get(key), flat):
         box.warning(f"Faithfulness: {text}", icon="⚠️")
