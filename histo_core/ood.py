@@ -36,11 +36,13 @@ The checks, calibrated when the model is made and stored in its card:
 Each check's value is expressed as a ratio to its own threshold. The flag's one threshold is set on the checks
 calibrated on held-out tiles (`flag_checks`): the feature check (and the input-feature check, where calibrated)
 when it runs, else the confidence check; the 95th percentile of their largest ratio on held-out in-domain tiles
-(`combined_scores`, `calibrate_combined`; stored as calib["combined"] with the checks it was set on). The confidence check is left out of the flag when the feature check runs: on the real
-samples it fired on ambiguous in-domain tiles and almost never on another organ. Calibrations made before that
-(no "checks" recorded) combine confidence and features by their largest ratio, as they were calibrated. The
-colour checks (gross outliers, below 1 in-domain by their margin) keep their own threshold. A tile's score is the
-largest of these: the flag fires at 1.0 or more, and the score says by how much.
+(`combined_scores`, `calibrate_combined`; stored as calib["combined"] with the checks it was set on). The
+confidence check is left out of the flag when the feature check runs: on the real samples it fired on ambiguous
+in-domain tiles and almost never on another organ. Calibrations made before that (no "checks" recorded) combine
+confidence and features by their largest ratio, as they were calibrated. The colour checks (gross outliers, below
+1 in-domain by their margin) keep their own threshold; with the input-feature check, only the input colour counts
+(`colour_checks`). A tile's score is the largest of these: the flag fires at 1.0 or more, and the score says by
+how much.
 """
 
 from __future__ import annotations
@@ -248,6 +250,18 @@ def flag_checks(calib: dict[str, Any]) -> tuple[str, ...]:
     return BEFORE_CHECKS_RECORDED
 
 
+def colour_checks(calib: dict[str, Any]) -> tuple[str, ...]:
+    """The colour checks in the flag, each at its own threshold: colour and input colour; with the input-feature
+    check (a stain-normalised model calibrated since issue #24), input colour only. After normalisation a tile's
+    colours are what normalisation made of them: it maps noise to plausible stain (why the input checks exist),
+    and it turned a background tile of CRC-VAL (in-domain) into colours unlike the training tiles' (1.13x the
+    threshold: the Macenko model's one colour alarm on the real samples, and none on another organ that the
+    feature checks missed, benchmarks/RESULTS.md). Calibrations made before keep both."""
+    if "input_features" in flag_checks(calib):
+        return ("input_colour",)
+    return ("colour", "input_colour")
+
+
 def _has_threshold(fcal: Any) -> bool:
     return isinstance(fcal, dict) and bool(fcal.get("threshold")) and bool(len(fcal.get("layers", ())))
 
@@ -333,13 +347,13 @@ def check_tiles(
     if not calib:
         return None
     n = len(probs)
-    checks = flag_checks(calib)
+    checks = flag_checks(calib) + colour_checks(calib)
     ratios = {
         k: r
         for k, r in check_ratios(
             calib, probs, tiles01, input01, features=features, input_features=input_features
         ).items()
-        if k in checks or k not in HELDOUT_CHECKS
+        if k in checks
     }
     threshold = float((calib.get("combined") or {}).get("threshold") or 1.0)
     scaled = {k: r / threshold if k in HELDOUT_CHECKS else r for k, r in ratios.items()}

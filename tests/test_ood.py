@@ -214,6 +214,11 @@ def test_input_feature_check_sees_what_stain_normalisation_hides_and_shares_the_
     before = ood.check_tiles(old, probs[:40], None, features=view_feats, input_features=other_feats)
     assert before is not None
     np.testing.assert_allclose(before.scores, ratios["features"] / calib["combined"]["threshold"])
+    # the colour check after normalisation is left out with the input checks: what normalisation made of a tile
+    noise = torch.rand(4, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert ood.colour_checks(old) == ("colour", "input_colour") and ood.colour_checks(calib) == ("input_colour",)
+    assert ood.check_tiles(old, probs[:4], noise).flags.all()  # before: the colour check fires on noise
+    assert not ood.check_tiles(calib, probs[:4], noise).flags.any()
     summary = ood.calibration_summary(calib)
     assert "layers" not in summary["input_feature"] and summary["input_feature"]["heldout_tiles"] == 60
     json.dumps(summary)
