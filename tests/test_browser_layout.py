@@ -160,7 +160,7 @@ def test_labels_and_tables_fit_a_1024_px_window(tmp_path, monkeypatch):
             goto(page, f"{url}/Classify?run={run.id}", "Classify")
             _settle(page)
             model = _select_value(page, "Model")
-            assert model.input_value().startswith("first"), model.input_value()
+            assert f"first ({run.id}) · run · " in model.input_value(), model.input_value()
             assert model.input_value() not in _cut_off(page, '[data-testid="stMain"]'), "the model picker is cut off"
 
             # Review: the filters' values are whole ("Sort by" showed "los"), "CAM on all" stays on one line,
