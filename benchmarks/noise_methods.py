@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise", default="0.4,0.2,0", help="noise rates, comma-separated (default 0.4,0.2,0)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--folds", type=int, default=6)
+    p.add_argument("--only-folds", default="", help="run only these folds, comma-separated (a check of one fold)")
     p.add_argument("--methods", default=",".join(NOISE_METHODS), help="NOISE_METHODS names, comma-separated")
     p.add_argument("--arch", default="resnet9")
     p.add_argument("--epochs", type=int, default=30)
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> None:
         threads=args.threads,
     )
     methods = args.methods.split(",")
+    wanted = {int(k) for k in args.only_folds.split(",") if k.strip()} or set(range(args.folds))
     for noise in [float(r) for r in args.noise.split(",")]:
         for seed in range(args.seeds):
             noisy, flipped = (clean, np.zeros(len(clean), bool))
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
             for method in methods:
                 cfg = with_method(base, method).replace(seed=seed)
                 for k in range(args.folds):
-                    if (method, noise, seed, k) in done:
+                    if (method, noise, seed, k) in done or k not in wanted:
                         continue
                     tr, ho = folds != k, folds == k
                     t0 = time.perf_counter()

@@ -3,6 +3,7 @@
     {"format": "histo-explorer", "format_version": 1,
      "arch": "resnet18", "num_classes": 9, "in_channels": 3, "input_size": 28, "mlp_head": False,
      "classes": [...], "mean": [r, g, b], "std": [r, g, b],          # normalisation of uint8/255 inputs
+     "members": 2,                                                     # optional: a models.MeanEnsemble (codivide)
      "dataset": {"name": ..., "title": ..., "synthetic": bool, "source": ...},
      "state_dict": {...},                                              # model weights (CPU tensors)
      "epoch": int, "metrics": {...},                                   # optional
@@ -102,6 +103,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "check
             int(ckpt["in_channels"]),
             int(ckpt["input_size"]),
             mlp_head=bool(ckpt.get("mlp_head", False)),
+            members=int(ckpt.get("members", 1)),
         )
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot build {ckpt.get('arch')!r} from this checkpoint ({exc})") from None

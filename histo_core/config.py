@@ -25,8 +25,9 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["none", "step", "cosine", "onecycle"]
 NoiseMode = Literal["batch", "fixed", "pair"]
 # cross-entropy, label smoothing, symmetric cross-entropy, generalized cross-entropy, early-learning regularisation,
-# dynamic bootstrapping with a loss split, a one-network DivideMix (a held loss split + the model's averaged guess)
-Loss = Literal["ce", "smooth", "sce", "gce", "elr", "boot", "divide"]
+# dynamic bootstrapping with a loss split, a one-network DivideMix (a held loss split + the model's averaged guess),
+# DivideMix's co-divide (two networks, each split by the other; histo_core.training.codivide)
+Loss = Literal["ce", "smooth", "sce", "gce", "elr", "boot", "divide", "codivide"]
 # scratch: random init, every layer trained; all-layers: every layer trained from the start (usually from
 # ImageNet weights); frozen: only an MLP head on a frozen backbone; head-then-all: fastai-style, the head alone
 # for --head-epochs, then every layer with the backbone at a lower LR
@@ -61,7 +62,9 @@ NOISE_METHODS: dict[str, dict[str, Any]] = {
     "elr+mixup": {"loss": "elr", "mixup": 0.4},
     "boot": {"loss": "boot", "mixup": 0.0},
     "divide": {"loss": "divide", "mixup": 0.0},
+    "codivide": {"loss": "codivide", "mixup": 0.0},
 }
+PAIRED_LOSSES = ("codivide",)  # losses trained by two networks at once, whose model is the pair's mean
 
 # Mode names before they said what they do; accepted from the CLI and from the config.json of older runs.
 LEGACY_MODES = {"finetune": "all-layers", "fine_tune": "head-then-all"}
@@ -122,7 +125,9 @@ class TrainConfig:
     elr_lambda: float = 3.0
     elr_beta: float = 0.7
     boot_warmup: float = 0.3  # boot: fraction of the epochs trained with plain CE before the first split
-    divide_warmup: float = 0.5  # divide: fraction of the epochs trained with plain CE before the split
+    divide_warmup: float = 0.5  # divide, codivide: fraction of the epochs trained with plain CE before the split
+    divide_window: float = 0.5  # divide, codivide: the last fraction of the warm-up whose predictions are averaged
+    divide_temperature: float = 1.0  # divide, codivide: sharpening temperature of the targets (1: none)
     mixup: float = 0.0  # mixup Beta(alpha, alpha) parameter; 0 = off
     noise: float = 0.0
     noise_mode: NoiseMode = "batch"
@@ -245,6 +250,10 @@ class TrainConfig:
             raise ConfigError(f"--boot-warmup must be in [0, 1), got {self.boot_warmup}")
         if not 0.0 < self.divide_warmup < 1.0:
             raise ConfigError(f"--divide-warmup must be in (0, 1), got {self.divide_warmup}")
+        if not 0.0 < self.divide_window <= 1.0:
+            raise ConfigError(f"--divide-window must be in (0, 1], got {self.divide_window}")
+        if not 0.0 < self.divide_temperature <= 10.0:
+            raise ConfigError(f"--divide-temperature must be in (0, 10], got {self.divide_temperature}")
         if not 0.0 <= self.mixup <= MAX_MIXUP:
             raise ConfigError(f"--mixup must be between 0 (off) and {MAX_MIXUP}, got {self.mixup}")
         if self.early_stopping and self.train_splits == "train+val":
@@ -278,6 +287,11 @@ def with_method(config: TrainConfig, method: str) -> TrainConfig:
     """`config` trained with the label-noise method `method` (a NOISE_METHODS name). Raises ConfigError."""
     _choice("methods", method, tuple(NOISE_METHODS))
     return config.replace(**NOISE_METHODS[method])
+
+
+def networks_of(config: TrainConfig) -> int:
+    """How many networks a run of `config` trains (and its model averages): 2 for PAIRED_LOSSES, else 1."""
+    return 2 if config.loss in PAIRED_LOSSES else 1
 
 
 def method_of(config: TrainConfig) -> str:

@@ -59,7 +59,7 @@ def estimate_run_time(
     device = T.setup_device(config)
     ds = T.open_config_dataset(config)
     data = T.build_train_data(config, ds, str(device))
-    trainer = T.Trainer(config, data, device)
+    trainer = T.make_trainer(config, data, device)  # codivide: a pair, whose step trains both networks
     fixed = startup + _clock() - t0
     trainer.set_train_mode()
     batches = trainer.batches_of_epoch(0)

@@ -17,6 +17,9 @@
           model's predictions of every training tile are averaged over the warm-up's second half; then a loss
           split on that mean, held: a tile whose label looks right keeps it, a doubtful one trains on the
           averaged guess; --mixup, if set, mixes these targets MixMatch-style
+  codivide  DivideMix's co-divide: two networks (histo_core.training.codivide), each a `divide` whose split and
+          targets are fitted from the OTHER network's averaged warm-up predictions (`own_split=False`: the
+          pair observes, crossed), so that neither trains on its own errors; the model is the pair's mean
 
 Every criterion is called `criterion(logits, target, index)`; `index` (positions of the batch's tiles in the
 training source) is used by the losses with per-tile state (`per_tile = True`: ELR, boot, divide), whose buffers
@@ -171,8 +174,9 @@ class Divide(nn.Module):
     set; the `divide` method sets none: measured worse with it), plus a prior penalty against collapse.
 
     Plain CE (and no mixup, `mixup_now`) for the first `warmup` of the epochs. After each epoch of the warm-up's
-    second half the trainer passes every training tile's predicted probabilities to `observe` (when
-    `wants_predictions(done, total)`); one epoch's predictions swing a lot under the one-cycle schedule's high
+    last `window` (0.5: its second half; `in_window`) the trainer passes every training tile's predicted
+    probabilities to `observe` (when `wants_predictions(done, total)`; with `own_split` False, codivide's, the
+    trainer does not: the pair passes each network the OTHER's predictions, histo_core.training.codivide); one epoch's predictions swing a lot under the one-cycle schedule's high
     learning rate, their mean does not (benchmarks/RESULTS.md, "Noise lab III"). At the warm-up's last epoch,
     from the mean p: d_i = P(label wrong) from `gmm_high_posterior` over 1 - p_i[y_i] (bounded, unlike the loss,
     whose few largest values took the high component alone on the synthetic set); w_i = 1 - d_i, or 1 where
@@ -192,10 +196,20 @@ class Divide(nn.Module):
     fitted: torch.Tensor
 
     def __init__(
-        self, num_samples: int, num_classes: int, warmup: float = 0.5, temperature: float = 1.0, prior: float = 1.0
+        self,
+        num_samples: int,
+        num_classes: int,
+        warmup: float = 0.5,
+        temperature: float = 1.0,
+        prior: float = 1.0,
+        *,
+        window: float = 0.5,
+        own_split: bool = True,
     ):
         super().__init__()
         self.num_classes, self.warmup, self.temperature, self.prior = num_classes, warmup, temperature, prior
+        self.window_fraction = window  # of the warm-up's epochs, the last ones, whose predictions are averaged
+        self.own_split = own_split  # False (codivide): the trainer does not observe; a partner's predictions come
         self.register_buffer("targets", torch.zeros(num_samples, num_classes))
         self.register_buffer("prob_sum", torch.zeros(num_samples, num_classes))  # summed predictions so far
         self.register_buffer("observed", torch.zeros((), dtype=torch.long))  # epochs summed into prob_sum
@@ -203,9 +217,10 @@ class Divide(nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.long))  # the epoch it was fitted after; 0 = not
 
     def window(self, total: int) -> tuple[int, int]:
-        """(first, last) epoch, counted from 1, whose predictions are averaged; the split is fitted after `last`."""
+        """(first, last) epoch, counted from 1, whose predictions are averaged (the last `window` of the warm-up's
+        epochs, at least one); the split is fitted after `last`."""
         last = min(total - 1, max(1, round(self.warmup * total)))
-        return max(1, last - last // 2 + 1), last
+        return last - max(1, math.floor(round(self.window_fraction * last, 6))) + 1, last
 
     @property
     def mixup_now(self) -> bool:
@@ -224,10 +239,14 @@ class Divide(nn.Module):
             loss = loss + self.prior * (pi * torch.log(pi.clamp(min=1e-7) / mean_p)).sum()
         return loss
 
-    def wants_predictions(self, done: int, total: int) -> bool:
-        """Whether the trainer should `observe` the training tiles' predictions after epoch `done` of `total`."""
+    def in_window(self, done: int, total: int) -> bool:
+        """Whether the predictions after epoch `done` of `total` are averaged into the split (not yet fitted)."""
         first, last = self.window(total)
         return total > 1 and first <= done <= last and int(self.fitted) == 0
+
+    def wants_predictions(self, done: int, total: int) -> bool:
+        """Whether the trainer should `observe` the training tiles' predictions after epoch `done` of `total`."""
+        return self.own_split and self.in_window(done, total)
 
     def observe(self, probs: torch.Tensor, labels: torch.Tensor, done: int, total: int) -> None:
         """Add every training tile's predicted probabilities (N, K) after epoch `done`; fit the split and the
@@ -254,7 +273,8 @@ class Divide(nn.Module):
 
 # build_loss's options, each also a TrainConfig field of the same name (the trainer passes them on by name)
 LOSS_OPTIONS = (
-    "label_smoothing", "sce_alpha", "sce_beta", "gce_q", "elr_lambda", "elr_beta", "boot_warmup", "divide_warmup"
+    "label_smoothing", "sce_alpha", "sce_beta", "gce_q", "elr_lambda", "elr_beta", "boot_warmup", "divide_warmup",
+    "divide_window", "divide_temperature",
 )  # fmt: skip
 
 
@@ -271,6 +291,8 @@ def build_loss(
     num_samples: int = 0,
     boot_warmup: float = 0.3,
     divide_warmup: float = 0.5,
+    divide_window: float = 0.5,
+    divide_temperature: float = 1.0,
 ) -> nn.Module:
     """The criterion of `--loss NAME`; `num_samples` (training tiles) sizes ELR's per-tile targets."""
     if name == "ce":
@@ -285,8 +307,15 @@ def build_loss(
         return EarlyLearningRegularization(num_samples, num_classes, elr_lambda, elr_beta)
     if name == "boot":
         return DynamicBootstrapping(num_samples, num_classes, boot_warmup)
-    if name == "divide":
-        return Divide(num_samples, num_classes, divide_warmup)
+    if name in ("divide", "codivide"):  # codivide: one of the pair's two; its split comes from the other
+        return Divide(
+            num_samples,
+            num_classes,
+            divide_warmup,
+            divide_temperature,
+            window=divide_window,
+            own_split=name == "divide",
+        )
     raise ValueError(f"unknown loss {name!r}")
 
 

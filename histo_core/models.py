@@ -8,6 +8,10 @@ ResNets and DenseNet get a MedMNIST-style stem (3x3 stride-1 first conv, no max-
 than 64 px, so feature maps, and Grad-CAM, keep spatial detail. Adding an architecture is one entry: an
 `ArchSpec` in ARCHITECTURES below (or `register_architecture(ArchSpec(...))` from outside), and it appears in
 the CLI, the Train page and the Classify page (maps included).
+
+A run that trains several networks (`codivide`) keeps them as one `MeanEnsemble` (checkpoint key "members"):
+its output is the log of the members' mean softmax, so every consumer that takes a softmax gets their mean
+probabilities; Grad-CAM's layer and the feature layers are the first member's (`first_member`).
 """
 
 from __future__ import annotations
@@ -393,6 +397,25 @@ def check_input(name: str, input_size: int, in_channels: int) -> None:
         raise ConfigError(f"{name}: tiles must have 1 or 3 channels, got {in_channels}")
 
 
+class MeanEnsemble(nn.Module):
+    """Networks of one architecture predicting together: forward gives log(mean_i softmax(member_i(x))), whose
+    softmax is the members' mean probabilities (so argmax, TTA and reports see the mean)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        return torch.log(probs.clamp(min=1e-12))
+
+
+def first_member(model: nn.Module) -> nn.Module:
+    """The network whose layers stand for `model` where one network's layers are needed (Grad-CAM's target
+    layer, the feature vectors): an ensemble's first member, else the model itself."""
+    return model.members[0] if isinstance(model, MeanEnsemble) else model
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -401,11 +424,20 @@ def build_model(
     *,
     pretrained: bool = False,
     mlp_head: bool = False,
+    members: int = 1,
 ) -> nn.Module:
+    """The architecture `name`; with `members` > 1 a MeanEnsemble of that many (a codivide run's model)."""
     spec = get_arch(name)
     check_input(name, input_size, in_channels)
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if members > 1:
+        return MeanEnsemble(
+            [
+                build_model(name, num_classes, in_channels, input_size, pretrained=pretrained, mlp_head=mlp_head)
+                for _ in range(members)
+            ]
+        )
     return spec.builder(num_classes, in_channels, input_size, pretrained=pretrained, mlp_head=mlp_head)
 
 
@@ -422,8 +454,9 @@ def set_backbone_trainable(model: nn.Module, name: str, trainable: bool) -> None
 
 
 def cam_target_layer(model: nn.Module, name: str, input_size: int) -> nn.Module:
-    """The registered Grad-CAM layer of architecture `name` in `model` at `input_size`."""
-    return get_arch(name).cam_layer(model, int(input_size))
+    """The registered Grad-CAM layer of architecture `name` in `model` (an ensemble: its first member's) at
+    `input_size`."""
+    return get_arch(name).cam_layer(first_member(model), int(input_size))
 
 
 def register_architecture(spec: ArchSpec) -> ArchSpec:

@@ -24,15 +24,19 @@ The checks, calibrated when the model is made and stored in its card:
   the classifier would otherwise place confidently in one of its classes. Measured on the real samples
   (benchmarks/RESULTS.md, issue #24): the later stages' means (and the penultimate layer) move as far for a
   full-size in-domain tile shrunk to the model's size as for another organ; the first stage, per class, does not.
+- input features (models trained with stain normalisation): the same feature check on the tile as given, before
+  normalisation (a forward pass of its own through the same model), with its own statistics of the training tiles
+  as given and its own threshold from held-out in-domain tiles as given (calib["input_feature"]). Normalisation
+  maps another organ into the training stain, where the first check alone misses most of it (issue #24).
 
     feats = layer_features(model, tiles, spec)                            # per stage (N, C)
     calib["feature"] = calibrate_features(train_feats, heldout_feats, "val", labels=y, stage=feature_stage(model))
     result = check_tiles(calib, probs, tiles01, input01, features=feats)  # flags, reasons, scores
 
 Each check's value is expressed as a ratio to its own threshold. The flag's one threshold is set on the checks
-calibrated on held-out tiles (`flag_checks`): the feature check when it runs, else the confidence check; its 95th
-percentile on held-out in-domain tiles (`combined_scores`, `calibrate_combined`; stored as calib["combined"] with
-the checks it was set on). The confidence check is left out of the flag when the feature check runs: on the real
+calibrated on held-out tiles (`flag_checks`): the feature check (and the input-feature check, where calibrated)
+when it runs, else the confidence check; the 95th percentile of their largest ratio on held-out in-domain tiles
+(`combined_scores`, `calibrate_combined`; stored as calib["combined"] with the checks it was set on). The confidence check is left out of the flag when the feature check runs: on the real
 samples it fired on ambiguous in-domain tiles and almost never on another organ. Calibrations made before that
 (no "checks" recorded) combine confidence and features by their largest ratio, as they were calibrated. The
 colour checks (gross outliers, below 1 in-domain by their margin) keep their own threshold. A tile's score is the
@@ -159,7 +163,8 @@ def calibration_summary(calib: dict[str, Any] | None) -> dict[str, Any]:
     for k, v in (calib or {}).items():
         if k.endswith(("_mean", "_icov")):
             continue
-        out[k] = {kk: vv for kk, vv in v.items() if kk != "layers"} if k == "feature" and isinstance(v, dict) else v
+        is_features = k in ("feature", "input_feature") and isinstance(v, dict)
+        out[k] = {kk: vv for kk, vv in v.items() if kk != "layers"} if is_features else v
     return out
 
 
@@ -185,11 +190,15 @@ def check_ratios(
     *,
     features: list[np.ndarray] | None = None,
     feature_scores_: np.ndarray | None = None,
+    input_features: list[np.ndarray] | None = None,
+    input_feature_scores_: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per check that the calibration and inputs allow, each tile's value over that check's own threshold:
     "confidence" (doubt, 1 - top probability, over the doubt at the confidence threshold), "colour",
     "input_colour" (Mahalanobis distance over its threshold), "features" (feature score over its threshold;
-    from `features`, or from `feature_scores_` already computed, e.g. by a cross-validation fold's model)."""
+    from `features`, or from `feature_scores_` already computed, e.g. by a cross-validation fold's model) and
+    "input_features" (the same for the tiles as given, before stain normalisation: `input_features` or
+    `input_feature_scores_`, against calib["input_feature"])."""
     n = len(probs)
     out: dict[str, np.ndarray] = {}
     threshold = calib.get("confidence_threshold")
@@ -202,21 +211,29 @@ def check_ratios(
         mean, icov = np.asarray(calib[f"{prefix}_mean"]), np.asarray(calib[f"{prefix}_icov"])
         if feats.shape[1] == len(mean):
             out[prefix] = _mahalanobis(feats, mean, icov) / calib[f"{prefix}_threshold"]
-    fcal = calib.get("feature")
-    if isinstance(fcal, dict) and fcal.get("threshold") and len(fcal.get("layers", ())):
-        if feature_scores_ is not None:
-            out["features"] = np.asarray(feature_scores_, np.float64) / fcal["threshold"]
-        elif features is not None and feature_stages_match(fcal["layers"], features):
-            out["features"] = feature_scores(fcal["layers"], features) / fcal["threshold"]
+    for check, key, feats_, scores_ in (
+        ("features", "feature", features, feature_scores_),
+        ("input_features", "input_feature", input_features, input_feature_scores_),
+    ):
+        fcal = calib.get(key)
+        if fcal is None or not _has_threshold(fcal):
+            continue
+        if scores_ is not None:
+            out[check] = np.asarray(scores_, np.float64) / fcal["threshold"]
+        elif feats_ is not None and feature_stages_match(fcal["layers"], feats_):
+            out[check] = feature_scores(fcal["layers"], feats_) / fcal["threshold"]
     return out
 
 
-HELDOUT_CHECKS = ("confidence", "features")  # calibrated at a quantile of held-out tiles: the one threshold scales them
+# calibrated at a quantile of held-out tiles: the one threshold scales them
+HELDOUT_CHECKS = ("confidence", "features", "input_features")
+BEFORE_CHECKS_RECORDED = ("confidence", "features")  # what calibrations recording no "checks" combine
 
 
 def flag_checks(calib: dict[str, Any]) -> tuple[str, ...]:
     """The checks calibrated on held-out tiles that the flag's one threshold is set on. A calibration made now:
-    the feature check when it has a threshold, else the confidence check. The confidence check is left out when
+    the feature check when it has a threshold (with the input-feature check beside it for a model trained with
+    stain normalisation, calib["input_feature"]), else the confidence check. The confidence check is left out when
     the feature check runs because, measured on the real samples (benchmarks/RESULTS.md, issue #24), it fired on
     in-domain tiles the model finds ambiguous (2 of the 13 full-size CRC-VAL tiles, 10% of a run's test tiles)
     and on almost no tile of another organ (1 of 8 BreaKHis images, 1 of 117 skin tiles): it doubled the false
@@ -224,11 +241,15 @@ def flag_checks(calib: dict[str, Any]) -> tuple[str, ...]:
     class. Calibrations made before record no list: both checks, as they were calibrated."""
     combined = calib.get("combined")
     if isinstance(combined, dict):
-        return tuple(combined.get("checks") or HELDOUT_CHECKS)
-    fcal = calib.get("feature")
-    if isinstance(fcal, dict) and fcal.get("threshold") and len(fcal.get("layers", ())):
-        return ("features",)
-    return HELDOUT_CHECKS
+        return tuple(combined.get("checks") or BEFORE_CHECKS_RECORDED)
+    has = [k for k in ("feature", "input_feature") if _has_threshold(calib.get(k))]
+    if "feature" in has:
+        return ("features", "input_features") if "input_feature" in has else ("features",)
+    return BEFORE_CHECKS_RECORDED
+
+
+def _has_threshold(fcal: Any) -> bool:
+    return isinstance(fcal, dict) and bool(fcal.get("threshold")) and bool(len(fcal.get("layers", ())))
 
 
 def _combine(ratios: dict[str, np.ndarray], n: int, threshold: float = 1.0) -> np.ndarray:
@@ -251,21 +272,33 @@ def combined_scores(
     *,
     features: list[np.ndarray] | None = None,
     feature_scores_: np.ndarray | None = None,
+    input_features: list[np.ndarray] | None = None,
+    input_feature_scores_: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per tile, the score the flag's one threshold is set on: the largest ratio of the flag's checks calibrated
-    on held-out tiles (`flag_checks`: the feature check, else confidence; `check_ratios`, same arguments); NaN
-    where none could run."""
-    ratios = check_ratios(calib, probs, tiles01, input01, features=features, feature_scores_=feature_scores_)
+    on held-out tiles (`flag_checks`: the feature check, and the input-feature check where calibrated, else
+    confidence; `check_ratios`, same arguments); NaN where none could run."""
+    ratios = check_ratios(
+        calib,
+        probs,
+        tiles01,
+        input01,
+        features=features,
+        feature_scores_=feature_scores_,
+        input_features=input_features,
+        input_feature_scores_=input_feature_scores_,
+    )
     checks = flag_checks(calib)
     return _combine({k: r for k, r in ratios.items() if k in checks}, len(probs))
 
 
 def calibrate_combined(
-    heldout_combined: np.ndarray, split: str, checks: tuple[str, ...] = HELDOUT_CHECKS
+    heldout_combined: np.ndarray, split: str, checks: tuple[str, ...] = BEFORE_CHECKS_RECORDED
 ) -> dict[str, Any] | None:
     """The flag's one threshold: the COMBINED_QUANTILE of `combined_scores` on held-out in-domain tiles. The
-    confidence and feature checks are each at their own 5% on such tiles; taking the largest adds their false
-    alarms up, which this threshold takes back to 5% for the flag as a whole (the colour checks, below 1 on
+    checks it combines (features and input features, or confidence and features) are each at their own 5% on
+    such tiles; taking the largest adds their false alarms up, which this threshold takes back to 5% for the
+    flag as a whole (the colour checks, below 1 on
     in-domain tiles, keep their own threshold: `_combine`). `checks`: the checks the scores combine
     (`flag_checks` of the calibration they were computed with), recorded. None without held-out tiles."""
     scores = np.asarray(heldout_combined, np.float64)
@@ -288,10 +321,12 @@ def check_tiles(
     input01: torch.Tensor | None = None,
     *,
     features: list[np.ndarray] | None = None,
+    input_features: list[np.ndarray] | None = None,
 ) -> OodResult | None:
     """Every check of the calibration that its inputs allow: confidence (`probs`), colour (`tiles01`, the
     tiles as the model sees them), input colour (`input01`, as given, for a stain-normalised model), features
-    (`features`: `layer_features` of the tiles). The score is the combined score (the largest of the checks'
+    (`features`: `layer_features` of the tiles as the model sees them), input features (`input_features`: of
+    the tiles as given, `ood_features(..., given)`, for a stain-normalised model). The score is the combined score (the largest of the checks'
     ratios) over the calibration's one threshold (`calib["combined"]`; 1.0 for calibrations made before it):
     flagged at 1.0 or more, and the reasons name the checks above that threshold. None when the model has no
     calibration (older runs)."""
@@ -301,7 +336,9 @@ def check_tiles(
     checks = flag_checks(calib)
     ratios = {
         k: r
-        for k, r in check_ratios(calib, probs, tiles01, input01, features=features).items()
+        for k, r in check_ratios(
+            calib, probs, tiles01, input01, features=features, input_features=input_features
+        ).items()
         if k in checks or k not in HELDOUT_CHECKS
     }
     threshold = float((calib.get("combined") or {}).get("threshold") or 1.0)
@@ -322,6 +359,10 @@ def check_tiles(
             f"the model's features are further from its training tiles' than almost all held-out in-domain tiles' "
             f"({scaled['features'][i]:.1f}x the flag's threshold)"
         ),
+        "input_features": lambda i: (
+            "before stain normalisation, the model's features are further from its training tiles' than almost all "
+            f"held-out in-domain tiles' ({scaled['input_features'][i]:.1f}x the flag's threshold)"
+        ),
     }
     reasons: list[str | None] = [None] * n
     for i in np.flatnonzero(flags):
@@ -336,13 +377,14 @@ def flag_tiles(
     tiles01: torch.Tensor | None,
     input01: torch.Tensor | None = None,
     features: list[np.ndarray] | None = None,
+    input_features: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[str | None]] | None:
     """Per tile, whether it looks unlike the training tiles, and why (None where it does not). `tiles01`: the
     tiles as the model sees them; `input01`: as given, before stain normalisation (checked when the
     calibration has input colours); `features`: `layer_features` of the tiles (checked when the calibration
-    has a feature threshold). None when the model has no calibration (older runs). `check_tiles` also gives
-    the scores."""
-    found = check_tiles(calib, probs, tiles01, input01, features=features)
+    has a feature threshold); `input_features`: of the tiles as given (a stain-normalised model's input-feature
+    check). None when the model has no calibration (older runs). `check_tiles` also gives the scores."""
+    found = check_tiles(calib, probs, tiles01, input01, features=features, input_features=input_features)
     return None if found is None else (found.flags, found.reasons)
 
 
@@ -365,13 +407,24 @@ def ood_check(
     if tiles_uint8 is None:
         return check_tiles(meta.ood, probs, None)
     view, given = model_view(tiles_uint8, meta)
-    return check_tiles(meta.ood, probs, view, given, features=ood_features(model, meta, view))
+    return check_tiles(
+        meta.ood,
+        probs,
+        view,
+        given,
+        features=ood_features(model, meta, view),
+        input_features=ood_features(model, meta, given, "input_feature"),
+    )
 
 
-def ood_features(model: nn.Module | None, meta: ModelMeta, view: torch.Tensor) -> list[np.ndarray] | None:
-    """The tiles' stage features for the "unlike the training tiles" feature check, when the model's
-    calibration has one (else None: nothing computed)."""
+def ood_features(
+    model: nn.Module | None, meta: ModelMeta, tiles01: torch.Tensor | None, check: str = "feature"
+) -> list[np.ndarray] | None:
+    """The tiles' stage features for the "unlike the training tiles" feature check (`check` "feature": pass the
+    tiles as the model sees them, `model_view`'s view) or input-feature check ("input_feature": pass them as
+    given, `model_view`'s second tensor; a forward pass of their own, without stain normalisation), when the
+    model's calibration has that check (else None: nothing computed)."""
 
-    if model is None or not isinstance((meta.ood or {}).get("feature"), dict) or not len(view):
+    if model is None or tiles01 is None or not isinstance((meta.ood or {}).get(check), dict) or not len(tiles01):
         return None
-    return layer_features(model, view, InputSpec.of(meta))
+    return layer_features(model, tiles01, InputSpec.of(meta))

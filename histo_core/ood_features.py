@@ -11,6 +11,7 @@ scores (`calibrate_features`).
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,10 @@ FEATURE_MAX_TILES = 2000  # training tiles the feature statistics are fitted on 
 def feature_layers(model: nn.Module) -> list[nn.Module]:
     """The stages whose activations the feature check measures: the children of a `features` Sequential
     (histo_core's own architectures, DenseNet), a ResNet's layer1..layer4, else the whole model but its head
-    (torchvision-style `fc`/`classifier`/`head`) as one stage."""
+    (torchvision-style `fc`/`classifier`/`head`) as one stage. Of an ensemble: its first member's stages."""
+    from histo_core.models import first_member
+
+    model = first_member(model)
     feats = getattr(model, "features", None)
     if isinstance(feats, nn.Sequential) and len(feats) > 1:
         return list(feats.children())
@@ -90,6 +94,13 @@ def layer_features(model: nn.Module, tiles: Any, spec: Any, batch_size: int = 25
         for s in range(0, len(tiles), batch_size):
             model(model_batch(tiles[s : s + batch_size], spec, device))
         return cap.take()
+
+
+def input_layer_features(model: nn.Module, tiles_uint8: Any, spec: Any, batch_size: int = 256) -> list[np.ndarray]:
+    """`layer_features` of uint8 tiles as given, without the stain normalisation of `spec`: the input-feature
+    check of a model trained with stain normalisation (histo_core.ood), which measures what normalisation would
+    hide (another organ mapped into the training stain)."""
+    return layer_features(model, tiles_uint8, dataclasses.replace(spec, stain=None), batch_size)
 
 
 def _fit_layer(feats: np.ndarray, labels: np.ndarray | None, stage: int) -> dict[str, Any]:

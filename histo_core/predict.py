@@ -81,9 +81,12 @@ def model_device(model: nn.Module) -> torch.device:
 # -- features --------------------------------------------------------------------------------------
 def feature_layer(model: nn.Module) -> nn.Linear:
     """The classifier's last linear layer: its input is the penultimate-layer feature vector (every
-    architecture in histo_core.models ends in one, with or without the frozen-mode MLP head)."""
+    architecture in histo_core.models ends in one, with or without the frozen-mode MLP head); of an ensemble,
+    its first member's (`models.first_member`)."""
+    from histo_core.models import first_member
+
     last = None
-    for m in model.modules():
+    for m in first_member(model).modules():
         if isinstance(m, nn.Linear):
             last = m
     if last is None:

@@ -103,7 +103,12 @@ def classify_uploads(
         view, given = model_view(tiles, loaded.meta)  # stain-normalised once: shown, checked and classified
         probs = predict(loaded, view, tta=tta, batch_size=batch_size)
         flagged = check_tiles(
-            loaded.meta.ood, probs, view, given, features=ood_features(loaded.model, loaded.meta, view)
+            loaded.meta.ood,
+            probs,
+            view,
+            given,
+            features=ood_features(loaded.model, loaded.meta, view),
+            input_features=ood_features(loaded.model, loaded.meta, given, "input_feature"),
         )
         seen = (view * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i, (r, p) in enumerate(zip(good, probs)):

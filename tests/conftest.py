@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,11 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+# Some imports ask the platform once (h5py's runs `uname -p` through platform.processor()); asked here, before
+# any test, it is cached, so the first test that imports such a library is not taken for starting a process.
+platform.processor()
 
 
 @pytest.fixture(autouse=True)

@@ -149,6 +149,8 @@ def test_every_method_is_a_valid_config_and_named_back():
         ({"mixup": -0.1}, "--mixup must be between 0 (off)"),
         ({"boot_warmup": 1.0}, "--boot-warmup must be in [0, 1)"),
         ({"divide_warmup": 0.0}, "--divide-warmup must be in (0, 1)"),
+        ({"divide_window": 0.0}, "--divide-window must be in (0, 1]"),
+        ({"divide_temperature": 0.0}, "--divide-temperature must be in (0, 10]"),
     ],
 )
 def test_bad_method_options_name_the_option(changes, message):

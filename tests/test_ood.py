@@ -152,6 +152,86 @@ def test_one_threshold_on_the_feature_check_leaves_confidence_out_and_old_calibr
     assert ood.calibrate_combined(np.full(3, np.nan), "val") is None  # no check ran: no threshold
 
 
+def as_given(tiles: np.ndarray) -> np.ndarray:
+    """The tiles in another stain (what a stain-normalised model's input looks like before normalisation)."""
+    return np.clip(tiles.astype(np.float64) * [0.85, 1.1, 0.95] + [10, -5, 0], 0, 255).astype(np.uint8)
+
+
+def test_input_feature_check_sees_what_stain_normalisation_hides_and_shares_the_one_threshold():
+    """A stain-normalised model: the input-feature check scores the tiles as given (features of a pass without
+    normalisation) against the training tiles as given. Tiles whose normalised view looks like training tissue
+    but whose input does not (another organ mapped into the training stain) are flagged by it alone; the one
+    threshold is set on the largest of the two ratios over held-out tiles, so in-domain tiles stay at 5%; the
+    score is that largest ratio over the threshold."""
+    model, spec = model_and_spec()
+    calib = calibrated(model, spec)
+    train = np.stack([blobs(s) for s in range(120)])
+    heldout = np.stack([blobs(s) for s in range(200, 260)])
+    assert ood.flag_checks(calib) == ("features",)  # no input-feature calibration: the feature check alone
+    calib["input_feature"] = ood_features.calibrate_features(  # the tiles as given: in another lab's stain
+        ood_features.input_layer_features(model, as_given(train), spec),
+        ood_features.input_layer_features(model, as_given(heldout), spec),
+        "val",
+        labels=np.arange(120) % 3,
+        stage=ood_features.feature_stage(model),
+    )
+    assert ood.flag_checks(calib) == ("features", "input_features")
+    probs = np.full((60, 3), 1 / 3)
+    held_feats = ood_features.layer_features(model, heldout, spec)
+    held_given = ood_features.layer_features(model, as_given(heldout), spec)
+    raw = ood.combined_scores(calib, probs, None, features=held_feats, input_features=held_given)
+    each = ood.check_ratios(calib, probs, None, features=held_feats, input_features=held_given)
+    np.testing.assert_allclose(raw, np.maximum(each["features"], each["input_features"]))
+    calib["combined"] = ood.calibrate_combined(raw, "val", ood.flag_checks(calib))
+    assert calib["combined"]["checks"] == ["features", "input_features"]
+    assert calib["combined"]["threshold"] > 1.0  # two checks at their own 5% each: the union takes it up
+    new = np.stack([blobs(s) for s in range(500, 560)])
+    new_feats = ood_features.layer_features(model, new, spec)
+    new_given = ood_features.layer_features(model, as_given(new), spec)
+    quiet = ood.check_tiles(calib, probs, None, features=new_feats, input_features=new_given)
+    assert quiet is not None and quiet.flags.mean() <= 0.15, quiet.scores
+    # another kind of tissue that normalisation made look in-domain: only the input shows it
+    other = np.stack([stripes(s) for s in range(40)])
+    hidden = ood.check_tiles(
+        calib,
+        probs[:40],
+        None,
+        features=ood_features.layer_features(model, new[:40], spec),  # the normalised view: like training tissue
+        input_features=ood_features.layer_features(model, other, spec),  # as given: another kind
+    )
+    assert hidden is not None and hidden.flags.mean() >= 0.8, hidden.scores
+    assert all("before stain normalisation" in (r or "") for r, f in zip(hidden.reasons, hidden.flags) if f)
+    view_feats = ood_features.layer_features(model, new[:40], spec)
+    other_feats = ood_features.layer_features(model, other, spec)
+    ratios = ood.check_ratios(calib, probs[:40], None, features=view_feats, input_features=other_feats)
+    expected = np.maximum(ratios["features"], ratios["input_features"]) / calib["combined"]["threshold"]
+    np.testing.assert_allclose(hidden.scores, expected)
+    without = ood.check_tiles(calib, probs[:40], None, features=view_feats)
+    assert without is not None and without.flags.mean() <= 0.15  # the view alone misses them
+    # a calibration made before (its one threshold set on the feature check alone) scores as it did: the input
+    # features, even when given, do not count
+    old = {**calib, "combined": {**calib["combined"], "checks": ["features"]}}
+    before = ood.check_tiles(old, probs[:40], None, features=view_feats, input_features=other_feats)
+    assert before is not None
+    np.testing.assert_allclose(before.scores, ratios["features"] / calib["combined"]["threshold"])
+    summary = ood.calibration_summary(calib)
+    assert "layers" not in summary["input_feature"] and summary["input_feature"]["heldout_tiles"] == 60
+    json.dumps(summary)
+
+
+def test_ood_features_of_the_input_run_only_for_a_calibrated_input_check():
+    """`ood.ood_features` computes nothing for a check the calibration lacks (the plain model: no second pass)."""
+    from histo_core.model_meta import ModelMeta
+
+    model, spec = model_and_spec()
+    tiles = torch.from_numpy(np.stack([blobs(s) for s in range(4)])).permute(0, 3, 1, 2).float() / 255
+    ckpt = {"arch": "simplecnn", "num_classes": 3, "in_channels": 3, "input_size": 28, "classes": CLASSES}
+    meta = ModelMeta.from_checkpoint({**ckpt, "mean": MEAN, "std": STD}, ood=calibrated(model, spec))
+    assert ood.ood_features(model, meta, tiles, "input_feature") is None
+    feats = ood.ood_features(model, meta, tiles)
+    assert feats is not None and feats[0].shape[0] == 4
+
+
 def png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).resize((224, 224), Image.Resampling.NEAREST).save(buf, format="PNG")
@@ -272,3 +352,34 @@ def test_feature_calibrations_made_before_still_score_every_stage():
     assert new[0]["stage"] == 2 and np.shape(new[0]["class_means"]) == (2, 8)
     assert ood_features.feature_stages_match(new, tiles) and not ood_features.feature_stages_match(new, tiles[:2])
     assert (ood_features.feature_scores(new, tiles) > 1.0).all()  # shifted tiles: far from both classes
+
+
+@pytest.mark.slow
+def test_a_run_trained_with_stain_normalisation_calibrates_the_input_feature_check(tmp_path):
+    """A training run with stain normalisation records the input-feature check beside the feature check, and
+    sets the one threshold on both over its val tiles: about 5% of them are flagged."""
+    from histo_core import training as T
+    from histo_core.config import TrainConfig
+    from histo_core.datasets import open_dataset
+    from histo_core.predict import predict
+
+    cfg = TrainConfig(
+        dataset="synthetic",
+        arch="simplecnn",
+        epochs=1,
+        batch_size=64,
+        max_train_samples=240,
+        threads=1,
+        seed=0,
+        stain_norm="macenko",
+    )
+    run = T.prepare_run(cfg, tmp_path)
+    assert T.run_training(run)["state"] == "completed"
+    calib = run.results()["ood"]
+    assert calib["input_feature"]["split"] == "val" and calib["input_feature"]["threshold"] > 0
+    assert calib["combined"]["checks"] == ["features", "input_features"]
+    loaded = load_model(str(run.best_ckpt))
+    assert "layers" in loaded.meta.ood["input_feature"]  # the checkpoint keeps the statistics
+    val = open_dataset("synthetic").split("val").images[:300]
+    found = ood.ood_check(loaded.meta, predict(loaded, val, tta=cfg.tta), val, loaded.model)
+    assert found is not None and 0.02 <= found.flags.mean() <= 0.08, found.flags.mean()

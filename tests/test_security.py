@@ -85,10 +85,12 @@ def no_extra_roots(monkeypatch):
 # -- data roots ------------------------------------------------------------------------------------------
 
 
-def open_datasets_page(dataset: str | None = None) -> AppTest:
+def open_datasets_page(dataset: str | None = None, tab: str | None = None) -> AppTest:
     at = AppTest.from_file(DATASETS_PAGE, default_timeout=60)
     if dataset is not None:
         at.query_params["dataset"] = dataset
+    if tab is not None:  # only the open tab is built
+        at.query_params["datasets_tab"] = tab
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -180,7 +182,7 @@ def test_dataset_readme_is_shown_as_plain_text(tmp_path):
     make_class_folders(tmp_path / "kather")
     folder = tmp_path / "kather"
     (folder / "README.md").write_text("# Heading\n[click](javascript:alert(1)) <b>bold</b>\n")
-    at = open_datasets_page(str(folder))
+    at = open_datasets_page(str(folder), tab="Citation & licence")
     assert not at.error
     at.session_state["datasets_tab"] = "Citation & licence"  # the README is in its tab
     at.run()

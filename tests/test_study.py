@@ -74,6 +74,22 @@ def test_grid_and_configs_give_every_method_the_same_noise():
     assert a.train_splits == "train"  # a validation split to choose on
 
 
+def test_a_study_takes_codivide_by_default_and_by_name():
+    import argparse
+
+    from histo_core.commands import study as study_command
+    from histo_core.config import networks_of
+
+    assert "codivide" in S.StudySpec(archs=["simplecnn"], noises=[0.4]).methods  # --methods defaults to every method
+    parser = argparse.ArgumentParser()
+    study_command.register(parser.add_subparsers())
+    assert "codivide" in parser.parse_args(["study"]).methods.split(",")  # the command line's default too
+    spec = S.StudySpec(archs=["simplecnn"], noises=[0.4], methods=["ce", "codivide"], seeds=1).validate()
+    base = TrainConfig(dataset="synthetic")
+    cfg = S.cell_config(base, spec, {"arch": "simplecnn", "noise": 0.4, "method": "codivide", "seed": 0})
+    assert cfg.loss == "codivide" and networks_of(cfg) == 2
+
+
 @pytest.mark.parametrize(
     "changes,message",
     [

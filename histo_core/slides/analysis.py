@@ -7,8 +7,9 @@ Streaming: a reader thread reads the tissue tiles (a strip of neighbouring tiles
 level chosen by `grid.plan_slide_grid`), makes each into the model's input through the one image path
 (`model_input.preprocess`) and puts batches on a queue of QUEUE_BATCHES; the caller's thread runs the model on
 them (`model_input.model_view` + `predict.predict`, the one forward path) and the "unlike the training tiles"
-check (`ood.check_tiles`, its feature check fed by the same forward pass through `ood_features.StageCapture`): a flag
-and a score per tile. Memory holds a few batches and the per-tile results, whatever the slide's size.
+check (`ood.check_tiles`, its feature check fed by the same forward pass through `ood_features.StageCapture`; a
+stain-normalised model's input-feature check by a pass of its own over the tiles as given): a flag and a score per
+tile. Memory holds a few batches and the per-tile results, whatever the slide's size.
 
 Resume: results so far are saved to partial.npz every CHECKPOINT_S seconds and when stopped (cancelled,
 killed by an error); the next analysis of the same slide with the same model and options continues from it.
@@ -255,7 +256,14 @@ def analyse_slide(
             view, given = model_view(tiles, meta)
             p, feats = _predict(loaded, view, tta, batch_size, feature_check, amp_dtype)
             if has_ood:
-                found = check_tiles(meta.ood, p, view, given, features=feats)
+                found = check_tiles(
+                    meta.ood,
+                    p,
+                    view,
+                    given,
+                    features=feats,
+                    input_features=ood_features(loaded.model, meta, given, "input_feature"),
+                )
                 if found is not None:
                     ood[idx], ood_score[idx] = found.flags, found.scores
             probs[idx], done[idx] = p, True

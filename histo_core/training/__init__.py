@@ -8,19 +8,22 @@
 - defaults.py     default_config, check_config, the input size, opening the config's dataset
 - data.py         TrainData (sources, labels, noise, normalisation, stain reference), model_meta, array_dataset
 - trainer.py      Trainer: batches of an epoch, gather/labels of a batch, one step, an epoch, predict, state
+- codivide.py     PairTrainer: two Trainers with crossed splits (--loss codivide); make_trainer picks the kind
 - run.py          the run lifecycle: slot, status, cancel, checkpoints, resume, final evaluation
 - status.py       status.json writer with heartbeat, the cancel flag, error lines
 - distributed.py  torchrun/DDP helpers (rank, broadcast, any_rank)
 - device.py       device set-up, fused optimizers, torch.compile
 - fit.py          in-process fitting on arrays (fit_arrays, predict_probs) and throughput measurement
 
-One `Trainer` does the work for runs, in-process fits, throughput and run-time estimates and the LR finder.
+One `Trainer` does the work for runs, in-process fits, throughput and run-time estimates and the LR finder
+(`codivide` runs two, in a `PairTrainer`, from `make_trainer`).
 Batches come from `histo_core.pipeline` (uint8 tiles, converted and augmented on the device); predictions go
 through `histo_core.predict`, the one batched forward pass; DDP is used under torchrun (WORLD_SIZE > 1).
 """
 
 from histo_core.distributed import any_rank, broadcast, dist_env, init_distributed, shutdown_distributed
 from histo_core.runtime import resolve_device
+from histo_core.training.codivide import PairTrainer, make_trainer
 from histo_core.training.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -49,6 +52,7 @@ __all__ = [
     "IMAGENET_STD",
     "SMALL_TRAIN_SET",
     "CancelFlag",
+    "PairTrainer",
     "RunFolderGone",
     "StatusWriter",
     "StopRequested",
@@ -69,6 +73,7 @@ __all__ = [
     "fused_optimizer_ok",
     "init_distributed",
     "input_size_of",
+    "make_trainer",
     "measure_throughput",
     "model_meta",
     "ood_calibration",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from histo_core import pipeline, stain
-from histo_core.config import HEAD_MODES, TrainConfig
+from histo_core.config import HEAD_MODES, TrainConfig, networks_of
 from histo_core.datasets import DatasetInfo, Split, TileDataset
 from histo_core.datasets.concat import ConcatSplit
 from histo_core.datasets.sources import source_scale
@@ -163,6 +163,7 @@ def model_meta(config: TrainConfig, data: TrainData) -> dict[str, Any]:
         "mean": list(data.mean),
         "std": list(data.std),
         "mlp_head": uses_mlp_head(config),
+        "members": networks_of(config),  # 2: a models.MeanEnsemble of the pair (codivide)
         "stain": data.stain,
         "tta": bool(config.tta),
         "corrections": data.corrections,

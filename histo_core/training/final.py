@@ -15,11 +15,11 @@ from histo_core.distributed import broadcast
 from histo_core.fsutil import savez_atomic
 from histo_core.metrics import classification_report, per_sample_loss
 from histo_core.runs import RunDir
+from histo_core.training.codivide import AnyTrainer
 from histo_core.training.data import TrainData
-from histo_core.training.trainer import Trainer
 
 
-def final_evaluation(run: RunDir, config: TrainConfig, trainer: Trainer, best: dict[str, Any]) -> dict[str, Any]:
+def final_evaluation(run: RunDir, config: TrainConfig, trainer: AnyTrainer, best: dict[str, Any]) -> dict[str, Any]:
     """Test (and val) reports and prediction files from best.pt, and the out-of-distribution calibration. Under
     torchrun every rank calls it: rank 0 reads best.pt and sends its weights to the others (their nodes may not
     see the run folder), each rank predicts its share of each split, and rank 0 alone writes and returns the
@@ -67,7 +67,8 @@ def ood_calibration(
     """The "unlike the training tiles" thresholds (histo_core.ood): colour statistics of the training tiles as
     the model sees them (and, with stain normalisation, as given), the confidence on the validation split
     (else the test split), (with the `model`) the statistics of its features on the training tiles with the
-    threshold from the same held-out split, and the flag's one threshold on the combined score of that split's
+    threshold from the same held-out split (with stain normalisation, also of its features on the tiles as given:
+    the input-feature check), and the flag's one threshold on the combined score of that split's
     tiles (`ood.calibrate_combined`)."""
     split = "val" if "val" in heldout else "test" if "test" in heldout else None
     limit = (
@@ -80,20 +81,22 @@ def ood_calibration(
     if source is None or split is None:
         return out
     held = source.read_range(0, min(len(source), limit))
-    held_feats = None
+    held_feats = held_given = None
     if model is not None and len(sample) > 1:
         from histo_core.predict import InputSpec
 
         spec = InputSpec.of(data)
-        held_feats = ood_features.layer_features(model, held, spec)
         labels = np.asarray(data.train_labels[: len(sample)])
+        stage = ood_features.feature_stage(model)
+        held_feats = ood_features.layer_features(model, held, spec)
         out["feature"] = ood_features.calibrate_features(
-            ood_features.layer_features(model, sample, spec),
-            held_feats,
-            split,
-            labels=labels,
-            stage=ood_features.feature_stage(model),
+            ood_features.layer_features(model, sample, spec), held_feats, split, labels=labels, stage=stage
         )
+        if data.stain:
+            held_given = ood_features.input_layer_features(model, held, spec)
+            out["input_feature"] = ood_features.calibrate_features(
+                ood_features.input_layer_features(model, sample, spec), held_given, split, labels=labels, stage=stage
+            )
     # the flag's one threshold: the combined score of the same held-out tiles as the model sees them, a block at a
     # time (the float tiles of one block in memory)
     probs, parts = heldout[split], []
@@ -106,6 +109,7 @@ def ood_calibration(
                 stain.normalize_batch(held01, data.stain),
                 held01 if data.stain else None,
                 features=None if held_feats is None else [f[s : s + len(held01)] for f in held_feats],
+                input_features=None if held_given is None else [f[s : s + len(held01)] for f in held_given],
             )
         )
     combined = ood.calibrate_combined(np.concatenate(parts) if parts else np.zeros(0), split, ood.flag_checks(out))

@@ -19,6 +19,7 @@ from histo_core.config import TrainConfig
 from histo_core.metrics import classification_report
 from histo_core.models import check_input
 from histo_core.predict import EVAL_BATCH, InputSpec, eval_batch_size, match_channels, model_device, predict_tiles
+from histo_core.training.codivide import make_trainer
 from histo_core.training.data import array_dataset, build_train_data, model_meta
 from histo_core.training.defaults import check_config, input_size_of
 from histo_core.training.device import setup_device
@@ -46,7 +47,7 @@ def fit_arrays(
     check_input(config.arch, input_size_of(config, ds.info), ds.info.channels)
     device = setup_device(config)
     data = build_train_data(config, ds, str(device), need_test=False)
-    trainer = Trainer(config, data, device)
+    trainer = make_trainer(config, data, device)  # a codivide config: the pair, its model their mean
     while trainer.epoch < config.epochs:
         row = trainer.train_epoch()
         if data.val is not None:

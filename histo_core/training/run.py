@@ -32,6 +32,7 @@ from histo_core.runs import RunDir, RunStatus, create_run_dir, new_run_id
 from histo_core.runtime import resolve_device
 from histo_core.slots import device_slot, gpu_count, gpu_of_slot, physical_gpu
 from histo_core.training import status as status_mod
+from histo_core.training.codivide import AnyTrainer, make_trainer
 from histo_core.training.data import TrainData, build_train_data, model_meta
 from histo_core.training.defaults import check_config, open_config_dataset
 from histo_core.training.device import setup_device
@@ -45,7 +46,7 @@ from histo_core.training.status import (
     own_start_time,
     say,
 )
-from histo_core.training.trainer import StopRequested, Trainer
+from histo_core.training.trainer import StopRequested
 
 ROW_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds", "images_per_s")
 
@@ -198,7 +199,7 @@ def _train(job: _Job, resume: bool, gpu: int) -> dict[str, Any]:
     job.writer.update(phase="test")
     final = final_evaluation(job.run, job.config, trainer, job.best)  # every rank predicts its share
     if job.rank == 0:
-        results.update(_finish(job, trainer, device, stopped_early, train_seconds, final))
+        results.update(_finish(job, trainer, stopped_early, train_seconds, final))
         job.writer.update(phase="embed")  # features + 2-D map of every tile, for the Feature map page
     from histo_core.embeddings import embed_at_end_of_training
 
@@ -223,7 +224,7 @@ def _check_finite(config: TrainConfig, epoch: int, loss: float) -> None:
         )
 
 
-def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict[str, Any]]:
+def _start(job: _Job, device: torch.device, resume: bool) -> tuple[AnyTrainer, dict[str, Any]]:
     """Status "running", the data and the trainer; resumed from last.pt, or a fresh start's files reset."""
     run, config = job.run, job.config
     job.writer.update(
@@ -241,7 +242,7 @@ def _start(job: _Job, device: torch.device, resume: bool) -> tuple[Trainer, dict
     data = build_train_data(config, open_config_dataset(config), str(device), evaluates=job.rank == 0)
     for warning in small_split_warnings(_eval_sizes(data)):
         job.log(f"warning: {warning}")
-    trainer = Trainer(config, data, device, rank=job.rank, world=job.world)
+    trainer = make_trainer(config, data, device, rank=job.rank, world=job.world)
     if resume:
         job.best = _resume(run, trainer, job.rank)
     elif job.rank == 0:
@@ -283,7 +284,7 @@ class _BatchProgress:
         self.t0 = time.perf_counter()
         self.images = 0
 
-    def __call__(self, trainer: Trainer, images: int) -> bool:
+    def __call__(self, trainer: AnyTrainer, images: int) -> bool:
         job, cfg = self.job, self.job.config
         self.images += images
         if trainer.fallback and self.meta is not None and self.meta.get("precision_fallback") != trainer.fallback:
@@ -305,10 +306,10 @@ class _BatchProgress:
         return stop
 
 
-def _out_of_memory(job: _Job, trainer: Trainer, meta: dict[str, Any]) -> HistoError:
+def _out_of_memory(job: _Job, trainer: AnyTrainer, meta: dict[str, Any]) -> HistoError:
     """After torch.OutOfMemoryError in a training step: free what the step held, save last.pt at the last
     finished batch, and the one-line error that says what to do."""
-    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.zero_grad()
     if trainer.cuda:
         torch.cuda.empty_cache()
     if job.world == 1:
@@ -348,7 +349,7 @@ def change_batch_size(run: RunDir, batch_size: int) -> None:
 
 
 def _save_last(
-    job: _Job, trainer: Trainer, meta: dict[str, Any], ranks: list[Any] | None, by_this_rank: bool = False
+    job: _Job, trainer: AnyTrainer, meta: dict[str, Any], ranks: list[Any] | None, by_this_rank: bool = False
 ) -> None:
     """last.pt: the weights and everything needed to resume at this batch boundary, with every rank's own random
     streams and partial counts (`ranks`, gathered from all ranks by the caller; None for a rank whose state is in
@@ -367,7 +368,7 @@ def rank_state_path(run: RunDir, rank: int) -> Path:
     return run.ranks_dir / f"rank{rank}.pt"
 
 
-def _save_rank_state(job: _Job, trainer: Trainer) -> None:
+def _save_rank_state(job: _Job, trainer: AnyTrainer) -> None:
     """Under torchrun, after a failure inside an epoch (this rank ran out of memory, or a collective broke because
     a peer did): this rank's partial counts and random streams at its last finished batch, in its own file beside
     the heartbeats, for `--resume` (no collective gathers them now). Never raises: the failure is what matters."""
@@ -397,7 +398,7 @@ def _rank_states_from_files(run: RunDir, state: dict[str, Any], world: int) -> l
     return out
 
 
-def _validate(job: _Job, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
+def _validate(job: _Job, trainer: AnyTrainer, row: dict[str, Any]) -> dict[str, Any]:
     """The epoch's row with its validation loss, accuracy and AUC (None without a val split); rank 0 also writes
     val_latest.json."""
     data = trainer.data
@@ -416,7 +417,7 @@ def _validate(job: _Job, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any
 
 
 def _record_epoch(
-    job: _Job, trainer: Trainer, meta: dict[str, Any], row: dict[str, Any], ranks: list[dict[str, Any]]
+    job: _Job, trainer: AnyTrainer, meta: dict[str, Any], row: dict[str, Any], ranks: list[dict[str, Any]]
 ) -> None:
     """best.pt when the monitored metric improved (every epoch without a val split), metrics.csv, last.pt."""
     config, best = job.config, job.best
@@ -441,7 +442,7 @@ def _improved(value: float | None, best: float | None, monitor: str, min_delta: 
     return value < best - min_delta if monitor == "val_loss" else value > best + min_delta
 
 
-def _should_stop_early(job: _Job, trainer: Trainer) -> bool:
+def _should_stop_early(job: _Job, trainer: AnyTrainer) -> bool:
     """--early-stopping: `patience` epochs without improvement, decided by rank 0 for every rank."""
     cfg = job.config
     stop = cfg.early_stopping and job.best["bad_epochs"] >= cfg.patience and trainer.epoch < cfg.epochs
@@ -449,7 +450,7 @@ def _should_stop_early(job: _Job, trainer: Trainer) -> bool:
 
 
 def _finish(
-    job: _Job, trainer: Trainer, device: torch.device, stopped_early: bool, train_seconds: float, final: dict[str, Any]
+    job: _Job, trainer: AnyTrainer, stopped_early: bool, train_seconds: float, final: dict[str, Any]
 ) -> dict[str, Any]:
     """Rank 0: the final evaluation (`final_evaluation`) into results.json and TensorBoard."""
     run = job.run
@@ -457,7 +458,7 @@ def _finish(
         **final,
         "stopped_early": stopped_early,
         "train_seconds": round(train_seconds, 2),
-        "device": str(device),
+        "device": str(trainer.device),
         "precision": trainer.precision,
         "precision_fallback": trainer.fallback,  # fp16 -> fp32, when and why; None when it never happened
         "warnings": small_split_warnings(_eval_sizes(trainer.data)),
@@ -470,7 +471,7 @@ def _finish(
     return {**final, "stopped_early": stopped_early, "train_seconds": doc["train_seconds"]}
 
 
-def _completed(job: _Job, trainer: Trainer, final: dict[str, Any]) -> None:
+def _completed(job: _Job, trainer: AnyTrainer, final: dict[str, Any]) -> None:
     """Rank 0, after the embeddings: status "completed" and the run's last log line."""
     job.writer.update(state="completed", finished_at=time.time(), phase="", epoch=trainer.epoch, step=0, eta_s=0.0)
     t = final.get("test")
@@ -478,7 +479,7 @@ def _completed(job: _Job, trainer: Trainer, final: dict[str, Any]) -> None:
     job.log(f"{job.run.id}: completed" + (f", test accuracy {t['accuracy']:.4f}, auc {auc}" if t else ""))
 
 
-def _resume(run: RunDir, trainer: Trainer, rank: int) -> dict[str, Any]:
+def _resume(run: RunDir, trainer: AnyTrainer, rank: int) -> dict[str, Any]:
     if not run.last_ckpt.exists():
         raise HistoError(f"{run.path}: nothing to resume (no last.pt); start the run again without --resume")
     ckpt = ckpt_mod.load_checkpoint(run.last_ckpt)

@@ -318,6 +318,9 @@ class Trainer:
             return self.train_step(x, y)
         return self.train_step(x, y, torch.from_numpy(np.asarray(pos, np.int64)))
 
+    def zero_grad(self) -> None:  # after running out of memory: free the gradients the failed step held
+        self.optimizer.zero_grad(set_to_none=True)
+
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[-1]["lr"])
 
