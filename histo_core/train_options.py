@@ -228,6 +228,7 @@ TABLE: tuple[Option, ...] = (
                 "elr": "early-learning reg.",
                 "boot": "bootstrapping",
                 "divide": "DivideMix (1 network)",
+                "codivide": "co-divide (2 networks)",
             },
             choice_captions={
                 "smooth": "cross-entropy + label smoothing",
