@@ -335,7 +335,7 @@ class Option:
     # how the page words each choice (default: its name), and a line it shows under the chosen one; a mapping,
     # or a function giving one (read from a registry when asked)
     choice_labels: Mapping[str, str] | Callable[[], Mapping[str, str]] = field(default_factory=dict)
-    choice_captions: Callable[[], Mapping[str, str]] | None = None
+    choice_captions: Mapping[str, str] | Callable[[], Mapping[str, str]] = field(default_factory=dict)
     applies: Callable[[Getter], bool] | None = None  # given the other values: does this option matter? (None: always)
     widget: Mapping[str, Any] = field(default_factory=dict)  # the page's number box: min_value, step, format
     page_note: str = ""  # more words for the page's tooltip (advice that points at the page or a measurement)
@@ -364,7 +364,8 @@ class Option:
         return labels.get(value, value)
 
     def choice_caption(self, value: str) -> str:
-        return (self.choice_captions() if self.choice_captions else {}).get(value, "")
+        captions = self.choice_captions() if callable(self.choice_captions) else self.choice_captions
+        return captions.get(value, "")
 
     def is_active(self, get: Getter) -> bool:
         return True if self.applies is None else bool(self.applies(get))

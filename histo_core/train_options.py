@@ -41,7 +41,8 @@ def _pretrained_help() -> str:
 
 
 def _architecture_titles() -> dict[str, str]:
-    return {n: a.title for n, a in ARCHITECTURES.items()}
+    """The short name (the title before its brackets: "ResNet-9"); the description is said under the choice."""
+    return {n: a.title.split(" (")[0] for n, a in ARCHITECTURES.items()}
 
 
 def _architecture_descriptions() -> dict[str, str]:
@@ -54,14 +55,14 @@ def _choices(values: tuple[str, ...]) -> Callable[[], tuple[str, ...]]:
 
 # What the measurement says (benchmarks/RESULTS.md, "Noise lab"), not what the papers promise.
 LOSS_ADVICE = (
-    "Measured on the real 240-tile PathMNIST sample with 20% and 40% of the training labels wrong (6-fold "
-    "cross-validation, 3 seeds; benchmarks/RESULTS.md, 'Noise lab'): with short schedules plain cross-entropy "
-    "was the best choice; mixup, symmetric and generalized cross-entropy and early-learning regularisation were "
-    "3 to 13 points worse. With the default recipe (resnet9, 60 epochs; 'Noise lab III') at 40% noise, codivide "
-    "(two networks, each trained on the other's split: twice the time) was the best measured, 1.8 points above "
-    "cross-entropy (0.798 against 0.780, 3 seeds; +0.7 to +2.9 seed by seed); the one-network divide and label "
-    "smoothing were CE's equal, mixup 1.3 points, dynamic bootstrapping 2.6 and early-learning regularisation 5 "
-    "points behind. None of them is robust to noise here; run a study (Studies page, `python -m histo_core "
+    "Measured on the real 240-tile PathMNIST sample with 20% and 40% of the training labels wrong (6-fold cross-"
+    "validation, 3 seeds; benchmarks/RESULTS.md, 'Noise lab'): with short schedules plain cross-entropy was the "
+    "best choice; mixup, symmetric and generalized cross-entropy and early-learning regularisation were 3 to 13 "
+    "points worse. With the small-set recipe of the time (resnet9, 60 epochs; 'Noise lab III') at 40% noise, "
+    "codivide (two networks, each trained on the other's split: twice the time) was the best measured, 1.8 points "
+    "above cross-entropy (0.798 against 0.780, 3 seeds; +0.7 to +2.9 seed by seed); the one-network divide and "
+    "label smoothing were CE's equal, mixup 1.3 points, dynamic bootstrapping 2.6 and early-learning regularisation"
+    " 5 points behind. None of them is robust to noise here; run a study (Studies page, `python -m histo_core "
     "study`) to check on your own data."
 )
 
@@ -141,10 +142,11 @@ TABLE: tuple[Option, ...] = (
         "Label-noise mode",
         "batch (fresh wrong labels every batch), fixed (a fixed set of samples, symmetric) or pair (class k -> k+1)",
         choices=_choices(C.NOISE_MODES),
-        choice_labels={
-            "batch": "batch: labels re-flipped in every batch",
-            "fixed": "fixed: one noisy label set for all epochs (like a mislabelled dataset)",
-            "pair": "pair: each class flipped into its neighbour",
+        choice_labels={"batch": "per batch", "fixed": "fixed set", "pair": "pair (k -> k+1)"},
+        choice_captions={
+            "batch": "labels re-flipped in every batch",
+            "fixed": "one noisy label set for all epochs (like a mislabelled dataset)",
+            "pair": "each class flipped into its neighbour",
         },
         applies=_set("noise"),
     ),
@@ -220,11 +222,20 @@ TABLE: tuple[Option, ...] = (
             choices=_choices(C.LOSSES),
             choice_labels={
                 "ce": "cross-entropy",
+                "smooth": "label smoothing",
+                "sce": "symmetric CE",
+                "gce": "generalized CE",
+                "elr": "early-learning reg.",
+                "boot": "bootstrapping",
+                "divide": "DivideMix (1 network)",
+                "codivide": "co-divide (2 networks)",
+            },
+            choice_captions={
                 "smooth": "cross-entropy + label smoothing",
                 "sce": "symmetric cross-entropy",
                 "gce": "generalized cross-entropy",
                 "elr": "early-learning regularisation",
-                "boot": "dynamic bootstrapping (doubtful labels -> the model's guess)",
+                "boot": "dynamic bootstrapping: doubtful labels -> the model's guess",
                 "divide": "loss split, doubtful labels -> the averaged guess (one-network DivideMix)",
                 "codivide": "two networks, each split by the other (co-divide; best measured at 40% noise, 2x time)",
             },
@@ -350,10 +361,10 @@ TABLE: tuple[Option, ...] = (
             "Stain normalisation (training tiles and every input alike)",
             "stain normalisation of every tile, in training and at inference, to the training set's stain",
             choices=_choices(C.STAIN_NORMS),
-            choice_labels={
-                "none": "none",
-                "macenko": "Macenko (stain vectors and concentrations)",
-                "reinhard": "Reinhard (colour statistics in CIELAB)",
+            choice_labels={"none": "none", "macenko": "Macenko", "reinhard": "Reinhard"},
+            choice_captions={
+                "macenko": "stain vectors and concentrations",
+                "reinhard": "colour statistics in CIELAB",
             },
             page_note="It helps on tiles from other labs (benchmarks/RESULTS.md).",
         ),
@@ -400,9 +411,9 @@ TABLE: tuple[Option, ...] = (
             "Train on",
             "train (validate on val) or train+val (train on both; no validation, the last epoch is kept)",
             choices=_choices(C.TRAIN_SPLITS),
-            choice_labels={
-                "train": "train (validate on val)",
-                "train+val": "train+val (no validation; last epoch wins)",
+            choice_captions={
+                "train": "validate on val",
+                "train+val": "no validation; the last epoch is kept",
             },
         ),
         Option(
@@ -430,10 +441,16 @@ TABLE: tuple[Option, ...] = (
             "(= all-layers) and fine_tune (= head-then-all) are still accepted",
             choices=_choices(C.MODES),
             choice_labels={
-                "scratch": "scratch: train every layer",
-                "all-layers": "all layers: train every layer from the start (from ImageNet with pretrained)",
-                "frozen": "frozen: backbone frozen, MLP head trained",
-                "head-then-all": "head, then all layers: the head alone first, then every layer with a lower backbone LR",
+                "scratch": "scratch",
+                "all-layers": "all layers",
+                "frozen": "frozen backbone",
+                "head-then-all": "head, then all",
+            },
+            choice_captions={
+                "scratch": "every layer trained from random weights",
+                "all-layers": "every layer trained from the start (from ImageNet with the option below)",
+                "frozen": "the backbone frozen, an MLP head trained",
+                "head-then-all": "the head alone first, then every layer with a lower backbone LR",
             },
         ),
         Option("pretrained", "Start from ImageNet weights (needs the weights cached or internet)", _pretrained_help),
@@ -460,7 +477,7 @@ TABLE: tuple[Option, ...] = (
             "Device",
             "auto (CUDA when present), cpu or cuda",
             choices=_choices(C.DEVICES),
-            choice_labels={"auto": "auto (GPU when present)"},
+            choice_labels={"auto": "auto (GPU if any)"},
         ),
         Option(
             "threads", "CPU threads (0 = all cores)", "CPU threads (0 = all cores)", widget={"min_value": 0, "step": 1}

@@ -13,7 +13,17 @@ from histo_core.faithfulness import DEFAULT_TILES, load_quality
 from histo_core.label_errors import load_label_errors
 from histo_core.model_catalog import list_models
 from histo_core.runs import RunDir
-from pages.ui.common import keep_in_url, listed_runs, page_setup, plain, synthetic_badge, url_news, url_selection
+from pages.ui.common import (
+    keep_in_url,
+    listed_runs,
+    page_setup,
+    plain,
+    run_choice_label,
+    run_trained_on,
+    synthetic_badge,
+    url_news,
+    url_selection,
+)
 from pages.ui.feature_map import (
     COLOUR_BY,
     current_store,
@@ -55,13 +65,11 @@ def choose_target(runs: list[RunDir], models: list) -> tuple[RunDir | None, Embe
                 "Run",
                 ids,
                 key="fm_run",
-                format_func=lambda i: (
-                    f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
-                    f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"
-                ),
+                format_func=run_choice_label,
             )
             keep_in_url("run", ["fm_run", "fm_source"], run_id, drop=["model", "dataset"])
             run = next(r for r in runs if r.id == run_id)
+            st.caption(run_trained_on(run))
             return run, target_for(str(run.path)), {"model": str(run.path)}
         from histo_core.datasets.catalog import available_datasets, canonical_spec
 
