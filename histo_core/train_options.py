@@ -55,14 +55,14 @@ def _choices(values: tuple[str, ...]) -> Callable[[], tuple[str, ...]]:
 
 # What the measurement says (benchmarks/RESULTS.md, "Noise lab"), not what the papers promise.
 LOSS_ADVICE = (
-    "Measured on the real 240-tile PathMNIST sample with 20% and 40% of the training labels wrong (6-fold "
-    "cross-validation, 3 seeds; benchmarks/RESULTS.md, 'Noise lab'): with short schedules plain cross-entropy "
-    "was the best choice; mixup, symmetric and generalized cross-entropy and early-learning regularisation were "
-    "3 to 13 points worse. With the default recipe (resnet9, 60 epochs; 'Noise lab III') at 40% noise, codivide "
-    "(two networks, each trained on the other's split: twice the time) was the best measured, 1.8 points above "
-    "cross-entropy (0.798 against 0.780, 3 seeds; +0.7 to +2.9 seed by seed); the one-network divide and label "
-    "smoothing were CE's equal, mixup 1.3 points, dynamic bootstrapping 2.6 and early-learning regularisation 5 "
-    "points behind. None of them is robust to noise here; run a study (Studies page, `python -m histo_core "
+    "Measured on the real 240-tile PathMNIST sample with 20% and 40% of the training labels wrong (6-fold cross-"
+    "validation, 3 seeds; benchmarks/RESULTS.md, 'Noise lab'): with short schedules plain cross-entropy was the "
+    "best choice; mixup, symmetric and generalized cross-entropy and early-learning regularisation were 3 to 13 "
+    "points worse. With the small-set recipe of the time (resnet9, 60 epochs; 'Noise lab III') at 40% noise, "
+    "codivide (two networks, each trained on the other's split: twice the time) was the best measured, 1.8 points "
+    "above cross-entropy (0.798 against 0.780, 3 seeds; +0.7 to +2.9 seed by seed); the one-network divide and "
+    "label smoothing were CE's equal, mixup 1.3 points, dynamic bootstrapping 2.6 and early-learning regularisation"
+    " 5 points behind. None of them is robust to noise here; run a study (Studies page, `python -m histo_core "
     "study`) to check on your own data."
 )
 

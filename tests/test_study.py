@@ -433,3 +433,26 @@ def test_train_page_study_counts_one_run_in_the_singular(monkeypatch):
     at.run()
     assert not at.exception, at.exception
     assert any(c.value.startswith("1 run of ") for c in at.caption)
+
+
+def test_train_page_study_total_counts_a_two_network_method_twice(monkeypatch):
+    """The study panel's total is the estimate of one run times the runs, a codivide run (two networks) counting as
+    two: ce + codivide at one noise level and one seed is three runs' time, not two."""
+    from pages.ui.runs import fmt_duration
+    from tests.taskfiles import instant_submit
+
+    est = {"total_s": 60.0, "epochs": 5, "per_epoch_s": 10.0, "train_tiles": 100, "train_images_per_s": 10.0}
+    instant_submit(monkeypatch, {"estimate": {**est, "warmup_batches": 1, "val_tiles": 10, "fixed_s": 10.0}})
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    at.button[[b.label for b in at.button].index("Estimate the training time")].click().run()
+    at.multiselect(key="train.study.noises").set_value([0.2])
+    at.number_input(key="train.study.seeds").set_value(1)
+
+    def total(methods: list[str]) -> str:
+        at.multiselect(key="train.study.methods").set_value(methods).run()
+        assert not at.exception, at.exception
+        [caption] = [c.value for c in at.caption if " in all at the estimate of one run" in c.value]
+        return caption
+
+    assert f"about {fmt_duration(60)} in all" in total(["ce"])
+    assert "2 runs of" in total(["ce", "codivide"]) and f"about {fmt_duration(180)} in all" in total(["ce", "codivide"])

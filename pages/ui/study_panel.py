@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from histo_core import liveness
-from histo_core.config import NOISE_METHODS, TrainConfig
+from histo_core.config import NOISE_METHODS, TrainConfig, networks_of, with_method
 from histo_core.launch import start_once
 from pages.ui.common import WRAP, signed_in_user, user_errors
 from pages.ui.formats import plural
@@ -47,13 +47,16 @@ def study_panel(config: TrainConfig) -> None:
         **WRAP,
     )
     compare = bool(compare and config.corrections)
-    count = len(noises) * len(methods) * seeds * (2 if compare else 1)
+    repeats = len(noises) * seeds * (2 if compare else 1)
+    count = len(methods) * repeats
+    # a method that trains two networks (codivide) takes about twice the time of the form's one-network run
+    units = repeats * sum(networks_of(with_method(config, m)) for m in methods) / networks_of(config)
     est_task = latest_task("estimate", {"config": config.to_dict()})
     est = est_task.result() if est_task is not None else None
     st.caption(
         f"{plural(count, 'run')} of {config.arch}, fixed symmetric noise, one at a time"
         + (
-            f": about {fmt_duration(count * est['total_s'])} in all at the estimate of one run above"
+            f": about {fmt_duration(units * est['total_s'])} in all at the estimate of one run above (a two-network method's runs count twice)"
             if est
             else "; estimate the training time above to see the total"
         )
