@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,22 @@ def recipe(stain_norm: str, stain_jitter: float, seed: int):
     return cfg.validate()
 
 
-def cross_validate(
-    cfg, images, labels, classes, folds: int, used: int | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Out-of-fold probabilities, and out-of-fold feature scores of the "unlike the training tiles" feature
-    check (each fold's model, fitted on its own training tiles, scoring the tiles it never saw); with stain
-    normalisation, also of the input-feature check (the same on the tiles as given; else None). With `used`,
-    only the first `used` folds are trained (the other tiles' scores are NaN)."""
+def feature_check(stain_norm: str) -> tuple[str, Callable]:
+    """The flag's feature check for a recipe: its calibration key and how its features are taken. With stain
+    normalisation, the input-feature check ("input_feature": the tiles as given, `input_layer_features`), else
+    the feature check ("feature": as the model sees them, `layer_features`); histo_core.ood.flag_checks."""
+    from histo_core import ood_features
+
+    if stain_norm != "none":
+        return "input_feature", ood_features.input_layer_features
+    return "feature", ood_features.layer_features
+
+
+def cross_validate(cfg, images, labels, classes, folds: int, used: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities, and out-of-fold scores of the "unlike the training tiles" feature check
+    (`feature_check`: on the tiles as given with stain normalisation; each fold's model, fitted on its own
+    training tiles, scoring the tiles it never saw). With `used`, only the first `used` folds are trained (the
+    other tiles' scores are NaN)."""
     from sklearn.model_selection import StratifiedKFold
 
     from histo_core import ood_features
@@ -64,7 +74,7 @@ def cross_validate(
 
     oof = np.zeros((len(labels), len(classes)), np.float32)
     oof_scores = np.full(len(labels), np.nan)
-    oof_input = np.full(len(labels), np.nan) if cfg.stain_norm != "none" else None
+    _, features = feature_check(cfg.stain_norm)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
     for k, (tr, te) in enumerate(splitter.split(images, labels)):
         if used is not None and k >= used:
@@ -74,29 +84,18 @@ def cross_validate(
         oof[te] = predict_probs(model, meta, images[te], tta=cfg.tta)
         spec = InputSpec.of(meta)
         stats = ood_features.fit_features(
-            ood_features.layer_features(model, images[tr], spec), labels[tr], ood_features.feature_stage(model)
+            features(model, images[tr], spec), labels[tr], ood_features.feature_stage(model)
         )
-        oof_scores[te] = ood_features.feature_scores(stats, ood_features.layer_features(model, images[te], spec))
-        if oof_input is not None:
-            given = ood_features.fit_features(
-                ood_features.input_layer_features(model, images[tr], spec),
-                labels[tr],
-                ood_features.feature_stage(model),
-            )
-            oof_input[te] = ood_features.feature_scores(
-                given, ood_features.input_layer_features(model, images[te], spec)
-            )
+        oof_scores[te] = ood_features.feature_scores(stats, features(model, images[te], spec))
         acc = float((oof[te].argmax(1) == labels[te]).mean())
         print(f"fold {k + 1}/{folds}: accuracy {acc:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-    return oof, oof_scores, oof_input
+    return oof, oof_scores
 
 
-def combined_threshold(
-    calibration: dict, stain_ref, images, oof, oof_scores, split: str, oof_input: np.ndarray | None = None
-) -> dict | None:
+def combined_threshold(calibration: dict, stain_ref, images, oof, oof_scores, split: str) -> dict | None:
     """The flag's one threshold (histo_core.ood.calibrate_combined) from the out-of-fold tiles (those with a
-    feature score): their out-of-fold probabilities, feature scores and input-feature scores (`oof_input`,
-    with stain normalisation), and their colours as the shipped model sees them."""
+    feature score): their out-of-fold probabilities and feature scores (of the input-feature check with
+    stain normalisation), and their colours as the shipped model sees them."""
     from histo_core import ood, pipeline, stain
 
     held = ~np.isnan(oof_scores)
@@ -106,8 +105,7 @@ def combined_threshold(
         oof[held],
         stain.normalize_batch(given, stain_ref),
         given if stain_ref else None,
-        feature_scores_=oof_scores[held],
-        input_feature_scores_=None if oof_input is None else oof_input[held],
+        **{"input_feature_scores_" if stain_ref else "feature_scores_": oof_scores[held]},
     )
     return ood.calibrate_combined(combined, split, ood.flag_checks(calibration))
 
@@ -143,7 +141,7 @@ def main() -> None:
 
     images, labels, classes = all_tiles()
     cfg = recipe(args.stain_norm, args.stain_jitter, args.seed)
-    oof, oof_scores, oof_input = cross_validate(cfg, images, labels, classes, args.folds)
+    oof, oof_scores = cross_validate(cfg, images, labels, classes, args.folds)
     cv_acc = float((oof.argmax(1) == labels).mean())
     print(f"{args.folds}-fold cross-validated accuracy: {cv_acc:.3f}", file=sys.stderr)
 
@@ -158,14 +156,11 @@ def main() -> None:
     )
     from histo_core.predict import InputSpec
 
+    split = f"{args.folds}-fold out-of-fold"
     calibration.update(
-        feature_calibrations(
-            model, InputSpec.of(meta), images, labels, oof_scores, oof_input, f"{args.folds}-fold out-of-fold"
-        )
+        feature_calibration(model, InputSpec.of(meta), cfg.stain_norm, images, labels, oof_scores, split)
     )
-    calibration["combined"] = combined_threshold(
-        calibration, meta.get("stain"), images, oof, oof_scores, f"{args.folds}-fold out-of-fold", oof_input
-    )
+    calibration["combined"] = combined_threshold(calibration, meta.get("stain"), images, oof, oof_scores, split)
     meta["dataset"] = {
         "name": "pathmnist",
         "title": "PathMNIST (real tiles of pathmnist-mini, 28 px)",
@@ -249,41 +244,29 @@ def main() -> None:
     del torch
 
 
-def feature_calibrations(model, spec, images, labels, oof_scores, oof_input, split: str) -> dict:
-    """The shipped model's feature check ("feature": its statistics on all the tiles, the threshold from the
-    out-of-fold scores) and, with `oof_input` (stain normalisation), its input-feature check ("input_feature":
-    the same on the tiles as given)."""
+def feature_calibration(model, spec, stain_norm: str, images, labels, oof_scores, split: str) -> dict:
+    """The shipped model's feature check (`feature_check`: the input-feature check with stain normalisation), as
+    {key: calibration}: its statistics on all the tiles, the threshold from the out-of-fold scores."""
     from histo_core import ood_features
 
-    stage = ood_features.feature_stage(model)
-    out = {
-        "feature": ood_features.calibrate_features(
-            ood_features.layer_features(model, images, spec),
-            None,
-            split,
-            heldout_scores=oof_scores[~np.isnan(oof_scores)],
-            labels=labels,
-            stage=stage,
-        )
-    }
-    if oof_input is not None:
-        out["input_feature"] = ood_features.calibrate_features(
-            ood_features.input_layer_features(model, images, spec),
-            None,
-            split,
-            heldout_scores=oof_input[~np.isnan(oof_input)],
-            labels=labels,
-            stage=stage,
-        )
-    return out
+    key, features = feature_check(stain_norm)
+    calibration = ood_features.calibrate_features(
+        features(model, images, spec),
+        None,
+        split,
+        heldout_scores=oof_scores[~np.isnan(oof_scores)],
+        labels=labels,
+        stage=ood_features.feature_stage(model),
+    )
+    return {key: calibration}
 
 
 def recalibrate(args) -> None:
-    """Add (or replace) the feature checks and the one threshold of the "unlike the training tiles" flag in a
+    """Add (or replace) the feature check and the one threshold of the "unlike the training tiles" flag in a
     shipped model's checkpoint and card, keeping its weights: the first `args.recalibrate` folds of the same
-    cross-validation (same recipe, seed and splits) give out-of-fold probabilities and feature scores (and,
-    with stain normalisation, input-feature scores); the shipped model's own statistics come from all 240
-    tiles."""
+    cross-validation (same recipe, seed and splits) give out-of-fold probabilities and feature scores (of the
+    input-feature check with stain normalisation, `feature_check`); the shipped model's own statistics come
+    from all 240 tiles."""
     from histo_core import ood
     from histo_core.checkpoint import load_checkpoint
     from histo_core.fsutil import torch_save_atomic, write_json_atomic
@@ -296,19 +279,17 @@ def recalibrate(args) -> None:
     images, labels, classes = all_tiles()
     stain_norm = (ckpt.get("stain") or {}).get("method") or "none"
     cfg = recipe(stain_norm, args.stain_jitter, args.seed)
-    oof, oof_scores, oof_input = cross_validate(cfg, images, labels, classes, args.folds, used=args.recalibrate)
+    oof, oof_scores = cross_validate(cfg, images, labels, classes, args.folds, used=args.recalibrate)
     held = oof_scores[~np.isnan(oof_scores)]
     loaded = load_model(str(pt))
     split = f"{args.recalibrate} of {args.folds} folds out-of-fold ({len(held)} tiles)"
-    features = feature_calibrations(
-        loaded.model, InputSpec.of(loaded.meta), images, labels, oof_scores, oof_input, split
+    feature = feature_calibration(
+        loaded.model, InputSpec.of(loaded.meta), stain_norm, images, labels, oof_scores, split
     )
-    recalibrated = ("combined", "feature", "input_feature")  # set below
+    recalibrated = ("combined", "feature", "input_feature")  # set here and below
     kept = {k: v for k, v in (ckpt.get("ood") or {}).items() if k not in recalibrated}
-    ckpt["ood"] = {**kept, **features}
-    ckpt["ood"]["combined"] = combined_threshold(
-        ckpt["ood"], ckpt.get("stain") or None, images, oof, oof_scores, split, oof_input
-    )
+    ckpt["ood"] = {**kept, **feature}
+    ckpt["ood"]["combined"] = combined_threshold(ckpt["ood"], ckpt.get("stain") or None, images, oof, oof_scores, split)
     torch_save_atomic(pt, ckpt)
     import real_tiles
 
@@ -328,8 +309,7 @@ def recalibrate(args) -> None:
         json.dumps(
             {
                 "weights": str(pt),
-                "feature_threshold": features["feature"].get("threshold"),
-                "input_feature_threshold": features.get("input_feature", {}).get("threshold"),
+                **{f"{k}_threshold": v.get("threshold") for k, v in feature.items()},
                 "combined": ckpt["ood"]["combined"],
                 "real_tiles": real,
             }

@@ -67,8 +67,8 @@ def ood_calibration(
     """The "unlike the training tiles" thresholds (histo_core.ood): colour statistics of the training tiles as
     the model sees them (and, with stain normalisation, as given), the confidence on the validation split
     (else the test split), (with the `model`) the statistics of its features on the training tiles with the
-    threshold from the same held-out split (with stain normalisation, also of its features on the tiles as given:
-    the input-feature check), and the flag's one threshold on the combined score of that split's
+    threshold from the same held-out split (with stain normalisation, of its features on the tiles as given: the
+    input-feature check), and the flag's one threshold on the combined score of that split's
     tiles (`ood.calibrate_combined`)."""
     split = "val" if "val" in heldout else "test" if "test" in heldout else None
     limit = (
@@ -81,35 +81,36 @@ def ood_calibration(
     if source is None or split is None:
         return out
     held = source.read_range(0, min(len(source), limit))
-    held_feats = held_given = None
+    held_feats: list[np.ndarray] | None = None
+    # with stain normalisation, the feature check runs on the tiles as given (the input-feature check, ood.py)
+    key = "input_feature" if data.stain else "feature"
+    features = ood_features.input_layer_features if data.stain else ood_features.layer_features
     if model is not None and len(sample) > 1:
         from histo_core.predict import InputSpec
 
         spec = InputSpec.of(data)
-        labels = np.asarray(data.train_labels[: len(sample)])
-        stage = ood_features.feature_stage(model)
-        held_feats = ood_features.layer_features(model, held, spec)
-        out["feature"] = ood_features.calibrate_features(
-            ood_features.layer_features(model, sample, spec), held_feats, split, labels=labels, stage=stage
+        held_feats = features(model, held, spec)
+        out[key] = ood_features.calibrate_features(
+            features(model, sample, spec),
+            held_feats,
+            split,
+            labels=np.asarray(data.train_labels[: len(sample)]),
+            stage=ood_features.feature_stage(model),
         )
-        if data.stain:
-            held_given = ood_features.input_layer_features(model, held, spec)
-            out["input_feature"] = ood_features.calibrate_features(
-                ood_features.input_layer_features(model, sample, spec), held_given, split, labels=labels, stage=stage
-            )
     # the flag's one threshold: the combined score of the same held-out tiles as the model sees them, a block at a
     # time (the float tiles of one block in memory)
     probs, parts = heldout[split], []
     for s in range(0, len(held), ood.COLOUR_BLOCK):
         held01 = pipeline.to_float01(held[s : s + ood.COLOUR_BLOCK], "cpu", data.input_size)
+        block = None if held_feats is None else [f[s : s + len(held01)] for f in held_feats]
         parts.append(
             ood.combined_scores(
                 out,
                 probs[s : s + len(held01)],
                 stain.normalize_batch(held01, data.stain),
                 held01 if data.stain else None,
-                features=None if held_feats is None else [f[s : s + len(held01)] for f in held_feats],
-                input_features=None if held_given is None else [f[s : s + len(held01)] for f in held_given],
+                features=None if data.stain else block,
+                input_features=block if data.stain else None,
             )
         )
     combined = ood.calibrate_combined(np.concatenate(parts) if parts else np.zeros(0), split, ood.flag_checks(out))
