@@ -335,7 +335,7 @@ class Option:
     # how the page words each choice (default: its name), and a line it shows under the chosen one; a mapping,
     # or a function giving one (read from a registry when asked)
     choice_labels: Mapping[str, str] | Callable[[], Mapping[str, str]] = field(default_factory=dict)
-    choice_captions: Callable[[], Mapping[str, str]] | None = None
+    choice_captions: Mapping[str, str] | Callable[[], Mapping[str, str]] = field(default_factory=dict)
     applies: Callable[[Getter], bool] | None = None  # given the other values: does this option matter? (None: always)
     widget: Mapping[str, Any] = field(default_factory=dict)  # the page's number box: min_value, step, format
     page_note: str = ""  # more words for the page's tooltip (advice that points at the page or a measurement)
@@ -364,10 +364,26 @@ class Option:
         return labels.get(value, value)
 
     def choice_caption(self, value: str) -> str:
-        return (self.choice_captions() if self.choice_captions else {}).get(value, "")
+        captions = self.choice_captions() if callable(self.choice_captions) else self.choice_captions
+        return captions.get(value, "")
 
     def is_active(self, get: Getter) -> bool:
         return True if self.applies is None else bool(self.applies(get))
+
+
+def when(path: str, value: Any) -> Callable[[Getter], bool]:
+    """An Option's `applies`: when the option at `path` has `value`."""
+    return lambda get: get(path) == value
+
+
+def registry_choices(values: tuple[str, ...]) -> Callable[[], tuple[str, ...]]:
+    """An Option's `choices` from a fixed tuple (a Literal's values)."""
+    return lambda: values
+
+
+def number_box(step: float, fmt: str = "%g", **more: Any) -> dict[str, Any]:
+    """An Option's `widget`: the page's number box, its step, display format and bounds."""
+    return {"step": step, "format": fmt, **more}
 
 
 def field_kind(path: str) -> type:

@@ -11,6 +11,7 @@ from histo_core.runs import RunDir
 from histo_core.summaries import comparison_row, run_summary
 from pages.ui.charts import confusion_figure, metric_label, metrics_bar_figure, overlay_figure, run_colours
 from pages.ui.common import keep_in_url, listed_runs, page_setup, show_table, url_selection
+from pages.ui.formats import MISSING, num, pct
 from pages.ui.runs import link_to_page, run_label
 
 
@@ -97,16 +98,13 @@ def held_out_section(chosen: list[str], legend: dict[str, str], colours: dict) -
 
 
 def settings_table(runs: dict[str, RunDir], summaries: dict[str, dict], chosen: list[str]) -> None:
-    """Settings and results of the chosen runs, one row each, and its CSV."""
+    """Settings and results of the chosen runs, one column each (one row each in the CSV)."""
     table = pd.DataFrame([comparison_row(runs[rid]) for rid in chosen])
     front = [c for c in ("run", "test acc", "test AUC", "test ECE", "dataset", "arch", "epochs", "noise") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
     st.subheader("Settings and results")
-    show_table(
-        table,
-        percent=["test acc"],
-        column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("test AUC", "test ECE")},
-    )
+    # a row per setting and a column per run: the 25 settings side by side scrolled sideways at 1024 px (issue 24)
+    show_table(side_by_side(table), hide_index=False)
     synthetic = [rid for rid in chosen if summaries[rid]["synthetic"]]
     if synthetic:
         st.warning(f"{len(synthetic)} of these runs trained on the SYNTHETIC demo data.", icon="🧪")
@@ -117,6 +115,27 @@ def settings_table(runs: dict[str, RunDir], summaries: dict[str, dict], chosen: 
         mime="text/csv",
         on_click="ignore",
     )
+
+
+def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison turned to one row per setting and one column per run (headed by its name, its id where
+    two share a name), every value written as the app writes it: accuracy as a percentage, scores with three
+    decimals, a missing value as "-"."""
+    names = list(table["run"])
+    headers = [n if names.count(n) == 1 else f"{n} ({rid})" for n, rid in zip(names, table["run id"])]
+    written = {"test acc": pct, "test AUC": num, "test ECE": num}
+    rows = {
+        col: [written[col](v) if col in written else (MISSING if missing_value(v) else str(v)) for v in table[col]]
+        for col in table.columns
+        if col != "run"
+    }
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=headers)
+    out.index.name = "setting"
+    return out
+
+
+def missing_value(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def evaluations_table(runs: dict[str, RunDir], chosen: list[str], legend: dict[str, str]) -> None:

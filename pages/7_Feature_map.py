@@ -13,7 +13,18 @@ from histo_core.faithfulness import DEFAULT_TILES, load_quality
 from histo_core.label_errors import load_label_errors
 from histo_core.model_catalog import list_models
 from histo_core.runs import RunDir
-from pages.ui.common import keep_in_url, listed_runs, page_setup, plain, synthetic_badge, url_news, url_selection
+from pages.ui.classify import model_label
+from pages.ui.common import (
+    keep_in_url,
+    listed_runs,
+    page_setup,
+    plain,
+    run_choice_label,
+    run_trained_on,
+    synthetic_badge,
+    url_news,
+    url_selection,
+)
 from pages.ui.feature_map import (
     COLOUR_BY,
     current_store,
@@ -55,25 +66,22 @@ def choose_target(runs: list[RunDir], models: list) -> tuple[RunDir | None, Embe
                 "Run",
                 ids,
                 key="fm_run",
-                format_func=lambda i: (
-                    f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
-                    f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"
-                ),
+                format_func=run_choice_label,
             )
             keep_in_url("run", ["fm_run", "fm_source"], run_id, drop=["model", "dataset"])
             run = next(r for r in runs if r.id == run_id)
+            st.caption(run_trained_on(run))
             return run, target_for(str(run.path)), {"model": str(run.path)}
         from histo_core.datasets.catalog import available_datasets, canonical_spec
 
         by_ref = {m.ref: m for m in models}
-        left, right = st.columns(2)
         url_selection("model", "fm_model", {m.name: m.ref for m in models})
-        ref = left.selectbox("Model (frozen)", list(by_ref), format_func=lambda r: by_ref[r].label, key="fm_model")
+        # full width and Classify's short label: the catalogue's long one ran past the box's end at 1024 px
+        ref = st.selectbox("Model (frozen)", list(by_ref), format_func=lambda r: model_label(by_ref[r]), key="fm_model")
+        st.caption(plain(f"{by_ref[ref].arch} · trained on {by_ref[ref].dataset}"))
         datasets = {d.spec: d.title for d in available_datasets()}
         url_selection("dataset", "fm_dataset", list(datasets), canonical=canonical_spec)
-        spec = right.selectbox(
-            "Dataset", list(datasets), format_func=lambda s: f"{datasets[s]} ({s})", key="fm_dataset"
-        )
+        spec = st.selectbox("Dataset", list(datasets), format_func=lambda s: f"{datasets[s]} ({s})", key="fm_dataset")
         keep_in_url("model", ["fm_model", "fm_source"], by_ref[ref].name, drop=["run"])
         keep_in_url("dataset", "fm_dataset", spec)
         target = target_for(ref, spec)

@@ -1,5 +1,6 @@
 """In real Chromium at 1024 px wide (issue 24, "labels cut off"): the labels and values a user reads are whole, not
-cut off with "…", the runs table fits beside the sidebar, and tiles shown side by side have one size.
+cut off with "…" (every option of the Train form's selects, the run and model pickers), the runs table and the
+Compare table fit beside the sidebar, and tiles shown side by side have one size.
 
 Only what needs a browser's layout is tested here; what AppTest can see (formats, "None" cells) is in
 tests/test_page_formats.py. Needs /usr/bin/chromium; skipped where it is absent (see tests/test_browser_e2e.py)."""
@@ -35,6 +36,41 @@ CUT_OFF = """(root) => {
   }
   return cut;
 }"""
+
+
+# Every option of a select, measured in the select's own font against its box: the longest one a user can pick
+# must show whole once picked, not only the one picked now.
+OPTIONS_TOO_WIDE = """(options) => {
+  const canvas = document.createElement('canvas').getContext('2d');
+  const out = [];
+  for (const w of document.querySelectorAll('[data-testid="stSelectbox"]')) {
+    const label = (w.querySelector('label') || {innerText: ''}).innerText.trim();
+    const input = w.querySelector('input');
+    if (!(label in options) || !input) continue;
+    canvas.font = getComputedStyle(input).font;
+    for (const text of options[label]) {
+      if (canvas.measureText(text).width > input.clientWidth) out.push(`${label}: ${text}`);
+    }
+  }
+  return out;
+}"""
+
+
+def _train_select_options() -> dict[str, list[str]]:
+    """The Train form's selects and the words of each of their options (the one table of training options)."""
+    from histo_core.train_options import TABLE
+
+    return {o.label: [o.choice_label(v) for v in o.choices()] for o in TABLE if o.choices is not None}
+
+
+def _select_value(page, label: str):
+    """The value box of the select whose label is exactly `label`."""
+    return (
+        page.locator('[data-testid="stSelectbox"]')
+        .filter(has=page.get_by_text(label, exact=True))
+        .locator("input")
+        .first
+    )
 
 
 def _cut_off(page, where: str = "body") -> list[str]:
@@ -98,6 +134,10 @@ def test_labels_and_tables_fit_a_1024_px_window(tmp_path, monkeypatch):
             assert boxes.count() >= 5
             cut_boxes = [c for c in cut if any(c == t.strip() for t in boxes.all_inner_texts())]
             assert not cut_boxes, f"checkbox labels cut off: {cut_boxes}"
+            options = _train_select_options()
+            assert len(options) >= 8
+            too_wide = page.evaluate(OPTIONS_TOO_WIDE, options)
+            assert not too_wide, f"Train select options cut off once picked: {too_wide}"
             shot(page, "layout-train-1024")
 
             # Runs: the table's columns all fit beside the sidebar (no hidden last columns)
@@ -106,11 +146,30 @@ def test_labels_and_tables_fit_a_1024_px_window(tmp_path, monkeypatch):
             scroller = page.locator('[data-testid="stDataFrame"] .dvn-scroller').first
             assert scroller.evaluate("el => el.scrollWidth <= el.clientWidth + 1"), "the runs table scrolls sideways"
 
+            # Compare: the settings of the two runs side by side fit too (25 columns scrolled sideways)
+            goto(page, f"{url}/Compare", "Compare")
+            _settle(page)
+            tables = page.locator('[data-testid="stDataFrame"] .dvn-scroller')
+            assert tables.count() >= 1
+            for i in range(tables.count()):
+                assert tables.nth(i).evaluate("el => el.scrollWidth <= el.clientWidth + 1"), (
+                    "a Compare table scrolls sideways"
+                )
+
+            # Classify: the model picker shows its whole label (the run's name, what it is, how good)
+            goto(page, f"{url}/Classify?run={run.id}", "Classify")
+            _settle(page)
+            model = _select_value(page, "Model")
+            assert f"first ({run.id}) · run · " in model.input_value(), model.input_value()
+            assert model.input_value() not in _cut_off(page, '[data-testid="stMain"]'), "the model picker is cut off"
+
             # Review: the filters' values are whole ("Sort by" showed "los"), "CAM on all" stays on one line,
             # and the examples side by side have one size
             goto(page, f"{url}/Review?run={run.id}", "Review")
             _settle(page)
             cut = _cut_off(page, '[data-testid="stMain"]')
+            run_value = _select_value(page, "Run").input_value()
+            assert run_value.startswith(f"first · {run.id}") and run_value not in cut, f"the run picker is cut: {cut}"
             for name in ("Sort by", "True class", "Predicted class", "Tiles per page"):
                 value = page.locator('[data-testid="stSelectbox"]').filter(has_text=name).locator("input")
                 assert value.input_value() not in cut, f"{name} is cut off: {cut}"

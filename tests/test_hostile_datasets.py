@@ -18,6 +18,7 @@ from histo_core.datasets import open_dataset
 from histo_core.errors import DatasetError
 from tests.conftest import ROOT
 from tests.test_datasets_sources import make_class_folders
+from tests.test_page_datasets import each_tab
 from tests.test_security import page_text
 
 OUTSIDE_COLOUR = (12, 200, 34)  # no tile inside the roots has it
@@ -150,9 +151,11 @@ def _shown(page: str, folder: Path, outside: Path) -> str:
     at.query_params["dataset"] = str(folder)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    if page == "1_Datasets.py":  # open the skip list and show every tile row the gallery offers
+    shown = [page_text(at)]
+    if page == "1_Datasets.py":  # open the skip list, and every tab (only the open one is built)
         assert any("skipped" in e.label for e in at.expander), [e.label for e in at.expander]
-    text = page_text(at).replace("\\", "")  # without the Markdown escapes of plain(): the words shown
+        shown = [page_text(tab) for tab in each_tab(at)]
+    text = "\n".join(shown).replace("\\", "")  # without the Markdown escapes of plain(): the words shown
     assert "secret" not in text.replace("zz_secret.png: " + paths.MEMBER_REFUSAL, "")
     assert str(outside) not in text and "not an image" not in text
     return text.replace(str(folder), "<folder>")

@@ -171,7 +171,7 @@ def test_fresh_install_offers_the_shipped_models_and_shows_the_normalised_view(s
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     assert not at.exception
     picker = at.selectbox(key="classify_model")
-    assert any(label.startswith("pathmnist-resnet9 · ready-made model shipped in weights/") for label in picker.options)
+    assert any(label.startswith("pathmnist-resnet9 · ready-made · ") for label in picker.options)
     assert any(label.startswith("pathmnist-resnet9-macenko · ready-made") for label in picker.options)
     picker.set_value(str(shipped_model.parent / "pathmnist-resnet9-macenko.pt")).run(timeout=120)
     assert "Ready-made model shipped with Histo Explorer" in texts(at)

@@ -7,6 +7,7 @@ from pathlib import Path
 import plotly.io
 from streamlit.testing.v1 import AppTest
 
+from pages.ui.formats import num, pct
 from tests.runfiles import write_run
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "4_Compare.py")
@@ -30,29 +31,30 @@ def test_two_runs_table_curves_and_csv():
     assert not at.exception, at.exception
     assert set(at.multiselect(key="compare_runs").value) == {a.id, b.id}
 
-    table = at.dataframe[0].value
-    assert set(table["run id"]) == {a.id, b.id}
-    row_a = table[table["run id"] == a.id].iloc[0]
-    row_b = table[table["run id"] == b.id].iloc[0]
-    assert row_a["run"] == "clean" and row_b["run"] == "noisy"
-    assert row_a["lr"] == 1e-3 and row_b["lr"] == 3e-3
-    assert row_a["noise"] == "0" and row_b["noise"] == "0.4 batch"
-    assert row_a["epochs"] == "3/3" and row_b["epochs"] == "2/2"
-    for col in (
+    table = at.dataframe[0].value  # one row per setting, one column per run: it fits beside the sidebar
+    assert list(table.columns) == ["clean", "noisy"] or list(table.columns) == ["noisy", "clean"]
+    assert table.loc["run id", "clean"] == a.id and table.loc["run id", "noisy"] == b.id
+    assert table.loc["lr", "clean"] == "0.001" and table.loc["lr", "noisy"] == "0.003"
+    assert table.loc["noise", "clean"] == "0" and table.loc["noise", "noisy"] == "0.4 batch"
+    assert table.loc["epochs", "clean"] == "3/3" and table.loc["epochs", "noisy"] == "2/2"
+    for setting in (
         "arch",
         "optimizer",
         "batch",
         "schedule",
         "augmentation",
         "loss",
+        "train splits",
+        "seed",
+        "TTA",
         "test acc",
         "test AUC",
         "test ECE",
         "time (s)",
     ):
-        assert col in table.columns
-    assert row_a["test acc"] == a.results()["test"]["accuracy"]
-    assert row_b["test ECE"] == b.results()["test"]["ece"]
+        assert setting in table.index
+    assert table.loc["test acc", "clean"] == pct(a.results()["test"]["accuracy"])
+    assert table.loc["test ECE", "noisy"] == num(b.results()["test"]["ece"])
 
     fig = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec)
     assert {t.name for t in fig.data} == {"clean", "noisy"}
@@ -99,7 +101,7 @@ def test_runs_without_validation_side_by_side_test_metrics_colours_and_evaluatio
     assert [t.marker.color for t in bars.data] == curve_colours  # one colour per run across charts
     assert sum(f.layout.title.text.startswith(("r0", "r1", "r2")) for f in figs) == 3  # confusion matrices
     table = at.dataframe[0].value
-    assert list(table.columns[:4]) == ["run", "test acc", "test AUC", "test ECE"]
+    assert sorted(table.columns) == ["r0", "r1", "r2"] and list(table.index[:3]) == ["test acc", "test AUC", "test ECE"]
     evals = at.dataframe[1].value
     assert list(evals["evaluation"]) == ["own-val"] and evals["tiles scored"].iloc[0] == 300
 

@@ -3,6 +3,8 @@ a local dataset, the sample grid and the tile viewer."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -24,12 +26,21 @@ def open_page(dataset: str | None = None) -> AppTest:
     return at
 
 
+TABS = ["Class distribution", "Sample tiles", "Pixel statistics", "Tile viewer", "Citation & licence"]
+
+
 def open_tab(at: AppTest, label: str) -> AppTest:
     """Click a tab of the page (only the open one is built)."""
     at.session_state["datasets_tab"] = label
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def each_tab(at: AppTest) -> Iterator[AppTest]:
+    """The page with each of its tabs open in turn (what a test of everything the page shows must look at)."""
+    for label in TABS:
+        yield open_tab(at, label)
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -151,13 +162,7 @@ def test_only_the_open_tab_is_built_and_closed_tabs_keep_their_settings():
     """The browser drew all five tabs on every load (issue 24: Datasets 1.8 s); only the open one is built now."""
     at = open_page()
     tabs = at.tabs
-    assert [t.label for t in tabs] == [
-        "Class distribution",
-        "Sample tiles",
-        "Pixel statistics",
-        "Tile viewer",
-        "Citation & licence",
-    ]
+    assert [t.label for t in tabs] == TABS
     assert len(tabs[0].children) > 0 and all(len(t.children) == 0 for t in tabs[1:])
     assert len(at.get("plotly_chart")) == 1 and not image_captions(at)  # no tile grid, no viewer, no histogram
     open_tab(at, "Sample tiles")

@@ -68,7 +68,9 @@ def test_missing_values_show_as_a_dash_on_home_and_compare():
     compare = AppTest.from_file(str(ROOT / "pages" / "4_Compare.py"), default_timeout=60).run()
     assert not compare.exception, compare.exception
     assert _assert_missing_cells_show_a_dash(home) >= 1  # the runs table: no AUC for "sparse"
-    assert _assert_missing_cells_show_a_dash(compare) >= 1  # the comparison: no AUC, ECE, best epoch
+    table = compare.dataframe[0].value  # the comparison, a column per run: no AUC, ECE, best epoch for "sparse"
+    assert [table.loc[k, "sparse"] for k in ("test AUC", "test ECE", "best epoch")] == [MISSING] * 3
+    assert not table.isna().to_numpy().any() and "None" not in table.to_numpy()
 
 
 def _percent_columns(frame) -> set[str]:
@@ -96,7 +98,7 @@ def test_accuracy_is_a_percentage_on_runs_compare_and_review():
 
     compare = AppTest.from_file(str(ROOT / "pages" / "4_Compare.py"), default_timeout=60).run()
     assert not compare.exception, compare.exception
-    assert "test acc" in _percent_columns(compare.dataframe[0])
+    assert compare.dataframe[0].value.loc["test acc", "a"] == pct(accuracy)  # a column per run, written out
 
     review = AppTest.from_file(str(ROOT / "pages" / "6_Review.py"), default_timeout=60)
     review.query_params["run"] = a.id

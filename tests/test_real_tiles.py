@@ -324,6 +324,6 @@ def test_shipped_model_card_round_trips_and_is_offered(shipped_model):
     assert card["name"] in [e.name for e in entries] and all(e.cv_accuracy for e in entries)
     from pages.ui.classify import model_label
 
-    assert all("ready-made model shipped in weights/" in model_label(e) for e in entries)
+    assert all(" · ready-made · " in model_label(e) for e in entries)
     assert load_model(card["name"]).source == str(shipped_model.resolve())  # by name, as predict takes it
     assert paths.shipped_weights_dir() == shipped_model.parent

@@ -455,6 +455,4 @@ def test_train_page_study_total_counts_a_two_network_method_twice(monkeypatch):
         return caption
 
     assert f"about {fmt_duration(60)} in all" in total(["ce"])
-    assert "2 runs of" in total(["ce", "codivide"]) and f"about {fmt_duration(180)} in all" in total(
-        ["ce", "codivide"]
-    )
+    assert "2 runs of" in total(["ce", "codivide"]) and f"about {fmt_duration(180)} in all" in total(["ce", "codivide"])

@@ -634,7 +634,7 @@ def test_default_config_small_real_set_is_the_measured_recipe(pathmnist_mini):
     assert (cfg.arch, cfg.train_splits, cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.schedule) == (
         "resnet9",
         "train+val",
-        60,
+        90,
         32,
         "adamw",
         "onecycle",

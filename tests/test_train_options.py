@@ -38,7 +38,7 @@ def test_choices_come_from_the_registries_and_the_literals():
     assert OPTIONS["arch"].choices() == tuple(ARCHITECTURES)
     assert OPTIONS["loss"].choices() == C.LOSSES and OPTIONS["optimizer"].choices() == C.OPTIMIZERS
     assert OPTIONS["stain_norm"].choices() == C.STAIN_NORMS and OPTIONS["mode"].choices() == C.MODES
-    assert OPTIONS["arch"].choice_label("resnet9") == ARCHITECTURES["resnet9"].title
+    assert OPTIONS["arch"].choice_label("resnet9") == "ResNet-9"  # short: the description is said under it
     assert OPTIONS["arch"].choice_caption("resnet9") == ARCHITECTURES["resnet9"].description
     backbones = [n for n, a in ARCHITECTURES.items() if a.has_backbone]
     assert all(n in OPTIONS["pretrained"].help_text() for n in backbones)
@@ -47,6 +47,7 @@ def test_choices_come_from_the_registries_and_the_literals():
     for o in TABLE:
         if o.choices is not None and o.path != "arch":
             assert o.kind is str and set(o.choice_labels) <= set(o.choices()), o.path
+            assert set(o.choice_captions) <= set(o.choices()), o.path
 
 
 def test_types_follow_the_dataclass_annotations():

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT
 from tests.runfiles import CLASSES, write_run
+from tests.test_page_datasets import each_tab
 
 PAYLOAD = "![x](http://tracker.invalid/t.png)"
 FILE_PAYLOAD = "![x](t.png)"  # a file name cannot hold a slash
@@ -103,6 +104,8 @@ def test_dataset_class_and_file_names_are_never_markdown(page, tmp_path):
     at = open_page(page, dataset=str(csv))
     assert not at.error, [e.value for e in at.error]
     assert rendered_as_markdown(at) == []
+    if page == "1_Datasets.py":  # every tab (only the open one is built)
+        assert all(rendered_as_markdown(tab) == [] and not tab.error for tab in each_tab(at))
 
 
 def test_a_class_folder_named_as_markdown_is_shown_as_text(tmp_path):
@@ -112,4 +115,4 @@ def test_a_class_folder_named_as_markdown_is_shown_as_text(tmp_path):
         for i in range(6):
             Image.new("RGB", (20, 20), (200, 40 * i, 90)).save(root / c / f"{c}{i}.png")
     at = open_page("1_Datasets.py", dataset=str(root))
-    assert rendered_as_markdown(at) == []
+    assert all(rendered_as_markdown(tab) == [] for tab in each_tab(at))

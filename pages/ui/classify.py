@@ -105,7 +105,8 @@ def pick_model(key: str) -> tuple[ModelEntry, LoadedModel] | None:
 
 
 def model_label(entry: ModelEntry) -> str:
-    """A run's name first (its id after, shortened), else the export name; then what it is and how good."""
+    """A run's name first (its id after), else the export name; then what it is and how good. Short enough to
+    show whole beside the sidebar at 1024 px: the architecture and the dataset are in the caption under it."""
     name = entry.name
     if entry.kind == "run":
         from histo_core.runs import RunDir
@@ -114,8 +115,8 @@ def model_label(entry: ModelEntry) -> str:
         name = f"{given} ({entry.name})" if given else entry.name
     acc = entry.accuracy_text
     tag = "SYNTHETIC · " if entry.synthetic else ""
-    kind = {"run": "run", "shipped": "ready-made model shipped in weights/"}.get(entry.kind, "exported model")
-    return f"{tag}{name} · {kind} · {entry.arch} on {entry.dataset} · {acc}"
+    kind = {"run": "run", "shipped": "ready-made"}.get(entry.kind, "exported")
+    return f"{tag}{name} · {kind} · {acc}"
 
 
 def fingerprint(files: Sequence[tuple[str, bytes]]) -> str:

@@ -260,3 +260,18 @@ def lazy_tabs(labels: Sequence[str], key: str, keep: Mapping[str, str] | None = 
             for k in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefix)]:
                 st.session_state[k] = st.session_state[k]
     return labels[opened], tabs[opened]
+
+
+def run_choice_label(run_id: str) -> str:
+    """A run in a run picker (Review, Feature map): its name when it has one, its id and its architecture; short
+    enough to show whole beside the sidebar at 1024 px (the dataset title made it run past the box's end), so
+    the pages say the dataset under the picker (`run_trained_on`)."""
+    from histo_core.runs import RunDir
+
+    config = RunDir(paths.runs_dir() / run_id).config()
+    return " · ".join(str(part) for part in (config.get("name"), run_id, config.get("arch", "?")) if part)
+
+
+def run_trained_on(run) -> str:
+    """The caption under a run picker: the dataset the run trained on, as plain text."""
+    return plain(f"Trained on {run.dataset().get('title', '?')}")

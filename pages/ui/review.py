@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from histo_core import paths
 from histo_core.corrections import dataset_identity, training_tile_ids
 from histo_core.errors import HistoError
 from histo_core.explain import CAM_METHODS, upscale_tile
@@ -33,7 +32,16 @@ from histo_core.review import (
 from histo_core.runs import RunDir
 from pages.ui.charts import confusion_figure, selected_cell
 from pages.ui.classify import CamCache, cached_model, show_cam, tile_grid
-from pages.ui.common import WRAP, keep_in_url, plain, show_table, synthetic_badge, url_selection
+from pages.ui.common import (
+    WRAP,
+    keep_in_url,
+    plain,
+    run_choice_label,
+    run_trained_on,
+    show_table,
+    synthetic_badge,
+    url_selection,
+)
 from pages.ui.curation import Candidate, mark_panel
 from pages.ui.formats import pct
 from pages.ui.tasks import task_panel
@@ -95,13 +103,11 @@ def choose(reviewable: list[RunDir]) -> Reviewed | None:
         "Run",
         ids,
         key="review_run",
-        format_func=lambda i: (
-            f"{i} · {RunDir(paths.runs_dir() / i).config().get('arch', '?')} · "
-            f"{RunDir(paths.runs_dir() / i).dataset().get('title', '?')}"
-        ),
+        format_func=run_choice_label,
     )
     keep_in_url("run", "review_run", run_id)
     run = next(r for r in reviewable if r.id == run_id)
+    top_left.caption(run_trained_on(run))
     split = top_right.selectbox("Split", prediction_splits(run), key="review_split")
     synthetic_badge(run.dataset())
     try:
