@@ -2,7 +2,8 @@
 
     python benchmarks/stain_recipes.py [--seeds 0 1 2] [--json]
 
-Trains the default recipe (`default_config` for pathmnist-mini: resnet9, 60 epochs, flips/rot90, 8-view TTA)
+Trains the default recipe (`default_config` for pathmnist-mini: resnet9, flips/rot90, 8-view TTA; 60 epochs
+for the figures in RESULTS.md, 90 since the small-set default changed on 2026-12-07)
 with `fit_arrays` on the 200 train+val tiles of ../shared/data/pathmnist-mini/pathmnist.npz, three ways, and
 scores every group of benchmarks/real_tiles.py (the tiles go through `prepare_upload`, as in `predict`):
 

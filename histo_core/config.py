@@ -371,6 +371,21 @@ class Option:
         return True if self.applies is None else bool(self.applies(get))
 
 
+def when(path: str, value: Any) -> Callable[[Getter], bool]:
+    """An Option's `applies`: when the option at `path` has `value`."""
+    return lambda get: get(path) == value
+
+
+def registry_choices(values: tuple[str, ...]) -> Callable[[], tuple[str, ...]]:
+    """An Option's `choices` from a fixed tuple (a Literal's values)."""
+    return lambda: values
+
+
+def number_box(step: float, fmt: str = "%g", **more: Any) -> dict[str, Any]:
+    """An Option's `widget`: the page's number box, its step, display format and bounds."""
+    return {"step": step, "format": fmt, **more}
+
+
 def field_kind(path: str) -> type:
     """bool, int, float or str for a TrainConfig path, from its annotation ("int | None" -> int)."""
     cls, name = (Augment, path.split(".", 1)[1]) if path.startswith("augment.") else (TrainConfig, path)

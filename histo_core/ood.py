@@ -237,7 +237,7 @@ def flag_checks(calib: dict[str, Any]) -> tuple[str, ...]:
     """The checks calibrated on held-out tiles that the flag's one threshold is set on. A calibration made now:
     the feature check when it has a threshold, else the confidence check; for a model trained with stain
     normalisation, the input-feature check (calib["input_feature"]) in place of the feature check. Measured on
-    the real samples (benchmarks/RESULTS.md, "The input-feature check"), the feature check after normalisation
+    the real samples (benchmarks/RESULTS.md, "The feature check on the tile as given"), the check after normalisation
     found 1 of 8 BreaKHis images and 15 of 117 skin tiles for the shipped Macenko model, and sharing the one
     threshold with it took detections from the input-feature check (skin 72% instead of 87%; a run on the train
     split: 42% instead of 78%) at the same in-domain rate. The confidence check is left out when

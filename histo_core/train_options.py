@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 from histo_core import config as C
-from histo_core.config import ELSEWHERE, Getter, Option
+from histo_core.config import ELSEWHERE, Getter, Option, number_box, registry_choices, when
 from histo_core.datasets.sources import registered_names
+from histo_core.loss_options import LOSS_SECTION
 from histo_core.models import ARCHITECTURES
 
 
@@ -49,35 +49,9 @@ def _architecture_descriptions() -> dict[str, str]:
     return {n: a.description for n, a in ARCHITECTURES.items()}
 
 
-def _choices(values: tuple[str, ...]) -> Callable[[], tuple[str, ...]]:
-    return lambda: values
-
-
-# What the measurement says (benchmarks/RESULTS.md, "Noise lab"), not what the papers promise.
-LOSS_ADVICE = (
-    "Measured on the real 240-tile PathMNIST sample with 20% and 40% of the training labels wrong (6-fold cross-"
-    "validation, 3 seeds; benchmarks/RESULTS.md, 'Noise lab'): with short schedules plain cross-entropy was the "
-    "best choice; mixup, symmetric and generalized cross-entropy and early-learning regularisation were 3 to 13 "
-    "points worse. With the small-set recipe of the time (resnet9, 60 epochs; 'Noise lab III') at 40% noise, "
-    "codivide (two networks, each trained on the other's split: twice the time) was the best measured, 1.8 points "
-    "above cross-entropy (0.798 against 0.780, 3 seeds; +0.7 to +2.9 seed by seed); the one-network divide and "
-    "label smoothing were CE's equal, mixup 1.3 points, dynamic bootstrapping 2.6 and early-learning regularisation"
-    " 5 points behind. None of them is robust to noise here; run a study (Studies page, `python -m histo_core "
-    "study`) to check on your own data."
-)
-
-
 def _in(group: str, *options: Option) -> tuple[Option, ...]:
     """`options` in the page's section `group`."""
     return tuple(dataclasses.replace(o, group=group) for o in options)
-
-
-def _is(path: str, value: Any) -> Callable[[Getter], bool]:
-    return lambda get: get(path) == value
-
-
-def _divides(get: Getter) -> bool:
-    return get("loss") in ("divide", "codivide")
 
 
 def _set(path: str) -> Callable[[Getter], bool]:
@@ -89,12 +63,7 @@ _STAIN, _STOP = "Stain and scale", "Early stopping and splits"
 _MODE, _DEVICE = "Model mode and pretrained weights", "Device and performance"
 
 
-def _num(step: float, fmt: str = "%g", **more: Any) -> dict[str, Any]:
-    """The page's number box: its step, display format and bounds."""
-    return {"step": step, "format": fmt, **more}
-
-
-_FRAC = _num(0.05, "%.2f")  # a fraction's number box
+_FRAC = number_box(0.05, "%.2f")  # a fraction's number box
 
 TABLE: tuple[Option, ...] = (
     # -- picked outside the form: the dataset picker, the corrections picker, the signed-in user ----------------
@@ -135,13 +104,13 @@ TABLE: tuple[Option, ...] = (
         "noise",
         "Label-noise rate",
         f"fraction of training labels made wrong, 0..{C.MAX_NOISE} (0 = clean; val/test labels are never touched)",
-        widget=_num(0.05, "%.2f"),
+        widget=number_box(0.05, "%.2f"),
     ),
     Option(
         "noise_mode",
         "Label-noise mode",
         "batch (fresh wrong labels every batch), fixed (a fixed set of samples, symmetric) or pair (class k -> k+1)",
-        choices=_choices(C.NOISE_MODES),
+        choices=registry_choices(C.NOISE_MODES),
         choice_labels={"batch": "per batch", "fixed": "fixed set", "pair": "pair (k -> k+1)"},
         choice_captions={
             "batch": "labels re-flipped in every batch",
@@ -159,7 +128,7 @@ TABLE: tuple[Option, ...] = (
             "training batch size (per process under torchrun)",
             widget={"min_value": 1, "step": 16},
         ),
-        Option("optimizer", "Optimiser", "optimiser", choices=_choices(C.OPTIMIZERS)),
+        Option("optimizer", "Optimiser", "optimiser", choices=registry_choices(C.OPTIMIZERS)),
         Option(
             "lr",
             "Learning rate",
@@ -171,8 +140,8 @@ TABLE: tuple[Option, ...] = (
             "momentum",
             "Momentum (SGD)",
             "SGD momentum (Nesterov when > 0)",
-            applies=_is("optimizer", "sgd"),
-            widget=_num(0.01, "%.3f"),
+            applies=when("optimizer", "sgd"),
+            widget=number_box(0.01, "%.3f"),
         ),
         Option(
             "weight_decay",
@@ -184,7 +153,7 @@ TABLE: tuple[Option, ...] = (
             "schedule",
             "LR schedule",
             "learning-rate schedule: none, step, cosine (per epoch) or onecycle (per batch)",
-            choices=_choices(C.SCHEDULES),
+            choices=registry_choices(C.SCHEDULES),
             choice_labels={
                 "none": "constant",
                 "step": "step decay",
@@ -196,128 +165,18 @@ TABLE: tuple[Option, ...] = (
             "step_size",
             "Step size (epochs, step schedule)",
             "step schedule: epochs between LR drops",
-            applies=_is("schedule", "step"),
+            applies=when("schedule", "step"),
             widget={"step": 1},
         ),
         Option(
             "gamma",
             "Gamma (step schedule)",
             "step schedule: LR multiplier at each drop",
-            applies=_is("schedule", "step"),
-            widget=_num(0.05, "%.3f"),
+            applies=when("schedule", "step"),
+            widget=number_box(0.05, "%.3f"),
         ),
     ),
-    # -- loss ----------------------------------------------------------------------------------------------------
-    *_in(
-        _LOSS,
-        Option(
-            "loss",
-            "Loss",
-            "ce (cross-entropy), smooth (label smoothing), sce (symmetric cross-entropy), gce (generalized "
-            "cross-entropy), elr (early-learning regularisation), boot (dynamic bootstrapping: tiles whose loss marks "
-            "their label as doubtful train towards the model's own guess), divide (a one-network DivideMix: after a "
-            "warm-up, doubtful tiles train on the model's averaged guess) or codivide (DivideMix's co-divide: two "
-            "networks, each split by the other's averaged guess; the model is their mean; twice the time); "
-            "measured under label noise in benchmarks/RESULTS.md",
-            choices=_choices(C.LOSSES),
-            choice_labels={
-                "ce": "cross-entropy",
-                "smooth": "label smoothing",
-                "sce": "symmetric CE",
-                "gce": "generalized CE",
-                "elr": "early-learning reg.",
-                "boot": "bootstrapping",
-                "divide": "DivideMix (1 network)",
-                "codivide": "co-divide (2 networks)",
-            },
-            choice_captions={
-                "smooth": "cross-entropy + label smoothing",
-                "sce": "symmetric cross-entropy",
-                "gce": "generalized cross-entropy",
-                "elr": "early-learning regularisation",
-                "boot": "dynamic bootstrapping: doubtful labels -> the model's guess",
-                "divide": "loss split, doubtful labels -> the averaged guess (one-network DivideMix)",
-                "codivide": "two networks, each split by the other (co-divide; best measured at 40% noise, 2x time)",
-            },
-            page_note=LOSS_ADVICE,
-        ),
-        Option(
-            "label_smoothing",
-            "Label smoothing",
-            "smoothing factor for --loss smooth",
-            applies=_is("loss", "smooth"),
-            widget=_num(0.05, "%.2f"),
-        ),
-        Option(
-            "sce_alpha",
-            "SCE alpha (cross-entropy weight)",
-            "sce: weight of the cross-entropy term",
-            applies=_is("loss", "sce"),
-            widget=_num(0.05),
-        ),
-        Option(
-            "sce_beta",
-            "SCE beta (reverse cross-entropy weight)",
-            "sce: weight of the reverse cross-entropy term",
-            applies=_is("loss", "sce"),
-            widget=_num(0.1),
-        ),
-        Option(
-            "gce_q",
-            "GCE q (0..1]",
-            "gce: the exponent q in (0, 1] (near 0 behaves like cross-entropy, 1 like mean absolute error)",
-            applies=_is("loss", "gce"),
-            widget=_num(0.05),
-        ),
-        Option(
-            "elr_lambda",
-            "ELR lambda (regulariser weight)",
-            "elr: weight of the early-learning regulariser",
-            applies=_is("loss", "elr"),
-            widget=_num(0.5),
-        ),
-        Option(
-            "elr_beta",
-            "ELR beta (target momentum)",
-            "elr: momentum of each tile's running-average target, in [0, 1)",
-            applies=_is("loss", "elr"),
-            widget=_num(0.05),
-        ),
-        Option(
-            "boot_warmup",
-            "Bootstrapping warm-up (fraction of epochs)",
-            "boot: fraction of the epochs trained with plain cross-entropy before doubtful labels are split off, in [0, 1)",
-            applies=_is("loss", "boot"),
-            widget=_num(0.05),
-        ),
-        Option(
-            "divide_warmup",
-            "Divide warm-up (fraction of epochs)",
-            "divide, codivide: fraction of the epochs trained with plain cross-entropy before the split, in (0, 1)",
-            applies=_divides,
-            widget=_num(0.05),
-        ),
-        Option(
-            "divide_window",
-            "Divide averaging window (fraction of the warm-up)",
-            "divide, codivide: the split uses the predictions averaged over this last fraction of the warm-up, (0, 1]",
-            applies=_divides,
-            widget=_num(0.05),
-        ),
-        Option(
-            "divide_temperature",
-            "Divide target temperature (1 = as is)",
-            "divide, codivide: sharpening temperature of the soft targets (DivideMix used 0.5), in (0, 10]",
-            applies=_divides,
-            widget=_num(0.1),
-        ),
-        Option(
-            "mixup",
-            "Mixup alpha (0 = off)",
-            f"mixup: train on blends of two tiles and their labels, Beta(a, a) weights; a in 0 (off)..{C.MAX_MIXUP}",
-            widget={"min_value": 0.0, "step": 0.1, "format": "%g"},
-        ),
-    ),
+    *_in(_LOSS, *LOSS_SECTION),
     # -- augmentation --------------------------------------------------------------------------------------------
     *_in(
         _AUG,
@@ -327,7 +186,7 @@ TABLE: tuple[Option, ...] = (
             "augment.rotate",
             "Small rotation (max degrees, 0 = off)",
             "random rotations up to this many degrees (0 = off)",
-            widget=_num(5.0),
+            widget=number_box(5.0),
         ),
         Option("augment.resized_crop", "Random resized crop", "random resized crops"),
         Option(
@@ -335,7 +194,7 @@ TABLE: tuple[Option, ...] = (
             "Crop: minimum area fraction",
             "smallest area fraction kept by --resized-crop",
             applies=_set("augment.resized_crop"),
-            widget=_num(0.05, "%.2f"),
+            widget=number_box(0.05, "%.2f"),
         ),
         Option("augment.brightness", "Brightness jitter", "random brightness change up to this fraction", widget=_FRAC),
         Option("augment.contrast", "Contrast jitter", "random contrast change up to this fraction", widget=_FRAC),
@@ -344,13 +203,13 @@ TABLE: tuple[Option, ...] = (
             "augment.hue",
             "Hue jitter",
             "random hue shift up to this fraction of the colour wheel (0..0.5)",
-            widget=_num(0.01, "%.2f"),
+            widget=number_box(0.01, "%.2f"),
         ),
         Option(
             "augment.stain_jitter",
             "H&E stain jitter (HED space, 0 = off)",
             "H&E stain augmentation: random scale/shift of each HED channel by up to this much (0..0.2)",
-            widget=_num(0.01, "%.2f"),
+            widget=number_box(0.01, "%.2f"),
         ),
     ),
     # -- stain and scale -----------------------------------------------------------------------------------------
@@ -360,7 +219,7 @@ TABLE: tuple[Option, ...] = (
             "stain_norm",
             "Stain normalisation (training tiles and every input alike)",
             "stain normalisation of every tile, in training and at inference, to the training set's stain",
-            choices=_choices(C.STAIN_NORMS),
+            choices=registry_choices(C.STAIN_NORMS),
             choice_labels={"none": "none", "macenko": "Macenko", "reinhard": "Reinhard"},
             choice_captions={
                 "macenko": "stain vectors and concentrations",
@@ -389,7 +248,7 @@ TABLE: tuple[Option, ...] = (
             "monitor",
             "Monitor (also picks best.pt)",
             "validation metric that selects best.pt and drives early stopping",
-            choices=_choices(C.MONITORS),
+            choices=registry_choices(C.MONITORS),
             applies=lambda get: get("train_splits") != "train+val",  # no validation split: nothing to monitor
         ),
         Option(
@@ -404,13 +263,13 @@ TABLE: tuple[Option, ...] = (
             "Minimum improvement",
             "early stopping: smallest change that counts as an improvement",
             applies=_set("early_stopping"),
-            widget=_num(1e-3),
+            widget=number_box(1e-3),
         ),
         Option(
             "train_splits",
             "Train on",
             "train (validate on val) or train+val (train on both; no validation, the last epoch is kept)",
-            choices=_choices(C.TRAIN_SPLITS),
+            choices=registry_choices(C.TRAIN_SPLITS),
             choice_captions={
                 "train": "validate on val",
                 "train+val": "no validation; the last epoch is kept",
@@ -439,7 +298,7 @@ TABLE: tuple[Option, ...] = (
             "--pretrained from ImageNet weights), frozen (only an MLP head trained on a frozen backbone), head-then-all "
             "(the head alone for --head-epochs, then every layer with a lower backbone LR); the old names finetune "
             "(= all-layers) and fine_tune (= head-then-all) are still accepted",
-            choices=_choices(C.MODES),
+            choices=registry_choices(C.MODES),
             choice_labels={
                 "scratch": "scratch",
                 "all-layers": "all layers",
@@ -458,15 +317,15 @@ TABLE: tuple[Option, ...] = (
             "head_epochs",
             "Head-only epochs (head, then all layers)",
             "head-then-all: epochs training only the head before unfreezing the backbone",
-            applies=_is("mode", "head-then-all"),
+            applies=when("mode", "head-then-all"),
             widget={"step": 1},
         ),
         Option(
             "backbone_lr_mult",
             "Backbone LR multiplier (head, then all layers)",
             "head-then-all: backbone learning rate = --lr times this, once unfrozen",
-            applies=_is("mode", "head-then-all"),
-            widget=_num(0.05),
+            applies=when("mode", "head-then-all"),
+            widget=number_box(0.05),
         ),
     ),
     # -- device and performance ----------------------------------------------------------------------------------
@@ -476,7 +335,7 @@ TABLE: tuple[Option, ...] = (
             "device",
             "Device",
             "auto (CUDA when present), cpu or cuda",
-            choices=_choices(C.DEVICES),
+            choices=registry_choices(C.DEVICES),
             choice_labels={"auto": "auto (GPU if any)"},
         ),
         Option(

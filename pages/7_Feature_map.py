@@ -13,6 +13,7 @@ from histo_core.faithfulness import DEFAULT_TILES, load_quality
 from histo_core.label_errors import load_label_errors
 from histo_core.model_catalog import list_models
 from histo_core.runs import RunDir
+from pages.ui.classify import model_label
 from pages.ui.common import (
     keep_in_url,
     listed_runs,
@@ -74,14 +75,13 @@ def choose_target(runs: list[RunDir], models: list) -> tuple[RunDir | None, Embe
         from histo_core.datasets.catalog import available_datasets, canonical_spec
 
         by_ref = {m.ref: m for m in models}
-        left, right = st.columns(2)
         url_selection("model", "fm_model", {m.name: m.ref for m in models})
-        ref = left.selectbox("Model (frozen)", list(by_ref), format_func=lambda r: by_ref[r].label, key="fm_model")
+        # full width and Classify's short label: the catalogue's long one ran past the box's end at 1024 px
+        ref = st.selectbox("Model (frozen)", list(by_ref), format_func=lambda r: model_label(by_ref[r]), key="fm_model")
+        st.caption(plain(f"{by_ref[ref].arch} · trained on {by_ref[ref].dataset}"))
         datasets = {d.spec: d.title for d in available_datasets()}
         url_selection("dataset", "fm_dataset", list(datasets), canonical=canonical_spec)
-        spec = right.selectbox(
-            "Dataset", list(datasets), format_func=lambda s: f"{datasets[s]} ({s})", key="fm_dataset"
-        )
+        spec = st.selectbox("Dataset", list(datasets), format_func=lambda s: f"{datasets[s]} ({s})", key="fm_dataset")
         keep_in_url("model", ["fm_model", "fm_source"], by_ref[ref].name, drop=["run"])
         keep_in_url("dataset", "fm_dataset", spec)
         target = target_for(ref, spec)

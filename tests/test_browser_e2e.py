@@ -133,6 +133,12 @@ def test_user_journey(tmp_path, shared_data):
             # The synthetic demo is shown, and labelled as such, on the Datasets page.
             goto(page, f"{url}/Datasets?dataset=synthetic", "Datasets (synthetic)")
             assert page.get_by_text("SYNTHETIC", exact=False).first.is_visible()
+            # only the open tab is built: no tile before its tab is clicked, which then opens it (and the URL says so)
+            assert page.locator('[data-testid="stImage"]').count() == 0
+            page.get_by_role("tab", name="Sample tiles").click()
+            page.locator('[data-testid="stImage"]').first.wait_for(timeout=60_000)
+            wait_idle(page)
+            assert "datasets_tab=Sample+tiles" in page.url
 
             # Train a short run on the synthetic demo from the Train page.
             goto(page, f"{url}/Train?dataset=synthetic", "Train")

@@ -89,7 +89,7 @@ def test_knn_vote_agrees_with_the_model(trained_pathmnist_run):
     assert rep["agreement"] >= 0.7 and rep["knn_accuracy"] >= 0.6 and rep["top1_label_accuracy"] >= 0.5
 
 
-def test_faithfulness_ranks_wrong_maps_below_real_ones(trained_pathmnist_run):
+def test_faithfulness_ranks_wrong_maps_below_real_ones(trained_pathmnist_run, monkeypatch):
     from histo_core.explain import compute_cams
     from histo_core.faithfulness import describe, road_scores, verdict
     from histo_core.model_cache import load_model
@@ -107,6 +107,18 @@ def test_faithfulness_ranks_wrong_maps_below_real_ones(trained_pathmnist_run):
     assert real.mean() > random.mean() > inverted.mean()
     assert (real > inverted).mean() >= 0.7
     assert np.allclose(real, road_scores(loaded.model, loaded.meta, tiles, cams, targets))  # seeded
+    # the unperturbed batch goes through the model once, not before each of the 8 perturbations; same scores
+    import histo_core.faithfulness as faithfulness
+
+    calls: list[int] = []
+    hook = loaded.model.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    once = road_scores(loaded.model, loaded.meta, tiles, cams, targets)
+    passes_once = len(calls)
+    monkeypatch.setattr(faithfulness, "OriginalOnce", lambda model, original: model)
+    every_time = road_scores(loaded.model, loaded.meta, tiles, cams, targets)
+    hook.remove()
+    assert (passes_once, len(calls) - passes_once) == (9, 16)  # one batch of 40 tiles, four percentiles
+    assert np.allclose(once, real) and np.allclose(every_time, real)
     assert verdict(np.array([0.1, -0.02, 0.3]), np.array([False, False, True])) == ["faithful", "unfaithful", "flat"]
     assert "may mislead" in describe(-0.01, False) and describe(0.0, True).startswith("flat")
     assert "-0.000" not in describe(-0.0001, False) and "ROAD score 0.000" in describe(-0.0001, False)  # was jargon

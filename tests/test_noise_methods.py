@@ -163,7 +163,8 @@ def test_bad_method_options_name_the_option(changes, message):
 def test_the_train_page_calls_no_loss_robust_and_points_at_the_measurement():
     from pathlib import Path
 
-    from histo_core.train_options import LOSS_ADVICE, OPTIONS
+    from histo_core.loss_options import LOSS_ADVICE
+    from histo_core.train_options import OPTIONS
 
     loss = OPTIONS["loss"]
     labels = {name: loss.choice_label(name) for name in C.LOSSES}
