@@ -18,7 +18,7 @@ from histo_core.errors import HistoError
 from histo_core.paths import data_roots
 from pages.ui.common import lazy_tabs, page_setup, plain, show_table, synthetic_badge, user_errors
 from pages.ui.datasets import (
-    class_distribution_figure,
+    class_count_columns,
     data_dir_caption,
     dataset_picker,
     for_display,
@@ -104,10 +104,10 @@ def render_overview(ds) -> None:
 
 def render_classes(ds) -> None:
     counts = ds.class_counts()
-    st.plotly_chart(class_distribution_figure(ds.info.classes, counts), key="class_distribution")
     table = pd.DataFrame({split: c for split, c in counts.items()}, index=ds.info.classes)
     table.index.name = "class"
-    show_table(table, hide_index=False)
+    # the counts drawn as bars in their cells: the table's own code, no chart library to load before the page answers
+    show_table(table, hide_index=False, column_config=class_count_columns(counts))
 
 
 def render_samples(ds) -> None:

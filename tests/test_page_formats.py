@@ -123,14 +123,11 @@ def test_accuracy_axes_and_bars_are_percentages():
 
 
 def test_count_charts_tick_whole_numbers_only():
-    """A confusion matrix of counts (its colour bar) and the class distribution never tick at 0.5."""
-    from pages.ui.datasets import class_distribution_figure
-
+    """A confusion matrix of counts (its colour bar) never ticks at 0.5."""
     small = charts.confusion_figure([[1, 0], [1, 0]], ["a", "b"])
     assert (small.data[0].colorbar.dtick, small.data[0].colorbar.tickformat) == (1, "d")
     assert charts.confusion_figure([[40, 3], [2, 55]], ["a", "b"]).data[0].colorbar.tickformat == ",d"
     assert charts.confusion_figure([[1, 0], [1, 0]], ["a", "b"], normalize=True).data[0].colorbar.dtick is None
-    assert class_distribution_figure(["a", "b"], {"train": [3, 1]}).layout.yaxis.dtick == 1
 
 
 def test_train_form_help_names_widgets_not_command_line_flags():

@@ -11,18 +11,16 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from histo_core import paths
-from pages.ui.charts import count_ticks
 from pages.ui.common import WRAP, keep_in_url, url_news
 
 OTHER_PATH = "__path__"
-SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 CHANNEL_COLOURS = {1: ["#555555"], 3: ["#d62728", "#2ca02c", "#1f77b4"]}
 
 
@@ -213,24 +211,15 @@ def dataset_picker(
 # -- figures --------------------------------------------------------------------------------------------
 
 
-def class_distribution_figure(classes: Sequence[str], counts: dict[str, Sequence[int]]) -> go.Figure:
-    """Grouped bars: tiles per class, one colour per split."""
-    fig = go.Figure()
-    for split, values in counts.items():
-        fig.add_bar(
-            name=f"{split} ({sum(values):,})", x=list(classes), y=list(values), marker_color=SPLIT_COLOURS.get(split)
+def class_count_columns(counts: dict[str, Sequence[int]]) -> dict[str, Any]:
+    """The class table's column per split: tiles per class as a bar in the cell (scaled to the split's largest
+    class) beside the count, headed with the split's total."""
+    return {
+        split: st.column_config.ProgressColumn(
+            f"{split} ({sum(values):,})", format="%d", min_value=0, max_value=max(max(values, default=0), 1)
         )
-    fig.update_layout(
-        barmode="group",
-        height=360,
-        xaxis_title="class",
-        yaxis_title="tiles",
-        margin=dict(l=50, r=20, t=30, b=60),
-        legend=dict(orientation="h", y=1.1),
-    )
-    top = max((max(v) for v in counts.values() if len(v)), default=0)
-    fig.update_yaxes(rangemode="tozero", **count_ticks(top))  # whole tiles only
-    return fig
+        for split, values in counts.items()
+    }
 
 
 def histogram_figure(histograms: Sequence[Sequence[int]]) -> go.Figure:
