@@ -17,22 +17,13 @@ from histo_core.config import TrainConfig, method_of, networks_of, with_method
 from histo_core.losses import Divide, build_loss
 from histo_core.runs import RunDir
 from histo_core.training.codivide import PairTrainer, cross_observe, partner_seed
+from tests.test_train import quick_config as train_quick_config
 
 
 def quick_config(**changes) -> TrainConfig:
-    """A seconds-long synthetic codivide run: simplecnn, 240 training tiles (4 batches a network), 1 thread."""
-    cfg = TrainConfig(
-        dataset="synthetic",
-        arch="simplecnn",
-        epochs=3,
-        batch_size=64,
-        lr=3e-3,
-        optimizer="adamw",
-        max_train_samples=240,
-        threads=1,
-        seed=0,
-    )
-    return with_method(cfg, "codivide").replace(**changes)
+    """A seconds-long synthetic codivide run: tests/test_train.py's (simplecnn, 240 training tiles, 1 thread) for 3
+    epochs, 4 batches a network."""
+    return with_method(train_quick_config(epochs=3), "codivide").replace(**changes)
 
 
 def test_each_network_is_split_by_the_others_averaged_predictions(monkeypatch):
