@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from noise_methods import SAMPLE, fold_of, load  # noqa: E402  (the same folds and sample)
+from noise_methods import SAMPLE, fold_of, load, load_sample  # noqa: E402  (the same folds and sample)
 
 # name -> changes from the small-set default (TrainConfig fields; "width" = ResNet-9 width, "shift" = random
 # translation by up to that many pixels, both only here)
@@ -172,10 +172,7 @@ def fit_and_read(cfg: Any, width: int, shift: int, x: np.ndarray, y: np.ndarray,
 
 
 def run(args: argparse.Namespace) -> None:
-    z = np.load(SAMPLE)
-    images = np.concatenate([z["train_images"], z["val_images"]])
-    labels = np.concatenate([z["train_labels"], z["val_labels"]]).ravel().astype(np.int64)
-    test_x, test_y = z["test_images"], z["test_labels"].ravel().astype(np.int64)
+    images, labels, test_x, test_y = load_sample()
     out = Path(args.out)
     done = {(r["candidate"], r["seed"], r["fold"]) for r in load(out)}
     base = base_config(args.threads)

@@ -147,10 +147,7 @@ def main() -> None:
     shipped = all(getattr(args, k) == DEFAULTS[k] for k in KNOBS if k not in ("snapshots", "snapshot_gap"))
     out = Path(args.out)
     done = {(r["method"], r["seed"], r["fold"]) for r in nm.load(out)}
-    z = np.load(nm.SAMPLE)
-    images = np.concatenate([z["train_images"], z["val_images"]])
-    clean = np.concatenate([z["train_labels"], z["val_labels"]]).ravel().astype(np.int64)
-    test_x, test_y = z["test_images"], z["test_labels"].ravel().astype(np.int64)
+    images, clean, test_x, test_y = nm.load_sample()
     classes = [str(i) for i in range(9)]
     base = TrainConfig(
         dataset="arrays",

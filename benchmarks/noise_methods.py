@@ -36,6 +36,14 @@ sys.path.insert(0, str(ROOT))
 SAMPLE = ROOT.parent / "shared" / "data" / "pathmnist-mini" / "pathmnist.npz"
 
 
+def load_sample() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The protocol's tiles: the 200 train+val tiles and their clean labels (folded), the 40 test tiles and theirs."""
+    with np.load(SAMPLE) as z:
+        images = np.concatenate([z["train_images"], z["val_images"]])
+        clean = np.concatenate([z["train_labels"], z["val_labels"]]).ravel().astype(np.int64)
+        return images, clean, z["test_images"], z["test_labels"].ravel().astype(np.int64)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from histo_core.config import NOISE_METHODS
 
@@ -66,10 +74,7 @@ def run(args: argparse.Namespace) -> None:
     from histo_core.noise import fixed_noise
     from histo_core.training.fit import fit_arrays, predict_probs
 
-    z = np.load(SAMPLE)
-    images = np.concatenate([z["train_images"], z["val_images"]])
-    clean = np.concatenate([z["train_labels"], z["val_labels"]]).ravel().astype(np.int64)
-    test_x, test_y = z["test_images"], z["test_labels"].ravel().astype(np.int64)
+    images, clean, test_x, test_y = load_sample()
     classes = [str(i) for i in range(9)]
     out = Path(args.out)
     done = {(r["method"], r["noise"], r["seed"], r["fold"]) for r in load(out)}
@@ -131,9 +136,7 @@ def trace(args: argparse.Namespace) -> None:
     from histo_core.training.device import setup_device
     from histo_core.training.trainer import Trainer
 
-    z = np.load(SAMPLE)
-    images = np.concatenate([z["train_images"], z["val_images"]])
-    clean = np.concatenate([z["train_labels"], z["val_labels"]]).ravel().astype(np.int64)
+    images, clean, _, _ = load_sample()
     noise = float(args.noise.split(",")[0])
     noisy, flipped = fixed_noise(clean, noise, 9, 0, "fixed")
     tr = fold_of(len(clean), args.folds, 0) != 0
