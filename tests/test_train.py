@@ -54,6 +54,13 @@ def quick_config(**changes) -> TrainConfig:
     return cfg
 
 
+def assert_same_curves(rows: list[dict], ref_rows: list[dict]) -> None:
+    """An interrupted and resumed run is the same run: its epochs' losses are the uninterrupted run's."""
+    for a, b in zip(rows, ref_rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
 @pytest.mark.slow
 def test_run_produces_every_artifact():
     run = T.prepare_run(quick_config(epochs=2, tta=True))
@@ -140,9 +147,7 @@ def test_cancel_then_resume_continues_exactly(monkeypatch, mid_epoch_step, metho
     assert result["state"] == "completed"
     rows = run.metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    for a, b in zip(rows, ref_rows):  # the interrupted run is the same run
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert_same_curves(rows, ref_rows)
 
 
 @pytest.mark.slow
