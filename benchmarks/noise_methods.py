@@ -2,6 +2,7 @@
 
     python benchmarks/noise_methods.py [--noise 0,0.2,0.4] [--seeds 3] [--folds 6] [--methods ce,gce,...]
         [--arch resnet9] [--epochs 30] [--out /tmp/noise_bench.jsonl] [--table-only]
+        [--only-seeds 0,2] [--only-folds 0,...] [--augment stain_jitter=0.05,...]
     python benchmarks/noise_methods.py --trace --arch simplecnn --epochs 30 --noise 0.4
 
 `--trace`: one CE fit (seed 0, fold 0, the first --noise level), epoch by epoch: training accuracy against the
@@ -14,6 +15,12 @@ the function training uses, with the seed): every method sees the same flips. 6-
 model trains on the other 5/6 with the noisy labels (`histo_core.training.fit_arrays`, the recipe of the small-set
 default at fewer epochs: AdamW + one-cycle 3e-3, weight decay 5e-4, flips + 90-degree rotations, flip/rotation
 TTA) and is scored with the TRUE labels on its held-out fold (all 200 tiles scored once) and on the 40 test tiles.
+
+`--augment NAME=VALUE,...` sets training augmentation options (fields of `histo_core.config.Augment`, on top of
+the recipe's flips + 90-degree rotations, e.g. `stain_jitter=0.05` or `brightness=0.1,hue=0.02`); its rows are
+named `METHOD[NAME=VALUE,...]` so that they sit beside the plain method's in one --out. Only the training batches
+are augmented: the predictions that `divide`/`codivide` split on and the scoring's TTA are as without it.
+`--only-seeds` runs only those of the `--seeds` seeds (e.g. `--seeds 3 --only-seeds 2`: seed 2 alone).
 
 Columns: `cv` = accuracy of the out-of-fold predictions on the 200 tiles, `test` = mean over folds of the
 accuracy on the 40 test tiles, `all` = both pooled (240 tiles, the figure to compare); each as mean ± sd over
@@ -52,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--folds", type=int, default=6)
     p.add_argument("--only-folds", default="", help="run only these folds, comma-separated (a check of one fold)")
+    p.add_argument("--only-seeds", default="", help="run only these of the --seeds seeds, comma-separated")
+    p.add_argument("--augment", default="", help="training augmentation, NAME=VALUE comma-separated (Augment fields)")
     p.add_argument("--methods", default=",".join(NOISE_METHODS), help="NOISE_METHODS names, comma-separated")
     p.add_argument("--arch", default="resnet9")
     p.add_argument("--epochs", type=int, default=30)
@@ -69,8 +78,32 @@ def fold_of(n: int, folds: int, seed: int) -> np.ndarray:
     return f
 
 
+def augmentation(spec: str) -> tuple[dict[str, object], str]:
+    """--augment "stain_jitter=0.05,hue=0.02" -> ({"stain_jitter": 0.05, "hue": 0.02}, "[stain_jitter=0.05,hue=0.02]")
+    (the Augment fields to change and the rows' method-name suffix; "" -> ({}, "")). Exits on an unknown name or a
+    value of the wrong kind."""
+    from histo_core.config import config_paths, field_kind
+
+    changes: dict[str, object] = {}
+    for item in [i.strip() for i in spec.split(",") if i.strip()]:
+        name, _, value = item.partition("=")
+        path = f"augment.{name.strip()}"
+        if path not in config_paths() or not value.strip():
+            sys.exit(f"--augment: '{item}' is not NAME=VALUE with NAME an augmentation option")
+        kind, value = field_kind(path), value.strip().lower()
+        bools = {"1": True, "true": True, "0": False, "false": False}
+        try:
+            changes[name.strip()] = bools[value] if kind is bool else kind(value)
+        except (KeyError, ValueError):
+            sys.exit(f"--augment: '{item}': {value!r} is not a {kind.__name__}")
+    suffix = "[" + ",".join(f"{k}={v}" for k, v in changes.items()) + "]" if changes else ""
+    return changes, suffix
+
+
 def run(args: argparse.Namespace) -> None:
-    from histo_core.config import TrainConfig, with_method
+    import dataclasses
+
+    from histo_core.config import ConfigError, TrainConfig, with_method
     from histo_core.noise import fixed_noise
     from histo_core.training.fit import fit_arrays, predict_probs
 
@@ -89,18 +122,26 @@ def run(args: argparse.Namespace) -> None:
         tta=True,
         threads=args.threads,
     )
+    aug, suffix = augmentation(args.augment)
+    base = base.replace(augment=dataclasses.replace(base.augment, **aug))
+    try:
+        base.validate()
+    except ConfigError as e:
+        sys.exit(f"benchmarks/noise_methods.py: {e}")
     methods = args.methods.split(",")
+    seeds = {int(s) for s in args.only_seeds.split(",") if s.strip()} or set(range(args.seeds))
     wanted = {int(k) for k in args.only_folds.split(",") if k.strip()} or set(range(args.folds))
     for noise in [float(r) for r in args.noise.split(",")]:
-        for seed in range(args.seeds):
+        for seed in sorted(seeds):
             noisy, flipped = (clean, np.zeros(len(clean), bool))
             if noise > 0:
                 noisy, flipped = fixed_noise(clean, noise, 9, seed, "fixed")
             folds = fold_of(len(clean), args.folds, seed)
             for method in methods:
                 cfg = with_method(base, method).replace(seed=seed)
+                name = method + suffix
                 for k in range(args.folds):
-                    if (method, noise, seed, k) in done or k not in wanted:
+                    if (name, noise, seed, k) in done or k not in wanted:
                         continue
                     tr, ho = folds != k, folds == k
                     t0 = time.perf_counter()
@@ -109,7 +150,7 @@ def run(args: argparse.Namespace) -> None:
                     p_ho = predict_probs(model, meta, images[ho], tta=True).argmax(1)
                     p_te = predict_probs(model, meta, test_x, tta=True).argmax(1)
                     row = {
-                        "method": method,
+                        "method": name,
                         "noise": noise,
                         "seed": seed,
                         "fold": k,
