@@ -3,7 +3,7 @@
     python benchmarks/noise_codivide_pilot.py [--seeds 0,1,2] [--epochs 60] [--out /tmp/codivide.jsonl]
         [--pair-of codivide|ce] [--warmup F] [--split soft|hard] [--guess partner|both|own]
         [--refine partner|both|own] [--smooth EPS] [--temperature T] [--refit N] [--refit-momentum M]
-        [--snapshots K] [--snapshot-gap G] [--name NAME] [--only-folds 0,...]
+        [--snapshots K] [--snapshot-gap G] [--augment-after-split NAME=VALUE,...] [--name NAME] [--only-folds 0,...]
 
 `codivide` ships as a method (`python benchmarks/noise_methods.py --methods codivide` runs it,
 `histo_core.training.codivide`); this script was its pilot. It trains the same `PairTrainer` (seeds s and s + 100,
@@ -28,7 +28,10 @@ training-tile predictions (no TTA) are folded into running averages after every 
 M = --refit-momentum, from the window's mean) and the splits and targets refitted from them every N epochs.
 --snapshots K: also score with the mean over K snapshots of the pair, taken every --snapshot-gap epochs back from
 the last (each fold then gets two rows from one training: the final weights', named without the snapshot knobs,
-and the snapshots').
+and the snapshots'). --augment-after-split NAME=VALUE,...: from the epoch after the split on, both networks train
+with these augmentation options added (`noise_methods.py --augment`'s syntax, e.g. `brightness=0.1,hue=0.02`);
+the warm-up, whose predictions make the split, keeps the recipe's flips and rotations (Nishi et al. 2021: strong
+augmentation for the loss, weak for the predictions that divide).
 """
 
 from __future__ import annotations
@@ -48,11 +51,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import noise_methods as nm  # noqa: E402
 
-KNOBS = ("split", "guess", "refine", "smooth", "temperature", "refit", "refit_momentum", "snapshots", "snapshot_gap")
+KNOBS = (
+    "split", "guess", "refine", "smooth", "temperature", "refit", "refit_momentum", "snapshots", "snapshot_gap",
+    "augment_after_split",
+)  # fmt: skip
 DEFAULTS: dict[str, Any] = {
     "split": "soft", "guess": "partner", "refine": "partner", "smooth": 0.0, "temperature": 1.0, "refit": 0,
-    "refit_momentum": 0.9, "snapshots": 1, "snapshot_gap": 3, "warmup": 0.5, "epochs": 60,
+    "refit_momentum": 0.9, "snapshots": 1, "snapshot_gap": 3, "augment_after_split": "", "warmup": 0.5, "epochs": 60,
 }  # fmt: skip
+TARGET_KNOBS = KNOBS[:7]  # the knobs that change the targets (the others leave `fit_split`'s)
 
 
 def targets(own: np.ndarray, partner: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> np.ndarray:
@@ -122,6 +129,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--refit-momentum", type=float, default=DEFAULTS["refit_momentum"])
     p.add_argument("--snapshots", type=int, default=DEFAULTS["snapshots"])
     p.add_argument("--snapshot-gap", type=int, default=DEFAULTS["snapshot_gap"])
+    p.add_argument("--augment-after-split", default="", help="augmentation added after the split, NAME=VALUE,...")
     p.add_argument("--name", default="", help="the rows' method name (default: built from the knobs)")
     p.add_argument("--out", default="/tmp/codivide.jsonl")
     args = p.parse_args()
@@ -131,6 +139,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    import dataclasses
 
     from histo_core.config import TrainConfig, with_method
     from histo_core.noise import fixed_noise
@@ -144,7 +153,8 @@ def main() -> None:
         sys.exit(f"benchmarks/noise_codivide_pilot.py: {nm.SAMPLE} not found (the shared real-data sample)")
     name = method_name(args)
     divide = args.pair_of == "codivide"
-    shipped = all(getattr(args, k) == DEFAULTS[k] for k in KNOBS if k not in ("snapshots", "snapshot_gap"))
+    shipped = all(getattr(args, k) == DEFAULTS[k] for k in TARGET_KNOBS)
+    after_split, _ = nm.augmentation(args.augment_after_split)
     out = Path(args.out)
     done = {(r["method"], r["seed"], r["fold"]) for r in nm.load(out)}
     images, clean, test_x, test_y = nm.load_sample()
@@ -191,6 +201,8 @@ def main() -> None:
                         if not shipped:
                             set_targets(t.criterion, targets(avg[j], avg[1 - j], labels, args), epoch)
                         relabelled.append(int((t.criterion.targets.argmax(1).numpy() != labels).sum()))
+                        if after_split:
+                            t.config = t.config.replace(augment=dataclasses.replace(t.config.augment, **after_split))
                 elif divide and args.refit > 0 and epoch > last:
                     m = args.refit_momentum
                     avg = [m * a + (1.0 - m) * t.predict(t.data.train) for a, t in zip(avg, nets)]
