@@ -225,6 +225,10 @@ def test_studies_page_draws_lines_table_and_recommendation():
     assert any(t.startswith("noise 0.4: ") for t in texts) and any(t.startswith("noise 0: ce") for t in texts)
     table = at.dataframe[0].value
     assert len(table) == 4 and {"accuracy_mean", "accuracy_sd", "accuracy_ci_low"} <= set(table.columns)
+    assert table["ci"].iloc[0] == f"{100 * low:.1f}%-{100 * high:.1f}%"  # the table's 95% CI column, ce at noise 0
+    for metric in ("auc", "macro_f1"):  # the table follows the chosen metric
+        at.radio(key="study_metric").set_value(metric).run()
+        assert not at.exception, at.exception
     # a finished study: Cancel is off, Delete removes it and all its runs
     assert at.button(key="study_cancel").disabled
     runs = list(S.study_runs(task).values())
