@@ -305,17 +305,23 @@ def divide_window(warmup: float, window: float, total: int) -> tuple[int, int]:
     return last - max(1, math.floor(round(window * last, 6))) + 1, last
 
 
+def window_epochs(config: TrainConfig) -> int:
+    """After how many epochs a run of `config` predicts every training tile (with each of its networks): the
+    epochs of the averaging window of DIVIDE_LOSSES (15 of 60 at the defaults), else none."""
+    if config.loss not in DIVIDE_LOSSES or config.epochs < 2:
+        return 0
+    first, last = divide_window(config.divide_warmup, config.divide_window, config.epochs)
+    return last - first + 1
+
+
 def training_passes(config: TrainConfig) -> float:
-    """A run's passes over its training tiles, in training epochs: each network's epochs plus, for DIVIDE_LOSSES,
-    a prediction pass per epoch of the averaging window (PREDICTION_PASS each). `codivide` at 60 epochs: 2 x (60 +
+    """A run's passes over its training tiles, in training epochs: each network's epochs plus a prediction pass
+    per epoch of the averaging window (`window_epochs`, PREDICTION_PASS each). `codivide` at 60 epochs: 2 x (60 +
     15/3) = 130, 2.2 times a 60-epoch `ce` run. The time of a run of another method is the estimate of one run
-    times the ratio of their passes (histo_core.study.time_in_runs: the study's total on the Train page and in the
-    CLI); a quiet timing measured `codivide` at 2.8x (README, "Where the target stands"), so this runs low."""
-    window = 0
-    if config.loss in DIVIDE_LOSSES and config.epochs > 1:
-        first, last = divide_window(config.divide_warmup, config.divide_window, config.epochs)
-        window = last - first + 1
-    return networks_of(config) * (config.epochs + PREDICTION_PASS * window)
+    times the ratio of their passes (histo_core.study.StudySpec.time_in_runs: the study's total on the Train page
+    and in the CLI); a quiet timing measured `codivide` at 2.8x (README, "Where the target stands"), so this
+    runs low."""
+    return networks_of(config) * (config.epochs + PREDICTION_PASS * window_epochs(config))
 
 
 def method_of(config: TrainConfig) -> str:
