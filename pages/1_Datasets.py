@@ -16,7 +16,7 @@ from histo_core.datasets.sources import original_file
 from histo_core.datasets.stats import class_sample_indices, pixel_stats, samples_per_class
 from histo_core.errors import HistoError
 from histo_core.paths import data_roots
-from pages.ui.common import lazy_tabs, page_setup, plain, show_table, synthetic_badge, user_errors
+from pages.ui.common import lazy_expander, lazy_tabs, page_setup, plain, show_table, synthetic_badge, user_errors
 from pages.ui.datasets import (
     class_count_columns,
     data_dir_caption,
@@ -227,7 +227,11 @@ def render_about(info) -> None:
 
 
 def render_add_path() -> None:
-    with st.expander("Add your own dataset (a path on this machine)", key=f"{KEY}_add_open", on_change="rerun"):
+    # built only while open (lazy_expander: closed sections cost a new tab's first view nothing)
+    opened, box = lazy_expander("Add your own dataset (a path on this machine)", f"{KEY}_add_open", [f"{KEY}_add_path"])
+    if not opened:
+        return
+    with box:
         st.caption(
             "A MedMNIST-layout .npz, a folder of class folders (optionally inside train/val/test), a CSV "
             "manifest (image path + label columns; `manifest.csv?image=col&label=col` to name them) or a "
@@ -253,7 +257,10 @@ def render_add_path() -> None:
 def render_download_any() -> None:
     # keyed: it stays open across the rerun a click starts, so the download's message (offline: where to put the
     # file by hand) is seen; unkeyed, a notice above it vanishing moved it and it reopened collapsed (issue 14)
-    with st.expander("Download a MedMNIST set", key=f"{KEY}_dl_open", on_change="rerun"):
+    opened, box = lazy_expander("Download a MedMNIST set", f"{KEY}_dl_open", [f"{KEY}_dl_flag", f"{KEY}_dl_size"])
+    if not opened:
+        return
+    with box:
         entries = {e.spec: e for e in dataset_statuses() if e.downloadable and e.supported}
         cols = st.columns(2)
         flag = cols[0].selectbox("MedMNIST set", list(entries), key=f"{KEY}_dl_flag")

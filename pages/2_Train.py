@@ -9,13 +9,14 @@ from histo_core import jobs, liveness
 from histo_core.errors import HistoError
 from histo_core.launch import start_once
 from histo_core.metrics import small_split_warnings
-from pages.ui.common import page_setup, plain, signed_in_user, synthetic_badge, user_errors
+from pages.ui.common import lazy_expander, page_setup, plain, signed_in_user, synthetic_badge, user_errors
 from pages.ui.curation import corrections_choice
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.runs import fmt_duration, link_to_page
+from pages.ui.study_panel import KEPT as STUDY_WIDGETS
 from pages.ui.study_panel import study_panel
 from pages.ui.tasks import task_panel
-from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, form_message, render_fields
+from pages.ui.train_form import PREFIX, apply_defaults, config_from_state, form_message, render_fields, section_key
 
 
 def pick_dataset() -> tuple[str | None, int | None, bool]:
@@ -167,16 +168,21 @@ def main() -> None:
         with left:
             estimate_panel(config)
         with right:
-            with st.expander("Learning-rate finder"):
-                lr_finder_panel(config)
+            opened, box = lazy_expander("Learning-rate finder", section_key("lr_find"))
+            if opened:
+                with box:
+                    lr_finder_panel(config)
 
     st.divider()
 
     if st.button("Start training", type="primary", disabled=bool(problem) or ds is None or config is None):
         start_training(config)
     if config is not None and ds is not None and not problem:
-        with st.expander("Run as a noise study (noise levels x methods x seeds)"):
-            study_panel(config)
+        title = "Run as a noise study (noise levels x methods x seeds)"
+        opened, box = lazy_expander(title, section_key("study"), keep=STUDY_WIDGETS)
+        if opened:
+            with box:
+                study_panel(config)
     last_run = st.session_state.get(PREFIX + "last_run")
     if last_run:
         st.success(

@@ -115,6 +115,8 @@ def test_downloaded_medmnist_is_the_default():
 def test_add_local_folder_then_it_is_selected(tmp_path):
     make_class_folders(tmp_path / "mine", classes=("ADI", "TUM"), per_class=10)
     at = open_page()
+    at.session_state[f"{KEY}_add_open"] = True  # the section is built while open
+    at.run()
     at.text_input(key=f"{KEY}_add_path").input(str(tmp_path / "mine")).run()
     at.button(key=f"{KEY}_add").click().run()
     assert not at.exception and not at.error
@@ -139,6 +141,8 @@ def test_skipped_files_are_listed_in_words_not_as_code(tmp_path):
 def test_add_invalid_path_shows_the_reason(tmp_path):
     make_class_folders(tmp_path / "one", classes=("TUM",), per_class=2)
     at = open_page()
+    at.session_state[f"{KEY}_add_open"] = True
+    at.run()
     at.text_input(key=f"{KEY}_add_path").input(str(tmp_path / "one")).run()
     at.button(key=f"{KEY}_add").click().run()
     assert not at.exception
@@ -230,3 +234,22 @@ def test_class_counts_are_bars_in_the_table_scaled_to_each_split():
     assert val["max_value"] == 1  # an empty split: bars of zero, not a division by zero
     at = open_page()
     assert at.dataframe[0].value.index.name == "class" and list(at.dataframe[0].value.columns)[:1] == ["train"]
+
+
+def test_the_closed_sections_draw_no_widgets_until_opened(tmp_path):
+    """Issue 24: "Add your own dataset" and "Download a MedMNIST set" are built only while open (a new tab draws
+    each widget after fetching its code); a path typed in a section stays there when it closes and reopens."""
+    at = open_page()
+    keys = {w.key for kind in ("selectbox", "text_input", "button") for w in at.get(kind)}
+    assert not {f"{KEY}_add_path", f"{KEY}_add", f"{KEY}_dl_flag", f"{KEY}_dl_size"} & keys, keys
+    at.session_state[f"{KEY}_dl_open"] = True
+    at.session_state[f"{KEY}_add_open"] = True
+    at.run()
+    assert at.selectbox(key=f"{KEY}_dl_flag").value and at.text_input(key=f"{KEY}_add_path").value == ""
+    at.text_input(key=f"{KEY}_add_path").input(str(tmp_path / "typed")).run()
+    at.session_state[f"{KEY}_add_open"] = False
+    at.run()
+    assert f"{KEY}_add_path" not in {w.key for w in at.text_input}
+    at.session_state[f"{KEY}_add_open"] = True
+    at.run()
+    assert at.text_input(key=f"{KEY}_add_path").value == str(tmp_path / "typed")

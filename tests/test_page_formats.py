@@ -133,7 +133,9 @@ def test_count_charts_tick_whole_numbers_only():
 def test_train_form_help_names_widgets_not_command_line_flags():
     """The option table's help is shared with the CLI; on the page "stop when --monitor has not improved for
     --patience epochs" names the widgets instead."""
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    from tests.train_page import train_page
+
+    at = train_page(timeout=90).run()
     assert not at.exception, at.exception
     helps = {
         w.key: w.help

@@ -3,8 +3,6 @@ nothing, launching, the LR finder and the time estimate."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -12,8 +10,7 @@ from histo_core import jobs, paths, task_folders
 from histo_core.runs import list_runs
 from histo_core.training import default_config
 from pages.ui.train_form import FORM_FIELDS, OUTSIDE_FORM, all_config_fields, form_message
-
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
+from tests.train_page import train_page
 
 
 @pytest.fixture
@@ -31,7 +28,7 @@ def started(monkeypatch):
 
 
 def _app() -> AppTest:
-    return AppTest.from_file(PAGE, default_timeout=60).run()
+    return train_page().run()
 
 
 def _w(at: AppTest, field: str):
@@ -232,3 +229,35 @@ def test_monitor_is_not_offered_without_a_validation_split():
     assert not _w(at, "monitor").disabled
     _w(at, "train_splits").set_value("train+val").run()
     assert not at.exception and _w(at, "monitor").disabled
+
+
+def test_closed_sections_draw_no_widgets_and_keep_their_values(started):
+    """Issue 24: a new tab draws each widget after fetching its code, so the closed sections' 50-odd widgets cost
+    the page's first view; they are built only while open, and what was set in a section stays set when it
+    closes (and reaches the run)."""
+    from pages.ui.train_form import SECTIONS, section_key
+
+    at = train_page(sections=False).run()
+    assert not at.exception, at.exception
+    drawn = {w.key for kind in ("selectbox", "number_input", "checkbox", "text_input") for w in at.get(kind)}
+    assert {"train.name", "train.arch", "train.epochs", "train.noise"} <= drawn
+    assert "train.lr" not in drawn and "train.augment.rotate" not in drawn and "train.loss" not in drawn
+    assert not [b for b in at.button if b.label == "Run the LR finder"] and not at.multiselect
+    assert len(drawn) <= 8, drawn
+    assert len(at.expander) == len(SECTIONS)
+
+    at.session_state[section_key("Optimiser and schedule")] = True
+    at.run()
+    _w(at, "lr").set_value(0.0025).run()
+    at.session_state[section_key("Optimiser and schedule")] = False
+    at.run()
+    with pytest.raises(KeyError):
+        _w(at, "lr")  # closed again: not drawn
+    _w(at, "epochs").set_value(2).run()  # another widget's rerun does not lose it either
+    at.button[[b.label for b in at.button].index("Start training")].click().run()
+    assert not at.exception, at.exception
+    (run,) = list_runs()
+    assert run.config()["lr"] == pytest.approx(0.0025) and run.config()["epochs"] == 2
+    at.session_state[section_key("Optimiser and schedule")] = True
+    at.run()
+    assert _w(at, "lr").value == pytest.approx(0.0025)  # reopened: the value set before

@@ -156,6 +156,8 @@ def test_adding_a_path_outside_the_roots_from_the_page_is_refused(no_extra_roots
     from histo_core.datasets.catalog import local_datasets
 
     at = open_datasets_page()
+    at.session_state["datasets_page_add_open"] = True  # the section is built while open
+    at.run()
     at.text_input(key="datasets_page_add_path").input(str(tiny_npz(tmp_path / "o" / "x.npz"))).run()
     at.button(key="datasets_page_add").click().run()
     assert OUTSIDE_ROOTS_MESSAGE in [as_shown(e.value) for e in at.error]

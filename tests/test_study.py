@@ -22,6 +22,7 @@ from histo_core.fsutil import savez_atomic, write_json_atomic
 from histo_core.runs import RunStatus
 from histo_core.task_folders import TASKS_FOLDER, TaskDir, refresh_task
 from tests.runfiles import write_run
+from tests.train_page import train_page
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "9_Studies.py")
@@ -319,7 +320,7 @@ def test_train_page_starts_the_form_as_a_study_with_its_count(monkeypatch):
         return fake_study({"ce": 2.5}, noises=(0.0,), seeds=1, state="running")
 
     monkeypatch.setattr(S, "start_study", fake_start)
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=60).run()
+    at = train_page().run()
     assert not at.exception, at.exception
     at.multiselect(key="train.study.noises").set_value([0.0, 0.4])
     at.multiselect(key="train.study.methods").set_value(["ce", "mixup"])
@@ -440,7 +441,7 @@ def test_train_page_starts_a_study_with_find_errors_and_compare_corrections(monk
     monkeypatch.setattr(launch, "start_process", lambda folder, kind, *args: 0)  # the driver is not started
     ident = dataset_identity(open_dataset("synthetic"))
     path = corrections_path(ident)
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    at = train_page(timeout=90).run()
     assert not at.exception, at.exception
     assert at.checkbox(key="train.study.compare_corrections").disabled  # no corrections ticked: nothing to compare
     add_marks(path, ident, [{"tile": "train:1", "action": "exclude"}])
@@ -471,7 +472,7 @@ def test_train_page_starts_a_study_with_find_errors_and_compare_corrections(monk
 
 
 def test_train_page_study_counts_one_run_in_the_singular(monkeypatch):
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    at = train_page(timeout=90).run()
     at.multiselect(key="train.study.noises").set_value([0.0])
     at.multiselect(key="train.study.methods").set_value(["ce"])
     at.number_input(key="train.study.seeds").set_value(1)
@@ -490,7 +491,7 @@ def test_train_page_study_total_counts_each_method_by_its_passes_over_the_tiles(
 
     est = {"total_s": 60.0, "epochs": 60, "per_epoch_s": 1.0, "train_tiles": 100, "train_images_per_s": 10.0}
     instant_submit(monkeypatch, {"estimate": {**est, "warmup_batches": 1, "val_tiles": 10, "fixed_s": 0.0}})
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Train.py"), default_timeout=90).run()
+    at = train_page(timeout=90).run()
     at.number_input(key="train.epochs").set_value(60).run()  # the estimate is of the form's config: set it first
     at.button[[b.label for b in at.button].index("Estimate the training time")].click().run()
     at.multiselect(key="train.study.noises").set_value([0.2])

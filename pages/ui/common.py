@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -266,15 +266,33 @@ def keep_in_url(param: str, key: str | Sequence[str], value: str | list[str] | N
 def lazy_tabs(labels: Sequence[str], key: str, keep: Mapping[str, str] | None = None) -> tuple[str, Any]:
     """Tabs of which only the open one is built: returns its label and its container; the others stay empty until
     chosen (a click reruns the page). The open tab is bound to `?key=` in the URL, so a reload or a shared link
-    opens the same one. Streamlit forgets the value of a widget a run does not draw: for each closed tab in `keep`
-    (label -> the prefix of its widgets' keys; buttons excluded) the values are kept for when it opens again."""
+    opens the same one. For each closed tab in `keep` (label -> the prefix of its widgets' keys; buttons
+    excluded) the widgets' values are kept for when it opens again (`keep_widget_values`)."""
     tabs = st.tabs(list(labels), key=key, bind="query-params")
     opened = next((i for i, tab in enumerate(tabs) if tab.open), 0)
     for label, prefix in (keep or {}).items():
         if label != labels[opened]:
-            for k in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefix)]:
-                st.session_state[k] = st.session_state[k]
+            keep_widget_values(k for k in list(st.session_state) if isinstance(k, str) and k.startswith(prefix))
     return labels[opened], tabs[opened]
+
+
+def lazy_expander(label: str, key: str, keep: Iterable[str] = (), expanded: bool = False) -> tuple[bool, Any]:
+    """An expander whose content is built only while it is open: (open, container); opening or closing it reruns
+    the page. A page draws each widget in a new browser tab after fetching its code, so the widgets of closed
+    sections cost a page's first view time for nothing (issue 24). `keep`: the keys of the widgets inside (buttons
+    excluded), whose values are kept while it is closed (`keep_widget_values`)."""
+    box = st.expander(label, expanded=expanded, key=key, on_change="rerun")
+    if not box.open:
+        keep_widget_values(keep)
+    return bool(box.open), box
+
+
+def keep_widget_values(keys: Iterable[str]) -> None:
+    """Streamlit forgets the value of a widget that a run does not draw; writing it back into the session state
+    keeps it for the run that draws the widget again (a closed tab or section). Not for buttons."""
+    for k in keys:
+        if k in st.session_state:
+            st.session_state[k] = st.session_state[k]
 
 
 def run_choice_label(run_id: str) -> str:

@@ -14,6 +14,7 @@ from pages.ui.formats import plural
 from pages.ui.runs import fmt_duration, link_to_page
 
 KEY = "train.study."  # every widget of the panel, under the Train form's prefix
+KEPT = tuple(KEY + name for name in ("noises", "methods", "seeds", "find_errors", "compare_corrections"))  # not "start"
 
 
 def study_panel(config: TrainConfig) -> None:

@@ -2,10 +2,11 @@
 (`histo_core.train_options`: label, help, group, choices, type, when it applies), with defaults from
 `histo_core.training.default_config(dataset, device)`. Nothing about an option is written here.
 
-Every widget is keyed `train.<field>` (augmentation: `train.augment.<field>`) and always rendered (an option
-that does not apply is disabled, not hidden) because Streamlit drops the state of widgets a run does not draw.
-Defaults are written into st.session_state whenever the dataset or the device changes, before the widgets are
-drawn. `FORM_FIELDS` + `OUTSIDE_FORM` cover every TrainConfig field (tests/test_train_options.py).
+Every widget is keyed `train.<field>` (augmentation: `train.augment.<field>`); an option that does not apply is
+disabled, not hidden. The groups are sections built only while open (`lazy_expander`: a new tab draws every widget
+after fetching its code, so closed sections cost the page's first view for nothing); a closed section keeps its
+widgets' values in st.session_state. Defaults are written into st.session_state whenever the dataset or the
+device changes, before the widgets are drawn. `FORM_FIELDS` + `OUTSIDE_FORM` cover every TrainConfig field (tests/test_train_options.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import streamlit as st
 
 from histo_core.config import ELSEWHERE, Option, TrainConfig, config_paths
 from histo_core.train_options import GROUPS, OPTIONS, TABLE
-from pages.ui.common import WRAP
+from pages.ui.common import WRAP, lazy_expander
 
 PREFIX = "train."
 # drawn by this form, in the table's order; the rest (ELSEWHERE) are picked elsewhere on the page: the dataset
@@ -78,13 +79,29 @@ def field_widget(opt: Option) -> None:
         st.text_input(opt.label, key=key, **common)
 
 
+# every section of the Train page, built only while open (section_key): the option groups, then the page's own
+SECTIONS = (*(g for g in GROUPS if g), "lr_find", "study")
+
+
+def section_key(name: str) -> str:
+    """The session-state key of a section of the Train page (a group of options, the LR finder, the study): True
+    while it is open."""
+    return f"train_section.{name}"
+
+
 def render_fields(columns: int = 3) -> None:
-    """The ungrouped fields first, then one expander per group."""
+    """The ungrouped fields first, then one section per group, built while open."""
     for group in GROUPS:
-        container = st.container() if not group else st.expander(group)
+        options = [o for o in TABLE if o.group == group]
+        if group:
+            opened, container = lazy_expander(group, section_key(group), keep=[PREFIX + o.path for o in options])
+        else:
+            opened, container = True, st.container()
+        if not opened:
+            continue
         with container:
             cols = st.columns(columns)
-            for i, opt in enumerate(o for o in TABLE if o.group == group):
+            for i, opt in enumerate(options):
                 with cols[i % columns]:
                     field_widget(opt)
 
