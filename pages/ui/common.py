@@ -27,12 +27,27 @@ def plain(text: object) -> str:
     return _MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(0), " ".join(str(text).splitlines()))
 
 
-def show_table(data: Any, percent: Sequence[str] = (), **kwargs: Any) -> Any:
+def show_table(
+    data: Any,
+    percent: Sequence[str] = (),
+    widths: Mapping[str, int | None] | None = None,
+    headers: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Any:
     """st.dataframe for every table of the app (hide_index and width="stretch" unless given): a missing value
     shows as "-", never "None" (Streamlit's own placeholder for an empty cell); the `percent` columns (accuracies
-    and other shares, 0-1) as percentages, like every accuracy of the app."""
-    if percent:
-        kwargs["column_config"] = {c: percent_column() for c in percent} | dict(kwargs.get("column_config") or {})
+    and other shares, 0-1) as percentages, like every accuracy of the app. `widths`: the columns shown, in that
+    order, each of a set width in px (None: as wide as it needs), so that all fit beside the sidebar in a 1024 px
+    window (a long value is cut inside its cell, not a column off the edge; the data keeps the others, e.g. for
+    its CSV); names not in the data are skipped. `headers`: a column's header when it is not its name."""
+    config: dict[str, Any] = {}
+    for c in dict.fromkeys([*percent, *(widths or {}), *(headers or {})]):
+        label, width = (headers or {}).get(c), (widths or {}).get(c)
+        config[c] = percent_column(label, width=width) if c in percent else st.column_config.Column(label, width=width)
+    if config:
+        kwargs["column_config"] = config | dict(kwargs.get("column_config") or {})
+    if widths is not None:
+        kwargs.setdefault("column_order", [c for c in widths if c in data.columns])
     kwargs.setdefault("hide_index", True)
     kwargs.setdefault("width", "stretch")
     return st.dataframe(data, **kwargs, **_TABLE_PLACEHOLDER)
