@@ -210,6 +210,15 @@ TABLES_SCROLL = """() => [...document.querySelectorAll('[data-testid="stDataFram
   .map(el => [el.scrollWidth, el.clientWidth])"""
 
 
+def _tables(page, at_least: int, timeout_s: float = 60) -> list:
+    """TABLES_SCROLL once `at_least` tables are drawn (a page's tables below a chart can be drawn a moment after
+    its skeletons are gone) or the timeout passed."""
+    deadline = time.monotonic() + timeout_s
+    while len(tables := page.evaluate(TABLES_SCROLL)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return tables
+
+
 def test_curation_and_studies_fit_a_1024_px_window(tmp_path, monkeypatch):
     """Curation (the dataset picker, the marks table) and Studies (the study and method pickers, the summary, the
     as-labelled-against-corrections, per-class, detection and runs tables): no label cut off, no table scrolled
@@ -264,8 +273,9 @@ def test_curation_and_studies_fit_a_1024_px_window(tmp_path, monkeypatch):
             assert _select_value(page, "Method").input_value().startswith("simplecnn · codivide")
             problems += [f"Studies: cut off: {c}" for c in _cut_off(page, '[data-testid="stMain"]')]
             problems += [f"Studies: button cut off: {b}" for b in page.locator("body").evaluate(BUTTONS_CUT)]
-            tables = page.evaluate(TABLES_SCROLL)
-            assert len(tables) >= 5, tables  # summary, the two labels side by side, per class, detection, runs
+            shot(page, "layout-studies-1024")
+            tables = _tables(page, at_least=5)  # summary, the two labels side by side, per class, detection, runs
+            assert len(tables) >= 5, tables
             problems += [f"Studies: a table scrolls sideways {t}" for t in tables if t[0] > t[1] + 1]
             shot(page, "layout-studies-1024")
             assert not problems, problems
