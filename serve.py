@@ -19,9 +19,10 @@ def main(argv: list[str]) -> None:
     from histo_core.runtime import configure_process
 
     configure_process()
-    from pages.ui.navigation import start_warmup
+    from pages.ui.navigation import app_navigation_only, start_warmup
 
     start_warmup()  # the heavy imports, every page's modules, the default dataset and model, in the background
+    app_navigation_only()  # a first visit to any page runs app.py's navigation at once, not after a rerun
     from streamlit.web import cli as stcli
 
     sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *argv]

@@ -12,7 +12,7 @@ import streamlit as st
 from histo_core import paths
 from histo_core.errors import HistoError
 from pages.ui.formats import MISSING, TABLE_PERCENT
-from pages.ui.navigation import page_spec
+from pages.ui.navigation import app_navigation_only, page_spec
 
 # What makes Markdown act: emphasis, code, links and images (they need `[`), HTML and autolinks (`<`), headings,
 # LaTeX, strikethrough, tables, escapes; and `://`, GFM's bare-URL autolink. Other punctuation stays as typed.
@@ -98,17 +98,12 @@ def page_setup(page_file: str) -> None:
 
 
 def use_app_navigation() -> None:
-    """A link to a page opened before any session has run app.py (a shared link, the first visit after the
-    server starts): Streamlit, seeing a pages/ folder and no st.navigation call yet, runs the page in its old
+    """A link to a page opened before any session has run app.py (a shared link, the first visit after `streamlit
+    run app.py` starts): Streamlit, seeing a pages/ folder and no st.navigation call yet, runs the page in its old
     pages-folder mode (a sidebar with an extra "app" entry and no icons, app.py's start-up skipped) until `/` is
     opened. Switch that mode off and run again: app.py then runs with its navigation and opens this same page
-    (the page hash is its URL path in both modes)."""
-    try:  # a private Streamlit class: a release without it keeps its old sidebar for such a link, nothing worse
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:
-        return
-    if getattr(PagesManager, "uses_pages_directory", None):
-        PagesManager.uses_pages_directory = False
+    (the page hash is its URL path in both modes). serve.py switches it off before the first visit."""
+    if app_navigation_only():
         st.rerun()
 
 
