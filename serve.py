@@ -21,8 +21,10 @@ def main(argv: list[str]) -> None:
     configure_process()
     from pages.ui.navigation import app_navigation_only, start_warmup
 
+    # first (it imports Streamlit in this thread, before the warm-up thread imports parts of it): a first visit to
+    # any page runs app.py's navigation at once, not after a rerun
+    app_navigation_only()
     start_warmup()  # the heavy imports, every page's modules, the default dataset and model, in the background
-    app_navigation_only()  # a first visit to any page runs app.py's navigation at once, not after a rerun
     from streamlit.web import cli as stcli
 
     sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *argv]
