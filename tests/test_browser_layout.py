@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, app_dirs, streamlit_server
 from tests.test_browser_e2e import ARTIFACTS, _require_browser, goto, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -98,15 +98,7 @@ def _image_folder(root: Path) -> Path:
 
 def test_labels_and_tables_fit_a_1024_px_window(tmp_path, monkeypatch):
     sync_api = _require_browser()
-    env = {
-        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
-        "HISTO_DATA_DIR": str(tmp_path / "data"),
-        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
-    }
-    for d in env.values():
-        Path(d).mkdir(parents=True, exist_ok=True)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    env = app_dirs(tmp_path, monkeypatch)
     from tests.runfiles import write_run
 
     run = write_run("completed", name="first", skill=1.0, seed=5)
@@ -224,15 +216,7 @@ def test_curation_and_studies_fit_a_1024_px_window(tmp_path, monkeypatch):
     as-labelled-against-corrections, per-class, detection and runs tables): no label cut off, no table scrolled
     sideways, at 1024 px beside the sidebar, for a study of the widest kind (with corrections and a search)."""
     sync_api = _require_browser()
-    env = {
-        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
-        "HISTO_DATA_DIR": str(tmp_path / "data"),
-        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
-    }
-    for d in env.values():
-        Path(d).mkdir(parents=True, exist_ok=True)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    env = app_dirs(tmp_path, monkeypatch)
     from histo_core import study as S
     from histo_core.corrections import add_marks, corrections_path, dataset_identity
     from histo_core.datasets import open_dataset
