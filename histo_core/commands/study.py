@@ -98,7 +98,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             {"cancel": S.cancel_study, "resume": S.resume_study, "delete": S.delete_study}[action](task)
             print(f"{task.id}: {action} " + ("requested" if action == "cancel" else "done"))
             return 0
-    base = config_from_args(args)
+    base = config_from_args(args, note_ignored=False)  # a method of the grid may use what the base loss does not
     spec = S.StudySpec(
         archs=_names(args.grid_arch) or [base.arch],
         noises=_floats(args.grid_noise, "--noise"),
