@@ -19,8 +19,11 @@ def main(argv: list[str]) -> None:
     from histo_core.runtime import configure_process
 
     configure_process()
-    from pages.ui.navigation import start_warmup
+    from pages.ui.navigation import app_navigation_only, start_warmup
 
+    # first (it imports Streamlit in this thread, before the warm-up thread imports parts of it): a first visit to
+    # any page runs app.py's navigation at once, not after a rerun
+    app_navigation_only()
     start_warmup()  # the heavy imports, every page's modules, the default dataset and model, in the background
     from streamlit.web import cli as stcli
 

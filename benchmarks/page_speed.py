@@ -3,12 +3,16 @@
     python benchmarks/page_speed.py                 # every page once, then the first and a later classification
     python benchmarks/page_speed.py --repeat 3      # each page's first load in 3 fresh servers (median shown)
     python benchmarks/page_speed.py --pages Datasets Classify --no-classify --repeat 1   # some pages only
+    python benchmarks/page_speed.py --open cold warm sidebar --no-classify   # the three ways a page is opened
     python benchmarks/page_speed.py --json
 
 For each repeat: a fresh server (`python serve.py`, which starts the warm-up with the server; `--launcher
 streamlit` for `streamlit run app.py`, where it starts with the first session) on a free port with an empty data
 folder (HISTO_DATA_DIR, runs in it), then `--settle` seconds (default 10: a user opening the page and choosing
-files takes longer), then each page (`--pages`: some of them) is opened in a fresh browser tab and timed from
+files takes longer), then each page (`--pages`: some of them) is opened (`--open`: in a new tab of a fresh browser
+profile, "cold", the default and the hardest case; in a new tab of a browser that has shown the app before, "warm",
+whose cache holds Streamlit's code as a real browser's does after the first visit; or from the sidebar of an open
+tab, "sidebar") and timed from
 navigation to an idle page: its heading drawn, the script finished (the app root's `data-test-script-state`), no
 element still waiting for its code (Streamlit's grey skeletons while a chart's or a table's JavaScript loads), no
 spinner and no stale element, for half a second; the time is taken where the last of them was seen. Then `--tiles`
@@ -39,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -92,7 +97,7 @@ def drop_and_time(browser, url: str, files: list[Path], staged: Path) -> tuple[f
     """Open Classify in a new tab, wait for it, drop `files`; seconds until the results are shown (the count and
     every card of the first page down to its map's faithfulness line, scored or being checked) and until the
     page is idle."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport=VIEWPORT)
     page.goto(f"{url}/Classify", wait_until="commit")
     time_to_idle(page, time.monotonic())
     staged.mkdir()
@@ -110,8 +115,54 @@ def drop_and_time(browser, url: str, files: list[Path], staged: Path) -> tuple[f
     return shown, idle
 
 
+VIEWPORT = {"width": 1280, "height": 900}
+OPENINGS = {
+    "cold": "a new tab of a browser that never opened the app (nothing cached: a first visit)",
+    "warm": "a new tab of a browser that opened the app before (Streamlit's code cached, as on a second visit)",
+    "sidebar": "a click on the page's entry in the sidebar of a tab showing Home (no new tab)",
+}
+
+
+def open_pages(browser, url: str, pages, opening: str) -> dict[str, float]:
+    """Seconds to an idle page for each of `pages`, opened the `opening` way (OPENINGS)."""
+    out: dict[str, float] = {}
+    warm = browser.new_context(viewport=VIEWPORT)
+    try:
+        if opening == "warm":  # the browser has shown the app once: its tab closed, its cache kept
+            first = warm.new_page()
+            first.goto(f"{url}/Runs", wait_until="commit")
+            time_to_idle(first, time.monotonic())
+            first.close()
+        for title, path in pages:
+            context = warm if opening != "cold" else browser.new_context(viewport=VIEWPORT)
+            page = context.new_page()
+            if opening == "sidebar":  # from Home (to Home: from Runs)
+                page.goto(url if path else f"{url}/Runs", wait_until="commit")
+                time_to_idle(page, time.monotonic())
+                link = page.locator(f'[data-testid="stSidebarNav"] a[href$="/{path}"]').first
+                t0 = time.monotonic()
+                link.click()
+                page.wait_for_url(lambda u, p=path: urlsplit(u).path.strip("/") == p, wait_until="commit")
+            else:
+                t0 = time.monotonic()
+                page.goto(f"{url}/{path}", wait_until="commit")
+            out[title] = time_to_idle(page, t0)
+            page.close()
+            if context is not warm:
+                context.close()
+    finally:
+        warm.close()
+    return out
+
+
 def one_server(
-    settle_s: float, n_tiles: int, tmp: Path, launcher: str = "serve", pages=PAGES, classify: bool = True
+    settle_s: float,
+    n_tiles: int,
+    tmp: Path,
+    launcher: str = "serve",
+    pages=PAGES,
+    classify: bool = True,
+    openings: tuple[str, ...] = ("cold",),
 ) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
@@ -122,12 +173,9 @@ def one_server(
         time.sleep(settle_s)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            for title, path in pages:
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
-                t0 = time.monotonic()
-                page.goto(f"{url}/{path}", wait_until="commit")
-                out[title] = time_to_idle(page, t0)
-                page.close()
+            for opening in openings:
+                for title, seconds in open_pages(browser, url, pages, opening).items():
+                    out[title if openings == ("cold",) else f"{title} ({opening})"] = seconds
             if classify:
                 for label, files in (("first classification", first), ("later classification", second)):
                     shown, idle = drop_and_time(browser, url, files, tmp / label.replace(" ", "-"))
@@ -152,6 +200,13 @@ def main() -> None:
         "--pages", nargs="+", metavar="PAGE", help="only these pages (their titles: Home Datasets 'Feature map' ...)"
     )
     ap.add_argument("--no-classify", action="store_true", help="leave out the two classifications")
+    ap.add_argument(
+        "--open",
+        nargs="+",
+        choices=list(OPENINGS),
+        default=["cold"],
+        help="how each page is opened: " + "; ".join(f"{k}: {v}" for k, v in OPENINGS.items()),
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     titles = {t.lower(): (t, path) for t, path in PAGES}
@@ -166,7 +221,11 @@ def main() -> None:
     runs = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
-            runs.append(one_server(args.settle, args.tiles, Path(tmp), args.launcher, pages, not args.no_classify))
+            runs.append(
+                one_server(
+                    args.settle, args.tiles, Path(tmp), args.launcher, pages, not args.no_classify, tuple(args.open)
+                )
+            )
     table = {k: [r[k] for r in runs] for k in runs[0]}
     if args.json:
         print(json.dumps({"settle_s": args.settle, "tiles": args.tiles, "cpus": os.cpu_count(), "seconds": table}))

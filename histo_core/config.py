@@ -65,6 +65,10 @@ NOISE_METHODS: dict[str, dict[str, Any]] = {
     "codivide": {"loss": "codivide", "mixup": 0.0},
 }
 PAIRED_LOSSES = ("codivide",)  # losses trained by two networks at once, whose model is the pair's mean
+DIVIDE_LOSSES = ("divide", "codivide")  # losses whose split averages the training tiles' predictions over a window
+# A prediction pass over the training tiles (forward only, no augmentation) in training epochs: what the divide
+# losses' averaging window adds to a run's time (benchmarks/RESULTS.md, "Noise lab III" and "IV")
+PREDICTION_PASS = 1 / 3
 
 # Mode names before they said what they do; accepted from the CLI and from the config.json of older runs.
 LEGACY_MODES = {"finetune": "all-layers", "fine_tune": "head-then-all"}
@@ -292,6 +296,32 @@ def with_method(config: TrainConfig, method: str) -> TrainConfig:
 def networks_of(config: TrainConfig) -> int:
     """How many networks a run of `config` trains (and its model averages): 2 for PAIRED_LOSSES, else 1."""
     return 2 if config.loss in PAIRED_LOSSES else 1
+
+
+def divide_window(warmup: float, window: float, total: int) -> tuple[int, int]:
+    """(first, last) epoch, counted from 1, of a divide loss's averaging window: the last `window` of the warm-up's
+    epochs (`warmup` of `total`), at least one; the split is fitted after `last` (histo_core.losses.Divide)."""
+    last = min(total - 1, max(1, round(warmup * total)))
+    return last - max(1, math.floor(round(window * last, 6))) + 1, last
+
+
+def window_epochs(config: TrainConfig) -> int:
+    """After how many epochs a run of `config` predicts every training tile (with each of its networks): the
+    epochs of the averaging window of DIVIDE_LOSSES (15 of 60 at the defaults), else none."""
+    if config.loss not in DIVIDE_LOSSES or config.epochs < 2:
+        return 0
+    first, last = divide_window(config.divide_warmup, config.divide_window, config.epochs)
+    return last - first + 1
+
+
+def training_passes(config: TrainConfig) -> float:
+    """A run's passes over its training tiles, in training epochs: each network's epochs plus a prediction pass
+    per epoch of the averaging window (`window_epochs`, PREDICTION_PASS each). `codivide` at 60 epochs: 2 x (60 +
+    15/3) = 130, 2.2 times a 60-epoch `ce` run. The time of a run of another method is the estimate of one run
+    times the ratio of their passes (histo_core.study.StudySpec.time_in_runs: the study's total on the Train page
+    and in the CLI); a quiet timing measured `codivide` at 2.8x (README, "Where the target stands"), so this
+    runs low."""
+    return networks_of(config) * (config.epochs + PREDICTION_PASS * window_epochs(config))
 
 
 def method_of(config: TrainConfig) -> str:

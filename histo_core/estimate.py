@@ -5,9 +5,10 @@ dataset, in a process like the trainer's.
 
 Training steps are timed only after warm-up (the first batches of a fresh process are several times slower:
 allocator, oneDNN/cuDNN kernel selection), until two consecutive timings agree; validation, the final test
-pass and the end-of-run feature pass are timed at evaluation speed; the checkpoints written every epoch
-(last.pt, best.pt) are timed by writing them; fixed costs (process start with the torch import, opening/decoding the
-dataset, building the model) are measured as they happen here, so a cold cache is counted.
+pass, the end-of-run feature pass and the divide losses' prediction passes over the training tiles are timed at
+evaluation speed; the checkpoints written every epoch (last.pt, best.pt) are timed by writing them; fixed costs
+(process start with the torch import, opening/decoding the dataset, building the model) are measured as they
+happen here, so a cold cache is counted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from histo_core.config import TrainConfig
+from histo_core.config import TrainConfig, window_epochs
 from histo_core.procs import process_age_s
 
 WARMUP_MIN, WARMUP_MAX, TIMED_BATCHES = 2, 8, 4
@@ -103,10 +104,13 @@ def estimate_run_time(
     test_s = (test_n + val_n) / eval_ips if eval_ips else 0.0  # final evaluation: test and val predictions
     # the feature map's features of every tile at the end of the run (one more pass over all splits)
     embed_s = (len(data.train) + val_n + test_n) / eval_ips if eval_ips else 0.0
+    # divide, codivide: every training tile predicted after each epoch of the averaging window (by both networks
+    # of a pair, as `trainer.predict` is timed here)
+    window_s = window_epochs(config) * len(data.train) / eval_ips if eval_ips else 0.0
     say(0.92, "timing the checkpoint writes")
     save_s = _time_checkpoints(config, data, trainer)
     per_epoch = train_epoch + val_s + save_s
-    fixed_total = fixed + max(warmup_extra, 0.0) + test_s + embed_s
+    fixed_total = fixed + max(warmup_extra, 0.0) + test_s + embed_s + window_s
     say(1.0, "done")
     return {
         "train_tiles": len(data.train),
@@ -119,6 +123,7 @@ def estimate_run_time(
         "warmup_batches": warm_at or len(times) // 2,
         "per_epoch_s": per_epoch,
         "checkpoint_s": save_s,
+        "window_s": window_s,
         "fixed_s": fixed_total,
         "total_s": fixed_total + per_epoch * config.epochs,
         "epochs": config.epochs,

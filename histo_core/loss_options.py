@@ -22,7 +22,7 @@ LOSS_ADVICE = (
 
 
 def _divides(get: Getter) -> bool:
-    return get("loss") in ("divide", "codivide")
+    return get("loss") in C.DIVIDE_LOSSES
 
 
 LOSS_SECTION: tuple[Option, ...] = (

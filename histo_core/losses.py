@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histo_core.config import divide_window
+
 
 class CrossEntropy(nn.Module):
     def __init__(self, label_smoothing: float = 0.0):
@@ -219,8 +221,7 @@ class Divide(nn.Module):
     def window(self, total: int) -> tuple[int, int]:
         """(first, last) epoch, counted from 1, whose predictions are averaged (the last `window` of the warm-up's
         epochs, at least one); the split is fitted after `last`."""
-        last = min(total - 1, max(1, round(self.warmup * total)))
-        return last - max(1, math.floor(round(self.window_fraction * last, 6))) + 1, last
+        return divide_window(self.warmup, self.window_fraction, total)
 
     @property
     def mixup_now(self) -> bool:

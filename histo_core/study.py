@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from histo_core import jobs, liveness
-from histo_core.config import MAX_NOISE, NOISE_METHODS, NOISE_MODES, TrainConfig, with_method
+from histo_core.config import MAX_NOISE, NOISE_METHODS, NOISE_MODES, TrainConfig, training_passes, with_method
 from histo_core.errors import ConfigError, HistoError
 from histo_core.fsutil import read_json, write_json_atomic
 from histo_core.launch import restart_task, submit_task
@@ -91,6 +91,24 @@ class StudySpec:
         return (
             len(self.archs) * len(self.noises) * len(self.methods) * self.seeds * (2 if self.compare_corrections else 1)
         )
+
+    def time_in_runs(self, base: TrainConfig) -> float:
+        """The study's training time counted in runs of `base` (its time estimate times this is the study's): each
+        method's runs weighted by their training passes over base's (config.training_passes: a `codivide` run
+        counts about 2.2 against `ce`); architectures count alike; --find-errors' searches are not counted."""
+        return sum(self.method_weights(base).values()) * self.size() / max(1, len(self.methods))
+
+    def method_weights(self, base: TrainConfig) -> dict[str, float]:
+        """Each method's run as a multiple of a run of `base` (the ratio of their training passes)."""
+        return {m: training_passes(with_method(base, m)) / training_passes(base) for m in self.methods}
+
+    def weights_note(self, base: TrainConfig) -> str:
+        """The methods whose runs take longer or shorter than a run of `base`, in words (the Train page's study
+        total and the command line's), e.g. "counting each method's passes over the training tiles: a codivide run
+        as 2.2"; "" when every method's run takes as long."""
+        weights = self.method_weights(base)
+        listed = ", ".join(f"a {m} run as {w:.1f}" for m, w in weights.items() if abs(w - 1) >= 0.05)
+        return f"counting each method's passes over the training tiles: {listed}" if listed else ""
 
 
 def cells(spec: StudySpec) -> list[dict[str, Any]]:

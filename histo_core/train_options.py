@@ -18,7 +18,8 @@ and that both expose it).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable
 
 from histo_core import config as C
 from histo_core.config import ELSEWHERE, Getter, Option, number_box, registry_choices, when
@@ -367,3 +368,14 @@ TABLE: tuple[Option, ...] = (
 
 OPTIONS: dict[str, Option] = {o.path: o for o in TABLE}
 GROUPS: tuple[str, ...] = tuple(dict.fromkeys(o.group for o in TABLE if o.group != ELSEWHERE))  # the page's order
+
+
+def ignored(names: Iterable[str], config: C.TrainConfig) -> list[Option]:
+    """The options among `names` (fields as the command line names them: "sce_alpha", "flip") that have no effect
+    with `config`'s values (their `applies` is false: the Train page greys them out)."""
+    by_name = {o.name: o for o in TABLE}
+
+    def get(path: str) -> object:
+        return functools.reduce(getattr, path.split("."), config)
+
+    return [by_name[n] for n in names if n in by_name and not by_name[n].is_active(get)]

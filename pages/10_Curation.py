@@ -7,7 +7,7 @@ import streamlit as st
 
 from histo_core.corrections import list_corrections, remove_marks
 from pages.ui.common import listed_runs, page_setup, plain, show_table, url_selectbox, user_errors
-from pages.ui.curation import marks_table
+from pages.ui.curation import MARK_COLUMNS, MARK_HEADERS, marks_table
 
 
 def main() -> None:
@@ -40,10 +40,14 @@ def main() -> None:
         "change; validation and test labels never do."
     )
 
-    table = marks_table(corr)
-    show_table(table)
+    show_table(marks_table(corr), widths=MARK_COLUMNS, headers=MARK_HEADERS)
     st.download_button(
-        "Download the corrections (CSV)", corr.to_csv(), file_name=f"{chosen}.csv", mime="text/csv", key="curation_csv"
+        "Download the corrections (CSV)",
+        corr.to_csv(),
+        file_name=f"{chosen}.csv",
+        mime="text/csv",
+        key="curation_csv",
+        help="every mark with its split, row and the run it was marked on",
     )
 
     undo = st.multiselect("Marks to undo", list(corr.marks), key="curation_undo")

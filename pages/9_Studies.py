@@ -14,6 +14,20 @@ from pages.ui.charts import study_figure
 from pages.ui.common import page_setup, show_table, url_selectbox, user_errors
 from pages.ui.formats import pct, plural
 
+METRICS = {"accuracy": "accuracy", "auc": "AUC", "macro_f1": "macro-F1"}
+
+
+# The tables' columns have set widths (show_table's `widths`), so that all fit beside the sidebar in a 1024 px
+# window: the architecture only when the study has several (its header says how many), the labels only when the
+# study compares them; the CSVs have every column.
+def _arch(rows: list[dict]) -> dict[str, int]:
+    return {"arch": 75} if len({r["arch"] for r in rows}) > 1 else {}
+
+
+def _score(header: str, width: int):
+    """A column of scores that are not shares (AUC, macro-F1), as the app writes them (pages.ui.formats.num)."""
+    return st.column_config.NumberColumn(header, format="%.3f", width=width)
+
 
 def main() -> None:
     page_setup(__file__)
@@ -51,7 +65,7 @@ def main() -> None:
         with user_errors():
             S.resume_study(task)
             st.success("The study's driver started again: finished runs are kept, the others resumed or started.")
-    if c3.button("Delete the study and its runs", disabled=active, key="study_delete"):
+    if c3.button("Delete the study", disabled=active, key="study_delete", help="deletes the study and all its runs"):
         with user_errors():
             S.delete_study(task)
             st.success("Deleted.")
@@ -66,7 +80,7 @@ def main() -> None:
     metric = st.radio(
         "Metric",
         ["accuracy", "auc", "macro_f1"],
-        format_func={"accuracy": "accuracy", "auc": "AUC", "macro_f1": "macro-F1"}.get,
+        format_func=METRICS.get,
         horizontal=True,
         key="study_metric",
     )
@@ -94,8 +108,30 @@ def main() -> None:
         )
 
     st.subheader("Table")
+    st.caption(
+        f"The {METRICS[metric]} per method and noise level: mean and standard deviation over the seeds"
+        + (", and a 95% bootstrap confidence interval" if metric == "accuracy" else "")
+        + ". The CSV has every metric and the accuracy on the noisy validation labels."
+    )
     table = pd.DataFrame(summary)
-    show_table(table, percent=[c for c in table.columns if c.startswith("accuracy") or c.endswith("_acc")])
+    table["ci"] = [
+        f"{pct(r['accuracy_ci_low'])}-{pct(r['accuracy_ci_high'])}" if r["accuracy_ci_low"] is not None else None
+        for r in summary
+    ]
+    mean, sd = f"{metric}_mean", f"{metric}_sd"
+    show_table(
+        table,
+        percent=[c for c in table.columns if c.startswith("accuracy")],
+        widths=_arch(summary)
+        | {"method": 85, "noise": 50}
+        | ({"labels": 105} if both_labels else {})
+        | {"seeds": 50, mean: 70, sd: 55}
+        | ({"ci": 100} if metric == "accuracy" else {}),
+        headers={mean: METRICS[metric], sd: "± sd", "ci": "95% CI"},
+        column_config={}
+        if metric == "accuracy"
+        else {c: _score(h, w) for c, h, w in ((mean, METRICS[metric], 70), (sd, "± sd", 55))},
+    )
     st.download_button(
         "Download CSV", S.results_csv(results), file_name=f"study-{task.id}.csv", mime="text/csv", key="study_csv"
     )
@@ -112,7 +148,12 @@ def main() -> None:
         )
         if {S.AS_LABELLED, S.WITH_CORRECTIONS} <= set(pair.columns):
             pair["difference"] = pair[S.WITH_CORRECTIONS] - pair[S.AS_LABELLED]
-        show_table(pair, percent=[c for c in pair.columns if c not in ("arch", "method", "noise")])
+        show_table(
+            pair,
+            percent=[c for c in pair.columns if c not in ("arch", "method", "noise")],
+            widths=_arch(summary)
+            | {"method": 85, "noise": 50, S.AS_LABELLED: 95, S.WITH_CORRECTIONS: 115, "difference": 85},
+        )
 
     st.subheader("Per-class accuracy under noise")
     st.caption(
@@ -148,7 +189,15 @@ def main() -> None:
             "How well the label-error search (confident learning) finds the labels the noise flipped: precision and "
             "recall of the flagged tiles, and the average precision of the whole ranking (1 = every flip ranked first)."
         )
-        show_table(pd.DataFrame(results["detection"]))
+        detection = pd.DataFrame(results["detection"])
+        show_table(
+            detection,
+            percent=["precision", "recall", "average_precision"],
+            widths={"method": 85}
+            | ({"labels": 105} if detection["labels"].nunique() > 1 else {})
+            | {"noise": 50, "flagged": 65, "precision": 70, "recall": 60, "average_precision": 100},
+            headers={"average_precision": "avg precision"},
+        )
         st.download_button(
             "Download detection CSV",
             S.results_csv(results, "detection"),
@@ -162,26 +211,30 @@ def main() -> None:
             "search' (Train page) or `--find-errors`, or run the search on a run from the Review page."
         )
 
-    with st.expander("Runs"):
-        show_table(
-            pd.DataFrame(
-                [
-                    {
-                        "run": r["run"],
-                        "arch": r["arch"],
-                        "method": r["method"],
-                        "labels": r["labels"],
-                        "noise": r["noise"],
-                        "seed": r["seed"],
-                        "state": r["state"],
-                        "test acc": (r["test"] or {}).get("accuracy"),
-                        "noisy-val acc": r["val_noisy_acc"],
-                    }
-                    for r in results["runs"]
-                ]
-            ),
-            percent=["test acc", "noisy-val acc"],
-        )
+    st.subheader("Runs")
+    show_table(
+        pd.DataFrame(
+            [
+                {
+                    "run": r["run"],
+                    "arch": r["arch"],
+                    "method": r["method"],
+                    "labels": r["labels"],
+                    "noise": r["noise"],
+                    "seed": r["seed"],
+                    "state": r["state"],
+                    "test acc": (r["test"] or {}).get("accuracy"),
+                }
+                for r in results["runs"]
+            ]
+        ),
+        percent=["test acc"],
+        widths={"run": 140}
+        | _arch(summary)
+        | {"method": 80}
+        | ({"labels": 100} if both_labels else {})
+        | {"noise": 45, "seed": 40, "state": 75, "test acc": 65},
+    )
 
 
 if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (the warm-up) runs nothing

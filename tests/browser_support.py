@@ -27,6 +27,20 @@ CHROMIUM_ARGS = [
 ]
 
 
+def app_dirs(tmp_path: Path, monkeypatch=None, **extra: str) -> dict[str, str]:
+    """The environment of a test's server: its runs, data and weights folders under `tmp_path` (created) and the
+    `extra` variables; with `monkeypatch`, the three folders are this test process's too (for what the test
+    writes before the server starts)."""
+    dirs = {"HISTO_RUNS_DIR": "runs", "HISTO_DATA_DIR": "data", "HISTO_WEIGHTS_DIR": "weights"}
+    env = {key: str(tmp_path / name) for key, name in dirs.items()}
+    for folder in env.values():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    if monkeypatch is not None:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+    return env | extra
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

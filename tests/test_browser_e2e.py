@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, streamlit_server
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, app_dirs, streamlit_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -89,15 +89,7 @@ def goto(page, url: str, name: str) -> None:
 
 def test_user_journey(tmp_path, shared_data):
     sync_api = _require_browser()
-    env = {
-        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
-        "HISTO_DATA_DIR": str(tmp_path / "data"),
-        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
-        "HISTO_MAX_RUNS_CPU": "1",
-    }
-    for d in env.values():
-        if d.startswith(str(tmp_path)):
-            Path(d).mkdir(parents=True, exist_ok=True)
+    env = app_dirs(tmp_path, HISTO_MAX_RUNS_CPU="1")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = ARTIFACTS / "streamlit.log"
 
@@ -212,16 +204,7 @@ def test_new_user_walk(tmp_path, shared_data, monkeypatch):
     evaluate it on the crc-he folder from the Runs page, classify real tiles with CAMs at their own resolution,
     Review with a cell selected then another run, the default run's label errors with their tiles."""
     sync_api = _require_browser()
-    env = {
-        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
-        "HISTO_DATA_DIR": str(tmp_path / "data"),
-        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
-        "HISTO_MAX_RUNS_CPU": "1",
-    }
-    for d in env.values():
-        Path(d).mkdir(parents=True, exist_ok=True)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    env = app_dirs(tmp_path, monkeypatch, HISTO_MAX_RUNS_CPU="1")
     npz = shared_data / "pathmnist-mini" / "pathmnist.npz"
     crc = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
     log = ARTIFACTS / "streamlit-walk.log"
@@ -320,15 +303,7 @@ def test_datasets_first_choice_and_offline_download(tmp_path, shared_data):
     had written on the first visit, and after adding a dataset the first offline download click showed no
     message (its expander reopened collapsed). Downloads are made to fail here even with internet (a dead proxy)."""
     sync_api = _require_browser()
-    env = {
-        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
-        "HISTO_DATA_DIR": str(tmp_path / "data"),
-        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
-        "https_proxy": "http://127.0.0.1:9",
-        "HTTPS_PROXY": "http://127.0.0.1:9",
-    }
-    for key in ("HISTO_RUNS_DIR", "HISTO_DATA_DIR", "HISTO_WEIGHTS_DIR"):
-        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    env = app_dirs(tmp_path, https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
     crc = shared_data / "tiles" / "crc-he" / "NCT-CRC-HE-100K-NONORM"
     log = ARTIFACTS / "streamlit-datasets.log"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -386,15 +361,7 @@ def test_walk_from_a_shared_link(tmp_path, shared_data, shipped_model, monkeypat
     click on a confusion-matrix cell, the shipped model on Classify (the CSV with the flag's columns, its most
     similar training tiles) and its evaluation on the Kather folder with the pre-filled class map."""
     sync_api = _require_browser()
-    env = {
-        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
-        "HISTO_DATA_DIR": str(tmp_path / "data"),
-        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
-    }
-    for d in env.values():
-        Path(d).mkdir(parents=True, exist_ok=True)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    env = app_dirs(tmp_path, monkeypatch)
     env["HISTO_SHIPPED_WEIGHTS_DIR"] = str(shipped_model.parent)  # the repository's weights/
     from tests.runfiles import CLASSES, write_run
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, app_dirs, streamlit_server
 from tests.test_browser_e2e import ARTIFACTS, _require_browser, goto, shot, wait_idle, wait_images_loaded
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -37,13 +36,7 @@ def test_feature_map_scatter_and_lasso_selection(tmp_path, trained_pathmnist_run
     sync_api = _require_browser()
     store = trained_pathmnist_run.path / "embeddings" / "meta.json"
     assert store.exists(), "the fixture run was not embedded at the end of training"
-    env = {
-        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
-        "HISTO_DATA_DIR": str(tmp_path / "data"),
-        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
-    }
-    for d in env.values():
-        Path(d).mkdir(parents=True, exist_ok=True)
+    env = app_dirs(tmp_path)
     (tmp_path / "runs" / trained_pathmnist_run.id).symlink_to(trained_pathmnist_run.path)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = ARTIFACTS / "streamlit-feature-map.log"

@@ -1,6 +1,7 @@
 """In real Chromium at 1024 px wide (issue 24, "labels cut off"): the labels and values a user reads are whole, not
-cut off with "…" (every option of the Train form's selects, the run and model pickers), the runs table and the
-Compare table fit beside the sidebar, and tiles shown side by side have one size.
+cut off with "…" (every option of the Train form's selects, the run and model pickers, the Curation and Studies
+pickers and buttons), the tables of Runs, Compare, Curation and Studies fit beside the sidebar, and tiles shown side
+by side have one size.
 
 Only what needs a browser's layout is tested here; what AppTest can see (formats, "None" cells) is in
 tests/test_page_formats.py. Needs /usr/bin/chromium; skipped where it is absent (see tests/test_browser_e2e.py)."""
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, app_dirs, streamlit_server
 from tests.test_browser_e2e import ARTIFACTS, _require_browser, goto, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -97,15 +98,7 @@ def _image_folder(root: Path) -> Path:
 
 def test_labels_and_tables_fit_a_1024_px_window(tmp_path, monkeypatch):
     sync_api = _require_browser()
-    env = {
-        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
-        "HISTO_DATA_DIR": str(tmp_path / "data"),
-        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
-    }
-    for d in env.values():
-        Path(d).mkdir(parents=True, exist_ok=True)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    env = app_dirs(tmp_path, monkeypatch)
     from tests.runfiles import write_run
 
     run = write_run("completed", name="first", skill=1.0, seed=5)
@@ -185,5 +178,90 @@ def test_labels_and_tables_fit_a_1024_px_window(tmp_path, monkeypatch):
             )
             assert len(widths) >= 2 and len(set(widths)) == 1, f"examples of mixed sizes: {widths}"
             shot(page, "layout-review-1024")
+        finally:
+            browser.close()
+
+
+# Buttons whose label is cut off with "…" (a long label in a narrow column).
+BUTTONS_CUT = """(root) => {
+  const cut = [];
+  for (const b of root.querySelectorAll('[data-testid="stButton"] button, [data-testid="stDownloadButton"] button')) {
+    const els = [b, ...b.querySelectorAll('*')];
+    if (els.some(el => el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).textOverflow === 'ellipsis')) {
+      cut.push(b.innerText.trim());
+    }
+  }
+  return cut;
+}"""
+
+
+# Every table on the page fits its box (no columns off the right edge): the tables that are shown, as their
+# scrollers' widths.
+TABLES_SCROLL = """() => [...document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller')]
+  .filter(el => el.clientWidth > 0)
+  .map(el => [el.scrollWidth, el.clientWidth])"""
+
+
+def _tables(page, at_least: int, timeout_s: float = 60) -> list:
+    """TABLES_SCROLL once `at_least` tables are drawn (a page's tables below a chart can be drawn a moment after
+    its skeletons are gone) or the timeout passed."""
+    deadline = time.monotonic() + timeout_s
+    while len(tables := page.evaluate(TABLES_SCROLL)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return tables
+
+
+def test_curation_and_studies_fit_a_1024_px_window(tmp_path, monkeypatch):
+    """Curation (the dataset picker, the marks table) and Studies (the study and method pickers, the summary, the
+    as-labelled-against-corrections, per-class, detection and runs tables): no label cut off, no table scrolled
+    sideways, at 1024 px beside the sidebar, for a study of the widest kind (with corrections and a search)."""
+    sync_api = _require_browser()
+    env = app_dirs(tmp_path, monkeypatch)
+    from histo_core import study as S
+    from histo_core.corrections import add_marks, corrections_path, dataset_identity
+    from histo_core.datasets import open_dataset
+    from tests.test_study import _save_search, fake_study
+
+    task = fake_study({"codivide": 2.5, "elr+mixup": 1.0}, compare=True)  # the longest method names
+    runs = S.study_runs(task)
+    flipped = np.array([True, True, False, False])
+    for key in ("simplecnn|0.4|codivide|0", "simplecnn|0.4|codivide|0|corrected"):
+        _save_search(runs[key], flipped, np.array([0, 2, 1, 3]), np.array([True, False, True, False]))
+    identity = dataset_identity(open_dataset("synthetic"))
+    marks = [{"tile": "train:12", "action": "relabel", "label": 3, "given": 1}, {"tile": "val:7", "action": "exclude"}]
+    run_id = next(iter(runs.values())).id
+    add_marks(corrections_path(identity), identity, marks, run=run_id, source="suspected label errors by a.user")
+    log = ARTIFACTS / "streamlit-layout-curation.log"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    with streamlit_server(env, log) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+            problems = []
+
+            goto(page, f"{url}/Curation", "Curation")
+            _settle(page)
+            dataset = _select_value(page, "Dataset").input_value()
+            assert "Synthetic" in dataset, dataset
+            problems += [f"Curation: cut off: {c}" for c in _cut_off(page, '[data-testid="stMain"]')]
+            problems += [f"Curation: button cut off: {b}" for b in page.locator("body").evaluate(BUTTONS_CUT)]
+            tables = page.evaluate(TABLES_SCROLL)
+            assert tables, "the marks table is not shown"
+            problems += [f"Curation: a table scrolls sideways {t}" for t in tables if t[0] > t[1] + 1]
+            shot(page, "layout-curation-1024")
+
+            goto(page, f"{url}/Studies", "Studies")
+            _settle(page)
+            assert _select_value(page, "Study").input_value() == task.id
+            assert _select_value(page, "Method").input_value().startswith("simplecnn · codivide")
+            problems += [f"Studies: cut off: {c}" for c in _cut_off(page, '[data-testid="stMain"]')]
+            problems += [f"Studies: button cut off: {b}" for b in page.locator("body").evaluate(BUTTONS_CUT)]
+            shot(page, "layout-studies-1024")
+            tables = _tables(page, at_least=5)  # summary, the two labels side by side, per class, detection, runs
+            assert len(tables) >= 5, tables
+            problems += [f"Studies: a table scrolls sideways {t}" for t in tables if t[0] > t[1] + 1]
+            shot(page, "layout-studies-1024")
+            assert not problems, problems
         finally:
             browser.close()

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import csv
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, streamlit_server
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, app_dirs, streamlit_server
 from tests.test_browser_e2e import ARTIFACTS, _require_browser, assert_no_exception, goto, shot, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -27,15 +26,7 @@ def test_slides_pick_analyse_click_a_tile_see_its_cam(tmp_path, shared_data, shi
     slide = shared_data / "slides" / "CMU-1-Small-Region.svs"
     if not slide.exists():
         pytest.skip(f"{slide} is absent")
-    env = {
-        "HISTO_RUNS_DIR": str(tmp_path / "runs"),
-        "HISTO_DATA_DIR": str(tmp_path / "data"),
-        "HISTO_WEIGHTS_DIR": str(tmp_path / "weights"),
-        "HISTO_SHIPPED_WEIGHTS_DIR": str(ROOT / "weights"),
-        "HISTO_DATA_ROOTS": str(slide.parent),
-    }
-    for key in ("HISTO_RUNS_DIR", "HISTO_DATA_DIR", "HISTO_WEIGHTS_DIR"):
-        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    env = app_dirs(tmp_path, HISTO_SHIPPED_WEIGHTS_DIR=str(ROOT / "weights"), HISTO_DATA_ROOTS=str(slide.parent))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = ARTIFACTS / "streamlit-slides.log"
 

@@ -82,6 +82,19 @@ def test_old_mode_names_are_accepted_as_the_new_ones(old, new):
     assert config_from_args(args).mode == new
 
 
+def test_a_flag_another_option_makes_irrelevant_is_noted_as_ignored(capsys):
+    """`--sce-alpha` with `--loss ce` (the page greys it out) was silently ignored on the command line."""
+    from histo_core.commands.train import config_from_args
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    config_from_args(train.parse_args([*QUICK, "--loss", "ce", "--sce-alpha", "0.5", "--step-size", "3"]))
+    err = capsys.readouterr().err
+    assert "note: --sce-alpha has no effect with these settings" in err and "ignored" in err
+    assert "--step-size" in err  # the default schedule is not the step schedule
+    config_from_args(train.parse_args([*QUICK, "--loss", "sce", "--sce-alpha", "0.5", "--flip"]))
+    assert "note:" not in capsys.readouterr().err  # used: no note
+
+
 def test_missing_dataset_and_cuda_absent(capsys):
     assert main(["train", "--epochs", "1"]) == 2
     assert "give --dataset" in capsys.readouterr().err

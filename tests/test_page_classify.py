@@ -249,6 +249,8 @@ def _evaluation_panel(at: AppTest, shipped_model: Path, folder: Path) -> str:
     """Pick the shipped model and a folder in its "Evaluate on another dataset" panel; returns the widget key."""
     at.selectbox(key="classify_model").set_value(str(shipped_model)).run(timeout=120)
     key = "shipped-pathmnist-resnet9"
+    at.session_state[f"evaluate_open_{key}"] = True  # the panel is built while open
+    at.run()
     at.selectbox(key=f"evaluate_ds_{key}_choice").set_value("__path__").run()
     at.text_input(key=f"evaluate_ds_{key}_path").set_value(str(folder)).run()
     assert not at.exception, at.exception

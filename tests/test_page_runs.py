@@ -329,6 +329,8 @@ def test_evaluate_on_another_dataset_from_the_page(monkeypatch, shared_data):
         lambda r, spec, split, mapping, name: started.append((r.id, spec, split, mapping, name)) or "x",
     )
     at = _app(run.id)
+    at.session_state[f"evaluate_open_{run.id}"] = True  # the panel is built while open
+    at.run()
     key = f"evaluate_ds_{run.id}"
     at.selectbox(key=f"{key}_choice").set_value("__path__").run()
     folder = shared_data / "tiles" / "kather2016"

@@ -91,6 +91,26 @@ def test_a_study_takes_codivide_by_default_and_by_name():
     assert cfg.loss == "codivide" and networks_of(cfg) == 2
 
 
+def test_a_studys_time_counts_each_method_by_its_passes_over_the_training_tiles():
+    """One place (config.training_passes) says how much longer a method's run takes; the Train page's total and
+    the command line's use it: two networks for codivide, plus a prediction pass (a third of an epoch) per epoch of
+    the divide losses' averaging window (epochs 16-30 of 60; 24-45 of 90)."""
+    from histo_core.config import training_passes, with_method
+
+    base = TrainConfig(dataset="synthetic", epochs=60)
+    assert training_passes(base) == 60 and training_passes(with_method(base, "mixup")) == 60
+    assert training_passes(with_method(base, "divide")) == pytest.approx(60 + 15 / 3)
+    assert training_passes(with_method(base, "codivide")) == pytest.approx(2 * (60 + 15 / 3))  # 130: 2.2 x ce
+    assert training_passes(with_method(base.replace(epochs=90), "codivide")) == pytest.approx(2 * (90 + 22 / 3))
+    spec = S.StudySpec(archs=["simplecnn"], noises=[0.0, 0.2, 0.4], methods=["ce", "codivide"], seeds=2)
+    assert spec.time_in_runs(base) == pytest.approx(6 * (60 + 130) / 60)  # 12 runs, the time of 19 ce runs
+    assert spec.weights_note(base) == "counting each method's passes over the training tiles: a codivide run as 2.2"
+    from_codivide = with_method(base, "codivide")  # the estimated run may itself be the slower one
+    assert spec.time_in_runs(from_codivide) == pytest.approx(6 * (60 + 130) / 130)
+    assert "a ce run as 0.5" in spec.weights_note(from_codivide)
+    assert S.StudySpec(archs=["simplecnn"], noises=[0.4], methods=["ce", "gce"]).weights_note(base) == ""
+
+
 @pytest.mark.parametrize(
     "changes,message",
     [
@@ -120,6 +140,27 @@ def test_cli_refuses_a_bad_method_in_one_line():
     assert (
         code == 2 and err.getvalue().startswith("error: --methods must be among") and "Traceback" not in err.getvalue()
     )
+
+
+def test_cli_start_line_gives_the_time_in_runs_as_the_page_does(monkeypatch):
+    import contextlib
+    import io
+
+    from histo_core import launch
+    from histo_core.cli import main
+
+    monkeypatch.setattr(launch, "start_process", lambda folder, kind, *args: 0)  # the driver is not started
+    err = io.StringIO()
+    args = ["--methods", "ce,codivide", "--noise", "0.4", "--seeds", "1", "--epochs", "60", "--detach"]
+    with contextlib.redirect_stderr(err):
+        code = main(["study", "--dataset", "synthetic", "--arch", "simplecnn", *args])
+    assert code == 0, err.getvalue()
+    # 60 + 130 epochs' passes over the training tiles: the time of 3.17 ce runs, not 3 ("codivide counts twice")
+    assert (
+        "study of 2 runs started, about the training time of 3.17 runs of these settings (counting each "
+        in (err.getvalue())
+        and "a codivide run as 2.2)" in err.getvalue()
+    ), err.getvalue()
 
 
 def test_recommendation_follows_noisy_validation_not_test():
@@ -185,6 +226,10 @@ def test_studies_page_draws_lines_table_and_recommendation():
     assert any(t.startswith("noise 0.4: ") for t in texts) and any(t.startswith("noise 0: ce") for t in texts)
     table = at.dataframe[0].value
     assert len(table) == 4 and {"accuracy_mean", "accuracy_sd", "accuracy_ci_low"} <= set(table.columns)
+    assert table["ci"].iloc[0] == f"{100 * low:.1f}%-{100 * high:.1f}%"  # the table's 95% CI column, ce at noise 0
+    for metric in ("auc", "macro_f1"):  # the table follows the chosen metric
+        at.radio(key="study_metric").set_value(metric).run()
+        assert not at.exception, at.exception
     # a finished study: Cancel is off, Delete removes it and all its runs
     assert at.button(key="study_cancel").disabled
     runs = list(S.study_runs(task).values())
@@ -436,15 +481,18 @@ def test_train_page_study_counts_one_run_in_the_singular(monkeypatch):
     assert any(c.value.startswith("1 run of ") for c in at.caption)
 
 
-def test_train_page_study_total_counts_a_two_network_method_twice(monkeypatch):
-    """The study panel's total is the estimate of one run times the runs, a codivide run (two networks) counting as
-    two: ce + codivide at one noise level and one seed is three runs' time, not two."""
+def test_train_page_study_total_counts_each_method_by_its_passes_over_the_tiles(monkeypatch):
+    """The study panel's total is the estimate of one run times each run's training passes over the estimated
+    run's: at 60 epochs a codivide run is 2 x (60 + 15/3) = 130 epochs' passes (two networks, and a prediction pass
+    of the training tiles, a third of an epoch, after each of the 15 epochs of its averaging window), 130/60 of a
+    ce run. ce + codivide at one noise level and one seed: 60 s + 130 s, not the 180 s of "codivide counts twice"."""
     from pages.ui.runs import fmt_duration
     from tests.taskfiles import instant_submit
 
-    est = {"total_s": 60.0, "epochs": 5, "per_epoch_s": 10.0, "train_tiles": 100, "train_images_per_s": 10.0}
-    instant_submit(monkeypatch, {"estimate": {**est, "warmup_batches": 1, "val_tiles": 10, "fixed_s": 10.0}})
+    est = {"total_s": 60.0, "epochs": 60, "per_epoch_s": 1.0, "train_tiles": 100, "train_images_per_s": 10.0}
+    instant_submit(monkeypatch, {"estimate": {**est, "warmup_batches": 1, "val_tiles": 10, "fixed_s": 0.0}})
     at = train_page(timeout=90).run()
+    at.number_input(key="train.epochs").set_value(60).run()  # the estimate is of the form's config: set it first
     at.button[[b.label for b in at.button].index("Estimate the training time")].click().run()
     at.multiselect(key="train.study.noises").set_value([0.2])
     at.number_input(key="train.study.seeds").set_value(1)
@@ -455,5 +503,7 @@ def test_train_page_study_total_counts_a_two_network_method_twice(monkeypatch):
         [caption] = [c.value for c in at.caption if " in all at the estimate of one run" in c.value]
         return caption
 
-    assert f"about {fmt_duration(60)} in all" in total(["ce"])
-    assert "2 runs of" in total(["ce", "codivide"]) and f"about {fmt_duration(180)} in all" in total(["ce", "codivide"])
+    assert f"about {fmt_duration(60)} in all" in total(["ce"]) and "passes" not in total(["ce"])
+    both = total(["ce", "codivide"])
+    assert "2 runs of" in both and f"about {fmt_duration(190)} in all" in both, both
+    assert "a codivide run as 2.2" in both, both  # the user is told why the total is not 2 x 60 s

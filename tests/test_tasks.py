@@ -92,6 +92,32 @@ def test_estimate_times_after_warm_up_and_counts_validation_and_fixed_costs(monk
     assert est["total_s"] == pytest.approx(est["fixed_s"] + 3 * per_epoch)
 
 
+@pytest.mark.slow
+def test_estimate_counts_the_divide_window_prediction_passes(monkeypatch):
+    """divide predicts every training tile after each epoch of its averaging window (epochs 3-4 of 8): two passes
+    over the training tiles at evaluation speed (1 ms per tile here), paid once in the run, as
+    config.training_passes counts them for the study's total."""
+    from histo_core import estimate
+    from histo_core import training as T
+
+    now = {"t": 0.0}
+    monkeypatch.setattr(estimate, "_clock", lambda: now["t"])
+    real_predict = T.Trainer.predict
+
+    def predict(self, source, *a, **k):
+        now["t"] += 0.001 * len(source)
+        return real_predict(self, source, *a, **k)
+
+    monkeypatch.setattr(T.Trainer, "predict", predict)
+    est = estimate.estimate_run_time(small_config(train_splits="train", loss="divide", epochs=8), startup_s=0.0)
+    assert est["window_s"] == pytest.approx(2 * est["train_tiles"] / 1000) and est["window_s"] > 0
+    embed = (est["train_tiles"] + est["val_tiles"] + est["test_tiles"]) / 1000
+    final_eval = (est["test_tiles"] + est["val_tiles"]) / 1000
+    assert est["fixed_s"] == pytest.approx(final_eval + embed + est["window_s"], abs=1e-6)
+    ce = estimate.estimate_run_time(small_config(train_splits="train", epochs=8), startup_s=0.0)
+    assert ce["window_s"] == 0.0
+
+
 # -- the task machinery -----------------------------------------------------------------------------------
 
 

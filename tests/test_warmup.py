@@ -81,6 +81,26 @@ def test_serve_starts_the_warmup_before_the_server(monkeypatch):
     assert order[0] == "warmup" and order[1].endswith("app.py --server.port 1234")
 
 
+def test_serve_switches_the_pages_folder_mode_off_before_the_first_visit(monkeypatch):
+    """Issue 24: with a pages/ folder beside app.py, Streamlit ran the first page a server was asked for (a shared
+    link, the first visit) without app.py's navigation, and the page reran itself under it: a second script run on
+    that first view. serve.py switches the mode off before the server starts."""
+    import pytest
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.web import cli as stcli
+
+    import serve
+
+    seen: list[object] = []
+    monkeypatch.setattr(PagesManager, "uses_pages_directory", None)  # a fresh process: not decided yet
+    monkeypatch.setattr(warmup, "start", lambda *a, **k: None)
+    monkeypatch.setattr(stcli, "main", lambda: seen.append(PagesManager.uses_pages_directory) or 0)
+    monkeypatch.setattr(sys, "argv", ["serve.py"])
+    with pytest.raises(SystemExit):
+        serve.main([])
+    assert seen == [False]
+
+
 def test_warmup_generates_the_default_dataset_when_it_is_the_synthetic_demo(monkeypatch):
     """The Datasets and Train pages open the synthetic demo first on a fresh install: its tiles are generated in
     the background, so the page's open is a cache hit."""

@@ -98,7 +98,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             {"cancel": S.cancel_study, "resume": S.resume_study, "delete": S.delete_study}[action](task)
             print(f"{task.id}: {action} " + ("requested" if action == "cancel" else "done"))
             return 0
-    base = config_from_args(args)
+    base = config_from_args(args, note_ignored=False)  # a method of the grid may use what the base loss does not
     spec = S.StudySpec(
         archs=_names(args.grid_arch) or [base.arch],
         noises=_floats(args.grid_noise, "--noise"),
@@ -110,7 +110,16 @@ def cmd_study(args: argparse.Namespace) -> int:
         find_errors=args.find_errors,
     )
     task = S.start_study(spec, base, args.runs_dir)
-    print(f"{task.id}: study of {spec.size()} runs started", file=sys.stderr)
+    note = spec.weights_note(base)
+    print(
+        f"{task.id}: study of {spec.size()} runs started"
+        + (
+            f", about the training time of {spec.time_in_runs(base):.3g} runs of these settings ({note})"
+            if note
+            else ""
+        ),
+        file=sys.stderr,
+    )
     if args.detach:
         emit(args, {"study": task.id, "runs": spec.size()}, task.id)
         return 0

@@ -25,7 +25,7 @@ from histo_core.config import ELSEWHERE, Augment, TrainConfig, canonical_mode
 from histo_core.errors import ConfigError, HistoError
 from histo_core.runs import RunDir
 from histo_core.slots import max_concurrent
-from histo_core.train_options import TABLE
+from histo_core.train_options import TABLE, ignored
 
 _AUG_FIELDS = [f.name for f in fields(Augment)]
 _CONFIG_FIELDS = [f for f in fields(TrainConfig) if f.name != "augment"]
@@ -72,8 +72,9 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """default_config(dataset, device) with every given flag applied, validated."""
+def config_from_args(args: argparse.Namespace, note_ignored: bool = True) -> TrainConfig:
+    """default_config(dataset, device) with every given flag applied, validated; with `note_ignored`, a note on
+    stderr for each given flag that another option makes irrelevant (`--sce-alpha` with `--loss ce`)."""
     from histo_core.training import default_config
 
     opts = given_options(args)
@@ -88,7 +89,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         opts["corrections"] = os.path.abspath(os.path.expanduser(opts["corrections"]))
     for k, v in opts.items():
         setattr(cfg.augment if k in _AUG_FIELDS else cfg, k, v)
-    return cfg.validate()
+    cfg.validate()
+    for opt in ignored(opts, cfg) if note_ignored else ():  # the page greys such an option out
+        print(f"note: {opt.flag} has no effect with these settings ({opt.label}): ignored", file=sys.stderr)
+    return cfg
 
 
 def register(sub: argparse._SubParsersAction) -> None:

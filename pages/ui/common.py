@@ -12,7 +12,7 @@ import streamlit as st
 from histo_core import paths
 from histo_core.errors import HistoError
 from pages.ui.formats import MISSING, TABLE_PERCENT
-from pages.ui.navigation import page_spec
+from pages.ui.navigation import app_navigation_only, page_spec
 
 # What makes Markdown act: emphasis, code, links and images (they need `[`), HTML and autolinks (`<`), headings,
 # LaTeX, strikethrough, tables, escapes; and `://`, GFM's bare-URL autolink. Other punctuation stays as typed.
@@ -27,12 +27,27 @@ def plain(text: object) -> str:
     return _MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(0), " ".join(str(text).splitlines()))
 
 
-def show_table(data: Any, percent: Sequence[str] = (), **kwargs: Any) -> Any:
+def show_table(
+    data: Any,
+    percent: Sequence[str] = (),
+    widths: Mapping[str, int | None] | None = None,
+    headers: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Any:
     """st.dataframe for every table of the app (hide_index and width="stretch" unless given): a missing value
     shows as "-", never "None" (Streamlit's own placeholder for an empty cell); the `percent` columns (accuracies
-    and other shares, 0-1) as percentages, like every accuracy of the app."""
-    if percent:
-        kwargs["column_config"] = {c: percent_column() for c in percent} | dict(kwargs.get("column_config") or {})
+    and other shares, 0-1) as percentages, like every accuracy of the app. `widths`: the columns shown, in that
+    order, each of a set width in px (None: as wide as it needs), so that all fit beside the sidebar in a 1024 px
+    window (a long value is cut inside its cell, not a column off the edge; the data keeps the others, e.g. for
+    its CSV); names not in the data are skipped. `headers`: a column's header when it is not its name."""
+    config: dict[str, Any] = {}
+    for c in dict.fromkeys([*percent, *(widths or {}), *(headers or {})]):
+        label, width = (headers or {}).get(c), (widths or {}).get(c)
+        config[c] = percent_column(label, width=width) if c in percent else st.column_config.Column(label, width=width)
+    if config:
+        kwargs["column_config"] = config | dict(kwargs.get("column_config") or {})
+    if widths is not None:
+        kwargs.setdefault("column_order", [c for c in widths if c in data.columns])
     kwargs.setdefault("hide_index", True)
     kwargs.setdefault("width", "stretch")
     return st.dataframe(data, **kwargs, **_TABLE_PLACEHOLDER)
@@ -83,17 +98,12 @@ def page_setup(page_file: str) -> None:
 
 
 def use_app_navigation() -> None:
-    """A link to a page opened before any session has run app.py (a shared link, the first visit after the
-    server starts): Streamlit, seeing a pages/ folder and no st.navigation call yet, runs the page in its old
+    """A link to a page opened before any session has run app.py (a shared link, the first visit after `streamlit
+    run app.py` starts): Streamlit, seeing a pages/ folder and no st.navigation call yet, runs the page in its old
     pages-folder mode (a sidebar with an extra "app" entry and no icons, app.py's start-up skipped) until `/` is
     opened. Switch that mode off and run again: app.py then runs with its navigation and opens this same page
-    (the page hash is its URL path in both modes)."""
-    try:  # a private Streamlit class: a release without it keeps its old sidebar for such a link, nothing worse
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:
-        return
-    if getattr(PagesManager, "uses_pages_directory", None):
-        PagesManager.uses_pages_directory = False
+    (the page hash is its URL path in both modes). serve.py switches it off before the first visit."""
+    if app_navigation_only():
         st.rerun()
 
 

@@ -93,8 +93,18 @@ def save(path: Path, identity: dict, chosen: list[Candidate], action: str, targe
         st.success(f"Saved {len(marks)} mark(s); the dataset now has {len(corr.marks)}.")
 
 
+# The columns of the marks table on the Curation page, each of a set width so that all fit beside the sidebar in a
+# 1024 px window (the tile names its split and row; the CSV has those and the run each mark came from).
+MARK_COLUMNS = {"tile": 70, "action": 65, "given": 90, "label": 90, "source": 95, "marked": 125}
+MARK_HEADERS = {"label": "new label"}
+
+
 def marks_table(corr: Corrections) -> pd.DataFrame:
-    return pd.DataFrame(corr.rows())
+    """The marks as rows (Corrections.rows), with when each was made to the minute ("marked")."""
+    table = pd.DataFrame(corr.rows())
+    if len(table):
+        table["marked"] = table["marked_at"].astype(str).str.slice(0, 16)
+    return table
 
 
 def corrections_choice(base: TrainConfig, ds) -> TrainConfig:

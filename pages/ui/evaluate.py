@@ -14,7 +14,7 @@ from histo_core.errors import HistoError
 from histo_core.evaluation import list_evaluations
 from histo_core.model_catalog import ModelEntry
 from histo_core.runs import RunDir
-from pages.ui.common import percent_column, plain, show_table, user_errors
+from pages.ui.common import lazy_expander, percent_column, plain, show_table, user_errors
 from pages.ui.datasets import dataset_picker, open_cached
 from pages.ui.live import live
 from pages.ui.report import render_report
@@ -117,46 +117,54 @@ def evaluate_panel(model: RunDir | ModelEntry) -> None:
     evaluations of a run saved in it, those of a weights model in `<data dir>/evaluations/<model name>/`."""
     target, key, classes, where = _target(model)
     wanted = st.query_params.get("dataset")  # Runs?run=<id>&dataset=<spec> opens this panel on that dataset
-    with st.expander("Evaluate on another dataset (a folder of class folders, an npz, a CSV)", expanded=bool(wanted)):
-        choice = dataset_picker(f"evaluate_ds_{key}", url="read")
-        if not choice:
-            return
-        ds = None
-        with user_errors():
-            ds = open_cached(choice.spec)
-        if ds is None:
-            return
-        sizes = ds.split_sizes()
-        st.caption(
-            f"**{ds.info.title}** · {ds.info.num_classes} classes · "
-            + " / ".join(f"{k} {v:,}" for k, v in sizes.items())
-        )
-        a, b = st.columns([1, 2])
-        split = a.selectbox(
-            "Tiles to score",
-            SPLITS,
-            key=f"evaluate_split_{key}",
-            format_func=lambda s: "all of them" if s == "all" else f"{s} split ({sizes.get(s, 0):,})",
-        )
-        name = b.text_input(
-            "Name of this evaluation", key=f"evaluate_name_{key}", placeholder="default: <dataset>-<split>"
-        )
-        st.markdown("**Classes**: the dataset's (left) and the model's class each counts as (right)")
-        try:
-            mapping = class_map_editor([str(c) for c in ds.info.classes], classes, key=f"evaluate_map_{key}")
-        except HistoError as exc:
-            st.error(plain(exc))
-            return
-        if mapping is not None and st.button(
-            "Start the evaluation",
-            key=f"evaluate_start_{key}",
-            type="primary",
-            help=f"runs `python -m histo_core evaluate` in the background; the result is saved {where}",
-        ):
-            with user_errors("Not started: "):
-                started = evaluation.start_evaluation(target, choice.spec, split, mapping, name or None)
-                st.session_state[f"evaluate_started_{key}"] = started
+    # built only while open (lazy_expander); the choices made in it (not the class map's edits) are kept closed
+    kept = [f"evaluate_ds_{key}_{k}" for k in ("choice", "path")]
+    kept += [f"evaluate_split_{key}", f"evaluate_name_{key}", f"evaluate_map_{key}_paste"]
+    title = "Evaluate on another dataset (a folder of class folders, an npz, a CSV)"
+    opened, box = lazy_expander(title, f"evaluate_open_{key}", kept, expanded=bool(wanted))
+    if opened:
+        with box:
+            _evaluate_form(target, key, classes, where)
     evaluations_view(target, key)
+
+
+def _evaluate_form(target: RunDir | str, key: str, classes: list[str], where: str) -> None:
+    """The dataset, the tiles and the class map of a new evaluation, and its start button."""
+    choice = dataset_picker(f"evaluate_ds_{key}", url="read")
+    if not choice:
+        return
+    ds = None
+    with user_errors():
+        ds = open_cached(choice.spec)
+    if ds is None:
+        return
+    sizes = ds.split_sizes()
+    st.caption(
+        f"**{ds.info.title}** · {ds.info.num_classes} classes · " + " / ".join(f"{k} {v:,}" for k, v in sizes.items())
+    )
+    a, b = st.columns([1, 2])
+    split = a.selectbox(
+        "Tiles to score",
+        SPLITS,
+        key=f"evaluate_split_{key}",
+        format_func=lambda s: "all of them" if s == "all" else f"{s} split ({sizes.get(s, 0):,})",
+    )
+    name = b.text_input("Name of this evaluation", key=f"evaluate_name_{key}", placeholder="default: <dataset>-<split>")
+    st.markdown("**Classes**: the dataset's (left) and the model's class each counts as (right)")
+    try:
+        mapping = class_map_editor([str(c) for c in ds.info.classes], classes, key=f"evaluate_map_{key}")
+    except HistoError as exc:
+        st.error(plain(exc))
+        return
+    if mapping is not None and st.button(
+        "Start the evaluation",
+        key=f"evaluate_start_{key}",
+        type="primary",
+        help=f"runs `python -m histo_core evaluate` in the background; the result is saved {where}",
+    ):
+        with user_errors("Not started: "):
+            started = evaluation.start_evaluation(target, choice.spec, split, mapping, name or None)
+            st.session_state[f"evaluate_started_{key}"] = started
 
 
 def _running_jobs(target: RunDir | str) -> list[dict]:

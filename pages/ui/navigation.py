@@ -61,6 +61,21 @@ def page_modules() -> tuple[str, ...]:
     return tuple(f"pages.{Path(spec.file).stem}" for spec in PAGES)
 
 
+def app_navigation_only() -> bool:
+    """Switch off, for this server process, Streamlit's old pages-folder mode, in which it runs a page opened before
+    any session has run app.py (a shared link, the first visit after the server starts) without app.py's
+    navigation; True when it was on. serve.py calls it at start, so no visit meets the mode; `streamlit run
+    app.py` meets it once and the page reruns (pages.ui.common.use_app_navigation). A private Streamlit class: a
+    release without it keeps its old sidebar for such a link, nothing worse."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return False
+    was_on = bool(getattr(PagesManager, "uses_pages_directory", None))
+    PagesManager.uses_pages_directory = False
+    return was_on
+
+
 def start_warmup() -> None:
     """The server's background warm-up (histo_core.warmup) with the pages' modules too, so the first visit of any
     page, opened from the sidebar or by a link, waits for no import; once per process (serve.py, app.py)."""

@@ -104,19 +104,16 @@ NARROWER_WHILE_ACTIVE = {"run": 105, "dataset": 110}
 def render_summary_table(summaries: list[dict[str, Any]]) -> None:
     table = summary_table(summaries)
     active = any(s["state"] in liveness.ACTIVE_STATES for s in summaries)
-    shown = [c for c in [*SHOWN_COLUMNS, "started by"] if c in table.columns and (c != "progress" or active)]
     widths = SHOWN_COLUMNS | (NARROWER_WHILE_ACTIVE if active else {})
-    column = st.column_config.Column
     show_table(
         table,
-        column_order=shown,
-        column_config={name: column(width=px) for name, px in widths.items()}
-        | {
+        widths={c: px for c, px in widths.items() if c != "progress" or active} | {"started by": None},
+        headers={"architecture": "arch"},
+        column_config={
             "progress": st.column_config.ProgressColumn(
                 "progress", format="%d%%", min_value=0, max_value=100, width=widths["progress"]
             ),
             "test acc": percent_column(help="accuracy on the test split", width=widths["test acc"]),
-            "architecture": column("arch", width=widths["architecture"]),
         },
     )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from histo_core import liveness
-from histo_core.config import NOISE_METHODS, TrainConfig, networks_of, with_method
+from histo_core.config import NOISE_METHODS, TrainConfig
 from histo_core.launch import start_once
 from pages.ui.common import WRAP, signed_in_user, user_errors
 from pages.ui.formats import plural
@@ -48,31 +48,30 @@ def study_panel(config: TrainConfig) -> None:
         **WRAP,
     )
     compare = bool(compare and config.corrections)
-    repeats = len(noises) * seeds * (2 if compare else 1)
-    count = len(methods) * repeats
-    # a method that trains two networks (codivide) takes about twice the time of the form's one-network run
-    units = repeats * sum(networks_of(with_method(config, m)) for m in methods) / networks_of(config)
+    spec = S.StudySpec(
+        archs=[config.arch],
+        noises=sorted(noises),
+        methods=list(methods),
+        noise_mode="fixed",
+        seeds=seeds,
+        find_errors=bool(find_errors),
+        compare_corrections=compare,
+    )
+    count = spec.size()
     est_task = latest_task("estimate", {"config": config.to_dict()})
     est = est_task.result() if est_task is not None else None
+    note = f" ({spec.weights_note(config)})" if spec.weights_note(config) else ""
     st.caption(
         f"{plural(count, 'run')} of {config.arch}, fixed symmetric noise, one at a time"
         + (
-            f": about {fmt_duration(units * est['total_s'])} in all at the estimate of one run above (a two-network method's runs count twice)"
+            f": about {fmt_duration(spec.time_in_runs(config) * est['total_s'])} in all at the estimate of one run "
+            f"above{note}"
             if est
             else "; estimate the training time above to see the total"
         )
         + ". The study recommends a method per noise level from the validation split with noisy labels."
     )
     if st.button("Start the study", disabled=count == 0, key=KEY + "start"):
-        spec = S.StudySpec(
-            archs=[config.arch],
-            noises=sorted(noises),
-            methods=list(methods),
-            noise_mode="fixed",
-            seeds=seeds,
-            find_errors=bool(find_errors),
-            compare_corrections=compare,
-        )
         request = (S.asdict(spec), config.to_dict())
 
         def already_started() -> str | None:  # a double click: the second click finds the first study
