@@ -60,7 +60,8 @@ def study_panel(config: TrainConfig) -> None:
     count = spec.size()
     est_task = latest_task("estimate", {"config": config.to_dict()})
     est = est_task.result() if est_task is not None else None
-    note = f" ({spec.weights_note(config)})" if spec.weights_note(config) else ""
+    weights = spec.weights_note(config)
+    note = f" ({weights})" if weights else ""
     st.caption(
         f"{plural(count, 'run')} of {config.arch}, fixed symmetric noise, one at a time"
         + (

@@ -6,7 +6,8 @@ Every widget is keyed `train.<field>` (augmentation: `train.augment.<field>`); a
 disabled, not hidden. The groups are sections built only while open (`lazy_expander`: a new tab draws every widget
 after fetching its code, so closed sections cost the page's first view for nothing); a closed section keeps its
 widgets' values in st.session_state. Defaults are written into st.session_state whenever the dataset or the
-device changes, before the widgets are drawn. `FORM_FIELDS` + `OUTSIDE_FORM` cover every TrainConfig field (tests/test_train_options.py).
+device changes, before the widgets are drawn. `FORM_FIELDS` + `OUTSIDE_FORM` cover every TrainConfig field
+(tests/test_train_options.py).
 """
 
 from __future__ import annotations
